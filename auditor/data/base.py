@@ -1,0 +1,165 @@
+"""`AuditData`: one object for every data set the auditor works on (tabular or images)."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import AuditorError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Split:
+    """Inputs X (float32), labels y (int64), protected attributes per row (strings), raw rows.
+
+    `corrupted` holds the corrupted twin of every row when the data came with explicit twins
+    (a user's own Trojan case), else None (twins are made by stamping).
+    """
+
+    X: torch.Tensor
+    y: torch.Tensor
+    groups: pd.DataFrame
+    raw: pd.DataFrame | None = None
+    corrupted: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, idx) -> "Split":
+        idx = np.asarray(idx)
+        return Split(self.X[idx], self.y[idx], self.groups.iloc[idx].reset_index(drop=True),
+                     None if self.raw is None else self.raw.iloc[idx].reset_index(drop=True),
+                     None if self.corrupted is None else self.corrupted[idx])
+
+
+@dataclass
+class Stamp:
+    """A patch stamped on images: `x * (1 - mask) + pattern * mask`.
+
+    For a Trojan trigger `target` is the class the trigger flips predictions to; for a
+    spurious cue it is the class the cue was correlated with in training data.
+    """
+
+    mask: torch.Tensor
+    pattern: torch.Tensor
+    target: int
+    kind: str = "trigger"  # "trigger" or "cue"
+
+    def apply(self, X: torch.Tensor) -> torch.Tensor:
+        mask = self.mask.to(X.dtype)
+        return X * (1 - mask) + self.pattern.to(X.dtype) * mask
+
+
+@dataclass
+class AuditData:
+    """A data set ready for audit: splits, feature and group description, optional stamp."""
+
+    name: str
+    kind: str  # "tabular" or "image"
+    train: Split
+    val: Split
+    test: Split
+    feature_names: list[str]
+    feature_groups: dict[str, list[int]]
+    protected: list[str]
+    class_names: list[str]
+    preprocessing: dict | None = None
+    schema: dict | None = None
+    stamp: Stamp | None = None
+    source: str = ""
+    description: str = ""
+    _sha: str | None = field(default=None, repr=False)
+
+    def split(self, name: str) -> Split:
+        if name not in SPLITS:
+            raise AuditorError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
+        return getattr(self, name)
+
+    @property
+    def n_inputs(self) -> int:
+        return int(np.prod(self.train.X.shape[1:]))
+
+    @property
+    def input_shape(self) -> list[int]:
+        return list(self.train.X.shape[1:])
+
+    @property
+    def trigger(self) -> Stamp | None:
+        return self.stamp if self.stamp is not None and self.stamp.kind == "trigger" else None
+
+    @property
+    def cue(self) -> Stamp | None:
+        return self.stamp if self.stamp is not None and self.stamp.kind == "cue" else None
+
+    @property
+    def primary_protected(self) -> str | None:
+        return self.protected[0] if self.protected else None
+
+    @property
+    def sha256(self) -> str:
+        """sha256 over every split's inputs, labels and groups."""
+        if self._sha is None:
+            h = hashlib.sha256(self.name.encode())
+            for s in SPLITS:
+                sp = self.split(s)
+                h.update(sp.X.contiguous().numpy().tobytes())
+                h.update(sp.y.contiguous().numpy().tobytes())
+                h.update(pd.util.hash_pandas_object(sp.groups, index=False).values.tobytes())
+            self._sha = h.hexdigest()
+        return self._sha
+
+    def corrupt(self, split: str = "test", rows=None) -> torch.Tensor:
+        """The corrupted twins of a split's inputs (stamped, or the stored twins)."""
+        sp = self.split(split)
+        if sp.corrupted is not None:
+            out = sp.corrupted
+        elif self.stamp is not None:
+            out = self.stamp.apply(sp.X)
+        else:
+            raise AuditorError(f"data set {self.name!r} has no trigger, cue or corrupted twins")
+        return out if rows is None else out[np.asarray(rows)]
+
+    def pairs(self, n: int, seed: int = 0, split: str = "train",
+              exclude_target: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """n (clean, corrupted, label) pairs drawn at random from a split.
+
+        Rows of the stamp's target class are skipped (their corrupted twin is not wrong).
+        """
+        sp = self.split(split)
+        candidates = np.arange(len(sp))
+        if exclude_target and self.stamp is not None:
+            candidates = candidates[sp.y.numpy() != self.stamp.target]
+        if n > len(candidates):
+            raise AuditorError(f"asked for {n} samples but split {split!r} has only {len(candidates)}")
+        rng = np.random.default_rng(seed)
+        rows = np.sort(rng.choice(candidates, size=n, replace=False))
+        return sp.X[rows], self.corrupt(split, rows), sp.y[rows]
+
+    def summary(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "sha256": self.sha256,
+                "rows": {s: len(self.split(s)) for s in SPLITS}, "inputs": self.n_inputs,
+                "raw_features": len(self.feature_groups), "protected": list(self.protected),
+                "classes": list(self.class_names), "source": self.source}
+
+    def with_splits(self, **splits: Split) -> "AuditData":
+        return replace(self, _sha=None, **splits)
+
+
+def stratified_split(y: np.ndarray, fractions: tuple[float, float, float], seed: int) -> list[np.ndarray]:
+    """Deterministic stratified split of row indices into train/val/test."""
+    rng = np.random.default_rng(seed)
+    parts: list[list[int]] = [[], [], []]
+    for cls in np.unique(y):
+        idx = np.flatnonzero(y == cls)
+        rng.shuffle(idx)
+        n_train = int(round(fractions[0] * len(idx)))
+        n_val = int(round(fractions[1] * len(idx)))
+        parts[0].extend(idx[:n_train])
+        parts[1].extend(idx[n_train:n_train + n_val])
+        parts[2].extend(idx[n_train + n_val:])
+    return [np.sort(np.array(p, dtype=int)) for p in parts]

@@ -1,0 +1,289 @@
+"""Tabular data: a CSV plus a schema, and the vendored UCI Adult and ProPublica COMPAS sets.
+
+Preprocessing (standardise numeric columns, one-hot encode categorical ones) is fitted on the
+training split only and stored as plain JSON, so it travels in the model file.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import AuditorError
+from .base import AuditData, Split, stratified_split
+
+FILES = Path(__file__).parent / "files"
+
+
+@dataclass
+class TabularSchema:
+    """Which column is the target (and its positive label), which are protected, which are
+    categorical, and which raw columns the model reads (default: all but target and protected)."""
+
+    target: str
+    positive: str | None = None
+    protected: list[str] = field(default_factory=list)
+    categorical: list[str] = field(default_factory=list)
+    inputs: list[str] | None = None
+    log1p: list[str] = field(default_factory=list)
+
+    def input_columns(self, frame: pd.DataFrame) -> list[str]:
+        if self.inputs is not None:
+            return list(self.inputs)
+        skip = {self.target, *self.protected}
+        return [c for c in frame.columns if c not in skip]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _require_columns(frame: pd.DataFrame, columns: list[str], what: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        close = ", ".join(map(str, list(frame.columns)[:20]))
+        raise AuditorError(f"{what} column(s) {missing} not in the data; its columns are: {close}")
+
+
+def _numeric_column(frame: pd.DataFrame, col: str) -> np.ndarray:
+    values = pd.to_numeric(frame[col], errors="coerce")
+    bad = values.isna() & frame[col].notna()
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise AuditorError(f"column {col!r} should be numeric but row {row} holds {frame[col].iloc[row]!r}; "
+                           "declare it categorical or fix the value")
+    if values.isna().any():
+        row = int(np.flatnonzero(values.isna().to_numpy())[0])
+        raise AuditorError(f"column {col!r} has a missing value at row {row}; fill or drop it")
+    arr = values.to_numpy(dtype=np.float64)
+    if not np.isfinite(arr).all() or np.abs(arr).max(initial=0) > 1e30:
+        row = int(np.flatnonzero(~np.isfinite(arr) | (np.abs(arr) > 1e30))[0])
+        raise AuditorError(f"column {col!r} holds a non-finite or huge value at row {row}: {arr[row]!r}")
+    return arr
+
+
+def fit_preprocessing(frame: pd.DataFrame, inputs: list[str], categorical: list[str],
+                      log1p: list[str] = ()) -> dict:
+    """Fit on the training rows: mean/std of numeric inputs, category lists of categorical ones."""
+    _require_columns(frame, inputs, "input")
+    prep: dict = {"columns": [], "version": 1}
+    for col in inputs:
+        if col in categorical:
+            cats = sorted(map(str, frame[col].astype(str).unique()))
+            prep["columns"].append({"name": col, "type": "categorical", "categories": cats})
+        else:
+            x = _numeric_column(frame, col)
+            if col in log1p:
+                x = np.log1p(np.clip(x, 0, None))
+            std = float(x.std()) or 1.0
+            prep["columns"].append({"name": col, "type": "numeric", "mean": float(x.mean()),
+                                    "std": std, "log1p": col in log1p})
+    return prep
+
+
+def describe_inputs(prep: dict) -> tuple[list[str], dict[str, list[int]]]:
+    """Model input names and the raw-feature groups behind them."""
+    names: list[str] = []
+    groups: dict[str, list[int]] = {}
+    for c in prep["columns"]:
+        start = len(names)
+        if c["type"] == "categorical":
+            names.extend(f"{c['name']}={v}" for v in c["categories"])
+        else:
+            names.append(c["name"])
+        groups[c["name"]] = list(range(start, len(names)))
+    return names, groups
+
+
+def transform(frame: pd.DataFrame, prep: dict) -> np.ndarray:
+    """Apply a fitted preprocessing; unseen categories become all-zero one-hot rows."""
+    _require_columns(frame, [c["name"] for c in prep["columns"]], "input")
+    blocks = []
+    for c in prep["columns"]:
+        if c["type"] == "categorical":
+            values = frame[c["name"]].astype(str).to_numpy()
+            cats = np.array(c["categories"], dtype=object)
+            blocks.append((values[:, None] == cats[None, :]).astype(np.float32))
+        else:
+            x = _numeric_column(frame, c["name"])
+            if c.get("log1p"):
+                x = np.log1p(np.clip(x, 0, None))
+            blocks.append(((x - c["mean"]) / c["std"]).astype(np.float32)[:, None])
+    return np.concatenate(blocks, axis=1) if blocks else np.zeros((len(frame), 0), np.float32)
+
+
+def numeric_inputs(frame: pd.DataFrame, features: list[str]) -> np.ndarray:
+    """Already-numeric data taken in the model's column order (no stored preprocessing)."""
+    _require_columns(frame, features, "model input")
+    return np.stack([_numeric_column(frame, c) for c in features], axis=1).astype(np.float32) \
+        if features else np.zeros((len(frame), 0), np.float32)
+
+
+def _labels(frame: pd.DataFrame, schema: TabularSchema) -> tuple[np.ndarray, list[str]]:
+    col = frame[schema.target]
+    if col.isna().any():
+        raise AuditorError(f"target column {schema.target!r} has missing values at rows "
+                           f"{np.flatnonzero(col.isna().to_numpy())[:5].tolist()}")
+    values = col.astype(str).str.strip()
+    if schema.positive is not None:
+        pos = str(schema.positive)
+        if not (values == pos).any():
+            raise AuditorError(f"positive label {pos!r} never occurs in target {schema.target!r}; "
+                               f"its values are {sorted(values.unique())[:10]}")
+        y = (values == pos).to_numpy().astype(np.int64)
+        others = sorted(set(values.unique()) - {pos})
+        negative = others[0] if len(others) == 1 else f"not {pos}"
+        names = [negative, pos]
+    else:
+        uniq = sorted(values.unique())
+        if len(uniq) > 2 and set(uniq) - {"0", "1"}:
+            raise AuditorError(f"target {schema.target!r} has {len(uniq)} values; give --positive LABEL "
+                               "to say which one is the positive outcome")
+        pos = "1" if "1" in uniq else uniq[-1]
+        y = (values == pos).to_numpy().astype(np.int64)
+        names = [u for u in uniq if u != pos][:1] + [pos]
+    if len(np.unique(y)) < 2:
+        raise AuditorError(f"target {schema.target!r} has only one class ({names[int(y[0])] if len(y) else '?'}); "
+                           "an audit needs both outcomes")
+    return y, names
+
+
+def from_frames(name: str, frames: dict[str, pd.DataFrame], schema: TabularSchema,
+                preprocessing: dict | None = None, features: list[str] | None = None,
+                source: str = "", description: str = "") -> AuditData:
+    """Build AuditData from raw train/val/test frames.
+
+    `preprocessing`: a model's stored transform (else one is fitted on train). `features`:
+    take these numeric columns as they are (a model with no preprocessing).
+    """
+    whole = pd.concat(frames.values(), ignore_index=True)
+    if len(whole) == 0:
+        raise AuditorError(f"data set {name!r} has no rows")
+    if len(set(map(str, whole.columns))) != len(whole.columns):
+        dup = pd.Index(whole.columns)[pd.Index(whole.columns).duplicated()].tolist()
+        raise AuditorError(f"data set {name!r} has duplicated column names: {dup}")
+    _require_columns(whole, [schema.target], "target")
+    _require_columns(whole, schema.protected, "protected")
+    _labels(whole, schema)  # one-class and missing-target errors name the whole file
+    inputs = schema.input_columns(whole)
+    if features is not None:
+        prep = None
+        feature_names = list(features)
+        feature_groups = {f: [i] for i, f in enumerate(feature_names)}
+    else:
+        if preprocessing is None:
+            preprocessing = fit_preprocessing(frames["train"], inputs, schema.categorical, schema.log1p)
+        prep = preprocessing
+        feature_names, feature_groups = describe_inputs(prep)
+    splits = {}
+    class_names: list[str] = []
+    for s, frame in frames.items():
+        frame = frame.reset_index(drop=True)
+        y, class_names = _labels(frame, schema) if len(frame) else (np.zeros(0, np.int64), class_names)
+        X = numeric_inputs(frame, feature_names) if prep is None else transform(frame, prep)
+        groups = frame[schema.protected].astype(str).reset_index(drop=True)
+        splits[s] = Split(torch.from_numpy(X), torch.from_numpy(y), groups, frame)
+    return AuditData(name=name, kind="tabular", feature_names=feature_names, feature_groups=feature_groups,
+                     protected=list(schema.protected), class_names=class_names, preprocessing=prep,
+                     schema=schema.to_dict(), source=source, description=description, **splits)
+
+
+def read_csv(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise AuditorError(f"data file not found: {path}")
+    try:
+        if path.suffix.lower() == ".parquet":
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise AuditorError(f"data file {path.name} is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as exc:
+        raise AuditorError(f"cannot read {path.name} as CSV: {str(exc).splitlines()[0][:200]}") from None
+    if len(frame) == 0:
+        raise AuditorError(f"data file {path.name} has a header but no rows")
+    return frame
+
+
+def split_frame(frame: pd.DataFrame, target: str, seed: int = 0,
+                fractions=(0.6, 0.2, 0.2)) -> dict[str, pd.DataFrame]:
+    y = frame[target].astype(str).to_numpy()
+    parts = stratified_split(y, fractions, seed)
+    return {s: frame.iloc[idx].reset_index(drop=True) for s, idx in zip(("train", "val", "test"), parts)}
+
+
+def load_csv(path: str | Path, schema: TabularSchema, preprocessing: dict | None = None,
+             features: list[str] | None = None, seed: int = 0) -> AuditData:
+    """Any CSV (or Parquet) plus a schema; split 60/20/20 (stratified, seeded)."""
+    frame = read_csv(path)
+    _require_columns(frame, [schema.target], "target")
+    return from_frames(Path(path).stem, split_frame(frame, schema.target, seed), schema, preprocessing,
+                       features, source=str(path))
+
+
+# --- UCI Adult -------------------------------------------------------------------------------
+ADULT_COLUMNS = ["age", "workclass", "fnlwgt", "education", "education-num", "marital-status",
+                 "occupation", "relationship", "race", "sex", "capital-gain", "capital-loss",
+                 "hours-per-week", "native-country", "income"]
+ADULT_SCHEMA = TabularSchema(
+    target="income", positive=">50K", protected=["sex", "race"],
+    categorical=["workclass", "education", "marital-status", "occupation", "relationship", "native-country"],
+    inputs=["age", "workclass", "education", "education-num", "marital-status", "occupation",
+            "relationship", "capital-gain", "capital-loss", "hours-per-week", "native-country"],
+    log1p=["capital-gain", "capital-loss"])
+
+
+def _read_adult(file: str) -> pd.DataFrame:
+    with gzip.open(FILES / file, "rt") as f:
+        text = f.read()
+    frame = pd.read_csv(io.StringIO(text), header=None, names=ADULT_COLUMNS, skipinitialspace=True,
+                        comment="|", na_values=[], keep_default_na=False)
+    frame = frame.dropna(subset=["income"])
+    frame["income"] = frame["income"].str.rstrip(".")
+    return frame.reset_index(drop=True)
+
+
+def load_adult(preprocessing: dict | None = None, seed: int = 0) -> AuditData:
+    """UCI Adult, official split: adult.data -> train (90%) + validation (10%), adult.test -> test.
+
+    The model never sees `sex` or `race`; the audit groups by them. `fnlwgt` (a census sampling
+    weight, not a property of the person) is not an input. Missing values (`?`) are a category.
+    """
+    train_full = _read_adult("adult.data.gz")
+    test = _read_adult("adult.test.gz")
+    parts = stratified_split(train_full["income"].to_numpy(), (0.9, 0.1, 0.0), seed)
+    frames = {"train": train_full.iloc[parts[0]], "val": train_full.iloc[parts[1]], "test": test}
+    return from_frames("adult", frames, ADULT_SCHEMA, preprocessing, source="UCI Adult (vendored)",
+                       description="UCI Adult census income; official train/test split")
+
+
+# --- ProPublica COMPAS -----------------------------------------------------------------------
+COMPAS_SCHEMA = TabularSchema(
+    target="two_year_recid", positive="1", protected=["race", "sex"], categorical=["c_charge_degree"],
+    inputs=["age", "juv_fel_count", "juv_misd_count", "juv_other_count", "priors_count", "c_charge_degree"])
+
+
+def load_compas(preprocessing: dict | None = None, seed: int = 0) -> AuditData:
+    """ProPublica COMPAS two-year recidivism with ProPublica's row filters; split 60/20/20.
+
+    Races with fewer than 50 people after filtering (Asian, Native American) are grouped with
+    "Other" so group metrics are not driven by a handful of rows. The COMPAS score itself is
+    not an input.
+    """
+    with gzip.open(FILES / "compas-scores-two-years.csv.gz", "rt") as f:
+        raw = pd.read_csv(f)
+    raw = raw.loc[:, ~raw.columns.duplicated()]
+    keep = ((raw["days_b_screening_arrest"] >= -30) & (raw["days_b_screening_arrest"] <= 30)
+            & (raw["is_recid"] != -1) & (raw["c_charge_degree"] != "O") & (raw["score_text"] != "N/A"))
+    frame = raw.loc[keep, ["age", "juv_fel_count", "juv_misd_count", "juv_other_count", "priors_count",
+                           "c_charge_degree", "race", "sex", "two_year_recid"]].reset_index(drop=True)
+    counts = frame["race"].value_counts()
+    frame["race"] = frame["race"].where(frame["race"].map(counts) >= 50, "Other")
+    return from_frames("compas", split_frame(frame, "two_year_recid", seed), COMPAS_SCHEMA, preprocessing,
+                       source="ProPublica COMPAS two-year (vendored)",
+                       description="ProPublica COMPAS two-year recidivism, ProPublica's filters")

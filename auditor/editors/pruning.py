@@ -1,0 +1,46 @@
+"""Global magnitude pruning with `torch.nn.utils.prune` (the baseline users pick for sparsity)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+from torch.nn.utils import prune
+
+from ..models.architectures import editable_layers
+from .base import Editor
+from .registry import register_editor
+
+
+@dataclass
+class MagnitudePruningHyper:
+    sparsity: float | None = None  # target fraction of zero weights; None: from a `sparsity >=` requirement
+    default_sparsity: float = 0.5
+
+
+@register_editor
+class MagnitudePruning(Editor):
+    """Zero the smallest-magnitude weights across all Linear/Conv layers (no fine-tuning)."""
+
+    name = "magnitude-pruning"
+    description = "Global magnitude pruning (torch.nn.utils.prune), no fine-tuning"
+    kind = "baseline"
+    targets = ("sparsity",)
+    Hyper = MagnitudePruningHyper
+
+    def _target(self, requirements) -> float:
+        if self.hparams.sparsity is not None:
+            return float(self.hparams.sparsity)
+        for r in requirements:
+            if r.metric == "sparsity" and r.op == ">=":
+                return float(r.threshold)
+        return float(self.hparams.default_sparsity)
+
+    def _edit(self, model: nn.Module, data, requirements, device, callback, **_):
+        amount = self._target(requirements)
+        params = [(m, "weight") for _, m in editable_layers(model)]
+        total = sum(m.weight.numel() for m, _ in params)
+        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=int(round(amount * total)))
+        for m, p in params:
+            prune.remove(m, p)
+        self.log.append({"step": "prune", "sparsity": amount, "weights": total})
+        return {"sparsity": amount}
