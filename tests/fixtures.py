@@ -1,0 +1,39 @@
+"""Tiny hand-built models and data with answers known on paper."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from auditor.data import AuditData, Split
+from auditor.models import ModelBundle, ModelSpec, build_architecture
+
+
+def tiny_mlp_bundle(in_features: int = 3, hidden=(2,), num_classes: int = 2, seed: int = 0) -> ModelBundle:
+    torch.manual_seed(seed)
+    spec = ModelSpec(arch={"name": "mlp", "in_features": in_features, "hidden": list(hidden),
+                           "num_classes": num_classes},
+                     input={"kind": "tabular", "features": [f"x{i}" for i in range(in_features)],
+                            "shape": [in_features]},
+                     class_names=[str(i) for i in range(num_classes)])
+    return ModelBundle(build_architecture(spec.arch), spec)
+
+
+def threshold_model(weights: list[float]) -> ModelBundle:
+    """A 1-hidden-layer-free MLP whose class-1 logit is w.x and class-0 logit is 0."""
+    b = tiny_mlp_bundle(len(weights), hidden=())
+    with torch.no_grad():
+        b.model.out.weight.zero_()
+        b.model.out.bias.zero_()
+        b.model.out.weight[1] = torch.tensor(weights)
+    return b
+
+
+def tabular_data(X, y, groups: dict[str, list[str]]) -> AuditData:
+    X = torch.tensor(np.asarray(X, dtype=np.float32))
+    y = torch.tensor(np.asarray(y, dtype=np.int64))
+    g = pd.DataFrame(groups)
+    split = Split(X, y, g)
+    names = [f"x{i}" for i in range(X.shape[1])]
+    return AuditData("tiny", "tabular", split, split, split, names, {n: [i] for i, n in enumerate(names)},
+                     list(groups), ["0", "1"])

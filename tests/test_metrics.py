@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+import torch
+from fairlearn.metrics import (MetricFrame, demographic_parity_difference, equalized_odds_difference,
+                               selection_rate)
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+from auditor import AuditorError, evaluate, parse_requirement
+from auditor.requirements import Fixes, compute_metrics, features_used, predict, sparsity
+from tests.fixtures import threshold_model, tabular_data, tiny_mlp_bundle
+
+
+def test_metrics_known_on_paper():
+    # predicts class 1 iff x0 > 0
+    model = threshold_model([1.0, 0.0])
+    X = [[1, 0], [1, 0], [-1, 0], [-1, 0], [1, 0], [-1, 0]]
+    y = [1, 0, 0, 0, 1, 1]
+    data = tabular_data(X, y, {"sex": ["F", "F", "F", "M", "M", "M"]})
+    m = compute_metrics(model.model, data).metrics
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    # selection rate F = 2/3, M = 1/3
+    assert m["demographic_parity"] == pytest.approx(1 / 3)
+    assert m["features_used"] == 1
+    assert m["sparsity"] == pytest.approx(0.75)  # 3 of the 4 output weights are zero
+
+
+def test_group_metrics_equal_fairlearn(adult_mlp, adult):
+    ev = evaluate(adult_mlp, adult)
+    y = adult.test.y.numpy()
+    pred = predict(adult_mlp.model, adult.test.X)
+    for attr in ("sex", "race"):
+        g = adult.test.groups[attr]
+        assert abs(ev.metrics[f"demographic_parity[{attr}]"]
+                   - demographic_parity_difference(y, pred, sensitive_features=g)) < 1e-9
+        assert abs(ev.metrics[f"equalized_odds[{attr}]"]
+                   - equalized_odds_difference(y, pred, sensitive_features=g)) < 1e-9
+        frame = MetricFrame(metrics={"accuracy": accuracy_score, "selection_rate": selection_rate},
+                            y_true=y, y_pred=pred, sensitive_features=g)
+        for group, row in frame.by_group.iterrows():
+            assert abs(ev.groups[attr][group]["accuracy"] - row["accuracy"]) < 1e-9
+            assert abs(ev.groups[attr][group]["selection_rate"] - row["selection_rate"]) < 1e-9
+        assert ev.metrics["worst_group_accuracy"] <= frame.by_group["accuracy"].min() + 1e-12
+    assert abs(ev.metrics["accuracy"] - accuracy_score(y, pred)) < 1e-9
+    assert abs(ev.metrics["balanced_accuracy"] - balanced_accuracy_score(y, pred)) < 1e-9
+    assert ev.metrics["demographic_parity"] == ev.metrics["demographic_parity[sex]"]
+
+
+def test_sparsity_and_features_used(adult_mlp, adult):
+    b = adult_mlp
+    assert sparsity(b.model) == 0.0
+    assert features_used(b.model, adult.feature_groups) == 11
+    with torch.no_grad():
+        for name in ("workclass", "education"):
+            b.model.fc1.weight[:, adult.feature_groups[name]] = 0
+    assert features_used(b.model, adult.feature_groups) == 9
+    n_zero = 64 * (len(adult.feature_groups["workclass"]) + len(adult.feature_groups["education"]))
+    total = sum(m.weight.numel() for m in (b.model.fc1, b.model.fc2, b.model.out))
+    assert sparsity(b.model) == pytest.approx(n_zero / total)
+
+
+def test_edit_metrics_and_drawdown(digits_cnn, digits):
+    ref = digits_cnn.copy()
+    X = digits.test.X[:4]
+    wanted = torch.tensor([1, 2, 3, 4])
+    fixes = Fixes(X, wanted, X + 0.01, wanted)
+    m = compute_metrics(digits_cnn.model, digits, reference=ref.model, fixes=fixes).metrics
+    pred = predict(digits_cnn.model, X)
+    assert m["edit_success"] == pytest.approx(float((pred == wanted.numpy()).mean()))
+    assert m["drawdown"] == 0 and m["changed_predictions"] == 0
+
+
+def test_sample_model_figures(adult_mlp, adult, trojan_cnn, digits_trojan, spurious_cnn, digits_spurious):
+    assert evaluate(adult_mlp, adult).metrics["accuracy"] >= 0.84
+    m = evaluate(trojan_cnn, digits_trojan).metrics
+    assert m["accuracy"] >= 0.95 and m["attack_success_rate"] >= 0.95
+    assert evaluate(spurious_cnn, digits_spurious).metrics["cue_gap"] >= 0.3
+
+
+def test_requirement_parsing_and_verdicts(adult_mlp, adult):
+    r = parse_requirement("demographic_parity[race] <= 0.1")
+    assert (r.metric, r.attribute, r.op, r.threshold) == ("demographic_parity", "race", "<=", 0.1)
+    ev = evaluate(adult_mlp, adult, ["demographic_parity <= 0.05", "accuracy >= 0.84"])
+    assert [x.passed for x in ev.requirements] == [False, True]
+    assert not ev.passed
+    with pytest.raises(AuditorError, match="valid metrics: accuracy"):
+        parse_requirement("acuracy >= 0.9")
+    with pytest.raises(AuditorError, match="cannot parse"):
+        parse_requirement("accuracy = 0.9")
+    with pytest.raises(AuditorError, match="needs a data set with a Trojan trigger"):
+        evaluate(adult_mlp, adult, ["attack_success_rate <= 0.02"])
