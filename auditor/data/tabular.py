@@ -31,6 +31,7 @@ class TabularSchema:
     categorical: list[str] = field(default_factory=list)
     inputs: list[str] | None = None
     log1p: list[str] = field(default_factory=list)
+    labels: list[str] | None = None  # display names of the negative and positive outcome
 
     def input_columns(self, frame: pd.DataFrame) -> list[str]:
         if self.inputs is not None:
@@ -146,6 +147,8 @@ def _labels(frame: pd.DataFrame, schema: TabularSchema) -> tuple[np.ndarray, lis
         pos = "1" if "1" in uniq else uniq[-1]
         y = (values == pos).to_numpy().astype(np.int64)
         names = [u for u in uniq if u != pos][:1] + [pos]
+    if schema.labels:
+        names = list(schema.labels)
     if len(np.unique(y)) < 2:
         raise AuditorError(f"target {schema.target!r} has only one class ({names[int(y[0])] if len(y) else '?'}); "
                            "an audit needs both outcomes")
@@ -265,6 +268,7 @@ def load_adult(preprocessing: dict | None = None, seed: int = 0) -> AuditData:
 # --- ProPublica COMPAS -----------------------------------------------------------------------
 COMPAS_SCHEMA = TabularSchema(
     target="two_year_recid", positive="1", protected=["race", "sex"], categorical=["c_charge_degree"],
+    labels=["no recidivism", "recidivism within two years"],
     inputs=["age", "juv_fel_count", "juv_misd_count", "juv_other_count", "priors_count", "c_charge_degree"])
 
 
