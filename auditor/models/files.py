@@ -2,7 +2,11 @@
 
 Formats: native `.safetensors` (spec in the metadata), a PyTorch state dict (`.pt`, `.pth`,
 `.bin`) read with `torch.load(weights_only=True)` plus a spec. Anything that needs arbitrary
-unpickling is refused.
+unpickling is refused. Extra formats (ONNX) and the user's own architectures (behind a trust
+flag) live in `onnx_format.py` and `custom.py`.
+
+Files written by `save_model` carry a checksum over weights and metadata (`auditor.checksum`),
+so a flipped bit anywhere in them is an error rather than a silently different model.
 """
 from __future__ import annotations
 
@@ -25,6 +29,8 @@ from .architectures import build_architecture, count_parameters
 from .spec import ModelSpec
 
 SPEC_KEY = "auditor.spec"
+CHECKSUM_KEY = "auditor.checksum"
+MAX_ARCH_JSON = 16 * 1024  # an architecture description longer than this is refused before building
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 TORCH_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt"}
 
@@ -91,6 +97,13 @@ def _check_finite(state: dict, path: Path) -> None:
             raise AuditorError(f"model file {path.name}: tensor {name!r} holds NaN or infinite values")
 
 
+def file_checksum(state: dict, metadata: dict) -> str:
+    """sha256 over the weights (see `weights_sha256`) and every metadata item but the checksum."""
+    h = hashlib.sha256(weights_sha256(state).encode())
+    h.update(json.dumps({k: v for k, v in metadata.items() if k != CHECKSUM_KEY}, sort_keys=True).encode())
+    return h.hexdigest()
+
+
 def _read_safetensors_header(path: Path) -> dict:
     """Validate the header before handing the file to safetensors (clear errors for broken files)."""
     size = path.stat().st_size
@@ -128,7 +141,10 @@ def _load_safetensors(path: Path, spec: ModelSpec | None) -> tuple[dict, ModelSp
         with safe_open(str(path), framework="pt") as f:
             state = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
-        raise AuditorError(f"{path.name} is not a readable safetensors file: {exc}") from None
+        raise AuditorError(f"{path.name} is not a readable safetensors file: {str(exc).splitlines()[0][:200]}") from None
+    if CHECKSUM_KEY in meta and file_checksum(state, meta) != meta[CHECKSUM_KEY]:
+        raise AuditorError(f"{path.name} is corrupt or was altered: its weights and metadata do not match "
+                           "the checksum stored in it; get a fresh copy")
     if spec is None:
         if SPEC_KEY not in meta:
             raise AuditorError(f"{path.name} has no model spec in its metadata; pass one with --spec SPEC.json")
@@ -158,9 +174,8 @@ def _load_torch_state(path: Path, spec: ModelSpec | None) -> tuple[dict, ModelSp
     return obj, spec
 
 
-def bundle_from_state(state: dict, spec: ModelSpec, source: str = "", fmt: str = "safetensors") -> ModelBundle:
-    """Build the spec's architecture and load `state` into it strictly (clear error on mismatch)."""
-    model = build_architecture(spec.arch)
+def check_state_matches(model: nn.Module, state: dict) -> None:
+    """Same tensor names and shapes as `model` (which may live on the meta device), else a clear error."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
@@ -171,23 +186,75 @@ def bundle_from_state(state: dict, spec: ModelSpec, source: str = "", fmt: str =
         if tuple(state[k].shape) != tuple(t.shape):
             raise AuditorError(f"weights do not match the spec: {k} has shape {tuple(state[k].shape)}, "
                                f"the architecture expects {tuple(t.shape)}")
+
+
+def load_state_into(model: nn.Module, state: dict) -> nn.Module:
+    """Load `state` strictly into `model` (names, shapes checked first) and put it in eval mode."""
+    check_state_matches(model, state)
+    expected = model.state_dict()
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
-    model.eval()
+    return model.eval()
+
+
+def _custom_arch_hint(arch) -> str | None:
+    if isinstance(arch, dict) and arch.get("name") == "custom":
+        return (f"this model's architecture is your own code (class {arch.get('class', '?')!r} in "
+                f"{arch.get('file', '?')!r}); load it with --trust-code --arch-file FILE.py --arch-class NAME")
+    if isinstance(arch, dict) and arch.get("name") == "onnx":
+        return "this model's architecture is an ONNX graph; save and load it as .onnx"
+    return None
+
+
+def bundle_from_state(state: dict, spec: ModelSpec, source: str = "", fmt: str = "safetensors") -> ModelBundle:
+    """Build the spec's architecture and load `state` into it strictly (clear error on mismatch).
+
+    Shapes are checked on a skeleton on the meta device first, so a spec that claims a huge
+    architecture fails before any memory is allocated.
+    """
+    hint = _custom_arch_hint(spec.arch)
+    if hint:
+        raise AuditorError(hint)
+    if len(json.dumps(spec.arch, default=str)) > MAX_ARCH_JSON:
+        raise AuditorError(f"model spec: the architecture description is over {MAX_ARCH_JSON} characters; "
+                           "refused as implausible")
+    with torch.device("meta"):
+        check_state_matches(build_architecture(spec.arch), state)
+    model = load_state_into(build_architecture(spec.arch), state)
     return ModelBundle(model, spec, source, fmt)
 
 
-def load_model(path: str | os.PathLike, spec: ModelSpec | dict | str | None = None,
-               max_bytes: int = DEFAULT_MAX_BYTES) -> ModelBundle:
-    """Load a model file safely. `spec` (object, dict or path to JSON) overrides a stored one."""
-    path = Path(path)
-    _check_size(path, max_bytes)
+def resolve_spec(spec: ModelSpec | dict | str | os.PathLike | None) -> ModelSpec | None:
+    """A spec given as an object, a dict or the path of a JSON file (None stays None)."""
     if isinstance(spec, (str, os.PathLike)):
         spec_path = Path(spec)
-        if not spec_path.exists():
+        if not spec_path.is_file():
             raise AuditorError(f"spec file not found: {spec_path}")
-        spec = ModelSpec.from_json(spec_path.read_text())
-    elif isinstance(spec, dict):
-        spec = ModelSpec.from_dict(spec)
+        if spec_path.stat().st_size > 16 * 2**20:
+            raise AuditorError(f"spec file {spec_path.name} is over 16 MiB; a spec is a small JSON file")
+        try:
+            text = spec_path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise AuditorError(f"spec file {spec_path.name} is not UTF-8 text") from None
+        return ModelSpec.from_json(text)
+    if isinstance(spec, dict):
+        return ModelSpec.from_dict(spec)
+    return spec
+
+
+def load_model(path: str | os.PathLike, spec: ModelSpec | dict | str | None = None,
+               max_bytes: int = DEFAULT_MAX_BYTES, *, arch_file: str | os.PathLike | None = None,
+               arch_class: str | None = None, trust_code: bool = False) -> ModelBundle:
+    """Load a model file safely. `spec` (object, dict or path to JSON) overrides a stored one.
+
+    `arch_file`/`arch_class` name the user's own `nn.Module` class; its code runs only with
+    `trust_code=True` (see `auditor.models.custom`).
+    """
+    path = Path(path)
+    if arch_file is not None or arch_class is not None:
+        from .custom import load_custom_model
+        return load_custom_model(path, arch_file, arch_class, spec, trust_code=trust_code, max_bytes=max_bytes)
+    _check_size(path, max_bytes)
+    spec = resolve_spec(spec)
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         state, spec = _load_safetensors(path, spec)
@@ -205,19 +272,25 @@ def load_model(path: str | os.PathLike, spec: ModelSpec | dict | str | None = No
     return bundle_from_state(state, spec, str(path), fmt)
 
 
-# Extra formats (e.g. ONNX) register a loader here: suffix -> (path, spec) -> ModelBundle.
+# Extra formats (e.g. ONNX) register a loader here: suffix -> (path, spec) -> ModelBundle,
+# and a saver: suffix -> (bundle, path, extra_metadata) -> Path.
 LOADERS: dict = {}
+SAVERS: dict = {}
 
 
 def save_model(bundle: ModelBundle, path: str | os.PathLike, extra_metadata: dict | None = None) -> Path:
     """Write one `.safetensors` file with the spec (and any provenance) in its metadata."""
     path = Path(path)
+    if path.suffix.lower() in SAVERS:
+        return SAVERS[path.suffix.lower()](bundle, path, extra_metadata)
     if path.suffix.lower() != ".safetensors":
-        raise AuditorError(f"models are saved as .safetensors; got {path.name}")
+        known = ", ".join(sorted({".safetensors", *SAVERS}))
+        raise AuditorError(f"models are saved as {known}; got {path.name}")
     state = {k: v.detach().cpu().contiguous() for k, v in bundle.model.state_dict().items()}
     meta = {SPEC_KEY: bundle.spec.to_json()}
     for k, v in (extra_metadata or {}).items():
         meta[k] = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+    meta[CHECKSUM_KEY] = file_checksum(state, meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".safetensors.tmp")
     save_file(state, str(tmp), metadata=meta)

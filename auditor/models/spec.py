@@ -11,6 +11,11 @@ from typing import Any
 from ..errors import AuditorError
 
 SPEC_FORMAT = "auditor-model/1"
+# (key, accepted types, how to say it) for the checks on an untrusted spec
+_FIELD_TYPES = [("arch", dict, "an object"), ("task", str, "a string"), ("input", dict, "an object"),
+                ("class_names", list, "a list"), ("preprocessing", (dict, type(None)), "an object or null"),
+                ("provenance", dict, "an object"), ("data", (str, type(None)), "a string or null"),
+                ("format", str, "a string")]
 
 
 @dataclass
@@ -46,6 +51,11 @@ class ModelSpec:
         unknown = set(d) - known
         if unknown:
             raise AuditorError(f"model spec has unknown keys {sorted(unknown)}; known: {sorted(known)}")
+        for key, types, what in _FIELD_TYPES:
+            if key in d and not isinstance(d[key], types):
+                raise AuditorError(f"model spec: {key!r} must be {what}, not {type(d[key]).__name__}")
+        if not all(isinstance(c, str) for c in d.get("class_names", [])):
+            raise AuditorError("model spec: 'class_names' must be a list of strings")
         spec = cls(**d)
         if spec.task != "classification":
             raise AuditorError(f"model spec task {spec.task!r} is not supported; only 'classification'")
@@ -57,6 +67,8 @@ class ModelSpec:
             d = json.loads(text)
         except json.JSONDecodeError as exc:
             raise AuditorError(f"model spec is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise AuditorError("model spec is nested too deeply to be a spec") from None
         return cls.from_dict(d)
 
     @property
