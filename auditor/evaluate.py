@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from .data.base import AuditData
 from .errors import AuditorError
+from .models.architectures import predict_logits
 from .models.files import ModelBundle
 from .requirements import (Fixes, Requirement, RequirementResult, compute_metrics, parse_requirements)
 
@@ -51,6 +52,16 @@ def check_compatible(bundle: ModelBundle, data: AuditData) -> None:
     if len(data.class_names) > n_classes:
         raise AuditorError(f"model predicts {n_classes} classes but data {data.name!r} has "
                            f"{len(data.class_names)}")
+    probe = next((s.X[:2] for s in (data.test, data.val, data.train) if len(s)), None)
+    if probe is not None:  # ONNX graphs and custom code say nothing about their input size: try it
+        try:
+            out = predict_logits(bundle.model, probe)
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise AuditorError(f"the model cannot run on data {data.name!r} (inputs of shape "
+                               f"{list(probe.shape[1:])}): {str(exc).splitlines()[0][:160]}") from None
+        if out.dim() != 2 or out.shape[1] < len(data.class_names):
+            raise AuditorError(f"the model returns outputs of shape {list(out.shape[1:])} but data "
+                               f"{data.name!r} has {len(data.class_names)} classes")
 
 
 def evaluate(bundle: ModelBundle, data: AuditData, requirements=(), split: str = "test",

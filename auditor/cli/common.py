@@ -18,7 +18,7 @@ def _csv_list(text: str | None) -> list[str]:
 
 
 def add_model_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="model file: .safetensors (spec inside) or a state dict .pt with --spec")
+    p.add_argument("model", help="model file: .safetensors (spec inside), .onnx, or a state dict .pt with --spec")
     p.add_argument("data", help="built-in data (adult, compas, digits, digits-trojan, digits-spurious), "
                                 "a .csv/.parquet with --target, or an .npz image case")
     p.add_argument("--spec", help="JSON model spec for a state dict (or to override a stored one)")
@@ -31,6 +31,11 @@ def add_model_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate on")
     p.add_argument("--max-model-mb", type=float, default=DEFAULT_MAX_BYTES / 2**20,
                    help="refuse model files larger than this (MiB)")
+    p.add_argument("--arch-file", metavar="FILE.py", help="your own nn.Module class's Python file "
+                   "(runs its code: needs --trust-code); MODEL then holds its weights")
+    p.add_argument("--arch-class", metavar="NAME", help="the nn.Module class in --arch-file")
+    p.add_argument("--trust-code", action="store_true", help="allow running the code in --arch-file "
+                   "(only for code you have read and trust)")
 
 
 def add_require_arg(p: argparse.ArgumentParser) -> None:
@@ -47,7 +52,9 @@ def schema_from_args(args) -> TabularSchema | None:
 
 
 def load_model_and_data(args) -> tuple[ModelBundle, AuditData]:
-    bundle = load_model(args.model, spec=args.spec, max_bytes=int(args.max_model_mb * 2**20))
+    bundle = load_model(args.model, spec=args.spec, max_bytes=int(args.max_model_mb * 2**20),
+                        arch_file=getattr(args, "arch_file", None), arch_class=getattr(args, "arch_class", None),
+                        trust_code=getattr(args, "trust_code", False))
     data = load_data(args.data, schema_from_args(args), spec=bundle.spec)
     check_compatible(bundle, data)
     return bundle, data

@@ -8,3 +8,4 @@ from .spec import ModelSpec
 __all__ = ["ARCHITECTURES", "LOADERS", "ModelBundle", "ModelSpec", "build_architecture",
            "bundle_from_state", "count_parameters", "editable_layers", "first_layer", "load_model",
            "predict_logits", "read_metadata", "register_architecture", "save_model", "weights_sha256"]
+from . import onnx_format  # noqa: E402,F401  (registers the .onnx loader and saver; onnx is imported lazily)

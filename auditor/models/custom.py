@@ -1,0 +1,110 @@
+"""The user's own architecture: an `nn.Module` class from a Python file, behind an explicit trust flag.
+
+Importing a Python file runs it with the user's permissions, so it happens only when the
+caller passes `trust_code=True` (CLI `--trust-code`; the dashboard's "I trust this code"
+checkbox). The weights still go through the safe loaders: a `.safetensors` file or a state
+dict read with `torch.load(weights_only=True)`; nothing is unpickled.
+
+The spec's `arch` records `{"name": "custom", "class": NAME, "file": FILE.py, "code_sha256": ...}`
+plus any constructor arguments (every other key of `arch` is passed to the class).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import inspect
+import os
+import sys
+import threading
+from pathlib import Path
+
+from torch import nn
+
+from ..errors import AuditorError, UnsafeModelError
+from .files import (DEFAULT_MAX_BYTES, TORCH_SUFFIXES, ModelBundle, _check_finite, _check_size,
+                    _load_safetensors, _load_torch_state, check_state_matches, load_state_into, resolve_spec)
+from .spec import ModelSpec
+
+MAX_CODE_BYTES = 2 * 2**20
+RESERVED = ("name", "class", "file", "code_sha256")
+TRUST_HELP = ("Loading a Python file runs its code with your permissions. Read it first, and load it "
+              "only if you trust whoever wrote it.")
+_LOCK = threading.Lock()
+
+
+def _import_class(arch_file: Path, arch_class: str) -> tuple[type, str]:
+    if not arch_file.is_file():
+        raise AuditorError(f"architecture file not found: {arch_file}")
+    if arch_file.suffix != ".py":
+        raise AuditorError(f"architecture file {arch_file.name} must be a .py file")
+    if arch_file.stat().st_size > MAX_CODE_BYTES:
+        raise AuditorError(f"architecture file {arch_file.name} is over {MAX_CODE_BYTES // 2**20} MiB")
+    code = arch_file.read_bytes()
+    digest = hashlib.sha256(code).hexdigest()
+    module_name = f"auditor_custom_{digest[:16]}"
+    with _LOCK:
+        module = sys.modules.get(module_name)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(module_name, arch_file)
+            if spec is None or spec.loader is None:
+                raise AuditorError(f"cannot import {arch_file.name} as a Python module")
+            module = importlib.util.module_from_spec(spec)
+            try:
+                spec.loader.exec_module(module)
+            except (Exception, SystemExit) as exc:  # the user's code failed: report it in one line
+                raise AuditorError(f"running {arch_file.name} failed: {type(exc).__name__}: "
+                                   f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
+            sys.modules[module_name] = module  # so copies and hooks can find the class again
+    cls = getattr(module, arch_class, None)
+    if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
+        found = sorted(n for n, v in vars(module).items()
+                       if inspect.isclass(v) and issubclass(v, nn.Module) and v.__module__ == module_name)
+        raise AuditorError(f"{arch_file.name} has no nn.Module class {arch_class!r}; "
+                           f"its classes: {', '.join(found) or 'none'}")
+    return cls, digest
+
+
+def load_custom_model(weights: str | os.PathLike, arch_file: str | os.PathLike | None, arch_class: str | None,
+                      spec: ModelSpec | dict | str | os.PathLike | None = None, *, trust_code: bool = False,
+                      max_bytes: int = DEFAULT_MAX_BYTES) -> ModelBundle:
+    """Build `arch_class` from `arch_file` (only with `trust_code=True`) and load `weights` into it.
+
+    `weights` is a `.safetensors` file (spec in its metadata or given) or a state dict
+    (`.pt`, `.pth`, `.bin`, `.ckpt`, with a spec). Constructor arguments come from the spec's
+    `arch` (every key except name, class, file, code_sha256).
+    """
+    if not arch_file or not arch_class:
+        raise AuditorError("a custom architecture needs both --arch-file FILE.py and --arch-class NAME")
+    arch_file = Path(arch_file)
+    if not trust_code:
+        raise UnsafeModelError(f"refused to run {arch_file.name}: {TRUST_HELP} To go ahead, pass --trust-code "
+                               "(in the dashboard: tick 'I trust this code')")
+    weights = Path(weights)
+    _check_size(weights, max_bytes)
+    spec = resolve_spec(spec)
+    suffix = weights.suffix.lower()
+    if suffix == ".safetensors":
+        state, spec = _load_safetensors(weights, spec)
+        fmt = "custom+safetensors"
+    elif suffix in TORCH_SUFFIXES:
+        state, spec = _load_torch_state(weights, spec)
+        fmt = "custom+torch-state-dict"
+    else:
+        raise AuditorError(f"weights for a custom architecture must be .safetensors or a state dict "
+                           f"({', '.join(sorted(TORCH_SUFFIXES))}); got {weights.name}")
+    _check_finite(state, weights)
+    cls, digest = _import_class(arch_file, arch_class)
+    spec = copy.deepcopy(spec)
+    kwargs = {k: v for k, v in spec.arch.items() if k not in RESERVED}
+    try:
+        model = cls(**kwargs)
+    except (Exception, SystemExit) as exc:
+        raise AuditorError(f"{arch_class}({', '.join(f'{k}=...' for k in kwargs)}) failed: {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
+    if not isinstance(model, nn.Module):
+        raise AuditorError(f"{arch_class} did not build an nn.Module")
+    check_state_matches(model, state)
+    load_state_into(model, state)
+    spec.arch = {**kwargs, "name": "custom", "class": arch_class, "file": arch_file.name, "code_sha256": digest}
+    return ModelBundle(model, spec, str(weights), fmt)

@@ -1,0 +1,314 @@
+"""ONNX in and out: an `.onnx` file becomes an editable, hookable `nn.Module`; edits go back to ONNX.
+
+Loading parses the protobuf with `onnx` (no code runs), refuses weights stored in external
+files, checks the graph, and converts it with onnx2torch. A chain of layers becomes an
+`nn.Sequential` with the layer names of the original (`fc1/Gemm` -> `fc1`); when the spec names
+a registered architecture (`mlp`, `cnn`) whose weights match, the model is rebuilt as exactly
+that architecture, so every editor treats it like a native model. Other graphs stay a
+`torch.fx.GraphModule` (their Linear and Conv2d layers are still hookable and editable).
+
+The spec comes from the ONNX metadata (`metadata_props`, key `auditor.spec`) or from `--spec`.
+
+Export uses PyTorch's TorchScript-based exporter (`dynamo=False`): it works offline, keeps the
+layer names and emits opset 17, which onnx2torch reads back. The torch.export-based exporter
+needs onnxscript, takes seconds per model, renames every layer and writes opset 18+ Reshape
+nodes that onnx2torch cannot convert.
+
+onnx2torch declares torchvision as a dependency but needs it only for the NMS and RoIAlign
+operators; install it with `pip install --no-deps onnx2torch` (installing torchvision could
+replace a CPU or CUDA torch build). Those two operators then fail with a clear message.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import operator
+import os
+import re
+import sys
+import threading
+import types
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import AuditorError
+from .architectures import ARCHITECTURES, build_architecture
+from .files import (CHECKSUM_KEY, LOADERS, SAVERS, SPEC_KEY, ModelBundle, _check_finite, check_state_matches,
+                    load_state_into, weights_sha256)
+from .spec import ModelSpec
+
+OPSET = 17
+INSTALL_HINT = "ONNX support needs `pip install onnx onnxruntime` and `pip install --no-deps onnx2torch`"
+_IMPORT_LOCK = threading.Lock()
+
+
+def _onnx():
+    try:
+        import onnx
+    except ModuleNotFoundError:
+        raise AuditorError(INSTALL_HINT) from None
+    return onnx
+
+
+def _onnx2torch():
+    """Import onnx2torch; without torchvision, stand in a stub that only its NMS/RoIAlign ops touch."""
+    with _IMPORT_LOCK:
+        if "onnx2torch" in sys.modules:
+            return sys.modules["onnx2torch"]
+        if importlib.util.find_spec("onnx2torch") is None:
+            raise AuditorError(INSTALL_HINT)
+        stubbed = importlib.util.find_spec("torchvision") is None
+        if stubbed:
+            def missing(*_a, **_k):
+                raise AuditorError("this ONNX model uses NMS or RoIAlign, which need torchvision")
+            tv, ops = types.ModuleType("torchvision"), types.ModuleType("torchvision.ops")
+            ops.nms = ops.box_convert = ops.roi_align = missing
+            tv.ops = ops
+            sys.modules["torchvision"], sys.modules["torchvision.ops"] = tv, ops
+        try:
+            import onnx2torch
+        finally:
+            if stubbed:  # nobody else should ever see the stub
+                sys.modules.pop("torchvision", None)
+                sys.modules.pop("torchvision.ops", None)
+        return onnx2torch
+
+
+def _tensors(graph):
+    """Every TensorProto in a graph: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for g in attr.graphs:
+                yield from _tensors(g)
+
+
+def _input_dims(proto) -> list:
+    """Dims (int or None for symbolic) of the graph's first real input."""
+    inits = {t.name for t in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise AuditorError(f"the ONNX graph has {len(inputs)} inputs; the auditor takes models with one input")
+    shape = inputs[0].type.tensor_type.shape
+    return [d.dim_value if d.HasField("dim_value") else None for d in shape.dim]
+
+
+def _clean_name(name: str) -> str:
+    """`fc1/Gemm` -> `fc1`, `/layers/0/Gemm` -> `layers_0`, `Gemm_3` -> `Gemm_3`."""
+    parts = [p for p in str(name).split("/") if p]
+    if len(parts) > 1:
+        parts = parts[:-1]
+    out = re.sub(r"[^0-9A-Za-z_]", "_", "_".join(parts)).strip("_")
+    return out or "layer"
+
+
+def _tidy(gm: torch.fx.GraphModule) -> nn.Module:
+    """Readable layer names; a plain chain of layers becomes an `nn.Sequential`."""
+    nodes = list(gm.graph.nodes)
+    calls = [n for n in nodes if n.op == "call_module"]
+    names: dict[str, str] = {}
+    for n in calls:
+        base = _clean_name(n.target)
+        name, i = base, 1
+        while name in names.values():
+            i += 1
+            name = f"{base}_{i}"
+        names[n.target] = name
+    chain = (len(nodes) == len(calls) + 2 and nodes[0].op == "placeholder" and nodes[-1].op == "output"
+             and all(n.args == (prev,) and not n.kwargs for prev, n in zip([nodes[0], *calls], calls))
+             and nodes[-1].args in ((calls[-1],), ((calls[-1],),)) if calls else False)
+    if chain:
+        return nn.Sequential(OrderedDict((names[n.target], gm.get_submodule(n.target)) for n in calls))
+    gm = copy.deepcopy(gm)
+    root: dict = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            root[names[n.target]] = gm.get_submodule(n.target)
+            n.target = names[n.target]
+        elif n.op == "get_attr":
+            root[n.target] = operator.attrgetter(n.target)(gm)
+    return torch.fx.GraphModule(root, gm.graph, class_name="OnnxModel")
+
+
+def _probe_shape(spec: ModelSpec, dims: list) -> list[int]:
+    shape = spec.input.get("shape")
+    if shape:
+        return [int(s) for s in shape]
+    if spec.arch.get("in_features"):
+        return [int(spec.arch["in_features"])]
+    if spec.input.get("features"):
+        return [len(spec.input["features"])]
+    if dims and all(d for d in dims[1:]):
+        return [int(d) for d in dims[1:]]
+    raise AuditorError("cannot tell the model's input size: give it in the spec (input.shape or arch.in_features)")
+
+
+def _check_input_matches(spec: ModelSpec, dims: list, name: str) -> None:
+    graph = dims[1:]
+    if not graph or any(d is None or d == 0 for d in graph):
+        return
+    want = spec.input.get("shape") or ([spec.arch["in_features"]] if spec.arch.get("in_features") else None)
+    if want and [int(w) for w in want] != list(graph):
+        raise AuditorError(f"{name}: the ONNX graph takes inputs of shape {list(graph)} but the spec says "
+                           f"{list(want)}; fix the spec")
+
+
+def _as_registered(module: nn.Module, spec: ModelSpec, probe: torch.Tensor) -> nn.Module:
+    """The spec's registered architecture holding `module`'s weights, if it computes the same; else `module`."""
+    if spec.arch.get("name") not in ARCHITECTURES:
+        return module
+    state = module.state_dict()
+    try:
+        with torch.device("meta"):
+            check_state_matches(build_architecture(spec.arch), state)
+        native = load_state_into(build_architecture(spec.arch), state)
+    except AuditorError:
+        return module
+    with torch.no_grad():
+        same = torch.allclose(native(probe), module(probe), atol=1e-5, rtol=1e-4)
+    return native if same else module
+
+
+def load_onnx(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelBundle:
+    """Load an `.onnx` file (size already checked by `load_model`) as an editable bundle."""
+    onnx = _onnx()
+    path = Path(path)
+    try:
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises its own DecodeError (and others) on a broken file
+        raise AuditorError(f"{path.name} is not a readable ONNX file ({type(exc).__name__})") from None
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(proto.graph)):
+        raise AuditorError(f"{path.name} keeps its weights in separate files; the auditor reads only "
+                           "self-contained ONNX files (save it with save_as_external_data=False)")
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as exc:
+        raise AuditorError(f"{path.name} is not a valid ONNX model: {str(exc).splitlines()[0][:200]}") from None
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if spec is None:
+        if SPEC_KEY not in meta:
+            raise AuditorError(f"{path.name} has no auditor spec in its ONNX metadata; pass one with "
+                               "--spec SPEC.json (input description, class names)")
+        spec = ModelSpec.from_json(meta[SPEC_KEY])
+    spec = copy.deepcopy(spec)
+    dims = _input_dims(proto)
+    _check_input_matches(spec, dims, path.name)
+    if len(dims) == 2 and dims[1] and "in_features" not in spec.arch:
+        spec.arch["in_features"] = int(dims[1])
+    try:
+        converted = _onnx2torch().convert(proto)
+    except AuditorError:
+        raise
+    except NotImplementedError as exc:
+        raise AuditorError(f"{path.name}: an ONNX operator is not supported: {str(exc)[:200]}") from None
+    except Exception as exc:
+        raise AuditorError(f"{path.name}: cannot convert the ONNX graph to PyTorch: "
+                           f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
+    _check_finite(converted.state_dict(), path)
+    module = _tidy(converted).eval()
+    probe = torch.randn(2, *_probe_shape(spec, dims), generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            logits = module(probe)
+    except Exception as exc:
+        raise AuditorError(f"{path.name}: the converted model fails on an input of shape {list(probe.shape)}: "
+                           f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from None
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise AuditorError(f"{path.name}: the model must return one (batch, classes) tensor of logits")
+    model = _as_registered(module, spec, probe)
+    if CHECKSUM_KEY in meta and meta[CHECKSUM_KEY] != weights_sha256(model):
+        raise AuditorError(f"{path.name} is corrupt or was altered: its weights do not match the checksum "
+                           "stored in it; get a fresh copy")
+    history = []
+    if "auditor.history" in meta:
+        try:
+            history = list(json.loads(meta["auditor.history"]))
+        except (ValueError, TypeError, RecursionError):
+            history = []
+    return ModelBundle(model.eval(), spec, str(path), "onnx", history)
+
+
+def _input_shape(bundle: ModelBundle) -> list[int]:
+    return _probe_shape(bundle.spec, [])
+
+
+def export_onnx(bundle: ModelBundle, path: str | os.PathLike, extra_metadata: dict | None = None, *,
+                verify: bool = True, atol: float = 1e-4) -> Path:
+    """Write `bundle` as a self-contained `.onnx` file (spec and history in its metadata).
+
+    With `verify` (and onnxruntime installed) the file is run by onnxruntime on random inputs
+    and must agree with the PyTorch model to `atol`, else nothing is written.
+    """
+    onnx = _onnx()
+    path = Path(path)
+    if path.suffix.lower() != ".onnx":
+        raise AuditorError(f"ONNX files end in .onnx; got {path.name}")
+    model = copy.deepcopy(bundle.model).cpu().eval()
+    shape = _input_shape(bundle)
+    example = torch.zeros(2, *shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (example,), str(tmp), dynamo=False, opset_version=OPSET,
+                              input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        proto = onnx.load_model(str(tmp))
+        meta = {SPEC_KEY: bundle.spec.to_json(), CHECKSUM_KEY: weights_sha256(model),
+                "auditor.history": json.dumps(bundle.history, sort_keys=True, default=str)}
+        for k, v in (extra_metadata or {}).items():
+            meta[k] = v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
+        del proto.metadata_props[:]
+        for k, v in meta.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = k, v
+        proto.producer_name = "auditor"
+        onnx.save_model(proto, str(tmp))
+        if verify:
+            diff = onnxruntime_max_diff(model, tmp, shape)
+            if diff is not None and diff > atol:
+                raise AuditorError(f"ONNX export of {bundle.name} disagrees with the PyTorch model "
+                                   f"(max difference {diff:.2e}); not written")
+        os.replace(tmp, path)
+    except AuditorError:
+        tmp.unlink(missing_ok=True)
+        raise
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        raise AuditorError(f"cannot export {bundle.name} to ONNX: {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
+    return path
+
+
+def onnxruntime_max_diff(model: nn.Module, onnx_path: str | os.PathLike, shape: list[int],
+                         n: int = 64, seed: int = 0) -> float | None:
+    """Largest |logit difference| between onnxruntime on the file and `model` on random inputs
+    (None when onnxruntime is not installed)."""
+    try:
+        import onnxruntime as ort
+    except ModuleNotFoundError:
+        return None
+    x = torch.randn(n, *shape, generator=torch.Generator().manual_seed(seed))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        want = model.cpu().eval()(x).numpy()
+    return float(abs(got - want).max())
+
+
+LOADERS[".onnx"] = load_onnx
+SAVERS[".onnx"] = lambda bundle, path, extra_metadata=None: export_onnx(bundle, path, extra_metadata)
