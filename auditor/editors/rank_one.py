@@ -1,0 +1,342 @@
+"""Attribution-guided rank-one rectification of Trojans and spurious cues (static and dynamic).
+
+A Linear or Conv2d layer is a linear associative memory: keys are its inputs (for a convolution
+the unfolded input patch at each output position), values its outputs. For a corrupted input
+(trigger or cue) and its clean twin, the corrupted keys k* should produce the values v* the clean
+twin produces. With C the uncentred second moment of keys over clean training data, the update
+that does so while disturbing clean keys least is, for one key,
+
+    W' = W + (v* - W k*) (C^-1 k*)^T / ((C^-1 k*)^T k*)
+
+and for several keys K (pairs, or every position whose patch the corruption changes) the joint
+least-squares solution `dW = R^T K (mu C + K^T K)^-1` (R = V* - K W^T, mu small), which is the
+formula above for one key and mu -> 0. Computing the change (`compute_delta`) is kept apart from
+applying it (`apply_delta`), and `WeightDelta` in the result reverts it bit for bit.
+
+    >>> from auditor import load_model, load_data
+    >>> from auditor.editors import get_editor
+    >>> bundle = load_model("sample_models/digits_cnn_trojan.safetensors")
+    >>> result = get_editor("dynamic-rank-one", samples=1).edit(bundle, load_data("digits-trojan"),
+    ...                                                       ["attack_success_rate <= 0.02"])  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..data.base import AuditData
+from ..errors import AuditorError
+from ..localize import (METHODS, check_editable, layer_io, layer_matrix, rank_layers, regularised,
+                        resolve_layer, second_moment)
+from ..models.architectures import editable_layers
+from ..requirements import (Requirement, attack_success_rate, compute_metrics, cue_accuracy, parse_requirement,
+                            predict)
+from .base import Editor
+from .registry import register_editor
+
+
+@dataclass
+class RankOneUpdate:
+    """A computed change of one layer (not yet applied): `delta` acts on the layer's keys
+    (out x D, bias in the last column when the layer has one)."""
+
+    layer: str
+    delta: torch.Tensor
+    keys: int
+    residual: float  # ||V* - W K|| before the change
+    residual_after: float  # ||V* - (W + delta) K|| (0 for an exact fit)
+
+    @property
+    def rank(self) -> int:
+        return int(torch.linalg.matrix_rank(self.delta.double(), rtol=1e-6).item())
+
+
+def corrupted_keys(model: nn.Module, layer_name: str, clean: torch.Tensor, corrupted: torch.Tensor,
+                   tol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys K* (S, D) of the corrupted inputs and values V* (S, out) of their clean twins, at every
+    example and position whose key the corruption changes (for a Trojan on a convolution: each
+    patch position overlapping the trigger)."""
+    k_bad, _ = layer_io(model, layer_name, corrupted)
+    k_good, v_good = layer_io(model, layer_name, clean)
+    changed = (k_bad - k_good).abs().amax(-1) > tol
+    return k_bad[changed], v_good[changed]
+
+
+def compute_delta(model: nn.Module, layer_name: str, clean: torch.Tensor, corrupted: torch.Tensor,
+                  reference: torch.Tensor, *, ridge: float = 1e-3, mu: float = 1e-2, rank: int | None = None,
+                  strength: float = 1.0, max_rows: int = 4096, tol: float = 1e-6) -> RankOneUpdate:
+    """The change of `layer_name` that maps the corrupted keys to the clean values.
+
+    `reference`: clean inputs for C (cached per model hash and layer). `strength` scales the
+    target move (1 maps k* to v* exactly; >1 moves past the clean value). `rank` truncates the
+    joint solution (the best rank-r fit of the residuals). Runs on the model's device.
+    """
+    layer = resolve_layer(model, layer_name)
+    check_editable(layer, layer_name)
+    K, V = corrupted_keys(model, layer_name, clean, corrupted, tol)
+    W = layer_matrix(layer)
+    if K.shape[0] == 0:
+        return RankOneUpdate(layer_name, torch.zeros_like(W), 0, 0.0, 0.0)
+    dtype = torch.float32 if K.device.type == "mps" else torch.float64
+    K, V, W = K.to(dtype), V.to(dtype), W.to(dtype)
+    R = strength * (V - K @ W.T)  # (S, out)
+    if rank is not None and rank < min(R.shape):
+        U, S, Vh = torch.linalg.svd(R, full_matrices=False)
+        R = (U[:, :rank] * S[:rank]) @ Vh[:rank]
+    C = regularised(second_moment(model, layer_name, reference, max_rows=max_rows), ridge).to(K.device, dtype)
+    # W' k_s = v_s for every key (exact for S <= D and mu -> 0); mu C protects clean keys
+    delta = torch.linalg.solve(mu * C + K.T @ K, K.T @ R).T  # (out, D)
+    after = float((R - K @ delta.T).norm())
+    return RankOneUpdate(layer_name, delta, int(K.shape[0]),
+                         float(R.norm()), after)
+
+
+@torch.no_grad()
+def apply_delta(model: nn.Module, update: RankOneUpdate, scale: float = 1.0) -> None:
+    """Add `scale * update.delta` to the layer's weight (and bias) in place."""
+    layer = resolve_layer(model, update.layer)
+    d = update.delta * scale
+    if layer.bias is not None:
+        layer.bias.add_(d[:, -1].to(layer.bias.dtype))
+        d = d[:, :-1]
+    layer.weight.add_(d.reshape(layer.weight.shape).to(layer.weight.dtype))
+
+
+def _snapshot(model: nn.Module, layer_name: str) -> dict[str, torch.Tensor]:
+    layer = resolve_layer(model, layer_name)
+    return {n: p.detach().clone() for n, p in layer.named_parameters(recurse=False)}
+
+
+@torch.no_grad()
+def _restore(model: nn.Module, layer_name: str, saved: dict[str, torch.Tensor]) -> None:
+    layer = resolve_layer(model, layer_name)
+    for n, p in layer.named_parameters(recurse=False):
+        p.copy_(saved[n])
+
+
+_LEAN = {"accuracy", "attack_success_rate", "cue_accuracy", "cue_gap", "worst_group_accuracy"}
+
+
+def check_metrics(model: nn.Module, data: AuditData, split: str, reqs: list[Requirement]) -> dict[str, float]:
+    """Accuracy and the metrics the requirements name on one split: the few a Trojan or cue check
+    needs are computed directly (the dynamic loop checks after every step), anything else through
+    `compute_metrics`. Values agree with `compute_metrics`."""
+    if data.protected or any(r.key not in _LEAN for r in reqs):
+        return compute_metrics(model, data, split).metrics
+    sp = data.split(split)
+    m = {"accuracy": float((predict(model, sp.X) == sp.y.numpy()).mean())}
+    if data.trigger is not None:
+        m["attack_success_rate"] = attack_success_rate(model, data, split)
+    if data.cue is not None:
+        m["cue_accuracy"] = cue_accuracy(model, data, split)
+        m["cue_gap"] = m["accuracy"] - m["cue_accuracy"]
+        m["worst_group_accuracy"] = min(m["accuracy"], m["cue_accuracy"])
+    return m
+
+
+def default_requirements(data: AuditData) -> list[Requirement]:
+    """What a rank-one editor aims for when no requirement is given."""
+    if data.trigger is not None:
+        return [parse_requirement("attack_success_rate <= 0.02")]
+    if data.cue is not None:
+        return [parse_requirement("cue_gap <= 0.05")]
+    return []
+
+
+def _needs_pairs(bundle, data: AuditData) -> str | None:
+    if data is None:
+        return None
+    if data.stamp is None and data.train.corrupted is None:
+        return (f"data set {data.name!r} has no trigger, cue or corrupted twins; rank-one rectification needs "
+                "(clean, corrupted) pairs (a Trojan or cue data set, or an .npz case)")
+    if bundle is not None and not editable_layers(bundle.model):
+        return "the model has no Linear or Conv2d layer"
+    return None
+
+
+@dataclass
+class RankOneHyper:
+    samples: int = 1  # clean samples (each with its corrupted twin) from `split`
+    seed: int = 0  # which samples
+    layer: str | None = None  # layer to edit; None: the top-ranked one
+    strength: float = 1.0  # 1 maps corrupted keys exactly to clean values; >1 moves past them
+    ridge: float = 1e-3  # relative ridge added to C (keys clean data never spans stay editable)
+    mu: float = 1e-2  # weight of clean-key disturbance against fitting the pairs
+    rank: int | None = None  # truncate the joint least-squares change to this rank (None: exact fit)
+    attribution: str = "integrated_gradients"  # or "conductance" (Captum layer method for ranking)
+    n_steps: int = 32  # integration steps of the attribution
+    max_rows: int = 4096  # clean training rows used for C
+    split: str = "train"  # where the pairs come from
+
+
+@register_editor
+class RankOneEditor(Editor):
+    """One closed-form rank-one edit of the chosen (or top-ranked) layer from n (clean, corrupted) pairs."""
+
+    name = "rank-one"
+    description = "Attribution-guided rank-one edit of one layer (closed form), from n clean samples"
+    kind = "rank-one"
+    targets = ("attack_success_rate", "cue_gap", "cue_accuracy", "worst_group_accuracy")
+    Hyper = RankOneHyper
+
+    def supports(self, bundle, data) -> str | None:
+        return _needs_pairs(bundle, data)
+
+    def _check(self) -> None:
+        hp = self.hparams
+        if hp.samples < 1:
+            raise AuditorError(f"samples must be at least 1, got {hp.samples}")
+        if hp.attribution not in METHODS:
+            raise AuditorError(f"unknown attribution {hp.attribution!r}; choose one of {', '.join(METHODS)}")
+
+    def _pairs(self, data: AuditData, device: torch.device):
+        clean, corrupted, labels = data.pairs(self.hparams.samples, self.hparams.seed, split=self.hparams.split)
+        return clean.to(device), corrupted.to(device), labels.to(device)
+
+    def _rank(self, model, data, clean, corrupted, labels):
+        hp = self.hparams
+        return rank_layers(model, corrupted, clean, target=labels, reference=data.train.X, method=hp.attribution,
+                           n_steps=hp.n_steps, ridge=hp.ridge, max_rows=hp.max_rows)
+
+    def _layer(self, model, data, clean, corrupted, labels) -> tuple[str, list[dict] | None]:
+        if self.hparams.layer:
+            return self.hparams.layer, None
+        table = self._rank(model, data, clean, corrupted, labels)
+        return str(table.iloc[0]["layer"]), table.to_dict("records")
+
+    def _update(self, model, data, layer, clean, corrupted, strength=None) -> RankOneUpdate:
+        hp = self.hparams
+        return compute_delta(model, layer, clean, corrupted, data.train.X, ridge=hp.ridge, mu=hp.mu, rank=hp.rank,
+                             strength=hp.strength if strength is None else strength, max_rows=hp.max_rows)
+
+    def _edit(self, model, data, requirements, device, callback, **_):
+        self._check()
+        clean, corrupted, labels = self._pairs(data, device)
+        callback(0.1, "localizing")
+        layer, ranking = self._layer(model, data, clean, corrupted, labels)
+        callback(0.5, f"editing {layer}")
+        update = self._update(model, data, layer, clean, corrupted)
+        apply_delta(model, update)
+        self.log.append({"step": 1, "action": "edit", "layer": layer, "keys": update.keys,
+                         "residual": update.residual, "residual_after": update.residual_after,
+                         "rank": update.rank, "norm": float(update.delta.norm()), "strength": self.hparams.strength})
+        return {"layer": layer, "ranking": ranking, "keys": update.keys, "samples": int(len(clean))}
+
+
+@dataclass
+class DynamicRankOneHyper(RankOneHyper):
+    max_edits: int = 8  # budget of edit steps (accepted or rolled back)
+    max_accuracy_drop: float = 0.005  # utility budget: clean accuracy lost on `check_split`
+    strength_step: float = 0.5  # how much a strengthening step adds along an accepted edit
+    check_split: str = "val"  # held-out clean split where requirement and utility are checked
+    gap_tol: float = 0.05  # the pairs count as rectified when their gap is below this share of the start
+
+
+@register_editor
+class DynamicRankOneEditor(RankOneEditor):
+    """Re-localize, edit, check requirement and utility on held-out data, roll back, repeat.
+
+    Each step: while the pairs still show a gap between clean and corrupted predictions, rank the
+    layers on the current model and edit the best-ranked layer not yet rolled back; once the pairs
+    are rectified but the requirement still fails on the held-out split, strengthen the last
+    accepted edit along its own rank-one direction. A step that costs more clean accuracy than the
+    budget, or does not improve the requirement, is rolled back. Stops when every requirement
+    holds on the held-out split or the budget of steps runs out. `self.log` records every step.
+    """
+
+    name = "dynamic-rank-one"
+    description = "Re-localize, rank-one edit, check on held-out data, roll back, repeat (from n clean samples)"
+    kind = "rank-one"
+    Hyper = DynamicRankOneHyper
+
+    def _status(self, model, data, reqs):
+        m = check_metrics(model, data, self.hparams.check_split, reqs)
+        results = [r.check(m) for r in reqs]
+        # how far from meeting every requirement (0 when all hold)
+        shortfall = sum(abs(r.value - r.threshold) for r in results if not r.passed)
+        return m, results, shortfall
+
+    @torch.no_grad()
+    def _gap(self, model, clean, corrupted, labels) -> float:
+        model.eval()
+        a, b = model(clean), model(corrupted)
+        idx = labels[:, None]
+        return float((a.gather(1, idx) - b.gather(1, idx)).abs().mean())
+
+    def _edit(self, model, data, requirements, device, callback, **_):
+        self._check()
+        hp = self.hparams
+        reqs = list(requirements) or default_requirements(data)
+        if not reqs:
+            raise AuditorError("dynamic-rank-one needs a requirement to check (e.g. 'attack_success_rate <= 0.02')")
+        clean, corrupted, labels = self._pairs(data, device)
+        m0, res0, short = self._status(model, data, reqs)
+        acc0 = m0["accuracy"]
+        gap0 = self._gap(model, clean, corrupted, labels)
+        self.log.append({"step": 0, "action": "start", "split": hp.check_split, "accuracy": acc0,
+                         "requirements": [r.to_dict() for r in res0], "pair_gap": gap0})
+        rejected: set[str] = set()
+        last: RankOneUpdate | None = None
+        strength_of: dict[str, float] = {}
+        rankings = []
+        for step in range(1, hp.max_edits + 1):
+            if short == 0:
+                break
+            callback(step / (hp.max_edits + 1), f"step {step}")
+            gap = self._gap(model, clean, corrupted, labels)
+            entry: dict = {"step": step, "pair_gap": gap}
+            if gap > hp.gap_tol * max(gap0, 1e-12):
+                if hp.layer:
+                    candidates = [hp.layer]
+                else:
+                    table = self._rank(model, data, clean, corrupted, labels)
+                    rankings.append(table.to_dict("records"))
+                    entry["ranking"] = [(r["layer"], round(float(r["score"]), 6)) for r in rankings[-1]]
+                    candidates = [str(x) for x in table["layer"]]
+                candidates = [c for c in candidates if c not in rejected]
+                if not candidates:
+                    entry.update(action="stop", reason="every layer's edit was rolled back")
+                    self.log.append(entry)
+                    break
+                layer = candidates[0]
+                update = self._update(model, data, layer, clean, corrupted, strength=1.0)
+                scale, action = 1.0, "edit"
+            elif last is not None:
+                layer, update = last.layer, last
+                scale, action = hp.strength_step, "strengthen"
+            else:
+                entry.update(action="stop", reason="the pairs show no gap to rectify")
+                self.log.append(entry)
+                break
+            saved = _snapshot(model, layer)
+            apply_delta(model, update, scale)
+            m, res, new_short = self._status(model, data, reqs)
+            drop = acc0 - m["accuracy"]
+            entry.update(action=action, layer=layer, keys=update.keys, scale=scale,
+                         norm=float(update.delta.norm() * scale), accuracy=m["accuracy"], accuracy_drop=drop,
+                         requirements=[r.to_dict() for r in res])
+            if drop > hp.max_accuracy_drop + 1e-12 or new_short >= short:
+                _restore(model, layer, saved)
+                entry.update(accepted=False, reason=("over the utility budget" if drop > hp.max_accuracy_drop + 1e-12
+                                                     else "does not bring the requirement closer"))
+                if action == "edit":
+                    rejected.add(layer)
+                else:
+                    self.log.append(entry)
+                    self.log.append({"step": step, "action": "stop",
+                                     "reason": "strengthening the edit no longer pays within the budget"})
+                    break
+            else:
+                entry["accepted"] = True
+                short = new_short
+                strength_of[layer] = strength_of.get(layer, 0.0) + scale
+                if action == "edit":
+                    last = update
+            self.log.append(entry)
+        m, res, short = self._status(model, data, reqs)
+        return {"layers": sorted(strength_of), "strength": strength_of, "samples": int(len(clean)),
+                "steps": sum(1 for e in self.log if e.get("action") in ("edit", "strengthen")),
+                "check_split": hp.check_split, "requirements_met_on_check_split": short == 0,
+                "check_metrics": {k: float(v) for k, v in m.items()}, "rankings": rankings}

@@ -1,0 +1,523 @@
+"""Where in the network a misbehaviour lives: Captum attributions per layer, per feature, per pixel.
+
+A layer is read as a linear associative memory: its keys are its inputs (for a convolution, the
+unfolded input patch at every output position), its values its outputs. `rank_layers` runs
+Captum's layer integrated gradients (or layer conductance) with the corrupted input as baseline
+and its clean twin as input, so by completeness every layer's attributions sum to the same
+prediction gap f(clean) - f(corrupted); it then projects them on the rank-one edit direction
+C^-1 k* (C the uncentred second moment of clean keys, k* the corrupted key) and ranks layers by
+the Frobenius norm of that projection: the layer where a small rank-one edit moves the most gap.
+
+    >>> from auditor import load_model, load_data
+    >>> from auditor.localize import rank_layers
+    >>> bundle = load_model("sample_models/digits_cnn_trojan.safetensors")
+    >>> data = load_data("digits-trojan")
+    >>> clean, corrupted, labels = data.pairs(1, seed=0)
+    >>> rank_layers(bundle.model, corrupted, clean, reference=data.train.X)  # doctest: +SKIP
+
+Every function here leaves no hook behind, also when it raises (`hook_guard`).
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import AuditorError
+from .models.architectures import editable_layers
+
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+               "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs")
+METHODS = ("integrated_gradients", "conductance")
+
+
+# ---------------------------------------------------------------------------------------------
+# Hooks, layers and keys
+
+
+@contextmanager
+def hook_guard(model: nn.Module) -> Iterator[nn.Module]:
+    """Remove, on exit (also after an exception), every hook added to any module of `model` inside."""
+    before = {id(m): {name: set(getattr(m, name, {}) or {}) for name in _HOOK_DICTS} for m in model.modules()}
+    try:
+        yield model
+    finally:
+        for m in model.modules():
+            old = before.get(id(m), {})
+            for name in _HOOK_DICTS:
+                hooks = getattr(m, name, None)
+                if not hooks:
+                    continue
+                for key in [k for k in hooks if k not in old.get(name, ())]:
+                    del hooks[key]
+
+
+def resolve_layer(model: nn.Module, name: str) -> nn.Module:
+    """The module called `name` in `model.named_modules()`; a clear error listing valid names."""
+    modules = dict(model.named_modules())
+    if name not in modules:
+        valid = [n for n, _ in editable_layers(model)]
+        raise AuditorError(f"model has no layer {name!r}; editable layers: {', '.join(valid) or '(none)'}")
+    return modules[name]
+
+
+def check_editable(layer: nn.Module, name: str = "") -> None:
+    if not isinstance(layer, (nn.Linear, nn.Conv2d)):
+        raise AuditorError(f"layer {name!r} is a {type(layer).__name__}; only Linear and Conv2d layers are "
+                           "keys-to-values memories that can be localized and edited")
+    if isinstance(layer, nn.Conv2d) and layer.groups != 1:
+        raise AuditorError(f"layer {name!r} is a grouped convolution (groups={layer.groups}); "
+                           "pick an ordinary Conv2d or Linear layer")
+
+
+def layer_keys(layer: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """Keys of `layer` for a batch of its inputs: (N, P, D) with P positions per example.
+
+    Linear: P = 1 (or the product of leading dims), D = in_features. Conv2d: the unfolded input
+    patch at each output position (F.unfold), D = in_channels * kh * kw, P = output positions in
+    row-major order (the order of `layer(inputs).flatten(2)`). A bias adds a constant 1 to every key.
+    """
+    if isinstance(layer, nn.Linear):
+        keys = inputs.reshape(inputs.shape[0], -1, layer.in_features)
+    elif isinstance(layer, nn.Conv2d):
+        x, padding = inputs, layer.padding
+        if isinstance(padding, str) or layer.padding_mode != "zeros":
+            mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
+            x, padding = F.pad(x, list(layer._reversed_padding_repeated_twice), mode=mode), 0
+        cols = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=padding, stride=layer.stride)
+        keys = cols.transpose(1, 2)
+    else:
+        raise AuditorError(f"no keys for a {type(layer).__name__}; only Linear and Conv2d")
+    if layer.bias is not None:
+        keys = torch.cat([keys, torch.ones_like(keys[..., :1])], dim=-1)
+    return keys
+
+
+def layer_matrix(layer: nn.Module) -> torch.Tensor:
+    """The layer as one matrix acting on `layer_keys` (weight flattened, bias as the last column)."""
+    w = layer.weight.detach().reshape(layer.weight.shape[0], -1)
+    if layer.bias is not None:
+        w = torch.cat([w, layer.bias.detach()[:, None]], dim=1)
+    return w
+
+
+def layer_values(layer: nn.Module, outputs: torch.Tensor) -> torch.Tensor:
+    """Outputs of `layer` laid out like its keys: (N, P, out)."""
+    if isinstance(layer, nn.Conv2d):
+        return outputs.flatten(2).transpose(1, 2)
+    return outputs.reshape(outputs.shape[0], -1, outputs.shape[-1])
+
+
+@contextmanager
+def capture_inputs(model: nn.Module, layers: dict[str, nn.Module]) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Record the inputs of the given layers during forward passes; hooks are always removed."""
+    store: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    with hook_guard(model):
+        handles = []
+        try:
+            for name, layer in layers.items():
+                handles.append(layer.register_forward_pre_hook(
+                    lambda mod, args, _n=name: store[_n].append(args[0].detach())))
+            yield store
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def _device(model: nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+@torch.no_grad()
+def layer_io(model: nn.Module, layer_name: str, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keys, values) of one layer for inputs X, each (N, P, dim), on the model's device."""
+    layer = resolve_layer(model, layer_name)
+    check_editable(layer, layer_name)
+    was_training = model.training
+    model.eval()
+    try:
+        with capture_inputs(model, {layer_name: layer}) as store:
+            model(X.to(_device(model)))
+        inp = store[layer_name][0]
+        keys = layer_keys(layer, inp)
+        return keys, keys @ layer_matrix(layer).T
+    finally:
+        model.train(was_training)
+
+
+# ---------------------------------------------------------------------------------------------
+# Second moment of keys (cached per model hash and layer)
+
+_MOMENTS: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+_MOMENT_CACHE_SIZE = 64
+
+
+def clear_moment_cache() -> None:
+    """Forget every cached second moment (benchmarks time cold edits with this)."""
+    _MOMENTS.clear()
+
+
+def _fingerprint(X: torch.Tensor) -> str:
+    h = hashlib.sha1(str(tuple(X.shape)).encode())
+    h.update(X.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _model_hash(model: nn.Module) -> str:
+    h = hashlib.sha1()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def second_moments(model: nn.Module, layer_names: Sequence[str], X: torch.Tensor, *, max_rows: int = 4096,
+                   max_keys: int = 16384, batch_size: int = 1024,
+                   model_hash: str | None = None) -> dict[str, torch.Tensor]:
+    """Uncentred second moments E[k k^T] of several layers' keys over clean inputs X (float64, D x D
+    each), from one pass over the data.
+
+    At most `max_rows` rows of X are used (the first ones) and, for a convolution, at most about
+    `max_keys` of their patch positions (a fixed random subset), so the result is deterministic.
+    Cached per (weights hash, layer, data fingerprint). Computed on the model's device.
+    """
+    X = X[:max_rows]
+    mh, fp = model_hash or _model_hash(model), _fingerprint(X)
+    out: dict[str, torch.Tensor] = {}
+    todo: dict[str, nn.Module] = {}
+    for name in layer_names:
+        key = (mh, name, fp)
+        if key in _MOMENTS:
+            _MOMENTS.move_to_end(key)
+            out[name] = _MOMENTS[key]
+        else:
+            layer = resolve_layer(model, name)
+            check_editable(layer, name)
+            todo[name] = layer
+    if not todo:
+        return out
+    if len(X) == 0:
+        raise AuditorError("no clean inputs to estimate the keys' second moment from")
+    dev = _device(model)
+    acc = torch.float32 if dev.type == "mps" else torch.float64
+    totals: dict[str, torch.Tensor] = {}
+    counts = dict.fromkeys(todo, 0)
+    gen = torch.Generator().manual_seed(0)
+    was_training = model.training
+    model.eval()
+    try:
+        with capture_inputs(model, todo) as store:
+            for i in range(0, len(X), batch_size):
+                for v in store.values():
+                    v.clear()
+                model(X[i:i + batch_size].to(dev))
+                for name, layer in todo.items():
+                    k = layer_keys(layer, store[name][0])
+                    share = max_keys / (len(X) * k.shape[1])  # k: (batch, positions, D)
+                    k = k.reshape(-1, k.shape[-1]).float()
+                    quota = int(np.ceil(share * k.shape[0]))
+                    if quota < k.shape[0]:
+                        k = k[torch.randperm(k.shape[0], generator=gen)[:quota].to(k.device)]
+                    kk = (k.T @ k).to(acc)
+                    totals[name] = totals[name] + kk if name in totals else kk
+                    counts[name] += k.shape[0]
+    finally:
+        model.train(was_training)
+    for name in todo:
+        C = totals[name] / max(counts[name], 1)
+        _MOMENTS[(mh, name, fp)] = C
+        out[name] = C
+    while len(_MOMENTS) > _MOMENT_CACHE_SIZE:
+        _MOMENTS.popitem(last=False)
+    return out
+
+
+def second_moment(model: nn.Module, layer_name: str, X: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Uncentred second moment E[k k^T] of one layer's keys over clean inputs X (see `second_moments`)."""
+    return second_moments(model, [layer_name], X, **kwargs)[layer_name]
+
+
+def regularised(C: torch.Tensor, ridge: float) -> torch.Tensor:
+    """C + ridge * mean(diag C) * I: invertible even for keys clean data never spans."""
+    scale = float(torch.diagonal(C).mean()) or 1.0
+    return C + ridge * scale * torch.eye(C.shape[0], dtype=C.dtype, device=C.device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer ranking
+
+
+@torch.no_grad()
+def _layer_keys_all(model: nn.Module, modules: dict[str, nn.Module], X: torch.Tensor) -> dict[str, torch.Tensor]:
+    with capture_inputs(model, modules) as store:
+        model(X)
+    return {name: layer_keys(layer, store[name][0]) for name, layer in modules.items()}
+
+
+def _targets(model: nn.Module, clean: torch.Tensor, target) -> torch.Tensor:
+    n = clean.shape[0]
+    if target is None:
+        with torch.no_grad():
+            return model(clean).argmax(1)
+    t = torch.as_tensor(target, dtype=torch.long, device=clean.device).reshape(-1)
+    return t.expand(n).clone() if t.numel() == 1 else t
+
+
+def _layer_attribution(model: nn.Module, layer: nn.Module, clean: torch.Tensor, corrupted: torch.Tensor,
+                       target: torch.Tensor, method: str, n_steps: int) -> torch.Tensor:
+    from captum.attr import LayerConductance, LayerIntegratedGradients
+
+    if method == "integrated_gradients":
+        attr = LayerIntegratedGradients(model, layer).attribute(clean, baselines=corrupted, target=target,
+                                                                n_steps=n_steps)
+    elif method == "conductance":
+        attr = LayerConductance(model, layer).attribute(clean, baselines=corrupted, target=target, n_steps=n_steps)
+    else:
+        raise AuditorError(f"unknown attribution method {method!r}; choose one of {', '.join(METHODS)}")
+    if isinstance(attr, (tuple, list)):
+        attr = attr[0]
+    return attr.detach()
+
+
+def rank_layers(model: nn.Module, corrupted: torch.Tensor, clean: torch.Tensor, target=None, *,
+                layers: Sequence[str] | None = None, reference: torch.Tensor | None = None,
+                method: str = "integrated_gradients", n_steps: int = 32, ridge: float = 1e-3,
+                max_rows: int = 4096) -> pd.DataFrame:
+    """Rank a model's Linear/Conv2d layers by how much of the clean-vs-corrupted gap a rank-one edit
+    there can move.
+
+    For each layer l, Captum's layer integrated gradients (or conductance) with baseline
+    `corrupted` and input `clean` give M^l (one value per output unit and position; by
+    completeness each layer sums to f(clean) - f(corrupted) for the `target` logit, by default the
+    model's prediction on the clean inputs). M^l is projected on the edit direction d = C^-1 k*
+    (k* the corrupted key at each position, C the regularised second moment of keys over
+    `reference`, clean inputs such as `data.train.X`; identity when None):
+    M* = sum over examples and positions of M^l[:, p] d_p^T, and score = ||M*||_F.
+
+    Returns a DataFrame sorted by rank with columns `layer, type, score, rank, share, attribution`
+    (the layer's attribution total: the same gap for every layer, a completeness check),
+    `magnitude` (||M^l||), `keys` (positions whose key the corruption changes) and `parameters`.
+    Works on any `nn.Module`; no hook is left on it, also when it raises.
+    """
+    if corrupted.shape != clean.shape:
+        raise AuditorError(f"corrupted inputs {tuple(corrupted.shape)} and clean inputs {tuple(clean.shape)} "
+                           "must have the same shape (one corrupted twin per clean input)")
+    if method not in METHODS:
+        raise AuditorError(f"unknown attribution method {method!r}; choose one of {', '.join(METHODS)}")
+    named = dict(editable_layers(model))
+    names = list(layers) if layers is not None else list(named)
+    if not names:
+        raise AuditorError("the model has no Linear or Conv2d layer to rank")
+    dev = _device(model)
+    clean, corrupted = clean.to(dev), corrupted.to(dev)
+    was_training = model.training
+    model.eval()
+    rows = []
+    try:
+        with hook_guard(model):
+            tgt = _targets(model, clean, target)
+            modules = {}
+            for name in names:
+                modules[name] = resolve_layer(model, name)
+                check_editable(modules[name], name)
+            k_bad, k_good = _layer_keys_all(model, modules, corrupted), _layer_keys_all(model, modules, clean)
+            moments = (second_moments(model, names, reference, max_rows=max_rows)
+                       if reference is not None else {})
+            for name, layer in modules.items():
+                M = _layer_attribution(model, layer, clean, corrupted, tgt, method, n_steps)
+                Mv = layer_values(layer, M).double()  # (N, P, out)
+                K = k_bad[name].double()  # (N, P, D)
+                if name in moments:
+                    C = regularised(moments[name], ridge).to(K.device, K.dtype)
+                    Dm = torch.linalg.solve(C, K.reshape(-1, K.shape[-1]).T).T.reshape(K.shape)
+                else:
+                    Dm = K
+                Mstar = torch.einsum("npo,npd->od", Mv, Dm)
+                changed = ((k_bad[name] - k_good[name]).abs().amax(-1) > 1e-6).sum().item()
+                rows.append({"layer": name, "type": type(layer).__name__, "score": float(Mstar.norm()),
+                             "attribution": float(M.double().sum() / max(len(clean), 1)),
+                             "magnitude": float(M.double().norm()), "keys": int(changed),
+                             "parameters": int(sum(p.numel() for p in layer.parameters(recurse=False)))})
+    finally:
+        model.train(was_training)
+    df = pd.DataFrame(rows)
+    total = df["score"].sum()
+    df["share"] = df["score"] / total if total > 0 else 0.0
+    df = df.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+    df["rank"] = np.arange(1, len(df) + 1)
+    return df[["layer", "type", "score", "rank", "share", "attribution", "magnitude", "keys", "parameters"]]
+
+
+def rank_layers_for(model: nn.Module, data, n: int = 1, seed: int = 0, split: str = "train",
+                    **kwargs) -> pd.DataFrame:
+    """`rank_layers` on n (clean, corrupted) pairs of an `AuditData` with a trigger, cue or twins;
+    the keys' second moment comes from the clean training inputs."""
+    clean, corrupted, labels = data.pairs(n, seed, split=split)
+    kwargs.setdefault("reference", data.train.X)
+    kwargs.setdefault("target", labels)
+    return rank_layers(model, corrupted, clean, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature and pixel attributions (the Localize view)
+
+
+def _ig(model: nn.Module, X: torch.Tensor, baselines, target: torch.Tensor, n_steps: int) -> torch.Tensor:
+    from captum.attr import IntegratedGradients
+
+    with hook_guard(model):
+        return IntegratedGradients(model).attribute(X, baselines=baselines, target=target, n_steps=n_steps).detach()
+
+
+def feature_attributions(model: nn.Module, X: torch.Tensor, feature_groups: dict[str, list[int]] | None = None,
+                         *, baseline: torch.Tensor | None = None, target=None, n_steps: int = 32,
+                         feature_names: Sequence[str] | None = None) -> pd.DataFrame:
+    """Integrated gradients per raw feature of a tabular model, over the rows X.
+
+    One-hot inputs are summed back to their raw feature through `feature_groups` ({feature: [input
+    indices]}, e.g. `data.feature_groups`); without it every input is its own feature. The baseline
+    is `baseline` (one row or one per row), by default the mean of X. `target`: the class whose
+    logit is explained, by default each row's predicted class.
+    Returns a DataFrame sorted by importance: `feature, attribution` (mean signed attribution),
+    `importance` (mean absolute attribution), `share` (of total importance), `inputs`, `rank`.
+    """
+    if X.dim() != 2:
+        raise AuditorError(f"feature_attributions takes rows of features (N, inputs); got shape {tuple(X.shape)} "
+                           "(for images use pixel_attributions)")
+    dev = _device(model)
+    X = X.to(dev).float()
+    base = X.mean(0, keepdim=True) if baseline is None else baseline.to(dev).float().reshape(-1, X.shape[1])
+    if base.shape[0] == 1:
+        base = base.expand_as(X)
+    was_training = model.training
+    model.eval()
+    try:
+        tgt = _targets(model, X, target)
+        A = _ig(model, X, base, tgt, n_steps).double().cpu()
+    finally:
+        model.train(was_training)
+    if feature_groups is None:
+        names = list(feature_names) if feature_names is not None else [f"x{i}" for i in range(X.shape[1])]
+        feature_groups = {n: [i] for i, n in enumerate(names)}
+    rows = []
+    for feat, idx in feature_groups.items():
+        if not idx:
+            continue
+        a = A[:, list(idx)].sum(1)
+        rows.append({"feature": feat, "attribution": float(a.mean()), "importance": float(a.abs().mean()),
+                     "inputs": len(idx)})
+    df = pd.DataFrame(rows)
+    total = df["importance"].sum()
+    df["share"] = df["importance"] / total if total > 0 else 0.0
+    df = df.sort_values("importance", ascending=False, kind="stable").reset_index(drop=True)
+    df["rank"] = np.arange(1, len(df) + 1)
+    return df[["feature", "attribution", "importance", "share", "inputs", "rank"]]
+
+
+def pixel_attributions(model: nn.Module, clean: torch.Tensor, corrupted: torch.Tensor, target=None, *,
+                       n_steps: int = 32) -> dict[str, torch.Tensor]:
+    """Per-pixel integrated gradients for image pairs (clean vs corrupted side by side).
+
+    Returns tensors shaped like the inputs (N, C, H, W), on CPU:
+    `clean`: attribution of the clean prediction (or `target`) with the corrupted twin as baseline
+    (where the corruption took evidence away); `corrupted`: attribution of the corrupted
+    prediction with the clean twin as baseline (where the corruption pushes, e.g. the trigger);
+    plus `clean_prediction` and `corrupted_prediction` (N,) class indices.
+    """
+    if corrupted.shape != clean.shape:
+        raise AuditorError("clean and corrupted images must have the same shape")
+    dev = _device(model)
+    clean, corrupted = clean.to(dev).float(), corrupted.to(dev).float()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            p_clean, p_corr = model(clean).argmax(1), model(corrupted).argmax(1)
+        t_clean = _targets(model, clean, target) if target is not None else p_clean
+        a_clean = _ig(model, clean, corrupted, t_clean, n_steps)
+        a_corr = _ig(model, corrupted, clean, p_corr, n_steps)
+    finally:
+        model.train(was_training)
+    return {"clean": a_clean.cpu(), "corrupted": a_corr.cpu(), "clean_prediction": p_clean.cpu(),
+            "corrupted_prediction": p_corr.cpu()}
+
+
+class _Margin(nn.Module):
+    """Logit of the positive class minus the negative class, as a one-output model."""
+
+    def __init__(self, model: nn.Module, positive: int = 1, negative: int = 0):
+        super().__init__()
+        self.model, self.positive, self.negative = model, positive, negative
+
+    def forward(self, x):
+        out = self.model(x)
+        return (out[:, self.positive] - out[:, self.negative])[:, None]
+
+
+def fairness_layers(model: nn.Module, X: torch.Tensor, groups, *, positive: int = 1, n_pairs: int = 256,
+                    seed: int = 0, method: str = "integrated_gradients", n_steps: int = 32,
+                    layers: Sequence[str] | None = None) -> pd.DataFrame:
+    """Which layers carry the gap in scores between two groups (for a fairness requirement).
+
+    `groups` holds one group label per row of X (e.g. `data.test.groups["sex"]`). The group with
+    the highest mean positive margin (logit positive - logit negative) is `high`, the lowest
+    `low`. Rows of `high` are paired at random with rows of `low`; layer integrated gradients
+    with the `low` row as baseline and the `high` row as input attribute the gap to every layer's
+    units (completeness: each layer sums to the same gap). Per layer: `gap` (that sum, averaged
+    over pairs), `score` (norm of the per-unit mean attribution: how much of the gap flows
+    through units that carry it consistently), `concentration` (share of |attribution| in the
+    top 10% of units), `top_units` (the three units carrying most), sorted by score with `rank`.
+    """
+    g = pd.Series(np.asarray(groups)).astype(str).reset_index(drop=True)
+    if len(g) != len(X):
+        raise AuditorError(f"{len(g)} group labels for {len(X)} rows")
+    labels = sorted(g.unique())
+    if len(labels) < 2:
+        raise AuditorError("fairness_layers needs at least two groups; the protected attribute has one value")
+    dev = _device(model)
+    X = X.to(dev).float()
+    margin = _Margin(model, positive, 1 - positive if positive in (0, 1) else 0)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            score = margin(X)[:, 0].cpu().numpy()
+        means = {lab: float(score[(g == lab).to_numpy()].mean()) for lab in labels}
+        high, low = max(means, key=means.get), min(means, key=means.get)
+        rng = np.random.default_rng(seed)
+        hi_rows = rng.choice(np.flatnonzero((g == high).to_numpy()), size=n_pairs, replace=True)
+        lo_rows = rng.choice(np.flatnonzero((g == low).to_numpy()), size=n_pairs, replace=True)
+        xi, xb = X[hi_rows], X[lo_rows]
+        named = dict(editable_layers(model))
+        names = list(layers) if layers is not None else list(named)
+        rows = []
+        with hook_guard(model):
+            for name in names:
+                layer = resolve_layer(model, name)
+                M = _layer_attribution(margin, layer, xi, xb, torch.zeros(len(xi), dtype=torch.long, device=dev),
+                                       method, n_steps).double()
+                unit = M.reshape(M.shape[0], M.shape[1], -1).sum(-1).mean(0) if M.dim() > 2 else M.mean(0)
+                mag = unit.abs()
+                k = max(1, int(np.ceil(0.1 * mag.numel())))
+                top = torch.topk(mag, min(3, mag.numel())).indices.cpu().tolist()
+                rows.append({"layer": name, "type": type(layer).__name__, "score": float(unit.norm()),
+                             "gap": float(M.sum() / len(xi)),
+                             "concentration": float(torch.topk(mag, k).values.sum() / mag.sum()) if mag.sum() > 0 else 0.0,
+                             "top_units": top, "high_group": high, "low_group": low,
+                             "score_gap": means[high] - means[low]})
+    finally:
+        model.train(was_training)
+    df = pd.DataFrame(rows).sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+    df["rank"] = np.arange(1, len(df) + 1)
+    return df
