@@ -1,0 +1,52 @@
+"""Tabular baselines on the shipped Adult MLP: each meets its requirement with utility above a floor,
+leaves the original untouched and reverts bit for bit."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from fairlearn.metrics import demographic_parity_difference
+
+from auditor.editors import EDITORS, get_editor
+from auditor.editors.tabular_baselines import fairness_gap, group_codes, hard_fairness
+from auditor.models import weights_sha256
+from auditor.requirements import compute_metrics
+
+
+def _edit_and_check(bundle, data, editor, requirements, **settings):
+    before = weights_sha256(bundle.model)
+    result = get_editor(editor, **settings).edit(bundle, data, requirements, device="cpu")
+    assert weights_sha256(bundle.model) == before, "the original model was changed"
+    reverted = result.reverted()
+    for name, value in bundle.model.state_dict().items():
+        assert torch.equal(reverted.model.state_dict()[name], value), f"revert of {name} is not bit-exact"
+    return result, compute_metrics(result.bundle.model, data, "test").metrics
+
+
+def test_surrogate_matches_fairlearn(adult):
+    rng = np.random.default_rng(0)
+    pred = rng.integers(0, 2, len(adult.test))
+    codes, _ = group_codes(adult, "race", "test")
+    ours = hard_fairness(pred, adult.test.y.numpy(), codes.numpy(), "demographic_parity")
+    theirs = demographic_parity_difference(adult.test.y.numpy(), pred,
+                                           sensitive_features=adult.test.groups["race"].astype(str))
+    assert ours == pytest.approx(theirs, abs=1e-12)
+    p = torch.rand(50, requires_grad=True)
+    g = torch.tensor([0, 1] * 25)
+    fairness_gap(p, g, torch.ones(50, dtype=torch.long), "equalized_odds").backward()
+    assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+def test_finetune_fairness_meets_dp_on_adult(adult_mlp, adult):
+    assert "finetune-fairness" in EDITORS
+    result, m = _edit_and_check(adult_mlp, adult, "finetune-fairness", ["demographic_parity <= 0.05"])
+    assert m["demographic_parity"] <= 0.05
+    assert m["accuracy"] >= 0.82
+    assert result.extras["reached"] and result.extras["attribute"] == "sex"
+    assert result.seconds < 30  # a few seconds in practice; generous for a loaded machine
+
+
+def test_finetune_fairness_meets_eo_on_adult(adult_mlp, adult):
+    result, m = _edit_and_check(adult_mlp, adult, "finetune-fairness", ["equalized_odds <= 0.03"])
+    assert m["equalized_odds"] <= 0.04  # target 0.03 on validation with a margin; test set is a fresh sample
+    assert m["accuracy"] >= 0.83
