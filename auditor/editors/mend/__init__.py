@@ -1,0 +1,133 @@
+"""MEND-style learned gradient editor: fix specific mistakes ("this input should be that label").
+
+The fine-tuning gradient of a Linear layer for one example is the outer product of the
+back-propagated delta and the layer input u; a small learned network (`GradientEditor`) maps
+(u, delta) to a better pair and the edit is their outer product times a learned step per layer.
+Editors are trained per model (`train_mend`, `sample_models/build_mend.py`) and shipped as
+`mend_<model>.safetensors` next to the model.
+
+    >>> from auditor import load_model, load_data
+    >>> from auditor.editors import get_editor
+    >>> from auditor.fixes import parse_fixes
+    >>> bundle = load_model("sample_models/digits_cnn.safetensors")
+    >>> data = load_data("digits", spec=bundle.spec)
+    >>> fixes = parse_fixes(["5=3"], data)              # test row 5 should be a 3
+    >>> result = get_editor("mend").edit(bundle, data, fixes=fixes)
+    >>> int(result.bundle.model(fixes.X).argmax(1)[0])
+    3
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ...errors import AuditorError
+from ...models.files import ModelBundle
+from ..base import Editor
+from ..registry import register_editor
+from .hooks import capture_factors, default_layers, margin_loss, resolve_layers, split_head
+from .net import GradientEditor, apply_editor, load_editor, read_editor_info, save_editor
+from .train import MendConfig, train_mend
+
+SAMPLE_DIR = Path(__file__).resolve().parents[3] / "sample_models"
+PATTERN = "mend_*.safetensors"
+
+
+def editor_dirs(bundle: ModelBundle | None = None) -> list[Path]:
+    """Where trained editors are looked for: $AUDITOR_EDITOR_DIR, the model file's folder, sample_models/."""
+    dirs = [Path(p) for p in os.environ.get("AUDITOR_EDITOR_DIR", "").split(os.pathsep) if p]
+    if bundle is not None and bundle.source:
+        dirs.append(Path(bundle.source).resolve().parent)
+    dirs.append(SAMPLE_DIR)
+    return list(dict.fromkeys(d for d in dirs if d.is_dir()))
+
+
+def find_editor_file(bundle: ModelBundle) -> tuple[Path | None, str]:
+    """The trained editor for this model: one trained on exactly these weights, else one trained on
+    a model of the same name and architecture (an already edited copy). (path or None, how it matched)."""
+    sha, name = bundle.sha256, bundle.spec.provenance.get("name")
+    by_name = None
+    for folder in editor_dirs(bundle):
+        for path in sorted(folder.glob(PATTERN)):
+            info = read_editor_info(path)
+            if info is None:
+                continue
+            if info.get("model_sha256") == sha:
+                return path, "trained on these weights"
+            if by_name is None and name and info.get("model_name") == name and info.get("arch") == bundle.spec.arch:
+                by_name = path
+    if by_name is not None:
+        return by_name, f"trained on the unedited {name!r}"
+    return None, ""
+
+
+@lru_cache(maxsize=8)
+def _load_cached(path: str, mtime: float) -> tuple[GradientEditor, dict]:
+    return load_editor(path)
+
+
+@dataclass
+class MendHyper:
+    editor_path: str | None = None  # a trained editor file; None: found by the model's sha256 or name
+    margin: float = 0.5  # scale the edit until each requested label wins by this log-prob margin
+    search: int = 6  # step multipliers tried: powers of sqrt(2) from 2^-search to 2^search; 0: the learned step
+
+
+@register_editor
+class Mend(Editor):
+    """Fix given mistakes with one learned gradient step on the last Linear layers (MEND)."""
+
+    name = "mend"
+    description = "MEND-style learned gradient editor: fixes given mistakes (--fix ROW=LABEL) in one step"
+    kind = "learned"
+    targets = ("edit_success", "generality")
+    Hyper = MendHyper
+
+    def _path(self, bundle: ModelBundle) -> tuple[Path | None, str]:
+        if self.hparams.editor_path:
+            path = Path(self.hparams.editor_path)
+            return (path, "given") if path.is_file() else (None, "")
+        return find_editor_file(bundle)
+
+    def supports(self, bundle: ModelBundle, data) -> str | None:
+        path, _ = self._path(bundle)
+        if path is None:
+            if self.hparams.editor_path:
+                return f"editor file {self.hparams.editor_path} does not exist"
+            return ("no trained MEND editor for this model; train one with "
+                    "`python sample_models/build_mend.py --model MODEL --data DATA`")
+        info = read_editor_info(path)
+        if info is None:
+            return f"{path} is not a MEND editor file"
+        modules = dict(bundle.model.named_modules())
+        for layer, n_in, n_out in info["layers"]:
+            m = modules.get(layer)
+            if not isinstance(m, nn.Linear) or (m.in_features, m.out_features) != (n_in, n_out):
+                return f"the editor in {path.name} edits layer {layer!r} ({n_in}->{n_out}), which this model lacks"
+        return None
+
+    def _edit(self, model, data, requirements, device, callback, *, fixes=None, bundle=None):
+        if fixes is None or len(fixes.y) == 0:
+            raise AuditorError("the mend editor fixes given mistakes: pass fixes (CLI: --fix ROW=LABEL)")
+        path, how = self._path(bundle)
+        editor, info = _load_cached(str(path), path.stat().st_mtime)
+        editor = editor.to(device)
+        X, y = fixes.X.to(device), fixes.y.to(device)
+        callback(0.1, f"editing {len(y)} example(s) with {path.name}")
+        alpha = apply_editor(model, editor, X, y, self.hparams.margin, self.hparams.search)
+        with torch.no_grad():
+            fixed = int((model(X).argmax(1) == y).sum())
+        self.log.append({"step": "mend", "editor": path.name, "matched": how, "layers": editor.layer_names,
+                         "examples": len(y), "step_multiplier": alpha, "fixed": fixed})
+        return {"editor_file": str(path), "layers": editor.layer_names, "step_multiplier": alpha,
+                "fixed": fixed, "examples": len(y)}
+
+
+__all__ = ["GradientEditor", "Mend", "MendConfig", "MendHyper", "apply_editor", "capture_factors",
+           "default_layers", "find_editor_file", "load_editor", "margin_loss", "resolve_layers", "save_editor",
+           "split_head", "train_mend"]

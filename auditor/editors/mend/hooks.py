@@ -1,0 +1,103 @@
+"""Gradient factors of Linear layers, shared by the MEND and editable-training editors.
+
+For a Linear layer y = W u + b and a loss summed over examples, dL/dW = sum_b delta_b u_b^T with
+u_b the layer's input and delta_b = dL/dy_b. `capture_factors` returns (u, delta) per layer
+with hooks that are always removed, also when the forward pass raises.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...errors import AuditorError
+
+
+def default_layers(model: nn.Module, n: int = 2) -> list[str]:
+    """The names of the last `n` Linear layers (the layers a mistake fix edits by default)."""
+    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not names:
+        raise AuditorError("the model has no Linear layer to edit")
+    return names[-n:]
+
+
+def resolve_layers(model: nn.Module, layers: list[str] | None, n: int = 2) -> list[str]:
+    """Check that each named layer exists and is Linear (default: the last `n` Linear layers)."""
+    if not layers:
+        return default_layers(model, n)
+    modules = dict(model.named_modules())
+    for name in layers:
+        if not isinstance(modules.get(name), nn.Linear):
+            linear = [k for k, m in modules.items() if isinstance(m, nn.Linear)]
+            raise AuditorError(f"layer {name!r} is not a Linear layer of this model; Linear layers: {linear}")
+    return list(layers)
+
+
+@contextmanager
+def _recording(model: nn.Module, layers: list[str]):
+    modules = dict(model.named_modules())
+    inputs: dict[str, torch.Tensor] = {}
+    outputs: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def hook(name):
+        def fn(_module, args, out):
+            if torch.is_grad_enabled() and not out.requires_grad:  # frozen weights: still differentiate
+                out = out.detach().requires_grad_()
+            inputs[name] = args[0]
+            outputs[name] = out
+            return out
+        return fn
+
+    try:
+        for name in layers:
+            handles.append(modules[name].register_forward_hook(hook(name)))
+        yield inputs, outputs
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def capture_factors(model: nn.Module, layers: list[str], X: torch.Tensor, y: torch.Tensor,
+                    loss_fn=None) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """{layer: (u, delta)} for the summed loss of `model` on (X, y) (cross-entropy by default),
+    and the logits. u is (rows, in_features), delta is (rows, out_features); nothing is stored
+    on the model's parameters."""
+    loss_fn = loss_fn or (lambda logits, target: F.cross_entropy(logits, target, reduction="sum"))
+    with torch.enable_grad(), _recording(model, layers) as (inputs, outputs):
+        logits = model(X)
+        missing = [n for n in layers if n not in outputs]
+        if missing:
+            raise AuditorError(f"layers {missing} were not used in the forward pass")
+        outs = [outputs[n] for n in layers]
+        grads = torch.autograd.grad(loss_fn(logits, y), outs, allow_unused=True)
+    factors = {}
+    for name, out, g in zip(layers, outs, grads):
+        u = inputs[name].detach()
+        g = torch.zeros_like(out) if g is None else g
+        factors[name] = (u.reshape(-1, u.shape[-1]), g.detach().reshape(-1, g.shape[-1]))
+    return factors, logits.detach()
+
+
+def split_head(model: nn.Module, first_layer: str) -> tuple[nn.Module, nn.Module]:
+    """(trunk, head) of an `nn.Sequential` cut just before `first_layer`: head keeps the layer names,
+    so features computed once by the trunk can be reused while the head is edited."""
+    if not isinstance(model, nn.Sequential):
+        raise AuditorError("training an editor needs an nn.Sequential model (the built-in mlp and cnn "
+                           "architectures are)")
+    names = [n for n, _ in model.named_children()]
+    if first_layer not in names:
+        raise AuditorError(f"layer {first_layer!r} is not a top-level layer of the model; layers: {names}")
+    i = names.index(first_layer)
+    return model[:i], model[i:]
+
+
+def margin_loss(logits: torch.Tensor, y: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
+    """Per-row max(0, margin + max_{c != y} log p_c - log p_y): zero iff y wins by `margin` (ENN's
+    contrastive edit loss)."""
+    logp = logits.log_softmax(-1)
+    target = logp.gather(1, y[:, None]).squeeze(1)
+    other = logp.masked_fill(F.one_hot(y, logp.shape[1]).bool(), float("-inf")).max(1).values
+    return F.relu(margin + other - target)

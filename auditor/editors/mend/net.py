@@ -1,0 +1,194 @@
+"""The MEND gradient editor network: (u, delta) of each edited Linear layer -> (u~, delta~).
+
+One small residual MLP is shared by every edited layer: each layer's standardised u and delta
+are zero-padded to common widths and concatenated, and every block computes
+`h + silu((U V h + b) * scale[layer] + shift[layer])`. U starts at zero, so the network is the
+identity at initialisation; `scale` (init 1) and `shift` (init 0) are per layer. The edit of
+layer l is `W_l -= exp(log_lr[l]) * sum_b delta~_b u~_b^T` with a learned step per layer.
+
+Standardisation uses statistics of many sampled edits: delta is divided by its per-unit
+spread, u is whitened with the inverse square root of its second moment C. The edited
+factors are mapped back (delta~ times the spread, u~ times C^-1/2), so at initialisation the
+edit is the fine-tuning gradient preconditioned by C^-1 (the key of the rank-one edit that
+disturbs other inputs least); training learns what to change from there.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ...errors import AuditorError
+from .hooks import capture_factors, margin_loss
+
+METADATA_KEY = "auditor.mend"
+FORMAT = "auditor-mend/1"
+
+
+class LowRankBlock(nn.Module):
+    """h + silu((U V h + b) * scale[mode] + shift[mode]), U zero-initialised (identity at init)."""
+
+    def __init__(self, dim: int, rank: int, n_modes: int):
+        super().__init__()
+        self.V = nn.Parameter(torch.randn(rank, dim) / dim ** 0.5)
+        self.U = nn.Parameter(torch.zeros(dim, rank))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.scale = nn.Parameter(torch.ones(n_modes, dim))
+        self.shift = nn.Parameter(torch.zeros(n_modes, dim))
+
+    def forward(self, h: torch.Tensor, mode: int) -> torch.Tensor:
+        z = (h @ self.V.T) @ self.U.T + self.bias
+        return h + F.silu(z * self.scale[mode] + self.shift[mode])
+
+
+class GradientEditor(nn.Module):
+    """Maps each layer's gradient factors to edited factors and returns weight changes.
+
+    `layers` lists (name, in_features, out_features) per edited layer, in order (the order picks
+    each layer's scale and shift). Standardisation statistics are buffers set by `set_stats`
+    before training and stored with the weights.
+    """
+
+    def __init__(self, layers: list[tuple[str, int, int]], rank: int = 32, n_blocks: int = 2,
+                 init_lr: float = 1e-2, ridge: float = 1e-2):
+        super().__init__()
+        self.layer_names = [name for name, _, _ in layers]
+        self.dims = {name: (int(a), int(b)) for name, a, b in layers}
+        self.max_in = max(a for a, _ in self.dims.values())
+        self.max_out = max(b for _, b in self.dims.values())
+        self.rank, self.n_blocks, self.ridge = rank, n_blocks, ridge
+        n = len(self.layer_names)
+        self.blocks = nn.ModuleList(LowRankBlock(self.max_in + self.max_out, rank, n) for _ in range(n_blocks))
+        self.log_lr = nn.Parameter(torch.full((n,), math.log(init_lr)))
+        self.register_buffer("u_whiten", torch.eye(self.max_in).repeat(n, 1, 1))
+        self.register_buffer("d_scale", torch.ones(n, self.max_out))
+
+    def config(self) -> dict:
+        return {"layers": [[k, *self.dims[k]] for k in self.layer_names], "rank": self.rank,
+                "n_blocks": self.n_blocks, "ridge": self.ridge}
+
+    @torch.no_grad()
+    def set_stats(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Whitening of u (C^-1/2 with a small ridge) and the spread of delta, from sampled edits."""
+        for i, name in enumerate(self.layer_names):
+            u, d = factors[name]
+            u, d = u.double(), d.double()
+            C = u.T @ u / len(u)
+            C += self.ridge * float(C.diagonal().mean().clamp_min(1e-12)) * torch.eye(len(C), dtype=C.dtype)
+            evals, evecs = torch.linalg.eigh(C)
+            n_in, n_out = self.dims[name]
+            self.u_whiten[i, :n_in, :n_in] = ((evecs * evals.rsqrt()) @ evecs.T).float()
+            sd = d.pow(2).mean(0).sqrt()
+            self.d_scale[i, :n_out] = sd.clamp_min(max(float(sd.mean()) * 1e-2, 1e-12)).float()
+
+    def transform(self, name: str, u: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(key, value) for one layer's factors u (rows, in) and delta (rows, out): the edited
+        factors mapped back to the layer's coordinates."""
+        i = self.layer_names.index(name)
+        n_in, n_out = self.dims[name]
+        if u.shape[1] != n_in or d.shape[1] != n_out:
+            raise AuditorError(f"MEND editor expects layer {name!r} of shape in={n_in}, out={n_out}; "
+                               f"got in={u.shape[1]}, out={d.shape[1]} (was it trained for this model?)")
+        white = self.u_whiten[i, :n_in, :n_in]
+        scale = self.d_scale[i, :n_out]
+        h = torch.cat([F.pad(u @ white, (0, self.max_in - n_in)), F.pad(d / scale, (0, self.max_out - n_out))], 1)
+        for block in self.blocks:
+            h = block(h, i)
+        return h[:, :n_in] @ white, h[:, self.max_in:self.max_in + n_out] * scale
+
+    def forward(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """{layer: weight change} (already multiplied by minus the learned step)."""
+        out = {}
+        for i, name in enumerate(self.layer_names):
+            u, d = factors[name]
+            key, value = self.transform(name, u, d)
+            out[name] = -self.log_lr[i].exp() * (value.T @ key)
+        return out
+
+
+def save_editor(editor: GradientEditor, path: str | Path, info: dict) -> None:
+    """One safetensors file: the editor's tensors, its shape and `info` (the model it was trained for,
+    training settings, validation figures) as JSON metadata."""
+    meta = {"format": FORMAT, **editor.config(), **info}
+    state = {k: v.detach().cpu().contiguous() for k, v in editor.state_dict().items()}
+    save_file(state, str(path), metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
+
+
+def read_editor_info(path: str | Path) -> dict | None:
+    """The JSON metadata of a saved MEND editor, or None when the file is not one."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except Exception:  # not a safetensors file
+        return None
+    if METADATA_KEY not in meta:
+        return None
+    info = json.loads(meta[METADATA_KEY])
+    return info if info.get("format") == FORMAT else None
+
+
+def load_editor(path: str | Path) -> tuple[GradientEditor, dict]:
+    """Rebuild a saved editor (tensors only: loading runs no code)."""
+    info = read_editor_info(path)
+    if info is None:
+        raise AuditorError(f"{path} is not a MEND editor file (no {METADATA_KEY!r} metadata); "
+                           "train one with `python sample_models/build_mend.py`")
+    editor = GradientEditor([tuple(v) for v in info["layers"]], info["rank"], info["n_blocks"],
+                            ridge=info.get("ridge", 1e-2))
+    state = load_file(str(path))
+    try:
+        editor.load_state_dict(state)
+    except RuntimeError as exc:
+        raise AuditorError(f"MEND editor file {path} does not match its own metadata: {exc}") from None
+    return editor.eval(), info
+
+
+def smallest_scale(loss_at, search: int = 6) -> float:
+    """The smallest multiplier 2^(k/2), k = -2*search .. 2*search, at which `loss_at(alpha)` (a
+    per-row margin loss) is zero for every row; else the one with the lowest total loss."""
+    best, best_loss = 1.0, float("inf")
+    for k in range(-2 * search, 2 * search + 1):
+        alpha = 2.0 ** (k / 2)
+        loss = loss_at(alpha)
+        if bool((loss <= 0).all()):
+            return alpha
+        if float(loss.sum()) < best_loss:
+            best, best_loss = alpha, float(loss.sum())
+    return best
+
+
+def apply_editor(model: nn.Module, editor: GradientEditor, X: torch.Tensor, y: torch.Tensor,
+                 margin: float = 0.0, search: int = 6) -> float:
+    """Edit `model` in place so that X gets labels y; returns the step multiplier used.
+
+    One gradient evaluation gives the editor's change D (MEND). With `search` = 0 the edit is D
+    (the learned step). Otherwise D is scaled by the smallest multiplier (powers of sqrt 2 from
+    2^-search to 2^search) at which every row wins by `margin` (log-prob), so easy fixes move the
+    weights less and hard ones get there.
+    """
+    modules = dict(model.named_modules())
+    factors, logits = capture_factors(model, editor.layer_names, X, y)
+    with torch.no_grad():
+        changes = {name: change.to(modules[name].weight.dtype) for name, change in editor(factors).items()}
+        if search > 0 and bool((margin_loss(logits, y, margin) <= 0).all()):
+            return 0.0
+        original = {name: modules[name].weight.detach().clone() for name in changes}
+
+        def set_scale(alpha: float) -> None:
+            for name, change in changes.items():
+                modules[name].weight.copy_(original[name] + alpha * change)
+
+        def loss_at(alpha: float) -> torch.Tensor:
+            set_scale(alpha)
+            return margin_loss(model(X), y, margin)
+
+        alpha = smallest_scale(loss_at, search) if search > 0 else 1.0
+        set_scale(alpha)
+        return alpha
