@@ -1,0 +1,240 @@
+"""Plotly figure builders: pure functions from plain data (dicts, lists, DataFrames) to `go.Figure`.
+
+The report, the dashboard pages and notebooks all draw with these, so a chart looks the same
+everywhere. Each function takes the numbers as the library returns them (`Evaluation.to_dict()`,
+`rank_layers(...)`, `Tradeoff.rows`) and styles nothing outside the figure.
+
+    >>> from auditor.charts import metrics_chart
+    >>> fig = metrics_chart({"accuracy": 0.85}, {"accuracy": 0.84})
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+PASS = "#1a7f37"
+FAIL = "#cf222e"
+BEFORE = "#8c959f"
+AFTER = "#0969da"
+ACCENT = "#bf8700"
+FONT = "Helvetica, Arial, sans-serif"
+
+
+def _style(fig: go.Figure, title: str | None = None, height: int = 320) -> go.Figure:
+    """Shared look: white background, light grid, legend on top, small margins."""
+    fig.update_layout(template="plotly_white", height=height, font={"family": FONT, "size": 12},
+                      margin={"l": 60, "r": 20, "t": 50 if title else 20, "b": 45},
+                      title={"text": title, "x": 0, "xanchor": "left", "font": {"size": 14}} if title else None,
+                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 1, "xanchor": "right"})
+    return fig
+
+
+def _records(rows) -> list[dict]:
+    if rows is None:
+        return []
+    if isinstance(rows, pd.DataFrame):
+        return rows.to_dict("records")
+    return list(rows)
+
+
+def requirements_chart(requirements: Sequence[Mapping]) -> go.Figure:
+    """One small panel per requirement: value before (grey) and after (blue) the edit, against its
+    threshold (dashed line), each bar coloured green when it meets the requirement, red when not.
+
+    `requirements`: dicts with `expr, threshold, before {value, passed}` and optional `after`.
+    """
+    reqs = list(requirements)
+    n = max(len(reqs), 1)
+    fig = make_subplots(rows=n, cols=1, subplot_titles=[r["expr"] for r in reqs] or [""],
+                        vertical_spacing=min(0.6 / n, 0.3))
+    for i, r in enumerate(reqs, start=1):
+        names, values, colors = [], [], []
+        for label, key in (("before", "before"), ("after", "after")):
+            res = r.get(key)
+            if res:
+                names.append(label)
+                values.append(res["value"])
+                colors.append(PASS if res["passed"] else FAIL)
+        fig.add_trace(go.Bar(y=names, x=values, orientation="h", marker_color=colors, showlegend=False,
+                             text=[f"{v:.4g}" for v in values], textposition="auto",
+                             hovertemplate="%{y}: %{x:.4f}<extra>" + r["expr"] + "</extra>"), row=i, col=1)
+        fig.add_vline(x=r["threshold"], line_dash="dash", line_color="#24292f", row=i, col=1)
+        top = max([*values, r["threshold"]]) or 1.0
+        fig.update_xaxes(range=[0, top * 1.15], row=i, col=1)
+        fig.update_yaxes(autorange="reversed", row=i, col=1)
+    return _style(fig, height=50 + 95 * n)
+
+
+def metrics_chart(before: Mapping[str, float], after: Mapping[str, float] | None = None,
+                  names: Iterable[str] | None = None, title: str | None = None) -> go.Figure:
+    """Grouped bars of metrics (fractions in [0, 1]) before and after an edit.
+
+    By default shows every metric of `before` whose value lies in [0, 1] (counts are left out)."""
+    keys = list(names) if names is not None else [k for k, v in before.items() if 0.0 <= float(v) <= 1.0]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=keys, y=[before.get(k) for k in keys], name="before", marker_color=BEFORE,
+                         hovertemplate="%{x}: %{y:.4f}<extra>before</extra>"))
+    if after is not None:
+        fig.add_trace(go.Bar(x=keys, y=[after.get(k) for k in keys], name="after", marker_color=AFTER,
+                             hovertemplate="%{x}: %{y:.4f}<extra>after</extra>"))
+    fig.update_layout(barmode="group", yaxis={"range": [0, 1.05], "title": "value"})
+    return _style(fig, title)
+
+
+def group_chart(before: Mapping[str, Mapping[str, float]], after: Mapping[str, Mapping[str, float]] | None = None,
+                metric: str = "selection_rate", attribute: str = "") -> go.Figure:
+    """One metric per group (e.g. selection rate by sex) before and after: the gap a fairness
+    requirement measures. `before`/`after`: {group: {metric: value}} as in `Evaluation.groups[attr]`."""
+    groups = list(before)
+    fig = go.Figure()
+    for label, table, color in (("before", before, BEFORE), ("after", after, AFTER)):
+        if table is None:
+            continue
+        fig.add_trace(go.Bar(x=groups, y=[table.get(g, {}).get(metric) for g in groups], name=label,
+                             marker_color=color, hovertemplate="%{x}: %{y:.4f}<extra>" + label + "</extra>"))
+    title = f"{metric.replace('_', ' ')} by {attribute}" if attribute else metric.replace("_", " ")
+    fig.update_layout(barmode="group", yaxis={"title": metric.replace("_", " "), "rangemode": "tozero"})
+    return _style(fig, title, height=300)
+
+
+def layer_ranking_chart(rows, score: str = "score", title: str = "Layers ranked by attribution") -> go.Figure:
+    """Horizontal bars of each layer's localization score, the top-ranked layer highlighted.
+
+    `rows`: `rank_layers(...)` / `fairness_layers(...)` output (DataFrame or records with `layer` and `score`)."""
+    recs = sorted(_records(rows), key=lambda r: r.get("rank", 0))
+    layers = [str(r["layer"]) for r in recs]
+    values = [float(r[score]) for r in recs]
+    colors = [ACCENT if i == 0 else AFTER for i in range(len(recs))]
+    fig = go.Figure(go.Bar(y=layers, x=values, orientation="h", marker_color=colors,
+                           hovertemplate="%{y}: %{x:.4g}<extra></extra>"))
+    fig.update_layout(yaxis={"autorange": "reversed", "title": "layer"}, xaxis={"title": score})
+    return _style(fig, title, height=max(220, 60 + 32 * len(layers)))
+
+
+def feature_attribution_chart(rows, top: int = 15, value: str = "importance",
+                              title: str = "Feature attributions (integrated gradients)") -> go.Figure:
+    """Horizontal bars of the `top` raw features by mean |attribution| (`feature_attributions(...)`)."""
+    recs = sorted(_records(rows), key=lambda r: -float(r[value]))[:top]
+    fig = go.Figure(go.Bar(y=[str(r["feature"]) for r in recs], x=[float(r[value]) for r in recs], orientation="h",
+                           marker_color=AFTER, hovertemplate="%{y}: %{x:.4g}<extra></extra>"))
+    fig.update_layout(yaxis={"autorange": "reversed"}, xaxis={"title": f"mean |attribution|" if value == "importance"
+                                                                else value})
+    return _style(fig, title, height=max(240, 60 + 24 * len(recs)))
+
+
+def image_attribution_chart(panels: Sequence[Mapping], title: str = "Where the evidence is (pixels)") -> go.Figure:
+    """Images and their attribution heatmaps side by side.
+
+    `panels`: dicts with `title`, `z` (2-D list or array) and `kind` ("image": grey scale, or
+    "attribution": diverging colour scale centred on 0)."""
+    panels = list(panels)
+    fig = make_subplots(rows=1, cols=max(len(panels), 1), subplot_titles=[p["title"] for p in panels],
+                        horizontal_spacing=0.08)
+    for i, p in enumerate(panels, start=1):
+        z = np.asarray(p["z"], dtype=float)
+        if p.get("kind") == "attribution":
+            m = float(np.abs(z).max()) or 1.0
+            trace = go.Heatmap(z=z, zmin=-m, zmax=m, colorscale="RdBu_r", showscale=False,
+                               hovertemplate="(%{x}, %{y}): %{z:.3g}<extra></extra>")
+        else:
+            trace = go.Heatmap(z=z, colorscale="Greys", showscale=False, hovertemplate="(%{x}, %{y}): %{z:.3g}<extra></extra>")
+        fig.add_trace(trace, row=1, col=i)
+        fig.update_yaxes(autorange="reversed", scaleanchor=f"x{i if i > 1 else ''}", showticklabels=False,
+                         showgrid=False, zeroline=False, constrain="domain", row=1, col=i)
+        fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, constrain="domain", row=1, col=i)
+    fig.update_annotations(font_size=12)
+    return _style(fig, title, height=270)
+
+
+def pareto_mask(x: Sequence[float], y: Sequence[float], x_lower_better: bool = True,
+                y_higher_better: bool = True) -> list[bool]:
+    """True for points no other point beats on both axes (ties on both count as not dominated)."""
+    xs = np.asarray(x, dtype=float) * (1 if x_lower_better else -1)
+    ys = np.asarray(y, dtype=float) * (1 if y_higher_better else -1)
+    out = []
+    for i in range(len(xs)):
+        dominated = np.any((xs <= xs[i]) & (ys >= ys[i]) & ((xs < xs[i]) | (ys > ys[i])))
+        out.append(bool(np.isfinite(xs[i]) and np.isfinite(ys[i]) and not dominated))
+    return out
+
+
+def tradeoff_chart(rows, metric: str, *, higher_is_better: bool = False, threshold: float | None = None,
+                   accuracy_threshold: float | None = None, highlight: str | None = None,
+                   title: str | None = None) -> go.Figure:
+    """Accuracy against a requirement's metric for every method run (the edit and its baselines).
+
+    `rows`: records or a DataFrame with `method, value, accuracy` and optional `seconds, pareto`.
+    The Pareto front is joined by a line; `highlight` (the audited edit) is drawn as a star; the
+    thresholds are dashed lines, and the region meeting both is shaded green."""
+    recs = [r for r in _records(rows) if r.get("value") is not None and r.get("accuracy") is not None]
+    fig = go.Figure()
+    if threshold is not None or accuracy_threshold is not None:
+        xs = [float(r["value"]) for r in recs] or [0.0]
+        lo, hi = min(xs + [threshold or 0.0, 0.0]), max(xs + [threshold or 0.0])
+        pad = (hi - lo) * 0.05 or 0.01
+        x0, x1 = (lo - pad, threshold) if not higher_is_better else (threshold, hi + pad)
+        if threshold is None:
+            x0, x1 = lo - pad, hi + pad
+        y0 = accuracy_threshold if accuracy_threshold is not None else 0.0
+        fig.add_shape(type="rect", x0=x0, x1=x1, y0=y0, y1=1.0, fillcolor=PASS, opacity=0.08, line_width=0,
+                      layer="below")
+        if threshold is not None:
+            fig.add_vline(x=threshold, line_dash="dash", line_color="#57606a")
+        if accuracy_threshold is not None:
+            fig.add_hline(y=accuracy_threshold, line_dash="dash", line_color="#57606a")
+    if "pareto" not in (recs[0] if recs else {}):
+        mask = pareto_mask([r["value"] for r in recs], [r["accuracy"] for r in recs], not higher_is_better)
+        for r, m in zip(recs, mask):
+            r["pareto"] = m
+    front = sorted((r for r in recs if r.get("pareto")), key=lambda r: float(r["value"]))
+    if len(front) > 1:
+        fig.add_trace(go.Scatter(x=[r["value"] for r in front], y=[r["accuracy"] for r in front], mode="lines",
+                                 line={"color": "#57606a", "width": 1, "dash": "dot"}, name="Pareto front",
+                                 hoverinfo="skip"))
+    palette = ["#0969da", "#8250df", "#bf3989", "#1b7c83", "#953800", "#4d2d00", "#6e7781", "#116329"]
+    others = [r for r in recs if r.get("kind") != "original" and r["method"] != highlight]
+    color_of = {r["method"]: palette[i % len(palette)] for i, r in enumerate(others)}
+    for r in recs:
+        star = highlight is not None and r["method"] == highlight
+        original = r.get("kind") == "original"
+        secs = r.get("seconds")
+        hover = f"{r['method']}<br>{metric}: %{{x:.4f}}<br>accuracy: %{{y:.4f}}"
+        if secs is not None and not original:
+            hover += f"<br>{float(secs):.2f} s"
+        color = ACCENT if star else (BEFORE if original else color_of.get(r["method"], AFTER))
+        symbol = "star" if star else ("square" if original else "circle")
+        fig.add_trace(go.Scatter(x=[r["value"]], y=[r["accuracy"]], mode="markers", name=r["method"],
+                                 marker={"size": 18 if star else 11, "symbol": symbol, "color": color,
+                                         "line": {"width": 1, "color": "#24292f"}},
+                                 hovertemplate=hover + "<extra></extra>"))
+    fig.update_layout(xaxis={"title": metric + (" (higher is better)" if higher_is_better else " (lower is better)")},
+                      yaxis={"title": "accuracy"})
+    fig = _style(fig, title or f"Trade-off: accuracy vs {metric}", height=400)
+    fig.update_layout(legend={"orientation": "v", "x": 1.02, "xanchor": "left", "y": 1, "yanchor": "top"},
+                      margin={"r": 170})
+    return fig
+
+
+def edit_steps_chart(log: Sequence[Mapping], metric: str) -> go.Figure:
+    """Value of `metric` on the check split after each step of an iterative editor's log
+    (entries with `step`, `requirements` [{metric, value}], `accepted`): accepted steps in blue,
+    rolled-back ones in red."""
+    xs, ys, colors, texts = [], [], [], []
+    for e in log:
+        for r in e.get("requirements") or []:
+            if r.get("metric") == metric:
+                xs.append(e.get("step"))
+                ys.append(r["value"])
+                ok = e.get("accepted", True)
+                colors.append(AFTER if ok else FAIL)
+                texts.append(f"{e.get('action', '')} {e.get('layer', '') or ''}".strip()
+                             + ("" if ok else " (rolled back)"))
+    fig = go.Figure(go.Scatter(x=xs, y=ys, mode="lines+markers", marker={"color": colors, "size": 10},
+                               line={"color": "#d0d7de"}, text=texts,
+                               hovertemplate="step %{x}: %{y:.4f}<br>%{text}<extra></extra>"))
+    fig.update_layout(xaxis={"title": "step", "dtick": 1}, yaxis={"title": metric})
+    return _style(fig, f"{metric} at each edit step", height=280)

@@ -1,0 +1,237 @@
+"""`auditor audit MODEL DATA --require EXPR ... [--editor NAME] --report r.html --pdf r.pdf --json r.json`.
+
+Evaluates the model, localizes, optionally edits it and re-evaluates, runs the baselines for the
+trade-off chart, writes the compliance report (HTML, PDF, JSON), the edited model, and an entry
+in the audit log. Exit 0 when every requirement holds (after the edit when one ran), 1 when one
+does not, 2 on bad input. Built for CI pipelines: a progress bar on stderr when it is a terminal,
+the verdict on stdout.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import uuid
+from pathlib import Path
+
+from .common import add_model_data_args, add_require_arg, fmt, format_table, load_model_and_data
+
+
+def register(sub) -> None:
+    from ..editors import EDITORS
+
+    p = sub.add_parser("audit", help="evaluate, localize, edit, and write a compliance report (HTML, PDF, JSON)",
+                       description="Audit MODEL on DATA against requirements: evaluate, localize, optionally edit "
+                                   "(--editor) and re-evaluate, compare with baselines, write the report and the "
+                                   "edited model, and log the audit. Exit 0 all requirements hold (after the edit "
+                                   "when one ran), 1 some do not, 2 bad input.")
+    add_model_data_args(p)
+    add_require_arg(p)
+    p.add_argument("--editor", metavar="NAME", help=f"edit with this editor: {', '.join(sorted(EDITORS))}")
+    p.add_argument("--samples", type=int, help="clean samples the editor and baselines may use (those that take them)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same numbers; default 0)")
+    p.add_argument("--layer", help="layer to edit (rank-one editors; default: the top-ranked one)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other editor setting, e.g. --set max_edits=4 (repeatable)")
+    p.add_argument("--fix", action="append", default=[], metavar="ROW=LABEL",
+                   help="a mistake to fix: row ROW of --split (or SPLIT:ROW) should get LABEL (repeatable)")
+    p.add_argument("--baselines", default="auto", metavar="auto|none|A,B",
+                   help="methods for the trade-off chart: auto (every editor that targets the requirement), "
+                        "none, or a comma-separated list of editor names")
+    p.add_argument("--no-localize", action="store_true", help="skip localization (attributions)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu or cuda")
+    p.add_argument("--report", metavar="PATH.html", help="write the HTML report (self-contained, opens offline)")
+    p.add_argument("--pdf", metavar="PATH.pdf", help="write the PDF report (needs Chromium)")
+    p.add_argument("--json", metavar="PATH.json", help="write the JSON report (validated against its schema)")
+    p.add_argument("--out", metavar="PATH.safetensors",
+                   help="write the edited model here (default with --editor: next to the report, *_edited.safetensors)")
+    p.add_argument("--auditor", metavar="NAME", help="the auditor's name, printed in the sign-off section")
+    p.add_argument("--notes", help="notes for the sign-off section")
+    p.add_argument("--signoff-date", metavar="YYYY-MM-DD", help="sign-off date (default: left blank to sign)")
+    p.add_argument("--db", metavar="PATH", help="audit log database (default: $AUDITOR_DB or ~/.auditor/audit.db)")
+    p.add_argument("--no-log", action="store_true", help="do not write to the audit log")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def reproduce_command(args) -> str:
+    """The `auditor audit ...` command line that repeats this audit (canonical order, explicit seed)."""
+    parts = ["auditor", "audit", args.model, args.data]
+    for flag in ("spec", "target", "positive", "protected", "categorical", "inputs", "arch_file", "arch_class"):
+        value = getattr(args, flag, None)
+        if value:
+            parts += [f"--{flag.replace('_', '-')}", str(value)]
+    if getattr(args, "trust_code", False):
+        parts.append("--trust-code")
+    if args.split != "test":
+        parts += ["--split", args.split]
+    for r in args.require:
+        parts += ["--require", r]
+    if args.editor:
+        parts += ["--editor", args.editor]
+    for flag in ("samples", "layer"):
+        if getattr(args, flag) is not None:
+            parts += [f"--{flag}", str(getattr(args, flag))]
+    for item in args.set:
+        parts += ["--set", item]
+    for item in args.fix:
+        parts += ["--fix", item]
+    parts += ["--seed", str(args.seed)]
+    if args.baselines != "auto":
+        parts += ["--baselines", args.baselines]
+    if args.no_localize:
+        parts.append("--no-localize")
+    if args.device not in (None, "", "auto"):
+        parts += ["--device", args.device]
+    for flag in ("report", "pdf", "json", "out"):
+        if getattr(args, flag):
+            parts += [f"--{flag}", str(getattr(args, flag))]
+    return shlex.join(parts)
+
+
+class _Progress:
+    """tqdm bar on stderr (hidden when stderr is not a terminal or with --quiet)."""
+
+    def __init__(self, quiet: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=1000, file=sys.stderr, disable=True if quiet else None, leave=False,
+                        bar_format="{l_bar}{bar}| {elapsed}<{remaining}", desc="audit")
+        self.at = 0
+
+    def __call__(self, fraction: float, message: str) -> None:
+        target = int(round(1000 * min(max(fraction, 0.0), 1.0)))
+        if target > self.at:
+            self.bar.update(target - self.at)
+            self.at = target
+        self.bar.set_description_str(message[:48], refresh=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _default_out(args) -> Path:
+    first = next((getattr(args, k) for k in ("report", "pdf", "json") if getattr(args, k)), None)
+    base = Path(first) if first else Path(args.model)
+    return base.with_name(base.stem + "_edited.safetensors")
+
+
+def _check_outputs(args) -> None:
+    from ..errors import AuditorError
+
+    for flag, suffixes in (("report", (".html", ".htm")), ("pdf", (".pdf",)), ("json", (".json",)),
+                           ("out", (".safetensors", ".onnx"))):
+        path = getattr(args, flag)
+        if path and Path(path).suffix.lower() not in suffixes:
+            raise AuditorError(f"--{flag} must end in {' or '.join(suffixes)}; got {path}")
+    if args.pdf:
+        from ..report import find_chromium
+        find_chromium()  # fail now, not after the audit
+
+
+def run(args) -> int:
+    from ..editors import EDITORS
+    from ..errors import AuditorError
+    from ..models import save_model
+    from ..report import run_audit, write_html, write_json, write_pdf
+    from ..requirements import parse_requirements
+    from ..store import AuditLog, log_edit, log_evaluation
+    from .edit import EDIT_KEY, editor_settings, provenance
+
+    reqs = parse_requirements(args.require)  # bad expressions fail before any loading
+    if not reqs:
+        raise AuditorError("give at least one --require, e.g. --require 'accuracy >= 0.8'")
+    settings = {}
+    if args.editor:
+        if args.editor not in EDITORS:
+            raise AuditorError(f"unknown editor {args.editor!r}; available: {', '.join(sorted(EDITORS))}")
+        settings = editor_settings(EDITORS[args.editor], argparse_like(args, samples=None, seed=None))
+    elif args.set or args.layer:
+        raise AuditorError("--set and --layer are editor settings: give --editor NAME too")
+    _check_outputs(args)
+    log = None if args.no_log else AuditLog(args.db)
+    bundle, data = load_model_and_data(args)
+    fixes = None
+    if args.fix:
+        from ..fixes import parse_fixes
+        fixes = parse_fixes(args.fix, data, args.split)
+    out_path = (Path(args.out) if args.out else _default_out(args)) if args.editor else None
+    command = reproduce_command(args)
+    signoff = {"auditor": args.auditor, "notes": args.notes, "date": args.signoff_date}
+    progress = _Progress(args.quiet)
+    try:
+        outcome = run_audit(bundle, data, reqs, editor=args.editor, settings=settings, samples=args.samples,
+                            seed=args.seed, split=args.split, baselines=args.baselines,
+                            localize=not args.no_localize, device=None if args.device == "auto" else args.device,
+                            callback=progress, model_path=args.model,
+                            edited_path=str(out_path) if out_path else None, command=command, signoff=signoff,
+                            fixes=fixes)
+    finally:
+        progress.close()
+    report = outcome.report
+    written = []
+    if outcome.edit is not None:
+        meta = provenance(outcome.edit, bundle, data, reqs, outcome.before, outcome.after)
+        save_model(outcome.edit.bundle, out_path, extra_metadata={EDIT_KEY: json.dumps(meta, sort_keys=True,
+                                                                                        default=str)})
+        written.append(str(out_path))
+    if args.json:
+        write_json(report, args.json)
+    if args.report:
+        write_html(report, args.report)
+    if args.pdf:
+        write_pdf(report, args.pdf)
+    reports = [str(getattr(args, k)) for k in ("report", "pdf", "json") if getattr(args, k)]
+    written += reports
+    if log is not None:
+        run_id = uuid.uuid4().hex[:12]
+        common = {"user": args.auditor, "run": run_id, "command": command}
+        log_evaluation(log, outcome.before, model_path=args.model, label="before", **common)
+        if outcome.edit is not None:
+            log_edit(log, outcome.edit, original_sha256=bundle.sha256, data=data, requirements=reqs,
+                     passed=outcome.after.passed, model_path=str(out_path), **common)
+            log_evaluation(log, outcome.after, model_path=str(out_path), label="after", **common)
+        rid = log.append("report", model_path=args.model, model_sha256=bundle.sha256, data_name=data.name,
+                         data_sha256=data.sha256, requirements=[r.expr for r in reqs], passed=report.passed,
+                         results={"verdict": report.verdict, "requirements": report.requirements,
+                                  "edited_sha256": report.model["sha256_after"]},
+                         reports=[str(Path(p).resolve()) for p in reports], **common)
+    _print_summary(report, written, None if log is None else (log.path, rid))
+    return 0 if report.passed else 1
+
+
+def argparse_like(args, **overrides):
+    """A copy of `args` with some attributes replaced (samples/seed go through run_audit instead)."""
+    import argparse
+
+    ns = argparse.Namespace(**vars(args))
+    for k, v in overrides.items():
+        setattr(ns, k, v)
+    return ns
+
+
+def _print_summary(report, written: list[str], logged) -> None:
+    v = report.verdict
+    print(f"{v['status']}: {v['summary']}")
+    rows = []
+    for q in report.requirements:
+        b, a = q["before"], q["after"]
+        row = [q["expr"], fmt(b["value"]), "PASS" if b["passed"] else "FAIL"]
+        row += [fmt(a["value"]), "PASS" if a["passed"] else "FAIL"] if a else ["-", ""]
+        rows.append(row)
+    print(format_table(rows, ["requirement", "before", "", "after", ""]))
+    for e in report.edits:
+        print(f"\nedit: {e['editor']} changed {', '.join(e['layers']) or 'no layer'} "
+              f"({e['parameters_changed']} parameters, rank <= {e['max_rank']}) in {e['seconds']:.2f} s on {e['device']}")
+    t = report.tradeoff
+    if t:
+        rows = [[r["method"], r["kind"], fmt(r["value"]) if r["value"] is not None else "-",
+                 fmt(r["accuracy"]) if r["accuracy"] is not None else "-",
+                 f"{r['seconds']:.2f}" if r["seconds"] is not None else "-",
+                 "yes" if r["passed"] else ("failed" if r["error"] else "no")] for r in t["rows"]]
+        print(f"\ntrade-off on the {t['split']} split")
+        print(format_table(rows, ["method", "kind", t["metric"], "accuracy", "seconds", "all met"]))
+    if written:
+        print("\nwrote " + ", ".join(written))
+    if logged:
+        print(f"logged as entry {logged[1]} in {logged[0]}")

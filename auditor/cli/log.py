@@ -1,0 +1,86 @@
+"""`auditor log [list|show ID|verify]`: read the append-only audit log.
+
+    auditor log                       # the latest entries, one line each
+    auditor log list --kind report    # only reports (or evaluation, edit)
+    auditor log show 12 [--json]      # everything recorded in entry 12
+    auditor log verify                # integrity check and hash chain (exit 1 on a problem)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from .common import format_table
+
+
+def register(sub) -> None:
+    from ..store import KINDS
+
+    p = sub.add_parser("log", help="list, show and verify entries of the audit log",
+                       description="Read the append-only audit log (SQLite). Default database: $AUDITOR_DB or "
+                                   "~/.auditor/audit.db.")
+    p.add_argument("--db", metavar="PATH", help="audit log database (default: $AUDITOR_DB or ~/.auditor/audit.db)")
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    lst = actions.add_parser("list", help="one line per entry, newest last")
+    show = actions.add_parser("show", help="everything recorded in one entry")
+    show.add_argument("id", type=int, help="entry id (from `auditor log list`)")
+    show.add_argument("--json", action="store_true", help="print the entry as JSON")
+    actions.add_parser("verify", help="SQLite integrity check and the entries' hash chain")
+    for q, default in ((p, None), (lst, argparse.SUPPRESS)):  # SUPPRESS: `log --kind X list` keeps X
+        q.add_argument("--kind", choices=KINDS, default=default, help="only entries of this kind")
+        q.add_argument("--model", metavar="SHA256", default=default,
+                       help="only entries of this model (a hash prefix is enough)")
+        q.add_argument("--run", default=default, help="only the entries of one audit run")
+        q.add_argument("--limit", type=int, default=20 if default is None else default,
+                       help="the last N entries (default 20; 0: all)")
+    for q in (lst, show, actions.choices["verify"]):
+        q.add_argument("--db", metavar="PATH", default=argparse.SUPPRESS, help="audit log database")
+    p.set_defaults(func=run)
+
+
+def _verdict(passed) -> str:
+    return "" if passed is None else ("PASS" if passed else "FAIL")
+
+
+def _summary(e) -> str:
+    r = e.results or {}
+    if e.kind == "edit":
+        return f"{r.get('editor', '')} on {', '.join(r.get('layers') or []) or '-'}"
+    if e.kind == "report":
+        return ", ".join(e.reports) or "-"
+    return str(r.get("label", ""))
+
+
+def run(args) -> int:
+    from ..store import AuditLog
+
+    log = AuditLog(args.db)
+    action = args.action or "list"
+    if action == "show":
+        e = log.get(args.id)
+        if args.json:
+            print(json.dumps(e.to_dict(), indent=2, sort_keys=True))
+            return 0
+        d = e.to_dict()
+        for key in ("id", "time", "kind", "user", "run", "model_path", "model_sha256", "data_name", "data_sha256",
+                    "passed", "command", "hash"):
+            print(f"{key:>13}: {'' if d[key] is None else d[key]}")
+        print(f"{'requirements':>13}: {', '.join(map(str, e.requirements)) or '-'}")
+        print(f"{'reports':>13}: {', '.join(e.reports) or '-'}")
+        print(f"{'results':>13}: {json.dumps(e.results, indent=2, sort_keys=True, default=str)}")
+        return 0
+    if action == "verify":
+        problems = log.verify()
+        for p in problems:
+            print(p)
+        print(f"{len(log)} entries in {log.path}: " + ("ok" if not problems else f"{len(problems)} problem(s)"))
+        return 1 if problems else 0
+    entries = log.entries(getattr(args, "kind", None), model_sha256=getattr(args, "model", None),
+                          run=getattr(args, "run", None), limit=(getattr(args, "limit", 20) or None))
+    if not entries:
+        print(f"no entries in {log.path}")
+        return 0
+    rows = [[e.id, e.time[:19].replace("T", " "), e.kind, e.user or "", (e.model_sha256 or "")[:12], e.data_name or "",
+             _verdict(e.passed), _summary(e)] for e in entries]
+    print(format_table(rows, ["id", "time (UTC)", "kind", "user", "model", "data", "verdict", "details"]))
+    return 0

@@ -1,0 +1,170 @@
+"""The report model: one plain data structure, rendered as JSON, HTML and PDF.
+
+`Report.to_dict()` is the JSON document (validated against `schema.json`); the HTML and PDF
+are drawn from the same dict, so all three carry the same numbers. Wall-clock figures (every
+`seconds` field and the `generated` section) vary between runs; `stable(report_dict)` drops
+them, and what remains is identical when the same audit is re-run with the same seed.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+import torch
+
+SCHEMA_VERSION = "1.0"
+VOLATILE_KEYS = ("seconds", "generated")
+LIBRARIES = ("auditor", "torch", "captum", "numpy", "pandas", "scikit-learn", "fairlearn", "safetensors",
+             "plotly", "jinja2")
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON types: tensors and arrays become lists, NaN and infinities None, keys strings."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return jsonable(value.detach().cpu().tolist())
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    if value is None or isinstance(value, str):
+        return value
+    if hasattr(value, "to_dict"):
+        return jsonable(value.to_dict())
+    return str(value)
+
+
+def stable(report: dict) -> dict:
+    """The report without wall-clock fields (`seconds`, `generated`): equal across re-runs with one seed."""
+    if isinstance(report, dict):
+        return {k: stable(v) for k, v in report.items() if k not in VOLATILE_KEYS}
+    if isinstance(report, list):
+        return [stable(v) for v in report]
+    return report
+
+
+def environment(device: str, seed: int | None) -> dict:
+    """Library versions, Python, platform, device and seed of this run."""
+    versions = {}
+    for lib in LIBRARIES:
+        try:
+            versions[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            versions[lib] = None
+    return {"versions": versions, "python": sys.version.split()[0], "platform": platform.platform(terse=True),
+            "device": device, "seed": seed, "threads": torch.get_num_threads()}
+
+
+def merge_requirements(before, after=None) -> list[dict]:
+    """Per requirement: value and verdict before and (when an edit ran) after."""
+    after_by = {r.expr: r for r in (after.requirements if after is not None else [])}
+    out = []
+    for r in before.requirements:
+        a = after_by.get(r.expr)
+        out.append({"expr": r.expr, "metric": r.metric, "op": r.op, "threshold": r.threshold,
+                    "before": {"value": r.value, "passed": r.passed},
+                    "after": None if a is None else {"value": a.value, "passed": a.passed}})
+    return out
+
+
+@dataclass
+class Report:
+    """Everything a compliance report says. Build with `build_report`; `to_dict()` is the JSON."""
+
+    title: str
+    verdict: dict
+    requirements: list[dict]
+    model: dict
+    data: dict
+    metrics: dict
+    localization: dict | None = None
+    edits: list[dict] = field(default_factory=list)
+    tradeoff: dict | None = None
+    environment: dict = field(default_factory=dict)
+    reproduce: dict = field(default_factory=dict)
+    signoff: dict = field(default_factory=dict)
+    generated: dict = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.verdict["passed"])
+
+    def to_dict(self) -> dict:
+        return jsonable({"schema_version": SCHEMA_VERSION, "title": self.title, "verdict": self.verdict,
+                         "requirements": self.requirements, "model": self.model, "data": self.data,
+                         "metrics": self.metrics, "localization": self.localization, "edits": self.edits,
+                         "tradeoff": self.tradeoff, "environment": self.environment, "reproduce": self.reproduce,
+                         "signoff": self.signoff, "generated": self.generated})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Report":
+        return cls(**{k: v for k, v in d.items() if k != "schema_version"})
+
+
+def _verdict(before, after, editor: str | None) -> dict:
+    final = after if after is not None else before
+    n = len(final.requirements)
+    met = sum(r.passed for r in final.requirements)
+    met_before = sum(r.passed for r in before.requirements)
+    if after is not None:
+        summary = (f"{met} of {n} requirements met after the {editor} edit "
+                   f"({met_before} of {n} before).")
+    else:
+        summary = f"{met} of {n} requirements met (no edit applied)."
+    return {"passed": bool(final.passed), "status": "PASS" if final.passed else "FAIL", "summary": summary,
+            "before": bool(before.passed), "after": None if after is None else bool(after.passed),
+            "edited": after is not None, "met": met, "total": n}
+
+
+def build_report(*, bundle, data, before, after=None, edit=None, edited=None, localization: dict | None = None,
+                 tradeoff=None, model_path: str | None = None, edited_path: str | None = None,
+                 device: str = "cpu", seed: int | None = None, command: str | None = None,
+                 signoff: dict | None = None, editor_description: str | None = None) -> Report:
+    """Assemble a `Report` from the pieces of an audit (see `auditor.report.audit.run_audit`).
+
+    `before`/`after`: `Evaluation`s of the original and edited model; `edit`: the `EditResult`;
+    `tradeoff`: a `Tradeoff` (`auditor.tradeoff.compare`); `localization`: a dict from
+    `auditor.report.audit.localize_for_report`."""
+    edits = []
+    if edit is not None:
+        d = edit.to_dict()
+        d.pop("model_sha256", None)
+        d["description"] = editor_description
+        d["parameters_changed"] = int(sum(v.numel() for v in edit.delta.before.values()))
+        d["max_rank"] = max((c["rank"] for c in d["changes"]), default=0)
+        edits.append(d)
+    spec = bundle.spec
+    model = {"name": bundle.name, "path": model_path, "format": bundle.format, "arch": spec.arch,
+             "task": spec.task, "classes": list(spec.class_names), "parameters": int(bundle.n_parameters),
+             "sha256_before": bundle.sha256, "sha256_after": None if edited is None else edited.sha256,
+             "edited_path": edited_path, "provenance": spec.provenance}
+    data_d = {"name": data.name, "kind": data.kind, "split": before.split, "rows": int(before.rows),
+              "sha256": data.sha256, "splits": {s: len(data.split(s)) for s in ("train", "val", "test")},
+              "protected": list(data.protected), "classes": list(data.class_names),
+              "stamp": None if data.stamp is None else data.stamp.kind, "source": data.source or None}
+    metrics = {"before": {"overall": before.metrics, "groups": before.groups},
+               "after": None if after is None else {"overall": after.metrics, "groups": after.groups}}
+    title = f"Audit of {bundle.name} on {data.name}"
+    return Report(title=title, verdict=_verdict(before, after, edit.editor if edit is not None else None),
+                  requirements=merge_requirements(before, after), model=model, data=data_d, metrics=metrics,
+                  localization=localization, edits=edits,
+                  tradeoff=None if tradeoff is None else tradeoff.to_dict(),
+                  environment=environment(device, seed),
+                  reproduce={"command": command, "seed": seed},
+                  signoff={"auditor": None, "notes": None, "date": None, **(signoff or {})},
+                  generated={"time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                             "tool": "auditor"})

@@ -1,0 +1,181 @@
+"""Trade-offs: run an edit and its baselines on the same model and data, side by side.
+
+Every method is run from the same original model, with the same seed (and, where an editor has
+such settings, the same number of clean samples), then evaluated on the same split. One row per
+method: the requirement's metric, accuracy, wall time, whether all requirements hold, and
+whether it lies on the Pareto front (no other method is better on both metric and accuracy).
+
+    >>> from auditor import load_model, load_data
+    >>> from auditor.tradeoff import compare
+    >>> bundle = load_model("sample_models/digits_cnn_trojan.safetensors")
+    >>> t = compare(bundle, load_data("digits-trojan"), ["attack_success_rate <= 0.02"],
+    ...             ["dynamic-rank-one", "finetune"])                   # doctest: +SKIP
+    >>> t.rows[["method", "value", "accuracy", "seconds", "pareto"]]     # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Callable, Sequence, Union
+
+import pandas as pd
+
+from .backend import seed_everything
+from .charts import pareto_mask, tradeoff_chart
+from .data.base import AuditData
+from .editors import EDITORS, EditResult, get_editor
+from .errors import AuditorError
+from .evaluate import evaluate
+from .models.files import ModelBundle
+from .requirements import METRICS, Requirement, parse_requirements
+
+Callback = Callable[[float, str], None]
+# A method: an editor name, or (label, editor name, settings) to run one editor with several settings.
+Method = Union[str, tuple]
+UTILITY = ("accuracy", "balanced_accuracy")
+_KIND_ORDER = {"original": 0, "rank-one": 1, "learned": 2, "baseline": 3}
+COLUMNS = ["method", "editor", "kind", "value", "accuracy", "seconds", "passed", "pareto", "layers",
+           "model_sha256", "error"]
+
+
+def tradeoff_metric(requirements) -> Requirement | None:
+    """The requirement a trade-off chart plots against accuracy: the first one not about accuracy."""
+    reqs = parse_requirements(requirements)
+    return next((r for r in reqs if r.metric not in UTILITY), None)
+
+
+def baselines_for(bundle: ModelBundle, data: AuditData, metric: str, exclude: Sequence[str] = ()) -> list[str]:
+    """Registered editors that target `metric` and can edit this model on this data, by kind then name."""
+    base = metric.split("[", 1)[0]
+    out = []
+    for name, cls in EDITORS.items():
+        if name in exclude or base not in getattr(cls, "targets", ()):
+            continue
+        try:
+            if cls().supports(bundle, data):
+                continue
+        except Exception:  # noqa: BLE001 (an editor that cannot even build is not a usable baseline)
+            continue
+        out.append(name)
+    return sorted(out, key=lambda n: (_KIND_ORDER.get(EDITORS[n].kind, 9), n))
+
+
+def common_settings(editor: str, **candidates) -> dict:
+    """The subset of `candidates` (e.g. samples=1, seed=0) that `editor`'s Hyper dataclass has."""
+    hyper = getattr(EDITORS[editor], "Hyper", None)
+    if hyper is None:
+        return {}
+    names = {f.name for f in dataclasses.fields(hyper)}
+    return {k: v for k, v in candidates.items() if k in names and v is not None}
+
+
+@dataclass
+class Tradeoff:
+    """Rows (one per method) of requirement metric vs accuracy, and the edit results behind them."""
+
+    metric: str
+    higher_is_better: bool
+    rows: pd.DataFrame
+    requirements: list[str]
+    split: str = "test"
+    threshold: float | None = None
+    accuracy_threshold: float | None = None
+    results: dict[str, EditResult] = field(default_factory=dict, repr=False)
+
+    @property
+    def pareto(self) -> pd.DataFrame:
+        return self.rows[self.rows["pareto"]]
+
+    def figure(self, highlight: str | None = None, title: str | None = None):
+        """The trade-off chart (`auditor.charts.tradeoff_chart`)."""
+        return tradeoff_chart(self.rows, self.metric, higher_is_better=self.higher_is_better,
+                              threshold=self.threshold, accuracy_threshold=self.accuracy_threshold,
+                              highlight=highlight, title=title)
+
+    def to_dict(self) -> dict:
+        rows = []
+        for r in self.rows.to_dict("records"):
+            rows.append({k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()})
+        return {"metric": self.metric, "higher_is_better": self.higher_is_better, "split": self.split,
+                "threshold": self.threshold, "accuracy_threshold": self.accuracy_threshold,
+                "requirements": list(self.requirements), "rows": rows}
+
+
+def _method(m: Method) -> tuple[str, str, dict]:
+    if isinstance(m, str):
+        return m, m, {}
+    label, name, *rest = m
+    return str(label), str(name), dict(rest[0]) if rest else {}
+
+
+def compare(bundle: ModelBundle, data: AuditData, requirements, methods: Sequence[Method], *,
+            split: str = "test", device=None, seed: int = 0, samples: int | None = None,
+            results: dict[str, EditResult] | None = None, include_original: bool = True,
+            alternatives: Sequence = (), fixes=None, callback: Callback | None = None,
+            strict: bool = False) -> Tradeoff:
+    """Run each method on a copy of `bundle` and evaluate it on `split`.
+
+    `methods`: editor names, or `(label, editor, settings)` to run one editor at several
+    settings (a sweep). `results`: edits already run, by label (reused, not run again).
+    `samples`/`seed` go to every editor whose settings have them, so all use the same clean
+    samples. `alternatives`: results of mitigations that are not weight edits (objects with
+    `method`, `kind`, `metrics` on `split`, `seconds`, e.g. fairlearn's ThresholdOptimizer), added
+    as rows. A method that fails gets a row with its `error` (or raises when `strict`).
+    """
+    reqs = parse_requirements(requirements)
+    target = tradeoff_metric(reqs)
+    if target is None:
+        raise AuditorError("a trade-off needs a requirement other than accuracy (e.g. 'demographic_parity <= 0.05')")
+    acc_req = next((r for r in reqs if r.metric == "accuracy"), None)
+    results = dict(results or {})
+    callback = callback or (lambda f, m: None)
+    rows, done = [], {}
+    plan = [("original", "original", {})] if include_original else []
+    plan += [_method(m) for m in methods]
+    for i, (label, name, settings) in enumerate(plan):
+        callback(i / max(len(plan), 1), f"{label}")
+        row = {"method": label, "editor": None if name == "original" else name, "kind": "original",
+               "value": None, "accuracy": None, "seconds": 0.0, "passed": None, "layers": [], "model_sha256": None,
+               "error": None}
+        try:
+            if name == "original":
+                edited = bundle
+            else:
+                if name not in EDITORS:
+                    raise AuditorError(f"unknown editor {name!r}; available: {', '.join(sorted(EDITORS))}")
+                row["kind"] = EDITORS[name].kind
+                if label not in results:
+                    seed_everything(seed)
+                    opts = {**common_settings(name, samples=samples, seed=seed), **settings}
+                    sub = (lambda f, m, i=i: callback((i + min(max(f, 0.0), 1.0)) / len(plan), f"{label}: {m}"))
+                    results[label] = get_editor(name, **opts).edit(bundle, data, reqs, device=device, callback=sub,
+                                                                   fixes=fixes)
+                res = results[label]
+                edited, row["seconds"], row["layers"] = res.bundle, float(res.seconds), list(res.layers)
+                done[label] = res
+            ev = evaluate(edited, data, reqs, split=split, reference=bundle, fixes=fixes)
+            row.update(value=float(ev.metrics[target.key]), accuracy=float(ev.metrics["accuracy"]),
+                       passed=bool(ev.passed), model_sha256=ev.model_sha256)
+        except Exception as exc:  # noqa: BLE001 (one failing baseline must not sink the comparison)
+            if strict:
+                raise
+            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        rows.append(row)
+    for alt in alternatives:
+        m = dict(alt.metrics)
+        row = {"method": alt.method, "editor": None, "kind": alt.kind, "value": m.get(target.key, m.get(target.metric)),
+               "accuracy": m.get("accuracy"), "seconds": float(alt.seconds), "passed": None, "layers": [],
+               "model_sha256": None, "error": None}
+        checks = [r.holds(m[r.key]) for r in reqs if r.key in m]
+        row["passed"] = bool(all(checks)) if len(checks) == len(reqs) else None
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=[c for c in COLUMNS if c != "pareto"])
+    ok = df["value"].notna() & df["accuracy"].notna()
+    df["pareto"] = False
+    if ok.any():
+        higher = METRICS[target.metric].higher_is_better
+        df.loc[ok, "pareto"] = pareto_mask(df.loc[ok, "value"], df.loc[ok, "accuracy"], not higher)
+    df = df[COLUMNS]
+    callback(1.0, "trade-off done")
+    return Tradeoff(target.key, METRICS[target.metric].higher_is_better, df, [r.expr for r in reqs], split,
+                    target.threshold, acc_req.threshold if acc_req else None, done)
