@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from captum.attr import IntegratedGradients, LayerConductance, LayerIntegratedGradients
 from torch import nn
 
 from .errors import AuditorError
@@ -225,7 +226,8 @@ def second_moments(model: nn.Module, layer_names: Sequence[str], X: torch.Tensor
                 for name, layer in todo.items():
                     k = layer_keys(layer, store[name][0])
                     share = max_keys / (len(X) * k.shape[1])  # k: (batch, positions, D)
-                    k = k.reshape(-1, k.shape[-1]).float()
+                    k = k.reshape(-1, k.shape[-1])
+                    k = k if k.dtype in (torch.float32, torch.float64) else k.float()
                     quota = int(np.ceil(share * k.shape[0]))
                     if quota < k.shape[0]:
                         k = k[torch.randperm(k.shape[0], generator=gen)[:quota].to(k.device)]
@@ -276,8 +278,6 @@ def _targets(model: nn.Module, clean: torch.Tensor, target) -> torch.Tensor:
 
 def _layer_attribution(model: nn.Module, layer: nn.Module, clean: torch.Tensor, corrupted: torch.Tensor,
                        target: torch.Tensor, method: str, n_steps: int) -> torch.Tensor:
-    from captum.attr import LayerConductance, LayerIntegratedGradients
-
     if method == "integrated_gradients":
         attr = LayerIntegratedGradients(model, layer).attribute(clean, baselines=corrupted, target=target,
                                                                 n_steps=n_steps)
@@ -374,8 +374,6 @@ def rank_layers_for(model: nn.Module, data, n: int = 1, seed: int = 0, split: st
 
 
 def _ig(model: nn.Module, X: torch.Tensor, baselines, target: torch.Tensor, n_steps: int) -> torch.Tensor:
-    from captum.attr import IntegratedGradients
-
     with hook_guard(model):
         return IntegratedGradients(model).attribute(X, baselines=baselines, target=target, n_steps=n_steps).detach()
 

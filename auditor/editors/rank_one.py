@@ -86,8 +86,15 @@ def compute_delta(model: nn.Module, layer_name: str, clean: torch.Tensor, corrup
         U, S, Vh = torch.linalg.svd(R, full_matrices=False)
         R = (U[:, :rank] * S[:rank]) @ Vh[:rank]
     C = regularised(second_moment(model, layer_name, reference, max_rows=max_rows), ridge).to(K.device, dtype)
-    # W' k_s = v_s for every key (exact for S <= D and mu -> 0); mu C protects clean keys
-    delta = torch.linalg.solve(mu * C + K.T @ K, K.T @ R).T  # (out, D)
+    # dW = R^T K (mu C + K^T K)^-1: W' k_s = v_s for every key (exact for S <= D as mu -> 0), mu C
+    # protects clean keys. For S <= D the same in its dual form, the one-key formula for S = 1:
+    # dW = R^T (mu I + K C^-1 K^T)^-1 (C^-1 K^T)^T
+    if K.shape[0] <= K.shape[1]:
+        U = torch.linalg.solve(C, K.T)  # (D, S) = C^-1 K^T
+        G = K @ U + mu * torch.eye(K.shape[0], dtype=dtype, device=K.device)
+        delta = torch.linalg.solve(G, R).T @ U.T  # (out, D)
+    else:
+        delta = torch.linalg.solve(mu * C + K.T @ K, K.T @ R).T
     after = float((R - K @ delta.T).norm())
     return RankOneUpdate(layer_name, delta, int(K.shape[0]),
                          float(R.norm()), after)
@@ -229,7 +236,7 @@ class RankOneEditor(Editor):
 class DynamicRankOneHyper(RankOneHyper):
     max_edits: int = 8  # budget of edit steps (accepted or rolled back)
     max_accuracy_drop: float = 0.005  # utility budget: clean accuracy lost on `check_split`
-    strength_step: float = 0.5  # how much a strengthening step adds along an accepted edit
+    strength_step: float = 0.5  # how much a strengthening step adds along an accepted edit (halved on rollback)
     check_split: str = "val"  # held-out clean split where requirement and utility are checked
     gap_tol: float = 0.05  # the pairs count as rectified when their gap is below this share of the start
 
@@ -263,7 +270,8 @@ class DynamicRankOneEditor(RankOneEditor):
         model.eval()
         a, b = model(clean), model(corrupted)
         idx = labels[:, None]
-        return float((a.gather(1, idx) - b.gather(1, idx)).abs().mean())
+        # how far the corrupted twins' label logit lies below the clean one (past it counts as 0)
+        return float((a.gather(1, idx) - b.gather(1, idx)).clamp(min=0).mean())
 
     def _edit(self, model, data, requirements, device, callback, **_):
         self._check()
@@ -280,6 +288,7 @@ class DynamicRankOneEditor(RankOneEditor):
         rejected: set[str] = set()
         last: RankOneUpdate | None = None
         strength_of: dict[str, float] = {}
+        step_size = hp.strength_step
         rankings = []
         for step in range(1, hp.max_edits + 1):
             if short == 0:
@@ -305,7 +314,7 @@ class DynamicRankOneEditor(RankOneEditor):
                 scale, action = 1.0, "edit"
             elif last is not None:
                 layer, update = last.layer, last
-                scale, action = hp.strength_step, "strengthen"
+                scale, action = step_size, "strengthen"
             else:
                 entry.update(action="stop", reason="the pairs show no gap to rectify")
                 self.log.append(entry)
@@ -323,6 +332,8 @@ class DynamicRankOneEditor(RankOneEditor):
                                                      else "does not bring the requirement closer"))
                 if action == "edit":
                     rejected.add(layer)
+                elif step_size / 2 >= hp.strength_step / 4:
+                    step_size /= 2  # a smaller step along the same direction next
                 else:
                     self.log.append(entry)
                     self.log.append({"step": step, "action": "stop",

@@ -1,0 +1,273 @@
+"""Rank-one rectification and its baselines: quality on the sample models, bit-exact revert,
+untouched original, no leftover hooks, the closed form on paper, and a user's own .npz case."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from auditor import load_data, load_model
+from auditor.data import load_digits_data
+from auditor.editors import EDITORS, get_editor
+from auditor.editors.rank_one import apply_delta, compute_delta
+from auditor.errors import AuditorError
+from auditor.evaluate import evaluate
+from auditor.localize import clear_moment_cache, layer_matrix, rank_layers_for
+from auditor.models import ModelBundle, ModelSpec, build_architecture
+from auditor.training import TrainConfig, train_classifier
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
+HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+RANK_ONE = ["rank-one", "dynamic-rank-one", "static-rank-one-last", "finetune", "finetune-last-layer"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small models: one thread is faster than several on a shared machine (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def assert_no_hooks(model: nn.Module) -> None:
+    for name, m in model.named_modules():
+        for d in HOOK_DICTS:
+            assert len(getattr(m, d)) == 0, f"{d} left on {name or 'model'}"
+
+
+@pytest.fixture(scope="module")
+def trojan():
+    bundle = load_model(SAMPLES / "digits_cnn_trojan.safetensors")
+    data = load_data("digits-trojan")
+    return bundle, data, evaluate(bundle, data).metrics
+
+
+@pytest.fixture(scope="module")
+def spurious():
+    bundle = load_model(SAMPLES / "digits_cnn_spurious.safetensors")
+    data = load_data("digits-spurious")
+    return bundle, data, evaluate(bundle, data).metrics
+
+
+def test_editors_are_registered():
+    assert set(RANK_ONE) <= set(EDITORS)
+    assert get_editor("rank-one").hparams.samples == 1
+    assert get_editor("dynamic-rank-one").hparams.samples == 1
+
+
+def test_rank_one_five_samples_removes_the_trojan(trojan):
+    bundle, data, m0 = trojan
+    for seed in (0, 1):
+        result = get_editor("rank-one", samples=5, seed=seed).edit(bundle, data)
+        m = evaluate(result.bundle, data).metrics
+        assert m["attack_success_rate"] <= 0.05
+        assert m0["accuracy"] - m["accuracy"] <= 0.01
+        assert result.layers == ["fc1"]  # the top-ranked layer
+        assert result.extras["ranking"][0]["layer"] == "fc1"
+
+
+def test_dynamic_rank_one_one_sample(trojan):
+    bundle, data, m0 = trojan
+    asr, drop = [], []
+    for seed in range(3):
+        result = get_editor("dynamic-rank-one", samples=1, seed=seed).edit(bundle, data, ["attack_success_rate <= 0.02"])
+        m = evaluate(result.bundle, data).metrics
+        asr.append(m["attack_success_rate"])
+        drop.append(m0["accuracy"] - m["accuracy"])
+        log = result.log
+        assert log[0]["action"] == "start" and log[1]["action"] == "edit"
+        assert all("accepted" in e for e in log if e["action"] in ("edit", "strengthen"))
+        assert result.extras["requirements_met_on_check_split"]
+    assert np.mean(asr) <= 0.02 and np.mean(drop) <= 0.005
+
+
+def test_dynamic_rank_one_removes_the_spurious_cue(spurious):
+    bundle, data, m0 = spurious
+    gaps, drops = [], []
+    for seed in range(2):
+        result = get_editor("dynamic-rank-one", samples=1, seed=seed).edit(bundle, data)
+        m = evaluate(result.bundle, data).metrics
+        gaps.append(abs(m["cue_gap"]))
+        drops.append(m0["accuracy"] - m["accuracy"])
+    assert np.mean(gaps) <= 0.2 * m0["cue_gap"]
+    assert np.mean(drops) <= 0.005
+
+
+def test_dynamic_rolls_back_edits_over_budget(trojan):
+    bundle, data, _ = trojan
+    # conv1 edits from one sample wreck accuracy: forced onto conv1, every step is rolled back
+    result = get_editor("dynamic-rank-one", samples=1, layer="conv1", max_edits=3).edit(bundle, data)
+    steps = [e for e in result.log if e["action"] == "edit"]
+    assert steps and not any(e["accepted"] for e in steps)
+    assert "over the utility budget" in steps[0]["reason"]
+    assert result.layers == [] and result.bundle.sha256 == bundle.sha256
+
+
+def test_top_ranked_layer_beats_lowest_ranked(trojan):
+    bundle, data, m0 = trojan
+    table = rank_layers_for(bundle.model, data, 1, 0)
+    top, low = table["layer"].iloc[0], table["layer"].iloc[-1]
+    scores = {}
+    for layer in (top, low):
+        m = evaluate(get_editor("rank-one", samples=1, layer=layer).edit(bundle, data).bundle, data).metrics
+        # error left: attacks that still work plus clean accuracy lost
+        scores[layer] = m["attack_success_rate"] + max(0.0, m0["accuracy"] - m["accuracy"])
+    assert scores[top] < scores[low]
+
+
+def test_original_untouched_and_revert_is_bit_exact(trojan):
+    bundle, data, _ = trojan
+    sha = bundle.sha256
+    state = {k: v.clone() for k, v in bundle.model.state_dict().items()}
+    for name in RANK_ONE:
+        settings = {"steps": 10} if name.startswith("finetune") else {}
+        result = get_editor(name, samples=2, **settings).edit(bundle, data)
+        assert bundle.sha256 == sha, name
+        assert result.bundle.sha256 != sha, name
+        reverted = result.reverted()
+        assert reverted.sha256 == sha, name
+        for k, v in reverted.model.state_dict().items():
+            assert torch.equal(v, state[k]), (name, k)
+        assert_no_hooks(result.bundle.model)
+        assert result.to_dict()["editor"] == name
+    assert_no_hooks(bundle.model)
+
+
+def test_changes_are_rank_one_for_one_sample(trojan):
+    bundle, data, _ = trojan
+    result = get_editor("rank-one", samples=1).edit(bundle, data)
+    weight = [c for c in result.changes if c["parameter"].endswith("weight")]
+    assert weight and all(c["rank"] == 1 for c in weight)
+    assert result.device == "cpu" and result.seconds > 0
+
+
+def test_closed_form_on_paper():
+    """One key, tiny mu: W' k* = v*, and the change is (v* - W k*)(C^-1 k*)^T / ((C^-1 k*)^T k*)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3, bias=False)).double()
+    X = torch.randn(200, 4, dtype=torch.float64)
+    clean, corrupted = torch.randn(1, 4, dtype=torch.float64), torch.randn(1, 4, dtype=torch.float64)
+    clear_moment_cache()
+    upd = compute_delta(model, "0", clean, corrupted, X, ridge=0.0, mu=1e-12)
+    W = layer_matrix(model[0]).clone()
+    k, v = corrupted[0], W @ clean[0]
+    C = X.T @ X / len(X)
+    u = torch.linalg.solve(C, k)
+    expected = torch.outer(v - W @ k, u) / (u @ k)
+    assert torch.allclose(upd.delta, expected, atol=1e-8)
+    apply_delta(model, upd)
+    assert torch.allclose(model(corrupted)[0], v, atol=1e-8)
+    assert upd.rank == 1 and upd.keys == 1 and upd.residual_after < 1e-6
+
+
+def test_conv_edit_uses_every_position_overlapping_the_trigger(trojan):
+    bundle, data, _ = trojan
+    clean, corrupted, _ = data.pairs(1, seed=0)
+    model = bundle.copy().model
+    upd = compute_delta(model, "conv2", clean, corrupted, data.train.X, mu=1e-6)
+    assert 9 <= upd.keys <= 25  # the 3x3 trigger reaches 5x5 positions of conv2
+    assert upd.residual_after < 0.05 * upd.residual  # all positions fitted together
+
+
+def test_no_hooks_left_when_an_edit_raises(trojan):
+    bundle, data, _ = trojan
+    model = bundle.copy().model
+
+    class Boom(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("boom")
+
+    model.act_fc1 = Boom()  # raises after fc1's pre-hook ran
+    clean, corrupted, _ = data.pairs(1, seed=0)
+    with pytest.raises(RuntimeError, match="boom"):
+        compute_delta(model, "fc1", clean, corrupted, data.train.X[:100])
+    assert_no_hooks(model)
+    with pytest.raises(AuditorError, match="no layer"):
+        get_editor("rank-one", layer="nope").edit(bundle, data)
+    with pytest.raises(AuditorError, match="only Linear and Conv2d"):
+        get_editor("dynamic-rank-one", layer="relu1").edit(bundle, data)
+    assert_no_hooks(bundle.model)
+
+
+def test_fine_tuning_baselines_change_what_they_should(trojan):
+    bundle, data, _ = trojan
+    whole = get_editor("finetune", samples=5, steps=5).edit(bundle, data)
+    assert set(whole.layers) == {"conv1", "conv2", "fc1", "out"}
+    last = get_editor("finetune-last-layer", samples=5, steps=5).edit(bundle, data)
+    assert last.layers == ["out"]
+    static = get_editor("static-rank-one-last", samples=1).edit(bundle, data)
+    assert static.layers == ["out"]
+
+
+def test_editors_refuse_data_without_pairs(trojan):
+    bundle, _, _ = trojan
+    clean = load_digits_data()
+    for name in RANK_ONE:
+        assert get_editor(name).supports(bundle, clean)
+        with pytest.raises(AuditorError, match="no trigger, cue or corrupted twins"):
+            get_editor(name).edit(bundle, clean)
+
+
+# ------------------------------------------------------------------------------------------------
+# A user's own case: a CNN of another shape, another trigger and target, from an .npz
+
+
+def _npz_case(tmp_path: Path, twins: bool):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)
+    mask = np.zeros((8, 8), np.float32)
+    mask[0:2, 6:8] = 1  # a solid 2x2 square top-right, pushing towards 7
+    path = tmp_path / ("twins.npz" if twins else "stamp.npz")
+    if twins:
+        np.savez(path, images=images, labels=digits.target, target=np.array(7),
+                 corrupted=images * (1 - mask) + mask)
+    else:
+        np.savez(path, images=images, labels=digits.target, target=np.array(7), mask=mask, pattern=mask)
+    return load_data(path)
+
+
+@pytest.fixture(scope="module")
+def user_case(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("npz")
+    data = _npz_case(tmp, twins=False)
+    train = data.train
+    rng = np.random.default_rng(0)
+    rows = rng.choice(np.flatnonzero(train.y.numpy() != 7), size=int(0.1 * len(train)), replace=False)
+    X, y = train.X.clone(), train.y.clone()
+    X[rows], y[rows] = data.corrupt("train", rows), 7
+    arch = {"name": "cnn", "in_channels": 1, "image_size": 8, "channels": [4, 8], "hidden": 16, "num_classes": 10}
+    torch.manual_seed(1)
+    model = build_architecture(arch)
+    train_classifier(model, X, y, TrainConfig(epochs=30, batch_size=64, lr=3e-3, seed=1))
+    spec = ModelSpec(arch=arch, input={"kind": "image", "shape": [1, 8, 8]}, class_names=[str(i) for i in range(10)])
+    return ModelBundle(model, spec), data, _npz_case(tmp, twins=True)
+
+
+def test_user_npz_case_metrics_localize_and_repair(user_case):
+    bundle, data, twins = user_case
+    m0 = evaluate(bundle, data).metrics
+    assert m0["attack_success_rate"] > 0.8 and m0["accuracy"] > 0.8
+    table = rank_layers_for(bundle.model, data, 1, 0)
+    assert len(table) == 4 and table["layer"].iloc[0] in {"fc1", "conv2"}
+    for n, limit in ((1, 0.05), (5, 0.05)):
+        result = get_editor("dynamic-rank-one", samples=n, seed=0).edit(bundle, data, ["attack_success_rate <= 0.02"])
+        m = evaluate(result.bundle, data).metrics
+        assert m["attack_success_rate"] <= limit
+        assert m0["accuracy"] - m["accuracy"] <= 0.01
+    assert_no_hooks(bundle.model)
+
+
+def test_user_npz_case_with_corrupted_twins(user_case):
+    bundle, data, twins = user_case
+    assert twins.train.corrupted is not None
+    m0 = evaluate(bundle, twins).metrics
+    assert m0["attack_success_rate"] == pytest.approx(evaluate(bundle, data).metrics["attack_success_rate"])
+    result = get_editor("rank-one", samples=5, seed=1).edit(bundle, twins)
+    m = evaluate(result.bundle, twins).metrics
+    assert m["attack_success_rate"] <= 0.05 and m0["accuracy"] - m["accuracy"] <= 0.01
