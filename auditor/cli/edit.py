@@ -47,7 +47,7 @@ def _convert(field: dataclasses.Field, text: str, hints: dict):
     from ..errors import AuditorError
 
     kind = hints.get(field.name, field.type)
-    name = str(kind)
+    name = kind.__name__ if isinstance(kind, type) else str(kind)
     if text.lower() in ("none", "null") and "None" in name:
         return None
     try:
