@@ -11,7 +11,7 @@ import sys
 from ..errors import AuditorError
 
 # Subcommand modules, in the order `auditor --help` lists them; each has register(subparsers).
-COMMANDS = ["evaluate", "localize", "edit", "audit", "log"]
+COMMANDS = ["evaluate", "localize", "edit", "audit", "log", "zoo", "editor"]
 
 
 def build_parser() -> argparse.ArgumentParser:

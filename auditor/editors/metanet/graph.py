@@ -1,0 +1,203 @@
+"""An MLP read as a graph: neurons are nodes, weights are edges.
+
+Node order per model: the inputs, then each hidden layer, then the outputs. Edges of layer l
+(weight `W_l` of shape (n_l, n_{l-1})) come in row-major order, so the edge outputs of a
+metanetwork reshape straight back into `W_l`. Hidden neurons carry no identity of their own
+(only their layer), so anything computed per node and per edge and aggregated by sums or means
+is equivariant to permuting the hidden neurons of a layer; inputs and outputs keep their
+positions (feature j, class c), which do have a meaning.
+
+Node features (4): bias, mean and standard deviation of the neuron's pre-activation on a
+reference batch, and the share of rows where it is positive (inputs: value mean, std, share
+non-zero). Edge features (3): w, w * std(source activation), w * mean(source activation).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+from ...errors import AuditorError
+
+NODE_FEATURES = 4
+EDGE_FEATURES = 3
+
+
+def mlp_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:
+    """(name, Linear) of an MLP built as Linear -> ReLU -> ... -> Linear, else an AuditorError."""
+    if not isinstance(model, nn.Sequential):
+        raise AuditorError("the metanetwork reads MLPs (nn.Sequential of Linear and ReLU layers)")
+    layers, expect_linear = [], True
+    for name, mod in model.named_children():
+        if isinstance(mod, nn.Linear) and expect_linear:
+            layers.append((name, mod))
+            expect_linear = False
+        elif isinstance(mod, nn.ReLU) and not expect_linear:
+            expect_linear = True
+        else:
+            raise AuditorError(f"the metanetwork reads MLPs of Linear and ReLU layers; layer {name!r} is "
+                               f"{type(mod).__name__}")
+    if not layers or expect_linear:
+        raise AuditorError("the metanetwork reads MLPs that end in a Linear layer")
+    for (_, a), (_, b) in zip(layers, layers[1:]):
+        if a.out_features != b.in_features:
+            raise AuditorError("the MLP's layer sizes do not chain")
+    return layers
+
+
+@dataclass(frozen=True)
+class Structure:
+    """Index structure of one architecture (cached per layer sizes)."""
+
+    sizes: tuple[int, ...]  # (inputs, hidden..., outputs)
+    src: torch.Tensor
+    dst: torch.Tensor
+    node_offsets: tuple[int, ...]
+    edge_offsets: tuple[int, ...]
+    node_layer: torch.Tensor
+    edge_layer: torch.Tensor
+
+    @property
+    def depth(self) -> int:  # number of Linear layers
+        return len(self.sizes) - 1
+
+    @property
+    def n_nodes(self) -> int:
+        return self.node_offsets[-1]
+
+    @property
+    def n_edges(self) -> int:
+        return self.edge_offsets[-1]
+
+
+@lru_cache(maxsize=256)
+def structure(sizes: tuple[int, ...]) -> Structure:
+    node_off = [0]
+    for n in sizes:
+        node_off.append(node_off[-1] + n)
+    src, dst, edge_off, edge_layer = [], [], [0], []
+    for l in range(1, len(sizes)):
+        n_in, n_out = sizes[l - 1], sizes[l]
+        src.append(node_off[l - 1] + torch.arange(n_in).repeat(n_out))
+        dst.append(node_off[l] + torch.arange(n_out).repeat_interleave(n_in))
+        edge_off.append(edge_off[-1] + n_in * n_out)
+        edge_layer.append(torch.full((n_in * n_out,), l, dtype=torch.long))
+    node_layer = torch.cat([torch.full((n,), l, dtype=torch.long) for l, n in enumerate(sizes)])
+    return Structure(tuple(sizes), torch.cat(src), torch.cat(dst), tuple(node_off), tuple(edge_off),
+                     node_layer, torch.cat(edge_layer))
+
+
+def position_ids(st: Structure, n_inputs: int, n_classes: int, max_depth: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embedding ids: input j -> j; class c -> n_inputs + c; a hidden neuron of layer l in a network
+    of depth L -> n_inputs + n_classes + l * (max_depth + 1) + (L - l). Edges of layer l -> l * (max_depth
+    + 1) + (L - l). Hidden neurons of one layer share an id (permutation symmetry)."""
+    L = st.depth
+    node = torch.empty(st.n_nodes, dtype=torch.long)
+    node[:st.sizes[0]] = torch.arange(st.sizes[0])
+    for l in range(1, L):
+        node[st.node_offsets[l]:st.node_offsets[l + 1]] = n_inputs + n_classes + l * (max_depth + 1) + (L - l)
+    node[st.node_offsets[L]:] = n_inputs + torch.arange(st.sizes[-1])
+    edge = st.edge_layer * (max_depth + 1) + (L - st.edge_layer)
+    return node, edge
+
+
+@dataclass
+class Member:
+    """One model prepared for the metanetwork: its structure, weights and reference statistics."""
+
+    names: list[str]  # Linear layer names in forward order (fc1, fc2, ..., out)
+    st: Structure
+    weights: list[torch.Tensor]
+    biases: list[torch.Tensor]
+    node_x: torch.Tensor  # (n_nodes, NODE_FEATURES)
+    edge_x: torch.Tensor  # (n_edges, EDGE_FEATURES)
+    act_mean: list[torch.Tensor]  # mean of each layer's input activation (inputs, post-ReLU hidden)
+    act_std: list[torch.Tensor]
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return self.st.sizes
+
+
+@torch.no_grad()
+def prepare(model: nn.Module, X_ref: torch.Tensor) -> Member:
+    """Read `model` (an MLP) as a graph with statistics from the reference rows `X_ref`."""
+    layers = mlp_layers(model)
+    sizes = (layers[0][1].in_features, *[m.out_features for _, m in layers])
+    st = structure(sizes)
+    dev = layers[0][1].weight.device
+    h = X_ref.to(dev, torch.float32)
+    weights = [m.weight.detach().float() for _, m in layers]
+    biases = [m.bias.detach().float() if m.bias is not None else torch.zeros(m.out_features, device=dev)
+              for _, m in layers]
+    node_rows = [torch.stack([torch.zeros(sizes[0], device=dev), h.mean(0), h.std(0), (h != 0).float().mean(0)], 1)]
+    act_mean, act_std = [], []
+    for i, (W, b) in enumerate(zip(weights, biases)):
+        act_mean.append(h.mean(0))
+        act_std.append(h.std(0))
+        pre = h @ W.T + b
+        node_rows.append(torch.stack([b, pre.mean(0), pre.std(0), (pre > 0).float().mean(0)], 1))
+        h = pre.relu() if i < len(weights) - 1 else pre
+    edge_rows = []
+    for W, m, s in zip(weights, act_mean, act_std):
+        edge_rows.append(torch.stack([W.reshape(-1), (W * s).reshape(-1), (W * m).reshape(-1)], 1))
+    return Member([n for n, _ in layers], st, weights, biases, torch.cat(node_rows), torch.cat(edge_rows),
+                  act_mean, act_std)
+
+
+@dataclass
+class GraphBatch:
+    """Several members as one disjoint graph (node and edge tensors concatenated)."""
+
+    members: list[Member]
+    node_x: torch.Tensor
+    edge_x: torch.Tensor
+    node_pos: torch.Tensor
+    edge_pos: torch.Tensor
+    src: torch.Tensor
+    dst: torch.Tensor
+    inv_deg_in: torch.Tensor  # 1 / number of incoming edges (0 for inputs), shape (N, 1)
+    inv_deg_out: torch.Tensor
+    node_offsets: list[int] = field(default_factory=list)
+    edge_offsets: list[int] = field(default_factory=list)
+    node_member: torch.Tensor | None = None
+    edge_member: torch.Tensor | None = None
+
+    @property
+    def n_members(self) -> int:
+        return len(self.members)
+
+
+def batch(members: list[Member], n_inputs: int, n_classes: int, max_depth: int) -> GraphBatch:
+    node_x, edge_x, node_pos, edge_pos, src, dst, din, dout = [], [], [], [], [], [], [], []
+    node_off, edge_off, nm, em = [0], [0], [], []
+    for b, m in enumerate(members):
+        st = m.st
+        if st.depth > max_depth:
+            raise AuditorError(f"the MLP has {st.depth} layers; this metanetwork reads at most {max_depth}")
+        npos, epos = position_ids(st, n_inputs, n_classes, max_depth)
+        dev = m.node_x.device
+        node_x.append(m.node_x)
+        edge_x.append(m.edge_x)
+        node_pos.append(npos.to(dev))
+        edge_pos.append(epos.to(dev))
+        src.append(st.src.to(dev) + node_off[-1])
+        dst.append(st.dst.to(dev) + node_off[-1])
+        sizes = st.sizes
+        deg_in = torch.cat([torch.zeros(sizes[0])] + [torch.full((n,), float(sizes[l]))
+                                                      for l, n in enumerate(sizes[1:])])
+        deg_out = torch.cat([torch.full((n,), float(sizes[l + 1])) for l, n in enumerate(sizes[:-1])]
+                            + [torch.zeros(sizes[-1])])
+        din.append(deg_in)
+        dout.append(deg_out)
+        nm.append(torch.full((st.n_nodes,), b, dtype=torch.long))
+        em.append(torch.full((st.n_edges,), b, dtype=torch.long))
+        node_off.append(node_off[-1] + st.n_nodes)
+        edge_off.append(edge_off[-1] + st.n_edges)
+    dev = members[0].node_x.device
+    inv = lambda d: torch.where(d > 0, 1.0 / d.clamp_min(1), torch.zeros_like(d)).unsqueeze(1).to(dev)
+    return GraphBatch(members, torch.cat(node_x), torch.cat(edge_x), torch.cat(node_pos), torch.cat(edge_pos),
+                      torch.cat(src), torch.cat(dst), inv(torch.cat(din)), inv(torch.cat(dout)),
+                      node_off, edge_off, torch.cat(nm).to(dev), torch.cat(em).to(dev))

@@ -1,0 +1,460 @@
+"""Training a metanetwork editor on a population, and the editor file it writes.
+
+Loss per (model, requirement strength): Jensen-Shannon divergence between the edited and the
+original model's outputs on a batch of training rows (utility), plus the requirement's
+differentiable surrogate from `auditor.requirements.surrogates` (the demographic-parity or
+equalized-odds gap weighted by the strength; for minimisation and pruning, where hard masks meet
+the budget by construction, a small budget term on the soft masks keeps them decisive).
+
+Runs in one process or under `torchrun` with DistributedDataParallel (gloo on CPU, NCCL on GPU);
+each rank draws its own models and rows, gradients are averaged, rank 0 writes the file:
+
+    torchrun --nproc_per_node 2 -m auditor.cli editor train --task adult --requirement demographic_parity
+
+An editor file is one safetensors file: the metanetwork's weights plus, in the metadata key
+`auditor.metanet`, the JSON `info` (task, requirement, network config, the model family it was
+trained on, training and validation figures).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from torch.func import functional_call, vmap
+
+from ... import zoo
+from ...data.base import AuditData
+from ...errors import AuditorError
+from ...models import ModelBundle
+from ...requirements.surrogates import (feature_budget_gap, fairness_gap, group_codes, js_divergence,
+                                        positive_probability, sparsity_gap)
+from .graph import Member, batch, mlp_layers, prepare
+from .net import MetaNet, NetConfig, assemble
+
+FORMAT = "auditor-metanet/1"
+INFO_KEY = "auditor.metanet"
+
+
+@dataclass(frozen=True)
+class RequirementKind:
+    """A requirement a metanetwork can be trained for."""
+
+    metric: str  # metric name in auditor.requirements.METRICS
+    mode: str  # NetConfig.mode
+    stem: str  # file name part: metanet_<task>_<stem>.safetensors
+    condition: str  # what the strength means
+
+
+KINDS: dict[str, RequirementKind] = {
+    "demographic_parity": RequirementKind("demographic_parity", "residual", "dp",
+                                          "fairness strength t in [0, 1] (loss weight t * fairness_weight)"),
+    "equalized_odds": RequirementKind("equalized_odds", "residual", "eo",
+                                      "fairness strength t in [0, 1] (loss weight t * fairness_weight)"),
+    "features_used": RequirementKind("features_used", "gate", "minimisation", "raw features to keep, k"),
+    "sparsity": RequirementKind("sparsity", "prune", "pruning", "fraction of weights set to zero"),
+}
+ALIASES = {"dp": "demographic_parity", "fairness": "demographic_parity", "eo": "equalized_odds",
+           "minimisation": "features_used", "minimization": "features_used", "features": "features_used",
+           "pruning": "sparsity"}
+
+
+def requirement_kind(name: str) -> RequirementKind:
+    key = ALIASES.get(name, name)
+    if key not in KINDS:
+        raise AuditorError(f"no metanetwork requirement {name!r}; choose one of "
+                           f"{', '.join(list(KINDS) + list(ALIASES))}")
+    return KINDS[key]
+
+
+def cond_features(mode: str, values: torch.Tensor, n_features: int) -> torch.Tensor:
+    """Requirement strength -> conditioning vector (..., 2) fed to the heads."""
+    v = values.float()
+    if mode == "residual":
+        return torch.stack([v, v.clamp_min(0).sqrt()], -1)
+    if mode == "gate":
+        f = v / n_features
+        return torch.stack([f, f.clamp_min(0).sqrt()], -1)
+    return torch.stack([v, -torch.log1p(-v.clamp(0, 0.999)) / 5], -1)
+
+
+@dataclass
+class TrainSettings:
+    """Settings of `train_editor`; the defaults are the shipped editors' (see sample_models/build_editors.py)."""
+
+    task: str = "adult"
+    requirement: str = "demographic_parity"
+    steps: int = 300
+    models_per_step: int = 8  # per process
+    conditions: int = 4  # strengths per model per step
+    rows: int = 512  # data rows per step
+    ref_rows: int = 512  # reference rows for node statistics (also used at edit time)
+    lr: float = 3e-3
+    hidden: int = 32
+    layers: int = 3
+    fairness_weight: float = 3.0  # loss weight of the fairness gap at strength 1
+    fairness_temperature: float = 0.5  # sigmoid temperature of the soft prediction in the gap
+    mask_weight: float = 0.1  # weight of the soft-mask budget term (pruning, minimisation)
+    sparsity_low: float = 0.5
+    sparsity_high: float = 0.97
+    n_models: int = zoo.DEFAULT_SIZE
+    train_limit: int | None = None  # use only the first N training members (tiny runs, tests)
+    val_limit: int | None = 8  # validation members evaluated at the end
+    seed: int = 0
+    threads: int = 1  # torch threads per process
+
+
+def reference_rows(data: AuditData, n: int, seed: int = 0) -> torch.Tensor:
+    """The fixed rows of the training split whose activations describe a model's neurons."""
+    X = data.train.X
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(X), generator=g)[:min(n, len(X))].sort().values
+    return X[idx]
+
+
+def group_index_of(data: AuditData) -> torch.Tensor:
+    """Raw-feature index of every input (-1 when an input belongs to no feature group)."""
+    idx = torch.full((data.n_inputs,), -1, dtype=torch.long)
+    for f, cols in enumerate(data.feature_groups.values()):
+        idx[list(cols)] = f
+    return idx
+
+
+def features_digest(data_or_names) -> str:
+    names = data_or_names.feature_names if isinstance(data_or_names, AuditData) else list(data_or_names)
+    return hashlib.sha256(json.dumps(names).encode()).hexdigest()[:16]
+
+
+def edited_logits(template: nn.Module, params: dict[str, torch.Tensor], X: torch.Tensor) -> torch.Tensor:
+    """Logits (K, n, classes) of the K edited versions of `template` (functional_call, vmapped over K)."""
+    return vmap(lambda p: functional_call(template, p, (X,)))(params)
+
+
+def sample_targets(s: TrainSettings, mode: str, n_features: int, B: int, K: int, gen: torch.Generator) -> torch.Tensor:
+    if mode == "residual":
+        return torch.rand(B, K, generator=gen)
+    if mode == "gate":
+        return torch.randint(1, n_features, (B, K), generator=gen).float()
+    u = torch.rand(B, K, generator=gen)
+    return s.sparsity_low + (s.sparsity_high - s.sparsity_low) * u.sqrt()  # more mass near high sparsity
+
+
+def _dist_setup():
+    import torch.distributed as dist
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None, 0, 1, None
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return dist, dist.get_rank(), dist.get_world_size(), device
+
+
+def train_editor(settings: TrainSettings, out: str | Path | None = None,
+                 callback: Callable[[float, str], None] | None = None,
+                 device: str | torch.device | None = None) -> dict:
+    """Train a metanetwork for `settings.requirement` on `settings.task`'s population.
+
+    Returns the `info` dict that is stored in the editor file (written to `out` by rank 0)."""
+    from ...backend import pick_device
+
+    callback = callback or (lambda f, m: None)
+    s = settings
+    kind = requirement_kind(s.requirement)
+    torch.set_num_threads(max(1, s.threads))
+    dist, rank, world, ddev = _dist_setup()
+    dev = ddev or pick_device(device if isinstance(device, str) or device is None else str(device))
+    start = time.perf_counter()
+
+    data = zoo.task_data(s.task)
+    if data.kind != "tabular" or len(data.class_names) != 2:
+        raise AuditorError("metanetwork editors are trained on binary tabular tasks")
+    attr = data.primary_protected
+    if kind.mode == "residual" and not attr:
+        raise AuditorError(f"task {s.task!r} has no protected attribute to train a fairness editor on")
+    if world > 1:  # build missing members once, sharded across ranks
+        zoo.build_population(s.task, s.n_models, splits=("train", "val"))
+    train_bundles = zoo.load_population(s.task, "train", s.n_models, limit=s.train_limit)
+    X_ref = reference_rows(data, s.ref_rows)
+    members = [prepare(b.model, X_ref) for b in train_bundles]
+    templates = [b.model for b in train_bundles]
+    n_feat = len(data.feature_groups)
+    gidx = group_index_of(data).to(dev)
+    X_all, y_all = data.train.X.to(dev), data.train.y.to(dev)
+    codes, group_names = group_codes(data.train.groups[attr]) if attr else (None, [])
+    codes = codes.to(dev) if codes is not None else None
+    max_depth = max(4, max(m.st.depth for m in members))
+    cfg = NetConfig(n_inputs=data.n_inputs, n_classes=2, n_features=n_feat, mode=kind.mode, hidden=s.hidden,
+                    layers=s.layers, max_depth=max_depth)
+    torch.manual_seed(s.seed)
+    net = MetaNet(cfg).to(dev)
+    model = net
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = DDP(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+    for m, t in zip(members, templates):
+        _to(m, dev)
+        t.to(dev)
+    opt = torch.optim.AdamW(net.parameters(), lr=s.lr, weight_decay=0.0)
+    warm = max(1, s.steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(i, s.steps) / s.steps)))
+    gen = torch.Generator().manual_seed(s.seed * 7919 + rank)
+    history = []
+    B = min(s.models_per_step, len(members))
+    for step in range(s.steps):
+        pick = torch.randperm(len(members), generator=gen)[:B].tolist()
+        g = batch([members[i] for i in pick], cfg.n_inputs, cfg.n_classes, cfg.max_depth)
+        targets = sample_targets(s, kind.mode, n_feat, B, s.conditions, gen).to(dev)
+        cond = cond_features(kind.mode, targets, n_feat)
+        rows = torch.randint(len(X_all), (s.rows,), generator=gen).to(dev)
+        X, y = X_all[rows], y_all[rows]
+        outs = model(g, cond)
+        results = assemble(cfg, g, outs, targets, gidx)
+        loss, js_sum, req_sum = 0.0, 0.0, 0.0
+        for j, (i, res) in enumerate(zip(pick, results)):
+            with torch.no_grad():
+                base = templates[i](X)
+            logits = edited_logits(templates[i], res["params"], X)  # (K, n, 2)
+            js = torch.stack([js_divergence(base, lk) for lk in logits])
+            if kind.mode == "residual":
+                p = positive_probability(logits.reshape(-1, 2), s.fairness_temperature).reshape(len(logits), -1)
+                gaps = torch.stack([fairness_gap(kind.metric, pk, y, codes[rows], len(group_names),
+                                                 **({"reduce": "sum"} if kind.metric == "equalized_odds" else {}))
+                                    for pk in p])
+                req = s.fairness_weight * targets[j] * gaps
+            elif kind.mode == "prune":
+                req = s.mask_weight * torch.stack([sparsity_gap(res["soft"][:, k], float(targets[j, k]))
+                                                   for k in range(targets.shape[1])])
+            else:
+                req = s.mask_weight * torch.stack([feature_budget_gap(res["soft"][:, k], float(targets[j, k]))
+                                                   for k in range(targets.shape[1])])
+            loss = loss + (js + req).mean() / B
+            js_sum += float(js.mean()) / B
+            req_sum += float(req.mean()) / B
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        history.append((float(loss), js_sum, req_sum))
+        if rank == 0 and (step % 10 == 0 or step == s.steps - 1):
+            recent = np.array(history[-10:])
+            callback((step + 1) / s.steps, f"step {step + 1}/{s.steps} loss {recent[:, 0].mean():.4f} "
+                                           f"(js {recent[:, 1].mean():.4f}, requirement {recent[:, 2].mean():.4f}) "
+                                           f"{time.perf_counter() - start:.0f} s")
+    seconds = time.perf_counter() - start
+    info = {"format": FORMAT, "task": s.task, "requirement": kind.metric, "mode": kind.mode,
+            "condition": kind.condition, "net": asdict(cfg), "protected": attr, "groups": group_names,
+            "family": {"data": data.name, "n_inputs": data.n_inputs, "n_classes": 2,
+                       "features_sha": features_digest(data), "feature_groups": list(data.feature_groups),
+                       "max_depth": cfg.max_depth,
+                       "depths": sorted({m.st.depth for m in members}),
+                       "max_width": max(max(m.sizes[1:-1], default=0) for m in members),
+                       "n_members": len(members)},
+            "reference": {"split": "train", "rows": s.ref_rows, "seed": 0},
+            "training": {**asdict(s), "seconds": round(seconds, 1), "world_size": world, "device": str(dev),
+                         "final_loss": float(np.mean([h[0] for h in history[-20:]])),
+                         "final_js": float(np.mean([h[1] for h in history[-20:]])),
+                         "final_requirement_term": float(np.mean([h[2] for h in history[-20:]]))}}
+    if rank == 0:
+        net.eval()
+        callback(1.0, "validating on held-out validation members")
+        info["validation"] = validate(net.cpu(), info, data, s) if s.val_limit else []
+        if out is not None:
+            save_editor(net, info, out)
+    if dist is not None:
+        dist.barrier()
+        dist.destroy_process_group()
+    return info
+
+
+def _to(m: Member, dev: torch.device) -> None:
+    if m.node_x.device == dev:
+        return
+    for f in ("node_x", "edge_x"):
+        setattr(m, f, getattr(m, f).to(dev))
+    for f in ("weights", "biases", "act_mean", "act_std"):
+        setattr(m, f, [t.to(dev) for t in getattr(m, f)])
+
+
+def default_grid(mode: str, n_features: int) -> list[float]:
+    if mode == "residual":
+        return [0.0, 0.25, 0.5, 0.75, 1.0]
+    if mode == "gate":
+        return [float(k) for k in (1, 3, 5, 7, 9)]
+    return [0.5, 0.7, 0.8, 0.9, 0.95]
+
+
+@torch.no_grad()
+def validate(net: MetaNet, info: dict, data: AuditData, s: TrainSettings) -> list[dict]:
+    """Hard metrics of edited validation members on the validation rows, per strength."""
+    from ...requirements.metrics import features_used, sparsity
+    editor = TrainedMetaNet(net, info)
+    bundles = zoo.load_population(s.task, "val", s.n_models, limit=s.val_limit)
+    grid = default_grid(info["mode"], len(data.feature_groups))
+    rows = []
+    for v in grid:
+        accs, base_accs, reqs = [], [], []
+        for b in bundles:
+            model = b.model
+            edited = editor.edit_model(model, data, [v])[0]
+            accs.append(_accuracy(edited, data.val))
+            base_accs.append(_accuracy(model, data.val))
+            if info["mode"] == "residual":
+                reqs.append(hard_fairness(edited, data, "val", info["requirement"], info["protected"]))
+            elif info["mode"] == "gate":
+                reqs.append(features_used(edited, data.feature_groups))
+            else:
+                reqs.append(sparsity(edited))
+        rows.append({"condition": v, "accuracy": float(np.mean(accs)), "accuracy_before": float(np.mean(base_accs)),
+                     info["requirement"]: float(np.mean(reqs)), f"{info['requirement']}_max": float(np.max(reqs))})
+    return rows
+
+
+def _accuracy(model: nn.Module, split) -> float:
+    return float((model(split.X).argmax(1) == split.y).float().mean())
+
+
+def hard_fairness(model: nn.Module, data: AuditData, split: str, metric: str, attribute: str) -> float:
+    """Demographic parity or equalized odds difference of `model` on a split (fairlearn's definition)."""
+    from ...requirements.surrogates import demographic_parity_gap, equalized_odds_gap
+    sp = data.split(split)
+    pred = model(sp.X).argmax(1).double()
+    codes, _ = group_codes(sp.groups[attribute])
+    if metric == "demographic_parity":
+        return float(demographic_parity_gap(pred, codes))
+    return float(equalized_odds_gap(pred, sp.y, codes))
+
+
+# ------------------------------------------------------------------------------------------------
+# editor files and applying a trained metanetwork
+
+def save_editor(net: MetaNet, info: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    save_file(state, str(path), metadata={INFO_KEY: json.dumps(info, sort_keys=True), "format": FORMAT})
+    return path
+
+
+def load_editor(path: str | Path) -> "TrainedMetaNet":
+    """Load an editor file written by `save_editor` (no code runs: safetensors + JSON)."""
+    path = Path(path)
+    if not path.exists():
+        raise AuditorError(f"metanetwork editor file not found: {path}; rebuild it with "
+                           "`python sample_models/build_editors.py` or `auditor editor train`")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    if meta.get("format") != FORMAT or INFO_KEY not in meta:
+        raise AuditorError(f"{path.name} is not a metanetwork editor file ({FORMAT})")
+    info = json.loads(meta[INFO_KEY])
+    known = {f.name for f in dataclasses.fields(NetConfig)}
+    net = MetaNet(NetConfig(**{k: v for k, v in info["net"].items() if k in known}))
+    net.load_state_dict(state)
+    return TrainedMetaNet(net.eval(), info, str(path))
+
+
+class TrainedMetaNet:
+    """A trained metanetwork plus what it was trained on; edits one MLP for given strengths."""
+
+    def __init__(self, net: MetaNet, info: dict, path: str = ""):
+        self.net, self.info, self.path = net, info, path
+        self._ref_cache: dict[str, torch.Tensor] = {}
+        self._gidx_cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def mode(self) -> str:
+        return self.info["mode"]
+
+    def supports(self, bundle: ModelBundle, data: AuditData) -> str | None:
+        """None when the model belongs to the family this editor was trained on, else why not."""
+        fam = self.info["family"]
+        spec = bundle.spec
+        if data.kind != "tabular":
+            return f"it was trained on tabular {fam['data']!r} MLPs; {data.name!r} is {data.kind} data"
+        if data.name != fam["data"]:
+            return (f"it was trained on models of task {fam['data']!r}, not {data.name!r} "
+                    f"(train one with `auditor editor train --task {data.name}` if a population exists)")
+        if spec.data not in (None, fam["data"]):
+            return f"the model was trained on {spec.data!r}, this editor on {fam['data']!r}"
+        try:
+            layers = mlp_layers(bundle.model)
+        except AuditorError as exc:
+            return str(exc)
+        n_in = layers[0][1].in_features
+        if n_in != fam["n_inputs"] or data.n_inputs != fam["n_inputs"]:
+            return f"it reads MLPs with {fam['n_inputs']} inputs; this model has {n_in}"
+        if layers[-1][1].out_features != fam["n_classes"]:
+            return f"it reads binary classifiers ({fam['n_classes']} outputs); this model has {layers[-1][1].out_features}"
+        if features_digest(data) != fam["features_sha"]:
+            return "the data's input encoding differs from the one the editor was trained on"
+        if spec.input.get("features") and features_digest(spec.input["features"]) != fam["features_sha"]:
+            return "the model's input features differ from the ones the editor was trained on"
+        depth = len(layers)
+        if depth not in fam["depths"]:
+            return f"it was trained on MLPs with {fam['depths']} Linear layers; this model has {depth}"
+        widest = max((m.out_features for _, m in layers[:-1]), default=0)
+        if widest > 2 * fam["max_width"]:
+            return f"hidden layers up to {2 * fam['max_width']} wide are supported; this model has {widest}"
+        return None
+
+    def _reference(self, data: AuditData) -> torch.Tensor:
+        key = data.sha256
+        if key not in self._ref_cache:
+            ref = self.info["reference"]
+            self._ref_cache[key] = reference_rows(data, ref["rows"], ref["seed"])
+        return self._ref_cache[key]
+
+    def _group_index(self, data: AuditData) -> torch.Tensor:
+        key = data.sha256
+        if key not in self._gidx_cache:
+            self._gidx_cache[key] = group_index_of(data)
+        return self._gidx_cache[key]
+
+    @torch.no_grad()
+    def propose(self, model: nn.Module, data: AuditData, values: list[float],
+                device: torch.device | None = None) -> dict[str, torch.Tensor]:
+        """Edited parameters for every strength in `values`: {name: (len(values), ...)} (one pass)."""
+        dev = device or next(model.parameters()).device
+        net = self.net.to(dev)
+        member = prepare(model, self._reference(data).to(dev))
+        cfg = net.cfg
+        g = batch([member], cfg.n_inputs, cfg.n_classes, cfg.max_depth)
+        targets = torch.tensor([values], dtype=torch.float32, device=dev)
+        outs = net(g, cond_features(cfg.mode, targets, cfg.n_features))
+        return assemble(cfg, g, outs, targets, self._group_index(data).to(dev))[0]["params"]
+
+    def edit_model(self, model: nn.Module, data: AuditData, values: list[float]) -> list[nn.Module]:
+        """Edited copies of `model`, one per strength (for validation and sweeps)."""
+        import copy
+        params = self.propose(model, data, values)
+        outs = []
+        for k in range(len(values)):
+            m = copy.deepcopy(model)
+            write_params(m, {n: t[k] for n, t in params.items()})
+            outs.append(m.eval())
+        return outs
+
+
+@torch.no_grad()
+def write_params(model: nn.Module, params: dict[str, torch.Tensor]) -> None:
+    """Copy edited tensors into `model` in place (names as in its state dict)."""
+    state = dict(model.named_parameters())
+    for name, value in params.items():
+        state[name].copy_(value.to(state[name].device, state[name].dtype))
