@@ -43,6 +43,11 @@ class TabularSchema:
         return asdict(self)
 
 
+def as_text(col: pd.Series) -> pd.Series:
+    """Values as strings, a missing value as "nan" (pandas 3's `astype(str)` keeps NaN as NaN)."""
+    return col.astype(object).where(col.notna(), "nan").astype(str)
+
+
 def _require_columns(frame: pd.DataFrame, columns: list[str], what: str) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
@@ -74,13 +79,15 @@ def fit_preprocessing(frame: pd.DataFrame, inputs: list[str], categorical: list[
     prep: dict = {"columns": [], "version": 1}
     for col in inputs:
         if col in categorical:
-            cats = sorted(map(str, frame[col].astype(str).unique()))
+            cats = sorted(as_text(frame[col]).unique())
             prep["columns"].append({"name": col, "type": "categorical", "categories": cats})
         else:
             x = _numeric_column(frame, col)
             if col in log1p:
                 x = np.log1p(np.clip(x, 0, None))
-            std = float(x.std()) or 1.0
+            std = float(x.std())
+            if not std > 1e-12 * max(1.0, abs(float(x.mean()))):  # constant (or all but): do not blow up
+                std = 1.0
             prep["columns"].append({"name": col, "type": "numeric", "mean": float(x.mean()),
                                     "std": std, "log1p": col in log1p})
     return prep
@@ -106,14 +113,19 @@ def transform(frame: pd.DataFrame, prep: dict) -> np.ndarray:
     blocks = []
     for c in prep["columns"]:
         if c["type"] == "categorical":
-            values = frame[c["name"]].astype(str).to_numpy()
+            values = as_text(frame[c["name"]]).to_numpy()
             cats = np.array(c["categories"], dtype=object)
             blocks.append((values[:, None] == cats[None, :]).astype(np.float32))
         else:
             x = _numeric_column(frame, c["name"])
             if c.get("log1p"):
                 x = np.log1p(np.clip(x, 0, None))
-            blocks.append(((x - c["mean"]) / c["std"]).astype(np.float32)[:, None])
+            z = (x - c["mean"]) / c["std"]
+            if not np.isfinite(z.astype(np.float32)).all():
+                row = int(np.flatnonzero(~np.isfinite(z.astype(np.float32)))[0])
+                raise AuditorError(f"column {c['name']!r} at row {row} holds {x[row]!r}, too far from the "
+                                   "values the preprocessing was fitted on to scale")
+            blocks.append(z.astype(np.float32)[:, None])
     return np.concatenate(blocks, axis=1) if blocks else np.zeros((len(frame), 0), np.float32)
 
 
@@ -129,7 +141,7 @@ def _labels(frame: pd.DataFrame, schema: TabularSchema) -> tuple[np.ndarray, lis
     if col.isna().any():
         raise AuditorError(f"target column {schema.target!r} has missing values at rows "
                            f"{np.flatnonzero(col.isna().to_numpy())[:5].tolist()}")
-    values = col.astype(str).str.strip()
+    values = as_text(col).str.strip()
     if schema.positive is not None:
         pos = str(schema.positive)
         if not (values == pos).any():
@@ -150,8 +162,8 @@ def _labels(frame: pd.DataFrame, schema: TabularSchema) -> tuple[np.ndarray, lis
     if schema.labels:
         names = list(schema.labels)
     if len(np.unique(y)) < 2:
-        raise AuditorError(f"target {schema.target!r} has only one class ({names[int(y[0])] if len(y) else '?'}); "
-                           "an audit needs both outcomes")
+        raise AuditorError(f"target {schema.target!r} has only one class "
+                           f"({values.iloc[0] if len(values) else '?'!r}); an audit needs both outcomes")
     return y, names
 
 
@@ -188,7 +200,8 @@ def from_frames(name: str, frames: dict[str, pd.DataFrame], schema: TabularSchem
         frame = frame.reset_index(drop=True)
         y, class_names = _labels(frame, schema) if len(frame) else (np.zeros(0, np.int64), class_names)
         X = numeric_inputs(frame, feature_names) if prep is None else transform(frame, prep)
-        groups = frame[schema.protected].astype(str).reset_index(drop=True)
+        groups = frame[schema.protected].apply(as_text).reset_index(drop=True) if schema.protected \
+            else pd.DataFrame(index=range(len(frame)))
         splits[s] = Split(torch.from_numpy(X), torch.from_numpy(y), groups, frame)
     return AuditData(name=name, kind="tabular", feature_names=feature_names, feature_groups=feature_groups,
                      protected=list(schema.protected), class_names=class_names, preprocessing=prep,
@@ -210,12 +223,20 @@ def read_csv(path: str | Path) -> pd.DataFrame:
         raise AuditorError(f"cannot read {path.name} as CSV: {str(exc).splitlines()[0][:200]}") from None
     if len(frame) == 0:
         raise AuditorError(f"data file {path.name} has a header but no rows")
+    if path.suffix.lower() != ".parquet":  # pandas renames a repeated header `x` to `x.1`: refuse instead
+        header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False,
+                             skipinitialspace=True).iloc[0].tolist()
+        seen = pd.Series(header).value_counts()
+        if (seen > 1).any():
+            name = seen.index[0]
+            raise AuditorError(f"data file {path.name}: column {name!r} appears {int(seen.iloc[0])} times in "
+                               "the header; give every column a distinct name")
     return frame
 
 
 def split_frame(frame: pd.DataFrame, target: str, seed: int = 0,
                 fractions=(0.6, 0.2, 0.2)) -> dict[str, pd.DataFrame]:
-    y = frame[target].astype(str).to_numpy()
+    y = as_text(frame[target]).to_numpy()
     parts = stratified_split(y, fractions, seed)
     return {s: frame.iloc[idx].reset_index(drop=True) for s, idx in zip(("train", "val", "test"), parts)}
 
@@ -225,8 +246,12 @@ def load_csv(path: str | Path, schema: TabularSchema, preprocessing: dict | None
     """Any CSV (or Parquet) plus a schema; split 60/20/20 (stratified, seeded)."""
     frame = read_csv(path)
     _require_columns(frame, [schema.target], "target")
-    return from_frames(Path(path).stem, split_frame(frame, schema.target, seed), schema, preprocessing,
-                       features, source=str(path))
+    _labels(frame, schema)  # missing targets and a single class are named before splitting
+    frames = split_frame(frame, schema.target, seed)
+    if any(len(f) == 0 for f in frames.values()):
+        raise AuditorError(f"{Path(path).name} has too few rows ({len(frame)}) to split 60/20/20 into train, "
+                           "validation and test with both outcomes; give at least 5 rows of each outcome")
+    return from_frames(Path(path).stem, frames, schema, preprocessing, features, source=str(path))
 
 
 # --- UCI Adult -------------------------------------------------------------------------------
