@@ -28,7 +28,7 @@ from torch import nn
 
 from ..data.base import AuditData
 from ..errors import AuditorError
-from ..localize import (METHODS, check_editable, layer_io, layer_matrix, rank_layers, regularised,
+from ..localize import (METHODS, check_editable, inverse_moment, layer_io, layer_matrix, rank_layers, regularised,
                         resolve_layer, second_moment)
 from ..models.architectures import editable_layers
 from ..requirements import (Requirement, attack_success_rate, compute_metrics, cue_accuracy, parse_requirement,
@@ -85,15 +85,17 @@ def compute_delta(model: nn.Module, layer_name: str, clean: torch.Tensor, corrup
     if rank is not None and rank < min(R.shape):
         U, S, Vh = torch.linalg.svd(R, full_matrices=False)
         R = (U[:, :rank] * S[:rank]) @ Vh[:rank]
-    C = regularised(second_moment(model, layer_name, reference, max_rows=max_rows), ridge).to(K.device, dtype)
+    C0 = second_moment(model, layer_name, reference, max_rows=max_rows)
+    Cinv = inverse_moment(C0, ridge).to(K.device, dtype)
     # dW = R^T K (mu C + K^T K)^-1: W' k_s = v_s for every key (exact for S <= D as mu -> 0), mu C
     # protects clean keys. For S <= D the same in its dual form, the one-key formula for S = 1:
     # dW = R^T (mu I + K C^-1 K^T)^-1 (C^-1 K^T)^T
     if K.shape[0] <= K.shape[1]:
-        U = torch.linalg.solve(C, K.T)  # (D, S) = C^-1 K^T
+        U = Cinv @ K.T  # (D, S) = C^-1 K^T
         G = K @ U + mu * torch.eye(K.shape[0], dtype=dtype, device=K.device)
         delta = torch.linalg.solve(G, R).T @ U.T  # (out, D)
     else:
+        C = regularised(C0.to(K.device, dtype), ridge)
         delta = torch.linalg.solve(mu * C + K.T @ K, K.T @ R).T
     after = float((R - K @ delta.T).norm())
     return RankOneUpdate(layer_name, delta, int(K.shape[0]),
