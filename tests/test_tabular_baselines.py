@@ -50,3 +50,23 @@ def test_finetune_fairness_meets_eo_on_adult(adult_mlp, adult):
     result, m = _edit_and_check(adult_mlp, adult, "finetune-fairness", ["equalized_odds <= 0.03"])
     assert m["equalized_odds"] <= 0.04  # target 0.03 on validation with a margin; test set is a fresh sample
     assert m["accuracy"] >= 0.83
+
+
+def test_pruning_with_finetune_beats_without(adult_mlp, adult):
+    _, plain = _edit_and_check(adult_mlp, adult, "magnitude-pruning", ["sparsity >= 0.9"])
+    result, m = _edit_and_check(adult_mlp, adult, "magnitude-pruning-finetune", ["sparsity >= 0.9"], epochs=1)
+    assert m["sparsity"] >= 0.9
+    assert m["accuracy"] >= 0.84 and m["accuracy"] > plain["accuracy"] + 0.02
+    assert not any(n.endswith(("_orig", "_mask")) for n in result.bundle.model.state_dict())  # masks removed
+
+
+@pytest.mark.parametrize("editor,floor,settings", [("drop-features", 0.83, {}),
+                                                   ("retrain-k-features", 0.835, {"epochs": 4})])
+def test_keep_k_features(adult_mlp, adult, editor, floor, settings):
+    result, m = _edit_and_check(adult_mlp, adult, editor, ["features_used <= 5"], **settings)
+    assert m["features_used"] <= 5
+    assert m["accuracy"] >= floor
+    assert len(result.extras["kept"]) == 5
+    w = result.bundle.model.fc1.weight
+    dropped = [i for name, idx in adult.feature_groups.items() if name not in result.extras["kept"] for i in idx]
+    assert torch.all(w[:, dropped] == 0)

@@ -241,3 +241,202 @@ class FairnessFineTune(Editor):
             prm.grad = None
         return {"metric": metric, "attribute": attribute, "target": target, "val_gap": gap, "val_accuracy": acc,
                 "steps": steps, "strength": strength, "reached": reached if target is not None else None}
+
+
+# ---------------------------------------------------------------------------------------------
+# pruning with fine-tuning
+
+@dataclass
+class PruneFineTuneHyper:
+    sparsity: float | None = None  # target fraction of zero weights; None: from a `sparsity >=` requirement
+    default_sparsity: float = 0.9
+    epochs: int = 3  # fine-tuning passes with the masks held
+    lr: float = 1e-3
+    batch_size: int = 256
+    rows: int | None = None  # training rows used (None: all)
+    seed: int = 0
+
+
+@register_editor
+class MagnitudePruningFineTune(Editor):
+    """Global magnitude pruning (torch.nn.utils.prune), then fine-tuning on cross-entropy with the
+    pruning masks held (pruned weights stay exactly zero), then the masks made permanent."""
+
+    name = "magnitude-pruning-finetune"
+    description = "Global magnitude pruning then fine-tuning with the masks held (torch.nn.utils.prune)"
+    kind = "baseline"
+    targets = ("sparsity",)
+    Hyper = PruneFineTuneHyper
+
+    def supports(self, bundle, data) -> str | None:
+        if not editable_layers(bundle.model):
+            return "the model has no Linear or Conv2d layer to prune"
+        return None
+
+    def _edit(self, model, data, requirements, device, callback, **_):
+        hp = self.hparams
+        req = _requirement(requirements, ("sparsity",), ">=")
+        amount = float(hp.sparsity if hp.sparsity is not None else (req.threshold if req else hp.default_sparsity))
+        if not 0 <= amount < 1:
+            raise AuditorError(f"sparsity must be in [0, 1); got {amount}")
+        params = [(m, "weight") for _, m in editable_layers(model)]
+        total = sum(m.weight.numel() for m, _ in params)
+        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=int(math.ceil(amount * total)))
+        gen = torch.Generator().manual_seed(hp.seed)
+        rows = _rows(len(data.train), hp.rows, gen)
+        X, y = data.train.X[rows].to(device), data.train.y[rows].to(device)
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=hp.lr)
+        loss = torch.tensor(float("nan"))
+        try:
+            model.train()
+            for epoch in range(hp.epochs):
+                for idx in _batches(len(X), hp.batch_size, gen):
+                    loss = nn.functional.cross_entropy(model(X[idx]), y[idx])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                callback((epoch + 1) / max(hp.epochs, 1), f"fine-tune epoch {epoch + 1}/{hp.epochs}")
+                self.log.append({"step": "fine-tune", "epoch": epoch + 1, "loss": float(loss.detach())})
+        finally:
+            for m, p in params:
+                prune.remove(m, p)
+            for prm in model.parameters():
+                prm.grad = None
+            model.eval()
+        self.log.insert(0, {"step": "prune", "sparsity": amount, "weights": total})
+        return {"sparsity": amount, "epochs": hp.epochs}
+
+
+# ---------------------------------------------------------------------------------------------
+# data minimisation: keep k raw features
+
+def feature_importance(model: nn.Module, data: AuditData, split: str = "val", method: str = "permutation",
+                       seed: int = 0, repeats: int = 2) -> dict[str, float]:
+    """Importance of each raw feature (all its one-hot inputs together).
+
+    `permutation`: accuracy lost when the feature's inputs are shuffled jointly across rows
+    (mean over `repeats`); `weight-norm`: norm of the feature's first-layer columns.
+    """
+    groups = {k: v for k, v in data.feature_groups.items() if v}
+    if method == "weight-norm":
+        w = first_layer(model)[1].weight.detach().cpu()
+        return {k: float(w[:, idx].norm()) for k, idx in groups.items()}
+    if method != "permutation":
+        raise AuditorError(f"unknown importance {method!r}; choose 'permutation' or 'weight-norm'")
+    sp = data.split(split)
+    base = float((predict_logits(model, sp.X).argmax(1) == sp.y).double().mean())
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, idx in groups.items():
+        drops = []
+        for _ in range(repeats):
+            X = sp.X.clone()
+            X[:, idx] = sp.X[torch.as_tensor(rng.permutation(len(sp)))][:, idx]
+            drops.append(base - float((predict_logits(model, X).argmax(1) == sp.y).double().mean()))
+        out[name] = float(np.mean(drops))
+    return out
+
+
+def top_features(importance: dict[str, float], k: int) -> list[str]:
+    return [name for name, _ in sorted(importance.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
+
+
+@dataclass
+class KeepFeaturesHyper:
+    k: int | None = None  # raw features to keep; None: from a `features_used <= k` requirement
+    default_k: int = 5
+    importance: str = "permutation"  # "permutation" (on the validation split) or "weight-norm"
+    seed: int = 0
+
+
+class _KeepFeatures(Editor):
+    kind = "baseline"
+    targets = ("features_used",)
+
+    def supports(self, bundle, data) -> str | None:
+        reason = _tabular_mlp_reason(bundle, data)
+        if reason is None and not data.feature_groups:
+            reason = f"data set {data.name!r} has no feature groups"
+        return reason
+
+    def _choose(self, model, data, requirements) -> tuple[list[str], list[int], dict[str, float]]:
+        hp = self.hparams
+        req = _requirement(requirements, ("features_used",), "<=")
+        k = int(hp.k if hp.k is not None else (req.threshold if req else hp.default_k))
+        n = sum(1 for v in data.feature_groups.values() if v)
+        if not 1 <= k <= n:
+            raise AuditorError(f"k must be between 1 and the {n} raw features; got {k}")
+        importance = feature_importance(model, data, method=hp.importance, seed=hp.seed)
+        keep = top_features(importance, k)
+        dropped = sorted(i for name, idx in data.feature_groups.items() if name not in keep for i in idx)
+        return keep, dropped, importance
+
+
+@dataclass
+class DropFeaturesHyper(KeepFeaturesHyper):
+    impute_mean: bool = True  # fold the dropped inputs' training mean into the first-layer bias
+
+
+@register_editor
+class DropFeatures(_KeepFeatures):
+    """Zero the first-layer columns of all but the k most important raw features, without retraining.
+    With `impute_mean` the dropped inputs' mean contribution (on training data) moves into the bias,
+    as if they were replaced by their mean."""
+
+    name = "drop-features"
+    description = "Keep the k most important raw features: zero the other first-layer columns, no retraining"
+    Hyper = DropFeaturesHyper
+
+    def _edit(self, model, data, requirements, device, callback, **_):
+        keep, dropped, importance = self._choose(model, data, requirements)
+        _, layer = first_layer(model)
+        with torch.no_grad():
+            cols = torch.as_tensor(dropped, dtype=torch.long, device=layer.weight.device)
+            if self.hparams.impute_mean and layer.bias is not None and len(dropped):
+                mean = data.train.X[:, dropped].mean(0).to(layer.weight.device)
+                layer.bias += layer.weight[:, cols] @ mean
+            layer.weight[:, cols] = 0
+        self.log.append({"step": "drop", "kept": keep, "dropped_inputs": len(dropped)})
+        return {"kept": keep, "importance": importance, "k": len(keep)}
+
+
+@dataclass
+class RetrainKHyper(KeepFeaturesHyper):
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warm_start: bool = False  # start from the given weights instead of a fresh initialisation
+
+
+@register_editor
+class RetrainKFeatures(_KeepFeatures):
+    """Retrain the same architecture on the k most important raw features (other inputs zeroed);
+    the dropped features' first-layer columns are exactly zero afterwards."""
+
+    name = "retrain-k-features"
+    description = "Retrain the MLP on the k most important raw features (the rest zeroed)"
+    Hyper = RetrainKHyper
+
+    def _edit(self, model, data, requirements, device, callback, *, bundle=None, **_):
+        from ..training import TrainConfig, train_classifier
+
+        hp = self.hparams
+        keep, dropped, importance = self._choose(model, data, requirements)
+        if not hp.warm_start:
+            if bundle is None or not bundle.spec or not bundle.spec.arch:
+                raise AuditorError("retrain-k-features needs the model's architecture spec; use warm_start=True")
+            torch.manual_seed(hp.seed)
+            fresh = build_architecture(bundle.spec.arch).to(device)
+            model.load_state_dict(fresh.state_dict())
+        X = data.train.X.clone()
+        X[:, dropped] = 0
+        cfg = TrainConfig(epochs=hp.epochs, batch_size=hp.batch_size, lr=hp.lr, weight_decay=hp.weight_decay,
+                          seed=hp.seed)
+        train_classifier(model, X.to(device), data.train.y.to(device), cfg, callback=callback)
+        with torch.no_grad():
+            first_layer(model)[1].weight[:, torch.as_tensor(dropped, dtype=torch.long, device=device)] = 0
+        for prm in model.parameters():
+            prm.grad = None
+        self.log.append({"step": "retrain", "kept": keep, "epochs": hp.epochs, "warm_start": hp.warm_start})
+        return {"kept": keep, "importance": importance, "k": len(keep)}
