@@ -27,11 +27,11 @@ from torch.nn.utils import prune
 from ..data.base import AuditData
 from ..errors import AuditorError
 from ..models.architectures import build_architecture, editable_layers, first_layer, predict_logits
-from ..requirements import Requirement
+from ..requirements import Requirement, surrogates
 from .base import Editor
 from .registry import register_editor
 
-FAIRNESS_METRICS = ("demographic_parity", "equalized_odds")
+FAIRNESS_METRICS = surrogates.FAIRNESS_SURROGATES  # ("demographic_parity", "equalized_odds")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,45 +68,13 @@ def group_codes(data: AuditData, attribute: str, split: str) -> tuple[torch.Tens
     if attribute not in data.protected:
         raise AuditorError(f"unknown protected attribute {attribute!r}; {data.name!r} has {data.protected}")
     names = sorted({str(v) for s in ("train", "val", "test") for v in data.split(s).groups[attribute]})
-    index = {n: i for i, n in enumerate(names)}
-    codes = data.split(split).groups[attribute].astype(str).map(index).to_numpy()
-    return torch.as_tensor(codes.astype(np.int64)), names
-
-
-def fairness_gap(p: torch.Tensor, groups: torch.Tensor, y: torch.Tensor | None, metric: str,
-                 n_groups: int | None = None) -> torch.Tensor:
-    """Differentiable gap: largest minus smallest group mean of `p` (a positive-class probability
-    or a hard 0/1 prediction). `demographic_parity`: over all rows; `equalized_odds`: the same gap
-    within y=1 and within y=0, summed (fairlearn's metric takes the larger of the two).
-    Groups absent from the batch are skipped."""
-    n_groups = int(n_groups if n_groups is not None else int(groups.max()) + 1)
-
-    def gap(mask: torch.Tensor | None) -> torch.Tensor:
-        pp, gg = (p, groups) if mask is None else (p[mask], groups[mask])
-        sums = torch.zeros(n_groups, dtype=p.dtype, device=p.device).index_add(0, gg, pp)
-        counts = torch.bincount(gg, minlength=n_groups).to(p.dtype)
-        present = counts > 0
-        if int(present.sum()) < 2:
-            return p.new_zeros(())
-        means = sums[present] / counts[present]
-        return means.max() - means.min()
-
-    if metric == "demographic_parity":
-        return gap(None)
-    if metric == "equalized_odds":
-        if y is None:
-            raise AuditorError("equalized_odds needs the labels")
-        return gap(y == 1) + gap(y == 0)
-    raise AuditorError(f"no fairness surrogate for {metric!r}; choose one of {FAIRNESS_METRICS}")
+    return surrogates.group_codes(data.split(split).groups[attribute].astype(str), names)
 
 
 def hard_fairness(pred: np.ndarray, y: np.ndarray, groups: np.ndarray, metric: str) -> float:
-    """The metric on hard predictions (same definition as fairlearn's, without its overhead)."""
+    """The metric on hard predictions (fairlearn's definition, without its overhead)."""
     p, g, t = torch.as_tensor(pred, dtype=torch.float64), torch.as_tensor(groups), torch.as_tensor(y)
-    if metric == "demographic_parity":
-        return float(fairness_gap(p, g, None, metric))
-    return float(max(fairness_gap(p[t == 1], g[t == 1], None, "demographic_parity"),
-                     fairness_gap(p[t == 0], g[t == 0], None, "demographic_parity")))
+    return float(surrogates.fairness_gap(metric, p, t, g, reduce="max"))
 
 
 def _requirement(requirements: list[Requirement], metrics, op: str | None = None) -> Requirement | None:
@@ -204,6 +172,7 @@ class FairnessFineTune(Editor):
         if target is not None and gap0 <= hp.margin * target:
             return {"metric": metric, "attribute": attribute, "target": target, "val_gap": gap0,
                     "val_accuracy": acc0, "steps": 0, "strength": hp.strength, "reached": True}
+        extra = {"reduce": "sum"} if metric == "equalized_odds" else {}  # gradients reach TPR and FPR gaps
         opt = torch.optim.Adam(model.parameters(), lr=hp.lr)
         n_batches = math.ceil(len(X) / hp.batch_size)
         check_every = max(1, n_batches // max(1, hp.checks_per_epoch))
@@ -213,8 +182,8 @@ class FairnessFineTune(Editor):
         for epoch in range(hp.epochs):
             for b, idx in enumerate(_batches(len(X), hp.batch_size, gen)):
                 logits = model(X[idx])
-                p = logits.softmax(1)[:, 1]
-                penalty = fairness_gap(p, g[idx], y[idx], metric, len(names))
+                p = surrogates.positive_probability(logits)
+                penalty = surrogates.fairness_gap(metric, p, y[idx], g[idx], len(names), **extra)
                 loss = nn.functional.cross_entropy(logits, y[idx]) + strength * penalty
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
