@@ -35,7 +35,7 @@ Method = Union[str, tuple]
 UTILITY = ("accuracy", "balanced_accuracy")
 _KIND_ORDER = {"original": 0, "rank-one": 1, "learned": 2, "baseline": 3}
 COLUMNS = ["method", "editor", "kind", "value", "accuracy", "seconds", "passed", "pareto", "layers",
-           "model_sha256", "error"]
+           "model_sha256", "error", "note"]
 
 
 def tradeoff_metric(requirements) -> Requirement | None:
@@ -136,7 +136,7 @@ def compare(bundle: ModelBundle, data: AuditData, requirements, methods: Sequenc
         callback(i / max(len(plan), 1), f"{label}")
         row = {"method": label, "editor": None if name == "original" else name, "kind": "original",
                "value": None, "accuracy": None, "seconds": 0.0, "passed": None, "layers": [], "model_sha256": None,
-               "error": None}
+               "error": None, "note": None}
         try:
             if name == "original":
                 edited = bundle
@@ -165,7 +165,7 @@ def compare(bundle: ModelBundle, data: AuditData, requirements, methods: Sequenc
         m = dict(alt.metrics)
         row = {"method": alt.method, "editor": None, "kind": alt.kind, "value": m.get(target.key, m.get(target.metric)),
                "accuracy": m.get("accuracy"), "seconds": float(alt.seconds), "passed": None, "layers": [],
-               "model_sha256": None, "error": None}
+               "model_sha256": None, "error": None, "note": getattr(alt, "note", None) or None}
         checks = [r.holds(m[r.key]) for r in reqs if r.key in m]
         row["passed"] = bool(all(checks)) if len(checks) == len(reqs) else None
         rows.append(row)

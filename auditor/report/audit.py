@@ -12,6 +12,7 @@ The CLI (`auditor audit`) and the dashboard only collect choices and call `run_a
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -122,19 +123,54 @@ def localize_for_report(bundle: ModelBundle, data: AuditData, requirements=(), *
     return out
 
 
-def _resolve_baselines(baselines, bundle, data, reqs, editor: str | None) -> list[str]:
+def alternative_methods() -> dict:
+    """Mitigations that are not weight edits (fairlearn's ThresholdOptimizer, ExponentiatedGradient), by
+    name, when `auditor.editors.fairlearn_baselines` is installed; each returns an `AlternativeResult`."""
+    if importlib.util.find_spec("auditor.editors.fairlearn_baselines") is None:
+        return {}
+    from ..editors import fairlearn_baselines as fb
+
+    return dict(getattr(fb, "ALTERNATIVES", {}))
+
+
+# Alternatives run by `--baselines auto` (ExponentiatedGradient retrains for minutes: only when named)
+AUTO_ALTERNATIVES = ("threshold-optimizer",)
+
+
+def run_alternative(name: str, bundle: ModelBundle, data: AuditData, requirement, *, split: str = "test",
+                    seed: int = 0):
+    """Run one alternative mitigation for a fairness `requirement` (its metric is the constraint)."""
+    fn = alternative_methods()[name]
+    params = inspect.signature(fn).parameters
+    kwargs = {"attribute": requirement.attribute, "split": split, "seed": seed}
+    kwargs = {k: v for k, v in kwargs.items() if k in params}
+    args = (bundle, data) if "bundle" in params else (data,)
+    return fn(*args, requirement.metric, **kwargs)
+
+
+def _resolve_baselines(baselines, bundle, data, reqs, editor: str | None) -> tuple[list[str], list[str]]:
+    """(editor names, alternative names) to run for the trade-off chart."""
     if baselines in (None, "none", False, ()):
-        return []
+        return [], []
+    alts = alternative_methods()
     target = tradeoff_metric(reqs)
-    if target is None:
-        return []
+    fair = target is not None and target.metric in ("demographic_parity", "equalized_odds")
     if baselines == "auto":
-        return baselines_for(bundle, data, target.key, exclude=[editor] if editor else [])
-    names = [b for b in (baselines.split(",") if isinstance(baselines, str) else baselines) if b and b != editor]
+        if target is None:
+            return [], []
+        names = baselines_for(bundle, data, target.key, exclude=[editor] if editor else [])
+        return names, [a for a in AUTO_ALTERNATIVES if a in alts and fair]
+    names = [b.strip() for b in (baselines.split(",") if isinstance(baselines, str) else baselines)]
+    names = [b for b in names if b and b != editor]
     for b in names:
-        if b not in EDITORS:
-            raise AuditorError(f"unknown baseline editor {b!r}; available: {', '.join(sorted(EDITORS))}")
-    return names
+        if b not in EDITORS and b not in alts:
+            raise AuditorError(f"unknown baseline {b!r}; available: {', '.join(sorted([*EDITORS, *alts]))}")
+        if b in alts and not fair:
+            raise AuditorError(f"baseline {b!r} mitigates demographic_parity or equalized_odds; "
+                               "this audit has no such requirement")
+    if target is None:
+        return [], []
+    return [b for b in names if b in EDITORS], [b for b in names if b in alts]
 
 
 def run_audit(bundle: ModelBundle, data: AuditData, requirements, *, editor: str | None = None,
@@ -164,7 +200,7 @@ def run_audit(bundle: ModelBundle, data: AuditData, requirements, *, editor: str
         reason = ed.supports(bundle, data)
         if reason:
             raise AuditorError(f"editor {editor!r} cannot edit this model on {data.name!r}: {reason}")
-    base_names = _resolve_baselines(baselines, bundle, data, reqs, editor)
+    base_names, alt_names = _resolve_baselines(baselines, bundle, data, reqs, editor)
 
     seed_everything(seed)
     callback(0.0, "evaluate: original model")
@@ -181,6 +217,13 @@ def run_audit(bundle: ModelBundle, data: AuditData, requirements, *, editor: str
         callback(_STAGES["after"][0], "evaluate: edited model")
         after = evaluate(result.bundle, data, reqs, split=split, reference=bundle, fixes=fixes)
     trade = None
+    alternatives = list(alternatives)
+    for i, name in enumerate(alt_names):
+        callback(_STAGES["tradeoff"][0], f"tradeoff: {name}")
+        try:
+            alternatives.append(run_alternative(name, bundle, data, tradeoff_metric(reqs), split=split, seed=seed))
+        except AuditorError:
+            continue  # not applicable to this model/data: left out of the chart
     if tradeoff_metric(reqs) is not None and (ed is not None or base_names or alternatives):
         methods = ([editor] if editor else []) + base_names
         trade = compare(bundle, data, reqs, methods, split=split, device=dev, seed=seed, samples=samples,

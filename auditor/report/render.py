@@ -104,8 +104,10 @@ def report_figures(d: dict) -> dict[str, list[tuple[str, object]]]:
                                 charts.edit_steps_chart(e["log"], metric)))
     m = d["metrics"]
     after = m.get("after") or {}
-    out["metrics"].append(("Metrics in [0, 1] before and after the edit.",
-                           charts.metrics_chart(m["before"]["overall"], after.get("overall"),
+    overall = m["before"]["overall"]
+    names = [k for k, val in overall.items() if "[" not in k and val is not None and 0.0 <= val <= 1.0]
+    out["metrics"].append(("Metrics in [0, 1] before and after the edit (per-attribute variants in the table).",
+                           charts.metrics_chart(overall, after.get("overall"), names=names,
                                                 title="Metrics before and after")))
     for attr, table in (m["before"].get("groups") or {}).items():
         first = next(iter(table.values()), {})

@@ -1,0 +1,91 @@
+"""`auditor audit`: evaluate, localize, edit, report, log; exit 0/1/2; same seed, same numbers."""
+import json
+
+import pytest
+
+from auditor import load_model
+from auditor.cli import main
+from auditor.models import read_metadata
+from auditor.report import stable, validate_report
+from auditor.store import AuditLog
+from tests.conftest import SAMPLES
+
+TROJAN = str(SAMPLES / "digits_cnn_trojan.safetensors")
+ADULT = str(SAMPLES / "adult_mlp.safetensors")
+TROJAN_ARGS = ["audit", TROJAN, "digits-trojan", "--require", "attack_success_rate <= 0.02",
+               "--require", "accuracy >= 0.95", "--editor", "dynamic-rank-one", "--baselines", "static-rank-one-last"]
+
+
+def test_trojan_audit_passes_writes_report_model_and_log(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "audit.db"
+    rc = main([*TROJAN_ARGS, "--report", "r.html", "--json", "r.json", "--db", str(db), "--auditor", "Ada"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert out.startswith("PASS: 2 of 2 requirements met after the dynamic-rank-one edit")
+    d = validate_report(json.loads((tmp_path / "r.json").read_text()))
+    assert d["verdict"]["passed"] and d["requirements"][0]["after"]["value"] <= 0.02
+    assert d["requirements"][1]["after"]["value"] >= 0.95
+    assert d["reproduce"]["command"].startswith("auditor audit ") and "--seed 0" in d["reproduce"]["command"]
+    edited = load_model(tmp_path / "r_edited.safetensors")  # the edited model, next to the report
+    assert edited.sha256 == d["model"]["sha256_after"] != d["model"]["sha256_before"]
+    assert json.loads(read_metadata(tmp_path / "r_edited.safetensors")["auditor.edit"])["editor"] == "dynamic-rank-one"
+    html = (tmp_path / "r.html").read_text()
+    assert '<div class="status">PASS</div>' in html and d["model"]["sha256_after"] in html
+    entries = AuditLog(db).entries()
+    assert [e.kind for e in entries] == ["evaluation", "edit", "evaluation", "report"]
+    assert len({e.run for e in entries}) == 1 and all(e.user == "Ada" for e in entries)
+    assert entries[0].passed is False and entries[-1].passed is True
+    assert entries[1].results["edited_sha256"] == d["model"]["sha256_after"]
+    assert [p.rsplit("/", 1)[-1] for p in entries[-1].reports] == ["r.html", "r.json"]
+
+
+def test_same_seed_same_numbers(tmp_path, monkeypatch):
+    reports = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        assert main([*TROJAN_ARGS, "--json", "r.json", "--no-log", "--quiet", "--seed", "3"]) == 0
+        reports.append(json.loads((tmp_path / name / "r.json").read_text()))
+    a, b = reports
+    assert stable(a) == stable(b)
+    assert a["model"]["sha256_after"] == b["model"]["sha256_after"]
+    assert a["environment"]["seed"] == 3
+
+
+def test_fairness_audit_with_finetune_fairness(tmp_path, capsys):
+    rc = main(["audit", ADULT, "adult", "--require", "demographic_parity <= 0.05", "--require", "accuracy >= 0.82",
+               "--editor", "finetune-fairness", "--baselines", "none", "--json", str(tmp_path / "a.json"),
+               "--out", str(tmp_path / "fair.safetensors"), "--no-log"])
+    assert rc == 0, capsys.readouterr().out
+    d = validate_report(json.loads((tmp_path / "a.json").read_text()))
+    dp, acc = d["requirements"]
+    assert dp["before"]["value"] > 0.1 and dp["after"]["value"] <= 0.05 and acc["after"]["value"] >= 0.82
+    assert load_model(tmp_path / "fair.safetensors").sha256 == d["model"]["sha256_after"]
+    assert d["localization"]["features"] and d["tradeoff"]["rows"][1]["method"] == "finetune-fairness"
+
+
+def test_requirement_not_met_exits_1(tmp_path, capsys):
+    rc = main(["audit", ADULT, "adult", "--require", "demographic_parity <= 0.05", "--no-localize",
+               "--report", str(tmp_path / "f.html"), "--db", str(tmp_path / "a.db")])
+    assert rc == 1
+    assert capsys.readouterr().out.startswith("FAIL: 0 of 1 requirements met (no edit applied).")
+    assert '<div class="status">FAIL</div>' in (tmp_path / "f.html").read_text()
+    assert [e.kind for e in AuditLog(tmp_path / "a.db").entries()] == ["evaluation", "report"]
+    assert not list(tmp_path.glob("*.safetensors"))  # no edit, no model written
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--require", "acuracy >= 0.9"], "unknown metric 'acuracy'"),
+    (["--require", "accuracy >= 0.9", "--editor", "nope"], "unknown editor 'nope'"),
+    (["--require", "accuracy >= 0.9", "--pdf", "out.txt"], "--pdf must end in .pdf"),
+    (["--require", "accuracy >= 0.9", "--set", "steps=3"], "give --editor NAME too"),
+    (["--require", "accuracy >= 0.9", "--editor", "rank-one"], "cannot edit this model"),
+    (["--require", "accuracy >= 0.9", "--editor", "rank-one", "--set", "nope=1"], "has no setting 'nope'"),
+    (["--require", "accuracy >= 0.9", "--baselines", "nope"], "unknown baseline 'nope'"),
+    ([], "at least one --require"),
+])
+def test_bad_input_exits_2_with_one_line(extra, message, tmp_path, capsys):
+    assert main(["audit", ADULT, "adult", *extra, "--db", str(tmp_path / "a.db")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
