@@ -193,8 +193,8 @@ def second_moments(model: nn.Module, layer_names: Sequence[str], X: torch.Tensor
     """Uncentred second moments E[k k^T] of several layers' keys over clean inputs X (float64, D x D
     each), from one pass over the data.
 
-    At most `max_rows` rows of X are used (the first ones) and, for a convolution, at most about
-    `max_keys` of their patch positions (a fixed random subset), so the result is deterministic.
+    At most `max_rows` rows of X and `max_keys` keys per layer are used (the first ones: for a
+    convolution, every patch position of the first examples), so the result is deterministic.
     Cached per (weights hash, layer, data fingerprint). Computed on the model's device.
     """
     X = X[:max_rows]
@@ -218,7 +218,6 @@ def second_moments(model: nn.Module, layer_names: Sequence[str], X: torch.Tensor
     acc = torch.float32 if dev.type == "mps" else torch.float64
     totals: dict[str, torch.Tensor] = {}
     counts = dict.fromkeys(todo, 0)
-    gen = torch.Generator().manual_seed(0)
     was_training = model.training
     model.eval()
     try:
@@ -228,13 +227,15 @@ def second_moments(model: nn.Module, layer_names: Sequence[str], X: torch.Tensor
                     v.clear()
                 model(X[i:i + batch_size].to(dev))
                 for name, layer in todo.items():
-                    k = layer_keys(layer, store[name][0])
-                    share = max_keys / (len(X) * k.shape[1])  # k: (batch, positions, D)
-                    k = k.reshape(-1, k.shape[-1])
+                    inp = store[name][0]
+                    left = max_keys - counts[name]
+                    if left <= 0:
+                        continue
+                    positions = layer_keys(layer, inp[:1]).shape[1]
+                    # the first examples' keys up to the budget (a convolution has many per example)
+                    k = layer_keys(layer, inp[:int(np.ceil(left / positions))])
+                    k = k.reshape(-1, k.shape[-1])[:left]
                     k = k if k.dtype in (torch.float32, torch.float64) else k.float()
-                    quota = int(np.ceil(share * k.shape[0]))
-                    if quota < k.shape[0]:
-                        k = k[torch.randperm(k.shape[0], generator=gen)[:quota].to(k.device)]
                     kk = (k.T @ k).to(acc)
                     totals[name] = totals[name] + kk if name in totals else kk
                     counts[name] += k.shape[0]

@@ -49,6 +49,8 @@ METHODS = [
     ("fine-tune last layer", "finetune-last-layer", {}),
 ]
 RANK_ONE = {"dynamic-rank-one", "rank-one", "static-rank-one-last"}
+# fine-tuning settings swept at n = 20, to compare at equal accuracy rather than at one setting
+SWEEP = {"editor": ["finetune", "finetune-last-layer"], "lr": [1e-5, 3e-5, 1e-4, 3e-4, 1e-3], "steps": [10, 30, 100]}
 
 
 def run_case(name: str, case: dict, ns: list[int], seeds: list[int], device) -> dict:
@@ -79,7 +81,24 @@ def run_case(name: str, case: dict, ns: list[int], seeds: list[int], device) -> 
                              "steps": [{k: e.get(k) for k in ("step", "action", "layer", "accepted", "scale")}
                                        for e in result.log] if editor == "dynamic-rank-one" else None})
             print(f"  {name} n={n} seed={seed} done", file=sys.stderr)
-    return {"model": case["model"], "data": case["data"], "metric": metric, "requirement": case["require"],
+    sweep = []
+    if 20 in ns:
+        for editor in SWEEP["editor"]:
+            for lr in SWEEP["lr"]:
+                for steps in SWEEP["steps"]:
+                    accs, vals, secs = [], [], []
+                    for seed in seeds:
+                        result = get_editor(editor, samples=20, seed=seed, lr=lr, steps=steps).edit(
+                            bundle, data, device=device)
+                        m = evaluate(result.bundle, data).metrics
+                        accs.append(m["accuracy"])
+                        vals.append(m[metric])
+                        secs.append(result.seconds)
+                    sweep.append({"editor": editor, "lr": lr, "steps": steps, "n": 20,
+                                  "accuracy": float(np.mean(accs)), metric: float(np.mean(vals)),
+                                  f"abs_{metric}": float(np.mean(np.abs(vals))), "seconds": float(np.median(secs))})
+        print(f"  {name} fine-tuning sweep done", file=sys.stderr)
+    return {"sweep": sweep, "model": case["model"], "data": case["data"], "metric": metric, "requirement": case["require"],
             "before": {"accuracy": base["accuracy"], metric: base[metric]}, "runs": runs}
 
 
@@ -118,15 +137,16 @@ def ratios(results: dict, ns: list[int]) -> dict:
                                 "accuracy_drop_points": dyn1["accuracy_drop_points"],
                                 "target": "ASR <= 0.02 and drop <= 0.5 points",
                                 "met": dyn1["attack_success_rate"] <= 0.02 and dyn1["accuracy_drop_points"] <= 0.5}
-    if 20 in ns:
-        fts = [_get(tr, m, 20) for m in ("fine-tune whole model (lr 1e-3)", "fine-tune whole model (lr 1e-4)",
-                                         "fine-tune last layer")]
+    if tro["sweep"]:
+        # fine-tuning with 20 samples at equal or better accuracy (within 0.5 points of ours)
+        close = [f for f in tro["sweep"] if f["accuracy"] >= dyn1["accuracy"] - 0.005]
+        best = min(close, key=lambda f: f["attack_success_rate"]) if close else None
+        lowest = min(tro["sweep"], key=lambda f: (f["attack_success_rate"], -f["accuracy"]))
         out["trojan_dynamic_n1_vs_finetune_n20"] = {
             "dynamic_n1": {"attack_success_rate": dyn1["attack_success_rate"], "accuracy": dyn1["accuracy"]},
-            "finetune_n20": {f["method"]: {"attack_success_rate": f["attack_success_rate"], "accuracy": f["accuracy"]}
-                             for f in fts},
-            "met": all(dyn1["attack_success_rate"] <= f["attack_success_rate"] and dyn1["accuracy"] >= f["accuracy"]
-                       for f in fts)}
+            "finetune_n20_at_equal_accuracy": best, "finetune_n20_lowest_asr": lowest,
+            "settings_swept": len(tro["sweep"]),
+            "met": best is None or dyn1["attack_success_rate"] < best["attack_success_rate"]}
     sd1 = _get(sr, "dynamic rank-one", 1)
     before = spu["before"]["cue_gap"]
     shrink = 1 - sd1["abs_cue_gap"] / before
@@ -179,17 +199,32 @@ def markdown(results: dict, rat: dict, meta: dict) -> str:
                          f"{r[metric]:.4f} | {r[metric + '_min']:.4f} - {r[metric + '_max']:.4f} | "
                          f"{r['seconds']:.4f} | {warm} | {', '.join(r['layers'])} |")
         lines.append("")
+    for name, res in results.items():
+        if not res["sweep"]:
+            continue
+        metric = res["metric"]
+        short = "ASR" if metric == "attack_success_rate" else "cue gap"
+        lines += [f"### {name}: fine-tuning settings swept with 20 samples (means over the same seeds)", "",
+                  f"| editor | lr | steps | accuracy | {short} | edit s |", "|---|---|---|---|---|---|"]
+        lines += [f"| {f['editor']} | {f['lr']:g} | {f['steps']} | {f['accuracy']:.4f} | {f[metric]:.4f} | "
+                  f"{f['seconds']:.4f} |" for f in res["sweep"]]
+        lines.append("")
     t = rat["trojan_dynamic_n1"]
     lines += ["## Targets", "",
               f"- Dynamic rank-one, one sample, Trojan: ASR {t['attack_success_rate']:.4f}, accuracy drop "
               f"{t['accuracy_drop_points']:+.2f} points: **{'met' if t['met'] else 'missed'}** (ASR <= 0.02, drop <= 0.5)."]
     if "trojan_dynamic_n1_vs_finetune_n20" in rat:
         v = rat["trojan_dynamic_n1_vs_finetune_n20"]
-        fts = "; ".join(f"{k}: ASR {x['attack_success_rate']:.4f}, acc {x['accuracy']:.4f}"
-                        for k, x in v["finetune_n20"].items())
-        lines.append(f"- Against fine-tuning with 20 samples ({fts}): dynamic n=1 ASR "
-                     f"{v['dynamic_n1']['attack_success_rate']:.4f} at accuracy {v['dynamic_n1']['accuracy']:.4f}: "
-                     f"**{'met' if v['met'] else 'missed'}** (lower or equal ASR at equal or better accuracy).")
+        d = v["dynamic_n1"]
+        b, lo = v["finetune_n20_at_equal_accuracy"], v["finetune_n20_lowest_asr"]
+        eq = (f"the best of {v['settings_swept']} fine-tuning settings with 20 samples that keeps accuracy within "
+              f"0.5 points ({b['editor']}, lr {b['lr']:g}, {b['steps']} steps) leaves ASR "
+              f"{b['attack_success_rate']:.4f} at accuracy {b['accuracy']:.4f}" if b else
+              f"none of {v['settings_swept']} fine-tuning settings with 20 samples keeps accuracy within 0.5 points")
+        lines.append(f"- Dynamic rank-one with 1 sample (ASR {d['attack_success_rate']:.4f}, accuracy "
+                     f"{d['accuracy']:.4f}) against fine-tuning with 20: {eq}; the lowest fine-tuning ASR, "
+                     f"{lo['attack_success_rate']:.4f}, costs accuracy {lo['accuracy']:.4f} ({lo['editor']}, lr "
+                     f"{lo['lr']:g}, {lo['steps']} steps): **{'met' if v['met'] else 'missed'}**.")
     s = rat["spurious_dynamic_n1"]
     lines.append(f"- Spurious cue, one sample: |cue gap| {s['cue_gap_before']:.4f} -> {s['abs_cue_gap_after']:.4f} "
                  f"({100 * s['shrink']:.1f}% smaller), accuracy drop {s['accuracy_drop_points']:+.2f} points: "

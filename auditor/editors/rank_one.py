@@ -175,7 +175,7 @@ class RankOneHyper:
     mu: float = 1e-2  # weight of clean-key disturbance against fitting the pairs
     rank: int | None = None  # truncate the joint least-squares change to this rank (None: exact fit)
     attribution: str = "integrated_gradients"  # or "conductance" (Captum layer method for ranking)
-    n_steps: int = 32  # integration steps of the attribution
+    n_steps: int = 16  # integration steps of the attribution (the ranking is stable from 8 on)
     max_rows: int = 4096  # clean training rows used for C
     split: str = "train"  # where the pairs come from
 
