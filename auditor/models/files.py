@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
 import os
 import pickle
 import struct
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +33,9 @@ from .spec import ModelSpec
 
 SPEC_KEY = "auditor.spec"
 CHECKSUM_KEY = "auditor.checksum"
+# A second marker, so that one flipped bit in a key's name cannot silently switch the check off:
+# a file holding either key must hold both, and a valid checksum.
+CHECKSUMMED_KEY, CHECKSUMMED = "auditor.file", "checksummed/1"
 MAX_ARCH_JSON = 16 * 1024  # an architecture description longer than this is refused before building
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 TORCH_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt"}
@@ -142,7 +148,8 @@ def _load_safetensors(path: Path, spec: ModelSpec | None) -> tuple[dict, ModelSp
             state = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise AuditorError(f"{path.name} is not a readable safetensors file: {str(exc).splitlines()[0][:200]}") from None
-    if CHECKSUM_KEY in meta and file_checksum(state, meta) != meta[CHECKSUM_KEY]:
+    if (CHECKSUM_KEY in meta or CHECKSUMMED_KEY in meta) and (
+            meta.get(CHECKSUMMED_KEY) != CHECKSUMMED or meta.get(CHECKSUM_KEY) != file_checksum(state, meta)):
         raise AuditorError(f"{path.name} is corrupt or was altered: its weights and metadata do not match "
                            "the checksum stored in it; get a fresh copy")
     if spec is None:
@@ -152,20 +159,51 @@ def _load_safetensors(path: Path, spec: ModelSpec | None) -> tuple[dict, ModelSp
     return state, spec
 
 
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
+def _verified_zip(path: Path):
+    """torch.save writes a zip whose records carry CRC-32s. Read every record through Python's
+    zipfile (which checks them) into a fresh archive, so that PyTorch reads exactly the verified
+    bytes; a legacy (non-zip) file is passed on as its path."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            return str(path)
+    out = io.BytesIO()
+    try:
+        with zipfile.ZipFile(path) as z, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as w:
+            for info in z.infolist():
+                if info.compress_type != zipfile.ZIP_STORED:
+                    raise AuditorError(f"{path.name} has compressed records, which torch.save never writes; "
+                                       "refused")
+                w.writestr(info.filename, z.read(info))
+    except AuditorError:
+        raise
+    except Exception as exc:  # zipfile and zlib raise many kinds of error on a damaged archive
+        raise AuditorError(f"{path.name} is corrupt: {_first_line(exc, 160)}; get a fresh copy") from None
+    out.seek(0)
+    return out
+
+
 def _load_torch_state(path: Path, spec: ModelSpec | None) -> tuple[dict, ModelSpec]:
     if spec is None:
         raise AuditorError(f"{path.name} is a PyTorch state dict: pass its spec with --spec SPEC.json "
                            "(architecture, input description, class names)")
+    source = _verified_zip(path)
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise UnsafeModelError(
             f"refused {path.name}: it needs unpickling arbitrary Python objects, which could run code "
             f"({str(exc).splitlines()[0][:160]}). Convert it where you trust it: load it, then "
             "`safetensors.torch.save_file(model.state_dict(), 'model.safetensors')` and pass a spec"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, struct.error) as exc:
-        raise AuditorError(f"{path.name} is not a readable PyTorch file: {str(exc).splitlines()[0][:200]}") from None
+    except Exception as exc:  # weights_only runs no code, so any other failure means a broken file
+        raise AuditorError(f"{path.name} is not a readable PyTorch file: {_first_line(exc)}") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -290,6 +328,7 @@ def save_model(bundle: ModelBundle, path: str | os.PathLike, extra_metadata: dic
     meta = {SPEC_KEY: bundle.spec.to_json()}
     for k, v in (extra_metadata or {}).items():
         meta[k] = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+    meta[CHECKSUMMED_KEY] = CHECKSUMMED
     meta[CHECKSUM_KEY] = file_checksum(state, meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".safetensors.tmp")
