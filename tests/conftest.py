@@ -1,6 +1,7 @@
 """Shared fixtures: sample models and data sets, loaded once per test session."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,18 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_models"
 
 torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _audit_log_in_tmp(tmp_path_factory):
+    """Commands write to the audit log by default: keep the tests' entries out of ~/.auditor."""
+    old = os.environ.get("AUDITOR_DB")
+    os.environ["AUDITOR_DB"] = str(tmp_path_factory.mktemp("auditlog") / "audit.db")
+    yield
+    if old is None:
+        os.environ.pop("AUDITOR_DB", None)
+    else:
+        os.environ["AUDITOR_DB"] = old
 
 
 @pytest.fixture(scope="session")

@@ -89,3 +89,16 @@ def test_bad_input_exits_2_with_one_line(extra, message, tmp_path, capsys):
     assert main(["audit", ADULT, "adult", *extra, "--db", str(tmp_path / "a.db")]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_evaluate_and_edit_commands_are_logged(tmp_path, capsys):
+    db = str(tmp_path / "a.db")
+    assert main(["evaluate", ADULT, "adult", "--require", "demographic_parity <= 0.05", "--db", db]) == 1
+    assert main(["edit", TROJAN, "digits-trojan", "--editor", "static-rank-one-last", "--require",
+                 "accuracy >= 0.9", "--out", str(tmp_path / "e.safetensors"), "--db", db]) == 0
+    assert main(["evaluate", ADULT, "adult", "--no-log", "--db", db]) == 0
+    ev, ed = AuditLog(db).entries()
+    assert ev.kind == "evaluation" and ev.passed is False and ev.requirements == ["demographic_parity <= 0.05"]
+    assert ev.data_name == "adult" and ev.results["metrics"]["demographic_parity"] > 0.1
+    assert ed.kind == "edit" and ed.results["editor"] == "static-rank-one-last"
+    assert ed.model_sha256 == load_model(tmp_path / "e.safetensors").sha256

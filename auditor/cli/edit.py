@@ -14,6 +14,7 @@ import sys
 import typing
 
 from .common import (add_model_data_args, add_require_arg, fmt, format_table, load_model_and_data, write_json)
+from .log import add_log_args, command_line, open_log
 
 EDIT_KEY = "auditor.edit"
 
@@ -40,6 +41,7 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu or cuda")
     p.add_argument("--out", required=True, metavar="PATH.safetensors", help="where to write the edited model")
     p.add_argument("--json", metavar="PATH", help="also write before/after and the edit as JSON")
+    add_log_args(p)
     p.set_defaults(func=run)
 
 
@@ -155,4 +157,9 @@ def run(args) -> int:
     if args.json:
         write_json(args.json, {"before": before.to_dict(), "after": after.to_dict(), "edit": meta,
                                "out": str(args.out)})
+    log = open_log(args)
+    if log is not None:
+        from ..store import log_edit
+        log_edit(log, result, original_sha256=bundle.sha256, data=data, requirements=reqs, passed=after.passed,
+                 model_path=str(args.out), command=command_line())
     return 0 if after.passed else 1

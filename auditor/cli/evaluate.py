@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..evaluate import evaluate
 from .common import add_model_data_args, add_require_arg, load_model_and_data, print_evaluation, write_json
+from .log import add_log_args, command_line, open_log
 
 
 def register(sub) -> None:
@@ -12,6 +13,7 @@ def register(sub) -> None:
     add_model_data_args(p)
     add_require_arg(p)
     p.add_argument("--json", metavar="PATH", help="also write the result as JSON")
+    add_log_args(p)
     p.set_defaults(func=run)
 
 
@@ -25,4 +27,8 @@ def run(args) -> int:
         payload = ev.to_dict()
         payload["model"].update({"path": args.model, "format": bundle.format, "parameters": bundle.n_parameters})
         write_json(args.json, payload)
+    log = open_log(args)
+    if log is not None:
+        from ..store import log_evaluation
+        log_evaluation(log, ev, model_path=args.model, command=command_line())
     return 0 if ev.passed else 1

@@ -84,3 +84,27 @@ def run(args) -> int:
              _verdict(e.passed), _summary(e)] for e in entries]
     print(format_table(rows, ["id", "time (UTC)", "kind", "user", "model", "data", "verdict", "details"]))
     return 0
+
+
+def add_log_args(p) -> None:
+    """`--db PATH` and `--no-log` for a command that records what it did in the audit log."""
+    p.add_argument("--db", metavar="PATH", help="audit log database (default: $AUDITOR_DB or ~/.auditor/audit.db)")
+    p.add_argument("--no-log", action="store_true", help="do not write to the audit log")
+
+
+def open_log(args):
+    """The audit log chosen by `--db` (None with `--no-log`)."""
+    from ..store import AuditLog
+
+    return None if getattr(args, "no_log", False) else AuditLog(getattr(args, "db", None))
+
+
+def command_line() -> str | None:
+    """This process's command line as `auditor ...` (None when `auditor` was called from Python)."""
+    import shlex
+    import sys
+    from pathlib import Path
+
+    if not sys.argv or Path(sys.argv[0]).name not in ("auditor", "__main__.py"):
+        return None
+    return shlex.join(["auditor", *sys.argv[1:]])
