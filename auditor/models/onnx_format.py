@@ -21,6 +21,7 @@ replace a CPU or CUDA torch build). Those two operators then fail with a clear m
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib.util
 import json
 import operator
@@ -38,8 +39,8 @@ from torch import nn
 
 from ..errors import AuditorError
 from .architectures import ARCHITECTURES, build_architecture
-from .files import (CHECKSUM_KEY, LOADERS, SAVERS, SPEC_KEY, ModelBundle, _check_finite, check_state_matches,
-                    load_state_into, weights_sha256)
+from .files import (CHECKSUM_KEY, CHECKSUMMED, CHECKSUMMED_KEY, LOADERS, SAVERS, SPEC_KEY, ModelBundle,
+                    _check_finite, check_state_matches, load_state_into)
 from .spec import ModelSpec
 
 OPSET = 17
@@ -77,6 +78,16 @@ def _onnx2torch():
                 sys.modules.pop("torchvision", None)
                 sys.modules.pop("torchvision.ops", None)
         return onnx2torch
+
+
+def onnx_checksum(proto, meta: dict) -> str:
+    """sha256 over the graph (weights, operators, attributes), the opsets and every metadata item
+    but the checksum: any change to what the model computes or says about itself shows."""
+    h = hashlib.sha256(proto.graph.SerializeToString(deterministic=True))
+    for op in proto.opset_import:
+        h.update(f"{op.domain}:{op.version};".encode())
+    h.update(json.dumps({k: v for k, v in meta.items() if k != CHECKSUM_KEY}, sort_keys=True).encode())
+    return h.hexdigest()
 
 
 def _tensors(graph):
@@ -195,6 +206,12 @@ def load_onnx(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelBu
     except Exception as exc:
         raise AuditorError(f"{path.name} is not a valid ONNX model: {str(exc).splitlines()[0][:200]}") from None
     meta = {p.key: p.value for p in proto.metadata_props}
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise AuditorError(f"{path.name} is corrupt: its metadata is not text")
+    if (CHECKSUM_KEY in meta or CHECKSUMMED_KEY in meta) and (
+            meta.get(CHECKSUMMED_KEY) != CHECKSUMMED or meta.get(CHECKSUM_KEY) != onnx_checksum(proto, meta)):
+        raise AuditorError(f"{path.name} is corrupt or was altered: it does not match the checksum stored "
+                           "in it; get a fresh copy")
     if spec is None:
         if SPEC_KEY not in meta:
             raise AuditorError(f"{path.name} has no auditor spec in its ONNX metadata; pass one with "
@@ -226,9 +243,6 @@ def load_onnx(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelBu
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         raise AuditorError(f"{path.name}: the model must return one (batch, classes) tensor of logits")
     model = _as_registered(module, spec, probe)
-    if CHECKSUM_KEY in meta and meta[CHECKSUM_KEY] != weights_sha256(model):
-        raise AuditorError(f"{path.name} is corrupt or was altered: its weights do not match the checksum "
-                           "stored in it; get a fresh copy")
     history = []
     if "auditor.history" in meta:
         try:
@@ -265,10 +279,11 @@ def export_onnx(bundle: ModelBundle, path: str | os.PathLike, extra_metadata: di
                               input_names=["input"], output_names=["logits"],
                               dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
         proto = onnx.load_model(str(tmp))
-        meta = {SPEC_KEY: bundle.spec.to_json(), CHECKSUM_KEY: weights_sha256(model),
+        meta = {SPEC_KEY: bundle.spec.to_json(), CHECKSUMMED_KEY: CHECKSUMMED,
                 "auditor.history": json.dumps(bundle.history, sort_keys=True, default=str)}
         for k, v in (extra_metadata or {}).items():
             meta[k] = v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
+        meta[CHECKSUM_KEY] = onnx_checksum(proto, meta)
         del proto.metadata_props[:]
         for k, v in meta.items():
             entry = proto.metadata_props.add()
