@@ -1,32 +1,41 @@
-"""Dashboard home: the shipped sample models and their metrics."""
+"""Dashboard frame: page navigation, the status sidebar, and errors shown as messages.
+
+Run with `make dashboard` (or `streamlit run app.py`). Each page in `pages/` collects choices and
+calls the library (`auditor/`); the per-user audit lives in `st.session_state["audit"]`.
+"""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-import pandas as pd
 import streamlit as st
 
-from auditor import evaluate, load_data, load_model
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-SAMPLES = Path(__file__).parent / "sample_models"
+from auditor import AuditorError  # noqa: E402
+from pages.common import PAGES, show_error, sidebar_status  # noqa: E402
 
-st.set_page_config(page_title="Model auditor", layout="wide")
-st.title("Model auditor")
-st.caption("Audit PyTorch models against requirements and repair them with edits.")
+st.set_page_config(page_title="Model auditor", page_icon=":material/policy:", layout="wide")
 
-
-@st.cache_data(show_spinner="Evaluating sample models...")
-def sample_table() -> pd.DataFrame:
-    rows = []
-    for path in sorted(SAMPLES.glob("*.safetensors")):
-        bundle = load_model(path)
-        if bundle.spec.data is None:
-            continue
-        ev = evaluate(bundle, load_data(bundle.spec.data, spec=bundle.spec))
-        rows.append({"model": path.stem, "data": bundle.spec.data, "parameters": bundle.n_parameters,
-                     **{k: round(v, 4) for k, v in ev.metrics.items() if "[" not in k}})
-    return pd.DataFrame(rows)
-
-
-st.subheader("Sample models")
-st.dataframe(sample_table(), hide_index=True, use_container_width=True)
+pages = [
+    st.Page(PAGES["load"], title="1. Load", icon=":material/upload_file:", url_path="load", default=True),
+    st.Page(PAGES["localize"], title="2. Localize", icon=":material/troubleshoot:", url_path="localize"),
+    st.Page(PAGES["requirements"], title="3. Requirements", icon=":material/rule:", url_path="requirements"),
+    st.Page(PAGES["edit"], title="4. Edit", icon=":material/build:", url_path="edit"),
+    st.Page(PAGES["compare"], title="5. Compare", icon=":material/compare_arrows:", url_path="compare"),
+    st.Page(PAGES["report"], title="6. Report", icon=":material/description:", url_path="report"),
+]
+page = st.navigation(pages)
+st.sidebar.caption("Audit a PyTorch model against requirements, repair it with an edit, export a report. "
+                   "Work through the steps in order.")
+try:
+    page.run()
+except Exception as exc:  # noqa: BLE001 (st.stop/st.rerun are BaseExceptions and pass through)
+    show_error(exc)  # a message on the page, never a traceback
+finally:
+    try:
+        sidebar_status()  # after the page, so it shows the state the page left (e.g. after an edit)
+    except AuditorError as exc:
+        st.sidebar.error(str(exc))

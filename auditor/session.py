@@ -146,8 +146,10 @@ def _field_comments(cls: type) -> dict[str, str]:
     return out
 
 
-def editor_settings(editor_cls: type, bundle: ModelBundle | None = None) -> list[Setting]:
-    """The settings of an editor (its `Hyper` fields) with types, defaults, choices and help."""
+def editor_settings(editor_cls: type, bundle: ModelBundle | None = None,
+                    data: AuditData | None = None) -> list[Setting]:
+    """The settings of an editor (its `Hyper` fields) with types, defaults, choices and help
+    (layer names from `bundle`, protected attributes from `data`)."""
     hyper = getattr(editor_cls, "Hyper", None)
     if hyper is None:
         return []
@@ -175,6 +177,8 @@ def editor_settings(editor_cls: type, bundle: ModelBundle | None = None) -> list
             kind, choices = "choice", layers
         elif f.name.endswith("split"):
             kind, choices = "choice", list(SPLITS)
+        elif f.name == "attribute" and data is not None and data.protected:
+            kind, choices = "choice", list(data.protected)
         elif f.name == "attribution":
             from .localize import METHODS
             kind, choices = "choice", list(METHODS)
@@ -308,7 +312,12 @@ class AuditSession:
         self.edits: list[EditRecord] = []
         self.localization: Localization | None = None
         self.chosen_layer: str | None = None  # None: the editor picks the top-ranked layer itself
-        self.baselines: list[dict] = []
+        self.tradeoff = None  # auditor.tradeoff.Tradeoff of the last comparison run
+        self.tradeoff_key: tuple | None = None
+        self._attr_key: tuple | None = None
+        self._attr: dict = {}
+        self._editors_key: tuple | None = None
+        self._editors: list[type] = []
         self.auditor_name = ""
         self.notes = ""
         self._evals: dict[tuple, Evaluation] = {}
@@ -440,6 +449,9 @@ class AuditSession:
         """Editors that can edit this model on this data, those aiming at a failing requirement first."""
         from .editors import list_editors
 
+        key = self._state_key()
+        if self._editors_key == key:
+            return list(self._editors)
         failing = {base_metric(r.metric) for r in self.evaluate().requirements if not r.passed}
         wanted = {base_metric(r.key) for r in self.requirements}
 
@@ -449,7 +461,9 @@ class AuditSession:
             dyn = 0 if cls.name.startswith("dynamic") else 1
             return (not (targets & failing), not (targets & wanted), kind, dyn, cls.name)
 
-        return sorted(list_editors(self.current, self.data), key=order)
+        self._editors = sorted(list_editors(self.current, self.data), key=order)
+        self._editors_key = key
+        return list(self._editors)
 
     def run_edit(self, editor: str, settings: dict | None = None, *, device: str | None = None,
                  callback: Callback | None = None) -> EditRecord:
@@ -501,44 +515,70 @@ class AuditSession:
         stem = Path(self.current.source).stem if self.current.source else self.model_label
         return f"{stem}_edited.safetensors" if self.edited else f"{stem}.safetensors"
 
-    # -- baselines and trade-off ------------------------------------------------------------
-    def run_baselines(self, editors: list[str] | None = None, callback: Callback | None = None) -> list[dict]:
-        """Run other editors (default settings) on the model as loaded, for the trade-off chart.
-        Each point: label, editor, metrics, seconds, passed. Editors aiming at none of the
-        requirements are skipped."""
-        from .editors import get_editor, list_editors
+    # -- trade-off against baselines -----------------------------------------------------
+    def baseline_choices(self) -> list[str]:
+        """Registered editors that target the audited requirement and can edit this model (not the one used)."""
+        from .tradeoff import baselines_for, tradeoff_metric
 
-        wanted = {base_metric(r.key) for r in self.requirements}
-        done = {p["editor"] for p in self.baselines}
-        names = editors if editors is not None else [
-            c.name for c in list_editors(self.pristine, self.data) if set(getattr(c, "targets", ())) & wanted]
-        names = [n for n in names if n not in done]
-        for i, name in enumerate(names):
-            if callback:
-                callback(i / max(len(names), 1), f"running {name}")
-            try:
-                result = get_editor(name).edit(self.pristine, self.data, self.requirements)
-            except AuditorError as exc:
-                self.baselines.append({"label": name, "editor": name, "error": str(exc)})
-                continue
-            ev = evaluate(result.bundle, self.data, self.requirements, reference=self.pristine)
-            self.baselines.append({"label": name, "editor": name, "metrics": dict(ev.metrics),
-                                   "seconds": result.seconds, "passed": ev.passed, "device": result.device})
-        if callback:
-            callback(1.0, "done")
-        return self.baselines
+        target = tradeoff_metric(self.requirements)
+        if target is None:
+            return []
+        used = {rec.editor for rec in self.edits[-1:]}
+        return baselines_for(self.pristine, self.data, target.key, exclude=sorted(used))
 
-    def tradeoff_points(self) -> list[dict]:
-        """Original, each edit, and each baseline: {label, kind, metrics, passed}."""
-        pts = [{"label": "original", "kind": "original", "metrics": dict(self.evaluate("pristine").metrics),
-                "passed": self.evaluate("pristine").passed}]
-        for i, rec in enumerate(self.edits, 1):
-            pts.append({"label": f"edit {i}: {rec.editor}", "kind": "edit", "metrics": rec.metrics_after,
-                        "passed": rec.passed_after})
-        for p in self.baselines:
-            if "metrics" in p:
-                pts.append({"label": p["label"], "kind": "baseline", "metrics": p["metrics"], "passed": p["passed"]})
-        return pts
+    @property
+    def edit_label(self) -> str | None:
+        return self.edits[-1].editor if self.edits else None  # the report stars the row of this name
+
+    def run_tradeoff(self, baselines: list[str], *, device=None, callback: Callback | None = None):
+        """This audit's edit (the current model) and `baselines`, each run from the model as loaded
+        with the same seed and number of clean samples, on the test split (`auditor.tradeoff.compare`)."""
+        from .tradeoff import compare
+
+        methods, results, samples = [], {}, None
+        if self.edits:
+            rec = self.edits[-1]
+            methods.append((self.edit_label, rec.editor, {}))
+            results[self.edit_label] = rec.result  # its bundle is the current model
+            samples = rec.result.hyperparameters.get("samples")
+        methods += list(baselines)
+        self.tradeoff = compare(self.pristine, self.data, self.requirements, methods, results=results,
+                                samples=samples, seed=0, device=device, callback=callback)
+        self.tradeoff_key = self._state_key()
+        return self.tradeoff
+
+    @property
+    def tradeoff_stale(self) -> bool:
+        return self.tradeoff is not None and self.tradeoff_key != self._state_key()
+
+    def _state_key(self) -> tuple:
+        return (self.current.sha256, tuple(r.expr for r in self.requirements))
+
+    # -- attributions before vs after -------------------------------------------------------
+    def attributions_before_after(self, rows: int = 500, n_steps: int = 32) -> dict:
+        """The same attribution on the model as loaded and the current one (each on a private copy):
+        images with a trigger/cue: per-pixel maps of one test pair; tabular: per raw feature."""
+        key = (self.current.sha256, rows, n_steps)
+        if self._attr_key == key:
+            return self._attr
+        from . import localize as loc
+
+        before, after = self.pristine.copy().model, self.current.copy().model
+        data = self.data
+        if data.kind == "image" and (data.stamp is not None or data.test.corrupted is not None):
+            clean, corrupted, labels = data.pairs(1, seed=0, split="test")
+            out = {"kind": "pixels", "clean": clean, "corrupted": corrupted, "labels": labels,
+                   "before": loc.pixel_attributions(before, clean, corrupted, n_steps=n_steps),
+                   "after": loc.pixel_attributions(after, clean, corrupted, n_steps=n_steps)}
+        elif data.kind == "tabular":
+            X = _sample_rows(data.test.X, rows, 0)
+            out = {"kind": "features",
+                   "before": loc.feature_attributions(before, X, data.feature_groups, n_steps=n_steps),
+                   "after": loc.feature_attributions(after, X, data.feature_groups, n_steps=n_steps)}
+        else:
+            out = {"kind": None}
+        self._attr_key, self._attr = key, out
+        return out
 
     def focus_metric(self) -> str | None:
         """The requirement the audit is about (the first that is not a utility floor)."""
@@ -546,6 +586,91 @@ class AuditSession:
             if CATEGORIES.get(r.metric) != "utility floor":
                 return r.key
         return None
+
+    # -- report -----------------------------------------------------------------------------
+    def report_localization(self) -> dict | None:
+        """The Localize step's results in the report's shape (what the page showed)."""
+        loc = self.localization
+        if loc is None:
+            return None
+        out: dict = {"available": True, "layers": None, "layer_method": None, "features": None, "images": None,
+                     "note": None if loc.model_sha256 == self.pristine_sha256 else
+                     "computed on the model after an earlier edit"}
+        if loc.ranking is not None:
+            total = float(loc.ranking["score"].sum()) or 1.0
+            out["layers"] = [{"layer": str(r["layer"]), "type": str(r["type"]), "score": float(r["score"]),
+                              "share": float(r["score"]) / total, "rank": int(r["rank"])}
+                             for r in loc.ranking.to_dict("records")]
+            out["layer_method"] = (
+                f"layer integrated gradients of the score gap between groups of {loc.settings.get('attribute')}"
+                if loc.kind == "fairness" else
+                f"layer {loc.settings['method'].replace('_', ' ')} from corrupted to clean inputs "
+                f"({loc.settings['samples']} pair(s)), projected on the rank-one edit direction")
+        if loc.features is not None:
+            out["features"] = [{"feature": str(r["feature"]), "attribution": float(r["attribution"]),
+                                "importance": float(r["importance"]), "share": float(r["share"]),
+                                "rank": int(r["rank"])} for r in loc.features.to_dict("records")]
+        if loc.pixels is not None:
+            cls = self.data.class_names
+            rnd = lambda t: np.round(t.detach().double().mean(0).numpy(), 6).tolist()  # noqa: E731
+            out["images"] = [
+                {"title": f"clean (predicted {cls[int(loc.pixels['clean_prediction'][0])]})", "kind": "image",
+                 "z": rnd(loc.clean[0])},
+                {"title": f"corrupted (predicted {cls[int(loc.pixels['corrupted_prediction'][0])]})",
+                 "kind": "image", "z": rnd(loc.corrupted[0])},
+                {"title": "attribution of the corrupted prediction", "kind": "attribution",
+                 "z": np.round(loc.pixels["corrupted"][0].double().sum(0).numpy(), 6).tolist()}]
+        return out
+
+    def command(self) -> str:
+        """The `auditor audit` command line that re-runs this audit (last edit, default baselines)."""
+        model = self.current.source or f"{self.model_label}.safetensors"
+        try:
+            model = str(Path(model).resolve().relative_to(Path.cwd()))
+        except ValueError:
+            pass
+        parts = ["auditor", "audit", model, self.data.name]
+        parts += [f'--require "{r.expr}"' for r in self.requirements]
+        if self.edits:
+            rec = self.edits[-1]
+            parts.append(f"--editor {rec.editor}")
+            defaults = {}
+            from .editors import EDITORS
+            hyper = getattr(EDITORS.get(rec.editor), "Hyper", None)
+            if hyper is not None:
+                defaults = dataclasses.asdict(hyper())
+            for k, v in rec.result.hyperparameters.items():
+                if defaults.get(k, object()) != v:
+                    parts.append(f"--set {k}={v}")
+        parts += ["--report report.html", "--pdf report.pdf", "--json report.json"]
+        return " ".join(parts)
+
+    def build_report(self, *, auditor: str = "", notes: str = "", date: str | None = None):
+        """The compliance report (`auditor.report.Report`) of this audit as it stands: verdicts before
+        and after every edit, localization, the edits, the trade-off (when run for this model)."""
+        from .editors import EDITORS
+        from .report import build_report
+
+        last = self.edits[-1] if self.edits else None
+        report = build_report(
+            bundle=self.pristine, data=self.data, before=self.evaluate("pristine"),
+            after=self.evaluate() if last else None, edit=last.result if last else None,
+            edited=self.current if last else None, localization=self.report_localization(),
+            tradeoff=None if self.tradeoff is None or self.tradeoff_stale else self.tradeoff,
+            model_path=self.current.source or None, device=self.device, seed=0, command=self.command(),
+            signoff={"auditor": auditor or None, "notes": notes or None, "date": date},
+            editor_description=EDITORS[last.editor].description if last and last.editor in EDITORS else None)
+        if len(self.edits) > 1:  # every edit, in order (the report model builds the last one)
+            earlier = []
+            for rec in self.edits[:-1]:
+                d = rec.result.to_dict()
+                d.pop("model_sha256", None)
+                d["description"] = EDITORS[rec.editor].description if rec.editor in EDITORS else None
+                d["parameters_changed"] = int(sum(v.numel() for v in rec.result.delta.before.values()))
+                d["max_rank"] = max((c["rank"] for c in d["changes"]), default=0)
+                earlier.append(d)
+            report.edits = earlier + report.edits
+        return report
 
     # -- summary ----------------------------------------------------------------------------
     def status(self) -> dict:
@@ -567,11 +692,12 @@ def _signed(key: str, change: float) -> str:
     return f"{sign}{text.replace(' %', ' pp')}"
 
 
-def read_upload(data: bytes, suffix: str, directory: str | Path) -> Path:
-    """Write uploaded bytes to a file in `directory` (the loaders read files) and return its path."""
+def read_upload(data: bytes, filename: str, directory: str | Path) -> Path:
+    """Write uploaded bytes to `directory` under a sanitised `filename` (the loaders read files)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"upload{suffix.lower()}"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(filename).name).lstrip(".") or "upload"
+    path = directory / name
     path.write_bytes(data)
     return path
 

@@ -1,0 +1,139 @@
+"""Shared pieces of the dashboard pages: cached loaders, the per-user audit, progress, errors.
+
+Cached objects (`st.cache_resource`) are shared by every user of the server: they are never
+edited. Each browser session holds its own `AuditSession` in `st.session_state["audit"]`, whose
+current model is a private copy.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import streamlit as st
+import torch
+
+from auditor import AuditorError, load_data, load_model
+from auditor.session import AuditSession, format_value, metric_label
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "sample_models"
+KEY = "audit"
+PAGES = {"load": "pages/load.py", "localize": "pages/localize.py", "requirements": "pages/requirements.py",
+         "edit": "pages/edit.py", "compare": "pages/compare.py", "report": "pages/report.py"}
+
+# Small models run fastest on one thread (and several users share the cores); AUDITOR_THREADS overrides.
+torch.set_num_threads(int(os.environ.get("AUDITOR_THREADS", max(1, min(4, (os.cpu_count() or 2) // 2)))))
+
+
+@st.cache_resource(show_spinner=False)
+def sample_model(name: str):
+    """A shipped sample model (shared by all users: never edit it; `AuditSession` copies it)."""
+    return load_model(SAMPLES / f"{name}.safetensors")
+
+
+@st.cache_resource(show_spinner=False)
+def builtin_data(name: str, spec_json: str | None = None):
+    """A built-in data set, transformed by the model's stored preprocessing (shared, read-only)."""
+    from auditor import ModelSpec
+
+    spec = ModelSpec.from_json(spec_json) if spec_json else None
+    return load_data(name, spec=spec)
+
+
+@st.cache_data(show_spinner=False)
+def sample_catalogue() -> dict[str, dict]:
+    """name -> {description, data} for every model in sample_models/ (from its model card)."""
+    from auditor.models import read_metadata
+
+    out = {}
+    for path in sorted(SAMPLES.glob("*.safetensors")):
+        try:
+            if "auditor.spec" not in read_metadata(path):
+                continue  # not a model (e.g. a learned editor's weights)
+            spec = sample_model(path.stem).spec
+        except AuditorError:
+            continue
+        if spec.data is None:
+            continue
+        card = path.with_suffix(".md")
+        lines = [ln.strip() for ln in card.read_text().splitlines() if ln.strip()] if card.exists() else []
+        desc = next((ln for ln in lines if not ln.startswith("#")), "")
+        out[path.stem] = {"description": desc.rstrip("."), "data": spec.data}
+    return out
+
+
+def get_audit() -> AuditSession | None:
+    return st.session_state.get(KEY)
+
+
+def set_audit(audit: AuditSession) -> None:
+    st.session_state[KEY] = audit
+    for k in [k for k in st.session_state if str(k).startswith(("req_", "hp_", "loc_"))]:
+        del st.session_state[k]
+
+
+def need_audit() -> AuditSession:
+    """The user's audit, or a pointer to the Load page and a stop."""
+    audit = get_audit()
+    if audit is None:
+        st.info("No model is loaded yet. Start on the **Load** page: the Trojan sample is selected already.")
+        st.page_link(PAGES["load"], label="Go to Load", icon=":material/upload_file:")
+        st.stop()
+    return audit
+
+
+@contextlib.contextmanager
+def progress(text: str):
+    """A progress bar; yields a `callback(fraction, message)` for the library."""
+    bar = st.progress(0.0, text=text)
+
+    def callback(fraction: float, message: str) -> None:
+        bar.progress(min(max(float(fraction), 0.0), 1.0), text=f"{text}: {message}")
+
+    try:
+        yield callback
+    finally:
+        bar.empty()
+
+
+def show_error(exc: BaseException) -> None:
+    """A message on the page, never a traceback: AuditorError text as is, others in one line."""
+    if isinstance(exc, AuditorError):
+        st.error(str(exc), icon=":material/error:")
+    else:
+        first = str(exc).splitlines()[0][:300] if str(exc) else ""
+        st.error(f"Something went wrong ({type(exc).__name__}): {first}", icon=":material/error:")
+
+
+def next_step(page: str, label: str) -> None:
+    st.divider()
+    st.page_link(PAGES[page], label=label, icon=":material/arrow_forward:")
+
+
+def requirement_sentence(key: str, op: str, threshold: float) -> str:
+    word = "at most" if op == "<=" else "at least"
+    return f"{metric_label(key)} must be {word} {format_value(key, threshold)}"
+
+
+def sidebar_status() -> None:
+    """Model, data, device and the requirements' status, on every page."""
+    audit = get_audit()
+    with st.sidebar:
+        st.markdown("### Audit status")
+        if audit is None:
+            st.caption("No model loaded. Start on **Load**.")
+            return
+        s = audit.status()
+        edited = f"edited ({s['edits']} edit{'s' if s['edits'] != 1 else ''})" if s["edits"] else "as loaded"
+        st.markdown(f"**Model** `{s['model']}`  \n{s['parameters']:,} parameters, {edited}  \n"
+                    f"sha256 `{s['sha256'][:12]}…`")
+        st.markdown(f"**Data** `{s['data']}`  \n{s['rows']['test']:,} test rows "
+                    f"({s['rows']['train']:,} train, {s['rows']['val']:,} validation)")
+        device = (f"GPU, `{s['device']}`" if s["device"].startswith("cuda") else "CPU (no CUDA GPU found)")
+        st.markdown(f"**Device** {device}")
+        st.markdown("**Requirements**" + ("" if s["requirements"] else "  \nnone set"))
+        for r in s["requirements"]:
+            mark = ":green[✔ pass]" if r["passed"] else ":red[✘ fail]"
+            st.markdown(f"{mark} {requirement_sentence(r['metric'], r['op'], r['threshold'])}; "
+                        f"now **{r['shown']}**")

@@ -1,0 +1,103 @@
+"""Step 5: before vs after: requirements, metrics per group, trade-off against baselines, weights, attributions."""
+from __future__ import annotations
+
+import streamlit as st
+
+from auditor import METRICS
+from auditor.charts import group_chart, requirements_chart
+from auditor.charts_dashboard import (feature_before_after_chart, pixel_before_after_chart, weight_change_heatmap,
+                                      weight_change_overview)
+from auditor.report.model import merge_requirements
+from auditor.session import base_metric, format_value, metric_label
+from pages.common import need_audit, next_step, progress, show_error
+
+audit = need_audit()
+st.title("5 · Compare: before and after the edit")
+if not audit.edited:
+    st.info("No edit applied yet: *after* equals *before*. Run an editor on the **Edit** page first.")
+before, after = audit.evaluate("pristine"), audit.evaluate()
+
+st.subheader("Requirements")
+reqs = merge_requirements(before, after)
+if reqs:
+    fig = requirements_chart(reqs)
+    for i, (trace, r) in enumerate(zip(fig.data, reqs), start=1):
+        trace.text = [format_value(r["metric"], v) for v in trace.x]
+        if METRICS[base_metric(r["metric"])].unit != "count":
+            fig.update_xaxes(tickformat=".0%", row=i, col=1)
+    st.caption("For each requirement: before (top bar) and after (bottom bar) the edit; dashed line: the threshold; "
+               "green passes, red fails.")
+    st.plotly_chart(fig, key="cmp_requirements")
+st.subheader("All metrics (test split)")
+st.dataframe(audit.compare_table(), hide_index=True, key="cmp_metrics")
+
+for attr in after.groups:
+    st.subheader(f"Per group: {attr}")
+    st.dataframe(audit.group_table(attr), hide_index=True, key=f"cmp_groups_{attr}")
+    metric = "selection_rate" if attr in audit.data.protected else "accuracy"
+    fig = group_chart(before.groups[attr], after.groups[attr], metric=metric, attribute=attr)
+    fig.update_layout(yaxis_tickformat=".0%", yaxis_title=metric.replace("_", " ") + (
+        " (share predicted positive)" if metric == "selection_rate" else ""))
+    st.plotly_chart(fig, key=f"cmp_group_chart_{attr}")
+
+st.subheader("Trade-off against the baselines")
+choices = audit.baseline_choices()
+if not choices and not audit.edited:
+    st.caption("Nothing to compare: no edit yet and no baseline editor for these requirements.")
+else:
+    st.caption("Each method runs from the model as loaded, with the same seed and the same clean samples. "
+               "Up and towards the shaded area is better; the dotted line joins the Pareto front (methods no "
+               "other method beats on both axes).")
+    picked = st.multiselect("Baselines to run", choices, default=choices, key="cmp_baselines")
+    if st.button("Run the comparison", type="primary", key="cmp_run"):
+        try:
+            with progress("Running baselines") as cb:
+                audit.run_tradeoff(picked, callback=cb)
+        except Exception as exc:  # noqa: BLE001
+            show_error(exc)
+    if audit.tradeoff is not None:
+        if audit.tradeoff_stale:
+            st.warning("The model or the requirements changed since this comparison: run it again.")
+        t = audit.tradeoff
+        fig = t.figure(highlight=audit.edit_label)
+        higher = "higher is better" if t.higher_is_better else "lower is better"
+        fig.update_layout(xaxis_title=f"{metric_label(t.metric)} ({higher})", yaxis_title="test accuracy",
+                          xaxis_tickformat=".0%", yaxis_tickformat=".0%", height=460)
+        st.plotly_chart(fig, key="cmp_tradeoff")
+        rows = t.rows.copy()
+        rows["value"] = rows["value"].map(lambda v: format_value(t.metric, v))
+        rows["accuracy"] = rows["accuracy"].map(lambda v: format_value("accuracy", v))
+        rows["layers"] = rows["layers"].map(lambda v: ", ".join(v) if isinstance(v, (list, tuple)) else "")
+        rows = rows.rename(columns={"value": metric_label(t.metric), "seconds": "seconds (wall time)",
+                                    "pareto": "on Pareto front", "passed": "meets all requirements"})
+        keep = [c for c in rows.columns if c not in ("model_sha256", "editor") and rows[c].notna().any()]
+        st.dataframe(rows[keep], hide_index=True, key="cmp_tradeoff_table")
+        st.caption(f"{len(rows)} methods compared on the {t.split} split ({t.rows['error'].notna().sum()} failed).")
+
+if audit.edited:
+    st.subheader("Where the weights changed")
+    delta = audit.weight_change()
+    st.plotly_chart(weight_change_overview(delta.changes()), key="cmp_weights")
+    for layer in delta.layers:
+        w, b = f"{layer}.weight", f"{layer}.bias"
+        if w in delta.before:
+            st.plotly_chart(weight_change_heatmap(layer, delta.before[w], delta.after[w], delta.before.get(b),
+                                                  delta.after.get(b)), key=f"cmp_heat_{layer}")
+
+    st.subheader("Attributions before and after")
+    try:
+        with st.spinner("Computing attributions"):
+            att = audit.attributions_before_after()
+    except Exception as exc:  # noqa: BLE001
+        show_error(exc)
+        att = {"kind": None}
+    if att["kind"] == "pixels":
+        st.caption("A test image with the trigger/cue: what pushes the model's prediction on it. After a good edit "
+                   "the prediction is the true digit and the trigger no longer lights up.")
+        st.plotly_chart(pixel_before_after_chart(att["corrupted"], att["before"], att["after"],
+                                                 audit.data.class_names, int(att["labels"][0])), key="cmp_pixels")
+    elif att["kind"] == "features":
+        st.plotly_chart(feature_before_after_chart(att["before"], att["after"],
+                                                   title="What drives the predictions, before and after"),
+                        key="cmp_features")
+next_step("report", "Next: 6. Report, export the audit")

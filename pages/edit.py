@@ -1,0 +1,93 @@
+"""Step 4: pick an editor from the registry, set it up (defaults work), run it, undo edits, download."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+import torch
+
+from auditor.backend import describe_device
+from auditor.session import editor_settings, format_value
+from pages.common import need_audit, next_step, progress, show_error
+
+audit = need_audit()
+st.title("4 · Edit: repair the model")
+st.caption("An edit changes a copy of the model's weights. Every edit can be undone exactly (bit for bit).")
+
+gpu = torch.cuda.is_available()
+if gpu:
+    st.success(f"Runs on the **GPU**: `{describe_device('cuda')}`", icon=":material/memory:")
+    device = st.radio("Device", ["cuda", "cpu"], horizontal=True, key="edit_device")
+else:
+    st.info("Runs on the **CPU** (no CUDA GPU found). Every editor works on the CPU; a GPU only makes it faster.",
+            icon=":material/memory:")
+    device = "cpu"
+
+editors = audit.editors()
+if not editors:
+    st.warning("No registered editor can edit this model on this data.")
+    st.stop()
+names = [c.name for c in editors]
+by_name = {c.name: c for c in editors}
+kinds = {"rank-one": "closed-form rank-one edit", "learned": "learned editor", "baseline": "baseline"}
+name = st.selectbox("Editor (best suited to the failing requirements first)", names, key="edit_editor",
+                    format_func=lambda n: f"{n} ({kinds.get(by_name[n].kind, by_name[n].kind)}): "
+                                          f"{by_name[n].description}")
+settings = {}
+with st.expander("Settings (the defaults work)", expanded=False):
+    for s in editor_settings(by_name[name], audit.current, audit.data):
+        key, label = f"hp_{name}_{s.name}", s.name.replace("_", " ")
+        if s.kind == "choice":
+            opts = (["auto"] if s.optional else []) + list(s.choices)
+            default = audit.chosen_layer if s.name == "layer" and audit.chosen_layer else s.default
+            pick = st.selectbox(label, opts, index=opts.index(default) if default in opts else 0, key=key, help=s.help)
+            settings[s.name] = None if pick == "auto" else pick
+        elif s.kind == "bool":
+            settings[s.name] = st.checkbox(label, value=bool(s.default), key=key, help=s.help)
+        elif s.optional and s.default is None:
+            if st.checkbox(f"set {label} (otherwise automatic)", key=key + "_on", help=s.help):
+                settings[s.name] = (st.number_input(label, value=1, step=1, key=key) if s.kind == "int" else
+                                    st.number_input(label, value=0.5, format="%g", key=key) if s.kind == "float" else
+                                    st.text_input(label, key=key))
+        elif s.kind == "int":
+            settings[s.name] = int(st.number_input(label, value=int(s.default), step=1, key=key, help=s.help))
+        elif s.kind == "float":
+            settings[s.name] = float(st.number_input(label, value=float(s.default), format="%g", key=key, help=s.help))
+        else:
+            settings[s.name] = st.text_input(label, value=str(s.default), key=key, help=s.help)
+
+if st.button(f"Run {name}", type="primary", key="edit_run"):
+    try:
+        with progress(f"Running {name}") as cb:
+            record = audit.run_edit(name, settings, device=device, callback=cb)
+        st.session_state["edit_last"] = len(audit.edits)
+    except Exception as exc:  # noqa: BLE001
+        show_error(exc)
+
+if audit.edits:
+    st.subheader("Edits applied")
+    before = audit.evaluate("pristine").metrics
+    for i, rec in enumerate(audit.edits):
+        r = rec.result
+        changes = "; ".join(f"{metric_key}: {format_value(metric_key, before.get(metric_key))} → "
+                            f"{format_value(metric_key, rec.metrics_after.get(metric_key))}"
+                            for metric_key in dict.fromkeys(q.split(" ")[0] for q in rec.requirements))
+        c1, c2 = st.columns([5, 1], vertical_alignment="center")
+        verdict = ":green[all requirements hold]" if rec.passed_after else ":red[some requirements still fail]"
+        c1.markdown(f"**Edit {i + 1}: {r.editor}** on layer(s) `{', '.join(r.layers) or 'none'}`, "
+                    f"{r.seconds:.2f} s on `{r.device}`: {verdict}  \n{changes}  \n"
+                    f"model sha256 `{rec.sha_after[:12]}…` (was `{rec.sha_before[:12]}…`)")
+        if c2.button("Undo", key=f"edit_undo_{i}", help="Restore the weights exactly as before this edit "
+                                                         "(later edits are undone too)."):
+            audit.revert(i)
+            st.rerun()
+        if r.log:
+            with st.expander(f"What edit {i + 1} did, step by step"):
+                cols = ["step", "action", "layer", "accepted", "accuracy", "reason", "keys", "scale", "norm"]
+                log = pd.DataFrame([{k: e.get(k) for k in cols if k in e} for e in r.log])
+                st.dataframe(log, hide_index=True)
+    st.download_button("Download the edited model (.safetensors)", data=audit.model_bytes,
+                       file_name=audit.edited_filename, mime="application/octet-stream", key="edit_download",
+                       icon=":material/download:")
+else:
+    st.caption("No edit applied yet.")
+next_step("compare", "Next: 5. Compare before and after")

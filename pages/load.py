@@ -1,0 +1,109 @@
+"""Step 1: pick a sample model and its data, or upload a model file and a CSV with its schema."""
+from __future__ import annotations
+
+import tempfile
+
+import pandas as pd
+import streamlit as st
+
+from auditor import TabularSchema, load_data, load_model
+from auditor.data import BUILTIN
+from auditor.models import ModelSpec
+from auditor.session import AuditSession, csv_columns, read_upload
+from pages.common import (builtin_data, get_audit, next_step, progress, sample_catalogue, sample_model,
+                          set_audit, show_error)
+
+st.title("1 · Load a model and its data")
+st.caption("The audit works on your own copy of the model: the file and the loaded original are never changed.")
+
+source = st.radio("Model source", ["Sample model", "Upload my own"], horizontal=True, key="load_source")
+if source == "Sample model":
+    catalogue = sample_catalogue()
+    names = list(catalogue)
+    name = st.selectbox("Sample model", names, index=names.index("digits_cnn_trojan") if "digits_cnn_trojan" in names
+                        else 0, format_func=lambda n: f"{n}: {catalogue[n]['description']}", key="load_sample")
+    default_data = catalogue[name]["data"] or "digits"
+    data_names = list(BUILTIN)
+    data_name = st.selectbox("Data set", data_names, index=data_names.index(default_data), key=f"load_data_{name}",
+                             help="Defaults to the data set the model was trained on (from its spec).")
+    if st.button("Load model and data", type="primary", key="load_go"):
+        try:
+            with progress("Loading") as cb:
+                cb(0.2, f"model {name}")
+                bundle = sample_model(name)
+                cb(0.5, f"data {data_name}")
+                data = builtin_data(data_name, bundle.spec.to_json())
+                cb(0.8, "evaluating")
+                set_audit(AuditSession(bundle, data, model_label=name, data_label=data_name))
+        except Exception as exc:  # noqa: BLE001
+            show_error(exc)
+else:
+    st.markdown("A `.safetensors` file written by this tool carries its spec. A PyTorch state dict "
+                "(`.pt`, `.pth`) or an `.onnx` file needs a spec (JSON: architecture, input, class names).")
+    model_file = st.file_uploader("Model file", type=["safetensors", "pt", "pth", "bin", "onnx"], key="up_model")
+    spec_file = st.file_uploader("Model spec (JSON, only when the file has none)", type=["json"], key="up_spec")
+    data_kind = st.radio("Data", ["Built-in data set", "CSV file"], horizontal=True, key="up_data_kind")
+    schema, csv = None, None
+    if data_kind == "Built-in data set":
+        data_name = st.selectbox("Data set", list(BUILTIN), key="up_builtin")
+    else:
+        csv = st.file_uploader("CSV file (one row per example, a header row)", type=["csv"], key="up_csv")
+        if csv is not None:
+            try:
+                head = csv_columns(csv.getvalue())
+                cols = list(head.columns)
+                target = st.selectbox("Target column (what the model predicts)", cols, index=len(cols) - 1)
+                values = sorted(map(str, head[target].dropna().unique()))
+                positive = st.selectbox("Positive label (the favourable outcome)", values, index=len(values) - 1)
+                others = [c for c in cols if c != target]
+                protected = st.multiselect("Protected attributes (grouped by in fairness metrics, not model inputs)",
+                                           others)
+                text_cols = [c for c in others if c not in protected and head[c].dtype == object]
+                categorical = st.multiselect("Categorical columns (one-hot encoded)",
+                                             [c for c in others if c not in protected], default=text_cols)
+                schema = TabularSchema(target=target, positive=positive, protected=protected, categorical=categorical)
+            except Exception as exc:  # noqa: BLE001
+                show_error(exc)
+    if st.button("Load uploaded model", type="primary", disabled=model_file is None, key="up_go"):
+        try:
+            with progress("Loading") as cb:
+                folder = tempfile.mkdtemp(prefix="auditor-upload-")
+                path = read_upload(model_file.getvalue(), model_file.name, folder)
+                spec = ModelSpec.from_json(spec_file.getvalue().decode()) if spec_file is not None else None
+                bundle = load_model(path, spec=spec)
+                cb(0.5, "data")
+                if csv is not None:
+                    data = load_data(read_upload(csv.getvalue(), csv.name, folder), schema=schema, spec=bundle.spec)
+                else:
+                    data = builtin_data(data_name, bundle.spec.to_json())
+                set_audit(AuditSession(bundle, data, model_label=model_file.name.rsplit(".", 1)[0],
+                                       data_label=csv.name if csv is not None else data_name))
+        except Exception as exc:  # noqa: BLE001
+            show_error(exc)
+
+audit = get_audit()
+if audit is None:
+    st.info("Choose a model and press **Load**. New here? Keep the Trojan sample and press the button.")
+    st.stop()
+st.success(f"Loaded **{audit.model_label}** with data **{audit.data_label}**.")
+ev = audit.evaluate("pristine")
+c1, c2, c3, c4 = st.columns(4)
+c1.metric("Parameters", f"{audit.pristine.n_parameters:,}")
+c2.metric("Test accuracy", f"{100 * ev.metrics['accuracy']:.2f} %")
+c3.metric("Test rows", f"{ev.rows:,}")
+c4.metric("Requirements met", f"{sum(r.passed for r in ev.requirements)} of {len(ev.requirements)}")
+st.markdown(f"Weights sha256 (identifies this exact model): `{audit.pristine_sha256}`")
+left, right = st.columns(2)
+with left:
+    st.subheader("Metrics of the model as loaded")
+    st.dataframe(audit.metrics_table("pristine"), hide_index=True, key="load_metrics")
+with right:
+    st.subheader("Layers")
+    st.caption("Linear and Conv2d layers are the ones an edit can change.")
+    st.dataframe(audit.layers(), hide_index=True, key="load_layers")
+for attr in ev.groups:
+    st.subheader(f"Per group: {attr}")
+    rows = [{attr: g, **{k.replace("_", " "): (f"{100 * v:.2f} %" if k != "count" else f"{v:,.0f}")
+                         for k, v in vals.items()}} for g, vals in ev.groups[attr].items()]
+    st.dataframe(pd.DataFrame(rows), hide_index=True)
+next_step("localize", "Next: 2. Localize, where in the network the problem lives")

@@ -1,0 +1,71 @@
+"""Step 6: the compliance report: preview, the auditor's name and notes, HTML, PDF and JSON downloads."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from auditor.report import render_html, validate_report, write_pdf
+from auditor.session import format_value
+from pages.common import need_audit, show_error
+
+audit = need_audit()
+st.title("6 · Report: export the audit")
+st.caption("One report, three formats with the same numbers: HTML (interactive, opens offline), PDF (to file or "
+           "print) and JSON (for other tools; validated against the published schema).")
+
+c1, c2 = st.columns([2, 1])
+audit.auditor_name = c1.text_input("Auditor's name", value=audit.auditor_name, key="rep_name")
+date = c2.date_input("Sign-off date", value=dt.date.today(), key="rep_date")
+audit.notes = st.text_area("Notes and findings", value=audit.notes, key="rep_notes",
+                           placeholder="e.g. Trojan removed with one clean sample; accuracy unchanged.")
+if audit.tradeoff is None and audit.edited:
+    st.caption("Tip: run the comparison on the **Compare** page to include the trade-off chart against baselines.")
+
+key = (audit._state_key(), len(audit.edits), audit.auditor_name, audit.notes, str(date), id(audit.tradeoff),
+       id(audit.localization))
+cached = st.session_state.get("rep_cache")
+if cached is None or cached[0] != key:
+    try:
+        with st.spinner("Building the report"):
+            report = audit.build_report(auditor=audit.auditor_name, notes=audit.notes, date=str(date))
+            doc = validate_report(report)
+            cached = (key, report, doc, render_html(doc))
+            st.session_state["rep_cache"] = cached
+    except Exception as exc:  # noqa: BLE001
+        show_error(exc)
+        st.stop()
+_, report, doc, html = cached
+
+verdict = doc["verdict"]
+(st.success if verdict["passed"] else st.error)(f"**Verdict: {verdict['status']}.** {verdict['summary']}")
+rows = [{"requirement": r["expr"], "before": format_value(r["metric"], r["before"]["value"]),
+         "before passes": "✔" if r["before"]["passed"] else "✘",
+         "after": format_value(r["metric"], r["after"]["value"]) if r["after"] else "no edit",
+         "after passes": ("✔" if r["after"]["passed"] else "✘") if r["after"] else ""} for r in doc["requirements"]]
+st.table(pd.DataFrame(rows).set_index("requirement"))
+st.markdown(f"Model sha256 before `{doc['model']['sha256_before'][:16]}…`"
+            + (f", after `{doc['model']['sha256_after'][:16]}…`" if doc["model"]["sha256_after"] else ""))
+
+stem = f"audit_{audit.model_label}_{audit.data.name}"
+
+
+def pdf_bytes() -> bytes:
+    with tempfile.TemporaryDirectory(prefix="auditor-pdf-") as tmp:
+        return write_pdf(doc, Path(tmp) / "report.pdf").read_bytes()
+
+
+d1, d2, d3 = st.columns(3)
+d1.download_button("Download HTML", html, file_name=f"{stem}.html", mime="text/html", key="rep_html",
+                   icon=":material/download:", type="primary")
+d2.download_button("Download PDF", pdf_bytes, file_name=f"{stem}.pdf", mime="application/pdf", key="rep_pdf",
+                   icon=":material/picture_as_pdf:", help="Printed by headless Chromium; takes a few seconds.")
+d3.download_button("Download JSON", json.dumps(doc, indent=2, sort_keys=True), file_name=f"{stem}.json",
+                   mime="application/json", key="rep_json", icon=":material/data_object:")
+
+st.subheader("Preview")
+st.iframe(html, height=1100)
