@@ -163,24 +163,28 @@ def run(args) -> int:
         outcome = run_audit(bundle, data, reqs, editor=args.editor, settings=settings, samples=args.samples,
                             seed=args.seed, split=args.split, baselines=args.baselines,
                             localize=not args.no_localize, device=None if args.device == "auto" else args.device,
-                            callback=progress, model_path=args.model,
+                            callback=lambda f, m: progress(0.9 * f, m), model_path=args.model,
                             edited_path=str(out_path) if out_path else None, command=command, signoff=signoff,
                             fixes=fixes)
+        report = outcome.report
+        written = []
+        if outcome.edit is not None:
+            progress(0.9, "writing the edited model")
+            meta = provenance(outcome.edit, bundle, data, reqs, outcome.before, outcome.after)
+            save_model(outcome.edit.bundle, out_path,
+                       extra_metadata={EDIT_KEY: json.dumps(meta, sort_keys=True, default=str)})
+            written.append(str(out_path))
+        if args.json:
+            write_json(report, args.json)
+        if args.report:
+            progress(0.91, "writing the HTML report")
+            write_html(report, args.report)
+        if args.pdf:
+            progress(0.93, "printing the PDF report (Chromium)")
+            write_pdf(report, args.pdf)
+        progress(1.0, "done")
     finally:
         progress.close()
-    report = outcome.report
-    written = []
-    if outcome.edit is not None:
-        meta = provenance(outcome.edit, bundle, data, reqs, outcome.before, outcome.after)
-        save_model(outcome.edit.bundle, out_path, extra_metadata={EDIT_KEY: json.dumps(meta, sort_keys=True,
-                                                                                        default=str)})
-        written.append(str(out_path))
-    if args.json:
-        write_json(report, args.json)
-    if args.report:
-        write_html(report, args.report)
-    if args.pdf:
-        write_pdf(report, args.pdf)
     reports = [str(getattr(args, k)) for k in ("report", "pdf", "json") if getattr(args, k)]
     written += reports
     if log is not None:
