@@ -81,8 +81,9 @@ def write_json(report: Report | dict, path: str | os.PathLike) -> Path:
 
 
 def report_figures(d: dict) -> dict[str, list[tuple[str, object]]]:
-    """The report's charts by section: {section: [(caption, go.Figure)]}, all drawn from the dict."""
-    out: dict[str, list] = {"requirements": [], "localization": [], "edit": [], "metrics": [], "tradeoff": []}
+    """The report's charts by section: {section: [(caption, go.Figure)]}, all drawn from the dict
+    (the charts of the i-th edit under `edit-i`)."""
+    out: dict[str, list] = {"requirements": [], "localization": [], "metrics": [], "tradeoff": []}
     out["requirements"].append(("Each requirement before and after; dashed line: threshold; green: met.",
                                 charts.requirements_chart(d["requirements"])))
     loc = d.get("localization") or {}
@@ -97,11 +98,12 @@ def report_figures(d: dict) -> dict[str, list[tuple[str, object]]]:
         out["localization"].append(("Mean absolute integrated-gradients attribution per raw feature "
                                     "(one-hot inputs summed back to their feature).",
                                     charts.feature_attribution_chart(loc["features"], title="Feature importance")))
-    for e in d.get("edits") or []:
-        metric = next((r["metric"] for r in d["requirements"] if r["metric"] not in ("accuracy",)), None)
-        if metric and any(metric == x.get("metric") for s in e.get("log") or [] for x in s.get("requirements") or []):
-            out["edit"].append((f"{metric} on the editor's check split after each step (red: rolled back).",
-                                charts.edit_steps_chart(e["log"], metric)))
+    metric = next((r["metric"] for r in d["requirements"] if r["metric"] not in ("accuracy",)), None)
+    for i, e in enumerate(d.get("edits") or []):
+        steps = [x for s in e.get("log") or [] for x in s.get("requirements") or []]
+        if metric and any(x.get("metric") == metric for x in steps):
+            out[f"edit-{i}"] = [(f"{metric} on the editor's check split after each step (red: rolled back).",
+                                 charts.edit_steps_chart(e["log"], metric))]
     m = d["metrics"]
     after = m.get("after") or {}
     overall = m["before"]["overall"]
