@@ -1,0 +1,170 @@
+"""ONNX in and out: load -> evaluate -> edit -> export, and onnxruntime agrees with PyTorch.
+
+Covers the shipped MLP (Adult) and CNN (Trojan digits), a foreign MLP with an activation our
+registry does not have (no spec in the file: `--spec` needed), and a graph that is not a chain
+(a residual block) that stays a `torch.fx.GraphModule`.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+import onnx  # noqa: E402
+
+from auditor.models.onnx_format import _onnx2torch  # noqa: E402
+
+try:  # through our importer: onnx2torch imports torchvision, which must not be installed
+    _onnx2torch()
+except Exception as exc:  # noqa: BLE001
+    pytest.skip(f"onnx2torch is not usable ({exc}); `make install` installs it", allow_module_level=True)
+
+from auditor import AuditorError, evaluate, load_model  # noqa: E402
+from auditor.cli import main  # noqa: E402
+from auditor.editors import get_editor  # noqa: E402
+from auditor.models import editable_layers, save_model  # noqa: E402
+from auditor.models.onnx_format import export_onnx, onnxruntime_max_diff  # noqa: E402
+from tests.conftest import SAMPLES  # noqa: E402
+from tests.fixtures import tabular_data  # noqa: E402
+
+
+def _ort_logits(path, X: torch.Tensor) -> np.ndarray:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: X.numpy()})[0]
+
+
+def _torch_logits(bundle, X: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return bundle.model.eval()(X).numpy()
+
+
+def test_mlp_onnx_roundtrip_is_the_same_model(tmp_path, adult_mlp, adult):
+    path = export_onnx(adult_mlp, tmp_path / "adult.onnx")
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(meta["auditor.spec"])["arch"]["name"] == "mlp"
+    loaded = load_model(path)  # spec from the ONNX metadata
+    assert loaded.format == "onnx" and loaded.sha256 == adult_mlp.sha256
+    assert [n for n, _ in editable_layers(loaded.model)] == ["fc1", "fc2", "out"]
+    X = adult.test.X
+    assert np.abs(_ort_logits(path, X) - _torch_logits(adult_mlp, X)).max() < 1e-4
+    assert np.array_equal(_torch_logits(loaded, X), _torch_logits(adult_mlp, X))
+    assert evaluate(loaded, adult).metrics["accuracy"] > 0.84
+
+
+def test_cnn_onnx_load_edit_export_and_onnxruntime_agrees(tmp_path, trojan_cnn, digits_trojan):
+    path = save_model(trojan_cnn, tmp_path / "trojan.onnx")  # save_model dispatches on the suffix
+    loaded = load_model(path)
+    before = evaluate(loaded, digits_trojan, ["attack_success_rate <= 0.02"])
+    assert before.metrics["attack_success_rate"] > 0.9
+    editor = "dynamic-rank-one" if "dynamic-rank-one" in _editors() else "magnitude-pruning"
+    result = get_editor(editor).edit(loaded, digits_trojan, ["attack_success_rate <= 0.02", "accuracy >= 0.95"],
+                                     device="cpu")
+    after = evaluate(result.bundle, digits_trojan)
+    if editor == "dynamic-rank-one":
+        assert after.metrics["attack_success_rate"] < 0.1 and after.metrics["accuracy"] > 0.93
+    out = export_onnx(result.bundle, tmp_path / "trojan_edited.onnx")
+    X = torch.cat([digits_trojan.test.X, digits_trojan.corrupt("test")])
+    got = _ort_logits(out, X)
+    assert np.abs(got - _torch_logits(result.bundle, X)).max() < 1e-4
+    assert np.abs(got - _torch_logits(trojan_cnn, X)).max() > 1e-3  # the edit is in the file
+    again = load_model(out)
+    assert again.sha256 == result.bundle.sha256 and again.history[-1]["editor"] == editor
+    assert load_model(path).sha256 == trojan_cnn.sha256  # the original file is untouched
+
+
+def _editors():
+    from auditor.editors import EDITORS
+    return EDITORS
+
+
+def _export_plain(module: nn.Module, path, n_in: int) -> None:
+    """An ONNX file as a vendor would send it: no auditor metadata."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (torch.randn(2, n_in),), str(path), dynamo=False, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+
+
+def _toy_data(n_in: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(300, n_in)).astype(np.float32)
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(np.int64)
+    return tabular_data(X, y, {"g": np.where(X[:, 2] > 0, "a", "b").tolist()})
+
+
+FOREIGN_SPEC = {"arch": {"name": "onnx", "num_classes": 2}, "input": {"kind": "tabular"}, "class_names": ["0", "1"]}
+
+
+class Residual(nn.Module):
+    def __init__(self, n: int):
+        super().__init__()
+        self.inner = nn.Linear(n, n)
+        self.head = nn.Linear(n, 2)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.inner(x)) + x)
+
+
+@pytest.mark.parametrize("kind", ["tanh-chain", "residual"])
+def test_foreign_onnx_needs_a_spec_then_audits_edits_and_exports(tmp_path, kind):
+    torch.manual_seed(0)
+    n = 6
+    module = (nn.Sequential(nn.Linear(n, 16), nn.Tanh(), nn.Linear(16, 2)) if kind == "tanh-chain"
+              else Residual(n))
+    path = tmp_path / "vendor.onnx"
+    _export_plain(module, path, n)
+    with pytest.raises(AuditorError, match="no auditor spec in its ONNX metadata; pass one with --spec"):
+        load_model(path)
+    (tmp_path / "spec.json").write_text(json.dumps(FOREIGN_SPEC))
+    bundle = load_model(path, spec=tmp_path / "spec.json")
+    assert bundle.spec.arch["in_features"] == n  # read from the graph
+    assert type(bundle.model).__name__ == ("Sequential" if kind == "tanh-chain" else "OnnxModel")
+    layers = [name for name, _ in editable_layers(bundle.model)]
+    assert len(layers) == 2 and all(isinstance(m, nn.Linear) for _, m in editable_layers(bundle.model))
+    data = _toy_data(n)
+    X = data.test.X
+    assert np.abs(_torch_logits(bundle, X) - module(X).detach().numpy()).max() < 1e-5
+    # hookable: a forward hook on the first layer sees its output
+    seen = []
+    handle = editable_layers(bundle.model)[0][1].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    evaluate(bundle, data)
+    handle.remove()
+    assert seen and seen[0][-1] == (16 if kind == "tanh-chain" else n)
+    result = get_editor("magnitude-pruning", sparsity=0.5).edit(bundle, data, device="cpu")
+    assert evaluate(result.bundle, data).metrics["sparsity"] >= 0.49
+    out = export_onnx(result.bundle, tmp_path / "vendor_edited.onnx")
+    assert np.abs(_ort_logits(out, X) - _torch_logits(result.bundle, X)).max() < 1e-5
+    again = load_model(out)  # our export carries the spec now
+    assert again.sha256 == result.bundle.sha256
+
+
+def test_onnx_through_the_cli(tmp_path, compas_mlp):
+    onnx_path = export_onnx(compas_mlp, tmp_path / "compas.onnx")
+    codes = []
+    for model in (SAMPLES / "compas_mlp.safetensors", onnx_path):
+        out = tmp_path / f"{model.suffix[1:]}.json"
+        codes.append(main(["evaluate", str(model), "compas", "--require", "accuracy >= 0.6", "--json", str(out)]))
+    a, b = (json.loads((tmp_path / f"{s}.json").read_text()) for s in ("safetensors", "onnx"))
+    assert codes == [0, 0]
+    assert a["metrics"] == pytest.approx(b["metrics"]) and b["model"]["format"] == "onnx"
+
+
+def test_export_refuses_a_model_onnxruntime_disagrees_with(tmp_path, adult_mlp, monkeypatch):
+    import auditor.models.onnx_format as fmt
+    monkeypatch.setattr(fmt, "onnxruntime_max_diff", lambda *a, **k: 0.5)
+    with pytest.raises(AuditorError, match="disagrees with the PyTorch model"):
+        export_onnx(adult_mlp, tmp_path / "bad.onnx")
+    assert not (tmp_path / "bad.onnx").exists() and not list(tmp_path.glob("*.tmp"))
+
+
+def test_onnxruntime_max_diff_on_the_cnn(tmp_path, digits_cnn):
+    path = export_onnx(digits_cnn, tmp_path / "cnn.onnx", verify=False)
+    assert onnxruntime_max_diff(digits_cnn.model, path, [1, 8, 8]) < 1e-4
