@@ -70,3 +70,25 @@ def test_keep_k_features(adult_mlp, adult, editor, floor, settings):
     w = result.bundle.model.fc1.weight
     dropped = [i for name, idx in adult.feature_groups.items() if name not in result.extras["kept"] for i in idx]
     assert torch.all(w[:, dropped] == 0)
+
+
+def test_threshold_optimizer_is_post_processing(adult_mlp, adult):
+    from auditor.editors.fairlearn_baselines import postprocess_threshold_optimizer
+    before = weights_sha256(adult_mlp.model)
+    r = postprocess_threshold_optimizer(adult_mlp, adult, "demographic_parity")
+    assert weights_sha256(adult_mlp.model) == before
+    assert r.metrics["demographic_parity"] <= 0.02 and r.metrics["accuracy"] >= 0.82
+    assert r.needs_protected_at_prediction and not r.edits_given_model
+    theirs = demographic_parity_difference(adult.test.y.numpy(), r.predictions,
+                                           sensitive_features=adult.test.groups["sex"].astype(str))
+    assert r.metrics["demographic_parity"] == pytest.approx(theirs)
+    eo = postprocess_threshold_optimizer(adult_mlp, adult, "equalized_odds")
+    assert eo.metrics["equalized_odds"] <= 0.04 and eo.metrics["accuracy"] >= 0.82
+    assert "threshold-optimizer" not in EDITORS  # not a weight edit, so not offered as one
+
+
+def test_exponentiated_gradient_retrains(adult):
+    from auditor.editors.fairlearn_baselines import retrain_exponentiated_gradient
+    r = retrain_exponentiated_gradient(adult, "demographic_parity", rows=4000, max_iter=20)
+    assert r.kind == "retraining" and not r.needs_protected_at_prediction
+    assert r.metrics["demographic_parity"] <= 0.05 and r.metrics["accuracy"] >= 0.8

@@ -20,6 +20,8 @@ True
 from __future__ import annotations
 
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -88,6 +90,14 @@ class TorchScores(ClassifierMixin, BaseEstimator):
         return self.predict_proba(X).argmax(1)
 
 
+@contextmanager
+def _quiet_fairlearn():
+    """fairlearn 0.15 under pandas 3 warns about its own Series updates; those are not the user's concern."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"fairlearn(\.|$)")
+        yield
+
+
 def group_metrics(y: np.ndarray, pred: np.ndarray, groups: np.ndarray) -> dict[str, float]:
     """Accuracy and fairness of hard predictions (fairlearn's definitions)."""
     acc_by = [float((pred[groups == g] == y[groups == g]).mean()) for g in np.unique(groups)]
@@ -131,12 +141,15 @@ def postprocess_threshold_optimizer(bundle: ModelBundle, data: AuditData, constr
                              objective=objective, prefit=True, predict_method="predict_proba",
                              grid_size=grid_size, tol=tol)
     start = time.perf_counter()
-    opt.fit(fit.X.numpy().astype(np.float64), fit.y.numpy(),
-            sensitive_features=fit.groups[attribute].astype(str).to_numpy())
+    with _quiet_fairlearn():
+        opt.fit(fit.X.numpy().astype(np.float64), fit.y.numpy(),
+                sensitive_features=fit.groups[attribute].astype(str).to_numpy())
     seconds = time.perf_counter() - start
     start = time.perf_counter()
     groups = ev.groups[attribute].astype(str).to_numpy()
-    pred = np.asarray(opt.predict(ev.X.numpy().astype(np.float64), sensitive_features=groups, random_state=seed))
+    with _quiet_fairlearn():
+        pred = np.asarray(opt.predict(ev.X.numpy().astype(np.float64), sensitive_features=groups,
+                                      random_state=seed))
     predict_seconds = time.perf_counter() - start
     return AlternativeResult(
         "threshold-optimizer", "post-processing", constraint, attribute, split,
@@ -169,11 +182,13 @@ def retrain_exponentiated_gradient(data: AuditData, constraint: str = "demograph
     moment = DemographicParity() if constraint == "demographic_parity" else EqualizedOdds()
     mitigator = ExponentiatedGradient(est, moment, eps=eps, max_iter=max_iter)
     start = time.perf_counter()
-    mitigator.fit(X, y, sensitive_features=sens)
+    with _quiet_fairlearn():
+        mitigator.fit(X, y, sensitive_features=sens)
     seconds = time.perf_counter() - start
     start = time.perf_counter()
     groups = ev.groups[attribute].astype(str).to_numpy()
-    pred = np.asarray(mitigator.predict(ev.X.numpy().astype(np.float64), random_state=seed))
+    with _quiet_fairlearn():
+        pred = np.asarray(mitigator.predict(ev.X.numpy().astype(np.float64), random_state=seed))
     predict_seconds = time.perf_counter() - start
     return AlternativeResult(
         "exponentiated-gradient", "retraining", constraint, attribute, split,
