@@ -4,8 +4,8 @@ without disturbing the rest.
 
 `editable_training` fine-tunes a model with
 `CE(batch) + c_stab * KL(before || after the edit, on the batch) + c_edit * edit loss after the
-edit (on the edited example and its equivalents)`, differentiating through `inner_steps` SGD
-steps (with a learned step size) via `torch.func.functional_call`. The result records its
+edit (on the edited example and its equivalents)`, differentiating through `inner_steps` gradient
+SGD steps (with a learned step size) via `torch.func.functional_call`. The result records its
 editable layers and step size in the spec's provenance (`editable_training`); the `enn` editor
 reads them. On a model without that record it is plain gradient descent on those layers.
 """
@@ -35,7 +35,7 @@ PROVENANCE_KEY = "editable_training"
 @dataclass
 class EnnHyper:
     layers: list[str] | None = None  # None: from the model's editable-training record, else the last two Linear
-    lr: float | None = None  # SGD step; None: the learned one in the model's record (else 0.1)
+    lr: float | None = None  # SGD step; None: the learned one in the model's record, else 0.01
     max_steps: int = 10
     margin: float = 0.5  # stop once every requested label wins by this log-prob margin
 
@@ -53,7 +53,7 @@ class Enn(Editor):
     def _settings(self, model, bundle: ModelBundle | None) -> tuple[list[str], float, bool]:
         record = (bundle.spec.provenance.get(PROVENANCE_KEY) if bundle is not None else None) or {}
         layers = resolve_layers(model, self.hparams.layers or record.get("layers"))
-        lr = self.hparams.lr if self.hparams.lr is not None else float(record.get("lr", 0.1))
+        lr = self.hparams.lr if self.hparams.lr is not None else float(record.get("lr", 0.01))
         return layers, lr, bool(record)
 
     def _edit(self, model, data, requirements, device, callback, *, fixes=None, bundle=None):
@@ -88,11 +88,11 @@ class EditableConfig:
     batch_size: int = 64
     lr: float = 3e-4  # Adam on the base model
     inner_steps: int = 3  # differentiable SGD steps of the edit during training
-    init_edit_lr: float = 0.1
-    c_stab: float = 0.1
-    c_edit: float = 0.1
+    init_edit_lr: float = 0.01
+    c_stab: float = 1.0
+    c_edit: float = 0.3
     margin: float = 0.5
-    max_batch: int = 10  # edits per training step: 1..max_batch rows with random wrong labels
+    max_batch: int = 1  # edits per training step: 1..max_batch rows with random wrong labels (1 as in ENN)
     seed: int = 0
 
 
@@ -142,13 +142,14 @@ def editable_training(bundle: ModelBundle, data: AuditData, config: EditableConf
             total = base + config.c_stab * stab + config.c_edit * edit_loss
             opt.zero_grad()
             total.backward()
+            torch.nn.utils.clip_grad_norm_([*model.parameters(), log_lr], 10.0)
             opt.step()
-            totals += [float(total), float(base), float(stab), float(edit_loss)]
+            totals += [float(t.detach()) for t in (total, base, stab, edit_loss)]
         row = dict(zip(["loss", "base", "stability", "edit"], (totals / n_batches).round(5).tolist()))
-        history.append({"epoch": epoch + 1, "edit_lr": float(log_lr.exp()), **row})
+        history.append({"epoch": epoch + 1, "edit_lr": float(log_lr.detach().exp()), **row})
         callback((epoch + 1) / config.epochs, f"epoch {epoch + 1}/{config.epochs}: {row}")
     model.eval()
-    record = {"layers": layers, "lr": float(log_lr.exp()), "margin": config.margin,
+    record = {"layers": layers, "lr": float(log_lr.detach().exp()), "margin": config.margin,
               "config": asdict(config), "base_model_sha256": bundle.sha256}
     name = bundle.spec.provenance.get("name", bundle.name)
     out.spec.provenance = {**out.spec.provenance, "name": f"{name}_editable", PROVENANCE_KEY: record,

@@ -75,7 +75,7 @@ def _load_cached(path: str, mtime: float) -> tuple[GradientEditor, dict]:
 class MendHyper:
     editor_path: str | None = None  # a trained editor file; None: found by the model's sha256 or name
     margin: float = 0.5  # scale the edit until each requested label wins by this log-prob margin
-    search: int = 6  # step multipliers tried: powers of sqrt(2) from 2^-search to 2^search; 0: the learned step
+    search: int = 6  # per-row step multipliers: powers of sqrt(2) from 1/4 up to 2^search; 0: the learned step
 
 
 @register_editor
@@ -119,12 +119,13 @@ class Mend(Editor):
         editor = editor.to(device)
         X, y = fixes.X.to(device), fixes.y.to(device)
         callback(0.1, f"editing {len(y)} example(s) with {path.name}")
-        alpha = apply_editor(model, editor, X, y, self.hparams.margin, self.hparams.search)
+        scales = apply_editor(model, editor, X, y, self.hparams.margin, self.hparams.search)
+        alpha = [round(float(a), 4) for a in scales]
         with torch.no_grad():
             fixed = int((model(X).argmax(1) == y).sum())
         self.log.append({"step": "mend", "editor": path.name, "matched": how, "layers": editor.layer_names,
-                         "examples": len(y), "step_multiplier": alpha, "fixed": fixed})
-        return {"editor_file": str(path), "layers": editor.layer_names, "step_multiplier": alpha,
+                         "examples": len(y), "step_multipliers": alpha, "fixed": fixed})
+        return {"editor_file": str(path), "layers": editor.layer_names, "step_multipliers": alpha,
                 "fixed": fixed, "examples": len(y)}
 
 

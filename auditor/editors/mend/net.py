@@ -101,12 +101,15 @@ class GradientEditor(nn.Module):
             h = block(h, i)
         return h[:, :n_in] @ white, h[:, self.max_in:self.max_in + n_out] * scale
 
-    def forward(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """{layer: weight change} (already multiplied by minus the learned step)."""
+    def forward(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                row_scale: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """{layer: weight change}: minus the learned step times sum_b row_scale_b delta~_b u~_b^T."""
         out = {}
         for i, name in enumerate(self.layer_names):
             u, d = factors[name]
             key, value = self.transform(name, u, d)
+            if row_scale is not None:
+                value = value * row_scale.to(value.dtype)[:, None]
             out[name] = -self.log_lr[i].exp() * (value.T @ key)
         return out
 
@@ -150,45 +153,64 @@ def load_editor(path: str | Path) -> tuple[GradientEditor, dict]:
     return editor.eval(), info
 
 
-def smallest_scale(loss_at, search: int = 6) -> float:
-    """The smallest multiplier 2^(k/2), k = -2*search .. 2*search, at which `loss_at(alpha)` (a
-    per-row margin loss) is zero for every row; else the one with the lowest total loss."""
-    best, best_loss = 1.0, float("inf")
-    for k in range(-2 * search, 2 * search + 1):
-        alpha = 2.0 ** (k / 2)
-        loss = loss_at(alpha)
-        if bool((loss <= 0).all()):
-            return alpha
-        if float(loss.sum()) < best_loss:
-            best, best_loss = alpha, float(loss.sum())
-    return best
+def row_scales(margin_at, n_rows: int, search: int = 6, start: int = -4) -> torch.Tensor:
+    """Per-row step multipliers 2^(k_b/2): every k_b starts at `start`; rows still short of the
+    margin step up (to at most 2*search) until all win. A row whose loss grew with its last step
+    goes back one step and stays (a longer step would not fix it). `margin_at(scales)` gives the
+    per-row margin loss of the edit with those multipliers."""
+    k = torch.full((n_rows,), start, dtype=torch.float64)
+    frozen = torch.zeros(n_rows, dtype=torch.bool)
+    last = None
+    for _ in range(2 * search - start + 1):
+        loss = margin_at(2.0 ** (k / 2)).double()
+        if last is not None:
+            worse = grow & (loss > last)
+            k[worse] -= 1
+            frozen |= worse
+        last = loss
+        grow = (loss > 0) & (k < 2 * search) & ~frozen
+        if not bool(grow.any()):
+            break
+        k[grow] += 1
+    return (2.0 ** (k / 2)).float()
+
+
+def _head(model: nn.Module, first: str) -> nn.Module | None:
+    """The part of an `nn.Sequential` from layer `first` on (its input is that layer's u), else None."""
+    if isinstance(model, nn.Sequential):
+        names = [n for n, _ in model.named_children()]
+        if first in names:
+            return model[names.index(first):]
+    return None
 
 
 def apply_editor(model: nn.Module, editor: GradientEditor, X: torch.Tensor, y: torch.Tensor,
-                 margin: float = 0.0, search: int = 6) -> float:
-    """Edit `model` in place so that X gets labels y; returns the step multiplier used.
+                 margin: float = 0.0, search: int = 6) -> torch.Tensor:
+    """Edit `model` in place so that X gets labels y; returns each row's step multiplier.
 
-    One gradient evaluation gives the editor's change D (MEND). With `search` = 0 the edit is D
-    (the learned step). Otherwise D is scaled by the smallest multiplier (powers of sqrt 2 from
-    2^-search to 2^search) at which every row wins by `margin` (log-prob), so easy fixes move the
-    weights less and hard ones get there.
+    One gradient evaluation gives the editor's edit, a sum of one rank-one term per row (MEND).
+    With `search` = 0 that is the edit (the learned step). Otherwise each row's term is scaled by
+    the smallest power of sqrt 2 (from 1/4 up to 2^search) at which every row wins by `margin`
+    (log-prob), so easy fixes move the weights little and hard ones get there.
     """
     modules = dict(model.named_modules())
     factors, logits = capture_factors(model, editor.layer_names, X, y)
+    if search <= 0:
+        scales = torch.ones(len(y))
+    elif not bool((margin_loss(logits, y, margin) > 0).any()):
+        return torch.zeros(len(y))
+    feats = factors[editor.layer_names[0]][0]
+    head = _head(model, editor.layer_names[0])
+    forward = (lambda: head(feats)) if head is not None and len(feats) == len(X) else (lambda: model(X))
     with torch.no_grad():
-        changes = {name: change.to(modules[name].weight.dtype) for name, change in editor(factors).items()}
-        if search > 0 and bool((margin_loss(logits, y, margin) <= 0).all()):
-            return 0.0
-        original = {name: modules[name].weight.detach().clone() for name in changes}
+        original = {n: modules[n].weight.detach().clone() for n in editor.layer_names}
 
-        def set_scale(alpha: float) -> None:
-            for name, change in changes.items():
-                modules[name].weight.copy_(original[name] + alpha * change)
+        def margin_at(scales: torch.Tensor) -> torch.Tensor:
+            for n, c in editor(factors, scales.to(X.device)).items():
+                modules[n].weight.copy_(original[n] + c.to(original[n].dtype))
+            return margin_loss(forward(), y, margin).cpu()
 
-        def loss_at(alpha: float) -> torch.Tensor:
-            set_scale(alpha)
-            return margin_loss(model(X), y, margin)
-
-        alpha = smallest_scale(loss_at, search) if search > 0 else 1.0
-        set_scale(alpha)
-        return alpha
+        if search > 0:
+            scales = row_scales(margin_at, len(y), search)
+        margin_at(scales)
+    return scales

@@ -23,7 +23,7 @@ from ...fixes import equivalents
 from ...models.files import ModelBundle
 from .hooks import capture_factors, resolve_layers, split_head
 from .hooks import margin_loss
-from .net import GradientEditor, apply_editor, smallest_scale
+from .net import GradientEditor, apply_editor, row_scales
 
 
 @dataclass
@@ -40,7 +40,7 @@ class MendConfig:
     n_noise: int = 4  # noised equivalents per edit (plus four shifts for images)
     misclassified_share: float = 0.5  # share of edits that fix a real training mistake (when there are any)
     margin: float = 0.5  # edit time: scale the step until the requested label wins by this log-prob margin
-    search: int = 6  # edit time: step multipliers 2^-search .. 2^search
+    search: int = 6  # edit time: per-row step multipliers up to 2^search
     val_every: int = 250
     n_val: int = 60
     seed: int = 0
@@ -79,6 +79,11 @@ def _kl(pre_logits: torch.Tensor, post_logits: torch.Tensor) -> torch.Tensor:
                     reduction="batchmean")
 
 
+def _fmt(v: dict) -> str:
+    return " ".join(f"{t}: ES {v[t + '_edit_success']:.3f} gen {v[t + '_generality']:.3f} "
+                    f"changed {v[t + '_changed']:.4f}" for t in ("single", "batch"))
+
+
 def train_mend(bundle: ModelBundle, data: AuditData, config: MendConfig | None = None,
                callback=None) -> tuple[GradientEditor, dict]:
     """A trained `GradientEditor` for `bundle` and a dict of its training record and validation figures."""
@@ -113,15 +118,13 @@ def train_mend(bundle: ModelBundle, data: AuditData, config: MendConfig | None =
 
     def losses(split, rows, target, f_eq, y_eq, loc_rows, scaled: bool = True):
         factors, _ = capture_factors(head, layers, feats[split][rows], target)
-        changes = editor(factors)
-        if scaled and config.search > 0:  # the step the edit will take: just enough to win by the margin
+        scales = None
+        if scaled and config.search > 0:  # the steps the edit will take: just enough to win by the margin
             with torch.no_grad():
-                fixed = {n: c.detach() for n, c in changes.items()}
-                alpha = smallest_scale(lambda a: margin_loss(functional_call(
-                    head, _edited_params(head, {n: a * c for n, c in fixed.items()}), (feats[split][rows],)),
-                    target, config.margin), config.search)
-            changes = {n: alpha * c for n, c in changes.items()}
-        params = _edited_params(head, changes)
+                scales = row_scales(lambda sc: margin_loss(functional_call(
+                    head, _edited_params(head, editor(factors, sc)), (feats[split][rows],)),
+                    target, config.margin), len(target), config.search)
+        params = _edited_params(head, editor(factors, scales))
         post = functional_call(head, params, (torch.cat([feats[split][rows], f_eq]),))
         l_edit = F.cross_entropy(post, torch.cat([target, y_eq]))
         post_loc = functional_call(head, params, (feats[split][loc_rows],))
@@ -160,31 +163,31 @@ def train_mend(bundle: ModelBundle, data: AuditData, config: MendConfig | None =
         val_edits.append((r, t, f_eq, y_eq, torch.as_tensor(np.setdiff1d(np.arange(len(pred["val"])), r))))
 
     def validate() -> dict:
+        """Edit-time procedure on the validation edits: metrics of single edits and of batches."""
         out = {}
         editor.eval()
-        for tag, search in (("", config.search), ("single_", 0)):
-            es = gen = changed = steps = 0.0
-            for r, t, f_eq, y_eq, loc in val_edits:
+        for tag, part in (("single", val_edits[0::2]), ("batch", val_edits[1::2])):
+            es = gen = changed = 0.0
+            for r, t, f_eq, y_eq, loc in part:
                 edited = copy.deepcopy(head)
-                alpha = apply_editor(edited, editor, feats["val"][r], t, config.margin, search)
-                steps += np.log2(max(alpha, 2.0 ** -30))
+                apply_editor(edited, editor, feats["val"][r], t, config.margin, config.search)
                 with torch.no_grad():
                     es += float((edited(feats["val"][r]).argmax(1) == t).float().mean())
                     gen += float((edited(f_eq).argmax(1) == y_eq).float().mean())
                     changed += float((edited(feats["val"][loc]).argmax(1) != pre["val"][loc].argmax(1))
                                      .float().mean())
-            n = len(val_edits)
-            out.update({f"{tag}edit_success": es / n, f"{tag}generality": gen / n,
-                        f"{tag}changed_predictions": changed / n})
-            if search:
-                out["log2_step"] = steps / n
+            n = max(len(part), 1)
+            out.update({f"{tag}_edit_success": es / n, f"{tag}_generality": gen / n,
+                        f"{tag}_changed": changed / n})
         editor.train()
+        out["score"] = sum(out[f"{t}_edit_success"] + out[f"{t}_generality"] - 10 * out[f"{t}_changed"]
+                           for t in ("single", "batch"))
         return out
 
     opt = torch.optim.Adam(editor.parameters(), lr=config.lr)
     history = [{"step": 0, **validate()}]
-    callback(0.0, f"start: {history[0]}")
-    best_state, best_score = copy.deepcopy(editor.state_dict()), -np.inf
+    callback(0.0, f"identity editor: {_fmt(history[0])}")
+    best_state, best_score = copy.deepcopy(editor.state_dict()), history[0]["score"]
     run_edit = run_loc = 0.0
     for step in range(1, config.steps + 1):
         rows, target = sample(int(rng.integers(1, config.max_batch + 1)))
@@ -200,20 +203,14 @@ def train_mend(bundle: ModelBundle, data: AuditData, config: MendConfig | None =
         if step % config.val_every == 0 or step == config.steps:
             v = validate()
             history.append({"step": step, "edit_loss": run_edit, "loc_loss": run_loc, **v})
-            score = v["edit_success"] + 0.5 * v["generality"] - 10 * v["changed_predictions"]
-            if score > best_score:
-                best_score, best_state = score, copy.deepcopy(editor.state_dict())
-            callback(step / config.steps, f"step {step}/{config.steps}: loss {run_edit:.3f}/{run_loc:.4f} ES {v['edit_success']:.3f} "
-                                          f"gen {v['generality']:.3f} changed {v['changed_predictions']:.4f} "
-                                          f"log2 step {v['log2_step']:.2f}; single step: ES "
-                                          f"{v['single_edit_success']:.3f} gen {v['single_generality']:.3f} "
-                                          f"changed {v['single_changed_predictions']:.4f}")
+            if v["score"] > best_score:
+                best_score, best_state = v["score"], copy.deepcopy(editor.state_dict())
+            callback(step / config.steps, f"step {step}/{config.steps}: loss {run_edit:.3f}/{run_loc:.4f} {_fmt(v)}")
     editor.load_state_dict(best_state)
     editor.eval()
     for p in editor.parameters():
         p.requires_grad_(False)
-    best_val = max(history[1:] or history, key=lambda h: h["edit_success"] + 0.5 * h["generality"]
-                   - 10 * h["changed_predictions"])
+    best_val = max(history, key=lambda h: h["score"])
     info = {"model_sha256": bundle.sha256, "model_name": bundle.spec.provenance.get("name", bundle.name),
             "arch": bundle.spec.arch, "data": data.name, "training": asdict(config),
             "initial_log_lr": best[1], "learned_lr": {n: float(editor.log_lr[i].exp())
