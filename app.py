@@ -15,7 +15,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from auditor import AuditorError  # noqa: E402
-from pages.common import PAGES, show_error, sidebar_status  # noqa: E402
+from pages.common import PAGES, StopPage, show_error, sidebar_status  # noqa: E402
 
 st.set_page_config(page_title="Model auditor", page_icon=":material/policy:", layout="wide")
 
@@ -32,6 +32,8 @@ st.sidebar.caption("Audit a PyTorch model against requirements, repair it with a
                    "Work through the steps in order.")
 try:
     page.run()
+except StopPage:
+    pass  # the page ended early on purpose (e.g. no model loaded yet)
 except Exception as exc:  # noqa: BLE001 (st.stop/st.rerun are BaseExceptions and pass through)
     show_error(exc)  # a message on the page, never a traceback
 finally:

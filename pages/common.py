@@ -63,6 +63,14 @@ def sample_catalogue() -> dict[str, dict]:
     return out
 
 
+class StopPage(Exception):
+    """Ends a page early; the frame (app.py) still draws the sidebar, which `st.stop()` would cut off."""
+
+
+def stop() -> None:
+    raise StopPage
+
+
 def get_audit() -> AuditSession | None:
     return st.session_state.get(KEY)
 
@@ -79,7 +87,7 @@ def need_audit() -> AuditSession:
     if audit is None:
         st.info("No model is loaded yet. Start on the **Load** page: the Trojan sample is selected already.")
         st.page_link(PAGES["load"], label="Go to Load", icon=":material/upload_file:")
-        st.stop()
+        stop()
     return audit
 
 

@@ -7,7 +7,7 @@ import torch
 
 from auditor.backend import describe_device
 from auditor.session import editor_settings, format_value
-from pages.common import need_audit, next_step, progress, show_error
+from pages.common import need_audit, next_step, progress, show_error, stop
 
 audit = need_audit()
 st.title("4 · Edit: repair the model")
@@ -25,7 +25,7 @@ else:
 editors = audit.editors()
 if not editors:
     st.warning("No registered editor can edit this model on this data.")
-    st.stop()
+    stop()
 names = [c.name for c in editors]
 by_name = {c.name: c for c in editors}
 kinds = {"rank-one": "closed-form rank-one edit", "learned": "learned editor", "baseline": "baseline"}

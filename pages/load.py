@@ -11,7 +11,7 @@ from auditor.data import BUILTIN
 from auditor.models import ModelSpec
 from auditor.session import AuditSession, csv_columns, read_upload
 from pages.common import (builtin_data, get_audit, next_step, progress, sample_catalogue, sample_model,
-                          set_audit, show_error)
+                          set_audit, show_error, stop)
 
 st.title("1 · Load a model and its data")
 st.caption("The audit works on your own copy of the model: the file and the loaded original are never changed.")
@@ -84,7 +84,7 @@ else:
 audit = get_audit()
 if audit is None:
     st.info("Choose a model and press **Load**. New here? Keep the Trojan sample and press the button.")
-    st.stop()
+    stop()
 st.success(f"Loaded **{audit.model_label}** with data **{audit.data_label}**.")
 ev = audit.evaluate("pristine")
 c1, c2, c3, c4 = st.columns(4)

@@ -7,7 +7,7 @@ from auditor.charts import feature_attribution_chart, layer_ranking_chart
 from auditor.charts_dashboard import ATTRIBUTION_UNIT, pixel_pairs_chart
 from auditor.localize import METHODS
 from auditor.session import editor_settings
-from pages.common import need_audit, next_step, progress, show_error
+from pages.common import need_audit, next_step, progress, show_error, stop
 
 audit = need_audit()
 data = audit.data
@@ -38,7 +38,7 @@ if run or audit.localization is None:
             audit.localize(samples=int(samples), method=method)
     except Exception as exc:  # noqa: BLE001
         show_error(exc)
-        st.stop()
+        stop()
 
 loc = audit.localization
 if loc.model_sha256 != audit.current.sha256:

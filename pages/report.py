@@ -11,7 +11,7 @@ import streamlit as st
 
 from auditor.report import render_html, validate_report, write_pdf
 from auditor.session import format_value
-from pages.common import need_audit, show_error
+from pages.common import need_audit, show_error, stop
 
 audit = need_audit()
 st.title("6 · Report: export the audit")
@@ -38,7 +38,7 @@ if cached is None or cached[0] != key:
             st.session_state["rep_cache"] = cached
     except Exception as exc:  # noqa: BLE001
         show_error(exc)
-        st.stop()
+        stop()
 _, report, doc, html = cached
 
 verdict = doc["verdict"]
