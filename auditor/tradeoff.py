@@ -111,8 +111,8 @@ def _method(m: Method) -> tuple[str, str, dict]:
 def compare(bundle: ModelBundle, data: AuditData, requirements, methods: Sequence[Method], *,
             split: str = "test", device=None, seed: int = 0, samples: int | None = None,
             results: dict[str, EditResult] | None = None, include_original: bool = True,
-            alternatives: Sequence = (), fixes=None, callback: Callback | None = None,
-            strict: bool = False) -> Tradeoff:
+            alternatives: Sequence = (), fixes=None, evaluations: dict | None = None,
+            callback: Callback | None = None, strict: bool = False) -> Tradeoff:
     """Run each method on a copy of `bundle` and evaluate it on `split`.
 
     `methods`: editor names, or `(label, editor, settings)` to run one editor at several
@@ -120,7 +120,9 @@ def compare(bundle: ModelBundle, data: AuditData, requirements, methods: Sequenc
     `samples`/`seed` go to every editor whose settings have them, so all use the same clean
     samples. `alternatives`: results of mitigations that are not weight edits (objects with
     `method`, `kind`, `metrics` on `split`, `seconds`, e.g. fairlearn's ThresholdOptimizer), added
-    as rows. A method that fails gets a row with its `error` (or raises when `strict`).
+    as rows. `evaluations`: `Evaluation`s already taken on `split` (with the original as
+    reference), by label ("original" or a method's), reused. A method that fails gets a row with
+    its `error` (or raises when `strict`).
     """
     reqs = parse_requirements(requirements)
     target = tradeoff_metric(reqs)
@@ -153,7 +155,9 @@ def compare(bundle: ModelBundle, data: AuditData, requirements, methods: Sequenc
                 res = results[label]
                 edited, row["seconds"], row["layers"] = res.bundle, float(res.seconds), list(res.layers)
                 done[label] = res
-            ev = evaluate(edited, data, reqs, split=split, reference=bundle, fixes=fixes)
+            ev = (evaluations or {}).get(label)
+            if ev is None or ev.model_sha256 != edited.sha256 or ev.split != split:
+                ev = evaluate(edited, data, reqs, split=split, reference=bundle, fixes=fixes)
             row.update(value=float(ev.metrics[target.key]), accuracy=float(ev.metrics["accuracy"]),
                        passed=bool(ev.passed), model_sha256=ev.model_sha256)
         except Exception as exc:  # noqa: BLE001 (one failing baseline must not sink the comparison)

@@ -55,14 +55,19 @@ def test_same_seed_same_numbers(tmp_path, monkeypatch):
 
 def test_fairness_audit_with_finetune_fairness(tmp_path, capsys):
     rc = main(["audit", ADULT, "adult", "--require", "demographic_parity <= 0.05", "--require", "accuracy >= 0.82",
-               "--editor", "finetune-fairness", "--baselines", "none", "--json", str(tmp_path / "a.json"),
+               "--editor", "finetune-fairness", "--baselines", "threshold-optimizer", "--json", str(tmp_path / "a.json"),
                "--out", str(tmp_path / "fair.safetensors"), "--no-log"])
     assert rc == 0, capsys.readouterr().out
     d = validate_report(json.loads((tmp_path / "a.json").read_text()))
     dp, acc = d["requirements"]
     assert dp["before"]["value"] > 0.1 and dp["after"]["value"] <= 0.05 and acc["after"]["value"] >= 0.82
     assert load_model(tmp_path / "fair.safetensors").sha256 == d["model"]["sha256_after"]
-    assert d["localization"]["features"] and d["tradeoff"]["rows"][1]["method"] == "finetune-fairness"
+    assert d["localization"]["features"] and d["localization"]["layers"]
+    rows = {r["method"]: r for r in d["tradeoff"]["rows"]}
+    assert list(rows) == ["original", "finetune-fairness", "threshold-optimizer"]
+    assert rows["finetune-fairness"]["value"] == pytest.approx(dp["after"]["value"])
+    assert rows["threshold-optimizer"]["kind"] == "post-processing" and "protected attribute" in rows[
+        "threshold-optimizer"]["note"]
 
 
 def test_requirement_not_met_exits_1(tmp_path, capsys):
@@ -96,7 +101,7 @@ def test_evaluate_and_edit_commands_are_logged(tmp_path, capsys):
     assert main(["evaluate", ADULT, "adult", "--require", "demographic_parity <= 0.05", "--db", db]) == 1
     assert main(["edit", TROJAN, "digits-trojan", "--editor", "static-rank-one-last", "--require",
                  "accuracy >= 0.9", "--out", str(tmp_path / "e.safetensors"), "--db", db]) == 0
-    assert main(["evaluate", ADULT, "adult", "--no-log", "--db", db]) == 0
+    assert main(["evaluate", TROJAN, "digits-trojan", "--no-log", "--db", db]) == 0
     ev, ed = AuditLog(db).entries()
     assert ev.kind == "evaluation" and ev.passed is False and ev.requirements == ["demographic_parity <= 0.05"]
     assert ev.data_name == "adult" and ev.results["metrics"]["demographic_parity"] > 0.1

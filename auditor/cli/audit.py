@@ -36,8 +36,9 @@ def register(sub) -> None:
     p.add_argument("--fix", action="append", default=[], metavar="ROW=LABEL",
                    help="a mistake to fix: row ROW of --split (or SPLIT:ROW) should get LABEL (repeatable)")
     p.add_argument("--baselines", default="auto", metavar="auto|none|A,B",
-                   help="methods for the trade-off chart: auto (every editor that targets the requirement), "
-                        "none, or a comma-separated list of editor names")
+                   help="methods for the trade-off chart: auto (with --editor: every editor that targets the "
+                        "requirement, and fairlearn's ThresholdOptimizer for fairness), none, or a comma-separated "
+                        "list of editor names (and threshold-optimizer, exponentiated-gradient)")
     p.add_argument("--no-localize", action="store_true", help="skip localization (attributions)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu or cuda")
     p.add_argument("--report", metavar="PATH.html", help="write the HTML report (self-contained, opens offline)")

@@ -156,7 +156,7 @@ def _resolve_baselines(baselines, bundle, data, reqs, editor: str | None) -> tup
     target = tradeoff_metric(reqs)
     fair = target is not None and target.metric in ("demographic_parity", "equalized_odds")
     if baselines == "auto":
-        if target is None:
+        if target is None or editor is None:  # no edit, nothing to compare against
             return [], []
         names = baselines_for(bundle, data, target.key, exclude=[editor] if editor else [])
         return names, [a for a in AUTO_ALTERNATIVES if a in alts and fair]
@@ -181,7 +181,8 @@ def run_audit(bundle: ModelBundle, data: AuditData, requirements, *, editor: str
               alternatives: Sequence = ()) -> AuditOutcome:
     """Evaluate `bundle` on `data` against `requirements`; optionally localize, edit with `editor`
     (its `settings`; `samples`/`seed` go to editors that have them), re-evaluate, run the
-    `baselines` ("auto": every registered editor that targets the requirement, "none", or names)
+    `baselines` ("auto": with an editor, every registered editor that targets the requirement; "none";
+    or names)
     for the trade-off chart (plus `alternatives`: results of non-edit mitigations, see
     `auditor.tradeoff.compare`), and build the `Report`. `fixes`: mistakes to fix, for editors of
     mistakes. Metrics after the edit are taken with the original as reference (drawdown,
@@ -228,7 +229,8 @@ def run_audit(bundle: ModelBundle, data: AuditData, requirements, *, editor: str
         methods = ([editor] if editor else []) + base_names
         trade = compare(bundle, data, reqs, methods, split=split, device=dev, seed=seed, samples=samples,
                         results={editor: result} if result is not None else None, alternatives=alternatives,
-                        fixes=fixes, callback=_stage(callback, "tradeoff"))
+                        fixes=fixes, evaluations={"original": before, **({editor: after} if after else {})},
+                        callback=_stage(callback, "tradeoff"))
     callback(_STAGES["tradeoff"][1], "report")
     report = build_report(bundle=bundle, data=data, before=before, after=after, edit=result,
                           edited=None if result is None else result.bundle, localization=loc, tradeoff=trade,
