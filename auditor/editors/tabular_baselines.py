@@ -111,6 +111,7 @@ class FairFineTuneHyper:
     lr: float = 1e-3
     batch_size: int = 512
     rows: int | None = None  # training rows used (None: all)
+    min_group_rows: int = 5  # groups with fewer rows in a batch are left out of that batch's penalty
     seed: int = 0
 
 
@@ -171,7 +172,9 @@ class FairnessFineTune(Editor):
         if target is not None and gap0 <= hp.margin * target:
             return {"metric": metric, "attribute": attribute, "target": target, "val_gap": gap0,
                     "val_accuracy": acc0, "steps": 0, "strength": hp.strength, "reached": True}
-        extra = {"reduce": "sum"} if metric == "equalized_odds" else {}  # gradients reach TPR and FPR gaps
+        extra = {"min_count": max(1, hp.min_group_rows)}
+        if metric == "equalized_odds":
+            extra["reduce"] = "sum"  # gradients reach both the TPR and the FPR gap at every step
         opt = torch.optim.Adam(model.parameters(), lr=hp.lr)
         n_batches = math.ceil(len(X) / hp.batch_size)
         check_every = max(1, n_batches // max(1, hp.checks_per_epoch))
