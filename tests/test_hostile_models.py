@@ -29,6 +29,7 @@ from auditor import AuditorError, UnsafeModelError, load_data, load_model, save_
 from auditor.cli import main
 from auditor.evaluate import check_compatible
 from tests.conftest import ROOT, SAMPLES
+from tests.editor_cases import navigation_mode  # noqa: F401  (fixture)
 from tests.fixtures import tiny_mlp_bundle
 
 FUZZ = int(os.environ.get("AUDITOR_FUZZ_EXAMPLES", "0"))
@@ -490,21 +491,6 @@ def test_onnx_files_that_are_broken_or_out_of_scope(tmp_path, good_onnx):
 
 
 # --- the dashboard keeps working -------------------------------------------------------------------
-@pytest.fixture
-def navigation_mode(monkeypatch):
-    """As in tests/test_app.py: AppTest forgets between runs that `st.navigation` was called and
-    would run a page file alone; hold the flag the way the live server does."""
-    from streamlit.runtime.pages_manager import PagesManager
-
-    init = PagesManager.__init__
-
-    def navigation_init(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", navigation_init)
-
-
 def test_dashboard_shows_one_message_per_hostile_upload_and_keeps_working(tmp_path, good_file, navigation_mode):
     """Streamlit's AppTest drives the Load page: each hostile upload gives an error on the page
     (no exception, no code run), then a sample model still loads."""
