@@ -172,15 +172,18 @@ def tradeoff_chart(rows, metric: str, *, higher_is_better: bool = False, thresho
     thresholds are dashed lines, and the region meeting both is shaded green."""
     recs = [r for r in _records(rows) if r.get("value") is not None and r.get("accuracy") is not None]
     fig = go.Figure()
+    xs = [float(r["value"]) for r in recs] + [v for v in (threshold, 0.0) if v is not None]
+    ys = [float(r["accuracy"]) for r in recs] + [v for v in (accuracy_threshold,) if v is not None]
+    xpad = (max(xs) - min(xs)) * 0.06 or 0.01
+    ypad = (max(ys) - min(ys)) * 0.1 if len(ys) > 1 and max(ys) > min(ys) else 0.01
+    xr, yr = [min(xs) - xpad, max(xs) + xpad], [min(ys) - ypad, min(max(ys) + ypad, 1.0 + ypad)]
     if threshold is not None or accuracy_threshold is not None:
-        xs = [float(r["value"]) for r in recs] or [0.0]
-        lo, hi = min(xs + [threshold or 0.0, 0.0]), max(xs + [threshold or 0.0])
-        pad = (hi - lo) * 0.05 or 0.01
-        x0, x1 = (lo - pad, threshold) if not higher_is_better else (threshold, hi + pad)
         if threshold is None:
-            x0, x1 = lo - pad, hi + pad
-        y0 = accuracy_threshold if accuracy_threshold is not None else 0.0
-        fig.add_shape(type="rect", x0=x0, x1=x1, y0=y0, y1=1.0, fillcolor=PASS, opacity=0.08, line_width=0,
+            x0, x1 = xr
+        else:
+            x0, x1 = (xr[0], threshold) if not higher_is_better else (threshold, xr[1])
+        y0 = accuracy_threshold if accuracy_threshold is not None else yr[0]
+        fig.add_shape(type="rect", x0=x0, x1=x1, y0=y0, y1=yr[1], fillcolor=PASS, opacity=0.08, line_width=0,
                       layer="below")
         if threshold is not None:
             fig.add_vline(x=threshold, line_dash="dash", line_color="#57606a")
@@ -211,8 +214,9 @@ def tradeoff_chart(rows, metric: str, *, higher_is_better: bool = False, thresho
                                  marker={"size": 18 if star else 11, "symbol": symbol, "color": color,
                                          "line": {"width": 1, "color": "#24292f"}},
                                  hovertemplate=hover + "<extra></extra>"))
-    fig.update_layout(xaxis={"title": metric + (" (higher is better)" if higher_is_better else " (lower is better)")},
-                      yaxis={"title": "accuracy"})
+    fig.update_layout(xaxis={"title": metric + (" (higher is better)" if higher_is_better else " (lower is better)"),
+                             "range": xr, "zeroline": False},
+                      yaxis={"title": "accuracy", "range": yr})
     fig = _style(fig, title or f"Trade-off: accuracy vs {metric}", height=400)
     fig.update_layout(legend={"orientation": "v", "x": 1.02, "xanchor": "left", "y": 1, "yanchor": "top"},
                       margin={"r": 170})
