@@ -59,7 +59,7 @@ else:
         if audit.tradeoff_stale:
             st.warning("The model or the requirements changed since this comparison: run it again.")
         t = audit.tradeoff
-        fig = t.figure(highlight=audit.edit_label)
+        fig = t.figure(highlight=audit.edit_label, title=f"Trade-off: test accuracy vs {metric_label(t.metric).lower()}")
         higher = "higher is better" if t.higher_is_better else "lower is better"
         fig.update_layout(xaxis_title=f"{metric_label(t.metric)} ({higher})", yaxis_title="test accuracy",
                           xaxis_tickformat=".0%", yaxis_tickformat=".0%", height=460)
@@ -67,6 +67,7 @@ else:
         rows = t.rows.copy()
         rows["value"] = rows["value"].map(lambda v: format_value(t.metric, v))
         rows["accuracy"] = rows["accuracy"].map(lambda v: format_value("accuracy", v))
+        rows["seconds"] = rows["seconds"].map(lambda v: "" if v != v else f"{v:.2f} s")
         rows["layers"] = rows["layers"].map(lambda v: ", ".join(v) if isinstance(v, (list, tuple)) else "")
         rows = rows.rename(columns={"value": metric_label(t.metric), "seconds": "seconds (wall time)",
                                     "pareto": "on Pareto front", "passed": "meets all requirements"})

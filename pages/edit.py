@@ -6,7 +6,7 @@ import streamlit as st
 import torch
 
 from auditor.backend import describe_device
-from auditor.session import editor_settings, format_value
+from auditor.session import editor_settings, format_value, metric_label
 from pages.common import need_audit, next_step, progress, show_error, stop
 
 audit = need_audit()
@@ -29,9 +29,15 @@ if not editors:
 names = [c.name for c in editors]
 by_name = {c.name: c for c in editors}
 kinds = {"rank-one": "closed-form rank-one edit", "learned": "learned editor", "baseline": "baseline"}
+explain = {"rank-one": "changes one layer's weight matrix by a rank-one update (one direction in, one out), "
+                       "computed in closed form so that the layer treats a corrupted input like its clean twin.",
+           "learned": "a network trained on many models of this family outputs the weight change in one pass.",
+           "baseline": "what practitioners would otherwise do (fine-tuning, pruning, ...), run here for comparison."}
 name = st.selectbox("Editor (best suited to the failing requirements first)", names, key="edit_editor",
                     format_func=lambda n: f"{n} ({kinds.get(by_name[n].kind, by_name[n].kind)}): "
                                           f"{by_name[n].description}")
+st.caption(f"**{name}**: {by_name[name].description}. {kinds.get(by_name[name].kind, by_name[name].kind).capitalize()}: "
+           f"{explain.get(by_name[name].kind, '')}")
 settings = {}
 with st.expander("Settings (the defaults work)", expanded=False):
     for s in editor_settings(by_name[name], audit.current, audit.data):
@@ -68,7 +74,7 @@ if audit.edits:
     before = audit.evaluate("pristine").metrics
     for i, rec in enumerate(audit.edits):
         r = rec.result
-        changes = "; ".join(f"{metric_key}: {format_value(metric_key, before.get(metric_key))} → "
+        changes = "; ".join(f"{metric_label(metric_key)}: {format_value(metric_key, before.get(metric_key))} → "
                             f"{format_value(metric_key, rec.metrics_after.get(metric_key))}"
                             for metric_key in dict.fromkeys(q.split(" ")[0] for q in rec.requirements))
         c1, c2 = st.columns([5, 1], vertical_alignment="center")

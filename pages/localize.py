@@ -25,9 +25,10 @@ elif data.kind == "tabular":
                 + (f", and which layers carry the gap in scores between the groups of **{data.primary_protected}**."
                    if data.protected else "."))
 
-c1, c2, c3 = st.columns([1, 1, 2])
-samples = c1.number_input("Clean samples", 1, 64, 1, key="loc_samples", disabled=not has_pairs,
-                          help="Clean examples, each with its corrupted twin. One is enough for a Trojan.")
+c1, c2, c3 = st.columns([1, 1, 2], vertical_alignment="bottom")
+samples = (c1.number_input("Clean samples", 1, 64, 1, key="loc_samples",
+                           help="Clean examples, each with its corrupted twin. One is enough for a Trojan.")
+           if has_pairs else 1)
 method = c2.selectbox("Attribution method", METHODS, key="loc_method", format_func=lambda m: m.replace("_", " "),
                       help="Integrated gradients (default) or conductance, both from Captum.")
 run = c3.button("Run localization again" if audit.localization else "Run localization", key="loc_run")
@@ -53,6 +54,9 @@ if loc.ranking is not None:
     fig.update_layout(xaxis_title="share of the attribution score (%); the top layer (gold) is the best to edit",
                       yaxis_title="layer", height=max(260, 90 + 40 * len(ranking)))
     st.plotly_chart(fig, key="loc_layers")
+    if fair:
+        st.caption(f"Integrated gradients from {ranking.iloc[0]['low_group']} rows to {ranking.iloc[0]['high_group']} "
+                   "rows: how much of the gap in the positive score flows consistently through each layer's units.")
     st.caption(f"Top-ranked layer: **{loc.top_layer}** ({ranking.iloc[0]['percent']:.1f} % of the score).")
 if loc.pixels is not None:
     st.subheader("Pixels: clean vs corrupted, side by side")

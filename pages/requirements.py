@@ -18,16 +18,22 @@ def is_count(key: str) -> bool:
     return METRICS[base_metric(key)].unit == "count"
 
 
-now = {r.expr: r for r in audit.evaluate().requirements}
+def unit(key: str) -> str:
+    """The unit of a threshold field: percent, percentage points for gaps, none for counts."""
+    shown = format_value(key, 0.0)
+    return " (pp)" if shown.endswith("pp") else " (%)" if shown.endswith("%") else ""
+
+
 for i, req in enumerate(list(audit.requirements)):
     c1, c2, c3, c4 = st.columns([4, 2, 2, 1], vertical_alignment="center")
-    c1.markdown(f"**{requirement_sentence(req.key, req.op, req.threshold)}**  \n"
-                f"`{req.expr}`: {metric_help(req.key)}")
     scale = 1.0 if is_count(req.key) else 100.0
-    value = c2.number_input("threshold" + ("" if scale == 1 else " (%)"), value=float(req.threshold * scale),
+    value = c2.number_input(f"threshold{unit(req.key)}", value=float(req.threshold * scale),
                             step=1.0 if scale == 1 else 0.5, format="%.2f", key=f"req_thr_{req.key}_{req.op}")
     if abs(value / scale - req.threshold) > 1e-12:
         audit.set_threshold(i, value / scale)
+        req = audit.requirements[i]
+    c1.markdown(f"**{requirement_sentence(req.key, req.op, req.threshold)}**  \n"
+                f"`{req.expr}`: {metric_help(req.key)}")
     res = audit.evaluate().requirements[i]
     c3.markdown(f"now **{format_value(req.key, res.value)}**  \n"
                 + (":green[✔ passes]" if res.passed else ":red[✘ fails]"))
@@ -50,7 +56,7 @@ if options:
                       format_func=lambda o: "at most" if o == "<=" else "at least")
     scale = 1.0 if is_count(key) else 100.0
     current = audit.evaluate().metrics[key]
-    thr = a3.number_input("threshold" + ("" if scale == 1 else " (%)"), value=round(float(current * scale), 2),
+    thr = a3.number_input(f"threshold{unit(key)}", value=round(float(current * scale), 2),
                           step=1.0 if scale == 1 else 0.5, format="%.2f", key=f"req_add_thr_{key}",
                           help=f"Now: {format_value(key, current)}")
     if a4.button("Add", type="primary", key="req_add"):

@@ -1,0 +1,254 @@
+"""The dashboard in headless Chromium (Playwright): two complete audits, clicked through like a user.
+
+Starts `streamlit run app.py` on a free port, then: the Trojan sample (load, localize, dynamic
+rank-one with one clean sample, compare, export) and the Adult sample (fairness requirement,
+fairness edit, compare, export). Screenshots of every page go to `test-artifacts/`; the
+downloaded reports must say what the page said. Skips only when Chromium is missing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from auditor import load_data, load_model
+from auditor.evaluate import evaluate
+from auditor.session import format_value
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = os.environ.get("AUDITOR_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+WIDTH = 1400
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium); the browser test needs it")
+    pytest.importorskip("playwright.sync_api", reason="playwright (pip install playwright) drives the browser")
+    port = _free_port()
+    ARTIFACTS.mkdir(exist_ok=True)
+    for old in ARTIFACTS.glob("*.png"):
+        if old.name.startswith(("trojan-", "adult-", "failure-")):
+            old.unlink()
+    log = open(ARTIFACTS / "streamlit.log", "w")
+    env = {**os.environ, "AUDITOR_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+                             "--server.port", str(port), "--browser.gatherUsageStats", "false"],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+            if proc.poll() is not None:
+                pytest.fail(f"streamlit exited with {proc.returncode}; see {ARTIFACTS / 'streamlit.log'}")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def settle(page, timeout: float = 120) -> None:
+    """Wait until the script run is over, no element is stale or still loading."""
+    page.wait_for_timeout(300)
+    page.wait_for_function("""() => {
+        const app = document.querySelector('[data-test-script-state]');
+        if (!app || app.getAttribute('data-test-script-state') === 'running') return false;
+        return !document.querySelector('[data-testid="stSkeleton"], [data-stale="true"]'); }""",
+                           timeout=timeout * 1000)
+    page.wait_for_timeout(400)
+
+
+def shot(page, name: str) -> Path:
+    """A screenshot of the whole page (the viewport grown to the content's height)."""
+    height = page.evaluate("""() => { const m = document.querySelector('[data-testid="stMain"]');
+                                      return m ? m.scrollHeight : 1000; }""")
+    page.set_viewport_size({"width": WIDTH, "height": int(min(max(height, 900), 7000))})
+    page.wait_for_timeout(700)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size({"width": WIDTH, "height": 1000})
+    return path
+
+
+def go(page, title: str) -> None:
+    page.locator("[data-testid=stSidebarNavLink]", has_text=title).click()
+    settle(page)
+
+
+def errors_on(page) -> list[str]:
+    return page.locator("[data-testid=stAlertContentError], [data-testid=stException]").all_inner_texts()
+
+
+def download(page, label: str, tmp_path: Path) -> Path:
+    with page.expect_download(timeout=180_000) as info:
+        page.get_by_role("button", name=label).click()
+    path = tmp_path / info.value.suggested_filename
+    info.value.save_as(path)
+    return path
+
+
+def export_and_check(page, tmp_path: Path, prefix: str, auditor: str) -> dict:
+    """On the Report page: sign, download HTML/JSON/PDF, and check they say what the page says."""
+    go(page, "Report")
+    page.get_by_label("Auditor's name").fill(auditor)
+    page.get_by_label("Auditor's name").press("Enter")
+    settle(page)
+    verdict = page.locator("[data-testid=stAlert]", has_text="Verdict").first.inner_text()
+    shot(page, f"{prefix}-6-report")
+    doc = json.loads(download(page, "Download JSON", tmp_path).read_text())
+    status = doc["verdict"]["status"]
+    assert f"Verdict: {status}." in verdict and doc["verdict"]["summary"] in verdict
+    assert doc["signoff"]["auditor"] == auditor
+    table = page.locator("[data-testid=stTable]").first.inner_text()
+    for r in doc["requirements"]:  # the numbers on the page are the report's numbers
+        shown_expr = r["expr"].replace("<=", "≤").replace(">=", "≥")  # Streamlit's markdown typography
+        assert shown_expr in table and format_value(r["metric"], r["before"]["value"]) in table
+        assert r["after"] is None or format_value(r["metric"], r["after"]["value"]) in table
+    html = download(page, "Download HTML", tmp_path).read_text()
+    assert doc["verdict"]["summary"] in html and auditor in html
+    pdf = download(page, "Download PDF", tmp_path)
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+    if shutil.which("pdftotext"):
+        text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True).stdout
+        assert status in text and auditor in text
+    assert not errors_on(page)
+    return doc
+
+
+@pytest.fixture
+def page(browser, request):
+    """A fresh browser tab (a new Streamlit session); a screenshot of it when the test fails."""
+    tab = browser.new_page(viewport={"width": WIDTH, "height": 1000}, accept_downloads=True)
+    yield tab
+    if getattr(request.node, "_failed", False) or request.session.testsfailed:
+        try:
+            shot(tab, f"failure-{request.node.name}")
+        except Exception:  # noqa: BLE001
+            pass
+    tab.close()
+
+
+def test_trojan_audit(page, server, tmp_path):
+    page.goto(server)
+    page.get_by_role("button", name="Load model and data").click(timeout=120_000)
+    page.get_by_text("Loaded digits_cnn_trojan").wait_for(timeout=120_000)
+    settle(page)
+    shot(page, "trojan-1-load")
+    bundle, data = load_model(ROOT / "sample_models/digits_cnn_trojan.safetensors"), load_data("digits-trojan")
+    asr = evaluate(bundle, data).metrics["attack_success_rate"]
+    assert format_value("attack_success_rate", asr) in page.locator("[data-testid=stSidebar]").inner_text()
+
+    go(page, "Localize")
+    note = page.get_by_text(re.compile(r"^Top-ranked layer: "))
+    note.wait_for()
+    top = re.search(r"Top-ranked layer: (\w+)", note.inner_text()).group(1)
+    shot(page, "trojan-2-localize")
+
+    go(page, "Requirements")
+    assert "Attack success rate must be at most 2.00 %" in page.locator("[data-testid=stMain]").inner_text()
+    shot(page, "trojan-3-requirements")
+
+    go(page, "Edit")
+    page.get_by_role("button", name="Run dynamic-rank-one").click()
+    page.get_by_text("Edit 1: dynamic-rank-one").wait_for(timeout=120_000)
+    settle(page)
+    text = page.locator("[data-testid=stMain]").inner_text()
+    assert "all requirements hold" in text and top in text
+    model = load_model(download(page, "Download the edited model (.safetensors)", tmp_path))
+    after = evaluate(model, data).metrics["attack_success_rate"]
+    assert after <= 0.02 and f"→ {format_value('attack_success_rate', after)}" in text
+    shot(page, "trojan-4-edit")
+
+    go(page, "Compare")
+    page.get_by_role("button", name="Run the comparison").click()
+    page.get_by_text(re.compile(r"methods compared on the test split")).wait_for(timeout=180_000)
+    settle(page, 180)
+    page.get_by_text("Where the weights changed").wait_for()
+    shot(page, "trojan-5-compare")
+    assert not errors_on(page)
+
+    doc = export_and_check(page, tmp_path, "trojan", "A. Tester")
+    assert doc["verdict"]["status"] == "PASS"
+    assert doc["tradeoff"] and any(r["method"] == "finetune" for r in doc["tradeoff"]["rows"])
+
+
+def test_adult_audit(page, server, tmp_path):
+    page.goto(server)
+    page.locator("[data-testid=stSelectbox]", has_text="Sample model").click(timeout=120_000)
+    page.get_by_role("option", name=re.compile("^adult_mlp")).click()
+    settle(page)
+    page.get_by_role("button", name="Load model and data").click()
+    page.get_by_text("Loaded adult_mlp").wait_for(timeout=120_000)
+    settle(page)
+    shot(page, "adult-1-load")
+
+    go(page, "Localize")
+    page.get_by_text("Features: what drives the predictions").wait_for()
+    shot(page, "adult-2-localize")
+
+    go(page, "Requirements")  # the fairness requirement: demographic parity, tightened to 4 pp
+    field = page.get_by_label("threshold (pp)").first
+    field.fill("4")
+    field.press("Enter")
+    settle(page)
+    main = page.locator("[data-testid=stMain]").inner_text()
+    assert "Demographic parity must be at most 4.00 pp" in main and "fails" in main
+    shot(page, "adult-3-requirements")
+
+    go(page, "Edit")
+    page.get_by_role("button", name="Run finetune-fairness").click()
+    page.get_by_text("Edit 1: finetune-fairness").wait_for(timeout=180_000)
+    settle(page)
+    shot(page, "adult-4-edit")
+
+    go(page, "Compare")
+    page.get_by_role("button", name="Run the comparison").click()
+    page.get_by_text(re.compile(r"methods compared on the test split")).wait_for(timeout=180_000)
+    settle(page, 180)
+    page.get_by_text("Attributions before and after").wait_for()
+    settle(page)
+    shot(page, "adult-5-compare")
+    assert not errors_on(page)
+
+    doc = export_and_check(page, tmp_path, "adult", "B. Tester")
+    dp = next(r for r in doc["requirements"] if r["metric"] == "demographic_parity")
+    assert dp["threshold"] == pytest.approx(0.04) and dp["after"]["value"] < dp["before"]["value"]
+
