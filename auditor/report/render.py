@@ -30,6 +30,7 @@ PRINT_WIDTH = 700  # px: A4 width less the page margins at 96 dpi
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
                   "--no-default-browser-check", "--hide-scrollbars", "--no-pdf-header-footer",
+                  "--print-to-pdf-no-header",
                   "--run-all-compositor-stages-before-draw", "--virtual-time-budget=15000"]
 
 
@@ -194,7 +195,7 @@ def render_html(report: Report | dict, *, static: bool = False) -> str:
         config["displayModeBar"] = False
     return _env().get_template("template.html").render(
         r=d, charts=charts_by_section, static=static, plotly_src=_plotly_data_uri(), metric_info=metric_info,
-        config=json.dumps(config), n_charts=n)
+        config=json.dumps(config), n_charts=n, print_width=PRINT_WIDTH)
 
 
 def write_html(report: Report | dict, path: str | os.PathLike, *, static: bool = False) -> Path:
