@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 SCHEMA_VERSION = "1.0"
+MAX_ARRAY = 10_000  # larger tensors/arrays (e.g. in an editor's extras) are summarised by shape
 VOLATILE_KEYS = ("seconds", "generated")
 LIBRARIES = ("auditor", "torch", "captum", "numpy", "pandas", "scikit-learn", "fairlearn", "safetensors",
              "plotly", "jinja2")
@@ -30,10 +31,11 @@ def jsonable(value: Any) -> Any:
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set)):
         return [jsonable(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return jsonable(value.detach().cpu().tolist())
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        if (value.size if isinstance(value, np.ndarray) else value.numel()) > MAX_ARRAY:
+            return {"shape": list(value.shape), "dtype": str(value.dtype)}
+        arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+        return jsonable(arr.tolist())
     if isinstance(value, (np.bool_, bool)):
         return bool(value)
     if isinstance(value, (np.integer, int)):
