@@ -269,8 +269,10 @@ def _dist_info() -> tuple[int, int]:
 
 
 def build_population(task: str, n_models: int = DEFAULT_SIZE, workers: int = 1, base_seed: int = 0,
-                     splits=SPLIT_NAMES, callback: Callback | None = None) -> dict[str, int]:
-    """Train every missing member of the first `n_models` and cache them; returns members per split.
+                     splits=SPLIT_NAMES, callback: Callback | None = None,
+                     limit: int | None = None) -> dict[str, int]:
+    """Train every missing member of the first `n_models` (of only the first `limit` members of each
+    split, when given) and cache them; returns members per split.
 
     Parallel over `workers` processes; under `torchrun` (an initialised process group) every rank
     trains its share and rank 0 writes the cache."""
@@ -278,7 +280,7 @@ def build_population(task: str, n_models: int = DEFAULT_SIZE, workers: int = 1, 
     rank, world = _dist_info()
     counts = {}
     for split in splits:
-        want = split_indices(task, split, n_models)
+        want = split_indices(task, split, n_models)[:limit]
         path = cache_path(task, split, base_seed)
         have, _ = _read_cache(path)
         missing = [i for i in want if i not in have]

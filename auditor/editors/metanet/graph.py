@@ -121,30 +121,55 @@ class Member:
         return self.st.sizes
 
 
-@torch.no_grad()
-def prepare(model: nn.Module, X_ref: torch.Tensor) -> Member:
-    """Read `model` (an MLP) as a graph with statistics from the reference rows `X_ref`."""
+def prepare(model: nn.Module, X_ref: torch.Tensor, probes=()) -> Member:
+    """Read `model` (an MLP) as a graph with statistics from the reference rows `X_ref`.
+
+    `probes`: functions logits -> scalar loss (e.g. a fairness gap on the reference rows); the
+    gradient of each with respect to every weight and bias, divided by its root mean square over
+    the model, becomes one more edge and node feature (what a gradient step would change)."""
     layers = mlp_layers(model)
     sizes = (layers[0][1].in_features, *[m.out_features for _, m in layers])
     st = structure(sizes)
     dev = layers[0][1].weight.device
-    h = X_ref.to(dev, torch.float32)
+    X_ref = X_ref.to(dev, torch.float32)
     weights = [m.weight.detach().float() for _, m in layers]
     biases = [m.bias.detach().float() if m.bias is not None else torch.zeros(m.out_features, device=dev)
               for _, m in layers]
-    node_rows = [torch.stack([torch.zeros(sizes[0], device=dev), h.mean(0), h.std(0), (h != 0).float().mean(0)], 1)]
-    act_mean, act_std = [], []
-    for i, (W, b) in enumerate(zip(weights, biases)):
-        act_mean.append(h.mean(0))
-        act_std.append(h.std(0))
-        pre = h @ W.T + b
-        node_rows.append(torch.stack([b, pre.mean(0), pre.std(0), (pre > 0).float().mean(0)], 1))
-        h = pre.relu() if i < len(weights) - 1 else pre
-    edge_rows = []
-    for W, m, s in zip(weights, act_mean, act_std):
-        edge_rows.append(torch.stack([W.reshape(-1), (W * s).reshape(-1), (W * m).reshape(-1)], 1))
-    return Member([n for n, _ in layers], st, weights, biases, torch.cat(node_rows), torch.cat(edge_rows),
-                  act_mean, act_std)
+    with torch.no_grad():
+        h = X_ref
+        node_rows = [torch.stack([torch.zeros(sizes[0], device=dev), h.mean(0), h.std(0),
+                                  (h != 0).float().mean(0)], 1)]
+        act_mean, act_std = [], []
+        for i, (W, b) in enumerate(zip(weights, biases)):
+            act_mean.append(h.mean(0))
+            act_std.append(h.std(0))
+            pre = h @ W.T + b
+            node_rows.append(torch.stack([b, pre.mean(0), pre.std(0), (pre > 0).float().mean(0)], 1))
+            h = pre.relu() if i < len(weights) - 1 else pre
+        edge_rows = [torch.stack([W.reshape(-1), (W * s).reshape(-1), (W * m).reshape(-1)], 1)
+                     for W, m, s in zip(weights, act_mean, act_std)]
+    node_x, edge_x = torch.cat(node_rows), torch.cat(edge_rows)
+    if probes:
+        node_g, edge_g = [], []
+        for probe in probes:
+            ps = [t.clone().requires_grad_(True) for t in (*weights, *biases)]
+            Ws, bs = ps[:len(weights)], ps[len(weights):]
+            with torch.enable_grad():
+                h = X_ref
+                for i, (W, b) in enumerate(zip(Ws, bs)):
+                    h = h @ W.T + b
+                    if i < len(Ws) - 1:
+                        h = h.relu()
+                grads = torch.autograd.grad(probe(h), ps, allow_unused=True)
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(ps, grads)]
+            gw = torch.cat([g.reshape(-1) for g in grads[:len(weights)]])
+            gb = torch.cat([torch.zeros(sizes[0], device=dev)] + list(grads[len(weights):]))
+            rms = torch.cat([gw, gb]).pow(2).mean().sqrt().clamp_min(1e-12)
+            edge_g.append(gw / rms)
+            node_g.append(gb / rms)
+        node_x = torch.cat([node_x, torch.stack(node_g, 1)], 1)
+        edge_x = torch.cat([edge_x, torch.stack(edge_g, 1)], 1)
+    return Member([n for n, _ in layers], st, weights, biases, node_x.detach(), edge_x.detach(), act_mean, act_std)
 
 
 @dataclass

@@ -36,8 +36,10 @@ class NetConfig:
     hidden: int = 32
     layers: int = 3
     max_depth: int = 4  # Linear layers
+    n_probes: int = 0  # gradient features per node and edge (see graph.prepare)
     init_scale: float = 0.01
     mask_temperature: float = 1.0
+    fold_means: bool = False  # add the mean contribution of removed weights to the next bias (measured: hurts)
 
 
 class MPLayer(nn.Module):
@@ -50,11 +52,11 @@ class MPLayer(nn.Module):
         self.e_self, self.e_src, self.e_dst = nn.Linear(d, d), nn.Linear(d, d, bias=False), nn.Linear(d, d, bias=False)
         self.e_out = nn.Linear(d, d)
         self.h_norm = nn.LayerNorm(3 * d)
-        self.h_mlp = nn.Sequential(nn.Linear(3 * d, d), nn.GELU(), nn.Linear(d, d))
+        self.h_mlp = nn.Sequential(nn.Linear(3 * d, d), nn.ReLU(), nn.Linear(d, d))
 
     def forward(self, h: torch.Tensor, e: torch.Tensor, g: GraphBatch) -> tuple[torch.Tensor, torch.Tensor]:
         hn, en = self.norm_h(h), self.norm_e(e)
-        e = e + self.e_out(F.gelu(self.e_self(en) + self.e_src(hn)[g.src] + self.e_dst(hn)[g.dst]))
+        e = e + self.e_out(F.relu(self.e_self(en) + self.e_src(hn)[g.src] + self.e_dst(hn)[g.dst]))
         zero = h.new_zeros(h.shape)
         agg_in = zero.index_add(0, g.dst, e) * g.inv_deg_in
         agg_out = zero.index_add(0, g.src, e) * g.inv_deg_out
@@ -70,7 +72,7 @@ class EdgeHead(nn.Module):
 
     def forward(self, h, e, g: GraphBatch, zc: torch.Tensor) -> torch.Tensor:
         u = self.pe(e) + self.ps(h)[g.src] + self.pd(h)[g.dst]  # (E, d)
-        return self.out(F.gelu(u.unsqueeze(1) + zc[g.edge_member]))  # (E, K, n_out)
+        return self.out(F.relu(u.unsqueeze(1) + zc[g.edge_member]))  # (E, K, n_out)
 
 
 class NodeHead(nn.Module):
@@ -80,7 +82,7 @@ class NodeHead(nn.Module):
         self.out = nn.Linear(d, n_out)
 
     def forward(self, h, g: GraphBatch, zc: torch.Tensor) -> torch.Tensor:
-        return self.out(F.gelu(self.p(h).unsqueeze(1) + zc[g.node_member]))  # (N, K, n_out)
+        return self.out(F.relu(self.p(h).unsqueeze(1) + zc[g.node_member]))  # (N, K, n_out)
 
 
 class MetaNet(nn.Module):
@@ -88,11 +90,11 @@ class MetaNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         d, P = cfg.hidden, cfg.max_depth + 1
-        self.node_in = nn.Linear(NODE_FEATURES, d)
-        self.edge_in = nn.Linear(EDGE_FEATURES, d)
+        self.node_in = nn.Linear(NODE_FEATURES + cfg.n_probes, d)
+        self.edge_in = nn.Linear(EDGE_FEATURES + cfg.n_probes, d)
         self.node_pos = nn.Embedding(cfg.n_inputs + cfg.n_classes + P * P, d)
         self.edge_pos = nn.Embedding(P * P, d)
-        self.cond = nn.Sequential(nn.Linear(cfg.cond_dim, d), nn.GELU(), nn.Linear(d, d))
+        self.cond = nn.Sequential(nn.Linear(cfg.cond_dim, d), nn.ReLU(), nn.Linear(d, d))
         self.layers = nn.ModuleList(MPLayer(d) for _ in range(cfg.layers))
         self.norm_h, self.norm_e = nn.LayerNorm(d), nn.LayerNorm(d)
         n_edge_out = 2 if cfg.mode == "prune" else 1
@@ -112,11 +114,18 @@ class MetaNet(nn.Module):
 
     def forward(self, g: GraphBatch, cond: torch.Tensor) -> dict[str, torch.Tensor]:
         """`cond`: (B, K, cond_dim). Returns dw (E, K), db (N, K) and keep (E, K) / gate (N, K)."""
+        return self.heads(g, *self.encode(g), cond)
+
+    def encode(self, g: GraphBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Message passing: final node and edge features (independent of the requirement strength)."""
         h = self.node_in(g.node_x) + self.node_pos(g.node_pos)
         e = self.edge_in(g.edge_x) + self.edge_pos(g.edge_pos)
         for layer in self.layers:
             h, e = layer(h, e, g)
-        h, e = self.norm_h(h), self.norm_e(e)
+        return self.norm_h(h), self.norm_e(e)
+
+    def heads(self, g: GraphBatch, h: torch.Tensor, e: torch.Tensor, cond: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Head outputs for the strengths in `cond` (cheap: run once per strength grid)."""
         zc = self.cond(cond)  # (B, K, d)
         eo = self.edge_head(h, e, g, zc)
         no = self.node_head(h, g, zc)
@@ -172,7 +181,7 @@ def assemble(net_cfg: NetConfig, g: GraphBatch, out: dict[str, torch.Tensor], ta
     (n_inputs,): raw-feature index of every input (-1: not in any group, always kept).
     Returns, per member, {"params": {name: (K, ...)}, "soft": soft-mask tensor or None,
     "hard_kept": per-condition count kept}. Pruned weights and dropped first-layer columns are
-    exactly zero; the mean contribution of what was removed is folded into the next bias."""
+    exactly zero (with `fold_means`, the mean contribution of what was removed goes into the next bias)."""
     results = []
     T = net_cfg.mask_temperature
     for b, m in enumerate(g.members):
@@ -183,6 +192,10 @@ def assemble(net_cfg: NetConfig, g: GraphBatch, out: dict[str, torch.Tensor], ta
             n_in, n_out = st.sizes[l - 1], st.sizes[l]
             dws.append(out["dw"][eo + st.edge_offsets[l - 1]:eo + st.edge_offsets[l]].T.reshape(K, n_out, n_in))
             dbs.append(out["db"][no + st.node_offsets[l]:no + st.node_offsets[l + 1]].T)
+        if net_cfg.mode == "residual":  # the strength scales the edit: strength 0 is the identity
+            t = targets[b].to(out["dw"].dtype)
+            dws = [dW * t.view(K, 1, 1) for dW in dws]
+            dbs = [db * t.view(K, 1) for db in dbs]
         Ws = [W.unsqueeze(0) + dW for W, dW in zip(m.weights, dws)]
         bs = [bias.unsqueeze(0) + db for bias, db in zip(m.biases, dbs)]
         soft, kept = None, None
@@ -194,7 +207,8 @@ def assemble(net_cfg: NetConfig, g: GraphBatch, out: dict[str, torch.Tensor], ta
             kept = n_total - n_prune
             for l in range(st.depth):
                 M = mask[st.edge_offsets[l]:st.edge_offsets[l + 1]].T.reshape(K, *m.weights[l].shape)
-                bs[l] = bs[l] + torch.einsum("koi,oi,i->ko", 1 - M, m.weights[l], m.act_mean[l])
+                if net_cfg.fold_means:
+                    bs[l] = bs[l] + torch.einsum("koi,oi,i->ko", 1 - M, m.weights[l], m.act_mean[l])
                 Ws[l] = Ws[l] * M
         elif net_cfg.mode == "gate":
             if group_index is None:
@@ -210,7 +224,8 @@ def assemble(net_cfg: NetConfig, g: GraphBatch, out: dict[str, torch.Tensor], ta
             kept = n_keep
             ones = gmask.new_ones(1, K)
             M_in = torch.where(valid.unsqueeze(1), gmask[group_index.clamp_min(0)], ones)  # (n_inputs, K)
-            bs[0] = bs[0] + torch.einsum("ki,oi,i->ko", 1 - M_in.T, m.weights[0], m.act_mean[0])
+            if net_cfg.fold_means:
+                bs[0] = bs[0] + torch.einsum("ki,oi,i->ko", 1 - M_in.T, m.weights[0], m.act_mean[0])
             Ws[0] = Ws[0] * M_in.T.unsqueeze(1)
         params = {}
         for name, W, bias in zip(m.names, Ws, bs):

@@ -104,7 +104,10 @@ class TrainSettings:
     hidden: int = 32
     layers: int = 3
     fairness_weight: float = 3.0  # loss weight of the fairness gap at strength 1
-    fairness_temperature: float = 0.5  # sigmoid temperature of the soft prediction in the gap
+    fairness_temperature: float = 0.2  # sigmoid temperature of the soft prediction in the gap
+    gradient_features: bool = True  # fairness: gradients of the gap, cross-entropy and rate as features
+    label_weight: float = 0.0  # weight of cross-entropy with the labels, added to the divergence
+    rate_weight: float = 10.0  # fairness: weight of the squared change of the overall positive rate
     mask_weight: float = 0.1  # weight of the soft-mask budget term (pruning, minimisation)
     sparsity_low: float = 0.5
     sparsity_high: float = 0.97
@@ -115,12 +118,37 @@ class TrainSettings:
     threads: int = 1  # torch threads per process
 
 
-def reference_rows(data: AuditData, n: int, seed: int = 0) -> torch.Tensor:
+def reference_index(data: AuditData, n: int, seed: int = 0) -> torch.Tensor:
     """The fixed rows of the training split whose activations describe a model's neurons."""
-    X = data.train.X
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(X), generator=g)[:min(n, len(X))].sort().values
-    return X[idx]
+    return torch.randperm(len(data.train), generator=g)[:min(n, len(data.train))].sort().values
+
+
+def reference_rows(data: AuditData, n: int, seed: int = 0) -> torch.Tensor:
+    return data.train.X[reference_index(data, n, seed)]
+
+
+def make_probes(mode: str, metric: str, data: AuditData, n: int, seed: int, attribute: str | None,
+                temperature: float, groups: list[str] | None = None) -> list:
+    """Gradient probes on the reference rows (fairness editors: the soft gap, the cross-entropy with the
+    labels and the overall positive rate)."""
+    if mode != "residual":
+        return []
+    idx = reference_index(data, n, seed)
+    y = data.train.y[idx]
+    codes, _ = group_codes(data.train.groups[attribute].iloc[idx.numpy()], groups)
+
+    def gap(logits):
+        return fairness_gap(metric, positive_probability(logits, temperature), y.to(logits.device),
+                            codes.to(logits.device))
+
+    def ce(logits):
+        return nn.functional.cross_entropy(logits, y.to(logits.device))
+
+    def rate(logits):  # the overall positive rate: lets the editor move the gap without moving the rate
+        return positive_probability(logits, temperature).mean()
+
+    return [gap, ce, rate]
 
 
 def group_index_of(data: AuditData) -> torch.Tensor:
@@ -187,19 +215,22 @@ def train_editor(settings: TrainSettings, out: str | Path | None = None,
     if kind.mode == "residual" and not attr:
         raise AuditorError(f"task {s.task!r} has no protected attribute to train a fairness editor on")
     if world > 1:  # build missing members once, sharded across ranks
-        zoo.build_population(s.task, s.n_models, splits=("train", "val"))
+        zoo.build_population(s.task, s.n_models, splits=("train",), limit=s.train_limit)
+        zoo.build_population(s.task, s.n_models, splits=("val",), limit=s.val_limit)
     train_bundles = zoo.load_population(s.task, "train", s.n_models, limit=s.train_limit)
     X_ref = reference_rows(data, s.ref_rows)
-    members = [prepare(b.model, X_ref) for b in train_bundles]
+    codes, group_names = group_codes(data.train.groups[attr]) if attr else (None, [])
+    probes = make_probes(kind.mode, kind.metric, data, s.ref_rows, 0, attr, s.fairness_temperature, group_names) \
+        if s.gradient_features else []
+    members = [prepare(b.model, X_ref, probes) for b in train_bundles]
     templates = [b.model for b in train_bundles]
     n_feat = len(data.feature_groups)
     gidx = group_index_of(data).to(dev)
     X_all, y_all = data.train.X.to(dev), data.train.y.to(dev)
-    codes, group_names = group_codes(data.train.groups[attr]) if attr else (None, [])
     codes = codes.to(dev) if codes is not None else None
     max_depth = max(4, max(m.st.depth for m in members))
     cfg = NetConfig(n_inputs=data.n_inputs, n_classes=2, n_features=n_feat, mode=kind.mode, hidden=s.hidden,
-                    layers=s.layers, max_depth=max_depth)
+                    layers=s.layers, max_depth=max_depth, n_probes=len(probes))
     torch.manual_seed(s.seed)
     net = MetaNet(cfg).to(dev)
     model = net
@@ -231,12 +262,18 @@ def train_editor(settings: TrainSettings, out: str | Path | None = None,
                 base = templates[i](X)
             logits = edited_logits(templates[i], res["params"], X)  # (K, n, 2)
             js = torch.stack([js_divergence(base, lk) for lk in logits])
+            if s.label_weight:  # optional: cross-entropy with the labels as a second utility term
+                js = js + s.label_weight * torch.stack([nn.functional.cross_entropy(lk, y) for lk in logits])
             if kind.mode == "residual":
                 p = positive_probability(logits.reshape(-1, 2), s.fairness_temperature).reshape(len(logits), -1)
                 gaps = torch.stack([fairness_gap(kind.metric, pk, y, codes[rows], len(group_names),
                                                  **({"reduce": "sum"} if kind.metric == "equalized_odds" else {}))
                                     for pk in p])
                 req = s.fairness_weight * targets[j] * gaps
+                if s.rate_weight:  # keep the overall positive rate: equalise by moving rows, not by
+                    # pushing everyone below the threshold (which the gap alone would reward)
+                    p0 = positive_probability(base, s.fairness_temperature).mean()
+                    req = req + s.rate_weight * (p.mean(1) - p0) ** 2
             elif kind.mode == "prune":
                 req = s.mask_weight * torch.stack([sparsity_gap(res["soft"][:, k], float(targets[j, k]))
                                                    for k in range(targets.shape[1])])
@@ -244,14 +281,14 @@ def train_editor(settings: TrainSettings, out: str | Path | None = None,
                 req = s.mask_weight * torch.stack([feature_budget_gap(res["soft"][:, k], float(targets[j, k]))
                                                    for k in range(targets.shape[1])])
             loss = loss + (js + req).mean() / B
-            js_sum += float(js.mean()) / B
-            req_sum += float(req.mean()) / B
+            js_sum += float(js.detach().mean()) / B
+            req_sum += float(req.detach().mean()) / B
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         sched.step()
-        history.append((float(loss), js_sum, req_sum))
+        history.append((float(loss.detach()), js_sum, req_sum))
         if rank == 0 and (step % 10 == 0 or step == s.steps - 1):
             recent = np.array(history[-10:])
             callback((step + 1) / s.steps, f"step {step + 1}/{s.steps} loss {recent[:, 0].mean():.4f} "
@@ -267,6 +304,7 @@ def train_editor(settings: TrainSettings, out: str | Path | None = None,
                        "max_width": max(max(m.sizes[1:-1], default=0) for m in members),
                        "n_members": len(members)},
             "reference": {"split": "train", "rows": s.ref_rows, "seed": 0},
+            "probes": {"gradient_features": bool(probes), "temperature": s.fairness_temperature},
             "training": {**asdict(s), "seconds": round(seconds, 1), "world_size": world, "device": str(dev),
                          "final_loss": float(np.mean([h[0] for h in history[-20:]])),
                          "final_js": float(np.mean([h[1] for h in history[-20:]])),
@@ -330,12 +368,19 @@ def _accuracy(model: nn.Module, split) -> float:
     return float((model(split.X).argmax(1) == split.y).float().mean())
 
 
+_CODES: dict[tuple, torch.Tensor] = {}
+
+
 def hard_fairness(model: nn.Module, data: AuditData, split: str, metric: str, attribute: str) -> float:
     """Demographic parity or equalized odds difference of `model` on a split (fairlearn's definition)."""
     from ...requirements.surrogates import demographic_parity_gap, equalized_odds_gap
     sp = data.split(split)
-    pred = model(sp.X).argmax(1).double()
-    codes, _ = group_codes(sp.groups[attribute])
+    with torch.no_grad():
+        pred = model(sp.X.to(next(model.parameters()).device)).argmax(1).double().cpu()
+    key = (data.sha256, split, attribute)
+    if key not in _CODES:
+        _CODES[key] = group_codes(sp.groups[attribute])[0]
+    codes = _CODES[key]
     if metric == "demographic_parity":
         return float(demographic_parity_gap(pred, codes))
     return float(equalized_odds_gap(pred, sp.y, codes))
@@ -421,6 +466,18 @@ class TrainedMetaNet:
             self._ref_cache[key] = reference_rows(data, ref["rows"], ref["seed"])
         return self._ref_cache[key]
 
+    def _probes(self, data: AuditData) -> list:
+        pr = self.info.get("probes") or {}
+        if not pr.get("gradient_features"):
+            return []
+        ref = self.info["reference"]
+        attr = self.info["protected"]
+        if attr not in data.train.groups:
+            raise AuditorError(f"this editor reads the protected attribute {attr!r} of the training rows; "
+                               f"{data.name!r} has none")
+        return make_probes(self.mode, self.info["requirement"], data, ref["rows"], ref["seed"], attr,
+                           pr["temperature"], self.info["groups"])
+
     def _group_index(self, data: AuditData) -> torch.Tensor:
         key = data.sha256
         if key not in self._gidx_cache:
@@ -428,17 +485,28 @@ class TrainedMetaNet:
         return self._gidx_cache[key]
 
     @torch.no_grad()
+    def encode(self, model: nn.Module, data: AuditData, device: torch.device | None = None) -> tuple:
+        """Read `model` as a graph and run the message passing (once per model)."""
+        dev = device or next(model.parameters()).device
+        net = self.net.to(dev)
+        member = prepare(model, self._reference(data).to(dev), self._probes(data))
+        cfg = net.cfg
+        g = batch([member], cfg.n_inputs, cfg.n_classes, cfg.max_depth)
+        return (g, *net.encode(g), self._group_index(data).to(dev))
+
+    @torch.no_grad()
+    def decode(self, state: tuple, values: list[float]) -> dict[str, torch.Tensor]:
+        """Edited parameters {name: (len(values), ...)} for strengths `values` from `encode`'s state."""
+        g, h, e, gidx = state
+        cfg = self.net.cfg
+        targets = torch.tensor([values], dtype=torch.float32, device=h.device)
+        outs = self.net.heads(g, h, e, cond_features(cfg.mode, targets, cfg.n_features))
+        return assemble(cfg, g, outs, targets, gidx)[0]["params"]
+
     def propose(self, model: nn.Module, data: AuditData, values: list[float],
                 device: torch.device | None = None) -> dict[str, torch.Tensor]:
         """Edited parameters for every strength in `values`: {name: (len(values), ...)} (one pass)."""
-        dev = device or next(model.parameters()).device
-        net = self.net.to(dev)
-        member = prepare(model, self._reference(data).to(dev))
-        cfg = net.cfg
-        g = batch([member], cfg.n_inputs, cfg.n_classes, cfg.max_depth)
-        targets = torch.tensor([values], dtype=torch.float32, device=dev)
-        outs = net(g, cond_features(cfg.mode, targets, cfg.n_features))
-        return assemble(cfg, g, outs, targets, self._group_index(data).to(dev))[0]["params"]
+        return self.decode(self.encode(model, data, device), values)
 
     def edit_model(self, model: nn.Module, data: AuditData, values: list[float]) -> list[nn.Module]:
         """Edited copies of `model`, one per strength (for validation and sweeps)."""
