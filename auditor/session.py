@@ -517,33 +517,49 @@ class AuditSession:
 
     # -- trade-off against baselines -----------------------------------------------------
     def baseline_choices(self) -> list[str]:
-        """Registered editors that target the audited requirement and can edit this model (not the one used)."""
+        """What the trade-off can run besides this audit's edit: registered editors that target the
+        audited requirement and can edit this model (not the one used), then, for a fairness
+        requirement, fairlearn's mitigations that are not weight edits (ThresholdOptimizer, ...)."""
+        from .report.audit import alternative_methods
         from .tradeoff import baselines_for, tradeoff_metric
 
         target = tradeoff_metric(self.requirements)
         if target is None:
             return []
         used = {rec.editor for rec in self.edits[-1:]}
-        return baselines_for(self.pristine, self.data, target.key, exclude=sorted(used))
+        names = baselines_for(self.pristine, self.data, target.key, exclude=sorted(used))
+        if target.metric in ("demographic_parity", "equalized_odds") and self.data.kind == "tabular":
+            names += [a for a in alternative_methods() if a not in names]
+        return names
 
     @property
     def edit_label(self) -> str | None:
         return self.edits[-1].editor if self.edits else None  # the report stars the row of this name
 
     def run_tradeoff(self, baselines: list[str], *, device=None, callback: Callback | None = None):
-        """This audit's edit (the current model) and `baselines`, each run from the model as loaded
-        with the same seed and number of clean samples, on the test split (`auditor.tradeoff.compare`)."""
-        from .tradeoff import compare
+        """This audit's edit (the current model) and `baselines` (editors, or fairlearn alternatives),
+        each run from the model as loaded with the same seed and number of clean samples, evaluated on
+        the test split (`auditor.tradeoff.compare`)."""
+        from .report.audit import alternative_methods, run_alternative
+        from .tradeoff import compare, tradeoff_metric
 
+        alts = alternative_methods()
         methods, results, samples = [], {}, None
         if self.edits:
             rec = self.edits[-1]
             methods.append((self.edit_label, rec.editor, {}))
             results[self.edit_label] = rec.result  # its bundle is the current model
             samples = rec.result.hyperparameters.get("samples")
-        methods += list(baselines)
+        methods += [b for b in baselines if b not in alts]
+        target = tradeoff_metric(self.requirements)
+        alternatives = []
+        for name in (b for b in baselines if b in alts):
+            if callback:
+                callback(0.0, f"{name} (fairlearn)")
+            alternatives.append(run_alternative(name, self.pristine, self.data, target, seed=0))
         self.tradeoff = compare(self.pristine, self.data, self.requirements, methods, results=results,
-                                samples=samples, seed=0, device=device, callback=callback)
+                                samples=samples, seed=0, device=device, callback=callback,
+                                alternatives=alternatives)
         self.tradeoff_key = self._state_key()
         return self.tradeoff
 

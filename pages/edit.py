@@ -34,8 +34,7 @@ explain = {"rank-one": "changes one layer's weight matrix by a rank-one update (
            "learned": "a network trained on many models of this family outputs the weight change in one pass.",
            "baseline": "what practitioners would otherwise do (fine-tuning, pruning, ...), run here for comparison."}
 name = st.selectbox("Editor (best suited to the failing requirements first)", names, key="edit_editor",
-                    format_func=lambda n: f"{n} ({kinds.get(by_name[n].kind, by_name[n].kind)}): "
-                                          f"{by_name[n].description}")
+                    format_func=lambda n: f"{n} ({kinds.get(by_name[n].kind, by_name[n].kind)})")
 st.caption(f"**{name}**: {by_name[name].description}. {kinds.get(by_name[name].kind, by_name[name].kind).capitalize()}: "
            f"{explain.get(by_name[name].kind, '')}")
 settings = {}

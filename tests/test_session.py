@@ -1,0 +1,90 @@
+"""`AuditSession`, the dashboard's UI-independent state: edits on a private copy, bit-exact undo,
+requirements, settings as plain data, the report of what the session shows."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from auditor import load_data, load_model
+from auditor.editors import EDITORS
+from auditor.report import validate_report
+from auditor.session import (AuditSession, default_requirements, editor_settings, format_value, metric_label,
+                             read_upload)
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
+
+
+@pytest.fixture(scope="module")
+def trojan():
+    return load_model(SAMPLES / "digits_cnn_trojan.safetensors"), load_data("digits-trojan")
+
+
+def test_format_and_labels():
+    assert format_value("accuracy", 0.98) == "98.00 %"
+    assert format_value("demographic_parity[sex]", 0.1523) == "15.23 pp"
+    assert format_value("features_used", 11.0) == "11"
+    assert metric_label("equalized_odds[race]") == "Equalized odds (race)"
+
+
+def test_default_requirements(trojan, adult):
+    assert [r.expr for r in default_requirements(trojan[1])] == ["attack_success_rate <= 0.02", "accuracy >= 0.95"]
+    assert [r.expr for r in default_requirements(adult)] == ["demographic_parity <= 0.05", "accuracy >= 0.82"]
+
+
+def test_edits_are_private_and_undo_is_bit_exact(trojan):
+    bundle, data = trojan
+    original = bundle.sha256
+    s = AuditSession(bundle, data)
+    first = s.run_edit("rank-one", {"samples": 1})
+    second = s.run_edit("magnitude-pruning", {"sparsity": 0.2})
+    assert first.sha_after == second.sha_before != original
+    assert s.evaluate().metrics["sparsity"] == pytest.approx(0.2, abs=1e-3) and bundle.sha256 == original
+    assert s.weight_change().layers  # all edits together, against the model as loaded
+    s.revert(1)
+    assert s.current.sha256 == first.sha_after and len(s.edits) == 1
+    s.run_edit("magnitude-pruning", {"sparsity": 0.2})
+    s.revert(0)  # undoing the first edit undoes the later one too
+    assert s.current.sha256 == original and not s.edits and bundle.sha256 == original
+
+
+def test_requirements_add_set_remove(trojan):
+    s = AuditSession(*trojan)
+    assert not s.passed
+    s.set_threshold(0, 1.0)
+    assert s.passed and s.requirement_table()["passes"].all()
+    s.add_requirement("sparsity >= 0.5")
+    assert not s.passed
+    with pytest.raises(Exception, match="demographic_parity"):
+        s.add_requirement("demographic_parity <= 0.05")  # needs protected groups
+    s.remove_requirement("sparsity >= 0.5")
+    s.reset_requirements()
+    assert [r.expr for r in s.requirements] == ["attack_success_rate <= 0.02", "accuracy >= 0.95"]
+
+
+def test_editor_settings_are_plain_data(trojan):
+    bundle, data = trojan
+    settings = {s.name: s for s in editor_settings(EDITORS["dynamic-rank-one"], bundle, data)}
+    assert settings["samples"].kind == "int" and settings["samples"].default == 1
+    assert settings["layer"].kind == "choice" and settings["layer"].optional
+    assert settings["layer"].choices == ["conv1", "conv2", "fc1", "out"]
+    assert settings["max_accuracy_drop"].kind == "float" and settings["samples"].help
+
+
+def test_report_has_every_edit_and_validates(trojan):
+    s = AuditSession(*trojan)
+    s.localize()
+    s.run_edit("dynamic-rank-one", {"samples": 1})
+    s.run_edit("magnitude-pruning", {"sparsity": 0.1})
+    s.run_tradeoff(["rank-one"])
+    doc = validate_report(s.build_report(auditor="A. Tester", notes="ok"))
+    assert [e["editor"] for e in doc["edits"]] == ["dynamic-rank-one", "magnitude-pruning"]
+    assert doc["model"]["sha256_after"] == s.current.sha256
+    assert doc["localization"]["layers"][0]["layer"] == s.localization.top_layer
+    assert {r["method"] for r in doc["tradeoff"]["rows"]} == {"original", "magnitude-pruning", "rank-one"}
+    assert "--editor magnitude-pruning" in doc["reproduce"]["command"]
+
+
+def test_read_upload_sanitises_names(tmp_path):
+    path = read_upload(b"x", "../../etc/my model.safetensors", tmp_path)
+    assert path.parent == tmp_path and path.name == "my_model.safetensors"
