@@ -14,6 +14,9 @@ from pages.common import (builtin_data, get_audit, next_step, progress, sample_c
                           set_audit, show_error, stop)
 
 st.title("1 · Load a model and its data")
+st.markdown("An audit in six steps (left): **load** a model, **localize** where a misbehaviour lives, set the "
+            "**requirements** it must meet, **edit** it to repair it, **compare** before and after, export the "
+            "**report**. With the Trojan sample it takes about a minute: press the buttons, then the *Next* link.")
 st.caption("The audit works on your own copy of the model: the file and the loaded original are never changed.")
 
 source = st.radio("Model source", ["Sample model", "Upload my own"], horizontal=True, key="load_source")
@@ -52,15 +55,17 @@ else:
             try:
                 head = csv_columns(csv.getvalue())
                 cols = list(head.columns)
-                target = st.selectbox("Target column (what the model predicts)", cols, index=len(cols) - 1)
+                target = st.selectbox("Target column (what the model predicts)", cols, index=len(cols) - 1, key="up_target")
                 values = sorted(map(str, head[target].dropna().unique()))
-                positive = st.selectbox("Positive label (the favourable outcome)", values, index=len(values) - 1)
+                positive = st.selectbox("Positive label (the favourable outcome)", values, index=len(values) - 1,
+                                        key="up_positive")
                 others = [c for c in cols if c != target]
                 protected = st.multiselect("Protected attributes (grouped by in fairness metrics, not model inputs)",
-                                           others)
+                                           others, key="up_protected")
                 text_cols = [c for c in others if c not in protected and head[c].dtype == object]
                 categorical = st.multiselect("Categorical columns (one-hot encoded)",
-                                             [c for c in others if c not in protected], default=text_cols)
+                                             [c for c in others if c not in protected], default=text_cols,
+                                             key="up_categorical")
                 schema = TabularSchema(target=target, positive=positive, protected=protected, categorical=categorical)
             except Exception as exc:  # noqa: BLE001
                 show_error(exc)

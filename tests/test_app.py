@@ -265,3 +265,31 @@ def test_report_page_says_what_the_library_says(trojan_edited):
     assert doc["model"]["sha256_after"] == audit.current.sha256
     assert doc["localization"] is None or doc["localization"]["available"]
     assert len(at.get("download_button")) == 3
+
+
+def test_upload_model_and_csv(tmp_path):
+    from auditor import TabularSchema
+
+    model_bytes = (SAMPLES / "adult_mlp.safetensors").read_bytes()
+    raw = load_data("adult").test.raw.iloc[:4000]
+    csv = raw.to_csv(index=False).encode()
+    at = app()
+    at.radio(key="load_source").set_value("Upload my own").run()
+    at.file_uploader(key="up_model").set_value(("adult_mlp.safetensors", model_bytes, "application/octet-stream"))
+    at.radio(key="up_data_kind").set_value("CSV file").run()
+    at.file_uploader(key="up_csv").set_value(("people.csv", csv, "text/csv")).run()
+    assert at.selectbox(key="up_target").value == "income" and at.selectbox(key="up_positive").value == ">50K"
+    at.multiselect(key="up_protected").set_value(["sex", "race"]).run()
+    at.button(key="up_go").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    audit = at.session_state["audit"]
+    assert audit.model_label == "adult_mlp" and audit.data_label == "people.csv"
+    path = tmp_path / "people.csv"
+    path.write_bytes(csv)
+    bundle = load_model(SAMPLES / "adult_mlp.safetensors")
+    schema = TabularSchema(target="income", positive=">50K", protected=["sex", "race"],
+                           categorical=at.multiselect(key="up_categorical").value)
+    ev = evaluate(bundle, load_data(path, schema=schema, spec=bundle.spec))
+    shown = frame(at, "metric", "value", "meaning").set_index("metric")["value"]
+    assert shown["Accuracy"] == format_value("accuracy", ev.metrics["accuracy"])
+    assert shown["Demographic parity (sex)"] == format_value("demographic_parity", ev.metrics["demographic_parity"])
