@@ -95,6 +95,42 @@ def case(name: str):
     return cls(**fast_settings(cls)), bundle, data, requirements_for(cls, data), fixes
 
 
+@dataclasses.dataclass
+class Run:
+    """One seeded edit of a sample by an editor, with digests of everything it must not change."""
+
+    name: str
+    bundle: object
+    data: object
+    requirements: list
+    fixes: object
+    before: tuple  # (model file, loaded model, data, fixes) digests before the edit
+    after: tuple  # the same after it
+    result: object = None  # EditResult, or None when the editor refused
+    refused: str | None = None
+
+
+def _digests(bundle, data, fixes) -> tuple:
+    return (file_digest(SAMPLES / f"{bundle.name}.safetensors"), bundle.sha256, data_digest(data),
+            fixes_digest(fixes))
+
+
+@lru_cache(maxsize=None)
+def reference_run(name: str) -> Run:
+    """The editor `name` on its sample, seeded with 0, run once per process and shared by the no
+    silent change, determinism and concurrency tests (it is their reference)."""
+    from auditor.backend import seed_everything
+    from auditor.errors import AuditorError
+    editor, bundle, data, reqs, fixes = case(name)
+    before = _digests(bundle, data, fixes)
+    seed_everything(0)
+    try:
+        result, refused = editor.edit(bundle, data, reqs, device="cpu", fixes=fixes), None
+    except AuditorError as exc:
+        result, refused = None, str(exc)
+    return Run(name, bundle, data, reqs, fixes, before, _digests(bundle, data, fixes), result, refused)
+
+
 def data_digest(data) -> str:
     """sha256 of everything in a data set: every split's inputs, labels, groups, raw rows and
     corrupted twins, the stamp, names and preprocessing (`AuditData.sha256` is cached and

@@ -14,21 +14,18 @@ from auditor.editors import EDITORS, Editor
 from auditor.models import editable_layers
 from tests.conftest import SAMPLES
 from tests.editor_cases import navigation_mode  # noqa: F401  (fixture)
-from tests.editor_cases import (case, data_digest, editor_names, file_digest, fixes_digest, numbers, sample,
+from tests.editor_cases import (data_digest, editor_names, file_digest, numbers, reference_run, sample,
                                 state)
 
 
 @pytest.mark.parametrize("name", editor_names())
 def test_editing_never_changes_the_original_model_or_data(name):
-    editor, bundle, data, reqs, fixes = case(name)
-    path = SAMPLES / f"{bundle.name}.safetensors"
-    before = (file_digest(path), bundle.sha256, data_digest(data), fixes_digest(fixes))
-    try:
-        result = editor.edit(bundle, data, reqs, device="cpu", fixes=fixes)
-    except AuditorError as exc:  # an editor may refuse (e.g. a missing trained editor): still nothing changed
-        assert (file_digest(path), bundle.sha256, data_digest(data), fixes_digest(fixes)) == before
-        pytest.skip(f"{name} refused to edit {bundle.name}: {exc}")
-    assert (file_digest(path), bundle.sha256, data_digest(data), fixes_digest(fixes)) == before
+    run = reference_run(name)
+    # model file, loaded model, data and fixes: the same digests before and after the edit
+    assert run.after == run.before
+    if run.refused:  # an editor may refuse (e.g. no trained editor for this model): nothing changed either
+        pytest.skip(f"{name} refused to edit {run.bundle.name}: {run.refused}")
+    result, bundle = run.result, run.bundle
     assert result.bundle.model is not bundle.model
     # the delta reverts bit for bit, and re-applying it gives the edited model back
     reverted = result.reverted()
@@ -38,8 +35,9 @@ def test_editing_never_changes_the_original_model_or_data(name):
     assert again.sha256 == result.bundle.sha256
     # evaluating the edited model changes neither it nor anything else
     edited_sha = result.bundle.sha256
-    evaluate(result.bundle, data, reqs, reference=bundle, fixes=fixes)
-    assert result.bundle.sha256 == edited_sha and bundle.sha256 == before[1] and data_digest(data) == before[2]
+    evaluate(result.bundle, run.data, run.requirements, reference=bundle, fixes=run.fixes)
+    assert result.bundle.sha256 == edited_sha and bundle.sha256 == run.before[1]
+    assert data_digest(run.data) == run.before[2]
 
 
 @pytest.mark.parametrize("model, data_name", [("digits_cnn_trojan", "digits-trojan"), ("compas_mlp", "compas")])
