@@ -222,9 +222,11 @@ def _print_summary(report, written: list[str], logged) -> None:
     for q in report.requirements:
         b, a = q["before"], q["after"]
         row = [q["expr"], fmt(b["value"]), "PASS" if b["passed"] else "FAIL"]
-        row += [fmt(a["value"]), "PASS" if a["passed"] else "FAIL"] if a else ["-", ""]
+        if v["edited"]:
+            row += [fmt(a["value"]), "PASS" if a["passed"] else "FAIL"] if a else ["-", ""]
         rows.append(row)
-    print(format_table(rows, ["requirement", "before", "", "after", ""]))
+    header = ["requirement", "before", "", "after", ""] if v["edited"] else ["requirement", "value", "verdict"]
+    print(format_table(rows, header))
     for e in report.edits:
         print(f"\nedit: {e['editor']} changed {', '.join(e['layers']) or 'no layer'} "
               f"({e['parameters_changed']} parameters, rank <= {e['max_rank']}) in {e['seconds']:.2f} s on {e['device']}")
