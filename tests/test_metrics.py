@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from fairlearn.metrics import (MetricFrame, demographic_parity_difference, equalized_odds_difference,
@@ -88,3 +89,26 @@ def test_requirement_parsing_and_verdicts(adult_mlp, adult):
         parse_requirement("accuracy = 0.9")
     with pytest.raises(AuditorError, match="needs a data set with a Trojan trigger"):
         evaluate(adult_mlp, adult, ["attack_success_rate <= 0.02"])
+
+
+def test_group_metrics_equal_fairlearn_on_edge_cases():
+    """Random labels and groups, including groups with no positives or no negatives."""
+    from hypothesis import given, settings, strategies as st
+    from auditor.requirements.metrics import (demographic_parity_difference as dp_ours,
+                                              equalized_odds_difference as eo_ours, group_table)
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.tuples(st.integers(0, 1), st.integers(0, 1), st.sampled_from("abcd")), min_size=2,
+                    max_size=40))
+    def check(rows):
+        y = np.array([r[0] for r in rows])
+        p = np.array([r[1] for r in rows])
+        g = pd.Series([r[2] for r in rows])
+        table = group_table(y, p, g)
+        assert abs(dp_ours(table) - demographic_parity_difference(y, p, sensitive_features=g)) < 1e-9
+        assert abs(eo_ours(table) - equalized_odds_difference(y, p, sensitive_features=g)) < 1e-9
+
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check()

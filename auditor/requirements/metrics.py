@@ -1,4 +1,6 @@
-"""Metric functions. Group metrics are fairlearn's (`fairlearn.metrics`), so they agree with it.
+"""Metric functions. Group metrics follow `fairlearn.metrics` exactly (tests hold them to 1e-9)
+but are computed with vectorised counts: fairlearn's MetricFrame takes seconds on Adult, which
+is too slow for a live dashboard.
 
 `compute_metrics` returns every metric that applies to a model and data set: fairness needs
 protected attributes, attack success a trigger, cue gap a cue, edit metrics a set of fixes.
@@ -10,8 +12,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-from fairlearn.metrics import (MetricFrame, demographic_parity_difference, equalized_odds_difference,
-                               false_positive_rate, selection_rate, true_positive_rate)
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from torch import nn
 
@@ -91,13 +91,37 @@ def features_used(model: nn.Module, feature_groups: dict[str, list[int]]) -> int
 
 
 def group_table(y_true: np.ndarray, y_pred: np.ndarray, groups: pd.Series) -> dict[str, dict[str, float]]:
-    frame = MetricFrame(metrics={"accuracy": accuracy_score, "selection_rate": selection_rate,
-                                 "true_positive_rate": true_positive_rate,
-                                 "false_positive_rate": false_positive_rate,
-                                 "count": lambda yt, yp: len(yt)},
-                        y_true=y_true, y_pred=y_pred, sensitive_features=groups.to_numpy())
-    table = frame.by_group
-    return {str(g): {k: float(v) for k, v in row.items()} for g, row in table.iterrows()}
+    """Per group: accuracy, selection rate, true- and false-positive rate, count (fairlearn's definitions;
+    a rate with an empty denominator is 0, as in fairlearn)."""
+    y_true, y_pred = np.asarray(y_true).astype(int), np.asarray(y_pred).astype(int)
+    codes, names = pd.factorize(pd.Series(groups).astype(str).to_numpy(), sort=True)
+    k = len(names)
+
+    def count(mask):
+        return np.bincount(codes[mask], minlength=k).astype(float)
+
+    n = count(np.ones_like(y_true, dtype=bool))
+    pos, neg = count(y_true == 1), count(y_true == 0)
+    ratio = lambda a, b: np.divide(a, b, out=np.zeros(k), where=b > 0)
+    table = {"accuracy": ratio(count(y_true == y_pred), n), "selection_rate": ratio(count(y_pred == 1), n),
+             "true_positive_rate": ratio(count((y_true == 1) & (y_pred == 1)), pos),
+             "false_positive_rate": ratio(count((y_true == 0) & (y_pred == 1)), neg), "count": n}
+    return {str(g): {m: float(v[i]) for m, v in table.items()} for i, g in enumerate(names)}
+
+
+def _gap(table: dict[str, dict[str, float]], metric: str) -> float:
+    values = [row[metric] for row in table.values()]
+    return max(values) - min(values)
+
+
+def demographic_parity_difference(table: dict[str, dict[str, float]]) -> float:
+    """Largest minus smallest selection rate across groups."""
+    return _gap(table, "selection_rate")
+
+
+def equalized_odds_difference(table: dict[str, dict[str, float]]) -> float:
+    """The larger of the true-positive-rate gap and the false-positive-rate gap across groups."""
+    return max(_gap(table, "true_positive_rate"), _gap(table, "false_positive_rate"))
 
 
 def attack_success_rate(model: nn.Module, data: AuditData, split: str = "test") -> float:
@@ -139,14 +163,13 @@ def compute_metrics(model: nn.Module, data: AuditData, split: str = "test",
     if data.protected and _binary(data):
         worst = 1.0
         for i, attr in enumerate(data.protected):
-            g = sp.groups[attr].astype(str)
-            dp = float(demographic_parity_difference(y, pred, sensitive_features=g))
-            eo = float(equalized_odds_difference(y, pred, sensitive_features=g))
+            table = group_table(y, pred, sp.groups[attr])
+            dp, eo = demographic_parity_difference(table), equalized_odds_difference(table)
             m[f"demographic_parity[{attr}]"] = dp
             m[f"equalized_odds[{attr}]"] = eo
             if i == 0:
                 m["demographic_parity"], m["equalized_odds"] = dp, eo
-            out.groups[attr] = group_table(y, pred, g)
+            out.groups[attr] = table
             worst = min(worst, min(v["accuracy"] for v in out.groups[attr].values()))
         m["worst_group_accuracy"] = worst
     if data.trigger is not None:
