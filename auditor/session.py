@@ -476,8 +476,12 @@ class AuditSession:
         ed = get_editor(editor, **settings)
         before = self.current.sha256
         result = ed.edit(self.current, self.data, self.requirements, device=device, callback=callback)
-        self.current = result.bundle
-        ev = self.evaluate()
+        previous, self.current = self.current, result.bundle
+        try:
+            ev = self.evaluate()
+        except BaseException:
+            self.current = previous  # an edit that cannot be evaluated is not applied
+            raise
         record = EditRecord(result, before, self.current.sha256, [r.expr for r in self.requirements],
                             dict(ev.metrics), ev.passed)
         self.edits.append(record)

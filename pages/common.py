@@ -59,7 +59,10 @@ def sample_catalogue() -> dict[str, dict]:
         card = path.with_suffix(".md")
         lines = [ln.strip() for ln in card.read_text().splitlines() if ln.strip()] if card.exists() else []
         desc = next((ln for ln in lines if not ln.startswith("#")), "")
-        out[path.stem] = {"description": desc.rstrip("."), "data": spec.data}
+        desc = desc.replace("`", "").rstrip(".")
+        if len(desc) > 120:
+            desc = desc[:117].rsplit(" ", 1)[0].rstrip(",;:") + "…"
+        out[path.stem] = {"description": desc, "data": spec.data}
     return out
 
 

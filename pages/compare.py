@@ -69,7 +69,7 @@ else:
         fig = t.figure(highlight=audit.edit_label, title=f"Trade-off: test accuracy vs {metric_label(t.metric).lower()}")
         higher = "higher is better" if t.higher_is_better else "lower is better"
         fig.update_layout(xaxis_title=f"{metric_label(t.metric)} ({higher})", yaxis_title="test accuracy",
-                          xaxis_tickformat=".0%", yaxis_tickformat=".0%", height=460)
+                          xaxis_tickformat=".0%", yaxis_tickformat=".1%", height=460)
         st.plotly_chart(fig, key="cmp_tradeoff")
         rows = t.rows.copy()
         rows["value"] = rows["value"].map(lambda v: format_value(t.metric, v))
