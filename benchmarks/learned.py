@@ -57,6 +57,7 @@ FAIRNESS = {
 STRENGTHS_LEARNED = [0.0, 0.25, 0.5, 0.75, 1.0]
 STRENGTHS_FINETUNE = [0.25, 0.5, 1.0, 2.0]
 FINETUNE_SWEEP_EPOCHS = 2
+FINETUNE_TARGET_SETTINGS = [{}, {"strength": 1.0, "checks_per_epoch": 16}]
 TO_TOLS = [None, 0.01, 0.02, 0.04]  # ThresholdOptimizer relaxations (demographic parity only)
 SPARSITIES = [0.5, 0.8, 0.9, 0.95]
 KS = [2, 3, 5, 7]
@@ -146,9 +147,11 @@ def run_model(bench: Bench, name: str, bundle) -> None:
             bench.edit(name, bundle, task, "finetune-fairness", "sweep",
                        {"strength": s, "epochs": FINETUNE_SWEEP_EPOCHS},
                        metric=metric, strength=s, epochs=FINETUNE_SWEEP_EPOCHS)
-        # same aim below the target as the learned editor's calibration (margin 0.005)
-        bench.edit(name, bundle, task, "finetune-fairness", "target", {"target": FAIR_TARGET}, req,
-                   margin=AIM / FAIR_TARGET)
+        # same aim below the target as the learned editor's calibration (margin 0.005); defaults, and a
+        # faster setting (stronger penalty, checked twice as often) so the speed-up is not against a slow baseline
+        for extra in FINETUNE_TARGET_SETTINGS:
+            bench.edit(name, bundle, task, "finetune-fairness", "target", {"target": FAIR_TARGET, **extra}, req,
+                       margin=AIM / FAIR_TARGET, **extra)
         tols = TO_TOLS if metric == "demographic_parity" else [None]
         for tol in tols:
             res = postprocess_threshold_optimizer(bundle, data, metric, attribute=ATTRIBUTE, tol=tol)
@@ -215,19 +218,25 @@ def targets(rows: list[dict], models: list[str]) -> dict:
     for m in models:
         t: dict = {"model": m}
         orig = _one(rows, m, "original", "original", "original")
-        times = [r["seconds"] for r in rows if r["model"] == m and r["kind"] == "learned" and "error" not in r]
-        t["learned_edit_seconds_max"] = max(times) if times else None
-        t["learned_edit_seconds_median"] = float(np.median(times)) if times else None
+        learned = [r for r in rows if r["model"] == m and r["kind"] == "learned" and "error" not in r]
+        one_pass = [r["seconds"] for r in learned if r["mode"] == "sweep"]  # fixed strength / k / sparsity
+        calibrated = [r["seconds"] for r in learned if r["mode"] == "target"]  # fairness, calibrated to a target
+        t["learned_pass_seconds_median"] = float(np.median(one_pass)) if one_pass else None
+        t["learned_pass_seconds_max"] = max(one_pass) if one_pass else None
+        t["learned_calibrated_seconds_median"] = float(np.median(calibrated)) if calibrated else None
         for metric, info in FAIRNESS.items():
             s = info["short"]
             lt = _one(rows, m, metric, info["learned"], "target")
-            ft = _one(rows, m, metric, "finetune-fairness", "target")
+            fts = [r for r in rows if r["model"] == m and r["task"] == metric and r["method"] == "finetune-fairness"
+                   and r["mode"] == "target" and "error" not in r]
+            ft = min(fts, key=lambda r: r["seconds"]) if fts else None  # the fastest fine-tuning to the target
             t[f"{s}_learned_target_value"] = lt[metric] if lt else None
             t[f"{s}_learned_target_accuracy"] = lt["accuracy"] if lt else None
             t[f"{s}_learned_target_seconds"] = lt["seconds"] if lt else None
             t[f"{s}_finetune_target_value"] = ft[metric] if ft else None
             t[f"{s}_finetune_target_accuracy"] = ft["accuracy"] if ft else None
             t[f"{s}_finetune_target_seconds"] = ft["seconds"] if ft else None
+            t[f"{s}_finetune_target_setting"] = json.dumps(ft["setting"]) if ft else None
             t[f"{s}_speedup_vs_finetune"] = (ft["seconds"] / lt["seconds"]) if lt and ft and lt["seconds"] > 0 else None
             for method in (info["learned"], "finetune-fairness", "threshold-optimizer"):
                 t[f"{s}_best_accuracy_at_{FAIR_TARGET}[{method}]"] = _best_at(rows, m, metric, method, metric,
@@ -269,8 +278,10 @@ def verdicts(per_model: list[dict], population: list[str]) -> list[dict]:
         return {"target": target, "figure": key, "value": st, "met": bool(ok(st)),
                 "text": f"{fmt.format(st['mean'])} (sd {fmt.format(st['std'])}, {fmt.format(st['min'])} .. "
                         f"{fmt.format(st['max'])}, n={st['n']})"}
-    out = [row("learned edit time <= 0.05 s on CPU (max over a model's learned edits)", "learned_edit_seconds_max",
-               lambda s: s["mean"] <= 0.05)]
+    out = [row("learned edit time <= 0.05 s on CPU: one forward pass (median over a model's fixed-setting edits)",
+               "learned_pass_seconds_median", lambda s: s["mean"] <= 0.05),
+           row("learned edit time <= 0.05 s on CPU: fairness edit calibrated to a target (bisection over strength)",
+               "learned_calibrated_seconds_median", lambda s: s["mean"] <= 0.05)]
     for s in ("DP", "EO"):
         out.append(row(f"{s}: learned >= 100x faster than fine-tuning to {s} <= {FAIR_TARGET}",
                        f"{s}_speedup_vs_finetune", lambda st: st["mean"] >= 100, "{:.1f}"))
@@ -366,8 +377,8 @@ def markdown(result: dict) -> str:
               "result is listed for every model.",
               f"- `target` mode: the requirement `<= {FAIR_TARGET}` is given; `finetune-fairness` stops once the "
               f"validation split is at most {AIM} (the learned editors' calibration margin), ThresholdOptimizer "
-              f"uses tol={AIM}. The speed-up is fine-tuning's time over the learned editor's time for the same "
-              "requirement.",
+              f"uses tol={AIM}. The speed-up is the faster of the two fine-tuning settings' time over the learned "
+              "editor's time for the same requirement (the learned editor's time includes its calibration).",
               f"- Accuracy at {FAIR_TARGET}: the best test accuracy among a method's points whose test gap is at "
               f"most {FAIR_TARGET} (sweep and target points), per model; then the mean of the differences.",
               "- `magnitude-pruning` has no fine-tuning; `magnitude-pruning-finetune` fine-tunes 3 epochs with the "
