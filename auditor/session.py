@@ -449,7 +449,7 @@ class AuditSession:
         """Editors that can edit this model on this data, those aiming at a failing requirement first."""
         from .editors import list_editors
 
-        key = self._state_key()
+        key = self.state_key()
         if self._editors_key == key:
             return list(self._editors)
         failing = {base_metric(r.metric) for r in self.evaluate().requirements if not r.passed}
@@ -564,14 +564,15 @@ class AuditSession:
         self.tradeoff = compare(self.pristine, self.data, self.requirements, methods, results=results,
                                 samples=samples, seed=0, device=device, callback=callback,
                                 alternatives=alternatives)
-        self.tradeoff_key = self._state_key()
+        self.tradeoff_key = self.state_key()
         return self.tradeoff
 
     @property
     def tradeoff_stale(self) -> bool:
-        return self.tradeoff is not None and self.tradeoff_key != self._state_key()
+        return self.tradeoff is not None and self.tradeoff_key != self.state_key()
 
-    def _state_key(self) -> tuple:
+    def state_key(self) -> tuple:
+        """Changes whenever the current model or the requirements change (for caches of derived views)."""
         return (self.current.sha256, tuple(r.expr for r in self.requirements))
 
     # -- attributions before vs after -------------------------------------------------------

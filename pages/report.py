@@ -26,7 +26,7 @@ audit.notes = st.text_area("Notes and findings", value=audit.notes, key="rep_not
 if audit.tradeoff is None and audit.edited:
     st.caption("Tip: run the comparison on the **Compare** page to include the trade-off chart against baselines.")
 
-key = (audit._state_key(), len(audit.edits), audit.auditor_name, audit.notes, str(date), id(audit.tradeoff),
+key = (audit.state_key(), len(audit.edits), audit.auditor_name, audit.notes, str(date), id(audit.tradeoff),
        id(audit.localization))
 cached = st.session_state.get("rep_cache")
 if cached is None or cached[0] != key:
