@@ -378,16 +378,23 @@ class AuditSession:
                          "passes": bool(n.passed)})
         return pd.DataFrame(rows, columns=["requirement", "meaning", "threshold", "before edits", "now", "passes"])
 
+    def _shown_metrics(self, metrics: dict) -> list[str]:
+        """Metric keys for tables: `demographic_parity` is left out where `demographic_parity[sex]`
+        (the same number, for the data's first protected attribute) is shown."""
+        attr = self.data.primary_protected
+        return [k for k in metrics if not (attr and f"{k}[{attr}]" in metrics)]
+
     def metrics_table(self, which: str = "current") -> pd.DataFrame:
         m = self.evaluate(which).metrics
-        return pd.DataFrame([{"metric": metric_label(k), "value": format_value(k, v), "meaning": metric_help(k)}
-                             for k, v in m.items() if which == "current" or k not in ("drawdown", "changed_predictions")])
+        return pd.DataFrame([{"metric": metric_label(k), "value": format_value(k, m[k]), "meaning": metric_help(k)}
+                             for k in self._shown_metrics(m)
+                             if which == "current" or k not in ("drawdown", "changed_predictions")])
 
     def compare_table(self) -> pd.DataFrame:
         """Before vs now, every metric, with units."""
         b, n = self.evaluate("pristine").metrics, self.evaluate().metrics
         rows = []
-        for k in n:
+        for k in self._shown_metrics(n):
             if k in ("drawdown", "changed_predictions"):
                 continue
             vb, vn = b.get(k), n[k]

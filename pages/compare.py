@@ -29,7 +29,9 @@ if reqs:
                "green passes, red fails.")
     st.plotly_chart(fig, key="cmp_requirements")
 st.subheader("All metrics (test split)")
-st.dataframe(audit.compare_table(), hide_index=True, key="cmp_metrics")
+table = audit.compare_table()
+st.dataframe(table, hide_index=True, key="cmp_metrics", height=36 * (len(table) + 1) + 4,
+             column_config={"meaning": st.column_config.TextColumn(width="large")})
 
 for attr in after.groups:
     st.subheader(f"Per group: {attr}")

@@ -98,17 +98,16 @@ c2.metric("Test accuracy", f"{100 * ev.metrics['accuracy']:.2f} %")
 c3.metric("Test rows", f"{ev.rows:,}")
 c4.metric("Requirements met", f"{sum(r.passed for r in ev.requirements)} of {len(ev.requirements)}")
 st.markdown(f"Weights sha256 (identifies this exact model): `{audit.pristine_sha256}`")
-left, right = st.columns(2)
-with left:
-    st.subheader("Metrics of the model as loaded")
-    st.dataframe(audit.metrics_table("pristine"), hide_index=True, key="load_metrics")
-with right:
-    st.subheader("Layers")
-    st.caption("Linear and Conv2d layers are the ones an edit can change.")
-    st.dataframe(audit.layers(), hide_index=True, key="load_layers")
+st.subheader("Metrics of the model as loaded (test split)")
+metrics = audit.metrics_table("pristine")
+st.dataframe(metrics, hide_index=True, height=36 * (len(metrics) + 1) + 4,
+             column_config={"meaning": st.column_config.TextColumn(width="large")})
 for attr in ev.groups:
     st.subheader(f"Per group: {attr}")
     rows = [{attr: g, **{k.replace("_", " "): (f"{100 * v:.2f} %" if k != "count" else f"{v:,.0f}")
                          for k, v in vals.items()}} for g, vals in ev.groups[attr].items()]
     st.dataframe(pd.DataFrame(rows), hide_index=True)
+st.subheader("Layers")
+st.caption("Linear and Conv2d layers are the ones an edit can change.")
+st.dataframe(audit.layers(), hide_index=True)
 next_step("localize", "Next: 2. Localize, where in the network the problem lives")
