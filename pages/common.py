@@ -23,7 +23,8 @@ PAGES = {"load": "pages/load.py", "localize": "pages/localize.py", "requirements
          "edit": "pages/edit.py", "compare": "pages/compare.py", "report": "pages/report.py"}
 
 # Small models run fastest on one thread (and several users share the cores); AUDITOR_THREADS overrides.
-torch.set_num_threads(int(os.environ.get("AUDITOR_THREADS", max(1, min(4, (os.cpu_count() or 2) // 2)))))
+if not st.get_option("global.appTest"):  # under AppTest the test session keeps its own setting
+    torch.set_num_threads(int(os.environ.get("AUDITOR_THREADS", max(1, min(4, (os.cpu_count() or 2) // 2)))))
 
 
 @st.cache_resource(show_spinner=False)

@@ -30,7 +30,7 @@ if reqs:
     st.plotly_chart(fig, key="cmp_requirements")
 st.subheader("All metrics (test split)")
 table = audit.compare_table()
-st.dataframe(table, hide_index=True, key="cmp_metrics", height=36 * (len(table) + 1) + 4,
+st.dataframe(table, hide_index=True, key="cmp_metrics", height=35 * (len(table) + 1) + 3,
              column_config={"meaning": st.column_config.TextColumn(width="large")})
 
 for attr in after.groups:

@@ -100,7 +100,7 @@ c4.metric("Requirements met", f"{sum(r.passed for r in ev.requirements)} of {len
 st.markdown(f"Weights sha256 (identifies this exact model): `{audit.pristine_sha256}`")
 st.subheader("Metrics of the model as loaded (test split)")
 metrics = audit.metrics_table("pristine")
-st.dataframe(metrics, hide_index=True, height=36 * (len(metrics) + 1) + 4,
+st.dataframe(metrics, hide_index=True, height=35 * (len(metrics) + 1) + 3,
              column_config={"meaning": st.column_config.TextColumn(width="large")})
 for attr in ev.groups:
     st.subheader(f"Per group: {attr}")

@@ -168,6 +168,7 @@ def page(browser, request):
 
 def test_trojan_audit(page, server, tmp_path):
     page.goto(server)
+    start = time.perf_counter()
     page.get_by_role("button", name="Load model and data").click(timeout=120_000)
     page.get_by_text("Loaded digits_cnn_trojan").wait_for(timeout=120_000)
     settle(page)
@@ -206,6 +207,8 @@ def test_trojan_audit(page, server, tmp_path):
     assert not errors_on(page)
 
     doc = export_and_check(page, tmp_path, "trojan", "A. Tester")
+    seconds = time.perf_counter() - start  # the whole audit as clicked, screenshots and checks included
+    (ARTIFACTS / "trojan-audit-seconds.txt").write_text(f"{seconds:.1f}\n")
     assert doc["verdict"]["status"] == "PASS"
     assert doc["tradeoff"] and any(r["method"] == "finetune" for r in doc["tradeoff"]["rows"])
 
