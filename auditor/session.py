@@ -63,6 +63,9 @@ CATEGORIES = {
 }
 
 
+FIX_METRICS = {"edit_success", "generality"}
+
+
 def base_metric(key: str) -> str:
     """`demographic_parity[sex]` -> `demographic_parity`."""
     return key.split("[", 1)[0]
@@ -318,6 +321,8 @@ class AuditSession:
         self._attr: dict = {}
         self._editors_key: tuple | None = None
         self._editors: list[type] = []
+        self.fix_specs: list[str] = []  # mistakes to fix, "ROW=LABEL" over the test split
+        self.fixes = None  # auditor.requirements.Fixes built from fix_specs
         self.auditor_name = ""
         self.notes = ""
         self._evals: dict[tuple, Evaluation] = {}
@@ -349,12 +354,12 @@ class AuditSession:
         """Metrics and requirement verdicts of the current (or pristine) model, cached per weights."""
         bundle = self.current if which == "current" else self.pristine
         sha = bundle.sha256 if which == "current" else self.pristine_sha256
-        key = (sha, tuple(r.expr for r in self.requirements), split)
+        key = (sha, tuple(r.expr for r in self.requirements), split, tuple(self.fix_specs))
         if key not in self._evals:
             if len(self._evals) > 32:
                 self._evals.clear()
             ref = self.pristine if which == "current" else None
-            ev = evaluate(bundle, self.data, [], split, reference=ref)
+            ev = evaluate(bundle, self.data, [], split, reference=ref, fixes=self.fixes)
             if which != "current":
                 ev.metrics.setdefault("drawdown", 0.0)
                 ev.metrics.setdefault("changed_predictions", 0.0)
@@ -445,6 +450,32 @@ class AuditSession:
     def passed(self) -> bool:
         return self.evaluate().passed
 
+    # -- mistakes to fix ----------------------------------------------------------------------
+    def mistakes(self, limit: int = 200) -> pd.DataFrame:
+        """Test rows the model as loaded gets wrong (at most `limit`): row, true label, predicted label."""
+        from .requirements import predict
+
+        sp = self.data.test
+        pred = predict(self.pristine.copy().model, sp.X)
+        y = sp.y.numpy()
+        rows = np.flatnonzero(pred != y)[:limit]
+        cls = self.data.class_names
+        return pd.DataFrame({"row": rows, "true": [cls[int(y[r])] for r in rows],
+                             "predicted": [cls[int(pred[r])] for r in rows]})
+
+    def set_fixes(self, specs: list[str]) -> None:
+        """Mistakes to fix (`ROW=LABEL` over the test split; see `auditor.fixes.parse_fixes`); with
+        fixes, `edit_success` and `generality` can be required and fix editors (MEND, ...) can run."""
+        from .fixes import parse_fixes
+
+        specs = list(specs)
+        self.fixes = parse_fixes(specs, self.data) if specs else None
+        self.fix_specs = specs
+        if not specs:
+            self.requirements = [r for r in self.requirements if r.metric not in FIX_METRICS]
+        elif not any(r.metric == "edit_success" for r in self.requirements):
+            self.requirements.append(parse_requirement("edit_success >= 1"))
+
     # -- localization -----------------------------------------------------------------------
     def localize(self, **kwargs) -> Localization:
         """Localize on the current model (see `localize`); the result is kept for the report."""
@@ -464,6 +495,8 @@ class AuditSession:
 
         def order(cls):
             targets = set(getattr(cls, "targets", ()))
+            if self.fixes is None and targets and targets <= FIX_METRICS:
+                return (True, True, 9, 1, cls.name)  # they need mistakes to fix: last
             kind = {"learned": 0, "rank-one": 1}.get(getattr(cls, "kind", ""), 2)
             dyn = 0 if cls.name.startswith("dynamic") else 1
             return (not (targets & failing), not (targets & wanted), kind, dyn, cls.name)
@@ -482,7 +515,8 @@ class AuditSession:
             settings["layer"] = None
         ed = get_editor(editor, **settings)
         before = self.current.sha256
-        result = ed.edit(self.current, self.data, self.requirements, device=device, callback=callback)
+        result = ed.edit(self.current, self.data, self.requirements, device=device, callback=callback,
+                         fixes=self.fixes)
         previous, self.current = self.current, result.bundle
         try:
             ev = self.evaluate()
@@ -570,7 +604,7 @@ class AuditSession:
             alternatives.append(run_alternative(name, self.pristine, self.data, target, seed=0))
         self.tradeoff = compare(self.pristine, self.data, self.requirements, methods, results=results,
                                 samples=samples, seed=0, device=device, callback=callback,
-                                alternatives=alternatives)
+                                alternatives=alternatives, fixes=self.fixes)
         self.tradeoff_key = self.state_key()
         return self.tradeoff
 
@@ -580,7 +614,7 @@ class AuditSession:
 
     def state_key(self) -> tuple:
         """Changes whenever the current model or the requirements change (for caches of derived views)."""
-        return (self.current.sha256, tuple(r.expr for r in self.requirements))
+        return (self.current.sha256, tuple(r.expr for r in self.requirements), tuple(self.fix_specs))
 
     # -- attributions before vs after -------------------------------------------------------
     def attributions_before_after(self, rows: int = 500, n_steps: int = 32) -> dict:
@@ -659,6 +693,7 @@ class AuditSession:
             pass
         parts = ["auditor", "audit", model, self.data.name]
         parts += [f'--require "{r.expr}"' for r in self.requirements]
+        parts += [f'--fix "{f}"' for f in self.fix_specs]
         if self.edits:
             rec = self.edits[-1]
             parts.append(f"--editor {rec.editor}")

@@ -20,7 +20,12 @@ if has_pairs:
     st.markdown(f"This data set has **{what}**. Attribution (integrated gradients, Captum) compares each clean "
                 "image with its corrupted twin and scores every layer by how much of the difference in the "
                 "model's output a small (rank-one) change of that layer could undo. The top layer is the one to edit.")
-elif data.kind == "tabular":
+elif data.kind != "tabular":
+    st.info(f"Data set **{data.name}** shows no misbehaviour to localize: it has no trigger, cue, corrupted twins or "
+            "protected groups. Try the digits-trojan or digits-spurious samples, or go on to set requirements.")
+    next_step("requirements", "Next: 3. Requirements, what the model must satisfy")
+    stop()
+else:
     st.markdown("Attribution (integrated gradients, Captum) shows which input features drive the predictions"
                 + (f", and which layers carry the gap in scores between the groups of **{data.primary_protected}**."
                    if data.protected else "."))

@@ -71,6 +71,22 @@ if st.button("Reset to the defaults for this data set", key="req_reset"):
         del st.session_state[k]
     st.rerun()
 
+with st.expander("Mistakes to fix (optional): test rows the model gets wrong", expanded=bool(audit.fix_specs)):
+    st.caption("Editors such as MEND fix given mistakes (*this input should get that label*). Each chosen row asks "
+               "for its true label; shifted and noised copies of it measure whether the fix generalises "
+               "(*generality*); *edit success* is the share of chosen rows the model then gets right.")
+    wrong = audit.mistakes()
+    shown = {f"{r.row}={r.true}": f"row {r.row}: true {r.true}, predicted {r.predicted}" for r in wrong.itertuples()}
+    options = list(dict.fromkeys([*audit.fix_specs, *shown]))
+    picked = st.multiselect(f"Rows to fix ({len(wrong)} wrong test rows shown)", options, default=audit.fix_specs,
+                            format_func=lambda o: shown.get(o, o), key="req_fixes")
+    if picked != audit.fix_specs:
+        try:
+            audit.set_fixes(picked)
+            st.rerun()
+        except Exception as exc:  # noqa: BLE001
+            show_error(exc)
+
 st.subheader("Status of the current model")
 table = audit.requirement_table()
 table["passes"] = table["passes"].map({True: "✔ pass", False: "✘ fail"})

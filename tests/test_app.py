@@ -293,3 +293,24 @@ def test_upload_model_and_csv(tmp_path):
     shown = frame(at, "metric", "value", "meaning").set_index("metric")["value"]
     assert shown["Accuracy"] == format_value("accuracy", ev.metrics["accuracy"])
     assert shown["Demographic parity (sex)"] == format_value("demographic_parity", ev.metrics["demographic_parity"])
+
+
+def test_mistakes_to_fix_enable_the_fix_editors():
+    bundle = load_model(SAMPLES / "digits_cnn.safetensors")
+    data = load_data("digits")
+    audit = AuditSession(bundle, data)
+    at = app(audit, "requirements")
+    wrong = audit.mistakes()
+    specs = [f"{r.row}={r.true}" for r in wrong.head(2).itertuples()]
+    at.multiselect(key="req_fixes").set_value(specs).run()
+    assert audit.fix_specs == specs and "edit_success >= 1" in [r.expr for r in audit.requirements]
+    shown = frame(at, "requirement", "now", "passes").set_index("requirement")
+    assert shown.loc["edit_success >= 1", "now"] == "0.00 %"  # the model gets both wrong
+    at.switch_page("pages/edit.py").run()
+    editor = at.selectbox(key="edit_editor").value
+    assert set(audit.editors()[0].targets) & {"edit_success"} and editor == audit.editors()[0].name
+    at.selectbox(key="edit_editor").set_value("finetune-fix").run()
+    at.button(key="edit_run").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    after = evaluate(audit.current, data, fixes=audit.fixes).metrics
+    assert after["edit_success"] == 1.0 and audit.evaluate().metrics["edit_success"] == 1.0
