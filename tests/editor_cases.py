@@ -108,6 +108,7 @@ class Run:
     after: tuple  # the same after it
     result: object = None  # EditResult, or None when the editor refused
     refused: str | None = None
+    threads: int = 1  # torch's intra-op threads: the float reduction order (and so the last bits) depends on it
 
 
 def _digests(bundle, data, fixes) -> tuple:
@@ -128,7 +129,8 @@ def reference_run(name: str) -> Run:
         result, refused = editor.edit(bundle, data, reqs, device="cpu", fixes=fixes), None
     except AuditorError as exc:
         result, refused = None, str(exc)
-    return Run(name, bundle, data, reqs, fixes, before, _digests(bundle, data, fixes), result, refused)
+    return Run(name, bundle, data, reqs, fixes, before, _digests(bundle, data, fixes), result, refused,
+               torch.get_num_threads())
 
 
 def data_digest(data) -> str:

@@ -1,23 +1,40 @@
 """Concurrency: several sessions editing different models at once do not interfere.
 
-Three levels, each against the results of the same work done one at a time:
+Each level is checked against the same work done one at a time:
 - library: every registered editor at once in threads, each on its own copy of one cached
   (shared, read-only) sample bundle, as the dashboard's `st.cache_resource` shares them;
 - sessions: `AuditSession`s sharing cached bundles, editing and reverting in threads;
-- dashboard: Streamlit AppTest sessions in threads, each loading a different sample model and
-  running an edit through the Edit page.
+- dashboard: three AppTest sessions side by side (AppTest itself is not thread-safe: in threads
+  it fails inside Streamlit with "Runtime hasn't been created"), and three real users at once:
+  a live server and one browser context each, their loads and edits sent back to back.
+
+torch's intra-op thread count is per OS thread and sets the float reduction order: results are
+compared at the thread count of the run they are compared with.
 """
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
+import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
+import torch
 
+from auditor import load_model
 from auditor.backend import seed_everything
 from auditor.editors import EDITORS
-from tests.conftest import ROOT
-from tests.editor_cases import case, data_digest, editor_names, navigation_mode, reference_run, sample  # noqa: F401
+from tests.conftest import ROOT, SAMPLES
+from tests.editor_cases import navigation_mode  # noqa: F401  (fixture)
+from tests.editor_cases import case, data_digest, editor_names, file_digest, reference_run, sample
 
 WORKERS = 4
 
@@ -43,6 +60,9 @@ def test_all_editors_at_once_on_shared_bundles_match_one_at_a_time():
 
     def edit(name: str) -> str:
         editor, bundle, data, reqs, fixes = case(name)  # the same shared bundle and data objects
+        # torch's intra-op thread count is per OS thread and sets the float reduction order: use the
+        # reference run's, so that any difference left is interference, not rounding
+        torch.set_num_threads(reference_run(name).threads)
         try:
             barrier.wait()  # start together
         except threading.BrokenBarrierError:
@@ -85,42 +105,148 @@ def test_sessions_sharing_cached_models_edit_and_revert_independently():
     assert {(m, d): sample(m, d)[0].sha256 for m, d, _, _ in jobs} == pristine
 
 
-APP_JOBS = [("compas_mlp", "magnitude-pruning"), ("digits_cnn_trojan", "rank-one"),
-            ("digits_cnn_spurious", "static-rank-one-last")]
+APP_JOBS = [("compas_mlp", "compas", "magnitude-pruning"), ("digits_cnn_trojan", "digits-trojan", "rank-one"),
+            ("digits_cnn_spurious", "digits-spurious", "static-rank-one-last")]
 
 
-def _dashboard_session(model: str, editor: str) -> tuple[str, str, list]:
-    """One browser session: load a sample on the Load page, run `editor` on the Edit page."""
-    from streamlit.testing.v1 import AppTest
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
-    at.run()
-    at.selectbox(key="load_sample").set_value(model).run()
-    at.button(key="load_go").click().run()
-    at.switch_page("pages/edit.py").run()
-    at.selectbox(key="edit_editor").set_value(editor).run()
-    at.button(key="edit_run").click().run()
-    audit = at.session_state["audit"]
-    problems = [e.value for e in at.exception] + [e.value for e in at.error]
-    return audit.current.sha256, audit.pristine.sha256, problems
-
-
-def test_dashboard_sessions_in_parallel_do_not_interfere(navigation_mode):
+def _expected(jobs) -> dict[str, set[str]]:
+    """model -> sha256 of the edit done through the library, one at a time, with 1 and with 2 intra-op
+    threads (a server thread may run with either; they can differ in the last bits)."""
     from auditor.session import AuditSession
-    jobs = [j for j in APP_JOBS if j[1] in EDITORS]
-    expected = []
-    for model, editor in jobs:  # the same edit through the library, one at a time
-        from auditor.session import default_requirements  # noqa: F401
-        bundle, data = sample(model, {"compas_mlp": "compas", "digits_cnn_trojan": "digits-trojan",
-                                      "digits_cnn_spurious": "digits-spurious"}[model])
-        s = AuditSession(bundle, data)
-        s.run_edit(editor, device="cpu")
-        expected.append((s.current.sha256, bundle.sha256, []))
-    with ThreadPoolExecutor(len(jobs)) as pool:
-        got = list(pool.map(lambda j: _dashboard_session(*j), jobs))
-    for (model, editor), g, e in zip(jobs, got, expected):
-        assert not g[2], f"{model}/{editor}: {g[2]}"
-        assert g[:2] == e[:2], f"{model}/{editor}: the dashboard's edit differs from the library's"
-    # the cached sample models every session started from are unchanged
+    out: dict[str, set[str]] = {}
+    old = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for model, data_name, editor in jobs:
+                s = AuditSession(*sample(model, data_name))
+                s.run_edit(editor, device="cpu")
+                out.setdefault(model, set()).add(s.current.sha256)
+    finally:
+        torch.set_num_threads(old)
+    return out
+
+
+def test_dashboard_sessions_side_by_side_keep_their_own_models(navigation_mode):
+    """Three AppTest sessions (one thread: AppTest itself is not thread-safe), steps interleaved:
+    each ends with its own edit, and the cached sample models they share never change."""
+    from streamlit.testing.v1 import AppTest
+    jobs = [j for j in APP_JOBS if j[2] in EDITORS]
+    expected = _expected(jobs)
+    apps = []
+    for model, _, _ in jobs:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+        at.run()
+        at.selectbox(key="load_sample").set_value(model).run()
+        apps.append(at)
+    for at in apps:
+        at.button(key="load_go").click().run()
+    for at, (model, _, editor) in zip(apps, jobs):
+        at.switch_page("pages/edit.py").run()
+        at.selectbox(key="edit_editor").set_value(editor).run()
+    for at in apps:
+        at.button(key="edit_run").click().run()
+    for at, (model, data_name, editor) in zip(apps, jobs):
+        assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+        audit = at.session_state["audit"]
+        assert audit.model_label == model and len(audit.edits) == 1 and audit.edits[0].editor == editor
+        assert audit.current.sha256 in expected[model], f"{model}/{editor}: the dashboard's edit differs"
+        assert audit.pristine.sha256 == sample(model, data_name)[0].sha256
     from pages.common import sample_model
-    for (model, _), e in zip(jobs, expected):
-        assert sample_model(model).sha256 == e[1]
+    for model, data_name, _ in jobs:
+        assert sample_model(model).sha256 == sample(model, data_name)[0].sha256
+
+
+# --- real parallel sessions: a live server and one browser context per user ------------------------
+CHROMIUM = os.environ.get("AUDITOR_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def live_server():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+                             "--server.port", str(port), "--browser.gatherUsageStats", "false"],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "AUDITOR_THREADS": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+            if proc.poll() is not None:
+                log.seek(0)
+                pytest.fail(f"streamlit exited: {log.read()[-2000:].decode(errors='replace')}")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def _settle(page, timeout: float = 180) -> None:
+    page.wait_for_timeout(300)
+    page.wait_for_function("""() => {
+        const app = document.querySelector('[data-test-script-state]');
+        if (!app || app.getAttribute('data-test-script-state') === 'running') return false;
+        return !document.querySelector('[data-testid="stSkeleton"], [data-stale="true"]'); }""",
+                           timeout=timeout * 1000)
+    page.wait_for_timeout(300)
+
+
+@pytest.mark.browser
+def test_parallel_browser_sessions_editing_different_models(live_server, tmp_path):
+    """Three users at once on one server (one browser context each): their loads and their edits
+    are sent back to back, so the server runs them concurrently; each downloads its own edited
+    model, equal to the library's edit done alone."""
+    from playwright.sync_api import sync_playwright
+    jobs = [j for j in APP_JOBS if j[2] in EDITORS]
+    expected = _expected(jobs)
+    files = {m: file_digest(SAMPLES / f"{m}.safetensors") for m, _, _ in jobs}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            pages = [browser.new_context(accept_downloads=True, viewport={"width": 1400, "height": 1000}).new_page()
+                     for _ in jobs]
+            for page, (model, _, _) in zip(pages, jobs):
+                page.goto(live_server)
+                page.locator("[data-testid=stSelectbox]", has_text="Sample model").click(timeout=180_000)
+                page.get_by_role("option", name=re.compile(f"^{model}: ")).click()
+                _settle(page)
+            for page in pages:  # all three loads at once
+                page.get_by_role("button", name="Load model and data").click()
+            for page, (model, _, _) in zip(pages, jobs):
+                page.get_by_text(f"Loaded {model}").wait_for(timeout=180_000)
+                _settle(page)
+                page.locator("[data-testid=stSidebarNavLink]", has_text="Edit").click()
+                _settle(page)
+            for page, (_, _, editor) in zip(pages, jobs):
+                page.locator("[data-testid=stSelectbox]", has_text="Editor").click()
+                page.get_by_role("option", name=re.compile(f"^{re.escape(editor)} \\(")).click()
+                _settle(page)
+            for page, (_, _, editor) in zip(pages, jobs):  # all three edits at once
+                page.get_by_role("button", name=f"Run {editor}").click()
+            for page, (model, data_name, editor) in zip(pages, jobs):
+                page.get_by_text(f"Edit 1: {editor}").wait_for(timeout=300_000)
+                _settle(page)
+                errors = page.locator("[data-testid=stAlertContentError], [data-testid=stException]").all_inner_texts()
+                assert not errors, errors
+                with page.expect_download(timeout=180_000) as info:
+                    page.get_by_role("button", name="Download the edited model (.safetensors)").click()
+                path = tmp_path / f"{model}.safetensors"
+                info.value.save_as(path)
+                got = load_model(path).sha256
+                assert got in expected[model], f"{model}/{editor}: the session's edit differs from the library's"
+        finally:
+            browser.close()
+    assert {m: file_digest(SAMPLES / f"{m}.safetensors") for m, _, _ in jobs} == files
