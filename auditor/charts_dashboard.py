@@ -63,7 +63,9 @@ def weight_change_heatmap(layer: str, before: torch.Tensor, after: torch.Tensor,
     fig.update_layout(xaxis={"title": cols}, yaxis={"title": "output unit", "autorange": "reversed"})
     title = (f"{layer}: change of size {norm:.3g} ({100 * norm / base:.1f} % of the layer's weights), "
              f"rank {rank}")
-    return _style(fig, title, height=max(260, min(520, 120 + 9 * d.shape[0])))
+    _style(fig, title, height=max(260, min(520, 120 + 9 * d.shape[0])))
+    fig.update_layout(margin_r=110)  # room for the colour bar's title
+    return fig
 
 
 def weight_change_overview(changes: Sequence[dict]) -> go.Figure:
