@@ -67,6 +67,19 @@ def sample_catalogue() -> dict[str, dict]:
     return out
 
 
+def in_frame() -> None:
+    """Make sure this page runs inside app.py's frame. A `pages/` folder beside the entry script is
+    also Streamlit's older multipage convention: until `st.navigation` has run once in the server
+    process (e.g. a browser tab at /edit reconnecting after a restart), Streamlit runs the page file
+    alone, with its own page list. Then switch the old mode off and rerun: app.py runs, and
+    `st.navigation` shows the requested page."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if getattr(PagesManager, "uses_pages_directory", False):
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 class StopPage(Exception):
     """Ends a page early; the frame (app.py) still draws the sidebar, which `st.stop()` would cut off."""
 

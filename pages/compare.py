@@ -9,7 +9,9 @@ from auditor.charts_dashboard import (feature_before_after_chart, pixel_before_a
                                       weight_change_overview)
 from auditor.report.model import merge_requirements
 from auditor.session import base_metric, format_value, metric_label
-from pages.common import need_audit, next_step, progress, show_error
+from pages.common import in_frame, need_audit, next_step, progress, show_error
+
+in_frame()
 
 audit = need_audit()
 st.title("5 · Compare: before and after the edit")

@@ -7,7 +7,9 @@ import torch
 
 from auditor.backend import describe_device
 from auditor.session import editor_settings, format_value, metric_label
-from pages.common import need_audit, next_step, progress, show_error, stop
+from pages.common import in_frame, need_audit, next_step, progress, show_error, stop
+
+in_frame()
 
 audit = need_audit()
 st.title("4 · Edit: repair the model")

@@ -10,8 +10,10 @@ from auditor import TabularSchema, load_data, load_model
 from auditor.data import BUILTIN
 from auditor.models import ModelSpec
 from auditor.session import AuditSession, csv_columns, read_upload
-from pages.common import (builtin_data, get_audit, next_step, progress, sample_catalogue, sample_model,
+from pages.common import (builtin_data, get_audit, in_frame, next_step, progress, sample_catalogue, sample_model,
                           set_audit, show_error, stop)
+
+in_frame()
 
 st.title("1 · Load a model and its data")
 st.markdown("An audit in six steps (left): **load** a model, **localize** where a misbehaviour lives, set the "

@@ -7,7 +7,9 @@ from auditor.charts import feature_attribution_chart, layer_ranking_chart
 from auditor.charts_dashboard import ATTRIBUTION_UNIT, pixel_pairs_chart
 from auditor.localize import METHODS
 from auditor.session import editor_settings
-from pages.common import need_audit, next_step, progress, show_error, stop
+from pages.common import in_frame, need_audit, next_step, progress, show_error, stop
+
+in_frame()
 
 audit = need_audit()
 data = audit.data

@@ -11,7 +11,9 @@ import streamlit as st
 
 from auditor.report import render_html, validate_report, write_pdf
 from auditor.session import format_value
-from pages.common import need_audit, show_error, stop
+from pages.common import in_frame, need_audit, show_error, stop
+
+in_frame()
 
 audit = need_audit()
 st.title("6 · Report: export the audit")

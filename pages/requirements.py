@@ -5,7 +5,9 @@ import streamlit as st
 
 from auditor import METRICS
 from auditor.session import CATEGORIES, base_metric, format_value, metric_help, metric_label
-from pages.common import need_audit, next_step, requirement_sentence, show_error
+from pages.common import in_frame, need_audit, next_step, requirement_sentence, show_error
+
+in_frame()
 
 audit = need_audit()
 st.title("3 · Requirements: what must the model satisfy?")

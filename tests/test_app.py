@@ -20,9 +20,10 @@ PAGES = ["localize", "requirements", "edit", "compare", "report"]
 
 @pytest.fixture(autouse=True)
 def _navigation_mode(monkeypatch):
-    """AppTest forgets before every run that `st.navigation` was called, and a `pages/` folder beside
-    app.py then makes it run the page file alone (Streamlit's first multipage mode) instead of app.py.
-    The live server keeps the flag once st.navigation has run; here it is held the same way."""
+    """AppTest forgets before every run that `st.navigation` has run, so with a `pages/` folder beside
+    app.py Streamlit would take each rerun for its older multipage mode; `pages.common.in_frame` then
+    reruns inside app.py, which loses a button's click. The live server forgets nothing (the switch
+    happens at most once, on its first run); here the flag is held the way the server holds it."""
     from streamlit.runtime.pages_manager import PagesManager
 
     init = PagesManager.__init__

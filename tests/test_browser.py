@@ -166,6 +166,17 @@ def page(browser, request):
     tab.close()
 
 
+def test_a_page_address_as_the_first_request_opens_that_page_in_the_frame(page, server):
+    """A tab left at /edit reconnecting to a fresh server: the page runs inside app.py's frame (the
+    step navigation and the status sidebar), not alone as in Streamlit's older pages/ convention."""
+    page.goto(f"{server}/edit")
+    page.get_by_text("No model is loaded yet").wait_for(timeout=120_000)
+    settle(page)
+    nav = page.locator("[data-testid=stSidebarNavItems]").inner_text()
+    assert "4. Edit" in nav and "common" not in nav
+    assert "Audit status" in page.locator("[data-testid=stSidebar]").inner_text() and not errors_on(page)
+
+
 def test_trojan_audit(page, server, tmp_path):
     page.goto(server)
     start = time.perf_counter()
