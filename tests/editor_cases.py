@@ -5,6 +5,7 @@ without edits here; an editor no sample supports is skipped with its own reason.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 from functools import lru_cache
@@ -124,13 +125,30 @@ def reference_run(name: str) -> Run:
     from auditor.errors import AuditorError
     editor, bundle, data, reqs, fixes = case(name)
     before = _digests(bundle, data, fixes)
-    seed_everything(0)
-    try:
-        result, refused = editor.edit(bundle, data, reqs, device="cpu", fixes=fixes), None
-    except AuditorError as exc:
-        result, refused = None, str(exc)
+    with intra_op_threads(REFERENCE_THREADS):
+        seed_everything(0)
+        try:
+            result, refused = editor.edit(bundle, data, reqs, device="cpu", fixes=fixes), None
+        except AuditorError as exc:
+            result, refused = None, str(exc)
     return Run(name, bundle, data, reqs, fixes, before, _digests(bundle, data, fixes), result, refused,
-               torch.get_num_threads())
+               REFERENCE_THREADS)
+
+
+# One intra-op thread for reference runs: the concurrency test runs several edits at once and
+# matches this count in each worker (more threads than cores would only make them wait).
+REFERENCE_THREADS = 1
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int):
+    """torch's intra-op thread count for this OS thread, restored afterwards."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def data_digest(data) -> str:
