@@ -103,9 +103,6 @@ def test_a_crash_mid_edit_leaves_the_sessions_previous_model_intact(crash_editor
     assert record.sha_before == pristine
 
 
-@pytest.mark.xfail(strict=False, reason="(remove this mark once fixed) AuditSession.run_edit assigns self.current before evaluating the edited model; "
-                          "a failure there leaves an unrecorded model as current (evaluate first, or restore "
-                          "the previous model on error)")
 def test_a_failure_after_the_editor_returned_leaves_the_sessions_previous_model_intact(monkeypatch):
     from auditor.session import AuditSession
     bundle, data = sample("compas_mlp", "compas")
