@@ -337,9 +337,14 @@ def markdown(result: dict) -> str:
         lines.append(f"| {v['target']} | `{v['figure']}` | {v.get('text', v.get('note', '-'))} | {met} |")
     am = next((t for t in result["targets"]["per_model"] if t["model"] == "adult_mlp"), None)
     if am:
-        lines += ["", "Same figures on `adult_mlp`: " + ", ".join(
-            f"{k} {v:.4g}" for k, v in am.items()
-            if k != "model" and isinstance(v, (int, float)) and v is not None), ""]
+        lines += ["", "<details><summary>The same figures on <code>adult_mlp</code></summary>", "",
+                  "| figure | adult_mlp |", "|---|---|"]
+        lines += [f"| `{k}` | {v:.4g} |" for k, v in am.items()
+                  if k != "model" and isinstance(v, (int, float)) and v is not None]
+        lines += ["", "</details>", ""]
+    if result.get("learned_weights"):
+        lines += ["Learned editor weights: " + ", ".join(f"`{w['file']}` (sha256 {w['sha256'][:12]})"
+                                                        for w in result["learned_weights"]), ""]
     summary = {(r["task"], r["method"], r["mode"], json.dumps(r["setting"], sort_keys=True)): r
                for r in result["summary"]["rows"]}
     adult = {(r["task"], r["method"], r["mode"], json.dumps(r["setting"], sort_keys=True)): r
@@ -389,6 +394,26 @@ def markdown(result: dict) -> str:
 
 # ------------------------------------------------------------------------------------------------
 
+def learned_weights(data) -> list[dict]:
+    """Which trained metanetwork files the learned editors read (so a result names its editors)."""
+    import hashlib
+    out = []
+    try:
+        from auditor.editors.metanet.editors import editor_path
+    except ImportError:
+        return out
+    for metric in ("demographic_parity", "equalized_odds", "features_used", "sparsity"):
+        try:
+            path = editor_path(data.name, metric)
+        except (KeyError, AuditorError):
+            continue
+        if path.exists():
+            out.append({"requirement": metric, "file": path.name,
+                        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                        "modified": time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))})
+    return out
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--population", type=int, default=8, help="held-out population models (test split) to use")
@@ -432,6 +457,7 @@ def main(argv=None) -> dict:
                         "date": time.strftime("%Y-%m-%d %H:%M"), "total_seconds": time.perf_counter() - start},
         "data": data.summary(), "attribute": ATTRIBUTE, "fair_target": FAIR_TARGET,
         "models": names, "population_models": population,
+        "learned_weights": learned_weights(data),
         "skipped": bench.skipped, "rows": rows, "summary": summarise(rows, population), "targets": tg,
         "verdicts": verdicts(tg["per_model"], population or names),
     }
