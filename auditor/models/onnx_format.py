@@ -261,7 +261,8 @@ def export_onnx(bundle: ModelBundle, path: str | os.PathLike, extra_metadata: di
     """Write `bundle` as a self-contained `.onnx` file (spec and history in its metadata).
 
     With `verify` (and onnxruntime installed) the file is run by onnxruntime on random inputs
-    and must agree with the PyTorch model to `atol`, else nothing is written.
+    and must agree with the PyTorch model to `atol` (relative to the logits' scale), else
+    nothing is written.
     """
     onnx = _onnx()
     path = Path(path)
@@ -308,8 +309,8 @@ def export_onnx(bundle: ModelBundle, path: str | os.PathLike, extra_metadata: di
 
 def onnxruntime_max_diff(model: nn.Module, onnx_path: str | os.PathLike, shape: list[int],
                          n: int = 64, seed: int = 0) -> float | None:
-    """Largest |logit difference| between onnxruntime on the file and `model` on random inputs
-    (None when onnxruntime is not installed)."""
+    """Largest |logit difference| between onnxruntime on the file and `model` on random inputs,
+    relative to the logits' scale (divided by max(1, largest |logit|)); None without onnxruntime."""
     try:
         import onnxruntime as ort
     except ModuleNotFoundError:
@@ -322,7 +323,7 @@ def onnxruntime_max_diff(model: nn.Module, onnx_path: str | os.PathLike, shape: 
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     with torch.no_grad():
         want = model.cpu().eval()(x).numpy()
-    return float(abs(got - want).max())
+    return float(abs(got - want).max() / max(1.0, float(abs(want).max())))
 
 
 LOADERS[".onnx"] = load_onnx
