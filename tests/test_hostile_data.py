@@ -258,3 +258,41 @@ def test_read_csv_never_writes(tmp_path):
     path, digest = _write(tmp_path, GOOD)
     read_csv(path)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
+# --- a user's own image case (.npz) -------------------------------------------------------------------
+def _npz_choices():
+    n = 20
+    return {
+        "images": [np.random.default_rng(0).random((n, 8, 8)), np.zeros((n, 1, 8, 8)), np.array(["a"] * n),
+                   np.zeros((0, 8, 8)), np.full((n, 8, 8), np.nan), np.zeros((n,)), np.zeros((n, 8, 8), complex), None],
+        "labels": [np.arange(n) % 2, np.arange(n - 1) % 2, np.array(["x"] * n), np.full(n, np.nan), np.full(n, -1),
+                   np.zeros((n, 2)), np.array([]), np.arange(n) % 2 + 0.5, np.zeros(n), None],
+        "target": [np.array(0), np.array([]), np.array("a"), np.array(99), np.array(-5), np.array(1.5), None],
+        "mask": [np.zeros((8, 8)), np.zeros((3, 3)), np.array("m"), None],
+        "pattern": [np.ones((8, 8)), np.ones((5,)), None],
+        "corrupted": [None, np.zeros((n, 8, 8)), np.zeros((3,))],
+        "kind": [None, np.array("cue"), np.array(["trigger"]), np.array(7)],
+    }
+
+
+@SETTINGS
+@given(picks=st.fixed_dictionaries({k: st.sampled_from([0] * 2 * len(v) + list(range(len(v))))  # mostly valid
+                                     for k, v in _npz_choices().items()}))
+def test_hostile_npz_case_gives_auditor_error_or_valid_data(picks):
+    choices = _npz_choices()
+    arrays = {k: choices[k][i] for k, i in picks.items() if choices[k][i] is not None}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "case.npz"
+        np.savez(path, **arrays)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        try:
+            data = load_data(path)
+        except AuditorError as exc:
+            event("refused")
+            assert "\n" not in str(exc)
+        else:
+            event("loaded")
+            assert all(torch.isfinite(data.split(s).X).all() for s in ("train", "val", "test"))
+            assert len(data.class_names) >= 2 and len(data.test) > 0
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest

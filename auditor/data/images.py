@@ -105,17 +105,39 @@ def load_npz_case(path: str | Path, seed: int = 0) -> AuditData:
         if key not in arrays:
             raise AuditorError(f"{path.name} has no {key!r} array; it needs images, labels, target and "
                                "either mask+pattern or corrupted")
+    try:
+        return _npz_case(path, arrays, seed)
+    except (ValueError, TypeError, IndexError, OverflowError) as exc:  # arrays of the wrong kind or shape
+        raise AuditorError(f"{path.name}: its arrays do not form an image case "
+                           f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})") from None
+
+
+def _npz_case(path: Path, arrays: dict, seed: int) -> AuditData:
+    for key, arr in arrays.items():
+        if key != "kind" and not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) \
+                or np.issubdtype(arr.dtype, np.complexfloating):
+            raise AuditorError(f"{path.name}: array {key!r} holds {arr.dtype} values; it must be numeric")
     images = np.asarray(arrays["images"], dtype=np.float32)
     if images.ndim == 3:
         images = images[:, None]
     if images.ndim != 4:
         raise AuditorError(f"{path.name}: images must be (N, H, W) or (N, C, H, W); got shape {images.shape}")
-    labels = np.asarray(arrays["labels"]).astype(np.int64).reshape(-1)
+    labels_raw = np.asarray(arrays["labels"]).reshape(-1)
+    if not np.isfinite(labels_raw.astype(np.float64)).all() or (labels_raw != np.round(labels_raw)).any() \
+            or (labels_raw < 0).any():
+        raise AuditorError(f"{path.name}: labels must be whole numbers >= 0 (class indices)")
+    labels = labels_raw.astype(np.int64)
     if len(labels) != len(images):
         raise AuditorError(f"{path.name}: {len(images)} images but {len(labels)} labels")
+    if len(np.unique(labels)) < 2 or len(images) < 10:
+        raise AuditorError(f"{path.name}: an image case needs at least 10 images of at least 2 classes; "
+                           f"it has {len(images)} of {len(np.unique(labels))}")
     if not np.isfinite(images).all():
         raise AuditorError(f"{path.name}: images hold NaN or infinite values")
-    target = int(np.asarray(arrays["target"]).reshape(-1)[0])
+    target_arr = np.asarray(arrays["target"]).reshape(-1)
+    if target_arr.size != 1 or not float(target_arr[0]).is_integer() or target_arr[0] < 0:
+        raise AuditorError(f"{path.name}: 'target' must be one class index >= 0")
+    target = int(target_arr[0])
     kind = str(np.asarray(arrays.get("kind", "trigger")).reshape(-1)[0]) if "kind" in arrays else "trigger"
     n_classes = int(max(labels.max(), target) + 1)
     stamp, corrupted = None, None
