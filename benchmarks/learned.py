@@ -383,7 +383,8 @@ def markdown(result: dict) -> str:
               f"- `target` mode: the requirement `<= {FAIR_TARGET}` is given; `finetune-fairness` stops once the "
               f"training split (its default check, lower variance than the 3k validation rows) is at most {AIM}, the "
               f"aim of the learned editors' calibration on the validation split; ThresholdOptimizer uses tol={AIM}. "
-              "The speed-up is the faster of the two fine-tuning settings' time over the learned editor's time for the same requirement (the learned editor's time includes its calibration).",
+              "The speed-up is the faster of the two fine-tuning settings' time over the learned editor's time "
+              "for the same requirement (the learned editor's time includes its calibration).",
               f"- Accuracy at {FAIR_TARGET}: the best test accuracy among a method's points whose test gap is at "
               f"most {FAIR_TARGET} (sweep and target points), per model; then the mean of the differences.",
               "- `magnitude-pruning` has no fine-tuning; `magnitude-pruning-finetune` fine-tunes 3 epochs with the "
