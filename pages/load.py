@@ -9,6 +9,7 @@ import streamlit as st
 from auditor import TabularSchema, load_data, load_model
 from auditor.data import BUILTIN
 from auditor.models import ModelSpec
+from auditor.models.custom import TRUST_HELP
 from auditor.session import AuditSession, csv_columns, read_upload
 from pages.common import (builtin_data, get_audit, in_frame, next_step, progress, sample_catalogue, sample_model,
                           set_audit, show_error, stop)
@@ -47,6 +48,11 @@ else:
                 "(`.pt`, `.pth`) or an `.onnx` file needs a spec (JSON: architecture, input, class names).")
     model_file = st.file_uploader("Model file", type=["safetensors", "pt", "pth", "bin", "onnx"], key="up_model")
     spec_file = st.file_uploader("Model spec (JSON, only when the file has none)", type=["json"], key="up_spec")
+    with st.expander("My own architecture (a Python file with the nn.Module class)"):
+        arch_file = st.file_uploader("Architecture file (.py)", type=["py"], key="up_arch")
+        arch_class = st.text_input("Class name in that file", key="up_arch_class")
+        trust = st.checkbox("I trust this code: run it to build the model", key="up_trust", help=TRUST_HELP)
+        st.caption(TRUST_HELP + " Weights are still read without running code.")
     data_kind = st.radio("Data", ["Built-in data set", "CSV file"], horizontal=True, key="up_data_kind")
     schema, csv = None, None
     if data_kind == "Built-in data set":
@@ -77,7 +83,11 @@ else:
                 folder = tempfile.mkdtemp(prefix="auditor-upload-")
                 path = read_upload(model_file.getvalue(), model_file.name, folder)
                 spec = ModelSpec.from_json(spec_file.getvalue().decode()) if spec_file is not None else None
-                bundle = load_model(path, spec=spec)
+                custom = {}
+                if arch_file is not None:
+                    custom = {"arch_file": read_upload(arch_file.getvalue(), arch_file.name, folder),
+                              "arch_class": arch_class or None, "trust_code": trust}
+                bundle = load_model(path, spec=spec, **custom)
                 cb(0.5, "data")
                 if csv is not None:
                     data = load_data(read_upload(csv.getvalue(), csv.name, folder), schema=schema, spec=bundle.spec)

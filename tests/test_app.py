@@ -315,3 +315,50 @@ def test_mistakes_to_fix_enable_the_fix_editors():
     assert not at.exception and not at.error, texts(at.error)
     after = evaluate(audit.current, data, fixes=audit.fixes).metrics
     assert after["edit_success"] == 1.0 and audit.evaluate().metrics["edit_success"] == 1.0
+
+
+CUSTOM_ARCH = '''
+import pathlib
+import torch
+from torch import nn
+pathlib.Path({marker!r}).touch()
+
+class AdultNet(nn.Module):
+    def __init__(self, in_features=100):
+        super().__init__()
+        self.fc1, self.fc2, self.out = nn.Linear(in_features, 64), nn.Linear(64, 32), nn.Linear(32, 2)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+'''
+
+
+def test_upload_own_architecture_needs_the_trust_checkbox(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    marker = tmp_path / "ran"
+    bundle = load_model(SAMPLES / "adult_mlp.safetensors")
+    weights = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in bundle.model.state_dict().items()}, str(weights))
+    spec = json.loads(bundle.spec.to_json())
+    spec["arch"] = {"name": "custom"}
+    at = app()
+    at.radio(key="load_source").set_value("Upload my own").run()
+    at.file_uploader(key="up_model").set_value(("w.safetensors", weights.read_bytes(), "application/octet-stream"))
+    at.file_uploader(key="up_spec").set_value(("spec.json", json.dumps(spec).encode(), "application/json"))
+    at.file_uploader(key="up_arch").set_value(("net.py", CUSTOM_ARCH.format(marker=str(marker)).encode(), "text/x-python"))
+    at.text_input(key="up_arch_class").set_value("AdultNet").run()
+    at.button(key="up_go").click().run()
+    assert not at.exception and "trust this code" in texts(at.error)
+    assert not marker.exists(), "the uploaded code ran without the trust checkbox"
+    at.checkbox(key="up_trust").check().run()
+    at.button(key="up_go").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    assert marker.exists()
+    audit = at.session_state["audit"]
+    assert audit.pristine.sha256 == bundle.sha256
+    ev = evaluate(bundle, load_data("adult", spec=bundle.spec))
+    shown = frame(at, "metric", "value", "meaning").set_index("metric")["value"]
+    assert shown["Accuracy"] == format_value("accuracy", ev.metrics["accuracy"])
