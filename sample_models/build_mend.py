@@ -4,7 +4,7 @@
     python sample_models/build_mend.py mend_digits_cnn    # one artefact
     python sample_models/build_mend.py --model my.safetensors --data digits --out mend_my.safetensors
 
-Artefacts (deterministic for a given torch build):
+Artefacts (the weights are deterministic for a given torch build and thread count):
 - `mend_digits_cnn.safetensors`, `mend_adult_mlp.safetensors`: MEND gradient editors for the sample
   models (found by the `mend` editor through the model's sha256 or name).
 - `digits_cnn_editable.safetensors`, `adult_mlp_editable.safetensors`: the sample models fine-tuned
@@ -29,12 +29,15 @@ from auditor.models import load_model, save_model
 HERE = Path(__file__).parent
 
 MEND = {
-    "mend_digits_cnn": ("digits_cnn", "digits", MendConfig(layers=["fc1", "out"], steps=2000)),
-    "mend_adult_mlp": ("adult_mlp", "adult", MendConfig(layers=["fc2", "out"], steps=1500, misclassified_share=0.8)),
+    "mend_digits_cnn": ("digits_cnn", "digits", MendConfig(layers=["fc1", "out"], steps=1000, margin=1.5, lr=5e-4, search=2)),
+    "mend_adult_mlp": ("adult_mlp", "adult", MendConfig(layers=["fc1", "fc2", "out"], steps=1000, margin=0.2,
+                                                        ridge=1e-3, misclassified_share=0.8)),
 }
 EDITABLE = {
-    "digits_cnn_editable": ("digits_cnn", "digits", EditableConfig(layers=["fc1", "out"], epochs=20, batch_size=64)),
-    "adult_mlp_editable": ("adult_mlp", "adult", EditableConfig(layers=["fc2", "out"], epochs=2, batch_size=256)),
+    "digits_cnn_editable": ("digits_cnn", "digits", EditableConfig(layers=["fc1", "out"], epochs=20, batch_size=64,
+                                                                   margin=1.5)),
+    "adult_mlp_editable": ("adult_mlp", "adult", EditableConfig(layers=["fc1", "fc2", "out"], epochs=2,
+                                                                 batch_size=256, margin=0.2)),
 }
 
 
@@ -83,7 +86,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", help="its data (with --model)")
     parser.add_argument("--out", help="editor file to write (with --model)")
     parser.add_argument("--steps", type=int, help="training steps (with --model)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (one is fastest for these small models)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()

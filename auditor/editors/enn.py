@@ -37,7 +37,7 @@ class EnnHyper:
     layers: list[str] | None = None  # None: from the model's editable-training record, else the last two Linear
     lr: float | None = None  # SGD step; None: the learned one in the model's record, else 0.01
     max_steps: int = 10
-    margin: float = 0.5  # stop once every requested label wins by this log-prob margin
+    margin: float | None = None  # stop once every label wins by this log-prob margin (None: the record's, else 0.5)
 
 
 @register_editor
@@ -50,16 +50,17 @@ class Enn(Editor):
     targets = ("edit_success",)
     Hyper = EnnHyper
 
-    def _settings(self, model, bundle: ModelBundle | None) -> tuple[list[str], float, bool]:
+    def _settings(self, model, bundle: ModelBundle | None) -> tuple[list[str], float, float, bool]:
         record = (bundle.spec.provenance.get(PROVENANCE_KEY) if bundle is not None else None) or {}
         layers = resolve_layers(model, self.hparams.layers or record.get("layers"))
         lr = self.hparams.lr if self.hparams.lr is not None else float(record.get("lr", 0.01))
-        return layers, lr, bool(record)
+        margin = self.hparams.margin if self.hparams.margin is not None else float(record.get("margin", 0.5))
+        return layers, lr, margin, bool(record)
 
     def _edit(self, model, data, requirements, device, callback, *, fixes=None, bundle=None):
         if fixes is None or len(fixes.y) == 0:
             raise AuditorError("the enn editor fixes given mistakes: pass fixes (CLI: --fix ROW=LABEL)")
-        layers, lr, editable = self._settings(model, bundle)
+        layers, lr, margin, editable = self._settings(model, bundle)
         modules = dict(model.named_modules())
         params = [p for name in layers for p in modules[name].parameters()]
         X, y = fixes.X.to(device), fixes.y.to(device)
@@ -67,16 +68,16 @@ class Enn(Editor):
         steps = 0
         for steps in range(self.hparams.max_steps + 1):
             with torch.enable_grad():
-                loss = margin_loss(model(X), y, self.hparams.margin)
+                loss = margin_loss(model(X), y, margin)
                 if bool((loss <= 0).all()) or steps == self.hparams.max_steps:
                     break
-                grads = torch.autograd.grad(loss.sum(), params)
+                grads = torch.autograd.grad(loss.mean(), params)
             with torch.no_grad():
                 for p, g in zip(params, grads):
                     p.sub_(lr * g)
         with torch.no_grad():
             fixed = int((model(X).argmax(1) == y).sum())
-        self.log.append({"step": "enn", "layers": layers, "lr": lr, "steps": steps, "editable_trained": editable,
+        self.log.append({"step": "enn", "layers": layers, "lr": lr, "margin": margin, "steps": steps, "editable_trained": editable,
                          "examples": len(y), "fixed": fixed})
         return {"steps": steps, "fixed": fixed, "examples": len(y), "editable_trained": editable}
 
@@ -129,7 +130,7 @@ def editable_training(bundle: ModelBundle, data: AuditData, config: EditableConf
             edited = dict(params)
             lr = log_lr.exp()
             for _ in range(config.inner_steps):
-                loss = margin_loss(functional_call(model, edited, (X[rows],)), target, config.margin).sum()
+                loss = margin_loss(functional_call(model, edited, (X[rows],)), target, config.margin).mean()
                 grads = torch.autograd.grad(loss, [edited[n] for n in edit_names], create_graph=True)
                 for n, g in zip(edit_names, grads):
                     edited[n] = edited[n] - lr * g

@@ -74,8 +74,12 @@ def _load_cached(path: str, mtime: float) -> tuple[GradientEditor, dict]:
 @dataclass
 class MendHyper:
     editor_path: str | None = None  # a trained editor file; None: found by the model's sha256 or name
-    margin: float = 0.5  # scale the edit until each requested label wins by this log-prob margin
-    search: int = 6  # per-row step multipliers: powers of sqrt(2) from 1/4 up to 2^search; 0: the learned step
+    margin: float | None = None  # scale each row's step until its label wins by this log-prob margin
+    #                              (None: the margin the editor was trained with)
+    search: int | None = None  # row step multipliers: powers of sqrt(2) from 1/2 up to 2^search; 0: the
+    #                            learned step (None: as in training)
+    rounds: int | None = None  # rows still short after a round get another from the edited weights (None: as
+    #                            in training)
 
 
 @register_editor
@@ -95,7 +99,8 @@ class Mend(Editor):
         return find_editor_file(bundle)
 
     def supports(self, bundle: ModelBundle, data) -> str | None:
-        path, _ = self._path(bundle)
+        path, how = self._path(bundle)
+        self._found = (path, how)  # `Editor.edit` checks support right before editing: reuse the lookup
         if path is None:
             if self.hparams.editor_path:
                 return f"editor file {self.hparams.editor_path} does not exist"
@@ -114,17 +119,22 @@ class Mend(Editor):
     def _edit(self, model, data, requirements, device, callback, *, fixes=None, bundle=None):
         if fixes is None or len(fixes.y) == 0:
             raise AuditorError("the mend editor fixes given mistakes: pass fixes (CLI: --fix ROW=LABEL)")
-        path, how = self._path(bundle)
+        found, self._found = getattr(self, "_found", None), None
+        path, how = found if found and found[0] is not None else self._path(bundle)
         editor, info = _load_cached(str(path), path.stat().st_mtime)
         editor = editor.to(device)
         X, y = fixes.X.to(device), fixes.y.to(device)
         callback(0.1, f"editing {len(y)} example(s) with {path.name}")
-        scales = apply_editor(model, editor, X, y, self.hparams.margin, self.hparams.search)
+        trained = info.get("training", {})
+        margin = self.hparams.margin if self.hparams.margin is not None else float(trained.get("margin", 0.5))
+        search = self.hparams.search if self.hparams.search is not None else int(trained.get("search", 3))
+        rounds = self.hparams.rounds if self.hparams.rounds is not None else int(trained.get("rounds", 4))
+        scales = apply_editor(model, editor, X, y, margin, search, rounds)
         alpha = [round(float(a), 4) for a in scales]
         with torch.no_grad():
             fixed = int((model(X).argmax(1) == y).sum())
         self.log.append({"step": "mend", "editor": path.name, "matched": how, "layers": editor.layer_names,
-                         "examples": len(y), "step_multipliers": alpha, "fixed": fixed})
+                         "examples": len(y), "margin": margin, "step_multipliers": alpha, "fixed": fixed})
         return {"editor_file": str(path), "layers": editor.layer_names, "step_multipliers": alpha,
                 "fixed": fixed, "examples": len(y)}
 

@@ -101,17 +101,24 @@ class GradientEditor(nn.Module):
             h = block(h, i)
         return h[:, :n_in] @ white, h[:, self.max_in:self.max_in + n_out] * scale
 
-    def forward(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                row_scale: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """{layer: weight change}: minus the learned step times sum_b row_scale_b delta~_b u~_b^T."""
+    def keys_values(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, tuple]:
+        """{layer: (key, value)}: the edited factors of every layer."""
+        return {name: self.transform(name, *factors[name]) for name in self.layer_names}
+
+    def changes(self, kv: dict[str, tuple], row_scale: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """{layer: weight change}: minus the learned step times sum_b row_scale_b value_b key_b^T."""
         out = {}
         for i, name in enumerate(self.layer_names):
-            u, d = factors[name]
-            key, value = self.transform(name, u, d)
+            key, value = kv[name]
             if row_scale is not None:
                 value = value * row_scale.to(value.dtype)[:, None]
             out[name] = -self.log_lr[i].exp() * (value.T @ key)
         return out
+
+    def forward(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                row_scale: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """{layer: weight change} for these gradient factors."""
+        return self.changes(self.keys_values(factors), row_scale)
 
 
 def save_editor(editor: GradientEditor, path: str | Path, info: dict) -> None:
@@ -153,14 +160,14 @@ def load_editor(path: str | Path) -> tuple[GradientEditor, dict]:
     return editor.eval(), info
 
 
-def row_scales(margin_at, n_rows: int, search: int = 6, start: int = -4) -> torch.Tensor:
-    """Per-row step multipliers 2^(k_b/2): every k_b starts at `start`; rows still short of the
-    margin step up (to at most 2*search) until all win. A row whose loss grew with its last step
-    goes back one step and stays (a longer step would not fix it). `margin_at(scales)` gives the
-    per-row margin loss of the edit with those multipliers."""
+def row_scales(margin_at, n_rows: int, search: int = 3, start: int = -2) -> torch.Tensor:
+    """Per-row step multipliers 2^(k_b/2): every k_b starts at `start` (half the learned step);
+    rows still short of the margin step up by sqrt(2) (to at most 2^search) until all win. A row
+    whose loss grew with its last step goes back one step and stays (a longer step would not fix
+    it). `margin_at(scales)` gives the per-row margin loss of the edit with those multipliers."""
     k = torch.full((n_rows,), start, dtype=torch.float64)
     frozen = torch.zeros(n_rows, dtype=torch.bool)
-    last = None
+    last, grow = None, None
     for _ in range(2 * search - start + 1):
         loss = margin_at(2.0 ** (k / 2)).double()
         if last is not None:
@@ -185,32 +192,45 @@ def _head(model: nn.Module, first: str) -> nn.Module | None:
 
 
 def apply_editor(model: nn.Module, editor: GradientEditor, X: torch.Tensor, y: torch.Tensor,
-                 margin: float = 0.0, search: int = 6) -> torch.Tensor:
+                 margin: float = 0.0, search: int = 3, rounds: int = 4) -> torch.Tensor:
     """Edit `model` in place so that X gets labels y; returns each row's step multiplier.
 
     One gradient evaluation gives the editor's edit, a sum of one rank-one term per row (MEND).
     With `search` = 0 that is the edit (the learned step). Otherwise each row's term is scaled by
-    the smallest power of sqrt 2 (from 1/4 up to 2^search) at which every row wins by `margin`
-    (log-prob), so easy fixes move the weights little and hard ones get there.
+    the smallest power of sqrt 2 (from 1/2 up to 2^search) at which every row wins by `margin`
+    (log-prob), so easy fixes move the weights little and hard ones get there. Rows still short
+    after that get another round from the edited weights (at most `rounds` in all); a round that
+    does not fix more rows than before it is undone.
     """
     modules = dict(model.named_modules())
-    factors, logits = capture_factors(model, editor.layer_names, X, y)
-    if search <= 0:
-        scales = torch.ones(len(y))
-    elif not bool((margin_loss(logits, y, margin) > 0).any()):
-        return torch.zeros(len(y))
-    feats = factors[editor.layer_names[0]][0]
     head = _head(model, editor.layer_names[0])
-    forward = (lambda: head(feats)) if head is not None and len(feats) == len(X) else (lambda: model(X))
-    with torch.no_grad():
-        original = {n: modules[n].weight.detach().clone() for n in editor.layer_names}
+    total = torch.zeros(len(y))
+    for round_ in range(max(rounds, 1) if search > 0 else 1):
+        factors, logits = capture_factors(model, editor.layer_names, X, y)
+        short = margin_loss(logits, y, margin) > 0
+        if search > 0 and not bool(short.any()):
+            break
+        fixed_before = int((logits.argmax(1) == y).sum())
+        feats = factors[editor.layer_names[0]][0]
+        forward = (lambda: head(feats)) if head is not None and len(feats) == len(X) else (lambda: model(X))
+        pick = short.cpu() if search > 0 and bool(total.any()) else torch.ones(len(y), dtype=torch.bool)
+        if not bool(pick.all()):  # a later round: only the rows still short
+            factors = {n: (u[short], d[short]) for n, (u, d) in factors.items()}
+        with torch.no_grad():
+            original = {n: modules[n].weight.detach().clone() for n in editor.layer_names}
+            kv = editor.keys_values(factors)
 
-        def margin_at(scales: torch.Tensor) -> torch.Tensor:
-            for n, c in editor(factors, scales.to(X.device)).items():
-                modules[n].weight.copy_(original[n] + c.to(original[n].dtype))
-            return margin_loss(forward(), y, margin).cpu()
+            def margin_at(scales: torch.Tensor) -> torch.Tensor:
+                for n, c in editor.changes(kv, scales.to(X.device)).items():
+                    modules[n].weight.copy_(original[n] + c.to(original[n].dtype))
+                return margin_loss(forward(), y, margin).cpu()[pick]
 
-        if search > 0:
-            scales = row_scales(margin_at, len(y), search)
-        margin_at(scales)
-    return scales
+            rows = int(pick.sum())
+            scales = row_scales(margin_at, rows, search) if search > 0 else torch.ones(rows)
+            margin_at(scales)
+            if round_ > 0 and int((model(X).argmax(1) == y).sum()) <= fixed_before:
+                for n in editor.layer_names:  # this round did not help: undo it and stop
+                    modules[n].weight.copy_(original[n])
+                break
+        total[pick] += scales
+    return total

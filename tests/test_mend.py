@@ -1,0 +1,177 @@
+"""Fixing specific mistakes: the shipped MEND editors, editable training (enn) and fine-tuning."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from auditor import load_data, load_model
+from auditor.editors import EDITORS, get_editor
+from auditor.editors.mend import (GradientEditor, MendConfig, capture_factors, find_editor_file, load_editor,
+                                  save_editor, train_mend)
+from auditor.errors import AuditorError
+from auditor.fixes import make_fixes
+from auditor.requirements import compute_metrics, predict
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "sample_models"
+
+
+def _misclassified(bundle, data, n, split="test", seed=0):
+    sp = data.split(split)
+    wrong = np.flatnonzero(predict(bundle.model, sp.X) != sp.y.numpy())
+    rows = np.random.default_rng(seed).choice(wrong, size=min(n, len(wrong)), replace=False)
+    return sp.X[rows], sp.y[rows], rows
+
+
+def _unrelated(data, rows):
+    """The data with the edited test rows left out, and no group metrics (faster)."""
+    keep = np.setdiff1d(np.arange(len(data.test)), rows)
+    return dataclasses.replace(data.with_splits(test=data.test.subset(keep)), protected=[])
+
+
+def _weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_editors_are_registered():
+    for name in ("mend", "enn", "finetune-fix"):
+        assert name in EDITORS and EDITORS[name].Hyper is not None
+
+
+def test_mend_fixes_digit_mistakes_locally_and_reverts(digits_cnn, digits):
+    X, y, rows = _misclassified(digits_cnn, digits, 11)
+    original = _weights(digits_cnn.model)
+    editor = get_editor("mend")
+    view = _unrelated(digits, rows)
+    es, gen, changed = [], [], []
+    for i in range(len(y)):
+        fixes = make_fixes(digits, X[i:i + 1], y[i:i + 1])
+        result = editor.edit(digits_cnn, digits, fixes=fixes)
+        m = compute_metrics(result.bundle.model, view, reference=digits_cnn.model, fixes=fixes).metrics
+        es.append(m["edit_success"])
+        gen.append(m["generality"])
+        changed.append(m["changed_predictions"])
+        assert set(result.layers) == {"fc1", "out"}
+        reverted = result.reverted()
+        assert all(torch.equal(v, original[k]) for k, v in reverted.model.state_dict().items())
+    assert all(torch.equal(v, original[k]) for k, v in digits_cnn.model.state_dict().items())  # input untouched
+    assert np.mean(es) == 1.0 and np.mean(gen) >= 0.85
+    assert np.median(changed) < 0.01 and np.mean(changed) < 0.03  # other test images keep their prediction
+
+
+def test_mend_batch_of_ten_adult_mistakes(adult_mlp, adult):
+    X, y, rows = _misclassified(adult_mlp, adult, 10)
+    fixes = make_fixes(adult, X, y)
+    result = get_editor("mend").edit(adult_mlp, adult, fixes=fixes)
+    m = compute_metrics(result.bundle.model, _unrelated(adult, rows), reference=adult_mlp.model, fixes=fixes).metrics
+    assert m["edit_success"] >= 0.9 and m["generality"] >= 0.85
+    assert m["drawdown"] < 0.04 and m["changed_predictions"] < 0.12  # ten fixes at once move the boundary more
+    assert result.extras["examples"] == 10 and len(result.extras["step_multipliers"]) == 10
+
+
+def test_mend_is_more_local_than_finetuning(adult_mlp, adult):
+    """Both fix the same single mistakes; fine-tuning disturbs many more unrelated predictions."""
+    X, y, rows = _misclassified(adult_mlp, adult, 5, seed=1)
+    view = _unrelated(adult, rows)
+    changed = {}
+    for name in ("mend", "finetune-fix"):
+        editor = get_editor(name)
+        vals = []
+        for i in range(len(y)):
+            fixes = make_fixes(adult, X[i:i + 1], y[i:i + 1])
+            result = editor.edit(adult_mlp, adult, fixes=fixes)
+            m = compute_metrics(result.bundle.model, view, reference=adult_mlp.model, fixes=fixes).metrics
+            assert m["edit_success"] == 1.0
+            vals.append(m["changed_predictions"])
+        changed[name] = np.mean(vals)
+    assert changed["mend"] < 0.5 * changed["finetune-fix"]
+
+
+@pytest.mark.parametrize("name", ["finetune-fix", "enn"])
+def test_baselines_fix_and_revert(name, digits):
+    bundle = load_model(SAMPLES / ("digits_cnn_editable.safetensors" if name == "enn" else "digits_cnn.safetensors"))
+    fixes = make_fixes(digits, digits.test.X[:3], (digits.test.y[:3] + 1) % 10)
+    original = _weights(bundle.model)
+    result = get_editor(name).edit(bundle, digits, fixes=fixes)
+    assert compute_metrics(result.bundle.model, digits, fixes=fixes).metrics["edit_success"] == 1.0
+    assert all(torch.equal(v, original[k]) for k, v in result.reverted().model.state_dict().items())
+    if name == "enn":
+        assert result.extras["editable_trained"] and set(result.layers) <= {"fc1.weight", "fc1.bias", "fc1", "out"}
+
+
+def test_editors_need_fixes(digits_cnn, digits):
+    for name in ("mend", "enn", "finetune-fix"):
+        with pytest.raises(AuditorError, match="--fix"):
+            get_editor(name).edit(digits_cnn, digits)
+
+
+def test_mend_finds_its_editor_by_weights_or_name(digits_cnn, digits, compas_mlp):
+    path, how = find_editor_file(digits_cnn)
+    assert path.name == "mend_digits_cnn.safetensors" and "these weights" in how
+    fixes = make_fixes(digits, digits.test.X[:1], torch.tensor([4]))
+    edited = get_editor("mend").edit(digits_cnn, digits, fixes=fixes).bundle
+    path, how = find_editor_file(edited)  # an edited copy: same name and architecture
+    assert path.name == "mend_digits_cnn.safetensors" and "unedited" in how
+    assert "no trained MEND editor" in get_editor("mend").supports(compas_mlp, load_data("compas"))
+
+
+def test_gradient_factors_are_the_weight_gradient(digits_cnn, digits):
+    model = digits_cnn.model
+    X, y = digits.test.X[:4], torch.tensor([1, 2, 3, 4])
+    factors, _ = capture_factors(model, ["fc1", "out"], X, y)
+    model.zero_grad()
+    nn.functional.cross_entropy(model(X), y, reduction="sum").backward()
+    for name in ("fc1", "out"):
+        u, d = factors[name]
+        assert torch.allclose(d.T @ u, getattr(model, name).weight.grad, atol=1e-5)
+    assert not any(m._forward_hooks for m in model.modules())  # hooks removed
+
+
+def test_hooks_are_removed_when_the_forward_pass_fails(digits_cnn):
+    with pytest.raises(RuntimeError):
+        capture_factors(digits_cnn.model, ["fc1", "out"], torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))
+    assert not any(m._forward_hooks for m in digits_cnn.model.modules())
+
+
+def test_editor_network_is_a_preconditioned_gradient_at_init(tmp_path):
+    torch.manual_seed(0)
+    editor = GradientEditor([("a", 6, 3), ("b", 3, 2)], rank=4)
+    u, d = torch.randn(50, 6), torch.randn(50, 3)
+    editor.set_stats({"a": (u, d), "b": (torch.randn(50, 3), torch.randn(50, 2))})
+    key, value = editor.transform("a", u[:2], d[:2])
+    white = editor.u_whiten[0, :6, :6]
+    assert torch.allclose(value, d[:2], atol=1e-6)  # the MLP is the identity: delta comes back unchanged
+    assert torch.allclose(key, u[:2] @ white @ white, atol=1e-5)  # u preconditioned by C^-1/2 twice
+    C = u.T @ u / 50
+    C += 1e-2 * C.diagonal().mean() * torch.eye(6)
+    assert torch.allclose(white @ white, torch.linalg.inv(C), rtol=1e-3, atol=1e-4)
+    save_editor(editor, tmp_path / "e.safetensors", {"model_name": "x"})
+    loaded, info = load_editor(tmp_path / "e.safetensors")
+    assert info["model_name"] == "x" and info["layers"] == [["a", 6, 3], ["b", 3, 2]]
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in editor.state_dict().items())
+
+
+def test_train_mend_keeps_the_best_validated_editor(digits_cnn, digits):
+    editor, info = train_mend(digits_cnn, digits, MendConfig(steps=30, val_every=15, n_val=8, max_batch=3))
+    assert editor.layer_names == ["fc1", "out"] and info["model_sha256"] == digits_cnn.sha256
+    assert len(info["history"]) == 3 and all(np.isfinite(v) for h in info["history"] for v in h.values())
+    assert info["validation"]["score"] == max(h["score"] for h in info["history"])  # never worse than the identity
+    assert not any(p.requires_grad for p in editor.parameters())
+
+
+def test_cli_edit_with_mend_fix(tmp_path, capsys):
+    from auditor.cli import main
+
+    out = tmp_path / "fixed.safetensors"
+    code = main(["edit", str(SAMPLES / "digits_cnn.safetensors"), "digits", "--editor", "mend", "--fix", "12=3",
+                 "--fix", "40=7", "--require", "edit_success >= 0.99", "--out", str(out)])
+    assert code == 0
+    assert "edit_success" in capsys.readouterr().out and out.exists()
+    edited = load_model(out)
+    data = load_data("digits", spec=edited.spec)
+    assert predict(edited.model, data.test.X[[12, 40]]).tolist() == [3, 7]
