@@ -149,7 +149,8 @@ def bench_model(name: str, n_edits: int, batch: int, seed: int, log, folder: Pat
     models = {"base": base, "editable": editable}
     with torch.no_grad():
         top2 = base.model(data.test.X).topk(2, dim=1).values
-    info = {"boundary_share_0.05": float(((top2[:, 0] - top2[:, 1]) < 0.05).float().mean()),"data": data_name, "layers": layers, "margin": margin,
+    info = {"boundary_share_0.05": float(((top2[:, 0] - top2[:, 1]) < 0.05).float().mean()),
+            "data": data_name, "layers": layers, "margin": margin,
             "accuracy": {k: compute_metrics(b.model, data).metrics["accuracy"] for k, b in models.items()},
             "equivalents_self_agreement": {k: self_agreement(b.model, data) for k, b in models.items()},
             "sets": {}}
@@ -175,7 +176,8 @@ def bench_model(name: str, n_edits: int, batch: int, seed: int, log, folder: Pat
                 per_set[f"{label} | {mode}"] = row
                 log(f"{name} | {set_name} | {label} | {mode}: ES {row['edit_success']:.3f} gen {row['generality']:.3f} "
                     f"drawdown {row['drawdown_pt']:.2f} pt changed {row['changed_pct']:.2f}% "
-                    f"{row['cpu_ms_median']:.1f} ms CPU, {row['ms_median']:.1f} ms wall ({time.perf_counter() - start:.0f} s)")
+                    f"{row['cpu_ms_median']:.1f} ms CPU, {row['ms_median']:.1f} ms wall "
+                    f"({time.perf_counter() - start:.0f} s)")
         info["sets"][set_name] = per_set
     return info
 
@@ -200,8 +202,8 @@ def markdown(results: dict) -> str:
         for set_name, rows in info["sets"].items():
             n = next(iter(rows.values()))["requests"] if rows else 0
             lines += [f"### {set_name} ({n} requests)", "",
-                      "| method | mode | edits | edit success | all fixed | generality | drawdown (pt) | worst drawdown | "
-                      "changed unrelated (%) | worst changed | CPU ms (median) | wall ms (median) |",
+                      "| method | mode | edits | edit success | all fixed | generality | drawdown (pt) | "
+                      "worst drawdown | changed unrelated (%) | worst changed | CPU ms (median) | wall ms (median) |",
                       "|---|---|---|---|---|---|---|---|---|---|---|---|"]
             for label, r in rows.items():
                 cell = {k: (f"{r[k]:.{d}f}" if r["passes"].get(k, True) else f"**{r[k]:.{d}f}**")

@@ -29,7 +29,8 @@ from auditor.models import load_model, save_model
 HERE = Path(__file__).parent
 
 MEND = {
-    "mend_digits_cnn": ("digits_cnn", "digits", MendConfig(layers=["fc1", "out"], steps=1000, margin=1.5, lr=5e-4, search=2)),
+    "mend_digits_cnn": ("digits_cnn", "digits", MendConfig(layers=["fc1", "out"], steps=1000, margin=1.5, lr=5e-4,
+                                                          search=2)),
     "mend_adult_mlp": ("adult_mlp", "adult", MendConfig(layers=["fc1", "fc2", "out"], steps=1000, margin=0.2,
                                                         ridge=1e-3, misclassified_share=0.8)),
 }

@@ -11,7 +11,6 @@ reads them. On a model without that record it is plain gradient descent on those
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -77,7 +76,8 @@ class Enn(Editor):
                     p.sub_(lr * g)
         with torch.no_grad():
             fixed = int((model(X).argmax(1) == y).sum())
-        self.log.append({"step": "enn", "layers": layers, "lr": lr, "margin": margin, "steps": steps, "editable_trained": editable,
+        self.log.append({"step": "enn", "layers": layers, "lr": lr, "margin": margin, "steps": steps,
+                         "editable_trained": editable,
                          "examples": len(y), "fixed": fixed})
         return {"steps": steps, "fixed": fixed, "examples": len(y), "editable_trained": editable}
 
