@@ -29,8 +29,9 @@ TASK = "adult"
 EDITORS: dict[str, tuple[str, dict]] = {
     "dp": ("demographic_parity", {"steps": 240, "models_per_step": 4, "label_weight": 1.0, "fairness_weight": 6.0}),
     "eo": ("equalized_odds", {"steps": 240, "models_per_step": 4, "label_weight": 1.0, "fairness_weight": 6.0}),
-    "minimisation": ("features_used", {"steps": 240, "models_per_step": 4}),
-    "pruning": ("sparsity", {"steps": 240, "models_per_step": 4}),
+    "minimisation": ("features_used", {"steps": 120, "models_per_step": 4, "lr": 1e-3, "mask_weight": 0.01,
+                                       "eval_every": 20}),
+    "pruning": ("sparsity", {"steps": 120, "models_per_step": 4, "lr": 1e-3, "mask_weight": 0.01, "eval_every": 20}),
 }
 
 

@@ -13,9 +13,12 @@
 Weights come from `sample_models/metanet_<task>_<dp|eo|minimisation|pruning>.safetensors`
 (`$AUDITOR_METANET_DIR` or the `weights` setting override the place). Structural requirements
 hold exactly: the pruned fraction is ceil(s * weights) / weights, dropped features have all-zero
-first-layer columns. The fairness editors are conditioned on a strength; given a target level
+first-layer columns (the kept weights are refitted in closed form on reference rows of the
+data's training split, then the predicted residuals are added). The fairness editors are conditioned on a strength; given a target level
 they pick the smallest strength whose edited model meets it (minus `margin`) on the calibration
-split, by bisection over strengths of one metanetwork pass (the protected attribute is read only
+split: a grid of strengths from one pass of the heads, evaluated as one batch, and for each a
+shift of the output bias (moving the decision threshold costs no forward pass); the most accurate
+edit on those rows that meets the target wins (the protected attribute is read only
 there, never by the edited model). A model outside the trained family is refused by `supports`.
 """
 from __future__ import annotations
@@ -33,7 +36,7 @@ from ...data.base import AuditData
 from ...errors import AuditorError
 from ..base import Editor
 from ..registry import register_editor
-from .train import KINDS, TrainedMetaNet, load_editor, write_params
+from .train import KINDS, TrainedMetaNet, calibrate, calibration_rows, load_editor, write_params
 
 SAMPLE_MODELS = Path(__file__).resolve().parents[3] / "sample_models"
 _LOADED: dict[str, TrainedMetaNet] = {}
@@ -91,7 +94,9 @@ class MetaNetFairnessHyper:
     strength: float | None = None  # fixed strength in [0, 1]: no calibration, no protected attribute read
     calibration_split: str = "val"  # rows used to pick the strength (needs the protected attribute)
     margin: float = 0.005  # aim this far below the target on the calibration rows
-    bisection_steps: int = 7
+    grid: int = 11  # strengths tried in one batch: 0, 0.1, ..., 1
+    shift_steps: int = 20  # output-bias shifts tried per strength: 2 * shift_steps + 1 in [-max_shift, max_shift]
+    max_shift: float = 2.0  # logit units
     weights: str | None = None  # editor file (default: sample_models/metanet_<task>_dp.safetensors)
 
 
@@ -107,7 +112,6 @@ class _FairnessMetaNet(_MetaNetEditor):
         return float(self.hparams.default_target)
 
     def _edit(self, model, data, requirements, device, callback, **_):
-        from .train import hard_fairness
         trained = self._trained(data)
         attr = trained.info["protected"]
         for r in requirements:
@@ -128,38 +132,29 @@ class _FairnessMetaNet(_MetaNetEditor):
             raise AuditorError(f"calibrating {self.name!r} needs the protected attribute {attr!r} in the "
                                f"{split} split; or set a fixed strength (--set strength=0.8)")
         state = trained.encode(model, data, device)  # the one message-passing pass
-        probe = copy.deepcopy(model)
-
-        def level(t: float) -> float:
-            self._write(probe, trained.decode(state, [t]))
-            return hard_fairness(probe, data, split, self.requirement, attr)
-
+        sp_X, sp_y, onehot = calibration_rows(data, split, attr)
+        G = max(2, int(self.hparams.grid))
+        ts = [i / (G - 1) for i in range(G)]
+        hp = self.hparams
+        shifts = torch.linspace(-hp.max_shift, hp.max_shift, 2 * hp.shift_steps + 1) if hp.shift_steps > 0 \
+            else torch.zeros(1)
         with torch.no_grad():
-            lo, hi = 0.0, 1.0
-            v_lo = level(0.0)
-            steps = [{"strength": 0.0, self.requirement: v_lo}]
-            if v_lo <= aim:
-                best, best_v = 0.0, v_lo
-            else:
-                v_hi = level(1.0)
-                steps.append({"strength": 1.0, self.requirement: v_hi})
-                best, best_v = 1.0, v_hi
-                if v_hi <= aim:
-                    for _ in range(self.hparams.bisection_steps):
-                        mid = (lo + hi) / 2
-                        v = level(mid)
-                        steps.append({"strength": mid, self.requirement: v})
-                        if v <= aim:
-                            hi, best, best_v = mid, mid, v
-                        else:
-                            lo = mid
-            self._write(model, trained.decode(state, [best]))
+            grid = trained.decode(state, ts)  # every strength from one pass of the heads
+            pick = calibrate(model, grid, sp_X, sp_y, onehot, self.requirement, aim, shifts)
+            k = pick["k"]
+            params = {n: t[k:k + 1].clone() for n, t in grid.items()}
+            last_bias = [n for n in params if n.endswith(".bias")][-1]
+            params[last_bias][0, 1] += pick["shift"]  # moves the decision threshold of class 1
+            self._write(model, params)
+        best, best_v = ts[k], pick["level"]
         self.log.append({"step": "calibrate", "split": split, "target": target, "aim": aim, "strength": best,
-                         self.requirement: best_v, "tried": steps})
-        if best_v > aim:
-            self.log.append({"step": "warning", "message": f"strength 1 reaches {best_v:.4f} on {split}, "
-                                                           f"above {aim:.4f}"})
-        return {"strength": best, f"{self.requirement}_{split}": best_v, "target": target}
+                         "output_shift": pick["shift"], self.requirement: best_v, "accuracy": pick["accuracy"],
+                         "tried": [{**r, "strength": ts[r.pop("strength_index")]} for r in pick["table"]]})
+        if not pick["feasible"]:
+            self.log.append({"step": "warning", "message": f"no strength reaches {aim:.4f} on {split}; the "
+                                                           f"fairest edit has {best_v:.4f}"})
+        return {"strength": best, "output_shift": pick["shift"], f"{self.requirement}_{split}": best_v,
+                f"accuracy_{split}": pick["accuracy"], "target": target}
 
 
 @register_editor

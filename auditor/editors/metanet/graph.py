@@ -115,6 +115,9 @@ class Member:
     edge_x: torch.Tensor  # (n_edges, EDGE_FEATURES)
     act_mean: list[torch.Tensor]  # mean of each layer's input activation (inputs, post-ReLU hidden)
     act_std: list[torch.Tensor]
+    X_ref: torch.Tensor | None = None  # the reference rows
+    pre_mean: list[torch.Tensor] | None = None  # mean and std of each layer's pre-activation on them
+    pre_std: list[torch.Tensor] | None = None
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -139,11 +142,13 @@ def prepare(model: nn.Module, X_ref: torch.Tensor, probes=()) -> Member:
         h = X_ref
         node_rows = [torch.stack([torch.zeros(sizes[0], device=dev), h.mean(0), h.std(0),
                                   (h != 0).float().mean(0)], 1)]
-        act_mean, act_std = [], []
+        act_mean, act_std, pre_mean, pre_std = [], [], [], []
         for i, (W, b) in enumerate(zip(weights, biases)):
             act_mean.append(h.mean(0))
             act_std.append(h.std(0))
             pre = h @ W.T + b
+            pre_mean.append(pre.mean(0))
+            pre_std.append(pre.std(0))
             node_rows.append(torch.stack([b, pre.mean(0), pre.std(0), (pre > 0).float().mean(0)], 1))
             h = pre.relu() if i < len(weights) - 1 else pre
         edge_rows = [torch.stack([W.reshape(-1), (W * s).reshape(-1), (W * m).reshape(-1)], 1)
@@ -169,7 +174,8 @@ def prepare(model: nn.Module, X_ref: torch.Tensor, probes=()) -> Member:
             node_g.append(gb / rms)
         node_x = torch.cat([node_x, torch.stack(node_g, 1)], 1)
         edge_x = torch.cat([edge_x, torch.stack(edge_g, 1)], 1)
-    return Member([n for n, _ in layers], st, weights, biases, node_x.detach(), edge_x.detach(), act_mean, act_std)
+    return Member([n for n, _ in layers], st, weights, biases, node_x.detach(), edge_x.detach(), act_mean, act_std,
+                  X_ref, pre_mean, pre_std)
 
 
 @dataclass

@@ -9,9 +9,11 @@ into edited parameters with hard masks that meet the structural requirement exac
 The body runs once per model; the strength enters only the (cheap) heads, so one pass gives a
 whole trade-off curve. Every operation is per node, per edge, or a mean over a neuron's edges,
 so permuting the hidden neurons of a layer permutes the outputs the same way (tested).
-Residual heads are multiplied by learnable scales that start at 0.01 and the mask heads start
-at zero (masks then follow activation-weighted magnitude), so an untrained editor is close to
-the identity (fairness) or to a sensible one-shot heuristic (pruning, minimisation).
+Residual heads are multiplied by learnable scales that start at 0.01 (fairness: also by the
+strength, so strength 0 is exactly the identity) and the mask heads start at zero, so masks
+start from activation-weighted magnitude (|w| * std of the input, pruning) and first-layer column
+norms (minimisation). With `refit`, the masked layers are then refitted in closed form (ridge least
+squares on reference rows, layer by layer) before the residuals are added.
 """
 from __future__ import annotations
 
@@ -40,6 +42,9 @@ class NetConfig:
     init_scale: float = 0.01
     mask_temperature: float = 1.0
     fold_means: bool = False  # add the mean contribution of removed weights to the next bias (measured: hurts)
+    match_moments: bool = False  # after pruning, rescale each neuron to its original mean and std (see assemble)
+    refit: bool = False  # masks then least-squares refit of the masked layers on the reference rows
+    refit_ridge: float = 1e-4
 
 
 class MPLayer(nn.Module):
@@ -172,6 +177,66 @@ def gate_prior(m: Member, group_index: torch.Tensor, n_features: int) -> torch.T
     return tot.add(1e-6).log()
 
 
+def _match_moments(m: Member, Ws: list[torch.Tensor], bs: list[torch.Tensor]) -> tuple[list, list]:
+    """Layer by layer on the reference rows, scale each neuron's (already masked) incoming weights and
+    set its bias so its pre-activation has the original model's mean and standard deviation: a
+    closed-form compensation for the weights pruned before it. Zeros stay zeros (exact sparsity)."""
+    h = m.X_ref.unsqueeze(0)
+    out_W, out_b = [], []
+    for l, (W, b) in enumerate(zip(Ws, bs)):
+        z = torch.einsum("kni,koi->kno", h.expand(W.shape[0], -1, -1) if h.shape[0] == 1 else h, W) + b.unsqueeze(1)
+        scale = (m.pre_std[l] / (z.std(1) + 1e-6)).clamp(1e-3, 10.0)  # (K, out)
+        shift = m.pre_mean[l] - scale * z.mean(1)
+        out_W.append(W * scale.unsqueeze(2))
+        out_b.append(b * scale + shift)
+        z = z * scale.unsqueeze(1) + shift.unsqueeze(1)
+        h = z.relu()
+    return out_W, out_b
+
+
+def _refit(m: Member, masks: list, dws: list, dbs: list, ridge: float) -> tuple[list, list]:
+    """Layer-wise reconstruction: for every masked layer, in forward order, the kept weights and the bias
+    of each neuron are the ridge least-squares fit of the original model's pre-activations on the
+    reference rows, from the edited network's own inputs to that layer (so each layer compensates for
+    what was removed before it). The predicted residuals are added on top; masked entries stay exactly
+    zero. Differentiable (batched `torch.linalg.solve`); the masks' straight-through gradient enters only
+    through the final product, as in plain masking."""
+    K = dws[0].shape[0]
+    n = m.X_ref.shape[0]
+    h = m.X_ref.unsqueeze(0).expand(K, -1, -1)
+    ho = m.X_ref
+    Ws, bs = [], []
+    for l, (W, b) in enumerate(zip(m.weights, m.biases)):
+        z_orig = ho @ W.T + b  # (n, out)
+        M = masks[l]
+        if M is None:
+            Wl, bl = W.unsqueeze(0) + dws[l], b.unsqueeze(0) + dbs[l]
+        elif M.shape[1] == 1:  # one mask for every neuron (dropped inputs): one solve, many right-hand sides
+            Ha = torch.cat([h, h.new_ones(K, n, 1)], 2)
+            Ma = torch.cat([M[:, 0].detach(), M.new_ones(K, 1)], 1)  # (K, in + 1)
+            reg = torch.cat([ridge * n * Ma[:, :-1], Ma.new_zeros(K, 1)], 1)
+            A = (Ha.transpose(1, 2) @ Ha) * Ma.unsqueeze(2) * Ma.unsqueeze(1) + torch.diag_embed((1 - Ma) + reg)
+            rhs = (Ha.transpose(1, 2) @ z_orig) * Ma.unsqueeze(2)  # (K, in + 1, out)
+            sol = torch.linalg.solve(A, rhs) * Ma.unsqueeze(2)
+            Wl = (sol[:, :-1].transpose(1, 2) + dws[l]) * M
+            bl = sol[:, -1] + dbs[l]
+        else:
+            Ha = torch.cat([h, h.new_ones(K, n, 1)], 2)  # (K, n, in + 1)
+            G = Ha.transpose(1, 2) @ Ha  # (K, in + 1, in + 1)
+            Ma = torch.cat([M.detach(), M.new_ones(K, M.shape[1], 1)], 2)  # (K, out, in + 1): bias always kept
+            reg = torch.cat([ridge * n * Ma[..., :-1], Ma.new_zeros(K, M.shape[1], 1)], 2)
+            A = G.unsqueeze(1) * Ma.unsqueeze(3) * Ma.unsqueeze(2) + torch.diag_embed((1 - Ma) + reg)
+            rhs = (Ha.transpose(1, 2) @ z_orig).transpose(1, 2) * Ma  # (K, out, in + 1)
+            sol = torch.linalg.solve(A, rhs.unsqueeze(-1)).squeeze(-1) * Ma
+            Wl = (sol[..., :-1] + dws[l]) * M
+            bl = sol[..., -1] + dbs[l]
+        Ws.append(Wl)
+        bs.append(bl)
+        z = torch.einsum("kni,koi->kno", h, Wl) + bl.unsqueeze(1)
+        h, ho = z.relu(), z_orig.relu()
+    return Ws, bs
+
+
 def assemble(net_cfg: NetConfig, g: GraphBatch, out: dict[str, torch.Tensor], targets: torch.Tensor,
              group_index: torch.Tensor | None = None) -> list[dict]:
     """Edited parameters of every member for every condition.
@@ -181,7 +246,9 @@ def assemble(net_cfg: NetConfig, g: GraphBatch, out: dict[str, torch.Tensor], ta
     (n_inputs,): raw-feature index of every input (-1: not in any group, always kept).
     Returns, per member, {"params": {name: (K, ...)}, "soft": soft-mask tensor or None,
     "hard_kept": per-condition count kept}. Pruned weights and dropped first-layer columns are
-    exactly zero (with `fold_means`, the mean contribution of what was removed goes into the next bias)."""
+    exactly zero (with `fold_means`, the mean contribution of what was removed goes into the next bias;
+    with `match_moments`, neurons are rescaled to their original pre-activation mean and std; with
+    `refit`, masked layers are refitted by least squares, see `_refit`)."""
     results = []
     T = net_cfg.mask_temperature
     for b, m in enumerate(g.members):
@@ -199,6 +266,7 @@ def assemble(net_cfg: NetConfig, g: GraphBatch, out: dict[str, torch.Tensor], ta
         Ws = [W.unsqueeze(0) + dW for W, dW in zip(m.weights, dws)]
         bs = [bias.unsqueeze(0) + db for bias, db in zip(m.biases, dbs)]
         soft, kept = None, None
+        masks: list[torch.Tensor | None] = [None] * st.depth
         if net_cfg.mode == "prune":
             scores = prune_prior(m).unsqueeze(1) + out["keep"][eo:eo + st.n_edges]
             n_total = st.n_edges
@@ -207,6 +275,7 @@ def assemble(net_cfg: NetConfig, g: GraphBatch, out: dict[str, torch.Tensor], ta
             kept = n_total - n_prune
             for l in range(st.depth):
                 M = mask[st.edge_offsets[l]:st.edge_offsets[l + 1]].T.reshape(K, *m.weights[l].shape)
+                masks[l] = M
                 if net_cfg.fold_means:
                     bs[l] = bs[l] + torch.einsum("koi,oi,i->ko", 1 - M, m.weights[l], m.act_mean[l])
                 Ws[l] = Ws[l] * M
@@ -227,6 +296,11 @@ def assemble(net_cfg: NetConfig, g: GraphBatch, out: dict[str, torch.Tensor], ta
             if net_cfg.fold_means:
                 bs[0] = bs[0] + torch.einsum("ki,oi,i->ko", 1 - M_in.T, m.weights[0], m.act_mean[0])
             Ws[0] = Ws[0] * M_in.T.unsqueeze(1)
+            masks[0] = M_in.T.unsqueeze(1)  # (K, 1, n_inputs): the same for every first-layer neuron
+        if net_cfg.refit and m.X_ref is not None and any(M is not None for M in masks):
+            Ws, bs = _refit(m, masks, dws, dbs, net_cfg.refit_ridge)
+        elif net_cfg.match_moments and m.X_ref is not None:
+            Ws, bs = _match_moments(m, Ws, bs)
         params = {}
         for name, W, bias in zip(m.names, Ws, bs):
             params[f"{name}.weight"] = W

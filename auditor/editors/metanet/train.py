@@ -105,6 +105,8 @@ class TrainSettings:
     layers: int = 3
     fairness_weight: float = 3.0  # loss weight of the fairness gap at strength 1
     fairness_temperature: float = 0.2  # sigmoid temperature of the soft prediction in the gap
+    refit: bool = True  # pruning, minimisation: least-squares refit of masked layers (net.assemble)
+    match_moments: bool = True  # pruning without refit: closed-form mean/std compensation
     gradient_features: bool = True  # fairness: gradients of the gap, cross-entropy and rate as features
     label_weight: float = 0.0  # weight of cross-entropy with the labels, added to the divergence
     rate_weight: float = 10.0  # fairness: weight of the squared change of the overall positive rate
@@ -114,6 +116,7 @@ class TrainSettings:
     n_models: int = zoo.DEFAULT_SIZE
     train_limit: int | None = None  # use only the first N training members (tiny runs, tests)
     val_limit: int | None = 8  # validation members evaluated at the end
+    eval_every: int = 40  # validation loss every N steps; the best checkpoint (step 0 included) is kept
     seed: int = 0
     threads: int = 1  # torch threads per process
 
@@ -230,7 +233,9 @@ def train_editor(settings: TrainSettings, out: str | Path | None = None,
     codes = codes.to(dev) if codes is not None else None
     max_depth = max(4, max(m.st.depth for m in members))
     cfg = NetConfig(n_inputs=data.n_inputs, n_classes=2, n_features=n_feat, mode=kind.mode, hidden=s.hidden,
-                    layers=s.layers, max_depth=max_depth, n_probes=len(probes))
+                    layers=s.layers, max_depth=max_depth, n_probes=len(probes),
+                    match_moments=kind.mode == "prune" and s.match_moments and not s.refit,
+                    refit=kind.mode in ("prune", "gate") and s.refit)
     torch.manual_seed(s.seed)
     net = MetaNet(cfg).to(dev)
     model = net
@@ -247,6 +252,33 @@ def train_editor(settings: TrainSettings, out: str | Path | None = None,
     gen = torch.Generator().manual_seed(s.seed * 7919 + rank)
     history = []
     B = min(s.models_per_step, len(members))
+    # early stopping on held-out validation members (fixed strengths and rows); step 0 is a candidate
+    val_curve: list[tuple[int, float]] = []
+    best: tuple = (float("inf"), 0, None)
+    if rank == 0 and s.eval_every:
+        vb = zoo.load_population(s.task, "val", s.n_models, limit=s.val_limit or 4)
+        v_members = [prepare(b.model, X_ref, probes) for b in vb]
+        for m, b in zip(v_members, vb):
+            _to(m, dev)
+            b.model.to(dev)
+        vg = batch(v_members, cfg.n_inputs, cfg.n_classes, cfg.max_depth)
+        grid = torch.tensor(default_grid(kind.mode, n_feat), dtype=torch.float32)
+        v_targets = grid.unsqueeze(0).expand(len(v_members), -1).to(dev)
+        v_cond = cond_features(kind.mode, v_targets, n_feat)
+        vrows = torch.randperm(len(data.val), generator=torch.Generator().manual_seed(1))[:2048]
+        vX, vy = data.val.X[vrows].to(dev), data.val.y[vrows].to(dev)
+        vcodes = group_codes(data.val.groups[attr].iloc[vrows.numpy()], group_names)[0].to(dev) if attr else None
+
+        def val_loss() -> float:
+            net.eval()
+            with torch.no_grad():
+                v = _batch_loss(net, cfg, kind, s, vg, [b.model for b in vb], v_targets, v_cond, vX, vy, vcodes,
+                                len(group_names), gidx)[0]
+            net.train()
+            return float(v)
+
+        best = (val_loss(), 0, {k: t.detach().clone() for k, t in net.state_dict().items()})
+        val_curve.append((0, best[0]))
     for step in range(s.steps):
         pick = torch.randperm(len(members), generator=gen)[:B].tolist()
         g = batch([members[i] for i in pick], cfg.n_inputs, cfg.n_classes, cfg.max_depth)
@@ -254,47 +286,27 @@ def train_editor(settings: TrainSettings, out: str | Path | None = None,
         cond = cond_features(kind.mode, targets, n_feat)
         rows = torch.randint(len(X_all), (s.rows,), generator=gen).to(dev)
         X, y = X_all[rows], y_all[rows]
-        outs = model(g, cond)
-        results = assemble(cfg, g, outs, targets, gidx)
-        loss, js_sum, req_sum = 0.0, 0.0, 0.0
-        for j, (i, res) in enumerate(zip(pick, results)):
-            with torch.no_grad():
-                base = templates[i](X)
-            logits = edited_logits(templates[i], res["params"], X)  # (K, n, 2)
-            js = torch.stack([js_divergence(base, lk) for lk in logits])
-            if s.label_weight:  # optional: cross-entropy with the labels as a second utility term
-                js = js + s.label_weight * torch.stack([nn.functional.cross_entropy(lk, y) for lk in logits])
-            if kind.mode == "residual":
-                p = positive_probability(logits.reshape(-1, 2), s.fairness_temperature).reshape(len(logits), -1)
-                gaps = torch.stack([fairness_gap(kind.metric, pk, y, codes[rows], len(group_names),
-                                                 **({"reduce": "sum"} if kind.metric == "equalized_odds" else {}))
-                                    for pk in p])
-                req = s.fairness_weight * targets[j] * gaps
-                if s.rate_weight:  # keep the overall positive rate: equalise by moving rows, not by
-                    # pushing everyone below the threshold (which the gap alone would reward)
-                    p0 = positive_probability(base, s.fairness_temperature).mean()
-                    req = req + s.rate_weight * (p.mean(1) - p0) ** 2
-            elif kind.mode == "prune":
-                req = s.mask_weight * torch.stack([sparsity_gap(res["soft"][:, k], float(targets[j, k]))
-                                                   for k in range(targets.shape[1])])
-            else:
-                req = s.mask_weight * torch.stack([feature_budget_gap(res["soft"][:, k], float(targets[j, k]))
-                                                   for k in range(targets.shape[1])])
-            loss = loss + (js + req).mean() / B
-            js_sum += float(js.detach().mean()) / B
-            req_sum += float(req.detach().mean()) / B
+        loss, js_sum, req_sum = _batch_loss(model, cfg, kind, s, g, [templates[i] for i in pick], targets, cond,
+                                            X, y, codes[rows] if codes is not None else None, len(group_names), gidx)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         sched.step()
         history.append((float(loss.detach()), js_sum, req_sum))
+        if rank == 0 and s.eval_every and ((step + 1) % s.eval_every == 0 or step == s.steps - 1):
+            v = val_loss()
+            val_curve.append((step + 1, v))
+            if v < best[0]:
+                best = (v, step + 1, {k: t.detach().clone() for k, t in net.state_dict().items()})
         if rank == 0 and (step % 10 == 0 or step == s.steps - 1):
             recent = np.array(history[-10:])
             callback((step + 1) / s.steps, f"step {step + 1}/{s.steps} loss {recent[:, 0].mean():.4f} "
                                            f"(js {recent[:, 1].mean():.4f}, requirement {recent[:, 2].mean():.4f}) "
                                            f"{time.perf_counter() - start:.0f} s")
     seconds = time.perf_counter() - start
+    if best[2] is not None:
+        net.load_state_dict(best[2])
     info = {"format": FORMAT, "task": s.task, "requirement": kind.metric, "mode": kind.mode,
             "condition": kind.condition, "net": asdict(cfg), "protected": attr, "groups": group_names,
             "family": {"data": data.name, "n_inputs": data.n_inputs, "n_classes": 2,
@@ -308,7 +320,8 @@ def train_editor(settings: TrainSettings, out: str | Path | None = None,
             "training": {**asdict(s), "seconds": round(seconds, 1), "world_size": world, "device": str(dev),
                          "final_loss": float(np.mean([h[0] for h in history[-20:]])),
                          "final_js": float(np.mean([h[1] for h in history[-20:]])),
-                         "final_requirement_term": float(np.mean([h[2] for h in history[-20:]]))}}
+                         "final_requirement_term": float(np.mean([h[2] for h in history[-20:]])),
+                         "best_step": best[1], "val_loss": [[st_, round(v, 6)] for st_, v in val_curve]}}
     if rank == 0:
         net.eval()
         callback(1.0, "validating on held-out validation members")
@@ -321,13 +334,52 @@ def train_editor(settings: TrainSettings, out: str | Path | None = None,
     return info
 
 
+def _batch_loss(model, cfg: NetConfig, kind: RequirementKind, s: TrainSettings, g, templates: list, targets, cond,
+                X, y, codes, n_groups: int, gidx) -> tuple:
+    """Mean over members and strengths of divergence (+ label term) + requirement term; with floats."""
+    outs = model(g, cond)
+    results = assemble(cfg, g, outs, targets, gidx)
+    B = len(templates)
+    loss, js_sum, req_sum = 0.0, 0.0, 0.0
+    for j, (template, res) in enumerate(zip(templates, results)):
+        with torch.no_grad():
+            base = template(X)
+        logits = edited_logits(template, res["params"], X)  # (K, n, 2)
+        js = torch.stack([js_divergence(base, lk) for lk in logits])
+        if s.label_weight:  # optional: cross-entropy with the labels as a second utility term
+            js = js + s.label_weight * torch.stack([nn.functional.cross_entropy(lk, y) for lk in logits])
+        if kind.mode == "residual":
+            p = positive_probability(logits.reshape(-1, 2), s.fairness_temperature).reshape(len(logits), -1)
+            gaps = torch.stack([fairness_gap(kind.metric, pk, y, codes, n_groups,
+                                             **({"reduce": "sum"} if kind.metric == "equalized_odds" else {}))
+                                for pk in p])
+            req = s.fairness_weight * targets[j] * gaps
+            if s.rate_weight:  # keep the overall positive rate: equalise by moving rows, not by
+                # pushing everyone below the threshold (which the gap alone would reward)
+                p0 = positive_probability(base, s.fairness_temperature).mean()
+                req = req + s.rate_weight * (p.mean(1) - p0) ** 2
+        elif kind.mode == "prune":
+            req = s.mask_weight * torch.stack([sparsity_gap(res["soft"][:, k], float(targets[j, k]))
+                                               for k in range(targets.shape[1])])
+        else:
+            req = s.mask_weight * torch.stack([feature_budget_gap(res["soft"][:, k], float(targets[j, k]))
+                                               for k in range(targets.shape[1])])
+        loss = loss + (js + req).mean() / B
+        js_sum += float(js.detach().mean()) / B
+        req_sum += float(req.detach().mean()) / B
+    return loss, js_sum, req_sum
+
+
 def _to(m: Member, dev: torch.device) -> None:
     if m.node_x.device == dev:
         return
     for f in ("node_x", "edge_x"):
         setattr(m, f, getattr(m, f).to(dev))
-    for f in ("weights", "biases", "act_mean", "act_std"):
-        setattr(m, f, [t.to(dev) for t in getattr(m, f)])
+    for f in ("weights", "biases", "act_mean", "act_std", "pre_mean", "pre_std"):
+        if getattr(m, f) is not None:
+            setattr(m, f, [t.to(dev) for t in getattr(m, f)])
+    if m.X_ref is not None:
+        m.X_ref = m.X_ref.to(dev)
 
 
 def default_grid(mode: str, n_features: int) -> list[float]:
@@ -384,6 +436,78 @@ def hard_fairness(model: nn.Module, data: AuditData, split: str, metric: str, at
     if metric == "demographic_parity":
         return float(demographic_parity_gap(pred, codes))
     return float(equalized_odds_gap(pred, sp.y, codes))
+
+
+_CALIB: dict[tuple, tuple] = {}
+
+
+def calibration_rows(data: AuditData, split: str, attribute: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(X, y, one-hot group matrix (n, groups)) of a split, cached per data set."""
+    key = (data.sha256, split, attribute)
+    if key not in _CALIB:
+        sp = data.split(split)
+        codes, names = group_codes(sp.groups[attribute])
+        _CALIB[key] = (sp.X, sp.y, nn.functional.one_hot(codes, len(names)).float())
+    return _CALIB[key]
+
+
+@torch.no_grad()
+def batched_fairness(template: nn.Module, params: dict[str, torch.Tensor], X: torch.Tensor, y: torch.Tensor,
+                     onehot: torch.Tensor, metric: str) -> torch.Tensor:
+    """Hard demographic parity / equalized odds difference of K edited models at once -> (K,)."""
+    dev = next(iter(params.values())).device
+    pred = edited_logits(template, params, X.to(dev)).argmax(-1).float()  # (K, n)
+    onehot, y = onehot.to(dev), y.to(dev)
+
+    def gap(mask):
+        oh = onehot if mask is None else onehot[mask]
+        pr = pred if mask is None else pred[:, mask]
+        counts = oh.sum(0)
+        present = counts > 0
+        rates = (pr @ oh)[:, present] / counts[present]
+        return rates.max(1).values - rates.min(1).values
+
+    if metric == "demographic_parity":
+        return gap(None).cpu()
+    return torch.maximum(gap(y == 1), gap(y == 0)).cpu()
+
+
+@torch.no_grad()
+def calibrate(template: nn.Module, params: dict[str, torch.Tensor], X: torch.Tensor, y: torch.Tensor,
+              onehot: torch.Tensor, metric: str, aim: float, shifts: torch.Tensor) -> dict:
+    """Pick, among K edited models (`params`, one per strength) and output-bias shifts, the most
+    accurate on the calibration rows whose fairness gap is at most `aim` (else the fairest).
+
+    One batched forward of the K models; the shifts only move the decision threshold of the logit
+    difference, so they cost no extra forward. Returns {"k", "shift", "level", "accuracy", "table"}."""
+    dev = next(iter(params.values())).device
+    logits = edited_logits(template, params, X.to(dev))  # (K, n, 2)
+    dz = (logits[..., 1] - logits[..., 0]).cpu()  # (K, n)
+    K, n = dz.shape
+    S = len(shifts)
+    pred = (dz.unsqueeze(1) + shifts.view(1, S, 1) > 0).float().reshape(K * S, n)
+    acc = (pred == y.float().unsqueeze(0)).float().mean(1)
+
+    def gap(mask):
+        oh = onehot if mask is None else onehot[mask]
+        pr = pred if mask is None else pred[:, mask]
+        counts = oh.sum(0)
+        present = counts > 0
+        rates = (pr @ oh)[:, present] / counts[present]
+        return rates.max(1).values - rates.min(1).values
+
+    level = gap(None) if metric == "demographic_parity" else torch.maximum(gap(y == 1), gap(y == 0))
+    ok = level <= aim
+    if bool(ok.any()):
+        score = torch.where(ok, acc, torch.full_like(acc, -1.0))
+        best = int(score.argmax())  # the first (weakest strength, lowest shift) among equals
+    else:
+        best = int(level.argmin())
+    k, j = divmod(best, S)
+    table = [{"strength_index": i // S, "shift": float(shifts[i % S]), "level": float(level[i]),
+              "accuracy": float(acc[i])} for i in range(0, K * S, S)]  # unshifted rows, for the log
+    return {"k": k, "shift": float(shifts[j]), "level": float(level[best]), "accuracy": float(acc[best]),
+            "feasible": bool(ok.any()), "table": table}
 
 
 # ------------------------------------------------------------------------------------------------
