@@ -15,8 +15,8 @@ Weights come from `sample_models/metanet_<task>_<dp|eo|minimisation|pruning>.saf
 hold exactly: the pruned fraction is ceil(s * weights) / weights, dropped features have all-zero
 first-layer columns (the kept weights are refitted in closed form on reference rows of the
 data's training split, then the predicted residuals are added). The fairness editors are conditioned on a strength; given a target level
-they pick the smallest strength whose edited model meets it (minus `margin`) on the calibration
-split: a grid of strengths from one pass of the heads, evaluated as one batch, and for each a
+they pick the edit that meets it (minus `margin`) on calibration rows (6000 fixed rows of the training
+split by default): a grid of strengths from one pass of the heads, evaluated as one batch, and for each a
 shift of the output bias (moving the decision threshold costs no forward pass); the most accurate
 edit on those rows that meets the target wins (the protected attribute is read only
 there, never by the edited model). A model outside the trained family is refused by `supports`.
@@ -92,9 +92,10 @@ class MetaNetFairnessHyper:
     target: float | None = None  # fairness level to reach; None: from the requirement, else default_target
     default_target: float = 0.03
     strength: float | None = None  # fixed strength in [0, 1]: no calibration, no protected attribute read
-    calibration_split: str = "val"  # rows used to pick the strength (needs the protected attribute)
+    calibration_split: str = "train"  # rows used to pick the strength (needs the protected attribute)
+    calibration_rows: int | None = 6000  # a fixed random subset of that split (None: all of it)
     margin: float = 0.005  # aim this far below the target on the calibration rows
-    grid: int = 11  # strengths tried in one batch: 0, 0.1, ..., 1
+    grid: int = 8  # strengths tried in one batch: (i / 7) ** 2 for i = 0..7
     shift_steps: int = 20  # output-bias shifts tried per strength: 2 * shift_steps + 1 in [-max_shift, max_shift]
     max_shift: float = 2.0  # logit units
     weights: str | None = None  # editor file (default: sample_models/metanet_<task>_dp.safetensors)
@@ -132,9 +133,9 @@ class _FairnessMetaNet(_MetaNetEditor):
             raise AuditorError(f"calibrating {self.name!r} needs the protected attribute {attr!r} in the "
                                f"{split} split; or set a fixed strength (--set strength=0.8)")
         state = trained.encode(model, data, device)  # the one message-passing pass
-        sp_X, sp_y, onehot = calibration_rows(data, split, attr)
+        sp_X, sp_y, onehot = calibration_rows(data, split, attr, self.hparams.calibration_rows)
         G = max(2, int(self.hparams.grid))
-        ts = [i / (G - 1) for i in range(G)]
+        ts = [(i / (G - 1)) ** 2 for i in range(G)]  # denser at weak strengths, where accuracy is decided
         hp = self.hparams
         shifts = torch.linspace(-hp.max_shift, hp.max_shift, 2 * hp.shift_steps + 1) if hp.shift_steps > 0 \
             else torch.zeros(1)

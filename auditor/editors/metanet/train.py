@@ -441,13 +441,18 @@ def hard_fairness(model: nn.Module, data: AuditData, split: str, metric: str, at
 _CALIB: dict[tuple, tuple] = {}
 
 
-def calibration_rows(data: AuditData, split: str, attribute: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(X, y, one-hot group matrix (n, groups)) of a split, cached per data set."""
-    key = (data.sha256, split, attribute)
+def calibration_rows(data: AuditData, split: str, attribute: str, n: int | None = None,
+                     seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(X, y, one-hot group matrix (n, groups)) of a split, or of a fixed random subset of `n` of its
+    rows; cached per data set."""
+    key = (data.sha256, split, attribute, n, seed)
     if key not in _CALIB:
         sp = data.split(split)
-        codes, names = group_codes(sp.groups[attribute])
-        _CALIB[key] = (sp.X, sp.y, nn.functional.one_hot(codes, len(names)).float())
+        idx = np.arange(len(sp))
+        if n is not None and n < len(sp):
+            idx = np.sort(np.random.default_rng(seed).choice(len(sp), n, replace=False))
+        codes, names = group_codes(sp.groups[attribute].iloc[idx])
+        _CALIB[key] = (sp.X[idx], sp.y[idx], nn.functional.one_hot(codes, len(names)).float())
     return _CALIB[key]
 
 
@@ -485,18 +490,35 @@ def calibrate(template: nn.Module, params: dict[str, torch.Tensor], X: torch.Ten
     dz = (logits[..., 1] - logits[..., 0]).cpu()  # (K, n)
     K, n = dz.shape
     S = len(shifts)
-    pred = (dz.unsqueeze(1) + shifts.view(1, S, 1) > 0).float().reshape(K * S, n)
-    acc = (pred == y.float().unsqueeze(0)).float().mean(1)
+    # positives per (group, label) cell for every strength and shift: a row is positive when
+    # dz + shift > 0; sorted scores and searchsorted count them without materialising predictions
+    group = onehot.argmax(1).cpu()
+    y = y.cpu()
+    thresholds = (-shifts).to(dz.dtype).contiguous().expand(K, S).contiguous()
+    pos, size = {}, {}
+    for g in range(onehot.shape[1]):
+        for lab in (0, 1):
+            cell = (group == g) & (y == lab)
+            size[g, lab] = int(cell.sum())
+            if size[g, lab]:
+                srt = dz[:, cell].sort(1).values.contiguous()
+                pos[g, lab] = size[g, lab] - torch.searchsorted(srt, thresholds, right=True).to(dz.dtype)
+            else:
+                pos[g, lab] = dz.new_zeros(K, S)
+    groups = [g for g in range(onehot.shape[1]) if size[g, 0] + size[g, 1] > 0]
+    acc = sum(pos[g, 1] + size[g, 0] - pos[g, 0] for g in groups) / n  # (K, S)
 
-    def gap(mask):
-        oh = onehot if mask is None else onehot[mask]
-        pr = pred if mask is None else pred[:, mask]
-        counts = oh.sum(0)
-        present = counts > 0
-        rates = (pr @ oh)[:, present] / counts[present]
-        return rates.max(1).values - rates.min(1).values
+    def spread(rates):
+        r = torch.stack(rates, -1)
+        return r.max(-1).values - r.min(-1).values
 
-    level = gap(None) if metric == "demographic_parity" else torch.maximum(gap(y == 1), gap(y == 0))
+    if metric == "demographic_parity":
+        level = spread([(pos[g, 0] + pos[g, 1]) / (size[g, 0] + size[g, 1]) for g in groups])
+    else:
+        tpr = spread([pos[g, 1] / size[g, 1] for g in groups if size[g, 1]])
+        fpr = spread([pos[g, 0] / size[g, 0] for g in groups if size[g, 0]])
+        level = torch.maximum(tpr, fpr)
+    acc, level = acc.reshape(-1), level.reshape(-1)
     ok = level <= aim
     if bool(ok.any()):
         score = torch.where(ok, acc, torch.full_like(acc, -1.0))
@@ -504,8 +526,9 @@ def calibrate(template: nn.Module, params: dict[str, torch.Tensor], X: torch.Ten
     else:
         best = int(level.argmin())
     k, j = divmod(best, S)
+    mid = int((shifts.abs()).argmin())
     table = [{"strength_index": i // S, "shift": float(shifts[i % S]), "level": float(level[i]),
-              "accuracy": float(acc[i])} for i in range(0, K * S, S)]  # unshifted rows, for the log
+              "accuracy": float(acc[i])} for i in range(mid, K * S, S)]  # unshifted rows, for the log
     return {"k": k, "shift": float(shifts[j]), "level": float(level[best]), "accuracy": float(acc[best]),
             "feasible": bool(ok.any()), "table": table}
 
@@ -612,7 +635,9 @@ class TrainedMetaNet:
     def encode(self, model: nn.Module, data: AuditData, device: torch.device | None = None) -> tuple:
         """Read `model` as a graph and run the message passing (once per model)."""
         dev = device or next(model.parameters()).device
-        net = self.net.to(dev)
+        if next(self.net.parameters()).device != dev:
+            self.net.to(dev)
+        net = self.net
         member = prepare(model, self._reference(data).to(dev), self._probes(data))
         cfg = net.cfg
         g = batch([member], cfg.n_inputs, cfg.n_classes, cfg.max_depth)
