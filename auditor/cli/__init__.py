@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from ..errors import AuditorError
@@ -34,6 +35,9 @@ def main(argv=None) -> int:
     except AuditorError as exc:
         print(f"auditor: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except KeyboardInterrupt:
         print("auditor: interrupted", file=sys.stderr)
         return 130
