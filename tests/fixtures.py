@@ -8,6 +8,15 @@ import torch
 from auditor.data import AuditData, Split
 from auditor.models import ModelBundle, ModelSpec, build_architecture
 
+HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def assert_no_hooks(model) -> None:
+    """No forward, pre-forward or backward hook is left on any module of `model`."""
+    for name, m in model.named_modules():
+        for d in HOOK_DICTS:
+            assert len(getattr(m, d)) == 0, f"{d} left on {name or 'model'}"
+
 
 def tiny_mlp_bundle(in_features: int = 3, hidden=(2,), num_classes: int = 2, seed: int = 0) -> ModelBundle:
     torch.manual_seed(seed)

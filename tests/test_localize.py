@@ -15,7 +15,7 @@ from auditor.localize import (clear_moment_cache, fairness_layers, feature_attri
                               second_moment)
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
-HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+from tests.fixtures import assert_no_hooks
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -25,12 +25,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def assert_no_hooks(model: nn.Module) -> None:
-    for name, m in model.named_modules():
-        for d in HOOK_DICTS:
-            assert len(getattr(m, d)) == 0, f"{d} left on {name or 'model'}"
 
 
 @pytest.fixture(scope="module")

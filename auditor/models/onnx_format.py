@@ -57,14 +57,14 @@ def _onnx():
 
 
 def _onnx2torch():
-    """Import onnx2torch; without torchvision, stand in a stub that only its NMS/RoIAlign ops touch."""
+    """Import onnx2torch; without torchvision, put in a stand-in module that only its NMS/RoIAlign ops touch."""
     with _IMPORT_LOCK:
         if "onnx2torch" in sys.modules:
             return sys.modules["onnx2torch"]
         if importlib.util.find_spec("onnx2torch") is None:
             raise AuditorError(INSTALL_HINT)
-        stubbed = importlib.util.find_spec("torchvision") is None
-        if stubbed:
+        stand_in = importlib.util.find_spec("torchvision") is None
+        if stand_in:
             def missing(*_a, **_k):
                 raise AuditorError("this ONNX model uses NMS or RoIAlign, which need torchvision")
             tv, ops = types.ModuleType("torchvision"), types.ModuleType("torchvision.ops")
@@ -74,7 +74,7 @@ def _onnx2torch():
         try:
             import onnx2torch
         finally:
-            if stubbed:  # nobody else should ever see the stub
+            if stand_in:  # nobody else should ever see the stand-in
                 sys.modules.pop("torchvision", None)
                 sys.modules.pop("torchvision.ops", None)
         return onnx2torch
