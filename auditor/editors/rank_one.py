@@ -21,7 +21,7 @@ applying it (`apply_delta`), and `WeightDelta` in the result reverts it bit for 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -31,8 +31,7 @@ from ..errors import AuditorError
 from ..localize import (METHODS, check_editable, inverse_moment, layer_io, layer_matrix, rank_layers, regularised,
                         resolve_layer, second_moment)
 from ..models.architectures import editable_layers
-from ..requirements import (Requirement, attack_success_rate, compute_metrics, cue_accuracy, parse_requirement,
-                            predict)
+from ..requirements import Requirement, compute_metrics, parse_requirement
 from .base import Editor
 from .registry import register_editor
 
@@ -125,24 +124,9 @@ def _restore(model: nn.Module, layer_name: str, saved: dict[str, torch.Tensor]) 
         p.copy_(saved[n])
 
 
-_LEAN = {"accuracy", "attack_success_rate", "cue_accuracy", "cue_gap", "worst_group_accuracy"}
-
-
 def check_metrics(model: nn.Module, data: AuditData, split: str, reqs: list[Requirement]) -> dict[str, float]:
-    """Accuracy and the metrics the requirements name on one split: the few a Trojan or cue check
-    needs are computed directly (the dynamic loop checks after every step), anything else through
-    `compute_metrics`. Values agree with `compute_metrics`."""
-    if data.protected or any(r.key not in _LEAN for r in reqs):
-        return compute_metrics(model, data, split).metrics
-    sp = data.split(split)
-    m = {"accuracy": float((predict(model, sp.X) == sp.y.numpy()).mean())}
-    if data.trigger is not None:
-        m["attack_success_rate"] = attack_success_rate(model, data, split)
-    if data.cue is not None:
-        m["cue_accuracy"] = cue_accuracy(model, data, split)
-        m["cue_gap"] = m["accuracy"] - m["cue_accuracy"]
-        m["worst_group_accuracy"] = min(m["accuracy"], m["cue_accuracy"])
-    return m
+    """Every metric of `model` on one split (the dynamic loop checks after each step)."""
+    return compute_metrics(model, data, split).metrics
 
 
 def default_requirements(data: AuditData) -> list[Requirement]:
