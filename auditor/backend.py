@@ -1,14 +1,16 @@
-"""One device choice for a run, seeding, and a wall-clock timer."""
+"""One device choice for a run, seeding, and the progress callback type."""
 from __future__ import annotations
 
 import os
 import random
-import time
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import numpy as np
 import torch
+
+# Progress reports: callback(fraction done in [0, 1], message). The one definition; editors, the audit
+# session, trade-offs and the zoo import it from here.
+Callback = Callable[[float, str], None]
 
 
 def pick_device(preferred: str | None = None) -> torch.device:
@@ -39,24 +41,3 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-@dataclass
-class Timer:
-    seconds: float = 0.0
-
-
-@contextmanager
-def timed(device: torch.device | str | None = None):
-    """`with timed() as t: ...` then `t.seconds` (synchronises CUDA so GPU work is counted)."""
-    t = Timer()
-    cuda = device is not None and torch.device(device).type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    try:
-        yield t
-    finally:
-        if cuda:
-            torch.cuda.synchronize()
-        t.seconds = time.perf_counter() - start

@@ -31,7 +31,7 @@ from typing import Any, Iterator
 
 from .errors import AuditorError
 
-KINDS = ("evaluation", "edit", "report")
+KINDS = ("evaluation", "edit", "revert", "report")
 _COLUMNS = ("time", "kind", "user", "run", "model_path", "model_sha256", "data_name", "data_sha256",
             "requirements", "passed", "results", "reports", "command", "prev_hash", "hash")
 _JSON_COLUMNS = ("requirements", "results", "reports")

@@ -49,15 +49,15 @@ TARGETS = {"edit_success": (">=", 0.99), "generality": (">=", 0.9), "drawdown_pt
 def untrained_editor(name: str, folder: Path) -> str:
     """The shipped editor with its MLP reset to the identity and its initial step: the ablation that
     shows what training adds to the whitened gradient step."""
-    from auditor.editors.mend import load_editor, save_editor
+    from auditor.editors.mend import load_gradient_editor, save_gradient_editor
 
-    editor, info = load_editor(ROOT / "sample_models" / f"mend_{name}.safetensors")
+    editor, info = load_gradient_editor(ROOT / "sample_models" / f"mend_{name}.safetensors")
     with torch.no_grad():
         for block in editor.blocks:
             block.U.zero_()
         editor.log_lr.fill_(info["initial_log_lr"])
     path = folder / f"mend_{name}_untrained.safetensors"
-    save_editor(editor, path, {**info, "model_sha256": "", "note": "untrained ablation"})
+    save_gradient_editor(editor, path, {**info, "model_sha256": "", "note": "untrained ablation"})
     return str(path)
 
 

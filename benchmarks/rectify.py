@@ -29,7 +29,8 @@ from auditor import load_data, load_model  # noqa: E402
 from auditor.backend import describe_device, pick_device  # noqa: E402
 from auditor.editors import get_editor  # noqa: E402
 from auditor.evaluate import evaluate  # noqa: E402
-from auditor.localize import clear_moment_cache, rank_layers_for  # noqa: E402
+from auditor.layers import clear_moment_cache  # noqa: E402
+from auditor.localize import rank_layers_for  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 CASES = {

@@ -14,7 +14,8 @@ import streamlit as st
 import torch
 
 from auditor import AuditorError, load_data, load_model
-from auditor.session import AuditSession, format_value, metric_label
+from auditor.audit import AuditSession
+from auditor.present import format_value, metric_label
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_models"

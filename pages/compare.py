@@ -8,7 +8,7 @@ from auditor.charts import group_chart, requirements_chart
 from auditor.charts_dashboard import (feature_before_after_chart, pixel_before_after_chart, weight_change_heatmap,
                                       weight_change_overview)
 from auditor.report.model import merge_requirements
-from auditor.session import base_metric, format_value, metric_label
+from auditor.present import base_metric, format_value, metric_label
 from pages.common import in_frame, need_audit, next_step, progress, show_error
 
 in_frame()

@@ -6,7 +6,7 @@ import streamlit as st
 import torch
 
 from auditor.backend import describe_device
-from auditor.session import editor_settings, format_value, metric_label
+from auditor.present import format_value, metric_label, setting_fields
 from pages.common import in_frame, need_audit, next_step, progress, show_error, stop
 
 in_frame()
@@ -41,7 +41,7 @@ st.caption(f"**{name}**: {by_name[name].description}. {kinds.get(by_name[name].k
            f"{explain.get(by_name[name].kind, '')}")
 settings = {}
 with st.expander("Settings (the defaults work)", expanded=False):
-    for s in editor_settings(by_name[name], audit.current, audit.data):
+    for s in setting_fields(by_name[name], audit.current, audit.data):
         key, label = f"hp_{name}_{s.name}", s.name.replace("_", " ")
         if s.kind == "choice":
             opts = (["auto"] if s.optional else []) + list(s.choices)

@@ -10,7 +10,8 @@ from auditor import TabularSchema, load_data, load_model
 from auditor.data import BUILTIN
 from auditor.models import ModelSpec
 from auditor.models.custom import TRUST_HELP
-from auditor.session import AuditSession, csv_columns, read_upload
+from auditor.audit import AuditSession
+from auditor.audit.uploads import csv_columns, read_upload
 from pages.common import (builtin_data, get_audit, in_frame, next_step, progress, sample_catalogue, sample_model,
                           set_audit, show_error, stop)
 

@@ -6,7 +6,7 @@ import streamlit as st
 from auditor.charts import feature_attribution_chart, layer_ranking_chart
 from auditor.charts_dashboard import ATTRIBUTION_UNIT, pixel_pairs_chart
 from auditor.localize import METHODS
-from auditor.session import editor_settings
+from auditor.present import setting_fields
 from pages.common import in_frame, need_audit, next_step, progress, show_error, stop
 
 in_frame()
@@ -78,7 +78,7 @@ if loc.features is not None:
     fig.update_layout(xaxis_title=f"mean |attribution| ({ATTRIBUTION_UNIT})", yaxis_title="raw feature")
     st.plotly_chart(fig, key="loc_features")
 
-layered = [c for c in audit.editors() if any(s.name == "layer" for s in editor_settings(c, audit.current))]
+layered = [c for c in audit.editors() if any(s.name == "layer" for s in setting_fields(c, audit.current))]
 if loc.ranking is not None and layered:
     st.subheader("Layer to edit")
     auto = f"Accept the top-ranked layer ({loc.top_layer}), recommended"

@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from auditor.report import render_html, validate_report, write_pdf
-from auditor.session import format_value
+from auditor.present import format_value
 from pages.common import in_frame, need_audit, show_error, stop
 
 in_frame()

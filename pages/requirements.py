@@ -4,7 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from auditor import METRICS
-from auditor.session import CATEGORIES, base_metric, format_value, metric_help, metric_label
+from auditor.present import CATEGORIES, base_metric, format_value, metric_help, metric_label
 from pages.common import in_frame, need_audit, next_step, requirement_sentence, show_error
 
 in_frame()

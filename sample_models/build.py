@@ -4,26 +4,58 @@
     python sample_models/build.py adult_mlp  # one model
 
 Each model is one `.safetensors` file (spec and provenance in its metadata) with a model card
-(`NAME.md`) holding its data, training and metrics.
+(`NAME.md`) holding its data, training and metrics. The provenance records what the file was built
+with (`built_with`: torch version, CPU, threads): the rebuild is bit-exact on one machine, but
+floating-point results differ across CPUs and torch builds, so another machine may get slightly
+different weights (tests/test_sample_models.py compares those by their metrics).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from auditor.data import (AuditData, Split, add_cue, load_adult, load_compas, load_digits_data,
-                          load_digits_spurious, load_digits_trojan, poison)
+from auditor.data import (
+    AuditData,
+    Split,
+    add_cue,
+    load_adult,
+    load_compas,
+    load_digits_data,
+    load_digits_spurious,
+    load_digits_trojan,
+    poison,
+)
 from auditor.evaluate import evaluate
 from auditor.models import ModelBundle, ModelSpec, build_architecture, save_model
 from auditor.training import TrainConfig, train_classifier
 
 HERE = Path(__file__).parent
 SEED = 0
+THREADS = 2
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def built_with() -> dict:
+    """What the weights depend on beyond the seed: torch version, CPU, threads."""
+    return {"torch": torch.__version__, "cpu": cpu_name(), "machine": platform.machine(),
+            "threads": torch.get_num_threads()}
 
 
 def tabular_spec(data: AuditData, hidden: list[int], name: str, config: TrainConfig) -> ModelSpec:
@@ -112,6 +144,10 @@ def model_card(name: str, bundle: ModelBundle, data: AuditData, summary: str, se
         lines += ["", f"## By {attr}", "", "| group | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         for g, vals in groups.items():
             lines.append(f"| {g} | " + " | ".join(f"{vals[c]:.4g}" for c in cols) + " |")
+    bw = bundle.spec.provenance.get("built_with")
+    if bw:
+        lines += ["", f"Built with torch {bw['torch']} on {bw['cpu']} ({bw['machine']}, {bw['threads']} threads); "
+                  "another CPU or torch build may give slightly different weights and metrics."]
     lines += ["", "Rebuild: `python sample_models/build.py " + name + "`", ""]
     return "\n".join(lines)
 
@@ -120,12 +156,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", choices=[[], *BUILDERS], default=[])
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     torch.use_deterministic_algorithms(True)
     for name in args.names or list(BUILDERS):
         start = time.perf_counter()
         bundle, data, summary = BUILDERS[name]()
         seconds = time.perf_counter() - start
+        bundle.spec.provenance["built_with"] = built_with()
         bundle.source = str(HERE / f"{name}.safetensors")
         save_model(bundle, HERE / f"{name}.safetensors")
         (HERE / f"{name}.md").write_text(model_card(name, bundle, data, summary, seconds))

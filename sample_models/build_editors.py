@@ -6,8 +6,9 @@
 
 Steps: build (or reuse) the Adult population (`auditor zoo build`, 320 MLPs, cached under
 $AUDITOR_ZOO_DIR), then train each editor with `torchrun --nproc_per_node NPROC -m auditor.cli
-editor train` (DistributedDataParallel, gloo on CPU) into `metanet_adult_<kind>.safetensors`,
-with a card `metanet_adult_<kind>.md` holding its training settings and validation figures.
+editor train` (DistributedDataParallel, gloo on CPU) into
+`auditor/editors/weights/metanet_adult_<kind>.safetensors` (shipped as package data), with a card
+`metanet_adult_<kind>.md` beside it holding its training settings and validation figures.
 The population's test members are never read here.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+WEIGHTS = ROOT / "auditor" / "editors" / "weights"  # shipped learned editors (package data)
 TASK = "adult"
 # per editor: requirement and the settings that differ from TrainSettings' defaults
 # (models_per_step is per process: with 2 processes every step sees twice as many models)
@@ -43,8 +45,8 @@ def _port() -> int:
 
 def _train(kind: str, nproc: int) -> dict:
     requirement, settings = EDITORS[kind]
-    out = HERE / f"metanet_{TASK}_{kind}.safetensors"
-    summary = HERE / f".metanet_{TASK}_{kind}.json"
+    out = WEIGHTS / f"metanet_{TASK}_{kind}.safetensors"
+    summary = WEIGHTS / f".metanet_{TASK}_{kind}.json"
     args = ["-m", "auditor.cli", "editor", "train", "--task", TASK, "--requirement", requirement,
             "--out", str(out), "--json", str(summary)]
     for k, v in settings.items():
@@ -63,6 +65,7 @@ def _train(kind: str, nproc: int) -> dict:
 
 def card(kind: str, info: dict) -> str:
     tr = info["training"]
+    settings = {k: v for k, v in tr.items() if k not in ("seconds", "device", "world_size")}
     fam = info["family"]
     lines = [f"# metanet_{TASK}_{kind}", "",
              f"Graph metanetwork editor for `{info['requirement']}` on {TASK} MLPs "
@@ -70,7 +73,7 @@ def card(kind: str, info: dict) -> str:
              f"Strength: {info['condition']}.", "",
              f"- Trained on {fam['n_members']} population members (`auditor zoo build --task {TASK}`), "
              f"{tr['steps']} steps, {tr['world_size']} process(es) on {tr['device']}, {tr['seconds']} s",
-             f"- Settings: `{json.dumps({k: v for k, v in tr.items() if k not in ('seconds', 'device', 'world_size')})}`",
+             f"- Settings: `{json.dumps(settings)}`",
              f"- Network: `{json.dumps(info['net'])}`", "",
              "## Validation (held-out validation members, validation rows)", ""]
     rows = info.get("validation") or []
@@ -96,7 +99,7 @@ def main(argv=None) -> int:
     for kind in args.kinds or list(EDITORS):
         t0 = time.perf_counter()
         info = _train(kind, args.nproc)
-        (HERE / f"metanet_{TASK}_{kind}.md").write_text(card(kind, info))
+        (WEIGHTS / f"metanet_{TASK}_{kind}.md").write_text(card(kind, info))
         print(f"metanet_{TASK}_{kind}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     print(f"all done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return 0

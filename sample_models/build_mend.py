@@ -2,13 +2,15 @@
 
     python sample_models/build_mend.py                    # everything below (a few minutes on 2 CPU cores)
     python sample_models/build_mend.py mend_digits_cnn    # one artefact
+    python sample_models/build_mend.py --cards            # rewrite the MEND editors' cards only
     python sample_models/build_mend.py --model my.safetensors --data digits --out mend_my.safetensors
 
 Artefacts (the weights are deterministic for a given torch build and thread count):
-- `mend_digits_cnn.safetensors`, `mend_adult_mlp.safetensors`: MEND gradient editors for the sample
-  models (found by the `mend` editor through the model's sha256 or name).
-- `digits_cnn_editable.safetensors`, `adult_mlp_editable.safetensors`: the sample models fine-tuned
-  with editable training, for the `enn` editor; each has a model card.
+- `auditor/editors/weights/mend_digits_cnn.safetensors`, `.../mend_adult_mlp.safetensors`: MEND
+  gradient editors for the sample models, shipped as package data with a card each (found by the
+  `mend` editor through the model's sha256 or name on the editor search path).
+- `sample_models/digits_cnn_editable.safetensors`, `.../adult_mlp_editable.safetensors`: the sample
+  models fine-tuned with editable training, models to audit with the `enn` editor; each has a card.
 """
 from __future__ import annotations
 
@@ -21,12 +23,15 @@ from pathlib import Path
 import torch
 
 from auditor.data import load_data
-from auditor.editors.enn import EditableConfig, editable_training
-from auditor.editors.mend import MendConfig, save_editor, train_mend
+from auditor.editors.baselines.enn import EditableConfig, editable_training
+from auditor.editors.mend import MendConfig, save_gradient_editor, train_mend
 from auditor.evaluate import evaluate
 from auditor.models import load_model, save_model
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+WEIGHTS = ROOT / "auditor" / "editors" / "weights"  # shipped learned editors (package data)
+BENCHMARK = ROOT / "benchmarks" / "results" / "fix_mistakes.json"
 
 MEND = {
     "mend_digits_cnn": ("digits_cnn", "digits", MendConfig(layers=["fc1", "out"], steps=1000, margin=1.5, lr=5e-4,
@@ -54,8 +59,57 @@ def build_mend(name: str, model_path: Path, data_name: str, config: MendConfig, 
     bundle = load_model(model_path)
     data = load_data(data_name, spec=bundle.spec)
     editor, info = train_mend(bundle, data, config, callback=_progress(name))
-    save_editor(editor, out, info)
+    save_gradient_editor(editor, out, info)
+    out.with_suffix(".md").write_text(mend_card(out))
     return {"file": out.name, "seconds": round(info["seconds"], 1), "validation": info["validation"]}
+
+
+def _fmt(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def mend_card(path: Path) -> str:
+    """The card of a MEND editor file: what it edits, how it was trained (from the file's metadata), its
+    validation figures, and the `mend` rows of benchmarks/results/fix_mistakes.json when that run covers it."""
+    from auditor.editors.mend.net import read_editor_info
+
+    info = read_editor_info(path)
+    name, model = path.stem, info["model_name"]
+    layers = ", ".join(f"{n} ({i}->{o})" for n, i, o in info["layers"])
+    lines = [f"# {name}", "",
+             f"MEND gradient editor for the sample model `{model}` (`sample_models/{model}.safetensors`, data "
+             f"`{info['data']}`), used by the `mend` editor to fix given mistakes (`--fix ROW=LABEL`) in one step. "
+             "A small MLP, the identity at initialisation, maps each edited Linear layer's input u and "
+             "back-propagated delta to a better pair; the edit is their outer product times a learned step per "
+             "layer.", "",
+             f"- For: `{model}`, weights sha256 `{info['model_sha256']}` (an edited copy of the same name and "
+             f"architecture also matches); architecture `{json.dumps(info['arch'])}`",
+             f"- Edits: {layers}; rank {info['rank']}, {info['n_blocks']} blocks, ridge {info['ridge']}",
+             f"- Learned step per layer: `{json.dumps({k: round(v, 4) for k, v in info['learned_lr'].items()})}`",
+             f"- Training: `{json.dumps(info['training'])}`, {info['seconds']:.1f} s on CPU, by "
+             "`sample_models/build_mend.py` (`train_mend`): sampled edits (wrong labels and misclassified rows, "
+             "batches up to `max_batch`) with an edit loss on the example and its noised copies plus a KL "
+             "locality loss on unrelated rows",
+             "", "## Validation (held-out rows, best step)", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in info["validation"].items()]
+    bench = json.loads(BENCHMARK.read_text()) if BENCHMARK.exists() else {}
+    run = bench.get("models", {}).get(model)
+    if run:
+        env = bench.get("environment", {})
+        keys = ["edits", "edit_success", "generality", "drawdown_pt", "changed_pct", "cpu_ms_median"]
+        lines += ["", f"## Benchmark (`{bench.get('command', '').strip()}`, {env.get('device', '?')}, torch "
+                  f"{env.get('torch', '?')}; benchmarks/results/fix_mistakes.md)", "",
+                  "| requests | mode | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
+        for label, rows in run["sets"].items():
+            for method, row in rows.items():
+                if method.startswith("mend |"):
+                    mode = method.split("|", 1)[1].strip()
+                    lines.append(f"| {label} | {mode} | " + " | ".join(_fmt(row[k]) for k in keys) + " |")
+        lines += ["", f"Targets: `{json.dumps(bench.get('targets', {}))}`. Test accuracy of the base model "
+                  f"{run['accuracy']['base']:.4f}."]
+    lines += ["", f"Rebuild: `python sample_models/build_mend.py {name}` (card only: "
+              "`python sample_models/build_mend.py --cards`)", ""]
+    return "\n".join(lines)
 
 
 def build_editable(name: str, model_path: Path, data_name: str, config: EditableConfig, out: Path) -> dict:
@@ -88,7 +142,12 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="editor file to write (with --model)")
     parser.add_argument("--steps", type=int, help="training steps (with --model)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (one is fastest for these small models)")
+    parser.add_argument("--cards", action="store_true", help="only rewrite the shipped MEND editors' cards")
     args = parser.parse_args(argv)
+    if args.cards:
+        for name in MEND:
+            (WEIGHTS / f"{name}.md").write_text(mend_card(WEIGHTS / f"{name}.safetensors"))
+        return 0
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     if args.model:
@@ -102,7 +161,7 @@ def main(argv=None) -> int:
     for name in args.names or [*EDITABLE, *MEND]:
         if name in MEND:
             model, data, config = MEND[name]
-            summary = build_mend(name, HERE / f"{model}.safetensors", data, config, HERE / f"{name}.safetensors")
+            summary = build_mend(name, HERE / f"{model}.safetensors", data, config, WEIGHTS / f"{name}.safetensors")
         else:
             model, data, config = EDITABLE[name]
             summary = build_editable(name, HERE / f"{model}.safetensors", data, config, HERE / f"{name}.safetensors")

@@ -10,7 +10,8 @@ from streamlit.testing.v1 import AppTest
 
 from auditor import evaluate, load_data, load_model
 from auditor.localize import rank_layers_for
-from auditor.session import AuditSession, format_value
+from auditor.audit import AuditSession
+from auditor.present import format_value
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")

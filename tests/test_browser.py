@@ -22,7 +22,7 @@ import pytest
 
 from auditor import load_data, load_model
 from auditor.evaluate import evaluate
-from auditor.session import format_value
+from auditor.present import format_value
 
 pytestmark = pytest.mark.browser
 

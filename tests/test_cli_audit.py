@@ -102,8 +102,11 @@ def test_evaluate_and_edit_commands_are_logged(tmp_path, capsys):
     assert main(["edit", TROJAN, "digits-trojan", "--editor", "static-rank-one-last", "--require",
                  "accuracy >= 0.9", "--out", str(tmp_path / "e.safetensors"), "--db", db]) == 0
     assert main(["evaluate", TROJAN, "digits-trojan", "--no-log", "--db", db]) == 0
-    ev, ed = AuditLog(db).entries()
+    ev, before, ed, after = AuditLog(db).entries()
     assert ev.kind == "evaluation" and ev.passed is False and ev.requirements == ["demographic_parity <= 0.05"]
     assert ev.data_name == "adult" and ev.results["metrics"]["demographic_parity"] > 0.1
     assert ed.kind == "edit" and ed.results["editor"] == "static-rank-one-last"
+    # an edit is one run: the original's evaluation, the edit, the edited model's evaluation
+    assert [before.results["label"], after.results["label"]] == ["before", "after"]
+    assert before.run == ed.run == after.run and after.model_sha256 == ed.model_sha256
     assert ed.model_sha256 == load_model(tmp_path / "e.safetensors").sha256

@@ -29,12 +29,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from auditor import load_model
 from auditor.backend import seed_everything
 from auditor.editors import EDITORS
 from tests.conftest import ROOT, SAMPLES
-from tests.editor_cases import navigation_mode  # noqa: F401  (fixture)
-from tests.editor_cases import case, data_digest, editor_names, file_digest, reference_run, sample
+from tests.editor_cases import (
+    case,
+    data_digest,
+    editor_names,
+    file_digest,
+    navigation_mode,  # noqa: F401  (fixture)
+    reference_run,
+    sample,
+)
 
 WORKERS = 4
 
@@ -78,7 +84,7 @@ def test_all_editors_at_once_on_shared_bundles_match_one_at_a_time():
 
 
 def test_sessions_sharing_cached_models_edit_and_revert_independently():
-    from auditor.session import AuditSession
+    from auditor.audit import AuditSession
     jobs = [("digits_cnn_trojan", "digits-trojan", "rank-one", {"samples": 1}),
             ("digits_cnn_trojan", "digits-trojan", "magnitude-pruning", {"sparsity": 0.3}),
             ("compas_mlp", "compas", "magnitude-pruning", {"sparsity": 0.6}),
@@ -111,7 +117,7 @@ APP_JOBS = [("compas_mlp", "compas", "magnitude-pruning"), ("digits_cnn_trojan",
 def _expected(jobs) -> dict[str, set[str]]:
     """model -> sha256 of the edit done through the library, one at a time, with 1 and with 2 intra-op
     threads (a server thread may run with either; they can differ in the last bits)."""
-    from auditor.session import AuditSession
+    from auditor.audit import AuditSession
     out: dict[str, set[str]] = {}
     old = torch.get_num_threads()
     try:
@@ -126,7 +132,8 @@ def _expected(jobs) -> dict[str, set[str]]:
     return out
 
 
-def test_dashboard_sessions_side_by_side_keep_their_own_models(navigation_mode):
+@pytest.mark.usefixtures("navigation_mode")
+def test_dashboard_sessions_side_by_side_keep_their_own_models():
     """Three AppTest sessions (one thread: AppTest itself is not thread-safe), steps interleaved:
     each ends with its own edit, and the cached sample models they share never change."""
     from streamlit.testing.v1 import AppTest
@@ -140,7 +147,7 @@ def test_dashboard_sessions_side_by_side_keep_their_own_models(navigation_mode):
         apps.append(at)
     for at in apps:
         at.button(key="load_go").click().run()
-    for at, (model, _, editor) in zip(apps, jobs):
+    for at, (_, _, editor) in zip(apps, jobs):
         at.switch_page("pages/edit.py").run()
         at.selectbox(key="edit_editor").set_value(editor).run()
     for at in apps:
@@ -235,7 +242,7 @@ def test_parallel_browser_sessions_editing_different_models(live_server):
                 _settle(page)
             for page, (_, _, editor) in zip(pages, jobs):  # all three edits at once
                 page.get_by_role("button", name=f"Run {editor}").click()
-            for page, (model, data_name, editor) in zip(pages, jobs):
+            for page, (model, _, editor) in zip(pages, jobs):
                 page.get_by_text(f"Edit 1: {editor}").wait_for(timeout=300_000)
                 _settle(page)
                 errors = page.locator("[data-testid=stAlertContentError], [data-testid=stException]").all_inner_texts()

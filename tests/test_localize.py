@@ -10,9 +10,8 @@ from torch import nn
 
 from auditor import load_data, load_model
 from auditor.errors import AuditorError
-from auditor.localize import (clear_moment_cache, fairness_layers, feature_attributions, hook_guard, layer_keys,
-                              layer_matrix, layer_values, pixel_attributions, rank_layers, rank_layers_for,
-                              second_moment)
+from auditor.layers import clear_moment_cache, hook_guard, layer_keys, layer_matrix, layer_values, second_moment
+from auditor.localize import fairness_layers, feature_attributions, pixel_attributions, rank_layers, rank_layers_for
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 from tests.fixtures import assert_no_hooks

@@ -11,8 +11,8 @@ from torch import nn
 
 from auditor import load_data, load_model
 from auditor.editors import EDITORS, get_editor
-from auditor.editors.mend import (GradientEditor, MendConfig, capture_factors, find_editor_file, load_editor,
-                                  save_editor, train_mend)
+from auditor.editors.mend import (GradientEditor, MendConfig, capture_factors, find_editor_file,
+                                  load_gradient_editor, save_gradient_editor, train_mend)
 from auditor.errors import AuditorError
 from auditor.fixes import make_fixes
 from auditor.requirements import compute_metrics, predict
@@ -150,8 +150,8 @@ def test_editor_network_is_a_preconditioned_gradient_at_init(tmp_path):
     C = u.T @ u / 50
     C += 1e-2 * C.diagonal().mean() * torch.eye(6)
     assert torch.allclose(white @ white, torch.linalg.inv(C), rtol=1e-3, atol=1e-4)
-    save_editor(editor, tmp_path / "e.safetensors", {"model_name": "x"})
-    loaded, info = load_editor(tmp_path / "e.safetensors")
+    save_gradient_editor(editor, tmp_path / "e.safetensors", {"model_name": "x"})
+    loaded, info = load_gradient_editor(tmp_path / "e.safetensors")
     assert info["model_name"] == "x" and info["layers"] == [["a", 6, 3], ["b", 3, 2]]
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in editor.state_dict().items())
 

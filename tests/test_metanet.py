@@ -15,8 +15,8 @@ from auditor.editors import get_editor
 from auditor.editors.metanet.editors import editor_path
 from auditor.editors.metanet.graph import batch, prepare
 from auditor.editors.metanet.net import MetaNet, NetConfig, assemble
-from auditor.editors.metanet.train import (cond_features, edited_logits, group_index_of, load_editor,
-                                           reference_rows)
+from auditor.editors.metanet.runtime import (cond_features, edited_logits, group_index_of, load_metanet,
+                                             reference_rows)
 from auditor.errors import AuditorError
 from auditor.models import ModelBundle, build_architecture, load_model
 from auditor.requirements import compute_metrics, features_used, sparsity
@@ -133,7 +133,7 @@ def test_torchrun_two_process_training_runs(tmp_path):
            "--hidden", "8", "--layers", "1", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    trained = load_editor(out)
+    trained = load_metanet(out)
     assert trained.info["training"]["world_size"] == 2
     assert trained.info["requirement"] == "sparsity" and trained.info["validation"]
 

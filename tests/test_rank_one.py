@@ -15,7 +15,8 @@ from auditor.editors import EDITORS, get_editor
 from auditor.editors.rank_one import apply_delta, compute_delta
 from auditor.errors import AuditorError
 from auditor.evaluate import evaluate
-from auditor.localize import clear_moment_cache, layer_matrix, rank_layers_for
+from auditor.layers import clear_moment_cache, layer_matrix
+from auditor.localize import rank_layers_for
 from auditor.models import ModelBundle, ModelSpec, build_architecture
 from auditor.training import TrainConfig, train_classifier
 

@@ -12,10 +12,10 @@ import pytest
 
 from auditor import charts, evaluate
 from auditor.errors import AuditorError
-from auditor.report import (Report, find_chromium, render_html, run_audit, stable, validate_report, write_html,
-                            write_json, write_pdf)
+from auditor.audit import run_audit
+from auditor.report import Report, find_chromium, render_html, stable, validate_report, write_html, write_json, write_pdf
 from auditor.report.render import _chart_payload
-from auditor.tradeoff import baselines_for, compare
+from auditor.audit.tradeoff import baselines_for, compare
 from tests.conftest import SAMPLES, _sample
 
 REQS = ["attack_success_rate <= 0.02", "accuracy >= 0.95"]
@@ -174,9 +174,10 @@ def test_failing_audit_without_edit(adult, tmp_path):
 
 
 def test_tabular_localization_ranks_features_and_layers(adult):
-    from auditor.report import localize_for_report
+    from auditor.audit import localize
 
-    loc = localize_for_report(_sample("adult_mlp"), adult, ["demographic_parity <= 0.05"], rows=200)
+    bundle = _sample("adult_mlp")
+    loc = localize(bundle, adult, ["demographic_parity <= 0.05"], rows=200).to_report(adult.class_names)
     assert loc["available"] and [f["rank"] for f in loc["features"]][:3] == [1, 2, 3]
     assert {f["feature"] for f in loc["features"]} == set(adult.feature_groups)
     assert sorted(x["layer"] for x in loc["layers"]) == ["fc1", "fc2", "out"]

@@ -9,8 +9,9 @@ import pytest
 from auditor import load_data, load_model
 from auditor.editors import EDITORS
 from auditor.report import validate_report
-from auditor.session import (AuditSession, default_requirements, editor_settings, format_value, metric_label,
-                             read_upload)
+from auditor.audit import AuditSession, default_requirements
+from auditor.audit.uploads import read_upload
+from auditor.present import format_value, metric_label, setting_fields
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 
@@ -64,7 +65,7 @@ def test_requirements_add_set_remove(trojan):
 
 def test_editor_settings_are_plain_data(trojan):
     bundle, data = trojan
-    settings = {s.name: s for s in editor_settings(EDITORS["dynamic-rank-one"], bundle, data)}
+    settings = {s.name: s for s in setting_fields(EDITORS["dynamic-rank-one"], bundle, data)}
     assert settings["samples"].kind == "int" and settings["samples"].default == 1
     assert settings["layer"].kind == "choice" and settings["layer"].optional
     assert settings["layer"].choices == ["conv1", "conv2", "fc1", "out"]

@@ -8,7 +8,7 @@ import torch
 from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
 
 from auditor.editors import EDITORS, get_editor
-from auditor.editors.tabular_baselines import group_codes, hard_fairness
+from auditor.editors.baselines.common import group_codes, hard_fairness
 from auditor.models import weights_sha256
 from auditor.requirements import compute_metrics
 
@@ -82,7 +82,7 @@ def test_keep_k_features(adult_mlp, adult, editor, floor, settings):
 
 
 def test_threshold_optimizer_is_post_processing(adult_mlp, adult):
-    from auditor.editors.fairlearn_baselines import postprocess_threshold_optimizer
+    from auditor.editors.baselines.fairlearn_mitigations import postprocess_threshold_optimizer
     before = weights_sha256(adult_mlp.model)
     r = postprocess_threshold_optimizer(adult_mlp, adult, "demographic_parity")
     assert weights_sha256(adult_mlp.model) == before
@@ -97,7 +97,7 @@ def test_threshold_optimizer_is_post_processing(adult_mlp, adult):
 
 
 def test_exponentiated_gradient_retrains(adult):
-    from auditor.editors.fairlearn_baselines import retrain_exponentiated_gradient
+    from auditor.editors.baselines.fairlearn_mitigations import retrain_exponentiated_gradient
     r = retrain_exponentiated_gradient(adult, "demographic_parity", rows=4000, max_iter=20)
     assert r.kind == "retraining" and not r.needs_protected_at_prediction
     assert r.metrics["demographic_parity"] <= 0.05 and r.metrics["accuracy"] >= 0.8

@@ -1,6 +1,11 @@
 """The `auditor` command. Each subcommand lives in its own module with `register(subparsers)`.
 
 Exit status: 0 all requirements met, 1 some not met, 2 bad input (one line on stderr).
+
+Start-up stays light: the top-level parser knows the subcommands' names and one-line help from
+`COMMANDS` below, and only the chosen subcommand's module is imported (it registers its own
+arguments and imports torch, pandas, the editors... only when it needs them). `auditor --help`
+and `auditor log` import none of them; `tests/test_cli_startup.py` keeps it so.
 """
 from __future__ import annotations
 
@@ -11,21 +16,50 @@ import sys
 
 from ..errors import AuditorError
 
-# Subcommand modules, in the order `auditor --help` lists them; each has register(subparsers).
-COMMANDS = ["evaluate", "localize", "edit", "audit", "log", "zoo", "editor"]
+# name -> one-line help, in the order `auditor --help` lists them. Each name is a module of this
+# package with register(subparsers), which takes its help line from here.
+COMMANDS = {
+    "evaluate": "metrics (overall and per group) and requirement verdicts",
+    "localize": "rank layers (and features) by where a misbehaviour lives",
+    "edit": "edit a model to meet requirements and save the edited copy",
+    "audit": "evaluate, localize, edit, and write a compliance report (HTML, PDF, JSON)",
+    "log": "list, show and verify entries of the audit log",
+    "zoo": "build or inspect populations of models (for learned editors)",
+    "editor": "train or inspect learned (metanetwork) editors",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _chosen(argv: list[str]) -> str | None:
+    """The subcommand named on the command line (the first word; the top level has no options but -h)."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def build_parser(argv: list[str] | None = None, *, commands=None) -> argparse.ArgumentParser:
+    """The `auditor` parser with full arguments for `commands` (default: the one named in `argv`).
+
+    The other subcommands are listed by name and help line only, so their modules are not imported;
+    `build_parser(commands=COMMANDS)` registers every one (for documentation and tests).
+    """
+    if commands is None:
+        chosen = _chosen(sys.argv[1:] if argv is None else list(argv))
+        commands = [chosen] if chosen else []
     parser = argparse.ArgumentParser(prog="auditor", description="Audit and edit PyTorch models against "
                                      "requirements (fairness, minimisation, sparsity, backdoors, cues).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        importlib.import_module(f"{__name__}.{name}").register(sub)
+    for name, helptext in COMMANDS.items():
+        if name in commands:
+            importlib.import_module(f"{__name__}.{name}").register(sub)
+        else:
+            sub.add_parser(name, help=helptext)
     return parser
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -8,19 +8,18 @@ the verdict on stdout.
 """
 from __future__ import annotations
 
-import json
 import shlex
 import sys
-import uuid
 from pathlib import Path
 
+from . import COMMANDS
 from .common import add_model_data_args, add_require_arg, fmt, format_table, load_model_and_data
 
 
 def register(sub) -> None:
     from ..editors import EDITORS
 
-    p = sub.add_parser("audit", help="evaluate, localize, edit, and write a compliance report (HTML, PDF, JSON)",
+    p = sub.add_parser("audit", help=COMMANDS["audit"],
                        description="Audit MODEL on DATA against requirements: evaluate, localize, optionally edit "
                                    "(--editor) and re-evaluate, compare with baselines, write the report and the "
                                    "edited model, and log the audit. Exit 0 all requirements hold (after the edit "
@@ -131,31 +130,25 @@ def _check_outputs(args) -> None:
 
 
 def run(args) -> int:
-    from ..editors import EDITORS
+    from ..audit import run_audit
     from ..errors import AuditorError
-    from ..models import save_model
-    from ..report import run_audit, write_html, write_json, write_pdf
+    from ..report import write_html, write_json, write_pdf
     from ..requirements import parse_requirements
-    from ..store import AuditLog, log_edit, log_evaluation
-    from .edit import EDIT_KEY, editor_settings, provenance
+    from ..store import AuditLog
+    from .edit import editor_class, settings_from_args
 
     reqs = parse_requirements(args.require)  # bad expressions fail before any loading
     if not reqs:
         raise AuditorError("give at least one --require, e.g. --require 'accuracy >= 0.8'")
     settings = {}
     if args.editor:
-        if args.editor not in EDITORS:
-            raise AuditorError(f"unknown editor {args.editor!r}; available: {', '.join(sorted(EDITORS))}")
-        settings = editor_settings(EDITORS[args.editor], argparse_like(args, samples=None, seed=None))
+        cls = editor_class(args.editor)
+        settings = settings_from_args(cls, argparse_like(args, samples=None, seed=None))
     elif args.set or args.layer:
         raise AuditorError("--set and --layer are editor settings: give --editor NAME too")
     _check_outputs(args)
     log = None if args.no_log else AuditLog(args.db)
     bundle, data = load_model_and_data(args)
-    fixes = None
-    if args.fix:
-        from ..fixes import parse_fixes
-        fixes = parse_fixes(args.fix, data, args.split)
     out_path = (Path(args.out) if args.out else _default_out(args)) if args.editor else None
     command = reproduce_command(args)
     signoff = {"auditor": args.auditor, "notes": args.notes, "date": args.signoff_date}
@@ -166,14 +159,12 @@ def run(args) -> int:
                             localize=not args.no_localize, device=None if args.device == "auto" else args.device,
                             callback=lambda f, m: progress(0.9 * f, m), model_path=args.model,
                             edited_path=str(out_path) if out_path else None, command=command, signoff=signoff,
-                            fixes=fixes)
+                            fixes=args.fix, log=log, user=args.auditor)
         report = outcome.report
         written = []
         if outcome.edit is not None:
             progress(0.9, "writing the edited model")
-            meta = provenance(outcome.edit, bundle, data, reqs, outcome.before, outcome.after)
-            save_model(outcome.edit.bundle, out_path,
-                       extra_metadata={EDIT_KEY: json.dumps(meta, sort_keys=True, default=str)})
+            outcome.session.save(out_path)
             written.append(str(out_path))
         if args.json:
             write_json(report, args.json)
@@ -188,19 +179,7 @@ def run(args) -> int:
         progress.close()
     reports = [str(getattr(args, k)) for k in ("report", "pdf", "json") if getattr(args, k)]
     written += reports
-    if log is not None:
-        run_id = uuid.uuid4().hex[:12]
-        common = {"user": args.auditor, "run": run_id, "command": command}
-        log_evaluation(log, outcome.before, model_path=args.model, label="before", **common)
-        if outcome.edit is not None:
-            log_edit(log, outcome.edit, original_sha256=bundle.sha256, data=data, requirements=reqs,
-                     passed=outcome.after.passed, model_path=str(out_path), **common)
-            log_evaluation(log, outcome.after, model_path=str(out_path), label="after", **common)
-        rid = log.append("report", model_path=args.model, model_sha256=bundle.sha256, data_name=data.name,
-                         data_sha256=data.sha256, requirements=[r.expr for r in reqs], passed=report.passed,
-                         results={"verdict": report.verdict, "requirements": report.requirements,
-                                  "edited_sha256": report.model["sha256_after"]},
-                         reports=[str(Path(p).resolve()) for p in reports], **common)
+    rid = outcome.session.log_report(report, reports)
     _print_summary(report, written, None if log is None else (log.path, rid))
     return 0 if report.passed else 1
 
@@ -229,7 +208,8 @@ def _print_summary(report, written: list[str], logged) -> None:
     print(format_table(rows, header))
     for e in report.edits:
         print(f"\nedit: {e['editor']} changed {', '.join(e['layers']) or 'no layer'} "
-              f"({e['parameters_changed']} parameters, rank <= {e['max_rank']}) in {e['seconds']:.2f} s on {e['device']}")
+              f"({e['parameters_changed']} parameters, rank <= {e['max_rank']}) in {e['seconds']:.2f} s "
+              f"on {e['device']}")
     t = report.tradeoff
     if t:
         rows = [[r["method"], r["kind"], fmt(r["value"]) if r["value"] is not None else "-",

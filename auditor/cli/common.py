@@ -5,12 +5,18 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..data import AuditData, TabularSchema, load_data
 from ..errors import AuditorError
-from ..evaluate import Evaluation, check_compatible
-from ..models import ModelBundle, load_model
-from ..models.files import DEFAULT_MAX_BYTES
+
+if TYPE_CHECKING:  # the modules themselves are imported when a command runs: `--help` stays light
+    from ..data import AuditData, TabularSchema
+    from ..evaluate import Evaluation
+    from ..models import ModelBundle
+
+# auditor.models.reading.DEFAULT_MAX_BYTES in MiB, written out so that registering the arguments
+# does not import torch (tests/test_cli_startup.py keeps the two equal).
+DEFAULT_MAX_MODEL_MB = 512.0
 
 
 def _csv_list(text: str | None) -> list[str]:
@@ -29,7 +35,7 @@ def add_model_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inputs", help="CSV: comma-separated model input columns (default: all but target "
                                     "and protected)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate on")
-    p.add_argument("--max-model-mb", type=float, default=DEFAULT_MAX_BYTES / 2**20,
+    p.add_argument("--max-model-mb", type=float, default=DEFAULT_MAX_MODEL_MB,
                    help="refuse model files larger than this (MiB)")
     p.add_argument("--arch-file", metavar="FILE.py", help="your own nn.Module class's Python file "
                    "(runs its code: needs --trust-code); MODEL then holds its weights")
@@ -46,12 +52,18 @@ def add_require_arg(p: argparse.ArgumentParser) -> None:
 def schema_from_args(args) -> TabularSchema | None:
     if not args.target:
         return None
+    from ..data import TabularSchema
+
     return TabularSchema(target=args.target, positive=args.positive, protected=_csv_list(args.protected),
                          categorical=_csv_list(args.categorical),
                          inputs=_csv_list(args.inputs) or None)
 
 
 def load_model_and_data(args) -> tuple[ModelBundle, AuditData]:
+    from ..data import load_data
+    from ..evaluate import check_compatible
+    from ..models import load_model
+
     bundle = load_model(args.model, spec=args.spec, max_bytes=int(args.max_model_mb * 2**20),
                         arch_file=getattr(args, "arch_file", None), arch_class=getattr(args, "arch_class", None),
                         trust_code=getattr(args, "trust_code", False))

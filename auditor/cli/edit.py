@@ -2,9 +2,9 @@
 
 Works for every registered editor: settings come from `--samples`, `--seed`, `--layer` (when the
 editor has them) and `--set KEY=VALUE`; `--fix ROW=LABEL` builds the fixes an editor of mistakes
-needs. The edited file carries the edit's provenance in its safetensors metadata (key
-`auditor.edit`). Exit 0 when every requirement holds after the edit, 1 when one does not, 2 on
-bad input.
+needs. The edited file carries the edit's provenance in its metadata (key `auditor.edit`, the
+same provenance the dashboard writes). Exit 0 when every requirement holds after the edit, 1 when
+one does not, 2 on bad input.
 """
 from __future__ import annotations
 
@@ -13,16 +13,15 @@ import json
 import sys
 import typing
 
-from .common import (add_model_data_args, add_require_arg, fmt, format_table, load_model_and_data, write_json)
+from . import COMMANDS
+from .common import add_model_data_args, add_require_arg, fmt, format_table, load_model_and_data, write_json
 from .log import add_log_args, command_line, open_log
-
-EDIT_KEY = "auditor.edit"
 
 
 def register(sub) -> None:
     from ..editors import EDITORS
 
-    p = sub.add_parser("edit", help="edit a model to meet requirements and save the edited copy",
+    p = sub.add_parser("edit", help=COMMANDS["edit"],
                        description="Edit a copy of MODEL with a registered editor, print the metrics and "
                                    "verdicts before and after, and write the edited model (provenance in its "
                                    "metadata). Exit 0 all requirements hold after the edit, 1 some do not, "
@@ -68,7 +67,7 @@ def _convert(field: dataclasses.Field, text: str, hints: dict):
     return text
 
 
-def editor_settings(cls, args) -> dict:
+def settings_from_args(cls, args) -> dict:
     """Keyword settings for `cls` from --samples/--seed/--layer and --set KEY=VALUE."""
     from ..errors import AuditorError
 
@@ -100,18 +99,6 @@ def _progress(fraction: float, message: str) -> None:
               file=sys.stderr, flush=True)
 
 
-def provenance(result, bundle, data, reqs, before, after) -> dict:
-    """The `auditor.edit` metadata: what was done, to which model and data, and with what outcome."""
-    return {"editor": result.editor, "hyperparameters": result.hyperparameters, "layers": result.layers,
-            "changes": result.changes, "seconds": result.seconds, "device": result.device,
-            "original_sha256": bundle.sha256, "edited_sha256": result.bundle.sha256,
-            "original_source": bundle.source, "data": {"name": data.name, "sha256": data.sha256},
-            "data_sha256": data.sha256, "requirements": [r.expr for r in reqs],
-            "before": {"passed": before.passed, "requirements": [r.to_dict() for r in before.requirements]},
-            "after": {"passed": after.passed, "requirements": [r.to_dict() for r in after.requirements]},
-            "log": result.log}
-
-
 def print_comparison(before, after, out=None) -> None:
     out = out or sys.stdout
     names = [k for k in after.metrics if k in before.metrics] + [k for k in after.metrics if k not in before.metrics]
@@ -125,41 +112,45 @@ def print_comparison(before, after, out=None) -> None:
 
 
 def run(args) -> int:
-    from ..editors import EDITORS, get_editor
+    from ..audit import AuditSession
     from ..errors import AuditorError
-    from ..evaluate import evaluate
-    from ..models import save_model
     from ..requirements import parse_requirements
 
     reqs = parse_requirements(args.require)  # bad expressions fail before any loading
-    if args.editor not in EDITORS:
-        raise AuditorError(f"unknown editor {args.editor!r}; available: {', '.join(sorted(EDITORS))}")
-    if not str(args.out).lower().endswith(".safetensors"):
-        raise AuditorError(f"--out must end in .safetensors; got {args.out}")
-    editor = get_editor(args.editor, **editor_settings(EDITORS[args.editor], args))
+    if not str(args.out).lower().endswith((".safetensors", ".onnx")):
+        raise AuditorError(f"--out must end in .safetensors or .onnx; got {args.out}")
+    settings = settings_from_args(editor_class(args.editor), args)
     bundle, data = load_model_and_data(args)
-    fixes = None
+    session = AuditSession(bundle, data, reqs, split=args.split, model_path=args.model, command=command_line())
     if args.fix:
-        from ..fixes import parse_fixes
-        fixes = parse_fixes(args.fix, data, args.split)
+        session.set_fixes(args.fix, require=False)
+    session.check_editor(args.editor, settings)  # refuse before anything is logged
+    session.log = open_log(args)
+    if session.log is not None:
+        session.record_start()
+    before = session.evaluate("pristine")
     device = None if args.device in (None, "", "auto") else args.device
-    before = evaluate(bundle, data, reqs, split=args.split, fixes=fixes)
-    result = editor.edit(bundle, data, reqs, device=device, callback=_progress, fixes=fixes)
-    after = evaluate(result.bundle, data, reqs, split=args.split, reference=bundle, fixes=fixes)
-    meta = provenance(result, bundle, data, reqs, before, after)
-    save_model(result.bundle, args.out, extra_metadata={EDIT_KEY: json.dumps(meta, sort_keys=True, default=str)})
+    record = session.run_edit(args.editor, settings, device=device, callback=_progress)
+    result, after = record.result, session.evaluate()
+    session.save(args.out)
     print(f"{result.editor} edited {', '.join(result.layers) or 'no layer'} in {result.seconds:.3f} s on "
           f"{result.device}; data {data.name} ({args.split} split, {before.rows} rows)")
     for ch in result.changes:
-        print(f"  {ch['parameter']}: norm {ch['norm']:.4g} ({ch['relative_norm']:.2%} of the weights), rank {ch['rank']}")
+        print(f"  {ch['parameter']}: norm {ch['norm']:.4g} ({ch['relative_norm']:.2%} of the weights' norm), "
+              f"rank {ch['rank']}")
     print_comparison(before, after)
     print(f"\nwrote {args.out} (sha256 {result.bundle.sha256[:16]}, was {bundle.sha256[:16]})")
     if args.json:
-        write_json(args.json, {"before": before.to_dict(), "after": after.to_dict(), "edit": meta,
+        write_json(args.json, {"before": before.to_dict(), "after": after.to_dict(), "edit": session.provenance(),
                                "out": str(args.out)})
-    log = open_log(args)
-    if log is not None:
-        from ..store import log_edit
-        log_edit(log, result, original_sha256=bundle.sha256, data=data, requirements=reqs, passed=after.passed,
-                 model_path=str(args.out), command=command_line())
     return 0 if after.passed else 1
+
+
+def editor_class(name: str):
+    """The registered editor class called `name`, or an AuditorError listing the editors."""
+    from ..editors import EDITORS
+    from ..errors import AuditorError
+
+    if name not in EDITORS:
+        raise AuditorError(f"unknown editor {name!r}; available: {', '.join(sorted(EDITORS))}")
+    return EDITORS[name]

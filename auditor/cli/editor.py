@@ -11,18 +11,19 @@ sparsity (pruning). Under torchrun every rank trains on its own models and rows
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import time
 
+from . import COMMANDS
 from .common import format_table, write_json
 
 
 def register(sub) -> None:
-    from ..editors.metanet.train import ALIASES, KINDS, TrainSettings
+    from ..editors.metanet.runtime import ALIASES, KINDS
+    from ..editors.metanet.train import TrainSettings
 
-    p = sub.add_parser("editor", help="train or inspect learned (metanetwork) editors",
+    p = sub.add_parser("editor", help=COMMANDS["editor"],
                        description="Train a graph metanetwork editor on a population of models (see `auditor zoo`).")
     esub = p.add_subparsers(dest="editor_command", metavar="ACTION")
     t = esub.add_parser("train", help="train a metanetwork editor for one requirement on one task",
@@ -59,8 +60,8 @@ def _bool(text: str) -> bool:
 def run_train(args) -> int:
     from ..editors.metanet.editors import editor_path
     from ..editors.metanet.train import TrainSettings, requirement_kind, train_editor
-    from ..zoo import TASKS
     from ..errors import AuditorError
+    from ..zoo import TASKS
 
     if args.task not in TASKS:
         raise AuditorError(f"no population for task {args.task!r}; known: {', '.join(TASKS)}")
@@ -96,14 +97,10 @@ def _print_info(info: dict, path: str) -> None:
 
 
 def run_show(args) -> int:
-    from ..editors.metanet.train import load_editor
+    from ..editors.metanet.runtime import load_metanet
 
-    trained = load_editor(args.path)
+    trained = load_metanet(args.path)
     _print_info(trained.info, args.path)
     if args.json:
         write_json(args.json, trained.info)
     return 0
-
-
-def _dumps(obj) -> str:
-    return json.dumps(obj, indent=2)

@@ -1,13 +1,13 @@
 """`auditor evaluate MODEL DATA [--require EXPR ...] [--json PATH]`."""
 from __future__ import annotations
 
-from ..evaluate import evaluate
+from . import COMMANDS
 from .common import add_model_data_args, add_require_arg, load_model_and_data, print_evaluation, write_json
 from .log import add_log_args, command_line, open_log
 
 
 def register(sub) -> None:
-    p = sub.add_parser("evaluate", help="metrics (overall and per group) and requirement verdicts",
+    p = sub.add_parser("evaluate", help=COMMANDS["evaluate"],
                        description="Print a model's metrics on data and whether each requirement holds. "
                                    "Exit 0 all hold, 1 some do not, 2 bad input.")
     add_model_data_args(p)
@@ -18,7 +18,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..evaluate import evaluate
     from ..requirements import parse_requirements
+
     reqs = parse_requirements(args.require)  # bad expressions fail before any loading
     bundle, data = load_model_and_data(args)
     ev = evaluate(bundle, data, reqs, split=args.split)

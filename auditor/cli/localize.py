@@ -7,11 +7,13 @@ carry the gap between groups.
 """
 from __future__ import annotations
 
+from ..audit.localization import DEFAULT_ROWS
+from . import COMMANDS
 from .common import add_model_data_args, format_table, load_model_and_data, write_json
 
 
 def register(sub) -> None:
-    p = sub.add_parser("localize", help="rank layers (and features) by where a misbehaviour lives",
+    p = sub.add_parser("localize", help=COMMANDS["localize"],
                        description="Rank the model's Linear/Conv2d layers by how much of the gap between "
                                    "corrupted inputs and their clean twins a rank-one edit there can move "
                                    "(Captum layer integrated gradients). Tabular data: attributions per raw "
@@ -25,7 +27,10 @@ def register(sub) -> None:
     p.add_argument("--method", default="integrated_gradients", choices=["integrated_gradients", "conductance"],
                    help="Captum layer method")
     p.add_argument("--steps", type=int, default=32, help="integration steps")
-    p.add_argument("--rows", type=int, default=256, help="tabular: rows explained (from --split)")
+    p.add_argument("--rows", type=int, default=DEFAULT_ROWS,
+                   help="tabular: rows explained, drawn at random from --split with --seed")
+    p.add_argument("--require", action="append", default=[], metavar="EXPR",
+                   help="requirements of the audit: a fairness one names the attribute whose gap is localized")
     p.add_argument("--json", metavar="PATH", help="also write the tables as JSON")
     p.set_defaults(func=run)
 
@@ -36,45 +41,26 @@ def _table(df, cols) -> str:
 
 
 def run(args) -> int:
-    from ..errors import AuditorError
-    from ..localize import fairness_layers, feature_attributions, rank_layers_for
+    from ..audit.localization import localize
 
-    if args.samples < 1 or args.steps < 1 or args.rows < 1:
-        raise AuditorError("--samples, --steps and --rows must be at least 1")
     bundle, data = load_model_and_data(args)
-    model = bundle.model
+    loc = localize(bundle, data, args.require, samples=args.samples, seed=args.seed, method=args.method,
+                   n_steps=args.steps, rows=args.rows, split=args.split, pairs_split=args.pairs_split, show_pairs=0)
     payload: dict = {"model": {"path": args.model, "sha256": bundle.sha256},
-                     "data": {"name": data.name, "sha256": data.sha256}, "method": args.method,
-                     "samples": args.samples, "seed": args.seed}
-    has_pairs = data.stamp is not None or data.train.corrupted is not None
-    printed = False
-    if has_pairs:
-        table = rank_layers_for(model, data, args.samples, args.seed, split=args.pairs_split, method=args.method,
-                                n_steps=args.steps)
+                     "data": {"name": data.name, "sha256": data.sha256}, **loc.to_dict()}
+    if loc.kind in ("trigger", "cue", "twins"):
         print(f"layers ranked by editability for {data.name} ({args.samples} pair(s) from {args.pairs_split}, "
               f"seed {args.seed}, {args.method}); edit the top one")
-        print(_table(table, ["rank", "layer", "type", "score", "share", "attribution", "keys"]))
-        payload["layers"] = table.to_dict("records")
-        printed = True
-    if data.kind == "tabular":
-        sp = data.split(args.split)
-        X = sp.X[:args.rows]
-        feats = feature_attributions(model, X, data.feature_groups, n_steps=args.steps)
-        print(f"\nraw features by mean |attribution| ({len(X)} {args.split} rows, baseline: their mean)")
-        print(_table(feats, ["rank", "feature", "importance", "attribution", "share", "inputs"]))
-        payload["features"] = feats.to_dict("records")
-        printed = True
-        if data.protected and len(data.class_names) == 2:
-            attr = data.primary_protected
-            fl = fairness_layers(model, X, sp.groups[attr].iloc[:args.rows], n_steps=args.steps, seed=args.seed,
-                                 method=args.method)
-            print(f"\nlayers carrying the score gap between {attr} groups "
-                  f"({fl['high_group'].iloc[0]} vs {fl['low_group'].iloc[0]})")
-            print(_table(fl, ["rank", "layer", "type", "score", "gap", "concentration"]))
-            payload["fairness_layers"] = fl.to_dict("records")
-    if not printed:
-        raise AuditorError(f"nothing to localize in {data.name!r}: it has no trigger, cue or corrupted twins "
-                           "(give an .npz case or a Trojan/cue data set), and it is not tabular")
+        print(_table(loc.ranking, ["rank", "layer", "type", "score", "share", "attribution", "keys"]))
+    if loc.features is not None:
+        s = loc.settings
+        print(f"\nraw features by mean |attribution| ({s['rows']} {s['split']} rows drawn with seed {args.seed}, "
+              "baseline: their mean)")
+        print(_table(loc.features, ["rank", "feature", "importance", "attribution", "share", "inputs"]))
+    if loc.kind == "fairness":
+        print(f"\nlayers carrying the score gap between {loc.settings['attribute']} groups "
+              f"({loc.ranking['high_group'].iloc[0]} vs {loc.ranking['low_group'].iloc[0]})")
+        print(_table(loc.ranking, ["rank", "layer", "type", "score", "gap", "concentration"]))
     if args.json:
         write_json(args.json, payload)
     return 0

@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 
+from . import COMMANDS
 from .common import format_table
 
 
 def register(sub) -> None:
     from ..store import KINDS
 
-    p = sub.add_parser("log", help="list, show and verify entries of the audit log",
+    p = sub.add_parser("log", help=COMMANDS["log"],
                        description="Read the append-only audit log (SQLite). Default database: $AUDITOR_DB or "
                                    "~/.auditor/audit.db.")
     p.add_argument("--db", metavar="PATH", help="audit log database (default: $AUDITOR_DB or ~/.auditor/audit.db)")

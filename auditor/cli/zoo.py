@@ -6,17 +6,17 @@
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 
+from . import COMMANDS
 from .common import format_table, write_json
 
 
 def register(sub) -> None:
     from ..zoo import DEFAULT_SIZE, TASKS
 
-    p = sub.add_parser("zoo", help="build or inspect populations of models (for learned editors)",
+    p = sub.add_parser("zoo", help=COMMANDS["zoo"],
                        description="Populations of small MLPs trained on one task with varied widths, depths, "
                                    "seeds and training lengths, split into train/val/test members.")
     zsub = p.add_subparsers(dest="zoo_command", metavar="ACTION")
@@ -96,7 +96,3 @@ def _maybe_init_distributed():
     if not dist.is_initialized():
         dist.init_process_group("gloo")
     return dist
-
-
-def _json(obj) -> str:
-    return json.dumps(obj, indent=2)

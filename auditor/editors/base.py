@@ -1,25 +1,38 @@
 """The editor contract: `Editor.edit(bundle, data, requirements, ...) -> EditResult`.
 
 An editor never modifies the bundle it is given: it edits a copy. The `WeightDelta` in the
-result holds the original values of every changed tensor, so reverting is bit-exact.
+result holds the original values of every changed tensor, so reverting is bit-exact. An edit
+that changes nothing says so (`EditResult.changed` is False, and its log ends with a note).
+
+Settings are a dataclass per editor (`Hyper`); each field carries its help text and, where the
+value is one of a few, its choices in `field(metadata=...)`:
+
+    samples: int = field(default=1, metadata={"help": "clean samples from `split`"})
+    split: str = field(default="train", metadata={"help": "where the pairs come from", "choices": "split"})
+
+`"choices"` is a list of allowed values or one of the tokens in `CHOICE_TOKENS`, resolved
+against the model and data by the front-end: "layer" (the model's editable layers), "split"
+(train/val/test), "protected" (the data's protected attributes), "attribution" (the localize
+methods). `auditor.editors.testing.check_editor` checks an editor against this contract.
 """
 from __future__ import annotations
 
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from ..backend import describe_device, pick_device
+from ..backend import Callback, describe_device, pick_device
 from ..data.base import AuditData
 from ..errors import AuditorError
+from ..models.architectures import editable_layers
 from ..models.files import ModelBundle
 from ..requirements import Fixes, Requirement, parse_requirements
 
-Callback = Callable[[float, str], None]
+CHOICE_TOKENS = ("layer", "split", "protected", "attribution")  # choices resolved against the model and data
 
 
 def _noop(fraction: float, message: str) -> None:
@@ -93,6 +106,11 @@ class EditResult:
         return self.delta.layers
 
     @property
+    def changed(self) -> bool:
+        """False when the edit left every weight as it was (the log says why)."""
+        return bool(self.delta.before)
+
+    @property
     def changes(self) -> list[dict]:
         return self.delta.changes()
 
@@ -105,14 +123,17 @@ class EditResult:
         return out
 
     def to_dict(self) -> dict:
-        return {"editor": self.editor, "hyperparameters": self.hyperparameters, "layers": self.layers,
-                "changes": self.changes, "seconds": self.seconds, "device": self.device, "log": self.log,
+        return {"editor": self.editor, "hyperparameters": self.hyperparameters, "changed": self.changed,
+                "layers": self.layers, "changes": self.changes, "seconds": self.seconds, "device": self.device, "log": self.log,
                 "model_sha256": self.bundle.sha256, "extras": self.extras}
 
 
 class Editor:
-    """Base class. Subclasses set `name`, `description`, `Hyper` (a dataclass) and implement `_edit`,
-    which modifies `model` (already a copy, on `device`) in place and may append to `self.log`."""
+    """Base class. Subclasses set `name`, `description`, `kind`, `targets`, `Hyper` (a dataclass whose
+    fields carry `metadata={"help": ..., "choices": ...}`) and implement `_edit`, which modifies
+    `model` (already a copy, on `device`) in place and appends what it did to `log`. An instance
+    keeps no state between edits (one instance may edit from several threads at once); `supports`
+    says why a model or data set cannot be edited. Checked by `auditor.editors.testing.check_editor`."""
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
@@ -132,10 +153,21 @@ class Editor:
                 raise AuditorError(f"editor {self.name!r} has no setting {bad}; its settings: {sorted(valid)}")
             hparams = dataclasses.replace(hparams, **overrides)
         self.hparams = hparams
-        self.log: list[dict] = []
+
+    @classmethod
+    def hyper_from_dict(cls, values: dict):
+        """The `Hyper` instance for `values` (as in `EditResult.hyperparameters`, e.g. read back from JSON)."""
+        if cls.Hyper is None:
+            if values:
+                raise AuditorError(f"editor {cls.name!r} takes no settings")
+            return None
+        return cls.Hyper(**values)
 
     def supports(self, bundle: ModelBundle, data: AuditData) -> str | None:
-        """None when this editor can edit this model on this data, else the reason it cannot."""
+        """None when this editor can edit this model on this data, else the reason it cannot.
+        (The default: the model has a Linear or Conv2d layer to edit.)"""
+        if bundle is not None and not editable_layers(bundle.model):
+            return "the model has no Linear or Conv2d layer to edit"
         return None
 
     def edit(self, bundle: ModelBundle, data: AuditData, requirements=(), *, device=None,
@@ -146,22 +178,27 @@ class Editor:
         reqs: list[Requirement] = parse_requirements(requirements)
         dev = pick_device(device) if not isinstance(device, torch.device) else device
         callback = callback or _noop
-        self.log = []
+        log: list[dict] = []
         edited = bundle.copy()
         edited.model.to(dev)
         start = time.perf_counter()
-        extras = self._edit(edited.model, data, reqs, dev, callback, fixes=fixes, bundle=edited) or {}
+        extras = self._edit(edited.model, data, reqs, dev, callback, log=log, fixes=fixes, bundle=edited) or {}
         if dev.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
         edited.model.cpu().eval()
         delta = WeightDelta.between(bundle.model, edited.model)
+        if not delta.before:
+            log.append({"step": "result", "changed": False,
+                        "message": "the edit left every weight as it was (nothing to change, or nothing it could)"})
         hp = dataclasses.asdict(self.hparams) if self.hparams is not None else {}
         edited.history.append({"editor": self.name, "hyperparameters": hp, "layers": delta.layers,
                                "requirements": [r.expr for r in reqs], "seconds": seconds})
         callback(1.0, "done")
-        return EditResult(edited, delta, self.name, hp, seconds, describe_device(dev), list(self.log), extras)
+        return EditResult(edited, delta, self.name, hp, seconds, describe_device(dev), log, extras)
 
     def _edit(self, model: nn.Module, data: AuditData, requirements: list[Requirement], device: torch.device,
-              callback: Callback, *, fixes: Fixes | None = None, bundle: ModelBundle | None = None) -> dict | None:
+              callback: Callback, *, log: list[dict], fixes: Fixes | None = None,
+              bundle: ModelBundle | None = None) -> dict | None:
+        """Edit `model` (the copy, on `device`) in place; append steps to `log`; return extras (JSON-able)."""
         raise NotImplementedError

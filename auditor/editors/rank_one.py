@@ -21,15 +21,15 @@ applying it (`apply_delta`), and `WeightDelta` in the result reverts it bit for 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from ..data.base import AuditData
 from ..errors import AuditorError
-from ..localize import (METHODS, check_editable, inverse_moment, layer_io, layer_matrix, rank_layers, regularised,
-                        resolve_layer, second_moment)
+from ..layers import check_editable, inverse_moment, layer_io, layer_matrix, regularised, resolve_layer, second_moment
+from ..localize import METHODS, rank_layers
 from ..models.architectures import editable_layers
 from ..requirements import Requirement, compute_metrics, parse_requirement
 from .base import Editor
@@ -124,7 +124,7 @@ def _restore(model: nn.Module, layer_name: str, saved: dict[str, torch.Tensor]) 
         p.copy_(saved[n])
 
 
-def check_metrics(model: nn.Module, data: AuditData, split: str, reqs: list[Requirement]) -> dict[str, float]:
+def check_metrics(model: nn.Module, data: AuditData, split: str) -> dict[str, float]:
     """Every metric of `model` on one split (the dynamic loop checks after each step)."""
     return compute_metrics(model, data, split).metrics
 
@@ -138,7 +138,8 @@ def default_requirements(data: AuditData) -> list[Requirement]:
     return []
 
 
-def _needs_pairs(bundle, data: AuditData) -> str | None:
+def needs_pairs(bundle, data: AuditData) -> str | None:
+    """None when `data` has (clean, corrupted) pairs and the model a Linear or Conv2d layer, else why not."""
     if data is None:
         return None
     if data.stamp is None and data.train.corrupted is None:
@@ -151,17 +152,25 @@ def _needs_pairs(bundle, data: AuditData) -> str | None:
 
 @dataclass
 class RankOneHyper:
-    samples: int = 1  # clean samples (each with its corrupted twin) from `split`
-    seed: int = 0  # which samples
-    layer: str | None = None  # layer to edit; None: the top-ranked one
-    strength: float = 1.0  # 1 maps corrupted keys exactly to clean values; >1 moves past them
-    ridge: float = 1e-3  # relative ridge added to C (keys clean data never spans stay editable)
-    mu: float = 1e-2  # weight of clean-key disturbance against fitting the pairs
-    rank: int | None = None  # truncate the joint least-squares change to this rank (None: exact fit)
-    attribution: str = "integrated_gradients"  # or "conductance" (Captum layer method for ranking)
-    n_steps: int = 16  # integration steps of the attribution (the ranking is stable from 8 on)
-    max_rows: int = 4096  # clean training rows used for C
-    split: str = "train"  # where the pairs come from
+    samples: int = field(default=1, metadata={"help": "clean samples (each with its corrupted twin) from `split`"})
+    seed: int = field(default=0, metadata={"help": "which samples"})
+    layer: str | None = field(default=None, metadata={
+        "help": "layer to edit; None: the top-ranked one",
+        "choices": "layer"})
+    strength: float = field(default=1.0, metadata={
+        "help": "1 maps corrupted keys exactly to clean values; >1 moves past them"})
+    ridge: float = field(default=1e-3, metadata={
+        "help": "relative ridge added to C (keys clean data never spans stay editable)"})
+    mu: float = field(default=1e-2, metadata={"help": "weight of clean-key disturbance against fitting the pairs"})
+    rank: int | None = field(default=None, metadata={
+        "help": "truncate the joint least-squares change to this rank (None: exact fit)"})
+    attribution: str = field(default="integrated_gradients", metadata={
+        "help": 'or "conductance" (Captum layer method for ranking)',
+        "choices": "attribution"})
+    n_steps: int = field(default=16, metadata={
+        "help": "integration steps of the attribution (the ranking is stable from 8 on)"})
+    max_rows: int = field(default=4096, metadata={"help": "clean training rows used for C"})
+    split: str = field(default="train", metadata={"help": "where the pairs come from", "choices": "split"})
 
 
 @register_editor
@@ -175,7 +184,7 @@ class RankOneEditor(Editor):
     Hyper = RankOneHyper
 
     def supports(self, bundle, data) -> str | None:
-        return _needs_pairs(bundle, data)
+        return needs_pairs(bundle, data)
 
     def _check(self) -> None:
         hp = self.hparams
@@ -204,7 +213,7 @@ class RankOneEditor(Editor):
         return compute_delta(model, layer, clean, corrupted, data.train.X, ridge=hp.ridge, mu=hp.mu, rank=hp.rank,
                              strength=hp.strength if strength is None else strength, max_rows=hp.max_rows)
 
-    def _edit(self, model, data, requirements, device, callback, **_):
+    def _edit(self, model, data, requirements, device, callback, *, log, **_):
         self._check()
         clean, corrupted, labels = self._pairs(data, device)
         callback(0.1, "localizing")
@@ -212,19 +221,24 @@ class RankOneEditor(Editor):
         callback(0.5, f"editing {layer}")
         update = self._update(model, data, layer, clean, corrupted)
         apply_delta(model, update)
-        self.log.append({"step": 1, "action": "edit", "layer": layer, "keys": update.keys,
-                         "residual": update.residual, "residual_after": update.residual_after,
-                         "rank": update.rank, "norm": float(update.delta.norm()), "strength": self.hparams.strength})
+        log.append({"step": 1, "action": "edit", "layer": layer, "keys": update.keys,
+                    "residual": update.residual, "residual_after": update.residual_after,
+                    "rank": update.rank, "norm": float(update.delta.norm()), "strength": self.hparams.strength})
         return {"layer": layer, "ranking": ranking, "keys": update.keys, "samples": int(len(clean))}
 
 
 @dataclass
 class DynamicRankOneHyper(RankOneHyper):
-    max_edits: int = 8  # budget of edit steps (accepted or rolled back)
-    max_accuracy_drop: float = 0.005  # utility budget: clean accuracy lost on `check_split`
-    strength_step: float = 0.5  # how much a strengthening step adds along an accepted edit (halved on rollback)
-    check_split: str = "val"  # held-out clean split where requirement and utility are checked
-    gap_tol: float = 0.05  # the pairs count as rectified when their gap is below this share of the start
+    max_edits: int = field(default=8, metadata={"help": "budget of edit steps (accepted or rolled back)"})
+    max_accuracy_drop: float = field(default=0.005, metadata={
+        "help": "utility budget: clean accuracy lost on `check_split`"})
+    strength_step: float = field(default=0.5, metadata={
+        "help": "how much a strengthening step adds along an accepted edit (halved on rollback)"})
+    check_split: str = field(default="val", metadata={
+        "help": "held-out clean split where requirement and utility are checked",
+        "choices": "split"})
+    gap_tol: float = field(default=0.05, metadata={
+        "help": "the pairs count as rectified when their gap is below this share of the start"})
 
 
 @register_editor
@@ -236,7 +250,7 @@ class DynamicRankOneEditor(RankOneEditor):
     are rectified but the requirement still fails on the held-out split, strengthen the last
     accepted edit along its own rank-one direction. A step that costs more clean accuracy than the
     budget, or does not improve the requirement, is rolled back. Stops when every requirement
-    holds on the held-out split or the budget of steps runs out. `self.log` records every step.
+    holds on the held-out split or the budget of steps runs out. The edit's log records every step.
     """
 
     name = "dynamic-rank-one"
@@ -245,7 +259,7 @@ class DynamicRankOneEditor(RankOneEditor):
     Hyper = DynamicRankOneHyper
 
     def _status(self, model, data, reqs):
-        m = check_metrics(model, data, self.hparams.check_split, reqs)
+        m = check_metrics(model, data, self.hparams.check_split)
         results = [r.check(m) for r in reqs]
         # how far from meeting every requirement (0 when all hold)
         shortfall = sum(abs(r.value - r.threshold) for r in results if not r.passed)
@@ -259,7 +273,7 @@ class DynamicRankOneEditor(RankOneEditor):
         # how far the corrupted twins' label logit lies below the clean one (past it counts as 0)
         return float((a.gather(1, idx) - b.gather(1, idx)).clamp(min=0).mean())
 
-    def _edit(self, model, data, requirements, device, callback, **_):
+    def _edit(self, model, data, requirements, device, callback, *, log, **_):
         self._check()
         hp = self.hparams
         reqs = list(requirements) or default_requirements(data)
@@ -269,8 +283,8 @@ class DynamicRankOneEditor(RankOneEditor):
         m0, res0, short = self._status(model, data, reqs)
         acc0 = m0["accuracy"]
         gap0 = self._gap(model, clean, corrupted, labels)
-        self.log.append({"step": 0, "action": "start", "split": hp.check_split, "accuracy": acc0,
-                         "requirements": [r.to_dict() for r in res0], "pair_gap": gap0})
+        log.append({"step": 0, "action": "start", "split": hp.check_split, "accuracy": acc0,
+                    "requirements": [r.to_dict() for r in res0], "pair_gap": gap0})
         rejected: set[str] = set()
         last: RankOneUpdate | None = None
         strength_of: dict[str, float] = {}
@@ -293,7 +307,7 @@ class DynamicRankOneEditor(RankOneEditor):
                 candidates = [c for c in candidates if c not in rejected]
                 if not candidates:
                     entry.update(action="stop", reason="every layer's edit was rolled back")
-                    self.log.append(entry)
+                    log.append(entry)
                     break
                 layer = candidates[0]
                 update = self._update(model, data, layer, clean, corrupted, strength=1.0)
@@ -303,7 +317,7 @@ class DynamicRankOneEditor(RankOneEditor):
                 scale, action = step_size, "strengthen"
             else:
                 entry.update(action="stop", reason="the pairs show no gap to rectify")
-                self.log.append(entry)
+                log.append(entry)
                 break
             saved = _snapshot(model, layer)
             apply_delta(model, update, scale)
@@ -321,9 +335,9 @@ class DynamicRankOneEditor(RankOneEditor):
                 elif step_size / 2 >= hp.strength_step / 4:
                     step_size /= 2  # a smaller step along the same direction next
                 else:
-                    self.log.append(entry)
-                    self.log.append({"step": step, "action": "stop",
-                                     "reason": "strengthening the edit no longer pays within the budget"})
+                    log.append(entry)
+                    log.append({"step": step, "action": "stop",
+                                "reason": "strengthening the edit no longer pays within the budget"})
                     break
             else:
                 entry["accepted"] = True
@@ -331,9 +345,27 @@ class DynamicRankOneEditor(RankOneEditor):
                 strength_of[layer] = strength_of.get(layer, 0.0) + scale
                 if action == "edit":
                     last = update
-            self.log.append(entry)
+            log.append(entry)
         m, res, short = self._status(model, data, reqs)
         return {"layers": sorted(strength_of), "strength": strength_of, "samples": int(len(clean)),
-                "steps": sum(1 for e in self.log if e.get("action") in ("edit", "strengthen")),
+                "steps": sum(1 for e in log if e.get("action") in ("edit", "strengthen")),
                 "check_split": hp.check_split, "requirements_met_on_check_split": short == 0,
                 "check_metrics": {k: float(v) for k, v in m.items()}, "rankings": rankings}
+
+
+@dataclass
+class StaticRankOneLastHyper(RankOneHyper):
+    layer: str | None = field(default=None, metadata={"help": "ignored: always the last Linear/Conv2d layer"})
+
+
+@register_editor
+class StaticRankOneLast(RankOneEditor):
+    """The closed-form rank-one edit of the last layer, without attribution (baseline)."""
+
+    name = "static-rank-one-last"
+    description = "Rank-one edit of the last layer from n clean samples, no localization (baseline)"
+    kind = "baseline"
+    Hyper = StaticRankOneLastHyper
+
+    def _layer(self, model, data, clean, corrupted, labels):
+        return editable_layers(model)[-1][0], None

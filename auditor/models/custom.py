@@ -22,8 +22,18 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import AuditorError, UnsafeModelError
-from .files import (DEFAULT_MAX_BYTES, TORCH_SUFFIXES, ModelBundle, _check_finite, _check_size,
-                    _load_safetensors, _load_torch_state, check_state_matches, load_state_into, resolve_spec)
+from .bundle import ModelBundle
+from .reading import (
+    DEFAULT_MAX_BYTES,
+    TORCH_SUFFIXES,
+    _check_finite,
+    _check_size,
+    _load_safetensors,
+    _load_torch_state,
+    check_state_matches,
+    load_state_into,
+    resolve_spec,
+)
 from .spec import ModelSpec
 
 MAX_CODE_BYTES = 2 * 2**20

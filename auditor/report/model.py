@@ -113,7 +113,7 @@ class Report:
                          "signoff": self.signoff, "generated": self.generated})
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Report":
+    def from_dict(cls, d: dict) -> Report:
         return cls(**{k: v for k, v in d.items() if k != "schema_version"})
 
 
@@ -132,23 +132,16 @@ def _verdict(before, after, editor: str | None) -> dict:
             "edited": after is not None, "met": met, "total": n}
 
 
-def build_report(*, bundle, data, before, after=None, edit=None, edited=None, localization: dict | None = None,
+def build_report(*, bundle, data, before, after=None, edits=(), edited=None, localization: dict | None = None,
                  tradeoff=None, model_path: str | None = None, edited_path: str | None = None,
                  device: str = "cpu", seed: int | None = None, command: str | None = None,
-                 signoff: dict | None = None, editor_description: str | None = None) -> Report:
-    """Assemble a `Report` from the pieces of an audit (see `auditor.report.audit.run_audit`).
+                 signoff: dict | None = None) -> Report:
+    """Assemble a `Report` from the pieces of an audit (`auditor.audit.AuditSession.build_report`).
 
-    `before`/`after`: `Evaluation`s of the original and edited model; `edit`: the `EditResult`;
-    `tradeoff`: a `Tradeoff` (`auditor.tradeoff.compare`); `localization`: a dict from
-    `auditor.report.audit.localize_for_report`."""
-    edits = []
-    if edit is not None:
-        d = edit.to_dict()
-        d.pop("model_sha256", None)
-        d["description"] = editor_description
-        d["parameters_changed"] = int(sum(v.numel() for v in edit.delta.before.values()))
-        d["max_rank"] = max((c["rank"] for c in d["changes"]), default=0)
-        edits.append(d)
+    `before`/`after`: `Evaluation`s of the original and edited model; `edits`: every edit in order as
+    plain dicts (`EditRecord.to_dict`); `tradeoff`: a `Tradeoff` (`auditor.audit.tradeoff.compare`);
+    `localization`: the report's localization section (`Localization.to_report`)."""
+    edits = [dict(e) for e in edits]
     spec = bundle.spec
     model = {"name": bundle.name, "path": model_path, "format": bundle.format, "arch": spec.arch,
              "task": spec.task, "classes": list(spec.class_names), "parameters": int(bundle.n_parameters),
@@ -161,7 +154,7 @@ def build_report(*, bundle, data, before, after=None, edit=None, edited=None, lo
     metrics = {"before": {"overall": before.metrics, "groups": before.groups},
                "after": None if after is None else {"overall": after.metrics, "groups": after.groups}}
     title = f"Audit of {bundle.name} on {data.name}"
-    return Report(title=title, verdict=_verdict(before, after, edit.editor if edit is not None else None),
+    return Report(title=title, verdict=_verdict(before, after, edits[-1]["editor"] if edits else None),
                   requirements=merge_requirements(before, after), model=model, data=data_d, metrics=metrics,
                   localization=localization, edits=edits,
                   tradeoff=None if tradeoff is None else tradeoff.to_dict(),

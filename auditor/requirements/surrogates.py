@@ -2,7 +2,7 @@
 
 Every function takes torch tensors and returns a scalar tensor that gradients flow through, so
 the same code serves learned editors (`auditor.editors.metanet`) and fine-tuning baselines
-(`auditor.editors.tabular_baselines`). The hard metrics they stand in for live in
+(`auditor.editors.baselines`). The hard metrics they stand in for live in
 `auditor.requirements.metrics` (fairlearn-based); a surrogate of 0 means the relaxed requirement
 holds exactly.
 

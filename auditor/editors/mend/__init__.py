@@ -3,8 +3,9 @@
 The fine-tuning gradient of a Linear layer for one example is the outer product of the
 back-propagated delta and the layer input u; a small learned network (`GradientEditor`) maps
 (u, delta) to a better pair and the edit is their outer product times a learned step per layer.
-Editors are trained per model (`train_mend`, `sample_models/build_mend.py`) and shipped as
-`mend_<model>.safetensors` next to the model.
+Editors are trained per model (`train_mend`, `sample_models/build_mend.py`); those for the sample
+models ship as `auditor/editors/weights/mend_<model>.safetensors`, and one trained for your model is
+found next to the model file or on the editor search path (`auditor.editors.weights`).
 
     >>> from auditor import load_model, load_data
     >>> from auditor.editors import get_editor
@@ -18,8 +19,7 @@ Editors are trained per model (`train_mend`, `sample_models/build_mend.py`) and 
 """
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -30,21 +30,19 @@ from ...errors import AuditorError
 from ...models.files import ModelBundle
 from ..base import Editor
 from ..registry import register_editor
+from ..weights import editor_search_path
 from .hooks import capture_factors, default_layers, margin_loss, resolve_layers, split_head
-from .net import GradientEditor, apply_editor, load_editor, read_editor_info, save_editor
+from .net import GradientEditor, apply_editor, load_gradient_editor, read_editor_info, save_gradient_editor
 from .train import MendConfig, train_mend
 
-SAMPLE_DIR = Path(__file__).resolve().parents[3] / "sample_models"
 PATTERN = "mend_*.safetensors"
 
 
 def editor_dirs(bundle: ModelBundle | None = None) -> list[Path]:
-    """Where trained editors are looked for: $AUDITOR_EDITOR_DIR, the model file's folder, sample_models/."""
-    dirs = [Path(p) for p in os.environ.get("AUDITOR_EDITOR_DIR", "").split(os.pathsep) if p]
-    if bundle is not None and bundle.source:
-        dirs.append(Path(bundle.source).resolve().parent)
-    dirs.append(SAMPLE_DIR)
-    return list(dict.fromkeys(d for d in dirs if d.is_dir()))
+    """Where trained editors are looked for: the editor search path (`auditor.editors.weights`) with the
+    model file's folder added: $AUDITOR_EDITOR_DIR, the model's folder, ~/.auditor/editors, the package."""
+    extra = [Path(bundle.source).resolve().parent] if bundle is not None and bundle.source else []
+    return editor_search_path(extra)
 
 
 def find_editor_file(bundle: ModelBundle) -> tuple[Path | None, str]:
@@ -68,18 +66,21 @@ def find_editor_file(bundle: ModelBundle) -> tuple[Path | None, str]:
 
 @lru_cache(maxsize=8)
 def _load_cached(path: str, mtime: float) -> tuple[GradientEditor, dict]:
-    return load_editor(path)
+    return load_gradient_editor(path)
 
 
 @dataclass
 class MendHyper:
-    editor_path: str | None = None  # a trained editor file; None: found by the model's sha256 or name
-    margin: float | None = None  # scale each row's step until its label wins by this log-prob margin
-    #                              (None: the margin the editor was trained with)
-    search: int | None = None  # row step multipliers: powers of sqrt(2) from 1/2 up to 2^search; 0: the
-    #                            learned step (None: as in training)
-    rounds: int | None = None  # rows still short after a round get another from the edited weights (None: as
-    #                            in training)
+    editor_path: str | None = field(default=None, metadata={
+        "help": "a trained editor file; None: found by the model's sha256 or name"})
+    margin: float | None = field(default=None, metadata={
+        "help": "scale each row's step until its label wins by this log-prob margin (None: the margin the editor was "
+                "trained with)"})
+    search: int | None = field(default=None, metadata={
+        "help": "row step multipliers: powers of sqrt(2) from 1/2 up to 2^search; 0: the learned step (None: as in "
+                "training)"})
+    rounds: int | None = field(default=None, metadata={
+        "help": "rows still short after a round get another from the edited weights (None: as in training)"})
 
 
 @register_editor
@@ -99,13 +100,13 @@ class Mend(Editor):
         return find_editor_file(bundle)
 
     def supports(self, bundle: ModelBundle, data) -> str | None:
-        path, how = self._path(bundle)
-        self._found = (path, how)  # `Editor.edit` checks support right before editing: reuse the lookup
+        path, _ = self._path(bundle)
         if path is None:
             if self.hparams.editor_path:
                 return f"editor file {self.hparams.editor_path} does not exist"
-            return ("no trained MEND editor for this model; train one with "
-                    "`python sample_models/build_mend.py --model MODEL --data DATA`")
+            return ("no trained MEND editor for this model on the editor search path ($AUDITOR_EDITOR_DIR, the "
+                    "model's folder, ~/.auditor/editors, the shipped ones); train one with `train_mend` (in a "
+                    "source checkout: `python sample_models/build_mend.py --model MODEL --data DATA`)")
         info = read_editor_info(path)
         if info is None:
             return f"{path} is not a MEND editor file"
@@ -116,11 +117,12 @@ class Mend(Editor):
                 return f"the editor in {path.name} edits layer {layer!r} ({n_in}->{n_out}), which this model lacks"
         return None
 
-    def _edit(self, model, data, requirements, device, callback, *, fixes=None, bundle=None):
+    def _edit(self, model, data, requirements, device, callback, *, log, fixes=None, bundle=None):
         if fixes is None or len(fixes.y) == 0:
             raise AuditorError("the mend editor fixes given mistakes: pass fixes (CLI: --fix ROW=LABEL)")
-        found, self._found = getattr(self, "_found", None), None
-        path, how = found if found and found[0] is not None else self._path(bundle)
+        path, how = self._path(bundle)  # looked up again: the editor keeps no state between calls
+        if path is None:
+            raise AuditorError("no trained MEND editor for this model")
         editor, info = _load_cached(str(path), path.stat().st_mtime)
         editor = editor.to(device)
         X, y = fixes.X.to(device), fixes.y.to(device)
@@ -133,12 +135,13 @@ class Mend(Editor):
         alpha = [round(float(a), 4) for a in scales]
         with torch.no_grad():
             fixed = int((model(X).argmax(1) == y).sum())
-        self.log.append({"step": "mend", "editor": path.name, "matched": how, "layers": editor.layer_names,
-                         "examples": len(y), "margin": margin, "step_multipliers": alpha, "fixed": fixed})
+        log.append({"step": "mend", "editor": path.name, "matched": how, "layers": editor.layer_names,
+                    "examples": len(y), "margin": margin, "step_multipliers": alpha, "fixed": fixed})
         return {"editor_file": str(path), "layers": editor.layer_names, "step_multipliers": alpha,
                 "fixed": fixed, "examples": len(y)}
 
 
 __all__ = ["GradientEditor", "Mend", "MendConfig", "MendHyper", "apply_editor", "capture_factors",
-           "default_layers", "find_editor_file", "load_editor", "margin_loss", "resolve_layers", "save_editor",
+           "default_layers", "find_editor_file", "load_gradient_editor", "margin_loss", "resolve_layers",
+           "save_gradient_editor",
            "split_head", "train_mend"]

@@ -121,7 +121,7 @@ class GradientEditor(nn.Module):
         return self.changes(self.keys_values(factors), row_scale)
 
 
-def save_editor(editor: GradientEditor, path: str | Path, info: dict) -> None:
+def save_gradient_editor(editor: GradientEditor, path: str | Path, info: dict) -> None:
     """One safetensors file: the editor's tensors, its shape and `info` (the model it was trained for,
     training settings, validation figures) as JSON metadata."""
     meta = {"format": FORMAT, **editor.config(), **info}
@@ -144,12 +144,12 @@ def read_editor_info(path: str | Path) -> dict | None:
     return info if info.get("format") == FORMAT else None
 
 
-def load_editor(path: str | Path) -> tuple[GradientEditor, dict]:
+def load_gradient_editor(path: str | Path) -> tuple[GradientEditor, dict]:
     """Rebuild a saved editor (tensors only: loading runs no code)."""
     info = read_editor_info(path)
     if info is None:
         raise AuditorError(f"{path} is not a MEND editor file (no {METADATA_KEY!r} metadata); "
-                           "train one with `python sample_models/build_mend.py`")
+                           "train one with `train_mend` (in a source checkout: `python sample_models/build_mend.py`)")
     editor = GradientEditor([tuple(v) for v in info["layers"]], info["rank"], info["n_blocks"],
                             ridge=info.get("ridge", 1e-2))
     state = load_file(str(path))

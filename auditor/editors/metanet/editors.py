@@ -10,8 +10,9 @@
 | `metanet-minimisation`   | `features_used <= k`                 | `k`                    |
 | `metanet-pruning`        | `sparsity >= s`                      | `sparsity`             |
 
-Weights come from `sample_models/metanet_<task>_<dp|eo|minimisation|pruning>.safetensors`
-(`$AUDITOR_METANET_DIR` or the `weights` setting override the place). Structural requirements
+Weights are `metanet_<task>_<dp|eo|minimisation|pruning>.safetensors`, found on the editor search path
+(`auditor.editors.weights`: `$AUDITOR_EDITOR_DIR`, `~/.auditor/editors`, then the shipped ones); the
+`weights` setting names a file instead. Structural requirements
 hold exactly: the pruned fraction is ceil(s * weights) / weights, dropped features have all-zero
 first-layer columns (the kept weights are refitted in closed form on reference rows of the
 data's training split, then the predicted residuals are added). The fairness editors are conditioned on a strength; given a target level
@@ -23,9 +24,7 @@ there, never by the edited model). A model outside the trained family is refused
 """
 from __future__ import annotations
 
-import copy
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -36,18 +35,20 @@ from ...data.base import AuditData
 from ...errors import AuditorError
 from ..base import Editor
 from ..registry import register_editor
-from .train import KINDS, TrainedMetaNet, calibrate, calibration_rows, load_editor, write_params
+from ..weights import PACKAGED_DIR, find_editor_weights
+from .runtime import KINDS, TrainedMetaNet, calibrate, calibration_rows, load_metanet, write_params
 
-SAMPLE_MODELS = Path(__file__).resolve().parents[3] / "sample_models"
 _LOADED: dict[str, TrainedMetaNet] = {}
 
 
 def editor_path(task: str, requirement: str, weights: str | None = None) -> Path:
-    """Where the trained metanetwork for (task, requirement) lives."""
+    """Where the trained metanetwork for (task, requirement) lives: `weights` if given, else the first
+    `metanet_<task>_<kind>.safetensors` on the editor search path (`auditor.editors.weights`); when there
+    is none, the place in the package where it would be shipped (which does not exist)."""
     if weights:
         return Path(weights)
-    base = Path(os.environ.get("AUDITOR_METANET_DIR") or SAMPLE_MODELS)
-    return base / f"metanet_{task}_{KINDS[requirement].stem}.safetensors"
+    name = f"metanet_{task}_{KINDS[requirement].stem}.safetensors"
+    return find_editor_weights(name) or PACKAGED_DIR / name
 
 
 def trained_editor(task: str, requirement: str, weights: str | None = None) -> TrainedMetaNet:
@@ -56,7 +57,7 @@ def trained_editor(task: str, requirement: str, weights: str | None = None) -> T
     key = str(path.resolve())
     stamp = path.stat().st_mtime if path.exists() else None
     if key not in _LOADED or getattr(_LOADED[key], "_stamp", None) != stamp:
-        trained = load_editor(path)
+        trained = load_metanet(path)
         if trained.info["requirement"] != requirement:
             raise AuditorError(f"{path.name} was trained for {trained.info['requirement']!r}, not {requirement!r}")
         trained._stamp = stamp
@@ -89,16 +90,24 @@ class _MetaNetEditor(Editor):
 
 @dataclass
 class MetaNetFairnessHyper:
-    target: float | None = None  # fairness level to reach; None: from the requirement, else default_target
-    default_target: float = 0.03
-    strength: float | None = None  # fixed strength in [0, 1]: no calibration, no protected attribute read
-    calibration_split: str = "train"  # rows used to pick the strength (needs the protected attribute)
-    calibration_rows: int | None = 6000  # a fixed random subset of that split (None: all of it)
-    margin: float = 0.005  # aim this far below the target on the calibration rows
-    grid: int = 8  # strengths tried in one batch: (i / 7) ** 2 for i = 0..7
-    shift_steps: int = 20  # output-bias shifts tried per strength: 2 * shift_steps + 1 in [-max_shift, max_shift]
-    max_shift: float = 2.0  # logit units
-    weights: str | None = None  # editor file (default: sample_models/metanet_<task>_dp.safetensors)
+    target: float | None = field(default=None, metadata={
+        "help": "fairness level to reach; None: from the requirement, else default_target"})
+    default_target: float = field(default=0.03, metadata={
+        "help": "fairness level aimed at when neither `target` nor a requirement says"})
+    strength: float | None = field(default=None, metadata={
+        "help": "fixed strength in [0, 1]: no calibration, no protected attribute read"})
+    calibration_split: str = field(default="train", metadata={
+        "help": "rows used to pick the strength (needs the protected attribute)",
+        "choices": "split"})
+    calibration_rows: int | None = field(default=6000, metadata={
+        "help": "a fixed random subset of that split (None: all of it)"})
+    margin: float = field(default=0.005, metadata={"help": "aim this far below the target on the calibration rows"})
+    grid: int = field(default=8, metadata={"help": "strengths tried in one batch: (i / 7) ** 2 for i = 0..7"})
+    shift_steps: int = field(default=20, metadata={
+        "help": "output-bias shifts tried per strength: 2 * shift_steps + 1 in [-max_shift, max_shift]"})
+    max_shift: float = field(default=2.0, metadata={"help": "logit units"})
+    weights: str | None = field(default=None, metadata={
+        "help": "editor file (default: metanet_<task>_dp.safetensors on the editor search path)"})
 
 
 class _FairnessMetaNet(_MetaNetEditor):
@@ -112,7 +121,7 @@ class _FairnessMetaNet(_MetaNetEditor):
                 return float(r.threshold)
         return float(self.hparams.default_target)
 
-    def _edit(self, model, data, requirements, device, callback, **_):
+    def _edit(self, model, data, requirements, device, callback, *, log, **_):
         trained = self._trained(data)
         attr = trained.info["protected"]
         for r in requirements:
@@ -123,7 +132,7 @@ class _FairnessMetaNet(_MetaNetEditor):
             t = float(min(max(self.hparams.strength, 0.0), 1.0))
             params = trained.propose(model, data, [t], device)
             self._write(model, params)
-            self.log.append({"step": "metanet", "strength": t})
+            log.append({"step": "metanet", "strength": t})
             return {"strength": t}
         target = self._target(requirements)
         aim = max(target - self.hparams.margin, 0.0)
@@ -148,12 +157,12 @@ class _FairnessMetaNet(_MetaNetEditor):
             params[last_bias][0, 1] += pick["shift"]  # moves the decision threshold of class 1
             self._write(model, params)
         best, best_v = ts[k], pick["level"]
-        self.log.append({"step": "calibrate", "split": split, "target": target, "aim": aim, "strength": best,
-                         "output_shift": pick["shift"], self.requirement: best_v, "accuracy": pick["accuracy"],
-                         "tried": [{**r, "strength": ts[r.pop("strength_index")]} for r in pick["table"]]})
+        log.append({"step": "calibrate", "split": split, "target": target, "aim": aim, "strength": best,
+                    "output_shift": pick["shift"], self.requirement: best_v, "accuracy": pick["accuracy"],
+                    "tried": [{**r, "strength": ts[r.pop("strength_index")]} for r in pick["table"]]})
         if not pick["feasible"]:
-            self.log.append({"step": "warning", "message": f"no strength reaches {aim:.4f} on {split}; the "
-                                                           f"fairest edit has {best_v:.4f}"})
+            log.append({"step": "warning", "message": f"no strength reaches {aim:.4f} on {split}; the "
+                                                      f"fairest edit has {best_v:.4f}"})
         return {"strength": best, "output_shift": pick["shift"], f"{self.requirement}_{split}": best_v,
                 f"accuracy_{split}": pick["accuracy"], "target": target}
 
@@ -187,9 +196,12 @@ class MetaNetEqualizedOdds(_FairnessMetaNet):
 
 @dataclass
 class MetaNetMinimisationHyper:
-    k: int | None = None  # raw features to keep; None: from a `features_used <= k` requirement
-    default_k: int = 5
-    weights: str | None = None
+    k: int | None = field(default=None, metadata={
+        "help": "raw features to keep; None: from a `features_used <= k` requirement"})
+    default_k: int = field(default=5, metadata={
+        "help": "raw features to keep when neither `k` nor a `features_used <= k` requirement says"})
+    weights: str | None = field(default=None, metadata={
+        "help": "editor file (default: the shipped metanet_<task>_<kind>.safetensors on the editor search path)"})
 
 
 @register_editor
@@ -211,22 +223,25 @@ class MetaNetMinimisation(_MetaNetEditor):
             raise AuditorError(f"k must be between 1 and {n_features} raw features, not {k}")
         return int(k)
 
-    def _edit(self, model, data, requirements, device, callback, **_):
+    def _edit(self, model, data, requirements, device, callback, *, log, **_):
         k = self._k(requirements, len(data.feature_groups))
         trained = self._trained(data)
         self._write(model, trained.propose(model, data, [float(k)], device))
         first = next(m for m in model.modules() if isinstance(m, nn.Linear))
         used = (first.weight != 0).any(0).cpu()
         kept = [f for f, cols in data.feature_groups.items() if bool(used[list(cols)].any())]
-        self.log.append({"step": "metanet", "k": k, "kept": kept})
+        log.append({"step": "metanet", "k": k, "kept": kept})
         return {"k": k, "kept_features": kept}
 
 
 @dataclass
 class MetaNetPruningHyper:
-    sparsity: float | None = None  # fraction of weights to zero; None: from a `sparsity >= s` requirement
-    default_sparsity: float = 0.9
-    weights: str | None = None
+    sparsity: float | None = field(default=None, metadata={
+        "help": "fraction of weights to zero; None: from a `sparsity >= s` requirement"})
+    default_sparsity: float = field(default=0.9, metadata={
+        "help": "fraction of zero weights when neither `sparsity` nor a `sparsity >=` requirement says"})
+    weights: str | None = field(default=None, metadata={
+        "help": "editor file (default: the shipped metanet_<task>_<kind>.safetensors on the editor search path)"})
 
 
 @register_editor
@@ -239,7 +254,7 @@ class MetaNetPruning(_MetaNetEditor):
     requirement = "sparsity"
     Hyper = MetaNetPruningHyper
 
-    def _edit(self, model, data, requirements, device, callback, **_):
+    def _edit(self, model, data, requirements, device, callback, *, log, **_):
         s = self.hparams.sparsity
         if s is None:
             s = next((float(r.threshold) for r in requirements if r.metric == "sparsity" and r.op == ">="),
@@ -247,5 +262,5 @@ class MetaNetPruning(_MetaNetEditor):
         if not 0.0 <= s < 1.0:
             raise AuditorError(f"sparsity must be in [0, 1), not {s}")
         self._write(model, self._trained(data).propose(model, data, [float(s)], device))
-        self.log.append({"step": "metanet", "sparsity": s})
+        log.append({"step": "metanet", "sparsity": s})
         return {"sparsity": s}

@@ -11,82 +11,30 @@ each rank draws its own models and rows, gradients are averaged, rank 0 writes t
 
     torchrun --nproc_per_node 2 -m auditor.cli editor train --task adult --requirement demographic_parity
 
-An editor file is one safetensors file: the metanetwork's weights plus, in the metadata key
-`auditor.metanet`, the JSON `info` (task, requirement, network config, the model family it was
-trained on, training and validation figures).
+The file it writes is read by `runtime.load_metanet`; the editors never import this module.
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import math
 import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
-from torch.func import functional_call, vmap
 
 from ... import zoo
+from ...backend import Callback
 from ...data.base import AuditData
 from ...errors import AuditorError
-from ...models import ModelBundle
 from ...requirements.surrogates import (feature_budget_gap, fairness_gap, group_codes, js_divergence,
                                         positive_probability, sparsity_gap)
-from .graph import Member, batch, mlp_layers, prepare
+from .graph import Member, batch, prepare
 from .net import MetaNet, NetConfig, assemble
-
-FORMAT = "auditor-metanet/1"
-INFO_KEY = "auditor.metanet"
-
-
-@dataclass(frozen=True)
-class RequirementKind:
-    """A requirement a metanetwork can be trained for."""
-
-    metric: str  # metric name in auditor.requirements.METRICS
-    mode: str  # NetConfig.mode
-    stem: str  # file name part: metanet_<task>_<stem>.safetensors
-    condition: str  # what the strength means
-
-
-KINDS: dict[str, RequirementKind] = {
-    "demographic_parity": RequirementKind("demographic_parity", "residual", "dp",
-                                          "fairness strength t in [0, 1] (loss weight t * fairness_weight)"),
-    "equalized_odds": RequirementKind("equalized_odds", "residual", "eo",
-                                      "fairness strength t in [0, 1] (loss weight t * fairness_weight)"),
-    "features_used": RequirementKind("features_used", "gate", "minimisation", "raw features to keep, k"),
-    "sparsity": RequirementKind("sparsity", "prune", "pruning", "fraction of weights set to zero"),
-}
-ALIASES = {"dp": "demographic_parity", "fairness": "demographic_parity", "eo": "equalized_odds",
-           "minimisation": "features_used", "minimization": "features_used", "features": "features_used",
-           "pruning": "sparsity"}
-
-
-def requirement_kind(name: str) -> RequirementKind:
-    key = ALIASES.get(name, name)
-    if key not in KINDS:
-        raise AuditorError(f"no metanetwork requirement {name!r}; choose one of "
-                           f"{', '.join(list(KINDS) + list(ALIASES))}")
-    return KINDS[key]
-
-
-def cond_features(mode: str, values: torch.Tensor, n_features: int) -> torch.Tensor:
-    """Requirement strength -> conditioning vector (..., 2) fed to the heads."""
-    v = values.float()
-    if mode == "residual":
-        return torch.stack([v, v.clamp_min(0).sqrt()], -1)
-    if mode == "gate":
-        f = v / n_features
-        return torch.stack([f, f.clamp_min(0).sqrt()], -1)
-    return torch.stack([v, -torch.log1p(-v.clamp(0, 0.999)) / 5], -1)
+from .runtime import (FORMAT, RequirementKind, TrainedMetaNet, cond_features, edited_logits, features_digest,
+                      group_index_of, make_probes, reference_rows, requirement_kind, save_metanet)
 
 
 @dataclass
@@ -121,57 +69,6 @@ class TrainSettings:
     threads: int = 1  # torch threads per process
 
 
-def reference_index(data: AuditData, n: int, seed: int = 0) -> torch.Tensor:
-    """The fixed rows of the training split whose activations describe a model's neurons."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randperm(len(data.train), generator=g)[:min(n, len(data.train))].sort().values
-
-
-def reference_rows(data: AuditData, n: int, seed: int = 0) -> torch.Tensor:
-    return data.train.X[reference_index(data, n, seed)]
-
-
-def make_probes(mode: str, metric: str, data: AuditData, n: int, seed: int, attribute: str | None,
-                temperature: float, groups: list[str] | None = None) -> list:
-    """Gradient probes on the reference rows (fairness editors: the soft gap, the cross-entropy with the
-    labels and the overall positive rate)."""
-    if mode != "residual":
-        return []
-    idx = reference_index(data, n, seed)
-    y = data.train.y[idx]
-    codes, _ = group_codes(data.train.groups[attribute].iloc[idx.numpy()], groups)
-
-    def gap(logits):
-        return fairness_gap(metric, positive_probability(logits, temperature), y.to(logits.device),
-                            codes.to(logits.device))
-
-    def ce(logits):
-        return nn.functional.cross_entropy(logits, y.to(logits.device))
-
-    def rate(logits):  # the overall positive rate: lets the editor move the gap without moving the rate
-        return positive_probability(logits, temperature).mean()
-
-    return [gap, ce, rate]
-
-
-def group_index_of(data: AuditData) -> torch.Tensor:
-    """Raw-feature index of every input (-1 when an input belongs to no feature group)."""
-    idx = torch.full((data.n_inputs,), -1, dtype=torch.long)
-    for f, cols in enumerate(data.feature_groups.values()):
-        idx[list(cols)] = f
-    return idx
-
-
-def features_digest(data_or_names) -> str:
-    names = data_or_names.feature_names if isinstance(data_or_names, AuditData) else list(data_or_names)
-    return hashlib.sha256(json.dumps(names).encode()).hexdigest()[:16]
-
-
-def edited_logits(template: nn.Module, params: dict[str, torch.Tensor], X: torch.Tensor) -> torch.Tensor:
-    """Logits (K, n, classes) of the K edited versions of `template` (functional_call, vmapped over K)."""
-    return vmap(lambda p: functional_call(template, p, (X,)))(params)
-
-
 def sample_targets(s: TrainSettings, mode: str, n_features: int, B: int, K: int, gen: torch.Generator) -> torch.Tensor:
     if mode == "residual":
         return torch.rand(B, K, generator=gen)
@@ -196,7 +93,7 @@ def _dist_setup():
 
 
 def train_editor(settings: TrainSettings, out: str | Path | None = None,
-                 callback: Callable[[float, str], None] | None = None,
+                 callback: Callback | None = None,
                  device: str | torch.device | None = None) -> dict:
     """Train a metanetwork for `settings.requirement` on `settings.task`'s population.
 
@@ -327,7 +224,7 @@ def train_editor(settings: TrainSettings, out: str | Path | None = None,
         callback(1.0, "validating on held-out validation members")
         info["validation"] = validate(net.cpu(), info, data, s) if s.val_limit else []
         if out is not None:
-            save_editor(net, info, out)
+            save_metanet(net, info, out)
     if dist is not None:
         dist.barrier()
         dist.destroy_process_group()
@@ -406,7 +303,7 @@ def validate(net: MetaNet, info: dict, data: AuditData, s: TrainSettings) -> lis
             accs.append(_accuracy(edited, data.val))
             base_accs.append(_accuracy(model, data.val))
             if info["mode"] == "residual":
-                reqs.append(hard_fairness(edited, data, "val", info["requirement"], info["protected"]))
+                reqs.append(split_fairness(edited, data, "val", info["requirement"], info["protected"]))
             elif info["mode"] == "gate":
                 reqs.append(features_used(edited, data.feature_groups))
             else:
@@ -423,7 +320,7 @@ def _accuracy(model: nn.Module, split) -> float:
 _CODES: dict[tuple, torch.Tensor] = {}
 
 
-def hard_fairness(model: nn.Module, data: AuditData, split: str, metric: str, attribute: str) -> float:
+def split_fairness(model: nn.Module, data: AuditData, split: str, metric: str, attribute: str) -> float:
     """Demographic parity or equalized odds difference of `model` on a split (fairlearn's definition)."""
     from ...requirements.surrogates import demographic_parity_gap, equalized_odds_gap
     sp = data.split(split)
@@ -436,242 +333,3 @@ def hard_fairness(model: nn.Module, data: AuditData, split: str, metric: str, at
     if metric == "demographic_parity":
         return float(demographic_parity_gap(pred, codes))
     return float(equalized_odds_gap(pred, sp.y, codes))
-
-
-_CALIB: dict[tuple, tuple] = {}
-
-
-def calibration_rows(data: AuditData, split: str, attribute: str, n: int | None = None,
-                     seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(X, y, one-hot group matrix (n, groups)) of a split, or of a fixed random subset of `n` of its
-    rows; cached per data set."""
-    key = (data.sha256, split, attribute, n, seed)
-    if key not in _CALIB:
-        sp = data.split(split)
-        idx = np.arange(len(sp))
-        if n is not None and n < len(sp):
-            idx = np.sort(np.random.default_rng(seed).choice(len(sp), n, replace=False))
-        codes, names = group_codes(sp.groups[attribute].iloc[idx])
-        _CALIB[key] = (sp.X[idx], sp.y[idx], nn.functional.one_hot(codes, len(names)).float())
-    return _CALIB[key]
-
-
-@torch.no_grad()
-def batched_fairness(template: nn.Module, params: dict[str, torch.Tensor], X: torch.Tensor, y: torch.Tensor,
-                     onehot: torch.Tensor, metric: str) -> torch.Tensor:
-    """Hard demographic parity / equalized odds difference of K edited models at once -> (K,)."""
-    dev = next(iter(params.values())).device
-    pred = edited_logits(template, params, X.to(dev)).argmax(-1).float()  # (K, n)
-    onehot, y = onehot.to(dev), y.to(dev)
-
-    def gap(mask):
-        oh = onehot if mask is None else onehot[mask]
-        pr = pred if mask is None else pred[:, mask]
-        counts = oh.sum(0)
-        present = counts > 0
-        rates = (pr @ oh)[:, present] / counts[present]
-        return rates.max(1).values - rates.min(1).values
-
-    if metric == "demographic_parity":
-        return gap(None).cpu()
-    return torch.maximum(gap(y == 1), gap(y == 0)).cpu()
-
-
-@torch.no_grad()
-def calibrate(template: nn.Module, params: dict[str, torch.Tensor], X: torch.Tensor, y: torch.Tensor,
-              onehot: torch.Tensor, metric: str, aim: float, shifts: torch.Tensor) -> dict:
-    """Pick, among K edited models (`params`, one per strength) and output-bias shifts, the most
-    accurate on the calibration rows whose fairness gap is at most `aim` (else the fairest).
-
-    One batched forward of the K models; the shifts only move the decision threshold of the logit
-    difference, so they cost no extra forward. Returns {"k", "shift", "level", "accuracy", "table"}."""
-    dev = next(iter(params.values())).device
-    logits = edited_logits(template, params, X.to(dev))  # (K, n, 2)
-    dz = (logits[..., 1] - logits[..., 0]).cpu()  # (K, n)
-    K, n = dz.shape
-    S = len(shifts)
-    # positives per (group, label) cell for every strength and shift: a row is positive when
-    # dz + shift > 0; sorted scores and searchsorted count them without materialising predictions
-    group = onehot.argmax(1).cpu()
-    y = y.cpu()
-    thresholds = (-shifts).to(dz.dtype).contiguous().expand(K, S).contiguous()
-    pos, size = {}, {}
-    for g in range(onehot.shape[1]):
-        for lab in (0, 1):
-            cell = (group == g) & (y == lab)
-            size[g, lab] = int(cell.sum())
-            if size[g, lab]:
-                srt = dz[:, cell].sort(1).values.contiguous()
-                pos[g, lab] = size[g, lab] - torch.searchsorted(srt, thresholds, right=True).to(dz.dtype)
-            else:
-                pos[g, lab] = dz.new_zeros(K, S)
-    groups = [g for g in range(onehot.shape[1]) if size[g, 0] + size[g, 1] > 0]
-    acc = sum(pos[g, 1] + size[g, 0] - pos[g, 0] for g in groups) / n  # (K, S)
-
-    def spread(rates):
-        r = torch.stack(rates, -1)
-        return r.max(-1).values - r.min(-1).values
-
-    if metric == "demographic_parity":
-        level = spread([(pos[g, 0] + pos[g, 1]) / (size[g, 0] + size[g, 1]) for g in groups])
-    else:
-        tpr = spread([pos[g, 1] / size[g, 1] for g in groups if size[g, 1]])
-        fpr = spread([pos[g, 0] / size[g, 0] for g in groups if size[g, 0]])
-        level = torch.maximum(tpr, fpr)
-    acc, level = acc.reshape(-1), level.reshape(-1)
-    ok = level <= aim
-    if bool(ok.any()):
-        score = torch.where(ok, acc, torch.full_like(acc, -1.0))
-        best = int(score.argmax())  # the first (weakest strength, lowest shift) among equals
-    else:
-        best = int(level.argmin())
-    k, j = divmod(best, S)
-    mid = int((shifts.abs()).argmin())
-    table = [{"strength_index": i // S, "shift": float(shifts[i % S]), "level": float(level[i]),
-              "accuracy": float(acc[i])} for i in range(mid, K * S, S)]  # unshifted rows, for the log
-    return {"k": k, "shift": float(shifts[j]), "level": float(level[best]), "accuracy": float(acc[best]),
-            "feasible": bool(ok.any()), "table": table}
-
-
-# ------------------------------------------------------------------------------------------------
-# editor files and applying a trained metanetwork
-
-def save_editor(net: MetaNet, info: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    save_file(state, str(path), metadata={INFO_KEY: json.dumps(info, sort_keys=True), "format": FORMAT})
-    return path
-
-
-def load_editor(path: str | Path) -> "TrainedMetaNet":
-    """Load an editor file written by `save_editor` (no code runs: safetensors + JSON)."""
-    path = Path(path)
-    if not path.exists():
-        raise AuditorError(f"metanetwork editor file not found: {path}; rebuild it with "
-                           "`python sample_models/build_editors.py` or `auditor editor train`")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        state = {k: f.get_tensor(k) for k in f.keys()}
-    if meta.get("format") != FORMAT or INFO_KEY not in meta:
-        raise AuditorError(f"{path.name} is not a metanetwork editor file ({FORMAT})")
-    info = json.loads(meta[INFO_KEY])
-    known = {f.name for f in dataclasses.fields(NetConfig)}
-    net = MetaNet(NetConfig(**{k: v for k, v in info["net"].items() if k in known}))
-    net.load_state_dict(state)
-    return TrainedMetaNet(net.eval(), info, str(path))
-
-
-class TrainedMetaNet:
-    """A trained metanetwork plus what it was trained on; edits one MLP for given strengths."""
-
-    def __init__(self, net: MetaNet, info: dict, path: str = ""):
-        self.net, self.info, self.path = net, info, path
-        self._ref_cache: dict[str, torch.Tensor] = {}
-        self._gidx_cache: dict[str, torch.Tensor] = {}
-
-    @property
-    def mode(self) -> str:
-        return self.info["mode"]
-
-    def supports(self, bundle: ModelBundle, data: AuditData) -> str | None:
-        """None when the model belongs to the family this editor was trained on, else why not."""
-        fam = self.info["family"]
-        spec = bundle.spec
-        if data.kind != "tabular":
-            return f"it was trained on tabular {fam['data']!r} MLPs; {data.name!r} is {data.kind} data"
-        if data.name != fam["data"]:
-            return (f"it was trained on models of task {fam['data']!r}, not {data.name!r} "
-                    f"(train one with `auditor editor train --task {data.name}` if a population exists)")
-        if spec.data not in (None, fam["data"]):
-            return f"the model was trained on {spec.data!r}, this editor on {fam['data']!r}"
-        try:
-            layers = mlp_layers(bundle.model)
-        except AuditorError as exc:
-            return str(exc)
-        n_in = layers[0][1].in_features
-        if n_in != fam["n_inputs"] or data.n_inputs != fam["n_inputs"]:
-            return f"it reads MLPs with {fam['n_inputs']} inputs; this model has {n_in}"
-        if layers[-1][1].out_features != fam["n_classes"]:
-            return f"it reads binary classifiers ({fam['n_classes']} outputs); this model has {layers[-1][1].out_features}"
-        if features_digest(data) != fam["features_sha"]:
-            return "the data's input encoding differs from the one the editor was trained on"
-        if spec.input.get("features") and features_digest(spec.input["features"]) != fam["features_sha"]:
-            return "the model's input features differ from the ones the editor was trained on"
-        depth = len(layers)
-        if depth not in fam["depths"]:
-            return f"it was trained on MLPs with {fam['depths']} Linear layers; this model has {depth}"
-        widest = max((m.out_features for _, m in layers[:-1]), default=0)
-        if widest > 2 * fam["max_width"]:
-            return f"hidden layers up to {2 * fam['max_width']} wide are supported; this model has {widest}"
-        return None
-
-    def _reference(self, data: AuditData) -> torch.Tensor:
-        key = data.sha256
-        if key not in self._ref_cache:
-            ref = self.info["reference"]
-            self._ref_cache[key] = reference_rows(data, ref["rows"], ref["seed"])
-        return self._ref_cache[key]
-
-    def _probes(self, data: AuditData) -> list:
-        pr = self.info.get("probes") or {}
-        if not pr.get("gradient_features"):
-            return []
-        ref = self.info["reference"]
-        attr = self.info["protected"]
-        if attr not in data.train.groups:
-            raise AuditorError(f"this editor reads the protected attribute {attr!r} of the training rows; "
-                               f"{data.name!r} has none")
-        return make_probes(self.mode, self.info["requirement"], data, ref["rows"], ref["seed"], attr,
-                           pr["temperature"], self.info["groups"])
-
-    def _group_index(self, data: AuditData) -> torch.Tensor:
-        key = data.sha256
-        if key not in self._gidx_cache:
-            self._gidx_cache[key] = group_index_of(data)
-        return self._gidx_cache[key]
-
-    @torch.no_grad()
-    def encode(self, model: nn.Module, data: AuditData, device: torch.device | None = None) -> tuple:
-        """Read `model` as a graph and run the message passing (once per model)."""
-        dev = device or next(model.parameters()).device
-        if next(self.net.parameters()).device != dev:
-            self.net.to(dev)
-        net = self.net
-        member = prepare(model, self._reference(data).to(dev), self._probes(data))
-        cfg = net.cfg
-        g = batch([member], cfg.n_inputs, cfg.n_classes, cfg.max_depth)
-        return (g, *net.encode(g), self._group_index(data).to(dev))
-
-    @torch.no_grad()
-    def decode(self, state: tuple, values: list[float]) -> dict[str, torch.Tensor]:
-        """Edited parameters {name: (len(values), ...)} for strengths `values` from `encode`'s state."""
-        g, h, e, gidx = state
-        cfg = self.net.cfg
-        targets = torch.tensor([values], dtype=torch.float32, device=h.device)
-        outs = self.net.heads(g, h, e, cond_features(cfg.mode, targets, cfg.n_features))
-        return assemble(cfg, g, outs, targets, gidx)[0]["params"]
-
-    def propose(self, model: nn.Module, data: AuditData, values: list[float],
-                device: torch.device | None = None) -> dict[str, torch.Tensor]:
-        """Edited parameters for every strength in `values`: {name: (len(values), ...)} (one pass)."""
-        return self.decode(self.encode(model, data, device), values)
-
-    def edit_model(self, model: nn.Module, data: AuditData, values: list[float]) -> list[nn.Module]:
-        """Edited copies of `model`, one per strength (for validation and sweeps)."""
-        import copy
-        params = self.propose(model, data, values)
-        outs = []
-        for k in range(len(values)):
-            m = copy.deepcopy(model)
-            write_params(m, {n: t[k] for n, t in params.items()})
-            outs.append(m.eval())
-        return outs
-
-
-@torch.no_grad()
-def write_params(model: nn.Module, params: dict[str, torch.Tensor]) -> None:
-    """Copy edited tensors into `model` in place (names as in its state dict)."""
-    state = dict(model.named_parameters())
-    for name, value in params.items():
-        state[name].copy_(value.to(state[name].device, state[name].dtype))

@@ -1,20 +1,22 @@
 """Global magnitude pruning with `torch.nn.utils.prune` (the baseline users pick for sparsity)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 from torch.nn.utils import prune
 
-from ..models.architectures import editable_layers
-from .base import Editor
-from .registry import register_editor
+from ...models.architectures import editable_layers
+from ..base import Editor
+from ..registry import register_editor
 
 
 @dataclass
 class MagnitudePruningHyper:
-    sparsity: float | None = None  # target fraction of zero weights; None: from a `sparsity >=` requirement
-    default_sparsity: float = 0.5
+    sparsity: float | None = field(default=None, metadata={
+        "help": "target fraction of zero weights; None: from a `sparsity >=` requirement"})
+    default_sparsity: float = field(default=0.5, metadata={
+        "help": "fraction of zero weights when neither `sparsity` nor a `sparsity >=` requirement says"})
 
 
 @register_editor
@@ -35,12 +37,12 @@ class MagnitudePruning(Editor):
                 return float(r.threshold)
         return float(self.hparams.default_sparsity)
 
-    def _edit(self, model: nn.Module, data, requirements, device, callback, **_):
+    def _edit(self, model: nn.Module, data, requirements, device, callback, *, log, **_):
         amount = self._target(requirements)
         params = [(m, "weight") for _, m in editable_layers(model)]
         total = sum(m.weight.numel() for m, _ in params)
         prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=int(round(amount * total)))
         for m, p in params:
             prune.remove(m, p)
-        self.log.append({"step": "prune", "sparsity": amount, "weights": total})
+        log.append({"step": "prune", "sparsity": amount, "weights": total})
         return {"sparsity": amount}

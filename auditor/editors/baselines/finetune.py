@@ -1,6 +1,6 @@
 """Baselines for Trojans and spurious cues on the same n clean samples as the rank-one editors:
-fine-tuning the whole model, fine-tuning the last layer only, and a static rank-one edit of the
-last layer (the Santurkar-style edit the attribution-guided choice of layer is compared with).
+fine-tuning the whole model and fine-tuning the last layer only (the static rank-one edit of the
+last layer, `static-rank-one-last`, lives with the rank-one editors).
 
 Fine-tuning trains on the n clean samples and their corrupted twins, both with the clean label
 (the same information the rank-one editors get), with Adam on cross-entropy, full batch, in eval
@@ -8,27 +8,28 @@ mode (dropout off, batch-norm statistics frozen: a handful of samples would wrec
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from ..errors import AuditorError
-from ..models.architectures import editable_layers
-from .base import Editor
-from .rank_one import RankOneEditor, RankOneHyper, _needs_pairs
-from .registry import register_editor
+from ...errors import AuditorError
+from ...models.architectures import editable_layers
+from ..base import Editor
+from ..rank_one import needs_pairs
+from ..registry import register_editor
 
 
 @dataclass
 class FineTuneHyper:
-    samples: int = 20  # clean samples (each with its corrupted twin) from `split`
-    seed: int = 0  # which samples
-    steps: int = 100  # full-batch Adam steps
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    use_corrupted: bool = True  # also train on the corrupted twins, labelled with the clean label
-    split: str = "train"
+    samples: int = field(default=20, metadata={"help": "clean samples (each with its corrupted twin) from `split`"})
+    seed: int = field(default=0, metadata={"help": "which samples"})
+    steps: int = field(default=100, metadata={"help": "full-batch Adam steps"})
+    lr: float = field(default=1e-3, metadata={"help": "learning rate (Adam)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay"})
+    use_corrupted: bool = field(default=True, metadata={
+        "help": "also train on the corrupted twins, labelled with the clean label"})
+    split: str = field(default="train", metadata={"help": "where the clean samples come from", "choices": "split"})
 
 
 @register_editor
@@ -42,12 +43,12 @@ class FineTune(Editor):
     Hyper = FineTuneHyper
 
     def supports(self, bundle, data) -> str | None:
-        return _needs_pairs(bundle, data)
+        return needs_pairs(bundle, data)
 
     def _parameters(self, model: nn.Module) -> list[nn.Parameter]:
         return [p for p in model.parameters() if p.is_floating_point()]
 
-    def _edit(self, model, data, requirements, device, callback, **_):
+    def _edit(self, model, data, requirements, device, callback, *, log, **_):
         hp = self.hparams
         if hp.samples < 1 or hp.steps < 0:
             raise AuditorError(f"samples must be >= 1 and steps >= 0; got samples={hp.samples}, steps={hp.steps}")
@@ -76,8 +77,8 @@ class FineTune(Editor):
                 p.requires_grad_(True)
             for p in model.parameters():
                 p.grad = None
-        self.log.append({"step": hp.steps, "action": "fine-tune", "loss": float(loss.detach()),
-                         "rows": int(len(X)), "parameters": int(sum(p.numel() for p in params))})
+        log.append({"step": hp.steps, "action": "fine-tune", "loss": float(loss.detach()),
+                    "rows": int(len(X)), "parameters": int(sum(p.numel() for p in params))})
         return {"samples": int(len(clean)), "final_loss": float(loss.detach())}
 
 
@@ -93,21 +94,3 @@ class FineTuneLastLayer(FineTune):
         if not layers:
             raise AuditorError("the model has no Linear or Conv2d layer to fine-tune")
         return list(layers[-1][1].parameters(recurse=False))
-
-
-@dataclass
-class StaticRankOneLastHyper(RankOneHyper):
-    layer: str | None = None  # ignored: always the last Linear/Conv2d layer
-
-
-@register_editor
-class StaticRankOneLast(RankOneEditor):
-    """The closed-form rank-one edit of the last layer, without attribution (baseline)."""
-
-    name = "static-rank-one-last"
-    description = "Rank-one edit of the last layer from n clean samples, no localization (baseline)"
-    kind = "baseline"
-    Hyper = StaticRankOneLastHyper
-
-    def _layer(self, model, data, clean, corrupted, labels):
-        return editable_layers(model)[-1][0], None

@@ -13,30 +13,35 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from ..data.base import AuditData
-from ..errors import AuditorError
-from ..fixes import equivalents
-from ..models.files import ModelBundle
-from .base import Editor
-from .mend.hooks import margin_loss, resolve_layers
-from .registry import register_editor
+from ...backend import Callback
+from ...data.base import AuditData
+from ...errors import AuditorError
+from ...fixes import equivalents
+from ...models.files import ModelBundle
+from ..base import Editor
+from ..mend.hooks import margin_loss, resolve_layers
+from ..registry import register_editor
 
 PROVENANCE_KEY = "editable_training"
 
 
 @dataclass
 class EnnHyper:
-    layers: list[str] | None = None  # None: from the model's editable-training record, else the last two Linear
-    lr: float | None = None  # SGD step; None: the learned one in the model's record, else 0.01
-    max_steps: int = 10
-    margin: float | None = None  # stop once every label wins by this log-prob margin (None: the record's, else 0.5)
+    layers: list[str] | None = field(default=None, metadata={
+        "help": "None: from the model's editable-training record, else the last two Linear",
+        "choices": "layer"})
+    lr: float | None = field(default=None, metadata={
+        "help": "SGD step; None: the learned one in the model's record, else 0.01"})
+    max_steps: int = field(default=10, metadata={"help": "at most this many gradient steps"})
+    margin: float | None = field(default=None, metadata={
+        "help": "stop once every label wins by this log-prob margin (None: the record's, else 0.5)"})
 
 
 @register_editor
@@ -56,7 +61,7 @@ class Enn(Editor):
         margin = self.hparams.margin if self.hparams.margin is not None else float(record.get("margin", 0.5))
         return layers, lr, margin, bool(record)
 
-    def _edit(self, model, data, requirements, device, callback, *, fixes=None, bundle=None):
+    def _edit(self, model, data, requirements, device, callback, *, log, fixes=None, bundle=None):
         if fixes is None or len(fixes.y) == 0:
             raise AuditorError("the enn editor fixes given mistakes: pass fixes (CLI: --fix ROW=LABEL)")
         layers, lr, margin, editable = self._settings(model, bundle)
@@ -76,9 +81,9 @@ class Enn(Editor):
                     p.sub_(lr * g)
         with torch.no_grad():
             fixed = int((model(X).argmax(1) == y).sum())
-        self.log.append({"step": "enn", "layers": layers, "lr": lr, "margin": margin, "steps": steps,
-                         "editable_trained": editable,
-                         "examples": len(y), "fixed": fixed})
+        log.append({"step": "enn", "layers": layers, "lr": lr, "margin": margin, "steps": steps,
+                    "editable_trained": editable,
+                    "examples": len(y), "fixed": fixed})
         return {"steps": steps, "fixed": fixed, "examples": len(y), "editable_trained": editable}
 
 
@@ -98,7 +103,7 @@ class EditableConfig:
 
 
 def editable_training(bundle: ModelBundle, data: AuditData, config: EditableConfig | None = None,
-                      callback=None) -> tuple[ModelBundle, dict]:
+                      callback: Callback | None = None) -> tuple[ModelBundle, dict]:
     """A copy of `bundle` fine-tuned to be editable, and a record of the training."""
     config = config or EditableConfig()
     callback = callback or (lambda f, m: None)

@@ -31,11 +31,11 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
-from ..data.base import AuditData
-from ..errors import AuditorError
-from ..models.architectures import predict_logits
-from ..models.files import ModelBundle
-from .tabular_baselines import _fairness_reason
+from ...data.base import AuditData
+from ...errors import AuditorError
+from ...models.architectures import predict_logits
+from ...models.files import ModelBundle
+from .common import fairness_reason
 
 CONSTRAINTS = ("demographic_parity", "equalized_odds")
 
@@ -129,7 +129,7 @@ def postprocess_threshold_optimizer(bundle: ModelBundle, data: AuditData, constr
     """
     from fairlearn.postprocessing import ThresholdOptimizer
 
-    reason = _fairness_reason(bundle, data)
+    reason = fairness_reason(bundle, data)
     if reason:
         raise AuditorError(f"threshold-optimizer cannot post-process this model: {reason}")
     attribute = _check(data, constraint, attribute)

@@ -6,7 +6,7 @@ method: the requirement's metric, accuracy, wall time, whether all requirements 
 whether it lies on the Pareto front (no other method is better on both metric and accuracy).
 
     >>> from auditor import load_model, load_data
-    >>> from auditor.tradeoff import compare
+    >>> from auditor.audit.tradeoff import compare
     >>> bundle = load_model("sample_models/digits_cnn_trojan.safetensors")
     >>> t = compare(bundle, load_data("digits-trojan"), ["attack_success_rate <= 0.02"],
     ...             ["dynamic-rank-one", "finetune"])                   # doctest: +SKIP
@@ -15,25 +15,25 @@ whether it lies on the Pareto front (no other method is better on both metric an
 from __future__ import annotations
 
 import dataclasses
+import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence, Union
 
 import pandas as pd
 
-from .backend import seed_everything
-from .charts import pareto_mask, tradeoff_chart
-from .data.base import AuditData
-from .editors import EDITORS, EditResult, get_editor
-from .errors import AuditorError
-from .evaluate import evaluate
-from .models.files import ModelBundle
-from .requirements import METRICS, Requirement, parse_requirements
+from ..backend import Callback, seed_everything
+from ..charts import pareto_mask, tradeoff_chart
+from ..data.base import AuditData
+from ..editors import EDITORS, EditResult, get_editor
+from ..editors.registry import editors_for
+from ..errors import AuditorError
+from ..evaluate import evaluate
+from ..models.bundle import ModelBundle
+from ..requirements import METRICS, Requirement, parse_requirements
 
-Callback = Callable[[float, str], None]
 # A method: an editor name, or (label, editor name, settings) to run one editor with several settings.
-Method = Union[str, tuple]
+Method = str | tuple
 UTILITY = ("accuracy", "balanced_accuracy")
-_KIND_ORDER = {"original": 0, "rank-one": 1, "learned": 2, "baseline": 3}
 COLUMNS = ["method", "editor", "kind", "value", "accuracy", "seconds", "passed", "pareto", "layers",
            "model_sha256", "error", "note"]
 
@@ -45,19 +45,60 @@ def tradeoff_metric(requirements) -> Requirement | None:
 
 
 def baselines_for(bundle: ModelBundle, data: AuditData, metric: str, exclude: Sequence[str] = ()) -> list[str]:
-    """Registered editors that target `metric` and can edit this model on this data, by kind then name."""
-    base = metric.split("[", 1)[0]
-    out = []
-    for name, cls in EDITORS.items():
-        if name in exclude or base not in getattr(cls, "targets", ()):
-            continue
-        try:
-            if cls().supports(bundle, data):
-                continue
-        except Exception:  # noqa: BLE001 (an editor that cannot even build is not a usable baseline)
-            continue
-        out.append(name)
-    return sorted(out, key=lambda n: (_KIND_ORDER.get(EDITORS[n].kind, 9), n))
+    """Registered editors that target `metric` and can edit this model on this data (`editors_for`'s order)."""
+    return [cls.name for cls in editors_for(bundle, data, metric) if cls.name not in exclude]
+
+
+def alternative_methods() -> dict:
+    """Mitigations that are not weight edits (fairlearn's ThresholdOptimizer, ExponentiatedGradient),
+    by name; each returns an `AlternativeResult`."""
+    from ..editors.baselines import fairlearn_mitigations as fb
+
+    return dict(fb.ALTERNATIVES)
+
+
+# Alternatives run by `--baselines auto` (ExponentiatedGradient retrains for minutes: only when named)
+AUTO_ALTERNATIVES = ("threshold-optimizer",)
+FAIRNESS = ("demographic_parity", "equalized_odds")
+
+
+def run_alternative(name: str, bundle: ModelBundle, data: AuditData, requirement, *, split: str = "test",
+                    seed: int = 0):
+    """Run one alternative mitigation for a fairness `requirement` (its metric is the constraint)."""
+    fn = alternative_methods()[name]
+    params = inspect.signature(fn).parameters
+    kwargs = {"attribute": requirement.attribute, "split": split, "seed": seed}
+    kwargs = {k: v for k, v in kwargs.items() if k in params}
+    args = (bundle, data) if "bundle" in params else (data,)
+    return fn(*args, requirement.metric, **kwargs)
+
+
+def resolve_baselines(baselines, bundle: ModelBundle, data: AuditData, requirements,
+                      editor: str | None) -> tuple[list[str], list[str]]:
+    """(editor names, alternative names) for a trade-off: `baselines` is "auto" (with an edit: every
+    editor that targets the audited requirement, plus ThresholdOptimizer for fairness on tabular data),
+    "none"/None, or names (a comma-separated string or a list)."""
+    if baselines in (None, "none", False, ()):
+        return [], []
+    alts = alternative_methods()
+    target = tradeoff_metric(requirements)
+    fair = target is not None and target.metric in FAIRNESS and data.kind == "tabular"
+    if baselines == "auto":
+        if target is None or editor is None:  # no edit, nothing to compare against
+            return [], []
+        names = baselines_for(bundle, data, target.key, exclude=[editor])
+        return names, [a for a in AUTO_ALTERNATIVES if a in alts and fair]
+    names = [b.strip() for b in (baselines.split(",") if isinstance(baselines, str) else baselines)]
+    names = [b for b in names if b and b != editor]
+    for b in names:
+        if b not in EDITORS and b not in alts:
+            raise AuditorError(f"unknown baseline {b!r}; available: {', '.join(sorted([*EDITORS, *alts]))}")
+        if b in alts and not fair:
+            raise AuditorError(f"baseline {b!r} mitigates demographic_parity or equalized_odds on tabular data; "
+                               "this audit has no such requirement")
+    if target is None:
+        return [], []
+    return [b for b in names if b in EDITORS], [b for b in names if b in alts]
 
 
 def common_settings(editor: str, **candidates) -> dict:
@@ -149,7 +190,7 @@ def compare(bundle: ModelBundle, data: AuditData, requirements, methods: Sequenc
                 if label not in results:
                     seed_everything(seed)
                     opts = {**common_settings(name, samples=samples, seed=seed), **settings}
-                    sub = (lambda f, m, i=i: callback((i + min(max(f, 0.0), 1.0)) / len(plan), f"{label}: {m}"))
+                    sub = (lambda f, m, i=i, label=label: callback((i + min(max(f, 0.0), 1.0)) / len(plan), f"{label}: {m}"))
                     results[label] = get_editor(name, **opts).edit(bundle, data, reqs, device=device, callback=sub,
                                                                    fixes=fixes)
                 res = results[label]

@@ -1,22 +1,25 @@
 """Baseline: fine-tune on the mistakes themselves until they are fixed (what users would do)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import AuditorError
-from .base import Editor
-from .mend.hooks import margin_loss, resolve_layers
-from .registry import register_editor
+from ...errors import AuditorError
+from ..base import Editor
+from ..mend.hooks import margin_loss, resolve_layers
+from ..registry import register_editor
 
 
 @dataclass
 class FinetuneFixHyper:
-    lr: float = 1e-3  # Adam
-    max_steps: int = 100
-    margin: float = 0.5  # stop once every requested label wins by this log-prob margin (as mend and enn)
-    layers: list[str] | None = None  # None: every parameter; else these Linear layers only
+    lr: float = field(default=1e-3, metadata={"help": "Adam"})
+    max_steps: int = field(default=100, metadata={"help": "at most this many Adam steps"})
+    margin: float = field(default=0.5, metadata={
+        "help": "stop once every requested label wins by this log-prob margin (as mend and enn)"})
+    layers: list[str] | None = field(default=None, metadata={
+        "help": "None: every parameter; else these Linear layers only",
+        "choices": "layer"})
 
 
 @register_editor
@@ -29,7 +32,7 @@ class FinetuneFix(Editor):
     targets = ("edit_success",)
     Hyper = FinetuneFixHyper
 
-    def _edit(self, model, data, requirements, device, callback, *, fixes=None, bundle=None):
+    def _edit(self, model, data, requirements, device, callback, *, log, fixes=None, bundle=None):
         if fixes is None or len(fixes.y) == 0:
             raise AuditorError("finetune-fix fixes given mistakes: pass fixes (CLI: --fix ROW=LABEL)")
         hp = self.hparams
@@ -51,5 +54,5 @@ class FinetuneFix(Editor):
             opt.step()
         with torch.no_grad():
             fixed = int((model(X).argmax(1) == y).sum())
-        self.log.append({"step": "finetune", "steps": steps, "examples": len(y), "fixed": fixed})
+        log.append({"step": "finetune", "steps": steps, "examples": len(y), "fixed": fixed})
         return {"steps": steps, "fixed": fixed, "examples": len(y)}

@@ -1,0 +1,620 @@
+"""One audit, the service both front-ends drive: the model as loaded (never edited), the current
+model (a private copy), the data, the requirements, localization, the edits applied (each revertible
+bit for bit), the trade-off against baselines, the report, its provenance and the audit log.
+
+The dashboard keeps one `AuditSession` per browser session; `auditor audit` drives one end to end
+(`auditor.audit.pipeline.run_audit`); `auditor edit` and `auditor localize` use its steps. The model
+and data it starts from may be shared (cached) objects, which is why nothing here edits `pristine`.
+
+    >>> from auditor import load_model, load_data
+    >>> from auditor.audit import AuditSession
+    >>> bundle = load_model("sample_models/digits_cnn_trojan.safetensors")
+    >>> s = AuditSession(bundle, load_data("digits-trojan"))
+    >>> [r.expr for r in s.requirements]
+    ['attack_success_rate <= 0.02', 'accuracy >= 0.95']
+    >>> record = s.run_edit("dynamic-rank-one", {"samples": 1})  # doctest: +SKIP
+    >>> s.revert(0); s.current.sha256 == bundle.sha256  # doctest: +SKIP
+    True
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shlex
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import present
+from ..backend import Callback, describe_device, pick_device, seed_everything
+from ..data.base import SPLITS, AuditData
+from ..errors import AuditorError
+from ..evaluate import Evaluation, check_compatible, evaluate
+from ..models.bundle import ModelBundle
+from ..models.files import save_model
+from ..requirements import Requirement, parse_requirement, parse_requirements
+from .localization import Localization, localize, not_available, sample_rows
+
+# The metadata key of the provenance every model written by an audit carries (CLI and dashboard alike).
+PROVENANCE_KEY = "auditor.edit"
+PROVENANCE_FORMAT = "auditor.provenance/1"
+BUILTIN_DATA = ("adult", "compas", "digits", "digits-trojan", "digits-spurious")
+
+# Requirements a newcomer gets for the built-in data sets (edit them on the Requirements page).
+DEFAULT_REQUIREMENTS: dict[str, list[str]] = {
+    "digits-trojan": ["attack_success_rate <= 0.02", "accuracy >= 0.95"],
+    "digits-spurious": ["cue_gap <= 0.05", "accuracy >= 0.95"],
+    "digits": ["accuracy >= 0.95"],
+    "adult": ["demographic_parity <= 0.05", "accuracy >= 0.82"],
+    "compas": ["demographic_parity <= 0.1", "accuracy >= 0.64"],
+}
+
+
+def default_requirements(data: AuditData, bundle: ModelBundle | None = None) -> list[Requirement]:
+    """Sensible starting requirements: the built-in data sets' own, else one for the data's
+    misbehaviour (trigger, cue, protected groups) plus a utility floor 2 points under today's accuracy."""
+    if data.name in DEFAULT_REQUIREMENTS:
+        return [parse_requirement(t) for t in DEFAULT_REQUIREMENTS[data.name]]
+    out = []
+    if data.trigger is not None:
+        out.append("attack_success_rate <= 0.02")
+    elif data.cue is not None:
+        out.append("cue_gap <= 0.05")
+    elif data.protected and len(data.class_names) == 2:
+        out.append("demographic_parity <= 0.05")
+    if bundle is not None:
+        acc = evaluate(bundle, data).metrics["accuracy"]
+        out.append(f"accuracy >= {math.floor(100 * (acc - 0.02)) / 100:.2f}")
+    return [parse_requirement(t) for t in out]
+
+
+def data_arguments(data: AuditData) -> list[str]:
+    """The DATA argument and schema options that load `data` again on the command line."""
+    if data.name in BUILTIN_DATA and not (data.source or "").endswith((".csv", ".parquet", ".npz")):
+        return [data.name]
+    out = [data.source or data.name]
+    schema = data.schema or {}
+    for key in ("target", "positive"):
+        if schema.get(key) not in (None, ""):
+            out += [f"--{key}", str(schema[key])]
+    for key in ("protected", "categorical", "inputs"):
+        if schema.get(key):
+            out += [f"--{key}", ",".join(map(str, schema[key]))]
+    return out
+
+
+@dataclass
+class EditRecord:
+    """One applied edit: the editor's result (with the weight delta that undoes it), the model's
+    hash before and after, and the requirement verdicts after."""
+
+    result: Any  # auditor.editors.EditResult
+    sha_before: str
+    sha_after: str
+    requirements: list[str]
+    metrics_after: dict[str, float] = field(default_factory=dict)
+    passed_after: bool = False
+    description: str | None = None
+
+    @property
+    def editor(self) -> str:
+        return self.result.editor
+
+    def to_dict(self) -> dict:
+        """The edit as the report and the provenance state it."""
+        d = self.result.to_dict()
+        d.pop("model_sha256", None)
+        d.update(description=self.description, sha_before=self.sha_before, sha_after=self.sha_after,
+                 requirements=self.requirements, metrics_after=self.metrics_after, passed_after=self.passed_after,
+                 parameters_changed=int(sum(v.numel() for v in self.result.delta.before.values())),
+                 max_rank=max((c["rank"] for c in d["changes"]), default=0))
+        return d
+
+
+class AuditSession:
+    """State and steps of one audit. `pristine` is never modified (it may be shared between users);
+    `current` is this session's own model, replaced (never edited in place) by each edit or revert.
+
+    `log`: an `auditor.store.AuditLog` that receives every evaluation, edit, revert and report of this
+    session under one run id, with `user`'s name. `seed` drives sampling, editors and baselines;
+    `split` is the split metrics are taken on. `model_path` names the model in commands and logs."""
+
+    def __init__(self, pristine: ModelBundle, data: AuditData, requirements=None, *, model_label: str = "",
+                 data_label: str = "", seed: int = 0, split: str = "test", log=None, user: str = "",
+                 model_path: str | None = None, command: str | None = None):
+        check_compatible(pristine, data)
+        if split not in SPLITS:
+            raise AuditorError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        self.pristine = pristine
+        self.current = pristine.copy()
+        self.data = data
+        self.model_label = model_label or pristine.name
+        self.data_label = data_label or data.name
+        self.model_path = model_path or pristine.source or None
+        self.pristine_sha256 = pristine.sha256
+        self.seed = int(seed)
+        self.split = split
+        self.requirements: list[Requirement] = (
+            parse_requirements(requirements) if requirements is not None else default_requirements(data, pristine))
+        self.edits: list[EditRecord] = []
+        self.localization: Localization | None = None
+        self.localization_note: str | None = None  # why localization could not run, for the report
+        self.chosen_layer: str | None = None  # None: the editor picks the top-ranked layer itself
+        self.tradeoff = None  # auditor.audit.tradeoff.Tradeoff of the last comparison run
+        self.tradeoff_key: tuple | None = None
+        self.fix_specs: list[str] = []  # mistakes to fix, "ROW=LABEL" over the evaluation split
+        self.fixes = None  # auditor.requirements.Fixes built from fix_specs
+        self.auditor_name = user
+        self.notes = ""
+        self.fixed_command = command  # the front-end's own command line (the CLI's), else built here
+        self.run_id = uuid.uuid4().hex[:12]
+        self.log = log
+        self._evals: dict[tuple, Evaluation] = {}
+        self._attr_key: tuple | None = None
+        self._attr: dict = {}
+        self._editors_key: tuple | None = None
+        self._editors: list[type] = []
+        if log is not None:
+            self.record_start()
+
+    # -- identity ---------------------------------------------------------------------------
+    @property
+    def edited(self) -> bool:
+        return bool(self.edits)
+
+    @property
+    def user(self) -> str:
+        return self.auditor_name
+
+    @property
+    def device(self) -> str:
+        return describe_device(pick_device())
+
+    def layers(self) -> pd.DataFrame:
+        """Every module with parameters: name, type, weight shape, parameter count."""
+        rows = []
+        for name, mod in self.current.model.named_modules():
+            own = list(mod.parameters(recurse=False))
+            if not name or not own:
+                continue
+            w = getattr(mod, "weight", None)
+            rows.append({"layer": name, "type": type(mod).__name__,
+                         "shape": " x ".join(map(str, w.shape)) if w is not None else "",
+                         "parameters": int(sum(p.numel() for p in own))})
+        return pd.DataFrame(rows)
+
+    # -- the audit log ------------------------------------------------------------------------
+    def _append(self, kind: str, **fields) -> int | None:
+        if self.log is None:
+            return None
+        return self.log.append(kind, user=self.auditor_name or None, run=self.run_id, command=self.command(),
+                               data_name=self.data.name, data_sha256=self.data.sha256,
+                               requirements=[r.expr for r in self.requirements], **fields)
+
+    def record_start(self) -> int | None:
+        """Log the model as loaded (its evaluation): the first entry of this audit's run."""
+        return self._log_evaluation("pristine", "before")
+
+    def _log_evaluation(self, which: str, label: str) -> int | None:
+        ev = self.evaluate(which)
+        d = ev.to_dict()
+        path = self.model_path if which == "pristine" else None
+        return self._append("evaluation", model_path=path, model_sha256=ev.model_sha256, passed=ev.passed,
+                            results={"metrics": d["metrics"], "requirements": d["requirements"], "label": label,
+                                     "split": ev.split, "rows": ev.rows})
+
+    # -- evaluation -------------------------------------------------------------------------
+    def evaluate(self, which: str = "current", split: str | None = None) -> Evaluation:
+        """Metrics and requirement verdicts of the current (or pristine) model, cached per weights."""
+        split = split or self.split
+        bundle = self.current if which == "current" else self.pristine
+        sha = bundle.sha256 if which == "current" else self.pristine_sha256
+        key = (sha, tuple(r.expr for r in self.requirements), split, tuple(self.fix_specs))
+        if key not in self._evals:
+            if len(self._evals) > 32:
+                self._evals.clear()
+            ref = self.pristine if which == "current" else None
+            ev = evaluate(bundle, self.data, [], split, reference=ref, fixes=self.fixes)
+            if which != "current":
+                ev.metrics.setdefault("drawdown", 0.0)
+                ev.metrics.setdefault("changed_predictions", 0.0)
+            ev.requirements = [r.check(ev.metrics) for r in self.requirements]
+            self._evals[key] = ev
+        return self._evals[key]
+
+    def available_metrics(self) -> list[str]:
+        """Metric keys a requirement can use for this model and data (including `[attribute]` forms)."""
+        return list(self.evaluate().metrics)
+
+    def requirement_table(self) -> pd.DataFrame:
+        """One row per requirement: its text, meaning, value before any edit, now, and whether it holds now."""
+        return present.requirement_table(self.requirements, self.evaluate("pristine"), self.evaluate())
+
+    def metrics_table(self, which: str = "current") -> pd.DataFrame:
+        return present.metrics_table(self.evaluate(which), self.data.primary_protected,
+                                     with_reference=which == "current")
+
+    def compare_table(self) -> pd.DataFrame:
+        """Before vs now, every metric, with units."""
+        return present.compare_table(self.evaluate("pristine"), self.evaluate(), self.data.primary_protected)
+
+    def group_table(self, attribute: str) -> pd.DataFrame:
+        """Per group of `attribute`: accuracy and selection rate (positive predictions) before and now."""
+        return present.group_table(self.evaluate("pristine"), self.evaluate(), attribute)
+
+    # -- requirements -----------------------------------------------------------------------
+    def add_requirement(self, text: str | Requirement) -> Requirement:
+        req = parse_requirement(text)
+        metrics = self.evaluate().metrics
+        if req.key not in metrics:
+            req.check(metrics)  # raises with the reason (needs groups, a trigger, ...)
+        self.requirements = [r for r in self.requirements if r.key != req.key or r.op != req.op] + [req]
+        return req
+
+    def remove_requirement(self, expr_or_index: str | int) -> None:
+        if isinstance(expr_or_index, int):
+            del self.requirements[expr_or_index]
+        else:
+            self.requirements = [r for r in self.requirements if r.expr != expr_or_index]
+
+    def set_threshold(self, index: int, threshold: float) -> None:
+        r = self.requirements[index]
+        self.requirements[index] = dataclasses.replace(r, threshold=float(threshold))
+
+    def reset_requirements(self) -> None:
+        self.requirements = default_requirements(self.data, self.pristine)
+
+    @property
+    def passed(self) -> bool:
+        return self.evaluate().passed
+
+    # -- mistakes to fix ----------------------------------------------------------------------
+    def mistakes(self, limit: int = 200) -> pd.DataFrame:
+        """Rows of the evaluation split the model as loaded gets wrong (at most `limit`)."""
+        from ..requirements import predict
+
+        sp = self.data.split(self.split)
+        pred = predict(self.pristine.copy().model, sp.X)
+        y = sp.y.numpy()
+        rows = np.flatnonzero(pred != y)[:limit]
+        cls = self.data.class_names
+        return pd.DataFrame({"row": rows, "true": [cls[int(y[r])] for r in rows],
+                             "predicted": [cls[int(pred[r])] for r in rows]})
+
+    def set_fixes(self, specs: list[str], *, require: bool = True) -> None:
+        """Mistakes to fix (`ROW=LABEL` over the evaluation split, see `auditor.fixes.parse_fixes`); with
+        fixes, `edit_success` and `generality` can be required and fix editors (MEND, ...) can run.
+        `require`: add `edit_success >= 1` when no requirement on it is there yet."""
+        from ..fixes import parse_fixes
+
+        specs = list(specs)
+        self.fixes = parse_fixes(specs, self.data, self.split) if specs else None
+        self.fix_specs = specs
+        if not specs:
+            self.requirements = [r for r in self.requirements if r.metric not in present.FIX_METRICS]
+        elif require and not any(r.metric == "edit_success" for r in self.requirements):
+            self.requirements.append(parse_requirement("edit_success >= 1"))
+
+    # -- localization -----------------------------------------------------------------------
+    def localize(self, **kwargs) -> Localization:
+        """Localize on the current model (`auditor.audit.localization.localize`); kept for the report."""
+        kwargs.setdefault("seed", self.seed)
+        kwargs.setdefault("split", self.split)
+        seed_everything(kwargs["seed"])
+        self.localization = localize(self.current, self.data, self.requirements, **kwargs)
+        self.localization_note = None
+        return self.localization
+
+    # -- editing ----------------------------------------------------------------------------
+    def editors(self) -> list[type]:
+        """Editors that can edit this model on this data (`editors_for`'s order), those aiming at a
+        failing requirement first, then those aiming at any requirement; fix editors last without fixes."""
+        from ..editors.registry import editors_for
+
+        key = self.state_key()
+        if self._editors_key == key:
+            return list(self._editors)
+        failing = {present.base_metric(r.metric) for r in self.evaluate().requirements if not r.passed}
+        wanted = {present.base_metric(r.key) for r in self.requirements}
+
+        def order(cls):
+            targets = set(cls.targets)
+            needs_fixes = self.fixes is None and bool(targets) and targets <= present.FIX_METRICS
+            return (needs_fixes, not (targets & failing), not (targets & wanted))
+
+        self._editors = sorted(editors_for(self.current, self.data), key=order)
+        self._editors_key = key
+        return list(self._editors)
+
+    def check_editor(self, editor: str, settings: dict | None = None):
+        """The configured editor, or an AuditorError saying why it cannot edit this model on this data."""
+        from ..editors import EDITORS, get_editor
+
+        if editor not in EDITORS:
+            raise AuditorError(f"unknown editor {editor!r}; available: {', '.join(sorted(EDITORS))}")
+        settings = dict(settings or {})
+        if "layer" in settings and not settings["layer"]:
+            settings["layer"] = None
+        ed = get_editor(editor, **settings)
+        reason = ed.supports(self.current, self.data)
+        if reason:
+            raise AuditorError(f"editor {editor!r} cannot edit this model on {self.data.name!r}: {reason}")
+        return ed
+
+    def run_edit(self, editor: str, settings: dict | None = None, *, device=None,
+                 callback: Callback | None = None) -> EditRecord:
+        """Edit the current model with a registered editor; the new model becomes current. Logged."""
+        ed = self.check_editor(editor, settings)
+        before = self.current.sha256
+        seed_everything(self.seed)
+        result = ed.edit(self.current, self.data, self.requirements, device=device, callback=callback,
+                         fixes=self.fixes)
+        previous, self.current = self.current, result.bundle
+        try:
+            ev = self.evaluate()
+        except BaseException:
+            self.current = previous  # an edit that cannot be evaluated is not applied
+            raise
+        record = EditRecord(result, before, self.current.sha256, [r.expr for r in self.requirements],
+                            dict(ev.metrics), ev.passed, type(ed).description or None)
+        self.edits.append(record)
+        if self.log is not None:
+            d = result.to_dict()
+            results = {k: d[k] for k in ("editor", "hyperparameters", "layers", "changes", "seconds", "device")}
+            results.update(original_sha256=self.pristine_sha256, sha_before=before, edited_sha256=record.sha_after)
+            self._append("edit", model_sha256=record.sha_after, passed=ev.passed, results=results)
+            self._log_evaluation("current", "after")
+        return record
+
+    def revert(self, index: int) -> str:
+        """Undo edit `index` and every later one (they were made on top of it); bit-exact through the
+        edit's weight delta. Returns the hash of the model now current. Logged."""
+        if not 0 <= index < len(self.edits):
+            raise AuditorError(f"there is no edit number {index + 1}; edits made: {len(self.edits)}")
+        record = self.edits[index]
+        restored = record.result.reverted()
+        if restored.sha256 != record.sha_before:
+            raise AuditorError("reverting did not restore the weights exactly; the edit history is inconsistent")
+        undone = [r.editor for r in self.edits[index:]]
+        self.current = restored
+        del self.edits[index:]
+        self._append("revert", model_sha256=restored.sha256, passed=self.evaluate().passed,
+                     results={"undone": undone, "restored_sha256": restored.sha256})
+        return restored.sha256
+
+    def weight_change(self):
+        """`WeightDelta` between the model as loaded and the current one (all edits together)."""
+        from ..editors import WeightDelta
+
+        return WeightDelta.between(self.pristine.model, self.current.model)
+
+    # -- provenance and saving ----------------------------------------------------------------
+    def provenance(self) -> dict:
+        """What was done to the current model, to which original and data, with what outcome: the
+        `auditor.edit` metadata of every model an audit writes. The last edit's fields are at the top
+        level; `edits` lists every edit in order."""
+        before, after = self.evaluate("pristine"), self.evaluate()
+        edits = [rec.to_dict() for rec in self.edits]
+        last = edits[-1] if edits else {}
+        return {"format": PROVENANCE_FORMAT, "editor": last.get("editor"),
+                "hyperparameters": last.get("hyperparameters", {}), "layers": last.get("layers", []),
+                "changes": last.get("changes", []), "seconds": last.get("seconds"), "device": last.get("device"),
+                "log": last.get("log", []), "edits": edits,
+                "original_sha256": self.pristine_sha256, "original_source": self.model_path,
+                "edited_sha256": self.current.sha256,
+                "data": {"name": self.data.name, "sha256": self.data.sha256, "split": self.split,
+                         "rows": before.rows},
+                "data_sha256": self.data.sha256, "requirements": [r.expr for r in self.requirements],
+                "seed": self.seed, "run": self.run_id, "user": self.auditor_name or None, "command": self.command(),
+                "before": {"passed": before.passed, "requirements": [r.to_dict() for r in before.requirements]},
+                "after": {"passed": after.passed, "requirements": [r.to_dict() for r in after.requirements]}}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the current model (`.safetensors` or `.onnx`) with its provenance in the metadata."""
+        meta = {PROVENANCE_KEY: json.dumps(self.provenance(), sort_keys=True, default=str)}
+        return save_model(self.current, path, extra_metadata=meta)
+
+    def model_bytes(self) -> bytes:
+        """The current model as a `.safetensors` file (with its provenance)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            return self.save(Path(tmp) / "model.safetensors").read_bytes()
+
+    @property
+    def edited_filename(self) -> str:
+        stem = Path(self.current.source).stem if self.current.source else self.model_label
+        return f"{stem}_edited.safetensors" if self.edited else f"{stem}.safetensors"
+
+    # -- trade-off against baselines -----------------------------------------------------
+    def baseline_choices(self) -> list[str]:
+        """What the trade-off can run besides this audit's edit: registered editors that target the
+        audited requirement and can edit this model (not the one used), then, for a fairness
+        requirement on tabular data, fairlearn's mitigations that are not weight edits."""
+        from .tradeoff import FAIRNESS, alternative_methods, baselines_for, tradeoff_metric
+
+        target = tradeoff_metric(self.requirements)
+        if target is None:
+            return []
+        used = {rec.editor for rec in self.edits[-1:]}
+        names = baselines_for(self.pristine, self.data, target.key, exclude=sorted(used))
+        if target.metric in FAIRNESS and self.data.kind == "tabular":
+            names += [a for a in alternative_methods() if a not in names]
+        return names
+
+    @property
+    def edit_label(self) -> str | None:
+        return self.edits[-1].editor if self.edits else None  # the report stars the row of this name
+
+    @property
+    def samples(self) -> int | None:
+        """The clean samples the last edit used (baselines get the same number)."""
+        return self.edits[-1].result.hyperparameters.get("samples") if self.edits else None
+
+    def run_tradeoff(self, baselines: list[str], *, device=None, callback: Callback | None = None,
+                     alternatives=()):
+        """This audit's edit (the current model) and `baselines` (editors, or fairlearn alternatives),
+        each run from the model as loaded with the session's seed and the edit's number of clean
+        samples, evaluated on the session's split (`auditor.audit.tradeoff.compare`). `alternatives`:
+        results of other mitigations already run. An alternative that does not apply is left out."""
+        from .tradeoff import alternative_methods, compare, run_alternative, tradeoff_metric
+
+        alts = alternative_methods()
+        methods, results, evaluations = [], {}, {"original": self.evaluate("pristine")}
+        if self.edits:
+            methods.append(self.edit_label)
+            results[self.edit_label] = self.edits[-1].result  # its bundle is the current model
+            evaluations[self.edit_label] = self.evaluate()
+        methods += [b for b in baselines if b not in alts]
+        target = tradeoff_metric(self.requirements)
+        alternatives = list(alternatives)
+        for name in (b for b in baselines if b in alts):
+            if callback:
+                callback(0.0, f"{name} (fairlearn)")
+            try:
+                alternatives.append(run_alternative(name, self.pristine, self.data, target, split=self.split,
+                                                    seed=self.seed))
+            except AuditorError:
+                continue
+        self.tradeoff = compare(self.pristine, self.data, self.requirements, methods, results=results,
+                                split=self.split, samples=self.samples, seed=self.seed, device=device,
+                                callback=callback, alternatives=alternatives, fixes=self.fixes,
+                                evaluations=evaluations)
+        self.tradeoff_key = self.state_key()
+        self.tradeoff_baselines = list(baselines)
+        return self.tradeoff
+
+    @property
+    def tradeoff_stale(self) -> bool:
+        return self.tradeoff is not None and self.tradeoff_key != self.state_key()
+
+    def state_key(self) -> tuple:
+        """Changes whenever the current model or the requirements change (for caches of derived views)."""
+        return (self.current.sha256, tuple(r.expr for r in self.requirements), tuple(self.fix_specs))
+
+    # -- attributions before vs after -------------------------------------------------------
+    def attributions_before_after(self, rows: int = 500, n_steps: int = 32) -> dict:
+        """The same attribution on the model as loaded and the current one (each on a private copy):
+        images with a trigger/cue: per-pixel maps of one test pair; tabular: per raw feature."""
+        key = (self.current.sha256, rows, n_steps)
+        if self._attr_key == key:
+            return self._attr
+        from .. import localize as loc
+
+        before, after = self.pristine.copy().model, self.current.copy().model
+        data = self.data
+        if data.kind == "image" and (data.stamp is not None or data.test.corrupted is not None):
+            clean, corrupted, labels = data.pairs(1, seed=self.seed, split="test")
+            out = {"kind": "pixels", "clean": clean, "corrupted": corrupted, "labels": labels,
+                   "before": loc.pixel_attributions(before, clean, corrupted, n_steps=n_steps),
+                   "after": loc.pixel_attributions(after, clean, corrupted, n_steps=n_steps)}
+        elif data.kind == "tabular":
+            sp = data.split(self.split)
+            X = sp.X[sample_rows(len(sp), rows, self.seed)]
+            out = {"kind": "features",
+                   "before": loc.feature_attributions(before, X, data.feature_groups, n_steps=n_steps),
+                   "after": loc.feature_attributions(after, X, data.feature_groups, n_steps=n_steps)}
+        else:
+            out = {"kind": None}
+        self._attr_key, self._attr = key, out
+        return out
+
+    def focus_metric(self) -> str | None:
+        """The requirement the audit is about (the first that is not a utility floor)."""
+        for r in self.requirements:
+            if present.CATEGORIES.get(r.metric) != "utility floor":
+                return r.key
+        return None
+
+    # -- report -----------------------------------------------------------------------------
+    def command(self) -> str:
+        """The `auditor audit` command line that re-runs this audit: the last edit with every setting
+        that differs from the editor's defaults, the clean samples and seed the baselines used, and the
+        baselines as run. The front-end's own command when it gave one."""
+        if self.fixed_command:
+            return self.fixed_command
+        model = self.model_path or f"{self.model_label}.safetensors"
+        try:
+            model = str(Path(model).resolve().relative_to(Path.cwd()))
+        except (ValueError, OSError):
+            pass
+        parts = ["auditor", "audit", model, *data_arguments(self.data)]
+        if self.split != "test":
+            parts += ["--split", self.split]
+        for r in self.requirements:
+            parts += ["--require", r.expr]
+        for f in self.fix_specs:
+            parts += ["--fix", f]
+        if self.edits:
+            from ..editors import EDITORS
+
+            rec = self.edits[-1]
+            parts += ["--editor", rec.editor]
+            hyper = getattr(EDITORS.get(rec.editor), "Hyper", None)
+            defaults = dataclasses.asdict(hyper()) if hyper is not None else {}
+            hp = rec.result.hyperparameters
+            if hp.get("samples") is not None:
+                parts += ["--samples", str(hp["samples"])]
+            for k, v in hp.items():
+                if k in ("samples", "seed") and not (k == "seed" and v != self.seed):
+                    continue
+                if defaults.get(k, object()) != v:
+                    parts += ["--set", f"{k}={'none' if v is None else v}"]
+        parts += ["--seed", str(self.seed)]
+        if self.tradeoff is not None and not self.tradeoff_stale:
+            parts += ["--baselines", ",".join(getattr(self, "tradeoff_baselines", [])) or "none"]
+        elif self.edits:
+            parts += ["--baselines", "none"]
+        parts += ["--report", "report.html", "--pdf", "report.pdf", "--json", "report.json"]
+        return shlex.join(parts)
+
+    def report_localization(self) -> dict | None:
+        """The Localize step's results in the report's shape."""
+        if self.localization is not None:
+            return self.localization.to_report(self.data.class_names, self.pristine_sha256)
+        if self.localization_note:
+            return not_available(self.localization_note)
+        return None
+
+    def build_report(self, *, auditor: str | None = None, notes: str | None = None, date: str | None = None,
+                     edited_path: str | None = None, signoff: dict | None = None):
+        """The compliance report (`auditor.report.Report`) of this audit as it stands: verdicts before
+        and after every edit, localization, the edits, the trade-off (when run for this model)."""
+        from ..report import build_report
+
+        if auditor is not None:
+            self.auditor_name = auditor
+        if notes is not None:
+            self.notes = notes
+        sign = {"auditor": self.auditor_name or None, "notes": self.notes or None, "date": date, **(signoff or {})}
+        return build_report(
+            bundle=self.pristine, data=self.data, before=self.evaluate("pristine"),
+            after=self.evaluate() if self.edits else None, edits=[rec.to_dict() for rec in self.edits],
+            edited=self.current if self.edits else None, localization=self.report_localization(),
+            tradeoff=None if self.tradeoff is None or self.tradeoff_stale else self.tradeoff,
+            model_path=self.model_path, edited_path=edited_path, device=self.device, seed=self.seed,
+            command=self.command(), signoff=sign)
+
+    def log_report(self, report, paths=()) -> int | None:
+        """Record a report written (or downloaded) in the audit log."""
+        return self._append("report", model_path=self.model_path, model_sha256=self.pristine_sha256,
+                            passed=report.passed,
+                            results={"verdict": report.verdict, "requirements": report.requirements,
+                                     "edited_sha256": report.model["sha256_after"]},
+                            reports=[str(Path(p).resolve()) for p in paths])
+
+    # -- summary ----------------------------------------------------------------------------
+    def status(self) -> dict:
+        """What a sidebar shows: model, data, device, requirements."""
+        ev = self.evaluate()
+        return {"model": self.model_label, "parameters": self.current.n_parameters,
+                "sha256": self.current.sha256, "original_sha256": self.pristine_sha256, "edits": len(self.edits),
+                "data": self.data_label, "rows": {s: len(self.data.split(s)) for s in SPLITS},
+                "device": self.device,
+                "requirements": [dict(r.to_dict(), shown=present.format_value(r.metric, r.value))
+                                 for r in ev.requirements],
+                "passed": ev.passed}

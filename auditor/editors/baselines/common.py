@@ -1,0 +1,77 @@
+"""Helpers the tabular baselines share: which models and data they take, group codes, the hard
+fairness of predictions, picking a requirement, and seeded batches and row samples."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...data.base import AuditData
+from ...errors import AuditorError
+from ...models.architectures import first_layer
+from ...requirements import Requirement, surrogates
+
+FAIRNESS_METRICS = surrogates.FAIRNESS_SURROGATES  # ("demographic_parity", "equalized_odds")
+
+
+def tabular_mlp_reason(bundle, data: AuditData) -> str | None:
+    """None when `bundle` is an MLP whose first Linear layer reads `data`'s inputs, else why not."""
+    if data.kind != "tabular":
+        return f"needs tabular data; {data.name!r} is {data.kind}"
+    try:
+        _, layer = first_layer(bundle.model)
+    except AuditorError as exc:
+        return str(exc)
+    if not isinstance(layer, nn.Linear):
+        return "needs a model whose first layer is Linear (an MLP)"
+    if layer.in_features != data.n_inputs:
+        return f"the model reads {layer.in_features} inputs but {data.name!r} has {data.n_inputs}"
+    return None
+
+
+def fairness_reason(bundle, data: AuditData) -> str | None:
+    reason = tabular_mlp_reason(bundle, data)
+    if reason:
+        return reason
+    if not data.protected:
+        return f"data set {data.name!r} names no protected attribute"
+    if len(data.class_names) != 2:
+        return "fairness metrics need a binary task"
+    return None
+
+
+def group_codes(data: AuditData, attribute: str, split: str) -> tuple[torch.Tensor, list[str]]:
+    """Integer group code per row of `split` (codes shared by all splits) and the group names."""
+    if attribute not in data.protected:
+        raise AuditorError(f"unknown protected attribute {attribute!r}; {data.name!r} has {data.protected}")
+    names = sorted({str(v) for s in ("train", "val", "test") for v in data.split(s).groups[attribute]})
+    return surrogates.group_codes(data.split(split).groups[attribute].astype(str), names)
+
+
+def hard_fairness(pred: np.ndarray, y: np.ndarray, groups: np.ndarray, metric: str) -> float:
+    """Demographic parity / equalized odds difference of hard predictions `pred` with labels `y` and
+    integer group codes `groups` (fairlearn's definition, without its overhead)."""
+    p, g, t = torch.as_tensor(pred, dtype=torch.float64), torch.as_tensor(groups), torch.as_tensor(y)
+    return float(surrogates.fairness_gap(metric, p, t, g, reduce="max"))
+
+
+def find_requirement(requirements: list[Requirement], metrics, op: str | None = None) -> Requirement | None:
+    """The first requirement on one of `metrics` (with comparison `op` when given)."""
+    for r in requirements:
+        if r.metric in metrics and (op is None or r.op == op):
+            return r
+    return None
+
+
+def batches(n: int, batch_size: int, gen: torch.Generator):
+    """Shuffled index batches over n rows."""
+    order = torch.randperm(n, generator=gen)
+    for i in range(0, n, batch_size):
+        yield order[i:i + batch_size]
+
+
+def sample_rows(n: int, rows: int | None, gen: torch.Generator) -> torch.Tensor:
+    """All n row indices, or a sorted random subset of `rows` of them."""
+    if rows is None or rows >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=gen)[:rows].sort().values

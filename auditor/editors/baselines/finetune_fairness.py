@@ -1,0 +1,148 @@
+"""`finetune-fairness`: fine-tune the whole MLP with cross-entropy plus a differentiable
+demographic-parity or equalized-odds penalty. The protected attribute is used only to compute the
+penalty during training; it is never an input, so the edited model does not need it."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ...data.base import AuditData
+from ...errors import AuditorError
+from ...models.architectures import predict_logits
+from ...requirements import surrogates
+from ..base import Editor
+from ..registry import register_editor
+from .common import FAIRNESS_METRICS, fairness_reason, find_requirement, group_codes, hard_fairness, sample_rows, batches
+
+
+@dataclass
+class FairFineTuneHyper:
+    strength: float = field(default=0.5, metadata={"help": "weight of the fairness penalty against cross-entropy"})
+    metric: str | None = field(default=None, metadata={
+        "help": "demographic_parity / equalized_odds; None: from the requirement",
+        "choices": ["demographic_parity", "equalized_odds"]})
+    target: float | None = field(default=None, metadata={
+        "help": "None: the requirement's threshold; no target: run all epochs"})
+    attribute: str | None = field(default=None, metadata={
+        "help": "protected attribute; None: the requirement's, else the data's first",
+        "choices": "protected"})
+    epochs: int = field(default=8, metadata={"help": "at most this many passes over the training rows"})
+    checks_per_epoch: int = field(default=8, metadata={"help": "how often the target is checked"})
+    margin: float = field(default=0.8, metadata={
+        "help": "stop once the gap on `check_split` is at most margin * target"})
+    check_split: str = field(default="train", metadata={
+        "help": "rows the target is checked on: the 10x larger training split varies less than the validation split (a"
+                " gap between ~100 positive rows of a group is noisy)",
+        "choices": "split"})
+    adapt: float = field(default=1.5, metadata={
+        "help": "multiply the strength by this after an epoch that did not reach the target (1: fixed)"})
+    lr: float = field(default=1e-3, metadata={"help": "learning rate (Adam)"})
+    batch_size: int = field(default=512, metadata={"help": "rows per training batch"})
+    rows: int | None = field(default=None, metadata={"help": "training rows used (None: all)"})
+    min_group_rows: int = field(default=5, metadata={
+        "help": "groups with fewer rows in a batch are left out of that batch's penalty"})
+    seed: int = field(default=0, metadata={"help": "random seed (row order, sampling, initialisation)"})
+
+
+@register_editor
+class FairnessFineTune(Editor):
+    """Fine-tune every weight on cross-entropy + strength * (group gap of the positive probability).
+
+    The protected attribute only weights the training loss; it is never an input. With a target
+    (`demographic_parity <= 0.05`) training stops as soon as `check_split` meets
+    `margin * target`, raising the strength (x `adapt`) after an epoch that did not.
+
+    >>> from auditor import load_model, load_data
+    >>> from auditor.editors import get_editor
+    >>> r = get_editor("finetune-fairness").edit(load_model("sample_models/adult_mlp.safetensors"),
+    ...     load_data("adult"), ["demographic_parity <= 0.05"])  # doctest: +SKIP
+    """
+
+    name = "finetune-fairness"
+    description = "Fine-tune with cross-entropy + a demographic-parity / equalized-odds penalty (baseline)"
+    kind = "baseline"
+    targets = FAIRNESS_METRICS
+    Hyper = FairFineTuneHyper
+
+    def supports(self, bundle, data) -> str | None:
+        return fairness_reason(bundle, data)
+
+    def _settings(self, data: AuditData, requirements) -> tuple[str, float | None, str]:
+        hp = self.hparams
+        req = find_requirement(requirements, FAIRNESS_METRICS, "<=")
+        metric = hp.metric or (req.metric if req else "demographic_parity")
+        if metric not in FAIRNESS_METRICS:
+            raise AuditorError(f"finetune-fairness: metric {metric!r} is not one of {FAIRNESS_METRICS}")
+        target = hp.target if hp.target is not None else (req.threshold if req and req.metric == metric else None)
+        attribute = hp.attribute or (req.attribute if req and req.attribute else None) or data.protected[0]
+        return metric, target, attribute
+
+    def _edit(self, model, data, requirements, device, callback, *, log, **_):
+        hp = self.hparams
+        metric, target, attribute = self._settings(data, requirements)
+        if hp.strength < 0 or hp.epochs < 1 or not 0 < hp.margin <= 1:
+            raise AuditorError("finetune-fairness: strength must be >= 0, epochs >= 1 and 0 < margin <= 1; "
+                               f"got {hp.strength}, {hp.epochs}, {hp.margin}")
+        gen = torch.Generator().manual_seed(hp.seed)
+        tr = data.train
+        rows = sample_rows(len(tr), hp.rows, gen)
+        g_all, names = group_codes(data, attribute, "train")
+        X, y, g = tr.X[rows].to(device), tr.y[rows].to(device), g_all[rows].to(device)
+        checked = data.split(hp.check_split)
+        vX, vy = checked.X, checked.y.numpy()
+        vg = group_codes(data, attribute, hp.check_split)[0].numpy()
+
+        def check() -> tuple[float, float]:
+            pred = predict_logits(model, vX).argmax(1).numpy()
+            return hard_fairness(pred, vy, vg, metric), float((pred == vy).mean())
+
+        gap0, acc0 = check()
+        log.append({"step": 0, "metric": metric, "attribute": attribute, "check_split": hp.check_split,
+                    "check_gap": gap0, "check_accuracy": acc0, "strength": hp.strength})
+        if target is not None and gap0 <= hp.margin * target:
+            return {"metric": metric, "attribute": attribute, "target": target, "check_gap": gap0,
+                    "check_accuracy": acc0, "steps": 0, "strength": hp.strength, "reached": True}
+        extra = {"min_count": max(1, hp.min_group_rows)}
+        if metric == "equalized_odds":
+            extra["reduce"] = "sum"  # gradients reach both the TPR and the FPR gap at every step
+        opt = torch.optim.Adam(model.parameters(), lr=hp.lr)
+        n_batches = math.ceil(len(X) / hp.batch_size)
+        check_every = max(1, n_batches // max(1, hp.checks_per_epoch))
+        strength, steps, reached = float(hp.strength), 0, False
+        gap, acc = gap0, acc0
+        model.train()
+        for epoch in range(hp.epochs):
+            for b, idx in enumerate(batches(len(X), hp.batch_size, gen)):
+                logits = model(X[idx])
+                p = surrogates.positive_probability(logits)
+                penalty = surrogates.fairness_gap(metric, p, y[idx], g[idx], len(names), **extra)
+                loss = nn.functional.cross_entropy(logits, y[idx]) + strength * penalty
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                steps += 1
+                if target is not None and ((b + 1) % check_every == 0 or b + 1 == n_batches):
+                    gap, acc = check()
+                    model.train()
+                    if gap <= hp.margin * target:
+                        reached = True
+                        break
+            if target is None:
+                gap, acc = check()
+                model.train()
+            log.append({"step": steps, "epoch": epoch + 1, "check_gap": gap, "check_accuracy": acc,
+                        "strength": strength, "loss": float(loss.detach())})
+            callback((epoch + 1) / hp.epochs, f"epoch {epoch + 1}/{hp.epochs}: {hp.check_split} {metric} {gap:.3f}")
+            if reached:
+                break
+            if target is not None:
+                strength *= max(1.0, float(hp.adapt))
+        model.eval()
+        for prm in model.parameters():
+            prm.grad = None
+        return {"metric": metric, "attribute": attribute, "target": target, "check_gap": gap,
+                "check_accuracy": acc, "steps": steps, "strength": strength,
+                "reached": reached if target is not None else None}
