@@ -95,6 +95,8 @@ def app_audit_once(seed: int) -> None:
         PagesManager.__init__, PagesManager._bench_patched = navigation_init, True
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
     at.run()
+    if at.exception or at.error:
+        raise RuntimeError([e.value for e in [*at.exception, *at.error]])
     at.button(key="load_go").click().run()
     for page in ("localize", "requirements", "edit"):
         at.switch_page(f"pages/{page}.py").run()

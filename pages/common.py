@@ -89,6 +89,15 @@ def stop() -> None:
     raise StopPage
 
 
+def new_audit(bundle, data, *, model_label: str, data_label: str, model_path: str | None = None) -> AuditSession:
+    """A new audit for this browser session, recorded in the audit log ($AUDITOR_DB, default
+    ~/.auditor/audit.db) under the name the Load page asked for."""
+    from auditor.store import AuditLog
+
+    return AuditSession(bundle, data, model_label=model_label, data_label=data_label, model_path=model_path,
+                        log=AuditLog(), user=st.session_state.get("user_name", "") or "")
+
+
 def get_audit() -> AuditSession | None:
     return st.session_state.get(KEY)
 

@@ -10,10 +10,9 @@ from auditor import TabularSchema, load_data, load_model
 from auditor.data import BUILTIN
 from auditor.models import ModelSpec
 from auditor.models.custom import TRUST_HELP
-from auditor.audit import AuditSession
 from auditor.audit.uploads import csv_columns, read_upload
-from pages.common import (builtin_data, get_audit, in_frame, next_step, progress, sample_catalogue, sample_model,
-                          set_audit, show_error, stop)
+from pages.common import (builtin_data, get_audit, in_frame, new_audit, next_step, progress, sample_catalogue,
+                          sample_model, set_audit, show_error, stop)
 
 in_frame()
 
@@ -23,6 +22,8 @@ st.markdown("An audit in six steps (left): **load** a model, **localize** where 
             "**report**. With the Trojan sample it takes about a minute: press the buttons, then the *Next* link.")
 st.caption("The audit works on your own copy of the model: the file and the loaded original are never changed.")
 
+st.text_input("Your name (recorded with every step of this audit in the audit log)", key="user_name",
+              placeholder="e.g. Ada Lovelace")
 source = st.radio("Model source", ["Sample model", "Upload my own"], horizontal=True, key="load_source")
 if source == "Sample model":
     catalogue = sample_catalogue()
@@ -41,7 +42,8 @@ if source == "Sample model":
                 cb(0.5, f"data {data_name}")
                 data = builtin_data(data_name, bundle.spec.to_json())
                 cb(0.8, "evaluating")
-                set_audit(AuditSession(bundle, data, model_label=name, data_label=data_name))
+                set_audit(new_audit(bundle, data, model_label=name, data_label=data_name,
+                                    model_path=f"sample_models/{name}.safetensors"))
         except Exception as exc:  # noqa: BLE001
             show_error(exc)
 else:
@@ -94,8 +96,9 @@ else:
                     data = load_data(read_upload(csv.getvalue(), csv.name, folder), schema=schema, spec=bundle.spec)
                 else:
                     data = builtin_data(data_name, bundle.spec.to_json())
-                set_audit(AuditSession(bundle, data, model_label=model_file.name.rsplit(".", 1)[0],
-                                       data_label=csv.name if csv is not None else data_name))
+                set_audit(new_audit(bundle, data, model_label=model_file.name.rsplit(".", 1)[0],
+                                    data_label=csv.name if csv is not None else data_name,
+                                    model_path=model_file.name))
         except Exception as exc:  # noqa: BLE001
             show_error(exc)
 

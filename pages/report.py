@@ -61,13 +61,20 @@ def pdf_bytes() -> bytes:
         return write_pdf(doc, Path(tmp) / "report.pdf").read_bytes()
 
 
+def logged(ext: str) -> dict:
+    """Download options that record the report in the audit log when the button is pressed."""
+    return {"file_name": f"{stem}.{ext}", "on_click": audit.log_report, "args": (report, [f"{stem}.{ext}"]),
+            "kwargs": {"downloaded": True}}
+
+
 d1, d2, d3 = st.columns(3)
-d1.download_button("Download HTML", html, file_name=f"{stem}.html", mime="text/html", key="rep_html",
-                   icon=":material/download:", type="primary")
-d2.download_button("Download PDF", pdf_bytes, file_name=f"{stem}.pdf", mime="application/pdf", key="rep_pdf",
-                   icon=":material/picture_as_pdf:", help="Printed by headless Chromium; takes a few seconds.")
-d3.download_button("Download JSON", json.dumps(doc, indent=2, sort_keys=True), file_name=f"{stem}.json",
-                   mime="application/json", key="rep_json", icon=":material/data_object:")
+d1.download_button("Download HTML", html, mime="text/html", key="rep_html", icon=":material/download:",
+                   type="primary", **logged("html"))
+d2.download_button("Download PDF", pdf_bytes, mime="application/pdf", key="rep_pdf",
+                   icon=":material/picture_as_pdf:", help="Printed by headless Chromium; takes a few seconds.",
+                   **logged("pdf"))
+d3.download_button("Download JSON", json.dumps(doc, indent=2, sort_keys=True), mime="application/json",
+                   key="rep_json", icon=":material/data_object:", **logged("json"))
 
 st.subheader("Preview")
 st.iframe(html, height=1100)

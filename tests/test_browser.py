@@ -180,6 +180,10 @@ def test_a_page_address_as_the_first_request_opens_that_page_in_the_frame(page, 
 def test_trojan_audit(page, server, tmp_path):
     page.goto(server)
     start = time.perf_counter()
+    name = page.get_by_label(re.compile("^Your name"))
+    name.fill("A. Tester", timeout=120_000)
+    name.press("Enter")
+    settle(page)
     page.get_by_role("button", name="Load model and data").click(timeout=120_000)
     page.get_by_text("Loaded digits_cnn_trojan").wait_for(timeout=120_000)
     settle(page)
@@ -204,7 +208,8 @@ def test_trojan_audit(page, server, tmp_path):
     settle(page)
     text = page.locator("[data-testid=stMain]").inner_text()
     assert "all requirements hold" in text and top in text
-    model = load_model(download(page, "Download the edited model (.safetensors)", tmp_path))
+    edited_file = download(page, "Download the edited model (.safetensors)", tmp_path)
+    model = load_model(edited_file)
     after = evaluate(model, data).metrics["attack_success_rate"]
     assert after <= 0.02 and f"→ {format_value('attack_success_rate', after)}" in text
     shot(page, "trojan-4-edit")
@@ -222,6 +227,36 @@ def test_trojan_audit(page, server, tmp_path):
     (ARTIFACTS / "trojan-audit-seconds.txt").write_text(f"{seconds:.1f}\n")
     assert doc["verdict"]["status"] == "PASS"
     assert doc["tradeoff"] and any(r["method"] == "finetune" for r in doc["tradeoff"]["rows"])
+    check_logged_like_the_cli(edited_file, tmp_path, user="A. Tester")
+
+
+def check_logged_like_the_cli(edited_file: Path, tmp_path: Path, user: str) -> None:
+    """The dashboard's audit is in the audit log (the server's $AUDITOR_DB) under the user's name, one
+    run from load to report, `auditor log show` prints it, and a CLI audit of the same settings writes
+    the same provenance (same keys, editor, settings, original) into its model and its log."""
+    from auditor.cli import main
+    from auditor.models import read_metadata
+    from auditor.store import AuditLog
+
+    db = os.environ["AUDITOR_DB"]
+    mine = [e for e in AuditLog(db).entries() if e.user == user]
+    kinds = [e.kind for e in mine]
+    assert kinds[:4] == ["evaluation", "edit", "evaluation", "report"] and len({e.run for e in mine}) == 1
+    edit = mine[1]
+    assert main(["log", "show", str(edit.id), "--db", db]) == 0
+    cli_db, out = str(tmp_path / "cli.db"), tmp_path / "cli_edited.safetensors"
+    rc = main(["audit", str(ROOT / "sample_models/digits_cnn_trojan.safetensors"), "digits-trojan", "--require",
+               "attack_success_rate <= 0.02", "--require", "accuracy >= 0.95", "--editor", "dynamic-rank-one",
+               "--samples", "1", "--baselines", "none", "--no-localize", "--out", str(out), "--db", cli_db,
+               "--auditor", user, "--quiet"])
+    assert rc == 0
+    cli = {e.kind: e for e in AuditLog(cli_db).entries()}
+    for key in ("editor", "hyperparameters", "layers", "original_sha256"):
+        assert cli["edit"].results[key] == edit.results[key], key
+    ours, theirs = (json.loads(read_metadata(f)["auditor.edit"]) for f in (edited_file, out))
+    assert set(ours) == set(theirs) and ours["format"] == theirs["format"]
+    for key in ("editor", "hyperparameters", "layers", "original_sha256", "data_sha256", "requirements"):
+        assert ours[key] == theirs[key], key
 
 
 def test_adult_audit(page, server, tmp_path):

@@ -11,8 +11,15 @@ from torch import nn
 
 from auditor import load_data, load_model
 from auditor.editors import EDITORS, get_editor
-from auditor.editors.mend import (GradientEditor, MendConfig, capture_factors, find_editor_file,
-                                  load_gradient_editor, save_gradient_editor, train_mend)
+from auditor.editors.mend import (
+    GradientEditor,
+    MendConfig,
+    capture_factors,
+    find_editor_file,
+    load_gradient_editor,
+    save_gradient_editor,
+    train_mend,
+)
 from auditor.errors import AuditorError
 from auditor.fixes import make_fixes
 from auditor.requirements import compute_metrics, predict

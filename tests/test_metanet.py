@@ -15,8 +15,7 @@ from auditor.editors import get_editor
 from auditor.editors.metanet.editors import editor_path
 from auditor.editors.metanet.graph import batch, prepare
 from auditor.editors.metanet.net import MetaNet, NetConfig, assemble
-from auditor.editors.metanet.runtime import (cond_features, edited_logits, group_index_of, load_metanet,
-                                             reference_rows)
+from auditor.editors.metanet.runtime import cond_features, edited_logits, group_index_of, load_metanet, reference_rows
 from auditor.errors import AuditorError
 from auditor.models import ModelBundle, build_architecture, load_model
 from auditor.requirements import compute_metrics, features_used, sparsity
@@ -72,9 +71,12 @@ def test_permuting_hidden_neurons_permutes_the_edit(adult):
     perm1, perm2 = torch.randperm(16), torch.randperm(8)
     permuted = _mlp([16, 8])
     with torch.no_grad():
-        permuted.fc1.weight.copy_(model.fc1.weight[perm1]); permuted.fc1.bias.copy_(model.fc1.bias[perm1])
-        permuted.fc2.weight.copy_(model.fc2.weight[perm2][:, perm1]); permuted.fc2.bias.copy_(model.fc2.bias[perm2])
-        permuted.out.weight.copy_(model.out.weight[:, perm2]); permuted.out.bias.copy_(model.out.bias)
+        permuted.fc1.weight.copy_(model.fc1.weight[perm1])
+        permuted.fc1.bias.copy_(model.fc1.bias[perm1])
+        permuted.fc2.weight.copy_(model.fc2.weight[perm2][:, perm1])
+        permuted.fc2.bias.copy_(model.fc2.bias[perm2])
+        permuted.out.weight.copy_(model.out.weight[:, perm2])
+        permuted.out.bias.copy_(model.out.bias)
     X = adult.test.X[:500]
     assert torch.allclose(model(X), permuted(X), atol=1e-5)
     for mode in ("residual", "prune", "gate"):
@@ -86,7 +88,8 @@ def test_permuting_hidden_neurons_permutes_the_edit(adult):
         for mdl in (model, permuted):
             g = batch([prepare(mdl, ref)], 100, 2, net.cfg.max_depth)
             with torch.no_grad():
-                outs.append(assemble(net.cfg, g, net(g, cond_features(mode, t, 11)), t, group_index_of(adult))[0]["params"])
+                out = net(g, cond_features(mode, t, 11))
+                outs.append(assemble(net.cfg, g, out, t, group_index_of(adult))[0]["params"])
         a, b = outs
         assert torch.allclose(a["fc1.weight"][0][perm1], b["fc1.weight"][0], atol=1e-5), mode
         assert torch.allclose(a["fc2.weight"][0][perm2][:, perm1], b["fc2.weight"][0], atol=1e-5), mode

@@ -22,6 +22,7 @@ from auditor.training import TrainConfig, train_classifier
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 from tests.fixtures import assert_no_hooks
+
 RANK_ONE = ["rank-one", "dynamic-rank-one", "static-rank-one-last", "finetune", "finetune-last-layer"]
 
 
@@ -69,7 +70,8 @@ def test_dynamic_rank_one_one_sample(trojan):
     bundle, data, m0 = trojan
     asr, drop = [], []
     for seed in range(3):
-        result = get_editor("dynamic-rank-one", samples=1, seed=seed).edit(bundle, data, ["attack_success_rate <= 0.02"])
+        editor = get_editor("dynamic-rank-one", samples=1, seed=seed)
+        result = editor.edit(bundle, data, ["attack_success_rate <= 0.02"])
         m = evaluate(result.bundle, data).metrics
         asr.append(m["attack_success_rate"])
         drop.append(m0["accuracy"] - m["accuracy"])

@@ -599,13 +599,13 @@ class AuditSession:
             model_path=self.model_path, edited_path=edited_path, device=self.device, seed=self.seed,
             command=self.command(), signoff=sign)
 
-    def log_report(self, report, paths=()) -> int | None:
-        """Record a report written (or downloaded) in the audit log."""
+    def log_report(self, report, paths=(), *, downloaded: bool = False) -> int | None:
+        """Record a report written to `paths` (or, `downloaded`, handed to a browser under those names)."""
+        where = [f"downloaded as {p}" for p in paths] if downloaded else [str(Path(p).resolve()) for p in paths]
         return self._append("report", model_path=self.model_path, model_sha256=self.pristine_sha256,
                             passed=report.passed,
                             results={"verdict": report.verdict, "requirements": report.requirements,
-                                     "edited_sha256": report.model["sha256_after"]},
-                            reports=[str(Path(p).resolve()) for p in paths])
+                                     "edited_sha256": report.model["sha256_after"]}, reports=where)
 
     # -- summary ----------------------------------------------------------------------------
     def status(self) -> dict:

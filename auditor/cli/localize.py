@@ -46,8 +46,12 @@ def run(args) -> int:
     bundle, data = load_model_and_data(args)
     loc = localize(bundle, data, args.require, samples=args.samples, seed=args.seed, method=args.method,
                    n_steps=args.steps, rows=args.rows, split=args.split, pairs_split=args.pairs_split, show_pairs=0)
+    d = loc.to_dict()
+    ranking = "fairness_layers" if loc.kind == "fairness" else "layers"
     payload: dict = {"model": {"path": args.model, "sha256": bundle.sha256},
-                     "data": {"name": data.name, "sha256": data.sha256}, **loc.to_dict()}
+                     "data": {"name": data.name, "sha256": data.sha256}, "kind": loc.kind, "method": args.method,
+                     "samples": args.samples, "seed": args.seed, "settings": d["settings"],
+                     "layer_method": d["method"], ranking: d["ranking"], "features": d["features"]}
     if loc.kind in ("trigger", "cue", "twins"):
         print(f"layers ranked by editability for {data.name} ({args.samples} pair(s) from {args.pairs_split}, "
               f"seed {args.seed}, {args.method}); edit the top one")

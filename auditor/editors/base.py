@@ -47,7 +47,7 @@ class WeightDelta:
     after: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
-    def between(cls, original: nn.Module, edited: nn.Module) -> "WeightDelta":
+    def between(cls, original: nn.Module, edited: nn.Module) -> WeightDelta:
         old = original.state_dict()
         delta = cls()
         for name, new in edited.state_dict().items():
@@ -124,8 +124,8 @@ class EditResult:
 
     def to_dict(self) -> dict:
         return {"editor": self.editor, "hyperparameters": self.hyperparameters, "changed": self.changed,
-                "layers": self.layers, "changes": self.changes, "seconds": self.seconds, "device": self.device, "log": self.log,
-                "model_sha256": self.bundle.sha256, "extras": self.extras}
+                "layers": self.layers, "changes": self.changes, "seconds": self.seconds, "device": self.device,
+                "log": self.log, "model_sha256": self.bundle.sha256, "extras": self.extras}
 
 
 class Editor:

@@ -15,7 +15,15 @@ from ...models.architectures import predict_logits
 from ...requirements import surrogates
 from ..base import Editor
 from ..registry import register_editor
-from .common import FAIRNESS_METRICS, fairness_reason, find_requirement, group_codes, hard_fairness, sample_rows, batches
+from .common import (
+    FAIRNESS_METRICS,
+    batches,
+    fairness_reason,
+    find_requirement,
+    group_codes,
+    hard_fairness,
+    sample_rows,
+)
 
 
 @dataclass

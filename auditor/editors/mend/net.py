@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -212,7 +213,7 @@ def apply_editor(model: nn.Module, editor: GradientEditor, X: torch.Tensor, y: t
             break
         fixed_before = int((logits.argmax(1) == y).sum())
         feats = factors[editor.layer_names[0]][0]
-        forward = (lambda: head(feats)) if head is not None and len(feats) == len(X) else (lambda: model(X))
+        forward = partial(head, feats) if head is not None and len(feats) == len(X) else partial(model, X)
         pick = short.cpu() if search > 0 and bool(total.any()) else torch.ones(len(y), dtype=torch.bool)
         if not bool(pick.all()):  # a later round: only the rows still short
             factors = {n: (u[short], d[short]) for n, (u, d) in factors.items()}
@@ -220,7 +221,7 @@ def apply_editor(model: nn.Module, editor: GradientEditor, X: torch.Tensor, y: t
             original = {n: modules[n].weight.detach().clone() for n in editor.layer_names}
             kv = editor.keys_values(factors)
 
-            def margin_at(scales: torch.Tensor) -> torch.Tensor:
+            def margin_at(scales: torch.Tensor, kv=kv, original=original, forward=forward, pick=pick) -> torch.Tensor:
                 for n, c in editor.changes(kv, scales.to(X.device)).items():
                     modules[n].weight.copy_(original[n] + c.to(original[n].dtype))
                 return margin_loss(forward(), y, margin).cpu()[pick]

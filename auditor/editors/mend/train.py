@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from ...backend import Callback
 from ...data.base import AuditData
 from ...fixes import equivalents
 from ...models.files import ModelBundle
-from .hooks import capture_factors, resolve_layers, split_head
-from .hooks import margin_loss
+from .hooks import capture_factors, margin_loss, resolve_layers, split_head
 from .net import GradientEditor, apply_editor, row_scales
 
 
@@ -91,7 +91,7 @@ def _fmt(v: dict) -> str:
 
 
 def train_mend(bundle: ModelBundle, data: AuditData, config: MendConfig | None = None,
-               callback=None) -> tuple[GradientEditor, dict]:
+               callback: Callback | None = None) -> tuple[GradientEditor, dict]:
     """A trained `GradientEditor` for `bundle` and a dict of its training record and validation figures."""
     config = config or MendConfig()
     callback = callback or (lambda f, m: None)

@@ -15,12 +15,13 @@ Weights are `metanet_<task>_<dp|eo|minimisation|pruning>.safetensors`, found on 
 `weights` setting names a file instead. Structural requirements
 hold exactly: the pruned fraction is ceil(s * weights) / weights, dropped features have all-zero
 first-layer columns (the kept weights are refitted in closed form on reference rows of the
-data's training split, then the predicted residuals are added). The fairness editors are conditioned on a strength; given a target level
-they pick the edit that meets it (minus `margin`) on calibration rows (6000 fixed rows of the training
-split by default): a grid of strengths from one pass of the heads, evaluated as one batch, and for each a
-shift of the output bias (moving the decision threshold costs no forward pass); the most accurate
-edit on those rows that meets the target wins (the protected attribute is read only
-there, never by the edited model). A model outside the trained family is refused by `supports`.
+data's training split, then the predicted residuals are added). The fairness editors are
+conditioned on a strength; given a target level they pick the edit that meets it (minus `margin`)
+on calibration rows (6000 fixed rows of the training split by default): a grid of strengths from
+one pass of the heads, evaluated as one batch, and for each a shift of the output bias (moving the
+decision threshold costs no forward pass); the most accurate edit on those rows that meets the
+target wins (the protected attribute is read only there, never by the edited model). A model
+outside the trained family is refused by `supports`.
 """
 from __future__ import annotations
 

@@ -78,13 +78,13 @@ def structure(sizes: tuple[int, ...]) -> Structure:
     for n in sizes:
         node_off.append(node_off[-1] + n)
     src, dst, edge_off, edge_layer = [], [], [0], []
-    for l in range(1, len(sizes)):
-        n_in, n_out = sizes[l - 1], sizes[l]
-        src.append(node_off[l - 1] + torch.arange(n_in).repeat(n_out))
-        dst.append(node_off[l] + torch.arange(n_out).repeat_interleave(n_in))
+    for li in range(1, len(sizes)):
+        n_in, n_out = sizes[li - 1], sizes[li]
+        src.append(node_off[li - 1] + torch.arange(n_in).repeat(n_out))
+        dst.append(node_off[li] + torch.arange(n_out).repeat_interleave(n_in))
         edge_off.append(edge_off[-1] + n_in * n_out)
-        edge_layer.append(torch.full((n_in * n_out,), l, dtype=torch.long))
-    node_layer = torch.cat([torch.full((n,), l, dtype=torch.long) for l, n in enumerate(sizes)])
+        edge_layer.append(torch.full((n_in * n_out,), li, dtype=torch.long))
+    node_layer = torch.cat([torch.full((n,), li, dtype=torch.long) for li, n in enumerate(sizes)])
     return Structure(tuple(sizes), torch.cat(src), torch.cat(dst), tuple(node_off), tuple(edge_off),
                      node_layer, torch.cat(edge_layer))
 
@@ -96,8 +96,8 @@ def position_ids(st: Structure, n_inputs: int, n_classes: int, max_depth: int) -
     L = st.depth
     node = torch.empty(st.n_nodes, dtype=torch.long)
     node[:st.sizes[0]] = torch.arange(st.sizes[0])
-    for l in range(1, L):
-        node[st.node_offsets[l]:st.node_offsets[l + 1]] = n_inputs + n_classes + l * (max_depth + 1) + (L - l)
+    for li in range(1, L):
+        node[st.node_offsets[li]:st.node_offsets[li + 1]] = n_inputs + n_classes + li * (max_depth + 1) + (L - li)
     node[st.node_offsets[L]:] = n_inputs + torch.arange(st.sizes[-1])
     edge = st.edge_layer * (max_depth + 1) + (L - st.edge_layer)
     return node, edge
@@ -217,9 +217,9 @@ def batch(members: list[Member], n_inputs: int, n_classes: int, max_depth: int) 
         src.append(st.src.to(dev) + node_off[-1])
         dst.append(st.dst.to(dev) + node_off[-1])
         sizes = st.sizes
-        deg_in = torch.cat([torch.zeros(sizes[0])] + [torch.full((n,), float(sizes[l]))
-                                                      for l, n in enumerate(sizes[1:])])
-        deg_out = torch.cat([torch.full((n,), float(sizes[l + 1])) for l, n in enumerate(sizes[:-1])]
+        deg_in = torch.cat([torch.zeros(sizes[0])] + [torch.full((n,), float(sizes[li]))
+                                                      for li, n in enumerate(sizes[1:])])
+        deg_out = torch.cat([torch.full((n,), float(sizes[li + 1])) for li, n in enumerate(sizes[:-1])]
                             + [torch.zeros(sizes[-1])])
         din.append(deg_in)
         dout.append(deg_out)

@@ -183,10 +183,10 @@ def _match_moments(m: Member, Ws: list[torch.Tensor], bs: list[torch.Tensor]) ->
     closed-form compensation for the weights pruned before it. Zeros stay zeros (exact sparsity)."""
     h = m.X_ref.unsqueeze(0)
     out_W, out_b = [], []
-    for l, (W, b) in enumerate(zip(Ws, bs)):
+    for li, (W, b) in enumerate(zip(Ws, bs)):
         z = torch.einsum("kni,koi->kno", h.expand(W.shape[0], -1, -1) if h.shape[0] == 1 else h, W) + b.unsqueeze(1)
-        scale = (m.pre_std[l] / (z.std(1) + 1e-6)).clamp(1e-3, 10.0)  # (K, out)
-        shift = m.pre_mean[l] - scale * z.mean(1)
+        scale = (m.pre_std[li] / (z.std(1) + 1e-6)).clamp(1e-3, 10.0)  # (K, out)
+        shift = m.pre_mean[li] - scale * z.mean(1)
         out_W.append(W * scale.unsqueeze(2))
         out_b.append(b * scale + shift)
         z = z * scale.unsqueeze(1) + shift.unsqueeze(1)
@@ -206,11 +206,11 @@ def _refit(m: Member, masks: list, dws: list, dbs: list, ridge: float) -> tuple[
     h = m.X_ref.unsqueeze(0).expand(K, -1, -1)
     ho = m.X_ref
     Ws, bs = [], []
-    for l, (W, b) in enumerate(zip(m.weights, m.biases)):
+    for li, (W, b) in enumerate(zip(m.weights, m.biases)):
         z_orig = ho @ W.T + b  # (n, out)
-        M = masks[l]
+        M = masks[li]
         if M is None:
-            Wl, bl = W.unsqueeze(0) + dws[l], b.unsqueeze(0) + dbs[l]
+            Wl, bl = W.unsqueeze(0) + dws[li], b.unsqueeze(0) + dbs[li]
         elif M.shape[1] == 1:  # one mask for every neuron (dropped inputs): one solve, many right-hand sides
             Ha = torch.cat([h, h.new_ones(K, n, 1)], 2)
             Ma = torch.cat([M[:, 0].detach(), M.new_ones(K, 1)], 1)  # (K, in + 1)
@@ -218,8 +218,8 @@ def _refit(m: Member, masks: list, dws: list, dbs: list, ridge: float) -> tuple[
             A = (Ha.transpose(1, 2) @ Ha) * Ma.unsqueeze(2) * Ma.unsqueeze(1) + torch.diag_embed((1 - Ma) + reg)
             rhs = (Ha.transpose(1, 2) @ z_orig) * Ma.unsqueeze(2)  # (K, in + 1, out)
             sol = torch.linalg.solve(A, rhs) * Ma.unsqueeze(2)
-            Wl = (sol[:, :-1].transpose(1, 2) + dws[l]) * M
-            bl = sol[:, -1] + dbs[l]
+            Wl = (sol[:, :-1].transpose(1, 2) + dws[li]) * M
+            bl = sol[:, -1] + dbs[li]
         else:
             Ha = torch.cat([h, h.new_ones(K, n, 1)], 2)  # (K, n, in + 1)
             G = Ha.transpose(1, 2) @ Ha  # (K, in + 1, in + 1)
@@ -228,8 +228,8 @@ def _refit(m: Member, masks: list, dws: list, dbs: list, ridge: float) -> tuple[
             A = G.unsqueeze(1) * Ma.unsqueeze(3) * Ma.unsqueeze(2) + torch.diag_embed((1 - Ma) + reg)
             rhs = (Ha.transpose(1, 2) @ z_orig).transpose(1, 2) * Ma  # (K, out, in + 1)
             sol = torch.linalg.solve(A, rhs.unsqueeze(-1)).squeeze(-1) * Ma
-            Wl = (sol[..., :-1] + dws[l]) * M
-            bl = sol[..., -1] + dbs[l]
+            Wl = (sol[..., :-1] + dws[li]) * M
+            bl = sol[..., -1] + dbs[li]
         Ws.append(Wl)
         bs.append(bl)
         z = torch.einsum("kni,koi->kno", h, Wl) + bl.unsqueeze(1)
@@ -255,10 +255,10 @@ def assemble(net_cfg: NetConfig, g: GraphBatch, out: dict[str, torch.Tensor], ta
         st, eo, no = m.st, g.edge_offsets[b], g.node_offsets[b]
         K = out["dw"].shape[1]
         dws, dbs = [], []
-        for l in range(1, st.depth + 1):
-            n_in, n_out = st.sizes[l - 1], st.sizes[l]
-            dws.append(out["dw"][eo + st.edge_offsets[l - 1]:eo + st.edge_offsets[l]].T.reshape(K, n_out, n_in))
-            dbs.append(out["db"][no + st.node_offsets[l]:no + st.node_offsets[l + 1]].T)
+        for li in range(1, st.depth + 1):
+            n_in, n_out = st.sizes[li - 1], st.sizes[li]
+            dws.append(out["dw"][eo + st.edge_offsets[li - 1]:eo + st.edge_offsets[li]].T.reshape(K, n_out, n_in))
+            dbs.append(out["db"][no + st.node_offsets[li]:no + st.node_offsets[li + 1]].T)
         if net_cfg.mode == "residual":  # the strength scales the edit: strength 0 is the identity
             t = targets[b].to(out["dw"].dtype)
             dws = [dW * t.view(K, 1, 1) for dW in dws]
@@ -273,12 +273,12 @@ def assemble(net_cfg: NetConfig, g: GraphBatch, out: dict[str, torch.Tensor], ta
             n_prune = torch.ceil(targets[b].to(scores.dtype) * n_total - 1e-6).long().clamp(0, n_total)
             mask, soft = _ste_topk(scores, n_total - n_prune, T)
             kept = n_total - n_prune
-            for l in range(st.depth):
-                M = mask[st.edge_offsets[l]:st.edge_offsets[l + 1]].T.reshape(K, *m.weights[l].shape)
-                masks[l] = M
+            for li in range(st.depth):
+                M = mask[st.edge_offsets[li]:st.edge_offsets[li + 1]].T.reshape(K, *m.weights[li].shape)
+                masks[li] = M
                 if net_cfg.fold_means:
-                    bs[l] = bs[l] + torch.einsum("koi,oi,i->ko", 1 - M, m.weights[l], m.act_mean[l])
-                Ws[l] = Ws[l] * M
+                    bs[li] = bs[li] + torch.einsum("koi,oi,i->ko", 1 - M, m.weights[li], m.act_mean[li])
+                Ws[li] = Ws[li] * M
         elif net_cfg.mode == "gate":
             if group_index is None:
                 raise ValueError("mode 'gate' needs group_index")

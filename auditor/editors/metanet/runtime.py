@@ -264,7 +264,8 @@ class TrainedMetaNet:
         if n_in != fam["n_inputs"] or data.n_inputs != fam["n_inputs"]:
             return f"it reads MLPs with {fam['n_inputs']} inputs; this model has {n_in}"
         if layers[-1][1].out_features != fam["n_classes"]:
-            return f"it reads binary classifiers ({fam['n_classes']} outputs); this model has {layers[-1][1].out_features}"
+            return (f"it reads binary classifiers ({fam['n_classes']} outputs); this model has "
+                    f"{layers[-1][1].out_features}")
         if features_digest(data) != fam["features_sha"]:
             return "the data's input encoding differs from the one the editor was trained on"
         if spec.input.get("features") and features_digest(spec.input["features"]) != fam["features_sha"]:

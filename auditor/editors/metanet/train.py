@@ -29,12 +29,29 @@ from ... import zoo
 from ...backend import Callback
 from ...data.base import AuditData
 from ...errors import AuditorError
-from ...requirements.surrogates import (feature_budget_gap, fairness_gap, group_codes, js_divergence,
-                                        positive_probability, sparsity_gap)
+from ...requirements.surrogates import (
+    fairness_gap,
+    feature_budget_gap,
+    group_codes,
+    js_divergence,
+    positive_probability,
+    sparsity_gap,
+)
 from .graph import Member, batch, prepare
 from .net import MetaNet, NetConfig, assemble
-from .runtime import (FORMAT, RequirementKind, TrainedMetaNet, cond_features, edited_logits, features_digest,
-                      group_index_of, make_probes, reference_rows, requirement_kind, save_metanet)
+from .runtime import (
+    FORMAT,
+    RequirementKind,
+    TrainedMetaNet,
+    cond_features,
+    edited_logits,
+    features_digest,
+    group_index_of,
+    make_probes,
+    reference_rows,
+    requirement_kind,
+    save_metanet,
+)
 
 
 @dataclass
