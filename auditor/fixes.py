@@ -36,7 +36,7 @@ def shift_images(X: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return out
 
 
-def numeric_inputs(data: AuditData) -> list[int]:
+def numeric_columns(data: AuditData) -> list[int]:
     """Input indices of numeric (not one-hot) features: from the stored preprocessing, else every
     input whose training values are not all 0/1."""
     prep = data.preprocessing
@@ -68,7 +68,7 @@ def equivalents(data: AuditData, X: torch.Tensor, n_noise: int = 4, noise: float
             copies.append((X + noise * torch.randn(X.shape, generator=g)).clamp(0.0, 1.0))
     else:
         noise = 0.1 if noise is None else noise
-        cols = numeric_inputs(data)
+        cols = numeric_columns(data)
         flat = data.train.X.reshape(len(data.train), -1)
         spread = flat[:, cols].std(0) if cols else torch.zeros(0)
         copies = []

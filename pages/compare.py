@@ -5,7 +5,7 @@ import streamlit as st
 
 from auditor import METRICS
 from auditor.charts import group_chart, requirements_chart
-from auditor.charts_dashboard import (feature_before_after_chart, pixel_before_after_chart, weight_change_heatmap,
+from auditor.charts.dashboard import (feature_before_after_chart, pixel_before_after_chart, weight_change_heatmap,
                                       weight_change_overview)
 from auditor.report.model import merge_requirements
 from auditor.present import base_metric, format_value, metric_label

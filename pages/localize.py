@@ -4,7 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from auditor.charts import feature_attribution_chart, layer_ranking_chart
-from auditor.charts_dashboard import ATTRIBUTION_UNIT, pixel_pairs_chart
+from auditor.charts.dashboard import ATTRIBUTION_UNIT, pixel_pairs_chart
 from auditor.localize import METHODS
 from auditor.present import setting_fields
 from pages.common import in_frame, need_audit, next_step, progress, show_error, stop

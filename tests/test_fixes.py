@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from auditor.errors import AuditorError
-from auditor.fixes import equivalents, make_fixes, numeric_inputs, parse_fixes, shift_images
+from auditor.fixes import equivalents, make_fixes, numeric_columns, parse_fixes, shift_images
 
 
 def test_parse_fixes_images(digits):
@@ -56,7 +56,7 @@ def test_image_equivalents_are_half_pixel_shifts_and_noise(digits):
 
 
 def test_tabular_equivalents_move_only_numeric_inputs(adult):
-    cols = numeric_inputs(adult)
+    cols = numeric_columns(adult)
     assert [adult.feature_names[i] for i in cols] == ["age", "education-num", "capital-gain", "capital-loss",
                                                       "hours-per-week"]
     X = adult.test.X[:5]

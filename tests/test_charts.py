@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from auditor.charts_dashboard import (feature_before_after_chart, pixel_before_after_chart, pixel_pairs_chart,
+from auditor.charts.dashboard import (feature_before_after_chart, pixel_before_after_chart, pixel_pairs_chart,
                                       weight_change_heatmap, weight_change_overview)
 
 

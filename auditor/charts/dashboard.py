@@ -4,7 +4,7 @@ attribution maps for several image pairs, and attributions before vs after an ed
 Pure functions from tensors / DataFrames to `go.Figure`; no Streamlit here.
 
     >>> import torch
-    >>> from auditor.charts_dashboard import weight_change_heatmap
+    >>> from auditor.charts.dashboard import weight_change_heatmap
     >>> fig = weight_change_heatmap("fc1", torch.zeros(4, 3), torch.ones(4, 3))
 """
 from __future__ import annotations
