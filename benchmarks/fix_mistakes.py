@@ -50,8 +50,9 @@ def untrained_editor(name: str, folder: Path) -> str:
     """The shipped editor with its MLP reset to the identity and its initial step: the ablation that
     shows what training adds to the whitened gradient step."""
     from auditor.editors.mend import load_gradient_editor, save_gradient_editor
+    from auditor.editors.weights import PACKAGED_DIR
 
-    editor, info = load_gradient_editor(ROOT / "sample_models" / f"mend_{name}.safetensors")
+    editor, info = load_gradient_editor(PACKAGED_DIR / f"mend_{name}.safetensors")
     with torch.no_grad():
         for block in editor.blocks:
             block.U.zero_()

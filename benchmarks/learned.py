@@ -39,9 +39,11 @@ sys.path.insert(0, str(ROOT))
 from auditor import load_data, load_model  # noqa: E402
 from auditor.backend import describe_device, pick_device  # noqa: E402
 from auditor.editors import EDITORS, get_editor  # noqa: E402
-from auditor.editors.baselines.fairlearn_mitigations import (  # noqa: E402
-    postprocess_threshold_optimizer, retrain_exponentiated_gradient)
 from auditor.editors.baselines.common import group_codes, hard_fairness  # noqa: E402
+from auditor.editors.baselines.fairlearn_mitigations import (  # noqa: E402
+    postprocess_threshold_optimizer,
+    retrain_exponentiated_gradient,
+)
 from auditor.errors import AuditorError  # noqa: E402
 from auditor.models.architectures import predict_logits  # noqa: E402
 from auditor.requirements import features_used, sparsity  # noqa: E402

@@ -46,13 +46,9 @@ def builtin_data(name: str, spec_json: str | None = None):
 @st.cache_data(show_spinner=False)
 def sample_catalogue() -> dict[str, dict]:
     """name -> {description, data} for every model in sample_models/ (from its model card)."""
-    from auditor.models import read_metadata
-
     out = {}
     for path in sorted(SAMPLES.glob("*.safetensors")):
         try:
-            if "auditor.spec" not in read_metadata(path):
-                continue  # not a model (e.g. a learned editor's weights)
             spec = sample_model(path.stem).spec
         except AuditorError:
             continue

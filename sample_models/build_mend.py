@@ -87,10 +87,12 @@ def mend_card(path: Path) -> str:
              f"- Edits: {layers}; rank {info['rank']}, {info['n_blocks']} blocks, ridge {info['ridge']}",
              f"- Learned step per layer: `{json.dumps({k: round(v, 4) for k, v in info['learned_lr'].items()})}`",
              f"- Training: `{json.dumps(info['training'])}`, {info['seconds']:.1f} s on CPU, by "
-             "`sample_models/build_mend.py` (`train_mend`): sampled edits (wrong labels and misclassified rows, "
-             "batches up to `max_batch`) with an edit loss on the example and its noised copies plus a KL "
-             "locality loss on unrelated rows",
-             "", "## Validation (held-out rows, best step)", "", "| metric | value |", "|---|---|"]
+             "`sample_models/build_mend.py` (`train_mend`): edits sampled from the training split (random wrong "
+             "labels, and real mistakes for a share `misclassified_share`; 1 to `max_batch` rows at once) with an "
+             "edit loss on the example and its noised (images: also shifted) copies plus a KL locality loss on "
+             "unrelated rows",
+             "", f"## Validation ({info['training'].get('n_val', '?')} sampled edits on the validation split, at "
+             "the best step)", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in info["validation"].items()]
     bench = json.loads(BENCHMARK.read_text()) if BENCHMARK.exists() else {}
     run = bench.get("models", {}).get(model)

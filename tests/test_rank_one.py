@@ -116,24 +116,6 @@ def test_top_ranked_layer_beats_lowest_ranked(trojan):
     assert scores[top] < scores[low]
 
 
-def test_original_untouched_and_revert_is_bit_exact(trojan):
-    bundle, data, _ = trojan
-    sha = bundle.sha256
-    state = {k: v.clone() for k, v in bundle.model.state_dict().items()}
-    for name in RANK_ONE:
-        settings = {"steps": 10} if name.startswith("finetune") else {}
-        result = get_editor(name, samples=2, **settings).edit(bundle, data)
-        assert bundle.sha256 == sha, name
-        assert result.bundle.sha256 != sha, name
-        reverted = result.reverted()
-        assert reverted.sha256 == sha, name
-        for k, v in reverted.model.state_dict().items():
-            assert torch.equal(v, state[k]), (name, k)
-        assert_no_hooks(result.bundle.model)
-        assert result.to_dict()["editor"] == name
-    assert_no_hooks(bundle.model)
-
-
 def test_changes_are_rank_one_for_one_sample(trojan):
     bundle, data, _ = trojan
     result = get_editor("rank-one", samples=1).edit(bundle, data)

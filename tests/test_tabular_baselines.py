@@ -1,5 +1,6 @@
-"""Tabular baselines on the shipped Adult MLP: each meets its requirement with utility above a floor,
-leaves the original untouched and reverts bit for bit."""
+"""Tabular baselines on the shipped Adult MLP: each meets its requirement with utility above a floor.
+(That each leaves the original untouched and reverts bit for bit is `check_editor`'s, in
+tests/test_editor_contract.py.)"""
 from __future__ import annotations
 
 import numpy as np
@@ -23,12 +24,7 @@ def _one_thread():
 
 
 def _edit_and_check(bundle, data, editor, requirements, **settings):
-    before = weights_sha256(bundle.model)
     result = get_editor(editor, **settings).edit(bundle, data, requirements, device="cpu")
-    assert weights_sha256(bundle.model) == before, "the original model was changed"
-    reverted = result.reverted()
-    for name, value in bundle.model.state_dict().items():
-        assert torch.equal(reverted.model.state_dict()[name], value), f"revert of {name} is not bit-exact"
     return result, compute_metrics(result.bundle.model, data, "test").metrics
 
 

@@ -2,7 +2,7 @@
 
     auditor editor train --task adult --requirement demographic_parity --out my_dp.safetensors
     torchrun --nproc_per_node 2 -m auditor.cli editor train --task adult --requirement sparsity
-    auditor editor show sample_models/metanet_adult_dp.safetensors
+    auditor editor show auditor/editors/weights/metanet_adult_dp.safetensors
 
 Requirements: demographic_parity (dp), equalized_odds (eo), features_used (minimisation),
 sparsity (pruning). Under torchrun every rank trains on its own models and rows
@@ -33,7 +33,8 @@ def register(sub) -> None:
     t.add_argument("--requirement", required=True,
                    help=f"one of {', '.join(KINDS)} (aliases: {', '.join(ALIASES)})")
     t.add_argument("--out", metavar="PATH.safetensors",
-                   help="editor file (default: sample_models/metanet_<task>_<kind>.safetensors)")
+                   help="editor file (default: ~/.auditor/editors/metanet_<task>_<kind>.safetensors, on the "
+                        "editor search path before the shipped ones)")
     defaults = TrainSettings()
     for f in dataclasses.fields(TrainSettings):
         if f.name in ("task", "requirement"):
@@ -58,8 +59,8 @@ def _bool(text: str) -> bool:
 
 
 def run_train(args) -> int:
-    from ..editors.metanet.editors import editor_path
     from ..editors.metanet.train import TrainSettings, requirement_kind, train_editor
+    from ..editors.weights import user_editor_dir
     from ..errors import AuditorError
     from ..zoo import TASKS
 
@@ -69,7 +70,7 @@ def run_train(args) -> int:
     fields = {f.name for f in dataclasses.fields(TrainSettings)}
     settings = TrainSettings(**{k: v for k, v in vars(args).items() if k in fields and k != "requirement"},
                              requirement=kind.metric)
-    out = args.out or editor_path(args.task, kind.metric)
+    out = args.out or user_editor_dir() / f"metanet_{args.task}_{kind.stem}.safetensors"
     rank = int(os.environ.get("RANK", "0"))
     start = time.perf_counter()
 

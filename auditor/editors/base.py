@@ -189,7 +189,7 @@ class Editor:
         edited.model.cpu().eval()
         delta = WeightDelta.between(bundle.model, edited.model)
         if not delta.before:
-            log.append({"step": "result", "changed": False,
+            log.append({"step": "result", "action": "unchanged", "changed": False,
                         "message": "the edit left every weight as it was (nothing to change, or nothing it could)"})
         hp = dataclasses.asdict(self.hparams) if self.hparams is not None else {}
         edited.history.append({"editor": self.name, "hyperparameters": hp, "layers": delta.layers,

@@ -313,6 +313,8 @@ def check_delta(name: str, bundle, result: EditResult) -> None:
             f"{name}: the edit changed nothing and its log does not say so"
     assert result.bundle.history and result.bundle.history[-1].get("editor") == name, \
         f"{name}: the edited bundle's history does not record the edit"
+    assert _hooks(result.bundle.model) == _hooks(bundle.model), f"{name}: the edited model has hooks left on it"
+    assert not result.bundle.model.training or bundle.model.training, f"{name}: the edited model is left in train mode"
 
 
 def check_revert(name: str, bundle, result: EditResult) -> None:

@@ -2,6 +2,7 @@
 raw features; the other first-layer columns are zero."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -10,6 +11,8 @@ from ...errors import AuditorError
 from ...models.architectures import build_architecture, first_layer
 from ..registry import register_editor
 from .feature_importance import KeepFeatures, KeepFeaturesHyper
+
+_INIT_LOCK = threading.Lock()
 
 
 @dataclass
@@ -39,8 +42,12 @@ class RetrainKFeatures(KeepFeatures):
         if not hp.warm_start:
             if bundle is None or not bundle.spec or not bundle.spec.arch:
                 raise AuditorError("retrain-k-features needs the model's architecture spec; use warm_start=True")
-            torch.manual_seed(hp.seed)
-            fresh = build_architecture(bundle.spec.arch).to(device)
+            # a fresh initialisation drawn from torch's global generator: seeded, under a lock so that
+            # edits in other threads cannot draw in between, and restored after (the caller's draws stay)
+            with _INIT_LOCK, torch.random.fork_rng(devices=[]):
+                torch.manual_seed(hp.seed)
+                fresh = build_architecture(bundle.spec.arch)
+            fresh.to(device)
             model.load_state_dict(fresh.state_dict())
         X = data.train.X.clone()
         X[:, dropped] = 0

@@ -54,10 +54,4 @@ def find_editor_weights(name: str, extra: Iterable[str | os.PathLike] = ()) -> P
     return None
 
 
-def editor_files(pattern: str, extra: Iterable[str | os.PathLike] = ()) -> list[Path]:
-    """Every file matching the glob `pattern` on the search path, folder by folder in search order."""
-    return [path for folder in editor_search_path(extra) for path in sorted(folder.glob(pattern)) if path.is_file()]
-
-
-__all__ = ["ENV_VARS", "PACKAGED_DIR", "editor_files", "editor_search_path", "find_editor_weights",
-           "user_editor_dir"]
+__all__ = ["ENV_VARS", "PACKAGED_DIR", "editor_search_path", "find_editor_weights", "user_editor_dir"]
