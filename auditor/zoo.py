@@ -29,13 +29,13 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .backend import Callback
 from .data.base import AuditData
 from .errors import AuditorError
 from .models import ModelBundle, ModelSpec, build_architecture
@@ -44,7 +44,6 @@ from .training import TrainConfig, train_classifier
 ZOO_VERSION = 1
 DEFAULT_SIZE = 320  # 256 train / 32 val / 32 test members
 SPLIT_NAMES = ("train", "val", "test")
-Callback = Callable[[float, str], None]
 
 
 @dataclass(frozen=True)

@@ -82,8 +82,8 @@ def audit_once(seed: int) -> None:
 
 def app_audit_once(seed: int) -> None:
     """One full audit through the dashboard pages (Streamlit AppTest): a new browser session."""
-    from streamlit.testing.v1 import AppTest
     from streamlit.runtime.pages_manager import PagesManager
+    from streamlit.testing.v1 import AppTest
 
     if not getattr(PagesManager, "_bench_patched", False):  # as tests/test_app.py: the server's navigation mode
         init = PagesManager.__init__

@@ -24,7 +24,7 @@ from auditor import load_data, load_model
 from auditor.evaluate import evaluate
 from auditor.present import format_value
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"

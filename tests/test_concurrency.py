@@ -211,6 +211,7 @@ def _settle(page, timeout: float = 180) -> None:
 
 
 @pytest.mark.browser
+@pytest.mark.slow
 def test_parallel_browser_sessions_editing_different_models(live_server):
     """Three users at once on one server (one browser context each): their loads and their edits
     are sent back to back, so the server runs them concurrently; each page shows its own edited

@@ -89,3 +89,67 @@ def test_report_has_every_edit_and_validates(trojan):
 def test_read_upload_sanitises_names(tmp_path):
     path = read_upload(b"x", "../../etc/my model.safetensors", tmp_path)
     assert path.parent == tmp_path and path.name == "my_model.safetensors"
+
+
+def test_every_step_reaches_the_audit_log_under_one_run(trojan, tmp_path):
+    from auditor.store import AuditLog
+
+    log = AuditLog(tmp_path / "a.db")
+    s = AuditSession(*trojan, log=log, user="Ada", model_path="sample_models/digits_cnn_trojan.safetensors")
+    s.run_edit("static-rank-one-last", {"samples": 1})
+    s.revert(0)
+    s.run_edit("dynamic-rank-one", {"samples": 1})
+    s.log_report(s.build_report(), ["r.html"], downloaded=True)
+    entries = log.entries()
+    assert [e.kind for e in entries] == ["evaluation", "edit", "evaluation", "revert", "edit", "evaluation", "report"]
+    assert {e.run for e in entries} == {s.run_id} and {e.user for e in entries} == {"Ada"}
+    assert entries[3].results["undone"] == ["static-rank-one-last"]
+    assert entries[4].results["edited_sha256"] == s.current.sha256 == entries[5].model_sha256
+    assert entries[-1].reports == ["downloaded as r.html"] and log.verify() == []
+
+
+def test_saved_model_carries_the_provenance_of_every_edit(trojan, tmp_path):
+    import json
+
+    from auditor.models import read_metadata
+
+    s = AuditSession(*trojan)
+    s.run_edit("dynamic-rank-one", {"samples": 1})
+    s.run_edit("magnitude-pruning", {"sparsity": 0.1})
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(s.model_bytes())
+    meta = json.loads(read_metadata(path)["auditor.edit"])
+    assert meta["format"] == "auditor.provenance/1" and meta["editor"] == "magnitude-pruning"
+    assert [e["editor"] for e in meta["edits"]] == ["dynamic-rank-one", "magnitude-pruning"]
+    assert meta["edits"][0]["sha_after"] == meta["edits"][1]["sha_before"]
+    assert meta["original_sha256"] == trojan[0].sha256 and meta["edited_sha256"] == load_model(path).sha256
+
+
+def test_the_reproduce_command_reproduces_the_report(trojan, tmp_path):
+    """The dashboard's command, run as printed, gives the same requirement values and trade-off."""
+    import json
+    import shlex
+
+    from auditor.cli import main
+
+    s = AuditSession(*trojan, model_path=str(SAMPLES / "digits_cnn_trojan.safetensors"))
+    s.run_edit("dynamic-rank-one", {"samples": 1})
+    s.run_tradeoff(["finetune"])
+    ours = s.build_report().to_dict()
+    argv = shlex.split(s.command())
+    assert argv[:2] == ["auditor", "audit"] and "--samples" in argv and "--baselines" in argv
+    out = tmp_path / "r.json"
+    argv = [a for a in argv[2:]]
+    for flag in ("--report", "--pdf"):
+        i = argv.index(flag)
+        del argv[i:i + 2]
+    argv[argv.index("--json") + 1] = str(out)
+    assert main([*argv[:0], "audit", *argv, "--no-log", "--no-localize", "--quiet",
+                 "--out", str(tmp_path / "e.safetensors")]) == 0
+    theirs = json.loads(out.read_text())
+    for a, b in zip(ours["requirements"], theirs["requirements"]):
+        assert a["after"]["value"] == pytest.approx(b["after"]["value"], abs=1e-9)
+    rows = lambda d: {r["method"]: (r["value"], r["accuracy"]) for r in d["tradeoff"]["rows"]}  # noqa: E731
+    assert rows(ours).keys() == rows(theirs).keys()
+    for k in rows(ours):
+        assert rows(ours)[k] == pytest.approx(rows(theirs)[k], abs=1e-9), k

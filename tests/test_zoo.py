@@ -32,6 +32,7 @@ def test_training_a_member_is_bit_exact_and_accurate():
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
 
 
+@pytest.mark.slow
 def test_parallel_build_equals_sequential_and_cache_round_trips(tmp_path, monkeypatch):
     monkeypatch.setenv("AUDITOR_ZOO_DIR", str(tmp_path / "par"))
     counts = zoo.build_population("adult", n_models=11, workers=2, splits=("test",))

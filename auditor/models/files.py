@@ -3,7 +3,9 @@
 Formats: native `.safetensors` (spec in the metadata), a PyTorch state dict (`.pt`, `.pth`,
 `.bin`) read with `torch.load(weights_only=True)` plus a spec. Anything that needs arbitrary
 unpickling is refused. Extra formats (ONNX) and the user's own architectures (behind a trust
-flag) live in `onnx_format.py` and `custom.py`.
+flag) live in `onnx_format.py` and `custom.py`; the safe readers and checks that this module and
+`custom.py` share live in `reading.py`, `ModelBundle` in `bundle.py` (so `custom.py` never imports
+this module, which imports it lazily).
 
 Files written by `save_model` carry a checksum over weights and metadata (`auditor.checksum`),
 so a flipped bit anywhere in them is an error rather than a silently different model.
