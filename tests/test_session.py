@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from auditor import load_data, load_model
-from auditor.editors import EDITORS
-from auditor.report import validate_report
 from auditor.audit import AuditSession, default_requirements
 from auditor.audit.uploads import read_upload
+from auditor.editors import EDITORS
 from auditor.present import format_value, metric_label, setting_fields
+from auditor.report import validate_report
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 

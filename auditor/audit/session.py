@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shlex
 import tempfile
 import uuid
 from dataclasses import dataclass, field
@@ -40,11 +39,7 @@ from ..models.bundle import ModelBundle
 from ..models.files import save_model
 from ..requirements import Requirement, parse_requirement, parse_requirements
 from .localization import Localization, localize, not_available, sample_rows
-
-# The metadata key of the provenance every model written by an audit carries (CLI and dashboard alike).
-PROVENANCE_KEY = "auditor.edit"
-PROVENANCE_FORMAT = "auditor.provenance/1"
-BUILTIN_DATA = ("adult", "compas", "digits", "digits-trojan", "digits-spurious")
+from .provenance import PROVENANCE_KEY, provenance, reproduce_command
 
 # Requirements a newcomer gets for the built-in data sets (edit them on the Requirements page).
 DEFAULT_REQUIREMENTS: dict[str, list[str]] = {
@@ -72,21 +67,6 @@ def default_requirements(data: AuditData, bundle: ModelBundle | None = None) -> 
         acc = evaluate(bundle, data).metrics["accuracy"]
         out.append(f"accuracy >= {math.floor(100 * (acc - 0.02)) / 100:.2f}")
     return [parse_requirement(t) for t in out]
-
-
-def data_arguments(data: AuditData) -> list[str]:
-    """The DATA argument and schema options that load `data` again on the command line."""
-    if data.name in BUILTIN_DATA and not (data.source or "").endswith((".csv", ".parquet", ".npz")):
-        return [data.name]
-    out = [data.source or data.name]
-    schema = data.schema or {}
-    for key in ("target", "positive"):
-        if schema.get(key) not in (None, ""):
-            out += [f"--{key}", str(schema[key])]
-    for key in ("protected", "categorical", "inputs"):
-        if schema.get(key):
-            out += [f"--{key}", ",".join(map(str, schema[key]))]
-    return out
 
 
 @dataclass
@@ -148,6 +128,7 @@ class AuditSession:
         self.chosen_layer: str | None = None  # None: the editor picks the top-ranked layer itself
         self.tradeoff = None  # auditor.audit.tradeoff.Tradeoff of the last comparison run
         self.tradeoff_key: tuple | None = None
+        self.tradeoff_baselines: list[str] = []  # as asked for the last trade-off
         self.fix_specs: list[str] = []  # mistakes to fix, "ROW=LABEL" over the evaluation split
         self.fixes = None  # auditor.requirements.Fixes built from fix_specs
         self.auditor_name = user
@@ -396,24 +377,8 @@ class AuditSession:
 
     # -- provenance and saving ----------------------------------------------------------------
     def provenance(self) -> dict:
-        """What was done to the current model, to which original and data, with what outcome: the
-        `auditor.edit` metadata of every model an audit writes. The last edit's fields are at the top
-        level; `edits` lists every edit in order."""
-        before, after = self.evaluate("pristine"), self.evaluate()
-        edits = [rec.to_dict() for rec in self.edits]
-        last = edits[-1] if edits else {}
-        return {"format": PROVENANCE_FORMAT, "editor": last.get("editor"),
-                "hyperparameters": last.get("hyperparameters", {}), "layers": last.get("layers", []),
-                "changes": last.get("changes", []), "seconds": last.get("seconds"), "device": last.get("device"),
-                "log": last.get("log", []), "edits": edits,
-                "original_sha256": self.pristine_sha256, "original_source": self.model_path,
-                "edited_sha256": self.current.sha256,
-                "data": {"name": self.data.name, "sha256": self.data.sha256, "split": self.split,
-                         "rows": before.rows},
-                "data_sha256": self.data.sha256, "requirements": [r.expr for r in self.requirements],
-                "seed": self.seed, "run": self.run_id, "user": self.auditor_name or None, "command": self.command(),
-                "before": {"passed": before.passed, "requirements": [r.to_dict() for r in before.requirements]},
-                "after": {"passed": after.passed, "requirements": [r.to_dict() for r in after.requirements]}}
+        """What was done to the current model (`auditor.audit.provenance.provenance`)."""
+        return provenance(self)
 
     def save(self, path: str | Path) -> Path:
         """Write the current model (`.safetensors` or `.onnx`) with its provenance in the metadata."""
@@ -532,45 +497,8 @@ class AuditSession:
 
     # -- report -----------------------------------------------------------------------------
     def command(self) -> str:
-        """The `auditor audit` command line that re-runs this audit: the last edit with every setting
-        that differs from the editor's defaults, the clean samples and seed the baselines used, and the
-        baselines as run. The front-end's own command when it gave one."""
-        if self.fixed_command:
-            return self.fixed_command
-        model = self.model_path or f"{self.model_label}.safetensors"
-        try:
-            model = str(Path(model).resolve().relative_to(Path.cwd()))
-        except (ValueError, OSError):
-            pass
-        parts = ["auditor", "audit", model, *data_arguments(self.data)]
-        if self.split != "test":
-            parts += ["--split", self.split]
-        for r in self.requirements:
-            parts += ["--require", r.expr]
-        for f in self.fix_specs:
-            parts += ["--fix", f]
-        if self.edits:
-            from ..editors import EDITORS
-
-            rec = self.edits[-1]
-            parts += ["--editor", rec.editor]
-            hyper = getattr(EDITORS.get(rec.editor), "Hyper", None)
-            defaults = dataclasses.asdict(hyper()) if hyper is not None else {}
-            hp = rec.result.hyperparameters
-            if hp.get("samples") is not None:
-                parts += ["--samples", str(hp["samples"])]
-            for k, v in hp.items():
-                if k in ("samples", "seed") and not (k == "seed" and v != self.seed):
-                    continue
-                if defaults.get(k, object()) != v:
-                    parts += ["--set", f"{k}={'none' if v is None else v}"]
-        parts += ["--seed", str(self.seed)]
-        if self.tradeoff is not None and not self.tradeoff_stale:
-            parts += ["--baselines", ",".join(getattr(self, "tradeoff_baselines", [])) or "none"]
-        elif self.edits:
-            parts += ["--baselines", "none"]
-        parts += ["--report", "report.html", "--pdf", "report.pdf", "--json", "report.json"]
-        return shlex.join(parts)
+        """The `auditor audit` command line that re-runs this audit (`auditor.audit.provenance.command`)."""
+        return self.fixed_command or reproduce_command(self)
 
     def report_localization(self) -> dict | None:
         """The Localize step's results in the report's shape."""

@@ -190,7 +190,8 @@ def compare(bundle: ModelBundle, data: AuditData, requirements, methods: Sequenc
                 if label not in results:
                     seed_everything(seed)
                     opts = {**common_settings(name, samples=samples, seed=seed), **settings}
-                    sub = (lambda f, m, i=i, label=label: callback((i + min(max(f, 0.0), 1.0)) / len(plan), f"{label}: {m}"))
+                    sub = (lambda f, m, i=i, label=label:
+                           callback((i + min(max(f, 0.0), 1.0)) / len(plan), f"{label}: {m}"))
                     results[label] = get_editor(name, **opts).edit(bundle, data, reqs, device=device, callback=sub,
                                                                    fixes=fixes)
                 res = results[label]

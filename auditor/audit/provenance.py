@@ -1,0 +1,91 @@
+"""Provenance of an audit: what a model written by an audit carries in its metadata (one format for
+the CLI and the dashboard), and the command line that re-runs the audit."""
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from pathlib import Path
+
+from ..data.base import AuditData
+
+# The metadata key of the provenance every model written by an audit carries (CLI and dashboard alike).
+PROVENANCE_KEY = "auditor.edit"
+PROVENANCE_FORMAT = "auditor.provenance/1"
+BUILTIN_DATA = ("adult", "compas", "digits", "digits-trojan", "digits-spurious")
+
+
+def data_arguments(data: AuditData) -> list[str]:
+    """The DATA argument and schema options that load `data` again on the command line."""
+    if data.name in BUILTIN_DATA and not (data.source or "").endswith((".csv", ".parquet", ".npz")):
+        return [data.name]
+    out = [data.source or data.name]
+    schema = data.schema or {}
+    for key in ("target", "positive"):
+        if schema.get(key) not in (None, ""):
+            out += [f"--{key}", str(schema[key])]
+    for key in ("protected", "categorical", "inputs"):
+        if schema.get(key):
+            out += [f"--{key}", ",".join(map(str, schema[key]))]
+    return out
+
+
+def provenance(session) -> dict:
+    """What was done to `session`'s current model, to which original and data, with what outcome:
+    the `auditor.edit` metadata of every model an audit writes. The last edit's fields are at the top
+    level; `edits` lists every edit in order."""
+    before, after = session.evaluate("pristine"), session.evaluate()
+    edits = [rec.to_dict() for rec in session.edits]
+    last = edits[-1] if edits else {}
+    return {"format": PROVENANCE_FORMAT, "editor": last.get("editor"),
+            "hyperparameters": last.get("hyperparameters", {}), "layers": last.get("layers", []),
+            "changes": last.get("changes", []), "seconds": last.get("seconds"), "device": last.get("device"),
+            "log": last.get("log", []), "edits": edits,
+            "original_sha256": session.pristine_sha256, "original_source": session.model_path,
+            "edited_sha256": session.current.sha256,
+            "data": {"name": session.data.name, "sha256": session.data.sha256, "split": session.split,
+                     "rows": before.rows},
+            "data_sha256": session.data.sha256, "requirements": [r.expr for r in session.requirements],
+            "seed": session.seed, "run": session.run_id, "user": session.auditor_name or None,
+            "command": session.command(),
+            "before": {"passed": before.passed, "requirements": [r.to_dict() for r in before.requirements]},
+            "after": {"passed": after.passed, "requirements": [r.to_dict() for r in after.requirements]}}
+
+
+def reproduce_command(session) -> str:
+    """The `auditor audit` command line that re-runs this audit: the last edit with every setting
+    that differs from the editor's defaults, the clean samples and seed the baselines used, and the
+    baselines as run."""
+    model = session.model_path or f"{session.model_label}.safetensors"
+    try:
+        model = str(Path(model).resolve().relative_to(Path.cwd()))
+    except (ValueError, OSError):
+        pass
+    parts = ["auditor", "audit", model, *data_arguments(session.data)]
+    if session.split != "test":
+        parts += ["--split", session.split]
+    for r in session.requirements:
+        parts += ["--require", r.expr]
+    for f in session.fix_specs:
+        parts += ["--fix", f]
+    if session.edits:
+        from ..editors import EDITORS
+
+        rec = session.edits[-1]
+        parts += ["--editor", rec.editor]
+        hyper = getattr(EDITORS.get(rec.editor), "Hyper", None)
+        defaults = dataclasses.asdict(hyper()) if hyper is not None else {}
+        hp = rec.result.hyperparameters
+        if hp.get("samples") is not None:
+            parts += ["--samples", str(hp["samples"])]
+        for k, v in hp.items():
+            if k in ("samples", "seed") and not (k == "seed" and v != session.seed):
+                continue
+            if defaults.get(k, object()) != v:
+                parts += ["--set", f"{k}={'none' if v is None else v}"]
+    parts += ["--seed", str(session.seed)]
+    if session.tradeoff is not None and not session.tradeoff_stale:
+        parts += ["--baselines", ",".join(session.tradeoff_baselines) or "none"]
+    elif session.edits:
+        parts += ["--baselines", "none"]
+    parts += ["--report", "report.html", "--pdf", "report.pdf", "--json", "report.json"]
+    return shlex.join(parts)
