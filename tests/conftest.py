@@ -27,6 +27,16 @@ def _audit_log_in_tmp(tmp_path_factory):
         os.environ["AUDITOR_DB"] = old
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small models: one intra-op thread is faster than two contended ones on a shared 2-core box
+    (restored afterwards). Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def adult():
     return load_data("adult")

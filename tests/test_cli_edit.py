@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from auditor.cli import main
 from auditor.models import load_model, read_metadata, weights_sha256
@@ -14,12 +13,7 @@ SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 TROJAN = str(SAMPLES / "digits_cnn_trojan.safetensors")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_localize_prints_ranked_layers(tmp_path, capsys):

@@ -18,13 +18,7 @@ from auditor.errors import AuditorError
 from tests.editor_cases import editor_params, fast_settings, pick_pair, sample
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models: one intra-op thread is faster than two contended ones (restored afterwards)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("name", editor_params())

@@ -26,13 +26,7 @@ from tests.fixtures import assert_no_hooks
 RANK_ONE = ["rank-one", "dynamic-rank-one", "static-rank-one-last", "finetune", "finetune-last-layer"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models: one thread is faster than several on a shared machine (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

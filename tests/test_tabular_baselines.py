@@ -14,13 +14,7 @@ from auditor.models import weights_sha256
 from auditor.requirements import compute_metrics
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small-batch training is faster on one thread than on two contended ones (a shared 2-core box)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _edit_and_check(bundle, data, editor, requirements, **settings):
