@@ -7,14 +7,32 @@ from .data.base import AuditData
 from .errors import AuditorError
 from .models.architectures import predict_logits
 from .models.files import ModelBundle
-from .requirements import (Fixes, Requirement, RequirementResult, compute_metrics, parse_requirements)
+from .requirements import (
+    DEFAULT_VERDICT,
+    Fixes,
+    Outcomes,
+    Requirement,
+    RequirementResult,
+    compute_metrics,
+    parse_requirements,
+)
+from .requirements.uncertainty import RESAMPLES
+
+# Groups whose rate rests on fewer rows are left out of gap metrics (`--min-group`)
+DEFAULT_MIN_GROUP = 30
 
 
 @dataclass
 class Evaluation:
-    """Metrics overall and per group, and each requirement's verdict. `to_dict` is the stable JSON shape:
-    `{"metrics": {name: value}, "groups": {attribute: {group: {name: value}}},
-      "requirements": [{"expr", "metric", "value", "threshold", "op", "passed"}], "passed": bool, ...}`."""
+    """Metrics overall and per group, their 95 % intervals, and each requirement's verdict. `to_dict`
+    is the stable JSON shape:
+    `{"metrics": {name: value}, "intervals": {name: {"value", "low", "high", "n"[, "groups"][, "note"]}},
+      "groups": {attribute: {group: {name: value}}},
+      "requirements": [{"expr", "metric", "value", "threshold", "op", "passed", "verdict", "low", "high", "n",
+                        "note"}],
+      "passed": bool, "verdict_mode": "strict"|"point", "min_group": int, "warnings": [str],
+      "small_groups": {attribute: {group: {"rows", "positives", "negatives", "left_out_of", "unreliable_in"}}},
+      ...}`."""
 
     metrics: dict[str, float]
     groups: dict[str, dict[str, dict[str, float]]]
@@ -24,14 +42,46 @@ class Evaluation:
     data_name: str = ""
     split: str = "test"
     rows: int = 0
+    intervals: dict[str, dict] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    small_groups: dict[str, dict] = field(default_factory=dict)
+    verdict_mode: str = DEFAULT_VERDICT
+    min_group: int = DEFAULT_MIN_GROUP
+    outcomes: Outcomes | None = field(default=None, repr=False)  # the rows behind the metrics (not serialised)
 
     @property
     def passed(self) -> bool:
         return all(r.passed for r in self.requirements)
 
+    @property
+    def inconclusive(self) -> list[RequirementResult]:
+        return [r for r in self.requirements if r.verdict == "inconclusive"]
+
+    def unreliable(self, key: str, primary: str | None = None) -> str | None:
+        """Why `key` cannot be judged (a gap over groups under `min_group` when fewer than two are larger)."""
+        base = key.split("[", 1)[0]
+        attr = key[key.index("[") + 1:-1] if "[" in key else primary
+        for a, flagged in self.small_groups.items():
+            if base in ("demographic_parity", "equalized_odds") and a != attr:
+                continue
+            for g, info in flagged.items():
+                if any(u.split(" ")[0] in (key, f"{base}[{a}]") for u in info.get("unreliable_in", [])):
+                    return (f"fewer than two {a} groups have {self.min_group} rows or more ({a}={g}: "
+                            f"{info['rows']} rows): {key} rests on too few rows to judge")
+        return None
+
+    def judge(self, requirements, mode: str | None = None, primary: str | None = None) -> list[RequirementResult]:
+        """Verdicts of `requirements` on these metrics and intervals (`mode`: strict or point)."""
+        self.verdict_mode = mode or self.verdict_mode
+        self.requirements = [r.check(self.metrics, self.intervals, self.verdict_mode, self.unreliable(r.key, primary))
+                             for r in parse_requirements(requirements)]
+        return self.requirements
+
     def to_dict(self) -> dict:
-        return {"metrics": dict(self.metrics), "groups": self.groups,
+        return {"metrics": dict(self.metrics), "intervals": self.intervals, "groups": self.groups,
                 "requirements": [r.to_dict() for r in self.requirements], "passed": self.passed,
+                "verdict_mode": self.verdict_mode, "min_group": self.min_group, "warnings": list(self.warnings),
+                "small_groups": self.small_groups,
                 "model": {"sha256": self.model_sha256},
                 "data": {"name": self.data_name, "sha256": self.data_sha256, "split": self.split, "rows": self.rows}}
 
@@ -64,13 +114,26 @@ def check_compatible(bundle: ModelBundle, data: AuditData) -> None:
                                f"{data.name!r} has {len(data.class_names)} classes")
 
 
-def evaluate(bundle: ModelBundle, data: AuditData, requirements=(), split: str = "test",
-             reference: ModelBundle | None = None, fixes: Fixes | None = None) -> Evaluation:
-    """Metrics of `bundle` on `data` and the verdict of every requirement (strings or Requirement)."""
+def evaluate(bundle: ModelBundle, data: AuditData, requirements=(), split: str | None = None,
+             reference: ModelBundle | None = None, fixes: Fixes | None = None, *,
+             verdict: str = DEFAULT_VERDICT, min_group: int = DEFAULT_MIN_GROUP,
+             resamples: int = RESAMPLES) -> Evaluation:
+    """Metrics of `bundle` on `data`, their 95 % bootstrap intervals, and the verdict of every
+    requirement (strings or Requirement). `verdict`: "strict" (a requirement whose interval straddles
+    its threshold is not met) or "point" (the value alone decides). `min_group`: groups whose rate
+    rests on fewer rows are left out of gap metrics, with a warning. `resamples`: 0 skips intervals."""
+    from .requirements.uncertainty import intervals
+
     reqs: list[Requirement] = parse_requirements(requirements)
     check_compatible(bundle, data)
+    split = data.resolve_split(split)  # None: the data's default (all rows of a user's file without a partition)
     report = compute_metrics(bundle.model, data, split,
-                             reference=None if reference is None else reference.model, fixes=fixes)
-    results = [r.check(report.metrics) for r in reqs]
-    return Evaluation(report.metrics, report.groups, results, bundle.sha256, data.sha256, data.name, split,
-                      len(data.split(split)))
+                             reference=None if reference is None else reference.model, fixes=fixes,
+                             min_group=min_group)
+    ev = Evaluation(report.metrics, report.groups, [], bundle.sha256, data.sha256, data.name, split,
+                    len(data.split(split)), warnings=list(report.warnings), small_groups=report.small_groups,
+                    verdict_mode=verdict, min_group=int(min_group), outcomes=report.outcomes)
+    if resamples:
+        ev.intervals = intervals(report.metrics, report.outcomes, resamples=resamples)
+    ev.judge(reqs, verdict, data.primary_protected)
+    return ev

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .data.base import SPLITS, AuditData
+from .data.base import EVAL_SPLITS, AuditData
 from .errors import AuditorError
 from .requirements import Fixes
 
@@ -119,8 +119,8 @@ def parse_fix(spec: str, data: AuditData, split: str = "test") -> tuple[str, int
     row_text = row_text.strip()
     if ":" in row_text:
         split, row_text = (s.strip() for s in row_text.split(":", 1))
-    if split not in SPLITS:
-        raise AuditorError(f"bad fix {spec!r}: unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if split not in EVAL_SPLITS:
+        raise AuditorError(f"bad fix {spec!r}: unknown split {split!r}; choose one of {', '.join(EVAL_SPLITS)}")
     n = len(data.split(split))
     try:
         row = int(row_text)

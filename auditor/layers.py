@@ -143,7 +143,20 @@ def layer_io(model: nn.Module, layer_name: str, X: torch.Tensor) -> tuple[torch.
 # Second moment of keys (cached per model hash and layer)
 
 _MOMENTS: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-_MOMENT_CACHE_SIZE = 64
+_MOMENT_CACHE_SIZE = 64  # entries, and at most this many bytes of matrices per cache:
+_MOMENT_CACHE_BYTES = 512 * 2**20
+
+
+def _bound(cache: OrderedDict, size) -> None:
+    """Evict the oldest entries until `cache` holds at most _MOMENT_CACHE_SIZE entries and
+    _MOMENT_CACHE_BYTES bytes (`size(value)` in bytes); the newest entry always stays."""
+    total = sum(size(v) for v in cache.values())
+    while len(cache) > 1 and (len(cache) > _MOMENT_CACHE_SIZE or total > _MOMENT_CACHE_BYTES):
+        total -= size(cache.popitem(last=False)[1])
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
 
 
 def clear_moment_cache() -> None:
@@ -225,8 +238,7 @@ def second_moments(model: nn.Module, layer_names: Sequence[str], X: torch.Tensor
         C = totals[name] / max(counts[name], 1)
         _MOMENTS[(mh, name, fp)] = C
         out[name] = C
-    while len(_MOMENTS) > _MOMENT_CACHE_SIZE:
-        _MOMENTS.popitem(last=False)
+    _bound(_MOMENTS, _nbytes)
     return out
 
 
@@ -256,8 +268,7 @@ def inverse_moment(C: torch.Tensor, ridge: float) -> torch.Tensor:
     except RuntimeError:  # not positive definite numerically (ridge 0): fall back to a solve
         inv = torch.linalg.inv(R)
     _INVERSES[key] = (C, inv)
-    while len(_INVERSES) > _MOMENT_CACHE_SIZE:
-        _INVERSES.popitem(last=False)
+    _bound(_INVERSES, lambda pair: _nbytes(pair[1]))
     return inv
 
 

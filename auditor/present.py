@@ -69,6 +69,141 @@ def format_change(key: str, change: float) -> str:
     return f"{sign}{format_value(key, abs(change)).replace(' %', ' pp')}"
 
 
+def _trim(number: str) -> str:
+    return number.rstrip("0").rstrip(".") if "." in number else number
+
+
+def format_threshold(key: str, value: float | None) -> str:
+    """A threshold as a person set it: like `format_value` without trailing zeros (0.02 -> `2 %`,
+    0.045 -> `4.5 pp` for a gap, 5 -> `5` for a count)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    factor, unit = display_scale(key)
+    return f"{_trim(f'{factor * value:.2f}')}{unit}"
+
+
+def display_scale(key: str) -> tuple[float, str]:
+    """How a metric is drawn on a chart axis: (factor to multiply by, unit suffix): fractions in
+    percent (`100, " %"`), gaps in percentage points (`100, " pp"`), counts as they are (`1, ""`)."""
+    metric = base_metric(key)
+    if metric in COUNT_METRICS:
+        return 1.0, ""
+    if metric in GAP_METRICS:
+        return 100.0, " pp"
+    return 100.0, " %"
+
+
+def requirement_sentence(key: str, op: str, threshold: float) -> str:
+    """A requirement in words: `attack_success_rate <= 0.02` -> `Attack success rate must be at most 2 %`."""
+    word = "at most" if op == "<=" else "at least"
+    return f"{metric_label(key)} must be {word} {format_threshold(key, threshold)}"
+
+
+def format_percent(fraction: float | None, digits: int = 1) -> str:
+    """A share that is not a metric (of weights, of a norm) in percent: 0.7694 -> `76.9 %`; tiny
+    non-zero shares are shown as `< 0.1 %`, never as `0.0 %`."""
+    if fraction is None or (isinstance(fraction, float) and math.isnan(fraction)):
+        return "n/a"
+    pct = 100 * float(fraction)
+    if pct != 0 and abs(pct) < 10 ** -digits:
+        return f"< {10 ** -digits:.{digits}f} %"
+    return f"{pct:.{digits}f} %"
+
+
+def format_number(value: float | None, digits: int = 4) -> str:
+    """A plain number without a unit (a norm, an attribution score): integers with thousands
+    separators, others to `digits` significant digits."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int) or (float(value).is_integer() and abs(value) >= 1):
+        return f"{int(value):,}"
+    return f"{float(value):.{digits}g}"
+
+
+def format_group_value(column: str, value: float | None) -> str:
+    """One cell of a per-group table: `count` as an integer, rates (accuracy, selection rate,
+    true/false positive rate) in percent."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if column in ("count", "n", "rows", "size", "positives", "negatives"):
+        return f"{int(value):,}"
+    return f"{100 * float(value):.2f} %"
+
+
+def format_interval(key: str, low: float | None, high: float | None) -> str:
+    """A 95 % interval in the metric's unit: `0.40 – 1.90 %` (empty when a bound is missing)."""
+    if low is None or high is None:
+        return ""
+    lo, hi = format_value(key, low), format_value(key, high)
+    unit = next((u for u in (" pp", " %") if lo.endswith(u) and hi.endswith(u)), "")
+    return f"{lo[:-len(unit)] if unit else lo} – {hi}"
+
+
+def change_size_text(relative_norm: float | None, changed_fraction: float | None = None) -> str:
+    """What an edit's size is, worded as what it is: `size of the change ‖ΔW‖/‖W‖ = 77 %` (a ratio of
+    norms, not a share of weights), and, when known, the share of weights that changed at all."""
+    text = f"size of the change ‖ΔW‖/‖W‖ = {format_percent(relative_norm, 0 if (relative_norm or 0) >= 0.1 else 1)}"
+    if changed_fraction is not None:
+        text += f"; {format_percent(changed_fraction)} of the weights changed"
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Which trigger or cue an audit tested (a built-in one is never passed off as the model's own)
+
+SAMPLE_STAMP_DATA = frozenset({"digits-trojan", "digits-spurious"})  # built-in data whose stamp is a sample's
+
+
+def _where(mask) -> str:
+    """Where a stamp's mask sits, in words: `9-pixel patch (3×3) in the bottom-right corner`."""
+    import numpy as np
+
+    m = np.asarray(mask, dtype=float)
+    m = m.reshape(-1, *m.shape[-2:]).max(axis=0) if m.ndim >= 2 else m.reshape(1, -1)
+    rows, cols = np.nonzero(m > 0)
+    if not len(rows):
+        return "empty mask"
+    H, W = m.shape
+    h, w = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    cy, cx = (rows.min() + rows.max() + 1) / 2 / H, (cols.min() + cols.max() + 1) / 2 / W
+    vert = "top" if cy < 1 / 3 else "bottom" if cy > 2 / 3 else "middle"
+    horiz = "left" if cx < 1 / 3 else "right" if cx > 2 / 3 else "centre"
+    if (vert, horiz) == ("middle", "centre"):
+        place = "in the centre"
+    elif vert != "middle" and horiz != "centre":
+        place = f"in the {vert}-{horiz} corner"
+    else:
+        place = f"at the {vert if vert != 'middle' else horiz} edge"
+    return f"{len(rows)}-pixel patch ({h}×{w}) {place}"
+
+
+def stamp_label(data) -> str | None:
+    """Which trigger or cue the audit of `data` tests, and where it came from, in words; None without one.
+
+    Built-in Trojan/cue data tests *the sample's* trigger (the one the sample model was poisoned with),
+    an `.npz` case its own (its mask and pattern, or its corrupted twins)."""
+    stamp = getattr(data, "stamp", None)
+    has_twins = getattr(getattr(data, "test", None), "corrupted", None) is not None
+    if stamp is None and not has_twins:
+        return None
+    kind = stamp.kind if stamp is not None else "trigger"
+    cls = list(getattr(data, "class_names", []) or [])
+    target = stamp.target if stamp is not None else None
+    target_name = cls[target] if target is not None and 0 <= target < len(cls) else str(target)
+    arrow = (f"→ class {target_name}" if kind == "trigger" else f"correlated with class {target_name}") \
+        if target is not None else ""
+    source = str(getattr(data, "source", "") or "")
+    from_case = source.lower().endswith(".npz")
+    shape = "corrupted twins" if has_twins and (stamp is None or not float(stamp.mask.abs().sum())) \
+        else _where(stamp.mask)
+    if data.name in SAMPLE_STAMP_DATA and not from_case:
+        return f"the sample's {kind} (built-in {data.name}: {shape} {arrow})".replace(" )", ")")
+    origin = source.replace("\\", "/").rsplit("/", 1)[-1] if from_case else data.name
+    return f"the case's own {kind} ({origin}: {shape} {arrow})".replace(" )", ")")
+
+
 # ---------------------------------------------------------------------------------------------
 # Editor settings as plain data (a UI renders each as a widget)
 
@@ -202,3 +337,80 @@ def group_table(before, now, attribute: str):
         rows.append(row)
     df = pd.DataFrame(rows)
     return df.drop(columns=["rows"]) if "rows" in df and df["rows"].isna().all() else df
+
+
+# ---------------------------------------------------------------------------------------------
+# Verdicts with their uncertainty, and side effects, in words (dashboard banner, report, terminal)
+
+
+def format_change_interval(key: str, low: float, high: float) -> str:
+    """The 95 % interval of a change, signed: `95 % CI +17.01 to +21.30 pp`."""
+    return f"95 % CI {format_change(key, low).rsplit(' ', 1)[0]} to {format_change(key, high)}"
+
+
+VERDICT_WORDS = {"pass": "pass", "fail": "fail", "inconclusive": "inconclusive (the interval straddles the threshold)"}
+
+
+def side_effect_sentence(effect: dict) -> str:
+    """`Equalized odds (sex) 5.67 pp → 24.90 pp (+19.23 pp, 95 % CI +17.0 to +21.3 pp); from the true positive
+    rate of sex=Male 58.38 % → 42.10 %`."""
+    k = effect["metric"]
+    text = (f"{metric_label(k)} {format_value(k, effect['before'])} → {format_value(k, effect['after'])} "
+            f"({format_change(k, effect['change'])}, {format_change_interval(k, effect['low'], effect['high'])})")
+    src = effect.get("groups") or []
+    if src:
+        parts = [f"{g['rate'].replace('_', ' ')} of {g['attribute']}={g['group']} "
+                 f"{100 * g['before']:.1f} % → {100 * g['after']:.1f} %" + (f" (n = {g['n']})" if g.get("n") else "")
+                 for g in src[:2]]
+        text += "; mostly " + " and ".join(parts)
+    return text
+
+
+def verdict(before, after=None, side_effects=(), *, forbid_side_effects: bool = False,
+            editor: str | None = None) -> dict:
+    """The audit's verdict from its evaluations (after the edit when one ran):
+    `status`: "PASS", "PASS with side effects", "INCONCLUSIVE" (strict mode: nothing fails but an
+    interval straddles its threshold) or "FAIL"; `passed` is what an exit code follows (strict mode:
+    inconclusive is not met; `forbid_side_effects`: a side effect fails). Also counts, the summary
+    sentence, and one line per requirement and per side effect, in words with units and intervals."""
+    final = after if after is not None else before
+    reqs = final.requirements
+    n = len(reqs)
+    met = sum(r.passed for r in reqs)
+    failing = [r for r in reqs if r.verdict == "fail"]
+    unsure = [r for r in reqs if r.verdict == "inconclusive"]
+    side_effects = list(side_effects)
+    mode = getattr(final, "verdict_mode", "point")
+    passed = bool(final.passed) and not (forbid_side_effects and side_effects)
+    if not final.passed:
+        status = "INCONCLUSIVE" if not failing and unsure and mode == "strict" else "FAIL"
+    elif side_effects:
+        status = "FAIL" if forbid_side_effects else "PASS with side effects"
+    else:
+        status = "PASS"
+    if after is not None:
+        met_before = sum(r.passed for r in before.requirements)
+        summary = f"{met} of {n} requirements met after the {editor or 'edit'} ({met_before} of {n} before)."
+    else:
+        summary = f"{met} of {n} requirements met (no edit applied)."
+    if unsure:
+        summary += (f" {len(unsure)} inconclusive: the 95 % interval straddles the threshold"
+                    + (" (counted as not met: --verdict strict)." if mode == "strict"
+                       else " (decided by the value: --verdict point)."))
+    if side_effects:
+        summary += (f" {len(side_effects)} side effect{'s' if len(side_effects) != 1 else ''}: "
+                    + ", ".join(metric_label(e["metric"]) for e in side_effects) + " got worse beyond noise"
+                    + (" (forbidden: --forbid-side-effects)." if forbid_side_effects else "."))
+    by_expr = {r.expr: r for r in before.requirements}
+    lines = []
+    for r in reqs:
+        b = by_expr.get(r.expr)
+        shown = format_value(r.metric, r.value)
+        ci = format_interval(r.metric, r.low, r.high)
+        ci = f"95 % CI {ci}" if ci else ""
+        was = f"{format_value(r.metric, b.value)} → " if after is not None and b is not None else ""
+        lines.append(f"{r.expr}: {was}{shown}" + (f" ({ci})" if ci else "") + f": {r.verdict}")
+    return {"passed": passed, "status": status, "summary": summary, "met": met, "total": n,
+            "inconclusive": len(unsure), "failed": len(failing), "side_effects": len(side_effects),
+            "mode": mode, "forbid_side_effects": bool(forbid_side_effects),
+            "requirement_lines": lines, "side_effect_lines": [side_effect_sentence(e) for e in side_effects]}

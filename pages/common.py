@@ -15,7 +15,7 @@ import torch
 
 from auditor import AuditorError, load_data, load_model
 from auditor.audit import AuditSession
-from auditor.present import format_value, metric_label
+from auditor.present import requirement_sentence
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_models"
@@ -142,11 +142,6 @@ def next_step(page: str, label: str) -> None:
     st.page_link(PAGES[page], label=label, icon=":material/arrow_forward:")
 
 
-def requirement_sentence(key: str, op: str, threshold: float) -> str:
-    word = "at most" if op == "<=" else "at least"
-    return f"{metric_label(key)} must be {word} {format_value(key, threshold)}"
-
-
 def sidebar_status() -> None:
     """Model, data, device and the requirements' status, on every page."""
     audit = get_audit()
@@ -161,6 +156,8 @@ def sidebar_status() -> None:
                     f"sha256 `{s['sha256'][:12]}…`")
         st.markdown(f"**Data** `{s['data']}`  \n{s['rows']['test']:,} test rows "
                     f"({s['rows']['train']:,} train, {s['rows']['val']:,} validation)")
+        if s.get("stamp"):
+            st.markdown(f"**Tested with** {s['stamp']}")
         device = (f"GPU, `{s['device']}`" if s["device"].startswith("cuda") else "CPU (no CUDA GPU found)")
         st.markdown(f"**Device** {device}")
         st.markdown("**Requirements**" + ("" if s["requirements"] else "  \nnone set"))

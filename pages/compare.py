@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from auditor import METRICS
 from auditor.charts import group_chart, requirements_chart
 from auditor.charts.dashboard import (feature_before_after_chart, pixel_before_after_chart, weight_change_heatmap,
                                       weight_change_overview)
 from auditor.report.model import merge_requirements
-from auditor.present import base_metric, format_value, metric_label
+from auditor.present import format_value, metric_label
 from pages.common import in_frame, need_audit, next_step, progress, show_error
 
 in_frame()
@@ -22,11 +21,7 @@ before, after = audit.evaluate("pristine"), audit.evaluate()
 st.subheader("Requirements")
 reqs = merge_requirements(before, after)
 if reqs:
-    fig = requirements_chart(reqs)
-    for i, (trace, r) in enumerate(zip(fig.data, reqs), start=1):
-        trace.text = [format_value(r["metric"], v) for v in trace.x]
-        if METRICS[base_metric(r["metric"])].unit != "count":
-            fig.update_xaxes(tickformat=".0%", row=i, col=1)
+    fig = requirements_chart(reqs)  # values in percent / pp, verdicts written on the bars' labels
     st.caption("For each requirement: before (top bar) and after (bottom bar) the edit; dashed line: the threshold; "
                "green passes, red fails.")
     st.plotly_chart(fig, key="cmp_requirements")
@@ -39,9 +34,9 @@ for attr in after.groups:
     st.subheader(f"Per group: {attr}")
     st.dataframe(audit.group_table(attr), hide_index=True, key=f"cmp_groups_{attr}")
     metric = "selection_rate" if attr in audit.data.protected else "accuracy"
-    fig = group_chart(before.groups[attr], after.groups[attr], metric=metric, attribute=attr)
-    fig.update_layout(yaxis_tickformat=".0%", yaxis_title=metric.replace("_", " ") + (
-        " (share predicted positive)" if metric == "selection_rate" else ""))
+    fig = group_chart(before.groups[attr], after.groups[attr], metric=metric, attribute=attr)  # in percent
+    if metric == "selection_rate":
+        fig.update_layout(yaxis_title="selection rate (share predicted positive, %)")
     st.plotly_chart(fig, key=f"cmp_group_chart_{attr}")
 
 st.subheader("Trade-off against the baselines")
@@ -73,7 +68,7 @@ else:
         fig = t.figure(highlight=audit.edit_label, title=f"Trade-off: test accuracy vs {metric_label(t.metric).lower()}")
         higher = "higher is better" if t.higher_is_better else "lower is better"
         fig.update_layout(xaxis_title=f"{metric_label(t.metric)} ({higher})", yaxis_title="test accuracy",
-                          xaxis_tickformat=".0%", yaxis_tickformat=".1%", height=460)
+                          height=460)  # axes already in percent / pp (auditor.charts.tradeoff_chart)
         st.plotly_chart(fig, key="cmp_tradeoff")
         rows = t.rows.copy()
         rows["value"] = rows["value"].map(lambda v: format_value(t.metric, v))

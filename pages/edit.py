@@ -24,9 +24,25 @@ else:
             icon=":material/memory:")
     device = "cpu"
 
+
+
+def show_unavailable() -> None:
+    """Editors that cannot edit this model on this data, greyed out, each with why and what works instead."""
+    missing = audit.unavailable_editors()
+    if not missing:
+        return
+    st.subheader(f"Not available for this model ({len(missing)})")
+    st.caption("Registered editors that cannot edit this model on this data: why not, and what works instead.")
+    for name, reason in missing:
+        c1, c2 = st.columns([1, 4], vertical_alignment="center")
+        c1.button(name, disabled=True, key=f"edit_unavailable_{name}", help=reason, width="stretch")
+        c2.caption(reason)
+
+
 editors = audit.editors()
 if not editors:
-    st.warning("No registered editor can edit this model on this data.")
+    st.warning("No registered editor can edit this model on this data; see below why, and what works instead.")
+    show_unavailable()
     stop()
 names = [c.name for c in editors]
 by_name = {c.name: c for c in editors}
@@ -97,4 +113,5 @@ if audit.edits:
                        icon=":material/download:")
 else:
     st.caption("No edit applied yet.")
+show_unavailable()
 next_step("compare", "Next: 5. Compare before and after")

@@ -7,10 +7,10 @@ import pandas as pd
 import streamlit as st
 
 from auditor import TabularSchema, load_data, load_model
+from auditor.audit.uploads import csv_columns, data_for_stamp_choice, read_upload, stamp_question
 from auditor.data import BUILTIN
 from auditor.models import ModelSpec
 from auditor.models.custom import TRUST_HELP
-from auditor.audit.uploads import csv_columns, read_upload
 from pages.common import (builtin_data, get_audit, in_frame, new_audit, next_step, progress, sample_catalogue,
                           sample_model, set_audit, show_error, stop)
 
@@ -56,17 +56,37 @@ else:
         arch_class = st.text_input("Class name in that file", key="up_arch_class")
         trust = st.checkbox("I trust this code: run it to build the model", key="up_trust", help=TRUST_HELP)
         st.caption(TRUST_HELP + " Weights are still read without running code.")
-    data_kind = st.radio("Data", ["Built-in data set", "CSV file"], horizontal=True, key="up_data_kind")
-    schema, csv = None, None
+    data_kind = st.radio("Data", ["Built-in data set", "CSV file", ".npz image case"], horizontal=True,
+                         key="up_data_kind", help="A .npz case holds your images, labels and your model's own "
+                                                  "trigger or cue (target and mask + pattern, or corrupted twins).")
+    schema, csv, case, ready = None, None, None, True
     if data_kind == "Built-in data set":
         data_name = st.selectbox("Data set", list(BUILTIN), key="up_builtin")
+        question = stamp_question(None, data_name)
+        if question is not None:  # never pair the sample's trigger with an uploaded model silently
+            opts = question["options"]
+            choice = st.radio(question["question"], list(opts), index=None, format_func=opts.get,
+                              key="up_stamp", help=question["help"])
+            if choice == "case":
+                case = st.file_uploader("Your .npz case (images, labels, target, mask and pattern)", type=["npz"],
+                                        key="up_stamp_case")
+            ready = choice is not None and (choice != "case" or case is not None)
+            if choice is None:
+                st.caption("Answer the question above to load.")
+            elif ready:
+                data_name = data_for_stamp_choice(data_name, choice)
+    elif data_kind == ".npz image case":
+        case = st.file_uploader("Image case (.npz: images, labels, target, and mask + pattern or corrupted twins)",
+                                type=["npz"], key="up_npz")
+        ready = case is not None
     else:
         csv = st.file_uploader("CSV file (one row per example, a header row)", type=["csv"], key="up_csv")
         if csv is not None:
             try:
                 head = csv_columns(csv.getvalue())
                 cols = list(head.columns)
-                target = st.selectbox("Target column (what the model predicts)", cols, index=len(cols) - 1, key="up_target")
+                target = st.selectbox("Target column (what the model predicts)", cols, index=len(cols) - 1,
+                                      key="up_target")
                 values = sorted(map(str, head[target].dropna().unique()))
                 positive = st.selectbox("Positive label (the favourable outcome)", values, index=len(values) - 1,
                                         key="up_positive")
@@ -80,7 +100,7 @@ else:
                 schema = TabularSchema(target=target, positive=positive, protected=protected, categorical=categorical)
             except Exception as exc:  # noqa: BLE001
                 show_error(exc)
-    if st.button("Load uploaded model", type="primary", disabled=model_file is None, key="up_go"):
+    if st.button("Load uploaded model", type="primary", disabled=model_file is None or not ready, key="up_go"):
         try:
             with progress("Loading") as cb:
                 folder = tempfile.mkdtemp(prefix="auditor-upload-")
@@ -94,10 +114,13 @@ else:
                 cb(0.5, "data")
                 if csv is not None:
                     data = load_data(read_upload(csv.getvalue(), csv.name, folder), schema=schema, spec=bundle.spec)
+                elif case is not None:
+                    data = load_data(read_upload(case.getvalue(), case.name, folder), spec=bundle.spec)
                 else:
                     data = builtin_data(data_name, bundle.spec.to_json())
+                uploaded = csv if csv is not None else case
                 set_audit(new_audit(bundle, data, model_label=model_file.name.rsplit(".", 1)[0],
-                                    data_label=csv.name if csv is not None else data_name,
+                                    data_label=uploaded.name if uploaded is not None else data_name,
                                     model_path=model_file.name))
         except Exception as exc:  # noqa: BLE001
             show_error(exc)
@@ -107,6 +130,11 @@ if audit is None:
     st.info("Choose a model and press **Load**. New here? Keep the Trojan sample and press the button.")
     stop()
 st.success(f"Loaded **{audit.model_label}** with data **{audit.data_label}**.")
+tested = audit.status()["stamp"]
+if tested:
+    st.info(f"**Tested with {tested}.** Attack success and cue metrics below measure this "
+            f"{audit.data.stamp.kind if audit.data.stamp is not None else 'trigger'}, no other.",
+            icon=":material/target:")
 ev = audit.evaluate("pristine")
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("Parameters", f"{audit.pristine.n_parameters:,}")

@@ -171,7 +171,7 @@ def test_requirements_edit_add_remove(trojan):
     at.number_input(key="req_add_thr_sparsity").set_value(50.0).run()
     at.button(key="req_add").click().run()
     assert "sparsity >= 0.5" in [r.expr for r in audit.requirements]
-    assert "Sparsity must be at least 50.00 %" in texts(at.sidebar.markdown)
+    assert "Sparsity must be at least 50 %" in texts(at.sidebar.markdown)
     at.button(key="req_rm_sparsity_>=").click().run()
     assert "sparsity >= 0.5" not in [r.expr for r in audit.requirements]
     at.button(key="req_reset").click().run()
@@ -363,3 +363,88 @@ def test_upload_own_architecture_needs_the_trust_checkbox(tmp_path):
     ev = evaluate(bundle, load_data("adult", spec=bundle.spec))
     shown = frame(at, "metric", "value", "meaning").set_index("metric")["value"]
     assert shown["Accuracy"] == format_value("accuracy", ev.metrics["accuracy"])
+
+
+@pytest.fixture(scope="module")
+def own_case(tmp_path_factory):
+    """A user's own Trojan CNN (top-left trigger, class 7), its spec JSON and its .npz case."""
+    from tests.own_case import build_own_case
+
+    return build_own_case(tmp_path_factory.mktemp("own_case"))
+
+
+def _upload_own_model(own_case) -> AppTest:
+    at = app()
+    at.radio(key="load_source").set_value("Upload my own").run()
+    at.file_uploader(key="up_model").set_value((own_case.model.name, own_case.model.read_bytes(),
+                                                "application/octet-stream"))
+    at.file_uploader(key="up_spec").set_value((own_case.spec.name, own_case.spec.read_bytes(), "application/json"))
+    return at
+
+
+def test_uploaded_trojan_with_builtin_data_asks_which_trigger(own_case):
+    """A built-in trigger is never silently paired with an uploaded model: the page asks, the button
+    waits for the answer, and the verdict, the sidebar and the report name the trigger tested."""
+    at = _upload_own_model(own_case)
+    at.selectbox(key="up_builtin").set_value("digits-trojan").run()
+    question = at.radio(key="up_stamp")
+    assert question.value is None and "Which trigger does this model have?" in question.label
+    assert at.button(key="up_go").disabled  # no silent default
+    question.set_value("sample").run()
+    assert not at.button(key="up_go").disabled
+    at.button(key="up_go").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    audit = at.session_state["audit"]
+    label = "the sample's trigger (built-in digits-trojan: 9-pixel patch (3×3) in the bottom-right corner → class 0)"
+    assert audit.status()["stamp"] == label
+    assert f"Tested with {label}" in texts(at.info) and label in texts(at.sidebar.markdown)
+    report = audit.build_report()
+    assert report.data["stamp_tested"] == label and f"Tested with {label}." in report.verdict["summary"]
+    at.switch_page("pages/report.py").run()
+    assert not at.exception and label in texts(at.success) + texts(at.error)
+
+    # the model's own trigger, from its .npz case: now the Trojan shows (the sample's trigger missed it)
+    at = _upload_own_model(own_case)
+    at.selectbox(key="up_builtin").set_value("digits-trojan").run()
+    at.radio(key="up_stamp").set_value("case").run()
+    assert at.button(key="up_go").disabled  # until the case is there
+    at.file_uploader(key="up_stamp_case").set_value((own_case.case.name, own_case.case.read_bytes(),
+                                                     "application/octet-stream")).run()
+    at.button(key="up_go").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    own = at.session_state["audit"]
+    assert own.status()["stamp"].startswith("the case's own trigger (my_case.npz: 9-pixel patch (3×3) in the "
+                                            "top-left corner → class 7")
+    assert own.evaluate("pristine").metrics["attack_success_rate"] > 0.9
+    assert audit.evaluate("pristine").metrics["attack_success_rate"] < 0.1  # the false all-clear it avoids
+    assert own.status()["stamp"] in texts(at.sidebar.markdown)
+
+
+def test_uploaded_model_and_npz_case(own_case):
+    """The data choice is explicit: an .npz case is one of its three answers."""
+    at = _upload_own_model(own_case)
+    at.radio(key="up_data_kind").set_value(".npz image case").run()
+    assert at.button(key="up_go").disabled
+    at.file_uploader(key="up_npz").set_value((own_case.case.name, own_case.case.read_bytes(),
+                                              "application/octet-stream")).run()
+    at.button(key="up_go").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    audit = at.session_state["audit"]
+    assert audit.data_label == "my_case.npz" and "the case's own trigger" in audit.status()["stamp"]
+
+
+def test_edit_page_lists_unavailable_editors_with_a_way_forward(trojan):
+    audit = AuditSession(*trojan, model_label="digits_cnn_trojan")
+    at = app(audit, "edit")
+    missing = dict(audit.unavailable_editors())
+    usable = {c.name for c in audit.editors()}
+    assert missing and not set(missing) & usable and set(missing) | usable >= {"metanet-fairness", "mend"}
+    for name, reason in missing.items():
+        button = at.button(key=f"edit_unavailable_{name}")
+        assert button.disabled and button.label == name and reason in texts(at.caption)
+    # no command that would fail: there is no population of digits models to train a metanetwork on
+    assert "auditor editor train --task digits-trojan" not in missing["metanet-fairness"]
+    assert "only for adult, compas" in missing["metanet-fairness"]
+    assert "Applies here instead" in missing["metanet-pruning"] and "magnitude-pruning" in missing["metanet-pruning"]
+    assert "build_mend.py --model MODEL --data DATA" in missing["mend"]
+    assert at.selectbox(key="edit_editor").options[0].startswith("dynamic-rank-one")

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from ..backend import Callback
 from ..data.base import AuditData
 from ..errors import AuditorError
+from ..evaluate import DEFAULT_MIN_GROUP
 from ..models.bundle import ModelBundle
-from ..requirements import parse_requirements
+from ..requirements import DEFAULT_VERDICT, parse_requirements
 from .session import AuditSession
 from .tradeoff import common_settings, resolve_baselines, tradeoff_metric
 
@@ -65,23 +66,26 @@ def _stage(callback: Callback, name: str) -> Callback:
 
 
 def run_audit(bundle: ModelBundle, data: AuditData, requirements, *, editor: str | None = None,
-              settings: dict | None = None, samples: int | None = None, seed: int = 0, split: str = "test",
+              settings: dict | None = None, samples: int | None = None, seed: int = 0, split: str | None = None,
               baselines: str | Sequence[str] | None = "auto", localize: bool = True, device=None,
               callback: Callback | None = None, model_path: str | None = None, edited_path: str | None = None,
               command: str | None = None, signoff: dict | None = None, fixes: Sequence[str] = (),
-              alternatives: Sequence = (), log=None, user: str | None = None) -> AuditOutcome:
+              alternatives: Sequence = (), log=None, user: str | None = None, verdict: str = DEFAULT_VERDICT,
+              min_group: int = DEFAULT_MIN_GROUP, forbid_side_effects: bool = False) -> AuditOutcome:
     """Evaluate `bundle` on `data` against `requirements`; optionally localize, edit with `editor`
     (its `settings`; `samples`/`seed` go to the editor and the baselines that have them), re-evaluate,
     run the `baselines` ("auto": with an editor, every registered editor that targets the requirement;
     "none"; or names) and `alternatives` (results of non-edit mitigations) for the trade-off chart,
-    and build the `Report`. `fixes`: mistakes to fix (`ROW=LABEL` over `split`). `log`: an `AuditLog`
-    that receives every step. Same seed, same numbers."""
+    and build the `Report`. `verdict` (strict / point), `min_group` and `forbid_side_effects`: how
+    numbers are judged (`auditor.requirements.uncertainty`). `fixes`: mistakes to fix (`ROW=LABEL` over
+    `split`). `log`: an `AuditLog` that receives every step. Same seed, same numbers."""
     reqs = parse_requirements(requirements)
     if not reqs:
         raise AuditorError("an audit needs at least one requirement, e.g. --require 'accuracy >= 0.8'")
     callback = callback or (lambda f, m: None)
     session = AuditSession(bundle, data, reqs, seed=seed, split=split, model_path=model_path, command=command,
-                           user=(signoff or {}).get("auditor") or user or "")
+                           user=(signoff or {}).get("auditor") or user or "", verdict=verdict,
+                           min_group=min_group, forbid_side_effects=forbid_side_effects)
     if fixes:
         session.set_fixes(list(fixes), require=False)
     opts = {}

@@ -20,12 +20,13 @@ def data_arguments(data: AuditData) -> list[str]:
         return [data.name]
     out = [data.source or data.name]
     schema = data.schema or {}
-    for key in ("target", "positive"):
+    for key in ("target", "positive", "split_column"):
         if schema.get(key) not in (None, ""):
-            out += [f"--{key}", str(schema[key])]
+            out += [f"--{key.replace('_', '-')}", str(schema[key])]
     for key in ("protected", "categorical", "inputs"):
         if schema.get(key):
             out += [f"--{key}", ",".join(map(str, schema[key]))]
+    out += [str(a) for a in (data.partition or {}).get("arguments", [])]  # --train-csv/--val-csv as given
     return out
 
 
@@ -42,8 +43,8 @@ def provenance(session) -> dict:
             "log": last.get("log", []), "edits": edits,
             "original_sha256": session.pristine_sha256, "original_source": session.model_path,
             "edited_sha256": session.current.sha256,
-            "data": {"name": session.data.name, "sha256": session.data.sha256, "split": session.split,
-                     "rows": before.rows},
+            "data": {"name": session.data.name, "sha256": session.data.sha256,
+                     **session.data.data_block(session.split), "split": session.split, "rows": before.rows},
             "data_sha256": session.data.sha256, "requirements": [r.expr for r in session.requirements],
             "seed": session.seed, "run": session.run_id, "user": session.auditor_name or None,
             "command": session.command(),
@@ -83,6 +84,12 @@ def reproduce_command(session) -> str:
             if defaults.get(k, object()) != v:
                 parts += ["--set", f"{k}={'none' if v is None else v}"]
     parts += ["--seed", str(session.seed)]
+    if getattr(session, "verdict_mode", "strict") != "strict":
+        parts += ["--verdict", session.verdict_mode]
+    if getattr(session, "min_group", 30) != 30:
+        parts += ["--min-group", str(session.min_group)]
+    if getattr(session, "forbid_side_effects", False):
+        parts.append("--forbid-side-effects")
     if session.tradeoff is not None and not session.tradeoff_stale:
         parts += ["--baselines", ",".join(session.tradeoff_baselines) or "none"]
     elif session.edits:

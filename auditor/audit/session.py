@@ -32,12 +32,12 @@ import pandas as pd
 
 from .. import present
 from ..backend import Callback, describe_device, pick_device, seed_everything
-from ..data.base import SPLITS, AuditData
+from ..data.base import EVAL_SPLITS, SPLITS, AuditData
 from ..errors import AuditorError
-from ..evaluate import Evaluation, check_compatible, evaluate
+from ..evaluate import DEFAULT_MIN_GROUP, Evaluation, check_compatible, evaluate
 from ..models.bundle import ModelBundle
 from ..models.files import save_model
-from ..requirements import Requirement, parse_requirement, parse_requirements
+from ..requirements import DEFAULT_VERDICT, VERDICT_MODES, Requirement, parse_requirement, parse_requirements
 from .localization import Localization, localize, not_available, sample_rows
 from .provenance import PROVENANCE_KEY, provenance, reproduce_command
 
@@ -106,11 +106,15 @@ class AuditSession:
     `split` is the split metrics are taken on. `model_path` names the model in commands and logs."""
 
     def __init__(self, pristine: ModelBundle, data: AuditData, requirements=None, *, model_label: str = "",
-                 data_label: str = "", seed: int = 0, split: str = "test", log=None, user: str = "",
-                 model_path: str | None = None, command: str | None = None):
+                 data_label: str = "", seed: int = 0, split: str | None = None, log=None, user: str = "",
+                 model_path: str | None = None, command: str | None = None, verdict: str = DEFAULT_VERDICT,
+                 min_group: int = DEFAULT_MIN_GROUP, forbid_side_effects: bool = False):
         check_compatible(pristine, data)
-        if split not in SPLITS:
-            raise AuditorError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        if verdict not in VERDICT_MODES:
+            raise AuditorError(f"unknown verdict mode {verdict!r}; choose one of {', '.join(VERDICT_MODES)}")
+        split = data.resolve_split(split)  # None: the data's default ("all" for a user's file without a partition)
+        if split not in EVAL_SPLITS:
+            raise AuditorError(f"unknown split {split!r}; choose one of {', '.join(EVAL_SPLITS)}")
         self.pristine = pristine
         self.current = pristine.copy()
         self.data = data
@@ -120,6 +124,11 @@ class AuditSession:
         self.pristine_sha256 = pristine.sha256
         self.seed = int(seed)
         self.split = split
+        self.verdict_mode = verdict  # strict: a requirement whose interval straddles its threshold is not met
+        self.min_group = int(min_group)  # groups under this size are left out of gaps (with a warning)
+        self.forbid_side_effects = bool(forbid_side_effects)  # side effects of an edit count as a failure
+        self._side: tuple | None = None
+        self.tradeoff_note: str | None = None  # why the report has no trade-off although one was run
         self.requirements: list[Requirement] = (
             parse_requirements(requirements) if requirements is not None else default_requirements(data, pristine))
         self.edits: list[EditRecord] = []
@@ -196,18 +205,43 @@ class AuditSession:
         split = split or self.split
         bundle = self.current if which == "current" else self.pristine
         sha = bundle.sha256 if which == "current" else self.pristine_sha256
-        key = (sha, tuple(r.expr for r in self.requirements), split, tuple(self.fix_specs))
+        key = (sha, tuple(r.expr for r in self.requirements), split, tuple(self.fix_specs), self.verdict_mode,
+               self.min_group)
         if key not in self._evals:
             if len(self._evals) > 32:
                 self._evals.clear()
             ref = self.pristine if which == "current" else None
-            ev = evaluate(bundle, self.data, [], split, reference=ref, fixes=self.fixes)
+            ev = evaluate(bundle, self.data, [], split, reference=ref, fixes=self.fixes, verdict=self.verdict_mode,
+                          min_group=self.min_group)
             if which != "current":
                 ev.metrics.setdefault("drawdown", 0.0)
                 ev.metrics.setdefault("changed_predictions", 0.0)
-            ev.requirements = [r.check(ev.metrics) for r in self.requirements]
+                for k in ("drawdown", "changed_predictions"):
+                    ev.intervals.setdefault(k, {"value": 0.0, "low": 0.0, "high": 0.0, "n": ev.rows})
+            ev.judge(self.requirements, self.verdict_mode, self.data.primary_protected)
             self._evals[key] = ev
         return self._evals[key]
+
+    def side_effects(self) -> list[dict]:
+        """What the edits made worse beyond noise, besides the requirements (`uncertainty.side_effects`):
+        every metric whose paired 95 % interval of the change (same resampled rows before and after)
+        excludes 0 on the bad side. Empty before any edit."""
+        if not self.edits:
+            return []
+        from ..requirements.uncertainty import side_effects
+
+        key = (self.state_key(), self.split, self.min_group)
+        if self._side is None or self._side[0] != key:
+            effects = side_effects(self.evaluate("pristine"), self.evaluate(), [r.key for r in self.requirements],
+                                   self.data.primary_protected)
+            self._side = (key, effects)
+        return self._side[1]
+
+    def verdict(self) -> dict:
+        """The audit's verdict as it stands: status PASS / PASS with side effects / FAIL / INCONCLUSIVE
+        (`auditor.present.verdict`), before -> now per requirement with intervals, and the side effects."""
+        return present.verdict(self.evaluate("pristine"), self.evaluate() if self.edits else None,
+                               self.side_effects(), forbid_side_effects=self.forbid_side_effects)
 
     def available_metrics(self) -> list[str]:
         """Metric keys a requirement can use for this model and data (including `[attribute]` forms)."""
@@ -253,7 +287,8 @@ class AuditSession:
 
     @property
     def passed(self) -> bool:
-        return self.evaluate().passed
+        """Every requirement met under the verdict mode (and, with `forbid_side_effects`, no side effect)."""
+        return self.evaluate().passed and not (self.forbid_side_effects and self.side_effects())
 
     # -- mistakes to fix ----------------------------------------------------------------------
     def mistakes(self, limit: int = 200) -> pd.DataFrame:
@@ -312,6 +347,28 @@ class AuditSession:
         self._editors = sorted(editors_for(self.current, self.data), key=order)
         self._editors_key = key
         return list(self._editors)
+
+    def unavailable_editors(self) -> list[tuple[str, str]]:
+        """(name, reason) for every registered editor that cannot edit this model on this data: why
+        (its `supports` message, which names what would make it work where something does today),
+        then a way forward here: the editors that apply to the same requirements, else those that
+        apply to this model at all."""
+        from ..editors.registry import unavailable_editors
+
+        usable = [c.name for c in self.editors()]
+        targets = {c.name: set(c.targets) for c in self.editors()}
+        out = []
+        for cls, reason in unavailable_editors(self.current, self.data):
+            reason = reason.rstrip(". ")
+            same = [n for n in usable if targets[n] & set(cls.targets) and f"`{n}`" not in reason]
+            if same:
+                reason += f". Applies here instead, for the same requirement: {', '.join(same)}"
+            elif usable:
+                reason += f". Editors that apply to this model here: {', '.join(usable[:4])}"
+            else:
+                reason += ". No registered editor applies to this model on this data"
+            out.append((cls.name, reason + "."))
+        return out
 
     def check_editor(self, editor: str, settings: dict | None = None):
         """The configured editor, or an AuditorError saying why it cannot edit this model on this data."""
@@ -508,24 +565,77 @@ class AuditSession:
             return not_available(self.localization_note)
         return None
 
+    def report_tradeoff(self, *, rerun: bool = True, device=None, callback: Callback | None = None):
+        """The trade-off the report will carry, and a note when there is none. A trade-off run for an
+        earlier model or other requirements is re-run (same baselines, same seed) when `rerun`; if it
+        cannot be, the note says exactly why it is absent. Never silently dropped."""
+        if self.tradeoff is None:
+            return None, ("no trade-off was run: no edit and no baseline for these requirements"
+                          if not self.edits else "no trade-off was run (Compare page, or auditor audit --baselines)")
+        if not self.tradeoff_stale:
+            return self.tradeoff, None
+        why = "the model or the requirements changed since the trade-off ran"
+        if not rerun:
+            return None, f"{why}; it was not re-run for this report"
+        from .tradeoff import tradeoff_metric
+
+        if tradeoff_metric(self.requirements) is None:
+            return None, f"{why}, and no requirement besides accuracy is left to plot against accuracy"
+        try:
+            self.run_tradeoff([b for b in self.tradeoff_baselines if b != self.edit_label], device=device,
+                              callback=callback)
+        except AuditorError as exc:
+            return None, f"{why}; re-running it with the same baselines failed: {exc}"
+        return self.tradeoff, None
+
+    def changes(self) -> dict:
+        """Paired-bootstrap changes (after - before, 95 % interval) of every row metric; empty before an edit."""
+        if not self.edits:
+            return {}
+        from ..requirements.uncertainty import paired_differences
+
+        before, after = self.evaluate("pristine"), self.evaluate()
+        return paired_differences(before.outcomes, after.outcomes, before.metrics, after.metrics)
+
     def build_report(self, *, auditor: str | None = None, notes: str | None = None, date: str | None = None,
-                     edited_path: str | None = None, signoff: dict | None = None):
-        """The compliance report (`auditor.report.Report`) of this audit as it stands: verdicts before
-        and after every edit, localization, the edits, the trade-off (when run for this model)."""
+                     edited_path: str | None = None, signoff: dict | None = None, rerun_tradeoff: bool = True,
+                     device=None, callback: Callback | None = None):
+        """The compliance report (`auditor.report.Report`) of this audit as it stands: verdicts with
+        intervals before and after every edit, side effects, localization, the edits, the trade-off
+        (re-run when stale, see `report_tradeoff`; otherwise the report says why it is absent)."""
         from ..report import build_report
 
         if auditor is not None:
             self.auditor_name = auditor
         if notes is not None:
             self.notes = notes
+        tradeoff, self.tradeoff_note = self.report_tradeoff(rerun=rerun_tradeoff, device=device, callback=callback)
         sign = {"auditor": self.auditor_name or None, "notes": self.notes or None, "date": date, **(signoff or {})}
         return build_report(
             bundle=self.pristine, data=self.data, before=self.evaluate("pristine"),
             after=self.evaluate() if self.edits else None, edits=[rec.to_dict() for rec in self.edits],
             edited=self.current if self.edits else None, localization=self.report_localization(),
-            tradeoff=None if self.tradeoff is None or self.tradeoff_stale else self.tradeoff,
-            model_path=self.model_path, edited_path=edited_path, device=self.device, seed=self.seed,
-            command=self.command(), signoff=sign)
+            tradeoff=tradeoff, model_path=self.model_path, edited_path=edited_path, device=self.device,
+            seed=self.seed, command=self.command(), signoff=sign, side_effects=self.side_effects(),
+            forbid_side_effects=self.forbid_side_effects, changes=self.changes(), tradeoff_note=self.tradeoff_note)
+
+    def report_contents(self) -> dict:
+        """What an export made now would contain (the Report page shows it before building):
+        sections present or absent, and why; the trade-off's state; side effects and warnings."""
+        if self.tradeoff is None:
+            trade = "absent: " + self.report_tradeoff(rerun=False)[1]
+        elif self.tradeoff_stale:
+            trade = ("stale: the model or the requirements changed since it ran; it is re-run with the same "
+                     f"baselines ({', '.join(self.tradeoff_baselines) or 'none'}) when the report is built")
+        else:
+            trade = f"included ({len(self.tradeoff.rows)} methods)"
+        loc = ("included" if self.localization is not None else
+               f"absent: {self.localization_note}" if self.localization_note else "absent: localization was not run")
+        before = self.evaluate("pristine")
+        return {"verdict": self.verdict()["status"], "requirements": len(self.requirements),
+                "edits": len(self.edits), "localization": loc, "tradeoff": trade,
+                "side_effects": len(self.side_effects()), "warnings": list(before.warnings),
+                "verdict_mode": self.verdict_mode, "min_group": self.min_group}
 
     def log_report(self, report, paths=(), *, downloaded: bool = False) -> int | None:
         """Record a report written to `paths` (or, `downloaded`, handed to a browser under those names)."""
@@ -542,6 +652,7 @@ class AuditSession:
         return {"model": self.model_label, "parameters": self.current.n_parameters,
                 "sha256": self.current.sha256, "original_sha256": self.pristine_sha256, "edits": len(self.edits),
                 "data": self.data_label, "rows": {s: len(self.data.split(s)) for s in SPLITS},
+                "stamp": present.stamp_label(self.data),
                 "device": self.device,
                 "requirements": [dict(r.to_dict(), shown=present.format_value(r.metric, r.value))
                                  for r in ev.requirements],

@@ -27,3 +27,48 @@ def csv_columns(data: bytes) -> pd.DataFrame:
         return pd.read_csv(io.BytesIO(data), nrows=200, skipinitialspace=True)
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
         raise AuditorError(f"the uploaded file is not a readable CSV: {str(exc).splitlines()[0][:160]}") from None
+
+
+# -- which trigger or cue an uploaded model is tested with ---------------------------------------
+# Built-in Trojan/cue data stamps the trigger (cue) a *sample* model was trained with. Paired with any
+# other model it would test a trigger that model may never have seen: a green "attack success 0 %"
+# that means nothing. So the page asks, and these say what to ask and what each answer loads.
+SAMPLE_FOR_DATA = {"digits-trojan": "digits_cnn_trojan", "digits-spurious": "digits_cnn_spurious"}
+STAMP_CHOICES = ("sample", "case", "none")
+
+
+def is_sample_model(bundle, data_name: str) -> bool:
+    """Whether `bundle` is the sample model whose trigger/cue built-in `data_name` stamps (or an edited copy)."""
+    sample = SAMPLE_FOR_DATA.get(data_name)
+    return sample is not None and (bundle.spec.provenance or {}).get("name") == sample
+
+
+def stamp_question(bundle, data_name: str) -> dict | None:
+    """None when built-in `data_name` may be paired with `bundle` as is (no stamp, or the model is that
+    sample; `bundle` None: not loaded yet, so ask); else what to ask: {"question", "options": {choice:
+    label}, "help"}. Choices: "sample" (the built-in stamp, labelled as the sample's), "case" (the
+    model's own, from an `.npz` case), "none" (clean data only)."""
+    if data_name not in SAMPLE_FOR_DATA or (bundle is not None and is_sample_model(bundle, data_name)):
+        return None
+    from ..data import BUILTIN
+    from ..present import stamp_label
+
+    kind = "trigger" if data_name.endswith("trojan") else "cue"
+    sample_label = stamp_label(BUILTIN[data_name]())
+    return {"question": f"Which {kind} does this model have? Built-in {data_name!r} stamps the {kind} of the "
+                        f"sample model {SAMPLE_FOR_DATA[data_name]!r}, not necessarily your model's.",
+            "options": {"sample": f"{sample_label[0].upper()}{sample_label[1:]}",
+                        "case": f"My model's own {kind}: from an .npz case (images, labels, target, mask and "
+                                "pattern)",
+                        "none": f"No {kind}: clean digits only (accuracy; no attack success can be measured)"},
+            "help": f"Testing a {kind} the model never had reports it clean whatever it learned; the verdict, "
+                    f"the sidebar and the report name the {kind} that was tested."}
+
+
+def data_for_stamp_choice(data_name: str, choice: str | None) -> str | None:
+    """The built-in data to load for an answer to `stamp_question` (`None`: load the user's `.npz` case)."""
+    if choice not in STAMP_CHOICES:
+        raise AuditorError(f"choose which trigger or cue applies ({', '.join(STAMP_CHOICES)}); got {choice!r}")
+    if choice == "case":
+        return None
+    return data_name if choice == "sample" else "digits"

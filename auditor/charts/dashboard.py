@@ -9,13 +9,15 @@ Pure functions from tensors / DataFrames to `go.Figure`; no Streamlit here.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
+
+from ..present import change_size_text
 
 BEFORE = "#8c959f"
 AFTER = "#0969da"
@@ -42,7 +44,8 @@ def weight_change_heatmap(layer: str, before: torch.Tensor, after: torch.Tensor,
                           *, max_cols: int = 400) -> go.Figure:
     """|after - before| of one layer's weight as a heatmap: rows are output units, columns the
     inputs each unit reads (a convolution's kernel flattened: in-channel x kernel row x column);
-    the bias, when given, is the last column. Title: size of the change and its rank."""
+    the bias, when given, is the last column. Title: size of the change (‖ΔW‖/‖W‖, a ratio of norms),
+    the share of weights changed, and the change's rank."""
     d = np.abs(_matrix(after) - _matrix(before))
     w = _matrix(before)
     if bias_before is not None and bias_after is not None:
@@ -61,8 +64,8 @@ def weight_change_heatmap(layer: str, before: torch.Tensor, after: torch.Tensor,
     if step > 1:
         cols += f", every {step}th shown"
     fig.update_layout(xaxis={"title": cols}, yaxis={"title": "output unit", "autorange": "reversed"})
-    title = (f"{layer}: change of size {norm:.3g} ({100 * norm / base:.1f} % of the layer's weights), "
-             f"rank {rank}")
+    changed = float((d > 0).mean()) if d.size else 0.0
+    title = f"{layer}: {change_size_text(norm / base, changed)}, rank {rank}"
     _style(fig, title, height=max(260, min(520, 120 + 9 * d.shape[0])))
     fig.update_layout(margin_r=110)  # room for the colour bar's title
     return fig
@@ -104,7 +107,8 @@ def pixel_pairs_chart(clean: torch.Tensor, corrupted: torch.Tensor, pixels: dict
                         vertical_spacing=0.12 / max(k, 1))
     m = max(float(pixels["corrupted"].abs().max()), 1e-12)
     for i in range(k):
-        panels = [(_image(clean[i]), "image"), (_image(corrupted[i]), "image"), (_image(pixels["corrupted"][i]), "attr")]
+        panels = [(_image(clean[i]), "image"), (_image(corrupted[i]), "image"),
+                  (_image(pixels["corrupted"][i]), "attr")]
         for j, (z, kind) in enumerate(panels, start=1):
             if kind == "image":
                 tr = go.Heatmap(z=z, colorscale="Greys", showscale=False,

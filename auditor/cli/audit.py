@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import COMMANDS
 from .common import add_model_data_args, add_require_arg, fmt, format_table, load_model_and_data
+from .verdicts import add_verdict_args, check_verdict_args, print_side_effects, print_warnings
 
 
 def register(sub) -> None:
@@ -26,6 +27,7 @@ def register(sub) -> None:
                                    "when one ran), 1 some do not, 2 bad input.")
     add_model_data_args(p)
     add_require_arg(p)
+    add_verdict_args(p)
     p.add_argument("--editor", metavar="NAME", help=f"edit with this editor: {', '.join(sorted(EDITORS))}")
     p.add_argument("--samples", type=int, help="clean samples the editor and baselines may use (those that take them)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same numbers; default 0)")
@@ -57,7 +59,8 @@ def register(sub) -> None:
 def reproduce_command(args) -> str:
     """The `auditor audit ...` command line that repeats this audit (canonical order, explicit seed)."""
     parts = ["auditor", "audit", args.model, args.data]
-    for flag in ("spec", "target", "positive", "protected", "categorical", "inputs", "arch_file", "arch_class"):
+    for flag in ("spec", "target", "positive", "protected", "categorical", "inputs", "split_column", "train_csv",
+                 "val_csv", "arch_file", "arch_class"):
         value = getattr(args, flag, None)
         if value:
             parts += [f"--{flag.replace('_', '-')}", str(value)]
@@ -77,6 +80,12 @@ def reproduce_command(args) -> str:
     for item in args.fix:
         parts += ["--fix", item]
     parts += ["--seed", str(args.seed)]
+    if getattr(args, "verdict", "strict") != "strict":
+        parts += ["--verdict", args.verdict]
+    if getattr(args, "min_group", 30) != 30:
+        parts += ["--min-group", str(args.min_group)]
+    if getattr(args, "forbid_side_effects", False):
+        parts.append("--forbid-side-effects")
     if args.baselines != "auto":
         parts += ["--baselines", args.baselines]
     if args.no_localize:
@@ -147,6 +156,7 @@ def run(args) -> int:
     elif args.set or args.layer:
         raise AuditorError("--set and --layer are editor settings: give --editor NAME too")
     _check_outputs(args)
+    check_verdict_args(args)
     log = None if args.no_log else AuditLog(args.db)
     bundle, data = load_model_and_data(args)
     out_path = (Path(args.out) if args.out else _default_out(args)) if args.editor else None
@@ -159,7 +169,8 @@ def run(args) -> int:
                             localize=not args.no_localize, device=None if args.device == "auto" else args.device,
                             callback=lambda f, m: progress(0.9 * f, m), model_path=args.model,
                             edited_path=str(out_path) if out_path else None, command=command, signoff=signoff,
-                            fixes=args.fix, log=log, user=args.auditor)
+                            fixes=args.fix, log=log, user=args.auditor, verdict=args.verdict,
+                            min_group=args.min_group, forbid_side_effects=args.forbid_side_effects)
         report = outcome.report
         written = []
         if outcome.edit is not None:
@@ -198,14 +209,22 @@ def _print_summary(report, written: list[str], logged) -> None:
     v = report.verdict
     print(f"{v['status']}: {v['summary']}")
     rows = []
+    word = lambda r: (r.get("verdict") or ("pass" if r["passed"] else "fail")).upper()
+    ci = lambda r: "" if r.get("low") is None else f"[{fmt(r['low'])}, {fmt(r['high'])}]"
     for q in report.requirements:
         b, a = q["before"], q["after"]
-        row = [q["expr"], fmt(b["value"]), "PASS" if b["passed"] else "FAIL"]
+        row = [q["expr"], fmt(b["value"]), ci(b), word(b)]
         if v["edited"]:
-            row += [fmt(a["value"]), "PASS" if a["passed"] else "FAIL"] if a else ["-", ""]
+            row += [fmt(a["value"]), ci(a), word(a)] if a else ["-", "", ""]
         rows.append(row)
-    header = ["requirement", "before", "", "after", ""] if v["edited"] else ["requirement", "value", "verdict"]
+    header = (["requirement", "before", "95% interval", "", "after", "95% interval", ""] if v["edited"]
+              else ["requirement", "value", "95% interval", "verdict"])
     print(format_table(rows, header))
+    print_warnings(report.warnings)
+    if v["edited"]:
+        print_side_effects(report.side_effects, v.get("forbid_side_effects", False))
+    if report.uncertainty.get("tradeoff") not in (None, "included"):
+        print(f"\ntrade-off: {report.uncertainty['tradeoff']}")
     for e in report.edits:
         print(f"\nedit: {e['editor']} changed {', '.join(e['layers']) or 'no layer'} "
               f"({e['parameters_changed']} parameters, rank <= {e['max_rank']}) in {e['seconds']:.2f} s "

@@ -25,8 +25,9 @@ def _csv_list(text: str | None) -> list[str]:
 
 def add_model_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model file: .safetensors (spec inside), .onnx, or a state dict .pt with --spec")
-    p.add_argument("data", help="built-in data (adult, compas, digits, digits-trojan, digits-spurious), "
-                                "a .csv/.parquet with --target, or an .npz image case")
+    p.add_argument("data", nargs="?", help="built-in data (adult, compas, digits, digits-trojan, digits-spurious), "
+                                           "a .csv/.parquet with --target, or an .npz image case (formats: "
+                                           "docs/formats.md); may be left out when --test-csv names the file")
     p.add_argument("--spec", help="JSON model spec for a state dict (or to override a stored one)")
     p.add_argument("--target", help="CSV: the target column")
     p.add_argument("--positive", help="CSV: the target value that counts as the positive outcome")
@@ -34,7 +35,17 @@ def add_model_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--categorical", help="CSV: comma-separated categorical columns")
     p.add_argument("--inputs", help="CSV: comma-separated model input columns (default: all but target "
                                     "and protected)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate on")
+    p.add_argument("--split", default=None, choices=["all", "train", "val", "test"],
+                   help="rows to evaluate on: all, train, val or test (default: test for built-in data and data "
+                        "with a partition; all for a CSV or .npz given without one)")
+    p.add_argument("--train-csv", metavar="FILE", help="CSV: your own training rows (preprocessing is fitted on "
+                   "them when the model has none stored; editors draw clean samples from them); DATA (or "
+                   "--test-csv) then holds the test rows")
+    p.add_argument("--val-csv", metavar="FILE", help="CSV: your own validation rows (with --train-csv; default: "
+                   "20%% of the training rows are held out)")
+    p.add_argument("--test-csv", metavar="FILE", help="CSV: the test rows (the same as giving the file as DATA)")
+    p.add_argument("--split-column", metavar="COL", help="CSV: a column whose values (train, val or test) say "
+                   "which split each row belongs to; it is not a model input")
     p.add_argument("--max-model-mb", type=float, default=DEFAULT_MAX_MODEL_MB,
                    help="refuse model files larger than this (MiB)")
     p.add_argument("--arch-file", metavar="FILE.py", help="your own nn.Module class's Python file "
@@ -56,7 +67,25 @@ def schema_from_args(args) -> TabularSchema | None:
 
     return TabularSchema(target=args.target, positive=args.positive, protected=_csv_list(args.protected),
                          categorical=_csv_list(args.categorical),
-                         inputs=_csv_list(args.inputs) or None)
+                         inputs=_csv_list(args.inputs) or None, split_column=getattr(args, "split_column", None))
+
+
+def data_source(args) -> str:
+    """DATA, or the file --test-csv names (given once); refuses a partition that does not add up."""
+    data, test_csv = getattr(args, "data", None), getattr(args, "test_csv", None)
+    train_csv = getattr(args, "train_csv", None)
+    if test_csv and data and Path(test_csv) != Path(data):
+        raise AuditorError(f"the test rows are given twice (DATA {data} and --test-csv {test_csv}); give one")
+    if test_csv and not train_csv:
+        raise AuditorError("--test-csv goes with --train-csv (your own partition); to audit one file give it as "
+                           "DATA, with --split-column COL when a column says train/val/test")
+    source = data or test_csv
+    if not source:
+        raise AuditorError("give DATA: a built-in name (adult, compas, digits, digits-trojan, digits-spurious), "
+                           "a .csv/.parquet with --target, an .npz image case, or --train-csv and --test-csv")
+    if (train_csv or getattr(args, "split_column", None)) and not args.target:
+        raise AuditorError(f"{Path(source).name}: a CSV needs a schema: give --target COLUMN (see docs/formats.md)")
+    return source
 
 
 def load_model_and_data(args) -> tuple[ModelBundle, AuditData]:
@@ -67,9 +96,32 @@ def load_model_and_data(args) -> tuple[ModelBundle, AuditData]:
     bundle = load_model(args.model, spec=args.spec, max_bytes=int(args.max_model_mb * 2**20),
                         arch_file=getattr(args, "arch_file", None), arch_class=getattr(args, "arch_class", None),
                         trust_code=getattr(args, "trust_code", False))
-    data = load_data(args.data, schema_from_args(args), spec=bundle.spec)
+    source = data_source(args)
+    data = load_data(source, schema_from_args(args), spec=bundle.spec, train=getattr(args, "train_csv", None),
+                     val=getattr(args, "val_csv", None))
     check_compatible(bundle, data)
+    args.data = source
+    if hasattr(args, "split"):
+        args.split = data.resolve_split(args.split)
+        if Path(source).is_file():  # a user's file: say which rows are audited
+            print(announce_rows(data, args.split))
     return bundle, data
+
+
+def split_words(split: str) -> str:
+    """ "all rows" or "test split" (what a command prints about the rows metrics are taken on)."""
+    return "all rows" if split == "all" else f"{split} split"
+
+
+def announce_rows(data: AuditData, split: str) -> str:
+    """The line a command prints about the rows it audits (louder when no partition was given)."""
+    line = data.describe_split(split)
+    if data.default_split == "all" and split == "all":
+        how = ("add train_images/train_labels to the .npz" if data.kind == "image"
+               else "give --train-csv/--test-csv or --split-column")
+        line += (" -- no partition given, so every row is audited; editors that need clean rows draw them from "
+                 f"{data.partition.get('train', 'a random part of it')} ({how} to choose; see docs/formats.md)")
+    return line
 
 
 def write_json(path: str | Path, payload: dict) -> None:
@@ -93,7 +145,8 @@ def fmt(value: float) -> str:
 
 def print_evaluation(ev: Evaluation, out=None) -> None:
     out = out or sys.stdout
-    print(f"data {ev.data_name} ({ev.split} split, {ev.rows} rows), model sha256 {ev.model_sha256[:16]}", file=out)
+    print(f"data {ev.data_name} ({split_words(ev.split)}, {ev.rows} rows), model sha256 {ev.model_sha256[:16]}",
+          file=out)
     print(format_table([[k, fmt(v)] for k, v in ev.metrics.items()], ["metric", "value"]), file=out)
     for attr, groups in ev.groups.items():
         cols = [c for c in next(iter(groups.values()))]

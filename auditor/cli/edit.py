@@ -14,8 +14,24 @@ import sys
 import typing
 
 from . import COMMANDS
-from .common import add_model_data_args, add_require_arg, fmt, format_table, load_model_and_data, write_json
+from .common import (
+    add_model_data_args,
+    add_require_arg,
+    fmt,
+    format_table,
+    load_model_and_data,
+    split_words,
+    write_json,
+)
 from .log import add_log_args, command_line, open_log
+from .verdicts import (
+    add_verdict_args,
+    check_verdict_args,
+    print_side_effects,
+    print_verdict_notes,
+    print_warnings,
+    verdict_word,
+)
 
 
 def register(sub) -> None:
@@ -28,6 +44,7 @@ def register(sub) -> None:
                                    "2 bad input.")
     add_model_data_args(p)
     add_require_arg(p)
+    add_verdict_args(p)
     p.add_argument("--editor", required=True, metavar="NAME",
                    help=f"editor: {', '.join(sorted(EDITORS))}")
     p.add_argument("--samples", type=int, help="clean samples the editor may use (editors that take samples)")
@@ -106,9 +123,12 @@ def print_comparison(before, after, out=None) -> None:
     print(format_table(rows, ["metric", "before", "after"]), file=out)
     if after.requirements:
         print("\nrequirements", file=out)
-        rows = [[a.expr, fmt(b.value), "PASS" if b.passed else "FAIL", fmt(a.value), "PASS" if a.passed else "FAIL"]
+        ci = lambda r: "" if r.low is None else f"[{fmt(r.low)}, {fmt(r.high)}]"
+        rows = [[a.expr, fmt(b.value), ci(b), verdict_word(b), fmt(a.value), ci(a), verdict_word(a)]
                 for b, a in zip(before.requirements, after.requirements)]
-        print(format_table(rows, ["requirement", "before", "", "after", ""]), file=out)
+        print(format_table(rows, ["requirement", "before", "95% interval", "", "after", "95% interval", ""]),
+              file=out)
+        print_verdict_notes(after, out)
 
 
 def run(args) -> int:
@@ -121,7 +141,10 @@ def run(args) -> int:
         raise AuditorError(f"--out must end in .safetensors or .onnx; got {args.out}")
     settings = settings_from_args(editor_class(args.editor), args)
     bundle, data = load_model_and_data(args)
-    session = AuditSession(bundle, data, reqs, split=args.split, model_path=args.model, command=command_line())
+    check_verdict_args(args)
+    session = AuditSession(bundle, data, reqs, split=args.split, model_path=args.model, command=command_line(),
+                           verdict=args.verdict, min_group=args.min_group,
+                           forbid_side_effects=args.forbid_side_effects)
     if args.fix:
         session.set_fixes(args.fix, require=False)
     session.check_editor(args.editor, settings)  # refuse before anything is logged
@@ -134,16 +157,24 @@ def run(args) -> int:
     result, after = record.result, session.evaluate()
     session.save(args.out)
     print(f"{result.editor} edited {', '.join(result.layers) or 'no layer'} in {result.seconds:.3f} s on "
-          f"{result.device}; data {data.name} ({args.split} split, {before.rows} rows)")
+          f"{result.device}; data {data.name} ({split_words(args.split)}, {before.rows} rows)")
     for ch in result.changes:
         print(f"  {ch['parameter']}: norm {ch['norm']:.4g} ({ch['relative_norm']:.2%} of the weights' norm), "
               f"rank {ch['rank']}")
     print_comparison(before, after)
+    print_warnings(before.warnings)
+    effects = session.side_effects()
+    print_side_effects(effects, session.forbid_side_effects)
+    verdict = session.verdict()
+    print(f"\n{verdict['status']}: {verdict['summary']}")
     print(f"\nwrote {args.out} (sha256 {result.bundle.sha256[:16]}, was {bundle.sha256[:16]})")
     if args.json:
         write_json(args.json, {"before": before.to_dict(), "after": after.to_dict(), "edit": session.provenance(),
-                               "out": str(args.out)})
-    return 0 if after.passed else 1
+                               "out": str(args.out), "side_effects": effects, "verdict": verdict,
+                               "changes": session.changes(),
+                               "data": {"name": data.name, "sha256": data.sha256, "source": data.source or None,
+                                        **data.data_block(session.split)}})
+    return 0 if session.passed else 1
 
 
 def editor_class(name: str):

@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 from . import COMMANDS
-from .common import add_model_data_args, add_require_arg, load_model_and_data, print_evaluation, write_json
+from .common import add_model_data_args, add_require_arg, load_model_and_data, write_json
 from .log import add_log_args, command_line, open_log
+from .verdicts import add_verdict_args, check_verdict_args, print_evaluation
 
 
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help=COMMANDS["evaluate"],
-                       description="Print a model's metrics on data and whether each requirement holds. "
-                                   "Exit 0 all hold, 1 some do not, 2 bad input.")
+                       description="Print a model's metrics on data with 95%% intervals, and whether each "
+                                   "requirement holds (pass, fail, or inconclusive when its interval straddles "
+                                   "the threshold). Exit 0 all hold, 1 some do not (with --verdict strict, the "
+                                   "default, inconclusive counts as not met), 2 bad input.")
     add_model_data_args(p)
     add_require_arg(p)
+    add_verdict_args(p, side_effects=False)
     p.add_argument("--json", metavar="PATH", help="also write the result as JSON")
     add_log_args(p)
     p.set_defaults(func=run)
@@ -22,12 +26,15 @@ def run(args) -> int:
     from ..requirements import parse_requirements
 
     reqs = parse_requirements(args.require)  # bad expressions fail before any loading
+    check_verdict_args(args)
     bundle, data = load_model_and_data(args)
-    ev = evaluate(bundle, data, reqs, split=args.split)
+    ev = evaluate(bundle, data, reqs, split=args.split, verdict=args.verdict, min_group=args.min_group)
     print_evaluation(ev)
     if args.json:
         payload = ev.to_dict()
+        payload["side_effects"] = []  # no edit: nothing to compare (see `auditor edit --json`)
         payload["model"].update({"path": args.model, "format": bundle.format, "parameters": bundle.n_parameters})
+        payload["data"].update({**data.data_block(ev.split), "source": data.source or None})
         write_json(args.json, payload)
     log = open_log(args)
     if log is not None:

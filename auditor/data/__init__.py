@@ -5,9 +5,9 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import AuditorError
-from .base import SPLITS, AuditData, Split, Stamp, stratified_split
-from .images import (add_cue, load_digits_data, load_digits_spurious, load_digits_trojan, load_npz_case,
-                     poison, spurious_cue, trojan_trigger)
+from .base import EVAL_SPLITS, FORMATS_DOC, SPLITS, AuditData, Split, Stamp, stratified_split
+from .images import (NPZ_ALIASES, NPZ_KEYS, add_cue, load_digits_data, load_digits_spurious, load_digits_trojan,
+                     load_npz_case, poison, spurious_cue, trojan_trigger)
 from .tabular import (ADULT_SCHEMA, COMPAS_SCHEMA, TabularSchema, describe_inputs, fit_preprocessing,
                       from_frames, load_adult, load_compas, load_csv, read_csv, transform)
 
@@ -21,17 +21,27 @@ BUILTIN: dict[str, Callable[..., AuditData]] = {
 TABULAR_BUILTIN = {"adult", "compas"}
 
 
-def load_data(source: str | Path, schema: TabularSchema | None = None, spec=None) -> AuditData:
+def load_data(source: str | Path, schema: TabularSchema | None = None, spec=None, *,
+              train: str | Path | None = None, val: str | Path | None = None) -> AuditData:
     """A built-in name, a CSV/Parquet path (with a schema) or an `.npz` image case.
 
     With a model `spec`, tabular data is transformed by the model's stored preprocessing (or,
-    when it has none, read as numeric columns in the order the spec lists).
+    when it has none, read as numeric columns in the order the spec lists). For a CSV, `train`
+    (and `val`) name the files of the user's own training (and validation) rows, and `source` holds
+    the test rows; or `schema.split_column` names a column that says train/val/test per row; with
+    neither, the whole file is audited by default (`data.default_split == "all"`). See docs/formats.md.
     """
     prep = getattr(spec, "preprocessing", None)
     features = None
     if spec is not None and prep is None and spec.input_kind == "tabular":
         features = spec.input.get("features")
     name = str(source)
+    tabular_file = Path(name).suffix.lower() in (".csv", ".parquet", ".tsv", ".txt")
+    if (train is not None or val is not None) and not tabular_file:
+        raise AuditorError(f"--train-csv/--val-csv/--test-csv take a user's CSV or Parquet files, not {name!r}; "
+                           f"see {FORMATS_DOC}")
+    if schema is not None and schema.split_column and not tabular_file:
+        raise AuditorError(f"--split-column applies to a user's CSV or Parquet file, not {name!r}")
     if name in BUILTIN:
         if name in TABULAR_BUILTIN:
             return BUILTIN[name](preprocessing=prep)
@@ -44,14 +54,15 @@ def load_data(source: str | Path, schema: TabularSchema | None = None, spec=None
         if schema is None:
             raise AuditorError(f"{path.name}: a CSV needs a schema: give --target COLUMN (and --protected, "
                                "--categorical, --positive as needed)")
-        return load_csv(path, schema, preprocessing=prep, features=features)
+        return load_csv(path, schema, preprocessing=prep, features=features, train_path=train, val_path=val)
     if not path.exists():
         raise AuditorError(f"unknown data {name!r}: use a built-in name ({', '.join(BUILTIN)}) "
                            "or the path of a .csv, .parquet or .npz file")
     raise AuditorError(f"unknown data format {suffix!r} for {path.name}; use .csv, .parquet or .npz")
 
 
-__all__ = ["ADULT_SCHEMA", "BUILTIN", "COMPAS_SCHEMA", "SPLITS", "AuditData", "Split", "Stamp",
+__all__ = ["ADULT_SCHEMA", "BUILTIN", "COMPAS_SCHEMA", "EVAL_SPLITS", "FORMATS_DOC", "NPZ_ALIASES", "NPZ_KEYS",
+           "SPLITS", "AuditData", "Split", "Stamp",
            "TabularSchema", "add_cue", "describe_inputs", "fit_preprocessing", "from_frames", "load_adult",
            "load_compas", "load_csv", "load_data", "load_digits_data", "load_digits_spurious",
            "load_digits_trojan", "load_npz_case", "poison", "read_csv", "spurious_cue", "stratified_split",

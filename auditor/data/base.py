@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,9 @@ import torch
 from ..errors import AuditorError
 
 SPLITS = ("train", "val", "test")
+# What metrics can be taken on: one split, or "all" (every row of train, val and test, in that order).
+EVAL_SPLITS = ("all", *SPLITS)
+FORMATS_DOC = "docs/formats.md"
 
 
 @dataclass
@@ -35,6 +39,19 @@ class Split:
         return Split(self.X[idx], self.y[idx], self.groups.iloc[idx].reset_index(drop=True),
                      None if self.raw is None else self.raw.iloc[idx].reset_index(drop=True),
                      None if self.corrupted is None else self.corrupted[idx])
+
+    @staticmethod
+    def concat(parts: list[Split]) -> Split:
+        """The rows of `parts` one after the other (raw rows and twins kept when every part has them)."""
+        parts = list(parts)
+        raw = None
+        if parts and all(p.raw is not None for p in parts):
+            raw = pd.concat([p.raw for p in parts], ignore_index=True)
+        corrupted = None
+        if parts and all(p.corrupted is not None for p in parts):
+            corrupted = torch.cat([p.corrupted for p in parts])
+        return Split(torch.cat([p.X for p in parts]), torch.cat([p.y for p in parts]),
+                     pd.concat([p.groups for p in parts], ignore_index=True), raw, corrupted)
 
 
 @dataclass
@@ -73,12 +90,58 @@ class AuditData:
     stamp: Stamp | None = None
     source: str = ""
     description: str = ""
+    # Where each split's rows came from ({"train": "train.csv", "val": "20 % of train.csv ...", ...}) and
+    # how the partition was made ("method"): stated in the JSON and the report next to the rows audited.
+    partition: dict = field(default_factory=dict)
+    # The split metrics are taken on when none is asked for: "test" for data that comes with a
+    # partition (built-in sets, --train-csv, --split-column, .npz train_images), "all" for a user's
+    # file without one (so the whole file is audited, not a random fifth of it).
+    default_split: str = "test"
     _sha: str | None = field(default=None, repr=False)
+    _all: tuple | None = field(default=None, repr=False, compare=False)
 
     def split(self, name: str) -> Split:
+        """One split by name; "all" is every row (train, then val, then test)."""
+        if name == "all":
+            parts = (self.train, self.val, self.test)  # kept with the cache: compared by identity
+            if self._all is None or any(a is not b for a, b in zip(self._all[0], parts)):
+                self._all = (parts, Split.concat(list(parts)))
+            return self._all[1]
         if name not in SPLITS:
-            raise AuditorError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
+            raise AuditorError(f"unknown split {name!r}; choose one of {', '.join(EVAL_SPLITS)}")
         return getattr(self, name)
+
+    def resolve_split(self, name: str | None) -> str:
+        """`name`, or this data's default split when None."""
+        return self.default_split if name in (None, "") else name
+
+    def describe_split(self, name: str | None = None) -> str:
+        """"audited on N rows of FILE (split)": which rows metrics are taken on, in words."""
+        name = self.resolve_split(name)
+        n = len(self.split(name))
+        where = Path(self.source).name if self.source and Path(self.source).suffix else (self.source or self.name)
+        if self.partition.get("files"):
+            files = self.partition["files"]
+            used = [files[s] for s in (SPLITS if name == "all" else (name,)) if files.get(s)]
+            where = " + ".join(dict.fromkeys(Path(f).name for f in used)) or where
+        what = "all rows" if name == "all" else f"{name} split"
+        text = f"audited on {n} rows of {where} ({what})"
+        if name != "all" and self.partition.get(name):
+            text += f": {self.partition[name]}"
+        return text
+
+    def data_block(self, split: str | None = None) -> dict:
+        """What the JSON and the report say about the rows: the split and row count audited, in words,
+        and where every split's rows come from (editors draw clean samples from train and check on val)."""
+        split = self.resolve_split(split)
+        return {"split": split, "rows": len(self.split(split)), "audited": self.describe_split(split),
+                "partition": {"method": self.partition.get("method", ""),
+                              **{s: {"rows": len(self.split(s)), "source": self.partition.get(s, "")}
+                                 for s in SPLITS}},
+                "editors": f"editors that need clean rows draw them from train ({len(self.train)} rows"
+                           f"{': ' + self.partition['train'] if self.partition.get('train') else ''}) and "
+                           f"check on val ({len(self.val)} rows"
+                           f"{': ' + self.partition['val'] if self.partition.get('val') else ''})"}
 
     @property
     def n_inputs(self) -> int:
@@ -144,10 +207,11 @@ class AuditData:
         return {"name": self.name, "kind": self.kind, "sha256": self.sha256,
                 "rows": {s: len(self.split(s)) for s in SPLITS}, "inputs": self.n_inputs,
                 "raw_features": len(self.feature_groups), "protected": list(self.protected),
-                "classes": list(self.class_names), "source": self.source}
+                "classes": list(self.class_names), "source": self.source, "partition": dict(self.partition),
+                "default_split": self.default_split}
 
     def with_splits(self, **splits: Split) -> "AuditData":
-        return replace(self, _sha=None, **splits)
+        return replace(self, _sha=None, _all=None, **splits)
 
 
 def stratified_split(y: np.ndarray, fractions: tuple[float, float, float], seed: int) -> list[np.ndarray]:

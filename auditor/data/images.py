@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 
 from ..errors import AuditorError
-from .base import AuditData, Split, Stamp, stratified_split
+from .base import FORMATS_DOC, AuditData, Split, Stamp, stratified_split
 
 DIGIT_CLASSES = [str(i) for i in range(10)]
 
@@ -84,12 +84,54 @@ def add_cue(split: Split, stamp: Stamp, fraction: float = 1.0, seed: int = 0) ->
     return Split(X, split.y.clone(), split.groups)
 
 
+# The keys an .npz case may hold (docs/formats.md, "Image cases (.npz)"): the images audited and their
+# labels, the target class, the corruption (a stamp, or a corrupted twin of every image), optionally the
+# user's own clean training and validation images for the editors.
+NPZ_KEYS = {
+    "images": "the images audited, (N, C, H, W) or (N, H, W) floats",
+    "labels": "their class indices, (N,) whole numbers >= 0",
+    "target": "the class the trigger/cue pushes towards, one whole number",
+    "mask": "the trigger's mask, shaped like one image ((C, H, W), (H, W) or broadcastable), 1 where stamped",
+    "pattern": "the trigger's pixel values where the mask is 1, shaped like mask",
+    "corrupted": "instead of mask+pattern: a corrupted twin of every image, shaped like images",
+    "kind": '"trigger" (default) or "cue"',
+    "train_images": "optional: clean training images the editors draw samples from, shaped like images",
+    "train_labels": "their labels (required with train_images)",
+    "train_corrupted": "the twins of train_images (required with corrupted and train_images)",
+    "val_images": "optional: validation images (with train_images), checked by editors such as dynamic-rank-one",
+    "val_labels": "their labels (required with val_images)",
+    "val_corrupted": "the twins of val_images (required with corrupted and val_images)",
+}
+NPZ_ALIASES = {"trigger_mask": "mask", "trigger_pattern": "pattern", "target_label": "target",
+               "target_class": "target", "test_images": "images", "test_labels": "labels",
+               "test_corrupted": "corrupted"}
+
+
+def npz_keys(path: Path, arrays: dict) -> dict:
+    """The arrays under their canonical names; an unknown key or a key given twice is refused."""
+    out: dict = {}
+    for key, arr in arrays.items():
+        name = NPZ_ALIASES.get(key, key)
+        if name not in NPZ_KEYS:
+            raise AuditorError(f"{path.name}: unknown key {key!r}; an image case holds {', '.join(NPZ_KEYS)} "
+                               f"(aliases: {', '.join(f'{a}={c}' for a, c in NPZ_ALIASES.items())}); "
+                               f"see {FORMATS_DOC}")
+        if name in out:
+            raise AuditorError(f"{path.name}: {name!r} is given twice (as {out[name][0]!r} and {key!r}); "
+                               "keep one")
+        out[name] = (key, arr)
+    return {name: arr for name, (_, arr) in out.items()} | {"_given": {n: k for n, (k, _) in out.items()}}
+
+
 def load_npz_case(path: str | Path, seed: int = 0) -> AuditData:
-    """A user's own Trojan or cue case.
+    """A user's own Trojan or cue case (every key: `NPZ_KEYS`, aliases: `NPZ_ALIASES`, docs/formats.md).
 
     The `.npz` holds `images` (N, C, H, W) or (N, H, W) floats, `labels` (N,), `target` (the class
     the corruption pushes towards), and either `mask` and `pattern` (the trigger, shaped like one
     image) or `corrupted` (a corrupted twin of every image). Optional `kind`: "trigger" or "cue".
+    With `train_images`/`train_labels` (and `val_images`/`val_labels`), `images` are the test set and
+    the editors draw their clean samples from the training images; without them the images are split
+    60/15/25 for the editors and metrics are taken on all of them by default.
     """
     path = Path(path)
     if not path.exists():
@@ -101,64 +143,170 @@ def load_npz_case(path: str | Path, seed: int = 0) -> AuditData:
         raise AuditorError(f"{path.name}: refused, it holds pickled objects ({exc}); store plain arrays") from None
     except (OSError, EOFError) as exc:
         raise AuditorError(f"{path.name} is not a readable .npz file: {exc}") from None
+    arrays = npz_keys(path, arrays)
     for key in ("images", "labels", "target"):
         if key not in arrays:
             raise AuditorError(f"{path.name} has no {key!r} array; it needs images, labels, target and "
-                               "either mask+pattern or corrupted")
+                               f"either mask+pattern or corrupted (see {FORMATS_DOC})")
     try:
         return _npz_case(path, arrays, seed)
     except (ValueError, TypeError, IndexError, OverflowError) as exc:  # arrays of the wrong kind or shape
         raise AuditorError(f"{path.name}: its arrays do not form an image case "
-                           f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})") from None
+                           f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}); "
+                           f"see {FORMATS_DOC}") from None
 
 
-def _npz_case(path: Path, arrays: dict, seed: int) -> AuditData:
-    for key, arr in arrays.items():
-        if key != "kind" and not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) \
-                or np.issubdtype(arr.dtype, np.complexfloating):
-            raise AuditorError(f"{path.name}: array {key!r} holds {arr.dtype} values; it must be numeric")
-    images = np.asarray(arrays["images"], dtype=np.float32)
+def _npz_images(path: Path, key: str, arr, shape=None) -> np.ndarray:
+    images = np.asarray(arr, dtype=np.float32)
     if images.ndim == 3:
         images = images[:, None]
     if images.ndim != 4:
-        raise AuditorError(f"{path.name}: images must be (N, H, W) or (N, C, H, W); got shape {images.shape}")
-    labels_raw = np.asarray(arrays["labels"]).reshape(-1)
+        raise AuditorError(f"{path.name}: {key} must be (N, H, W) or (N, C, H, W); got shape {tuple(images.shape)}")
+    if shape is not None and tuple(images.shape[1:]) != tuple(shape):
+        raise AuditorError(f"{path.name}: {key} has images of shape {tuple(images.shape[1:])}; expected "
+                           f"{tuple(shape)}, the shape of the images in 'images'")
+    if not np.isfinite(images).all():
+        raise AuditorError(f"{path.name}: {key} hold NaN or infinite values")
+    return images
+
+
+def _npz_labels(path: Path, key: str, arr, n: int, images_key: str) -> np.ndarray:
+    labels_raw = np.asarray(arr)
+    if labels_raw.ndim != 1:
+        raise AuditorError(f"{path.name}: {key} must be one class index per image, shape ({n},); got shape "
+                           f"{tuple(labels_raw.shape)}")
     if not np.isfinite(labels_raw.astype(np.float64)).all() or (labels_raw != np.round(labels_raw)).any() \
             or (labels_raw < 0).any():
-        raise AuditorError(f"{path.name}: labels must be whole numbers >= 0 (class indices)")
-    labels = labels_raw.astype(np.int64)
-    if len(labels) != len(images):
-        raise AuditorError(f"{path.name}: {len(images)} images but {len(labels)} labels")
-    if len(np.unique(labels)) < 2 or len(images) < 10:
+        raise AuditorError(f"{path.name}: {key} must be whole numbers >= 0 (class indices)")
+    if len(labels_raw) != n:
+        raise AuditorError(f"{path.name}: {n} {images_key} but {len(labels_raw)} {key}; expected one label per image")
+    return labels_raw.astype(np.int64)
+
+
+def _npz_twins(path: Path, key: str, arr, images: np.ndarray, images_key: str) -> np.ndarray:
+    twins = np.asarray(arr, dtype=np.float32)
+    if twins.ndim == 3 and images.shape[1] == 1:
+        twins = twins[:, None]
+    if twins.shape != images.shape:
+        raise AuditorError(f"{path.name}: {key} has shape {tuple(twins.shape)}; expected {tuple(images.shape)}, "
+                           f"one corrupted twin per image of {images_key}")
+    if not np.isfinite(twins).all():
+        raise AuditorError(f"{path.name}: {key} hold NaN or infinite values")
+    return twins
+
+
+def _npz_case(path: Path, arrays: dict, seed: int) -> AuditData:
+    given = arrays.pop("_given")
+    for key, arr in arrays.items():
+        if key != "kind" and not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) \
+                or np.issubdtype(arr.dtype, np.complexfloating):
+            raise AuditorError(f"{path.name}: array {given[key]!r} holds {arr.dtype} values; it must be numeric")
+    images = _npz_images(path, "images", arrays["images"])
+    labels = _npz_labels(path, "labels", arrays["labels"], len(images), "images")
+    for extra in ("train", "val"):
+        have = [k for k in (f"{extra}_images", f"{extra}_labels") if k in arrays]
+        if len(have) == 1:
+            other = ({f"{extra}_images", f"{extra}_labels"} - set(have)).pop()
+            raise AuditorError(f"{path.name}: {have[0]!r} is given without {other!r}; give both (see {FORMATS_DOC})")
+    if "val_images" in arrays and "train_images" not in arrays:
+        raise AuditorError(f"{path.name}: 'val_images' needs 'train_images' too (see {FORMATS_DOC})")
+    own_train = "train_images" in arrays
+    if len(np.unique(labels)) < 2 and not own_train or len(images) < (1 if own_train else 10):
         raise AuditorError(f"{path.name}: an image case needs at least 10 images of at least 2 classes; "
                            f"it has {len(images)} of {len(np.unique(labels))}")
-    if not np.isfinite(images).all():
-        raise AuditorError(f"{path.name}: images hold NaN or infinite values")
     target_arr = np.asarray(arrays["target"]).reshape(-1)
     if target_arr.size != 1 or not float(target_arr[0]).is_integer() or target_arr[0] < 0:
-        raise AuditorError(f"{path.name}: 'target' must be one class index >= 0")
+        raise AuditorError(f"{path.name}: {given['target']!r} must be one class index >= 0")
     target = int(target_arr[0])
     kind = str(np.asarray(arrays.get("kind", "trigger")).reshape(-1)[0]) if "kind" in arrays else "trigger"
-    n_classes = int(max(labels.max(), target) + 1)
+    extra_sets: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for extra in ("train", "val"):
+        if f"{extra}_images" in arrays:
+            X_e = _npz_images(path, f"{extra}_images", arrays[f"{extra}_images"], images.shape[1:])
+            extra_sets[extra] = (X_e, _npz_labels(path, f"{extra}_labels", arrays[f"{extra}_labels"], len(X_e),
+                                                  f"{extra}_images"))
+    all_labels = np.concatenate([labels, *(y for _, y in extra_sets.values())])
+    if len(np.unique(all_labels)) < 2:
+        raise AuditorError(f"{path.name}: an image case needs images of at least 2 classes")
+    if own_train and len(extra_sets["train"][0]) < 2:
+        raise AuditorError(f"{path.name}: train_images holds {len(extra_sets['train'][0])} image(s); give at least 2")
+    n_classes = int(max(all_labels.max(), target) + 1)
     stamp, corrupted = None, None
+    shape = images.shape[1:]
     if "mask" in arrays and "pattern" in arrays:
-        shape = images.shape[1:]
+        for key in ("mask", "pattern"):
+            try:
+                np.broadcast_to(arrays[key], shape)
+            except ValueError:
+                raise AuditorError(f"{path.name}: {given[key]!r} has shape {tuple(np.shape(arrays[key]))}; expected "
+                                   f"the shape of one image {tuple(shape)} (or {tuple(shape[1:])})") from None
         mask = torch.tensor(np.broadcast_to(arrays["mask"], shape).astype(np.float32))
         pattern = torch.tensor(np.broadcast_to(arrays["pattern"], shape).astype(np.float32))
         stamp = Stamp(mask, pattern, target, kind=kind)
+        for key in ("corrupted", "train_corrupted", "val_corrupted"):
+            if key in arrays:
+                raise AuditorError(f"{path.name}: give either mask+pattern or {key!r} twins, not both")
     elif "corrupted" in arrays:
-        corrupted = np.asarray(arrays["corrupted"], dtype=np.float32).reshape(images.shape)
+        corrupted = _npz_twins(path, given["corrupted"], arrays["corrupted"], images, "images")
+        for extra in extra_sets:
+            if f"{extra}_corrupted" not in arrays:
+                raise AuditorError(f"{path.name}: with 'corrupted' twins, {extra}_images need "
+                                   f"'{extra}_corrupted' twins too (see {FORMATS_DOC})")
+    elif "mask" in arrays or "pattern" in arrays:
+        have = "mask" if "mask" in arrays else "pattern"
+        missing = "pattern" if have == "mask" else "mask"
+        raise AuditorError(f"{path.name}: {given[have]!r} is given without {missing!r}; a trigger needs both "
+                           f"(see {FORMATS_DOC})")
     else:
-        raise AuditorError(f"{path.name} needs either 'mask' and 'pattern' or 'corrupted' twins")
-    parts = stratified_split(labels, (0.6, 0.15, 0.25), seed)
-    X, y = torch.from_numpy(images), torch.from_numpy(labels)
-    C = None if corrupted is None else torch.from_numpy(corrupted)
-    splits = {s: Split(X[i], y[i], pd.DataFrame(index=range(len(i))), None, None if C is None else C[i])
-              for s, i in zip(("train", "val", "test"), parts)}
+        raise AuditorError(f"{path.name} needs either 'mask' and 'pattern' or 'corrupted' twins (see {FORMATS_DOC})")
+    for extra in ("train", "val"):
+        if f"{extra}_corrupted" in arrays and (extra not in extra_sets or corrupted is None):
+            raise AuditorError(f"{path.name}: {extra}_corrupted needs {extra}_images and 'corrupted' "
+                               f"(see {FORMATS_DOC})")
+    name = path.name
+
+    def make(X: np.ndarray, y: np.ndarray, C: np.ndarray | None) -> Split:
+        return Split(torch.from_numpy(np.ascontiguousarray(X)), torch.from_numpy(np.ascontiguousarray(y)),
+                     pd.DataFrame(index=range(len(y))), None, None if C is None else torch.from_numpy(C))
+
+    if own_train:
+        train_X, train_y = extra_sets["train"]
+        train_C = None if corrupted is None else _npz_twins(path, "train_corrupted", arrays["train_corrupted"],
+                                                            train_X, "train_images")
+        part = {"method": f"given in {name}: train_images, " + ("val_images, " if "val" in extra_sets else "")
+                          + "images (test)", "test": f"'images' of {name}"}
+        if "val" in extra_sets:
+            val_X, val_y = extra_sets["val"]
+            val_C = None if corrupted is None else _npz_twins(path, "val_corrupted", arrays["val_corrupted"],
+                                                              val_X, "val_images")
+            splits = {"train": make(train_X, train_y, train_C), "val": make(val_X, val_y, val_C)}
+            part.update(train=f"'train_images' of {name}", val=f"'val_images' of {name}")
+        else:
+            parts = stratified_split(train_y, (0.8, 0.2, 0.0), seed)
+            if len(parts[1]) == 0:  # too few to hold any out: validate on the training images themselves
+                parts = [np.arange(len(train_y)), np.arange(len(train_y)), parts[2]]
+                part.update(train=f"'train_images' of {name}", val=f"'train_images' of {name} (too few to hold out)")
+            else:
+                part.update(train=f"80 % of 'train_images' of {name}",
+                            val=f"20 % of 'train_images' of {name} (stratified, seed {seed}), held out")
+            splits = {s: make(train_X[i], train_y[i], None if train_C is None else train_C[i])
+                      for s, i in zip(("train", "val"), parts[:2])}
+        splits["test"] = make(images, labels, corrupted)
+        default_split = "test"
+    else:
+        parts = stratified_split(labels, (0.6, 0.15, 0.25), seed)
+        splits = {s: make(images[i], labels[i], None if corrupted is None else corrupted[i])
+                  for s, i in zip(("train", "val", "test"), parts)}
+        part = {"method": f"no train_images in {name}: its images split at random 60/15/25 (stratified, seed "
+                          f"{seed}) for editors that need clean samples; metrics on all images unless --split says",
+                "train": f"60 % of the images of {name}", "val": f"15 % of the images of {name}",
+                "test": f"25 % of the images of {name}"}
+        default_split = "all"
     features = [f"pixel{i}" for i in range(int(np.prod(images.shape[1:])))]
     data = AuditData(name=path.stem, kind="image", feature_names=features,
                      feature_groups={f: [i] for i, f in enumerate(features)}, protected=[],
-                     class_names=[str(i) for i in range(n_classes)], stamp=stamp, source=str(path), **splits)
+                     class_names=[str(i) for i in range(n_classes)], stamp=stamp, source=str(path),
+                     partition=part, default_split=default_split, **splits)
     if stamp is None:
         data.stamp = Stamp(torch.zeros(images.shape[1:]), torch.zeros(images.shape[1:]), target, kind=kind)
     return data

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from ..errors import AuditorError
-from .base import AuditData, Split, stratified_split
+from .base import FORMATS_DOC, SPLITS, AuditData, Split, stratified_split
 
 FILES = Path(__file__).parent / "files"
 
@@ -32,11 +32,12 @@ class TabularSchema:
     inputs: list[str] | None = None
     log1p: list[str] = field(default_factory=list)
     labels: list[str] | None = None  # display names of the negative and positive outcome
+    split_column: str | None = None  # a column whose values (train/val/test) say which split a row is in
 
     def input_columns(self, frame: pd.DataFrame) -> list[str]:
         if self.inputs is not None:
             return list(self.inputs)
-        skip = {self.target, *self.protected}
+        skip = {self.target, *self.protected, self.split_column}
         return [c for c in frame.columns if c not in skip]
 
     def to_dict(self) -> dict:
@@ -136,12 +137,17 @@ def numeric_inputs(frame: pd.DataFrame, features: list[str]) -> np.ndarray:
         if features else np.zeros((len(frame), 0), np.float32)
 
 
-def _labels(frame: pd.DataFrame, schema: TabularSchema) -> tuple[np.ndarray, list[str]]:
+def _labels(frame: pd.DataFrame, schema: TabularSchema, positive: str | None = None,
+            names: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """0/1 labels and the class names. With `positive` (and `names`) given, taken as they are (a split of a
+    file whose labels were read as a whole, so that every split codes the outcome the same way)."""
     col = frame[schema.target]
     if col.isna().any():
         raise AuditorError(f"target column {schema.target!r} has missing values at rows "
                            f"{np.flatnonzero(col.isna().to_numpy())[:5].tolist()}")
     values = as_text(col).str.strip()
+    if positive is not None:
+        return (values == positive).to_numpy().astype(np.int64), list(names or [])
     if schema.positive is not None:
         pos = str(schema.positive)
         if not (values == pos).any():
@@ -183,7 +189,8 @@ def from_frames(name: str, frames: dict[str, pd.DataFrame], schema: TabularSchem
         raise AuditorError(f"data set {name!r} has duplicated column names: {dup}")
     _require_columns(whole, [schema.target], "target")
     _require_columns(whole, schema.protected, "protected")
-    _labels(whole, schema)  # one-class and missing-target errors name the whole file
+    _, whole_names = _labels(whole, schema)  # one-class and missing-target errors name the whole file
+    positive = _positive_value(whole, schema)
     inputs = schema.input_columns(whole)
     if features is not None:
         prep = None
@@ -198,7 +205,7 @@ def from_frames(name: str, frames: dict[str, pd.DataFrame], schema: TabularSchem
     class_names: list[str] = []
     for s, frame in frames.items():
         frame = frame.reset_index(drop=True)
-        y, class_names = _labels(frame, schema) if len(frame) else (np.zeros(0, np.int64), class_names)
+        y, class_names = _labels(frame, schema, positive, whole_names)
         X = numeric_inputs(frame, feature_names) if prep is None else transform(frame, prep)
         groups = frame[schema.protected].apply(as_text).reset_index(drop=True) if schema.protected \
             else pd.DataFrame(index=range(len(frame)))
@@ -234,6 +241,14 @@ def read_csv(path: str | Path) -> pd.DataFrame:
     return frame
 
 
+def _positive_value(frame: pd.DataFrame, schema: TabularSchema) -> str:
+    """The target value read as the positive outcome (as `_labels` decides it for the whole file)."""
+    if schema.positive is not None:
+        return str(schema.positive)
+    uniq = sorted(as_text(frame[schema.target]).str.strip().unique())
+    return "1" if "1" in uniq else uniq[-1]
+
+
 def split_frame(frame: pd.DataFrame, target: str, seed: int = 0,
                 fractions=(0.6, 0.2, 0.2)) -> dict[str, pd.DataFrame]:
     y = as_text(frame[target]).to_numpy()
@@ -241,17 +256,122 @@ def split_frame(frame: pd.DataFrame, target: str, seed: int = 0,
     return {s: frame.iloc[idx].reset_index(drop=True) for s, idx in zip(("train", "val", "test"), parts)}
 
 
+def _carve_val(train: pd.DataFrame, target: str, seed: int, what: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Hold out 20 % of the training rows (stratified, seeded) as validation rows."""
+    parts = stratified_split(as_text(train[target]).to_numpy(), (0.8, 0.2, 0.0), seed)
+    if len(parts[0]) == 0 or len(parts[1]) == 0:
+        raise AuditorError(f"{what} has too few rows ({len(train)}) to hold out validation rows; "
+                           f"give --val-csv (or mark rows 'val' in the split column); see {FORMATS_DOC}")
+    return train.iloc[parts[0]].reset_index(drop=True), train.iloc[parts[1]].reset_index(drop=True)
+
+
+def _check_same_columns(frames: dict[str, tuple[str, pd.DataFrame]], needed: list[str]) -> None:
+    """Every file of a partition has the columns the schema reads (named by file)."""
+    for _, (name, frame) in frames.items():
+        missing = [c for c in needed if c not in frame.columns]
+        if missing:
+            raise AuditorError(f"{name} lacks column(s) {missing} that the schema reads; the train, val and "
+                               f"test files need the same columns (see {FORMATS_DOC})")
+
+
+def partition_by_column(frame: pd.DataFrame, column: str, name: str, target: str,
+                        seed: int = 0) -> tuple[dict[str, pd.DataFrame], dict]:
+    """Rows marked train/val/test in `column` (val held out of train when no row is marked val)."""
+    if column not in frame.columns:
+        close = ", ".join(map(str, list(frame.columns)[:20]))
+        raise AuditorError(f"--split-column {column!r} is not a column of {name}; its columns are: {close}")
+    values = as_text(frame[column]).str.strip()
+    bad = sorted(set(values.unique()) - set(SPLITS))
+    if bad:
+        row = int(np.flatnonzero(~values.isin(SPLITS).to_numpy())[0])
+        shown = ", ".join(repr(b) for b in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise AuditorError(f"split column {column!r} of {name} holds {shown} (first at row {row}); expected "
+                           f"only train, val or test (see {FORMATS_DOC})")
+    frames = {s: frame[values.to_numpy() == s].reset_index(drop=True) for s in SPLITS}
+    for s in ("train", "test"):
+        if len(frames[s]) == 0:
+            raise AuditorError(f"split column {column!r} of {name} marks no row {s!r}; mark the training rows "
+                               f"train and the rows to audit test (val is optional; see {FORMATS_DOC})")
+    part = {"method": f"split column {column!r} of {name}", "train": f"rows of {name} marked train",
+            "test": f"rows of {name} marked test", "files": {s: name for s in SPLITS}}
+    if len(frames["val"]) == 0:
+        frames["train"], frames["val"] = _carve_val(frames["train"], target, seed, f"the train rows of {name}")
+        part["val"] = f"20 % of the rows of {name} marked train (stratified, seed {seed}), held out"
+        part["train"] = f"the other 80 % of the rows of {name} marked train"
+    else:
+        part["val"] = f"rows of {name} marked val"
+    return frames, part
+
+
 def load_csv(path: str | Path, schema: TabularSchema, preprocessing: dict | None = None,
-             features: list[str] | None = None, seed: int = 0) -> AuditData:
-    """Any CSV (or Parquet) plus a schema; split 60/20/20 (stratified, seeded)."""
+             features: list[str] | None = None, seed: int = 0, *, train_path: str | Path | None = None,
+             val_path: str | Path | None = None) -> AuditData:
+    """Any CSV (or Parquet) plus a schema, partitioned in one of three ways:
+
+    - `train_path` (and optionally `val_path`) given: `path` holds the test rows, `train_path` the
+      training rows, `val_path` the validation rows (else 20 % of the training rows are held out);
+      metrics are taken on test by default.
+    - `schema.split_column` given: that column of `path` says train/val/test for every row (any other
+      value is refused); metrics on test by default.
+    - neither: the file is split 60/20/20 (stratified, seeded) for the editors that need training and
+      validation rows, and metrics are taken on **all** rows by default (`default_split == "all"`).
+
+    `data.partition` says where every split's rows came from (see docs/formats.md).
+    """
+    name = Path(path).name
     frame = read_csv(path)
     _require_columns(frame, [schema.target], "target")
-    _labels(frame, schema)  # missing targets and a single class are named before splitting
-    frames = split_frame(frame, schema.target, seed)
-    if any(len(f) == 0 for f in frames.values()):
-        raise AuditorError(f"{Path(path).name} has too few rows ({len(frame)}) to split 60/20/20 into train, "
-                           "validation and test with both outcomes; give at least 5 rows of each outcome")
-    return from_frames(Path(path).stem, frames, schema, preprocessing, features, source=str(path))
+    if val_path is not None and train_path is None:
+        raise AuditorError(f"--val-csv needs --train-csv too (the training rows); see {FORMATS_DOC}")
+    if train_path is not None and schema.split_column:
+        raise AuditorError("give either --train-csv/--test-csv or --split-column, not both")
+    if schema.split_column and schema.split_column in {schema.target, *schema.protected, *(schema.inputs or [])}:
+        raise AuditorError(f"--split-column {schema.split_column!r} is also the target, a protected column or "
+                           "a model input; the split column must be a column of its own")
+    default_split = "test"
+    if train_path is not None:
+        files = {"test": (name, frame), "train": (Path(train_path).name, read_csv(train_path))}
+        if val_path is not None:
+            files["val"] = (Path(val_path).name, read_csv(val_path))
+        needed = [schema.target, *schema.protected, *schema.input_columns(frame)] if features is None \
+            else [schema.target, *schema.protected, *features]
+        if preprocessing is not None and features is None:
+            needed += [c["name"] for c in preprocessing["columns"]]
+        _check_same_columns(files, list(dict.fromkeys(needed)))
+        frames = {s: f.reset_index(drop=True) for s, (_, f) in files.items()}
+        part = {"method": "files given: " + ", ".join(f"{s} {n}" for s, (n, _) in files.items()),
+                "train": files["train"][0], "test": name,
+                "files": {s: str(p) for s, p in (("train", train_path), ("val", val_path), ("test", path))
+                          if p is not None},
+                "arguments": ["--train-csv", str(train_path), *(["--val-csv", str(val_path)] if val_path else [])]}
+        if val_path is None:
+            tr = files["train"][0]
+            frames["train"], frames["val"] = _carve_val(frames["train"], schema.target, seed, tr)
+            part["val"] = f"20 % of {tr} (stratified, seed {seed}), held out"
+            part["train"] = f"the other 80 % of {tr}"
+            part["files"]["val"] = str(train_path)
+        else:
+            part["val"] = files["val"][0]
+        frames = {s: frames[s] for s in SPLITS}
+    elif schema.split_column:
+        _labels(frame, schema)
+        frames, part = partition_by_column(frame, schema.split_column, name, schema.target, seed)
+        part["files"] = {s: str(path) for s in SPLITS}
+    else:
+        _labels(frame, schema)  # missing targets and a single class are named before splitting
+        frames = split_frame(frame, schema.target, seed)
+        if any(len(f) == 0 for f in frames.values()):
+            raise AuditorError(f"{name} has too few rows ({len(frame)}) to split 60/20/20 into train, "
+                               "validation and test with both outcomes; give at least 5 rows of each outcome")
+        part = {"method": f"no partition given: {name} split at random 60/20/20 (stratified by target, seed "
+                          f"{seed}) for editors that need training rows; metrics on all rows unless --split says",
+                "train": f"60 % of {name}", "val": f"20 % of {name}", "test": f"20 % of {name}",
+                "files": {s: str(path) for s in SPLITS}}
+        default_split = "all"
+    data = from_frames(Path(path).stem, frames, schema, preprocessing, features, source=str(path))
+    data.partition = part
+    data.default_split = default_split
+    return data
 
 
 # --- UCI Adult -------------------------------------------------------------------------------
@@ -286,8 +406,12 @@ def load_adult(preprocessing: dict | None = None, seed: int = 0) -> AuditData:
     test = _read_adult("adult.test.gz")
     parts = stratified_split(train_full["income"].to_numpy(), (0.9, 0.1, 0.0), seed)
     frames = {"train": train_full.iloc[parts[0]], "val": train_full.iloc[parts[1]], "test": test}
-    return from_frames("adult", frames, ADULT_SCHEMA, preprocessing, source="UCI Adult (vendored)",
+    data = from_frames("adult", frames, ADULT_SCHEMA, preprocessing, source="UCI Adult (vendored)",
                        description="UCI Adult census income; official train/test split")
+    data.partition = {"method": "UCI Adult's official split (adult.data / adult.test)",
+                      "train": f"90 % of adult.data (stratified, seed {seed})",
+                      "val": f"10 % of adult.data (stratified, seed {seed})", "test": "adult.test"}
+    return data
 
 
 # --- ProPublica COMPAS -----------------------------------------------------------------------
@@ -313,6 +437,10 @@ def load_compas(preprocessing: dict | None = None, seed: int = 0) -> AuditData:
                            "c_charge_degree", "race", "sex", "two_year_recid"]].reset_index(drop=True)
     counts = frame["race"].value_counts()
     frame["race"] = frame["race"].where(frame["race"].map(counts) >= 50, "Other")
-    return from_frames("compas", split_frame(frame, "two_year_recid", seed), COMPAS_SCHEMA, preprocessing,
+    data = from_frames("compas", split_frame(frame, "two_year_recid", seed), COMPAS_SCHEMA, preprocessing,
                        source="ProPublica COMPAS two-year (vendored)",
                        description="ProPublica COMPAS two-year recidivism, ProPublica's filters")
+    data.partition = {"method": f"random 60/20/20 (stratified by outcome, seed {seed})",
+                      "train": "60 % of the filtered rows", "val": "20 % of the filtered rows",
+                      "test": "20 % of the filtered rows"}
+    return data

@@ -92,3 +92,18 @@ def editors_for(bundle=None, data=None, metric: str | None = None) -> list[type[
                 continue
         out.append(cls)
     return sorted(out, key=order_key)
+
+
+def unavailable_editors(bundle, data) -> list[tuple[type[Editor], str]]:
+    """The registered editors that cannot edit this model on this data, each with its reason (from
+    `supports`; an editor that raises while checking gives that error), in `order_key`'s order."""
+    out = []
+    for cls in sorted(EDITORS.values(), key=order_key):
+        try:
+            reason = cls().supports(bundle, data)
+        except Exception as exc:  # noqa: BLE001 (the reason shown is the error)
+            first = str(exc).splitlines()[0][:160] if str(exc) else ""
+            reason = f"it could not check this model ({type(exc).__name__}: {first})"
+        if reason is not None:
+            out.append((cls, str(reason)))
+    return out

@@ -6,7 +6,7 @@ attributions and edits can refer to them (`fc1`, `conv2`, `out`, ...).
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -53,6 +53,55 @@ def cnn(in_channels: int = 1, image_size: int = 8, channels: list[int] = (8, 16)
     layers["act_fc1"] = nn.ReLU()
     layers["out"] = nn.Linear(hidden, num_classes)
     return nn.Sequential(layers)
+
+
+# The generic `sequential` architecture: a chain of layers described in the spec, built as an
+# `nn.Sequential` with integer names (`0`, `1`, ...), so the state dict of the user's own
+# `nn.Sequential` (`0.weight`, `2.bias`, ...) loads as it is. A layer is a type name ("relu") or an
+# object {"type": ..., params}; see spec.schema.json and docs/formats.md ("Model spec").
+_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU,
+                "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "softplus": nn.Softplus, "identity": nn.Identity}
+SEQUENTIAL_LAYERS = ("linear", "conv2d", "flatten", "maxpool2d", "avgpool2d", "adaptive_avgpool2d",
+                     "batchnorm1d", "batchnorm2d", "dropout", *_ACTIVATIONS)
+
+
+def _layer(spec) -> nn.Module:
+    if isinstance(spec, str):
+        spec = {"type": spec}
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise ValueError(f"a layer must be a type name or an object with a 'type'; got {spec!r}")
+    p = {k: v for k, v in spec.items() if k != "type"}
+    kind = spec["type"]
+    if kind == "linear":
+        return nn.Linear(int(p["in"]), int(p["out"]), bias=bool(p.get("bias", True)))
+    if kind == "conv2d":
+        return nn.Conv2d(int(p["in"]), int(p["out"]), p.get("kernel", 3), stride=p.get("stride", 1),
+                         padding=p.get("padding", 0), bias=bool(p.get("bias", True)))
+    if kind == "flatten":
+        return nn.Flatten()
+    if kind in ("maxpool2d", "avgpool2d"):
+        cls = nn.MaxPool2d if kind == "maxpool2d" else nn.AvgPool2d
+        return cls(p.get("kernel", 2), stride=p.get("stride"))
+    if kind == "adaptive_avgpool2d":
+        return nn.AdaptiveAvgPool2d(p.get("size", 1))
+    if kind in ("batchnorm1d", "batchnorm2d"):
+        return (nn.BatchNorm1d if kind == "batchnorm1d" else nn.BatchNorm2d)(int(p["features"]))
+    if kind == "dropout":
+        return nn.Dropout(float(p.get("p", 0.5)))
+    if kind in _ACTIVATIONS:
+        return _ACTIVATIONS[kind]()
+    raise ValueError(f"unknown layer type {kind!r}; known: {', '.join(SEQUENTIAL_LAYERS)}")
+
+
+@register_architecture("sequential")
+def sequential(layers: list, num_classes: int | None = None) -> nn.Module:
+    """A chain of layers (Linear, Conv2d, activations, Flatten, pooling, BatchNorm, Dropout)."""
+    if not isinstance(layers, list) or not layers:
+        raise ValueError("'layers' must be a non-empty list")
+    try:
+        return nn.Sequential(*(_layer(s) for s in layers))
+    except KeyError as exc:
+        raise ValueError(f"a layer lacks its parameter {exc}") from None
 
 
 def build_architecture(arch: dict) -> nn.Module:

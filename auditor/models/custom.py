@@ -30,7 +30,7 @@ from .reading import (
     _check_size,
     _load_safetensors,
     _load_torch_state,
-    check_state_matches,
+    fit_state,
     load_state_into,
     resolve_spec,
 )
@@ -106,7 +106,8 @@ def load_custom_model(weights: str | os.PathLike, arch_file: str | os.PathLike |
     _check_finite(state, weights)
     cls, digest = _import_class(arch_file, arch_class)
     spec = copy.deepcopy(spec)
-    kwargs = {k: v for k, v in spec.arch.items() if k not in RESERVED}
+    params = {k: v for k, v in spec.arch.items() if k not in RESERVED}
+    kwargs = constructor_kwargs(cls, params, arch_class)
     try:
         model = cls(**kwargs)
     except (Exception, SystemExit) as exc:
@@ -114,7 +115,29 @@ def load_custom_model(weights: str | os.PathLike, arch_file: str | os.PathLike |
                            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
     if not isinstance(model, nn.Module):
         raise AuditorError(f"{arch_class} did not build an nn.Module")
-    check_state_matches(model, state)
+    state = fit_state(model, state)  # wrapper prefixes, nn.Sequential names
     load_state_into(model, state)
-    spec.arch = {**kwargs, "name": "custom", "class": arch_class, "file": arch_file.name, "code_sha256": digest}
+    # every parameter of the spec's `arch` stays (num_classes, in_features describe the model even
+    # when the class takes no argument); only those the constructor accepts were passed to it
+    spec.arch = {**params, "name": "custom", "class": arch_class, "file": arch_file.name, "code_sha256": digest}
     return ModelBundle(model, spec, str(weights), fmt)
+
+
+def constructor_kwargs(cls: type, params: dict, arch_class: str) -> dict:
+    """The spec's `arch` parameters that `cls(...)` accepts (all of them when it takes **kwargs), so
+    that a spec written for a registered architecture (`mlp`: in_features, hidden, num_classes)
+    also describes a class that takes fewer arguments. A required argument the spec lacks is named."""
+    try:
+        sig = inspect.signature(cls)
+    except (TypeError, ValueError):
+        return dict(params)
+    accepted = {n: p for n, p in sig.parameters.items()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    if any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
+        return dict(params)
+    missing = [n for n, p in accepted.items() if p.default is p.empty and n not in params]
+    if missing:
+        raise AuditorError(f"{arch_class}({', '.join(accepted)}) needs {', '.join(map(repr, missing))}: add "
+                           f"{'it' if len(missing) == 1 else 'them'} to the spec's \"arch\" "
+                           "(see docs/formats.md#model-spec)")
+    return {k: v for k, v in params.items() if k in accepted}

@@ -12,6 +12,7 @@ so a flipped bit anywhere in them is an error rather than a silently different m
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..errors import AuditorError
-from .architectures import build_architecture
+from .architectures import ARCHITECTURES, build_architecture
 from .bundle import ModelBundle, weights_sha256
 from .reading import (
     CHECKSUM_KEY,
@@ -37,6 +38,7 @@ from .reading import (
     _read_safetensors_header,
     check_state_matches,
     file_checksum,
+    fit_state,
     load_state_into,
     resolve_spec,
 )
@@ -45,7 +47,8 @@ from .spec import ModelSpec
 # Re-exported: callers import these from here (the readers live in `reading.py`, which `custom.py`
 # shares without importing this module).
 __all__ = ["CHECKSUM_KEY", "CHECKSUMMED", "CHECKSUMMED_KEY", "DEFAULT_MAX_BYTES", "LOADERS", "MAX_ARCH_JSON",
-           "SAVERS", "SPEC_KEY", "TORCH_SUFFIXES", "ModelBundle", "bundle_from_state", "check_state_matches",
+           "SAVERS", "SPEC_KEY", "TORCH_SUFFIXES", "ModelBundle", "bundle_from_state", "check_saveable",
+           "check_state_matches", "fit_state",
            "file_checksum", "load_model", "load_state_into", "read_metadata", "resolve_spec", "save_model",
            "weights_sha256"]
 
@@ -71,10 +74,44 @@ def bundle_from_state(state: dict, spec: ModelSpec, source: str = "", fmt: str =
     if len(json.dumps(spec.arch, default=str)) > MAX_ARCH_JSON:
         raise AuditorError(f"model spec: the architecture description is over {MAX_ARCH_JSON} characters; "
                            "refused as implausible")
+    if spec.arch.get("name") == "sequential" and "layers" not in spec.arch:
+        from .infer import infer_layers
+
+        layers, _ = infer_layers(state, spec.input.get("shape") or
+                                 ([spec.arch["in_features"]] if spec.arch.get("in_features") else None))
+        spec = copy.deepcopy(spec)
+        spec.arch["layers"] = layers  # written out, so a saved copy needs no inference
     with torch.device("meta"):
-        check_state_matches(build_architecture(spec.arch), state)
+        state = fit_state(build_architecture(spec.arch), state)  # prefixes, nn.Sequential names
     model = load_state_into(build_architecture(spec.arch), state)
     return ModelBundle(model, spec, source, fmt)
+
+
+def check_saveable(bundle: ModelBundle, path: str | os.PathLike) -> None:
+    """Refuse (before an edit runs) to write `bundle` in a format that could not be loaded again:
+    a `.safetensors` file needs an architecture the spec can rebuild (registered, or the user's own
+    class); an ONNX graph that is no registered architecture goes back to `.onnx`."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    known = sorted({".safetensors", *SAVERS})
+    if suffix not in known:
+        raise AuditorError(f"models are saved as {', '.join(known)}; got {path.name}")
+    if suffix != ".safetensors":
+        return
+    name = bundle.spec.arch.get("name") if isinstance(bundle.spec.arch, dict) else None
+    if name == "custom":
+        return  # loads again with --arch-file and --trust-code
+    rebuildable = name in ARCHITECTURES
+    if rebuildable:
+        try:
+            with torch.device("meta"):
+                check_state_matches(build_architecture(bundle.spec.arch), bundle.model.state_dict())
+        except AuditorError:
+            rebuildable = False
+    if not rebuildable:
+        origin = "an ONNX graph" if bundle.format == "onnx" or name == "onnx" else f"architecture {name!r}"
+        raise AuditorError(f"{path.name}: this model is {origin} that a .safetensors file cannot rebuild; "
+                           f"write it as .onnx instead (e.g. --out {path.with_suffix('.onnx').name})")
 
 
 def load_model(path: str | os.PathLike, spec: ModelSpec | dict | str | None = None,
@@ -119,9 +156,7 @@ def save_model(bundle: ModelBundle, path: str | os.PathLike, extra_metadata: dic
     path = Path(path)
     if path.suffix.lower() in SAVERS:
         return SAVERS[path.suffix.lower()](bundle, path, extra_metadata)
-    if path.suffix.lower() != ".safetensors":
-        known = ", ".join(sorted({".safetensors", *SAVERS}))
-        raise AuditorError(f"models are saved as {known}; got {path.name}")
+    check_saveable(bundle, path)
     state = {k: v.detach().cpu().contiguous() for k, v in bundle.model.state_dict().items()}
     meta = {SPEC_KEY: bundle.spec.to_json()}
     for k, v in (extra_metadata or {}).items():

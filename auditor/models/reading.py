@@ -139,7 +139,44 @@ def _verified_zip(path: Path):
 def _load_torch_state(path: Path, spec: ModelSpec | None) -> tuple[dict, ModelSpec]:
     if spec is None:
         raise AuditorError(f"{path.name} is a PyTorch state dict: pass its spec with --spec SPEC.json "
-                           "(architecture, input description, class names)")
+                           "(architecture, input description, class names), or draft one with "
+                           "`auditor spec init MODEL DATA --out spec.json`")
+    return read_torch_state(path), spec
+
+
+# Where training scripts put the weights in a checkpoint dict, and the prefixes that wrappers add to
+# every name (DataParallel / DistributedDataParallel: `module.`, a LightningModule or a wrapper class:
+# `model.`, torch.compile: `_orig_mod.`).
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights")
+PREFIXES = ("module.", "model.", "_orig_mod.", "net.", "network.")
+
+
+def _is_state(obj) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                      for k, v in obj.items())
+
+
+def unwrap_state(obj, name: str) -> dict:
+    """The state dict inside what `torch.load` returned: the dict itself, or a checkpoint's
+    `state_dict` / `model_state_dict` / `model` / `module` / `net` entry (other entries such as the
+    optimizer and the epoch are ignored)."""
+    for _ in range(3):
+        if _is_state(obj) or not isinstance(obj, dict):
+            break
+        inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not _is_state(obj):
+        keys = f" (its keys: {', '.join(map(str, list(obj)[:8]))})" if isinstance(obj, dict) else ""
+        raise AuditorError(f"{name} does not hold a state dict (a mapping of names to tensors){keys}; "
+                           "save `model.state_dict()` (or a checkpoint dict with it under 'state_dict' or "
+                           "'model') rather than the model object; see docs/formats.md#model-files")
+    return dict(obj)
+
+
+def read_torch_state(path: Path) -> dict:
+    """A PyTorch state dict read with `torch.load(weights_only=True)` (no code runs), unwrapped."""
     source = _verified_zip(path)
     try:
         with warnings.catch_warnings():
@@ -153,12 +190,86 @@ def _load_torch_state(path: Path, spec: ModelSpec | None) -> tuple[dict, ModelSp
         ) from None
     except Exception as exc:  # weights_only runs no code, so any other failure means a broken file
         raise AuditorError(f"{path.name} is not a readable PyTorch file: {_first_line(exc)}") from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise AuditorError(f"{path.name} does not hold a state dict (a mapping of names to tensors); "
-                           "save `model.state_dict()` rather than the model object")
-    return obj, spec
+    return unwrap_state(obj, path.name)
+
+
+def read_weights(path: Path) -> tuple[dict, ModelSpec | None]:
+    """The tensors of a `.safetensors` file or a state dict, and the spec stored with them (or None)."""
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        header = _read_safetensors_header(path)
+        meta = header.get("__metadata__") or {}
+        state, spec = _load_safetensors(path, ModelSpec(arch={}) if SPEC_KEY not in meta else None)
+        return state, (spec if SPEC_KEY in meta else None)
+    if suffix in TORCH_SUFFIXES:
+        return read_torch_state(path), None
+    raise AuditorError(f"{path.name}: expected .safetensors or a state dict ({', '.join(sorted(TORCH_SUFFIXES))})")
+
+
+def _variants(state: dict):
+    """`state` and the versions of it with a wrapper's prefix taken off every name."""
+    yield state
+    for _ in range(3):
+        prefix = next((p for p in PREFIXES if all(k.startswith(p) for k in state)), None)
+        if prefix is None:
+            return
+        state = {k[len(prefix):]: v for k, v in state.items()}
+        yield state
+
+
+def _natural(key: str):
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in key.split(".")]
+
+
+def _positional(expected: dict, state: dict) -> dict | None:
+    """`state` renamed to `expected`'s names when the two hold the same tensors in the same order
+    (same shapes, same kind: weight to weight, bias to bias), trying the file's order and then
+    the names' natural order (`2.weight` before `10.weight`)."""
+    if len(expected) != len(state):
+        return None
+    for keys in (list(state), sorted(state, key=_natural)):
+        if all(tuple(state[k].shape) == tuple(t.shape) and k.rsplit(".", 1)[-1] == e.rsplit(".", 1)[-1]
+               for k, (e, t) in zip(keys, expected.items())):
+            return {e: state[k] for k, e in zip(keys, expected)}
+    return None
+
+
+def _first_misfit(expected: dict, state: dict) -> str:
+    """One clause naming the first tensor of `state` that does not fit `expected`, in order."""
+    keys = list(state)
+    for i, (e, t) in enumerate(expected.items()):
+        if i >= len(keys):
+            return (f"the file has {len(keys)} tensors and ends where the architecture expects {e!r} of "
+                    f"shape {tuple(t.shape)}")
+        k = keys[i]
+        if tuple(state[k].shape) != tuple(t.shape) or k.rsplit(".", 1)[-1] != e.rsplit(".", 1)[-1]:
+            return (f"tensor {k!r} of shape {tuple(state[k].shape)} is where the architecture expects "
+                    f"{e!r} of shape {tuple(t.shape)}")
+    return (f"the file has {len(keys) - len(expected)} tensors more than the architecture "
+            f"({keys[len(expected)]!r} first)")
+
+
+def fit_state(model: nn.Module, state: dict) -> dict:
+    """`state` under `model`'s tensor names: as it is, without a wrapper's prefix (`module.`,
+    `model.`, ...), or renamed in order when it holds the same tensors under other names (an
+    `nn.Sequential`'s `0.weight` for an `mlp`'s `fc1.weight`). Else one line naming the first
+    tensor that does not fit and what the architecture expects there."""
+    expected = model.state_dict()
+    variants = list(_variants(state))
+    for v in variants:
+        if set(v) == set(expected):
+            check_state_matches(model, v)  # same names: a shape mismatch is named by its tensor
+            return v
+    for v in variants:
+        renamed = _positional(expected, v)
+        if renamed is not None:
+            return renamed
+    stripped = variants[-1]
+    missing = sorted(set(expected) - set(stripped))
+    extra = sorted(set(stripped) - set(expected))
+    raise AuditorError(f"weights do not match the spec's architecture: missing {missing[:5]}, unexpected "
+                       f"{extra[:5]}; in order, {_first_misfit(expected, stripped)} "
+                       "(see docs/formats.md#model-files)")
 
 
 def check_state_matches(model: nn.Module, state: dict) -> None:

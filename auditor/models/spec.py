@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..errors import AuditorError
@@ -16,6 +17,63 @@ _FIELD_TYPES = [("arch", dict, "an object"), ("task", str, "a string"), ("input"
                 ("class_names", list, "a list"), ("preprocessing", (dict, type(None)), "an object or null"),
                 ("provenance", dict, "an object"), ("data", (str, type(None)), "a string or null"),
                 ("format", str, "a string")]
+
+
+SCHEMA_PATH = Path(__file__).with_name("spec.schema.json")
+DOCS = "see docs/formats.md#model-spec"
+_VALIDATOR = None
+
+
+def spec_schema() -> dict:
+    """The JSON Schema of a model spec (`spec.schema.json`, every field explained, with examples)."""
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def _validator():
+    global _VALIDATOR
+    if _VALIDATOR is None:
+        import jsonschema
+
+        _VALIDATOR = jsonschema.Draft202012Validator(spec_schema())
+    return _VALIDATOR
+
+
+def _where(path) -> str:
+    return ".".join(str(p) for p in path) or "(the spec)"
+
+
+def _pick(errors: list):
+    """The error to report: the deepest in the spec, a concrete one before an any/oneOf."""
+    return max(errors, key=lambda e: (len(e.absolute_path), e.validator not in ("oneOf", "anyOf")))
+
+
+def _meant_branch(context: list) -> list:
+    """The errors of the oneOf branches whose discriminator fits (the value's JSON type, a layer's or
+    column's "type"): a layer object is not reported as "not one of ['relu', ...]"."""
+    branches: dict = {}
+    for e in context:
+        branches.setdefault(e.relative_schema_path[0], []).append(e)
+    meant = [errs for errs in branches.values()
+             if not any(e.validator in ("type", "enum", "const") and list(e.relative_path) in ([], ["type"])
+                        for e in errs)]
+    return [e for errs in meant for e in errs] or context
+
+
+def validate_spec(d: dict) -> None:
+    """Check a spec dict against `spec.schema.json`; the first error names its key in one line."""
+    errors = list(_validator().iter_errors(d))
+    if not errors:
+        return
+    err = _pick(errors)
+    while err.context:  # a oneOf/anyOf: say what failed in the branch meant for this kind of value
+        err = _pick(_meant_branch(err.context))
+    where = _where(err.absolute_path)
+    message = err.message if len(err.message) <= 160 else err.message[:157] + "..."
+    arch = d.get("arch") if isinstance(d.get("arch"), dict) else {}
+    if err.absolute_path and err.absolute_path[0] == "arch" and arch.get("name") in ("mlp", "cnn", "sequential"):
+        raise AuditorError(f"model spec: bad parameters for architecture {arch['name']!r}: {where!r}: {message} "
+                           f"({DOCS})")
+    raise AuditorError(f"model spec: {where!r}: {message} ({DOCS})")
 
 
 @dataclass
@@ -41,28 +99,29 @@ class ModelSpec:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: Any) -> "ModelSpec":
+    def from_dict(cls, d: Any) -> ModelSpec:
         if not isinstance(d, dict):
             raise AuditorError("model spec must be a JSON object")
         if "arch" not in d:
             raise AuditorError("model spec has no 'arch' (e.g. {\"name\": \"mlp\", \"in_features\": 10, "
-                               "\"hidden\": [32], \"num_classes\": 2})")
+                               f"\"hidden\": [32], \"num_classes\": 2}}; {DOCS})")
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
-            raise AuditorError(f"model spec has unknown keys {sorted(unknown)}; known: {sorted(known)}")
+            raise AuditorError(f"model spec has unknown keys {sorted(unknown)}; known: {sorted(known)} ({DOCS})")
         for key, types, what in _FIELD_TYPES:
             if key in d and not isinstance(d[key], types):
                 raise AuditorError(f"model spec: {key!r} must be {what}, not {type(d[key]).__name__}")
         if not all(isinstance(c, str) for c in d.get("class_names", [])):
             raise AuditorError("model spec: 'class_names' must be a list of strings")
+        validate_spec(d)
         spec = cls(**d)
         if spec.task != "classification":
             raise AuditorError(f"model spec task {spec.task!r} is not supported; only 'classification'")
         return spec
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelSpec":
+    def from_json(cls, text: str) -> ModelSpec:
         try:
             d = json.loads(text)
         except json.JSONDecodeError as exc:

@@ -71,15 +71,26 @@ def environment(device: str, seed: int | None) -> dict:
             "device": device, "seed": seed, "threads": torch.get_num_threads()}
 
 
-def merge_requirements(before, after=None) -> list[dict]:
-    """Per requirement: value and verdict before and (when an edit ran) after."""
+def _result(r) -> dict:
+    """One requirement on one model: value, its 95 % interval and rows, verdict (pass / fail /
+    inconclusive), and whether it counts as met under the verdict mode (`passed`)."""
+    return {"value": r.value, "passed": r.passed, "verdict": getattr(r, "verdict", None) or
+            ("pass" if r.passed else "fail"), "low": getattr(r, "low", None), "high": getattr(r, "high", None),
+            "n": getattr(r, "n", None), "note": getattr(r, "note", None)}
+
+
+def merge_requirements(before, after=None, change: dict | None = None) -> list[dict]:
+    """Per requirement: value, interval and verdict before and (when an edit ran) after; `change`:
+    paired-bootstrap differences by metric (`uncertainty.paired_differences`)."""
     after_by = {r.expr: r for r in (after.requirements if after is not None else [])}
     out = []
     for r in before.requirements:
         a = after_by.get(r.expr)
+        d = (change or {}).get(r.metric)
         out.append({"expr": r.expr, "metric": r.metric, "op": r.op, "threshold": r.threshold,
-                    "before": {"value": r.value, "passed": r.passed},
-                    "after": None if a is None else {"value": a.value, "passed": a.passed}})
+                    "before": _result(r), "after": None if a is None else _result(a),
+                    "change": None if a is None or d is None else
+                    {"value": d["change"], "low": d["low"], "high": d["high"]}})
     return out
 
 
@@ -100,6 +111,9 @@ class Report:
     reproduce: dict = field(default_factory=dict)
     signoff: dict = field(default_factory=dict)
     generated: dict = field(default_factory=dict)
+    side_effects: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    uncertainty: dict = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -110,37 +124,56 @@ class Report:
                          "requirements": self.requirements, "model": self.model, "data": self.data,
                          "metrics": self.metrics, "localization": self.localization, "edits": self.edits,
                          "tradeoff": self.tradeoff, "environment": self.environment, "reproduce": self.reproduce,
-                         "signoff": self.signoff, "generated": self.generated})
+                         "signoff": self.signoff, "generated": self.generated, "side_effects": self.side_effects,
+                         "warnings": self.warnings, "uncertainty": self.uncertainty})
 
     @classmethod
     def from_dict(cls, d: dict) -> Report:
         return cls(**{k: v for k, v in d.items() if k != "schema_version"})
 
 
-def _verdict(before, after, editor: str | None) -> dict:
-    final = after if after is not None else before
-    n = len(final.requirements)
-    met = sum(r.passed for r in final.requirements)
-    met_before = sum(r.passed for r in before.requirements)
-    if after is not None:
-        summary = (f"{met} of {n} requirements met after the {editor} edit "
-                   f"({met_before} of {n} before).")
-    else:
-        summary = f"{met} of {n} requirements met (no edit applied)."
-    return {"passed": bool(final.passed), "status": "PASS" if final.passed else "FAIL", "summary": summary,
+def _verdict(before, after, editor: str | None, side_effects=(), forbid_side_effects: bool = False) -> dict:
+    from ..present import verdict
+
+    v = verdict(before, after, side_effects, forbid_side_effects=forbid_side_effects,
+                editor=None if editor is None else f"{editor} edit")
+    return {"passed": v["passed"], "status": v["status"], "summary": v["summary"],
             "before": bool(before.passed), "after": None if after is None else bool(after.passed),
-            "edited": after is not None, "met": met, "total": n}
+            "edited": after is not None, "met": v["met"], "total": v["total"], "inconclusive": v["inconclusive"],
+            "side_effects": v["side_effects"], "mode": v["mode"], "forbid_side_effects": v["forbid_side_effects"],
+            "requirement_lines": v["requirement_lines"], "side_effect_lines": v["side_effect_lines"]}
+
+
+def _evaluation(ev) -> dict:
+    """One model's metrics for the report: values, 95 % intervals (with rows and group sizes), groups."""
+    return {"overall": ev.metrics, "groups": ev.groups, "intervals": getattr(ev, "intervals", {}) or {},
+            "small_groups": getattr(ev, "small_groups", {}) or {}}
+
+
+def _uncertainty(before, tradeoff, tradeoff_note: str | None) -> dict:
+    """How the numbers were judged: interval method, verdict mode, minimum group size; and the
+    trade-off's state (run, or why it is absent)."""
+    from ..requirements.uncertainty import LEVEL, RESAMPLES, SEED
+
+    return {"level": LEVEL, "method": "stratified bootstrap over rows (label x protected groups), percentile "
+            "interval; paired (same resampled rows) for before/after changes", "resamples": RESAMPLES,
+            "seed": SEED, "verdict_mode": getattr(before, "verdict_mode", "point"),
+            "min_group": getattr(before, "min_group", 0),
+            "tradeoff": "included" if tradeoff is not None else (tradeoff_note or "not run")}
 
 
 def build_report(*, bundle, data, before, after=None, edits=(), edited=None, localization: dict | None = None,
                  tradeoff=None, model_path: str | None = None, edited_path: str | None = None,
                  device: str = "cpu", seed: int | None = None, command: str | None = None,
-                 signoff: dict | None = None) -> Report:
+                 signoff: dict | None = None, side_effects=(), forbid_side_effects: bool = False,
+                 changes: dict | None = None, tradeoff_note: str | None = None) -> Report:
     """Assemble a `Report` from the pieces of an audit (`auditor.audit.AuditSession.build_report`).
 
     `before`/`after`: `Evaluation`s of the original and edited model; `edits`: every edit in order as
     plain dicts (`EditRecord.to_dict`); `tradeoff`: a `Tradeoff` (`auditor.audit.tradeoff.compare`);
     `localization`: the report's localization section (`Localization.to_report`)."""
+    from ..present import stamp_label
+
     edits = [dict(e) for e in edits]
     spec = bundle.spec
     model = {"name": bundle.name, "path": model_path, "format": bundle.format, "arch": spec.arch,
@@ -150,16 +183,24 @@ def build_report(*, bundle, data, before, after=None, edits=(), edited=None, loc
     data_d = {"name": data.name, "kind": data.kind, "split": before.split, "rows": int(before.rows),
               "sha256": data.sha256, "splits": {s: len(data.split(s)) for s in ("train", "val", "test")},
               "protected": list(data.protected), "classes": list(data.class_names),
-              "stamp": None if data.stamp is None else data.stamp.kind, "source": data.source or None}
-    metrics = {"before": {"overall": before.metrics, "groups": before.groups},
-               "after": None if after is None else {"overall": after.metrics, "groups": after.groups}}
+              "stamp": None if data.stamp is None else data.stamp.kind, "source": data.source or None,
+              "stamp_tested": stamp_label(data)}
+    data_d.update({k: v for k, v in data.data_block(before.split).items() if k in ("audited", "partition", "editors")})
+    metrics = {"before": _evaluation(before), "after": None if after is None else _evaluation(after)}
     title = f"Audit of {bundle.name} on {data.name}"
-    return Report(title=title, verdict=_verdict(before, after, edits[-1]["editor"] if edits else None),
-                  requirements=merge_requirements(before, after), model=model, data=data_d, metrics=metrics,
+    verdict = _verdict(before, after, edits[-1]["editor"] if edits else None, side_effects, forbid_side_effects)
+    if data_d["stamp_tested"]:  # which trigger/cue the verdict is about (a built-in one is named as the sample's)
+        verdict["summary"] += f" Tested with {data_d['stamp_tested']}."
+    return Report(title=title, verdict=verdict,
+                  requirements=merge_requirements(before, after, changes), model=model, data=data_d, metrics=metrics,
                   localization=localization, edits=edits,
                   tradeoff=None if tradeoff is None else tradeoff.to_dict(),
                   environment=environment(device, seed),
                   reproduce={"command": command, "seed": seed},
                   signoff={"auditor": None, "notes": None, "date": None, **(signoff or {})},
                   generated={"time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                             "tool": "auditor"})
+                             "tool": "auditor"},
+                  side_effects=[dict(e) for e in side_effects],
+                  warnings=list(dict.fromkeys([*getattr(before, "warnings", []),
+                                               *(getattr(after, "warnings", []) if after is not None else [])])),
+                  uncertainty=_uncertainty(before, tradeoff, tradeoff_note))

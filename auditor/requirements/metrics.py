@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from torch import nn
 
 from ..data.base import AuditData
@@ -60,11 +59,34 @@ class Fixes:
 
 
 @dataclass
+class Outcomes:
+    """What each evaluated row did, the raw material of every row metric and of its bootstrap
+    interval (`auditor.requirements.uncertainty`): labels, predictions, group codes per protected
+    attribute, and per row whether the trigger / cue flipped it (-1 where it does not apply).
+    Predictions are made once; intervals only re-count these."""
+
+    y: np.ndarray
+    pred: np.ndarray
+    n_classes: int
+    groups: dict[str, np.ndarray] = field(default_factory=dict)  # attribute -> int codes per row
+    group_names: dict[str, list[str]] = field(default_factory=dict)
+    asr_hit: np.ndarray | None = None  # 1 flipped to the target, 0 not, -1 a target-class row
+    cue_hit: np.ndarray | None = None  # 1 right despite the cue, 0 fooled, -1 a cue-class row
+    ref_pred: np.ndarray | None = None  # the reference model's predictions (drawdown, changed_predictions)
+    min_group: int = 0
+    binary: bool = False
+
+
+@dataclass
 class MetricReport:
-    """Overall metrics and per-group metrics ({attribute: {group: {name: value}}})."""
+    """Overall metrics and per-group metrics ({attribute: {group: {name: value}}}); `outcomes` the
+    rows behind them; `warnings` what was left out (groups under `min_group`)."""
 
     metrics: dict[str, float] = field(default_factory=dict)
     groups: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    outcomes: Outcomes | None = None
+    warnings: list[str] = field(default_factory=list)
+    small_groups: dict[str, dict[str, dict]] = field(default_factory=dict)
 
 
 def predict(model: nn.Module, X: torch.Tensor) -> np.ndarray:
@@ -114,6 +136,58 @@ def _gap(table: dict[str, dict[str, float]], metric: str) -> float:
     return max(values) - min(values)
 
 
+# The count each group rate rests on (its denominator), as `group_table` keeps it per group.
+RATE_BASE = {"selection_rate": "count", "accuracy": "count", "true_positive_rate": "positives",
+             "false_positive_rate": "negatives"}
+
+
+def eligible(sizes: dict[str, dict[str, float]], rate: str, min_group: int) -> list[str]:
+    """Groups whose `rate` rests on at least `min_group` rows; all groups when fewer than two qualify
+    (the gap is then flagged, not dropped)."""
+    ok = [g for g, s in sizes.items() if s[RATE_BASE[rate]] >= min_group]
+    return ok if len(ok) >= 2 else list(sizes)
+
+
+def group_sizes(y_true: np.ndarray, groups: pd.Series) -> dict[str, dict[str, float]]:
+    """Per group: rows, positives (y = 1) and negatives (y = 0)."""
+    y = np.asarray(y_true).astype(int)
+    g = pd.Series(groups).astype(str).to_numpy()
+    return {str(name): {"count": float((g == name).sum()), "positives": float(((g == name) & (y == 1)).sum()),
+                        "negatives": float(((g == name) & (y == 0)).sum())} for name in sorted(set(g.tolist()))}
+
+
+def small_group_report(attr: str, sizes: dict[str, dict[str, float]], min_group: int) -> tuple[dict, list[str]]:
+    """Groups of `attr` under `min_group` for some rate: {group: {rows, positives, negatives, left_out_of}}
+    and one warning line per group (never dropped silently)."""
+    flagged, warnings = {}, []
+    if min_group <= 0:
+        return flagged, warnings
+    metric_of = {"selection_rate": f"demographic_parity[{attr}]", "accuracy": "worst_group_accuracy",
+                 "true_positive_rate": f"equalized_odds[{attr}] (true-positive rate)",
+                 "false_positive_rate": f"equalized_odds[{attr}] (false-positive rate)"}
+    for g, s in sizes.items():
+        short = [r for r, base in RATE_BASE.items() if s[base] < min_group]
+        if not short:
+            continue
+        left = [metric_of[r] for r in short if g not in eligible(sizes, r, min_group)]
+        kept = [metric_of[r] for r in short if g in eligible(sizes, r, min_group)]
+        flagged[g] = {"rows": int(s["count"]), "positives": int(s["positives"]), "negatives": int(s["negatives"]),
+                      "left_out_of": left, "unreliable_in": kept}
+        what = (f"left out of {', '.join(left)}" if left else "") + (
+            ("; " if left else "") + f"kept in {', '.join(kept)} (fewer than two groups are large enough): "
+            "the verdict is inconclusive" if kept else "")
+        warnings.append(f"group {attr}={g} is small ({int(s['count'])} rows, {int(s['positives'])} positive, "
+                        f"{int(s['negatives'])} negative; minimum {min_group}): {what}")
+    return flagged, warnings
+
+
+def gap_over(table: dict[str, dict[str, float]], sizes: dict[str, dict[str, float]], rate: str,
+             min_group: int) -> float:
+    """Largest minus smallest `rate` over the groups large enough for it (`eligible`)."""
+    keep = eligible(sizes, rate, min_group)
+    return _gap({g: table[g] for g in keep}, rate)
+
+
 def demographic_parity_difference(table: dict[str, dict[str, float]]) -> float:
     """Largest minus smallest selection rate across groups."""
     return _gap(table, "selection_rate")
@@ -148,13 +222,24 @@ def _binary(data: AuditData) -> bool:
 
 
 def compute_metrics(model: nn.Module, data: AuditData, split: str = "test",
-                    reference: nn.Module | None = None, fixes: Fixes | None = None) -> MetricReport:
-    """Every metric that applies to this model and data, overall and per group."""
+                    reference: nn.Module | None = None, fixes: Fixes | None = None,
+                    min_group: int = 0) -> MetricReport:
+    """Every metric that applies to this model and data, overall and per group.
+
+    `min_group`: a group whose rate rests on fewer rows (rows for selection rate and accuracy,
+    positives for the true-positive rate, negatives for the false-positive rate) is left out of
+    the gaps and of worst-group accuracy, with a warning in `warnings`; 0 keeps every group
+    (fairlearn's definition). When fewer than two groups are large enough, all are kept and the
+    metric is flagged (`small_groups[attr][group]["unreliable_in"]`)."""
     sp = data.split(split)
     y = sp.y.numpy()
     pred = predict(model, sp.X)
     out = MetricReport()
+    oc = out.outcomes = Outcomes(y.astype(np.int64), pred.astype(np.int64), len(data.class_names),
+                                 min_group=int(min_group), binary=_binary(data))
     m = out.metrics
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score  # 1 s to import: only here
+
     m["accuracy"] = float(accuracy_score(y, pred))
     m["balanced_accuracy"] = float(balanced_accuracy_score(y, pred))
     m["sparsity"] = sparsity(model)
@@ -163,19 +248,39 @@ def compute_metrics(model: nn.Module, data: AuditData, split: str = "test",
     if data.protected and _binary(data):
         worst = 1.0
         for i, attr in enumerate(data.protected):
+            codes, names = pd.factorize(pd.Series(sp.groups[attr]).astype(str).to_numpy(), sort=True)
+            oc.groups[attr], oc.group_names[attr] = codes.astype(np.int64), [str(n) for n in names]
             table = group_table(y, pred, sp.groups[attr])
-            dp, eo = demographic_parity_difference(table), equalized_odds_difference(table)
+            sizes = group_sizes(y, sp.groups[attr])
+            for g, s in sizes.items():
+                table[g].update(positives=s["positives"], negatives=s["negatives"])
+            flagged, warnings = small_group_report(attr, sizes, min_group)
+            if flagged:
+                out.small_groups[attr] = flagged
+                out.warnings += warnings
+            dp = gap_over(table, sizes, "selection_rate", min_group)
+            eo = max(gap_over(table, sizes, "true_positive_rate", min_group),
+                     gap_over(table, sizes, "false_positive_rate", min_group))
             m[f"demographic_parity[{attr}]"] = dp
             m[f"equalized_odds[{attr}]"] = eo
             if i == 0:
                 m["demographic_parity"], m["equalized_odds"] = dp, eo
             out.groups[attr] = table
-            worst = min(worst, min(v["accuracy"] for v in out.groups[attr].values()))
+            worst = min(worst, min(table[g]["accuracy"] for g in eligible(sizes, "accuracy", min_group)))
         m["worst_group_accuracy"] = worst
     if data.trigger is not None:
-        m["attack_success_rate"] = attack_success_rate(model, data, split)
+        trig = data.trigger
+        rows = np.flatnonzero(y != trig.target)
+        hit = np.full(len(y), -1, dtype=np.int64)
+        hit[rows] = predict(model, data.corrupt(split, rows)) == trig.target
+        oc.asr_hit = hit
+        m["attack_success_rate"] = float(hit[rows].mean()) if len(rows) else 0.0
     if data.cue is not None:
-        m["cue_accuracy"] = cue_accuracy(model, data, split)
+        rows = np.flatnonzero(y != data.cue.target)
+        hit = np.full(len(y), -1, dtype=np.int64)
+        hit[rows] = predict(model, data.corrupt(split, rows)) == y[rows]
+        oc.cue_hit = hit
+        m["cue_accuracy"] = float(hit[rows].mean()) if len(rows) else 0.0
         m["cue_gap"] = m["accuracy"] - m["cue_accuracy"]
         m["worst_group_accuracy"] = min(m["accuracy"], m["cue_accuracy"])
         out.groups["cue"] = {"clean": {"accuracy": m["accuracy"]},
@@ -186,6 +291,7 @@ def compute_metrics(model: nn.Module, data: AuditData, split: str = "test",
             m["generality"] = float((predict(model, fixes.X_equiv) == fixes.y_equiv.numpy()).mean())
     if reference is not None:
         ref_pred = predict(reference, sp.X)
+        oc.ref_pred = ref_pred.astype(np.int64)
         m["drawdown"] = float(accuracy_score(y, ref_pred)) - m["accuracy"]
         m["changed_predictions"] = float((ref_pred != pred).mean())
     return out

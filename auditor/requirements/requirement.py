@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 from ..errors import AuditorError
 from .metrics import METRICS
 
+VERDICT_MODES = ("strict", "point")
+DEFAULT_VERDICT = "strict"  # CI: a requirement whose interval straddles the threshold is not met
 _EXPR = re.compile(r"^\s*([a-z_]+)(?:\[([^\]]+)\])?\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
 
 
@@ -30,7 +32,15 @@ class Requirement:
     def holds(self, value: float) -> bool:
         return value <= self.threshold + 1e-12 if self.op == "<=" else value >= self.threshold - 1e-12
 
-    def check(self, metrics: dict[str, float]) -> "RequirementResult":
+    def check(self, metrics: dict[str, float], intervals: dict | None = None, mode: str = "point",
+              unreliable: str | None = None) -> RequirementResult:
+        """The verdict on `metrics`: `pass` / `fail` when the whole 95 % interval (`intervals[key]`,
+        see `auditor.requirements.uncertainty`) lies on one side of the threshold, `inconclusive` when
+        it straddles it (or `unreliable` says why the value cannot be trusted, e.g. a gap over groups
+        under the minimum size). Without an interval the verdict is the point estimate's. `passed` is
+        what counts: in `mode="strict"` only `pass`; in `mode="point"` the point estimate alone."""
+        if mode not in VERDICT_MODES:
+            raise AuditorError(f"unknown verdict mode {mode!r}; choose one of {', '.join(VERDICT_MODES)}")
         if self.key not in metrics:
             info = METRICS[self.metric]
             why = {"groups": "a binary task with protected attributes", "trigger": "a data set with a Trojan trigger",
@@ -38,9 +48,27 @@ class Requirement:
                    "reference": "a model before the edit"}.get(info.needs or "", "this model and data")
             raise AuditorError(f"requirement {self.expr!r} cannot be evaluated here: {self.key} needs {why}")
         value = float(metrics[self.key])
-        return RequirementResult(self.expr, self.key, value, self.threshold, self.op, self.holds(value))
+        iv = (intervals or {}).get(self.key) or {}
+        low, high, n = iv.get("low"), iv.get("high"), iv.get("n")
+        point = self.holds(value)
+        note = None
+        if unreliable:
+            verdict, note = "inconclusive", unreliable
+        elif low is None or high is None:
+            verdict = "pass" if point else "fail"
+        elif self.holds(low) and self.holds(high):
+            verdict = "pass"
+        elif not self.holds(low) and not self.holds(high):
+            verdict = "fail"
+        else:
+            verdict = "inconclusive"
+            note = (f"the 95 % interval [{low:.4g}, {high:.4g}] straddles the threshold {self.threshold:g}"
+                    + (f" ({n} rows)" if n else ""))
+        passed = verdict == "pass" if mode == "strict" else point
+        return RequirementResult(self.expr, self.key, value, self.threshold, self.op, passed, verdict, low, high, n,
+                                 note)
 
-    def evaluate(self, model, data, split: str = "test") -> "RequirementResult":
+    def evaluate(self, model, data, split: str = "test") -> RequirementResult:
         from .metrics import compute_metrics
         return self.check(compute_metrics(model, data, split).metrics)
 
@@ -52,7 +80,16 @@ class RequirementResult:
     value: float
     threshold: float
     op: str
-    passed: bool
+    passed: bool  # counts as met under the verdict mode (strict: verdict == "pass"; point: value meets threshold)
+    verdict: str = ""  # "pass", "fail" or "inconclusive" (the 95 % interval straddles the threshold)
+    low: float | None = None
+    high: float | None = None
+    n: int | None = None
+    note: str | None = None
+
+    def __post_init__(self):
+        if not self.verdict:
+            self.verdict = "pass" if self.passed else "fail"
 
     def to_dict(self) -> dict:
         return asdict(self)

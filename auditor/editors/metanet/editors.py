@@ -66,6 +66,20 @@ def trained_editor(task: str, requirement: str, weights: str | None = None) -> T
     return _LOADED[key]
 
 
+def train_hint(task: str, requirement: str) -> str:
+    """How to get a metanetwork for `task`, said only as far as it works: `auditor editor train` needs a
+    population of models of the task (`auditor.zoo.TASKS`)."""
+    from ...zoo import TASKS
+
+    if task in TASKS:
+        return (f"train one with `auditor editor train --task {task} --requirement {requirement}` (it builds the "
+                f"task's population of models first, as `auditor zoo build --task {task}` does, and writes the "
+                "editor to ~/.auditor/editors, where it is found)")
+    return (f"a metanetwork is trained on a population of models of one task, and populations exist only for "
+            f"{', '.join(TASKS)} (`auditor zoo build --task ...`), not for {task!r}; use an editor that "
+            f"applies to this model instead, or pass `--set weights=FILE` with one trained on this family")
+
+
 class _MetaNetEditor(Editor):
     kind = "learned"
     requirement: ClassVar[str] = ""
@@ -76,8 +90,8 @@ class _MetaNetEditor(Editor):
     def supports(self, bundle, data) -> str | None:
         path = editor_path(data.name, self.requirement, getattr(self.hparams, "weights", None))
         if not path.exists():
-            return (f"no trained metanetwork for task {data.name!r} ({path.name} is missing; train one with "
-                    f"`auditor editor train --task {data.name} --requirement {self.requirement}`)")
+            return f"no trained metanetwork for task {data.name!r} ({path.name} is missing); " + \
+                train_hint(data.name, self.requirement)
         try:
             return self._trained(data).supports(bundle, data)
         except AuditorError as exc:

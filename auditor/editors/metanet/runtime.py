@@ -252,8 +252,12 @@ class TrainedMetaNet:
         if data.kind != "tabular":
             return f"it was trained on tabular {fam['data']!r} MLPs; {data.name!r} is {data.kind} data"
         if data.name != fam["data"]:
-            return (f"it was trained on models of task {fam['data']!r}, not {data.name!r} "
-                    f"(train one with `auditor editor train --task {data.name}` if a population exists)")
+            from ...zoo import TASKS
+
+            how = (f"train one with `auditor editor train --task {data.name}`" if data.name in TASKS else
+                   f"no population of models exists for {data.name!r} to train one on (only for "
+                   f"{', '.join(TASKS)}); use an editor that applies to this model instead")
+            return f"it was trained on models of task {fam['data']!r}, not {data.name!r}; {how}"
         if spec.data not in (None, fam["data"]):
             return f"the model was trained on {spec.data!r}, this editor on {fam['data']!r}"
         try:

@@ -1,0 +1,292 @@
+"""95 % bootstrap intervals for every row metric, paired intervals for before/after differences,
+and the side effects of an edit.
+
+How: the model's predictions are made once (`metrics.Outcomes`). Every row falls in a cell (its
+label, its groups, its prediction, whether the trigger/cue flipped it, and for a paired bootstrap
+the other model's prediction too); a bootstrap resample of the rows is a draw of cell counts. Rows
+are resampled within strata (label x every protected group), so each group keeps its size and its
+positives and negatives: a multinomial draw per stratum, `RESAMPLES` times, seeded by `SEED`. Each
+metric is then recomputed from the counts of each resample (vectorised), and its interval is the
+2.5th-97.5th percentile of those values, widened where needed to contain the value itself
+(max-min gaps over small groups are biased upwards in resamples).
+
+A paired bootstrap draws the same resampled rows for the model before and after an edit (cells
+hold both predictions), so the interval of a difference excludes the noise the two share.
+
+Metrics that are not row statistics get no interval: `sparsity`, `features_used` (properties of
+the weights) and `edit_success`, `generality` (the requested fixes are the whole population, not a
+sample of one). `drawdown` and `changed_predictions` get one (they are row statistics against the
+reference model).
+
+    >>> RESAMPLES, SEED, LEVEL
+    (2000, 0, 0.95)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .metrics import METRICS, RATE_BASE, Outcomes
+
+RESAMPLES = 2000  # enough for stable 2.5/97.5 percentiles; ~0.1 s on Adult's 16 k rows (counts, not rows)
+SEED = 0
+LEVEL = 0.95
+NO_INTERVAL = {"sparsity": "a property of the weights, not of rows: no interval",
+               "features_used": "a property of the weights, not of rows: no interval",
+               "edit_success": "the requested fixes are the whole population, not a sample: no interval",
+               "generality": "the fixes' equivalent inputs are the whole population, not a sample: no interval"}
+# Not judged as side effects: comparisons with the model before the edit, not qualities of the model
+NOT_SIDE_EFFECTS = frozenset({"drawdown", "changed_predictions"})
+
+
+def _base(key: str) -> str:
+    return key.split("[", 1)[0]
+
+
+def _attr(key: str) -> str | None:
+    return key[key.index("[") + 1:-1] if "[" in key else None
+
+
+@dataclass
+class _Cells:
+    """Distinct cells of the rows (columns by name) and their bootstrap counts W (B, cells)."""
+
+    cols: dict[str, np.ndarray]
+    counts: np.ndarray  # (cells,) original counts
+    W: np.ndarray  # (B, cells) resampled counts
+
+    def count(self, mask: np.ndarray, original: bool = False) -> np.ndarray:
+        if original:
+            return np.asarray(self.counts[mask].sum(), dtype=float)
+        return self.W[:, mask].sum(1).astype(float)
+
+
+def _columns(oc: Outcomes, prefix: str = "") -> dict[str, np.ndarray]:
+    cols = {f"{prefix}pred": oc.pred}
+    if oc.asr_hit is not None:
+        cols[f"{prefix}asr"] = oc.asr_hit
+    if oc.cue_hit is not None:
+        cols[f"{prefix}cue"] = oc.cue_hit
+    if oc.ref_pred is not None:
+        cols[f"{prefix}ref"] = oc.ref_pred
+    return cols
+
+
+def _cells(outcomes: list[Outcomes], resamples: int, seed: int) -> _Cells:
+    base = outcomes[0]
+    strata_cols = {"y": base.y, **{f"g:{a}": c for a, c in base.groups.items()}}
+    model_cols = {}
+    for i, oc in enumerate(outcomes):
+        model_cols.update(_columns(oc, f"{i}:"))
+    names = [*strata_cols, *model_cols]
+    K = np.stack([np.asarray(v, dtype=np.int64) for v in [*strata_cols.values(), *model_cols.values()]], 1)
+    cells, counts = np.unique(K, axis=0, return_counts=True)
+    n_strata = len(strata_cols)
+    _, stratum = np.unique(cells[:, :n_strata], axis=0, return_inverse=True)
+    stratum = stratum.ravel()
+    rng = np.random.default_rng(seed)
+    W = np.zeros((resamples, len(cells)), dtype=np.int64)
+    for s in range(int(stratum.max()) + 1 if len(stratum) else 0):
+        idx = np.flatnonzero(stratum == s)
+        n_s = int(counts[idx].sum())
+        W[:, idx] = rng.multinomial(n_s, counts[idx] / n_s, size=resamples)
+    return _Cells({n: cells[:, j] for j, n in enumerate(names)}, counts, W)
+
+
+def _rate(c: _Cells, num: np.ndarray, den: np.ndarray, original: bool) -> np.ndarray:
+    a, b = c.count(num & den, original), c.count(den, original)
+    return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
+
+
+def _metrics(c: _Cells, oc: Outcomes, prefix: str, original: bool = False) -> dict[str, np.ndarray]:
+    """Every row metric of one model from cell counts (B resamples, or the original counts)."""
+    y, pred = c.cols["y"], c.cols[f"{prefix}pred"]
+    every = np.ones(len(y), dtype=bool)
+    out = {}
+    out["accuracy"] = _rate(c, y == pred, every, original)
+    recalls = [_rate(c, pred == k, y == k, original) for k in range(oc.n_classes) if c.counts[y == k].sum() > 0]
+    out["balanced_accuracy"] = np.mean(recalls, 0) if recalls else out["accuracy"] * 0
+    if oc.groups and oc.binary:
+        worst = None
+        for i, attr in enumerate(oc.groups):
+            g = c.cols[f"g:{attr}"]
+            rates, sizes = {}, {}
+            for k, name in enumerate(oc.group_names[attr]):
+                in_g = g == k
+                n_g, pos, neg = (float(c.counts[in_g & m].sum()) for m in (every, y == 1, y == 0))
+                if n_g == 0:
+                    continue
+                sizes[name] = {"count": n_g, "positives": pos, "negatives": neg}
+                rates[name] = {"selection_rate": _rate(c, pred == 1, in_g, original),
+                               "accuracy": _rate(c, pred == y, in_g, original),
+                               "true_positive_rate": _rate(c, pred == 1, in_g & (y == 1), original),
+                               "false_positive_rate": _rate(c, pred == 1, in_g & (y == 0), original)}
+
+            def gap(rate, rates=rates, sizes=sizes):
+                keep = _eligible(sizes, rate, oc.min_group)
+                vals = np.stack([rates[k][rate] for k in keep])
+                return vals.max(0) - vals.min(0)
+
+            dp = gap("selection_rate")
+            eo = np.maximum(gap("true_positive_rate"), gap("false_positive_rate"))
+            out[f"demographic_parity[{attr}]"], out[f"equalized_odds[{attr}]"] = dp, eo
+            if i == 0:
+                out["demographic_parity"], out["equalized_odds"] = dp, eo
+            acc = np.stack([rates[k]["accuracy"] for k in _eligible(sizes, "accuracy", oc.min_group)]).min(0)
+            worst = acc if worst is None else np.minimum(worst, acc)
+        out["worst_group_accuracy"] = worst
+    if f"{prefix}asr" in c.cols:
+        h = c.cols[f"{prefix}asr"]
+        out["attack_success_rate"] = _rate(c, h == 1, h >= 0, original)
+    if f"{prefix}cue" in c.cols:
+        h = c.cols[f"{prefix}cue"]
+        out["cue_accuracy"] = _rate(c, h == 1, h >= 0, original)
+        out["cue_gap"] = out["accuracy"] - out["cue_accuracy"]
+        out["worst_group_accuracy"] = np.minimum(out["accuracy"], out["cue_accuracy"])
+    if f"{prefix}ref" in c.cols:
+        ref = c.cols[f"{prefix}ref"]
+        out["drawdown"] = _rate(c, ref == y, every, original) - out["accuracy"]
+        out["changed_predictions"] = _rate(c, ref != pred, every, original)
+    return out
+
+
+def _eligible(sizes: dict, rate: str, min_group: int) -> list[str]:
+    ok = [g for g, s in sizes.items() if s[RATE_BASE[rate]] >= min_group]
+    return ok if len(ok) >= 2 else list(sizes)
+
+
+def _n(oc: Outcomes, key: str) -> tuple[int, dict | None]:
+    """Rows a metric rests on, and for group metrics the size of each group."""
+    attr = _attr(key) or (next(iter(oc.groups), None) if _base(key) in ("demographic_parity", "equalized_odds")
+                          else None)
+    if _base(key) == "attack_success_rate" and oc.asr_hit is not None:
+        return int((oc.asr_hit >= 0).sum()), None
+    if _base(key) == "cue_accuracy" and oc.cue_hit is not None:
+        return int((oc.cue_hit >= 0).sum()), None
+    if attr is not None and attr in oc.groups:
+        sizes = np.bincount(oc.groups[attr], minlength=len(oc.group_names[attr]))
+        return len(oc.y), {n: int(s) for n, s in zip(oc.group_names[attr], sizes)}
+    if key == "worst_group_accuracy" and oc.groups:
+        return len(oc.y), {f"{a}={n}": int(s) for a in oc.groups
+                           for n, s in zip(oc.group_names[a], np.bincount(oc.groups[a]))}
+    return len(oc.y), None
+
+
+def _bounds(reps: np.ndarray, value: float) -> tuple[float, float]:
+    alpha = (1 - LEVEL) / 2
+    lo, hi = np.quantile(reps, [alpha, 1 - alpha])
+    return float(min(lo, value)), float(max(hi, value))
+
+
+def intervals(metrics: dict[str, float], oc: Outcomes, *, resamples: int = RESAMPLES,
+              seed: int = SEED) -> dict[str, dict]:
+    """{metric: {"value", "low", "high", "n"}} for every metric in `metrics` (as `compute_metrics`
+    gave them for the rows in `oc`); group metrics add "groups" (rows per group); metrics that are
+    not row statistics get low = high = n = None and a "note" saying why."""
+    c = _cells([oc], resamples, seed)
+    reps = _metrics(c, oc, "0:")
+    out = {}
+    for key, value in metrics.items():
+        if key in reps:
+            lo, hi = _bounds(reps[key], float(value))
+            n, groups = _n(oc, key)
+            entry = {"value": float(value), "low": lo, "high": hi, "n": n}
+            if groups is not None:
+                entry["groups"] = groups
+        else:
+            entry = {"value": float(value), "low": None, "high": None, "n": None,
+                     "note": NO_INTERVAL.get(_base(key), "not a row statistic: no interval")}
+        out[key] = entry
+    return out
+
+
+def point_metrics(oc: Outcomes) -> dict[str, float]:
+    """The row metrics recomputed from the original cell counts (equal to `compute_metrics`; tested)."""
+    c = _cells([oc], 1, SEED)
+    return {k: float(v) for k, v in _metrics(c, oc, "0:", original=True).items()}
+
+
+def resample_values(oc: Outcomes, resamples: int, seed: int) -> dict[str, np.ndarray]:
+    """The row metrics on `resamples` fresh stratified bootstrap resamples (for checks of coverage)."""
+    return _metrics(_cells([oc], resamples, seed), oc, "0:")
+
+
+def paired_differences(before: Outcomes, after: Outcomes, metrics_before: dict, metrics_after: dict, *,
+                       resamples: int = RESAMPLES, seed: int = SEED) -> dict[str, dict]:
+    """{metric: {"before", "after", "change", "low", "high"}}: the change after - before and its 95 %
+    interval from a paired bootstrap (the same resampled rows for both models)."""
+    if len(before.y) != len(after.y) or not np.array_equal(before.y, after.y):
+        raise ValueError("a paired bootstrap needs the same rows before and after")
+    c = _cells([before, after], resamples, seed)
+    rb, ra = _metrics(c, before, "0:"), _metrics(c, after, "1:")
+    out = {}
+    for key in metrics_after:
+        if key not in rb or key not in ra or key not in metrics_before:
+            continue
+        b, a = float(metrics_before[key]), float(metrics_after[key])
+        lo, hi = _bounds(ra[key] - rb[key], a - b)
+        out[key] = {"before": b, "after": a, "change": a - b, "low": lo, "high": hi}
+    return out
+
+
+def _group_sources(key: str, groups_before: dict, groups_after: dict, higher_is_better: bool,
+                   limit: int = 3) -> list[dict]:
+    """Where a group metric's change comes from: the group rates that moved most in the bad direction."""
+    metric, attr = _base(key), _attr(key)
+    rates = {"demographic_parity": ["selection_rate"], "worst_group_accuracy": ["accuracy"],
+             "equalized_odds": ["true_positive_rate", "false_positive_rate"]}.get(metric)
+    if rates is None:
+        return []
+    attrs = [attr] if attr else list(groups_after)
+    rows = []
+    for a in attrs:
+        for g, vals in groups_after.get(a, {}).items():
+            old = groups_before.get(a, {}).get(g, {})
+            for rate in rates:
+                if rate in vals and rate in old:
+                    n = vals.get(RATE_BASE[rate], vals.get("count"))
+                    rows.append({"attribute": a, "group": g, "rate": rate, "before": float(old[rate]),
+                                 "after": float(vals[rate]), "change": float(vals[rate] - old[rate]),
+                                 "n": None if n is None else int(n)})
+    if metric == "worst_group_accuracy":  # the groups that lost accuracy
+        rows = [r for r in rows if r["change"] < 0]
+    rows.sort(key=lambda r: -abs(r["change"]))
+    return rows[:limit]
+
+
+def side_effects(before, after, requirement_keys=(), primary: str | None = None, *,
+                 resamples: int = RESAMPLES, seed: int = SEED) -> list[dict]:
+    """Metrics that are not requirements and got worse by more than their noise: the paired 95 %
+    interval of the change excludes 0 on the bad side. `before`/`after`: `Evaluation`s of the same
+    rows; `primary`: the protected attribute that `demographic_parity` (no [attribute]) stands for.
+    Each: {"metric", "before", "after", "change", "low", "high", "higher_is_better", "groups": [...]}."""
+    ob, oa = getattr(before, "outcomes", None), getattr(after, "outcomes", None)
+    if ob is None or oa is None:
+        return []
+    skip = set(requirement_keys)
+    if primary:
+        for k in list(skip):
+            if k in ("demographic_parity", "equalized_odds"):
+                skip.add(f"{k}[{primary}]")
+            elif k in (f"demographic_parity[{primary}]", f"equalized_odds[{primary}]"):
+                skip.add(_base(k))
+    diffs = paired_differences(ob, oa, before.metrics, after.metrics, resamples=resamples, seed=seed)
+    out = []
+    for key, d in diffs.items():
+        if key in skip or _base(key) in NOT_SIDE_EFFECTS or _base(key) not in METRICS:
+            continue
+        if primary and key in ("demographic_parity", "equalized_odds") and f"{key}[{primary}]" in diffs:
+            continue  # the same number as its [primary] form, listed once
+        hib = METRICS[_base(key)].higher_is_better
+        worse = d["high"] < 0 if hib else d["low"] > 0
+        if not worse:
+            continue
+        out.append({"metric": key, **d, "higher_is_better": hib,
+                    "groups": _group_sources(key, before.groups, after.groups, hib)})
+    out.sort(key=lambda e: -abs(e["change"]))
+    return out
+
+
+__all__ = ["LEVEL", "NO_INTERVAL", "RESAMPLES", "SEED", "intervals", "paired_differences", "point_metrics",
+           "resample_values", "side_effects"]
