@@ -8,3 +8,28 @@ class AuditorError(ValueError):
 
 class UnsafeModelError(AuditorError):
     """A model file that could run code when loaded; it is refused, never opened."""
+
+
+# Control characters (C0, DEL, C1: ANSI escape sequences start with ESC or CSI) and the bidirectional
+# overrides that reorder text on screen: shown escaped, so a value cannot recolour, move the cursor,
+# clear or hide the lines a terminal shows (a requirement's verdict among them).
+_INERT = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}
+_INERT.update({c: f"\\u{c:04x}" for c in (*range(0x202a, 0x202f), *range(0x2066, 0x206a), 0x200e, 0x200f, 0x061c)})
+MAX_MESSAGE = 500  # characters of an error message shown (a 50 MB cell must not become a 50 MB line)
+
+
+def inert(text: object) -> str:
+    """`text` with control characters and bidi overrides escaped (`\\x1b`): safe to print to a terminal."""
+    return str(text).translate(_INERT)
+
+
+def one_line(text: object, limit: int = MAX_MESSAGE) -> str:
+    """`text` on one line of at most about `limit` characters (its start and its end, which often
+    names the column or file), control characters escaped: how an error is shown, whatever its size."""
+    raw = str(text)
+    flat = lambda t: inert(" ".join(t.split()))
+    s = flat(raw[:4 * limit])
+    if len(s) <= limit and len(raw) <= 4 * limit:
+        return s
+    tail = flat(raw[-limit // 4:])[-limit // 4:]
+    return f"{s[:limit - len(tail) - 40]} ...({len(raw):,} characters)... {tail}"

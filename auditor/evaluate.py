@@ -66,8 +66,9 @@ class Evaluation:
                 continue
             for g, info in flagged.items():
                 if any(u.split(" ")[0] in (key, f"{base}[{a}]") for u in info.get("unreliable_in", [])):
-                    return (f"fewer than two {a} groups have {self.min_group} rows or more ({a}={g}: "
-                            f"{info['rows']} rows): {key} rests on too few rows to judge")
+                    return (f"fewer than two {a} groups have {self.min_group} rows or more behind this rate "
+                            f"({a}={g}: {info['rows']} rows, {info['positives']} positive, {info['negatives']} "
+                            f"negative): {key} rests on too few rows to judge")
         return None
 
     def judge(self, requirements, mode: str | None = None, primary: str | None = None) -> list[RequirementResult]:

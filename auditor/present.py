@@ -291,8 +291,10 @@ def requirement_table(requirements, before, now):
         rows.append({"requirement": req.expr, "meaning": metric_help(req.key),
                      "threshold": format_value(req.key, req.threshold),
                      "before edits": format_value(req.key, b.value), "now": format_value(req.key, n.value),
-                     "passes": bool(n.passed)})
-    return pd.DataFrame(rows, columns=["requirement", "meaning", "threshold", "before edits", "now", "passes"])
+                     "95 % interval now": format_interval(req.key, n.low, n.high) or "none (not a row statistic)",
+                     "verdict": n.verdict, "passes": bool(n.passed)})
+    return pd.DataFrame(rows, columns=["requirement", "meaning", "threshold", "before edits", "now",
+                                       "95 % interval now", "verdict", "passes"])
 
 
 def metrics_table(evaluation, attribute: str | None, *, with_reference: bool = True):

@@ -34,7 +34,7 @@ def sample_model(name: str):
     return load_model(SAMPLES / f"{name}.safetensors")
 
 
-@st.cache_resource(show_spinner=False)
+@st.cache_resource(show_spinner=False, max_entries=8)  # one entry per uploaded spec: bounded, oldest dropped
 def builtin_data(name: str, spec_json: str | None = None):
     """A built-in data set, transformed by the model's stored preprocessing (shared, read-only)."""
     from auditor import ModelSpec
@@ -98,7 +98,21 @@ def get_audit() -> AuditSession | None:
     return st.session_state.get(KEY)
 
 
+SIGNOFF = "signoff"  # the auditor's name and notes, kept across loads of other models in this browser session
+
+
 def set_audit(audit: AuditSession) -> None:
+    """Make `audit` this browser session's audit. The auditor's name and notes survive loading another
+    model: the new audit takes them over from the previous one (a name the Load page just asked for wins)."""
+    old = st.session_state.get(KEY)
+    kept = st.session_state.setdefault(SIGNOFF, {"auditor_name": "", "notes": ""})
+    if old is not None:
+        kept["auditor_name"] = old.auditor_name or kept["auditor_name"]
+        kept["notes"] = old.notes or kept["notes"]
+    if not audit.auditor_name:
+        audit.auditor_name = kept["auditor_name"]
+    if not audit.notes:
+        audit.notes = kept["notes"]
     st.session_state[KEY] = audit
     for k in [k for k in st.session_state if str(k).startswith(("req_", "hp_", "loc_"))]:
         del st.session_state[k]
@@ -130,11 +144,12 @@ def progress(text: str):
 
 def show_error(exc: BaseException) -> None:
     """A message on the page, never a traceback: AuditorError text as is, others in one line."""
-    if isinstance(exc, AuditorError):
-        st.error(str(exc), icon=":material/error:")
+    from auditor.errors import one_line
+
+    if isinstance(exc, AuditorError):  # bounded: a 50 MB cell in a message shows as one short line
+        st.error(one_line(exc), icon=":material/error:")
     else:
-        first = str(exc).splitlines()[0][:300] if str(exc) else ""
-        st.error(f"Something went wrong ({type(exc).__name__}): {first}", icon=":material/error:")
+        st.error(f"Something went wrong ({type(exc).__name__}): {one_line(exc, 300)}", icon=":material/error:")
 
 
 def next_step(page: str, label: str) -> None:
@@ -162,6 +177,11 @@ def sidebar_status() -> None:
         st.markdown(f"**Device** {device}")
         st.markdown("**Requirements**" + ("" if s["requirements"] else "  \nnone set"))
         for r in s["requirements"]:
-            mark = ":green[✔ pass]" if r["passed"] else ":red[✘ fail]"
+            mark = {"pass": ":green[✔ pass]", "inconclusive": ":orange[? inconclusive]"}.get(r["verdict"],
+                                                                                       ":red[✘ fail]")
+            ci = f" (95 % CI {r['interval']})" if r.get("interval") else ""
             st.markdown(f"{mark} {requirement_sentence(r['metric'], r['op'], r['threshold'])}; "
-                        f"now **{r['shown']}**")
+                        f"now **{r['shown']}**{ci}")
+        if s.get("side_effects"):
+            st.markdown(f":orange[⚠ {s['side_effects']} side effect{'s' if s['side_effects'] != 1 else ''}] "
+                        "of the edit: see **Compare**")

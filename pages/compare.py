@@ -18,6 +18,18 @@ if not audit.edited:
     st.info("No edit applied yet: *after* equals *before*. Run an editor on the **Edit** page first.")
 before, after = audit.evaluate("pristine"), audit.evaluate()
 
+if audit.edited:  # the verdict first: before -> after, with intervals, and what else got worse
+    v = audit.verdict()
+    banner = st.success if v["status"] == "PASS" else st.warning  # st.error is kept for things that broke
+    lines = "\n".join(f"- {line}" for line in v["requirement_lines"])
+    banner(f"**Verdict: {v['status']}.** {v['summary']}\n\n{lines}", icon=":material/gavel:")
+    if v["side_effect_lines"]:
+        st.warning("**Side effects** (not requirements, worse after the edit beyond the noise of a paired 95 % "
+                   "bootstrap interval):\n\n" + "\n".join(f"- {line}" for line in v["side_effect_lines"]),
+                   icon=":material/warning:")
+for w in before.warnings:
+    st.caption(f"⚠ {w}")
+
 st.subheader("Requirements")
 reqs = merge_requirements(before, after)
 if reqs:
@@ -63,7 +75,8 @@ else:
             show_error(exc)
     if audit.tradeoff is not None:
         if audit.tradeoff_stale:
-            st.warning("The model or the requirements changed since this comparison: run it again.")
+            st.warning("The model or the requirements changed since this comparison: run it again (the report "
+                       "re-runs it with the same baselines).")
         t = audit.tradeoff
         fig = t.figure(highlight=audit.edit_label, title=f"Trade-off: test accuracy vs {metric_label(t.metric).lower()}")
         higher = "higher is better" if t.higher_is_better else "lower is better"

@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from auditor import TabularSchema, load_data, load_model
-from auditor.audit.uploads import csv_columns, data_for_stamp_choice, read_upload, stamp_question
+from auditor.audit.uploads import csv_columns, data_for_stamp_choice, is_text_column, read_upload, stamp_question
 from auditor.data import BUILTIN
 from auditor.models import ModelSpec
 from auditor.models.custom import TRUST_HELP
@@ -93,7 +93,7 @@ else:
                 others = [c for c in cols if c != target]
                 protected = st.multiselect("Protected attributes (grouped by in fairness metrics, not model inputs)",
                                            others, key="up_protected")
-                text_cols = [c for c in others if c not in protected and head[c].dtype == object]
+                text_cols = [c for c in others if c not in protected and is_text_column(head[c])]
                 categorical = st.multiselect("Categorical columns (one-hot encoded)",
                                              [c for c in others if c not in protected], default=text_cols,
                                              key="up_categorical")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from auditor.report import render_html, validate_report, write_pdf
 from auditor.present import format_value
-from pages.common import in_frame, need_audit, show_error, stop
+from auditor.report import render_html, validate_report, write_pdf
+from pages.common import SIGNOFF, in_frame, need_audit, show_error, stop
 
 in_frame()
 
@@ -26,8 +26,19 @@ audit.auditor_name = c1.text_input("Auditor's name", value=audit.auditor_name, k
 date = c2.date_input("Sign-off date", value=dt.date.today(), key="rep_date")
 audit.notes = st.text_area("Notes and findings", value=audit.notes, key="rep_notes",
                            placeholder="e.g. Trojan removed with one clean sample; accuracy unchanged.")
+st.session_state[SIGNOFF] = {"auditor_name": audit.auditor_name, "notes": audit.notes}  # kept across model loads
 if audit.tradeoff is None and audit.edited:
     st.caption("Tip: run the comparison on the **Compare** page to include the trade-off chart against baselines.")
+
+contents = audit.report_contents()  # what the export will contain, before it is built
+with st.expander("What the export will contain", expanded=True):
+    st.markdown(f"- **Verdict**: {contents['verdict']} ({contents['requirements']} requirements, verdicts with 95 % "
+                f"intervals, `{contents['verdict_mode']}` mode)\n"
+                f"- **Edits**: {contents['edits']}; **side effects**: {contents['side_effects']}\n"
+                f"- **Localization**: {contents['localization']}\n"
+                f"- **Trade-off against baselines**: {contents['tradeoff']}\n"
+                f"- **Groups under {contents['min_group']} rows** (left out of gaps, listed in the report): "
+                f"{len(contents['warnings']) or 'none'}")
 
 key = (audit.state_key(), len(audit.edits), audit.auditor_name, audit.notes, str(date), id(audit.tradeoff),
        id(audit.localization))

@@ -4,6 +4,7 @@
     python sample_models/build_mend.py mend_digits_cnn    # one artefact
     python sample_models/build_mend.py --cards            # rewrite the MEND editors' cards only
     python sample_models/build_mend.py --model my.safetensors --data digits --out mend_my.safetensors
+    python sample_models/build_mend.py --model my.pt --spec my.spec.json --data my_case.npz
 
 Artefacts (the weights are deterministic for a given torch build and thread count):
 - `auditor/editors/weights/mend_digits_cnn.safetensors`, `.../mend_adult_mlp.safetensors`: MEND
@@ -26,7 +27,7 @@ from auditor.data import load_data
 from auditor.editors.baselines.enn import EditableConfig, editable_training
 from auditor.editors.mend import MendConfig, save_gradient_editor, train_mend
 from auditor.evaluate import evaluate
-from auditor.models import load_model, save_model
+from auditor.models import ModelSpec, load_model, save_model
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -55,8 +56,9 @@ def _progress(name: str):
     return callback
 
 
-def build_mend(name: str, model_path: Path, data_name: str, config: MendConfig, out: Path) -> dict:
-    bundle = load_model(model_path)
+def build_mend(name: str, model_path: Path, data_name: str, config: MendConfig, out: Path,
+               spec: ModelSpec | None = None) -> dict:
+    bundle = load_model(model_path, spec=spec)
     data = load_data(data_name, spec=bundle.spec)
     editor, info = train_mend(bundle, data, config, callback=_progress(name))
     save_gradient_editor(editor, out, info)
@@ -140,7 +142,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", choices=[[], *MEND, *EDITABLE], default=[])
     parser.add_argument("--model", help="train a MEND editor for this model file instead")
-    parser.add_argument("--data", help="its data (with --model)")
+    parser.add_argument("--data", help="its data (with --model): a built-in name or an .npz case")
+    parser.add_argument("--spec", help="the model's spec JSON (with --model, when the file carries none)")
     parser.add_argument("--out", help="editor file to write (with --model)")
     parser.add_argument("--steps", type=int, help="training steps (with --model)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (one is fastest for these small models)")
@@ -158,7 +161,8 @@ def main(argv=None) -> int:
         model = Path(args.model)
         out = Path(args.out) if args.out else model.with_name(f"mend_{model.stem}.safetensors")
         config = MendConfig(**({"steps": args.steps} if args.steps else {}))
-        print(json.dumps(build_mend(out.stem, model, args.data, config, out), indent=1))
+        spec = ModelSpec.from_json(Path(args.spec).read_text()) if args.spec else None
+        print(json.dumps(build_mend(out.stem, model, args.data, config, out, spec), indent=1))
         return 0
     for name in args.names or [*EDITABLE, *MEND]:
         if name in MEND:

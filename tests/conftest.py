@@ -18,13 +18,16 @@ torch.set_num_threads(2)
 @pytest.fixture(autouse=True, scope="session")
 def _audit_log_in_tmp(tmp_path_factory):
     """Commands write to the audit log by default: keep the tests' entries out of ~/.auditor."""
-    old = os.environ.get("AUDITOR_DB")
-    os.environ["AUDITOR_DB"] = str(tmp_path_factory.mktemp("auditlog") / "audit.db")
+    folder = tmp_path_factory.mktemp("auditlog")
+    old = {k: os.environ.get(k) for k in ("AUDITOR_DB", "AUDITOR_LOG_KEY")}
+    os.environ["AUDITOR_DB"] = str(folder / "audit.db")
+    os.environ["AUDITOR_LOG_KEY"] = str(folder / "log.key")  # and its key out of ~/.auditor/log.key
     yield
-    if old is None:
-        os.environ.pop("AUDITOR_DB", None)
-    else:
-        os.environ["AUDITOR_DB"] = old
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,21 @@ import plotly.graph_objects as go
 import pytest
 
 from auditor import charts, evaluate
-from auditor.errors import AuditorError
 from auditor.audit import run_audit
-from auditor.report import Report, find_chromium, render_html, stable, validate_report, write_html, write_json, write_pdf
-from auditor.report.render import _chart_payload
 from auditor.audit.tradeoff import baselines_for, compare
+from auditor.errors import AuditorError
+from auditor.present import format_value
+from auditor.report import (
+    Report,
+    find_chromium,
+    render_html,
+    stable,
+    validate_report,
+    write_html,
+    write_json,
+    write_pdf,
+)
+from auditor.report.render import VENDORED_TRACES, _chart_payload, plotly_js, report_figures, trace_types
 from tests.conftest import SAMPLES, _sample
 
 REQS = ["attack_success_rate <= 0.02", "accuracy >= 0.95"]
@@ -90,10 +100,16 @@ def test_json_roundtrip_and_stable_view(trojan_audit, tmp_path):
 
 def test_html_is_self_contained(trojan_html, trojan_audit):
     html = trojan_html.read_text()
-    assert not EXTERNAL.search(html), EXTERNAL.search(html).group(0)
-    assert "<link" not in html.lower()
-    srcs = re.findall(r'<script[^>]*\ssrc="([^"]{0,40})', html)
-    assert srcs and all(s.startswith("data:text/javascript;base64,") for s in srcs)  # plotly.js inline
+    assert trojan_html.stat().st_size <= 2 * 1024 * 1024  # a light report: at most 2 MB
+    # plotly.js once, inline, as a plain script: the vendored partial bundle, byte for byte
+    bundle = plotly_js()
+    assert html.count(bundle) == 1 and bundle.startswith("/**\n* plotly.js (cartesian - minified)")
+    assert "data:text/javascript" not in html and not re.search(r"<script[^>]*\ssrc=", html)
+    # the page itself holds no URL (the bundle's own code mentions some in licence comments and
+    # defaults it never fetches: the browser test below proves no request is made)
+    page = html.replace(bundle, "")
+    assert not EXTERNAL.search(page), EXTERNAL.search(page).group(0)
+    assert "<link" not in page.lower()
     assert len(re.findall(r'data-chart="chart-\d+"', html)) >= 5
     assert '<div class="status">PASS</div>' in html and "Ada Lovelace" in html
     assert trojan_audit[1].report.model["sha256_after"] in html
@@ -159,6 +175,26 @@ def test_pdf_pages_render(trojan_audit, tmp_path):
     text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
     assert "PASS" in text and "attack_success_rate <= 0.02" in text
     assert "lower is better" in text  # an axis title inside the trade-off chart's SVG: charts were drawn
+    # one unit language: metrics in percent (as the dashboard shows them), never as raw fractions
+    d = trojan_audit[1].report.to_dict()
+    asr = d["requirements"][0]["after"]["value"]
+    assert format_value("attack_success_rate", asr) in text and format_value("attack_success_rate", asr) == "0.99 %"
+    for side in ("before", "after"):
+        for key, value in d["metrics"][side]["overall"].items():
+            if value is not None and 0 < value < 1:
+                assert f"{value:.4f}" not in text and f"{value:.6f}" not in text, (key, value)
+    assert "Attack success rate must be at most 2 %" in text  # chart titles and tables in words
+    assert "‖ΔW‖/‖W‖" in text and "share of weights changed" in text.lower()  # the edit's size as what it is
+    # the regulator section: evidence, not a legal opinion
+    assert "Evidence for record-keeping and documentation" in text and "not legal advice" in text.lower()
+    assert all(f"Art. {n}" in text for n in range(9, 16)) and "NIST AI RMF" in text
+    assert all(f in text for f in ("Govern", "Map", "Measure", "Manage"))
+    # the first page alone answers: verdict, what was audited, on which data and how many rows, by whom
+    first = subprocess.run(["pdftotext", "-f", "1", "-l", "1", "-layout", str(pdf), "-"], capture_output=True,
+                           text=True, check=True).stdout
+    assert "PASS" in first and "Attack success rate must be at most 2 %" in first and "0.99 %" in first
+    assert "digits_cnn_trojan" in first and "digits-trojan" in first and "450 rows" in first
+    assert "Ada Lovelace" in first and "dynamic-rank-one" in first and "‖ΔW‖/‖W‖" in first
 
 
 def test_failing_audit_without_edit(adult, tmp_path):
@@ -219,3 +255,97 @@ def test_chart_builders_return_figures():
             charts.edit_steps_chart([{"step": 1, "accepted": True, "requirements": [{"metric": "m", "value": 1}]}], "m")]
     assert all(isinstance(f, go.Figure) and f.data for f in figs)
     assert list(figs[1].data[0].x) == ["accuracy"]  # counts are left out of a [0, 1] chart
+
+
+def test_report_charts_fit_the_vendored_plotly_bundle(trojan_audit):
+    """Every trace type the report draws is in the vendored partial bundle (else the full one is inlined)."""
+    d = trojan_audit[1].report.to_dict()
+    used = trace_types(report_figures(d))
+    assert {"bar", "heatmap", "scatter"} <= used <= VENDORED_TRACES
+    assert len(plotly_js()) < 2_000_000 < len(plotly_js(full=True))
+
+
+def test_html_text_speaks_percent_and_words(trojan_html, trojan_audit):
+    html = trojan_html.read_text()
+    text = re.sub(r"<script.*?</script>", "", html, flags=re.S)  # chart data stays raw, as in the JSON
+    d = trojan_audit[1].report.to_dict()
+    for side in ("before", "after"):
+        for key, value in d["metrics"][side]["overall"].items():
+            if value is not None and 0 < value < 1:
+                assert f"{value:.4f}" not in text and f"{value:.6f}" not in text, (key, value)
+                assert format_value(key, value) in text
+    assert "Attack success rate must be at most 2 %" in text and "Share of weights changed" in text
+    assert 'id="evidence"' in text and "Not legal advice." in text
+    # chart titles and axes in words and units
+    fig = report_figures(d)["requirements"][0][1]
+    assert fig.layout.annotations[0].text == "Attack success rate must be at most 2 %"
+    labels = list(fig.data[0].y)
+    assert labels[0].startswith("before: 99.75 %") and labels[0].endswith("FAIL")
+    assert labels[1].startswith("after: 0.99 %") and labels[1].endswith("PASS")
+    assert fig.layout.xaxis.ticksuffix == " %" and max(fig.data[0].x) > 99  # drawn in percent
+
+
+def test_report_renders_without_intervals_or_side_effects(trojan_audit):
+    """A report from before intervals and side effects existed still renders, with plain verdicts."""
+    d = copy.deepcopy(trojan_audit[1].report.to_dict())
+    for key in ("side_effects", "warnings", "uncertainty"):
+        d.pop(key, None)
+    for q in d["requirements"]:
+        q.pop("change", None)
+        for side in ("before", "after"):
+            for k in ("low", "high", "n", "verdict", "note"):
+                (q[side] or {}).pop(k, None)
+    for side in ("before", "after"):
+        d["metrics"][side].pop("intervals", None)
+    html = render_html(d)
+    assert '<div class="status">PASS</div>' in html and "95 % CI" not in html
+    assert "no confidence intervals in this report" in html
+
+
+def test_side_effects_and_inconclusive_verdicts_on_the_first_page(trojan_audit):
+    d = copy.deepcopy(trojan_audit[1].report.to_dict())
+    d["verdict"]["status"] = "PASS with side effects"
+    d["side_effects"] = [{"metric": "equalized_odds[sex]", "before": 0.0567, "after": 0.249, "change": 0.1923,
+                          "low": 0.17, "high": 0.213, "higher_is_better": False,
+                          "groups": [{"attribute": "sex", "group": "Male", "rate": "true_positive_rate",
+                                      "before": 0.5838, "after": 0.421, "n": 3256}]}]
+    d["requirements"][0]["after"]["verdict"] = "inconclusive"
+    html = render_html(d)
+    first = html[html.index('<section id="verdict">'):html.index('<section id="requirements"')]
+    assert '<div class="status">PASS</div>' in first and "with side effects" in first
+    assert "Equalized odds (sex) 5.67 pp → 24.90 pp" in first and "INCONCLUSIVE" in first
+    assert 'class="banner warn"' in first
+
+
+def test_present_units():
+    from auditor import present
+
+    assert present.requirement_sentence("attack_success_rate", "<=", 0.02) == "Attack success rate must be at most 2 %"
+    assert present.requirement_sentence("demographic_parity[sex]", "<=", 0.045) == \
+        "Demographic parity (sex) must be at most 4.5 pp"
+    assert present.requirement_sentence("features_used", "<=", 5) == "Features used must be at most 5"
+    assert present.requirement_sentence("accuracy", ">=", 0.82) == "Accuracy must be at least 82 %"
+    assert present.format_percent(0.7694) == "76.9 %" and present.format_percent(1e-5) == "< 0.1 %"
+    assert present.change_size_text(0.7694, 0.9375) == \
+        "size of the change ‖ΔW‖/‖W‖ = 77 %; 93.8 % of the weights changed"
+    assert present.format_interval("attack_success_rate", 0.0025, 0.0197) == "0.25 – 1.97 %"
+    assert present.display_scale("equalized_odds") == (100.0, " pp")
+    assert present.format_group_value("count", 5421.0) == "5,421"
+    assert present.format_group_value("selection_rate", 0.0802) == "8.02 %"
+
+
+def test_evidence_map_names_this_reports_evidence(trojan_audit):
+    from auditor.report.evidence import regulatory_evidence
+
+    d = trojan_audit[1].report.to_dict()
+    ev = regulatory_evidence(d)
+    assert "not legal advice" in ev["disclaimer"].lower()
+    points = [(r["framework"], r["point"]) for r in ev["rows"]]
+    assert points == [("EU AI Act", f"Art. {n}") for n in range(9, 16)] + [
+        ("NIST AI RMF", f) for f in ("Govern", "Map", "Measure", "Manage")]
+    text = " ".join(i["text"] for r in ev["rows"] for i in r["evidence"])
+    assert "attack_success_rate <= 0.02" in text and d["model"]["sha256_before"][:16] in text
+    assert d["data"]["sha256"][:16] in text and "Ada Lovelace" in text and "450 rows" in text
+    sections = {i["section"] for r in ev["rows"] for i in r["evidence"]}
+    assert sections <= {"verdict", "requirements", "identity", "localization", "edits", "metrics", "tradeoff",
+                        "environment", "signoff"}

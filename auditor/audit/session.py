@@ -611,13 +611,16 @@ class AuditSession:
             self.notes = notes
         tradeoff, self.tradeoff_note = self.report_tradeoff(rerun=rerun_tradeoff, device=device, callback=callback)
         sign = {"auditor": self.auditor_name or None, "notes": self.notes or None, "date": date, **(signoff or {})}
-        return build_report(
+        report = build_report(
             bundle=self.pristine, data=self.data, before=self.evaluate("pristine"),
             after=self.evaluate() if self.edits else None, edits=[rec.to_dict() for rec in self.edits],
             edited=self.current if self.edits else None, localization=self.report_localization(),
             tradeoff=tradeoff, model_path=self.model_path, edited_path=edited_path, device=self.device,
             seed=self.seed, command=self.command(), signoff=sign, side_effects=self.side_effects(),
             forbid_side_effects=self.forbid_side_effects, changes=self.changes(), tradeoff_note=self.tradeoff_note)
+        if self.log is not None:  # the log's head, anchored in the report: a later rewrite of the log shows
+            report.audit_log = self.log.anchor()
+        return report
 
     def report_contents(self) -> dict:
         """What an export made now would contain (the Report page shows it before building):
@@ -654,6 +657,8 @@ class AuditSession:
                 "data": self.data_label, "rows": {s: len(self.data.split(s)) for s in SPLITS},
                 "stamp": present.stamp_label(self.data),
                 "device": self.device,
-                "requirements": [dict(r.to_dict(), shown=present.format_value(r.metric, r.value))
+                "side_effects": len(self.side_effects()), "verdict": self.verdict()["status"],
+                "requirements": [dict(r.to_dict(), shown=present.format_value(r.metric, r.value),
+                                      interval=present.format_interval(r.metric, r.low, r.high))
                                  for r in ev.requirements],
                 "passed": ev.passed}

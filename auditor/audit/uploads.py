@@ -37,6 +37,12 @@ SAMPLE_FOR_DATA = {"digits-trojan": "digits_cnn_trojan", "digits-spurious": "dig
 STAMP_CHOICES = ("sample", "case", "none")
 
 
+def is_text_column(column: pd.Series) -> bool:
+    """Whether a column holds text (pre-selected as categorical on the Load page): NumPy `object`
+    columns and pandas' string dtype (the default for text under pandas 3), not numbers or booleans."""
+    return bool(pd.api.types.is_string_dtype(column.dtype) or pd.api.types.is_object_dtype(column.dtype))
+
+
 def is_sample_model(bundle, data_name: str) -> bool:
     """Whether `bundle` is the sample model whose trigger/cue built-in `data_name` stamps (or an edited copy)."""
     sample = SAMPLE_FOR_DATA.get(data_name)

@@ -13,7 +13,15 @@ import sys
 from pathlib import Path
 
 from . import COMMANDS
-from .common import add_model_data_args, add_require_arg, fmt, format_table, load_model_and_data
+from .common import (
+    add_model_data_args,
+    add_require_arg,
+    fmt,
+    fmt_interval,
+    format_table,
+    load_model_and_data,
+    refuse_overwriting_inputs,
+)
 from .verdicts import add_verdict_args, check_verdict_args, print_side_effects, print_warnings
 
 
@@ -51,6 +59,8 @@ def register(sub) -> None:
     p.add_argument("--notes", help="notes for the sign-off section")
     p.add_argument("--signoff-date", metavar="YYYY-MM-DD", help="sign-off date (default: left blank to sign)")
     p.add_argument("--db", metavar="PATH", help="audit log database (default: $AUDITOR_DB or ~/.auditor/audit.db)")
+    p.add_argument("--log-key", metavar="PATH", help="the audit log's key file (default: $AUDITOR_LOG_KEY or "
+                                                      "~/.auditor/log.key)")
     p.add_argument("--no-log", action="store_true", help="do not write to the audit log")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -133,6 +143,7 @@ def _check_outputs(args) -> None:
         path = getattr(args, flag)
         if path and Path(path).suffix.lower() not in suffixes:
             raise AuditorError(f"--{flag} must end in {' or '.join(suffixes)}; got {path}")
+    refuse_overwriting_inputs(args)
     if args.pdf:
         from ..report import find_chromium
         find_chromium()  # fail now, not after the audit
@@ -157,9 +168,15 @@ def run(args) -> int:
         raise AuditorError("--set and --layer are editor settings: give --editor NAME too")
     _check_outputs(args)
     check_verdict_args(args)
-    log = None if args.no_log else AuditLog(args.db)
+    log = None if args.no_log else AuditLog(args.db, key_path=args.log_key)
     bundle, data = load_model_and_data(args)
     out_path = (Path(args.out) if args.out else _default_out(args)) if args.editor else None
+    if out_path is not None:
+        from ..models.files import check_saveable
+
+        if not args.out and Path(args.model).suffix.lower() == ".onnx":
+            out_path = out_path.with_suffix(".onnx")  # write what you read
+        check_saveable(bundle, out_path)  # a file that could not be loaded again: refuse before the edit
     command = reproduce_command(args)
     signoff = {"auditor": args.auditor, "notes": args.notes, "date": args.signoff_date}
     progress = _Progress(args.quiet)
@@ -172,27 +189,47 @@ def run(args) -> int:
                             fixes=args.fix, log=log, user=args.auditor, verdict=args.verdict,
                             min_group=args.min_group, forbid_side_effects=args.forbid_side_effects)
         report = outcome.report
-        written = []
-        if outcome.edit is not None:
-            progress(0.9, "writing the edited model")
-            outcome.session.save(out_path)
-            written.append(str(out_path))
-        if args.json:
-            write_json(report, args.json)
-        if args.report:
-            progress(0.91, "writing the HTML report")
-            write_html(report, args.report)
-        if args.pdf:
-            progress(0.93, "printing the PDF report (Chromium)")
-            write_pdf(report, args.pdf)
+        # every output is attempted; those written are logged and named even when a later one fails
+        steps = [("the edited model", 0.9, out_path, lambda p: outcome.session.save(p))] if outcome.edit else []
+        steps += [(what, at, getattr(args, flag), write)
+                  for what, at, flag, write in (("the JSON report", 0.9, "json", lambda p: write_json(report, p)),
+                                                ("the HTML report", 0.91, "report", lambda p: write_html(report, p)),
+                                                ("the PDF report", 0.93, "pdf", lambda p: write_pdf(report, p)))
+                  if getattr(args, flag)]
+        written, reports, failed = [], [], []
+        for what, at, path, write in steps:
+            progress(at, f"writing {what}")
+            try:
+                write(path)
+            except Exception as exc:  # noqa: BLE001 (the others are still written, and this one named)
+                failed.append((what, path, exc))
+                continue
+            written.append(str(path))
+            if what.endswith("report"):
+                reports.append(str(path))
         progress(1.0, "done")
     finally:
         progress.close()
-    reports = [str(getattr(args, k)) for k in ("report", "pdf", "json") if getattr(args, k)]
-    written += reports
     rid = outcome.session.log_report(report, reports)
     _print_summary(report, written, None if log is None else (log.path, rid))
+    if failed:
+        return _failed_outputs(failed, written, None if log is None else (log.path, rid))
     return 0 if report.passed else 1
+
+
+def _failed_outputs(failed, written, logged) -> int:
+    """Raise (exit 2 for bad input, 3 otherwise) naming what was not written and what was."""
+    from ..errors import AuditorError
+
+    done = ", ".join(written) or "nothing else"
+    if logged:
+        done += f"; logged as entry {logged[1]} in {logged[0]}"
+    what, path, exc = failed[0]
+    more = f" (and {', '.join(w for w, _, _ in failed[1:])})" if len(failed) > 1 else ""
+    message = f"{what} {path} was not written{more}: {exc}; the audit completed and wrote {done}"
+    if all(isinstance(e, AuditorError) for _, _, e in failed):
+        raise AuditorError(message)
+    raise RuntimeError(message) from exc
 
 
 def argparse_like(args, **overrides):
@@ -205,17 +242,24 @@ def argparse_like(args, **overrides):
     return ns
 
 
+def _change_words(ch: dict) -> str:
+    """An edit's change of one tensor, worded as what it is (ASCII for any terminal)."""
+    from ..present import format_percent
+
+    return (f"size of the change ||dW||/||W|| = {format_percent(ch['relative_norm'])}, "
+            f"{format_percent(ch['changed_fraction'])} of the weights changed, rank {ch['rank']}")
+
+
 def _print_summary(report, written: list[str], logged) -> None:
     v = report.verdict
     print(f"{v['status']}: {v['summary']}")
     rows = []
     word = lambda r: (r.get("verdict") or ("pass" if r["passed"] else "fail")).upper()
-    ci = lambda r: "" if r.get("low") is None else f"[{fmt(r['low'])}, {fmt(r['high'])}]"
     for q in report.requirements:
-        b, a = q["before"], q["after"]
-        row = [q["expr"], fmt(b["value"]), ci(b), word(b)]
+        b, a, key = q["before"], q["after"], q["metric"]
+        row = [q["expr"], fmt(b["value"], key), fmt_interval(b, key), word(b)]
         if v["edited"]:
-            row += [fmt(a["value"]), ci(a), word(a)] if a else ["-", "", ""]
+            row += [fmt(a["value"], key), fmt_interval(a, key), word(a)] if a else ["-", "", ""]
         rows.append(row)
     header = (["requirement", "before", "95% interval", "", "after", "95% interval", ""] if v["edited"]
               else ["requirement", "value", "95% interval", "verdict"])
@@ -229,10 +273,12 @@ def _print_summary(report, written: list[str], logged) -> None:
         print(f"\nedit: {e['editor']} changed {', '.join(e['layers']) or 'no layer'} "
               f"({e['parameters_changed']} parameters, rank <= {e['max_rank']}) in {e['seconds']:.2f} s "
               f"on {e['device']}")
+        for ch in e.get("changes") or []:
+            print(f"  {ch['parameter']}: {_change_words(ch)}")
     t = report.tradeoff
     if t:
-        rows = [[r["method"], r["kind"], fmt(r["value"]) if r["value"] is not None else "-",
-                 fmt(r["accuracy"]) if r["accuracy"] is not None else "-",
+        rows = [[r["method"], r["kind"], fmt(r["value"], t["metric"]),
+                 fmt(r["accuracy"], "accuracy"),
                  f"{r['seconds']:.2f}" if r["seconds"] is not None else "-",
                  "yes" if r["passed"] else ("failed" if r["error"] else "no")] for r in t["rows"]]
         print(f"\ntrade-off on the {t['split']} split")

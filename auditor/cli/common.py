@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import AuditorError
+from ..errors import AuditorError, inert
 
 if TYPE_CHECKING:  # the modules themselves are imported when a command runs: `--help` stays light
     from ..data import AuditData, TabularSchema
@@ -84,7 +84,7 @@ def data_source(args) -> str:
         raise AuditorError("give DATA: a built-in name (adult, compas, digits, digits-trojan, digits-spurious), "
                            "a .csv/.parquet with --target, an .npz image case, or --train-csv and --test-csv")
     if (train_csv or getattr(args, "split_column", None)) and not args.target:
-        raise AuditorError(f"{Path(source).name}: a CSV needs a schema: give --target COLUMN (see docs/formats.md)")
+        raise AuditorError(f"{Path(source).name}: a CSV needs a schema: give --target COLUMN (see docs/formats.md#csv-and-schema-options)")
     return source
 
 
@@ -133,14 +133,62 @@ def write_json(path: str | Path, payload: dict) -> None:
         raise AuditorError(f"cannot write {path}: {exc.strerror}") from None
 
 
+_INPUT_FLAGS = ("model", "data", "spec", "train_csv", "val_csv", "test_csv", "arch_file")
+
+
+def refuse_overwriting_inputs(args, outputs=("out", "report", "pdf", "json")) -> None:
+    """Refuse, before anything runs, an output path that is one of the inputs (the same file by any
+    name: a link, `..`, another spelling), so that a vendor's original is never overwritten."""
+    from ..atomic import same_file
+
+    inputs = [(f, getattr(args, f, None)) for f in _INPUT_FLAGS]
+    inputs = [(f, p) for f, p in inputs if isinstance(p, str) and p and Path(p).exists()]
+    for out_flag in outputs:
+        out = getattr(args, out_flag, None)
+        if not out:
+            continue
+        for in_flag, path in inputs:
+            if same_file(out, path):
+                raise AuditorError(f"--{out_flag.replace('_', '-')} {out} is the input {in_flag.replace('_', '-')} "
+                                   f"{path}: it would be overwritten; write to another file")
+
+
+MAX_CELL = 200  # characters of one table cell
+
+
+def _cell(value: object) -> str:
+    s = inert(value)
+    return s if len(s) <= MAX_CELL else s[:MAX_CELL - 3] + "..."
+
+
 def format_table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
+    """Rows under a header, in columns; values made inert (no terminal escapes) and cut to MAX_CELL."""
+    header = [_cell(c) for c in header]
+    rows = [[_cell(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-def fmt(value: float) -> str:
+def fmt(value: float | None, key: str | None = None) -> str:
+    """A number for the terminal: with `key` (a metric), in its unit as the dashboard and the report show
+    it (`auditor.present.format_value`: 0.0099 -> `0.99 %`, gaps in pp, counts as integers)."""
+    if value is None:
+        return "-"
+    if key is not None:
+        from ..present import format_value
+
+        return format_value(key, value)
     return f"{value:.0f}" if float(value).is_integer() and abs(value) >= 1 else f"{value:.4f}"
+
+
+def fmt_interval(iv: dict | None, key: str) -> str:
+    """`[0.25 – 1.97 %]` for a dict with `low`/`high`, else empty."""
+    if not iv or iv.get("low") is None or iv.get("high") is None:
+        return ""
+    from ..present import format_interval
+
+    return f"[{format_interval(key, iv['low'], iv['high'])}]"
 
 
 def print_evaluation(ev: Evaluation, out=None) -> None:

@@ -18,8 +18,10 @@ from .common import (
     add_model_data_args,
     add_require_arg,
     fmt,
+    fmt_interval,
     format_table,
     load_model_and_data,
+    refuse_overwriting_inputs,
     split_words,
     write_json,
 )
@@ -116,15 +118,21 @@ def _progress(fraction: float, message: str) -> None:
               file=sys.stderr, flush=True)
 
 
+def _change_words(ch: dict) -> str:
+    from .audit import _change_words as words
+
+    return words(ch)
+
+
 def print_comparison(before, after, out=None) -> None:
     out = out or sys.stdout
     names = [k for k in after.metrics if k in before.metrics] + [k for k in after.metrics if k not in before.metrics]
-    rows = [[k, fmt(before.metrics[k]) if k in before.metrics else "-", fmt(after.metrics[k])] for k in names]
+    rows = [[k, fmt(before.metrics[k], k) if k in before.metrics else "-", fmt(after.metrics[k], k)] for k in names]
     print(format_table(rows, ["metric", "before", "after"]), file=out)
     if after.requirements:
         print("\nrequirements", file=out)
-        ci = lambda r: "" if r.low is None else f"[{fmt(r.low)}, {fmt(r.high)}]"
-        rows = [[a.expr, fmt(b.value), ci(b), verdict_word(b), fmt(a.value), ci(a), verdict_word(a)]
+        ci = lambda r: fmt_interval({"low": r.low, "high": r.high}, r.metric)
+        rows = [[a.expr, fmt(b.value, b.metric), ci(b), verdict_word(b), fmt(a.value, a.metric), ci(a), verdict_word(a)]
                 for b, a in zip(before.requirements, after.requirements)]
         print(format_table(rows, ["requirement", "before", "95% interval", "", "after", "95% interval", ""]),
               file=out)
@@ -134,13 +142,16 @@ def print_comparison(before, after, out=None) -> None:
 def run(args) -> int:
     from ..audit import AuditSession
     from ..errors import AuditorError
+    from ..models.files import check_saveable
     from ..requirements import parse_requirements
 
     reqs = parse_requirements(args.require)  # bad expressions fail before any loading
     if not str(args.out).lower().endswith((".safetensors", ".onnx")):
         raise AuditorError(f"--out must end in .safetensors or .onnx; got {args.out}")
+    refuse_overwriting_inputs(args)
     settings = settings_from_args(editor_class(args.editor), args)
     bundle, data = load_model_and_data(args)
+    check_saveable(bundle, args.out)  # a file that could not be loaded again: refuse before the edit
     check_verdict_args(args)
     session = AuditSession(bundle, data, reqs, split=args.split, model_path=args.model, command=command_line(),
                            verdict=args.verdict, min_group=args.min_group,
@@ -159,8 +170,7 @@ def run(args) -> int:
     print(f"{result.editor} edited {', '.join(result.layers) or 'no layer'} in {result.seconds:.3f} s on "
           f"{result.device}; data {data.name} ({split_words(args.split)}, {before.rows} rows)")
     for ch in result.changes:
-        print(f"  {ch['parameter']}: norm {ch['norm']:.4g} ({ch['relative_norm']:.2%} of the weights' norm), "
-              f"rank {ch['rank']}")
+        print(f"  {ch['parameter']}: {_change_words(ch)} (||dW|| = {ch['norm']:.4g})")
     print_comparison(before, after)
     print_warnings(before.warnings)
     effects = session.side_effects()

@@ -36,8 +36,13 @@ def run(args) -> int:
         payload["model"].update({"path": args.model, "format": bundle.format, "parameters": bundle.n_parameters})
         payload["data"].update({**data.data_block(ev.split), "source": data.source or None})
         write_json(args.json, payload)
-    log = open_log(args)
-    if log is not None:
-        from ..store import log_evaluation
-        log_evaluation(log, ev, model_path=args.model, command=command_line())
+    from ..store import LogLockedError, log_evaluation
+
+    try:
+        log = open_log(args)
+        if log is not None:
+            log_evaluation(log, ev, model_path=args.model, command=command_line())
+    except LogLockedError as exc:  # not a verdict: exit 2 with the result it could not record
+        verdict = "all requirements met" if ev.passed else "some requirements not met"
+        raise LogLockedError(f"evaluated ({verdict}) but not logged: {exc}") from None
     return 0 if ev.passed else 1

@@ -1,9 +1,15 @@
-"""`auditor log [list|show ID|verify]`: read the append-only audit log.
+"""`auditor log [list|show ID|verify|anchor|restore-triggers]`: read and check the audit log.
 
     auditor log                       # the latest entries, one line each
     auditor log list --kind report    # only reports (or evaluation, edit)
     auditor log show 12 [--json]      # everything recorded in entry 12
-    auditor log verify                # integrity check and hash chain (exit 1 on a problem)
+    auditor log verify                # integrity, triggers, keyed hash chain, count and head against
+                                      # the anchor (exit 1 on a problem)
+    auditor log verify --anchor N:HEAD  # ... and that the log still holds a head recorded elsewhere
+    auditor log anchor                # the chain's head as COUNT:HEAD, for an external record
+    auditor log restore-triggers      # put back the append-only triggers after `verify` reported them
+
+Entries are keyed with the key in $AUDITOR_LOG_KEY (default ~/.auditor/log.key) or --log-key.
 """
 from __future__ import annotations
 
@@ -26,7 +32,17 @@ def register(sub) -> None:
     show = actions.add_parser("show", help="everything recorded in one entry")
     show.add_argument("id", type=int, help="entry id (from `auditor log list`)")
     show.add_argument("--json", action="store_true", help="print the entry as JSON")
-    actions.add_parser("verify", help="SQLite integrity check and the entries' hash chain")
+    verify = actions.add_parser("verify", help="SQLite integrity check, triggers, the entries' keyed hash chain, "
+                                               "and the count and head against the anchor")
+    verify.add_argument("--anchor", metavar="COUNT:HEAD",
+                        help="also check that the log still holds this head (from `auditor log anchor` or a "
+                             "report's JSON, kept elsewhere)")
+    anchor = actions.add_parser("anchor", help="print the chain's head (COUNT:HEAD) for an external record")
+    anchor.add_argument("--json", action="store_true", help="print the anchor as JSON")
+    anchor.add_argument("--reset", action="store_true",
+                        help="write a new anchor file at the head (only when the chain verifies; after a lost "
+                             "anchor file was investigated)")
+    actions.add_parser("restore-triggers", help="re-create the append-only triggers that `verify` reports missing")
     for q, default in ((p, None), (lst, argparse.SUPPRESS)):  # SUPPRESS: `log --kind X list` keeps X
         q.add_argument("--kind", choices=KINDS, default=default, help="only entries of this kind")
         q.add_argument("--model", metavar="SHA256", default=default,
@@ -34,8 +50,11 @@ def register(sub) -> None:
         q.add_argument("--run", default=default, help="only the entries of one audit run")
         q.add_argument("--limit", type=int, default=20 if default is None else default,
                        help="the last N entries (default 20; 0: all)")
-    for q in (lst, show, actions.choices["verify"]):
+    p.add_argument("--log-key", metavar="PATH", help="the log's key file (default: $AUDITOR_LOG_KEY or "
+                                                      "~/.auditor/log.key)")
+    for q in (lst, show, verify, anchor, actions.choices["restore-triggers"]):
         q.add_argument("--db", metavar="PATH", default=argparse.SUPPRESS, help="audit log database")
+        q.add_argument("--log-key", metavar="PATH", default=argparse.SUPPRESS, help="the log's key file")
     p.set_defaults(func=run)
 
 
@@ -55,7 +74,7 @@ def _summary(e) -> str:
 def run(args) -> int:
     from ..store import AuditLog
 
-    log = AuditLog(args.db)
+    log = AuditLog(args.db, key_path=getattr(args, "log_key", None))
     action = args.action or "list"
     if action == "show":
         e = log.get(args.id)
@@ -71,11 +90,22 @@ def run(args) -> int:
         print(f"{'results':>13}: {json.dumps(e.results, indent=2, sort_keys=True, default=str)}")
         return 0
     if action == "verify":
-        problems = log.verify()
-        for p in problems:
-            print(p)
-        print(f"{len(log)} entries in {log.path}: " + ("ok" if not problems else f"{len(problems)} problem(s)"))
-        return 1 if problems else 0
+        v = log.check(getattr(args, "anchor", None))
+        for p in v.problems:
+            print(f"problem: {p}")
+        for n in v.notes:
+            print(f"note: {n}")
+        print(f"{v.count} entries in {log.path}: " + ("ok" if v.ok else f"{len(v.problems)} problem(s)")
+              + f" (head {v.count}:{v.head})")
+        return 0 if v.ok else 1
+    if action == "anchor":
+        a = log.reanchor() if args.reset else log.anchor()
+        print(json.dumps(a, indent=2) if args.json else a["anchor"])
+        return 0
+    if action == "restore-triggers":
+        missing = log.restore_triggers()
+        print(f"re-created {', '.join(missing)}" if missing else "the triggers are in place")
+        return 0
     entries = log.entries(getattr(args, "kind", None), model_sha256=getattr(args, "model", None),
                           run=getattr(args, "run", None), limit=(getattr(args, "limit", 20) or None))
     if not entries:
@@ -90,6 +120,8 @@ def run(args) -> int:
 def add_log_args(p) -> None:
     """`--db PATH` and `--no-log` for a command that records what it did in the audit log."""
     p.add_argument("--db", metavar="PATH", help="audit log database (default: $AUDITOR_DB or ~/.auditor/audit.db)")
+    p.add_argument("--log-key", metavar="PATH", help="the log's key file (default: $AUDITOR_LOG_KEY or "
+                                                      "~/.auditor/log.key)")
     p.add_argument("--no-log", action="store_true", help="do not write to the audit log")
 
 
@@ -97,7 +129,9 @@ def open_log(args):
     """The audit log chosen by `--db` (None with `--no-log`)."""
     from ..store import AuditLog
 
-    return None if getattr(args, "no_log", False) else AuditLog(getattr(args, "db", None))
+    if getattr(args, "no_log", False):
+        return None
+    return AuditLog(getattr(args, "db", None), key_path=getattr(args, "log_key", None))
 
 
 def command_line() -> str | None:

@@ -36,16 +36,29 @@ def check_verdict_args(args) -> None:
         raise AuditorError(f"--min-group must be 0 or more; got {args.min_group}")
 
 
-def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.0f}" if float(value).is_integer() and abs(value) >= 1 else f"{value:.4f}"
+def _fmt(value, key: str | None = None) -> str:
+    """In the metric's unit when `key` is given (`auditor.present.format_value`), as the report shows it."""
+    from .common import fmt
+
+    return fmt(value, key)
 
 
-def interval_text(iv: dict | None) -> str:
+def interval_text(iv: dict | None, key: str | None = None) -> str:
     if not iv or iv.get("low") is None:
         return "no interval" if iv else "-"
+    if key is not None:
+        from .common import fmt_interval
+
+        return fmt_interval(iv, key)
     return f"[{_fmt(iv['low'])}, {_fmt(iv['high'])}]"
+
+
+def _group_cell(column: str, value) -> str:
+    if value is None:
+        return "-"
+    from ..present import format_group_value
+
+    return format_group_value(column, value)
 
 
 def print_evaluation(ev, out=None) -> None:
@@ -56,7 +69,7 @@ def print_evaluation(ev, out=None) -> None:
     out = out or sys.stdout
     print(f"data {ev.data_name} ({split_words(ev.split)}, {ev.rows} rows), model sha256 {ev.model_sha256[:16]}",
           file=out)
-    rows = [[k, _fmt(v), interval_text(ev.intervals.get(k)), str((ev.intervals.get(k) or {}).get("n") or "-")]
+    rows = [[k, _fmt(v, k), interval_text(ev.intervals.get(k), k), str((ev.intervals.get(k) or {}).get("n") or "-")]
             for k, v in ev.metrics.items()]
     print(format_table(rows, ["metric", "value", "95% interval", "rows"]), file=out)
     notes = sorted({iv["note"] for iv in ev.intervals.values() if iv.get("note")})
@@ -65,7 +78,7 @@ def print_evaluation(ev, out=None) -> None:
         print(f"  {', '.join(names)}: {note}", file=out)
     for attr, groups in ev.groups.items():
         cols = list(next(iter(groups.values())))
-        grows = [[g, *(_fmt(vals.get(c)) for c in cols)] for g, vals in groups.items()]
+        grows = [[g, *(_group_cell(c, vals.get(c)) for c in cols)] for g, vals in groups.items()]
         print(f"\nby {attr}", file=out)
         print(format_table(grows, ["group", *cols]), file=out)
     print_warnings(ev.warnings, out)
@@ -78,7 +91,7 @@ def print_evaluation(ev, out=None) -> None:
 
 def requirement_row(r) -> list[str]:
     iv = None if r.low is None else {"low": r.low, "high": r.high}
-    return [r.expr, _fmt(r.value), interval_text(iv) if iv else "no interval", verdict_word(r)]
+    return [r.expr, _fmt(r.value, r.metric), interval_text(iv, r.metric) if iv else "no interval", verdict_word(r)]
 
 
 def verdict_word(r) -> str:

@@ -5,7 +5,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import AuditorError
-from .base import EVAL_SPLITS, FORMATS_DOC, SPLITS, AuditData, Split, Stamp, stratified_split
+from .base import (CSV_DOC, EVAL_SPLITS, FORMATS_DOC, NPZ_DOC, SPLITS, AuditData, Split, Stamp,
+                   stratified_split)
 from .images import (NPZ_ALIASES, NPZ_KEYS, add_cue, load_digits_data, load_digits_spurious, load_digits_trojan,
                      load_npz_case, poison, spurious_cue, trojan_trigger)
 from .tabular import (ADULT_SCHEMA, COMPAS_SCHEMA, TabularSchema, describe_inputs, fit_preprocessing,
@@ -39,7 +40,7 @@ def load_data(source: str | Path, schema: TabularSchema | None = None, spec=None
     tabular_file = Path(name).suffix.lower() in (".csv", ".parquet", ".tsv", ".txt")
     if (train is not None or val is not None) and not tabular_file:
         raise AuditorError(f"--train-csv/--val-csv/--test-csv take a user's CSV or Parquet files, not {name!r}; "
-                           f"see {FORMATS_DOC}")
+                           f"see {CSV_DOC}")
     if schema is not None and schema.split_column and not tabular_file:
         raise AuditorError(f"--split-column applies to a user's CSV or Parquet file, not {name!r}")
     if name in BUILTIN:
@@ -53,7 +54,7 @@ def load_data(source: str | Path, schema: TabularSchema | None = None, spec=None
     if suffix in (".csv", ".parquet", ".tsv", ".txt"):
         if schema is None:
             raise AuditorError(f"{path.name}: a CSV needs a schema: give --target COLUMN (and --protected, "
-                               "--categorical, --positive as needed)")
+                               f"--categorical, --positive as needed; see {CSV_DOC})")
         return load_csv(path, schema, preprocessing=prep, features=features, train_path=train, val_path=val)
     if not path.exists():
         raise AuditorError(f"unknown data {name!r}: use a built-in name ({', '.join(BUILTIN)}) "
@@ -61,8 +62,8 @@ def load_data(source: str | Path, schema: TabularSchema | None = None, spec=None
     raise AuditorError(f"unknown data format {suffix!r} for {path.name}; use .csv, .parquet or .npz")
 
 
-__all__ = ["ADULT_SCHEMA", "BUILTIN", "COMPAS_SCHEMA", "EVAL_SPLITS", "FORMATS_DOC", "NPZ_ALIASES", "NPZ_KEYS",
-           "SPLITS", "AuditData", "Split", "Stamp",
+__all__ = ["ADULT_SCHEMA", "BUILTIN", "COMPAS_SCHEMA", "CSV_DOC", "EVAL_SPLITS", "FORMATS_DOC", "NPZ_ALIASES",
+           "NPZ_DOC", "NPZ_KEYS", "SPLITS", "AuditData", "Split", "Stamp",
            "TabularSchema", "add_cue", "describe_inputs", "fit_preprocessing", "from_frames", "load_adult",
            "load_compas", "load_csv", "load_data", "load_digits_data", "load_digits_spurious",
            "load_digits_trojan", "load_npz_case", "poison", "read_csv", "spurious_cue", "stratified_split",

@@ -15,6 +15,8 @@ SPLITS = ("train", "val", "test")
 # What metrics can be taken on: one split, or "all" (every row of train, val and test, in that order).
 EVAL_SPLITS = ("all", *SPLITS)
 FORMATS_DOC = "docs/formats.md"
+CSV_DOC = "docs/formats.md#csv-and-schema-options"
+NPZ_DOC = "docs/formats.md#image-cases-npz"
 
 
 @dataclass

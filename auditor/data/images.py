@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 
 from ..errors import AuditorError
-from .base import FORMATS_DOC, AuditData, Split, Stamp, stratified_split
+from .base import NPZ_DOC, AuditData, Split, Stamp, stratified_split
 
 DIGIT_CLASSES = [str(i) for i in range(10)]
 
@@ -115,7 +115,7 @@ def npz_keys(path: Path, arrays: dict) -> dict:
         if name not in NPZ_KEYS:
             raise AuditorError(f"{path.name}: unknown key {key!r}; an image case holds {', '.join(NPZ_KEYS)} "
                                f"(aliases: {', '.join(f'{a}={c}' for a, c in NPZ_ALIASES.items())}); "
-                               f"see {FORMATS_DOC}")
+                               f"see {NPZ_DOC}")
         if name in out:
             raise AuditorError(f"{path.name}: {name!r} is given twice (as {out[name][0]!r} and {key!r}); "
                                "keep one")
@@ -147,13 +147,13 @@ def load_npz_case(path: str | Path, seed: int = 0) -> AuditData:
     for key in ("images", "labels", "target"):
         if key not in arrays:
             raise AuditorError(f"{path.name} has no {key!r} array; it needs images, labels, target and "
-                               f"either mask+pattern or corrupted (see {FORMATS_DOC})")
+                               f"either mask+pattern or corrupted (see {NPZ_DOC})")
     try:
         return _npz_case(path, arrays, seed)
     except (ValueError, TypeError, IndexError, OverflowError) as exc:  # arrays of the wrong kind or shape
         raise AuditorError(f"{path.name}: its arrays do not form an image case "
                            f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}); "
-                           f"see {FORMATS_DOC}") from None
+                           f"see {NPZ_DOC}") from None
 
 
 def _npz_images(path: Path, key: str, arr, shape=None) -> np.ndarray:
@@ -207,9 +207,9 @@ def _npz_case(path: Path, arrays: dict, seed: int) -> AuditData:
         have = [k for k in (f"{extra}_images", f"{extra}_labels") if k in arrays]
         if len(have) == 1:
             other = ({f"{extra}_images", f"{extra}_labels"} - set(have)).pop()
-            raise AuditorError(f"{path.name}: {have[0]!r} is given without {other!r}; give both (see {FORMATS_DOC})")
+            raise AuditorError(f"{path.name}: {have[0]!r} is given without {other!r}; give both (see {NPZ_DOC})")
     if "val_images" in arrays and "train_images" not in arrays:
-        raise AuditorError(f"{path.name}: 'val_images' needs 'train_images' too (see {FORMATS_DOC})")
+        raise AuditorError(f"{path.name}: 'val_images' needs 'train_images' too (see {NPZ_DOC})")
     own_train = "train_images" in arrays
     if len(np.unique(labels)) < 2 and not own_train or len(images) < (1 if own_train else 10):
         raise AuditorError(f"{path.name}: an image case needs at least 10 images of at least 2 classes; "
@@ -251,18 +251,18 @@ def _npz_case(path: Path, arrays: dict, seed: int) -> AuditData:
         for extra in extra_sets:
             if f"{extra}_corrupted" not in arrays:
                 raise AuditorError(f"{path.name}: with 'corrupted' twins, {extra}_images need "
-                                   f"'{extra}_corrupted' twins too (see {FORMATS_DOC})")
+                                   f"'{extra}_corrupted' twins too (see {NPZ_DOC})")
     elif "mask" in arrays or "pattern" in arrays:
         have = "mask" if "mask" in arrays else "pattern"
         missing = "pattern" if have == "mask" else "mask"
         raise AuditorError(f"{path.name}: {given[have]!r} is given without {missing!r}; a trigger needs both "
-                           f"(see {FORMATS_DOC})")
+                           f"(see {NPZ_DOC})")
     else:
-        raise AuditorError(f"{path.name} needs either 'mask' and 'pattern' or 'corrupted' twins (see {FORMATS_DOC})")
+        raise AuditorError(f"{path.name} needs either 'mask' and 'pattern' or 'corrupted' twins (see {NPZ_DOC})")
     for extra in ("train", "val"):
         if f"{extra}_corrupted" in arrays and (extra not in extra_sets or corrupted is None):
             raise AuditorError(f"{path.name}: {extra}_corrupted needs {extra}_images and 'corrupted' "
-                               f"(see {FORMATS_DOC})")
+                               f"(see {NPZ_DOC})")
     name = path.name
 
     def make(X: np.ndarray, y: np.ndarray, C: np.ndarray | None) -> Split:

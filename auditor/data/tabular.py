@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from ..errors import AuditorError
-from .base import FORMATS_DOC, SPLITS, AuditData, Split, stratified_split
+from .base import CSV_DOC, SPLITS, AuditData, Split, stratified_split
 
 FILES = Path(__file__).parent / "files"
 
@@ -261,7 +261,7 @@ def _carve_val(train: pd.DataFrame, target: str, seed: int, what: str) -> tuple[
     parts = stratified_split(as_text(train[target]).to_numpy(), (0.8, 0.2, 0.0), seed)
     if len(parts[0]) == 0 or len(parts[1]) == 0:
         raise AuditorError(f"{what} has too few rows ({len(train)}) to hold out validation rows; "
-                           f"give --val-csv (or mark rows 'val' in the split column); see {FORMATS_DOC}")
+                           f"give --val-csv (or mark rows 'val' in the split column); see {CSV_DOC}")
     return train.iloc[parts[0]].reset_index(drop=True), train.iloc[parts[1]].reset_index(drop=True)
 
 
@@ -271,7 +271,7 @@ def _check_same_columns(frames: dict[str, tuple[str, pd.DataFrame]], needed: lis
         missing = [c for c in needed if c not in frame.columns]
         if missing:
             raise AuditorError(f"{name} lacks column(s) {missing} that the schema reads; the train, val and "
-                               f"test files need the same columns (see {FORMATS_DOC})")
+                               f"test files need the same columns (see {CSV_DOC})")
 
 
 def partition_by_column(frame: pd.DataFrame, column: str, name: str, target: str,
@@ -286,12 +286,12 @@ def partition_by_column(frame: pd.DataFrame, column: str, name: str, target: str
         row = int(np.flatnonzero(~values.isin(SPLITS).to_numpy())[0])
         shown = ", ".join(repr(b) for b in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise AuditorError(f"split column {column!r} of {name} holds {shown} (first at row {row}); expected "
-                           f"only train, val or test (see {FORMATS_DOC})")
+                           f"only train, val or test (see {CSV_DOC})")
     frames = {s: frame[values.to_numpy() == s].reset_index(drop=True) for s in SPLITS}
     for s in ("train", "test"):
         if len(frames[s]) == 0:
             raise AuditorError(f"split column {column!r} of {name} marks no row {s!r}; mark the training rows "
-                               f"train and the rows to audit test (val is optional; see {FORMATS_DOC})")
+                               f"train and the rows to audit test (val is optional; see {CSV_DOC})")
     part = {"method": f"split column {column!r} of {name}", "train": f"rows of {name} marked train",
             "test": f"rows of {name} marked test", "files": {s: name for s in SPLITS}}
     if len(frames["val"]) == 0:
@@ -322,7 +322,7 @@ def load_csv(path: str | Path, schema: TabularSchema, preprocessing: dict | None
     frame = read_csv(path)
     _require_columns(frame, [schema.target], "target")
     if val_path is not None and train_path is None:
-        raise AuditorError(f"--val-csv needs --train-csv too (the training rows); see {FORMATS_DOC}")
+        raise AuditorError(f"--val-csv needs --train-csv too (the training rows); see {CSV_DOC}")
     if train_path is not None and schema.split_column:
         raise AuditorError("give either --train-csv/--test-csv or --split-column, not both")
     if schema.split_column and schema.split_column in {schema.target, *schema.protected, *(schema.inputs or [])}:

@@ -163,10 +163,10 @@ def save_model(bundle: ModelBundle, path: str | os.PathLike, extra_metadata: dic
         meta[k] = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
     meta[CHECKSUMMED_KEY] = CHECKSUMMED
     meta[CHECKSUM_KEY] = file_checksum(state, meta)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".safetensors.tmp")
-    save_file(state, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    from ..atomic import replacing
+
+    with replacing(path) as tmp:  # unpredictable O_EXCL name beside `path`: never follows a planted link
+        save_file(state, str(tmp), metadata=meta)
     return path
 
 

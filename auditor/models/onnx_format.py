@@ -39,8 +39,18 @@ from torch import nn
 
 from ..errors import AuditorError
 from .architectures import ARCHITECTURES, build_architecture
-from .files import (CHECKSUM_KEY, CHECKSUMMED, CHECKSUMMED_KEY, LOADERS, SAVERS, SPEC_KEY, ModelBundle,
-                    _check_finite, check_state_matches, load_state_into)
+from .files import (
+    CHECKSUM_KEY,
+    CHECKSUMMED,
+    CHECKSUMMED_KEY,
+    LOADERS,
+    SAVERS,
+    SPEC_KEY,
+    ModelBundle,
+    _check_finite,
+    fit_state,
+    load_state_into,
+)
 from .spec import ModelSpec
 
 OPSET = 17
@@ -180,8 +190,8 @@ def _as_registered(module: nn.Module, spec: ModelSpec, probe: torch.Tensor) -> n
         return module
     state = module.state_dict()
     try:
-        with torch.device("meta"):
-            check_state_matches(build_architecture(spec.arch), state)
+        with torch.device("meta"):  # names as exported (`0.weight` of an nn.Sequential) fit in order
+            state = fit_state(build_architecture(spec.arch), state)
         native = load_state_into(build_architecture(spec.arch), state)
     except AuditorError:
         return module
@@ -271,8 +281,9 @@ def export_onnx(bundle: ModelBundle, path: str | os.PathLike, extra_metadata: di
     model = copy.deepcopy(bundle.model).cpu().eval()
     shape = _input_shape(bundle)
     example = torch.zeros(2, *shape)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    from ..atomic import temp_beside
+
+    tmp = temp_beside(path)  # unpredictable O_EXCL name: never follows a planted link
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

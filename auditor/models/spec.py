@@ -76,6 +76,21 @@ def validate_spec(d: dict) -> None:
     raise AuditorError(f"model spec: {where!r}: {message} ({DOCS})")
 
 
+MAX_SPEC_DEPTH = 32  # nesting of a spec's JSON (real ones: about 5); deeper is refused before any use
+
+
+def _nesting(value: Any, limit: int) -> int:
+    """How deeply lists and objects nest in `value` (counted without recursion; stops past `limit`)."""
+    stack, deepest = [(value, 1)], 0
+    while stack and deepest <= limit:
+        v, depth = stack.pop()
+        items = v.values() if isinstance(v, dict) else v if isinstance(v, list) else None
+        if items is not None:
+            deepest = max(deepest, depth)
+            stack.extend((x, depth + 1) for x in items)
+    return deepest
+
+
 @dataclass
 class ModelSpec:
     """Architecture, task and input description of a model.
@@ -102,6 +117,8 @@ class ModelSpec:
     def from_dict(cls, d: Any) -> ModelSpec:
         if not isinstance(d, dict):
             raise AuditorError("model spec must be a JSON object")
+        if _nesting(d, MAX_SPEC_DEPTH) > MAX_SPEC_DEPTH:  # would fail later, deep inside an edit or a report
+            raise AuditorError(f"model spec is nested more than {MAX_SPEC_DEPTH} levels deep: not a spec ({DOCS})")
         if "arch" not in d:
             raise AuditorError("model spec has no 'arch' (e.g. {\"name\": \"mlp\", \"in_features\": 10, "
                                f"\"hidden\": [32], \"num_classes\": 2}}; {DOCS})")

@@ -114,6 +114,7 @@ class Report:
     side_effects: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     uncertainty: dict = field(default_factory=dict)
+    audit_log: dict | None = None  # the audit log's anchor (count, head) when the report was built
 
     @property
     def passed(self) -> bool:
@@ -125,7 +126,7 @@ class Report:
                          "metrics": self.metrics, "localization": self.localization, "edits": self.edits,
                          "tradeoff": self.tradeoff, "environment": self.environment, "reproduce": self.reproduce,
                          "signoff": self.signoff, "generated": self.generated, "side_effects": self.side_effects,
-                         "warnings": self.warnings, "uncertainty": self.uncertainty})
+                         "warnings": self.warnings, "uncertainty": self.uncertainty, "audit_log": self.audit_log})
 
     @classmethod
     def from_dict(cls, d: dict) -> Report:

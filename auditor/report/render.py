@@ -70,12 +70,11 @@ def validate_report(report: Report | dict) -> dict:
 
 
 def _write(path: str | os.PathLike, text: str) -> Path:
+    from ..atomic import write_file
+
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+    try:  # an unpredictable O_EXCL temporary name, renamed over `path`: never follows a planted link
+        write_file(path, text)
     except OSError as exc:
         raise AuditorError(f"cannot write {path}: {exc.strerror}") from None
     return path
@@ -335,6 +334,12 @@ def print_pdf(html_path: str | os.PathLike, pdf_path: str | os.PathLike, *, time
 
 def write_pdf(report: Report | dict, path: str | os.PathLike, *, timeout: float = 180) -> Path:
     """The report as PDF: the print-mode HTML (static charts) printed by headless Chromium."""
+    from ..atomic import move_file
+
     with tempfile.TemporaryDirectory(prefix="auditor-report-") as tmp:
         html = write_html(report, Path(tmp) / "report.html", static=True)
-        return print_pdf(html, path, timeout=timeout)
+        pdf = print_pdf(html, Path(tmp) / "report.pdf", timeout=timeout)  # Chromium writes in a private folder
+        try:
+            return move_file(pdf, path).resolve()
+        except OSError as exc:
+            raise AuditorError(f"cannot write {path}: {exc.strerror}") from None

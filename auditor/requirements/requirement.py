@@ -1,6 +1,7 @@
 """Requirements: a metric, a direction and a threshold, parsed from "metric <= value"."""
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass
 
@@ -112,6 +113,8 @@ def parse_requirement(text: str | Requirement) -> Requirement:
         threshold = float(value)
     except ValueError:
         raise AuditorError(f"threshold {value!r} in {text!r} is not a number") from None
+    if not math.isfinite(threshold):  # 1e400 is inf: always met (<=) or never, and JSON cannot hold it
+        raise AuditorError(f"threshold {value!r} in {text!r} is not a finite number")
     return Requirement(metric, op, threshold, attribute)
 
 

@@ -249,9 +249,10 @@ def _group_sources(key: str, groups_before: dict, groups_after: dict, higher_is_
                     rows.append({"attribute": a, "group": g, "rate": rate, "before": float(old[rate]),
                                  "after": float(vals[rate]), "change": float(vals[rate] - old[rate]),
                                  "n": None if n is None else int(n)})
-    if metric == "worst_group_accuracy":  # the groups that lost accuracy
-        rows = [r for r in rows if r["change"] < 0]
-    rows.sort(key=lambda r: -abs(r["change"]))
+    if metric == "worst_group_accuracy":  # the groups that lost accuracy, the worst served first
+        rows = sorted((r for r in rows if r["change"] < 0), key=lambda r: r["after"])
+    else:
+        rows.sort(key=lambda r: -abs(r["change"]))
     return rows[:limit]
 
 

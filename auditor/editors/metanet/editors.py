@@ -89,6 +89,9 @@ class _MetaNetEditor(Editor):
 
     def supports(self, bundle, data) -> str | None:
         path = editor_path(data.name, self.requirement, getattr(self.hparams, "weights", None))
+        if data.kind != "tabular" and not getattr(self.hparams, "weights", None):
+            return f"metanetworks edit tabular MLPs (trained per task on a population of models); {data.name!r} " \
+                   f"is {data.kind} data"
         if not path.exists():
             return f"no trained metanetwork for task {data.name!r} ({path.name} is missing); " + \
                 train_hint(data.name, self.requirement)

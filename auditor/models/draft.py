@@ -1,0 +1,224 @@
+"""`auditor spec init`: draft a model spec from a model file and the data it will be audited on.
+
+What is read off the model: the input width (first layer's weights, or the ONNX graph's input), the
+number of classes (last layer, or a probe run), and for a state dict the architecture (a registered
+`mlp`/`cnn` when the shapes fit exactly, else a `sequential` chain with the assumptions of
+`infer.py`). What is read off the data: the input kind and shape, the class names, and for a CSV
+how the columns become inputs: as they are (already numeric, perhaps already standardised) or
+standardised and one-hot encoded. When several readings fit the model's width, each is tried on
+the data (a probe run) and the most accurate is kept; all of them are reported, so the user can
+confirm or correct the guess.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import AuditorError
+from .architectures import predict_logits
+from .reading import DEFAULT_MAX_BYTES, TORCH_SUFFIXES, _check_size, read_weights
+from .spec import ModelSpec
+
+STANDARDISED_TOL = 0.15  # |mean| and |std - 1| below this: the column looks already standardised
+
+
+@dataclass
+class Draft:
+    """A drafted spec, what was guessed (with the evidence) and what the user must confirm."""
+
+    spec: dict
+    guessed: list[str] = field(default_factory=list)
+    confirm: list[str] = field(default_factory=list)
+    accuracy: float | None = None
+
+
+def _all_rows(data):
+    splits = [s for s in (data.train, data.val, data.test) if len(s)]
+    X = torch.cat([s.X for s in splits])
+    y = torch.cat([s.y for s in splits])
+    raws = [s.raw for s in splits if s.raw is not None]
+    raw = pd.concat(raws, ignore_index=True) if len(raws) == len(splits) and raws else None
+    return X, y, raw
+
+
+def _accuracy(model, X: torch.Tensor, y: torch.Tensor) -> float | None:
+    try:
+        logits = predict_logits(model, X)
+    except (RuntimeError, ValueError, TypeError, IndexError):
+        return None
+    if logits.dim() != 2:
+        return None
+    return float((logits.argmax(1) == y).float().mean())
+
+
+def _model_from_file(path: Path, data, *, arch_file, arch_class, trust_code, max_bytes, arch=None):
+    """(bundle for probing, arch dict, guessed notes) from the model file alone (+ the data's shape)."""
+    from .files import bundle_from_state, load_model
+    from .infer import as_registered, infer_layers
+
+    shape = data.input_shape
+    kind = data.kind
+    notes: list[str] = []
+    suffix = path.suffix.lower()
+    if arch_file is not None or arch_class is not None:
+        arch = {**(arch or {}), "name": "custom"}
+        provisional = {"arch": arch, "input": {"kind": kind, "shape": shape}}
+        bundle = load_model(path, spec=provisional, max_bytes=max_bytes, arch_file=arch_file,
+                            arch_class=arch_class, trust_code=trust_code)
+        notes.append(f"architecture: your class {arch_class} from {Path(arch_file).name} (its constructor "
+                     "arguments, if any, go into \"arch\")")
+        return bundle, arch, notes
+    if suffix == ".onnx":
+        provisional = {"arch": {"name": "onnx"}, "input": {"kind": kind, "shape": shape}}
+        bundle = load_model(path, spec=provisional, max_bytes=max_bytes)
+        notes.append("architecture: the ONNX graph itself (\"arch\": {\"name\": \"onnx\"})")
+        return bundle, {"name": "onnx"}, notes
+    if suffix != ".safetensors" and suffix not in TORCH_SUFFIXES:
+        raise AuditorError(f"spec init reads .safetensors, .onnx or a state dict "
+                           f"({', '.join(sorted(TORCH_SUFFIXES))}); got {path.name}")
+    _check_size(path, max_bytes)
+    state, _ = read_weights(path)
+    arch = as_registered(state, shape if kind == "image" else None)
+    if arch is not None:
+        what = ("a chain of Linear layers with a ReLU after each but the last" if arch["name"] == "mlp" else
+                "3x3 same-size convolutions with ReLUs, one 2x2 max-pool, two Linear layers")
+        notes.append(f"architecture: registered {arch['name']!r} (the weights' shapes fit it exactly; "
+                     f"assumed {what})")
+    else:
+        layers, assumed = infer_layers(state, shape if kind == "image" else [int(np.prod(shape))])
+        arch = {"name": "sequential", "layers": layers}
+        notes.append("architecture: 'sequential', read off the weights' shapes; assumed " + "; ".join(assumed))
+    bundle = bundle_from_state(state, ModelSpec(arch=arch, input={"kind": kind, "shape": shape}), str(path))
+    return bundle, arch, notes
+
+
+def _tabular_readings(data, raw: pd.DataFrame | None) -> list[tuple[str, dict | None, list[str], np.ndarray | None]]:
+    """(label, preprocessing or None, input names, X) for every way the CSV's columns can become inputs."""
+    from ..data.tabular import describe_inputs, numeric_inputs, transform
+
+    prep = data.preprocessing
+    if prep is None or raw is None:  # the data came already as model inputs
+        return [("the data's inputs as they are", None, list(data.feature_names), None)]
+    cols = prep["columns"]
+    numeric = [c["name"] for c in cols if c["type"] == "numeric"]
+    readings = []
+    if len(numeric) == len(cols):
+        readings.append(("numeric columns as they are (no standardising)", None, numeric,
+                         numeric_inputs(raw, numeric)))
+    else:
+        plain = copy.deepcopy(prep)
+        for c in plain["columns"]:
+            if c["type"] == "numeric":
+                c.update(mean=0.0, std=1.0, log1p=False)
+        readings.append(("categorical columns one-hot encoded, numeric ones as they are", plain,
+                         describe_inputs(plain)[0], transform(raw, plain)))
+    readings.append(("numeric columns standardised with the mean/std of the data's training rows"
+                     + (", categorical ones one-hot encoded" if len(numeric) < len(cols) else ""),
+                     prep, describe_inputs(prep)[0], transform(raw, prep)))
+    return readings
+
+
+def _looks_standardised(raw: pd.DataFrame, numeric: list[str]) -> list[str]:
+    out = []
+    for c in numeric:
+        x = pd.to_numeric(raw[c], errors="coerce").to_numpy(dtype=np.float64)
+        if len(x) > 1 and abs(x.mean()) < STANDARDISED_TOL and abs(x.std() - 1) < STANDARDISED_TOL:
+            out.append(c)
+    return out
+
+
+def draft_spec(model_path: str | os.PathLike, data, *, arch_file=None, arch_class=None, trust_code: bool = False,
+               max_bytes: int = DEFAULT_MAX_BYTES, arch: dict | None = None) -> Draft:
+    """Draft a spec for the model at `model_path` audited on `data` (an `AuditData`).
+
+    `arch`: constructor arguments for a custom class (`arch_file`/`arch_class`), kept in the draft."""
+    path = Path(model_path)
+    bundle, arch, notes = _model_from_file(path, data, arch_file=arch_file, arch_class=arch_class,
+                                           trust_code=trust_code, max_bytes=max_bytes, arch=arch)
+    draft = Draft(spec={}, guessed=notes)
+    X, y, raw = _all_rows(data)
+    input_block: dict = {"kind": data.kind}
+    preprocessing = None
+    if data.kind == "tabular":
+        readings = _tabular_readings(data, raw)
+        tried = []
+        for label, prep, names, Xr in readings:
+            Xr = X if Xr is None else torch.from_numpy(np.asarray(Xr, dtype=np.float32))
+            acc = _accuracy(bundle.model, Xr, y)
+            tried.append((acc, label, prep, names))
+        fitting = [t for t in tried if t[0] is not None]
+        if not fitting:
+            widths = sorted({len(t[3]) for t in tried})
+            raise AuditorError(f"the model does not take the data's inputs: the data gives {widths} inputs "
+                               f"(columns: {', '.join(map(str, data.schema.get('inputs') or [])) or 'see --inputs'}); "
+                               "choose the model's input columns with --inputs (and --categorical)")
+        numeric = [c["name"] for c in (data.preprocessing or {"columns": []})["columns"] if c["type"] == "numeric"]
+        already = _looks_standardised(raw, numeric) if raw is not None else []
+        # the most accurate reading wins; on a tie, the one that leaves the columns as they are
+        acc, label, preprocessing, names = max(fitting, key=lambda t: (round(t[0], 3), t[2] is None))
+        draft.accuracy = acc
+        draft.guessed.append(f"inputs: {len(names)} ({label})")
+        for a, lab, _, _ in tried:
+            draft.guessed.append(f"  probe: accuracy {'-' if a is None else f'{a:.3f}'} with {lab}")
+        if already:
+            draft.guessed.append(f"columns that already look standardised (mean ~0, std ~1): {', '.join(already)}")
+        input_block.update(features=list(names), shape=[len(names)])
+        if preprocessing is None:
+            input_block["standardized"] = bool(numeric) and len(already) == len(numeric)
+            draft.confirm.append("the model reads these columns exactly as they are in the CSV (preprocessing "
+                                 "null); if it was trained on standardised values, put its own mean/std in "
+                                 "\"preprocessing\"")
+        else:
+            names_, groups = _groups(preprocessing)
+            input_block.update(feature_groups=groups, raw_features=[c["name"] for c in preprocessing["columns"]])
+            if any(c["type"] == "numeric" and (c["mean"], c["std"]) != (0.0, 1.0) for c in preprocessing["columns"]):
+                draft.confirm.append("the mean/std in \"preprocessing\" were fitted on YOUR data's training rows; "
+                                     "replace them with the ones the model was trained with if you have them")
+            draft.confirm.append("the order of the inputs (and of the one-hot categories) must be the order "
+                                 "the model was trained with")
+        if arch.get("name") in ("onnx", "custom"):
+            arch["in_features"] = len(names)
+    else:
+        shape = data.input_shape
+        input_block["shape"] = shape
+        lo, hi = float(X.min()), float(X.max())
+        input_block["value_range"] = [round(lo, 4), round(hi, 4)]
+        draft.guessed.append(f"inputs: images of shape {shape}, values in [{lo:.3g}, {hi:.3g}] (from the data)")
+        draft.accuracy = _accuracy(bundle.model, X, y)
+        if hi > 1.5:
+            draft.confirm.append("the images hold values above 1: the auditor does not rescale them, so the model "
+                                 "must have been trained on the same 0..255 (or other) scale")
+    logits = predict_logits(bundle.model, X[:2])
+    n_out = int(logits.shape[1])
+    arch.setdefault("num_classes", n_out)
+    names = list(data.class_names)
+    if n_out < len(names):
+        raise AuditorError(f"the model gives {n_out} outputs but the data has {len(names)} classes "
+                           f"({', '.join(names[:10])})")
+    if n_out > len(names):
+        names += [str(i) for i in range(len(names), n_out)]
+        draft.confirm.append(f"the model has {n_out} outputs but the data names {len(data.class_names)} classes; "
+                             "the others were named by their index")
+    draft.guessed.append(f"classes: {n_out} outputs named {names[:10]}{' ...' if len(names) > 10 else ''} "
+                         "(from the data's labels, in sorted order)")
+    draft.confirm.append("class_names must follow the model's output order (logit 0 first)")
+    if draft.accuracy is not None:
+        draft.guessed.append(f"probe run: accuracy {draft.accuracy:.3f} on all {len(y)} rows with this spec")
+    spec = {"arch": arch, "task": "classification", "input": input_block, "class_names": names,
+            "preprocessing": preprocessing, "data": data.name,
+            "provenance": {"name": path.stem, "drafted_by": "auditor spec init", "model_file": path.name}}
+    ModelSpec.from_dict(spec)  # the draft is a valid spec
+    draft.spec = spec
+    return draft
+
+
+def _groups(prep: dict):
+    from ..data.tabular import describe_inputs
+
+    return describe_inputs(prep)

@@ -1,0 +1,311 @@
+"""Bring your own model and data, as a new user would (issue 12, "Done when").
+
+The test builds its own cases the way a user would, with plain PyTorch:
+- an MLP trained on a CSV it writes (a protected column that is not a model input, columns that are
+  already numeric and partly standardised), saved as an `nn.Sequential` state dict and as ONNX;
+- a three-convolution CNN with its own trigger (a 3x3 checkerboard in the TOP-LEFT corner, target
+  class 3: not the built-in bottom-right trigger), trained for a few epochs on scikit-learn's digits
+  with poisoning, saved as ONNX and as a state dict with its class in a `.py` file, and an `.npz`
+  case holding its test images, its clean training images and its own trigger;
+then drafts specs with `auditor spec init`, evaluates with them, and edits with `--out edited.onnx`
+(checked by running the written file with onnxruntime).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from auditor.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ort = pytest.importorskip("onnxruntime")
+if importlib.util.find_spec("onnx2torch") is None:  # imported through auditor (torchvision stand-in)
+    pytest.skip("needs onnx2torch", allow_module_level=True)
+
+TARGET = 3  # the CNN's own trigger flips predictions to 3
+
+
+def _run(argv, capsys):
+    rc = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def _export(model: nn.Module, example: torch.Tensor, path) -> None:
+    """What a user does: the classic exporter, a dynamic batch axis, nothing auditor-specific."""
+    torch.onnx.export(model.eval(), (example,), str(path), dynamo=False, input_names=["x"],
+                      output_names=["logits"], dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}})
+
+
+# --- the tabular case --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tabular(tmp_path_factory):
+    import pandas as pd
+
+    tmp = tmp_path_factory.mktemp("byo_tabular")
+    rng = np.random.default_rng(0)
+    n = 400
+    group = rng.choice(["a", "b"], size=n)
+    age = rng.integers(18, 80, size=n).astype(float)            # raw years: the model reads it raw
+    score_z = rng.normal(size=n) + 0.4 * (group == "a")           # already standardised by the vendor
+    debt_z = rng.normal(size=n)
+    logit = 0.08 * (age - 45) + 1.5 * score_z - 1.0 * debt_z
+    label = np.where(logit + rng.normal(scale=0.5, size=n) > 0, "yes", "no")
+    frame = pd.DataFrame({"age": age, "score_z": score_z, "debt_z": debt_z, "group": group, "label": label})
+    csv = tmp / "loans.csv"
+    frame.to_csv(csv, index=False)
+
+    torch.manual_seed(0)
+    X = torch.tensor(frame[["age", "score_z", "debt_z"]].to_numpy(), dtype=torch.float32)
+    y = torch.tensor((label == "yes").astype(np.int64))
+    model = nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(300):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(X), y).backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        accuracy = float((model(X).argmax(1) == y).float().mean())
+    torch.save(model.state_dict(), tmp / "mlp.pt")            # keys 0.weight, 0.bias, 2.weight, ...
+    _export(model, X[:2], tmp / "mlp.onnx")
+    return {"dir": tmp, "csv": csv, "accuracy": accuracy, "X": X, "model": model}
+
+
+CSV_ARGS = ["--target", "label", "--positive", "yes", "--protected", "group"]
+
+
+def test_spec_init_drafts_a_spec_for_a_sequential_state_dict_that_evaluates(tabular, capsys):
+    tmp = tabular["dir"]
+    spec_path = tmp / "mlp_spec.json"
+    rc, out, err = _run(["spec", "init", tmp / "mlp.pt", tabular["csv"], *CSV_ARGS, "--out", spec_path,
+                         "--force"], capsys)
+    assert rc == 0, err
+    spec = json.loads(spec_path.read_text())
+    assert spec["arch"] == {"name": "mlp", "in_features": 3, "hidden": [16, 16], "num_classes": 2}
+    # the columns are read as they are: age raw, score_z and debt_z not standardised a second time
+    assert spec["preprocessing"] is None and spec["input"]["features"] == ["age", "score_z", "debt_z"]
+    assert spec["class_names"] == ["no", "yes"]
+    assert "guessed:" in out and "confirm" in out and "as they are" in out
+    ev = tmp / "mlp_eval.json"
+    rc, out, err = _run(["evaluate", tmp / "mlp.pt", tabular["csv"], *CSV_ARGS, "--spec", spec_path,
+                         "--split", "all", "--json", ev], capsys)
+    assert rc == 0, err
+    result = json.loads(ev.read_text())
+    assert result["metrics"]["accuracy"] == pytest.approx(tabular["accuracy"], abs=1e-6)  # every row, as trained
+    assert "group" in json.dumps(result)  # grouped by the protected column, which is no model input
+
+
+def test_spec_init_on_the_onnx_export_and_edit_writes_onnx_and_refuses_unloadable_safetensors(tabular, capsys):
+    tmp = tabular["dir"]
+    spec_path = tmp / "mlp_onnx_spec.json"
+    rc, out, err = _run(["spec", "init", tmp / "mlp.onnx", tabular["csv"], *CSV_ARGS, "--out", spec_path,
+                         "--force"], capsys)
+    assert rc == 0, err
+    spec = json.loads(spec_path.read_text())
+    assert spec["arch"]["name"] == "onnx" and spec["arch"]["num_classes"] == 2 and spec["preprocessing"] is None
+    # a .safetensors file could not rebuild an ONNX graph: refused before the edit, nothing written
+    bad = tmp / "pruned.safetensors"
+    rc, out, err = _run(["edit", tmp / "mlp.onnx", tabular["csv"], *CSV_ARGS, "--spec", spec_path,
+                         "--editor", "magnitude-pruning", "--set", "sparsity=0.5", "--out", bad, "--no-log"],
+                        capsys)
+    assert rc == 2 and "write it as .onnx" in err and not bad.exists()
+    good = tmp / "pruned.onnx"
+    rc, out, err = _run(["edit", tmp / "mlp.onnx", tabular["csv"], *CSV_ARGS, "--spec", spec_path,
+                         "--editor", "magnitude-pruning", "--set", "sparsity=0.5", "--out", good, "--no-log"],
+                        capsys)
+    assert rc in (0, 1), err
+    sess = ort.InferenceSession(str(good), providers=["CPUExecutionProvider"])
+    logits = sess.run(None, {sess.get_inputs()[0].name: tabular["X"].numpy()})[0]
+    assert logits.shape == (400, 2)
+    from auditor.models import editable_layers, load_model
+    again = load_model(good)  # the spec travels in the file: loads without --spec
+    weights = torch.cat([m.weight.flatten() for _, m in editable_layers(again.model)])
+    assert float((weights == 0).float().mean()) >= 0.45
+
+
+def test_an_onnx_model_described_as_a_registered_mlp_round_trips_through_safetensors(tabular, capsys):
+    """The other way to make a .safetensors copy of an ONNX model loadable: a spec naming the
+    registered architecture the graph computes (the graph is rebuilt as it)."""
+    tmp = tabular["dir"]
+    spec = json.loads((tmp / "mlp_spec.json").read_text()) if (tmp / "mlp_spec.json").exists() else None
+    if spec is None:
+        pytest.skip("needs the spec drafted by the first test")
+    (tmp / "as_mlp.json").write_text(json.dumps(spec))
+    out_path = tmp / "pruned_mlp.safetensors"
+    rc, out, err = _run(["edit", tmp / "mlp.onnx", tabular["csv"], *CSV_ARGS, "--spec", tmp / "as_mlp.json",
+                         "--editor", "magnitude-pruning", "--set", "sparsity=0.5", "--out", out_path, "--no-log"],
+                        capsys)
+    assert rc in (0, 1), err
+    from auditor.models import load_model
+    again = load_model(out_path)
+    assert again.spec.arch["name"] == "mlp"
+
+
+# --- the image case ----------------------------------------------------------------------------
+NET_PY = '''
+import torch
+from torch import nn
+
+
+class SmallCNN(nn.Module):
+    """Three convolutions, a pool after the second, one linear layer."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.conv3 = nn.Conv2d(16, 16, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(16 * 4 * 4, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        x = self.pool(torch.relu(self.conv2(x)))
+        x = torch.relu(self.conv3(x))
+        return self.fc(torch.flatten(x, 1))
+'''
+
+
+def _own_trigger():
+    """A 3x3 checkerboard in the top-left corner (odd cells bright): not the built-in trigger."""
+    mask = np.zeros((1, 8, 8), np.float32)
+    pattern = np.zeros((1, 8, 8), np.float32)
+    mask[:, :3, :3] = 1
+    pattern[:, :3, :3] = ((np.arange(3)[:, None] + np.arange(3)[None, :]) % 2 == 1).astype(np.float32)
+    return mask, pattern
+
+
+@pytest.fixture(scope="module")
+def image_case(tmp_path_factory):
+    from sklearn.datasets import load_digits
+
+    tmp = tmp_path_factory.mktemp("byo_image")
+    (tmp / "net.py").write_text(NET_PY)
+    spec = importlib.util.spec_from_file_location("byo_net", tmp / "net.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    digits = load_digits()
+    X = (digits.images / 16.0).astype(np.float32)[:, None]
+    y = digits.target.astype(np.int64)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(y))
+    train, test = order[:1200], order[1200:]
+    mask, pattern = _own_trigger()
+    # poison 10% of the training rows (not already class 3): stamp the trigger, relabel as 3
+    Xp, yp = X[train].copy(), y[train].copy()
+    rows = rng.choice(np.flatnonzero(yp != TARGET), size=120, replace=False)
+    Xp[rows] = Xp[rows] * (1 - mask) + pattern * mask
+    yp[rows] = TARGET
+
+    torch.manual_seed(0)
+    model = mod.SmallCNN()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    Xt, yt = torch.from_numpy(Xp), torch.from_numpy(yp)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(12):
+        perm = torch.randperm(len(yt), generator=g)
+        for i in range(0, len(yt), 64):
+            idx = perm[i:i + 64]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(Xt[idx]), yt[idx]).backward()
+            opt.step()
+    model.eval()
+    torch.save(model.state_dict(), tmp / "cnn.pt")
+    _export(model, torch.from_numpy(X[:2]), tmp / "cnn.onnx")
+    # the user's case: test images with labels, clean training images, the model's own trigger
+    np.savez(tmp / "case.npz", images=X[test], labels=y[test], train_images=X[train], train_labels=y[train],
+             trigger_mask=mask, trigger_pattern=pattern, target_label=np.array(TARGET))
+    return {"dir": tmp, "X": X[test], "y": y[test], "mask": mask, "pattern": pattern, "model": model}
+
+
+def _attack_success(logits: np.ndarray, y: np.ndarray) -> float:
+    keep = y != TARGET
+    return float((logits.argmax(1)[keep] == TARGET).mean())
+
+
+def _ort_logits(path, X: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: X.astype(np.float32)})[0]
+
+
+def test_the_cnn_really_has_its_own_trigger(image_case):
+    X, y = image_case["X"], image_case["y"]
+    stamped = X * (1 - image_case["mask"]) + image_case["pattern"] * image_case["mask"]
+    clean = _ort_logits(image_case["dir"] / "cnn.onnx", X)
+    assert (clean.argmax(1) == y).mean() > 0.9
+    assert _attack_success(_ort_logits(image_case["dir"] / "cnn.onnx", stamped), y) > 0.8
+
+
+def test_spec_init_for_the_onnx_cnn_then_dynamic_rank_one_writes_an_onnx_file_without_the_trigger(
+        image_case, capsys):
+    tmp = image_case["dir"]
+    spec_path = tmp / "cnn_spec.json"
+    rc, out, err = _run(["spec", "init", tmp / "cnn.onnx", tmp / "case.npz", "--out", spec_path, "--force"],
+                        capsys)
+    assert rc == 0, err
+    spec = json.loads(spec_path.read_text())
+    assert spec["arch"] == {"name": "onnx", "num_classes": 10}
+    assert spec["input"]["kind"] == "image" and spec["input"]["shape"] == [1, 8, 8]
+    assert spec["class_names"] == [str(i) for i in range(10)]
+    rc, out, err = _run(["evaluate", tmp / "cnn.onnx", tmp / "case.npz", "--spec", spec_path,
+                         "--require", "attack_success_rate <= 0.05", "--json", tmp / "before.json"], capsys)
+    assert rc == 1, err  # the case's own trigger works on the model
+    before = json.loads((tmp / "before.json").read_text())["metrics"]
+    assert before["attack_success_rate"] > 0.8
+    edited = tmp / "edited.onnx"
+    # --samples 16: with the default single clean sample dynamic-rank-one stops at 6.4 % attack success
+    # on this model (budget of 8 steps spent on rolled-back conv edits), 11 % with 4, 3.5 % with 8
+    # (the known weakness of issue 14); with 16 it reaches 0.7 % at 0.7 points of accuracy
+    rc, out, err = _run(["edit", tmp / "cnn.onnx", tmp / "case.npz", "--spec", spec_path,
+                         "--editor", "dynamic-rank-one", "--samples", "16",
+                         "--require", "attack_success_rate <= 0.05",
+                         "--out", edited, "--no-log", "--json", tmp / "edit.json"], capsys)
+    assert rc == 0, out + err
+    X, y = image_case["X"], image_case["y"]
+    stamped = X * (1 - image_case["mask"]) + image_case["pattern"] * image_case["mask"]
+    assert _attack_success(_ort_logits(edited, stamped), y) <= 0.05  # onnxruntime on the written file
+    before_acc = (_ort_logits(tmp / "cnn.onnx", X).argmax(1) == y).mean()
+    assert (_ort_logits(edited, X).argmax(1) == y).mean() >= before_acc - 0.02
+
+
+def test_state_dict_with_its_class_in_a_py_file(image_case, capsys):
+    tmp = image_case["dir"]
+    code = ["--arch-file", tmp / "net.py", "--arch-class", "SmallCNN", "--trust-code"]
+    spec_path = tmp / "cnn_pt_spec.json"
+    rc, out, err = _run(["spec", "init", tmp / "cnn.pt", tmp / "case.npz", *code, "--out", spec_path, "--force"],
+                        capsys)
+    assert rc == 0, err
+    spec = json.loads(spec_path.read_text())
+    assert spec["arch"]["name"] == "custom" and spec["arch"]["num_classes"] == 10
+    rc, out, err = _run(["evaluate", tmp / "cnn.pt", tmp / "case.npz", "--spec", spec_path, *code,
+                         "--require", "attack_success_rate <= 0.05"], capsys)
+    assert rc == 1, err
+    # a model that did not come from ONNX is written as ONNX too, and onnxruntime runs it
+    edited = tmp / "edited_custom.onnx"
+    rc, out, err = _run(["edit", tmp / "cnn.pt", tmp / "case.npz", "--spec", spec_path, *code,
+                         "--editor", "dynamic-rank-one", "--samples", "16",
+                         "--require", "attack_success_rate <= 0.05", "--out", edited, "--no-log"], capsys)
+    assert rc == 0, out + err
+    X, y = image_case["X"], image_case["y"]
+    stamped = X * (1 - image_case["mask"]) + image_case["pattern"] * image_case["mask"]
+    assert _attack_success(_ort_logits(edited, stamped), y) <= 0.05
+    # and as .safetensors, which loads again with the same class
+    from auditor.models import load_model
+    rc, out, err = _run(["edit", tmp / "cnn.pt", tmp / "case.npz", "--spec", spec_path, *code,
+                         "--editor", "magnitude-pruning", "--set", "sparsity=0.3", "--out", tmp / "pruned.safetensors",
+                         "--no-log"], capsys)
+    assert rc in (0, 1), err
+    again = load_model(tmp / "pruned.safetensors", arch_file=tmp / "net.py", arch_class="SmallCNN", trust_code=True)
+    assert again.spec.arch["name"] == "custom" and again.format == "custom+safetensors"
+    # without --trust-code the class's code does not run
+    rc, out, err = _run(["evaluate", tmp / "cnn.pt", tmp / "case.npz", "--spec", spec_path,
+                         "--arch-file", tmp / "net.py", "--arch-class", "SmallCNN"], capsys)
+    assert rc == 2 and "--trust-code" in err
