@@ -86,8 +86,15 @@ def test_generic_sequential_from_explicit_layers_and_inferred(tmp_path):
     _same(bundle, module, (1, 8, 8))
     # the state dict's own names fit the integer names of the built nn.Sequential
     assert "0.weight" in bundle.model.state_dict() and "7.weight" in bundle.model.state_dict()
-    # without layers: inferred (pool placement is an assumption; max-pool and ReLU commute, BN first)
-    inferred = load_model(tmp_path / "cnn.pt", spec={**explicit, "arch": {"name": "sequential", "num_classes": 10}})
+    # without layers: inferred under the stated assumptions (here: the pool after the last convolution;
+    # a pool after the first one gives the same widths and cannot be told from the weights)
+    module = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                           nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                           nn.Linear(6 * 4 * 4, 10)).eval()
+    with torch.no_grad():
+        module[1].running_mean.uniform_(-0.5, 0.5)
+    torch.save({"model": module.state_dict()}, tmp_path / "cnn2.pt")
+    inferred = load_model(tmp_path / "cnn2.pt", spec={**explicit, "arch": {"name": "sequential", "num_classes": 10}})
     _same(inferred, module, (1, 8, 8))
     assert inferred.spec.arch["layers"]  # written out
     again = load_model(save_model(inferred, tmp_path / "cnn.safetensors"))
@@ -104,7 +111,7 @@ def test_infer_layers_assumptions():
     layers, notes = infer_layers(valid, [1, 8, 8])
     assert layers[0]["padding"] == 0 and "no padding" in " ".join(notes)
     cnn = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
-                        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).state_dict()
+                        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(256, 32), nn.ReLU(), nn.Linear(32, 10)).state_dict()
     assert as_registered(cnn, [1, 8, 8])["name"] == "cnn"
 
 
@@ -120,7 +127,8 @@ def test_infer_layers_assumptions():
     (lambda: nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(50, 2)).state_dict(),
      {"arch": {"name": "sequential"}, "input": {"kind": "image", "shape": [1, 8, 8]}},
      "tensor '2.weight' takes 50 inputs, which no assumed padding/pooling"),
-    (lambda: {"weights": torch.zeros(3)}, MLP_SPEC, "belongs to no layer"),
+    (lambda: {"weights": torch.zeros(3)}, MLP_SPEC, "tensor 'weights' of shape (3,) is where"),
+    (lambda: {"weights": torch.zeros(3)}, {**MLP_SPEC, "arch": {"name": "sequential"}}, "belongs to no layer"),
 ])
 def test_state_dicts_that_fit_no_architecture_give_one_line_naming_the_tensor(tmp_path, state, spec, match):
     torch.manual_seed(0)
@@ -215,7 +223,7 @@ def test_a_custom_class_with_a_reused_mlp_spec(tmp_path):
     with pytest.raises(AuditorError, match=r"Net\(in_features, hidden, width_multiplier\) needs 'width_multiplier'"):
         load_model(tmp_path / "w.pt", spec=MLP_SPEC, arch_file=tmp_path / "args.py", arch_class="Net",
                    trust_code=True)
-    spec = {**MLP_SPEC, "arch": {**MLP_SPEC["arch"], "hidden": [4], "width_multiplier": 2}}
+    spec = {**MLP_SPEC, "arch": {"name": "custom", "in_features": 4, "hidden": [4], "width_multiplier": 2}}
     bundle = load_model(tmp_path / "w.pt", spec=spec, arch_file=tmp_path / "args.py", arch_class="Net",
                         trust_code=True)
     _same(bundle, module)

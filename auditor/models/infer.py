@@ -9,7 +9,9 @@ assumptions (also in docs/formats.md, "Model files"):
 - convolutions have stride 1 and either "same" padding (kernel // 2) or none, the same for all;
 - between the last convolution and the first Linear layer there is a Flatten, and possibly one
   2x2 max-pool (after the last convolution, or after each one) or a global average pool: the one
-  whose flattened size equals the Linear layer's input width is taken.
+  whose flattened size equals the Linear layer's input width is taken (the first in that order
+  when several fit: a pool after the FIRST convolution gives the same width as one after the
+  last, and cannot be told apart from the weights).
 
 When a model does anything else (another activation, strides, dropout placement does not matter),
 write `arch.layers` by hand; `auditor spec init` prints what it assumed.
@@ -17,7 +19,7 @@ write `arch.layers` by hand; `auditor spec init` prints what it assumed.
 from __future__ import annotations
 
 from ..errors import AuditorError
-from .reading import _natural
+from .reading import module_order
 
 DOCS = "see docs/formats.md#model-files"
 
@@ -26,7 +28,7 @@ def _ordered_modules(state: dict) -> list[tuple[str, dict]]:
     """(module name, {param: tensor}) in the file's order, or natural order for integer names."""
     keys = list(state)
     if all(k.split(".", 1)[0].isdigit() for k in keys):
-        keys = sorted(keys, key=_natural)
+        keys = sorted(keys, key=module_order)
     modules: dict[str, dict] = {}
     for k in keys:
         mod, _, param = k.rpartition(".")
@@ -125,6 +127,9 @@ def infer_layers(state: dict, input_shape: list[int] | None = None) -> tuple[lis
                                "which no assumed padding/pooling of the convolutions gives for images of "
                                f"shape {list(input_shape)}; write arch.layers ({DOCS})")
         same, pool = fits[0]
+        if len(fits) > 1:
+            notes.append("several paddings/poolings give the same width; took the first of: same padding "
+                         "before none, no pool, a pool after the last convolution, after each, a global pool")
         notes.append(f"convolutions: stride 1, {'padding kernel//2 (same size)' if same else 'no padding'}")
         notes.append({"none": "no pooling", "last": "a 2x2 max-pool after the last convolution",
                       "each": "a 2x2 max-pool after each convolution",

@@ -221,13 +221,23 @@ def _natural(key: str):
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in key.split(".")]
 
 
+_PARAM_ORDER = {"weight": 0, "bias": 1, "running_mean": 2, "running_var": 3, "num_batches_tracked": 4}
+
+
+def module_order(key: str):
+    """Sort key: modules in natural order (`2.` before `10.`), in a module the order PyTorch registers
+    its tensors (weight, bias, running statistics), whatever order the file keeps them in."""
+    module, _, param = key.rpartition(".")
+    return _natural(module), _PARAM_ORDER.get(param, 99), param
+
+
 def _positional(expected: dict, state: dict) -> dict | None:
     """`state` renamed to `expected`'s names when the two hold the same tensors in the same order
     (same shapes, same kind: weight to weight, bias to bias), trying the file's order and then
     the names' natural order (`2.weight` before `10.weight`)."""
     if len(expected) != len(state):
         return None
-    for keys in (list(state), sorted(state, key=_natural)):
+    for keys in (list(state), sorted(state, key=module_order)):
         if all(tuple(state[k].shape) == tuple(t.shape) and k.rsplit(".", 1)[-1] == e.rsplit(".", 1)[-1]
                for k, (e, t) in zip(keys, expected.items())):
             return {e: state[k] for k, e in zip(keys, expected)}
