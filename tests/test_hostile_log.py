@@ -226,7 +226,12 @@ def _nested_model(tmp_path, depth=900) -> Path:
         nested = [nested]
     bundle.spec.provenance = {"notes": nested}
     path = tmp_path / "nested.safetensors"
-    save_model(bundle, path)
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, 10_000))  # writing it (dataclasses.asdict) recurses too
+    try:
+        save_model(bundle, path)
+    finally:
+        sys.setrecursionlimit(old)
     return path
 
 

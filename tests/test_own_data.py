@@ -66,7 +66,7 @@ def test_split_all_reports_every_row_and_says_so(case, capsys):
     data = _evaluate(case, str(case / "my.csv"), "--split", "all")
     assert data["split"] == "all" and data["rows"] == N
     assert data["audited"] == f"audited on {N} rows of my.csv (all rows)"
-    assert data["partition"]["train"]["rows"] + data["partition"]["val"]["rows"] + data["partition"]["test"]["rows"] == N
+    assert sum(data["partition"][s]["rows"] for s in ("train", "val", "test")) == N
     assert "audited on 300 rows of my.csv (all rows)" in capsys.readouterr().out
 
 
@@ -153,6 +153,15 @@ def test_reproduce_arguments_keep_the_partition(case):
     data = load_data(case / "my.csv", TabularSchema(target="y", protected=["group"], split_column="part"))
     args = data_arguments(data)
     assert args[args.index("--split-column") + 1] == "part"
+
+
+def test_split_all_on_built_in_data_from_the_command_line(tmp_path):
+    out = tmp_path / "o.json"
+    assert main(["evaluate", TROJAN, "digits-trojan", "--split", "all", "--no-log", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())["data"]
+    assert data["split"] == "all" and data["rows"] == 1797
+    assert main(["evaluate", TROJAN, "digits-trojan", "--no-log", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["data"]["split"] == "test"
 
 
 def test_split_all_on_built_in_data(digits_trojan):

@@ -84,7 +84,8 @@ def data_source(args) -> str:
         raise AuditorError("give DATA: a built-in name (adult, compas, digits, digits-trojan, digits-spurious), "
                            "a .csv/.parquet with --target, an .npz image case, or --train-csv and --test-csv")
     if (train_csv or getattr(args, "split_column", None)) and not args.target:
-        raise AuditorError(f"{Path(source).name}: a CSV needs a schema: give --target COLUMN (see docs/formats.md#csv-and-schema-options)")
+        raise AuditorError(f"{Path(source).name}: a CSV needs a schema: give --target COLUMN "
+                           "(see docs/formats.md#csv-and-schema-options)")
     return source
 
 

@@ -1,16 +1,36 @@
 """Data sets: built-in names, CSV files with a schema, and a user's own image case (.npz)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import AuditorError
-from .base import (CSV_DOC, EVAL_SPLITS, FORMATS_DOC, NPZ_DOC, SPLITS, AuditData, Split, Stamp,
-                   stratified_split)
-from .images import (NPZ_ALIASES, NPZ_KEYS, add_cue, load_digits_data, load_digits_spurious, load_digits_trojan,
-                     load_npz_case, poison, spurious_cue, trojan_trigger)
-from .tabular import (ADULT_SCHEMA, COMPAS_SCHEMA, TabularSchema, describe_inputs, fit_preprocessing,
-                      from_frames, load_adult, load_compas, load_csv, read_csv, transform)
+from .base import CSV_DOC, EVAL_SPLITS, FORMATS_DOC, NPZ_DOC, SPLITS, AuditData, Split, Stamp, stratified_split
+from .images import (
+    NPZ_ALIASES,
+    NPZ_KEYS,
+    add_cue,
+    load_digits_data,
+    load_digits_spurious,
+    load_digits_trojan,
+    load_npz_case,
+    poison,
+    spurious_cue,
+    trojan_trigger,
+)
+from .tabular import (
+    ADULT_SCHEMA,
+    COMPAS_SCHEMA,
+    TabularSchema,
+    describe_inputs,
+    fit_preprocessing,
+    from_frames,
+    load_adult,
+    load_compas,
+    load_csv,
+    read_csv,
+    transform,
+)
 
 BUILTIN: dict[str, Callable[..., AuditData]] = {
     "adult": load_adult,
