@@ -37,7 +37,7 @@ def own_trigger(size: int = 3, image_size: int = 8):
     return Stamp(mask, pattern, TARGET, kind="trigger")
 
 
-def build_own_case(folder: Path, epochs: int = 30) -> OwnCase:
+def build_own_case(folder: Path, epochs: int = 15) -> OwnCase:
     """Train the poisoned CNN (a few seconds on one CPU core) and write the user's three files."""
     from safetensors.torch import save_file
 

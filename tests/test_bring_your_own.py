@@ -98,6 +98,7 @@ def test_spec_init_drafts_a_spec_for_a_sequential_state_dict_that_evaluates(tabu
                          "--split", "all", "--json", ev], capsys)
     assert rc == 0, err
     result = json.loads(ev.read_text())
+    assert result["data"]["rows"] == 400 and result["data"]["split"] == "all"
     assert result["metrics"]["accuracy"] == pytest.approx(tabular["accuracy"], abs=1e-6)  # every row, as trained
     assert "group" in json.dumps(result)  # grouped by the protected column, which is no model input
 
@@ -128,6 +129,22 @@ def test_spec_init_on_the_onnx_export_and_edit_writes_onnx_and_refuses_unloadabl
     again = load_model(good)  # the spec travels in the file: loads without --spec
     weights = torch.cat([m.weight.flatten() for _, m in editable_layers(again.model)])
     assert float((weights == 0).float().mean()) >= 0.45
+
+
+def test_audit_writes_an_onnx_model_back_as_onnx(tabular, capsys):
+    tmp = tabular["dir"]
+    spec_path = tmp / "mlp_onnx_audit_spec.json"
+    assert _run(["spec", "init", tmp / "mlp.onnx", tabular["csv"], *CSV_ARGS, "--out", spec_path, "--force"],
+                capsys)[0] == 0
+    audit = ["audit", tmp / "mlp.onnx", tabular["csv"], *CSV_ARGS, "--spec", spec_path, "--editor",
+             "magnitude-pruning", "--set", "sparsity=0.5", "--require", "sparsity >= 0.4", "--no-log"]
+    rc, out, err = _run([*audit, "--json", tmp / "r.json", "--out", tmp / "r.safetensors"], capsys)
+    assert rc == 2 and "write it as .onnx" in err and not (tmp / "r.json").exists()
+    rc, out, err = _run([*audit, "--json", tmp / "r.json"], capsys)
+    assert rc == 0, out + err
+    assert (tmp / "r_edited.onnx").exists() and not (tmp / "r_edited.safetensors").exists()
+    logits = _ort_logits(tmp / "r_edited.onnx", tabular["X"].numpy())
+    assert logits.shape == (400, 2)
 
 
 def test_an_onnx_model_described_as_a_registered_mlp_round_trips_through_safetensors(tabular, capsys):
@@ -274,6 +291,24 @@ def test_spec_init_for_the_onnx_cnn_then_dynamic_rank_one_writes_an_onnx_file_wi
     assert _attack_success(_ort_logits(edited, stamped), y) <= 0.05  # onnxruntime on the written file
     before_acc = (_ort_logits(tmp / "cnn.onnx", X).argmax(1) == y).mean()
     assert (_ort_logits(edited, X).argmax(1) == y).mean() >= before_acc - 0.02
+
+
+def test_spec_init_rebuilds_the_cnn_state_dict_without_its_class(image_case, capsys):
+    """No .py file: the generic `sequential` architecture is read off the weights; where the pool
+    sits cannot be told from them, so spec init tries every arrangement on the data."""
+    tmp = image_case["dir"]
+    spec_path = tmp / "cnn_seq_spec.json"
+    rc, out, err = _run(["spec", "init", tmp / "cnn.pt", tmp / "case.npz", "--out", spec_path, "--force"], capsys)
+    assert rc == 0, err
+    spec = json.loads(spec_path.read_text())
+    layers = spec["arch"]["layers"]
+    assert spec["arch"]["name"] == "sequential" and "arrangements of the layers fit" in out
+    assert layers.index({"type": "maxpool2d", "kernel": 2}) == layers.index("relu", 2) + 1  # after conv2's ReLU
+    from auditor.models import load_model
+    bundle = load_model(tmp / "cnn.pt", spec=spec_path)
+    X = torch.from_numpy(image_case["X"][:64])
+    with torch.no_grad():
+        assert torch.allclose(bundle.model(X), image_case["model"](X), atol=1e-5)
 
 
 def test_state_dict_with_its_class_in_a_py_file(image_case, capsys):

@@ -324,18 +324,31 @@ def test_own_case_audit(page, server, tmp_path):
     from tests.own_case import build_own_case
 
     start = time.perf_counter()
+    phases = {}
+
+    def lap(name: str) -> None:
+        phases[name] = round(time.perf_counter() - start - sum(phases.values()), 1)
+
     case = build_own_case(tmp_path / "mine")
+    lap("train the user's model")
     page.goto(server)
     page.get_by_text("Upload my own").click(timeout=120_000)
     settle(page)
     upload(page, "Model file", case.model)
     upload(page, "Model spec", case.spec)
+    page.locator("[data-testid=stSelectbox]", has_text="Data set").click()  # built-in data with a trigger:
+    page.get_by_role("option", name="digits-trojan", exact=True).click()   # the page asks whose trigger
+    settle(page)
+    page.get_by_text("Which trigger does this model have?").wait_for()
+    assert page.get_by_role("button", name="Load uploaded model").is_disabled()
+    shot(page, "own-0-which-trigger")
     page.get_by_text(".npz image case").click()
     settle(page)
     upload(page, "Image case (.npz", case.case)
     page.get_by_role("button", name="Load uploaded model").click()
     page.get_by_text("Loaded my_trojan_cnn").wait_for(timeout=120_000)
     settle(page)
+    lap("upload and load")
     shot(page, "own-1-load")
     main, side = (page.locator(f"[data-testid={t}]").inner_text() for t in ("stMain", "stSidebar"))
     tested = "the case's own trigger (my_case.npz: 9-pixel patch (3×3) in the top-left corner → class 7)"
@@ -347,6 +360,7 @@ def test_own_case_audit(page, server, tmp_path):
 
     go(page, "Localize")
     page.get_by_text(re.compile(r"^Top-ranked layer: ")).wait_for(timeout=120_000)
+    lap("checks, localize")
     shot(page, "own-2-localize")
 
     go(page, "Edit")
@@ -354,6 +368,7 @@ def test_own_case_audit(page, server, tmp_path):
     page.get_by_role("button", name="Run dynamic-rank-one").click()
     page.get_by_text("Edit 1: dynamic-rank-one").wait_for(timeout=120_000)
     settle(page)
+    lap("edit")
     shot(page, "own-4-edit")
     edited = load_model(download(page, "Download the edited model (.safetensors)", tmp_path))
     after = evaluate(edited, data).metrics
@@ -362,8 +377,10 @@ def test_own_case_audit(page, server, tmp_path):
         page.locator("[data-testid=stMain]").inner_text()
     assert not errors_on(page)
 
+    lap("download and check the edit")
     doc = export_and_check(page, tmp_path, "own", "C. Tester")
+    lap("report: HTML, JSON, PDF")
     assert doc["data"]["stamp_tested"] == tested and f"Tested with {tested}." in doc["verdict"]["summary"]
     asr = next(r for r in doc["requirements"] if r["metric"] == "attack_success_rate")
     assert asr["before"]["value"] == pytest.approx(before) and asr["after"]["value"] <= 0.02
-    (ARTIFACTS / "own-audit-seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
+    (ARTIFACTS / "own-audit-seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n{json.dumps(phases)}\n")

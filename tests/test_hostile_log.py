@@ -292,7 +292,7 @@ def test_failed_pdf_leaves_the_other_reports_and_the_log_entry(tmp_path, capsys,
     assert rc == 2 and "the PDF report" in err and "Chromium crashed" in err and "r.html" in err
     assert (tmp_path / "r.json").exists() and (tmp_path / "r.html").exists() and not (tmp_path / "r.pdf").exists()
     report = AuditLog(db).entries("report")[-1]
-    assert [Path(p).name for p in report.reports] == ["r.json", "r.html"]
+    assert [Path(p).name for p in report.reports] == ["r.html", "r.json"]
 
 
 def test_every_cli_exit_is_0_1_2_or_3_in_a_subprocess(tmp_path):

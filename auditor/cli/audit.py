@@ -210,6 +210,7 @@ def run(args) -> int:
         progress(1.0, "done")
     finally:
         progress.close()
+    reports = [str(getattr(args, k)) for k in ("report", "pdf", "json") if str(getattr(args, k)) in reports]
     rid = outcome.session.log_report(report, reports)
     _print_summary(report, written, None if log is None else (log.path, rid))
     if failed:

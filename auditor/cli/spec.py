@@ -29,6 +29,7 @@ def register(sub) -> None:
     init.add_argument("--out", required=True, metavar="SPEC.json", help="where to write the drafted spec")
     init.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     init.set_defaults(func=run_init)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
 def _data(args, spec=None):

@@ -57,10 +57,10 @@ def _accuracy(model, X: torch.Tensor, y: torch.Tensor) -> float | None:
     return float((logits.argmax(1) == y).float().mean())
 
 
-def _model_from_file(path: Path, data, *, arch_file, arch_class, trust_code, max_bytes, arch=None):
+def _model_from_file(path: Path, data, X, y, *, arch_file, arch_class, trust_code, max_bytes, arch=None):
     """(bundle for probing, arch dict, guessed notes) from the model file alone (+ the data's shape)."""
     from .files import bundle_from_state, load_model
-    from .infer import as_registered, infer_layers
+    from .infer import as_registered, infer_candidates
 
     shape = data.input_shape
     kind = data.kind
@@ -91,9 +91,20 @@ def _model_from_file(path: Path, data, *, arch_file, arch_class, trust_code, max
         notes.append(f"architecture: registered {arch['name']!r} (the weights' shapes fit it exactly; "
                      f"assumed {what})")
     else:
-        layers, assumed = infer_layers(state, shape if kind == "image" else [int(np.prod(shape))])
-        arch = {"name": "sequential", "layers": layers}
+        candidates = infer_candidates(state, shape if kind == "image" else [int(np.prod(shape))])
+        tried = []
+        for layers, assumed in candidates:
+            arch = {"name": "sequential", "layers": layers}
+            bundle = bundle_from_state(state, ModelSpec(arch=arch, input={"kind": kind, "shape": shape}), str(path))
+            acc = _accuracy(bundle.model, X, y) if len(candidates) > 1 else None
+            tried.append((-1.0 if acc is None else acc, bundle, arch, assumed))
+        acc, bundle, arch, assumed = max(tried, key=lambda t: t[0])  # first (preferred) on a tie
         notes.append("architecture: 'sequential', read off the weights' shapes; assumed " + "; ".join(assumed))
+        if len(tried) > 1:
+            notes.append(f"  probe: {len(tried)} arrangements of the layers fit the weights; kept the most "
+                         f"accurate on the data ({acc:.3f}; the others: "
+                         f"{', '.join(f'{t[0]:.3f}' for t in tried if t[1] is not bundle)})")
+        return bundle, arch, notes
     bundle = bundle_from_state(state, ModelSpec(arch=arch, input={"kind": kind, "shape": shape}), str(path))
     return bundle, arch, notes
 
@@ -139,10 +150,10 @@ def draft_spec(model_path: str | os.PathLike, data, *, arch_file=None, arch_clas
 
     `arch`: constructor arguments for a custom class (`arch_file`/`arch_class`), kept in the draft."""
     path = Path(model_path)
-    bundle, arch, notes = _model_from_file(path, data, arch_file=arch_file, arch_class=arch_class,
+    X, y, raw = _all_rows(data)
+    bundle, arch, notes = _model_from_file(path, data, X, y, arch_file=arch_file, arch_class=arch_class,
                                            trust_code=trust_code, max_bytes=max_bytes, arch=arch)
     draft = Draft(spec={}, guessed=notes)
-    X, y, raw = _all_rows(data)
     input_block: dict = {"kind": data.kind}
     preprocessing = None
     if data.kind == "tabular":
@@ -210,6 +221,11 @@ def draft_spec(model_path: str | os.PathLike, data, *, arch_file=None, arch_clas
     draft.confirm.append("class_names must follow the model's output order (logit 0 first)")
     if draft.accuracy is not None:
         draft.guessed.append(f"probe run: accuracy {draft.accuracy:.3f} on all {len(y)} rows with this spec")
+        chance = float(np.bincount(y.numpy()).max() / len(y)) if len(y) else 0.0
+        if draft.accuracy < max(chance + 0.1, 0.5 * (1 + chance)) and draft.accuracy < 0.9:
+            draft.confirm.insert(0, f"LOW ACCURACY: {draft.accuracy:.3f} (always predicting the commonest class "
+                                    f"gives {chance:.3f}); the guessed architecture or input reading is probably "
+                                    "wrong: write arch.layers / preprocessing, or pass your class with --arch-file")
     spec = {"arch": arch, "task": "classification", "input": input_block, "class_names": names,
             "preprocessing": preprocessing, "data": data.name,
             "provenance": {"name": path.stem, "drafted_by": "auditor spec init", "model_file": path.name}}

@@ -7,11 +7,12 @@ assumptions (also in docs/formats.md, "Model files"):
 - the layers run in the order of the file (names in natural order: `2.weight` before `10.weight`);
 - a ReLU follows every Linear and Conv2d layer but the last (after its BatchNorm, when it has one);
 - convolutions have stride 1 and either "same" padding (kernel // 2) or none, the same for all;
-- between the last convolution and the first Linear layer there is a Flatten, and possibly one
-  2x2 max-pool (after the last convolution, or after each one) or a global average pool: the one
-  whose flattened size equals the Linear layer's input width is taken (the first in that order
-  when several fit: a pool after the FIRST convolution gives the same width as one after the
-  last, and cannot be told apart from the weights).
+- the first Linear layer follows a Flatten, with possibly 2x2 max-pools (after the last
+  convolution, after each, or after one other) or a global average pool on the way: the
+  arrangements whose flattened size equals the Linear layer's input width fit. Loading takes the
+  first in `_pool_plans` order; `auditor spec init` tries each on the data and keeps the most
+  accurate (a pool after the first convolution gives the same width as one after the last: the
+  weights cannot tell them apart).
 
 When a model does anything else (another activation, strides, dropout placement does not matter),
 write `arch.layers` by hand; `auditor spec init` prints what it assumed.
@@ -88,103 +89,104 @@ def _conv_out(side: int, kernel: int, padding: int) -> int:
     return side + 2 * padding - kernel + 1
 
 
+def _pool_plans(n: int):
+    """(pool after these conv indices, global average pool, words) in order of preference."""
+    yield frozenset(), False, "no pooling"
+    yield frozenset({n - 1}), False, "a 2x2 max-pool after the last convolution"
+    if n > 1:
+        yield frozenset(range(n)), False, "a 2x2 max-pool after each convolution"
+    yield frozenset(), True, "a global average pool after the last convolution"
+    for i in range(n - 1):
+        yield frozenset({i}), False, f"a 2x2 max-pool after convolution {i + 1}"
+
+
 def _flatten_options(convs: list[dict], shape: list[int]):
-    """(padding per kernel, pooling, flattened width) for every assumption on how the convs reduce."""
+    """(same padding?, pool after, global pool, words, flattened width) for every plan of how the convs reduce."""
     _, h, w = shape
     for same in (True, False):
-        for pool in ("none", "last", "each", "global"):
+        for pool_after, global_pool, words in _pool_plans(len(convs)):
             hh, ww = h, w
             for i, c in enumerate(convs):
                 pad = c["kernel"] // 2 if same else 0
                 hh, ww = _conv_out(hh, c["kernel"], pad), _conv_out(ww, c["kernel"], pad)
-                if pool == "each" or (pool == "last" and i == len(convs) - 1):
+                if i in pool_after:
                     hh, ww = hh // 2, ww // 2
                 if hh < 1 or ww < 1:
                     break
             else:
-                width = convs[-1]["out"] * (1 if pool == "global" else hh * ww)
-                yield same, pool, width
+                width = convs[-1]["out"] * (1 if global_pool else hh * ww)
+                yield same, pool_after, global_pool, words, width
 
 
 def infer_layers(state: dict, input_shape: list[int] | None = None) -> tuple[list, list[str]]:
     """The `sequential` layers of a state dict (see the module's assumptions) and notes on what was assumed."""
+    return infer_candidates(state, input_shape)[0]
+
+
+def infer_candidates(state: dict, input_shape: list[int] | None = None) -> list[tuple[list, list[str]]]:
+    """Every chain of layers that fits the state dict under the module's assumptions, the preferred one
+    first (several when convolutions and pooling can be arranged in more than one way)."""
     layers = weight_layers(state)
     _check_chain(layers)
-    notes = ["a ReLU follows every Linear/Conv2d layer but the last"]
+    base = ["a ReLU follows every Linear/Conv2d layer but the last"]
     convs = [x for x in layers if x["type"] == "conv2d"]
     first_linear = next(x for x in layers if x["type"] == "linear")
-    same, pool = True, "none"
-    if convs:
-        if not input_shape or len(input_shape) != 3:
-            raise AuditorError("the state dict holds convolutions: give the image shape in the spec's "
-                               f"input.shape ([channels, height, width]) so the layers can be inferred ({DOCS})")
-        if convs[0]["in"] != input_shape[0]:
-            raise AuditorError(f"tensor {convs[0]['name'] + '.weight'!r} takes {convs[0]['in']} channels but the "
-                               f"input shape {list(input_shape)} has {input_shape[0]} ({DOCS})")
-        fits = [(s, p) for s, p, width in _flatten_options(convs, input_shape) if width == first_linear["in"]]
-        if not fits:
-            raise AuditorError(f"tensor {first_linear['name'] + '.weight'!r} takes {first_linear['in']} inputs, "
-                               "which no assumed padding/pooling of the convolutions gives for images of "
-                               f"shape {list(input_shape)}; write arch.layers ({DOCS})")
-        same, pool = fits[0]
+    if not convs:
+        if input_shape and len(input_shape) == 1 and int(input_shape[0]) != first_linear["in"]:
+            raise AuditorError(f"tensor {first_linear['name'] + '.weight'!r} takes {first_linear['in']} inputs but "
+                               f"the spec's input.shape is {list(input_shape)} ({DOCS})")
+        return [(_build(layers, convs, first_linear, True, frozenset(), False), base)]
+    if not input_shape or len(input_shape) != 3:
+        raise AuditorError("the state dict holds convolutions: give the image shape in the spec's "
+                           f"input.shape ([channels, height, width]) so the layers can be inferred ({DOCS})")
+    if convs[0]["in"] != input_shape[0]:
+        raise AuditorError(f"tensor {convs[0]['name'] + '.weight'!r} takes {convs[0]['in']} channels but the "
+                           f"input shape {list(input_shape)} has {input_shape[0]} ({DOCS})")
+    fits = [o for o in _flatten_options(convs, input_shape) if o[4] == first_linear["in"]]
+    if not fits:
+        raise AuditorError(f"tensor {first_linear['name'] + '.weight'!r} takes {first_linear['in']} inputs, "
+                           "which no assumed padding/pooling of the convolutions gives for images of "
+                           f"shape {list(input_shape)}; write arch.layers ({DOCS})")
+    out = []
+    for same, pool_after, global_pool, words, _ in fits:
+        notes = [*base, f"convolutions: stride 1, {'padding kernel//2 (same size)' if same else 'no padding'}",
+                 f"{words}, then Flatten"]
         if len(fits) > 1:
-            notes.append("several paddings/poolings give the same width; took the first of: same padding "
-                         "before none, no pool, a pool after the last convolution, after each, a global pool")
-        notes.append(f"convolutions: stride 1, {'padding kernel//2 (same size)' if same else 'no padding'}")
-        notes.append({"none": "no pooling", "last": "a 2x2 max-pool after the last convolution",
-                      "each": "a 2x2 max-pool after each convolution",
-                      "global": "a global average pool after the last convolution"}[pool] + ", then Flatten")
-    elif input_shape and len(input_shape) == 1 and int(input_shape[0]) != first_linear["in"]:
-        raise AuditorError(f"tensor {first_linear['name'] + '.weight'!r} takes {first_linear['in']} inputs but "
-                           f"the spec's input.shape is {list(input_shape)} ({DOCS})")
-    out: list = []
+            notes.append(f"{len(fits) - 1} other arrangement(s) of padding/pooling fit the weights too")
+        out.append((_build(layers, convs, first_linear, same, pool_after, global_pool), notes))
+    return out
+
+
+def _build(layers: list[dict], convs: list[dict], first_linear: dict, same: bool, pool_after: frozenset,
+           global_pool: bool) -> list:
+    conv_index = {id(c): i for i, c in enumerate(convs)}
     last = [x for x in layers if x["type"] != "batchnorm"][-1]
+    out: list = []
     for i, x in enumerate(layers):
         if x["type"] == "batchnorm":
             after_conv = layers[i - 1]["type"] == "conv2d" if i else bool(convs)
             out.append({"type": "batchnorm2d" if after_conv else "batchnorm1d", "features": x["features"]})
-            if i and layers[i - 1] is not last:
-                out.append("relu")
+        else:
+            if x is first_linear and convs:
+                if global_pool:
+                    out.append({"type": "adaptive_avgpool2d", "size": 1})
+                out.append("flatten")
+            layer = {k: v for k, v in x.items() if k not in ("name", "bias")}
+            if not x["bias"]:
+                layer["bias"] = False
+            if x["type"] == "conv2d":
+                layer["padding"] = x["kernel"] // 2 if same else 0
+            out.append(layer)
+        if i + 1 < len(layers) and layers[i + 1]["type"] == "batchnorm":
+            continue  # the ReLU (and pool) come after the BatchNorm
+        owner = x if x["type"] != "batchnorm" else (layers[i - 1] if i else None)
+        if owner is None:
             continue
-        if x is first_linear and convs:
-            if pool == "global":
-                out.append({"type": "adaptive_avgpool2d", "size": 1})
-            out.append("flatten")
-        layer = {k: v for k, v in x.items() if k not in ("name", "bias")}
-        if not x["bias"]:
-            layer["bias"] = False
-        if x["type"] == "conv2d":
-            layer["padding"] = x["kernel"] // 2 if same else 0
-        out.append(layer)
-        followed_by_bn = i + 1 < len(layers) and layers[i + 1]["type"] == "batchnorm"
-        if x is not last and not followed_by_bn:
+        if owner is not last:
             out.append("relu")
-        if x["type"] == "conv2d" and (pool == "each" or (pool == "last" and x is convs[-1])):
-            if followed_by_bn:  # the pool comes after the BatchNorm and its ReLU
-                continue
+        if owner["type"] == "conv2d" and conv_index[id(owner)] in pool_after:
             out.append({"type": "maxpool2d", "kernel": 2})
-    if pool in ("each", "last"):  # a pool after a conv that a BatchNorm follows: after the BN's ReLU
-        out = _pools_after_batchnorm(out, convs, pool)
-    return out, notes
-
-
-def _pools_after_batchnorm(out: list, convs: list, pool: str) -> list:
-    need = len(convs) if pool == "each" else 1
-    have = sum(isinstance(o, dict) and o.get("type") == "maxpool2d" for o in out)
-    if have == need:
-        return out
-    result, conv_seen = [], 0
-    for j, o in enumerate(out):
-        result.append(o)
-        if isinstance(o, dict) and o.get("type") == "conv2d":
-            conv_seen += 1
-        nxt = out[j + 1] if j + 1 < len(out) else None
-        if (isinstance(o, str) and o == "relu" and j >= 2 and isinstance(out[j - 1], dict)
-                and out[j - 1].get("type") == "batchnorm2d"
-                and (pool == "each" or conv_seen == len(convs))
-                and not (isinstance(nxt, dict) and nxt.get("type") == "maxpool2d")):
-            result.append({"type": "maxpool2d", "kernel": 2})
-    return result
+    return out
 
 
 def as_registered(state: dict, input_shape: list[int] | None = None) -> dict | None:
