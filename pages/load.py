@@ -34,6 +34,9 @@ if source == "Sample model":
     data_names = list(BUILTIN)
     data_name = st.selectbox("Data set", data_names, index=data_names.index(default_data), key=f"load_data_{name}",
                              help="Defaults to the data set the model was trained on (from its spec).")
+    if stamp_question(sample_model(name), data_name) is not None:  # e.g. the clean digits_cnn on digits-trojan
+        st.caption(f"Built-in {data_name!r} stamps the {'trigger' if data_name.endswith('trojan') else 'cue'} of "
+                   f"another sample; the audit tests exactly that one, and says so.")
     if st.button("Load model and data", type="primary", key="load_go"):
         try:
             with progress("Loading") as cb:

@@ -57,3 +57,16 @@ def test_the_sample_trigger_is_asked_for_not_assumed(adult_mlp):
     assert set(q["options"]) == {"sample", "case", "none"} and q["options"]["sample"].startswith("The sample's trigger")
     assert [data_for_stamp_choice("digits-trojan", c) for c in ("sample", "case", "none")] == \
         ["digits-trojan", None, "digits"]
+
+
+def test_the_cli_refusal_carries_the_way_forward_too():
+    """`auditor edit --editor X` on a model X cannot edit goes through `check_editor`: same way forward."""
+    from auditor.cli import main
+
+    bundle = load_model(SAMPLES / "compas_mlp.safetensors")
+    session = AuditSession(bundle, load_data("compas", spec=bundle.spec), ["demographic_parity <= 0.1"])
+    with pytest.raises(Exception, match="Applies here instead, for the same requirement: finetune-fairness"):
+        session.check_editor("metanet-fairness")
+    assert main(["edit", str(SAMPLES / "adult_mlp.safetensors"), "adult", "--editor", "dynamic-rank-one",
+                 "--out", "never-written.safetensors"]) == 2
+    assert not Path("never-written.safetensors").exists()

@@ -265,3 +265,12 @@ def test_spec_init_finds_standardisation_and_refuses_to_overwrite(tmp_path):
     with contextlib.redirect_stderr(errs), contextlib.redirect_stdout(io.StringIO()):
         assert main(argv) == 2
     assert "exists; pass --force" in errs.getvalue()
+
+
+def test_spec_init_that_cannot_fit_writes_nothing(tmp_path):
+    torch.save(_seq_mlp().state_dict(), tmp_path / "m.pt")
+    errs = io.StringIO()
+    with contextlib.redirect_stderr(errs), contextlib.redirect_stdout(io.StringIO()):
+        rc = main(["spec", "init", str(tmp_path / "m.pt"), "digits", "--out", str(tmp_path / "spec.json")])
+    assert rc == 2 and errs.getvalue().count("\n") == 1 and not (tmp_path / "spec.json").exists()
+    assert "tensor '0.weight' is a Linear layer taking 4 inputs" in errs.getvalue(), errs.getvalue()

@@ -355,20 +355,25 @@ class AuditSession:
         apply to this model at all."""
         from ..editors.registry import unavailable_editors
 
-        usable = [c.name for c in self.editors()]
-        targets = {c.name: set(c.targets) for c in self.editors()}
-        out = []
-        for cls, reason in unavailable_editors(self.current, self.data):
-            reason = reason.rstrip(". ")
-            same = [n for n in usable if targets[n] & set(cls.targets) and f"`{n}`" not in reason]
-            if same:
-                reason += f". Applies here instead, for the same requirement: {', '.join(same)}"
-            elif usable:
-                reason += f". Editors that apply to this model here: {', '.join(usable[:4])}"
-            else:
-                reason += ". No registered editor applies to this model on this data"
-            out.append((cls.name, reason + "."))
-        return out
+        key = self.state_key()
+        cached = getattr(self, "_unavailable", None)
+        if cached is None or cached[0] != key:  # every rerun of the Edit page asks
+            cached = (key, [(cls.name, self.way_forward(cls, reason))
+                            for cls, reason in unavailable_editors(self.current, self.data)])
+            self._unavailable = cached
+        return list(cached[1])
+
+    def way_forward(self, cls: type, reason: str) -> str:
+        """`reason` (why editor class `cls` cannot edit this model here) followed by what works here
+        today: the editors that apply and aim at the same requirements, else those that apply at all."""
+        usable = self.editors()
+        reason = str(reason).rstrip(". ")
+        same = [c.name for c in usable if set(c.targets) & set(cls.targets) and f"`{c.name}`" not in reason]
+        if same:
+            return reason + f". Applies here instead, for the same requirement: {', '.join(same)}."
+        if usable:
+            return reason + f". Editors that apply to this model here: {', '.join(c.name for c in usable[:4])}."
+        return reason + ". No registered editor applies to this model on this data."
 
     def check_editor(self, editor: str, settings: dict | None = None):
         """The configured editor, or an AuditorError saying why it cannot edit this model on this data."""
@@ -382,7 +387,8 @@ class AuditSession:
         ed = get_editor(editor, **settings)
         reason = ed.supports(self.current, self.data)
         if reason:
-            raise AuditorError(f"editor {editor!r} cannot edit this model on {self.data.name!r}: {reason}")
+            raise AuditorError(f"editor {editor!r} cannot edit this model on {self.data.name!r}: "
+                               f"{self.way_forward(type(ed), reason)}")
         return ed
 
     def run_edit(self, editor: str, settings: dict | None = None, *, device=None,

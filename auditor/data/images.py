@@ -123,6 +123,76 @@ def npz_keys(path: Path, arrays: dict) -> dict:
     return {name: arr for name, (_, arr) in out.items()} | {"_given": {n: k for n, (k, _) in out.items()}}
 
 
+SMALL_KEYS = {"target": 16, "kind": 16}  # values a scalar key may declare (anything larger is not a case)
+
+
+def _npy_header(f) -> tuple[tuple, bool, np.dtype]:
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(f, max_header_size=10_000)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(f, max_header_size=10_000)
+    raise ValueError(f"unsupported .npy format version {version}")
+
+
+def read_npz(path: Path) -> dict:
+    """The case's arrays under their canonical names (`npz_keys`), read only after every member's
+    name, declared shape and dtype (its `.npy` header) and its compressed ratio (the zip header) are
+    checked against the budgets (`auditor.budgets`): nothing is allocated for a member that is
+    unknown, pickled, larger than its zip entry, or over a limit."""
+    import zipfile
+
+    from ..budgets import RATIO_FLOOR, BudgetError, check, limit, size_text
+
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise AuditorError(f"{path.name} is not a readable .npz file: {str(exc)[:200]}") from None
+    with zf:
+        infos = {(i.filename[:-4] if i.filename.endswith(".npy") else i.filename): i for i in zf.infolist()}
+        named = npz_keys(path, infos)  # unknown or repeated keys are refused by name, before any reading
+        given = named.pop("_given")
+        headers, total = {}, 0
+        for key, info in named.items():
+            shown = given[key]
+            try:
+                with zf.open(info) as f:
+                    shape, _fortran, dtype = _npy_header(f)
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile, SyntaxError) as exc:
+                raise AuditorError(f"{path.name}: member {shown!r} is not a readable .npy array "
+                                   f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})") from None
+            if dtype.hasobject:
+                raise AuditorError(f"{path.name}: refused, member {shown!r} holds pickled objects; store plain arrays")
+            count = 1
+            for d in shape:
+                count *= int(d)
+            data_bytes = count * dtype.itemsize
+            if data_bytes > info.file_size:
+                raise AuditorError(f"{path.name}: member {shown!r} declares {count} values of shape {tuple(shape)} "
+                                   f"({size_text(data_bytes)}) but holds {size_text(info.file_size)}: corrupt")
+            if key in SMALL_KEYS and count > SMALL_KEYS[key]:
+                raise AuditorError(f"{path.name}: {shown!r} must be a single value; it declares shape {tuple(shape)}")
+            ratio = info.file_size / max(info.compress_size, 1)
+            if info.file_size > RATIO_FLOOR and ratio > limit("AUDITOR_MAX_NPZ_RATIO"):
+                raise BudgetError(f"{path.name}: member {shown!r} expands {ratio:.0f} times (from "
+                                  f"{size_text(info.compress_size)} to {size_text(info.file_size)}), over the limit "
+                                  f"of {limit('AUDITOR_MAX_NPZ_RATIO'):g} times; raise it with AUDITOR_MAX_NPZ_RATIO "
+                                  "if you trust the input")
+            total += count * max(dtype.itemsize, 4)  # read, then taken as float32
+            headers[key] = info
+        check(f"{path.name}: the arrays {', '.join(repr(given[k]) for k in headers)}", total, "AUDITOR_MAX_NPZ_MB",
+              hint="as float32")
+        arrays: dict = {}
+        for key, info in headers.items():
+            try:
+                with zf.open(info) as f:
+                    arrays[key] = np.lib.format.read_array(f, allow_pickle=False)
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+                raise AuditorError(f"{path.name}: member {given[key]!r} cannot be read "
+                                   f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})") from None
+    return arrays | {"_given": given}
+
+
 def load_npz_case(path: str | Path, seed: int = 0) -> AuditData:
     """A user's own Trojan or cue case (every key: `NPZ_KEYS`, aliases: `NPZ_ALIASES`, docs/formats.md).
 
@@ -136,14 +206,7 @@ def load_npz_case(path: str | Path, seed: int = 0) -> AuditData:
     path = Path(path)
     if not path.exists():
         raise AuditorError(f"data file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except ValueError as exc:
-        raise AuditorError(f"{path.name}: refused, it holds pickled objects ({exc}); store plain arrays") from None
-    except (OSError, EOFError) as exc:
-        raise AuditorError(f"{path.name} is not a readable .npz file: {exc}") from None
-    arrays = npz_keys(path, arrays)
+    arrays = read_npz(path)
     for key in ("images", "labels", "target"):
         if key not in arrays:
             raise AuditorError(f"{path.name} has no {key!r} array; it needs images, labels, target and "

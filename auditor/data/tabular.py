@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..budgets import check_matrix
 from ..errors import AuditorError
 from .base import CSV_DOC, SPLITS, AuditData, Split, stratified_split
 
@@ -108,15 +109,31 @@ def describe_inputs(prep: dict) -> tuple[list[str], dict[str, list[int]]]:
     return names, groups
 
 
-def transform(frame: pd.DataFrame, prep: dict) -> np.ndarray:
-    """Apply a fitted preprocessing; unseen categories become all-zero one-hot rows."""
+def input_width(prep: dict) -> int:
+    """How many model inputs a fitted preprocessing makes (one per category, one per numeric column)."""
+    return sum(len(c.get("categories") or ()) if c.get("type") == "categorical" else 1 for c in prep["columns"])
+
+
+def transform(frame: pd.DataFrame, prep: dict, what: str = "the data") -> np.ndarray:
+    """Apply a fitted preprocessing; unseen categories become all-zero one-hot rows.
+
+    The output's size (rows x width) is checked against the matrix budget before it is allocated,
+    and it is allocated once (no intermediate rows x categories comparisons)."""
     _require_columns(frame, [c["name"] for c in prep["columns"]], "input")
-    blocks = []
+    width = input_width(prep)
+    check_matrix(f"{what}: the model inputs", len(frame), width)
+    out = np.zeros((len(frame), width), np.float32)
+    at = 0
     for c in prep["columns"]:
         if c["type"] == "categorical":
             values = as_text(frame[c["name"]]).to_numpy()
-            cats = np.array(c["categories"], dtype=object)
-            blocks.append((values[:, None] == cats[None, :]).astype(np.float32))
+            index: dict = {}
+            for i, v in enumerate(c["categories"]):
+                index.setdefault(str(v), []).append(i)
+            for row, v in enumerate(values):
+                for i in index.get(v, ()):
+                    out[row, at + i] = 1.0
+            at += len(c["categories"])
         else:
             x = _numeric_column(frame, c["name"])
             if c.get("log1p"):
@@ -126,8 +143,9 @@ def transform(frame: pd.DataFrame, prep: dict) -> np.ndarray:
                 row = int(np.flatnonzero(~np.isfinite(z.astype(np.float32)))[0])
                 raise AuditorError(f"column {c['name']!r} at row {row} holds {x[row]!r}, too far from the "
                                    "values the preprocessing was fitted on to scale")
-            blocks.append(z.astype(np.float32)[:, None])
-    return np.concatenate(blocks, axis=1) if blocks else np.zeros((len(frame), 0), np.float32)
+            out[:, at] = z.astype(np.float32)
+            at += 1
+    return out
 
 
 def numeric_inputs(frame: pd.DataFrame, features: list[str]) -> np.ndarray:
@@ -197,22 +215,36 @@ def from_frames(name: str, frames: dict[str, pd.DataFrame], schema: TabularSchem
         feature_names = list(features)
         feature_groups = {f: [i] for i, f in enumerate(feature_names)}
     else:
+        preprocessing_given = preprocessing is not None
         if preprocessing is None:
             preprocessing = fit_preprocessing(frames["train"], inputs, schema.categorical, schema.log1p)
         prep = preprocessing
+        # before naming or allocating anything: rows x one-hot width, and its ratio to the file's size
+        shown = Path(source).name if _file_size(source) else name
+        origin = f"{shown} with the model's stored preprocessing" if preprocessing_given else \
+            f"{shown} with its categorical column(s)"
+        check_matrix(origin, len(whole), input_width(prep), _file_size(source))
         feature_names, feature_groups = describe_inputs(prep)
     splits = {}
     class_names: list[str] = []
     for s, frame in frames.items():
         frame = frame.reset_index(drop=True)
         y, class_names = _labels(frame, schema, positive, whole_names)
-        X = numeric_inputs(frame, feature_names) if prep is None else transform(frame, prep)
+        X = numeric_inputs(frame, feature_names) if prep is None else transform(frame, prep, name)
         groups = frame[schema.protected].apply(as_text).reset_index(drop=True) if schema.protected \
             else pd.DataFrame(index=range(len(frame)))
         splits[s] = Split(torch.from_numpy(X), torch.from_numpy(y), groups, frame)
     return AuditData(name=name, kind="tabular", feature_names=feature_names, feature_groups=feature_groups,
                      protected=list(schema.protected), class_names=class_names, preprocessing=prep,
                      schema=schema.to_dict(), source=source, description=description, **splits)
+
+
+def _file_size(source: str) -> int | None:
+    try:
+        path = Path(source)
+        return path.stat().st_size if path.is_file() else None
+    except (OSError, ValueError):
+        return None
 
 
 def read_csv(path: str | Path) -> pd.DataFrame:

@@ -75,7 +75,13 @@ def _model_from_file(path: Path, data, X, y, *, arch_file, arch_class, trust_cod
                      "arguments, if any, go into \"arch\")")
         return bundle, arch, notes
     if suffix == ".onnx":
-        provisional = {"arch": {"name": "onnx"}, "input": {"kind": kind, "shape": shape}}
+        _check_size(path, max_bytes)
+        graph = _onnx_input_shape(path)
+        if graph is not None and (len(graph) != len(shape) or (kind == "image" and graph != shape)):
+            raise AuditorError(f"{path.name} takes inputs of shape {graph} but {data.name!r} gives "
+                               f"{'images of shape ' if kind == 'image' else 'rows of '}{shape}: is this the "
+                               "model's data?")
+        provisional = {"arch": {"name": "onnx"}, "input": {"kind": kind, "shape": graph or shape}}
         bundle = load_model(path, spec=provisional, max_bytes=max_bytes)
         notes.append("architecture: the ONNX graph itself (\"arch\": {\"name\": \"onnx\"})")
         return bundle, {"name": "onnx"}, notes
@@ -84,6 +90,7 @@ def _model_from_file(path: Path, data, X, y, *, arch_file, arch_class, trust_cod
                            f"({', '.join(sorted(TORCH_SUFFIXES))}); got {path.name}")
     _check_size(path, max_bytes)
     state, _ = read_weights(path)
+    _check_first_layer(state, data)
     arch = as_registered(state, shape if kind == "image" else None)
     if arch is not None:
         what = ("a chain of Linear layers with a ReLU after each but the last" if arch["name"] == "mlp" else
@@ -107,6 +114,38 @@ def _model_from_file(path: Path, data, X, y, *, arch_file, arch_class, trust_cod
         return bundle, arch, notes
     bundle = bundle_from_state(state, ModelSpec(arch=arch, input={"kind": kind, "shape": shape}), str(path))
     return bundle, arch, notes
+
+
+def _onnx_input_shape(path: Path) -> list[int] | None:
+    """The graph's input shape without the batch axis, or None when some axis is symbolic."""
+    from .onnx_format import _input_dims, _onnx
+
+    try:
+        proto = _onnx().load_model(str(path), load_external_data=False)
+        dims = _input_dims(proto)
+    except AuditorError:
+        raise
+    except Exception:  # a broken file: load_model below says what is wrong with it
+        return None
+    return [int(d) for d in dims[1:]] if len(dims) > 1 and all(dims[1:]) else None
+
+
+def _check_first_layer(state: dict, data) -> None:
+    """The first layer's tensor against the data's kind and width, named in one line."""
+    from .infer import weight_layers
+
+    first = next(x for x in weight_layers(state) if x["type"] != "batchnorm")
+    tensor = f"{first['name']}.weight"
+    if data.kind == "image" and first["type"] == "linear":
+        raise AuditorError(f"tensor {tensor!r} is a Linear layer taking {first['in']} inputs, but {data.name!r} holds "
+                           f"images of shape {data.input_shape}: an image model starts with a convolution "
+                           "(give the model's tabular data as a CSV with --target, or your class with --arch-file)")
+    if data.kind == "tabular" and first["type"] == "conv2d":
+        raise AuditorError(f"tensor {tensor!r} is a convolution over images with {first['in']} channels, but "
+                           f"{data.name!r} is tabular: give the model's images as an .npz case")
+    if data.kind == "image" and first["type"] == "conv2d" and first["in"] != data.input_shape[0]:
+        raise AuditorError(f"tensor {tensor!r} takes {first['in']} channels but {data.name!r} has images of shape "
+                           f"{data.input_shape}")
 
 
 def _tabular_readings(data, raw: pd.DataFrame | None) -> list[tuple[str, dict | None, list[str], np.ndarray | None]]:
@@ -154,6 +193,12 @@ def draft_spec(model_path: str | os.PathLike, data, *, arch_file=None, arch_clas
     bundle, arch, notes = _model_from_file(path, data, X, y, arch_file=arch_file, arch_class=arch_class,
                                            trust_code=trust_code, max_bytes=max_bytes, arch=arch)
     draft = Draft(spec={}, guessed=notes)
+    if data.kind == "image":  # tabular inputs are tried in every reading below
+        try:
+            predict_logits(bundle.model, X[:2])
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise AuditorError(f"{path.name} cannot run on {data.name!r} (images of shape {data.input_shape}): "
+                               f"{str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}") from None
     input_block: dict = {"kind": data.kind}
     preprocessing = None
     if data.kind == "tabular":

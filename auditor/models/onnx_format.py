@@ -211,6 +211,9 @@ def load_onnx(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelBu
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(proto.graph)):
         raise AuditorError(f"{path.name} keeps its weights in separate files; the auditor reads only "
                            "self-contained ONNX files (save it with save_as_external_data=False)")
+    from .probe import check_declared, probe_in_subprocess, static_plan
+
+    check_declared(_tensors(proto.graph), path.name)  # declared sizes, before conversion allocates them
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:
@@ -244,6 +247,8 @@ def load_onnx(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelBu
     _check_finite(converted.state_dict(), path)
     module = _tidy(converted).eval()
     probe = torch.randn(2, *_probe_shape(spec, dims), generator=torch.Generator().manual_seed(0))
+    if not static_plan(proto, 2, path.name):  # a shape not known in advance: run it first under limits
+        probe_in_subprocess(path, list(probe.shape[1:]), path.name)
     try:
         with torch.no_grad():
             logits = module(probe)
