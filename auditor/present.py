@@ -416,3 +416,60 @@ def verdict(before, after=None, side_effects=(), *, forbid_side_effects: bool = 
             "inconclusive": len(unsure), "failed": len(failing), "side_effects": len(side_effects),
             "mode": mode, "forbid_side_effects": bool(forbid_side_effects),
             "requirement_lines": lines, "side_effect_lines": [side_effect_sentence(e) for e in side_effects]}
+
+
+# --- inert text --------------------------------------------------------------------------------
+# Plotly reads every string of a figure as rich text (`<a href>`, `<span style=...>`, `<br>`): a group
+# name, a column name or a class name from a model or a data file must reach a chart as plain text.
+_TRACE_TEXT = ("x", "y", "text", "hovertext", "name", "customdata", "labels", "legendgroup")
+
+
+def plain(text: Any) -> Any:
+    """A string with `&`, `<` and `>` escaped, so that Plotly (and HTML) show it as it is; anything
+    that is not a string is returned unchanged."""
+    if not isinstance(text, str):
+        return text
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _plain_values(value: Any) -> Any:
+    if isinstance(value, str):
+        return plain(value)
+    if isinstance(value, (list, tuple)) or (getattr(value, "dtype", None) is not None
+                                            and getattr(value.dtype, "kind", "") in "OUS"):
+        return [_plain_values(v) for v in value]
+    return value
+
+
+def inert_figure(fig):
+    """Escape (in place, once) every string of `fig` that can come from a model, data or a user: the
+    traces' categories, texts, names and hover data, the titles, axis titles, tick labels and
+    annotations. Templates (`hovertemplate`) are the builders' own markup and stay; a builder that puts
+    a name into one escapes it with `plain`. Every chart builder's last styling step calls this."""
+    for trace in fig.data:
+        for prop in _TRACE_TEXT:
+            try:
+                value = trace[prop]
+            except (KeyError, ValueError):
+                continue
+            if value is not None and (isinstance(value, str) or not isinstance(value, (int, float))):
+                escaped = _plain_values(value)
+                if escaped is not value:
+                    trace[prop] = escaped
+    layout = fig.layout
+    if layout.title.text:
+        layout.title.text = plain(layout.title.text)
+    if layout.legend.title.text:
+        layout.legend.title.text = plain(layout.legend.title.text)
+    for ann in layout.annotations:
+        if ann.text:
+            ann.text = plain(ann.text)
+    for key in list(layout.to_plotly_json()):
+        if re.fullmatch(r"[xy]axis\d*", key):
+            axis = layout[key]
+            if axis.title.text:
+                axis.title.text = plain(axis.title.text)
+            for prop in ("ticktext", "categoryarray"):
+                if axis[prop] is not None:
+                    axis[prop] = _plain_values(axis[prop])
+    return fig

@@ -108,7 +108,7 @@ if audit.edits:
                 cols = ["step", "action", "layer", "accepted", "accuracy", "reason", "keys", "scale", "norm"]
                 log = pd.DataFrame([{k: e.get(k) for k in cols if k in e} for e in r.log])
                 st.dataframe(log, hide_index=True)
-    st.download_button("Download the edited model (.safetensors)", data=audit.model_bytes,
+    st.download_button(f"Download the edited model ({audit.download_suffix})", data=audit.model_bytes,
                        file_name=audit.edited_filename, mime="application/octet-stream", key="edit_download",
                        icon=":material/download:")
 else:

@@ -129,6 +129,20 @@ def test_spec_init_on_the_onnx_export_and_edit_writes_onnx_and_refuses_unloadabl
     again = load_model(good)  # the spec travels in the file: loads without --spec
     weights = torch.cat([m.weight.flatten() for _, m in editable_layers(again.model)])
     assert float((weights == 0).float().mean()) >= 0.45
+    # the dashboard's download of the same edit is an .onnx file too, and it loads again
+    from auditor.audit import AuditSession
+    from auditor.data import TabularSchema, load_data
+    from auditor.models import ModelSpec
+
+    bundle = load_model(tmp / "mlp.onnx", spec=ModelSpec.from_json(spec_path.read_text()))
+    schema = TabularSchema(target="label", positive="yes", protected=["group"])
+    data = load_data(tabular["csv"], schema, spec=bundle.spec)
+    session = AuditSession(bundle, data, ["accuracy >= 0.5"])
+    session.run_edit("magnitude-pruning", {"sparsity": 0.5})
+    assert session.download_suffix == ".onnx" and session.edited_filename.endswith("_edited.onnx")
+    downloaded = tmp / session.edited_filename
+    downloaded.write_bytes(session.model_bytes())
+    assert load_model(downloaded).sha256 == session.current.sha256
 
 
 def test_audit_writes_an_onnx_model_back_as_onnx(tabular, capsys):

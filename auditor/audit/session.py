@@ -448,15 +448,27 @@ class AuditSession:
         meta = {PROVENANCE_KEY: json.dumps(self.provenance(), sort_keys=True, default=str)}
         return save_model(self.current, path, extra_metadata=meta)
 
+    @property
+    def download_suffix(self) -> str:
+        """`.safetensors` when that file loads again, else `.onnx` (an ONNX graph no registered
+        architecture can rebuild goes back to ONNX)."""
+        from ..models.files import check_saveable
+
+        try:
+            check_saveable(self.current, "model.safetensors")
+            return ".safetensors"
+        except AuditorError:
+            return ".onnx"
+
     def model_bytes(self) -> bytes:
-        """The current model as a `.safetensors` file (with its provenance)."""
+        """The current model as a file that loads again (`download_suffix`), with its provenance."""
         with tempfile.TemporaryDirectory() as tmp:
-            return self.save(Path(tmp) / "model.safetensors").read_bytes()
+            return self.save(Path(tmp) / f"model{self.download_suffix}").read_bytes()
 
     @property
     def edited_filename(self) -> str:
         stem = Path(self.current.source).stem if self.current.source else self.model_label
-        return f"{stem}_edited.safetensors" if self.edited else f"{stem}.safetensors"
+        return f"{stem}_edited{self.download_suffix}" if self.edited else f"{stem}{self.download_suffix}"
 
     # -- trade-off against baselines -----------------------------------------------------
     def baseline_choices(self) -> list[str]:

@@ -2,6 +2,7 @@
 first rows read to offer its columns as schema choices."""
 from __future__ import annotations
 
+import functools
 import io
 import re
 from pathlib import Path
@@ -49,6 +50,14 @@ def is_sample_model(bundle, data_name: str) -> bool:
     return sample is not None and (bundle.spec.provenance or {}).get("name") == sample
 
 
+@functools.lru_cache(maxsize=4)
+def _builtin_stamp_label(data_name: str) -> str:
+    from ..data import BUILTIN
+    from ..present import stamp_label
+
+    return stamp_label(BUILTIN[data_name]())
+
+
 def stamp_question(bundle, data_name: str) -> dict | None:
     """None when built-in `data_name` may be paired with `bundle` as is (no stamp, or the model is that
     sample; `bundle` None: not loaded yet, so ask); else what to ask: {"question", "options": {choice:
@@ -56,11 +65,8 @@ def stamp_question(bundle, data_name: str) -> dict | None:
     model's own, from an `.npz` case), "none" (clean data only)."""
     if data_name not in SAMPLE_FOR_DATA or (bundle is not None and is_sample_model(bundle, data_name)):
         return None
-    from ..data import BUILTIN
-    from ..present import stamp_label
-
     kind = "trigger" if data_name.endswith("trojan") else "cue"
-    sample_label = stamp_label(BUILTIN[data_name]())
+    sample_label = _builtin_stamp_label(data_name)
     return {"question": f"Which {kind} does this model have? Built-in {data_name!r} stamps the {kind} of the "
                         f"sample model {SAMPLE_FOR_DATA[data_name]!r}, not necessarily your model's.",
             "options": {"sample": f"{sample_label[0].upper()}{sample_label[1:]}",

@@ -16,7 +16,15 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..present import display_scale, format_threshold, format_value, metric_label, requirement_sentence
+from ..present import (
+    display_scale,
+    format_threshold,
+    format_value,
+    inert_figure,
+    metric_label,
+    plain,
+    requirement_sentence,
+)
 
 PASS = "#1a7f37"
 FAIL = "#cf222e"
@@ -33,7 +41,7 @@ def _style(fig: go.Figure, title: str | None = None, height: int = 320) -> go.Fi
                       margin={"l": 60, "r": 20, "t": 50 if title else 20, "b": 45},
                       title={"text": title, "x": 0, "xanchor": "left", "font": {"size": 14}} if title else None,
                       legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 1, "xanchor": "right"})
-    return fig
+    return inert_figure(fig)  # every string from a model, data or user as plain text, never markup
 
 
 def _records(rows) -> list[dict]:
@@ -272,7 +280,7 @@ def tradeoff_chart(rows, metric: str, *, higher_is_better: bool = False, thresho
         star = highlight is not None and r["method"] == highlight
         original = r.get("kind") == "original"
         secs = r.get("seconds")
-        hover = (f"{r['method']}<br>{metric_label(metric)}: {format_value(metric, r['value'])}"
+        hover = (f"{plain(str(r['method']))}<br>{metric_label(metric)}: {format_value(metric, r['value'])}"
                  f"<br>accuracy: {format_value('accuracy', r['accuracy'])}")
         if secs is not None and not original:
             hover += f"<br>{float(secs):.2f} s"

@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from ..present import change_size_text
+from ..present import change_size_text, inert_figure
 
 BEFORE = "#8c959f"
 AFTER = "#0969da"
@@ -31,7 +31,7 @@ def _style(fig: go.Figure, title: str | None, height: int) -> go.Figure:
                       margin={"l": 70, "r": 30, "t": 70 if title else 30, "b": 55},
                       title={"text": title, "x": 0, "xanchor": "left", "font": {"size": 15}} if title else None,
                       legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 1, "xanchor": "right"})
-    return fig
+    return inert_figure(fig)  # every string from a model, data or user as plain text, never markup
 
 
 def _matrix(t: torch.Tensor) -> np.ndarray:
