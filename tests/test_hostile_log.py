@@ -295,6 +295,7 @@ def test_failed_pdf_leaves_the_other_reports_and_the_log_entry(tmp_path, capsys,
     assert [Path(p).name for p in report.reports] == ["r.html", "r.json"]
 
 
+@pytest.mark.slow
 def test_every_cli_exit_is_0_1_2_or_3_in_a_subprocess(tmp_path):
     env = {**os.environ, "AUDITOR_DB": str(tmp_path / "a.db")}
     cases = {("evaluate", ADULT, "adult", "--require", "accuracy >= 0.5"): 0,

@@ -74,6 +74,7 @@ def test_shipped_model_has_card_and_spec(name):
     assert f"Built with torch {built['torch']} on {built['cpu']}" in card
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["compas_mlp", "digits_cnn"])
 def test_rebuild_is_bit_exact_within_one_process(name):
     first, _ = _rebuilt(name)
@@ -81,6 +82,7 @@ def test_rebuild_is_bit_exact_within_one_process(name):
     assert second.sha256 == first.sha256
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_committed_model_matches_a_rebuild_by_its_metrics(name):
     rebuilt, data = _rebuilt(name)

@@ -40,7 +40,12 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
                   "--no-default-browser-check", "--hide-scrollbars", "--no-pdf-header-footer",
                   "--print-to-pdf-no-header",
-                  "--run-all-compositor-stages-before-draw", "--virtual-time-budget=15000"]
+                  "--run-all-compositor-stages-before-draw", "--virtual-time-budget=15000",
+                  # no network while printing, whatever the report holds: every request (loopback too) goes to
+                  # a proxy that is not there, and no name resolves; the page also forbids it (its CSP)
+                  "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
+                  "--host-resolver-rules=MAP * ~NOTFOUND", "--disable-remote-fonts",
+                  "--no-pings", "--disable-domain-reliability", "--dns-prefetch-disable"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -318,8 +323,12 @@ def print_pdf(html_path: str | os.PathLike, pdf_path: str | os.PathLike, *, time
     html_path, pdf_path = Path(html_path).resolve(), Path(pdf_path).resolve()
     pdf_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="auditor-chromium-") as profile:
-        cmd = [find_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--print-to-pdf={pdf_path}",
-               html_path.as_uri()]
+        # printed from a private copy in an otherwise empty folder: a path in the report reaches no other file
+        page = Path(profile) / "page" / "report.html"
+        page.parent.mkdir()
+        shutil.copyfile(html_path, page)
+        cmd = [find_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}/profile", f"--print-to-pdf={pdf_path}",
+               page.as_uri()]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
