@@ -473,3 +473,14 @@ def inert_figure(fig):
                 if axis[prop] is not None:
                     axis[prop] = _plain_values(axis[prop])
     return fig
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~:$&])")
+
+
+def md_plain(text: Any) -> str:
+    """`text` escaped for Streamlit Markdown (st.markdown, st.error, st.caption, ...): every Markdown,
+    HTML, colour (`:red[...]`), icon (`:material/...:`) and LaTeX (`$`) character is backslash-escaped,
+    so a file name or a data value shows as it is and never becomes a link, an image or markup.
+    Line breaks become spaces (a message stays one paragraph)."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))

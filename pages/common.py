@@ -145,11 +145,15 @@ def progress(text: str):
 def show_error(exc: BaseException) -> None:
     """A message on the page, never a traceback: AuditorError text as is, others in one line."""
     from auditor.errors import one_line
+    from auditor.present import md_plain
 
-    if isinstance(exc, AuditorError):  # bounded: a 50 MB cell in a message shows as one short line
-        st.error(one_line(exc), icon=":material/error:")
+    # bounded: a 50 MB cell in a message shows as one short line; inert: a value or a file name quoted in
+    # the message is escaped Markdown, never a link, an image or markup
+    if isinstance(exc, AuditorError):
+        st.error(md_plain(one_line(exc)), icon=":material/error:")
     else:
-        st.error(f"Something went wrong ({type(exc).__name__}): {one_line(exc, 300)}", icon=":material/error:")
+        st.error(md_plain(f"Something went wrong ({type(exc).__name__}): {one_line(exc, 300)}"),
+                 icon=":material/error:")
 
 
 def next_step(page: str, label: str) -> None:
@@ -159,6 +163,8 @@ def next_step(page: str, label: str) -> None:
 
 def sidebar_status() -> None:
     """Model, data, device and the requirements' status, on every page."""
+    from auditor.present import md_plain
+
     audit = get_audit()
     with st.sidebar:
         st.markdown("### Audit status")
@@ -167,12 +173,12 @@ def sidebar_status() -> None:
             return
         s = audit.status()
         edited = f"edited ({s['edits']} edit{'s' if s['edits'] != 1 else ''})" if s["edits"] else "as loaded"
-        st.markdown(f"**Model** `{s['model']}`  \n{s['parameters']:,} parameters, {edited}  \n"
+        st.markdown(f"**Model** {md_plain(s['model'])}  \n{s['parameters']:,} parameters, {edited}  \n"
                     f"sha256 `{s['sha256'][:12]}…`")
-        st.markdown(f"**Data** `{s['data']}`  \n{s['rows']['test']:,} test rows "
+        st.markdown(f"**Data** {md_plain(s['data'])}  \n{s['rows']['test']:,} test rows "
                     f"({s['rows']['train']:,} train, {s['rows']['val']:,} validation)")
         if s.get("stamp"):
-            st.markdown(f"**Tested with** {s['stamp']}")
+            st.markdown(f"**Tested with** {md_plain(s['stamp'])}")
         device = (f"GPU, `{s['device']}`" if s["device"].startswith("cuda") else "CPU (no CUDA GPU found)")
         st.markdown(f"**Device** {device}")
         st.markdown("**Requirements**" + ("" if s["requirements"] else "  \nnone set"))
@@ -180,7 +186,7 @@ def sidebar_status() -> None:
             mark = {"pass": ":green[✔ pass]", "inconclusive": ":orange[? inconclusive]"}.get(r["verdict"],
                                                                                        ":red[✘ fail]")
             ci = f" (95 % CI {r['interval']})" if r.get("interval") else ""
-            st.markdown(f"{mark} {requirement_sentence(r['metric'], r['op'], r['threshold'])}; "
+            st.markdown(f"{mark} {md_plain(requirement_sentence(r['metric'], r['op'], r['threshold']))}; "
                         f"now **{r['shown']}**{ci}")
         if s.get("side_effects"):
             st.markdown(f":orange[⚠ {s['side_effects']} side effect{'s' if s['side_effects'] != 1 else ''}] "
