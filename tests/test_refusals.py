@@ -70,3 +70,14 @@ def test_the_cli_refusal_carries_the_way_forward_too():
     assert main(["edit", str(SAMPLES / "adult_mlp.safetensors"), "adult", "--editor", "dynamic-rank-one",
                  "--out", "never-written.safetensors"]) == 2
     assert not Path("never-written.safetensors").exists()
+
+
+def test_cli_says_when_a_builtin_trigger_is_not_the_models_own(capsys):
+    from auditor.cli import main
+
+    clean = str(Path(__file__).resolve().parents[1] / "sample_models" / "digits_cnn.safetensors")
+    trojan = str(Path(__file__).resolve().parents[1] / "sample_models" / "digits_cnn_trojan.safetensors")
+    main(["evaluate", clean, "digits-trojan", "--no-log"])
+    assert "not necessarily your model's" in capsys.readouterr().err
+    main(["evaluate", trojan, "digits-trojan", "--no-log"])
+    assert "not necessarily" not in capsys.readouterr().err

@@ -101,12 +101,25 @@ def load_model_and_data(args) -> tuple[ModelBundle, AuditData]:
     data = load_data(source, schema_from_args(args), spec=bundle.spec, train=getattr(args, "train_csv", None),
                      val=getattr(args, "val_csv", None))
     check_compatible(bundle, data)
+    warn_foreign_stamp(bundle, str(source))
     args.data = source
     if hasattr(args, "split"):
         args.split = data.resolve_split(args.split)
         if Path(source).is_file():  # a user's file: say which rows are audited
             print(announce_rows(data, args.split))
     return bundle, data
+
+
+def warn_foreign_stamp(bundle, data_name: str) -> None:
+    """On stderr: a built-in trigger/cue tested on a model that is not that sample tests the sample's
+    trigger, not necessarily the model's (a clean verdict there is no all-clear)."""
+    from ..audit.uploads import stamp_question
+
+    question = stamp_question(bundle, data_name)
+    if question is not None:
+        stated = question["question"].split("? ", 1)[-1]
+        print(f"auditor: note: {stated} Give your model's own .npz case to test its own "
+              "(see docs/formats.md#image-cases-npz).", file=sys.stderr)
 
 
 def split_words(split: str) -> str:
