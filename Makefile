@@ -6,7 +6,7 @@ PORT ?= 8501
 
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==2.13.0"
-	$(PYTHON) -m pip install -q -e ".[dev,onnx]"
+	$(PYTHON) -m pip install -q -e ".[dev,onnx,sklearn]"
 	$(PYTHON) -m pip install -q --no-deps "onnx2torch>=1.5"  # --no-deps: never pull torchvision (see pyproject)
 
 dashboard: install

@@ -8,4 +8,5 @@ from .spec import ModelSpec
 __all__ = ["ARCHITECTURES", "LOADERS", "ModelBundle", "ModelSpec", "build_architecture",
            "bundle_from_state", "count_parameters", "editable_layers", "first_layer", "load_model",
            "predict_logits", "read_metadata", "register_architecture", "save_model", "weights_sha256"]
-from . import onnx_format  # noqa: E402,F401  (registers the .onnx loader and saver; onnx is imported lazily)
+# registers the .onnx and .skops loaders and savers (onnx and skops are imported lazily)
+from . import onnx_format, sklearn_format  # noqa: E402,F401

@@ -36,6 +36,9 @@ class ModelBundle:
     source: str = ""
     format: str = "safetensors"
     history: list = field(default_factory=list)
+    # The vendor's own object the weights came from (a scikit-learn estimator read from a `.skops`
+    # file), so an edited copy can be written back as the same type; never serialised with the spec.
+    origin: object = None
 
     @property
     def sha256(self) -> str:
@@ -52,7 +55,7 @@ class ModelBundle:
     def copy(self) -> ModelBundle:
         """A deep copy: editing it never touches this bundle."""
         return ModelBundle(copy.deepcopy(self.model), copy.deepcopy(self.spec), self.source,
-                           self.format, list(self.history))
+                           self.format, list(self.history), copy.deepcopy(self.origin))
 
     def to(self, device) -> ModelBundle:
         self.model.to(device)

@@ -47,7 +47,7 @@ from .spec import ModelSpec
 # Re-exported: callers import these from here (the readers live in `reading.py`, which `custom.py`
 # shares without importing this module).
 __all__ = ["CHECKSUM_KEY", "CHECKSUMMED", "CHECKSUMMED_KEY", "DEFAULT_MAX_BYTES", "LOADERS", "MAX_ARCH_JSON",
-           "SAVERS", "SPEC_KEY", "TORCH_SUFFIXES", "ModelBundle", "bundle_from_state", "check_saveable",
+           "SAVERS", "SAVE_CHECKS", "SPEC_KEY", "TORCH_SUFFIXES", "ModelBundle", "bundle_from_state", "check_saveable",
            "check_state_matches", "fit_state",
            "file_checksum", "load_model", "load_state_into", "read_metadata", "resolve_spec", "save_model",
            "weights_sha256"]
@@ -96,6 +96,8 @@ def check_saveable(bundle: ModelBundle, path: str | os.PathLike) -> None:
     known = sorted({".safetensors", *SAVERS})
     if suffix not in known:
         raise AuditorError(f"models are saved as {', '.join(known)}; got {path.name}")
+    if suffix in SAVE_CHECKS:
+        SAVE_CHECKS[suffix](bundle, path)
     if suffix != ".safetensors":
         return
     name = bundle.spec.arch.get("name") if isinstance(bundle.spec.arch, dict) else None
@@ -149,6 +151,7 @@ def load_model(path: str | os.PathLike, spec: ModelSpec | dict | str | None = No
 # and a saver: suffix -> (bundle, path, extra_metadata) -> Path.
 LOADERS: dict = {}
 SAVERS: dict = {}
+SAVE_CHECKS: dict = {}  # suffix -> (bundle, path) -> None, raising when that format cannot hold the bundle
 
 
 def save_model(bundle: ModelBundle, path: str | os.PathLike, extra_metadata: dict | None = None) -> Path:

@@ -231,6 +231,13 @@ def load_onnx(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelBu
                                "--spec SPEC.json (input description, class names)")
         spec = ModelSpec.from_json(meta[SPEC_KEY])
     spec = copy.deepcopy(spec)
+    from .onnx_heads import split_head
+
+    proto, head = split_head(proto, path.name)  # a converter's classifier head: audit the network up to its scores
+    if head is not None:
+        spec.provenance["onnx_head"] = head
+    else:
+        spec.provenance.pop("onnx_head", None)
     dims = _input_dims(proto)
     _check_input_matches(spec, dims, path.name)
     if len(dims) == 2 and dims[1] and "in_features" not in spec.arch:
@@ -285,6 +292,9 @@ def export_onnx(bundle: ModelBundle, path: str | os.PathLike, extra_metadata: di
         raise AuditorError(f"ONNX files end in .onnx; got {path.name}")
     model = copy.deepcopy(bundle.model).cpu().eval()
     shape = _input_shape(bundle)
+    head = bundle.spec.provenance.get("onnx_head") if isinstance(bundle.spec.provenance, dict) else None
+    head = head if isinstance(head, dict) and head.get("outputs") else None
+    input_name = str(head.get("input") or "input") if head else "input"
     example = torch.zeros(2, *shape)
     from ..atomic import temp_beside
 
@@ -293,9 +303,13 @@ def export_onnx(bundle: ModelBundle, path: str | os.PathLike, extra_metadata: di
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (example,), str(tmp), dynamo=False, opset_version=OPSET,
-                              input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+                              input_names=[input_name], output_names=["logits"],
+                              dynamic_axes={input_name: {0: "batch"}, "logits": {0: "batch"}})
         proto = onnx.load_model(str(tmp))
+        if head:  # the vendor's outputs (label, probabilities, ZipMap) from the edited logits
+            from .onnx_heads import attach_head
+
+            proto = attach_head(proto, head)
         meta = {SPEC_KEY: bundle.spec.to_json(), CHECKSUMMED_KEY: CHECKSUMMED,
                 "auditor.history": json.dumps(bundle.history, sort_keys=True, default=str)}
         for k, v in (extra_metadata or {}).items():
@@ -308,7 +322,12 @@ def export_onnx(bundle: ModelBundle, path: str | os.PathLike, extra_metadata: di
         proto.producer_name = "auditor"
         onnx.save_model(proto, str(tmp))
         if verify:
-            diff = onnxruntime_max_diff(model, tmp, shape)
+            if head:
+                from .onnx_heads import head_max_diff
+
+                diff = head_max_diff(model, tmp, shape, head)
+            else:
+                diff = onnxruntime_max_diff(model, tmp, shape)
             if diff is not None and diff > atol:
                 raise AuditorError(f"ONNX export of {bundle.name} disagrees with the PyTorch model "
                                    f"(max difference {diff:.2e}); not written")

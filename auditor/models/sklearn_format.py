@@ -1,0 +1,440 @@
+"""scikit-learn models from `.skops` files, converted exactly into the auditor's own architectures.
+
+A `.skops` file is a zip of a JSON description (`schema.json`) and numpy arrays. Before anything is
+loaded, every type the description names is checked against an explicit allow-list (the estimators
+below, numpy arrays and plain containers); `skops.io.load` is then called with exactly the
+untrusted types that passed (`skops.io.get_untrusted_types`), never with `trusted=True`, and skops
+itself never unpickles. A type outside the list is refused in one line naming it.
+
+Supported, and converted exactly (same scores, in float32):
+
+- `LogisticRegression` (binary, or multinomial): an `mlp` with no hidden layer. A binary model's
+  one score z becomes the two-class logits `[0, z]` (softmax of them is scikit-learn's
+  `[1 - sigmoid(z), sigmoid(z)]`).
+- `MLPClassifier` (`relu` -> `mlp`; `tanh`, `logistic`, `identity` -> `sequential`): the binary
+  sigmoid output as above, a softmax output as it is.
+- a `Pipeline` of `StandardScaler`, `OneHotEncoder` or a `ColumnTransformer` of them (and
+  `"passthrough"`/`"drop"`) in front of one of those: the preprocessing becomes the spec's stored
+  preprocessing (mean/std per numeric column, categories per one-hot column).
+
+An edited model goes back to `.skops` as the same estimator (weights copied into `coef_` /
+`intercept_` or `coefs_` / `intercepts_`), or to `.onnx` / `.safetensors` like any native model.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import AuditorError
+from .files import LOADERS, SAVE_CHECKS, SAVERS, ModelBundle, bundle_from_state
+from .spec import ModelSpec
+
+INSTALL_HINT = "scikit-learn models (.skops) need `pip install skops` (or `pip install -e \".[sklearn]\"`)"
+CLASSIFIERS = ("LogisticRegression", "MLPClassifier")
+TRANSFORMERS = ("StandardScaler", "OneHotEncoder", "ColumnTransformer")
+SUPPORTED = "Pipeline, ColumnTransformer, StandardScaler, OneHotEncoder, LogisticRegression, MLPClassifier"
+# Every type a supported `.skops` file may name: (module, class). Anything else is refused unread.
+ALLOWED_TYPES = {
+    ("sklearn.pipeline", "Pipeline"),
+    ("sklearn.compose._column_transformer", "ColumnTransformer"),
+    ("sklearn.preprocessing._data", "StandardScaler"),
+    ("sklearn.preprocessing._encoders", "OneHotEncoder"),
+    ("sklearn.preprocessing._label", "LabelBinarizer"),  # inside a fitted MLPClassifier
+    ("sklearn.linear_model._logistic", "LogisticRegression"),
+    ("sklearn.neural_network._multilayer_perceptron", "MLPClassifier"),
+    ("sklearn.neural_network._stochastic_optimizers", "AdamOptimizer"),  # training state of an MLPClassifier
+    ("sklearn.neural_network._stochastic_optimizers", "SGDOptimizer"),
+    ("numpy.random.mtrand", "RandomState"),
+    *(("builtins", t) for t in ("dict", "list", "tuple", "str", "int", "float", "bool", "NoneType", "slice")),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    *(("numpy", t) for t in ("float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint8",
+                              "bool_", "str_", "object_", "bytes_")),
+}
+# skops node kinds that only rebuild data and the allowed types (no functions, methods or operators)
+ALLOWED_NODES = {"DictNode", "ListNode", "TupleNode", "SliceNode", "JsonNode", "TypeNode", "NdArrayNode",
+                 "ObjectNode", "RandomStateNode", "DTypeNode", "NoneNode"}
+MAX_SCHEMA_BYTES = 32 * 2**20
+
+
+def _skops():
+    try:
+        import skops.io as sio
+    except ModuleNotFoundError:
+        raise AuditorError(INSTALL_HINT) from None
+    return sio
+
+
+def _schema_types(path: Path) -> tuple[set, set]:
+    """(module, class) pairs and node kinds named anywhere in the file's `schema.json`."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            info = z.getinfo("schema.json")
+            if info.file_size > MAX_SCHEMA_BYTES:
+                raise AuditorError(f"{path.name}: its skops description is {info.file_size / 2**20:.0f} MiB; "
+                                   "refused as implausible")
+            schema = json.loads(z.read(info))
+    except AuditorError:
+        raise
+    except KeyError:
+        raise AuditorError(f"{path.name} is not a skops file (no schema.json inside)") from None
+    except (zipfile.BadZipFile, ValueError, RecursionError, OSError) as exc:
+        raise AuditorError(f"{path.name} is not a readable skops file ({type(exc).__name__})") from None
+    types, nodes = set(), set()
+    stack = [schema]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, dict):
+            if "__class__" in n:
+                types.add((str(n.get("__module__")), str(n["__class__"])))
+            if "__loader__" in n:
+                nodes.add(str(n["__loader__"]))
+            stack.extend(n.values())
+        elif isinstance(n, list):
+            stack.extend(n)
+    return types, nodes
+
+
+def read_skops(path: str | os.PathLike):
+    """The estimator in a `.skops` file, after checking every type it names against `ALLOWED_TYPES`."""
+    path = Path(path)
+    sio = _skops()
+    types, nodes = _schema_types(path)
+    bad = sorted(t for t in types if t not in ALLOWED_TYPES)
+    if bad:
+        mod, cls = bad[0]
+        raise AuditorError(f"{path.name} holds type {mod}.{cls}, which the auditor does not load; "
+                           f"supported: {SUPPORTED}")
+    bad_nodes = sorted(nodes - ALLOWED_NODES)
+    if bad_nodes:
+        raise AuditorError(f"{path.name} holds a skops {bad_nodes[0]} (a function or operator), which the "
+                           f"auditor does not load; supported: {SUPPORTED}")
+    try:
+        untrusted = sio.get_untrusted_types(file=str(path))
+        if any(tuple(t.rsplit(".", 1)) not in ALLOWED_TYPES for t in untrusted):
+            first = next(t for t in untrusted if tuple(t.rsplit(".", 1)) not in ALLOWED_TYPES)
+            raise AuditorError(f"{path.name} holds type {first}, which the auditor does not load; "
+                               f"supported: {SUPPORTED}")
+        return sio.load(str(path), trusted=list(untrusted))
+    except AuditorError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (skops raises many kinds on a broken file)
+        raise AuditorError(f"{path.name} is not a readable skops file: {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
+
+
+# --- estimator -> spec + weights -------------------------------------------------------------------
+def _name(obj) -> str:
+    return type(obj).__name__
+
+
+def _refuse_step(obj, where: str) -> None:
+    raise AuditorError(f"{where} is {_name(obj)}, which cannot be converted exactly; supported: {SUPPORTED}")
+
+
+def _column_names(cols, names_in: list[str] | None, where: str) -> list[str]:
+    """A ColumnTransformer's column selection as column names."""
+    if isinstance(cols, str):
+        cols = [cols]
+    if callable(cols):
+        raise AuditorError(f"{where} selects its columns with a function; name them (a list of column names)")
+    arr = np.asarray(cols)
+    if arr.dtype == bool:
+        arr = np.flatnonzero(arr)
+    out = []
+    for c in arr.tolist():
+        if isinstance(c, str):
+            out.append(c)
+        elif isinstance(c, int):
+            out.append(names_in[c] if names_in else f"x{c}")
+        else:
+            raise AuditorError(f"{where} selects column {c!r}; select columns by name or position")
+    return out
+
+
+def _scaler_columns(scaler, cols: list[str], where: str) -> list[dict]:
+    n = int(scaler.n_features_in_)
+    if n != len(cols):
+        raise AuditorError(f"{where}: StandardScaler was fitted on {n} columns, not {len(cols)}")
+    mean = np.asarray(scaler.mean_, float) if getattr(scaler, "with_mean", True) and scaler.mean_ is not None \
+        else np.zeros(n)
+    scale = np.asarray(scaler.scale_, float) if getattr(scaler, "with_std", True) and scaler.scale_ is not None \
+        else np.ones(n)
+    return [{"name": c, "type": "numeric", "mean": float(m), "std": float(s), "log1p": False}
+            for c, m, s in zip(cols, mean, scale)]
+
+
+def _encoder_columns(enc, cols: list[str], where: str) -> list[dict]:
+    if getattr(enc, "drop", None) is not None:
+        raise AuditorError(f"{where}: OneHotEncoder(drop={enc.drop!r}) cannot be converted exactly; "
+                           "supported: OneHotEncoder with drop=None")
+    if getattr(enc, "min_frequency", None) is not None or getattr(enc, "max_categories", None) is not None:
+        raise AuditorError(f"{where}: OneHotEncoder with infrequent categories (min_frequency/max_categories) "
+                           "cannot be converted exactly; supported: OneHotEncoder without them")
+    if len(enc.categories_) != len(cols):
+        raise AuditorError(f"{where}: OneHotEncoder was fitted on {len(enc.categories_)} columns, not {len(cols)}")
+    out = []
+    for c, cats in zip(cols, enc.categories_):
+        values = [str(v) for v in np.asarray(cats).tolist()]
+        if any(v == "nan" or v == "None" for v in values):
+            raise AuditorError(f"{where}: column {c!r} has a missing value as a category; fill it before encoding")
+        out.append({"name": c, "type": "categorical", "categories": values})
+    return out
+
+
+def _passthrough(cols: list[str]) -> list[dict]:
+    return [{"name": c, "type": "numeric", "mean": 0.0, "std": 1.0, "log1p": False} for c in cols]
+
+
+def _transformer_columns(step, names_in: list[str] | None, where: str) -> list[dict]:
+    """The spec's preprocessing columns for one fitted transformer in front of the classifier."""
+    kind = _name(step)
+    cols = list(names_in) if names_in is not None else [f"x{i}" for i in range(int(step.n_features_in_))]
+    if kind == "StandardScaler":
+        return _scaler_columns(step, cols, where)
+    if kind == "OneHotEncoder":
+        return _encoder_columns(step, cols, where)
+    if kind != "ColumnTransformer":
+        _refuse_step(step, where)
+    names_in = list(getattr(step, "feature_names_in_", [])) or None
+    out: list[dict] = []
+    for name, trans, sel in step.transformers_:
+        part = f"{where} (transformer {name!r})"
+        if isinstance(trans, str) and trans == "drop":
+            continue
+        chosen = _column_names(sel, names_in, part)
+        if not chosen:
+            continue
+        if isinstance(trans, str) and trans == "passthrough":
+            out += _passthrough(chosen)
+        elif _name(trans) == "Pipeline" and len(trans.steps) == 1:
+            out += _transformer_columns_for(trans.steps[0][1], chosen, part)
+        else:
+            out += _transformer_columns_for(trans, chosen, part)
+    return out
+
+
+def _transformer_columns_for(trans, cols: list[str], where: str) -> list[dict]:
+    kind = _name(trans)
+    if kind == "StandardScaler":
+        return _scaler_columns(trans, cols, where)
+    if kind == "OneHotEncoder":
+        return _encoder_columns(trans, cols, where)
+    if isinstance(trans, str) and trans == "passthrough":
+        return _passthrough(cols)
+    _refuse_step(trans, where)
+    return []
+
+
+def _split(est, name: str):
+    """(preprocessing columns or None, classifier) of a supported estimator."""
+    if _name(est) in CLASSIFIERS:
+        return None, est
+    if _name(est) != "Pipeline":
+        _refuse_step(est, f"{name}: the model")
+    steps = [(n, s) for n, s in est.steps if s is not None and not (isinstance(s, str) and s == "passthrough")]
+    if not steps or _name(steps[-1][1]) not in CLASSIFIERS:
+        last = steps[-1][1] if steps else None
+        raise AuditorError(f"{name}: the pipeline ends in {_name(last)}, not a classifier the auditor converts; "
+                           f"supported: {', '.join(CLASSIFIERS)}")
+    clf = steps[-1][1]
+    front = steps[:-1]
+    if not front:
+        return None, clf
+    if len(front) > 1:
+        raise AuditorError(f"{name}: pipeline step {front[1][0]!r} ({_name(front[1][1])}) follows another "
+                           f"transformer; one StandardScaler, OneHotEncoder or ColumnTransformer in front of "
+                           f"the classifier is converted exactly (supported: {SUPPORTED})")
+    step_name, step = front[0]
+    names_in = list(getattr(step, "feature_names_in_", [])) or None
+    cols = _transformer_columns(step, names_in, f"{name}: pipeline step {step_name!r}")
+    seen: set = set()
+    for c in cols:
+        if c["name"] in seen:
+            raise AuditorError(f"{name}: column {c['name']!r} is used twice in the pipeline; each raw column "
+                               "may feed one transformer")
+        seen.add(c["name"])
+    return cols, clf
+
+
+def _linear_rows(coef: np.ndarray, intercept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(out, in) weights and biases of the logits; one score z becomes the rows of `[0, z]`."""
+    if coef.shape[0] == 1:
+        coef = np.vstack([np.zeros_like(coef), coef])
+        intercept = np.concatenate([np.zeros(1), intercept])
+    return coef, intercept
+
+
+def _convert(est, name: str) -> tuple[dict, dict, list, dict, list | None]:
+    """(arch, state, class names, provenance, preprocessing columns or None) of a supported estimator."""
+    cols, clf = _split(est, name)
+    kind = _name(clf)
+    classes = [str(c) for c in np.asarray(clf.classes_).tolist()]
+    d = int(clf.n_features_in_)
+    state: dict = {}
+    prov: dict = {"estimator": _name(est), "classifier": kind, "classes": classes}
+    if kind == "LogisticRegression":
+        coef, intercept = np.asarray(clf.coef_, float), np.asarray(clf.intercept_, float)
+        if len(classes) > 2 and (getattr(clf, "multi_class", "auto") == "ovr"
+                                 or (getattr(clf, "multi_class", "auto") == "auto" and clf.solver == "liblinear")):
+            raise AuditorError(f"{name}: a one-vs-rest LogisticRegression with {len(classes)} classes cannot be "
+                               "converted exactly; supported: binary or multinomial LogisticRegression")
+        w, b = _linear_rows(coef, intercept)
+        arch = {"name": "mlp", "in_features": d, "hidden": [], "num_classes": int(w.shape[0])}
+        state = {"out.weight": w, "out.bias": b}
+        prov["scores"] = ("one score z, audited as two-class logits [0, z]" if coef.shape[0] == 1
+                          else "multinomial logits")
+    else:
+        if clf.out_activation_ not in ("logistic", "softmax") or (
+                clf.out_activation_ == "logistic" and clf.coefs_[-1].shape[1] != 1):
+            raise AuditorError(f"{name}: an MLPClassifier with output {clf.out_activation_!r} "
+                               f"({clf.coefs_[-1].shape[1]} outputs, multi-label) cannot be converted; "
+                               "supported: binary (logistic) or multi-class (softmax) outputs")
+        act = clf.activation
+        acts = {"relu": "relu", "tanh": "tanh", "logistic": "sigmoid", "identity": "identity"}
+        if act not in acts:
+            raise AuditorError(f"{name}: MLPClassifier activation {act!r} is not supported; supported: {sorted(acts)}")
+        weights = [np.asarray(c, float).T for c in clf.coefs_]
+        biases = [np.asarray(b, float) for b in clf.intercepts_]
+        weights[-1], biases[-1] = _linear_rows(weights[-1], biases[-1])
+        hidden = [int(w.shape[0]) for w in weights[:-1]]
+        if act == "relu":
+            arch = {"name": "mlp", "in_features": d, "hidden": hidden, "num_classes": int(weights[-1].shape[0])}
+            names = [f"fc{i}" for i in range(1, len(hidden) + 1)] + ["out"]
+        else:
+            layers: list = []
+            names = []
+            for w in weights[:-1]:
+                names.append(str(len(layers)))
+                layers += [{"type": "linear", "in": int(w.shape[1]), "out": int(w.shape[0])}, acts[act]]
+            names.append(str(len(layers)))
+            layers.append({"type": "linear", "in": int(weights[-1].shape[1]), "out": int(weights[-1].shape[0])})
+            arch = {"name": "sequential", "layers": layers, "num_classes": int(weights[-1].shape[0])}
+        for n, w, b in zip(names, weights, biases):
+            state[f"{n}.weight"], state[f"{n}.bias"] = w, b
+        prov["activation"] = act
+        prov["scores"] = ("one score z, audited as two-class logits [0, z]" if clf.out_activation_ == "logistic"
+                          else "softmax logits")
+    state = {k: torch.tensor(np.asarray(v), dtype=torch.float32) for k, v in state.items()}
+    return arch, state, classes, prov, cols
+
+
+def bundle_from_estimator(est, name: str = "model", source: str = "") -> ModelBundle:
+    """An auditor bundle computing exactly what `est` (a supported estimator) computes."""
+    arch, state, classes, prov, cols = _convert(est, name)
+    d = arch["in_features"] if "in_features" in arch else arch["layers"][0]["in"]
+    if cols is None:
+        names_in = list(getattr(est, "feature_names_in_", [])) or [f"x{i}" for i in range(d)]
+        features, preprocessing = [str(c) for c in names_in], None
+        groups = {f: [i] for i, f in enumerate(features)}
+    else:
+        from ..data.tabular import describe_inputs, input_width
+
+        preprocessing = {"version": 1, "columns": cols}
+        if input_width(preprocessing) != d:
+            raise AuditorError(f"{name}: the preprocessing makes {input_width(preprocessing)} inputs but the "
+                               f"classifier takes {d}")
+        features, groups = describe_inputs(preprocessing)
+    import sklearn
+
+    how = "exactly, into the auditor's architecture"
+    if cols:
+        how += " with the pipeline's preprocessing as its stored preprocessing"
+    prov = {"name": Path(source).stem if source else name,
+            "sklearn": {**prov, "version": sklearn.__version__, "converted": how}}
+    spec = ModelSpec.from_dict({"arch": arch, "input": {"kind": "tabular", "features": features,
+                                                        "feature_groups": groups, "shape": [d]},
+                                "class_names": classes, "preprocessing": preprocessing, "provenance": prov})
+    bundle = bundle_from_state(state, spec, source, "skops")
+    bundle.origin = copy.deepcopy(est)
+    return bundle
+
+
+def load_skops(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelBundle:
+    """Load a `.skops` file (size already checked by `load_model`); `spec` may rename the classes."""
+    path = Path(path)
+    est = read_skops(path)
+    bundle = bundle_from_estimator(est, path.name, str(path))
+    if spec is not None and spec.class_names:
+        if len(spec.class_names) != len(bundle.spec.class_names):
+            raise AuditorError(f"{path.name}: the spec names {len(spec.class_names)} classes but the model has "
+                               f"{len(bundle.spec.class_names)}")
+        bundle.spec.class_names = list(spec.class_names)
+    return bundle
+
+
+# --- bundle -> estimator ---------------------------------------------------------------------------
+def _linear_back(w: np.ndarray, b: np.ndarray, binary: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Logit rows back to scikit-learn's: `[z0, z1]` becomes the one score `z1 - z0`."""
+    if binary:
+        return (w[1] - w[0])[None, :], np.array([b[1] - b[0]])
+    return w, b
+
+
+def estimator_from_bundle(bundle: ModelBundle):
+    """A copy of the bundle's scikit-learn estimator holding the bundle's (edited) weights."""
+    if bundle.origin is None:
+        raise AuditorError(f"{bundle.name} did not come from a .skops file; write it as .safetensors or .onnx")
+    est = copy.deepcopy(bundle.origin)
+    _, clf = _split(est, bundle.name)
+    layers = [m for m in bundle.model.modules() if isinstance(m, torch.nn.Linear)]
+    ws = [m.weight.detach().cpu().double().numpy() for m in layers]
+    bs = [(m.bias.detach().cpu().double().numpy() if m.bias is not None else np.zeros(m.out_features))
+          for m in layers]
+    if _name(clf) == "LogisticRegression":
+        if len(ws) != 1 or ws[0].shape[1] != clf.coef_.shape[1]:
+            raise AuditorError(f"{bundle.name}: the edited model no longer has a LogisticRegression's shape")
+        coef, intercept = _linear_back(ws[0], bs[0], clf.coef_.shape[0] == 1)
+        clf.coef_, clf.intercept_ = coef.astype(clf.coef_.dtype), intercept.astype(clf.intercept_.dtype)
+    else:
+        if len(ws) != len(clf.coefs_) or any(w.shape[::-1] != c.shape for w, c in zip(ws[:-1], clf.coefs_[:-1])):
+            raise AuditorError(f"{bundle.name}: the edited model no longer has the MLPClassifier's shape")
+        ws[-1], bs[-1] = _linear_back(ws[-1], bs[-1], clf.coefs_[-1].shape[1] == 1)
+        clf.coefs_ = [w.T.astype(c.dtype) for w, c in zip(ws, clf.coefs_)]
+        clf.intercepts_ = [b.astype(c.dtype) for b, c in zip(bs, clf.intercepts_)]
+    return est
+
+
+def _classifier_inputs(est):
+    return _split(est, "model")[1]
+
+
+def save_skops(bundle: ModelBundle, path: str | os.PathLike, extra_metadata: dict | None = None) -> Path:
+    """Write the edited model back as a `.skops` file of the original estimator type, after checking that
+    the written estimator's probabilities agree with the PyTorch model's."""
+    sio = _skops()
+    path = Path(path)
+    est = estimator_from_bundle(bundle)
+    clf = _classifier_inputs(est)
+    x = torch.randn(64, int(clf.n_features_in_), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = torch.softmax(copy.deepcopy(bundle.model).cpu().eval()(x).double(), dim=1).numpy()
+    got = clf.predict_proba(x.double().numpy())
+    if got.shape != want.shape or float(np.abs(got - want).max()) > 1e-5:
+        raise AuditorError(f"{path.name}: the scikit-learn estimator disagrees with the edited model; not written")
+    from ..atomic import temp_beside
+
+    tmp = temp_beside(path)
+    try:
+        sio.dump(est, str(tmp))
+        os.replace(tmp, path)
+    except Exception as exc:  # noqa: BLE001
+        tmp.unlink(missing_ok=True)
+        raise AuditorError(f"cannot write {path.name}: {type(exc).__name__}: {exc}") from None
+    return path
+
+
+def _check_saveable(bundle: ModelBundle, path: Path) -> None:
+    if path.suffix.lower() == ".skops" and bundle.origin is None:
+        raise AuditorError(f"{path.name}: only a model loaded from a .skops file goes back to .skops; "
+                           f"write it as .safetensors or .onnx (e.g. --out {path.with_suffix('.onnx').name})")
+
+
+LOADERS[".skops"] = load_skops
+SAVERS[".skops"] = save_skops
+SAVE_CHECKS[".skops"] = _check_saveable
