@@ -4,10 +4,14 @@ from __future__ import annotations
 import streamlit as st
 
 from auditor.charts import group_chart, requirements_chart
-from auditor.charts.dashboard import (feature_before_after_chart, pixel_before_after_chart, weight_change_heatmap,
-                                      weight_change_overview)
+from auditor.charts.dashboard import (
+    feature_before_after_chart,
+    pixel_before_after_chart,
+    weight_change_heatmap,
+    weight_change_overview,
+)
+from auditor.present import format_value, md_plain, metric_label
 from auditor.report.model import merge_requirements
-from auditor.present import format_value, metric_label
 from pages.common import in_frame, need_audit, next_step, progress, show_error
 
 in_frame()
@@ -28,7 +32,7 @@ if audit.edited:  # the verdict first: before -> after, with intervals, and what
                    "bootstrap interval):\n\n" + "\n".join(f"- {line}" for line in v["side_effect_lines"]),
                    icon=":material/warning:")
 for w in before.warnings:
-    st.caption(f"⚠ {w}")
+    st.caption(f"⚠ {md_plain(w)}")
 
 st.subheader("Requirements")
 reqs = merge_requirements(before, after)
@@ -43,7 +47,7 @@ st.dataframe(table, hide_index=True, key="cmp_metrics", height=35 * (len(table) 
              column_config={"meaning": st.column_config.TextColumn(width="large")})
 
 for attr in after.groups:
-    st.subheader(f"Per group: {attr}")
+    st.subheader(f"Per group: {md_plain(attr)}")
     st.dataframe(audit.group_table(attr), hide_index=True, key=f"cmp_groups_{attr}")
     metric = "selection_rate" if attr in audit.data.protected else "accuracy"
     fig = group_chart(before.groups[attr], after.groups[attr], metric=metric, attribute=attr)  # in percent
@@ -78,7 +82,8 @@ else:
             st.warning("The model or the requirements changed since this comparison: run it again (the report "
                        "re-runs it with the same baselines).")
         t = audit.tradeoff
-        fig = t.figure(highlight=audit.edit_label, title=f"Trade-off: test accuracy vs {metric_label(t.metric).lower()}")
+        fig = t.figure(highlight=audit.edit_label,
+                       title=f"Trade-off: test accuracy vs {metric_label(t.metric).lower()}")
         higher = "higher is better" if t.higher_is_better else "lower is better"
         fig.update_layout(xaxis_title=f"{metric_label(t.metric)} ({higher})", yaxis_title="test accuracy",
                           height=460)  # axes already in percent / pp (auditor.charts.tradeoff_chart)

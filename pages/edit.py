@@ -6,7 +6,7 @@ import streamlit as st
 import torch
 
 from auditor.backend import describe_device
-from auditor.present import format_value, metric_label, setting_fields
+from auditor.present import format_value, md_plain, metric_label, setting_fields
 from pages.common import in_frame, need_audit, next_step, progress, show_error, stop
 
 in_frame()
@@ -53,8 +53,8 @@ explain = {"rank-one": "changes one layer's weight matrix by a rank-one update (
            "baseline": "what practitioners would otherwise do (fine-tuning, pruning, ...), run here for comparison."}
 name = st.selectbox("Editor (best suited to the failing requirements first)", names, key="edit_editor",
                     format_func=lambda n: f"{n} ({kinds.get(by_name[n].kind, by_name[n].kind)})")
-st.caption(f"**{name}**: {by_name[name].description}. {kinds.get(by_name[name].kind, by_name[name].kind).capitalize()}: "
-           f"{explain.get(by_name[name].kind, '')}")
+kind = by_name[name].kind
+st.caption(f"**{name}**: {by_name[name].description}. {kinds.get(kind, kind).capitalize()}: {explain.get(kind, '')}")
 settings = {}
 with st.expander("Settings (the defaults work)", expanded=False):
     for s in setting_fields(by_name[name], audit.current, audit.data):
@@ -96,7 +96,7 @@ if audit.edits:
                             for metric_key in dict.fromkeys(q.split(" ")[0] for q in rec.requirements))
         c1, c2 = st.columns([5, 1], vertical_alignment="center")
         verdict = ":green[all requirements hold]" if rec.passed_after else ":red[some requirements still fail]"
-        c1.markdown(f"**Edit {i + 1}: {r.editor}** on layer(s) `{', '.join(r.layers) or 'none'}`, "
+        c1.markdown(f"**Edit {i + 1}: {r.editor}** on layer(s) {md_plain(', '.join(r.layers) or 'none')}, "
                     f"{r.seconds:.2f} s on `{r.device}`: {verdict}  \n{changes}  \n"
                     f"model sha256 `{rec.sha_after[:12]}…` (was `{rec.sha_before[:12]}…`)")
         if c2.button("Undo", key=f"edit_undo_{i}", help="Restore the weights exactly as before this edit "

@@ -11,8 +11,20 @@ from auditor.audit.uploads import csv_columns, data_for_stamp_choice, is_text_co
 from auditor.data import BUILTIN
 from auditor.models import ModelSpec
 from auditor.models.custom import TRUST_HELP
-from pages.common import (builtin_data, get_audit, in_frame, new_audit, next_step, progress, sample_catalogue,
-                          sample_model, set_audit, show_error, stop)
+from auditor.present import md_plain
+from pages.common import (
+    builtin_data,
+    get_audit,
+    in_frame,
+    new_audit,
+    next_step,
+    progress,
+    sample_catalogue,
+    sample_model,
+    set_audit,
+    show_error,
+    stop,
+)
 
 in_frame()
 
@@ -134,10 +146,10 @@ audit = get_audit()
 if audit is None:
     st.info("Choose a model and press **Load**. New here? Keep the Trojan sample and press the button.")
     stop()
-st.success(f"Loaded **{audit.model_label}** with data **{audit.data_label}**.")
+st.success(f"Loaded **{md_plain(audit.model_label)}** with data **{md_plain(audit.data_label)}**.")
 tested = audit.status()["stamp"]
 if tested:
-    st.info(f"**Tested with {tested}.** Attack success and cue metrics below measure this "
+    st.info(f"**Tested with {md_plain(tested)}.** Attack success and cue metrics below measure this "
             f"{audit.data.stamp.kind if audit.data.stamp is not None else 'trigger'}, no other.",
             icon=":material/target:")
 ev = audit.evaluate("pristine")
@@ -152,7 +164,7 @@ metrics = audit.metrics_table("pristine")
 st.dataframe(metrics, hide_index=True, height=35 * (len(metrics) + 1) + 3,
              column_config={"meaning": st.column_config.TextColumn(width="large")})
 for attr in ev.groups:
-    st.subheader(f"Per group: {attr}")
+    st.subheader(f"Per group: {md_plain(attr)}")
     rows = [{attr: g, **{k.replace("_", " "): (f"{100 * v:.2f} %" if k != "count" else f"{v:,.0f}")
                          for k, v in vals.items()}} for g, vals in ev.groups[attr].items()]
     st.dataframe(pd.DataFrame(rows), hide_index=True)

@@ -6,7 +6,7 @@ import streamlit as st
 from auditor.charts import feature_attribution_chart, layer_ranking_chart
 from auditor.charts.dashboard import ATTRIBUTION_UNIT, pixel_pairs_chart
 from auditor.localize import METHODS
-from auditor.present import setting_fields
+from auditor.present import md_plain, setting_fields
 from pages.common import in_frame, need_audit, next_step, progress, show_error, stop
 
 in_frame()
@@ -23,8 +23,8 @@ if has_pairs:
                 "image with its corrupted twin and scores every layer by how much of the difference in the "
                 "model's output a small (rank-one) change of that layer could undo. The top layer is the one to edit.")
 elif data.kind != "tabular":
-    st.info(f"Data set **{data.name}** shows no misbehaviour to localize: it has no trigger, cue, corrupted twins or "
-            "protected groups. Try the digits-trojan or digits-spurious samples, or go on to set requirements.")
+    st.info(f"Data set **{md_plain(data.name)}** shows no misbehaviour to localize: it has no trigger, cue, corrupted "
+            "twins or protected groups. Try the digits-trojan or digits-spurious samples, or go on to set requirements.")
     next_step("requirements", "Next: 3. Requirements, what the model must satisfy")
     stop()
 else:
@@ -62,9 +62,10 @@ if loc.ranking is not None:
                       yaxis_title="layer", height=max(260, 90 + 40 * len(ranking)))
     st.plotly_chart(fig, key="loc_layers")
     if fair:
-        st.caption(f"Integrated gradients from {ranking.iloc[0]['low_group']} rows to {ranking.iloc[0]['high_group']} "
+        st.caption(f"Integrated gradients from {md_plain(ranking.iloc[0]['low_group'])} rows to "
+                   f"{md_plain(ranking.iloc[0]['high_group'])} "
                    "rows: how much of the gap in the positive score flows consistently through each layer's units.")
-    st.caption(f"Top-ranked layer: **{loc.top_layer}** ({ranking.iloc[0]['percent']:.1f} % of the score).")
+    st.caption(f"Top-ranked layer: **{md_plain(loc.top_layer)}** ({ranking.iloc[0]['percent']:.1f} % of the score).")
 if loc.pixels is not None:
     st.subheader("Pixels: clean vs corrupted, side by side")
     st.caption("Right: integrated gradients of the prediction on the corrupted image, from its clean twin. Red "
@@ -87,5 +88,6 @@ if loc.ranking is not None and layered:
     choice = st.radio("Editors that edit one layer will use:", options, index=options.index(current), key="loc_layer")
     audit.chosen_layer = None if choice == auto else choice
     if audit.chosen_layer:
-        st.caption(f"The editors will edit **{audit.chosen_layer}** instead of re-ranking the layers themselves.")
+        st.caption(f"The editors will edit **{md_plain(audit.chosen_layer)}** instead of re-ranking the layers "
+                   "themselves.")
 next_step("requirements", "Next: 3. Requirements, what the model must satisfy")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from auditor.present import format_value
+from auditor.present import format_value, md_plain
 from auditor.report import render_html, validate_report, write_pdf
 from pages.common import SIGNOFF, in_frame, need_audit, show_error, stop
 
@@ -32,10 +32,10 @@ if audit.tradeoff is None and audit.edited:
 
 contents = audit.report_contents()  # what the export will contain, before it is built
 with st.expander("What the export will contain", expanded=True):
-    st.markdown(f"- **Verdict**: {contents['verdict']} ({contents['requirements']} requirements, verdicts with 95 % "
-                f"intervals, `{contents['verdict_mode']}` mode)\n"
+    st.markdown(f"- **Verdict**: {md_plain(contents['verdict'])} ({contents['requirements']} requirements, "
+                f"verdicts with 95 % intervals, `{contents['verdict_mode']}` mode)\n"
                 f"- **Edits**: {contents['edits']}; **side effects**: {contents['side_effects']}\n"
-                f"- **Localization**: {contents['localization']}\n"
+                f"- **Localization**: {md_plain(contents['localization'])}\n"
                 f"- **Trade-off against baselines**: {contents['tradeoff']}\n"
                 f"- **Groups under {contents['min_group']} rows** (left out of gaps, listed in the report): "
                 f"{len(contents['warnings']) or 'none'}")

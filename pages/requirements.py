@@ -4,7 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from auditor import METRICS
-from auditor.present import CATEGORIES, base_metric, format_value, metric_help, metric_label
+from auditor.present import CATEGORIES, base_metric, format_value, md_plain, metric_help, metric_label
 from pages.common import in_frame, need_audit, next_step, requirement_sentence, show_error
 
 in_frame()
@@ -34,8 +34,8 @@ for i, req in enumerate(list(audit.requirements)):
     if abs(value / scale - req.threshold) > 1e-12:
         audit.set_threshold(i, value / scale)
         req = audit.requirements[i]
-    c1.markdown(f"**{requirement_sentence(req.key, req.op, req.threshold)}**  \n"
-                f"`{req.expr}`: {metric_help(req.key)}")
+    c1.markdown(f"**{md_plain(requirement_sentence(req.key, req.op, req.threshold))}**  \n"
+                f"{md_plain(req.expr)}: {metric_help(req.key)}")
     res = audit.evaluate().requirements[i]
     c3.markdown(f"now **{format_value(req.key, res.value)}**  \n"
                 + (":green[✔ passes]" if res.passed else ":red[✘ fails]"))

@@ -46,3 +46,10 @@ def tabular_data(X, y, groups: dict[str, list[str]]) -> AuditData:
     names = [f"x{i}" for i in range(X.shape[1])]
     return AuditData("tiny", "tabular", split, split, split, names, {n: [i] for i, n in enumerate(names)},
                      list(groups), ["0", "1"])
+
+
+def shown(markdown) -> str:
+    """Markdown source as displayed: `md_plain` backslash-escapes names and values, the page shows them plain."""
+    import re
+
+    return re.sub(r"\\(.)", r"\1", str(markdown))

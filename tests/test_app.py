@@ -9,9 +9,10 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from auditor import evaluate, load_data, load_model
-from auditor.localize import rank_layers_for
 from auditor.audit import AuditSession
+from auditor.localize import rank_layers_for
 from auditor.present import format_value
+from tests.fixtures import shown
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -49,7 +50,9 @@ def app(audit: AuditSession | None = None, page: str | None = None) -> AppTest:
 
 
 def texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
+    """The elements' text as a reader sees it (Markdown escapes of names and values removed)."""
+    return "\n".join(shown(e.value) for e in elements)
+
 
 
 def frame(at, *columns: str):

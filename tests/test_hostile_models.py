@@ -13,7 +13,6 @@ import os
 import pickle
 import struct
 import tempfile
-import warnings
 import zipfile
 from pathlib import Path
 
@@ -23,14 +22,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
-from torch import nn
 
 from auditor import AuditorError, UnsafeModelError, load_data, load_model, save_model
 from auditor.cli import main
 from auditor.evaluate import check_compatible
 from tests.conftest import ROOT, SAMPLES
 from tests.editor_cases import navigation_mode  # noqa: F401  (fixture)
-from tests.fixtures import tiny_mlp_bundle
+from tests.fixtures import shown, tiny_mlp_bundle
 
 FUZZ = int(os.environ.get("AUDITOR_FUZZ_EXAMPLES", "0"))
 FLIPS = settings(max_examples=FUZZ or 150, deadline=None, derandomize=not FUZZ, database=None,
@@ -438,7 +436,6 @@ def test_every_truncation_of_an_onnx_file_is_refused(good_onnx, data):
 
 
 def _onnx_model(nodes, inits, inputs, outputs, **meta):
-    import onnx
     from onnx import helper
     graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -516,7 +513,7 @@ def test_dashboard_shows_one_message_per_hostile_upload_and_keeps_working(tmp_pa
         at.run()
         at.button(key="up_go").click().run()
         assert not at.exception, [e.value for e in at.exception]
-        errors = [e.value for e in at.error]
+        errors = [shown(e.value) for e in at.error]
         assert len(errors) == 1 and name in errors[0] and "\n" not in errors[0], (name, errors)
         assert not marker.exists()
     at.radio(key="load_source").set_value("Sample model").run()
