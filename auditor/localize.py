@@ -305,7 +305,8 @@ def fairness_layers(model: nn.Module, X: torch.Tensor, groups, *, positive: int 
                 top = torch.topk(mag, min(3, mag.numel())).indices.cpu().tolist()
                 rows.append({"layer": name, "type": type(layer).__name__, "score": float(unit.norm()),
                              "gap": float(M.sum() / len(xi)),
-                             "concentration": float(torch.topk(mag, k).values.sum() / mag.sum()) if mag.sum() > 0 else 0.0,
+                             "concentration": (float(torch.topk(mag, k).values.sum() / mag.sum())
+                                               if mag.sum() > 0 else 0.0),
                              "top_units": top, "high_group": high, "low_group": low,
                              "score_gap": means[high] - means[low]})
     finally:

@@ -99,7 +99,8 @@ def run_case(name: str, case: dict, ns: list[int], seeds: list[int], device) -> 
                                   "accuracy": float(np.mean(accs)), metric: float(np.mean(vals)),
                                   f"abs_{metric}": float(np.mean(np.abs(vals))), "seconds": float(np.median(secs))})
         print(f"  {name} fine-tuning sweep done", file=sys.stderr)
-    return {"sweep": sweep, "model": case["model"], "data": case["data"], "metric": metric, "requirement": case["require"],
+    return {"sweep": sweep, "model": case["model"], "data": case["data"], "metric": metric,
+            "requirement": case["require"],
             "before": {"accuracy": base["accuracy"], metric: base[metric]}, "runs": runs}
 
 
@@ -169,7 +170,8 @@ def ratios(results: dict, ns: list[int]) -> dict:
     top = _get(tr, "rank-one, top-ranked layer", 1)
     low = _get(tr, "rank-one, lowest-ranked layer", 1)
     out["trojan_top_vs_lowest_layer_n1"] = {
-        "top": {"layers": top["layers"], "attack_success_rate": top["attack_success_rate"], "accuracy": top["accuracy"]},
+        "top": {"layers": top["layers"], "attack_success_rate": top["attack_success_rate"],
+                "accuracy": top["accuracy"]},
         "lowest": {"layers": low["layers"], "attack_success_rate": low["attack_success_rate"],
                    "accuracy": low["accuracy"]},
         "error_top": top["attack_success_rate"] + max(0.0, top["accuracy_drop_points"] / 100),
@@ -213,7 +215,8 @@ def markdown(results: dict, rat: dict, meta: dict) -> str:
     t = rat["trojan_dynamic_n1"]
     lines += ["## Targets", "",
               f"- Dynamic rank-one, one sample, Trojan: ASR {t['attack_success_rate']:.4f}, accuracy drop "
-              f"{t['accuracy_drop_points']:+.2f} points: **{'met' if t['met'] else 'missed'}** (ASR <= 0.02, drop <= 0.5)."]
+              f"{t['accuracy_drop_points']:+.2f} points: **{'met' if t['met'] else 'missed'}** "
+              "(ASR <= 0.02, drop <= 0.5)."]
     if "trojan_dynamic_n1_vs_finetune_n20" in rat:
         v = rat["trojan_dynamic_n1_vs_finetune_n20"]
         d = v["dynamic_n1"]

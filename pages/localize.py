@@ -23,8 +23,9 @@ if has_pairs:
                 "image with its corrupted twin and scores every layer by how much of the difference in the "
                 "model's output a small (rank-one) change of that layer could undo. The top layer is the one to edit.")
 elif data.kind != "tabular":
-    st.info(f"Data set **{md_plain(data.name)}** shows no misbehaviour to localize: it has no trigger, cue, corrupted "
-            "twins or protected groups. Try the digits-trojan or digits-spurious samples, or go on to set requirements.")
+    st.info(f"Data set **{md_plain(data.name)}** shows no misbehaviour to localize: it has no trigger, cue, "
+            "corrupted twins or protected groups. Try the digits-trojan or digits-spurious samples, or go on to set "
+            "requirements.")
     next_step("requirements", "Next: 3. Requirements, what the model must satisfy")
     stop()
 else:

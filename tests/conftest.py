@@ -92,3 +92,21 @@ def trojan_cnn():
 @pytest.fixture
 def spurious_cnn():
     return _sample("digits_cnn_spurious")
+
+
+@pytest.fixture
+def navigation_mode(monkeypatch):
+    """AppTest forgets before every run that `st.navigation` has run, so with a `pages/` folder beside
+    app.py Streamlit would take each rerun for its older multipage mode; `pages.common.in_frame` then
+    reruns inside app.py, which loses a button's click. The live server forgets nothing (the switch
+    happens at most once, on its first run); here the flag is held the way the server holds it. Use it
+    in every AppTest module: `pytestmark = pytest.mark.usefixtures("navigation_mode")`."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    init = PagesManager.__init__
+
+    def navigation_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", navigation_init)

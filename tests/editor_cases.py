@@ -124,19 +124,3 @@ def numbers(evaluation) -> dict:
 
 def state(bundle) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().copy() for k, v in bundle.model.state_dict().items()}
-
-
-@pytest.fixture
-def navigation_mode(monkeypatch):
-    """As in tests/test_app.py: AppTest forgets between runs that `st.navigation` was called and
-    would run a page file alone; hold the flag the way the live server does. (Import this
-    fixture into a test module to use it.)"""
-    from streamlit.runtime.pages_manager import PagesManager
-
-    init = PagesManager.__init__
-
-    def navigation_init(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", navigation_init)

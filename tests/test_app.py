@@ -20,21 +20,7 @@ SAMPLES = ROOT / "sample_models"
 PAGES = ["localize", "requirements", "edit", "compare", "report"]
 
 
-@pytest.fixture(autouse=True)
-def _navigation_mode(monkeypatch):
-    """AppTest forgets before every run that `st.navigation` has run, so with a `pages/` folder beside
-    app.py Streamlit would take each rerun for its older multipage mode; `pages.common.in_frame` then
-    reruns inside app.py, which loses a button's click. The live server forgets nothing (the switch
-    happens at most once, on its first run); here the flag is held the way the server holds it."""
-    from streamlit.runtime.pages_manager import PagesManager
-
-    init = PagesManager.__init__
-
-    def navigation_init(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", navigation_init)
+pytestmark = pytest.mark.usefixtures("navigation_mode")
 
 
 def app(audit: AuditSession | None = None, page: str | None = None) -> AppTest:
@@ -169,7 +155,8 @@ def test_requirements_edit_add_remove(trojan):
     assert table.loc["attack_success_rate <= 0.02", "passes"] == "✘ fail"
     at.number_input(key="req_thr_attack_success_rate_<=").set_value(100.0).run()  # percent
     assert audit.requirements[0].threshold == pytest.approx(1.0)
-    assert frame(at, "requirement", "now", "passes").set_index("requirement").loc["attack_success_rate <= 1", "passes"] == "✔ pass"
+    table = frame(at, "requirement", "now", "passes").set_index("requirement")
+    assert table.loc["attack_success_rate <= 1", "passes"] == "✔ pass"
     at.selectbox(key="req_add_metric").set_value("sparsity").run()
     at.number_input(key="req_add_thr_sparsity").set_value(50.0).run()
     at.button(key="req_add").click().run()
@@ -227,7 +214,8 @@ def test_compare_trojan_before_after_and_tradeoff(trojan_edited):
     table = frame(at, "metric", "before", "after", "change").set_index("metric")
     assert table.loc["Attack success rate", "before"] == format_value("attack_success_rate",
                                                                       before["attack_success_rate"])
-    assert table.loc["Attack success rate", "after"] == format_value("attack_success_rate", after["attack_success_rate"])
+    assert table.loc["Attack success rate", "after"] == format_value("attack_success_rate",
+                                                                     after["attack_success_rate"])
     at.multiselect(key="cmp_baselines").set_value(["rank-one"]).run()
     at.button(key="cmp_run").click().run()
     assert not at.exception and not at.error
@@ -352,7 +340,8 @@ def test_upload_own_architecture_needs_the_trust_checkbox(tmp_path):
     at.radio(key="load_source").set_value("Upload my own").run()
     at.file_uploader(key="up_model").set_value(("w.safetensors", weights.read_bytes(), "application/octet-stream"))
     at.file_uploader(key="up_spec").set_value(("spec.json", json.dumps(spec).encode(), "application/json"))
-    at.file_uploader(key="up_arch").set_value(("net.py", CUSTOM_ARCH.format(marker=str(marker)).encode(), "text/x-python"))
+    code = CUSTOM_ARCH.format(marker=str(marker)).encode()
+    at.file_uploader(key="up_arch").set_value(("net.py", code, "text/x-python"))
     at.text_input(key="up_arch_class").set_value("AdultNet").run()
     at.button(key="up_go").click().run()
     assert not at.exception and "trust this code" in texts(at.error)

@@ -5,8 +5,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from auditor.charts.dashboard import (feature_before_after_chart, pixel_before_after_chart, pixel_pairs_chart,
-                                      weight_change_heatmap, weight_change_overview)
+from auditor.charts.dashboard import (
+    feature_before_after_chart,
+    pixel_before_after_chart,
+    pixel_pairs_chart,
+    weight_change_heatmap,
+    weight_change_overview,
+)
 
 
 def test_weight_change_heatmap_draws_the_absolute_change_and_its_rank():

@@ -55,7 +55,8 @@ def test_same_seed_same_numbers(tmp_path, monkeypatch):
 
 def test_fairness_audit_with_finetune_fairness(tmp_path, capsys):
     rc = main(["audit", ADULT, "adult", "--require", "demographic_parity <= 0.05", "--require", "accuracy >= 0.82",
-               "--editor", "finetune-fairness", "--baselines", "threshold-optimizer", "--json", str(tmp_path / "a.json"),
+               "--editor", "finetune-fairness", "--baselines", "threshold-optimizer",
+               "--json", str(tmp_path / "a.json"),
                "--out", str(tmp_path / "fair.safetensors"), "--no-log"])
     assert rc == 0, capsys.readouterr().out
     d = validate_report(json.loads((tmp_path / "a.json").read_text()))

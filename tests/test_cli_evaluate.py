@@ -2,7 +2,6 @@ import json
 import subprocess
 import sys
 
-import pandas as pd
 import pytest
 
 from auditor.cli import main

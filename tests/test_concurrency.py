@@ -37,7 +37,6 @@ from tests.editor_cases import (
     data_digest,
     editor_names,
     file_digest,
-    navigation_mode,  # noqa: F401  (fixture)
     reference_run,
     sample,
 )

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from auditor import AuditorError, TabularSchema, load_data
-from auditor.data import load_csv, poison, add_cue
+from auditor.data import add_cue, load_csv, poison
 from auditor.data.tabular import FILES
 
 

@@ -17,7 +17,6 @@ from auditor.editors.testing import check_editor, check_settings
 from auditor.errors import AuditorError
 from tests.editor_cases import editor_params, fast_settings, pick_pair, sample
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -27,7 +27,6 @@ from auditor import AuditorError, UnsafeModelError, load_data, load_model, save_
 from auditor.cli import main
 from auditor.evaluate import check_compatible
 from tests.conftest import ROOT, SAMPLES
-from tests.editor_cases import navigation_mode  # noqa: F401  (fixture)
 from tests.fixtures import shown, tiny_mlp_bundle
 
 FUZZ = int(os.environ.get("AUDITOR_FUZZ_EXAMPLES", "0"))
@@ -241,8 +240,8 @@ def _header_file(header: dict, payload: bytes = b"") -> bytes:
     (_header_file({"w": {"dtype": "F32", "shape": [2**31, 2**31], "data_offsets": [0, 2**64 - 1]}}), "claims bytes"),
     (_header_file({"w": {"dtype": "F32", "shape": [2**20, 2**20], "data_offsets": [0, 16]}}, b"\0" * 16),
      "not a readable safetensors file"),
-    (_header_file({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "__metadata__": {"auditor.spec": "[" * 100000}},
-                  b"\0" * 8), "nested too deeply"),
+    (_header_file({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                   "__metadata__": {"auditor.spec": "[" * 100000}}, b"\0" * 8), "nested too deeply"),
     (_header_file([1, 2]), "not an object"),
     (b"\xff" * 64, "header claims"),
 ])
@@ -465,7 +464,8 @@ def test_onnx_files_that_are_broken_or_out_of_scope(tmp_path, good_onnx):
                                    **{"auditor.spec": spec}), "has 2 inputs"),
         "wrong-input-size": (_onnx_model([helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)], [w],
                                          [_vi("x", ["n", 4])], [_vi("y", ["n", 2])],
-                                         **{"auditor.spec": spec.replace('"num_classes": 2', '"num_classes": 2, "in_features": 9')}),
+                                         **{"auditor.spec": spec.replace('"num_classes": 2',
+                                                                         '"num_classes": 2, "in_features": 9')}),
                              "takes inputs of shape [4] but the spec says [9]"),
     }
     ext = numpy_helper.from_array(np.ones((2, 4), np.float32), "w")

@@ -12,7 +12,6 @@ from auditor import load_data, load_model
 from auditor.errors import AuditorError
 from auditor.layers import clear_moment_cache, hook_guard, layer_keys, layer_matrix, layer_values, second_moment
 from auditor.localize import fairness_layers, feature_attributions, pixel_attributions, rank_layers, rank_layers_for
-
 from tests.fixtures import assert_no_hooks
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"

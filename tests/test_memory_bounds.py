@@ -9,12 +9,15 @@ from __future__ import annotations
 import gc
 import urllib.parse
 
+import pytest
 import torch
 
 from auditor import layers
 from auditor.audit import AuditSession
 from tests.fixtures import tabular_data, tiny_mlp_bundle
-from tests.test_app import _navigation_mode, app, trojan, trojan_edited  # noqa: F401 (fixtures)
+from tests.test_app import app, trojan, trojan_edited  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.usefixtures("navigation_mode")
 
 
 def _large_parsed_urls(limit: int = 1_000_000) -> int:

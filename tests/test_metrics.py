@@ -2,13 +2,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from fairlearn.metrics import (MetricFrame, demographic_parity_difference, equalized_odds_difference,
-                               selection_rate)
+from fairlearn.metrics import MetricFrame, demographic_parity_difference, equalized_odds_difference, selection_rate
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 from auditor import AuditorError, evaluate, parse_requirement
 from auditor.requirements import Fixes, compute_metrics, features_used, predict, sparsity
-from tests.fixtures import threshold_model, tabular_data, tiny_mlp_bundle
+from tests.fixtures import tabular_data, threshold_model
 
 
 def test_metrics_known_on_paper():
@@ -93,9 +92,12 @@ def test_requirement_parsing_and_verdicts(adult_mlp, adult):
 
 def test_group_metrics_equal_fairlearn_on_edge_cases():
     """Random labels and groups, including groups with no positives or no negatives."""
-    from hypothesis import given, settings, strategies as st
-    from auditor.requirements.metrics import (demographic_parity_difference as dp_ours,
-                                              equalized_odds_difference as eo_ours, group_table)
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from auditor.requirements.metrics import demographic_parity_difference as dp_ours
+    from auditor.requirements.metrics import equalized_odds_difference as eo_ours
+    from auditor.requirements.metrics import group_table
 
     @settings(max_examples=60, deadline=None)
     @given(st.lists(st.tuples(st.integers(0, 1), st.integers(0, 1), st.sampled_from("abcd")), min_size=2,

@@ -1,14 +1,12 @@
 import json
 import os
 import pickle
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from auditor import AuditorError, UnsafeModelError, check_compatible, load_model, save_model
-from auditor.models import ModelSpec, read_metadata, weights_sha256
+from auditor.models import read_metadata, weights_sha256
 from tests.conftest import SAMPLES
 from tests.fixtures import tiny_mlp_bundle
 

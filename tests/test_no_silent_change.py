@@ -15,14 +15,8 @@ from auditor import evaluate, load_data, load_model
 from auditor.editors import EDITORS, Editor
 from auditor.models import editable_layers
 from tests.conftest import SAMPLES
-from tests.editor_cases import (
-    data_digest,
-    file_digest,
-    navigation_mode,  # noqa: F401  (fixture)
-    numbers,
-    sample,
-    state,
-)
+from tests.editor_cases import data_digest, file_digest, numbers, sample, state
+from tests.fixtures import shown
 
 
 @pytest.mark.parametrize("model, data_name", [("digits_cnn_trojan", "digits-trojan"), ("compas_mlp", "compas")])
@@ -125,6 +119,6 @@ def test_a_crash_mid_edit_in_the_dashboard_shows_a_message_and_keeps_the_model(c
     at.selectbox(key="edit_editor").set_value("crash-test").run()
     at.button(key="edit_run").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    assert any("crashed mid-edit" in e.value for e in at.error), [e.value for e in at.error]
+    assert any("crashed mid-edit" in shown(e.value) for e in at.error), [e.value for e in at.error]
     assert at.session_state["audit"].current.sha256 == before and not at.session_state["audit"].edits
 

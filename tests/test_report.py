@@ -26,7 +26,7 @@ from auditor.report import (
     write_pdf,
 )
 from auditor.report.render import VENDORED_TRACES, _chart_payload, plotly_js, report_figures, trace_types
-from tests.conftest import SAMPLES, _sample
+from tests.conftest import _sample
 
 REQS = ["attack_success_rate <= 0.02", "accuracy >= 0.95"]
 # Anything a browser could fetch: a scheme URL, a protocol-relative URL, or a CSS url()/@import
@@ -58,7 +58,8 @@ def test_report_numbers_match_the_evaluations(trojan_audit, digits_trojan):
     assert asr["after"]["value"] <= 0.02 and asr["after"]["passed"]
     after = evaluate(out.edit.bundle, digits_trojan, REQS)
     assert d["metrics"]["after"]["overall"]["accuracy"] == pytest.approx(after.metrics["accuracy"])
-    assert d["metrics"]["after"]["overall"]["attack_success_rate"] == pytest.approx(after.metrics["attack_success_rate"])
+    assert d["metrics"]["after"]["overall"]["attack_success_rate"] == pytest.approx(
+        after.metrics["attack_success_rate"])
     m = d["model"]
     assert m["sha256_before"] == bundle.sha256 and m["sha256_after"] == out.edit.bundle.sha256 != bundle.sha256
     assert m["parameters"] == bundle.n_parameters and m["format"] == "safetensors"
@@ -143,7 +144,8 @@ def test_html_opens_offline_with_charts_drawn(trojan_html):
             page.wait_for_function("document.documentElement.getAttribute('data-charts') === 'ready'", timeout=60_000)
             n_charts = page.evaluate("document.querySelectorAll('[data-chart]').length")
             drawn = page.evaluate("[...document.querySelectorAll('.js-plotly-plot')]"
-                                  ".filter(d => d.querySelector('svg.main-svg') && d.querySelector('.trace, .hm')).length")
+                                  ".filter(d => d.querySelector('svg.main-svg') && d.querySelector('.trace, .hm'))"
+                                  ".length")
             bars = page.evaluate("document.querySelectorAll('.js-plotly-plot .point').length")
         finally:
             browser.close()
@@ -252,7 +254,8 @@ def test_chart_builders_return_figures():
                                             {"title": "a", "kind": "attribution", "z": [[0, -1], [2, 0]]}]),
             charts.tradeoff_chart([{"method": "a", "value": 0.1, "accuracy": 0.9}], "demographic_parity",
                                   threshold=0.05),
-            charts.edit_steps_chart([{"step": 1, "accepted": True, "requirements": [{"metric": "m", "value": 1}]}], "m")]
+            charts.edit_steps_chart([{"step": 1, "accepted": True, "requirements": [{"metric": "m", "value": 1}]}],
+                                    "m")]
     assert all(isinstance(f, go.Figure) and f.data for f in figs)
     assert list(figs[1].data[0].x) == ["accuracy"]  # counts are left out of a [0, 1] chart
 

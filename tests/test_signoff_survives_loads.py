@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_app import _navigation_mode, app  # noqa: F401 (the fixture is autouse there; used here too)
+from tests.test_app import app
+
+pytestmark = pytest.mark.usefixtures("navigation_mode")
 
 pytest.importorskip("streamlit.testing.v1")
 

@@ -29,7 +29,6 @@ from auditor.cli import main  # noqa: E402
 from auditor.data.tabular import _read_adult  # noqa: E402
 from auditor.editors.registry import editors_for  # noqa: E402
 from auditor.models import ModelSpec, load_model, predict_logits, save_model  # noqa: E402
-from tests.test_app import _navigation_mode  # noqa: E402,F401  (autouse: the dashboard's page mode)
 
 NUM = ["age", "education-num", "hours-per-week", "capital-gain", "capital-loss"]
 CAT = ["workclass", "education", "marital-status", "occupation", "relationship", "native-country"]
@@ -209,6 +208,7 @@ def test_unrecognised_onnx_head_is_refused(tmp_path):
         load_model(path, spec=spec)
 
 
+@pytest.mark.usefixtures("navigation_mode")
 def test_dashboard_loads_a_skops_upload(skops_model, adult):
     from tests.test_app import app, texts
 

@@ -13,7 +13,6 @@ from auditor.editors.baselines.common import group_codes, hard_fairness
 from auditor.models import weights_sha256
 from auditor.requirements import compute_metrics
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -36,7 +36,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
-    def subset(self, idx) -> "Split":
+    def subset(self, idx) -> Split:
         idx = np.asarray(idx)
         return Split(self.X[idx], self.y[idx], self.groups.iloc[idx].reset_index(drop=True),
                      None if self.raw is None else self.raw.iloc[idx].reset_index(drop=True),
@@ -212,7 +212,7 @@ class AuditData:
                 "classes": list(self.class_names), "source": self.source, "partition": dict(self.partition),
                 "default_split": self.default_split}
 
-    def with_splits(self, **splits: Split) -> "AuditData":
+    def with_splits(self, **splits: Split) -> AuditData:
         return replace(self, _sha=None, _all=None, **splits)
 
 

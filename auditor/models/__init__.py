@@ -1,8 +1,14 @@
 """Model files, architectures and hashing."""
-from .architectures import (ARCHITECTURES, build_architecture, count_parameters, editable_layers,
-                            first_layer, predict_logits, register_architecture)
-from .files import (LOADERS, ModelBundle, bundle_from_state, load_model, read_metadata, save_model,
-                    weights_sha256)
+from .architectures import (
+                            ARCHITECTURES,
+                            build_architecture,
+                            count_parameters,
+                            editable_layers,
+                            first_layer,
+                            predict_logits,
+                            register_architecture,
+)
+from .files import LOADERS, ModelBundle, bundle_from_state, load_model, read_metadata, save_model, weights_sha256
 from .spec import ModelSpec
 
 __all__ = ["ARCHITECTURES", "LOADERS", "ModelBundle", "ModelSpec", "build_architecture",

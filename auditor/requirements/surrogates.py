@@ -28,7 +28,7 @@ Names (stable, imported by other modules):
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
