@@ -84,15 +84,18 @@ def reproduce_command(session) -> str:
             if defaults.get(k, object()) != v:
                 parts += ["--set", f"{k}={'none' if v is None else v}"]
     parts += ["--seed", str(session.seed)]
-    if getattr(session, "verdict_mode", "strict") != "strict":
-        parts += ["--verdict", session.verdict_mode]
-    if getattr(session, "min_group", 30) != 30:
-        parts += ["--min-group", str(session.min_group)]
-    if getattr(session, "forbid_side_effects", False):
-        parts.append("--forbid-side-effects")
+    parts += verdict_flags(getattr(session, "verdict_mode", "strict"), getattr(session, "min_group", 30),
+                           getattr(session, "forbid_side_effects", False))
     if session.tradeoff is not None and not session.tradeoff_stale:
         parts += ["--baselines", ",".join(session.tradeoff_baselines) or "none"]
     elif session.edits:
         parts += ["--baselines", "none"]
     parts += ["--report", "report.html", "--pdf", "report.pdf", "--json", "report.json"]
     return shlex.join(parts)
+
+
+def verdict_flags(mode: str = "strict", min_group: int = 30, forbid_side_effects: bool = False) -> list[str]:
+    """The verdict options of a command line that differ from the defaults."""
+    out = [] if mode == "strict" else ["--verdict", mode]
+    out += [] if min_group == 30 else ["--min-group", str(min_group)]
+    return out + (["--forbid-side-effects"] if forbid_side_effects else [])

@@ -68,6 +68,8 @@ def register(sub) -> None:
 
 def reproduce_command(args) -> str:
     """The `auditor audit ...` command line that repeats this audit (canonical order, explicit seed)."""
+    from ..audit.provenance import verdict_flags
+
     parts = ["auditor", "audit", args.model, args.data]
     for flag in ("spec", "target", "positive", "protected", "categorical", "inputs", "split_column", "train_csv",
                  "val_csv", "arch_file", "arch_class"):
@@ -90,12 +92,8 @@ def reproduce_command(args) -> str:
     for item in args.fix:
         parts += ["--fix", item]
     parts += ["--seed", str(args.seed)]
-    if getattr(args, "verdict", "strict") != "strict":
-        parts += ["--verdict", args.verdict]
-    if getattr(args, "min_group", 30) != 30:
-        parts += ["--min-group", str(args.min_group)]
-    if getattr(args, "forbid_side_effects", False):
-        parts.append("--forbid-side-effects")
+    parts += verdict_flags(getattr(args, "verdict", "strict"), getattr(args, "min_group", 30),
+                           getattr(args, "forbid_side_effects", False))
     if args.baselines != "auto":
         parts += ["--baselines", args.baselines]
     if args.no_localize:
