@@ -217,6 +217,54 @@ def test_onnx_graph_with_a_small_constant_loads(tmp_path):
         assert bundle.format == "onnx"
 
 
+
+HUNGRY_ARCH = """
+import torch
+from torch import nn
+
+
+class Hungry(nn.Module):
+    def __init__(self, in_features=4, num_classes=2):
+        super().__init__()
+        self.fc = nn.Linear(in_features, num_classes)
+        self.scratch = torch.ones(2 ** 30)  # 4 GB built by the constructor
+
+
+class Small(nn.Module):
+    def __init__(self, in_features=4, num_classes=2):
+        super().__init__()
+        self.fc = nn.Linear(in_features, num_classes)
+
+    def forward(self, x):
+        return self.fc(x)
+"""
+
+
+def test_custom_class_that_allocates_without_bound_is_refused_in_a_child(tmp_path):
+    """Trusted code still runs first in a child under the probe budget: a constructor that builds 4 GB
+    is a one-line refusal, and this process never holds it; a normal class loads."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    (tmp_path / "net.py").write_text(HUNGRY_ARCH)
+    save_file({"fc.weight": torch.zeros(2, 4), "fc.bias": torch.zeros(2)}, str(tmp_path / "w.safetensors"))
+    spec = {"arch": {"name": "custom", "in_features": 4, "num_classes": 2},
+            "input": {"kind": "tabular", "shape": [4]}, "class_names": ["a", "b"]}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    code = ("import sys\nfrom auditor.models import load_model\nfrom auditor.errors import AuditorError\n"
+            "try:\n    load_model(sys.argv[1], spec=sys.argv[2], arch_file=sys.argv[3], arch_class=sys.argv[4], "
+            "trust_code=True)\n"
+            "except AuditorError as exc:\n    sys.stderr.write(f'auditor: error: {exc}\\n'); sys.exit(2)\n")
+    args = [str(tmp_path / "w.safetensors"), str(tmp_path / "spec.json"), str(tmp_path / "net.py")]
+    rc, peak, err = measured(sys.executable, "-c", code, *args, "Hungry")
+    assert_one_line_refusal(rc, err, "net.py", "AUDITOR_PROBE_MEMORY_MB")
+    assert peak < 1_500_000, peak  # the 4 GB tensor was never built
+    rc, _, err = measured(sys.executable, "-c", code, *args, "Small")
+    assert rc == 0, err
+
+
 # --- 2. inert text ------------------------------------------------------------------------------------
 def test_plotly_text_is_escaped_in_every_chart():
     from auditor.charts import group_chart, metrics_chart, tradeoff_chart

@@ -129,7 +129,7 @@ def check_metrics(model: nn.Module, data: AuditData, split: str) -> dict[str, fl
     return compute_metrics(model, data, split).metrics
 
 
-def default_requirements(data: AuditData) -> list[Requirement]:
+def implicit_requirements(data: AuditData) -> list[Requirement]:
     """What a rank-one editor aims for when no requirement is given."""
     if data.trigger is not None:
         return [parse_requirement("attack_success_rate <= 0.02")]
@@ -276,7 +276,7 @@ class DynamicRankOneEditor(RankOneEditor):
     def _edit(self, model, data, requirements, device, callback, *, log, **_):
         self._check()
         hp = self.hparams
-        reqs = list(requirements) or default_requirements(data)
+        reqs = list(requirements) or implicit_requirements(data)
         if not reqs:
             raise AuditorError("dynamic-rank-one needs a requirement to check (e.g. 'attack_success_rate <= 0.02')")
         clean, corrupted, labels = self._pairs(data, device)

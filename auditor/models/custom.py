@@ -108,6 +108,11 @@ def load_custom_model(weights: str | os.PathLike, arch_file: str | os.PathLike |
     spec = copy.deepcopy(spec)
     params = {k: v for k, v in spec.arch.items() if k not in RESERVED}
     kwargs = constructor_kwargs(cls, params, arch_class)
+    from .probe import probe_custom_in_subprocess
+
+    shape = spec.input.get("shape") or ([params["in_features"]] if params.get("in_features") else None)
+    probe_custom_in_subprocess(arch_file, arch_class, kwargs, [int(s) for s in shape] if shape else None,
+                               arch_file.name)  # bounded in a child before it runs here
     try:
         model = cls(**kwargs)
     except (Exception, SystemExit) as exc:

@@ -104,10 +104,23 @@ def static_plan(proto, batch: int, name: str) -> bool:
 def probe_in_subprocess(path: Path, shape: list[int], name: str) -> None:
     """Convert and run the graph at `path` on a probe input in a child process under a memory and time
     limit; a child that runs out of either is a BudgetError, another failure an AuditorError."""
+    _run_child("_child", [str(path), json.dumps(shape)], shape, name, "the converted model")
+
+
+def probe_custom_in_subprocess(arch_file: Path, arch_class: str, kwargs: dict, shape: list[int] | None,
+                               name: str) -> None:
+    """Import `arch_class` from `arch_file`, build it with `kwargs` and run it on a probe input (when
+    `shape` is known) in a child process under the same memory and time limits as an ONNX probe, so
+    a trusted class that allocates without bound is refused before it runs in this process."""
+    _run_child("_child_custom", [str(arch_file), arch_class, json.dumps(kwargs), json.dumps(shape)], shape or [],
+               name, arch_class)
+
+
+def _run_child(entry: str, argv: list[str], shape: list[int], name: str, what: str) -> None:
     seconds = limit("AUDITOR_PROBE_SECONDS")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
                                                         os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    cmd = [sys.executable, "-c", "from auditor.models.probe import _child; _child()", str(path), json.dumps(shape)]
+    cmd = [sys.executable, "-c", f"from auditor.models.probe import {entry}; {entry}()", *argv]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, env=env)
     except subprocess.TimeoutExpired:
@@ -123,33 +136,28 @@ def probe_in_subprocess(path: Path, shape: list[int], name: str) -> None:
         raise BudgetError(f"{name}: the probe run took over {seconds:g} s; raise the limit with "
                           "AUDITOR_PROBE_SECONDS if you trust the model")
     if last.startswith("error "):
-        raise AuditorError(f"{name}: the converted model fails on an input of shape {[2, *shape]}: {last[6:206]}")
+        raise AuditorError(f"{name}: {what} fails on an input of shape {[2, *shape]}: {last[6:206]}")
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
     raise AuditorError(f"{name}: the probe run failed ({tail})")
 
 
-def _child() -> None:  # pragma: no cover (runs in the subprocess)
+def _limit_child() -> None:  # pragma: no cover (runs in the subprocess)
+    """Bound this process: address space (what it holds now plus the probe budget) and CPU time."""
     import resource
     import signal
 
-    import onnx
-    import torch
-
-    from .onnx_format import _onnx2torch
-
-    path, shape = sys.argv[1], json.loads(sys.argv[2])
     seconds = int(limit("AUDITOR_PROBE_SECONDS"))
-    _onnx2torch()
     with open("/proc/self/statm") as f:
         vm = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
     resource.setrlimit(resource.RLIMIT_AS, (vm + limit_bytes("AUDITOR_PROBE_MEMORY_MB") + 256 * 2**20,) * 2)
     resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 5))
     signal.signal(signal.SIGXCPU, lambda *_: (print("time"), os._exit(4)))
-    torch.set_num_threads(1)
+
+
+def _report_child(run) -> None:  # pragma: no cover (runs in the subprocess)
+    """Run `run()`; the last line printed is ok, memory, or error TEXT; then exit."""
     try:
-        module = _onnx2torch().convert(onnx.load_model(path, load_external_data=False)).eval()
-        with torch.no_grad():
-            module(torch.randn(2, *shape))
+        run()
     except MemoryError:
         print("memory", flush=True)
         os._exit(3)
@@ -160,8 +168,46 @@ def _child() -> None:  # pragma: no cover (runs in the subprocess)
             os._exit(3)
         print("error " + (text.splitlines()[0] if text else type(exc).__name__), flush=True)
         os._exit(1)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         print("error " + (str(exc).splitlines()[0] if str(exc) else type(exc).__name__), flush=True)
         os._exit(1)
     print("ok", flush=True)
     os._exit(0)
+
+
+def _child() -> None:  # pragma: no cover (runs in the subprocess)
+    import onnx
+    import torch
+
+    from .onnx_format import _onnx2torch
+
+    path, shape = sys.argv[1], json.loads(sys.argv[2])
+    _onnx2torch()
+    torch.set_num_threads(1)
+    _limit_child()
+
+    def run():
+        module = _onnx2torch().convert(onnx.load_model(path, load_external_data=False)).eval()
+        with torch.no_grad():
+            module(torch.randn(2, *shape))
+
+    _report_child(run)
+
+
+def _child_custom() -> None:  # pragma: no cover (runs in the subprocess)
+    import torch
+
+    from .custom import _import_class
+
+    arch_file, arch_class, kwargs, shape = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+    torch.set_num_threads(1)
+    _limit_child()
+
+    def run():
+        cls, _ = _import_class(Path(arch_file), arch_class)
+        model = cls(**kwargs).eval()
+        if shape:
+            with torch.no_grad():
+                model(torch.zeros(2, *shape))
+
+    _report_child(run)
