@@ -34,6 +34,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .atomic import replacing
 from .backend import Callback
 from .data.base import AuditData
 from .errors import AuditorError
@@ -229,9 +230,8 @@ def _write_cache(path: Path, task: str, split: str, members: dict[int, dict], ac
     tensors = {f"m{i}.{name}": t.contiguous() for i, state in members.items() for name, t in state.items()}
     meta = {"task": task, "split": split, "version": str(ZOO_VERSION),
             "val_accuracy": json.dumps({str(i): accs[i] for i in sorted(accs)})}
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:  # an unpredictable O_EXCL name beside it, never a followed link
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def _build_missing(task: str, indices: list[int], workers: int, base_seed: int,
