@@ -203,11 +203,19 @@ def _child_custom() -> None:  # pragma: no cover (runs in the subprocess)
     torch.set_num_threads(1)
     _limit_child()
 
-    def run():
-        cls, _ = _import_class(Path(arch_file), arch_class)
-        model = cls(**kwargs).eval()
-        if shape:
-            with torch.no_grad():
-                model(torch.zeros(2, *shape))
+    def run():  # only memory and time are judged here: other failures are reported by the real load
+        try:
+            cls, _ = _import_class(Path(arch_file), arch_class)
+            model = cls(**kwargs).eval()
+            if shape:
+                with torch.no_grad():
+                    model(torch.zeros(2, *shape))
+        except MemoryError:
+            raise
+        except RuntimeError as exc:
+            if "alloc" in str(exc).lower() or "memory" in str(exc).lower():
+                raise
+        except (Exception, SystemExit):
+            pass
 
     _report_child(run)
