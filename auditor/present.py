@@ -411,7 +411,8 @@ def verdict(before, after=None, side_effects=(), *, forbid_side_effects: bool = 
         ci = format_interval(r.metric, r.low, r.high)
         ci = f"95 % CI {ci}" if ci else ""
         was = f"{format_value(r.metric, b.value)} → " if after is not None and b is not None else ""
-        lines.append(f"{r.expr}: {was}{shown}" + (f" ({ci})" if ci else "") + f": {r.verdict}")
+        lines.append(f"{requirement_sentence(r.metric, r.op, r.threshold)}: {was}{shown}" + (f" ({ci})" if ci else "")
+                     + f": {r.verdict}")
     return {"passed": passed, "status": status, "summary": summary, "met": met, "total": n,
             "inconclusive": len(unsure), "failed": len(failing), "side_effects": len(side_effects),
             "mode": mode, "forbid_side_effects": bool(forbid_side_effects),
