@@ -325,6 +325,7 @@ def test_spec_init_rebuilds_the_cnn_state_dict_without_its_class(image_case, cap
         assert torch.allclose(bundle.model(X), image_case["model"](X), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_state_dict_with_its_class_in_a_py_file(image_case, capsys):
     tmp = image_case["dir"]
     code = ["--arch-file", tmp / "net.py", "--arch-class", "SmallCNN", "--trust-code"]

@@ -51,6 +51,7 @@ def test_csv_with_schema_options(tmp_path, adult):
     assert payload["metrics"]["accuracy"] > 0.8 and "sex" in payload["groups"]
 
 
+@pytest.mark.slow
 def test_console_script_installed():
     proc = subprocess.run([sys.executable, "-m", "auditor.cli", "evaluate", ADULT, "adult"],
                           capture_output=True, text=True)

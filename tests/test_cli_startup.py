@@ -76,6 +76,7 @@ def test_unknown_command_is_refused_with_exit_2(db_with_entry):
     assert result["rc"] == 2 and "invalid choice" in result["out"]
 
 
+@pytest.mark.slow
 def test_evaluate_imports_no_captum_matplotlib_or_editors(tmp_path):
     result = _probe(["evaluate", str(SAMPLES / "adult_mlp.safetensors"), "adult",
                      "--require", "accuracy >= 0.5"], tmp_path / "audit.db")

@@ -51,6 +51,7 @@ def assert_one_line_refusal(rc: int, err: str, *words: str) -> None:
 
 
 # --- 1. budgets checked before allocating ------------------------------------------------------------
+@pytest.mark.slow
 def test_stored_categories_are_budgeted(tmp_path):
     """A hidden-width-1 MLP whose stored preprocessing lists 20 000 extra categories: `evaluate ... adult`
     used to reach 6.6 GB; now a one-line refusal naming the limit, well under 2 GB."""
@@ -69,6 +70,7 @@ def test_stored_categories_are_budgeted(tmp_path):
     assert peak < BUDGET_KB, peak
 
 
+@pytest.mark.slow
 def test_csv_categorical_column_is_budgeted(tmp_path):
     """A 200 000-distinct-value column read as categorical: 200 k rows x 120 k one-hot inputs refused."""
     n = 200_000
@@ -135,6 +137,7 @@ def test_npz_member_of_zeros_is_never_read(tmp_path):
         assert peak < BUDGET_KB, (key, peak)
 
 
+@pytest.mark.slow
 def test_npz_header_declaring_a_trillion_values(tmp_path):
     path = tmp_path / "trillion.npz"
     case = _small_case()
@@ -196,6 +199,7 @@ def _onnx_building(n: int, path: Path, data_dependent: bool = False) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("data_dependent", [False, True], ids=["static-shape", "data-dependent-shape"])
 def test_onnx_graph_building_a_huge_constant(tmp_path, data_dependent):
     """16 000 x 16 000 floats (1 GB) from a 1 KB graph: refused from the inferred shape, or by the probe
@@ -240,6 +244,7 @@ class Small(nn.Module):
 """
 
 
+@pytest.mark.slow
 def test_custom_class_that_allocates_without_bound_is_refused_in_a_child(tmp_path):
     """Trusted code still runs first in a child under the probe budget: a constructor that builds 4 GB
     is a one-line refusal, and this process never holds it; a normal class loads."""
