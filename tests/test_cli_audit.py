@@ -111,3 +111,26 @@ def test_evaluate_and_edit_commands_are_logged(tmp_path, capsys):
     assert [before.results["label"], after.results["label"]] == ["before", "after"]
     assert before.run == ed.run == after.run and after.model_sha256 == ed.model_sha256
     assert ed.model_sha256 == load_model(tmp_path / "e.safetensors").sha256
+
+
+def test_the_reproduce_command_of_a_cli_report_reproduces_it(tmp_path, capsys):
+    """The command a CLI-made report prints, run as printed (outputs redirected), gives the same numbers."""
+    import shlex
+
+    first = tmp_path / "first.json"
+    assert main([*TROJAN_ARGS, "--samples", "1", "--json", str(first), "--no-log", "--quiet",
+                 "--out", str(tmp_path / "a.safetensors")]) == 0
+    ours = json.loads(first.read_text())
+    argv = shlex.split(ours["reproduce"]["command"])
+    assert argv[:2] == ["auditor", "audit"] and "--samples" in argv and "--seed" in argv
+    again = tmp_path / "again.json"
+    argv[argv.index("--json") + 1] = str(again)
+    argv[argv.index("--out") + 1] = str(tmp_path / "b.safetensors")
+    assert main([*argv[1:], "--no-log", "--quiet"]) == 0
+    theirs = json.loads(again.read_text())
+    for a, b in zip(ours["requirements"], theirs["requirements"]):
+        assert a["after"]["value"] == pytest.approx(b["after"]["value"], abs=1e-9)
+    rows = lambda d: {r["method"]: (r["value"], r["accuracy"]) for r in d["tradeoff"]["rows"]}  # noqa: E731
+    assert rows(ours).keys() == rows(theirs).keys()
+    for k in rows(ours):
+        assert rows(ours)[k] == pytest.approx(rows(theirs)[k], abs=1e-9), k
