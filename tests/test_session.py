@@ -99,7 +99,11 @@ def test_every_step_reaches_the_audit_log_under_one_run(trojan, tmp_path):
     s.run_edit("static-rank-one-last", {"samples": 1})
     s.revert(0)
     s.run_edit("dynamic-rank-one", {"samples": 1})
-    s.log_report(s.build_report(), ["r.html"], downloaded=True)
+    report = s.build_report()
+    s.log_report(report, ["r.html"], downloaded=True)
+    assert report.audit_log["run"] == s.run_id  # the report points to its log run (evidence for record-keeping)
+    from auditor.report import render_html
+    assert f"audit-log run {s.run_id}" in render_html(report)
     entries = log.entries()
     assert [e.kind for e in entries] == ["evaluation", "edit", "evaluation", "revert", "edit", "evaluation", "report"]
     assert {e.run for e in entries} == {s.run_id} and {e.user for e in entries} == {"Ada"}

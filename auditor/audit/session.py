@@ -637,7 +637,7 @@ class AuditSession:
             seed=self.seed, command=self.command(), signoff=sign, side_effects=self.side_effects(),
             forbid_side_effects=self.forbid_side_effects, changes=self.changes(), tradeoff_note=self.tradeoff_note)
         if self.log is not None:  # the log's head, anchored in the report: a later rewrite of the log shows
-            report.audit_log = self.log.anchor()
+            report.audit_log = {**self.log.anchor(), "run": self.run_id}
         return report
 
     def report_contents(self) -> dict:

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
-from ..data.base import AuditData
+from ..data.base import AuditData, Split
 from ..errors import AuditorError
 from ..layers import check_editable, inverse_moment, layer_io, layer_matrix, regularised, resolve_layer, second_moment
 from ..localize import METHODS, rank_layers
@@ -231,26 +232,49 @@ class RankOneEditor(Editor):
 class DynamicRankOneHyper(RankOneHyper):
     max_edits: int = field(default=8, metadata={"help": "budget of edit steps (accepted or rolled back)"})
     max_accuracy_drop: float = field(default=0.005, metadata={
-        "help": "utility budget: clean accuracy lost on `check_split`"})
+        "help": "utility budget: clean accuracy lost on the check rows (clean training rows plus `check_split`)"})
+    check_train_rows: int = field(default=2000, metadata={
+        "help": "clean training rows added to `check_split` to judge requirement and budget (0: `check_split` only)"})
     strength_step: float = field(default=0.5, metadata={
         "help": "how much a strengthening step adds along an accepted edit (halved on rollback)"})
     check_split: str = field(default="val", metadata={
         "help": "held-out clean split where requirement and utility are checked",
         "choices": "split"})
     gap_tol: float = field(default=0.05, metadata={
-        "help": "the pairs count as rectified when their gap is below this share of the start"})
+        "help": "the pairs count as rectified when their decision gap is below this share of the start"})
+    pick: str = field(default="misbehaving", metadata={
+        "help": 'which clean samples: "misbehaving" (drawn among those whose corrupted twin is misclassified) '
+                'or "random"', "choices": ["misbehaving", "random"]})
+
+
+def decision_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per row: the logit of `labels` minus the largest other logit (> 0 where the label is predicted)."""
+    idx = labels[:, None]
+    other = logits.scatter(1, idx, float("-inf")).amax(1)
+    return logits.gather(1, idx).squeeze(1) - other
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, X: torch.Tensor, device, batch: int = 1024) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(X[i:i + batch].to(device)).float().cpu() for i in range(0, len(X), batch)])
 
 
 @register_editor
 class DynamicRankOneEditor(RankOneEditor):
     """Re-localize, edit, check requirement and utility on held-out data, roll back, repeat.
 
-    Each step: while the pairs still show a gap between clean and corrupted predictions, rank the
-    layers on the current model and edit the best-ranked layer not yet rolled back; once the pairs
-    are rectified but the requirement still fails on the held-out split, strengthen the last
-    accepted edit along its own rank-one direction. A step that costs more clean accuracy than the
-    budget, or does not improve the requirement, is rolled back. Stops when every requirement
-    holds on the held-out split or the budget of steps runs out. The edit's log records every step.
+    The clean samples are drawn among the clean rows of `split` whose corrupted twin the model
+    actually gets wrong (the start of the log names them). Each step: while the pairs still show a
+    gap in the model's decision between clean and corrupted twin (the clean label's margin over the
+    best other class, clean minus corrupted), rank the layers on the current model and edit the
+    best-ranked layer not yet rolled back; once the pairs are rectified but the requirement still
+    fails, strengthen the last accepted edit along its own direction. Requirement and utility are
+    judged on clean training rows plus the held-out `check_split` (so one row is a small fraction
+    of the budget; the log says when the budget is finer than one row). A step that costs more
+    clean accuracy than the budget, or does not improve the requirement, is rolled back. Stops when
+    every requirement holds or the budget of steps runs out. The log records every step, and an
+    edit that changes nothing says why.
     """
 
     name = "dynamic-rank-one"
@@ -258,8 +282,22 @@ class DynamicRankOneEditor(RankOneEditor):
     kind = "rank-one"
     Hyper = DynamicRankOneHyper
 
-    def _status(self, model, data, reqs):
-        m = check_metrics(model, data, self.hparams.check_split)
+    def _check_data(self, data: AuditData) -> tuple[AuditData, str, dict]:
+        """The data whose `check_split` holds the rows requirement and budget are judged on."""
+        hp = self.hparams
+        held = data.split(hp.check_split)
+        n_train = 0
+        if hp.check_train_rows > 0 and hp.check_split != "train":
+            train = data.split("train")
+            n_train = min(hp.check_train_rows, len(train))
+            rows = np.sort(np.random.default_rng(0).choice(len(train), size=n_train, replace=False))
+            held = Split.concat([train.subset(rows), held])
+            data = data.with_splits(**{hp.check_split: held})
+        return data, hp.check_split, {"rows": len(held), "train_rows": n_train,
+                                      "split_rows": len(held) - n_train}
+
+    def _status(self, model, data, reqs, split=None):
+        m = check_metrics(model, data, split or self.hparams.check_split)
         results = [r.check(m) for r in reqs]
         # how far from meeting every requirement (0 when all hold)
         shortfall = sum(abs(r.value - r.threshold) for r in results if not r.passed)
@@ -267,31 +305,84 @@ class DynamicRankOneEditor(RankOneEditor):
 
     @torch.no_grad()
     def _gap(self, model, clean, corrupted, labels) -> float:
+        """How much the corrupted twins' decision falls short of the clean one: the clean label's
+        margin over the best other class, clean minus corrupted, averaged (a twin past its clean
+        margin counts as 0). Never one logit: a trigger may raise the label's logit and still win."""
         model.eval()
         a, b = model(clean), model(corrupted)
-        idx = labels[:, None]
-        # how far the corrupted twins' label logit lies below the clean one (past it counts as 0)
-        return float((a.gather(1, idx) - b.gather(1, idx)).clamp(min=0).mean())
+        return float((decision_margin(a, labels) - decision_margin(b, labels)).clamp(min=0).mean())
+
+    def _pick(self, model, data: AuditData, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        """The clean samples and their twins: drawn (by `seed`) among the rows of `split` the model gets
+        right whose corrupted twin it gets wrong; topped up by the largest decision gaps if too few."""
+        hp = self.hparams
+        sp = data.split(hp.split)
+        rows = np.arange(len(sp))
+        if data.stamp is not None:
+            rows = rows[sp.y.numpy() != data.stamp.target]
+        if hp.samples > len(rows):
+            raise AuditorError(f"asked for {hp.samples} samples but split {hp.split!r} has only {len(rows)}")
+        info: dict = {"split": hp.split, "pick": hp.pick, "candidates": int(len(rows))}
+        if hp.pick == "random":
+            chosen = np.sort(np.random.default_rng(hp.seed).choice(rows, size=hp.samples, replace=False))
+        else:
+            X, Xc, y = sp.X[rows], data.corrupt(hp.split, rows), sp.y[rows]
+            a, b = _logits(model, X, device), _logits(model, Xc, device)
+            bad = (a.argmax(1) == y) & (b.argmax(1) != y)
+            drop = (decision_margin(a, y) - decision_margin(b, y)).numpy()
+            pool = rows[bad.numpy()]
+            info["misbehaving"] = int(len(pool))
+            if len(pool) >= hp.samples:
+                chosen = np.sort(np.random.default_rng(hp.seed).choice(pool, size=hp.samples, replace=False))
+            else:
+                rest = [r for r in rows[np.argsort(-drop, kind="stable")] if r not in set(pool.tolist())]
+                extra = [r for r in rest[:hp.samples - len(pool)] if drop[np.searchsorted(rows, r)] > 0]
+                chosen = np.sort(np.concatenate([pool, np.asarray(extra, dtype=rows.dtype)]))
+        info["rows"] = [int(r) for r in chosen]
+        if len(chosen) == 0:
+            return sp.X[:0].to(device), sp.X[:0].to(device), sp.y[:0].to(device), info
+        return (sp.X[chosen].to(device), data.corrupt(hp.split, chosen).to(device), sp.y[chosen].to(device), info)
 
     def _edit(self, model, data, requirements, device, callback, *, log, **_):
         self._check()
         hp = self.hparams
+        if hp.pick not in ("misbehaving", "random"):
+            raise AuditorError(f'pick must be "misbehaving" or "random", got {hp.pick!r}')
+        if hp.check_train_rows < 0:
+            raise AuditorError(f"check_train_rows must be at least 0, got {hp.check_train_rows}")
         reqs = list(requirements) or implicit_requirements(data)
         if not reqs:
             raise AuditorError("dynamic-rank-one needs a requirement to check (e.g. 'attack_success_rate <= 0.02')")
-        clean, corrupted, labels = self._pairs(data, device)
-        m0, res0, short = self._status(model, data, reqs)
+        clean, corrupted, labels, picked = self._pick(model, data, device)
+        check_data, split, rows = self._check_data(data)
+        status = lambda: self._status(model, check_data, reqs, split)  # noqa: E731
+        m0, res0, short = status()
         acc0 = m0["accuracy"]
-        gap0 = self._gap(model, clean, corrupted, labels)
+        one_row = 1.0 / max(rows["rows"], 1)
+        budget = hp.max_accuracy_drop
+        utility = {"rows": rows["rows"], "train_rows": rows["train_rows"], "split_rows": rows["split_rows"],
+                   "one_row": one_row, "budget": budget, "budget_rows": int(np.floor(budget / one_row + 1e-9))}
+        if budget + 1e-12 < one_row:
+            utility["note"] = (f"the budget of {100 * budget:.2f} pt is finer than one row ({100 * one_row:.2f} pt of "
+                               f"{rows['rows']}): it cannot be judged here, so an edit may cost at most one row")
+            budget = one_row
+        gap0 = self._gap(model, clean, corrupted, labels) if len(clean) else 0.0
         log.append({"step": 0, "action": "start", "split": hp.check_split, "accuracy": acc0,
-                    "requirements": [r.to_dict() for r in res0], "pair_gap": gap0})
+                    "requirements": [r.to_dict() for r in res0], "pair_gap": gap0, "pairs": picked,
+                    "utility": utility})
         rejected: set[str] = set()
         last: RankOneUpdate | None = None
         strength_of: dict[str, float] = {}
         step_size = hp.strength_step
         rankings = []
+        reason = None
+        if short == 0:
+            reason = "every requirement already holds on the check rows"
+        elif len(clean) == 0 or gap0 <= 0:
+            reason = (f"no clean sample of split {hp.split!r} has a corrupted twin the model gets wrong "
+                      "(the pairs show no gap in its decision to rectify)")
         for step in range(1, hp.max_edits + 1):
-            if short == 0:
+            if short == 0 or reason:
                 break
             callback(step / (hp.max_edits + 1), f"step {step}")
             gap = self._gap(model, clean, corrupted, labels)
@@ -306,7 +397,8 @@ class DynamicRankOneEditor(RankOneEditor):
                     candidates = [str(x) for x in table["layer"]]
                 candidates = [c for c in candidates if c not in rejected]
                 if not candidates:
-                    entry.update(action="stop", reason="every layer's edit was rolled back")
+                    reason = "every layer's edit was rolled back"
+                    entry.update(action="stop", reason=reason)
                     log.append(entry)
                     break
                 layer = candidates[0]
@@ -316,19 +408,20 @@ class DynamicRankOneEditor(RankOneEditor):
                 layer, update = last.layer, last
                 scale, action = step_size, "strengthen"
             else:
-                entry.update(action="stop", reason="the pairs show no gap to rectify")
+                reason = "the pairs show no gap in the model's decision to rectify"
+                entry.update(action="stop", reason=reason)
                 log.append(entry)
                 break
             saved = _snapshot(model, layer)
             apply_delta(model, update, scale)
-            m, res, new_short = self._status(model, data, reqs)
+            m, res, new_short = status()
             drop = acc0 - m["accuracy"]
             entry.update(action=action, layer=layer, keys=update.keys, scale=scale,
                          norm=float(update.delta.norm() * scale), accuracy=m["accuracy"], accuracy_drop=drop,
-                         requirements=[r.to_dict() for r in res])
-            if drop > hp.max_accuracy_drop + 1e-12 or new_short >= short:
+                         rows_lost=int(round(drop / one_row)), requirements=[r.to_dict() for r in res])
+            if drop > budget + 1e-12 or new_short >= short:
                 _restore(model, layer, saved)
-                entry.update(accepted=False, reason=("over the utility budget" if drop > hp.max_accuracy_drop + 1e-12
+                entry.update(accepted=False, reason=("over the utility budget" if drop > budget + 1e-12
                                                      else "does not bring the requirement closer"))
                 if action == "edit":
                     rejected.add(layer)
@@ -336,8 +429,8 @@ class DynamicRankOneEditor(RankOneEditor):
                     step_size /= 2  # a smaller step along the same direction next
                 else:
                     log.append(entry)
-                    log.append({"step": step, "action": "stop",
-                                "reason": "strengthening the edit no longer pays within the budget"})
+                    reason = "strengthening the edit no longer pays within the budget"
+                    log.append({"step": step, "action": "stop", "reason": reason})
                     break
             else:
                 entry["accepted"] = True
@@ -346,11 +439,16 @@ class DynamicRankOneEditor(RankOneEditor):
                 if action == "edit":
                     last = update
             log.append(entry)
-        m, res, short = self._status(model, data, reqs)
-        return {"layers": sorted(strength_of), "strength": strength_of, "samples": int(len(clean)),
-                "steps": sum(1 for e in log if e.get("action") in ("edit", "strengthen")),
-                "check_split": hp.check_split, "requirements_met_on_check_split": short == 0,
-                "check_metrics": {k: float(v) for k, v in m.items()}, "rankings": rankings}
+        m, res, short = status()
+        out = {"layers": sorted(strength_of), "strength": strength_of, "samples": int(len(clean)),
+               "sample_rows": picked["rows"], "steps": sum(1 for e in log if e.get("action") in ("edit", "strengthen")),
+               "check_split": hp.check_split, "check_rows": rows["rows"], "requirements_met_on_check_split": short == 0,
+               "check_metrics": {k: float(v) for k, v in m.items()}, "rankings": rankings}
+        if not strength_of:
+            why = reason or "every edit step was rolled back"
+            out["no_edit_reason"] = why
+            log.append({"step": "end", "action": "no edit", "reason": f"nothing was edited: {why}"})
+        return out
 
 
 @dataclass

@@ -67,9 +67,10 @@ def regulatory_evidence(d: dict) -> dict:
     has_intervals = bool(d.get("intervals")) or any(
         (q.get(k) or {}).get("low") is not None for q in d.get("requirements") or [] for k in ("before", "after"))
     side = d.get("side_effects")
-    log = d.get("log") or {}
-    log_ref = (f"audit-log run {log.get('run')}" + (f", entry {log['entry']}" if log.get("entry") else "")
-               + (f" in {log['path']}" if log.get("path") else "")) if log.get("run") else None
+    log = d.get("audit_log") or {}
+    log_ref = (f"audit-log run {log['run']}" + (f" in {log['log']}" if log.get("log") else "")
+               + (f", anchor {log['anchor'][:20]}… ({log['count']} entries; check it with auditor log verify "
+                  "--anchor)" if log.get("anchor") else "")) if log.get("run") else None
     edit_text = "; ".join(
         f"{e['editor']} on {', '.join(e.get('layers') or []) or 'no layer'}"
         + (f", {present.change_size_text(headline_change(e['changes']))}"
