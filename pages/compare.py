@@ -97,7 +97,8 @@ else:
                                     "pareto": "on Pareto front", "passed": "meets all requirements"})
         keep = [c for c in rows.columns if c not in ("model_sha256", "editor") and rows[c].notna().any()]
         st.dataframe(rows[keep], hide_index=True, key="cmp_tradeoff_table")
-        st.caption(f"{len(rows)} methods compared on the {t.split} split ({t.rows['error'].notna().sum()} failed).")
+        where = "all rows" if t.split == "all" else f"the {t.split} split"
+        st.caption(f"{len(rows)} methods compared on {where} ({t.rows['error'].notna().sum()} failed).")
 
 if audit.edited:
     st.subheader("Where the weights changed")

@@ -244,3 +244,39 @@ def test_user_npz_case_with_corrupted_twins(user_case):
     result = get_editor("rank-one", samples=5, seed=1).edit(bundle, twins)
     m = evaluate(result.bundle, twins).metrics
     assert m["attack_success_rate"] <= 0.05 and m0["accuracy"] - m["accuracy"] <= 0.01
+
+
+@pytest.fixture(scope="module")
+def own_cnn(tmp_path_factory):
+    """A CNN the project has never seen: its own trigger (3x3 checkerboard top-left, to class 7)."""
+    from tests.own_case import build_own_case
+
+    case = build_own_case(tmp_path_factory.mktemp("own_cnn"))
+    bundle = load_model(case.model, spec=case.spec)
+    data = load_data(case.case)
+    return bundle, data, evaluate(bundle, data).metrics
+
+
+def test_dynamic_rank_one_one_sample_on_a_model_it_never_saw(own_cnn):
+    """Issue 14, item 2: from one clean sample the decision gap (not one logit) drives the loop, the
+    sample is one whose twin misbehaves (named in the log), and accuracy is kept."""
+    bundle, data, m0 = own_cnn
+    assert m0["attack_success_rate"] > 0.9
+    met = 0
+    for seed in (0, 1, 3):  # 1 and 3 edited nothing before: their label logit rose under the trigger
+        result = get_editor("dynamic-rank-one", samples=1, seed=seed).edit(bundle, data)
+        m = evaluate(result.bundle, data).metrics
+        start = result.log[0]
+        assert start["pair_gap"] > 0 and len(start["pairs"]["rows"]) == 1
+        assert start["pairs"]["misbehaving"] > 0 and start["utility"]["rows"] > len(data.val)
+        assert result.changed and result.extras["layers"]
+        met += m["attack_success_rate"] <= 0.02 and m0["accuracy"] - m["accuracy"] <= 0.01
+    assert met == 3
+
+
+def test_dynamic_rank_one_says_why_it_edits_nothing(own_cnn):
+    bundle, data, _ = own_cnn
+    result = get_editor("dynamic-rank-one", samples=1).edit(bundle, data, ["attack_success_rate <= 1.0"])
+    assert not result.changed
+    assert "already holds" in result.extras["no_edit_reason"]
+    assert any(e.get("action") == "no edit" for e in result.log)

@@ -280,7 +280,8 @@ def _print_summary(report, written: list[str], logged) -> None:
                  fmt(r["accuracy"], "accuracy"),
                  f"{r['seconds']:.2f}" if r["seconds"] is not None else "-",
                  "yes" if r["passed"] else ("failed" if r["error"] else "no")] for r in t["rows"]]
-        print(f"\ntrade-off on the {t['split']} split")
+        where = "all rows" if t["split"] == "all" else f"the {t['split']} split"
+        print(f"\ntrade-off on {where}")
         print(format_table(rows, ["method", "kind", t["metric"], "accuracy", "seconds", "all met"]))
     if written:
         print("\nwrote " + ", ".join(written))

@@ -231,8 +231,10 @@ class RankOneEditor(Editor):
 @dataclass
 class DynamicRankOneHyper(RankOneHyper):
     max_edits: int = field(default=8, metadata={"help": "budget of edit steps (accepted or rolled back)"})
-    max_accuracy_drop: float = field(default=0.005, metadata={
+    max_accuracy_drop: float = field(default=0.01, metadata={
         "help": "utility budget: clean accuracy lost on the check rows (clean training rows plus `check_split`)"})
+    max_strength: float = field(default=2.0, metadata={
+        "help": "most a layer's accepted edits add up to when strengthened (1: the exact fit of the pairs)"})
     check_train_rows: int = field(default=2000, metadata={
         "help": "clean training rows added to `check_split` to judge requirement and budget (0: `check_split` only)"})
     strength_step: float = field(default=0.5, metadata={
@@ -312,6 +314,12 @@ class DynamicRankOneEditor(RankOneEditor):
         a, b = model(clean), model(corrupted)
         return float((decision_margin(a, labels) - decision_margin(b, labels)).clamp(min=0).mean())
 
+    @torch.no_grad()
+    def _restored(self, model, corrupted, labels) -> bool:
+        """Whether the model now gives every corrupted twin its clean label."""
+        model.eval()
+        return bool((model(corrupted).argmax(1) == labels).all())
+
     def _pick(self, model, data: AuditData, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
         """The clean samples and their twins: drawn (by `seed`) among the rows of `split` the model gets
         right whose corrupted twin it gets wrong; topped up by the largest decision gaps if too few."""
@@ -386,8 +394,9 @@ class DynamicRankOneEditor(RankOneEditor):
                 break
             callback(step / (hp.max_edits + 1), f"step {step}")
             gap = self._gap(model, clean, corrupted, labels)
-            entry: dict = {"step": step, "pair_gap": gap}
-            if gap > hp.gap_tol * max(gap0, 1e-12):
+            restored = self._restored(model, corrupted, labels)
+            entry: dict = {"step": step, "pair_gap": gap, "pairs_restored": restored}
+            if gap > hp.gap_tol * max(gap0, 1e-12) and not (restored and last is not None):
                 if hp.layer:
                     candidates = [hp.layer]
                 else:
@@ -404,6 +413,11 @@ class DynamicRankOneEditor(RankOneEditor):
                 layer = candidates[0]
                 update = self._update(model, data, layer, clean, corrupted, strength=1.0)
                 scale, action = 1.0, "edit"
+            elif last is not None and strength_of.get(last.layer, 0.0) + step_size > hp.max_strength + 1e-9:
+                reason = f"the edit of {last.layer} is already at its strongest (max_strength {hp.max_strength:g})"
+                entry.update(action="stop", reason=reason)
+                log.append(entry)
+                break
             elif last is not None:
                 layer, update = last.layer, last
                 scale, action = step_size, "strengthen"

@@ -63,8 +63,10 @@ class Requirement:
             verdict = "fail"
         else:
             verdict = "inconclusive"
-            note = (f"the 95 % interval [{low:.4g}, {high:.4g}] straddles the threshold {self.threshold:g}"
-                    + (f" ({n} rows)" if n else ""))
+            from ..present import format_interval, format_threshold  # units as everywhere else
+
+            note = (f"the 95 % interval [{format_interval(self.key, low, high)}] straddles the threshold "
+                    f"{format_threshold(self.key, self.threshold)}" + (f" ({n} rows)" if n else ""))
         passed = verdict == "pass" if mode == "strict" else point
         return RequirementResult(self.expr, self.key, value, self.threshold, self.op, passed, verdict, low, high, n,
                                  note)
