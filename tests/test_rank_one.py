@@ -228,7 +228,9 @@ def test_user_npz_case_metrics_localize_and_repair(user_case):
     assert m0["attack_success_rate"] > 0.8 and m0["accuracy"] > 0.8
     table = rank_layers_for(bundle.model, data, 1, 0)
     assert len(table) == 4 and table["layer"].iloc[0] in {"fc1", "conv2"}
-    for n, limit in ((1, 0.05), (5, 0.05)):
+    # n = 1: 5.3 % since the budget is judged on ~1,350 rows (train + val) rather than 80: the one-sample
+    # edit is stopped by 0.8-1 pt of accuracy it costs (issue 14, item 2)
+    for n, limit in ((1, 0.06), (5, 0.05)):
         result = get_editor("dynamic-rank-one", samples=n, seed=0).edit(bundle, data, ["attack_success_rate <= 0.02"])
         m = evaluate(result.bundle, data).metrics
         assert m["attack_success_rate"] <= limit
