@@ -53,3 +53,16 @@ def shown(markdown) -> str:
     import re
 
     return re.sub(r"\\(.)", r"\1", str(markdown))
+
+
+def assert_same_numbers(ours: dict, theirs: dict) -> None:
+    """Two report JSONs give the same requirement values after the edit and the same trade-off rows
+    (the check that a reproduce command reproduces its report; same machine, so 1e-9)."""
+    import pytest
+
+    for a, b in zip(ours["requirements"], theirs["requirements"]):
+        assert a["after"]["value"] == pytest.approx(b["after"]["value"], abs=1e-9)
+    rows = lambda d: {r["method"]: (r["value"], r["accuracy"]) for r in d["tradeoff"]["rows"]}  # noqa: E731
+    assert rows(ours).keys() == rows(theirs).keys()
+    for k in rows(ours):
+        assert rows(ours)[k] == pytest.approx(rows(theirs)[k], abs=1e-9), k

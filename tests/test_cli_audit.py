@@ -9,6 +9,7 @@ from auditor.models import read_metadata
 from auditor.report import stable, validate_report
 from auditor.store import AuditLog
 from tests.conftest import SAMPLES
+from tests.fixtures import assert_same_numbers
 
 TROJAN = str(SAMPLES / "digits_cnn_trojan.safetensors")
 ADULT = str(SAMPLES / "adult_mlp.safetensors")
@@ -128,9 +129,4 @@ def test_the_reproduce_command_of_a_cli_report_reproduces_it(tmp_path, capsys):
     argv[argv.index("--out") + 1] = str(tmp_path / "b.safetensors")
     assert main([*argv[1:], "--no-log", "--quiet"]) == 0
     theirs = json.loads(again.read_text())
-    for a, b in zip(ours["requirements"], theirs["requirements"]):
-        assert a["after"]["value"] == pytest.approx(b["after"]["value"], abs=1e-9)
-    rows = lambda d: {r["method"]: (r["value"], r["accuracy"]) for r in d["tradeoff"]["rows"]}  # noqa: E731
-    assert rows(ours).keys() == rows(theirs).keys()
-    for k in rows(ours):
-        assert rows(ours)[k] == pytest.approx(rows(theirs)[k], abs=1e-9), k
+    assert_same_numbers(ours, theirs)

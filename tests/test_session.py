@@ -12,6 +12,7 @@ from auditor.audit.uploads import read_upload
 from auditor.editors import EDITORS
 from auditor.present import format_value, metric_label, setting_fields
 from auditor.report import validate_report
+from tests.fixtures import assert_same_numbers
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 
@@ -151,9 +152,4 @@ def test_the_reproduce_command_reproduces_the_report(trojan, tmp_path):
     assert main([*argv[:0], "audit", *argv, "--no-log", "--no-localize", "--quiet",
                  "--out", str(tmp_path / "e.safetensors")]) == 0
     theirs = json.loads(out.read_text())
-    for a, b in zip(ours["requirements"], theirs["requirements"]):
-        assert a["after"]["value"] == pytest.approx(b["after"]["value"], abs=1e-9)
-    rows = lambda d: {r["method"]: (r["value"], r["accuracy"]) for r in d["tradeoff"]["rows"]}  # noqa: E731
-    assert rows(ours).keys() == rows(theirs).keys()
-    for k in rows(ours):
-        assert rows(ours)[k] == pytest.approx(rows(theirs)[k], abs=1e-9), k
+    assert_same_numbers(ours, theirs)
