@@ -180,7 +180,10 @@ def test_pdf_pages_render(trojan_audit, tmp_path):
     # one unit language: metrics in percent (as the dashboard shows them), never as raw fractions
     d = trojan_audit[1].report.to_dict()
     asr = d["requirements"][0]["after"]["value"]
-    assert format_value("attack_success_rate", asr) in text and format_value("attack_success_rate", asr) == "0.99 %"
+    shown = format_value("attack_success_rate", asr)
+    assert shown in text and shown.endswith(" %")
+    acc = d["metrics"]["after"]["overall"]["accuracy"]
+    assert format_value("accuracy", acc) in text and f"{acc:.4f}" not in text  # e.g. 97.87 %, never 0.9787
     for side in ("before", "after"):
         for key, value in d["metrics"][side]["overall"].items():
             if value is not None and 0 < value < 1:
@@ -194,7 +197,7 @@ def test_pdf_pages_render(trojan_audit, tmp_path):
     # the first page alone answers: verdict, what was audited, on which data and how many rows, by whom
     first = subprocess.run(["pdftotext", "-f", "1", "-l", "1", "-layout", str(pdf), "-"], capture_output=True,
                            text=True, check=True).stdout
-    assert "PASS" in first and "Attack success rate must be at most 2 %" in first and "0.99 %" in first
+    assert "PASS" in first and "Attack success rate must be at most 2 %" in first and shown in first
     assert "digits_cnn_trojan" in first and "digits-trojan" in first and "450 rows" in first
     assert "Ada Lovelace" in first and "dynamic-rank-one" in first and "‖ΔW‖/‖W‖" in first
 
@@ -284,7 +287,8 @@ def test_html_text_speaks_percent_and_words(trojan_html, trojan_audit):
     assert fig.layout.annotations[0].text == "Attack success rate must be at most 2 %"
     labels = list(fig.data[0].y)
     assert labels[0].startswith("before: 99.75 %") and labels[0].endswith("FAIL")
-    assert labels[1].startswith("after: 0.99 %") and labels[1].endswith("PASS")
+    after = format_value("attack_success_rate", d["requirements"][0]["after"]["value"])
+    assert labels[1].startswith(f"after: {after}") and labels[1].endswith("PASS")
     assert fig.layout.xaxis.ticksuffix == " %" and max(fig.data[0].x) > 99  # drawn in percent
 
 
