@@ -30,6 +30,11 @@ CATEGORIES = {
 FIX_METRICS = frozenset({"edit_success", "generality"})
 
 
+def split_words(split: str) -> str:
+    """ "all rows" or "test split": the rows metrics are taken on, in words."""
+    return "all rows" if split == "all" else f"{split} split"
+
+
 def base_metric(key: str) -> str:
     """`demographic_parity[sex]` -> `demographic_parity`."""
     return key.split("[", 1)[0]

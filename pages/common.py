@@ -15,7 +15,7 @@ import torch
 
 from auditor import AuditorError, load_data, load_model
 from auditor.audit import AuditSession
-from auditor.present import requirement_sentence
+from auditor.present import requirement_sentence, split_words
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_models"
@@ -175,8 +175,8 @@ def sidebar_status() -> None:
         edited = f"edited ({s['edits']} edit{'s' if s['edits'] != 1 else ''})" if s["edits"] else "as loaded"
         st.markdown(f"**Model** {md_plain(s['model'])}  \n{s['parameters']:,} parameters, {edited}  \n"
                     f"sha256 `{s['sha256'][:12]}…`")
-        st.markdown(f"**Data** {md_plain(s['data'])}  \n{s['rows']['test']:,} test rows "
-                    f"({s['rows']['train']:,} train, {s['rows']['val']:,} validation)")
+        st.markdown(f"**Data** {md_plain(s['data'])}  \n{s['audited_rows']:,} rows audited ({split_words(s['split'])}; "
+                    f"{s['rows']['train']:,} train, {s['rows']['val']:,} validation, {s['rows']['test']:,} test)")
         if s.get("stamp"):
             st.markdown(f"**Tested with** {md_plain(s['stamp'])}")
         device = (f"GPU, `{s['device']}`" if s["device"].startswith("cuda") else "CPU (no CUDA GPU found)")

@@ -41,7 +41,7 @@ if reqs:
     st.caption("For each requirement: before (top bar) and after (bottom bar) the edit; dashed line: the threshold; "
                "green passes, red fails.")
     st.plotly_chart(fig, key="cmp_requirements")
-st.subheader("All metrics (test split)")
+st.subheader(f"All metrics ({audit.rows_words})")
 table = audit.compare_table()
 st.dataframe(table, hide_index=True, key="cmp_metrics", height=35 * (len(table) + 1) + 3,
              column_config={"meaning": st.column_config.TextColumn(width="large")})

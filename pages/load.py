@@ -11,7 +11,7 @@ from auditor.audit.uploads import csv_columns, data_for_stamp_choice, is_text_co
 from auditor.data import BUILTIN
 from auditor.models import ModelSpec
 from auditor.models.custom import TRUST_HELP
-from auditor.present import md_plain
+from auditor.present import format_group_value, format_value, md_plain
 from pages.common import (
     builtin_data,
     get_audit,
@@ -155,18 +155,19 @@ if tested:
 ev = audit.evaluate("pristine")
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("Parameters", f"{audit.pristine.n_parameters:,}")
-c2.metric("Test accuracy", f"{100 * ev.metrics['accuracy']:.2f} %")
-c3.metric("Test rows", f"{ev.rows:,}")
+c2.metric("Test accuracy" if audit.split == "test" else f"Accuracy ({audit.rows_words})",
+          format_value("accuracy", ev.metrics["accuracy"]))
+c3.metric("Rows audited", f"{ev.rows:,}", help=audit.data.describe_split(audit.split))
 c4.metric("Requirements met", f"{sum(r.passed for r in ev.requirements)} of {len(ev.requirements)}")
 st.markdown(f"Weights sha256 (identifies this exact model): `{audit.pristine_sha256}`")
-st.subheader("Metrics of the model as loaded (test split)")
+st.subheader(f"Metrics of the model as loaded ({audit.rows_words})")
 metrics = audit.metrics_table("pristine")
 st.dataframe(metrics, hide_index=True, height=35 * (len(metrics) + 1) + 3,
              column_config={"meaning": st.column_config.TextColumn(width="large")})
 for attr in ev.groups:
     st.subheader(f"Per group: {md_plain(attr)}")
-    rows = [{attr: g, **{k.replace("_", " "): (f"{100 * v:.2f} %" if k != "count" else f"{v:,.0f}")
-                         for k, v in vals.items()}} for g, vals in ev.groups[attr].items()]
+    rows = [{attr: g, **{k.replace("_", " "): format_group_value(k, v) for k, v in vals.items()}}
+            for g, vals in ev.groups[attr].items()]
     st.dataframe(pd.DataFrame(rows), hide_index=True)
 st.subheader("Layers")
 st.caption("Linear and Conv2d layers are the ones an edit can change.")

@@ -128,6 +128,7 @@ class AuditSession:
         self.min_group = int(min_group)  # groups under this size are left out of gaps (with a warning)
         self.forbid_side_effects = bool(forbid_side_effects)  # side effects of an edit count as a failure
         self._side: tuple | None = None
+        self._unavailable: tuple | None = None
         self.tradeoff_note: str | None = None  # why the report has no trade-off although one was run
         self.requirements: list[Requirement] = (
             parse_requirements(requirements) if requirements is not None else default_requirements(data, pristine))
@@ -161,6 +162,11 @@ class AuditSession:
     @property
     def user(self) -> str:
         return self.auditor_name
+
+    @property
+    def rows_words(self) -> str:
+        """ "test split" or "all rows": where the audit's metrics are taken."""
+        return present.split_words(self.split)
 
     @property
     def device(self) -> str:
@@ -356,7 +362,7 @@ class AuditSession:
         from ..editors.registry import unavailable_editors
 
         key = self.state_key()
-        cached = getattr(self, "_unavailable", None)
+        cached = self._unavailable
         if cached is None or cached[0] != key:  # every rerun of the Edit page asks
             cached = (key, [(cls.name, self.way_forward(cls, reason))
                             for cls, reason in unavailable_editors(self.current, self.data)])
@@ -673,6 +679,7 @@ class AuditSession:
         return {"model": self.model_label, "parameters": self.current.n_parameters,
                 "sha256": self.current.sha256, "original_sha256": self.pristine_sha256, "edits": len(self.edits),
                 "data": self.data_label, "rows": {s: len(self.data.split(s)) for s in SPLITS},
+                "split": self.split, "audited_rows": len(self.data.split(self.split)),
                 "stamp": present.stamp_label(self.data),
                 "device": self.device,
                 "side_effects": len(self.side_effects()), "verdict": self.verdict()["status"],

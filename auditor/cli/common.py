@@ -11,7 +11,6 @@ from ..errors import AuditorError, inert
 
 if TYPE_CHECKING:  # the modules themselves are imported when a command runs: `--help` stays light
     from ..data import AuditData, TabularSchema
-    from ..evaluate import Evaluation
     from ..models import ModelBundle
 
 # auditor.models.reading.DEFAULT_MAX_BYTES in MiB, written out so that registering the arguments
@@ -122,11 +121,6 @@ def warn_foreign_stamp(bundle, data_name: str) -> None:
               "(see docs/formats.md#image-cases-npz).", file=sys.stderr)
 
 
-def split_words(split: str) -> str:
-    """ "all rows" or "test split" (what a command prints about the rows metrics are taken on)."""
-    return "all rows" if split == "all" else f"{split} split"
-
-
 def announce_rows(data: AuditData, split: str) -> str:
     """The line a command prints about the rows it audits (louder when no partition was given)."""
     line = data.describe_split(split)
@@ -203,19 +197,3 @@ def fmt_interval(iv: dict | None, key: str) -> str:
     from ..present import format_interval
 
     return f"[{format_interval(key, iv['low'], iv['high'])}]"
-
-
-def print_evaluation(ev: Evaluation, out=None) -> None:
-    out = out or sys.stdout
-    print(f"data {ev.data_name} ({split_words(ev.split)}, {ev.rows} rows), model sha256 {ev.model_sha256[:16]}",
-          file=out)
-    print(format_table([[k, fmt(v)] for k, v in ev.metrics.items()], ["metric", "value"]), file=out)
-    for attr, groups in ev.groups.items():
-        cols = [c for c in next(iter(groups.values()))]
-        rows = [[g, *(fmt(vals[c]) for c in cols)] for g, vals in groups.items()]
-        print(f"\nby {attr}", file=out)
-        print(format_table(rows, ["group", *cols]), file=out)
-    if ev.requirements:
-        print("\nrequirements", file=out)
-        rows = [[r.expr, fmt(r.value), "PASS" if r.passed else "FAIL"] for r in ev.requirements]
-        print(format_table(rows, ["requirement", "value", "verdict"]), file=out)

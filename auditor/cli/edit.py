@@ -22,7 +22,6 @@ from .common import (
     format_table,
     load_model_and_data,
     refuse_overwriting_inputs,
-    split_words,
     write_json,
 )
 from .log import add_log_args, command_line, open_log
@@ -143,6 +142,7 @@ def run(args) -> int:
     from ..audit import AuditSession
     from ..errors import AuditorError
     from ..models.files import check_saveable
+    from ..present import split_words
     from ..requirements import parse_requirements
 
     reqs = parse_requirements(args.require)  # bad expressions fail before any loading

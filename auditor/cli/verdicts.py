@@ -64,7 +64,8 @@ def _group_cell(column: str, value) -> str:
 def print_evaluation(ev, out=None) -> None:
     """Metrics with their 95 % intervals and rows, groups, requirements with pass / fail / inconclusive,
     and the warnings (groups left out), never silently."""
-    from .common import format_table, split_words
+    from ..present import split_words
+    from .common import format_table
 
     out = out or sys.stdout
     print(f"data {ev.data_name} ({split_words(ev.split)}, {ev.rows} rows), model sha256 {ev.model_sha256[:16]}",
