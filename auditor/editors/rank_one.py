@@ -343,7 +343,8 @@ class DynamicRankOneEditor(RankOneEditor):
             if len(pool) >= hp.samples:
                 chosen = np.sort(np.random.default_rng(hp.seed).choice(pool, size=hp.samples, replace=False))
             else:
-                rest = [r for r in rows[np.argsort(-drop, kind="stable")] if r not in set(pool.tolist())]
+                in_pool = set(pool.tolist())
+                rest = [r for r in rows[np.argsort(-drop, kind="stable")] if r not in in_pool]
                 extra = [r for r in rest[:hp.samples - len(pool)] if drop[np.searchsorted(rows, r)] > 0]
                 chosen = np.sort(np.concatenate([pool, np.asarray(extra, dtype=rows.dtype)]))
         info["rows"] = [int(r) for r in chosen]
