@@ -140,3 +140,156 @@ def parse_fixes(specs: list[str], data: AuditData, split: str = "test", seed: in
     parsed = [parse_fix(s, data, split) for s in specs]
     X = torch.stack([data.split(sp).X[row] for sp, row, _ in parsed])
     return make_fixes(data, X, [label for _, _, label in parsed], seed=seed)
+
+
+# -- many fixes at once: a CSV or pasted table -------------------------------------------------------
+ROW_COLUMN = "row"
+LABEL_COLUMNS = ("label", "correct_label", "correct")
+MAX_FIXES = 10_000
+
+
+def _label_column(frame, data: AuditData) -> str:
+    target = (data.schema or {}).get("target")
+    for name in (*LABEL_COLUMNS, target):
+        if name and name in frame.columns:
+            return name
+    raise AuditorError(f"the fixes table has no label column: name the correct label's column 'label'"
+                       f"{f' (or {target!r})' if target else ''}; its columns: {', '.join(map(str, frame.columns))}")
+
+
+def fixes_table_specs(frame, data: AuditData, split: str = "test") -> list[str] | None:
+    """`SPLIT:ROW=LABEL` specs for a table of `row` (index into `split`, or `SPLIT:ROW`) and `label`
+    columns (an optional `split` column names each row's split); None when it has no `row` column."""
+    if ROW_COLUMN not in frame.columns:
+        return None
+    label = _label_column(frame, data)
+    splits = frame["split"].astype(str).str.strip() if "split" in frame.columns else None
+    out = []
+    for i, (row, lab) in enumerate(zip(frame[ROW_COLUMN], frame[label])):
+        row = str(row).strip()
+        if row.endswith(".0") and row[:-2].lstrip("-").isdigit():  # pandas reads an int column with a gap as float
+            row = row[:-2]
+        if splits is not None and ":" not in row:
+            row = f"{splits.iloc[i]}:{row}"
+        elif ":" not in row:
+            row = f"{split}:{row}"
+        out.append(f"{row}={str(lab).strip()}")
+    return out
+
+
+def fixes_from_table(frame, data: AuditData, split: str = "test", seed: int = 0) -> tuple[Fixes, list[str]]:
+    """`Fixes` from a table and a description of each fix.
+
+    Either rows of the audited data (`row` column: an index into `split`, or `SPLIT:ROW`, and a
+    `label` column) or, for tabular data, whole input rows: the model's raw feature columns (as in
+    the data's CSV) plus the correct label in `label` (or the data's target column). Labels by class
+    name or index. Every problem (a missing column, an unknown label, a row out of range) is an
+    AuditorError that names the table row (1 = the first data row)."""
+    import pandas as pd
+
+    if not isinstance(frame, pd.DataFrame):
+        raise AuditorError("fixes must be a table (rows of the audited data, or input rows, with the correct label)")
+    if frame.empty:
+        raise AuditorError("the fixes table has no rows")
+    if len(frame) > MAX_FIXES:
+        raise AuditorError(f"the fixes table has {len(frame)} rows; at most {MAX_FIXES} fixes at once")
+    frame = frame.rename(columns=lambda c: str(c).strip())
+    specs = fixes_table_specs(frame, data, split)
+    if specs is not None:
+        for i, spec in enumerate(specs, start=1):
+            try:
+                parse_fix(spec, data, split)
+            except AuditorError as exc:
+                raise AuditorError(f"fixes table row {i}: {exc}") from None
+        return parse_fixes(specs, data, split, seed=seed), specs
+    if data.kind != "tabular":
+        raise AuditorError(f"the fixes table needs a '{ROW_COLUMN}' column (row indices into the {split} split) and "
+                           f"a 'label' column; its columns: {', '.join(map(str, frame.columns))}")
+    label = _label_column(frame, data)
+    labels = []
+    for i, value in enumerate(frame[label], start=1):
+        try:
+            labels.append(parse_label(str(value), data.class_names))
+        except AuditorError as exc:
+            raise AuditorError(f"fixes table row {i}: {exc}") from None
+    X = _input_rows(frame.drop(columns=[label]), data)
+    names = [f"input {i}={data.class_names[y]}" for i, y in enumerate(labels, start=1)]
+    return make_fixes(data, X, labels, seed=seed), names
+
+
+def _input_rows(frame, data: AuditData) -> torch.Tensor:
+    """Model inputs for raw feature rows (the data's preprocessing), or already-numeric input columns."""
+    from .data.tabular import numeric_inputs, transform
+
+    prep = data.preprocessing
+    try:
+        if prep and prep.get("columns"):
+            needed = [c["name"] for c in prep["columns"]]
+            missing = [c for c in needed if c not in frame.columns]
+            if missing:
+                raise AuditorError(f"the fixes table lacks the input columns {missing[:8]}; give either a 'row' "
+                                   f"column (rows of the audited data) or every input column ({', '.join(needed)}) "
+                                   "and 'label'")
+            X = transform(frame, prep, "the fixes table")
+        else:
+            X = numeric_inputs(frame, data.feature_names)
+    except AuditorError as exc:
+        if "fixes table" in str(exc):
+            raise
+        raise AuditorError(f"the fixes table: {exc}") from None
+    return torch.as_tensor(X, dtype=torch.float32).reshape(len(frame), *data.input_shape)
+
+
+def read_fixes_csv(path, data: AuditData, split: str = "test", seed: int = 0) -> tuple[Fixes, list[str]]:
+    """`fixes_from_table` of a CSV file (see there for the columns)."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise AuditorError(f"fixes file not found: {path}")
+    if path.stat().st_size > 64 * 2**20:
+        raise AuditorError(f"fixes file {path.name} is over 64 MiB; a fixes table is small")
+    try:
+        frame = pd.read_csv(path, skipinitialspace=True)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise AuditorError(f"fixes file {path.name} is not a readable CSV: {str(exc).splitlines()[0][:160]}") from None
+    try:
+        return fixes_from_table(frame, data, split, seed=seed)
+    except AuditorError as exc:
+        raise AuditorError(f"{path.name}: {exc}") from None
+
+
+def parse_fixes_text(text: str, data: AuditData, split: str = "test") -> list[str]:
+    """Fix specs from pasted text: `ROW=LABEL` items (one a line, or separated by commas or spaces), or a CSV
+    with a header naming `row` and `label`. Checked: a bad item is an AuditorError naming it."""
+    import io
+
+    import pandas as pd
+
+    text = (text or "").strip()
+    if not text:
+        return []
+    first = text.splitlines()[0].lower()
+    if "=" not in first and ROW_COLUMN in [c.strip() for c in first.split(",")]:
+        try:
+            frame = pd.read_csv(io.StringIO(text), skipinitialspace=True)
+        except (ValueError, pd.errors.ParserError) as exc:
+            raise AuditorError(f"the pasted table is not readable CSV: {str(exc).splitlines()[0][:160]}") from None
+        specs = fixes_table_specs(frame.rename(columns=lambda c: str(c).strip()), data, split)
+    else:
+        specs = [s for s in text.replace(",", " ").replace(";", " ").split() if s]
+    for spec in specs:
+        parse_fix(spec, data, split)
+    return specs
+
+
+def fixes_digest(fixes: Fixes) -> str:
+    """sha256 over the inputs and requested labels of `fixes` (what an edit's provenance names)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in (fixes.X, fixes.y):
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

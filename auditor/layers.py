@@ -7,9 +7,11 @@ Every function here leaves no hook behind, also when it raises (`hook_guard`).
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -163,9 +165,11 @@ def clear_moment_cache() -> None:
     """Forget every cached second moment and its inverse (benchmarks time cold edits with this)."""
     _MOMENTS.clear()
     _INVERSES.clear()
+    _FACTORS.clear()
 
 
-def _fingerprint(X: torch.Tensor) -> str:
+def input_fingerprint(X: torch.Tensor) -> str:
+    """sha1 of a batch's shape and bytes (what a cache of values computed from the batch is keyed by)."""
     h = hashlib.sha1(str(tuple(X.shape)).encode())
     h.update(X.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
@@ -175,8 +179,94 @@ def _model_hash(model: nn.Module) -> str:
     h = hashlib.sha1()
     for name, t in model.state_dict().items():
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(_tensor_digest(t))
     return h.hexdigest()
+
+
+_DIGESTS: dict[int, tuple] = {}  # id(tensor) -> (weakref, version, digest): a tensor is hashed once per version
+
+
+def _tensor_digest(t: torch.Tensor) -> bytes:
+    """sha1 of a tensor's dtype, shape and bytes, remembered while the tensor lives and is not modified in place."""
+    hit = _DIGESTS.get(id(t))
+    if hit is not None and hit[0]() is t and hit[1] == t._version:
+        return hit[2]
+    h = hashlib.sha1(f"{t.dtype}{tuple(t.shape)}".encode())
+    if t.numel():
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest = h.digest()
+    if len(_DIGESTS) > 4096:
+        for k in [k for k, v in _DIGESTS.items() if v[0]() is None]:
+            del _DIGESTS[k]
+    try:
+        _DIGESTS[id(t)] = (weakref.ref(t), t._version, digest)
+    except TypeError:  # not weak-referenceable: not remembered
+        pass
+    return digest
+
+
+_ORDERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (its modules, their order)
+
+
+def execution_order(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """Names of the modules of `model` in the order their forward starts, for one input batch `x`
+    (a module called twice is listed at its first call); remembered per model while its modules
+    stay the same objects under the same names."""
+    modules = tuple((name, id(m)) for name, m in model.named_modules())
+    hit = _ORDERS.get(model)
+    if hit is not None and hit[0] == modules:
+        return hit[1]
+    order = _execution_order(model, x)
+    try:
+        _ORDERS[model] = (modules, order)
+    except TypeError:
+        pass
+    return order
+
+
+@torch.no_grad()
+def _execution_order(model: nn.Module, x: torch.Tensor) -> list[str]:
+    order: list[str] = []
+    seen: set[str] = set()
+    was_training = model.training
+    model.eval()
+    try:
+        with hook_guard(model):
+            for name, mod in model.named_modules():
+                def pre(_m, _a, _n=name):
+                    if _n not in seen:
+                        seen.add(_n)
+                        order.append(_n)
+                mod.register_forward_pre_hook(pre)
+            model(x.to(model_device(model)))
+    finally:
+        model.train(was_training)
+    return order
+
+
+def feed_hashes(model: nn.Module, layer_names: Sequence[str], x: torch.Tensor) -> dict[str, str]:
+    """Per layer, a hash of everything that can shape its keys: the names, types and settings of the
+    modules whose forward starts before the layer's, and their own parameters and buffers (BatchNorm
+    running statistics included). A layer's own weights and every module after it are left out, so
+    editing a layer keeps the hashes of itself and of every layer below it. `x`: one input row."""
+    order = execution_order(model, x[:1])
+    modules = dict(model.named_modules())
+    wanted = set(layer_names)
+    missing = wanted - set(order)
+    if missing:
+        raise AuditorError(f"layer(s) {sorted(missing)} never run in the model's forward pass; "
+                           "pick layers the model uses")
+    out: dict[str, str] = {}
+    h = hashlib.sha1(f"{type(model).__module__}.{type(model).__qualname__}".encode())
+    for name in order:
+        if name in wanted:
+            out[name] = h.hexdigest()
+        mod = modules[name]
+        h.update(f"|{name}:{type(mod).__qualname__}({mod.extra_repr()})".encode())
+        for pname, t in [*mod.named_parameters(recurse=False), *mod.named_buffers(recurse=False)]:
+            h.update(pname.encode())
+            h.update(_tensor_digest(t))
+    return out
 
 
 @torch.no_grad()
@@ -188,25 +278,29 @@ def second_moments(model: nn.Module, layer_names: Sequence[str], X: torch.Tensor
 
     At most `max_rows` rows of X and `max_keys` keys per layer are used (the first ones: for a
     convolution, every patch position of the first examples), so the result is deterministic.
-    Cached per (weights hash, layer, data fingerprint). Computed on the model's device.
+    Cached per (layer, data fingerprint, hash of what feeds the layer: `feed_hashes`), so after an
+    edit only the layers above the edited one are recomputed; `model_hash` (a hash of the whole
+    model) replaces the per-layer hashes when given. Computed on the model's device.
     """
     X = X[:max_rows]
-    mh, fp = model_hash or _model_hash(model), _fingerprint(X)
+    if len(X) == 0:
+        raise AuditorError("no clean inputs to estimate the keys' second moment from")
+    fp = input_fingerprint(X)
+    for name in layer_names:
+        check_editable(resolve_layer(model, name), name)
+    feeds = ({n: model_hash for n in layer_names} if model_hash is not None
+             else feed_hashes(model, layer_names, X))
     out: dict[str, torch.Tensor] = {}
     todo: dict[str, nn.Module] = {}
     for name in layer_names:
-        key = (mh, name, fp)
+        key = (feeds[name], name, fp, max_keys)
         if key in _MOMENTS:
             _MOMENTS.move_to_end(key)
             out[name] = _MOMENTS[key]
         else:
-            layer = resolve_layer(model, name)
-            check_editable(layer, name)
-            todo[name] = layer
+            todo[name] = resolve_layer(model, name)
     if not todo:
         return out
-    if len(X) == 0:
-        raise AuditorError("no clean inputs to estimate the keys' second moment from")
     dev = model_device(model)
     acc = torch.float32 if dev.type == "mps" else torch.float64
     totals: dict[str, torch.Tensor] = {}
@@ -216,30 +310,83 @@ def second_moments(model: nn.Module, layer_names: Sequence[str], X: torch.Tensor
     try:
         with capture_inputs(model, todo) as store:
             for i in range(0, len(X), batch_size):
+                if all(counts[n] >= max_keys for n in todo):
+                    break  # every layer has its keys: the rest of the data is not needed
                 for v in store.values():
                     v.clear()
                 model(X[i:i + batch_size].to(dev))
                 for name, layer in todo.items():
-                    inp = store[name][0]
                     left = max_keys - counts[name]
                     if left <= 0:
                         continue
-                    positions = layer_keys(layer, inp[:1]).shape[1]
-                    # the first examples' keys up to the budget (a convolution has many per example)
-                    k = layer_keys(layer, inp[:int(np.ceil(left / positions))])
-                    k = k.reshape(-1, k.shape[-1])[:left]
-                    k = k if k.dtype in (torch.float32, torch.float64) else k.float()
-                    kk = (k.T @ k).to(acc)
-                    totals[name] = totals[name] + kk if name in totals else kk
-                    counts[name] += k.shape[0]
+                    for inp in store[name]:  # every call of the layer (a module may run twice)
+                        positions = layer_keys(layer, inp[:1]).shape[1]
+                        # the first examples' keys up to the budget (a convolution has many per example)
+                        k = layer_keys(layer, inp[:int(np.ceil(left / positions))])
+                        k = k.reshape(-1, k.shape[-1])[:left]
+                        k = k if k.dtype in (torch.float32, torch.float64) else k.float()
+                        kk = (k.T @ k).to(acc)
+                        totals[name] = totals[name] + kk if name in totals else kk
+                        counts[name] += k.shape[0]
+                        left -= k.shape[0]
+                        if left <= 0:
+                            break
     finally:
         model.train(was_training)
     for name in todo:
         C = totals[name] / max(counts[name], 1)
-        _MOMENTS[(mh, name, fp)] = C
+        _MOMENTS[(feeds[name], name, fp, max_keys)] = C
         out[name] = C
     _bound(_MOMENTS, _nbytes)
     return out
+
+
+def moments_file(model_path: str | Path) -> Path:
+    """Where the keys' second moments of the model at `model_path` are kept between runs (beside it)."""
+    model_path = Path(model_path)
+    return model_path.with_name(model_path.name + ".moments.safetensors")
+
+
+def load_moments(path: str | Path) -> int:
+    """Read kept second moments (a safetensors file, never a pickle) into the cache; returns how many.
+    Entries are keyed by what feeds each layer, so entries of other weights simply never match."""
+    import json
+
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    with safe_open(str(path), framework="pt") as f:
+        keys = json.loads((f.metadata() or {}).get("keys", "{}"))
+        for name, key in keys.items():
+            _MOMENTS[tuple(key)] = f.get_tensor(name)
+    _bound(_MOMENTS, _nbytes)
+    return len(keys)
+
+
+def save_moments(path: str | Path, layer_names: Sequence[str] | None = None, max_bytes: int = 256 * 2**20,
+                 match=None) -> int:
+    """Write the cached second moments (of `layer_names`, default all; of keys `match(key)` accepts) to
+    `path` (safetensors, replaced atomically); returns how many, 0 when they would pass `max_bytes`
+    (nothing is written then)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from .atomic import replacing
+
+    keep = {k: v for k, v in _MOMENTS.items()
+            if (layer_names is None or k[1] in layer_names) and (match is None or match(k))}
+    if not keep or sum(_nbytes(v) for v in keep.values()) > max_bytes:
+        return 0
+    tensors, keys = {}, {}
+    for i, (key, C) in enumerate(keep.items()):
+        tensors[f"m{i}"] = C.detach().cpu().contiguous()
+        keys[f"m{i}"] = list(key)
+    with replacing(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"keys": json.dumps(keys), "format": "auditor-moments/1"})
+    return len(keys)
 
 
 def second_moment(model: nn.Module, layer_name: str, X: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -272,3 +419,145 @@ def inverse_moment(C: torch.Tensor, ridge: float) -> torch.Tensor:
     return inv
 
 
+
+
+_FACTORS: OrderedDict[tuple, tuple] = OrderedDict()
+
+
+def moment_factor(C: torch.Tensor, ridge: float) -> tuple[str, torch.Tensor]:
+    """A factorisation of C + ridge * mean(diag C) * I, cached alongside the cached moment C:
+    ("cholesky", L) or, where that fails numerically (ridge 0 on a singular C), ("lu", LU, pivots)."""
+    key = (id(C), float(ridge))
+    hit = _FACTORS.get(key)
+    if hit is not None and hit[0] is C:
+        return hit[1]
+    R = regularised(C, ridge)
+    L, info = torch.linalg.cholesky_ex(R)
+    factor = ("cholesky", L) if int(info) == 0 else ("lu", *torch.linalg.lu_factor(R))
+    _FACTORS[key] = (C, factor)
+    _bound(_FACTORS, lambda pair: sum(_nbytes(t) for t in pair[1][1:]))
+    return factor
+
+
+def solve_moment(C: torch.Tensor, ridge: float, B: torch.Tensor) -> torch.Tensor:
+    """(C + ridge * mean(diag C) * I)^-1 B for a few columns B (D x S), from the cached factor of C
+    (no inverse is formed: O(D^2 S) per call once C is factored)."""
+    factor = moment_factor(C, ridge)
+    kind, *parts = factor
+    parts = [p.to(B.device, B.dtype) if p.is_floating_point() else p.to(B.device) for p in parts]
+    if kind == "cholesky":  # two triangular solves (torch.cholesky_solve copies the factor on every call)
+        L = parts[0]
+        return torch.linalg.solve_triangular(L.mT, torch.linalg.solve_triangular(L, B, upper=False), upper=True)
+    return torch.linalg.lu_solve(parts[0], parts[1], B)
+
+
+# ---------------------------------------------------------------------------------------------
+# The part of a model above one layer (the dynamic loop's checks rerun only that part)
+
+
+class ModelSplit:
+    """A model split just below some of its layers (torch.fx trace sharing the model's modules, so
+    in-place edits are seen). `capture(X)` runs the whole model once and also returns, per layer, the
+    values that cross the cut below it (its input, and any skip connection or other value computed
+    below the layer and read above it); `run(layer, cut)` recomputes the output from those values
+    alone. Editing a layer leaves its own cut values valid; `depends(layer, edited)` says whether an
+    edit of `edited` changes the cut values of `layer`. Built by `split_model`."""
+
+    def __init__(self, gm, nodes, above: dict, cuts: dict):
+        import torch.fx as fx
+
+        self._above, self._cuts, self.layers = above, cuts, list(cuts)
+        output = nodes[-1]
+        needed = list(dict.fromkeys(c for cut in cuts.values() for c in cut))
+        self._index = {n: i for i, n in enumerate(needed)}
+        g, env = fx.Graph(), {}
+        for n in nodes[:-1]:
+            env[n] = g.node_copy(n, lambda a: env[a])
+        g.output((fx.graph.map_arg(output.args[0], lambda a: env[a]), *[env[c] for c in needed]))
+        self._root, self._nodes = gm, nodes
+        self._capture = fx.GraphModule(gm, g)
+        self._tails = {}  # built on first use: most checks touch one or two layers
+
+    def _tail(self, layer: str):
+        import torch.fx as fx
+
+        if layer not in self._tails:
+            above, nodes = self._above[layer], self._nodes
+            g, env = fx.Graph(), {}
+            for i, c in enumerate(self._cuts[layer]):
+                env[c] = g.placeholder(f"cut_{i}")
+            for n in nodes[:-1]:
+                if n in above or (n.op == "get_attr" and any(u in above for u in n.users)):
+                    env[n] = g.node_copy(n, lambda a: env[a])
+            g.output(fx.graph.map_arg(nodes[-1].args[0], lambda a: env[a]))
+            self._tails[layer] = fx.GraphModule(self._root, g)
+        return self._tails[layer]
+
+    def capture(self, X: torch.Tensor, layers=None) -> tuple[object, dict[str, tuple]]:
+        out = self._capture(X)
+        values = out[1:]
+        return out[0], {layer: tuple(values[self._index[c]] for c in self._cuts[layer])
+                        for layer in (self.layers if layers is None else layers)}
+
+    def run(self, layer: str, cut: tuple) -> object:
+        return self._tail(layer)(*cut)
+
+    def depends(self, layer: str, edited: str) -> bool:
+        """Whether an edit of `edited` changes the values crossing the cut below `layer`."""
+        if edited not in self._above:
+            return True
+        return any(c in self._above[edited] for c in self._cuts[layer])
+
+
+def split_model(model: nn.Module, layers: Sequence[str]) -> ModelSplit | None:
+    """A `ModelSplit` of `model` below each of `layers` (those that are module calls of the trace),
+    or None where torch.fx cannot trace the model (data-dependent control flow) or no layer is a
+    module call of the trace; the caller then runs the whole model."""
+    import torch.fx as fx
+
+    try:  # the graph alone (symbolic_trace would also compile a module for it)
+        graph = model.graph if isinstance(model, fx.GraphModule) else fx.Tracer().trace(model)
+    except Exception:  # noqa: BLE001 - any tracing failure means: run the whole model instead
+        return None
+    gm = model
+    nodes = list(graph.nodes)
+    if not nodes or nodes[-1].op != "output":
+        return None
+    above, cuts = {}, {}
+    for layer in layers:
+        if not any(n.op == "call_module" and n.target == layer for n in nodes):
+            continue
+        up: set = set()  # the layer's calls and every node that depends on them
+        for n in nodes[:-1]:
+            if (n.op == "call_module" and n.target == layer) or any(a in up for a in n.all_input_nodes):
+                up.add(n)
+        rerun = up | {nodes[-1]}
+        above[layer] = up
+        cuts[layer] = [n for n in nodes if n not in rerun and n.op != "get_attr" and any(u in rerun for u in n.users)]
+    if not cuts:
+        return None
+    try:
+        return ModelSplit(gm, nodes, above, cuts)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+class LayerTail:
+    """The part of a model above one layer (see `ModelSplit`): `capture(X) -> (output, cut)`,
+    `run(cut) -> output`."""
+
+    def __init__(self, split: ModelSplit, layer: str):
+        self.split, self.layer = split, layer
+
+    def capture(self, X: torch.Tensor) -> tuple[object, tuple[torch.Tensor, ...]]:
+        out, cuts = self.split.capture(X, [self.layer])
+        return out, cuts[self.layer]
+
+    def run(self, cut: tuple) -> object:
+        return self.split.run(self.layer, cut)
+
+
+def layer_tail(model: nn.Module, layer_name: str) -> LayerTail | None:
+    """A `LayerTail` of `model` at `layer_name`, or None where the model cannot be split there."""
+    split = split_model(model, [layer_name])
+    return LayerTail(split, layer_name) if split is not None else None

@@ -33,12 +33,12 @@ from .layers import (
     capture_inputs,
     check_editable,
     hook_guard,
-    inverse_moment,
     layer_keys,
     layer_values,
     model_device,
     resolve_layer,
     second_moments,
+    solve_moment,
 )
 from .models.architectures import editable_layers
 
@@ -131,9 +131,9 @@ def rank_layers(model: nn.Module, corrupted: torch.Tensor, clean: torch.Tensor, 
                 M = _layer_attribution(model, layer, clean, corrupted, tgt, method, n_steps)
                 Mv = layer_values(layer, M).double()  # (N, P, out)
                 K = k_bad[name].double()  # (N, P, D)
-                if name in moments:
-                    Cinv = inverse_moment(moments[name], ridge).to(K.device, K.dtype)
-                    Dm = K @ Cinv  # C^-1 k* at every example and position (C symmetric)
+                if name in moments:  # C^-1 k* at every example and position, from C's cached factor
+                    flat = K.reshape(-1, K.shape[-1])
+                    Dm = solve_moment(moments[name], ridge, flat.T.contiguous()).T.reshape(K.shape)
                 else:
                     Dm = K
                 Mstar = torch.einsum("npo,npd->od", Mv, Dm)

@@ -14,11 +14,19 @@ demand, in parallel across worker processes, or across ranks under `torchrun`.
     >>> models = load_population("adult", "test", limit=4)   # builds and caches them if missing
     >>> models[0].spec.arch["hidden"], models[0].spec.provenance["val_accuracy"]
 
+Tasks: `adult` and `compas` (depth 1-3, widths 8-64), `adult-wide` (depth 2-4, widths 128-512, for
+size benchmarks), and a user's own population, `user-<hash12>`: built from the user's data file and
+model (`register_user_population(bundle, data)`, `auditor zoo build --data my.csv --target ... --like
+MODEL`), spanning the model's family (its inputs and preprocessing, depths and widths around its own,
+seeds, data subsets, training lengths). A user population lives in `zoo_dir()/user-<hash12>/`: a
+manifest plus a copy of the data files, keyed by the data's sha256 and the model family.
+
 Public names (used by `benchmarks/learned.py`, the CLI and the metanet editors):
 `TASKS`, `DEFAULT_SIZE`, `MemberConfig`, `member_configs(task, n_models)`, `split_of(index)`,
 `split_indices(task, split, n_models)`, `load_population(task, split, n_models, limit, ...)`
 -> list[ModelBundle], `build_population(task, n_models, workers, ...)`, `population_summary`,
-`task_data(task)` (the AuditData the population was trained on, cached per process).
+`task_data(task)` (the AuditData the population was trained on, cached per process),
+`register_user_population`, `user_populations`, `find_family_editor`, `train_hint_for`.
 """
 from __future__ import annotations
 
@@ -63,7 +71,12 @@ class TaskFamily:
 TASKS: dict[str, TaskFamily] = {
     "adult": TaskFamily("adult"),
     "compas": TaskFamily("compas", widths=(8, 16, 32), rows=(1500, 2500, 3703), epochs=(10, 20, 40)),
+    # bigger MLPs on Adult (speed-up against model size): depth 2-4, widths up to 512
+    "adult-wide": TaskFamily("adult", depths=(2, 3, 4, 4), widths=(128, 256, 512), rows=(6000, 12000),
+                             epochs=(2, 3)),
 }
+USER_PREFIX = "user-"
+USER_DEFAULT_SIZE = 160  # 128 train / 16 val / 16 test members
 
 
 @dataclass(frozen=True)
@@ -96,9 +109,19 @@ def split_of(index: int) -> str:
 
 
 def _family(task: str) -> TaskFamily:
-    if task not in TASKS:
-        raise AuditorError(f"no population for task {task!r}; known tasks: {', '.join(TASKS)}")
-    return TASKS[task]
+    if task in TASKS:
+        return TASKS[task]
+    if is_user_task(task):
+        fam = user_manifest(task)["family"]
+        return TaskFamily(**{k: tuple(v) if isinstance(v, list) else v for k, v in fam.items()})
+    raise AuditorError(f"no population for task {task!r}; known tasks: {', '.join(TASKS)}, or a population of "
+                       "models like yours built from your data (`auditor zoo build --data my.csv --target COL "
+                       "--like MODEL`, which prints its task name user-...)")
+
+
+def default_size(task: str) -> int:
+    """The population size a task is built with unless told: 320, or what its user manifest says."""
+    return int(user_manifest(task)["n_models"]) if is_user_task(task) else DEFAULT_SIZE
 
 
 def member_config(task: str, index: int, base_seed: int = 0) -> MemberConfig:
@@ -113,14 +136,15 @@ def member_config(task: str, index: int, base_seed: int = 0) -> MemberConfig:
                         batch_size=fam.batch_size)
 
 
-def member_configs(task: str, n_models: int = DEFAULT_SIZE, base_seed: int = 0) -> list[MemberConfig]:
-    return [member_config(task, i, base_seed) for i in range(n_models)]
+def member_configs(task: str, n_models: int | None = None, base_seed: int = 0) -> list[MemberConfig]:
+    return [member_config(task, i, base_seed) for i in range(n_models or default_size(task))]
 
 
-def split_indices(task: str, split: str, n_models: int = DEFAULT_SIZE) -> list[int]:
+def split_indices(task: str, split: str, n_models: int | None = None) -> list[int]:
     if split not in SPLIT_NAMES and split != "all":
         raise AuditorError(f"unknown population split {split!r}; choose one of {', '.join(SPLIT_NAMES)} or all")
     _family(task)
+    n_models = n_models or default_size(task)
     return [i for i in range(n_models) if split == "all" or split_of(i) == split]
 
 
@@ -134,8 +158,11 @@ def task_data(task: str) -> AuditData:
     """The task's data set (loaded once per process)."""
     fam = _family(task)
     if fam.data not in _DATA:
-        from .data import load_data
-        _DATA[fam.data] = load_data(fam.data)
+        if is_user_task(task):
+            _DATA[fam.data] = _load_user_data(user_manifest(task))
+        else:
+            from .data import load_data
+            _DATA[fam.data] = load_data(fam.data)
     return _DATA[fam.data]
 
 
@@ -266,7 +293,7 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def build_population(task: str, n_models: int = DEFAULT_SIZE, workers: int = 1, base_seed: int = 0,
+def build_population(task: str, n_models: int | None = None, workers: int = 1, base_seed: int = 0,
                      splits=SPLIT_NAMES, callback: Callback | None = None,
                      limit: int | None = None) -> dict[str, int]:
     """Train every missing member of the first `n_models` (of only the first `limit` members of each
@@ -303,7 +330,7 @@ def build_population(task: str, n_models: int = DEFAULT_SIZE, workers: int = 1, 
     return counts
 
 
-def load_population(task: str = "adult", split: str = "test", n_models: int = DEFAULT_SIZE,
+def load_population(task: str = "adult", split: str = "test", n_models: int | None = None,
                     limit: int | None = None, build: bool = True, workers: int = 1, base_seed: int = 0,
                     callback: Callback | None = None) -> list[ModelBundle]:
     """The members of one split as `ModelBundle`s (in index order), building missing ones.
@@ -339,7 +366,7 @@ def load_population(task: str = "adult", split: str = "test", n_models: int = DE
     return out
 
 
-def population_summary(task: str, n_models: int = DEFAULT_SIZE, base_seed: int = 0) -> dict:
+def population_summary(task: str, n_models: int | None = None, base_seed: int = 0) -> dict:
     """Per split: members wanted, members cached, mean/min/max validation accuracy, architectures."""
     out = {}
     for split in SPLIT_NAMES:
@@ -357,6 +384,262 @@ def population_summary(task: str, n_models: int = DEFAULT_SIZE, base_seed: int =
     return out
 
 
-__all__ = ["DEFAULT_SIZE", "MemberConfig", "TASKS", "TaskFamily", "build_population", "cache_path",
-           "load_population", "member_config", "member_configs", "population_summary", "split_indices",
-           "split_of", "task_data", "train_member", "zoo_dir"]
+# ------------------------------------------------------------------------------------------------
+# a user's own population: models like the user's, trained on the user's data
+
+USER_FORMAT = "auditor-user-population/1"
+_MANIFESTS: dict[str, tuple[int, dict]] = {}
+
+
+def is_user_task(task: str) -> bool:
+    return isinstance(task, str) and task.startswith(USER_PREFIX)
+
+
+def manifest_path(task: str) -> Path:
+    return zoo_dir() / task / "manifest.json"
+
+
+def user_manifest(task: str) -> dict:
+    """The manifest of user population `task` (read once per change of the file)."""
+    path = manifest_path(task)
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        known = ", ".join(m["task"] for m in user_populations()) or "none yet"
+        raise AuditorError(f"no user population {task!r} in {zoo_dir()} (known: {known}); build one with "
+                           "`auditor zoo build --data my.csv --target COL --protected COL --like MODEL`") from None
+    key = str(path)
+    if key not in _MANIFESTS or _MANIFESTS[key][0] != stamp:
+        manifest = json.loads(path.read_text())
+        if manifest.get("format") != USER_FORMAT:
+            raise AuditorError(f"{path} is not a user population manifest ({USER_FORMAT})")
+        _MANIFESTS[key] = (stamp, manifest)
+    return _MANIFESTS[key][1]
+
+
+def user_populations() -> list[dict]:
+    """The manifests of every user population under `zoo_dir()`, newest first."""
+    out = []
+    for path in zoo_dir().glob(f"{USER_PREFIX}*/manifest.json"):
+        with contextlib.suppress(OSError, ValueError, AuditorError):
+            out.append(user_manifest(path.parent.name))
+    return sorted(out, key=lambda m: m.get("created", 0), reverse=True)
+
+
+def hidden_widths(model: torch.nn.Module) -> list[int]:
+    """The hidden widths of an MLP (Linear and ReLU layers), or an error that says what is read."""
+    from .editors.metanet.graph import mlp_layers
+
+    try:
+        layers = mlp_layers(model)
+    except AuditorError as exc:
+        raise AuditorError(f"a population is built of MLPs like yours, and learned editors read MLPs: {exc}") from None
+    return [m.out_features for _, m in layers[:-1]]
+
+
+def family_like(bundle: ModelBundle, data: AuditData, depths: tuple[int, ...] | None = None,
+                widths: tuple[int, ...] | None = None) -> TaskFamily:
+    """How a population of models like `bundle` on `data` varies: depths one less to one more than the
+    model's (its own twice as likely, at most 4), widths half, equal and twice its widest (8 to 512, its
+    own widths included), half to all of the training rows, and training lengths of about 150, 300 and
+    600 optimiser steps. `depths`/`widths` override (e.g. widths up to 512 and depth 4)."""
+    hidden = hidden_widths(bundle.model)
+    d = len(hidden)
+    if depths is None:
+        depths = tuple(sorted([max(1, d - 1), d, d, min(4, d + 1)])) if d else (1,)
+    if widths is None:
+        w = max(hidden, default=16)
+        widths = tuple(sorted({min(512, max(8, v)) for v in (w // 2, w, 2 * w, *hidden)}))
+    if not depths or min(depths) < 1 or max(depths) > 8 or not widths or min(widths) < 1 or max(widths) > 4096:
+        raise AuditorError(f"depths must be 1-8 hidden layers and widths 1-4096 units; got {depths}, {widths}")
+    n = len(data.train)
+    if n < 50:
+        raise AuditorError(f"{data.name!r} has {n} training rows; a population needs at least 50")
+    rows = tuple(sorted({max(32, n // 2), max(32, (3 * n) // 4), n}))
+    batch = 128 if n >= 2000 else 64 if n >= 500 else 32
+    mid = rows[len(rows) // 2]
+    epochs = tuple(sorted({int(min(400, max(1, round(t * batch / mid)))) for t in (150, 300, 600)}))
+    return TaskFamily(data="", depths=tuple(int(x) for x in depths), widths=tuple(int(x) for x in widths),
+                      rows=rows, epochs=epochs, batch_size=batch)
+
+
+def _data_files(data: AuditData) -> dict[str, str]:
+    """role -> path of the user's files behind `data` (`source`, or `test`/`train`/`val` when given)."""
+    from .data import TABULAR_BUILTIN
+
+    part = data.partition or {}
+    if part.get("arguments"):  # --train-csv (and --val-csv) given
+        files = {"test": part["files"]["test"], "train": part["files"]["train"]}
+        if "--val-csv" in part["arguments"]:
+            files["val"] = part["files"]["val"]
+        return files
+    if data.source and Path(data.source).is_file():
+        return {"source": data.source}
+    if data.name in TABULAR_BUILTIN:
+        return {}
+    raise AuditorError(f"the rows of {data.name!r} come from no file that can be copied into a population; "
+                       "load the data from a CSV or Parquet file")
+
+
+def _load_user_data(manifest: dict) -> AuditData:
+    from .data import TabularSchema, load_data
+    from .models import ModelSpec
+
+    d = manifest["data"]
+    spec = ModelSpec.from_json(manifest["model"]["spec"])
+    folder = zoo_dir() / manifest["task"]
+    if d.get("builtin"):
+        return load_data(d["builtin"], spec=spec)
+    files = {role: folder / rel for role, rel in d["files"].items()}
+    schema = TabularSchema(**d["schema"])
+    if "source" in files:
+        return load_data(files["source"], schema, spec=spec)
+    return load_data(files["test"], schema, spec=spec, train=files["train"], val=files.get("val"))
+
+
+def register_user_population(bundle: ModelBundle, data: AuditData, n_models: int | None = None,
+                             depths: tuple[int, ...] | None = None,
+                             widths: tuple[int, ...] | None = None) -> str:
+    """Register (once) a population of models like `bundle` on the user's `data` and return its task name,
+    `user-<hash12>` of the data's sha256 and the model family (inputs, features, hidden widths, depths
+    and widths of the members). The data files are copied beside the manifest, so the population keeps
+    working when the originals move; the copy is checked to load to the same rows (same sha256)."""
+    import hashlib
+    import shutil
+    import time
+
+    from .editors.metanet.runtime import features_digest
+
+    if data.kind != "tabular" or len(data.class_names) != 2:
+        raise AuditorError("populations for learned editors are of binary classifiers on tabular data; "
+                           f"{data.name!r} is {data.kind} data with {len(data.class_names)} classes")
+    fam = family_like(bundle, data, depths, widths)
+    from .editors.metanet.graph import mlp_layers
+
+    n_in = mlp_layers(bundle.model)[0][1].in_features
+    if n_in != data.n_inputs:
+        raise AuditorError(f"the model reads {n_in} inputs, the data has {data.n_inputs}; load the data with the "
+                           "model's spec (its preprocessing) first")
+    key = {"version": ZOO_VERSION, "data": data.sha256,
+           "model": {"inputs": data.n_inputs, "features": features_digest(data),
+                     "hidden": hidden_widths(bundle.model)},
+           "family": {k: v for k, v in asdict(fam).items() if k != "data"}}
+    task = USER_PREFIX + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    path = manifest_path(task)
+    with _locked(path):
+        if path.exists():
+            manifest = user_manifest(task)
+            if n_models and n_models > manifest["n_models"]:
+                manifest["n_models"] = int(n_models)
+                _write_json(path, manifest)
+            return task
+        files = _data_files(data)
+        copied = {}
+        for role, src in files.items():
+            rel = Path("data") / role / Path(src).name
+            (path.parent / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, path.parent / rel)
+            copied[role] = str(rel)
+        spec = bundle.spec
+        manifest = {
+            "format": USER_FORMAT, "task": task, "version": ZOO_VERSION, "created": time.time(),
+            "n_models": int(n_models or USER_DEFAULT_SIZE),
+            "data": {"name": data.name, "sha256": data.sha256, "features_sha": features_digest(data),
+                     "n_inputs": data.n_inputs, "protected": list(data.protected), "schema": data.schema,
+                     "rows": {s: len(data.split(s)) for s in SPLIT_NAMES},
+                     **({"files": copied, "originals": files} if files else {"builtin": data.name})},
+            "model": {"spec": spec.to_json(), "hidden": hidden_widths(bundle.model), "source": bundle.source,
+                      "sha256": bundle.sha256, "name": (spec.provenance or {}).get("name")},
+            "family": {**{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(fam).items()}, "data": task},
+        }
+        reloaded = _load_user_data(manifest)
+        if reloaded.sha256 != data.sha256:
+            shutil.rmtree(path.parent / "data", ignore_errors=True)
+            raise AuditorError(f"the copy of {data.name!r} does not load to the same rows as the original (was the "
+                               "file changed while it was read?); try again")
+        _DATA[task] = reloaded
+        _write_json(path, manifest)
+    return task
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=1, sort_keys=True))
+
+
+def user_task_for(data: AuditData) -> str | None:
+    """The newest user population built on exactly these rows (same sha256), or None."""
+    sha = data.sha256
+    return next((m["task"] for m in user_populations() if m["data"]["sha256"] == sha), None)
+
+
+# ------------------------------------------------------------------------------------------------
+# finding the editor trained for a family, and saying how to get one
+
+_EDITOR_INFO: dict[str, tuple[int, dict | None]] = {}
+
+
+def _editor_info(path: Path) -> dict | None:
+    from .editors.metanet.runtime import FORMAT, INFO_KEY
+
+    stamp = path.stat().st_mtime_ns
+    key = str(path)
+    if key not in _EDITOR_INFO or _EDITOR_INFO[key][0] != stamp:
+        info = None
+        with contextlib.suppress(Exception):  # a foreign or broken file is simply not a match
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            if meta.get("format") == FORMAT:
+                info = json.loads(meta[INFO_KEY])
+        _EDITOR_INFO[key] = (stamp, info)
+    return _EDITOR_INFO[key][1]
+
+
+def find_family_editor(data: AuditData, requirement: str) -> Path | None:
+    """The first editor file on the editor search path (`auditor.editors.weights`) trained for
+    `requirement` on models of `data`'s family: the same input features and the same rows (sha256 of
+    the data), whatever its task is called. None when there is none."""
+    from .editors.metanet.runtime import features_digest, requirement_kind
+    from .editors.weights import editor_search_path
+
+    if data.kind != "tabular":
+        return None
+    stem = requirement_kind(requirement).stem
+    digest, sha = features_digest(data), data.sha256
+    for folder in editor_search_path():
+        for path in sorted(folder.glob(f"metanet_*_{stem}.safetensors")):
+            info = _editor_info(path) or {}
+            fam = info.get("family") or {}
+            if info.get("requirement") == requirement_kind(requirement).metric and \
+                    fam.get("features_sha") == digest and fam.get("data_sha") == sha:
+                return path
+    return None
+
+
+def train_hint_for(data: AuditData, requirement: str) -> str:
+    """How to get a learned editor for a user's model on `data`, as commands that work: train one on the
+    population already built from these rows, or build one first (the flags filled in from the data)."""
+    task = user_task_for(data)
+    train = f"`auditor editor train --zoo {task or 'user-...'} --requirement {requirement}`"
+    found = ("the editor it writes (to $AUDITOR_EDITOR_DIR, else ~/.auditor/editors) is then found for models "
+             "of this family")
+    if task:
+        return f"a population of models like yours is built from these rows ({task}): train one with {train}; {found}"
+    schema = data.schema or {}
+    source = Path(data.source).name if data.source and Path(data.source).suffix else "your.csv"
+    flags = [f"--data {source}",
+             f"--target {schema.get('target', 'COL')}"]
+    if data.protected:
+        flags.append(f"--protected {','.join(data.protected)}")
+    if schema.get("categorical"):
+        flags.append(f"--categorical {','.join(schema['categorical'])}")
+    return (f"build a population of models like yours from your data with `auditor zoo build {' '.join(flags)} "
+            f"--like YOUR_MODEL` (it prints the task name), then {train}; {found} (in the dashboard: "
+            "the page \"Train for this model\" does both in the background)")
+
+
+__all__ = ["DEFAULT_SIZE", "USER_DEFAULT_SIZE", "MemberConfig", "TASKS", "TaskFamily", "build_population",
+           "cache_path", "default_size", "family_like", "find_family_editor", "is_user_task", "load_population",
+           "member_config", "member_configs", "population_summary", "register_user_population", "split_indices",
+           "split_of", "task_data", "train_hint_for", "train_member", "user_manifest", "user_populations",
+           "user_task_for", "zoo_dir"]

@@ -6,6 +6,8 @@ import streamlit as st
 import torch
 
 from auditor.backend import describe_device
+from auditor.errors import AuditorError
+from auditor.fixes import fixes_table_specs, parse_fixes_text
 from auditor.present import format_value, md_plain, metric_label, setting_fields
 from pages.common import in_frame, need_audit, next_step, progress, show_error, stop
 
@@ -39,6 +41,45 @@ def show_unavailable() -> None:
         c2.caption(reason)
 
 
+def mistakes_to_fix() -> None:
+    """Many mistakes at once: pasted `ROW=LABEL` items or a `row,label` table, or an uploaded CSV of rows of the
+    audited data with their correct labels; each edit keeps the mistakes it was asked to fix in its provenance."""
+    with st.expander(f"Mistakes to fix ({len(audit.fix_specs)} set)", expanded=bool(audit.fix_specs)):
+        st.caption("Editors that fix mistakes (mend, retrieval, finetune-fix, enn) need rows with their correct "
+                   f"label: row indices into the audited data ({audit.rows_words}) and a label (class name or "
+                   "index). Paste `ROW=LABEL` items (one a line) or a table with a `row,label` header, or upload "
+                   "a CSV with those columns. Set new mistakes and run again to fix them on top of the last edit; "
+                   "every edit keeps the rows it fixed.")
+        if audit.fix_specs:
+            st.markdown("Now: " + md_plain(", ".join(audit.fix_specs[:20]))
+                        + (f" … ({len(audit.fix_specs)} in all)" if len(audit.fix_specs) > 20 else ""))
+        text = st.text_area("Paste mistakes to fix", key="edit_fixes_text", placeholder="12=3\n40=7",
+                            help="ROW=LABEL items, or CSV text with a row,label header")
+        upload = st.file_uploader("or upload a CSV (columns row, label)", type=["csv"], key="edit_fixes_csv")
+        c1, c2 = st.columns(2)
+        if c1.button("Use these mistakes", key="edit_fixes_set", type="primary"):
+            try:
+                specs = parse_fixes_text(text, audit.data, audit.split)
+                if upload is not None:
+                    frame = pd.read_csv(upload, skipinitialspace=True)
+                    table = fixes_table_specs(frame.rename(columns=lambda c: str(c).strip()), audit.data, audit.split)
+                    if table is None:
+                        raise AuditorError("the uploaded CSV needs a 'row' column (row indices into the audited "
+                                           "data) and a 'label' column; input rows with their label go through the "
+                                           "command line: auditor edit --fixes FILE.csv")
+                    specs += table
+                if not specs:
+                    raise AuditorError("no mistakes given: paste ROW=LABEL items or upload a CSV")
+                audit.set_fixes(list(dict.fromkeys(specs)))
+                st.rerun()
+            except Exception as exc:  # noqa: BLE001
+                show_error(exc)
+        if audit.fix_specs and c2.button("Clear the mistakes", key="edit_fixes_clear"):
+            audit.set_fixes([])
+            st.rerun()
+
+
+mistakes_to_fix()
 editors = audit.editors()
 if not editors:
     st.warning("No registered editor can edit this model on this data; see below why, and what works instead.")
@@ -47,8 +88,10 @@ if not editors:
 names = [c.name for c in editors]
 by_name = {c.name: c for c in editors}
 kinds = {"rank-one": "closed-form rank-one edit", "learned": "learned editor", "baseline": "baseline"}
-explain = {"rank-one": "changes one layer's weight matrix by a rank-one update (one direction in, one out), "
-                       "computed in closed form so that the layer treats a corrupted input like its clean twin.",
+explain = {"rank-one": "changes one layer's weight matrix in closed form so that the layer treats a corrupted "
+                       "input like its clean twin: with `rank` 1 a rank-one update (one key direction), by "
+                       "default the joint fit of every changed key (rank up to the number of keys); the result "
+                       "states the rank and the size of the change.",
            "learned": "a network trained on many models of this family outputs the weight change in one pass.",
            "baseline": "what practitioners would otherwise do (fine-tuning, pruning, ...), run here for comparison."}
 name = st.selectbox("Editor (best suited to the failing requirements first)", names, key="edit_editor",
@@ -86,6 +129,11 @@ if st.button(f"Run {name}", type="primary", key="edit_run"):
     except Exception as exc:  # noqa: BLE001
         show_error(exc)
 
+earlier = len(audit.earlier_edits)
+if earlier:
+    st.caption(f"The loaded model file already carries {earlier} earlier edit(s) "
+               f"({md_plain(', '.join(e.get('editor') or '?' for e in audit.earlier_edits))}); the edits below are "
+               "added after them in the downloaded file's provenance.")
 if audit.edits:
     st.subheader("Edits applied")
     before = audit.evaluate("pristine").metrics
@@ -96,16 +144,20 @@ if audit.edits:
                             for metric_key in dict.fromkeys(q.split(" ")[0] for q in rec.requirements))
         c1, c2 = st.columns([5, 1], vertical_alignment="center")
         verdict = ":green[all requirements hold]" if rec.passed_after else ":red[some requirements still fail]"
-        c1.markdown(f"**Edit {i + 1}: {r.editor}** on layer(s) {md_plain(', '.join(r.layers) or 'none')}, "
-                    f"{r.seconds:.2f} s on `{r.device}`: {verdict}  \n{changes}  \n"
+        fixed = (f"  \nfixes {rec.fixes['count']} mistake(s): {md_plain(', '.join(rec.fixes['rows'][:10]))}"
+                 f"{' …' if len(rec.fixes['rows']) > 10 else ''} (sha256 `{rec.fixes['sha256'][:12]}…`)"
+                 if rec.fixes else "")
+        c1.markdown(f"**Edit {earlier + i + 1}: {r.editor}** on layer(s) {md_plain(', '.join(r.layers) or 'none')}, "
+                    f"{r.seconds:.2f} s on `{r.device}`: {verdict}  \n{changes}{fixed}  \n"
                     f"model sha256 `{rec.sha_after[:12]}…` (was `{rec.sha_before[:12]}…`)")
         if c2.button("Undo", key=f"edit_undo_{i}", help="Restore the weights exactly as before this edit "
                                                          "(later edits are undone too)."):
             audit.revert(i)
             st.rerun()
         if r.log:
-            with st.expander(f"What edit {i + 1} did, step by step"):
-                cols = ["step", "action", "layer", "accepted", "accuracy", "reason", "keys", "scale", "norm"]
+            with st.expander(f"What edit {earlier + i + 1} did, step by step"):
+                cols = ["step", "action", "layer", "accepted", "accuracy", "reason", "keys", "scale", "norm",
+                        "examples", "fixed", "entries", "radius"]
                 log = pd.DataFrame([{k: e.get(k) for k in cols if k in e} for e in r.log])
                 st.dataframe(log, hide_index=True)
     st.download_button(f"Download the edited model ({audit.download_suffix})", data=audit.model_bytes,

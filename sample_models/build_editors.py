@@ -1,6 +1,7 @@
-"""Rebuild the shipped learned editors for UCI Adult (about 10-15 minutes on 2 CPU cores).
+"""Rebuild the shipped learned editors for UCI Adult or COMPAS (about 10-15 minutes on 2 CPU cores).
 
     python sample_models/build_editors.py                 # population + all four editors
+    python sample_models/build_editors.py --task compas   # the same for COMPAS
     python sample_models/build_editors.py pruning dp      # some editors
     python sample_models/build_editors.py --nproc 1       # without torchrun
 
@@ -82,7 +83,8 @@ def card(kind: str, info: dict) -> str:
         lines += ["| " + " | ".join(keys) + " |", "|---" * len(keys) + "|"]
         lines += ["| " + " | ".join(f"{r[k]:.4f}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |"
                   for r in rows]
-    lines += ["", f"Rebuild: `python sample_models/build_editors.py {kind}`", ""]
+    task = "" if TASK == "adult" else f" --task {TASK}"
+    lines += ["", f"Rebuild: `python sample_models/build_editors.py {kind}{task}`", ""]
     return "\n".join(lines)
 
 
@@ -90,7 +92,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kinds", nargs="*", choices=[[], *EDITORS], default=[])
     parser.add_argument("--nproc", type=int, default=2, help="torchrun processes per editor (1: no torchrun)")
+    parser.add_argument("--task", default="adult", choices=["adult", "compas"],
+                        help="population the editors learn from")
     args = parser.parse_args(argv)
+    global TASK
+    TASK = args.task
     start = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-m", "auditor.cli", "zoo", "build", "--task", TASK, "--workers",

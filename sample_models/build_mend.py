@@ -35,16 +35,21 @@ WEIGHTS = ROOT / "auditor" / "editors" / "weights"  # shipped learned editors (p
 BENCHMARK = ROOT / "benchmarks" / "results" / "fix_mistakes.json"
 
 MEND = {
-    "mend_digits_cnn": ("digits_cnn", "digits", MendConfig(layers=["fc1", "out"], steps=1000, margin=1.5, lr=5e-4,
-                                                          search=2)),
+    "mend_digits_cnn": ("digits_cnn", "digits", MendConfig(layers=["fc1", "out"], steps=2000, margin=1.5, lr=1e-3,
+                                                          search=2, misclassified_share=0.3, rank=64)),
     "mend_adult_mlp": ("adult_mlp", "adult", MendConfig(layers=["fc1", "fc2", "out"], steps=1000, margin=0.2,
-                                                        ridge=1e-3, misclassified_share=0.8)),
+                                                        lr=1e-3, ridge=1e-3, misclassified_share=0.8, c_loc=50.0)),
 }
+# editable training as in the paper (stop-at-success editor of at most 10 steps in the graph, paper margin 0),
+# with an SGD editor whose step is learned and coefficients raised for a 40-epoch fine-tune of a trained model
+# (the paper trains from scratch to convergence with c_stab = c_edit = 0.01); see the enn module and the cards
 EDITABLE = {
-    "digits_cnn_editable": ("digits_cnn", "digits", EditableConfig(layers=["fc1", "out"], epochs=20, batch_size=64,
-                                                                   margin=1.5)),
-    "adult_mlp_editable": ("adult_mlp", "adult", EditableConfig(layers=["fc1", "fc2", "out"], epochs=2,
-                                                                 batch_size=256, margin=0.2)),
+    "digits_cnn_editable": ("digits_cnn", "digits", EditableConfig(
+        layers=["fc1", "out"], optimiser="sgd", edit_lr=0.01, learn_edit_lr=True, epochs=40, batch_size=64,
+        c_stab=1.0, c_edit=0.1)),
+    "adult_mlp_editable": ("adult_mlp", "adult", EditableConfig(
+        layers=["fc1", "fc2", "out"], optimiser="sgd", edit_lr=0.01, learn_edit_lr=True, epochs=2, batch_size=256,
+        c_stab=1.0, c_edit=0.1)),
 }
 
 
@@ -70,7 +75,7 @@ def _fmt(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-def mend_card(path: Path) -> str:
+def mend_card(path: Path, benchmark: Path = BENCHMARK) -> str:
     """The card of a MEND editor file: what it edits, how it was trained (from the file's metadata), its
     validation figures, and the `mend` rows of benchmarks/results/fix_mistakes.json when that run covers it."""
     from auditor.editors.mend.net import read_editor_info
@@ -82,33 +87,35 @@ def mend_card(path: Path) -> str:
              f"MEND gradient editor for the sample model `{model}` (`sample_models/{model}.safetensors`, data "
              f"`{info['data']}`), used by the `mend` editor to fix given mistakes (`--fix ROW=LABEL`) in one step. "
              "A small MLP, the identity at initialisation, maps each edited Linear layer's input u and "
-             "back-propagated delta to a better pair; the edit is their outer product times a learned step per "
-             "layer.", "",
+             "back-propagated delta to a better pair (u is PCA-whitened, with a learned gain per principal direction); "
+             "the edit is their outer product times a learned step per layer.", "",
              f"- For: `{model}`, weights sha256 `{info['model_sha256']}` (an edited copy of the same name and "
              f"architecture also matches); architecture `{json.dumps(info['arch'])}`",
              f"- Edits: {layers}; rank {info['rank']}, {info['n_blocks']} blocks, ridge {info['ridge']}",
              f"- Learned step per layer: `{json.dumps({k: round(v, 4) for k, v in info['learned_lr'].items()})}`",
              f"- Training: `{json.dumps(info['training'])}`, {info['seconds']:.1f} s on CPU, by "
              "`sample_models/build_mend.py` (`train_mend`): edits sampled from the training split (random wrong "
-             "labels, and real mistakes for a share `misclassified_share`; 1 to `max_batch` rows at once) with an "
+             "labels, and real mistakes for a share `misclassified_share`; one row for a share `single_share` of the "
+             "steps, else `max_batch` rows at once) with an "
              "edit loss on the example and its noised (images: also shifted) copies plus a KL locality loss on "
              "unrelated rows",
              "", f"## Validation ({info['training'].get('n_val', '?')} sampled edits on the validation split, at "
              "the best step)", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in info["validation"].items()]
-    bench = json.loads(BENCHMARK.read_text()) if BENCHMARK.exists() else {}
+    bench = json.loads(benchmark.read_text()) if benchmark.exists() else {}
     run = bench.get("models", {}).get(model)
     if run:
         env = bench.get("environment", {})
         keys = ["edits", "edit_success", "generality", "drawdown_pt", "changed_pct", "cpu_ms_median"]
         lines += ["", f"## Benchmark (`{bench.get('command', '').strip()}`, {env.get('device', '?')}, torch "
-                  f"{env.get('torch', '?')}; benchmarks/results/fix_mistakes.md)", "",
-                  "| requests | mode | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
+                  f"{env.get('torch', '?')}; {benchmark.with_suffix('.md').relative_to(ROOT)})", "",
+                  "| requests | editor | mode | " + " | ".join(keys) + " |", "|---" * (len(keys) + 3) + "|"]
         for label, rows in run["sets"].items():
             for method, row in rows.items():
-                if method.startswith("mend |"):
-                    mode = method.split("|", 1)[1].strip()
-                    lines.append(f"| {label} | {mode} | " + " | ".join(_fmt(row[k]) for k in keys) + " |")
+                if method.startswith("mend |") or method.startswith("mend, untrained"):
+                    who, mode = (part.strip() for part in method.split("|", 1))
+                    lines.append(f"| {label} | {who} | {mode} | " + " | ".join(_fmt(row.get(k, "–")) for k in keys)
+                                 + " |")
         lines += ["", f"Targets: `{json.dumps(bench.get('targets', {}))}`. Test accuracy of the base model "
                   f"{run['accuracy']['base']:.4f}."]
     lines += ["", f"Rebuild: `python sample_models/build_mend.py {name}` (card only: "
@@ -124,9 +131,12 @@ def build_editable(name: str, model_path: Path, data_name: str, config: Editable
     save_model(edited, out)
     before, after = evaluate(bundle, data), evaluate(edited, data)
     card = [f"# {name}", "", f"`{model_path.stem}` fine-tuned with editable training (Sinitsin et al. 2020) for the "
-            "`enn` editor: the loss adds a stability term and the loss after a differentiable edit of "
-            f"layers {', '.join(info['record']['layers'])} ({config.inner_steps} SGD steps, learned step "
-            f"{info['record']['lr']:.4g}) on random wrong labels.", "",
+            "`enn` editor: task loss + c_stab * cross-entropy between the predictions before and after an edit "
+            "(on the batch) + c_edit * the edit's contrastive loss when the editor stops; the edit (a random "
+            "training image with a random wrong label) runs in the graph: up to "
+            f"{info['record']['max_steps']} {info['record']['optimiser']} steps on layers "
+            f"{', '.join(info['record']['layers'])} (step {info['record']['lr']:.4g}), stopping once the label "
+            f"wins by {info['record']['margin']}.", "",
             f"- Base model: `{model_path.name}` (sha256 `{bundle.sha256}`)",
             f"- Training: `{json.dumps(info['record']['config'])}`, {info['seconds']:.1f} s on CPU",
             f"- Weights sha256: `{edited.sha256}`", "", "## Test metrics", "",
@@ -148,10 +158,12 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, help="training steps (with --model)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (one is fastest for these small models)")
     parser.add_argument("--cards", action="store_true", help="only rewrite the shipped MEND editors' cards")
+    parser.add_argument("--benchmark", help="with --cards: the fix_mistakes JSON whose mend rows the cards quote")
     args = parser.parse_args(argv)
     if args.cards:
         for name in MEND:
-            (WEIGHTS / f"{name}.md").write_text(mend_card(WEIGHTS / f"{name}.safetensors"))
+            bench = Path(args.benchmark).resolve() if args.benchmark else BENCHMARK
+            (WEIGHTS / f"{name}.md").write_text(mend_card(WEIGHTS / f"{name}.safetensors", bench))
         return 0
     torch.set_num_threads(args.threads)
     start = time.perf_counter()

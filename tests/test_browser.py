@@ -42,7 +42,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server():
+def server(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium); the browser test needs it")
     pytest.importorskip("playwright.sync_api", reason="playwright (pip install playwright) drives the browser")
@@ -53,6 +53,8 @@ def server():
             old.unlink()
     log = open(ARTIFACTS / "streamlit.log", "w")
     env = {**os.environ, "AUDITOR_THREADS": "1"}
+    places = tmp_path_factory.mktemp("server")  # populations, learned editors and jobs the test makes
+    env.update({var: str(places / var.lower()) for var in ("AUDITOR_ZOO_DIR", "AUDITOR_EDITOR_DIR", "AUDITOR_JOB_DIR")})
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
                              "--server.port", str(port), "--browser.gatherUsageStats", "false"],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -384,3 +386,58 @@ def test_own_case_audit(page, server, tmp_path):
     asr = next(r for r in doc["requirements"] if r["metric"] == "attack_success_rate")
     assert asr["before"]["value"] == pytest.approx(before) and asr["after"]["value"] <= 0.02
     (ARTIFACTS / "own-audit-seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n{json.dumps(phases)}\n")
+
+
+def test_users_model_gets_a_learned_editor_trained_in_the_background(page, server, tmp_path):
+    """A user's credit MLP and CSV (tests/test_user_population.py): the Train page builds a population of
+    models like it and trains a fairness editor as a background job (small budget: 10 models, 15 steps);
+    the Edit page then offers `metanet-fairness` for the model and runs it."""
+    from tests.test_user_population import write_credit_case
+
+    case = write_credit_case(tmp_path / "credit", rows=3000)
+    page.goto(server)
+    page.get_by_text("Upload my own").click(timeout=120_000)
+    settle(page)
+    upload(page, "Model file", case.model)
+    page.get_by_text("CSV file", exact=True).click()
+    settle(page)
+    upload(page, "CSV file", case.csv)
+    protected = page.locator("[data-testid=stMultiSelect]", has_text="Protected attributes")
+    for _ in range(3):  # the list opens once the widget has settled
+        protected.click()
+        try:
+            page.get_by_role("option", name="sex", exact=True).click(timeout=10_000)
+            break
+        except Exception:  # noqa: BLE001
+            page.keyboard.press("Escape")
+            settle(page)
+    page.keyboard.press("Escape")
+    settle(page)
+    assert "sex" in protected.inner_text()
+    page.get_by_role("button", name="Load uploaded model").click()
+    page.get_by_text("Loaded my_credit_mlp").wait_for(timeout=120_000)
+    settle(page)
+    go(page, "Edit")
+    assert "metanet-fairness" in page.locator("[data-testid=stMain]").inner_text()  # not available yet: why
+    go(page, "Train for this model")
+    for label, value in (("Models in the population", "10"), ("Training steps at most", "15")):
+        if label.startswith("Training"):
+            page.get_by_text("Advanced").click()
+        field = page.get_by_role("spinbutton", name=label)
+        field.fill(value)
+        field.press("Enter")
+        settle(page)
+    page.get_by_role("button", name="Train a learned editor for this model").click()
+    page.get_by_text("the Edit page now offers it").wait_for(timeout=300_000)
+    settle(page)
+    shot(page, "credit-1-train")
+    assert not errors_on(page)
+    go(page, "Edit")
+    page.locator("[data-testid=stSelectbox]", has_text="Editor").click()
+    page.get_by_role("option", name=re.compile("^metanet-fairness")).click()
+    settle(page)
+    page.get_by_role("button", name="Run metanet-fairness").click()
+    page.get_by_text("Edit 1: metanet-fairness").wait_for(timeout=120_000)
+    settle(page)
+    shot(page, "credit-2-edit")
+    assert not errors_on(page)

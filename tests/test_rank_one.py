@@ -90,12 +90,18 @@ def test_dynamic_rank_one_removes_the_spurious_cue(spurious):
 
 def test_dynamic_rolls_back_edits_over_budget(trojan):
     bundle, data, _ = trojan
-    # conv1 edits from one sample wreck accuracy: forced onto conv1, every step is rolled back
-    result = get_editor("dynamic-rank-one", samples=1, layer="conv1", max_edits=3).edit(bundle, data)
+    # conv1 edits from one sample wreck accuracy: forced onto conv1 without smaller retries, every step is
+    # rolled back
+    result = get_editor("dynamic-rank-one", samples=1, layer="conv1", max_edits=3, partial_edits=0).edit(bundle, data)
     steps = [e for e in result.log if e["action"] == "edit"]
     assert steps and not any(e["accepted"] for e in steps)
     assert "over the utility budget" in steps[0]["reason"]
     assert result.layers == [] and result.bundle.sha256 == bundle.sha256
+    # with retries, the first step tries the rank-one update of the same keys, then half of it
+    result = get_editor("dynamic-rank-one", samples=1, layer="conv1", max_edits=1).edit(bundle, data)
+    first = next(e for e in result.log if e["action"] == "edit")
+    assert first["tried"][0]["rank"] > 1 and first["tried"][0]["accuracy_drop"] > 0.01
+    assert first["rank"] == 1 and first["directions"] == 1
 
 
 def test_top_ranked_layer_beats_lowest_ranked(trojan):
@@ -282,3 +288,96 @@ def test_dynamic_rank_one_says_why_it_edits_nothing(own_cnn):
     assert not result.changed
     assert "already holds" in result.extras["no_edit_reason"]
     assert any(e.get("action") == "no edit" for e in result.log)
+
+
+# ------------------------------------------------------------------------------------------------
+# What the edit is (issue 14, item 3) and what it costs (item 4)
+
+
+def test_rank_setting_says_what_the_edit_is(trojan):
+    """On a convolution one sample gives one key per patch position the trigger touches: the joint
+    edit has rank up to that many keys, `rank=1` is one key direction. The rank is read from the small
+    system (no SVD of the change) and agrees with the change's numerical rank; the size is relative
+    to the layer's weights."""
+    bundle, data, _ = trojan
+    clean, corrupted, _ = data.pairs(1, seed=0)
+    model = bundle.copy().model
+    joint = compute_delta(model, "conv2", clean, corrupted, data.train.X)
+    one = compute_delta(model, "conv2", clean, corrupted, data.train.X, rank=1)
+    mean = compute_delta(model, "conv2", clean, corrupted, data.train.X, rank=1, direction="mean")
+    three = compute_delta(model, "conv2", clean, corrupted, data.train.X, rank=3)
+    assert joint.keys >= 9 and joint.directions == joint.keys and joint.rank == 16  # 16 output channels
+    for upd, r in ((one, 1), (mean, 1), (three, 3)):
+        assert upd.rank == r == upd.directions
+        assert int(torch.linalg.matrix_rank(upd.delta, rtol=1e-6)) == r
+        assert joint.residual_after < upd.residual_after < upd.residual  # fewer directions fit less
+    assert three.residual_after < one.residual_after
+    W = layer_matrix(model.conv2).double()
+    assert one.relative_norm == pytest.approx(float(one.delta.norm() / W.norm()))
+    with pytest.raises(AuditorError, match="rank 1"):
+        compute_delta(model, "conv2", clean, corrupted, data.train.X, rank=2, direction="mean")
+
+
+def test_one_key_rank_one_equals_the_joint_edit(trojan):
+    bundle, data, _ = trojan
+    clean, corrupted, _ = data.pairs(1, seed=3)
+    model = bundle.copy().model
+    joint = compute_delta(model, "fc1", clean, corrupted, data.train.X)
+    one = compute_delta(model, "fc1", clean, corrupted, data.train.X, rank=1)
+    assert joint.keys == 1 and torch.allclose(joint.delta, one.delta, atol=1e-10)
+
+
+def test_result_and_log_name_the_rank_and_size(trojan):
+    bundle, data, _ = trojan
+    for rank in (None, 1):
+        result = get_editor("rank-one", samples=5, rank=rank).edit(bundle, data)
+        edit = result.log[0]
+        assert edit["rank"] == result.extras["rank"] == (5 if rank is None else 1)
+        assert edit["relative_norm"] == pytest.approx(result.extras["relative_norm"], rel=1e-6)
+        weight = next(c for c in result.changes if c["parameter"] == "fc1.weight")
+        assert weight["rank"] == edit["rank"]
+    dyn = get_editor("dynamic-rank-one", samples=5).edit(bundle, data)
+    steps = [e for e in dyn.log if e["action"] in ("edit", "strengthen")]
+    assert steps and all({"rank", "relative_norm", "keys"} <= set(e) for e in steps)
+    assert dyn.extras["changes"]["fc1"]["relative_norm"] > 0 and dyn.extras["rank"] >= 1
+
+
+def test_second_moments_below_an_edit_are_kept(trojan):
+    """Moments are keyed by what feeds each layer: after an edit of fc1, the moments of conv1, conv2 and
+    fc1 itself are reused and only the layer above (out) is recomputed."""
+    from auditor.layers import second_moments
+
+    bundle, data, _ = trojan
+    clear_moment_cache()
+    model = bundle.copy().model
+    names = ["conv1", "conv2", "fc1", "out"]
+    before = second_moments(model, names, data.train.X)
+    clean, corrupted, _ = data.pairs(1, seed=0)
+    apply_delta(model, compute_delta(model, "fc1", clean, corrupted, data.train.X))
+    after = second_moments(model, names, data.train.X)
+    assert all(after[n] is before[n] for n in ("conv1", "conv2", "fc1"))
+    assert after["out"] is not before["out"] and not torch.allclose(after["out"], before["out"])
+    fresh = bundle.copy().model  # another copy of the same weights hits the cache too
+    assert second_moments(fresh, names, data.train.X)["out"] is before["out"]
+
+
+def test_moments_kept_beside_the_model_file(tmp_path):
+    """Opt-in: the keys' second moments are written beside the model (safetensors) and read by the next
+    run, which then computes none and gives the same edit bit for bit."""
+    import shutil
+
+    from auditor.layers import _MOMENTS, moments_file
+
+    path = tmp_path / "model.safetensors"
+    shutil.copy(SAMPLES / "digits_cnn_trojan.safetensors", path)
+    bundle, data = load_model(path), load_data("digits-trojan")
+    get_editor("rank-one").edit(bundle, data)
+    assert not moments_file(path).exists()  # only when asked
+    clear_moment_cache()
+    first = get_editor("rank-one", keep_moments=True).edit(bundle, data)
+    assert first.log[-1]["written"] >= 4 and moments_file(path).is_file()
+    clear_moment_cache()
+    second = get_editor("rank-one", keep_moments=True).edit(bundle, data)
+    assert second.log[0]["read"] == first.log[-1]["written"]
+    assert len(_MOMENTS) == second.log[0]["read"]  # nothing recomputed
+    assert second.bundle.sha256 == first.bundle.sha256

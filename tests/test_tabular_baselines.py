@@ -90,3 +90,34 @@ def test_exponentiated_gradient_retrains(adult):
     r = retrain_exponentiated_gradient(adult, "demographic_parity", rows=4000, max_iter=20)
     assert r.kind == "retraining" and not r.needs_protected_at_prediction
     assert r.metrics["demographic_parity"] <= 0.05 and r.metrics["accuracy"] >= 0.8
+
+
+def test_reweighing_retrain_is_attribute_blind_and_reduces_parity(adult_mlp, adult):
+    from auditor.editors.baselines.fairlearn_mitigations import retrain_reweighing, reweighing_weights
+    groups = adult.train.groups["sex"].astype(str).to_numpy()
+    y = adult.train.y.numpy()
+    w = reweighing_weights(groups, y)
+    for g in np.unique(groups):  # reweighed, every group has the overall positive rate
+        cell = groups == g
+        assert np.average(y[cell], weights=w[cell]) == pytest.approx(y.mean(), abs=1e-9)
+    plain = retrain_reweighing(adult_mlp, adult, attribute="sex", power=0.0, rows=6000, epochs=3)
+    fair = retrain_reweighing(adult_mlp, adult, attribute="sex", power=2.0, rows=6000, epochs=3)
+    assert not fair.needs_protected_at_prediction and fair.kind == "retraining"
+    assert fair.metrics["demographic_parity"] < plain.metrics["demographic_parity"] - 0.05
+    assert fair.metrics["accuracy"] >= 0.8
+
+
+def test_exponentiated_gradient_over_the_models_architecture(adult_mlp, adult):
+    from auditor.editors.baselines.fairlearn_mitigations import TorchMLPClassifier, retrain_exponentiated_gradient
+    r = retrain_exponentiated_gradient(adult, "demographic_parity", rows=3000, max_iter=6,
+                                       estimator=TorchMLPClassifier(adult_mlp.spec.arch, epochs=2))
+    assert r.settings["estimator"] == "TorchMLPClassifier" and not r.needs_protected_at_prediction
+    assert r.metrics["demographic_parity"] <= 0.08 and r.metrics["accuracy"] >= 0.78
+
+
+def test_retrain_k_features_on_given_features(adult_mlp, adult):
+    keep = ["age", "education-num", "capital-gain", "hours-per-week", "relationship"]
+    keep = [f for f in keep if f in adult.feature_groups][:5] or list(adult.feature_groups)[:5]
+    result, m = _edit_and_check(adult_mlp, adult, "retrain-k-features", ["features_used <= 5"], keep=keep, epochs=2)
+    assert result.extras["kept"] == keep and m["features_used"] <= len(keep)
+    assert m["accuracy"] >= 0.8

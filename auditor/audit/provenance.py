@@ -35,12 +35,12 @@ def provenance(session) -> dict:
     the `auditor.edit` metadata of every model an audit writes. The last edit's fields are at the top
     level; `edits` lists every edit in order."""
     before, after = session.evaluate("pristine"), session.evaluate()
-    edits = [rec.to_dict() for rec in session.edits]
-    last = edits[-1] if edits else {}
+    edits = [*getattr(session, "earlier_edits", []), *(rec.to_dict() for rec in session.edits)]
+    last = edits[-1] if len(edits) > len(getattr(session, "earlier_edits", [])) else {}
     return {"format": PROVENANCE_FORMAT, "editor": last.get("editor"),
             "hyperparameters": last.get("hyperparameters", {}), "layers": last.get("layers", []),
             "changes": last.get("changes", []), "seconds": last.get("seconds"), "device": last.get("device"),
-            "log": last.get("log", []), "edits": edits,
+            "log": last.get("log", []), "edits": edits, "earlier_edits": len(getattr(session, "earlier_edits", [])),
             "original_sha256": session.pristine_sha256, "original_source": session.model_path,
             "edited_sha256": session.current.sha256,
             "data": {"name": session.data.name, "sha256": session.data.sha256,
@@ -50,6 +50,27 @@ def provenance(session) -> dict:
             "command": session.command(),
             "before": {"passed": before.passed, "requirements": [r.to_dict() for r in before.requirements]},
             "after": {"passed": after.passed, "requirements": [r.to_dict() for r in after.requirements]}}
+
+
+def earlier_edits(bundle) -> list[dict]:
+    """The edits recorded in the file `bundle` was loaded from (its `auditor.edit` metadata, written by an
+    earlier audit), in order, when the file's weights are those the record says it wrote; else []."""
+    import json
+
+    source = Path(bundle.source) if bundle.source else None
+    if source is None or source.suffix.lower() != ".safetensors" or not source.is_file():
+        return []
+    from ..errors import AuditorError
+    from ..models.files import read_metadata
+
+    try:
+        record = json.loads(read_metadata(source).get(PROVENANCE_KEY) or "{}")
+    except (ValueError, RecursionError, OSError, AuditorError):
+        return []
+    edits = record.get("edits") if isinstance(record, dict) else None
+    if not isinstance(edits, list) or record.get("edited_sha256") != bundle.sha256:
+        return []
+    return [e for e in edits if isinstance(e, dict)]
 
 
 def reproduce_command(session) -> str:

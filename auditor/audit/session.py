@@ -39,7 +39,7 @@ from ..models.bundle import ModelBundle
 from ..models.files import save_model
 from ..requirements import DEFAULT_VERDICT, VERDICT_MODES, Requirement, parse_requirement, parse_requirements
 from .localization import Localization, localize, not_available, sample_rows
-from .provenance import PROVENANCE_KEY, provenance, reproduce_command
+from .provenance import PROVENANCE_KEY, earlier_edits, provenance, reproduce_command
 
 # Requirements a newcomer gets for the built-in data sets (edit them on the Requirements page).
 DEFAULT_REQUIREMENTS: dict[str, list[str]] = {
@@ -81,6 +81,7 @@ class EditRecord:
     metrics_after: dict[str, float] = field(default_factory=dict)
     passed_after: bool = False
     description: str | None = None
+    fixes: dict | None = None  # the mistakes this edit was asked to fix: rows, count, sha256
 
     @property
     def editor(self) -> str:
@@ -92,7 +93,9 @@ class EditRecord:
         d.pop("model_sha256", None)
         d.update(description=self.description, sha_before=self.sha_before, sha_after=self.sha_after,
                  requirements=self.requirements, metrics_after=self.metrics_after, passed_after=self.passed_after,
-                 parameters_changed=int(sum(v.numel() for v in self.result.delta.before.values())),
+                 fixes=self.fixes,
+                 parameters_changed=int(sum(max(v.numel(), self.result.delta.after[k].numel())  # added: counted
+                                            for k, v in self.result.delta.before.items())),
                  max_rank=max((c["rank"] for c in d["changes"]), default=0))
         return d
 
@@ -122,6 +125,7 @@ class AuditSession:
         self.data_label = data_label or data.name
         self.model_path = model_path or pristine.source or None
         self.pristine_sha256 = pristine.sha256
+        self.earlier_edits = earlier_edits(pristine)  # the edits recorded in the loaded file (an edited model)
         self.seed = int(seed)
         self.split = split
         self.verdict_mode = verdict  # strict: a requirement whose interval straddles its threshold is not met
@@ -309,19 +313,29 @@ class AuditSession:
         return pd.DataFrame({"row": rows, "true": [cls[int(y[r])] for r in rows],
                              "predicted": [cls[int(pred[r])] for r in rows]})
 
-    def set_fixes(self, specs: list[str], *, require: bool = True) -> None:
+    def set_fixes(self, specs: list[str], *, require: bool = True, fixes=None) -> None:
         """Mistakes to fix (`ROW=LABEL` over the evaluation split, see `auditor.fixes.parse_fixes`); with
         fixes, `edit_success` and `generality` can be required and fix editors (MEND, ...) can run.
-        `require`: add `edit_success >= 1` when no requirement on it is there yet."""
+        `require`: add `edit_success >= 1` when no requirement on it is there yet. `fixes`: already built
+        (`auditor.fixes.fixes_from_table`), `specs` then only name them."""
         from ..fixes import parse_fixes
 
         specs = list(specs)
-        self.fixes = parse_fixes(specs, self.data, self.split) if specs else None
+        self.fixes = fixes if fixes is not None else parse_fixes(specs, self.data, self.split) if specs else None
         self.fix_specs = specs
         if not specs:
             self.requirements = [r for r in self.requirements if r.metric not in present.FIX_METRICS]
         elif require and not any(r.metric == "edit_success" for r in self.requirements):
             self.requirements.append(parse_requirement("edit_success >= 1"))
+
+    def fix_record(self) -> dict | None:
+        """The mistakes to fix as an edit's provenance states them: rows (specs), count and sha256."""
+        if self.fixes is None:
+            return None
+        from ..fixes import fixes_digest
+
+        return {"rows": list(self.fix_specs), "count": len(self.fixes.y), "sha256": fixes_digest(self.fixes),
+                "labels": [int(v) for v in self.fixes.y]}
 
     # -- localization -----------------------------------------------------------------------
     def localize(self, **kwargs) -> Localization:
@@ -353,6 +367,11 @@ class AuditSession:
         self._editors = sorted(editors_for(self.current, self.data), key=order)
         self._editors_key = key
         return list(self._editors)
+
+    def editors_changed(self) -> None:
+        """Forget the cached editor lists: an editor file appeared (a learned editor was just trained for
+        this model's family), so `editors()` and `unavailable_editors()` ask every editor again."""
+        self._editors_key, self._unavailable = None, None
 
     def unavailable_editors(self) -> list[tuple[str, str]]:
         """(name, reason) for every registered editor that cannot edit this model on this data: why
@@ -412,7 +431,7 @@ class AuditSession:
             self.current = previous  # an edit that cannot be evaluated is not applied
             raise
         record = EditRecord(result, before, self.current.sha256, [r.expr for r in self.requirements],
-                            dict(ev.metrics), ev.passed, type(ed).description or None)
+                            dict(ev.metrics), ev.passed, type(ed).description or None, self.fix_record())
         self.edits.append(record)
         if self.log is not None:
             d = result.to_dict()

@@ -1,10 +1,12 @@
 """`auditor edit MODEL DATA --editor NAME --require EXPR ... --out edited.safetensors`.
 
 Works for every registered editor: settings come from `--samples`, `--seed`, `--layer` (when the
-editor has them) and `--set KEY=VALUE`; `--fix ROW=LABEL` builds the fixes an editor of mistakes
-needs. The edited file carries the edit's provenance in its metadata (key `auditor.edit`, the
-same provenance the dashboard writes). Exit 0 when every requirement holds after the edit, 1 when
-one does not, 2 on bad input.
+editor has them) and `--set KEY=VALUE`; `--fix ROW=LABEL` (repeatable) or `--fixes FILE.csv` (a
+batch: `row` and `label` columns, or for tabular data the input columns and `label`) builds the
+fixes an editor of mistakes needs. The edited file carries the edit's provenance in its metadata
+(key `auditor.edit`, the same provenance the dashboard writes); editing an edited file again
+appends the new edit to the edits recorded in it, so a file edited N times lists N edits in order.
+Exit 0 when every requirement holds after the edit, 1 when one does not, 2 on bad input.
 """
 from __future__ import annotations
 
@@ -55,6 +57,9 @@ def register(sub) -> None:
                    help="any other editor setting, e.g. --set max_edits=4 (repeatable)")
     p.add_argument("--fix", action="append", default=[], metavar="ROW=LABEL",
                    help="a mistake to fix: row ROW of --split (or SPLIT:ROW) should get LABEL (repeatable)")
+    p.add_argument("--fixes", metavar="FILE.csv",
+                   help="many mistakes to fix at once: a CSV with columns row (index into --split, or SPLIT:ROW) "
+                        "and label, or (tabular data) the model's input columns and label; labels by name or index")
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu or cuda")
     p.add_argument("--out", required=True, metavar="PATH.safetensors", help="where to write the edited model")
     p.add_argument("--json", metavar="PATH", help="also write before/after and the edit as JSON")
@@ -149,7 +154,13 @@ def run(args) -> int:
     if not str(args.out).lower().endswith((".safetensors", ".onnx")):
         raise AuditorError(f"--out must end in .safetensors or .onnx; got {args.out}")
     refuse_overwriting_inputs(args)
-    settings = settings_from_args(editor_class(args.editor), args)
+    cls = editor_class(args.editor)
+    if getattr(cls, "adds_adapter", False) and not str(args.out).lower().endswith(".safetensors"):
+        raise AuditorError(f"editor {cls.name!r} adds a codebook that changes the model's inference, which only a "
+                           f".safetensors file holds; write --out {args.out.rsplit('.', 1)[0]}.safetensors")
+    if args.fix and args.fixes:
+        raise AuditorError("give the mistakes to fix with --fix ROW=LABEL or with --fixes FILE.csv, not both")
+    settings = settings_from_args(cls, args)
     bundle, data = load_model_and_data(args)
     check_saveable(bundle, args.out)  # a file that could not be loaded again: refuse before the edit
     check_verdict_args(args)
@@ -158,6 +169,12 @@ def run(args) -> int:
                            forbid_side_effects=args.forbid_side_effects)
     if args.fix:
         session.set_fixes(args.fix, require=False)
+    elif args.fixes:
+        from ..fixes import read_fixes_csv
+
+        fixes, names = read_fixes_csv(args.fixes, data, session.split, seed=session.seed)
+        session.set_fixes(names, require=False, fixes=fixes)
+        print(f"{len(names)} mistake(s) to fix from {args.fixes}")
     session.check_editor(args.editor, settings)  # refuse before anything is logged
     session.log = open_log(args)
     if session.log is not None:

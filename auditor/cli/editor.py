@@ -1,11 +1,16 @@
 """`auditor editor train|show`: train learned (metanetwork) editors on a population of models.
 
     auditor editor train --task adult --requirement demographic_parity --out my_dp.safetensors
+    auditor editor train --zoo user-1a2b3c4d5e6f --requirement dp --minutes 10   # your own population
     torchrun --nproc_per_node 2 -m auditor.cli editor train --task adult --requirement sparsity
     auditor editor show auditor/editors/weights/metanet_adult_dp.safetensors
 
 Requirements: demographic_parity (dp), equalized_odds (eo), features_used (minimisation),
-sparsity (pruning). Under torchrun every rank trains on its own models and rows
+sparsity (pruning). A progress bar shows the steps, the validation loss and the time left; training
+stops early when the validation loss stops improving (`--patience`) or the budget (`--minutes`) is
+spent, keeping the best checkpoint. The editor is written where the editors look for it (the first
+folder of $AUDITOR_EDITOR_DIR, else ~/.auditor/editors) and found for models of the population's
+family (same input features and data). Under torchrun every rank trains on its own models and rows
 (DistributedDataParallel: gloo on CPU, NCCL on GPU) and rank 0 writes the file.
 """
 from __future__ import annotations
@@ -29,12 +34,20 @@ def register(sub) -> None:
     t = esub.add_parser("train", help="train a metanetwork editor for one requirement on one task",
                         description="Loss = requirement surrogate + Jensen-Shannon divergence to the original "
                                     "outputs. Run under torchrun for several processes.")
-    t.add_argument("--task", default="adult", help="population task (adult, compas)")
+    t.add_argument("--zoo", "--task", dest="task", default="adult", metavar="TASK_OR_PATH",
+                   help="the population: adult, compas, adult-wide, a user population user-... (`auditor zoo "
+                        "build --data ...` prints it) or its folder (default adult)")
+    t.add_argument("--minutes", type=float, default=10.0,
+                   help="time budget in minutes: the step count is cut to fit (default 10; 0: no limit)")
+    t.add_argument("--patience", type=int, default=3,
+                   help="stop after this many validations without improvement (default 3; 0: never)")
+    t.add_argument("--workers", type=int, default=1, help="processes that build missing population members")
     t.add_argument("--requirement", required=True,
                    help=f"one of {', '.join(KINDS)} (aliases: {', '.join(ALIASES)})")
     t.add_argument("--out", metavar="PATH.safetensors",
-                   help="editor file (default: ~/.auditor/editors/metanet_<task>_<kind>.safetensors, on the "
-                        "editor search path before the shipped ones)")
+                   help="editor file (default: metanet_<task>_<kind>.safetensors in the first folder of "
+                        "$AUDITOR_EDITOR_DIR, else ~/.auditor/editors: on the editor search path before the "
+                        "shipped ones)")
     defaults = TrainSettings()
     for f in dataclasses.fields(TrainSettings):
         if f.name in ("task", "requirement"):
@@ -58,28 +71,77 @@ def _bool(text: str) -> bool:
     return text.lower() in ("1", "true", "yes")
 
 
-def run_train(args) -> int:
-    from ..editors.metanet.train import TrainSettings, requirement_kind, train_editor
-    from ..editors.weights import user_editor_dir
-    from ..errors import AuditorError
-    from ..zoo import TASKS
+def resolve_population(name: str) -> str:
+    """A population task from --zoo: a task name, or the folder (or manifest) of a user population, whose
+    parent folder then becomes the zoo folder of this process."""
+    from pathlib import Path
 
-    if args.task not in TASKS:
-        raise AuditorError(f"no population for task {args.task!r}; known: {', '.join(TASKS)}")
-    kind = requirement_kind(args.requirement)
-    fields = {f.name for f in dataclasses.fields(TrainSettings)}
-    settings = TrainSettings(**{k: v for k, v in vars(args).items() if k in fields and k != "requirement"},
-                             requirement=kind.metric)
-    out = args.out or user_editor_dir() / f"metanet_{args.task}_{kind.stem}.safetensors"
-    rank = int(os.environ.get("RANK", "0"))
+    from ..errors import AuditorError
+    from ..zoo import TASKS, is_user_task, user_manifest
+
+    path = Path(name).expanduser()
+    if path.exists():
+        folder = path.parent if path.is_file() else path
+        if not (folder / "manifest.json").is_file():
+            raise AuditorError(f"{name} is not a population folder (no manifest.json); give a task name "
+                               f"({', '.join(TASKS)}, user-...) or the folder `auditor zoo build --data` made")
+        os.environ["AUDITOR_ZOO_DIR"] = str(folder.resolve().parent)
+        name = folder.name
+    if name not in TASKS and not is_user_task(name):
+        raise AuditorError(f"no population {name!r}; known: {', '.join(TASKS)}, or a population of models like "
+                           "yours built from your data (`auditor zoo build --data my.csv --target COL --like "
+                           "MODEL` prints its task name user-...)")
+    if is_user_task(name):
+        user_manifest(name)  # says how to build it when it is missing
+    return name
+
+
+def progress_bar(stream=None, width: int = 24):
+    """A callback drawing `[####....]  40% message` on stderr: redrawn in place on a terminal, one line
+    per update otherwise (logs, CI)."""
+    stream = stream or sys.stderr
+    tty = stream.isatty()
     start = time.perf_counter()
 
-    def progress(fraction: float, message: str) -> None:
-        if rank == 0:
-            print(f"[{time.perf_counter() - start:6.1f} s] {message}", file=sys.stderr, flush=True)
+    def show(fraction: float, message: str) -> None:
+        fraction = min(max(float(fraction), 0.0), 1.0)
+        filled = int(round(width * fraction))
+        line = f"[{'#' * filled}{'.' * (width - filled)}] {100 * fraction:3.0f}% {message}"
+        if tty:
+            stream.write("\r" + line[:200].ljust(120) + ("\n" if fraction >= 1 else ""))
+        else:
+            stream.write(f"[{time.perf_counter() - start:6.1f} s] {line}\n")
+        stream.flush()
 
-    info = train_editor(settings, out=out, callback=progress, device=None if args.device == "auto" else args.device)
+    return show
+
+
+def run_train(args) -> int:
+    from ..editors.metanet.train import TrainSettings, requirement_kind, train_editor
+    from ..errors import AuditorError
+    from ..jobs import editor_output_path
+    from ..zoo import build_population, default_size
+
+    task = resolve_population(args.task)
+    kind = requirement_kind(args.requirement)
+    if args.workers < 1:
+        raise AuditorError("--workers must be at least 1")
+    fields = {f.name for f in dataclasses.fields(TrainSettings)}
+    given = {k: v for k, v in vars(args).items() if k in fields and k not in ("requirement", "task")}
+    if given.get("n_models") == TrainSettings().n_models:  # the default: the population's own size
+        given["n_models"] = default_size(task)
+    settings = TrainSettings(**given, task=task, requirement=kind.metric)
+    out = args.out or editor_output_path(task, kind.metric)
+    rank = int(os.environ.get("RANK", "0"))
+    bar = progress_bar() if rank == 0 else (lambda f, m: None)
+    if args.workers > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # torchrun ranks build their shares
+        for split, limit in (("train", settings.train_limit), ("val", settings.val_limit)):
+            build_population(task, settings.n_models, workers=args.workers, splits=(split,), limit=limit,
+                             callback=lambda f, m: bar(f, f"building the population: {m}"))
+    info = train_editor(settings, out=out, callback=bar, device=None if args.device == "auto" else args.device,
+                        minutes=args.minutes or None, patience=args.patience or None)
     if rank == 0:
+        bar(1.0, f"done: {info['training']['stopped']}")
         _print_info(info, str(out))
         if args.json:
             write_json(args.json, info)
@@ -89,7 +151,8 @@ def run_train(args) -> int:
 def _print_info(info: dict, path: str) -> None:
     tr = info["training"]
     print(f"{path}: {info['requirement']} editor for {info['task']} MLPs "
-          f"({info['family']['n_members']} training members, {tr['steps']} steps, {tr['seconds']} s, "
+          f"({info['family']['n_members']} training members, {tr.get('steps_done', tr['steps'])} steps, "
+          f"{tr['seconds']} s, "
           f"{tr['world_size']} process(es) on {tr['device']})")
     rows = info.get("validation") or []
     if rows:

@@ -48,10 +48,12 @@ class WeightDelta:
 
     @classmethod
     def between(cls, original: nn.Module, edited: nn.Module) -> WeightDelta:
+        """A tensor the edit added (an adapter's, e.g. a codebook's) counts as grown from 0 rows."""
         old = original.state_dict()
         delta = cls()
         for name, new in edited.state_dict().items():
-            a, b = old[name].detach().cpu(), new.detach().cpu()
+            b = new.detach().cpu()
+            a = old[name].detach().cpu() if name in old else b.new_zeros((0, *b.shape[1:]))
             if a.shape != b.shape or not torch.equal(a, b):
                 delta.before[name] = a.clone()
                 delta.after[name] = b.clone()
@@ -61,7 +63,14 @@ class WeightDelta:
         state = model.state_dict()
         with torch.no_grad():
             for name, value in values.items():
-                state[name].copy_(value.to(state[name].device))
+                if name in state and state[name].shape == value.shape:
+                    state[name].copy_(value.to(state[name].device))
+                    continue
+                owner, _, attr = name.rpartition(".")  # an adapter's tensor that grows or shrinks
+                resize = getattr(model.get_submodule(owner) if owner else model, "resize_tensor", None)
+                if resize is None:
+                    raise AuditorError(f"cannot restore {name}: its shape differs and its layer cannot resize it")
+                resize(attr, value)
         return model
 
     def apply(self, model: nn.Module) -> nn.Module:
@@ -78,12 +87,18 @@ class WeightDelta:
         """Per changed tensor: Frobenius norm of the change, its relative size and numerical rank."""
         rows = []
         for name in self.before:
-            d = (self.after[name].double() - self.before[name].double())
+            a, b = self.before[name].double(), self.after[name].double()
+            if a.shape != b.shape:  # an adapter's tensor that grew or shrank: the rows it gained or lost
+                d = b.clone() if len(b) >= len(a) else a.clone()
+                common = min(len(a), len(b))
+                d[:common] = b[:common] - a[:common]
+            else:
+                d = b - a
             mat = d.reshape(d.shape[0], -1) if d.dim() > 1 else d.reshape(1, -1)
             rank = int(torch.linalg.matrix_rank(mat, rtol=1e-6).item()) if mat.numel() else 0
             base = float(self.before[name].double().norm())
             rows.append({"parameter": name, "layer": name.rsplit(".", 1)[0], "norm": float(d.norm()),
-                         "relative_norm": float(d.norm()) / base if base else float("inf"), "rank": rank,
+                         "relative_norm": float(d.norm()) / base if base else None, "rank": rank,
                          "changed_fraction": float((d != 0).double().mean())})
         return rows
 

@@ -8,10 +8,15 @@ that does so while disturbing clean keys least is, for one key,
 
     W' = W + (v* - W k*) (C^-1 k*)^T / ((C^-1 k*)^T k*)
 
-and for several keys K (pairs, or every position whose patch the corruption changes) the joint
-least-squares solution `dW = R^T K (mu C + K^T K)^-1` (R = V* - K W^T, mu small), which is the
-formula above for one key and mu -> 0. Computing the change (`compute_delta`) is kept apart from
-applying it (`apply_delta`), and `WeightDelta` in the result reverts it bit for bit.
+and for several keys K (pairs, or every position whose patch the corruption changes) either the
+joint least-squares solution `dW = R^T K (mu C + K^T K)^-1` (R = V* - K W^T, mu small; `rank`
+None, the default: rank up to the number of keys, e.g. one key per patch position a trigger
+touches on a convolution), or the seed method's true rank-one update along one key direction
+(`rank` 1: the principal direction of the keys, or their mean), fitted over every key. Both are
+the formula above for one key and mu -> 0; all solves are on the few keys (C factored once per
+layer). The result and the log state the rank applied and the change's size relative to the
+layer's weights. Computing the change (`compute_delta`) is kept apart from applying it
+(`apply_delta`), and `WeightDelta` in the result reverts it bit for bit.
 
     >>> from auditor import load_model, load_data
     >>> from auditor.editors import get_editor
@@ -22,6 +27,7 @@ applying it (`apply_delta`), and `WeightDelta` in the result reverts it bit for 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,77 +35,173 @@ from torch import nn
 
 from ..data.base import AuditData, Split
 from ..errors import AuditorError
-from ..layers import check_editable, inverse_moment, layer_io, layer_matrix, regularised, resolve_layer, second_moment
+from ..layers import (
+    ModelSplit,
+    check_editable,
+    input_fingerprint,
+    layer_io,
+    layer_matrix,
+    load_moments,
+    model_device,
+    moments_file,
+    regularised,
+    resolve_layer,
+    save_moments,
+    second_moment,
+    solve_moment,
+    split_model,
+)
 from ..localize import METHODS, rank_layers
 from ..models.architectures import editable_layers
 from ..requirements import Requirement, compute_metrics, parse_requirement
 from .base import Editor
 from .registry import register_editor
 
+DIRECTIONS = ("principal", "mean")
+
 
 @dataclass
 class RankOneUpdate:
     """A computed change of one layer (not yet applied): `delta` acts on the layer's keys
-    (out x D, bias in the last column when the layer has one)."""
+    (out x D, bias in the last column when the layer has one).
+
+    `rank` is the rank the change really has (from the small k x k system it was solved in, not an
+    SVD of `delta`), `directions` the key directions it was fitted along (1 for the rank-one update,
+    up to `keys` for the joint edit), `relative_norm` its size as ||delta|| / ||W|| of the layer."""
 
     layer: str
     delta: torch.Tensor
     keys: int
     residual: float  # ||V* - W K|| before the change
     residual_after: float  # ||V* - (W + delta) K|| (0 for an exact fit)
+    rank: int = 0
+    directions: int = 0
+    weight_norm: float = 0.0
 
     @property
-    def rank(self) -> int:
-        return int(torch.linalg.matrix_rank(self.delta.double(), rtol=1e-6).item())
+    def norm(self) -> float:
+        return float(self.delta.norm())
+
+    @property
+    def relative_norm(self) -> float:
+        return self.norm / self.weight_norm if self.weight_norm else float("inf") if self.norm else 0.0
+
+    def describe(self) -> dict:
+        """What the change is, for logs and reports."""
+        return {"layer": self.layer, "keys": self.keys, "rank": self.rank, "directions": self.directions,
+                "norm": self.norm, "relative_norm": self.relative_norm, "residual": self.residual,
+                "residual_after": self.residual_after}
 
 
 def corrupted_keys(model: nn.Module, layer_name: str, clean: torch.Tensor, corrupted: torch.Tensor,
                    tol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys K* (S, D) of the corrupted inputs and values V* (S, out) of their clean twins, at every
     example and position whose key the corruption changes (for a Trojan on a convolution: each
-    patch position overlapping the trigger)."""
+    patch position overlapping the trigger). Keys are read where the layer reads them (a hook on
+    its input: inside residual blocks, behind BatchNorm, in nested modules alike); values are the
+    layer's own output for the clean twin (before any BatchNorm or skip connection that follows)."""
     k_bad, _ = layer_io(model, layer_name, corrupted)
     k_good, v_good = layer_io(model, layer_name, clean)
     changed = (k_bad - k_good).abs().amax(-1) > tol
     return k_bad[changed], v_good[changed]
 
 
+def _factor_rank(left: torch.Tensor, right: torch.Tensor, rtol: float = 1e-6) -> int:
+    """Numerical rank of left @ right.T (out x r and D x r, r small) without forming it: the same
+    singular values as left @ T.T with right = Q T (thin QR)."""
+    if left.numel() == 0 or right.numel() == 0:
+        return 0
+    T = torch.linalg.qr(right, mode="r").R
+    return int(torch.linalg.matrix_rank(left @ T.T, rtol=rtol).item())
+
+
+def check_rank(rank: int | None, direction: str) -> None:
+    """A clear error for a `rank` / `direction` setting that names no edit."""
+    if direction not in DIRECTIONS:
+        raise AuditorError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise AuditorError(f"rank must be a whole number of at least 1 (or None for the joint edit), got {rank!r}")
+    if direction == "mean" and rank not in (None, 1):
+        raise AuditorError('direction "mean" gives one key direction: use it with rank 1')
+
+
+def key_combinations(G: torch.Tensor, rank: int | None, direction: str) -> torch.Tensor:
+    """Which combinations of the S keys (columns, S x r) the change is fitted along.
+
+    None (or rank >= S): every key (the joint edit). `rank` r: the r principal key directions,
+    the top eigenvectors of G = K C^-1 K^T (the keys' Gram matrix in the metric of clean keys).
+    `direction` "mean" with rank 1: the mean corrupted key."""
+    S = G.shape[0]
+    check_rank(rank, direction)
+    if rank is None or rank >= S:
+        return torch.eye(S, dtype=G.dtype, device=G.device)
+    if direction == "mean":
+        if rank != 1:
+            raise AuditorError('direction "mean" gives one key direction: use it with rank 1')
+        return torch.full((S, 1), 1.0 / S, dtype=G.dtype, device=G.device)
+    _, vecs = torch.linalg.eigh(G)  # ascending
+    return vecs[:, -rank:].flip(-1)
+
+
 def compute_delta(model: nn.Module, layer_name: str, clean: torch.Tensor, corrupted: torch.Tensor,
                   reference: torch.Tensor, *, ridge: float = 1e-3, mu: float = 1e-2, rank: int | None = None,
-                  strength: float = 1.0, max_rows: int = 4096, tol: float = 1e-6) -> RankOneUpdate:
+                  direction: str = "principal", strength: float = 1.0, max_rows: int = 4096,
+                  tol: float = 1e-6) -> RankOneUpdate:
     """The change of `layer_name` that maps the corrupted keys to the clean values.
 
-    `reference`: clean inputs for C (cached per model hash and layer). `strength` scales the
-    target move (1 maps k* to v* exactly; >1 moves past the clean value). `rank` truncates the
-    joint solution (the best rank-r fit of the residuals). Runs on the model's device.
+    `reference`: clean inputs for C (cached per layer and what feeds it). `strength` scales the
+    target move (1 maps k* to v* exactly; >1 moves past the clean value).
+
+    `rank` None: the joint least-squares edit over all S keys, dW = R^T (mu I + K C^-1 K^T)^-1 K C^-1
+    (R = V* - K W^T), of rank <= S (exact for S <= D as mu -> 0). `rank` 1: the seed method's
+    rank-one update W + Lambda (C^-1 k)^T along one key direction k (`direction`: the principal
+    direction of the keys or their mean), Lambda fitted by least squares over every key; for one
+    key both are the closed form (v* - W k*)(C^-1 k*)^T / ((C^-1 k*)^T k*). `rank` r: the r
+    principal key directions. Every solve is on the S x S system of the keys (C is factored once
+    per layer and cached); the rank comes from that small system. Runs on the model's device.
     """
+    check_rank(rank, direction)
     layer = resolve_layer(model, layer_name)
     check_editable(layer, layer_name)
     K, V = corrupted_keys(model, layer_name, clean, corrupted, tol)
     W = layer_matrix(layer)
+    w_norm = float(W.double().norm())
     if K.shape[0] == 0:
-        return RankOneUpdate(layer_name, torch.zeros_like(W), 0, 0.0, 0.0)
+        return RankOneUpdate(layer_name, torch.zeros_like(W), 0, 0.0, 0.0, 0, 0, w_norm)
     dtype = torch.float32 if K.device.type == "mps" else torch.float64
     K, V, W = K.to(dtype), V.to(dtype), W.to(dtype)
     R = strength * (V - K @ W.T)  # (S, out)
-    if rank is not None and rank < min(R.shape):
-        U, S, Vh = torch.linalg.svd(R, full_matrices=False)
-        R = (U[:, :rank] * S[:rank]) @ Vh[:rank]
     C0 = second_moment(model, layer_name, reference, max_rows=max_rows)
-    Cinv = inverse_moment(C0, ridge).to(K.device, dtype)
-    # dW = R^T K (mu C + K^T K)^-1: W' k_s = v_s for every key (exact for S <= D as mu -> 0), mu C
-    # protects clean keys. For S <= D the same in its dual form, the one-key formula for S = 1:
-    # dW = R^T (mu I + K C^-1 K^T)^-1 (C^-1 K^T)^T
-    if K.shape[0] <= K.shape[1]:
-        U = Cinv @ K.T  # (D, S) = C^-1 K^T
-        G = K @ U + mu * torch.eye(K.shape[0], dtype=dtype, device=K.device)
-        delta = torch.linalg.solve(G, R).T @ U.T  # (out, D)
-    else:
+    S, D = K.shape
+    if rank is None and S > D:
+        # more keys than dimensions: the primal form, dW = R^T K (mu C + K^T K)^-1 (D x D)
         C = regularised(C0.to(K.device, dtype), ridge)
         delta = torch.linalg.solve(mu * C + K.T @ K, K.T @ R).T
-    after = float((R - K @ delta.T).norm())
-    return RankOneUpdate(layer_name, delta, int(K.shape[0]),
-                         float(R.norm()), after)
+        r = int(torch.linalg.matrix_rank(delta, rtol=1e-6).item())
+        return RankOneUpdate(layer_name, delta, S, float(R.norm()), float((R - K @ delta.T).norm()), r, S, w_norm)
+    # dual form on the S keys: U = C^-1 K^T (D x S), G = K C^-1 K^T (S x S); along key combinations A
+    # (S x r) the change is dW = L (U A)^T with L^T = (P^T P + mu A^T G A)^-1 P^T R, P = G A
+    U = solve_moment(C0, ridge, K.T.contiguous())
+    G = K @ U
+    G = (G + G.T) / 2
+    if rank is None or rank >= S:  # every key: L^T = (G + mu I)^-1 R
+        A = torch.eye(S, dtype=dtype, device=K.device)
+        L = torch.linalg.solve(G + mu * A, R).T
+    elif direction == "principal":  # eigenvectors of G: L^T = diag(1 / (lambda + mu)) A^T R
+        A = key_combinations(G, rank, direction)
+        lam = (A * (G @ A)).sum(0).clamp(min=0)
+        L = (R.T @ A) / (lam + mu)
+    else:
+        A = key_combinations(G, rank, direction)
+        P = G @ A
+        M = P.T @ P + mu * (A.T @ G @ A)
+        L = torch.linalg.solve(M + 1e-12 * torch.eye(len(M), dtype=dtype, device=K.device) * M.diagonal().max(),
+                               P.T @ R).T
+    P = G @ A
+    right = U @ A  # (D, r)
+    delta = L @ right.T
+    return RankOneUpdate(layer_name, delta, S, float(R.norm()), float((R - P @ L.T).norm()),
+                         _factor_rank(L, right), int(A.shape[1]), w_norm)
 
 
 @torch.no_grad()
@@ -151,6 +253,27 @@ def needs_pairs(bundle, data: AuditData) -> str | None:
     return None
 
 
+def _what_changed(model: nn.Module, updates: list[RankOneUpdate], start: dict[str, torch.Tensor]) -> dict:
+    """The result's summary of the applied changes, per layer: the keys, the rank applied (the sum of
+    the ranks of its distinct edits; strengthening an edit adds none) and the size of the net change
+    ||W_end - W_start|| / ||W_start|| (weight and bias as one matrix); `start`: each layer's matrix before."""
+    per: dict[str, dict] = {}
+    for u in updates:
+        p = per.setdefault(u.layer, {"keys": 0, "rank": 0, "edits": 0})
+        p["keys"] = max(p["keys"], u.keys)
+        p["rank"] += u.rank
+        p["edits"] += 1
+    for name, p in per.items():
+        W0 = start[name].double()
+        dW = layer_matrix(resolve_layer(model, name)).double() - W0.to(model_device(model))
+        p["norm"] = float(dW.norm())
+        p["relative_norm"] = p["norm"] / float(W0.norm()) if float(W0.norm()) else None
+    return {"keys": max((p["keys"] for p in per.values()), default=0),
+            "rank": sum(p["rank"] for p in per.values()),
+            "relative_norm": max((p["relative_norm"] or 0.0 for p in per.values()), default=0.0),
+            "changes": per}
+
+
 @dataclass
 class RankOneHyper:
     samples: int = field(default=1, metadata={"help": "clean samples (each with its corrupted twin) from `split`"})
@@ -164,7 +287,12 @@ class RankOneHyper:
         "help": "relative ridge added to C (keys clean data never spans stay editable)"})
     mu: float = field(default=1e-2, metadata={"help": "weight of clean-key disturbance against fitting the pairs"})
     rank: int | None = field(default=None, metadata={
-        "help": "truncate the joint least-squares change to this rank (None: exact fit)"})
+        "help": "1: the rank-one update along one key direction (the seed method); None: the joint "
+                "least-squares edit of every changed key (rank <= keys; for a convolution, one key per "
+                "patch position the corruption touches); r: along r principal key directions"})
+    direction: str = field(default="principal", metadata={
+        "help": 'the key direction of a rank-1 edit: "principal" (of the keys, in the metric of clean keys) '
+                'or "mean" (the mean corrupted key)', "choices": list(DIRECTIONS)})
     attribution: str = field(default="integrated_gradients", metadata={
         "help": 'or "conductance" (Captum layer method for ranking)',
         "choices": "attribution"})
@@ -172,6 +300,9 @@ class RankOneHyper:
         "help": "integration steps of the attribution (the ranking is stable from 8 on)"})
     max_rows: int = field(default=4096, metadata={"help": "clean training rows used for C"})
     split: str = field(default="train", metadata={"help": "where the pairs come from", "choices": "split"})
+    keep_moments: bool = field(default=False, metadata={
+        "help": "keep the keys' second moments beside the model file (<model>.moments.safetensors): read when "
+                "there, written after the edit, so the next run from the command line starts warm"})
 
 
 @register_editor
@@ -191,6 +322,7 @@ class RankOneEditor(Editor):
         hp = self.hparams
         if hp.samples < 1:
             raise AuditorError(f"samples must be at least 1, got {hp.samples}")
+        check_rank(hp.rank, hp.direction)
         if hp.attribution not in METHODS:
             raise AuditorError(f"unknown attribution {hp.attribution!r}; choose one of {', '.join(METHODS)}")
 
@@ -209,23 +341,43 @@ class RankOneEditor(Editor):
         table = self._rank(model, data, clean, corrupted, labels)
         return str(table.iloc[0]["layer"]), table.to_dict("records")
 
-    def _update(self, model, data, layer, clean, corrupted, strength=None) -> RankOneUpdate:
+    def _update(self, model, data, layer, clean, corrupted, strength=None, rank="default") -> RankOneUpdate:
         hp = self.hparams
-        return compute_delta(model, layer, clean, corrupted, data.train.X, ridge=hp.ridge, mu=hp.mu, rank=hp.rank,
-                             strength=hp.strength if strength is None else strength, max_rows=hp.max_rows)
+        return compute_delta(model, layer, clean, corrupted, data.train.X, ridge=hp.ridge, mu=hp.mu,
+                             rank=hp.rank if rank == "default" else rank,
+                             direction=hp.direction, strength=hp.strength if strength is None else strength,
+                             max_rows=hp.max_rows)
 
-    def _edit(self, model, data, requirements, device, callback, *, log, **_):
+    def _edit(self, model, data, requirements, device, callback, *, log, bundle=None, **_):
+        kept = self._kept_moments(bundle)
+        if kept is not None:
+            log.append({"step": 0, "action": "moments", "file": str(kept), "read": load_moments(kept)})
+        out = self._run(model, data, requirements, device, callback, log=log)
+        if kept is not None:
+            fp = input_fingerprint(data.train.X[:self.hparams.max_rows])
+            names = [n for n, _ in editable_layers(model)]
+            written = save_moments(kept, names, match=lambda key: key[2] == fp)
+            log.append({"step": "end", "action": "moments", "file": str(kept), "written": written})
+        return out
+
+    def _kept_moments(self, bundle):
+        """The file beside the model where its keys' second moments are kept (`keep_moments`), or None."""
+        source = getattr(bundle, "source", "") if bundle is not None else ""
+        if not self.hparams.keep_moments or not source or not Path(source).is_file():
+            return None
+        return moments_file(source)
+
+    def _run(self, model, data, requirements, device, callback, *, log):
         self._check()
         clean, corrupted, labels = self._pairs(data, device)
         callback(0.1, "localizing")
         layer, ranking = self._layer(model, data, clean, corrupted, labels)
         callback(0.5, f"editing {layer}")
         update = self._update(model, data, layer, clean, corrupted)
+        start = {layer: layer_matrix(resolve_layer(model, layer)).clone()}
         apply_delta(model, update)
-        log.append({"step": 1, "action": "edit", "layer": layer, "keys": update.keys,
-                    "residual": update.residual, "residual_after": update.residual_after,
-                    "rank": update.rank, "norm": float(update.delta.norm()), "strength": self.hparams.strength})
-        return {"layer": layer, "ranking": ranking, "keys": update.keys, "samples": int(len(clean))}
+        log.append({"step": 1, "action": "edit", **update.describe(), "strength": self.hparams.strength})
+        return {"layer": layer, "ranking": ranking, "samples": int(len(clean)), **_what_changed(model, [update], start)}
 
 
 @dataclass
@@ -233,6 +385,10 @@ class DynamicRankOneHyper(RankOneHyper):
     max_edits: int = field(default=8, metadata={"help": "budget of edit steps (accepted or rolled back)"})
     max_accuracy_drop: float = field(default=0.01, metadata={
         "help": "utility budget: clean accuracy lost on the check rows (clean training rows plus `check_split`)"})
+    partial_edits: int = field(default=2, metadata={
+        "help": "a new edit over the utility budget is tried again this many times, smaller each time (first "
+                "as the rank-one update of the same keys when the joint edit has rank > 1, then at half the "
+                "size) before its layer is set aside; 0: never"})
     max_strength: float = field(default=2.0, metadata={
         "help": "most a layer's accepted edits add up to when strengthened (1: the exact fit of the pairs)"})
     check_train_rows: int = field(default=2000, metadata={
@@ -260,6 +416,65 @@ def decision_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def _logits(model: nn.Module, X: torch.Tensor, device, batch: int = 1024) -> torch.Tensor:
     model.eval()
     return torch.cat([model(X[i:i + batch].to(device)).float().cpu() for i in range(0, len(X), batch)])
+
+
+class _CheckModel(nn.Module):
+    """Stands in for the model in the dynamic loop's checks. The first run of an input (the check
+    before any edit) runs the whole model once and keeps, per editable layer, the values crossing
+    the cut below it (`ModelSplit`, keyed by the input's content). `at(layer)`: after an edit of that
+    layer, a kept input reruns only the part of the model above the layer. `accepted(layer)` drops
+    the kept values that an accepted edit of `layer` changed (those of the layers above it). Where
+    the model cannot be split (no torch.fx trace) or the values would pass `max_bytes`, the whole
+    model runs; `stats` counts both."""
+
+    def __init__(self, model: nn.Module, layers: list[str], max_bytes: int = 256 * 2**20):
+        super().__init__()
+        self.model = model
+        self.layer: str | None = None
+        self.layers, self.max_bytes, self.bytes = layers, max_bytes, 0
+        self.split: ModelSplit | None | bool = False  # False: not built yet
+        self.cuts: dict[str, dict[str, tuple]] = {}
+        self.stats = {"tail_runs": 0, "full_runs": 0}
+
+    def at(self, layer: str | None) -> _CheckModel:
+        self.layer = layer
+        return self
+
+    @staticmethod
+    def _size(cut: tuple) -> int:
+        return sum(t.numel() * t.element_size() for t in cut)
+
+    def accepted(self, layer: str) -> None:
+        if not self.split:
+            return
+        for name in list(self.cuts):
+            if name != layer and self.split.depends(name, layer):
+                self.bytes -= sum(self._size(c) for c in self.cuts[name].values())
+                del self.cuts[name]
+
+    def forward(self, X: torch.Tensor):
+        if self.split is False:
+            self.split = split_model(self.model, self.layers)
+        split = self.split
+        if split is None:
+            self.stats["full_runs"] += 1
+            return self.model(X)
+        key = input_fingerprint(X)
+        hit = self.cuts.get(self.layer, {}).get(key) if self.layer is not None else None
+        if hit is not None:
+            self.stats["tail_runs"] += 1
+            return split.run(self.layer, hit)
+        missing = [name for name in split.layers if key not in self.cuts.get(name, {})]
+        out, got = split.capture(X, missing)
+        for name, cut in got.items():
+            if not all(isinstance(t, torch.Tensor) for t in cut):
+                continue
+            cut = tuple(t.detach() for t in cut)
+            if self.bytes + self._size(cut) <= self.max_bytes:
+                self.cuts.setdefault(name, {})[key] = cut
+                self.bytes += self._size(cut)
+        self.stats["full_runs"] += 1
+        return out
 
 
 @register_editor
@@ -299,6 +514,8 @@ class DynamicRankOneEditor(RankOneEditor):
                                       "split_rows": len(held) - n_train}
 
     def _status(self, model, data, reqs, split=None):
+        """Metrics, requirement results and the shortfall from meeting them all (0 when all hold);
+        `model` may be the loop's `_CheckModel`."""
         m = check_metrics(model, data, split or self.hparams.check_split)
         results = [r.check(m) for r in reqs]
         # how far from meeting every requirement (0 when all hold)
@@ -352,7 +569,7 @@ class DynamicRankOneEditor(RankOneEditor):
             return sp.X[:0].to(device), sp.X[:0].to(device), sp.y[:0].to(device), info
         return (sp.X[chosen].to(device), data.corrupt(hp.split, chosen).to(device), sp.y[chosen].to(device), info)
 
-    def _edit(self, model, data, requirements, device, callback, *, log, **_):
+    def _run(self, model, data, requirements, device, callback, *, log):
         self._check()
         hp = self.hparams
         if hp.pick not in ("misbehaving", "random"):
@@ -364,8 +581,10 @@ class DynamicRankOneEditor(RankOneEditor):
             raise AuditorError("dynamic-rank-one needs a requirement to check (e.g. 'attack_success_rate <= 0.02')")
         clean, corrupted, labels, picked = self._pick(model, data, device)
         check_data, split, rows = self._check_data(data)
-        status = lambda: self._status(model, check_data, reqs, split)  # noqa: E731
+        checks = _CheckModel(model, [hp.layer] if hp.layer else [n for n, _ in editable_layers(model)])
+        status = lambda layer=None: self._status(checks.at(layer), check_data, reqs, split)  # noqa: E731
         m0, res0, short = status()
+        current = (m0, res0, short)  # the metrics of the model as it stands (a rollback restores it exactly)
         acc0 = m0["accuracy"]
         one_row = 1.0 / max(rows["rows"], 1)
         budget = hp.max_accuracy_drop
@@ -380,6 +599,8 @@ class DynamicRankOneEditor(RankOneEditor):
                     "requirements": [r.to_dict() for r in res0], "pair_gap": gap0, "pairs": picked,
                     "utility": utility})
         rejected: set[str] = set()
+        accepted: list[RankOneUpdate] = []
+        start: dict[str, torch.Tensor] = {}
         last: RankOneUpdate | None = None
         strength_of: dict[str, float] = {}
         step_size = hp.strength_step
@@ -428,11 +649,28 @@ class DynamicRankOneEditor(RankOneEditor):
                 log.append(entry)
                 break
             saved = _snapshot(model, layer)
-            apply_delta(model, update, scale)
-            m, res, new_short = status()
-            drop = acc0 - m["accuracy"]
-            entry.update(action=action, layer=layer, keys=update.keys, scale=scale,
-                         norm=float(update.delta.norm() * scale), accuracy=m["accuracy"], accuracy_drop=drop,
+            start.setdefault(layer, layer_matrix(resolve_layer(model, layer)).clone())
+            tried, drop = [], 0.0
+            one = hp.rank is None and update.rank > 1 and action == "edit" and hp.partial_edits > 0
+            for attempt in range(hp.partial_edits + 1 if action == "edit" else 1):
+                if attempt:  # over the utility budget: the rank-one update of the same keys (after a joint
+                    # edit of rank > 1), then half of it, along the same direction
+                    _restore(model, layer, saved)
+                    tried.append({"scale": scale, "rank": update.rank, "accuracy_drop": drop})
+                    if one and attempt == 1:
+                        update = self._update(model, data, layer, clean, corrupted, strength=1.0, rank=1)
+                    else:
+                        scale /= 2
+                apply_delta(model, update, scale)
+                m, res, new_short = status(layer)
+                drop = acc0 - m["accuracy"]
+                if drop <= budget + 1e-12:
+                    break
+            if tried:
+                entry["tried"] = tried
+            entry.update(action=action, layer=layer, keys=update.keys, rank=update.rank,
+                         directions=update.directions, scale=scale, norm=update.norm * scale,
+                         relative_norm=update.relative_norm * scale, accuracy=m["accuracy"], accuracy_drop=drop,
                          rows_lost=int(round(drop / one_row)), requirements=[r.to_dict() for r in res])
             if drop > budget + 1e-12 or new_short >= short:
                 _restore(model, layer, saved)
@@ -450,15 +688,19 @@ class DynamicRankOneEditor(RankOneEditor):
             else:
                 entry["accepted"] = True
                 short = new_short
+                current = (m, res, new_short)
+                checks.accepted(layer)
                 strength_of[layer] = strength_of.get(layer, 0.0) + scale
                 if action == "edit":
                     last = update
+                    accepted.append(update)
             log.append(entry)
-        m, res, short = status()
+        m, res, short = current
         out = {"layers": sorted(strength_of), "strength": strength_of, "samples": int(len(clean)),
                "sample_rows": picked["rows"], "steps": sum(1 for e in log if e.get("action") in ("edit", "strengthen")),
                "check_split": hp.check_split, "check_rows": rows["rows"], "requirements_met_on_check_split": short == 0,
-               "check_metrics": {k: float(v) for k, v in m.items()}, "rankings": rankings}
+               "check_metrics": {k: float(v) for k, v in m.items()}, "rankings": rankings,
+               "check_runs": dict(checks.stats), **_what_changed(model, accepted, start)}
         if not strength_of:
             why = reason or "every edit step was rolled back"
             out["no_edit_reason"] = why

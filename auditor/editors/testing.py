@@ -299,12 +299,17 @@ def check_delta(name: str, bundle, result: EditResult) -> None:
     assert result.bundle is not bundle and result.bundle.model is not bundle.model, \
         f"{name}: the result must hold an edited copy, not the input bundle"
     old, new = _state(bundle.model), _state(result.bundle.model)
-    assert old.keys() == new.keys(), f"{name}: the edit added or removed tensors: {sorted(old.keys() ^ new.keys())}"
-    changed = sorted(k for k in old if old[k].shape != new[k].shape or not torch.equal(old[k], new[k]))
+    modules = dict(result.bundle.model.named_modules())
+    added = sorted(k for k in new.keys() - old.keys()  # an adapter's tensors (a codebook) may be added
+                   if k.rpartition(".")[2] not in getattr(modules.get(k.rpartition(".")[0]), "adapter_tensors", ()))
+    assert not added and old.keys() <= new.keys(), \
+        f"{name}: the edit added or removed tensors: {sorted(old.keys() ^ new.keys())}"
+    changed = sorted(k for k in new if k not in old or old[k].shape != new[k].shape or not torch.equal(old[k], new[k]))
     assert sorted(result.delta.before) == changed == sorted(result.delta.after), \
         f"{name}: the delta lists {sorted(result.delta.before)} but {changed} changed"
     for k in changed:
-        assert torch.equal(result.delta.before[k], old[k]), f"{name}: delta.before[{k!r}] is not the original"
+        assert torch.equal(result.delta.before[k], old[k]) if k in old else result.delta.before[k].numel() == 0, \
+            f"{name}: delta.before[{k!r}] is not the original"
         assert torch.equal(result.delta.after[k], new[k]), f"{name}: delta.after[{k!r}] is not the edited value"
     assert result.changed == bool(changed), f"{name}: EditResult.changed is {result.changed}"
     assert result.layers == sorted({k.rsplit(".", 1)[0] for k in changed}), f"{name}: result.layers is wrong"

@@ -24,9 +24,14 @@ def register_architecture(name: str):
 
 
 @register_architecture("mlp")
-def mlp(in_features: int, hidden: list[int], num_classes: int) -> nn.Module:
-    """Fully connected ReLU network: in -> hidden... -> num_classes logits."""
+def mlp(in_features: int, hidden: list[int], num_classes: int, flatten: bool = False) -> nn.Module:
+    """Fully connected ReLU network: in -> hidden... -> num_classes logits.
+
+    `flatten`: a parameter-free `flatten` layer first, so the MLP reads images (C x H x W) as
+    rows of `in_features` pixels; the weight names (`fc1.weight`, ...) are the same either way."""
     layers: OrderedDict[str, nn.Module] = OrderedDict()
+    if flatten:
+        layers["flatten"] = nn.Flatten()
     width = in_features
     for i, h in enumerate(hidden, start=1):
         layers[f"fc{i}"] = nn.Linear(width, h)
@@ -38,12 +43,17 @@ def mlp(in_features: int, hidden: list[int], num_classes: int) -> nn.Module:
 
 @register_architecture("cnn")
 def cnn(in_channels: int = 1, image_size: int = 8, channels: list[int] = (8, 16),
-        hidden: int = 32, num_classes: int = 10) -> nn.Module:
-    """Small CNN: 3x3 conv blocks, one 2x2 max-pool, then two linear layers."""
+        hidden: int = 32, num_classes: int = 10, batchnorm: bool = False) -> nn.Module:
+    """Small CNN: 3x3 conv blocks, one 2x2 max-pool, then two linear layers.
+
+    `batchnorm`: a BatchNorm2d `bn{i}` between each `conv{i}` and its ReLU (without it the layer
+    names and the state dict are those of the plain CNN)."""
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     c = in_channels
     for i, ch in enumerate(channels, start=1):
-        layers[f"conv{i}"] = nn.Conv2d(c, ch, 3, padding=1)
+        layers[f"conv{i}"] = nn.Conv2d(c, ch, 3, padding=1, bias=not batchnorm)
+        if batchnorm:
+            layers[f"bn{i}"] = nn.BatchNorm2d(ch)
         layers[f"relu{i}"] = nn.ReLU()
         c = ch
     layers["pool"] = nn.MaxPool2d(2)
@@ -53,6 +63,77 @@ def cnn(in_channels: int = 1, image_size: int = 8, channels: list[int] = (8, 16)
     layers["act_fc1"] = nn.ReLU()
     layers["out"] = nn.Linear(hidden, num_classes)
     return nn.Sequential(layers)
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 convolutions with BatchNorm and a shortcut: relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)).
+
+    The shortcut is the identity, or a strided 1x1 convolution (`shortcut`, with `shortcut_bn`)
+    where the block changes width or resolution. Every ReLU is its own module (`relu1`, `relu2`),
+    so hooks and attributions can read each activation."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, batchnorm: bool = True):
+        super().__init__()
+        norm = (lambda c: nn.BatchNorm2d(c)) if batchnorm else (lambda c: nn.Identity())
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=not batchnorm)
+        self.bn1 = norm(out_channels)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=not batchnorm)
+        self.bn2 = norm(out_channels)
+        self.relu2 = nn.ReLU()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=not batchnorm)
+            self.shortcut_bn = norm(out_channels)
+        else:
+            self.shortcut = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        skip = x if self.shortcut is None else self.shortcut_bn(self.shortcut(x))
+        return self.relu2(out + skip)
+
+
+class ResNet(nn.Module):
+    """A small ResNet: `stem` (3x3 conv, BatchNorm, ReLU), stages of residual blocks (`stage{s}.block{b}`;
+    every stage after the first halves the resolution), global average pool, Linear `out`."""
+
+    def __init__(self, in_channels: int = 1, image_size: int = 16, widths=(16, 32, 64), blocks: int = 1,
+                 num_classes: int = 10, batchnorm: bool = True):
+        super().__init__()
+        if not widths or blocks < 1:
+            raise ValueError("a resnet needs at least one stage width and one block per stage")
+        if image_size < 2 ** (len(widths) - 1):
+            raise ValueError(f"image_size {image_size} is too small for {len(widths)} stages "
+                             f"(each after the first halves it)")
+        self.stem = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=not batchnorm)
+        self.stem_bn = nn.BatchNorm2d(widths[0]) if batchnorm else nn.Identity()
+        self.stem_relu = nn.ReLU()
+        c = widths[0]
+        for s, w in enumerate(widths, start=1):
+            stage = nn.Sequential(OrderedDict(
+                (f"block{b}", ResidualBlock(c if b == 1 else w, w, 2 if (s > 1 and b == 1) else 1, batchnorm))
+                for b in range(1, blocks + 1)))
+            self.add_module(f"stage{s}", stage)
+            c = w
+        self.stages = len(widths)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.out = nn.Linear(c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem_relu(self.stem_bn(self.stem(x)))
+        for s in range(1, self.stages + 1):
+            x = getattr(self, f"stage{s}")(x)
+        return self.out(self.flatten(self.pool(x)))
+
+
+@register_architecture("resnet")
+def resnet(in_channels: int = 1, image_size: int = 16, widths: list[int] = (16, 32, 64), blocks: int = 1,
+           num_classes: int = 10, batchnorm: bool = True) -> nn.Module:
+    """A small residual network (`ResNet`): with three stages of one block, 8 weight layers deep
+    (a ResNet-8); `blocks` 2 gives a ResNet-14-style stack."""
+    return ResNet(int(in_channels), int(image_size), [int(w) for w in widths], int(blocks), int(num_classes),
+                  bool(batchnorm))
 
 
 # The generic `sequential` architecture: a chain of layers described in the spec, built as an

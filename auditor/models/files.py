@@ -21,7 +21,8 @@ import torch
 from safetensors.torch import save_file
 
 from ..errors import AuditorError
-from .architectures import ARCHITECTURES, build_architecture
+from .adapters import build_model, check_adapters_saveable
+from .architectures import ARCHITECTURES
 from .bundle import ModelBundle, weights_sha256
 from .reading import (
     CHECKSUM_KEY,
@@ -82,8 +83,8 @@ def bundle_from_state(state: dict, spec: ModelSpec, source: str = "", fmt: str =
         spec = copy.deepcopy(spec)
         spec.arch["layers"] = layers  # written out, so a saved copy needs no inference
     with torch.device("meta"):
-        state = fit_state(build_architecture(spec.arch), state)  # prefixes, nn.Sequential names
-    model = load_state_into(build_architecture(spec.arch), state)
+        state = fit_state(build_model(spec, state), state)  # prefixes, nn.Sequential names
+    model = load_state_into(build_model(spec, state), state)  # with its adapters (a codebook)
     return ModelBundle(model, spec, source, fmt)
 
 
@@ -96,6 +97,7 @@ def check_saveable(bundle: ModelBundle, path: str | os.PathLike) -> None:
     known = sorted({".safetensors", *SAVERS})
     if suffix not in known:
         raise AuditorError(f"models are saved as {', '.join(known)}; got {path.name}")
+    check_adapters_saveable(bundle, suffix)
     if suffix in SAVE_CHECKS:
         SAVE_CHECKS[suffix](bundle, path)
     if suffix != ".safetensors":
@@ -107,7 +109,7 @@ def check_saveable(bundle: ModelBundle, path: str | os.PathLike) -> None:
     if rebuildable:
         try:
             with torch.device("meta"):
-                check_state_matches(build_architecture(bundle.spec.arch), bundle.model.state_dict())
+                check_state_matches(build_model(bundle.spec, bundle.model.state_dict()), bundle.model.state_dict())
         except AuditorError:
             rebuildable = False
     if not rebuildable:
@@ -157,6 +159,7 @@ SAVE_CHECKS: dict = {}  # suffix -> (bundle, path) -> None, raising when that fo
 def save_model(bundle: ModelBundle, path: str | os.PathLike, extra_metadata: dict | None = None) -> Path:
     """Write one `.safetensors` file with the spec (and any provenance) in its metadata."""
     path = Path(path)
+    check_adapters_saveable(bundle, path.suffix)
     if path.suffix.lower() in SAVERS:
         return SAVERS[path.suffix.lower()](bundle, path, extra_metadata)
     check_saveable(bundle, path)

@@ -16,7 +16,7 @@ SPEC_FORMAT = "auditor-model/1"
 _FIELD_TYPES = [("arch", dict, "an object"), ("task", str, "a string"), ("input", dict, "an object"),
                 ("class_names", list, "a list"), ("preprocessing", (dict, type(None)), "an object or null"),
                 ("provenance", dict, "an object"), ("data", (str, type(None)), "a string or null"),
-                ("format", str, "a string")]
+                ("format", str, "a string"), ("adapters", list, "a list")]
 
 
 SCHEMA_PATH = Path(__file__).with_name("spec.schema.json")
@@ -109,9 +109,13 @@ class ModelSpec:
     provenance: dict = field(default_factory=dict)
     data: str | None = None
     format: str = SPEC_FORMAT
+    adapters: list = field(default_factory=list)  # e.g. a retrieval codebook (`auditor.models.adapters`)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        d = asdict(self)
+        if not d["adapters"]:
+            del d["adapters"]  # a spec without adapters is written as before they existed
+        return json.dumps(d, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: Any) -> ModelSpec:

@@ -1,5 +1,6 @@
 """`retrain-k-features`: retrain the MLP (same architecture, from scratch) on the k most important
-raw features; the other first-layer columns are zero."""
+raw features, or on the raw features named in `keep` (e.g. the ones another editor kept); the other
+first-layer columns are zero."""
 from __future__ import annotations
 
 import threading
@@ -23,6 +24,8 @@ class RetrainKHyper(KeepFeaturesHyper):
     weight_decay: float = field(default=1e-4, metadata={"help": "Adam weight decay"})
     warm_start: bool = field(default=False, metadata={
         "help": "start from the given weights instead of a fresh initialisation"})
+    keep: list[str] | None = field(default=None, metadata={
+        "help": "raw features to keep (None: the k most important); e.g. the ones another editor kept"})
 
 
 @register_editor
@@ -38,7 +41,15 @@ class RetrainKFeatures(KeepFeatures):
         from ...training import TrainConfig, train_classifier
 
         hp = self.hparams
-        keep, dropped, importance = self._choose(model, data, requirements)
+        if hp.keep:
+            unknown = [f for f in hp.keep if f not in data.feature_groups]
+            if unknown:
+                raise AuditorError(f"retrain-k-features: unknown raw features {unknown}; the data has "
+                                   f"{list(data.feature_groups)}")
+            keep, importance = list(hp.keep), {}
+            dropped = sorted(i for name, idx in data.feature_groups.items() if name not in keep for i in idx)
+        else:
+            keep, dropped, importance = self._choose(model, data, requirements)
         if not hp.warm_start:
             if bundle is None or not bundle.spec or not bundle.spec.arch:
                 raise AuditorError("retrain-k-features needs the model's architecture spec; use warm_start=True")

@@ -3,14 +3,19 @@
 One small residual MLP is shared by every edited layer: each layer's standardised u and delta
 are zero-padded to common widths and concatenated, and every block computes
 `h + silu((U V h + b) * scale[layer] + shift[layer])`. U starts at zero, so the network is the
-identity at initialisation; `scale` (init 1) and `shift` (init 0) are per layer. The edit of
-layer l is `W_l -= exp(log_lr[l]) * sum_b delta~_b u~_b^T` with a learned step per layer.
+identity at initialisation; `scale` (init 1) and `shift` (init 0) are per layer (MEND's shared
+editor with a per-layer "mode"). The edit of layer l is `W_l -= exp(log_lr[l]) * sum_b delta~_b u~_b^T`
+with a learned step per layer (MEND's edit_lrs).
 
 Standardisation uses statistics of many sampled edits: delta is divided by its per-unit
-spread, u is whitened with the inverse square root of its second moment C. The edited
-factors are mapped back (delta~ times the spread, u~ times C^-1/2), so at initialisation the
-edit is the fine-tuning gradient preconditioned by C^-1 (the key of the rank-one edit that
-disturbs other inputs least); training learns what to change from there.
+spread, u is PCA-whitened, `u P` with `P = V diag(lambda)^-1/2` from the eigendecomposition of
+its second moment C. The edited factors are mapped back (delta~ times the spread, u~ times
+`diag(key_gain[l]) P^T`), so at initialisation the edit is the fine-tuning gradient
+preconditioned by C^-1 (the key of the rank-one edit that disturbs other inputs least).
+`key_gain` (init 1) is a learned gain per principal direction of each layer's input: training
+can trade the locality of the whitened key for generality (equivalent inputs differ from the
+edited one mostly along some directions) where the edit distribution asks for it.
+`reset_to_identity` gives the untrained editor (the ablation).
 """
 from __future__ import annotations
 
@@ -28,7 +33,8 @@ from ...errors import AuditorError
 from .hooks import capture_factors, margin_loss
 
 METADATA_KEY = "auditor.mend"
-FORMAT = "auditor-mend/1"
+FORMAT = "auditor-mend/2"
+FORMATS = ("auditor-mend/1", FORMAT)  # /1: symmetric (ZCA) whitening, no key_gain: loads the same
 
 
 class LowRankBlock(nn.Module):
@@ -66,6 +72,7 @@ class GradientEditor(nn.Module):
         n = len(self.layer_names)
         self.blocks = nn.ModuleList(LowRankBlock(self.max_in + self.max_out, rank, n) for _ in range(n_blocks))
         self.log_lr = nn.Parameter(torch.full((n,), math.log(init_lr)))
+        self.key_gain = nn.Parameter(torch.ones(n, self.max_in))
         self.register_buffer("u_whiten", torch.eye(self.max_in).repeat(n, 1, 1))
         self.register_buffer("d_scale", torch.ones(n, self.max_out))
 
@@ -75,7 +82,8 @@ class GradientEditor(nn.Module):
 
     @torch.no_grad()
     def set_stats(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Whitening of u (C^-1/2 with a small ridge) and the spread of delta, from sampled edits."""
+        """PCA whitening of u (`V diag(lambda)^-1/2` of C plus a small ridge) and the spread of delta, from
+        sampled edits."""
         for i, name in enumerate(self.layer_names):
             u, d = factors[name]
             u, d = u.double(), d.double()
@@ -83,7 +91,7 @@ class GradientEditor(nn.Module):
             C += self.ridge * float(C.diagonal().mean().clamp_min(1e-12)) * torch.eye(len(C), dtype=C.dtype)
             evals, evecs = torch.linalg.eigh(C)
             n_in, n_out = self.dims[name]
-            self.u_whiten[i, :n_in, :n_in] = ((evecs * evals.rsqrt()) @ evecs.T).float()
+            self.u_whiten[i, :n_in, :n_in] = (evecs * evals.rsqrt()).float()
             sd = d.pow(2).mean(0).sqrt()
             self.d_scale[i, :n_out] = sd.clamp_min(max(float(sd.mean()) * 1e-2, 1e-12)).float()
 
@@ -100,7 +108,22 @@ class GradientEditor(nn.Module):
         h = torch.cat([F.pad(u @ white, (0, self.max_in - n_in)), F.pad(d / scale, (0, self.max_out - n_out))], 1)
         for block in self.blocks:
             h = block(h, i)
-        return h[:, :n_in] @ white, h[:, self.max_in:self.max_in + n_out] * scale
+        key = (h[:, :n_in] * self.key_gain[i, :n_in]) @ white.T
+        return key, h[:, self.max_in:self.max_in + n_out] * scale
+
+    @torch.no_grad()
+    def reset_to_identity(self, log_lr: float | None = None) -> GradientEditor:
+        """Undo training: the identity MLP, unit key gains (and the step `log_lr` when given); the
+        standardisation statistics stay. The untrained ablation of a trained editor."""
+        for block in self.blocks:
+            block.U.zero_()
+            block.bias.zero_()
+            block.scale.fill_(1.0)
+            block.shift.zero_()
+        self.key_gain.fill_(1.0)
+        if log_lr is not None:
+            self.log_lr.fill_(float(log_lr))
+        return self
 
     def keys_values(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, tuple]:
         """{layer: (key, value)}: the edited factors of every layer."""
@@ -142,7 +165,7 @@ def read_editor_info(path: str | Path) -> dict | None:
     if METADATA_KEY not in meta:
         return None
     info = json.loads(meta[METADATA_KEY])
-    return info if info.get("format") == FORMAT else None
+    return info if info.get("format") in FORMATS else None
 
 
 def load_gradient_editor(path: str | Path) -> tuple[GradientEditor, dict]:
@@ -155,7 +178,9 @@ def load_gradient_editor(path: str | Path) -> tuple[GradientEditor, dict]:
                             ridge=info.get("ridge", 1e-2))
     state = load_file(str(path))
     try:
-        editor.load_state_dict(state)
+        missing = editor.load_state_dict(state, strict=info["format"] == FORMAT).missing_keys
+        if set(missing) - {"key_gain"}:
+            raise RuntimeError(f"missing tensors {missing}")
     except RuntimeError as exc:
         raise AuditorError(f"MEND editor file {path} does not match its own metadata: {exc}") from None
     return editor.eval(), info

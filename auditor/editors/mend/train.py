@@ -1,15 +1,18 @@
 """Train a MEND gradient editor for one model on sampled edits of its training data.
 
-Each step samples 1 to `max_batch` edits (misclassified training rows with their true label, or
-rows with a random wrong label), computes their fine-tuning gradient factors, applies the
-editor's edit to the edited layers with each row's step scaled as at edit time (just enough
-for the row to win by `margin`, see `row_scales`), and minimises
-`c_edit * CE(edited model on the edits and their equivalents) + c_loc * KL(before || after on
-unrelated training rows)`. So the editor learns directions: edits that, once they fix the
-example, also fix its equivalents and leave other inputs alone. The edited layers come after a
-fixed trunk, so the trunk's features are computed once and the edited head runs functionally
+The edit distribution is the one the editor meets: each step edits one row (a share `single_share`
+of the steps) or a batch of `max_batch` rows, each a real mistake (a misclassified training row
+with its true label, for a share `misclassified_share` when there are any) or a row with a random
+wrong label. It computes their fine-tuning gradient factors, applies the editor's edit to the
+edited layers with each row's step scaled as at edit time (just enough for the row to win by
+`margin`, see `row_scales`), and minimises `c_edit * CE(edited model on the edits and their
+equivalents) + c_loc * KL(before || after on unrelated training rows)` (MEND's edit and locality
+losses). So the editor learns directions: edits that, once they fix the example, also fix its
+equivalents and leave other inputs alone. The edited layers come after a fixed trunk, so the
+trunk's features are computed once and the edited head runs functionally
 (`torch.func.functional_call`). The checkpoint with the best validation score (edit success +
-generality - 10 x changed predictions, single edits and batches, on the validation split) is kept.
+generality - 10 x changed predictions, single edits and batches, on the validation split) is kept;
+step 0 is the untrained (identity) editor, so training never ships anything worse than it on that score.
 """
 from __future__ import annotations
 
@@ -34,7 +37,8 @@ from .net import GradientEditor, apply_editor, row_scales
 class MendConfig:
     layers: list[str] | None = None  # default: the last two Linear layers
     steps: int = 3000
-    max_batch: int = 10  # each step edits 1..max_batch rows at once
+    max_batch: int = 10  # a batched edit fixes this many rows at once
+    single_share: float = 0.5  # share of training steps that edit one row (the others: max_batch rows)
     rank: int = 32
     n_blocks: int = 2
     ridge: float = 1e-2  # whitening: C + ridge * mean eigenvalue
@@ -197,7 +201,7 @@ def train_mend(bundle: ModelBundle, data: AuditData, config: MendConfig | None =
     best_state, best_score = copy.deepcopy(editor.state_dict()), history[0]["score"]
     run_edit = run_loc = 0.0
     for step in range(1, config.steps + 1):
-        rows, target = sample(int(rng.integers(1, config.max_batch + 1)))
+        rows, target = sample(1 if rng.random() < config.single_share else config.max_batch)
         _, _, f_eq, y_eq = edit_batch("train", rows, target, step)
         l_edit, l_loc, _, _ = losses("train", rows, target, f_eq, y_eq, loc_rows_for("train", rows, config.n_loc))
         loss = config.c_edit * l_edit + config.c_loc * l_loc

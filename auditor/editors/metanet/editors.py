@@ -18,10 +18,14 @@ first-layer columns (the kept weights are refitted in closed form on reference r
 data's training split, then the predicted residuals are added). The fairness editors are
 conditioned on a strength; given a target level they pick the edit that meets it (minus `margin`)
 on calibration rows (6000 fixed rows of the training split by default): a grid of strengths from
-one pass of the heads, evaluated as one batch, and for each a shift of the output bias (moving the
-decision threshold costs no forward pass); the most accurate edit on those rows that meets the
-target wins (the protected attribute is read only there, never by the edited model). A model
-outside the trained family is refused by `supports`.
+one pass of the heads, evaluated as one batch; for each, multiples of an attribute-blind group
+proxy subtracted from the class-1 logit (a per-group output shift learned on those rows but applied
+without the attribute: a linear function of the output layer's inputs, or, through a relay of one
+hidden neuron per layer, of the model's inputs, fitted to the groups' rate gaps) and shifts of the
+output bias (proxy and shift only change the output layer, so they cost no forward pass); the most
+accurate edit on those rows that meets the target wins (the protected attribute is read only there,
+never by the edited model, which stays an MLP of the same architecture). A model outside the
+trained family is refused by `supports`.
 """
 from __future__ import annotations
 
@@ -37,24 +41,39 @@ from ...errors import AuditorError
 from ..base import Editor
 from ..registry import register_editor
 from ..weights import PACKAGED_DIR, find_editor_weights
-from .runtime import KINDS, TrainedMetaNet, calibrate, calibration_rows, load_metanet, write_params
+from .runtime import (
+    KINDS,
+    TrainedMetaNet,
+    calibrate,
+    calibration_rows,
+    load_metanet,
+    write_params,
+)
 
 _LOADED: dict[str, TrainedMetaNet] = {}
 
 
-def editor_path(task: str, requirement: str, weights: str | None = None) -> Path:
+def editor_path(task: str, requirement: str, weights: str | None = None, data: AuditData | None = None) -> Path:
     """Where the trained metanetwork for (task, requirement) lives: `weights` if given, else the first
-    `metanet_<task>_<kind>.safetensors` on the editor search path (`auditor.editors.weights`); when there
-    is none, the place in the package where it would be shipped (which does not exist)."""
+    `metanet_<task>_<kind>.safetensors` on the editor search path (`auditor.editors.weights`), else (given
+    `data`) one trained on a population of `data`'s family, whatever its task (`zoo.find_family_editor`:
+    same input features and rows); when there is none, the place in the package where it would be shipped
+    (which does not exist)."""
     if weights:
         return Path(weights)
     name = f"metanet_{task}_{KINDS[requirement].stem}.safetensors"
-    return find_editor_weights(name) or PACKAGED_DIR / name
+    found = find_editor_weights(name)
+    if found is None and data is not None:
+        from ...zoo import find_family_editor
+
+        found = find_family_editor(data, requirement)
+    return found or PACKAGED_DIR / name
 
 
-def trained_editor(task: str, requirement: str, weights: str | None = None) -> TrainedMetaNet:
+def trained_editor(task: str, requirement: str, weights: str | None = None,
+                   data: AuditData | None = None) -> TrainedMetaNet:
     """The trained metanetwork (loaded once per process and path)."""
-    path = editor_path(task, requirement, weights)
+    path = editor_path(task, requirement, weights, data)
     key = str(path.resolve())
     stamp = path.stat().st_mtime if path.exists() else None
     if key not in _LOADED or getattr(_LOADED[key], "_stamp", None) != stamp:
@@ -66,10 +85,13 @@ def trained_editor(task: str, requirement: str, weights: str | None = None) -> T
     return _LOADED[key]
 
 
-def train_hint(task: str, requirement: str) -> str:
+def train_hint(task: str, requirement: str, data: AuditData | None = None) -> str:
     """How to get a metanetwork for `task`, said only as far as it works: `auditor editor train` needs a
-    population of models of the task (`auditor.zoo.TASKS`)."""
-    from ...zoo import TASKS
+    population of models of the task (`auditor.zoo.TASKS`), or one built from the user's `data`."""
+    from ...zoo import TASKS, train_hint_for
+
+    if task not in TASKS and data is not None and data.kind == "tabular":
+        return train_hint_for(data, requirement)
 
     if task in TASKS:
         return (f"train one with `auditor editor train --task {task} --requirement {requirement}` (it builds the "
@@ -85,16 +107,16 @@ class _MetaNetEditor(Editor):
     requirement: ClassVar[str] = ""
 
     def _trained(self, data: AuditData) -> TrainedMetaNet:
-        return trained_editor(data.name, self.requirement, getattr(self.hparams, "weights", None))
+        return trained_editor(data.name, self.requirement, getattr(self.hparams, "weights", None), data)
 
     def supports(self, bundle, data) -> str | None:
-        path = editor_path(data.name, self.requirement, getattr(self.hparams, "weights", None))
+        path = editor_path(data.name, self.requirement, getattr(self.hparams, "weights", None), data)
         if data.kind != "tabular" and not getattr(self.hparams, "weights", None):
             return f"metanetworks edit tabular MLPs (trained per task on a population of models); {data.name!r} " \
                    f"is {data.kind} data"
         if not path.exists():
             return f"no trained metanetwork for task {data.name!r} ({path.name} is missing); " + \
-                train_hint(data.name, self.requirement)
+                train_hint(data.name, self.requirement, data)
         try:
             return self._trained(data).supports(bundle, data)
         except AuditorError as exc:
@@ -124,6 +146,16 @@ class MetaNetFairnessHyper:
     shift_steps: int = field(default=20, metadata={
         "help": "output-bias shifts tried per strength: 2 * shift_steps + 1 in [-max_shift, max_shift]"})
     max_shift: float = field(default=2.0, metadata={"help": "logit units"})
+    proxy_steps: int = field(default=12, metadata={
+        "help": "multiples of the attribute-blind group proxy tried: proxy_steps + 1 in [0, max_proxy] (0: none)"})
+    max_proxy: float = field(default=3.0, metadata={
+        "help": "largest multiple of the group proxy (a unit-sd linear function of the output layer's inputs) "
+                "subtracted from the class-1 logit"})
+    refit_output: bool = field(default=True, metadata={
+        "help": "first refit the output layer to the labels on the calibration rows (logistic regression)"})
+    relay: bool = field(default=True, metadata={
+        "help": "also try a proxy from the inputs, carried to the output by one hidden neuron per layer (the "
+                "least important one, its mean contribution kept)"})
     weights: str | None = field(default=None, metadata={
         "help": "editor file (default: metanet_<task>_dp.safetensors on the editor search path)"})
 
@@ -166,22 +198,23 @@ class _FairnessMetaNet(_MetaNetEditor):
         hp = self.hparams
         shifts = torch.linspace(-hp.max_shift, hp.max_shift, 2 * hp.shift_steps + 1) if hp.shift_steps > 0 \
             else torch.zeros(1)
+        scales = torch.linspace(0.0, hp.max_proxy, hp.proxy_steps + 1) if hp.proxy_steps > 0 else None
         with torch.no_grad():
             grid = trained.decode(state, ts)  # every strength from one pass of the heads
-            pick = calibrate(model, grid, sp_X, sp_y, onehot, self.requirement, aim, shifts)
-            k = pick["k"]
-            params = {n: t[k:k + 1].clone() for n, t in grid.items()}
-            last_bias = [n for n in params if n.endswith(".bias")][-1]
-            params[last_bias][0, 1] += pick["shift"]  # moves the decision threshold of class 1
-            self._write(model, params)
-        best, best_v = ts[k], pick["level"]
+            pick = calibrate(model, grid, sp_X, sp_y, onehot, self.requirement, aim, shifts, scales, hp.relay,
+                             hp.refit_output)
+            self._write(model, pick["params"])
+        best, best_v = ts[pick["k"]], pick["level"]
         log.append({"step": "calibrate", "split": split, "target": target, "aim": aim, "strength": best,
-                    "output_shift": pick["shift"], self.requirement: best_v, "accuracy": pick["accuracy"],
+                    "output_shift": pick["shift"], "proxy": pick["proxy"], "proxy_scale": pick["proxy_scale"],
+                    self.requirement: best_v, "accuracy": pick["accuracy"],
                     "tried": [{**r, "strength": ts[r.pop("strength_index")]} for r in pick["table"]]})
         if not pick["feasible"]:
             log.append({"step": "warning", "message": f"no strength reaches {aim:.4f} on {split}; the "
                                                       f"fairest edit has {best_v:.4f}"})
-        return {"strength": best, "output_shift": pick["shift"], f"{self.requirement}_{split}": best_v,
+        return {"strength": best, "output_shift": pick["shift"], "proxy": pick["proxy"],
+                "proxy_scale": pick["proxy_scale"],
+                f"{self.requirement}_{split}": best_v,
                 f"accuracy_{split}": pick["accuracy"], "target": target}
 
 
@@ -198,7 +231,13 @@ class MetaNetFairness(_FairnessMetaNet):
 
 @dataclass
 class MetaNetEqualizedOddsHyper(MetaNetFairnessHyper):
-    pass
+    # equalized odds is judged on the small (group, label) cells of the calibration rows: with the output
+    # refit and the relay, the choice among many more candidates generalised worse to unseen rows
+    # (measured on held-out validation members), so only the output-layer proxy is tried by default
+    refit_output: bool = field(default=False, metadata={
+        "help": "first refit the output layer to the labels on the calibration rows (logistic regression)"})
+    relay: bool = field(default=False, metadata={
+        "help": "also try a proxy from the inputs, carried to the output by one hidden neuron per layer"})
 
 
 @register_editor

@@ -31,6 +31,9 @@ from .graph import batch, mlp_layers, prepare
 from .net import MetaNet, NetConfig, assemble
 
 FORMAT = "auditor-metanet/1"
+# how much wider than the widest training member a model may be: message passing averages over a neuron's
+# edges, so it reads any width; the fairness editors then check the result on calibration rows
+WIDTH_FACTOR = 8
 INFO_KEY = "auditor.metanet"
 
 
@@ -147,36 +150,200 @@ def calibration_rows(data: AuditData, split: str, attribute: str, n: int | None 
     return _CALIB[key]
 
 
+def last_layer_name(template: nn.Module) -> str:
+    """Name (in the state dict) of the MLP's output Linear layer."""
+    return mlp_layers(template)[-1][0]
+
+
+@torch.no_grad()
+def layer_activations(template: nn.Module, params: dict[str, torch.Tensor],
+                      X: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Inputs of every Linear layer of the K edited models, [(K, n, d_in)] (the first is X), and their
+    logits (K, n, classes)."""
+    names = [n for n, _ in mlp_layers(template)]
+    K = params[names[0] + ".weight"].shape[0]
+    a = X.unsqueeze(0).expand(K, *X.shape)
+    acts = []
+    for i, name in enumerate(names):
+        acts.append(a)
+        z = torch.baddbmm(params[name + ".bias"].unsqueeze(1), a, params[name + ".weight"].transpose(1, 2))
+        a = z.relu() if i < len(names) - 1 else z
+    return acts, z
+
+
+@torch.no_grad()
+def penultimate(template: nn.Module, params: dict[str, torch.Tensor], X: torch.Tensor) -> torch.Tensor:
+    """What the output layer of each of the K edited models reads: (K, n, d) (the inputs for a one-layer MLP)."""
+    return layer_activations(template, params, X)[0][-1]
+
+
+PROXY_FIT_ROWS = 3000  # calibration rows the group proxies are fitted on (the choice among candidates uses all)
+
+
+@torch.no_grad()
+def group_proxy(h: torch.Tensor, dz: torch.Tensor, y: torch.Tensor, group: torch.Tensor, n_groups: int,
+                metric: str, ridge: float = 1e-2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attribute-blind group signal of each edited model: a linear function u_k(h) = h @ w_k + c_k of
+    some of its activations `h` (K, n, d), fitted (ridge least squares on the calibration rows) to how far
+    the row's group's positive rate (demographic parity; equalized odds: the mean of its true- and
+    false-positive rate) sits above the overall one, scaled to unit standard deviation. Returns
+    (w (K, d), c (K,))."""
+    K, n, d = h.shape
+    pred = (dz > 0).to(h.dtype)  # (K, n)
+    onehot = nn.functional.one_hot(group, n_groups).to(h.dtype)  # (n, G)
+    if metric == "demographic_parity":
+        rate = (pred @ onehot) / onehot.sum(0).clamp_min(1)  # (K, G)
+        dev = rate - pred.mean(1, keepdim=True)
+    else:
+        dev = 0.0
+        for lab in (0, 1):
+            cell = onehot * (y == lab).to(h.dtype).unsqueeze(1)
+            rate = (pred @ cell) / cell.sum(0).clamp_min(1)
+            overall = (pred * (y == lab).to(h.dtype)).sum(1, keepdim=True) / (y == lab).sum().clamp_min(1)
+            dev = dev + 0.5 * (rate - overall)
+    r = dev @ onehot.T  # (K, n): each row's group deviation
+    mu = h.mean(1, keepdim=True)
+    sd = h.std(1, keepdim=True).clamp_min(1e-6)
+    hs = (h - mu) / sd
+    A = hs.transpose(1, 2) @ hs / n + ridge * torch.eye(d, dtype=h.dtype)
+    w = torch.linalg.solve(A, hs.transpose(1, 2) @ (r - r.mean(1, keepdim=True)).unsqueeze(-1) / n).squeeze(-1)
+    u = (hs @ w.unsqueeze(-1)).squeeze(-1)  # (K, n), zero mean
+    scale = u.std(1).clamp_min(1e-9)
+    w = w / sd.squeeze(1) / scale.unsqueeze(1)
+    c = -(mu.squeeze(1) * w).sum(1)
+    return w, c
+
+
+@torch.no_grad()
+def refit_output(h: torch.Tensor, dz: torch.Tensor, y: torch.Tensor, ridge: float = 1e-3,
+                 steps: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logistic regression of the labels on the output layer's inputs h (K, n, d), started from the
+    current logit difference `dz`'s output weights and pulled towards them by `ridge` (Newton steps).
+    Returns the change (dv (K, d), dc (K,)) to add to the class-1 row of the output layer."""
+    K, n, d = h.shape
+    Xh = torch.cat([h, h.new_ones(K, n, 1)], 2).double()  # (K, n, d + 1)
+    yd = y.double().unsqueeze(0)
+    delta = Xh.new_zeros(K, d + 1)
+    eye = torch.eye(d + 1, dtype=torch.float64)
+    base = dz.double()
+    for _ in range(steps):
+        p = torch.sigmoid(base + (Xh @ delta.unsqueeze(-1)).squeeze(-1))
+        grad = (Xh.transpose(1, 2) @ (p - yd).unsqueeze(-1)).squeeze(-1) / n + ridge * delta
+        hess = (Xh.transpose(1, 2) * (p * (1 - p)).unsqueeze(1)) @ Xh / n + ridge * eye
+        delta = delta - torch.linalg.solve(hess, grad)
+    delta = delta.to(h.dtype)
+    return delta[:, :d], delta[:, d]
+
+
+@torch.no_grad()
+def relay(template: nn.Module, params: dict[str, torch.Tensor], acts: list[torch.Tensor], w_in: torch.Tensor,
+          c_in: float) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """Edited models whose least important hidden neuron of every layer carries ReLU(x @ w_in + c_in), an
+    attribute-blind group estimate from the inputs, unchanged up to the output layer (each relay neuron
+    reads only the previous one, with weight 1). The neurons' old contributions are replaced by their
+    mean on the calibration rows (`acts`), and the output layer does not read the relay yet: returns
+    (params, index of the last relay neuron per model); writing -scale there into the class-1 row
+    subtracts scale * estimate from the class-1 logit. For MLPs with hidden layers only."""
+    names = [n for n, _ in mlp_layers(template)]
+    out = {n: t.clone() for n, t in params.items()}
+    K = params[names[0] + ".weight"].shape[0]
+    # per hidden layer: the neuron whose output matters least (activation sd times outgoing weight norm)
+    rows = slice(0, min(acts[0].shape[1], PROXY_FIT_ROWS))
+    chosen = [(acts[i][:, rows].std(1) * params[names[i] + ".weight"].norm(dim=1)).argmin(1).tolist()
+              for i in range(1, len(names))]
+    means = [acts[i].mean(1) for i in range(1, len(names))]
+    last_idx = []
+    for k in range(K):
+        prev = None
+        for i in range(1, len(names)):  # layer i reads hidden layer i - 1's relay neuron
+            W_next = out[names[i] + ".weight"][k]
+            j = chosen[i - 1][k]
+            W_here, b_here = out[names[i - 1] + ".weight"][k], out[names[i - 1] + ".bias"][k]
+            W_here[j] = 0
+            if prev is None:
+                W_here[j] = w_in
+                b_here[j] = c_in
+            else:
+                W_here[j, prev] = 1.0
+                b_here[j] = 0.0
+            out[names[i] + ".bias"][k] += W_next[:, j] * means[i - 1][k, j]  # the old neuron's mean contribution
+            W_next[:, j] = 0
+            prev = j
+        last_idx.append(prev)
+    return out, last_idx
+
+
 @torch.no_grad()
 def calibrate(template: nn.Module, params: dict[str, torch.Tensor], X: torch.Tensor, y: torch.Tensor,
-              onehot: torch.Tensor, metric: str, aim: float, shifts: torch.Tensor) -> dict:
-    """Pick, among K edited models (`params`, one per strength) and output-bias shifts, the most
-    accurate on the calibration rows whose fairness gap is at most `aim` (else the fairest).
+              onehot: torch.Tensor, metric: str, aim: float, shifts: torch.Tensor,
+              proxy_scales: torch.Tensor | None = None, use_relay: bool = True, refit: bool = False) -> dict:
+    """Pick the most accurate edit on the calibration rows whose fairness gap is at most `aim` (else the
+    fairest) among: K edited models (`params`, one per strength), each minus multiples `proxy_scales` of
+    an attribute-blind group proxy in the class-1 logit (a linear function of the output layer's inputs,
+    `group_proxy`; with `use_relay`, also of the inputs carried by a relay of hidden neurons, `relay`),
+    each with output-bias shifts `shifts`.
 
-    One batched forward of the K models; the shifts only move the decision threshold of the logit
-    difference, so they cost no extra forward. Returns {"k", "shift", "level", "accuracy", "table"}."""
+    Proxies and shifts only change the output layer, so the candidates cost one batched forward per set
+    (plain, relayed). Returns {"params" (the chosen edit, {name: (1, ...)}), "k", "shift", "proxy" ("none",
+    "output" or "relay"), "proxy_scale", "level", "accuracy", "feasible", "table"}."""
     dev = next(iter(params.values())).device
-    logits = edited_logits(template, params, X.to(dev))  # (K, n, 2)
-    dz = (logits[..., 1] - logits[..., 0]).cpu()  # (K, n)
+    Xd = X.to(dev)
+    acts, logits = layer_activations(template, params, Xd)
+    h = acts[-1]
+    last = last_layer_name(template)
+    dz = logits[..., 1] - logits[..., 0]  # (K, n)
     K, n = dz.shape
+    group = onehot.argmax(1).to(dev)
+    y = y.to(dev)
+    fit = slice(0, min(n, PROXY_FIT_ROWS))  # calibration rows are a fixed random subset, so the first are too
+    if refit:  # the output layer refitted to the labels first (it may be under-trained)
+        params = {nm: t.clone() for nm, t in params.items()}
+        dv, dc = refit_output(h[:, fit], dz[:, fit], y[fit])
+        params[last + ".weight"][:, 1] += dv
+        params[last + ".bias"][:, 1] += dc
+        dz = dz + (h @ dv.unsqueeze(-1)).squeeze(-1) + dc.unsqueeze(1)
+    scales = proxy_scales.to(dz.dtype).to(dev) if proxy_scales is not None else dz.new_zeros(1)
+    A = len(scales)
+    cands = [dz.unsqueeze(1).expand(K, A, n) if A == 1 else None]
+    kinds = [("output", k, a) for k in range(K) for a in range(A)]
+    if A > 1:
+        pw, pc = group_proxy(h[:, fit], dz[:, fit], y[fit], group[fit], onehot.shape[1], metric)
+        u = (h @ pw.unsqueeze(-1)).squeeze(-1) + pc.unsqueeze(1)  # (K, n)
+        cands = [dz.unsqueeze(1) - scales.view(1, -1, 1) * u.unsqueeze(1)]
+    relayed = None
+    if A > 1 and use_relay and len(acts) > 1:
+        wi, ci = group_proxy(Xd[fit].unsqueeze(0), dz[:1, fit], y[fit], group[fit], onehot.shape[1], metric)
+        ux = Xd @ wi[0] + ci[0]
+        lo = float(torch.quantile(ux[fit], 0.01))
+        r = (ux - lo).relu()  # (n,)
+        rp, last_idx = relay(template, params, acts, wi[0], float(ci[0]) - lo)
+        dzr = layer_activations(template, rp, Xd)[1]
+        dzr = dzr[..., 1] - dzr[..., 0]
+        cands.append(dzr.unsqueeze(1) - scales[1:].view(1, -1, 1) * r.view(1, 1, -1))
+        kinds += [("relay", k, a) for k in range(K) for a in range(1, A)]
+        relayed = (rp, last_idx)
+    dz_all = torch.cat([c.reshape(-1, n) for c in cands]).cpu()
+    group, y = group.cpu(), y.cpu()
+    C = dz_all.shape[0]
     S = len(shifts)
-    # positives per (group, label) cell for every strength and shift: a row is positive when
-    # dz + shift > 0; sorted scores and searchsorted count them without materialising predictions
-    group = onehot.argmax(1).cpu()
-    y = y.cpu()
-    thresholds = (-shifts).to(dz.dtype).contiguous().expand(K, S).contiguous()
+    # positives per (group, label) cell for every candidate and shift: a row is positive when
+    # dz + shift > 0, i.e. for the shifts from index t on, t = #{shifts <= -dz}; a histogram of t and
+    # its running sum count them without materialising predictions
+    order = torch.argsort(shifts)
+    srt_shifts = shifts[order].to(dz_all.dtype).contiguous()
+    t = torch.searchsorted(srt_shifts, (-dz_all).contiguous(), right=True)  # (C, n) in [0, S]
+    offset = (torch.arange(C) * (S + 1)).unsqueeze(1)
     pos, size = {}, {}
     for g in range(onehot.shape[1]):
         for lab in (0, 1):
             cell = (group == g) & (y == lab)
             size[g, lab] = int(cell.sum())
-            if size[g, lab]:
-                srt = dz[:, cell].sort(1).values.contiguous()
-                pos[g, lab] = size[g, lab] - torch.searchsorted(srt, thresholds, right=True).to(dz.dtype)
-            else:
-                pos[g, lab] = dz.new_zeros(K, S)
+            counts = torch.bincount((t[:, cell] + offset).reshape(-1), minlength=C * (S + 1)).reshape(C, S + 1)
+            in_order = counts.cumsum(1)[:, :S].to(dz_all.dtype)  # positives at the sorted shifts
+            pos[g, lab] = torch.empty_like(in_order)
+            pos[g, lab][:, order] = in_order
     groups = [g for g in range(onehot.shape[1]) if size[g, 0] + size[g, 1] > 0]
-    acc = sum(pos[g, 1] + size[g, 0] - pos[g, 0] for g in groups) / n  # (K, S)
+    acc = sum(pos[g, 1] + size[g, 0] - pos[g, 0] for g in groups) / n  # (C, S)
 
     def spread(rates):
         r = torch.stack(rates, -1)
@@ -192,15 +359,28 @@ def calibrate(template: nn.Module, params: dict[str, torch.Tensor], X: torch.Ten
     ok = level <= aim
     if bool(ok.any()):
         score = torch.where(ok, acc, torch.full_like(acc, -1.0))
-        best = int(score.argmax())  # the first (weakest strength, lowest shift) among equals
+        best = int(score.argmax())  # the first (weakest strength, no proxy, lowest shift) among equals
     else:
         best = int(level.argmin())
-    k, j = divmod(best, S)
+    c, j = divmod(best, S)
+    kind, k, a = kinds[c]
+    scale = float(scales[a])
+    shift = float(shifts[j])
+    if kind == "relay":
+        rp, last_idx = relayed
+        chosen = {nm: t[k:k + 1].clone() for nm, t in rp.items()}
+        chosen[last + ".weight"][0, 1, last_idx[k]] = -scale
+    else:
+        chosen = {nm: t[k:k + 1].clone() for nm, t in params.items()}
+        if scale:
+            chosen[last + ".weight"][0, 1] -= scale * pw[k]
+            chosen[last + ".bias"][0, 1] -= scale * pc[k]
+    chosen[last + ".bias"][0, 1] += shift  # moves the decision threshold of class 1
     mid = int((shifts.abs()).argmin())
-    table = [{"strength_index": i // S, "shift": float(shifts[i % S]), "level": float(level[i]),
-              "accuracy": float(acc[i])} for i in range(mid, K * S, S)]  # unshifted rows, for the log
-    return {"k": k, "shift": float(shifts[j]), "level": float(level[best]), "accuracy": float(acc[best]),
-            "feasible": bool(ok.any()), "table": table}
+    table = [{"strength_index": i, "level": float(level[i * A * S + mid]), "accuracy": float(acc[i * A * S + mid])}
+             for i in range(K)]  # unshifted, no proxy: for the log
+    return {"params": chosen, "k": k, "shift": shift, "proxy": kind if scale else "none", "proxy_scale": scale,
+            "level": float(level[best]), "accuracy": float(acc[best]), "feasible": bool(ok.any()), "table": table}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -278,8 +458,9 @@ class TrainedMetaNet:
         if depth not in fam["depths"]:
             return f"it was trained on MLPs with {fam['depths']} Linear layers; this model has {depth}"
         widest = max((m.out_features for _, m in layers[:-1]), default=0)
-        if widest > 2 * fam["max_width"]:
-            return f"hidden layers up to {2 * fam['max_width']} wide are supported; this model has {widest}"
+        if widest > WIDTH_FACTOR * fam["max_width"]:
+            return (f"hidden layers up to {WIDTH_FACTOR * fam['max_width']} wide are supported; this model has "
+                    f"{widest}")
         return None
 
     def _reference(self, data: AuditData) -> torch.Tensor:

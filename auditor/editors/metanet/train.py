@@ -111,9 +111,16 @@ def _dist_setup():
 
 def train_editor(settings: TrainSettings, out: str | Path | None = None,
                  callback: Callback | None = None,
-                 device: str | torch.device | None = None) -> dict:
-    """Train a metanetwork for `settings.requirement` on `settings.task`'s population.
+                 device: str | torch.device | None = None, *, minutes: float | None = None,
+                 patience: int | None = None, should_stop=None) -> dict:
+    """Train a metanetwork for `settings.requirement` on `settings.task`'s population (a named task or a
+    user's population `user-<hash12>`, see `auditor.zoo`).
 
+    `minutes`: a wall-clock budget; after a few steps the number of steps (and the learning-rate
+    schedule with it) is cut to what fits, keeping time for the final validation. `patience`: stop when
+    that many validations in a row did not improve on the best (the best checkpoint is kept).
+    `should_stop()`: polled every step, True stops early the same way (a cancelled job).
+    The callback gets the fraction done and "step i/n, loss, val, time left".
     Returns the `info` dict that is stored in the editor file (written to `out` by rank 0)."""
     from ...backend import pick_device
 
@@ -161,8 +168,11 @@ def train_editor(settings: TrainSettings, out: str | Path | None = None,
         t.to(dev)
     opt = torch.optim.AdamW(net.parameters(), lr=s.lr, weight_decay=0.0)
     warm = max(1, s.steps // 20)
+    total = [s.steps]  # steps to run: cut to the time budget after the first steps
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(i, s.steps) / s.steps)))
+        opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(i, total[0]) / total[0])))
+    deadline = start + 60 * minutes if minutes else None
+    stopped, since_best = "", 0
     gen = torch.Generator().manual_seed(s.seed * 7919 + rank)
     history = []
     B = min(s.models_per_step, len(members))
@@ -193,7 +203,10 @@ def train_editor(settings: TrainSettings, out: str | Path | None = None,
 
         best = (val_loss(), 0, {k: t.detach().clone() for k, t in net.state_dict().items()})
         val_curve.append((0, best[0]))
+    loop_start = time.perf_counter()
     for step in range(s.steps):
+        if step >= total[0]:
+            break
         pick = torch.randperm(len(members), generator=gen)[:B].tolist()
         g = batch([members[i] for i in pick], cfg.n_inputs, cfg.n_classes, cfg.max_depth)
         targets = sample_targets(s, kind.mode, n_feat, B, s.conditions, gen).to(dev)
@@ -211,19 +224,41 @@ def train_editor(settings: TrainSettings, out: str | Path | None = None,
         if rank == 0 and s.eval_every and ((step + 1) % s.eval_every == 0 or step == s.steps - 1):
             v = val_loss()
             val_curve.append((step + 1, v))
+            since_best += 1
             if v < best[0]:
-                best = (v, step + 1, {k: t.detach().clone() for k, t in net.state_dict().items()})
-        if rank == 0 and (step % 10 == 0 or step == s.steps - 1):
+                best, since_best = (v, step + 1, {k: t.detach().clone() for k, t in net.state_dict().items()}), 0
+            if patience and since_best >= patience:
+                stopped = f"early stop: no better validation loss in {patience} checks"
+        now = time.perf_counter()
+        if deadline is not None and step % 10 == 4 and not stopped:  # fit the schedule to the budget
+            per_step = (now - loop_start) / (step + 1)  # validations included, as they will recur
+            keep = 0.1 * (deadline - start) + (8 if s.val_limit else 0)  # final validation and writing
+            fits = step + 1 + int(max(0.0, deadline - now - keep) / max(per_step, 1e-6))
+            total[0] = max(step + 1, min(s.steps, fits))
+        if deadline is not None and now > deadline and not stopped:
+            stopped = f"time budget of {minutes:g} min spent"
+        if should_stop is not None and not stopped and should_stop():
+            stopped = "stopped on request"
+        if world > 1:  # every rank stops (and cuts its schedule) with rank 0
+            flags = [stopped, total[0]]
+            dist.broadcast_object_list(flags, src=0)
+            stopped, total[0] = flags
+        if rank == 0 and (step % 10 == 0 or step == total[0] - 1 or stopped):
             recent = np.array(history[-10:])
-            callback((step + 1) / s.steps, f"step {step + 1}/{s.steps} loss {recent[:, 0].mean():.4f} "
-                                           f"(js {recent[:, 1].mean():.4f}, requirement {recent[:, 2].mean():.4f}) "
-                                           f"{time.perf_counter() - start:.0f} s")
+            done = (step + 1) / total[0]
+            left = (now - loop_start) / (step + 1) * (total[0] - step - 1)
+            val = f" val {val_curve[-1][1]:.4f} (best {best[0]:.4f})" if val_curve else ""
+            callback(min(done, 0.99), f"step {step + 1}/{total[0]} loss {recent[:, 0].mean():.4f} "
+                                      f"(js {recent[:, 1].mean():.4f}, requirement {recent[:, 2].mean():.4f}){val} "
+                                      f"{now - start:.0f} s, ~{left:.0f} s left")
+        if stopped:
+            break
     seconds = time.perf_counter() - start
     if best[2] is not None:
         net.load_state_dict(best[2])
     info = {"format": FORMAT, "task": s.task, "requirement": kind.metric, "mode": kind.mode,
             "condition": kind.condition, "net": asdict(cfg), "protected": attr, "groups": group_names,
-            "family": {"data": data.name, "n_inputs": data.n_inputs, "n_classes": 2,
+            "family": {"data": data.name, "data_sha": data.sha256, "n_inputs": data.n_inputs, "n_classes": 2,
                        "features_sha": features_digest(data), "feature_groups": list(data.feature_groups),
                        "max_depth": cfg.max_depth,
                        "depths": sorted({m.st.depth for m in members}),
@@ -235,7 +270,8 @@ def train_editor(settings: TrainSettings, out: str | Path | None = None,
                          "final_loss": float(np.mean([h[0] for h in history[-20:]])),
                          "final_js": float(np.mean([h[1] for h in history[-20:]])),
                          "final_requirement_term": float(np.mean([h[2] for h in history[-20:]])),
-                         "best_step": best[1], "val_loss": [[st_, round(v, 6)] for st_, v in val_curve]}}
+                         "best_step": best[1], "val_loss": [[st_, round(v, 6)] for st_, v in val_curve],
+                         "steps_done": len(history), "stopped": stopped or "all steps run"}}
     if rank == 0:
         net.eval()
         callback(1.0, "validating on held-out validation members")

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The project's benchmarks on an accelerator, in one short script (a GPU session runs it once).
+#
+#   bash benchmarks/device.sh                    # CUDA, full settings sized for < 8 minutes on one GPU
+#   QUICK=1 DEVICE=cpu bash benchmarks/device.sh # smoke run here on the CPU (a few minutes)
+#
+# Runs, each with --device $DEVICE: benchmarks/rectify.py (rank-one vs fine-tuning on the sample
+# Trojan and cue models), benchmarks/rectify_population.py (the held-out Trojan / cue population,
+# built first with the machine's cores), benchmarks/learned.py (learned editors vs baselines).
+# Results go to $OUT when it is set (the device machine's return folder: flat, at most 8 files),
+# else to benchmarks/results/$DEVICE/ beside the CPU results. A step that fails or runs past its
+# time limit is logged in device.log and the next one still runs; the exit status counts failures.
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+DEVICE="${DEVICE:-cuda}"
+QUICK="${QUICK:-0}"
+DEST="${OUT:-benchmarks/results/$DEVICE}"
+mkdir -p "$DEST"
+LOG="$DEST/device.log"
+CORES="$(nproc 2>/dev/null || echo 2)"
+WORKERS=$(( CORES > 2 ? CORES / 2 : 1 ))
+# a fresh population cache on a bare machine; the CPU one is reused here
+export AUDITOR_ZOO_DIR="${AUDITOR_ZOO_DIR:-${HOME}/.cache/auditor/zoo}"
+export OMP_NUM_THREADS=1
+
+if [ "$QUICK" = 1 ]; then
+    RECTIFY=(--seeds 1 --samples 1,5)
+    POPULATION=(--quick --build-workers "$WORKERS")
+    LEARNED=(--population 1 --no-sample)
+    LIMITS=(600 600 600)
+else
+    RECTIFY=(--seeds 5)
+    POPULATION=(--workers "$WORKERS" --build-workers "$WORKERS")
+    LEARNED=(--population 8)
+    LIMITS=(90 270 120)  # 8 minutes at most in all
+fi
+
+{
+    echo "device.sh on $(hostname) at $(date -u '+%Y-%m-%d %H:%M:%S UTC'), DEVICE=$DEVICE QUICK=$QUICK, $CORES cores"
+    python -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
+    command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+} >"$LOG" 2>&1
+
+failures=0
+step() {  # step NAME LIMIT_S COMMAND...
+    local name="$1" limit="$2"
+    shift 2
+    local start=$SECONDS
+    echo "== $name: $*" >>"$LOG"
+    timeout "$limit" "$@" >>"$LOG" 2>&1
+    local rc=$?
+    echo "== $name: exit $rc after $((SECONDS - start)) s" >>"$LOG"
+    [ "$rc" = 0 ] || failures=$((failures + 1))
+}
+
+step rectify "${LIMITS[0]}" python benchmarks/rectify.py --device "$DEVICE" "${RECTIFY[@]}" --out "$DEST"
+step rectify_population "${LIMITS[1]}" python benchmarks/rectify_population.py --device "$DEVICE" "${POPULATION[@]}" \
+    --out "$DEST"
+step learned "${LIMITS[2]}" python benchmarks/learned.py --device "$DEVICE" "${LEARNED[@]}" --out "$DEST"
+
+echo "device.sh: $failures step(s) failed; results in $DEST" | tee -a "$LOG"
+ls -l "$DEST" >>"$LOG"
+exit "$failures"

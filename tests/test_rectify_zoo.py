@@ -1,0 +1,140 @@
+"""The Trojan / spurious-cue population (`auditor.rectify_zoo`): configurations, training, file
+round trips, and a repair by the dynamic rank-one editor."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from auditor.models import load_model, save_model
+from auditor.models.onnx_format import export_onnx
+from auditor.rectify_zoo import (
+    FAMILIES,
+    N_CUE,
+    N_TROJAN,
+    before_metrics,
+    build_member,
+    corruption_stamp,
+    load_member,
+    member,
+    member_data,
+    member_paths,
+    members,
+    scaling_members,
+    train_member,
+)
+
+
+def test_member_configs_are_deterministic_and_varied():
+    a, b = members(), members()
+    assert [m.to_dict() for m in a] == [m.to_dict() for m in b]
+    assert [m.sha for m in a] == [m.sha for m in b] and len({m.sha for m in a}) == len(a)
+    trojans, cues = members(kind="trojan"), members(kind="cue")
+    assert len(trojans) >= 24 and len(cues) >= 12 and len(a) == N_TROJAN + N_CUE
+    dev, held = members("dev"), members("heldout")
+    assert {m.name for m in dev}.isdisjoint({m.name for m in held}) and len(dev) + len(held) == len(a)
+    for split in (dev, held):  # every architecture family and both kinds on each side of the split
+        assert {m.family for m in split} == set(FAMILIES) and {m.kind for m in split} == {"trojan", "cue"}
+    patches = [m.corruption for m in trojans if m.corruption["type"] == "patch"]
+    assert {c["size"] for c in patches} == {2, 3, 4}
+    assert len({c["position"] for c in patches}) >= 4 and len({c["pattern"] for c in patches}) >= 3
+    assert any(m.corruption["type"] == "blend" for m in trojans)
+    assert len({m.target for m in a}) >= 6 and len({m.rate for m in trojans}) >= 2
+    assert {m.image_size for m in a} == {8, 16}
+    assert any(m.onnx and m.split == "heldout" for m in a) and any(m.onnx and m.split == "dev" for m in a)
+    assert {m.family for m in a if m.onnx} >= {"cnn", "resnet", "mlp"}
+    assert len(scaling_members()) >= 3 and member(3).to_dict() == a[3].to_dict()
+
+
+def test_stamps_are_drawn_on_the_digit_grid_and_upsampled():
+    corr = {"type": "patch", "size": 3, "position": "bottom-right", "pattern": "checker", "seed": 0}
+    s8, s16 = corruption_stamp(corr, 4, 8, "trojan"), corruption_stamp(corr, 4, 16, "trojan")
+    assert s8.mask.shape == (1, 8, 8) and s16.mask.shape == (1, 16, 16) and s8.kind == "trigger"
+    assert float(s8.mask.sum()) == 9 and torch.equal(s8.mask[0, 5:, 5:], torch.ones(3, 3))
+    assert torch.equal(s16.pattern, s8.pattern.repeat_interleave(2, -1).repeat_interleave(2, -2))
+    blend = corruption_stamp({"type": "blend", "alpha": 0.2, "seed": 3}, 1, 8, "trojan")
+    assert torch.allclose(blend.mask, torch.full((1, 8, 8), 0.2)) and 0 < float(blend.pattern.mean()) < 1
+    cue = corruption_stamp({"type": "mark", "mark": "wide", "position": "top-right"}, 2, 8, "cue")
+    assert cue.kind == "cue" and float(cue.mask.sum()) == 6 and float(cue.mask[0, 0, 7]) == 1
+    assert float(cue.mask[0, 1, 5]) == 1 and float(cue.mask[0, 2, 7]) == 0
+
+
+SMALL = {"cnn": {"name": "cnn", "image_size": 8, "channels": [8, 16], "hidden": 32},
+         "cnn-bn": {"name": "cnn", "image_size": 8, "channels": [8, 16], "hidden": 32, "batchnorm": True},
+         "resnet": {"name": "resnet", "image_size": 8, "widths": [8, 16], "blocks": 1},
+         "mlp": {"name": "mlp", "image_size": 8, "hidden": [64]}}
+
+
+def _small(family: str):
+    """The first patch-Trojan member of `family`, made small (8x8, the family's smallest widths, 15
+    epochs) for the test budget; its trigger, target, rate and seed are the member's own."""
+    cfg = next(m for m in members(kind="trojan") if m.family == family and m.corruption["type"] == "patch")
+    return dataclasses.replace(cfg, arch=SMALL[family], epochs=15)
+
+
+@pytest.fixture(scope="module")
+def small_members(tmp_path_factory):
+    out = {}
+    for family in FAMILIES:
+        cfg = _small(family)
+        out[family] = (cfg, *train_member(cfg))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_small_member_of_each_architecture_is_trojaned_and_round_trips(small_members, family, tmp_path):
+    cfg, bundle, info = small_members[family]
+    m = info["metrics"]
+    assert m["accuracy"] >= 0.85, m
+    assert m["attack_success_rate"] >= 0.8, (cfg.name, cfg.corruption, m)
+    x = torch.rand(5, 1, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = bundle.model(x)
+    save_model(bundle, tmp_path / "m.safetensors")
+    back = load_model(tmp_path / "m.safetensors")
+    assert back.spec.arch == bundle.spec.arch
+    with torch.no_grad():
+        assert torch.equal(back.model(x), want)
+    export_onnx(bundle, tmp_path / "m.onnx")
+    onnx = load_model(tmp_path / "m.onnx")
+    assert onnx.format == "onnx"
+    with torch.no_grad():
+        assert torch.allclose(onnx.model(x), want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_members_are_cached_and_load_back_through_onnx(small_members, tmp_path, monkeypatch):
+    monkeypatch.setenv("AUDITOR_ZOO_DIR", str(tmp_path))
+    cfg, bundle, _ = small_members["mlp"]
+    cfg = dataclasses.replace(cfg, onnx=True)
+    info = build_member(cfg)
+    path, onnx_path = member_paths(cfg)
+    assert path.exists() and onnx_path.exists() and info["sha256"] == bundle.sha256  # same seed, same weights
+    stamp = path.stat().st_mtime_ns
+    assert build_member(cfg)["sha256"] == bundle.sha256 and path.stat().st_mtime_ns == stamp  # cached, not retrained
+    loaded, data = load_member(cfg)
+    assert loaded.format == "onnx" and data.trigger is not None
+    assert before_metrics(loaded.model, data) == pytest.approx(info["metrics"], abs=0.005)  # a row is 0.0022
+    other = dataclasses.replace(cfg, target=(cfg.target + 1) % 10)  # another configuration: not the cached one
+    assert other.sha != cfg.sha and member_paths(other)[0] == path
+    with pytest.raises(Exception, match="not built"):
+        load_member(other, build=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["cnn", "cnn-bn", "resnet"])
+def test_the_dynamic_editor_repairs_a_population_member(small_members, family):
+    """From five clean samples, on a plain CNN, a CNN with BatchNorm and a residual net."""
+    from auditor.editors import get_editor
+    from auditor.requirements import compute_metrics
+
+    cfg, bundle, info = small_members[family]
+    data = member_data(cfg)
+    before = info["metrics"]
+    result = get_editor("dynamic-rank-one", samples=5, seed=0).edit(bundle, data, ["attack_success_rate <= 0.02"])
+    after = compute_metrics(result.bundle.model, data, "test").metrics
+    assert result.changed
+    assert after["attack_success_rate"] <= 0.02, result.log
+    assert before["accuracy"] - after["accuracy"] <= 0.01 + 1e-9
