@@ -131,10 +131,28 @@ class Job:
         return ""
 
 
+KEEP_DAYS = 7.0  # finished jobs older than this are removed when a new job starts
+
+
+def prune_jobs(keep_days: float = KEEP_DAYS) -> list[str]:
+    """Remove the folders of jobs that ended more than `keep_days` ago (running ones stay); their ids."""
+    import shutil
+
+    cutoff, removed = time.time() - keep_days * 86400, []
+    for job in list_jobs():
+        st = job.status()
+        if st["state"] in FINAL and (st.get("updated") or 0) < cutoff:
+            shutil.rmtree(job.folder, ignore_errors=True)
+            removed.append(job.id)
+    return removed
+
+
 def start_job(kind: str, params: dict, *, niceness: int = 10) -> Job:
-    """Start `kind` with `params` (JSON) in a new process group; returns at once."""
+    """Start `kind` with `params` (JSON) in a new process group; returns at once. Jobs that ended
+    more than `KEEP_DAYS` ago are removed first."""
     if kind not in KINDS:
         raise AuditorError(f"unknown job kind {kind!r}; known: {', '.join(KINDS)}")
+    prune_jobs()
     job_id = f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     folder = jobs_dir() / job_id
     folder.mkdir(parents=True)

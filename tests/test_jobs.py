@@ -81,6 +81,21 @@ def test_a_failing_job_says_why(folders):
         jobs.start_job("mine-bitcoin", {})
 
 
+def test_old_finished_jobs_are_removed_and_running_ones_kept(folders):
+    now = time.time()
+    for name, state, age_days in (("old-done", "done", 8), ("old-failed", "failed", 30), ("new-done", "done", 1),
+                                  ("old-running", "running", 9)):
+        folder = folders / "jobs" / name
+        folder.mkdir()
+        (folder / "job.json").write_text(json.dumps({"kind": "train-editor", "created": now - age_days * 86400}))
+        status = {"state": state, "updated": now - age_days * 86400}
+        if state == "running":
+            status["pid"] = os.getpid()  # alive: this test's process
+        (folder / "status.json").write_text(json.dumps(status))
+    assert sorted(jobs.prune_jobs()) == ["old-done", "old-failed"]
+    assert sorted(j.id for j in jobs.list_jobs()) == ["new-done", "old-running"]
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("navigation_mode")
 def test_dashboard_trains_an_editor_in_the_background_and_then_offers_it(case, places):
