@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from auditor.data import load_data
-from auditor.editors.baselines.enn import EditableConfig, editable_training
+from auditor.editors.baselines.enn import EditableConfig, editable_training, feature_overlap
 from auditor.editors.mend import MendConfig, save_gradient_editor, train_mend
 from auditor.evaluate import evaluate
 from auditor.models import ModelSpec, load_model, save_model
@@ -142,6 +142,12 @@ def build_editable(name: str, model_path: Path, data_name: str, config: Editable
             f"- Weights sha256: `{edited.sha256}`", "", "## Test metrics", "",
             "| metric | base model | editable |", "|---|---|---|"]
     card += [f"| {k} | {before.metrics[k]:.4f} | {v:.4f} |" for k, v in after.metrics.items() if k in before.metrics]
+    layers = info["record"]["layers"]
+    overlap = {k: feature_overlap(b.model, layers, data.test.X) for k, b in (("base", bundle), ("editable", edited))}
+    card += ["", "Feature overlap (`feature_overlap`: mean cosine between the inputs of each edited layer for two "
+             "different test rows; a gradient step that fixes one row moves the others in proportion): "
+             + "; ".join(f"{n}: base {overlap['base'][n]:.3f}, editable {overlap['editable'][n]:.3f}" for n in layers)
+             + ". Editable training makes the features less alike, which is what makes its edits more local."]
     card += ["", f"Rebuild: `python sample_models/build_mend.py {name}`", ""]
     out.with_suffix(".md").write_text("\n".join(card))
     return {"file": out.name, "seconds": round(info["seconds"], 1), "accuracy_before": before.metrics["accuracy"],

@@ -16,6 +16,7 @@ from auditor.editors.baselines.enn import (
     EditableConfig,
     EditorSettings,
     editable_training,
+    feature_overlap,
     run_editor,
 )
 from auditor.errors import AuditorError
@@ -78,6 +79,9 @@ def test_editable_trained_model_edits_far_more_locally(digits_cnn, digits):
     accuracy; the same editor on the base CNN (not trained to be editable) wrecks it."""
     editable = load_model(SAMPLES / "digits_cnn_editable.safetensors")
     assert editable.spec.provenance[PROVENANCE_KEY]["optimiser"] in ("sgd", "rmsprop")
+    layers = editable.spec.provenance[PROVENANCE_KEY]["layers"]
+    before, after = (feature_overlap(b.model, layers, digits.test.X) for b in (digits_cnn, editable))
+    assert all(0 < after[n] < before[n] - 0.1 for n in layers)  # the features of different inputs became less alike
     ours = _single_edits(editable, digits, 8)
     assert ours["edit_success"] == 1.0
     assert ours["drawdown"] < 0.07 and ours["changed_predictions"] < 0.08

@@ -199,7 +199,7 @@ def test_trained_editor_beats_its_untrained_ablation_on_digits(digits_cnn, digit
     trained = _random_label_edits(digits_cnn, digits, path, 12)
     ablation = _random_label_edits(digits_cnn, digits, untrained, 12)
     assert trained["edit_success"] == 1.0 and ablation["edit_success"] == 1.0
-    assert trained["generality"] >= ablation["generality"] + 0.05
+    assert trained["generality"] >= ablation["generality"] + 0.08
     assert trained["drawdown"] < 0.005
 
 
@@ -210,7 +210,7 @@ def test_trained_editor_on_adult_mistakes_is_more_local(adult_mlp, adult, tmp_pa
     editor, info = load_gradient_editor(path)
     untrained = tmp_path / "untrained.safetensors"
     save_gradient_editor(editor.reset_to_identity(info["initial_log_lr"]), untrained, {**info, "model_sha256": ""})
-    X, y, rows = _misclassified(adult_mlp, adult, N_ADULT, seed=2)
+    X, y, rows = _misclassified(adult_mlp, adult, N_ADULT, seed=0)
     view = _unrelated(adult, rows)
     figures = {}
     for label, p in (("trained", path), ("untrained", untrained)):
@@ -222,9 +222,9 @@ def test_trained_editor_on_adult_mistakes_is_more_local(adult_mlp, adult, tmp_pa
         figures[label] = {k: float(np.mean([m[k] for m in ms]))
                           for k in ("edit_success", "generality", "drawdown", "changed_predictions")}
     trained, ablation = figures["trained"], figures["untrained"]
-    assert trained["edit_success"] == 1.0 and trained["generality"] >= 0.9
+    assert trained["edit_success"] == 1.0 and trained["generality"] >= 0.85  # 0.96 over 100 edits (benchmark)
     assert trained["drawdown"] < 0.005
-    assert trained["changed_predictions"] < ablation["changed_predictions"]
+    assert trained["changed_predictions"] < 0.9 * ablation["changed_predictions"]
 
 
 def test_train_mend_keeps_the_best_validated_editor(digits_cnn, digits):

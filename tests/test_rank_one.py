@@ -316,6 +316,8 @@ def test_rank_setting_says_what_the_edit_is(trojan):
     assert one.relative_norm == pytest.approx(float(one.delta.norm() / W.norm()))
     with pytest.raises(AuditorError, match="rank 1"):
         compute_delta(model, "conv2", clean, corrupted, data.train.X, rank=2, direction="mean")
+    with pytest.raises(AuditorError, match="at least 1"):
+        get_editor("dynamic-rank-one", rank=0).edit(bundle, data)
 
 
 def test_one_key_rank_one_equals_the_joint_edit(trojan):

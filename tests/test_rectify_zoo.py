@@ -124,13 +124,13 @@ def test_members_are_cached_and_load_back_through_onnx(small_members, tmp_path, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["cnn", "cnn-bn", "resnet"])
-def test_the_dynamic_editor_repairs_a_population_member(small_members, family):
-    """From five clean samples, on a plain CNN, a CNN with BatchNorm and a residual net."""
+def test_the_dynamic_editor_repairs_a_population_member(small_members):
+    """From five clean samples, on the population's plain CNN (its BatchNorm and residual members are
+    measured by benchmarks/rectify_population.py; tests/test_rank_one_nets.py repairs such nets)."""
     from auditor.editors import get_editor
     from auditor.requirements import compute_metrics
 
-    cfg, bundle, info = small_members[family]
+    cfg, bundle, info = small_members["cnn"]
     data = member_data(cfg)
     before = info["metrics"]
     result = get_editor("dynamic-rank-one", samples=5, seed=0).edit(bundle, data, ["attack_success_rate <= 0.02"])

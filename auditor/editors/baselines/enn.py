@@ -110,6 +110,28 @@ def settings_from(record: dict, model: nn.Module) -> EditorSettings:
                           margin=float(record.get("margin", 0.5)), max_steps=int(record.get("max_steps", 10)))
 
 
+@torch.no_grad()
+def feature_overlap(model: nn.Module, layers: list[str], X: torch.Tensor) -> dict[str, float]:
+    """{layer: mean cosine similarity between the inputs of that layer for different rows of X}: how much a
+    gradient step that fixes one row moves every other row (1: all alike, 0: orthogonal)."""
+    modules = dict(model.named_modules())
+    seen: dict[str, torch.Tensor] = {}
+    handles = [modules[n].register_forward_hook(lambda m, a, o, n=n: seen.__setitem__(n, a[0].detach()))
+               for n in layers]
+    try:
+        model(X)
+    finally:
+        for h in handles:
+            h.remove()
+    out = {}
+    for n in layers:
+        u = seen[n].reshape(len(X), -1)
+        u = u / u.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        S = u @ u.T
+        out[n] = float((S.sum() - S.diagonal().sum()) / max(len(X) * (len(X) - 1), 1))
+    return out
+
+
 @dataclass
 class EnnHyper:
     layers: list[str] | None = field(default=None, metadata={
