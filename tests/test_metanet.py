@@ -264,3 +264,18 @@ def test_calibration_reports_what_the_written_edit_does(metric, adult):
         equalized_odds_gap(pred.double(), y, codes)
     assert float(level) == pytest.approx(pick["level"], abs=1e-6)
     assert pick["feasible"] and pick["level"] <= 0.02
+
+
+def test_calibration_never_picks_a_constant_predictor(adult):
+    """An aim only a constant predictor meets (gap 0, reached by shifting every row to one class) is
+    reported as not reached; the fairest edit that still tells rows apart is chosen instead."""
+    from auditor.editors.metanet.editors import trained_editor
+    from auditor.editors.metanet.runtime import calibrate, calibration_rows, edited_logits
+    if not editor_path("adult", "demographic_parity").exists():
+        pytest.skip("shipped editor file missing")
+    model = zoo.load_population("adult", "test", limit=1)[0].model
+    grid = trained_editor("adult", "demographic_parity").propose(model, adult, [0.0, 0.3])
+    X, y, onehot = calibration_rows(adult, "train", "sex", 3000)
+    pick = calibrate(model, grid, X, y, onehot, "demographic_parity", 0.0, torch.linspace(-60, 60, 41))
+    rate = float(edited_logits(model, pick["params"], X)[0].argmax(1).float().mean())
+    assert 0.0 < rate < 1.0 and not pick["feasible"] and pick["level"] > 0

@@ -278,10 +278,10 @@ def calibrate(template: nn.Module, params: dict[str, torch.Tensor], X: torch.Ten
               onehot: torch.Tensor, metric: str, aim: float, shifts: torch.Tensor,
               proxy_scales: torch.Tensor | None = None, use_relay: bool = True, refit: bool = False) -> dict:
     """Pick the most accurate edit on the calibration rows whose fairness gap is at most `aim` (else the
-    fairest) among: K edited models (`params`, one per strength), each minus multiples `proxy_scales` of
-    an attribute-blind group proxy in the class-1 logit (a linear function of the output layer's inputs,
-    `group_proxy`; with `use_relay`, also of the inputs carried by a relay of hidden neurons, `relay`),
-    each with output-bias shifts `shifts`.
+    fairest), never one that predicts the same class for every row, among: K edited models (`params`,
+    one per strength), each minus multiples `proxy_scales` of an attribute-blind group proxy in the
+    class-1 logit (a linear function of the output layer's inputs, `group_proxy`; with `use_relay`, also
+    of the inputs carried by a relay of hidden neurons, `relay`), each with output-bias shifts `shifts`.
 
     Proxies and shifts only change the output layer, so the candidates cost one batched forward per set
     (plain, relayed). Returns {"params" (the chosen edit, {name: (1, ...)}), "k", "shift", "proxy" ("none",
@@ -356,12 +356,17 @@ def calibrate(template: nn.Module, params: dict[str, torch.Tensor], X: torch.Ten
         fpr = spread([pos[g, 0] / size[g, 0] for g in groups if size[g, 0]])
         level = torch.maximum(tpr, fpr)
     acc, level = acc.reshape(-1), level.reshape(-1)
-    ok = level <= aim
+    # a candidate that predicts one class for every row is fair by construction and useless: never chosen
+    positives = sum(pos[g, 0] + pos[g, 1] for g in groups).reshape(-1)
+    useful = (positives > 0) & (positives < n)
+    if not bool(useful.any()):
+        useful = torch.ones_like(useful)
+    ok = (level <= aim) & useful
     if bool(ok.any()):
         score = torch.where(ok, acc, torch.full_like(acc, -1.0))
         best = int(score.argmax())  # the first (weakest strength, no proxy, lowest shift) among equals
     else:
-        best = int(level.argmin())
+        best = int(torch.where(useful, level, torch.full_like(level, float("inf"))).argmin())
     c, j = divmod(best, S)
     kind, k, a = kinds[c]
     scale = float(scales[a])
