@@ -436,14 +436,14 @@ class TrainedMetaNet:
         spec = bundle.spec
         if data.kind != "tabular":
             return f"it was trained on tabular {fam['data']!r} MLPs; {data.name!r} is {data.kind} data"
-        if data.name != fam["data"]:
-            from ...zoo import TASKS
+        same_rows = fam.get("data_sha") == data.sha256  # trained on a population of these very rows
+        if data.name != fam["data"] and not same_rows:
+            from ...zoo import TASKS, train_hint_for
 
             how = (f"train one with `auditor editor train --task {data.name}`" if data.name in TASKS else
-                   f"no population of models exists for {data.name!r} to train one on (only for "
-                   f"{', '.join(TASKS)}); use an editor that applies to this model instead")
+                   train_hint_for(data, self.info.get("requirement", "demographic_parity")))
             return f"it was trained on models of task {fam['data']!r}, not {data.name!r}; {how}"
-        if spec.data not in (None, fam["data"]):
+        if spec.data not in (None, fam["data"]) and not same_rows:
             return f"the model was trained on {spec.data!r}, this editor on {fam['data']!r}"
         try:
             layers = mlp_layers(bundle.model)
