@@ -96,6 +96,9 @@ def test_cli_edits_an_edited_file_three_times_and_lists_every_edit(tmp_path, cap
         assert main(["edit", model, "digits", "--editor", "retrieval", "--fixes", str(csv), "--out", str(out),
                      "--require", "edit_success >= 1"]) == 0
         model = str(out)
+        said = capsys.readouterr().out
+        entries = sum(len(b) for b in batches[:i])
+        assert f"fc1.codebook_keys: entries {entries - len(rows)} -> {entries}" in said and "||dW|| =" not in said
     meta = json.loads(read_metadata(model)["auditor.edit"])
     edits = meta["edits"]
     assert [e["fixes"]["rows"] for e in edits] == [[f"test:{r.replace(',', '=')}" for r in b] for b in batches]

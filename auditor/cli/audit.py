@@ -22,7 +22,7 @@ from .common import (
     load_model_and_data,
     refuse_overwriting_inputs,
 )
-from .verdicts import add_verdict_args, check_verdict_args, print_side_effects, print_warnings
+from .verdicts import add_verdict_args, change_words, check_verdict_args, print_side_effects, print_warnings
 
 
 def register(sub) -> None:
@@ -241,14 +241,6 @@ def argparse_like(args, **overrides):
     return ns
 
 
-def _change_words(ch: dict) -> str:
-    """An edit's change of one tensor, worded as what it is (ASCII for any terminal)."""
-    from ..present import format_percent
-
-    return (f"size of the change ||dW||/||W|| = {format_percent(ch['relative_norm'])}, "
-            f"{format_percent(ch['changed_fraction'])} of the weights changed, rank {ch['rank']}")
-
-
 def _print_summary(report, written: list[str], logged) -> None:
     v = report.verdict
     print(f"{v['status']}: {v['summary']}")
@@ -273,7 +265,7 @@ def _print_summary(report, written: list[str], logged) -> None:
               f"({e['parameters_changed']} parameters, rank <= {e['max_rank']}) in {e['seconds']:.2f} s "
               f"on {e['device']}")
         for ch in e.get("changes") or []:
-            print(f"  {ch['parameter']}: {_change_words(ch)}")
+            print(f"  {ch['parameter']}: {change_words(ch)}")
     t = report.tradeoff
     if t:
         rows = [[r["method"], r["kind"], fmt(r["value"], t["metric"]),

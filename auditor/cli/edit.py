@@ -29,6 +29,7 @@ from .common import (
 from .log import add_log_args, command_line, open_log
 from .verdicts import (
     add_verdict_args,
+    change_words,
     check_verdict_args,
     print_side_effects,
     print_verdict_notes,
@@ -122,11 +123,6 @@ def _progress(fraction: float, message: str) -> None:
               file=sys.stderr, flush=True)
 
 
-def _change_words(ch: dict) -> str:
-    from .audit import _change_words as words
-
-    return words(ch)
-
 
 def print_comparison(before, after, out=None) -> None:
     out = out or sys.stdout
@@ -187,7 +183,8 @@ def run(args) -> int:
     print(f"{result.editor} edited {', '.join(result.layers) or 'no layer'} in {result.seconds:.3f} s on "
           f"{result.device}; data {data.name} ({split_words(args.split)}, {before.rows} rows)")
     for ch in result.changes:
-        print(f"  {ch['parameter']}: {_change_words(ch)} (||dW|| = {ch['norm']:.4g})")
+        norm = "" if "entries_after" in ch else f" (||dW|| = {ch['norm']:.4g})"
+        print(f"  {ch['parameter']}: {change_words(ch)}{norm}")
     print_comparison(before, after)
     print_warnings(before.warnings)
     effects = session.side_effects()

@@ -132,3 +132,13 @@ def print_side_effects(effects, forbidden: bool, out=None) -> None:
           f"got worse beyond noise{tail}", file=out)
     for e in effects:
         print(f"  {side_effect_sentence(e)}", file=out)
+
+
+def change_words(ch: dict) -> str:
+    """An edit's change of one tensor, worded as what it is (ASCII for any terminal)."""
+    from ..present import format_percent
+
+    if "entries_after" in ch:  # an adapter's table (a codebook) that gained or lost entries
+        return f"entries {ch['entries_before']} -> {ch['entries_after']} (a table the edit adds to, not weights)"
+    return (f"size of the change ||dW||/||W|| = {format_percent(ch['relative_norm'])}, "
+            f"{format_percent(ch['changed_fraction'])} of the weights changed, rank {ch['rank']}")

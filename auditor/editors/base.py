@@ -97,9 +97,12 @@ class WeightDelta:
             mat = d.reshape(d.shape[0], -1) if d.dim() > 1 else d.reshape(1, -1)
             rank = int(torch.linalg.matrix_rank(mat, rtol=1e-6).item()) if mat.numel() else 0
             base = float(self.before[name].double().norm())
-            rows.append({"parameter": name, "layer": name.rsplit(".", 1)[0], "norm": float(d.norm()),
-                         "relative_norm": float(d.norm()) / base if base else None, "rank": rank,
-                         "changed_fraction": float((d != 0).double().mean())})
+            row = {"parameter": name, "layer": name.rsplit(".", 1)[0], "norm": float(d.norm()),
+                   "relative_norm": float(d.norm()) / base if base else None, "rank": rank,
+                   "changed_fraction": float((d != 0).double().mean())}
+            if a.shape != b.shape:
+                row.update(entries_before=int(len(a)), entries_after=int(len(b)))
+            rows.append(row)
         return rows
 
 
