@@ -29,7 +29,6 @@ stored configuration differs is rebuilt), trained in parallel worker processes:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
@@ -46,7 +45,7 @@ from .data.base import AuditData, Split, Stamp
 from .errors import AuditorError
 from .models import ModelBundle, ModelSpec, build_architecture, count_parameters, load_model, save_model
 from .training import TrainConfig, train_classifier
-from .zoo import zoo_dir
+from .zoo import single_thread, zoo_dir
 
 VERSION = 1
 N_TROJAN = 24
@@ -308,16 +307,6 @@ def member_spec(cfg: RectifyMember, extra: dict | None = None) -> ModelSpec:
                                  **(extra or {})})
 
 
-@contextlib.contextmanager
-def _single_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def before_metrics(model: torch.nn.Module, data: AuditData, split: str = "test") -> dict[str, float]:
     """Accuracy and the corruption's metric (attack success, or cue gap) of a model on a split."""
     from .requirements import compute_metrics
@@ -332,7 +321,7 @@ def train_member(cfg: RectifyMember) -> tuple[ModelBundle, dict]:
     data = member_data(cfg)
     train = training_split(cfg, data)
     start = time.perf_counter()
-    with _single_thread():
+    with single_thread():
         torch.manual_seed(cfg.seed)
         model = build_architecture(full_arch(cfg))
         train_classifier(model, train.X, train.y, TrainConfig(epochs=cfg.epochs, batch_size=64, lr=cfg.lr,

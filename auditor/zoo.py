@@ -181,7 +181,8 @@ def member_spec(cfg: MemberConfig, data: AuditData, extra: dict | None = None) -
 
 
 @contextlib.contextmanager
-def _single_thread():
+def single_thread():
+    """Torch on one thread inside the block (workers share the cores)."""
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -196,7 +197,7 @@ def train_member(cfg: MemberConfig, data: AuditData | None = None) -> tuple[dict
     X, y = data.train.X, data.train.y
     g = torch.Generator().manual_seed(cfg.seed)
     rows = torch.randperm(len(X), generator=g)[:min(cfg.rows, len(X))].sort().values
-    with _single_thread():
+    with single_thread():
         torch.manual_seed(cfg.seed)
         model = build_architecture({"name": "mlp", "in_features": data.n_inputs, "hidden": list(cfg.hidden),
                                     "num_classes": len(data.class_names)})

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from auditor import jobs
-from tests.test_user_population import load_case, shared_case, shared_population
+from tests.test_user_population import isolate_folders, load_case, shared_case, shared_population
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,12 +28,7 @@ def population(case, tmp_path_factory):
 
 @pytest.fixture
 def folders(tmp_path, monkeypatch):
-    """Populations, editors, jobs and HOME in the test's own folders."""
-    for var, sub in (("AUDITOR_ZOO_DIR", "zoo"), ("AUDITOR_EDITOR_DIR", "editors"), ("HOME", "home"),
-                     ("AUDITOR_JOB_DIR", "jobs")):
-        (tmp_path / sub).mkdir()
-        monkeypatch.setenv(var, str(tmp_path / sub))
-    return tmp_path
+    return isolate_folders(tmp_path, monkeypatch)
 
 
 @pytest.fixture

@@ -116,14 +116,18 @@ def population(case, tmp_path_factory):
     return shared_population(case, tmp_path_factory)
 
 
-@pytest.fixture
-def places(tmp_path, monkeypatch):
-    """Populations, editors and jobs in the test's own folders (never ~/.cache or ~/.auditor)."""
+def isolate_folders(tmp_path, monkeypatch):
+    """Populations, editors, jobs and HOME in the test's own folders (never ~/.cache or ~/.auditor)."""
     for var, sub in (("AUDITOR_ZOO_DIR", "zoo"), ("AUDITOR_EDITOR_DIR", "editors"), ("HOME", "home"),
                      ("AUDITOR_JOB_DIR", "jobs")):
         (tmp_path / sub).mkdir()
         monkeypatch.setenv(var, str(tmp_path / sub))
     return tmp_path
+
+
+@pytest.fixture
+def places(tmp_path, monkeypatch):
+    return isolate_folders(tmp_path, monkeypatch)
 
 
 def test_population_spans_the_users_family_and_is_keyed_by_data_and_model(case, places):
