@@ -141,6 +141,30 @@ def layer_io(model: nn.Module, layer_name: str, X: torch.Tensor) -> tuple[torch.
         model.train(was_training)
 
 
+@torch.no_grad()
+def sibling_layers(model: nn.Module, layer_name: str, X: torch.Tensor) -> list[str]:
+    """The other editable layers that read the very tensor `layer_name` reads (e.g. a residual
+    block's first convolution and its projection shortcut), in `editable_layers` order."""
+    names = [n for n, _ in editable_layers(model)]
+    if layer_name not in names:
+        return []
+    modules = dict(model.named_modules())
+    was_training = model.training
+    model.eval()
+    try:
+        with capture_inputs(model, {n: modules[n] for n in names}) as store:
+            model(X[:1].to(model_device(model)))
+    finally:
+        model.train(was_training)
+
+    def ident(name):
+        t = store[name][0] if store[name] else None
+        return None if t is None else (t.data_ptr(), tuple(t.shape), t.stride())
+
+    mine = ident(layer_name)
+    return [n for n in names if n != layer_name and mine is not None and ident(n) == mine]
+
+
 # ---------------------------------------------------------------------------------------------
 # Second moment of keys (cached per model hash and layer)
 
@@ -269,6 +293,11 @@ def feed_hashes(model: nn.Module, layer_names: Sequence[str], x: torch.Tensor) -
     return out
 
 
+def _key_signature(layer: nn.Module) -> str:
+    """What fixes the layout of a layer's keys: its type, settings and whether it has a bias."""
+    return f"{type(layer).__name__}({layer.extra_repr()}),bias={layer.bias is not None}"
+
+
 @torch.no_grad()
 def second_moments(model: nn.Module, layer_names: Sequence[str], X: torch.Tensor, *, max_rows: int = 4096,
                    max_keys: int = 16384, batch_size: int = 1024,
@@ -290,6 +319,9 @@ def second_moments(model: nn.Module, layer_names: Sequence[str], X: torch.Tensor
         check_editable(resolve_layer(model, name), name)
     feeds = ({n: model_hash for n in layer_names} if model_hash is not None
              else feed_hashes(model, layer_names, X))
+    # the layer's own shape of keys is part of the key: two models may feed a layer of the same name the
+    # same values while one has a bias and the other not (BatchNorm folded into it on ONNX export)
+    feeds = {n: f"{feeds[n]}|{_key_signature(resolve_layer(model, n))}" for n in layer_names}
     out: dict[str, torch.Tensor] = {}
     todo: dict[str, nn.Module] = {}
     for name in layer_names:

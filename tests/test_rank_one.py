@@ -383,3 +383,21 @@ def test_moments_kept_beside_the_model_file(tmp_path):
     assert second.log[0]["read"] == first.log[-1]["written"]
     assert len(_MOMENTS) == second.log[0]["read"]  # nothing recomputed
     assert second.bundle.sha256 == first.bundle.sha256
+
+
+def test_kept_moments_follow_the_layout_of_the_layers_keys():
+    """Two models that feed a layer of the same name the same values, one with a bias and one without
+    (BatchNorm folded into a convolution on ONNX export): each gets the second moment of its own keys
+    (a moment cached for the other once crashed the solve with mismatched shapes)."""
+    from auditor.layers import second_moment
+
+    clear_moment_cache()
+    X = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    plain = nn.Sequential(nn.Conv2d(1, 4, 3, bias=False))
+    biased = nn.Sequential(nn.Conv2d(1, 4, 3, bias=True))
+    assert second_moment(plain, "0", X).shape == (9, 9)
+    assert second_moment(biased, "0", X).shape == (10, 10)
+    clean, corrupted = X[:2], X[:2].clone()
+    corrupted[:, :, :3, :3] = 1.0
+    update = compute_delta(biased, "0", clean, corrupted, X)
+    assert update.delta.shape == (4, 10) and update.keys > 0

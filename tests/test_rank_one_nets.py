@@ -183,9 +183,10 @@ def test_dynamic_rank_one_repairs_from_five_samples(which, request):
     """Issue 14's done-when: a BatchNorm and a residual model repaired from five clean samples with
     accuracy kept (test split, three sample choices)."""
     bundle, data, m0 = request.getfixturevalue(which)
-    # the tiny residual net (16 features before its last layer) gets to 2.7-3.7 % (n = 5): its check rows
-    # (train + val) meet the requirement, the test split a little less
-    limit = {"bn_net": 0.02, "resnet": 0.05}[which]
+    # the tiny residual net (16 features before its last layer) gets to 1.2-3.2 % (n = 5; 3.0-3.7 % with
+    # neither skip-aware targets nor sibling edits): its check rows (train + val) meet the requirement,
+    # the test split a little less where only its last layer is edited (seed 0)
+    limit = {"bn_net": 0.02, "resnet": 0.035}[which]
     for seed in range(3):
         result = get_editor("dynamic-rank-one", samples=5, seed=seed).edit(bundle, data)
         m = evaluate(result.bundle, data).metrics
@@ -243,3 +244,56 @@ def test_untraceable_model_is_checked_whole():
     with torch.no_grad():
         assert torch.equal(checks.at("out")(X), model(X))
     assert checks.stats == {"tail_runs": 0, "full_runs": 1}
+
+
+def test_skip_aware_target_matches_the_block_sum_and_siblings_are_found(resnet):
+    """Inside a residual block the skip path still carries the trigger: the "merge" target is what the
+    block's last convolution must output so that the input of the layer reading the block's sum equals
+    the clean twin's; fitting it brings that input much closer than the layer's own clean output does.
+    The first convolution and the projection shortcut of a block read the same tensor (siblings)."""
+    import copy
+
+    from auditor.editors.rank_one import _changed_keys, merge_reader, merge_values
+    from auditor.layers import sibling_layers
+
+    bundle, data, _ = resnet
+    clean, corrupted, _ = data.pairs(5, 0, split="train")
+    model = bundle.model
+    assert merge_reader(model, "blocks.0.conv2", clean) == "blocks.1.conv1"
+    assert merge_reader(model, "blocks.0.conv1", clean) == "blocks.0.conv2"
+    assert merge_reader(model, "fc", clean) is None
+    assert sibling_layers(model, "blocks.1.conv1", clean) == ["blocks.1.shortcut.0"]
+    assert sibling_layers(model, "blocks.0.conv1", clean) == []
+
+    def reader_gap(edited):
+        return float((layer_io(edited, "blocks.1.conv1", corrupted)[0]
+                      - layer_io(edited, "blocks.1.conv1", clean)[0]).norm())
+
+    def with_values(values):  # the corrupted twins' conv2 output replaced at the changed positions
+        layer = dict(model.named_modules())["blocks.0.conv2"]
+
+        def hook(_m, _a, out):
+            flat = out.flatten(2).transpose(1, 2).clone()
+            flat[changed] = values.to(flat)
+            return flat.transpose(1, 2).reshape(out.shape)
+
+        handle = layer.register_forward_hook(hook)
+        try:
+            return layer_io(model, "blocks.1.conv1", corrupted)[0]
+        finally:
+            handle.remove()
+
+    keys, own_values, changed = _changed_keys(model, "blocks.0.conv2", clean, corrupted, 1e-6)
+    merged = merge_values(model, "blocks.0.conv2", clean, corrupted, changed)
+    want = layer_io(model, "blocks.1.conv1", clean)[0]
+    before = reader_gap(model)
+    own, merge = float((with_values(own_values) - want).norm()), float((with_values(merged) - want).norm())
+    assert merge < 0.35 * own and own < before, (before, own, merge)
+
+    def edited(target):
+        out = copy.deepcopy(model)
+        apply_delta(out, compute_delta(out, "blocks.0.conv2", clean, corrupted, data.train.X, target=target))
+        return out
+
+    assert reader_gap(edited("merge")) < reader_gap(edited("own")) < before
+    assert_no_hooks(model)

@@ -15,7 +15,10 @@ touches on a convolution), or the seed method's true rank-one update along one k
 (`rank` 1: the principal direction of the keys, or their mean), fitted over every key. Both are
 the formula above for one key and mu -> 0; all solves are on the few keys (C factored once per
 layer). The result and the log state the rank applied and the change's size relative to the
-layer's weights. Computing the change (`compute_delta`) is kept apart from applying it
+layer's weights. Inside a residual block the skip path still carries the corruption, so the
+target values are skip-aware by default (`target` "merge": what the layer must output so that the
+input of the layer reading the block's sum matches the clean twin's; in a plain chain this is the
+layer's own clean output). Computing the change (`compute_delta`) is kept apart from applying it
 (`apply_delta`), and `WeightDelta` in the result reverts it bit for bit.
 
     >>> from auditor import load_model, load_data
@@ -41,6 +44,7 @@ from ..layers import (
     input_fingerprint,
     layer_io,
     layer_matrix,
+    layer_values,
     load_moments,
     model_device,
     moments_file,
@@ -48,6 +52,7 @@ from ..layers import (
     resolve_layer,
     save_moments,
     second_moment,
+    sibling_layers,
     solve_moment,
     split_model,
 )
@@ -58,6 +63,7 @@ from .base import Editor
 from .registry import register_editor
 
 DIRECTIONS = ("principal", "mean")
+TARGETS = ("merge", "own")
 
 
 @dataclass
@@ -77,6 +83,12 @@ class RankOneUpdate:
     rank: int = 0
     directions: int = 0
     weight_norm: float = 0.0
+    siblings: list = field(default_factory=list)  # changes of the layers reading the same input, applied with it
+
+    @property
+    def layers(self) -> list[str]:
+        """Every layer this change touches (the layer, then its siblings)."""
+        return [self.layer, *(u.layer for u in self.siblings)]
 
     @property
     def norm(self) -> float:
@@ -88,9 +100,12 @@ class RankOneUpdate:
 
     def describe(self) -> dict:
         """What the change is, for logs and reports."""
-        return {"layer": self.layer, "keys": self.keys, "rank": self.rank, "directions": self.directions,
-                "norm": self.norm, "relative_norm": self.relative_norm, "residual": self.residual,
-                "residual_after": self.residual_after}
+        out = {"layer": self.layer, "keys": self.keys, "rank": self.rank, "directions": self.directions,
+               "norm": self.norm, "relative_norm": self.relative_norm, "residual": self.residual,
+               "residual_after": self.residual_after}
+        if self.siblings:
+            out["with"] = [u.describe() for u in self.siblings]
+        return out
 
 
 def corrupted_keys(model: nn.Module, layer_name: str, clean: torch.Tensor, corrupted: torch.Tensor,
@@ -100,10 +115,131 @@ def corrupted_keys(model: nn.Module, layer_name: str, clean: torch.Tensor, corru
     patch position overlapping the trigger). Keys are read where the layer reads them (a hook on
     its input: inside residual blocks, behind BatchNorm, in nested modules alike); values are the
     layer's own output for the clean twin (before any BatchNorm or skip connection that follows)."""
+    K, V, _ = _changed_keys(model, layer_name, clean, corrupted, tol)
+    return K, V
+
+
+def _changed_keys(model, layer_name, clean, corrupted, tol):
     k_bad, _ = layer_io(model, layer_name, corrupted)
     k_good, v_good = layer_io(model, layer_name, clean)
     changed = (k_bad - k_good).abs().amax(-1) > tol
-    return k_bad[changed], v_good[changed]
+    return k_bad[changed], v_good[changed], changed
+
+
+class _Stop(Exception):
+    """Ends a forward pass once the value it was run for is captured."""
+
+
+def merge_reader(model: nn.Module, layer_name: str, X: torch.Tensor) -> str | None:
+    """The first editable layer after `layer_name` (in execution order) whose input depends on its
+    output: where a residual block's sum (branch + skip) is read; None when no later layer reads it."""
+    from ..layers import execution_order, hook_guard
+
+    order = execution_order(model, X[:1])
+    editable = {n for n, _ in editable_layers(model)}
+    if layer_name not in order:
+        return None
+    later = [n for n in order[order.index(layer_name) + 1:] if n in editable]
+    if not later:
+        return None
+    modules = dict(model.named_modules())
+    seen: dict[tuple[bool, str], torch.Tensor] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for shifted in (False, True):
+                with hook_guard(model):
+                    if shifted:
+                        g = torch.Generator().manual_seed(0)
+                        modules[layer_name].register_forward_hook(
+                            lambda m, a, o, _g=g: o + torch.randn(o.shape, generator=_g).to(o))
+                    for n in later:
+                        modules[n].register_forward_pre_hook(
+                            lambda m, a, _n=n, _s=shifted: seen.setdefault((_s, _n), a[0].detach()))
+                    model(X[:1].to(model_device(model)))
+    finally:
+        model.train(was_training)
+    for n in later:
+        a, b = seen.get((False, n)), seen.get((True, n))
+        if a is not None and b is not None and not torch.equal(a, b):
+            return n
+    return None
+
+
+def merge_values(model: nn.Module, layer_name: str, clean: torch.Tensor, corrupted: torch.Tensor,
+                 changed: torch.Tensor, *, steps: int = 60, tol: float = 1e-4) -> torch.Tensor | None:
+    """Skip-aware values: what `layer_name` must output for the corrupted inputs (at the positions
+    `changed`, (N, P)) so that the input of the layer reading its block's sum (`merge_reader`)
+    equals that input for the clean twins. Inside a residual block the skip path still carries the
+    corruption, so the layer's own clean output is not enough. Found by L-BFGS on the layer's
+    output, starting from its clean output. None when no later layer reads the output or the clean
+    output already gives the clean reader input (a plain chain: nothing else carries the corruption)."""
+    from ..layers import hook_guard
+
+    reader = merge_reader(model, layer_name, clean)
+    if reader is None:
+        return None
+    layer, read = resolve_layer(model, layer_name), resolve_layer(model, reader)
+    dev = model_device(model)
+    was_training = model.training
+    model.eval()
+    got: dict[str, torch.Tensor] = {}
+
+    def grab(name):
+        def hook(_m, args):
+            got[name] = args[0]
+            raise _Stop
+        return hook
+
+    def keep(_m, _a, out):
+        got["out"] = out.detach()
+
+    try:
+        with torch.no_grad(), hook_guard(model):
+            layer.register_forward_hook(keep)
+            read.register_forward_pre_hook(grab("target"))
+            try:
+                model(clean.to(dev))
+            except _Stop:
+                pass
+        base, target = got["out"], got["target"].detach()
+        if base.dim() == 4:
+            mask = changed.reshape(base.shape[0], 1, *base.shape[2:]).to(base.dtype)
+        else:
+            mask = changed.reshape(base.shape[0], *([1] * (base.dim() - 2)), -1)[..., :1].to(base.dtype)
+            mask = mask.expand_as(base) if mask.shape[-1] == 1 else mask
+        d = torch.zeros_like(base, requires_grad=True)
+
+        def reader_input(dv):
+            with hook_guard(model):
+                layer.register_forward_hook(lambda m, a, o: base + mask * dv)
+                read.register_forward_pre_hook(grab("now"))
+                try:
+                    model(corrupted.to(dev))
+                except _Stop:
+                    pass
+            return got["now"]
+
+        scale = float(target.pow(2).sum()) or 1.0
+        reg = 1e-4 / max(float(base.pow(2).mean()), 1e-12)
+        with torch.enable_grad():
+            loss0 = float((reader_input(d) - target).pow(2).sum().detach()) / scale
+            if loss0 <= tol:
+                return None
+            opt = torch.optim.LBFGS([d], lr=1, max_iter=steps, line_search_fn="strong_wolfe")
+
+            def closure():
+                opt.zero_grad()
+                loss = (reader_input(d) - target).pow(2).sum() / scale + reg * (mask * d).pow(2).mean()
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+        v = (base + mask * d).detach()
+    finally:
+        model.train(was_training)
+    return layer_values(layer, v)[changed]
 
 
 def _factor_rank(left: torch.Tensor, right: torch.Tensor, rtol: float = 1e-6) -> int:
@@ -146,7 +282,7 @@ def key_combinations(G: torch.Tensor, rank: int | None, direction: str) -> torch
 def compute_delta(model: nn.Module, layer_name: str, clean: torch.Tensor, corrupted: torch.Tensor,
                   reference: torch.Tensor, *, ridge: float = 1e-3, mu: float = 1e-2, rank: int | None = None,
                   direction: str = "principal", strength: float = 1.0, max_rows: int = 4096,
-                  tol: float = 1e-6) -> RankOneUpdate:
+                  tol: float = 1e-6, target: str = "merge") -> RankOneUpdate:
     """The change of `layer_name` that maps the corrupted keys to the clean values.
 
     `reference`: clean inputs for C (cached per layer and what feeds it). `strength` scales the
@@ -163,7 +299,13 @@ def compute_delta(model: nn.Module, layer_name: str, clean: torch.Tensor, corrup
     check_rank(rank, direction)
     layer = resolve_layer(model, layer_name)
     check_editable(layer, layer_name)
-    K, V = corrupted_keys(model, layer_name, clean, corrupted, tol)
+    if target not in TARGETS:
+        raise AuditorError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+    K, V, changed = _changed_keys(model, layer_name, clean, corrupted, tol)
+    if target == "merge" and K.shape[0]:
+        merged = merge_values(model, layer_name, clean, corrupted, changed)
+        if merged is not None:
+            V = merged.to(V)
     W = layer_matrix(layer)
     w_norm = float(W.double().norm())
     if K.shape[0] == 0:
@@ -213,6 +355,8 @@ def apply_delta(model: nn.Module, update: RankOneUpdate, scale: float = 1.0) -> 
         layer.bias.add_(d[:, -1].to(layer.bias.dtype))
         d = d[:, :-1]
     layer.weight.add_(d.reshape(layer.weight.shape).to(layer.weight.dtype))
+    for sibling in update.siblings:
+        apply_delta(model, sibling, scale)
 
 
 def _snapshot(model: nn.Module, layer_name: str) -> dict[str, torch.Tensor]:
@@ -258,6 +402,7 @@ def _what_changed(model: nn.Module, updates: list[RankOneUpdate], start: dict[st
     the ranks of its distinct edits; strengthening an edit adds none) and the size of the net change
     ||W_end - W_start|| / ||W_start|| (weight and bias as one matrix); `start`: each layer's matrix before."""
     per: dict[str, dict] = {}
+    updates = [v for u in updates for v in (u, *u.siblings)]
     for u in updates:
         p = per.setdefault(u.layer, {"keys": 0, "rank": 0, "edits": 0})
         p["keys"] = max(p["keys"], u.keys)
@@ -293,6 +438,11 @@ class RankOneHyper:
     direction: str = field(default="principal", metadata={
         "help": 'the key direction of a rank-1 edit: "principal" (of the keys, in the metric of clean keys) '
                 'or "mean" (the mean corrupted key)', "choices": list(DIRECTIONS)})
+    target: str = field(default="merge", metadata={
+        "help": '"merge": the values the layer must output so that the input of the layer reading its block\'s '
+                'sum (branch + skip) matches the clean twin\'s (a residual block\'s skip path still carries the '
+                'corruption; the same as "own" in a plain chain); "own": the layer\'s own clean output',
+        "choices": list(TARGETS)})
     attribution: str = field(default="integrated_gradients", metadata={
         "help": 'or "conductance" (Captum layer method for ranking)',
         "choices": "attribution"})
@@ -346,7 +496,7 @@ class RankOneEditor(Editor):
         return compute_delta(model, layer, clean, corrupted, data.train.X, ridge=hp.ridge, mu=hp.mu,
                              rank=hp.rank if rank == "default" else rank,
                              direction=hp.direction, strength=hp.strength if strength is None else strength,
-                             max_rows=hp.max_rows)
+                             max_rows=hp.max_rows, target=hp.target)
 
     def _edit(self, model, data, requirements, device, callback, *, log, bundle=None, **_):
         kept = self._kept_moments(bundle)
@@ -400,6 +550,13 @@ class DynamicRankOneHyper(RankOneHyper):
         "choices": "split"})
     gap_tol: float = field(default=0.05, metadata={
         "help": "the pairs count as rectified when their decision gap is below this share of the start"})
+    scan: bool = field(default=True, metadata={
+        "help": "try the ranked layers in order until one's edit meets every requirement within the budget "
+                "(else keep the one that comes closest); off: the first layer whose edit is kept"})
+    siblings: bool = field(default=True, metadata={
+        "help": "edit, in the same step, every other layer that reads the edited layer's input (a residual "
+                "block's first convolution and its projection shortcut), each toward its own clean output, so "
+                "no path around the edit still carries the corruption"})
     pick: str = field(default="misbehaving", metadata={
         "help": 'which clean samples: "misbehaving" (drawn among those whose corrupted twin is misclassified) '
                 'or "random"', "choices": ["misbehaving", "random"]})
@@ -464,7 +621,10 @@ class _CheckModel(nn.Module):
         if hit is not None:
             self.stats["tail_runs"] += 1
             return split.run(self.layer, hit)
-        missing = [name for name in split.layers if key not in self.cuts.get(name, {})]
+        # with an edit applied, keep only the edited layer's own cut (its edit cannot change it; the
+        # cuts of layers above it would hold the edit, and the edit may be rolled back)
+        missing = [name for name in (split.layers if self.layer is None else [self.layer])
+                   if key not in self.cuts.get(name, {})]
         out, got = split.capture(X, missing)
         for name, cut in got.items():
             if not all(isinstance(t, torch.Tensor) for t in cut):
@@ -485,8 +645,11 @@ class DynamicRankOneEditor(RankOneEditor):
     actually gets wrong (the start of the log names them). Each step: while the pairs still show a
     gap in the model's decision between clean and corrupted twin (the clean label's margin over the
     best other class, clean minus corrupted), rank the layers on the current model and edit the
-    best-ranked layer not yet rolled back; once the pairs are rectified but the requirement still
-    fails, strengthen the last accepted edit along its own direction. Requirement and utility are
+    best-ranked layer not yet rolled back (`scan`: trying the ranked layers in order until one meets
+    every requirement within the budget, or all but `gap_tol` of the shortfall, else keeping the one
+    that comes closest; `siblings`: together with every other layer that reads the same input, e.g. a
+    residual block's first convolution and its projection shortcut); once the pairs are rectified but
+    the requirement still fails, strengthen the last accepted edit along its own direction. Requirement and utility are
     judged on clean training rows plus the held-out `check_split` (so one row is a small fraction
     of the budget; the log says when the budget is finer than one row). A step that costs more
     clean accuracy than the budget, or does not improve the requirement, is rolled back. Stops when
@@ -498,6 +661,19 @@ class DynamicRankOneEditor(RankOneEditor):
     description = "Re-localize, rank-one edit, check on held-out data, roll back, repeat (from n clean samples)"
     kind = "rank-one"
     Hyper = DynamicRankOneHyper
+
+    def _update(self, model, data, layer, clean, corrupted, strength=None, rank="default") -> RankOneUpdate:
+        """The change of `layer`; with `siblings`, together with the changes of the layers reading the same
+        input (all toward their own clean outputs: together they make what follows see the clean twin)."""
+        hp = self.hparams
+        others = sibling_layers(model, layer, clean) if hp.siblings else []
+        if not others:
+            return super()._update(model, data, layer, clean, corrupted, strength, rank)
+        kw = dict(ridge=hp.ridge, mu=hp.mu, rank=hp.rank if rank == "default" else rank, direction=hp.direction,
+                  strength=hp.strength if strength is None else strength, max_rows=hp.max_rows, target="own")
+        update = compute_delta(model, layer, clean, corrupted, data.train.X, **kw)
+        update.siblings = [compute_delta(model, n, clean, corrupted, data.train.X, **kw) for n in others]
+        return update
 
     def _check_data(self, data: AuditData) -> tuple[AuditData, str, dict]:
         """The data whose `check_split` holds the rows requirement and budget are judged on."""
@@ -611,6 +787,33 @@ class DynamicRankOneEditor(RankOneEditor):
         elif len(clean) == 0 or gap0 <= 0:
             reason = (f"no clean sample of split {hp.split!r} has a corrupted twin the model gets wrong "
                       "(the pairs show no gap in its decision to rectify)")
+        def attempt(layer, update, action, scale) -> dict:
+            """Apply `update` (smaller on each retry over the budget) and check; leaves it applied."""
+            saved = {n: _snapshot(model, n) for n in update.layers}
+            for n in update.layers:
+                start.setdefault(n, layer_matrix(resolve_layer(model, n)).clone())
+            tried, drop = [], 0.0
+            one = hp.rank is None and update.rank > 1 and action == "edit" and hp.partial_edits > 0
+            for attempt_no in range(hp.partial_edits + 1 if action == "edit" else 1):
+                if attempt_no:  # over the utility budget: the rank-one update of the same keys (after a joint
+                    # edit of rank > 1), then half of it, along the same direction
+                    for n, snap in saved.items():
+                        _restore(model, n, snap)
+                    tried.append({"scale": scale, "rank": update.rank, "accuracy_drop": drop})
+                    if one and attempt_no == 1:
+                        update = self._update(model, data, layer, clean, corrupted, strength=1.0, rank=1)
+                    else:
+                        scale /= 2
+                apply_delta(model, update, scale)
+                # a change of several layers is checked on the whole model (a cut below one holds another's output)
+                m, res, new_short = (status(layer) if not update.siblings
+                                     else self._status(model, check_data, reqs, split))
+                drop = acc0 - m["accuracy"]
+                if drop <= budget + 1e-12:
+                    break
+            return {"layer": layer, "update": update, "scale": scale, "saved": saved, "m": m, "res": res,
+                    "short": new_short, "drop": drop, "tried": tried}
+
         for step in range(1, hp.max_edits + 1):
             if short == 0 or reason:
                 break
@@ -648,32 +851,52 @@ class DynamicRankOneEditor(RankOneEditor):
                 entry.update(action="stop", reason=reason)
                 log.append(entry)
                 break
-            saved = _snapshot(model, layer)
-            start.setdefault(layer, layer_matrix(resolve_layer(model, layer)).clone())
-            tried, drop = [], 0.0
-            one = hp.rank is None and update.rank > 1 and action == "edit" and hp.partial_edits > 0
-            for attempt in range(hp.partial_edits + 1 if action == "edit" else 1):
-                if attempt:  # over the utility budget: the rank-one update of the same keys (after a joint
-                    # edit of rank > 1), then half of it, along the same direction
-                    _restore(model, layer, saved)
-                    tried.append({"scale": scale, "rank": update.rank, "accuracy_drop": drop})
-                    if one and attempt == 1:
-                        update = self._update(model, data, layer, clean, corrupted, strength=1.0, rank=1)
-                    else:
-                        scale /= 2
-                apply_delta(model, update, scale)
-                m, res, new_short = status(layer)
-                drop = acc0 - m["accuracy"]
-                if drop <= budget + 1e-12:
-                    break
+            if action == "edit" and hp.scan and len(candidates) > 1:
+                # try the candidates in rank order until one meets every requirement within the budget (or
+                # all but `gap_tol` of the shortfall: strengthening finishes it); else keep the closest
+                best, scanned = None, []
+
+                def order(got):
+                    return (got["short"] > 0, got["drop"] if got["short"] == 0 else got["short"], got["drop"])
+
+                covered: set[str] = set()
+                for cand in candidates:
+                    if cand in covered:  # edited already, with the layer it reads the same input as
+                        continue
+                    upd = update if cand == layer else self._update(model, data, cand, clean, corrupted, strength=1.0)
+                    covered.update(upd.layers)
+                    got = attempt(cand, upd, "edit", 1.0)
+                    ok = got["drop"] <= budget + 1e-12 and got["short"] < short
+                    scanned.append({"layer": cand, "accuracy_drop": got["drop"], "shortfall": got["short"], "ok": ok})
+                    for n, snap in got["saved"].items():
+                        _restore(model, n, snap)
+                    if not ok:
+                        rejected.add(cand)
+                    elif best is None or order(got) < order(best):
+                        best = got
+                    if ok and got["short"] <= hp.gap_tol * short:  # met, or close enough to strengthen
+                        break
+                entry["scanned"] = scanned
+                if best is None:
+                    got = attempt(layer, update, "edit", 1.0)  # reported (and rolled back below) as before
+                else:
+                    apply_delta(model, best["update"], best["scale"])
+                    got = best
+            else:
+                got = attempt(layer, update, action, scale)
+            layer, update, scale, saved = got["layer"], got["update"], got["scale"], got["saved"]
+            m, res, new_short, drop, tried = got["m"], got["res"], got["short"], got["drop"], got["tried"]
             if tried:
                 entry["tried"] = tried
             entry.update(action=action, layer=layer, keys=update.keys, rank=update.rank,
                          directions=update.directions, scale=scale, norm=update.norm * scale,
                          relative_norm=update.relative_norm * scale, accuracy=m["accuracy"], accuracy_drop=drop,
                          rows_lost=int(round(drop / one_row)), requirements=[r.to_dict() for r in res])
+            if update.siblings:
+                entry["with"] = [u.layer for u in update.siblings]
             if drop > budget + 1e-12 or new_short >= short:
-                _restore(model, layer, saved)
+                for n, snap in saved.items():
+                    _restore(model, n, snap)
                 entry.update(accepted=False, reason=("over the utility budget" if drop > budget + 1e-12
                                                      else "does not bring the requirement closer"))
                 if action == "edit":
@@ -689,14 +912,16 @@ class DynamicRankOneEditor(RankOneEditor):
                 entry["accepted"] = True
                 short = new_short
                 current = (m, res, new_short)
-                checks.accepted(layer)
+                for n in update.layers:
+                    checks.accepted(n)
                 strength_of[layer] = strength_of.get(layer, 0.0) + scale
                 if action == "edit":
                     last = update
                     accepted.append(update)
             log.append(entry)
         m, res, short = current
-        out = {"layers": sorted(strength_of), "strength": strength_of, "samples": int(len(clean)),
+        edited = sorted({n for u in accepted for n in u.layers} | set(strength_of))
+        out = {"layers": edited, "strength": strength_of, "samples": int(len(clean)),
                "sample_rows": picked["rows"], "steps": sum(1 for e in log if e.get("action") in ("edit", "strengthen")),
                "check_split": hp.check_split, "check_rows": rows["rows"], "requirements_met_on_check_split": short == 0,
                "check_metrics": {k: float(v) for k, v in m.items()}, "rankings": rankings,
