@@ -7,6 +7,7 @@ Every function here leaves no hook behind, also when it raises (`hook_guard`).
 from __future__ import annotations
 
 import hashlib
+import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -541,6 +542,34 @@ class ModelSplit:
         return any(c in self._above[edited] for c in self._cuts[layer])
 
 
+_TRACE_LOCK = threading.Lock()
+
+
+def _trace(model: nn.Module):
+    """The torch.fx graph of `model`, safe while other threads run models: fx patches
+    `nn.Module.__call__` and `__getattr__` for the whole process while it traces, so the tracer lets
+    calls from any other thread through untouched, and one trace runs at a time."""
+    import torch.fx as fx
+
+    class ThreadTracer(fx.Tracer):
+        def __init__(self):
+            super().__init__()
+            self.thread = threading.get_ident()
+
+        def call_module(self, m, forward, args, kwargs):
+            if threading.get_ident() != self.thread:
+                return forward(*args, **kwargs)
+            return super().call_module(m, forward, args, kwargs)
+
+        def getattr(self, attr, attr_val, parameter_proxy_cache):
+            if threading.get_ident() != self.thread:
+                return attr_val
+            return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    with _TRACE_LOCK:
+        return ThreadTracer().trace(model)
+
+
 def split_model(model: nn.Module, layers: Sequence[str]) -> ModelSplit | None:
     """A `ModelSplit` of `model` below each of `layers` (those that are module calls of the trace),
     or None where torch.fx cannot trace the model (data-dependent control flow) or no layer is a
@@ -548,7 +577,7 @@ def split_model(model: nn.Module, layers: Sequence[str]) -> ModelSplit | None:
     import torch.fx as fx
 
     try:  # the graph alone (symbolic_trace would also compile a module for it)
-        graph = model.graph if isinstance(model, fx.GraphModule) else fx.Tracer().trace(model)
+        graph = model.graph if isinstance(model, fx.GraphModule) else _trace(model)
     except Exception:  # noqa: BLE001 - any tracing failure means: run the whole model instead
         return None
     gm = model

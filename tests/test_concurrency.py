@@ -255,3 +255,34 @@ def test_parallel_browser_sessions_editing_different_models(live_server):
         finally:
             browser.close()
     assert {m: file_digest(SAMPLES / f"{m}.safetensors") for m, _, _ in jobs} == files
+
+
+def test_tracing_a_model_never_breaks_a_forward_in_another_thread():
+    """torch.fx patches `nn.Module.__call__` for the whole process while it traces (the dynamic
+    rank-one editor splits models with it): a model run in another thread meanwhile must not notice."""
+    from auditor.layers import split_model
+    from auditor.models import build_architecture
+
+    arch = {"name": "cnn", "in_channels": 1, "image_size": 8, "channels": [4, 8], "hidden": 16, "num_classes": 10}
+    traced, other = build_architecture(arch).eval(), build_architecture(arch).eval()
+    errors, stop = [], threading.Event()
+
+    def run():
+        x = torch.randn(2, 1, 8, 8)
+        with torch.no_grad():
+            while not stop.is_set():
+                try:
+                    other(x)
+                except Exception as exc:  # noqa: BLE001 - collected, asserted below
+                    errors.append(exc)
+                    return
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        for _ in range(100):
+            assert split_model(traced, ["conv2", "fc1"]) is not None
+    finally:
+        stop.set()
+        worker.join()
+    assert not errors, errors[0]
