@@ -1,13 +1,19 @@
 """Step 1: pick a sample model and its data, or upload a model file and a CSV with its schema."""
 from __future__ import annotations
 
-import tempfile
-
 import pandas as pd
 import streamlit as st
 
 from auditor import TabularSchema, load_data, load_model
-from auditor.audit.uploads import csv_columns, data_for_stamp_choice, is_text_column, read_upload, stamp_question
+from auditor.audit.uploads import (
+    csv_columns,
+    data_for_stamp_choice,
+    discard_upload,
+    is_text_column,
+    read_upload,
+    stamp_question,
+    upload_folder,
+)
 from auditor.data import BUILTIN
 from auditor.models import ModelSpec
 from auditor.models.custom import TRUST_HELP
@@ -118,9 +124,9 @@ else:
             except Exception as exc:  # noqa: BLE001
                 show_error(exc)
     if st.button("Load uploaded model", type="primary", disabled=model_file is None or not ready, key="up_go"):
+        folder = upload_folder()
         try:
             with progress("Loading") as cb:
-                folder = tempfile.mkdtemp(prefix="auditor-upload-")
                 path = read_upload(model_file.getvalue(), model_file.name, folder)
                 spec = ModelSpec.from_json(spec_file.getvalue().decode()) if spec_file is not None else None
                 custom = {}
@@ -140,6 +146,7 @@ else:
                                     data_label=uploaded.name if uploaded is not None else data_name,
                                     model_path=model_file.name))
         except Exception as exc:  # noqa: BLE001
+            discard_upload(folder)
             show_error(exc)
 
 audit = get_audit()

@@ -153,3 +153,24 @@ def test_the_reproduce_command_reproduces_the_report(trojan, tmp_path):
                  "--out", str(tmp_path / "e.safetensors")]) == 0
     theirs = json.loads(out.read_text())
     assert_same_numbers(ours, theirs)
+
+
+def test_stale_upload_folders_are_removed_and_a_failed_load_leaves_none(tmp_path, monkeypatch):
+    import os
+    import tempfile
+    import time
+
+    from auditor.audit.uploads import UPLOAD_PREFIX, discard_upload, upload_folder
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    stale, fresh = tmp_path / (UPLOAD_PREFIX + "stale"), tmp_path / (UPLOAD_PREFIX + "fresh")
+    for folder in (stale, fresh):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"x")
+    day_ago = time.time() - 25 * 3600
+    os.utime(stale, (day_ago, day_ago))
+    new = upload_folder()
+    assert new.parent == tmp_path and new.name.startswith(UPLOAD_PREFIX) and new.is_dir()
+    assert not stale.exists() and fresh.exists()
+    discard_upload(new)
+    assert not new.exists()

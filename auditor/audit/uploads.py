@@ -11,6 +11,33 @@ import pandas as pd
 
 from ..errors import AuditorError
 
+UPLOAD_PREFIX = "auditor-upload-"
+UPLOAD_KEEP_HOURS = 24.0
+
+
+def upload_folder(keep_hours: float = UPLOAD_KEEP_HOURS) -> Path:
+    """A new private folder for one load's uploaded files; upload folders older than `keep_hours`
+    (their models and data were read into memory long ago) are removed first."""
+    import shutil
+    import tempfile
+    import time
+
+    cutoff = time.time() - keep_hours * 3600
+    for old in Path(tempfile.gettempdir()).glob(UPLOAD_PREFIX + "*"):
+        try:
+            if old.is_dir() and old.stat().st_mtime < cutoff:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            continue
+    return Path(tempfile.mkdtemp(prefix=UPLOAD_PREFIX))
+
+
+def discard_upload(folder: str | Path) -> None:
+    """Remove a load's upload folder (the load failed: nothing refers to it)."""
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+
 
 def read_upload(data: bytes, filename: str, directory: str | Path) -> Path:
     """Write uploaded bytes to `directory` under a sanitised `filename` (the loaders read files)."""
