@@ -125,3 +125,20 @@ def test_refuses_models_it_cannot_rebuild_and_layers_that_are_not_linear(digits_
     custom = digits_cnn.copy()
     custom.spec.arch = {"name": "custom", "class": "Net", "file": "net.py"}
     assert "rebuild" in Retrieval().supports(custom, digits)
+
+
+def test_an_onnx_model_is_refused_before_anything_runs_and_weight_editors_are_named(digits_cnn, digits, tmp_path):
+    """A codebook can be written only to .safetensors and an ONNX graph only to .onnx: no --out works,
+    so the editor says so up front (not the CLI after loading, with advice that leads nowhere)."""
+    import copy
+
+    from auditor import load_model
+
+    path = tmp_path / "vendor.onnx"  # exported by the user with torch, not by the auditor: a bare graph
+    torch.onnx.export(digits_cnn.model.eval(), (digits.test.X[:1],), str(path), dynamo=False, input_names=["x"],
+                      dynamic_axes={"x": {0: "n"}})
+    spec = copy.deepcopy(digits_cnn.spec)
+    spec.arch = {"name": "onnx", "num_classes": 10}
+    onnx = load_model(path, spec=spec)
+    reason = Retrieval().supports(onnx, digits)
+    assert reason and ".safetensors" in reason and "ONNX graph" in reason

@@ -151,9 +151,6 @@ def run(args) -> int:
         raise AuditorError(f"--out must end in .safetensors or .onnx; got {args.out}")
     refuse_overwriting_inputs(args)
     cls = editor_class(args.editor)
-    if getattr(cls, "adds_adapter", False) and not str(args.out).lower().endswith(".safetensors"):
-        raise AuditorError(f"editor {cls.name!r} adds a codebook that changes the model's inference, which only a "
-                           f".safetensors file holds; write --out {args.out.rsplit('.', 1)[0]}.safetensors")
     if args.fix and args.fixes:
         raise AuditorError("give the mistakes to fix with --fix ROW=LABEL or with --fixes FILE.csv, not both")
     settings = settings_from_args(cls, args)
@@ -172,6 +169,9 @@ def run(args) -> int:
         session.set_fixes(names, require=False, fixes=fixes)
         print(f"{len(names)} mistake(s) to fix from {args.fixes}")
     session.check_editor(args.editor, settings)  # refuse before anything is logged
+    if getattr(cls, "adds_adapter", False) and not str(args.out).lower().endswith(".safetensors"):
+        raise AuditorError(f"editor {cls.name!r} adds a codebook that changes the model's inference, which only a "
+                           f".safetensors file holds; write --out {args.out.rsplit('.', 1)[0]}.safetensors")
     session.log = open_log(args)
     if session.log is not None:
         session.record_start()

@@ -40,7 +40,7 @@ from torch import nn
 from ..errors import AuditorError
 from ..fixes import equivalents
 from ..models.adapters import CodebookLinear, attach_codebook
-from ..models.architectures import ARCHITECTURES
+from ..models.files import check_saveable
 from .base import Editor
 from .registry import register_editor
 
@@ -162,10 +162,14 @@ class Retrieval(Editor):
             return None
         if not any(isinstance(m, nn.Linear) for m in bundle.model.modules()):
             return "the model has no Linear layer for a codebook"
-        arch = bundle.spec.arch.get("name") if isinstance(bundle.spec.arch, dict) else None
-        if arch not in ARCHITECTURES:
-            return (f"its architecture ({arch or 'unknown'}) is not one the auditor rebuilds from the spec, so the "
-                    "codebook would not load again; registered: " + ", ".join(sorted(ARCHITECTURES)))
+        try:  # the codebook lives only in a .safetensors file, rebuilt from the spec (not a user's class)
+            if (bundle.spec.arch or {}).get("name") == "custom":
+                raise AuditorError("the user's own class is built without adapters")
+            check_saveable(bundle, "model.safetensors")
+        except AuditorError:
+            return ("its codebook is kept only in a .safetensors file, and this model cannot be written as one "
+                    "that loads again (an ONNX graph, your own class, or an architecture the spec does not "
+                    "rebuild); editors that fix mistakes in the weights can")
         if self.hparams.layer is not None:
             mod = dict(bundle.model.named_modules()).get(self.hparams.layer)
             if not isinstance(mod, nn.Linear):
