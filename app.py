@@ -24,7 +24,7 @@ pages = [
     st.Page(PAGES["localize"], title="2. Localize", icon=":material/troubleshoot:", url_path="localize"),
     st.Page(PAGES["requirements"], title="3. Requirements", icon=":material/rule:", url_path="requirements"),
     st.Page(PAGES["edit"], title="4. Edit", icon=":material/build:", url_path="edit"),
-    st.Page("pages/train.py", title="Train for this model", icon=":material/school:", url_path="train"),
+    st.Page(PAGES["train"], title="Train for this model", icon=":material/school:", url_path="train"),
     st.Page(PAGES["compare"], title="5. Compare", icon=":material/compare_arrows:", url_path="compare"),
     st.Page(PAGES["report"], title="6. Report", icon=":material/description:", url_path="report"),
 ]

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_models"
 KEY = "audit"
 PAGES = {"load": "pages/load.py", "localize": "pages/localize.py", "requirements": "pages/requirements.py",
-         "edit": "pages/edit.py", "compare": "pages/compare.py", "report": "pages/report.py"}
+         "edit": "pages/edit.py", "train": "pages/train.py", "compare": "pages/compare.py",
+         "report": "pages/report.py"}
 
 # Small models run fastest on one thread (and several users share the cores); AUDITOR_THREADS overrides.
 if not st.get_option("global.appTest"):  # under AppTest the test session keeps its own setting
