@@ -82,9 +82,23 @@ def logged(ext: str) -> dict:
 d1, d2, d3 = st.columns(3)
 d1.download_button("Download HTML", html, mime="text/html", key="rep_html", icon=":material/download:",
                    type="primary", **logged("html"))
-d2.download_button("Download PDF", pdf_bytes, mime="application/pdf", key="rep_pdf",
-                   icon=":material/picture_as_pdf:", help="Printed by headless Chromium; takes a few seconds.",
-                   **logged("pdf"))
+# The PDF is printed once per report on request and then offered as plain bytes. A deferred download
+# (a callable as `data`) gets a new id on every rerun, and a click that lands while the rerun started
+# by another download button is under way asks for a revoked id: the download silently never came.
+pdf = st.session_state.get("rep_pdf_bytes")
+if pdf is None or pdf[0] != key:
+    if d2.button("Prepare PDF", key="rep_pdf_make", icon=":material/picture_as_pdf:",
+                 help="Printed by headless Chromium; takes a few seconds."):
+        try:
+            with st.spinner("Printing the PDF with headless Chromium"):
+                st.session_state["rep_pdf_bytes"] = (key, pdf_bytes())
+        except Exception as exc:  # noqa: BLE001
+            show_error(exc)
+        else:
+            st.rerun()
+else:
+    d2.download_button("Download PDF", pdf[1], mime="application/pdf", key="rep_pdf",
+                       icon=":material/picture_as_pdf:", **logged("pdf"))
 d3.download_button("Download JSON", json.dumps(doc, indent=2, sort_keys=True), mime="application/json",
                    key="rep_json", icon=":material/data_object:", **logged("json"))
 

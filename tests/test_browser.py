@@ -125,6 +125,7 @@ def download(page, label: str, tmp_path: Path) -> Path:
         page.get_by_role("button", name=label).click()
     path = tmp_path / info.value.suggested_filename
     info.value.save_as(path)
+    settle(page)  # the click reruns the page (it logs the export)
     return path
 
 
@@ -147,6 +148,9 @@ def export_and_check(page, tmp_path: Path, prefix: str, auditor: str) -> dict:
         assert r["after"] is None or format_value(r["metric"], r["after"]["value"]) in table
     html = htmllib.unescape(download(page, "Download HTML", tmp_path).read_text())  # e.g. the sample&#39;s
     assert doc["verdict"]["summary"] in html and auditor in html
+    page.get_by_role("button", name="Prepare PDF").click()
+    page.get_by_role("button", name="Download PDF").wait_for(timeout=180_000)
+    settle(page)
     pdf = download(page, "Download PDF", tmp_path)
     assert pdf.read_bytes()[:5] == b"%PDF-"
     if shutil.which("pdftotext"):

@@ -356,3 +356,32 @@ def test_evidence_map_names_this_reports_evidence(trojan_audit):
     sections = {i["section"] for r in ev["rows"] for i in r["evidence"]}
     assert sections <= {"verdict", "requirements", "identity", "localization", "edits", "metrics", "tradeoff",
                         "environment", "signoff"}
+
+
+def test_a_hung_chromium_is_killed_with_its_children_and_named(tmp_path, monkeypatch):
+    """A printer that never finishes (and leaves a child behind) fails within the timeout, naming it."""
+    import os
+    import time
+
+    from auditor.report.render import print_pdf
+
+    pidfile = tmp_path / "child.pid"
+    fake = tmp_path / "chromium"
+    fake.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {pidfile}\nwait\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("AUDITOR_CHROMIUM", str(fake))
+    page = tmp_path / "r.html"
+    page.write_text("<p>hi</p>")
+    start = time.monotonic()
+    with pytest.raises(AuditorError, match=r"did not finish printing r\.html within 1 s"):
+        print_pdf(page, tmp_path / "r.pdf", timeout=1)
+    assert time.monotonic() - start < 30
+    child = int(pidfile.read_text())
+    for _ in range(50):  # the child (a stand-in for Chromium's renderers) is gone too
+        state = subprocess.run(["ps", "-o", "stat=", "-p", str(child)], capture_output=True, text=True).stdout
+        if not state.strip() or state.strip().startswith("Z"):
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, 9)
+        raise AssertionError("Chromium's child process outlived the timeout")

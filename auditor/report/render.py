@@ -13,10 +13,12 @@ points, counts as integers); the JSON keeps them raw.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -329,16 +331,28 @@ def print_pdf(html_path: str | os.PathLike, pdf_path: str | os.PathLike, *, time
         shutil.copyfile(html_path, page)
         cmd = [find_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}/profile", f"--print-to-pdf={pdf_path}",
                page.as_uri()]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise AuditorError(f"Chromium did not finish printing {html_path.name} within {timeout:.0f} s") from None
-        except OSError as exc:
-            raise AuditorError(f"cannot run Chromium ({cmd[0]}): {exc.strerror}") from None
+        proc = _run_chromium(cmd, timeout, html_path.name)
     if not pdf_path.exists() or pdf_path.stat().st_size < 1000 or pdf_path.read_bytes()[:5] != b"%PDF-":
         tail = " ".join((proc.stderr or "").strip().splitlines()[-2:])[:300]
         raise AuditorError(f"Chromium did not write a PDF to {pdf_path} (exit {proc.returncode}): {tail}")
     return pdf_path
+
+
+def _run_chromium(cmd: list[str], timeout: float, name: str) -> subprocess.CompletedProcess:
+    """Run Chromium in its own process group; on a timeout the whole group (renderers too) is killed."""
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+    except OSError as exc:
+        raise AuditorError(f"cannot run Chromium ({cmd[0]}): {exc.strerror}") from None
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise AuditorError(f"Chromium did not finish printing {name} within {timeout:.0f} s") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def write_pdf(report: Report | dict, path: str | os.PathLike, *, timeout: float = 180) -> Path:
