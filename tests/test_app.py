@@ -2,6 +2,8 @@
 asserting that what is shown equals what the library computes."""
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -257,7 +259,13 @@ def test_report_page_says_what_the_library_says(trojan_edited):
                                                                              asr["after"]["value"])
     assert doc["model"]["sha256_after"] == audit.current.sha256
     assert doc["localization"] is None or doc["localization"]["available"]
-    assert len(at.get("download_button")) == 3
+    assert len(at.get("download_button")) == 2  # HTML and JSON; the PDF is printed on request
+    if shutil.which("chromium") or os.environ.get("AUDITOR_CHROMIUM"):
+        at.button(key="rep_pdf_make").click().run(timeout=180)
+        assert not at.exception and not at.error
+        key, pdf = at.session_state["rep_pdf_bytes"]
+        assert pdf[:5] == b"%PDF-" and key == at.session_state["rep_cache"][0]
+        assert len(at.get("download_button")) == 3 and not [b for b in at.button if b.key == "rep_pdf_make"]
 
 
 def test_upload_model_and_csv(tmp_path):

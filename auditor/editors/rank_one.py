@@ -59,6 +59,7 @@ from ..layers import (
 from ..localize import METHODS, rank_layers
 from ..models.architectures import editable_layers
 from ..requirements import Requirement, compute_metrics, parse_requirement
+from ..requirements.uncertainty import intervals
 from .base import Editor
 from .registry import register_editor
 
@@ -371,9 +372,9 @@ def _restore(model: nn.Module, layer_name: str, saved: dict[str, torch.Tensor]) 
         p.copy_(saved[n])
 
 
-def check_metrics(model: nn.Module, data: AuditData, split: str) -> dict[str, float]:
-    """Every metric of `model` on one split (the dynamic loop checks after each step)."""
-    return compute_metrics(model, data, split).metrics
+def check_metrics(model: nn.Module, data: AuditData, split: str):
+    """Every metric of `model` on one split, with the outcomes per row (the dynamic loop checks after each step)."""
+    return compute_metrics(model, data, split)
 
 
 def implicit_requirements(data: AuditData) -> list[Requirement]:
@@ -557,6 +558,15 @@ class DynamicRankOneHyper(RankOneHyper):
         "help": "edit, in the same step, every other layer that reads the edited layer's input (a residual "
                 "block's first convolution and its projection shortcut), each toward its own clean output, so "
                 "no path around the edit still carries the corruption"})
+    verdict: str = field(default="strict", metadata={
+        "help": '"strict": a requirement counts as met on the check rows only when its whole 95 % interval '
+                'lies within the threshold (the report\'s default verdict), so that it also holds on rows the '
+                'loop never saw; "point": the point estimate alone', "choices": ["strict", "point"]})
+    budget_on: str = field(default="check", metadata={
+        "help": '"check": the utility budget is judged on every check row (training rows too: enough rows to '
+                'resolve it); "held-out": on the `check_split` rows only (the training rows understate what an '
+                'edit costs, as their keys set C and the model fits them with wide margins, but a small split '
+                'rejects edits that were fine)', "choices": ["check", "held-out"]})
     pick: str = field(default="misbehaving", metadata={
         "help": 'which clean samples: "misbehaving" (drawn among those whose corrupted twin is misclassified) '
                 'or "random"', "choices": ["misbehaving", "random"]})
@@ -661,6 +671,7 @@ class DynamicRankOneEditor(RankOneEditor):
     description = "Re-localize, rank-one edit, check on held-out data, roll back, repeat (from n clean samples)"
     kind = "rank-one"
     Hyper = DynamicRankOneHyper
+    _budget_n = 0  # rows at the end of the check split the budget is judged on (0: all)
 
     def _update(self, model, data, layer, clean, corrupted, strength=None, rank="default") -> RankOneUpdate:
         """The change of `layer`; with `siblings`, together with the changes of the layers reading the same
@@ -686,16 +697,31 @@ class DynamicRankOneEditor(RankOneEditor):
             rows = np.sort(np.random.default_rng(0).choice(len(train), size=n_train, replace=False))
             held = Split.concat([train.subset(rows), held])
             data = data.with_splits(**{hp.check_split: held})
+        self._budget_n = len(held) - n_train if hp.budget_on == "held-out" and n_train else 0
         return data, hp.check_split, {"rows": len(held), "train_rows": n_train,
                                       "split_rows": len(held) - n_train}
 
     def _status(self, model, data, reqs, split=None):
         """Metrics, requirement results and the shortfall from meeting them all (0 when all hold);
-        `model` may be the loop's `_CheckModel`."""
-        m = check_metrics(model, data, split or self.hparams.check_split)
-        results = [r.check(m) for r in reqs]
+        `model` may be the loop's `_CheckModel`. Under the strict verdict the shortfall is measured from
+        the far end of each requirement's 95 % interval. `m["budget_accuracy"]`: the accuracy the
+        utility budget is judged on (`budget_on`)."""
+        hp = self.hparams
+        report = check_metrics(model, data, split or hp.check_split)
+        m = dict(report.metrics)
+        strict = hp.verdict == "strict"
+        iv = intervals({r.key: m[r.key] for r in reqs if r.key in m}, report.outcomes) if strict else None
+        results = [r.check(m, iv, mode=hp.verdict) for r in reqs]
+
+        def far(r):  # the end of the interval on the failing side (the point estimate without one)
+            bound = r.high if r.op == "<=" else r.low
+            return r.value if bound is None or not strict else bound
+
         # how far from meeting every requirement (0 when all hold)
-        shortfall = sum(abs(r.value - r.threshold) for r in results if not r.passed)
+        shortfall = sum(abs(far(r) - r.threshold) for r in results if not r.passed)
+        oc = report.outcomes
+        tail = oc.y[-self._budget_n:] == oc.pred[-self._budget_n:] if self._budget_n else None
+        m["budget_accuracy"] = float(tail.mean()) if tail is not None and len(tail) else m["accuracy"]
         return m, results, shortfall
 
     @torch.no_grad()
@@ -752,6 +778,10 @@ class DynamicRankOneEditor(RankOneEditor):
             raise AuditorError(f'pick must be "misbehaving" or "random", got {hp.pick!r}')
         if hp.check_train_rows < 0:
             raise AuditorError(f"check_train_rows must be at least 0, got {hp.check_train_rows}")
+        if hp.verdict not in ("strict", "point"):
+            raise AuditorError(f'verdict must be "strict" or "point", got {hp.verdict!r}')
+        if hp.budget_on not in ("check", "held-out"):
+            raise AuditorError(f'budget_on must be "check" or "held-out", got {hp.budget_on!r}')
         reqs = list(requirements) or implicit_requirements(data)
         if not reqs:
             raise AuditorError("dynamic-rank-one needs a requirement to check (e.g. 'attack_success_rate <= 0.02')")
@@ -761,14 +791,17 @@ class DynamicRankOneEditor(RankOneEditor):
         status = lambda layer=None: self._status(checks.at(layer), check_data, reqs, split)  # noqa: E731
         m0, res0, short = status()
         current = (m0, res0, short)  # the metrics of the model as it stands (a rollback restores it exactly)
-        acc0 = m0["accuracy"]
-        one_row = 1.0 / max(rows["rows"], 1)
+        acc0 = m0["budget_accuracy"]
+        judged = self._budget_n or rows["rows"]
+        one_row = 1.0 / max(judged, 1)
         budget = hp.max_accuracy_drop
         utility = {"rows": rows["rows"], "train_rows": rows["train_rows"], "split_rows": rows["split_rows"],
+                   "judged_on": ("the held-out check rows" if self._budget_n else "every check row"),
+                   "judged_rows": judged, "verdict": hp.verdict,
                    "one_row": one_row, "budget": budget, "budget_rows": int(np.floor(budget / one_row + 1e-9))}
         if budget + 1e-12 < one_row:
             utility["note"] = (f"the budget of {100 * budget:.2f} pt is finer than one row ({100 * one_row:.2f} pt of "
-                               f"{rows['rows']}): it cannot be judged here, so an edit may cost at most one row")
+                               f"{judged}): it cannot be judged here, so an edit may cost at most one row")
             budget = one_row
         gap0 = self._gap(model, clean, corrupted, labels) if len(clean) else 0.0
         log.append({"step": 0, "action": "start", "split": hp.check_split, "accuracy": acc0,
@@ -808,7 +841,7 @@ class DynamicRankOneEditor(RankOneEditor):
                 # a change of several layers is checked on the whole model (a cut below one holds another's output)
                 m, res, new_short = (status(layer) if not update.siblings
                                      else self._status(model, check_data, reqs, split))
-                drop = acc0 - m["accuracy"]
+                drop = acc0 - m["budget_accuracy"]
                 if drop <= budget + 1e-12:
                     break
             return {"layer": layer, "update": update, "scale": scale, "saved": saved, "m": m, "res": res,
@@ -890,7 +923,7 @@ class DynamicRankOneEditor(RankOneEditor):
                 entry["tried"] = tried
             entry.update(action=action, layer=layer, keys=update.keys, rank=update.rank,
                          directions=update.directions, scale=scale, norm=update.norm * scale,
-                         relative_norm=update.relative_norm * scale, accuracy=m["accuracy"], accuracy_drop=drop,
+                         relative_norm=update.relative_norm * scale, accuracy=m["budget_accuracy"], accuracy_drop=drop,
                          rows_lost=int(round(drop / one_row)), requirements=[r.to_dict() for r in res])
             if update.siblings:
                 entry["with"] = [u.layer for u in update.siblings]
