@@ -401,3 +401,38 @@ def test_kept_moments_follow_the_layout_of_the_layers_keys():
     corrupted[:, :, :3, :3] = 1.0
     update = compute_delta(biased, "0", clean, corrupted, X)
     assert update.delta.shape == (4, 10) and update.keys > 0
+
+
+def test_the_loop_counts_a_requirement_met_only_when_its_interval_is(trojan):
+    """A requirement whose point estimate passes on the check rows but whose 95 % interval straddles the
+    threshold is not met under the default strict verdict (the loop goes on), and is under `verdict="point"`."""
+    from auditor.requirements import parse_requirement
+
+    bundle, data, _ = trojan
+    strict, point = get_editor("dynamic-rank-one"), get_editor("dynamic-rank-one", verdict="point")
+    check, split, rows = strict._check_data(data)
+    m, _, _ = strict._status(bundle.model, check, [], split)
+    req = parse_requirement(f"accuracy >= {m['accuracy'] - 0.002}")  # the point passes, the interval's low end not
+    _, (res,), short = strict._status(bundle.model, check, [req], split)
+    assert res.verdict == "inconclusive" and not res.passed and short == pytest.approx(req.threshold - res.low)
+    point._check_data(data)
+    _, (res,), short = point._status(bundle.model, check, [req], split)
+    assert res.passed and short == 0
+    # and a repair it reports as met is met with its whole interval
+    result = get_editor("dynamic-rank-one", samples=1).edit(bundle, data)
+    assert result.extras["requirements_met_on_check_split"] and result.log[0]["utility"]["verdict"] == "strict"
+    last = [e for e in result.log if e.get("accepted")][-1]
+    assert all(r["verdict"] == "pass" and r["high"] <= r["threshold"] for r in last["requirements"])
+
+
+def test_the_budget_can_be_judged_on_held_out_rows_only(trojan):
+    bundle, data, _ = trojan
+    ed = get_editor("dynamic-rank-one", budget_on="held-out")
+    check, split, rows = ed._check_data(data)
+    m, _, _ = ed._status(bundle.model, check, [], split)
+    assert rows["train_rows"] > 0 and ed._budget_n == len(data.val)
+    assert m["budget_accuracy"] == pytest.approx(evaluate(bundle, data, split="val").metrics["accuracy"])
+    result = get_editor("dynamic-rank-one", samples=1, budget_on="held-out").edit(bundle, data)
+    assert result.log[0]["utility"]["judged_rows"] == len(data.val)
+    with pytest.raises(AuditorError, match="budget_on"):
+        get_editor("dynamic-rank-one", budget_on="train").edit(bundle, data)
