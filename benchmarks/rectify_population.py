@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from auditor.backend import describe_device, pick_device  # noqa: E402
 from auditor.editors import get_editor  # noqa: E402
 from auditor.rectify_zoo import (  # noqa: E402
+    FAMILIES,
     RectifyMember,
     build_population,
     load_member,
@@ -99,6 +100,29 @@ def _ranks(result) -> list:
             and e.get("accepted", True)]
 
 
+def check_side(result) -> dict:
+    """What the dynamic loop itself saw on its check rows (training rows + validation): whether every
+    requirement held there, and the accuracy it lost there (None for the other editors)."""
+    extras = result.extras if isinstance(result.extras, dict) else {}
+    start = result.log[0] if result.log and isinstance(result.log[0], dict) else {}
+    if "requirements_met_on_check_split" not in extras or "accuracy" not in start:
+        return {}
+    after = extras.get("check_metrics", {})
+    return {"met_on_check": bool(extras["requirements_met_on_check_split"]),
+            "check_drop": float(start["accuracy"] - after.get("budget_accuracy", after.get("accuracy", 0.0)))}
+
+
+def why_missed(r: dict, threshold: float) -> str:
+    """Why a dynamic run missed on the test split, from what its loop saw on the check rows."""
+    if "met_on_check" not in r:
+        return "not recorded"
+    if not r["met_on_check"]:
+        return "stopped short: the requirement did not hold on the check rows within the budget"
+    if r["value"] > threshold + 1e-12:
+        return "held on the check rows, not on the test split: the requirement"
+    return "held on the check rows, not on the test split: the accuracy drop"
+
+
 def run_member(index: int, ns: list[int], seeds: list[int], methods: dict, device_name: str | None,
                threads: int) -> dict:
     """Every (n, seed, method) run on one member (a worker entry point); `methods[n]` lists the
@@ -125,7 +149,7 @@ def run_member(index: int, ns: list[int], seeds: list[int], methods: dict, devic
                 extras = result.extras if isinstance(result.extras, dict) else {}
                 runs.append(row | {"seconds": result.seconds, "changed": result.changed, "layers": result.layers,
                                    "ranks": _ranks(result), "no_edit_reason": extras.get("no_edit_reason"),
-                                   **judge(cfg, before, after)})
+                                   **check_side(result), **judge(cfg, before, after)})
     return {"member": cfg.name, "before": before, "runs": runs, "format": bundle.format,
             "parameters": bundle.n_parameters}
 
@@ -383,6 +407,17 @@ def markdown(res: dict) -> str:
         lines += [f"- {k} ({v})" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])]
     misses = [r for r in res["runs"] if not r["met"] and r["method"].startswith("dynamic")]
     if misses:
+        lines += ["", "Why the dynamic runs missed, from what the loop saw on its own check rows (clean training "
+                  "rows plus validation) against the test split (450 rows: 1 pt of accuracy is 4.5 rows):", "",
+                  "| reason | " + " | ".join(FAMILIES) + " | all | test rows lost (median) |",
+                  "|---|" + "---|" * (len(FAMILIES) + 2)]
+        reasons: dict[str, list] = {}
+        for r in misses:
+            reasons.setdefault(why_missed(r, MAX_ASR if r["kind"] == "trojan" else MAX_CUE_GAP), []).append(r)
+        for reason, rs in sorted(reasons.items(), key=lambda kv: -len(kv[1])):
+            counts = [sum(r["family"] == f for r in rs) for f in FAMILIES]
+            lost = statistics.median(round(450 * r["accuracy_drop"]) for r in rs)
+            lines.append(f"| {reason} | " + " | ".join(map(str, counts)) + f" | {len(rs)} | {lost:g} |")
         lines += ["", f"Dynamic runs that missed ({len(misses)}), by member:", ""]
         per: dict[str, list] = {}
         for r in misses:
