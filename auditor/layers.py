@@ -303,8 +303,10 @@ def _key_signature(layer: nn.Module) -> str:
 def second_moments(model: nn.Module, layer_names: Sequence[str], X: torch.Tensor, *, max_rows: int = 4096,
                    max_keys: int = 16384, batch_size: int = 1024,
                    model_hash: str | None = None) -> dict[str, torch.Tensor]:
-    """Uncentred second moments E[k k^T] of several layers' keys over clean inputs X (float64, D x D
-    each), from one pass over the data.
+    """Uncentred second moments E[k k^T] of several layers' keys over clean inputs X (float64), from one
+    pass over the data: C (D x D), or, for a layer with fewer keys N than dimensions D (a wide Linear
+    layer over a few thousand rows), its N x D factor F = K / sqrt(N) with C = F^T F, which is smaller
+    and is solved with on N x N systems (`solve_moment`; `dense_moment` gives C either way).
 
     At most `max_rows` rows of X and `max_keys` keys per layer are used (the first ones: for a
     convolution, every patch position of the first examples), so the result is deterministic.
@@ -337,6 +339,7 @@ def second_moments(model: nn.Module, layer_names: Sequence[str], X: torch.Tensor
     dev = model_device(model)
     acc = torch.float32 if dev.type == "mps" else torch.float64
     totals: dict[str, torch.Tensor] = {}
+    kept: dict[str, list[torch.Tensor]] = {}  # layers with fewer keys than dimensions keep the keys
     counts = dict.fromkeys(todo, 0)
     was_training = model.training
     model.eval()
@@ -353,13 +356,20 @@ def second_moments(model: nn.Module, layer_names: Sequence[str], X: torch.Tensor
                     if left <= 0:
                         continue
                     for inp in store[name]:  # every call of the layer (a module may run twice)
-                        positions = layer_keys(layer, inp[:1]).shape[1]
+                        one = layer_keys(layer, inp[:1])
+                        positions = one.shape[1]
+                        fewer = min(max_keys, len(X) * positions) < one.shape[-1]  # keys than dimensions
+                        if name not in totals and name not in kept and fewer:
+                            kept[name] = []
                         # the first examples' keys up to the budget (a convolution has many per example)
                         k = layer_keys(layer, inp[:int(np.ceil(left / positions))])
                         k = k.reshape(-1, k.shape[-1])[:left]
                         k = k if k.dtype in (torch.float32, torch.float64) else k.float()
-                        kk = (k.T @ k).to(acc)
-                        totals[name] = totals[name] + kk if name in totals else kk
+                        if name in kept:
+                            kept[name].append(k.to(acc))
+                        else:
+                            kk = (k.T @ k).to(acc)
+                            totals[name] = totals[name] + kk if name in totals else kk
                         counts[name] += k.shape[0]
                         left -= k.shape[0]
                         if left <= 0:
@@ -367,7 +377,10 @@ def second_moments(model: nn.Module, layer_names: Sequence[str], X: torch.Tensor
     finally:
         model.train(was_training)
     for name in todo:
-        C = totals[name] / max(counts[name], 1)
+        if name in kept:  # C = K^T K / N kept as the N x D factor K / sqrt(N) (N < D: smaller than C)
+            C = torch.cat(kept[name]) / float(np.sqrt(max(counts[name], 1)))
+        else:
+            C = totals[name] / max(counts[name], 1)
         _MOMENTS[(feeds[name], name, fp, max_keys)] = C
         out[name] = C
     _bound(_MOMENTS, _nbytes)
@@ -427,10 +440,27 @@ def second_moment(model: nn.Module, layer_name: str, X: torch.Tensor, **kwargs) 
     return second_moments(model, [layer_name], X, **kwargs)[layer_name]
 
 
+def is_factor(C: torch.Tensor) -> bool:
+    """Whether a moment from `second_moments` is kept as its N x D factor F (C = F^T F) rather than C."""
+    return C.shape[0] != C.shape[1]
+
+
+def dense_moment(C: torch.Tensor) -> torch.Tensor:
+    """The D x D second moment, from C or its factor."""
+    return C.T @ C if is_factor(C) else C
+
+
+def _ridge_scale(C: torch.Tensor, ridge: float) -> float:
+    """ridge * mean(diag C) (the factor's squared norm over D)."""
+    mean = float(C.pow(2).sum()) / C.shape[1] if is_factor(C) else float(torch.diagonal(C).mean())
+    return ridge * (mean or 1.0)
+
+
 def regularised(C: torch.Tensor, ridge: float) -> torch.Tensor:
     """C + ridge * mean(diag C) * I: invertible even for keys clean data never spans."""
-    scale = float(torch.diagonal(C).mean()) or 1.0
-    return C + ridge * scale * torch.eye(C.shape[0], dtype=C.dtype, device=C.device)
+    a = _ridge_scale(C, ridge)
+    C = dense_moment(C)
+    return C + a * torch.eye(C.shape[0], dtype=C.dtype, device=C.device)
 
 
 _INVERSES: OrderedDict[tuple, torch.Tensor] = OrderedDict()
@@ -464,9 +494,19 @@ def moment_factor(C: torch.Tensor, ridge: float) -> tuple[str, torch.Tensor]:
     hit = _FACTORS.get(key)
     if hit is not None and hit[0] is C:
         return hit[1]
-    R = regularised(C, ridge)
-    L, info = torch.linalg.cholesky_ex(R)
-    factor = ("cholesky", L) if int(info) == 0 else ("lu", *torch.linalg.lu_factor(R))
+    if is_factor(C):  # Woodbury: (a I + F^T F)^-1 = (I - F^T (a I + F F^T)^-1 F) / a, an N x N system
+        a = _ridge_scale(C, ridge)
+        if a <= 0:
+            raise AuditorError(f"ridge must be above 0 for a layer with fewer clean keys ({C.shape[0]}) than "
+                               f"dimensions ({C.shape[1]}): their second moment is singular")
+        inner = C @ C.T + a * torch.eye(C.shape[0], dtype=C.dtype, device=C.device)
+        L, info = torch.linalg.cholesky_ex(inner)
+        factor = (("woodbury", L) if int(info) == 0 else ("woodbury-lu", *torch.linalg.lu_factor(inner)))
+        factor = (*factor, torch.tensor(a, dtype=C.dtype))
+    else:
+        R = regularised(C, ridge)
+        L, info = torch.linalg.cholesky_ex(R)
+        factor = ("cholesky", L) if int(info) == 0 else ("lu", *torch.linalg.lu_factor(R))
     _FACTORS[key] = (C, factor)
     _bound(_FACTORS, lambda pair: sum(_nbytes(t) for t in pair[1][1:]))
     return factor
@@ -478,6 +518,14 @@ def solve_moment(C: torch.Tensor, ridge: float, B: torch.Tensor) -> torch.Tensor
     factor = moment_factor(C, ridge)
     kind, *parts = factor
     parts = [p.to(B.device, B.dtype) if p.is_floating_point() else p.to(B.device) for p in parts]
+    if kind.startswith("woodbury"):
+        F, a = C.to(B.device, B.dtype), float(parts[-1])
+        y = _factor_solve(kind.removeprefix("woodbury-") if "-" in kind else "cholesky", parts[:-1], F @ B)
+        return (B - F.T @ y) / a
+    return _factor_solve(kind, parts, B)
+
+
+def _factor_solve(kind: str, parts: list, B: torch.Tensor) -> torch.Tensor:
     if kind == "cholesky":  # two triangular solves (torch.cholesky_solve copies the factor on every call)
         L = parts[0]
         return torch.linalg.solve_triangular(L.mT, torch.linalg.solve_triangular(L, B, upper=False), upper=True)

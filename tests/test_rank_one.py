@@ -436,3 +436,32 @@ def test_the_budget_can_be_judged_on_held_out_rows_only(trojan):
     assert result.log[0]["utility"]["judged_rows"] == len(data.val)
     with pytest.raises(AuditorError, match="budget_on"):
         get_editor("dynamic-rank-one", budget_on="train").edit(bundle, data)
+
+
+def test_a_wide_layer_keeps_its_keys_and_solves_on_them():
+    """A layer with fewer clean keys than dimensions (a wide Linear layer over a few rows) keeps the
+    N x D factor of its second moment, never the D x D matrix, and the edit is the same as from C."""
+    from auditor import layers
+    from auditor.layers import dense_moment, is_factor, regularised, second_moment, solve_moment
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(300, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+    X = torch.randn(120, 300)
+    clear_moment_cache()
+    F = second_moment(model, "0", X)
+    assert is_factor(F) and F.shape == (120, 301) and not is_factor(second_moment(model, "2", X))
+    keys = torch.cat([X, torch.ones(120, 1)], 1).double()
+    assert torch.allclose(dense_moment(F), keys.T @ keys / 120, atol=1e-10)
+    B = torch.randn(301, 4, dtype=torch.float64)
+    want = torch.linalg.solve(regularised(dense_moment(F), 1e-3), B)
+    assert torch.allclose(solve_moment(F, 1e-3, B), want, rtol=1e-7, atol=1e-9)
+    clean = X[:3]
+    corrupted = clean.clone()
+    corrupted[:, :5] = 3.0
+    from_factor = compute_delta(model, "0", clean, corrupted, X, target="own").delta
+    (key,) = [k for k in layers._MOMENTS if k[1] == "0"]
+    layers._MOMENTS[key] = dense_moment(F)  # the same moment as a D x D matrix
+    layers._FACTORS.clear()
+    from_dense = compute_delta(model, "0", clean, corrupted, X, target="own").delta
+    assert torch.allclose(from_factor, from_dense, rtol=1e-6, atol=1e-8)
+    clear_moment_cache()
