@@ -438,7 +438,7 @@ def test_the_budget_can_be_judged_on_held_out_rows_only(trojan):
         get_editor("dynamic-rank-one", budget_on="train").edit(bundle, data)
 
 
-def test_a_wide_layer_keeps_its_keys_and_solves_on_them():
+def test_a_wide_layer_keeps_its_keys_and_solves_on_them(tmp_path):
     """A layer with fewer clean keys than dimensions (a wide Linear layer over a few rows) keeps the
     N x D factor of its second moment, never the D x D matrix, and the edit is the same as from C."""
     from auditor import layers
@@ -464,4 +464,9 @@ def test_a_wide_layer_keeps_its_keys_and_solves_on_them():
     layers._FACTORS.clear()
     from_dense = compute_delta(model, "0", clean, corrupted, X, target="own").delta
     assert torch.allclose(from_factor, from_dense, rtol=1e-6, atol=1e-8)
+    layers._MOMENTS[key] = F  # kept beside a model file and read back as the factor
+    path = tmp_path / "m.moments.safetensors"
+    assert layers.save_moments(path, ["0"]) == 1
+    clear_moment_cache()
+    assert layers.load_moments(path) == 1 and torch.equal(second_moment(model, "0", X), F)
     clear_moment_cache()
