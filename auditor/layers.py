@@ -489,7 +489,9 @@ _FACTORS: OrderedDict[tuple, tuple] = OrderedDict()
 
 def moment_factor(C: torch.Tensor, ridge: float) -> tuple[str, torch.Tensor]:
     """A factorisation of C + ridge * mean(diag C) * I, cached alongside the cached moment C:
-    ("cholesky", L) or, where that fails numerically (ridge 0 on a singular C), ("lu", LU, pivots)."""
+    ("cholesky", L) or, where that fails numerically (ridge 0 on a singular C), ("lu", LU, pivots); for a
+    moment kept as its factor F, the same of the N x N system a I + F F^T, as ("woodbury-cholesky", L, a)
+    or ("woodbury-lu", LU, pivots, a)."""
     key = (id(C), float(ridge))
     hit = _FACTORS.get(key)
     if hit is not None and hit[0] is C:
@@ -501,7 +503,7 @@ def moment_factor(C: torch.Tensor, ridge: float) -> tuple[str, torch.Tensor]:
                                f"dimensions ({C.shape[1]}): their second moment is singular")
         inner = C @ C.T + a * torch.eye(C.shape[0], dtype=C.dtype, device=C.device)
         L, info = torch.linalg.cholesky_ex(inner)
-        factor = (("woodbury", L) if int(info) == 0 else ("woodbury-lu", *torch.linalg.lu_factor(inner)))
+        factor = (("woodbury-cholesky", L) if int(info) == 0 else ("woodbury-lu", *torch.linalg.lu_factor(inner)))
         factor = (*factor, torch.tensor(a, dtype=C.dtype))
     else:
         R = regularised(C, ridge)
@@ -518,10 +520,9 @@ def solve_moment(C: torch.Tensor, ridge: float, B: torch.Tensor) -> torch.Tensor
     factor = moment_factor(C, ridge)
     kind, *parts = factor
     parts = [p.to(B.device, B.dtype) if p.is_floating_point() else p.to(B.device) for p in parts]
-    if kind.startswith("woodbury"):
+    if kind.startswith("woodbury-"):  # the factor F of C and ridge a: (B - F^T (a I + F F^T)^-1 F B) / a
         F, a = C.to(B.device, B.dtype), float(parts[-1])
-        y = _factor_solve(kind.removeprefix("woodbury-") if "-" in kind else "cholesky", parts[:-1], F @ B)
-        return (B - F.T @ y) / a
+        return (B - F.T @ _factor_solve(kind.removeprefix("woodbury-"), parts[:-1], F @ B)) / a
     return _factor_solve(kind, parts, B)
 
 

@@ -107,9 +107,8 @@ def check_side(result) -> dict:
     start = result.log[0] if result.log and isinstance(result.log[0], dict) else {}
     if "requirements_met_on_check_split" not in extras or "accuracy" not in start:
         return {}
-    after = extras.get("check_metrics", {})
     return {"met_on_check": bool(extras["requirements_met_on_check_split"]),
-            "check_drop": float(start["accuracy"] - after.get("budget_accuracy", after.get("accuracy", 0.0)))}
+            "check_drop": float(start["accuracy"] - extras["check_metrics"]["budget_accuracy"])}
 
 
 def why_missed(r: dict, threshold: float) -> str:
