@@ -335,6 +335,8 @@ def test_state_dict_with_its_class_in_a_py_file(image_case, capsys):
     assert rc == 0, err
     spec = json.loads(spec_path.read_text())
     assert spec["arch"]["name"] == "custom" and spec["arch"]["num_classes"] == 10
+    assert spec["arch"]["class"] == "SmallCNN" and spec["arch"]["file"] == "net.py"  # named, for refusals
+    assert "--arch-class SmallCNN --trust-code" in out  # the next command says what the model needs
     rc, out, err = _run(["evaluate", tmp / "cnn.pt", tmp / "case.npz", "--spec", spec_path, *code,
                          "--require", "attack_success_rate <= 0.05"], capsys)
     assert rc == 1, err
@@ -359,3 +361,5 @@ def test_state_dict_with_its_class_in_a_py_file(image_case, capsys):
     rc, out, err = _run(["evaluate", tmp / "cnn.pt", tmp / "case.npz", "--spec", spec_path,
                          "--arch-file", tmp / "net.py", "--arch-class", "SmallCNN"], capsys)
     assert rc == 2 and "--trust-code" in err
+    rc, out, err = _run(["evaluate", tmp / "cnn.pt", tmp / "case.npz", "--spec", spec_path], capsys)
+    assert rc == 2 and "class 'SmallCNN' in 'net.py'" in err

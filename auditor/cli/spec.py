@@ -81,6 +81,8 @@ def run_init(args) -> int:
     acc = ev.metrics.get("accuracy")
     print(f"\nchecked: the model loads with it and evaluates on {ev.rows} rows ({ev.split})"
           + (f", accuracy {acc:.4f}" if acc is not None else ""))
-    print(f"next: auditor evaluate {args.model} {args.data} --spec {out} ...", file=sys.stdout)
+    code = (f" --arch-file {args.arch_file} --arch-class {args.arch_class} --trust-code"
+            if draft.spec["arch"].get("name") == "custom" else "")
+    print(f"next: auditor evaluate {args.model} {args.data} --spec {out}{code} ...", file=sys.stdout)
     return 0
 

@@ -67,7 +67,10 @@ def _model_from_file(path: Path, data, X, y, *, arch_file, arch_class, trust_cod
     notes: list[str] = []
     suffix = path.suffix.lower()
     if arch_file is not None or arch_class is not None:
-        arch = {**(arch or {}), "name": "custom"}
+        # the class and file are named in the spec (not run from it: loading still needs --arch-file and
+        # --trust-code), so a later refusal can say which code the model needs
+        arch = {**(arch or {}), "name": "custom", "class": arch_class,
+                "file": Path(arch_file).name if arch_file else None}
         provisional = {"arch": arch, "input": {"kind": kind, "shape": shape}}
         bundle = load_model(path, spec=provisional, max_bytes=max_bytes, arch_file=arch_file,
                             arch_class=arch_class, trust_code=trust_code)
