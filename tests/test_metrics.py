@@ -114,3 +114,21 @@ def test_group_metrics_equal_fairlearn_on_edge_cases():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         check()
+
+
+def test_accuracy_and_balanced_accuracy_equal_sklearn():
+    """The numpy versions the editors call on every step give sklearn's figures, classes missing
+    from the labels or the predictions included."""
+    import warnings
+
+    from auditor.requirements.metrics import accuracy, balanced_accuracy
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n, k = int(rng.integers(1, 40)), int(rng.integers(1, 6))
+        y, pred = rng.integers(0, k, n), rng.integers(0, k + 1, n)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            want = balanced_accuracy_score(y, pred)
+        assert accuracy(y, pred) == pytest.approx(accuracy_score(y, pred), abs=1e-12)
+        assert balanced_accuracy(y, pred) == pytest.approx(want, abs=1e-12)

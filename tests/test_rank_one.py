@@ -438,6 +438,25 @@ def test_the_budget_can_be_judged_on_held_out_rows_only(trojan):
         get_editor("dynamic-rank-one", budget_on="train").edit(bundle, data)
 
 
+def test_the_pick_reads_its_logits_off_the_first_checks(trojan, monkeypatch):
+    """When every training row is a check row, the sample pick reuses the checks' first whole-model runs
+    (it runs no model itself) and picks exactly the rows it picks when it runs the model."""
+    import auditor.editors.rank_one as rank_one
+
+    bundle, data, _ = trojan
+    calls = []
+    real = rank_one._logits
+    monkeypatch.setattr(rank_one, "_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for seed in range(2):
+        shared = get_editor("dynamic-rank-one", samples=5, seed=seed).edit(bundle, data)
+        assert not calls
+        own = get_editor("dynamic-rank-one", samples=5, seed=seed, check_train_rows=100).edit(bundle, data)
+        assert len(calls) == 2
+        calls.clear()
+        picked = [r.log[0]["pairs"] for r in (shared, own)]
+        assert picked[0]["rows"] == picked[1]["rows"] and picked[0]["misbehaving"] == picked[1]["misbehaving"]
+
+
 def test_a_wide_layer_keeps_its_keys_and_solves_on_them(tmp_path):
     """A layer with fewer clean keys than dimensions (a wide Linear layer over a few rows) keeps the
     N x D factor of its second moment, never the D x D matrix, and the edit is the same as from C."""

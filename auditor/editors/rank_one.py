@@ -605,10 +605,17 @@ class _CheckModel(nn.Module):
         self.split: ModelSplit | None | bool = False  # False: not built yet
         self.cuts: dict[str, dict[str, tuple]] = {}
         self.stats = {"tail_runs": 0, "full_runs": 0}
+        self.first: dict[str, torch.Tensor] = {}  # the outputs of the runs before any edit, by input
 
     def at(self, layer: str | None) -> _CheckModel:
         self.layer = layer
         return self
+
+    def first_logits(self, X: torch.Tensor, batch_size: int = 4096) -> torch.Tensor | None:
+        """What the unedited model gave for `X` when it ran through here in `predict_logits`' batches
+        (None if it did not)."""
+        outs = [self.first.get(input_fingerprint(X[i:i + batch_size])) for i in range(0, len(X), batch_size)]
+        return torch.cat(outs).float().cpu() if outs and all(o is not None for o in outs) else None
 
     @staticmethod
     def _size(cut: tuple) -> int:
@@ -626,10 +633,9 @@ class _CheckModel(nn.Module):
         if self.split is False:
             self.split = split_model(self.model, self.layers)
         split = self.split
-        if split is None:
-            self.stats["full_runs"] += 1
-            return self.model(X)
         key = input_fingerprint(X)
+        if split is None:
+            return self._full(key, self.model(X))
         hit = self.cuts.get(self.layer, {}).get(key) if self.layer is not None else None
         if hit is not None:
             self.stats["tail_runs"] += 1
@@ -646,8 +652,15 @@ class _CheckModel(nn.Module):
             if self.bytes + self._size(cut) <= self.max_bytes:
                 self.cuts.setdefault(name, {})[key] = cut
                 self.bytes += self._size(cut)
+        return self._full(key, out)
+
+    def _full(self, key: str, out):
         self.stats["full_runs"] += 1
+        if self.layer is None and not self.started and isinstance(out, torch.Tensor):
+            self.first[key] = out.detach()
         return out
+
+    started = False  # set once the checks before any edit ran: later whole-model runs are not kept
 
 
 @register_editor
@@ -743,9 +756,29 @@ class DynamicRankOneEditor(RankOneEditor):
         model.eval()
         return bool((model(corrupted).argmax(1) == labels).all())
 
-    def _pick(self, model, data: AuditData, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    def _seen_logits(self, checks: _CheckModel, data: AuditData, check_data: AuditData, split: str,
+                     rows: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The logits `_pick` needs (clean and corrupted, rows of the pick split outside the stamp's target),
+        read off the checks before any edit when every row of the pick split leads the check rows in
+        order; None otherwise (the pick then runs the model itself)."""
+        if (data.stamp is None or self.hparams.split != "train" or split == "train"
+                or rows["train_rows"] != len(data.split("train"))):
+            return None
+        held = check_data.split(split)
+        y = held.y.numpy()
+        kept = np.flatnonzero(y != data.stamp.target)
+        a = checks.first_logits(held.X)
+        b = checks.first_logits(check_data.corrupt(split, kept))
+        if a is None or b is None:
+            return None
+        n = int((y[:rows["train_rows"]] != data.stamp.target).sum())
+        return a[kept[:n]], b[:n]
+
+    def _pick(self, model, data: AuditData, device, seen: tuple | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
         """The clean samples and their twins: drawn (by `seed`) among the rows of `split` the model gets
-        right whose corrupted twin it gets wrong; topped up by the largest decision gaps if too few."""
+        right whose corrupted twin it gets wrong; topped up by the largest decision gaps if too few.
+        `seen`: those rows' clean and corrupted logits, when already computed."""
         hp = self.hparams
         sp = data.split(hp.split)
         rows = np.arange(len(sp))
@@ -757,8 +790,9 @@ class DynamicRankOneEditor(RankOneEditor):
         if hp.pick == "random":
             chosen = np.sort(np.random.default_rng(hp.seed).choice(rows, size=hp.samples, replace=False))
         else:
-            X, Xc, y = sp.X[rows], data.corrupt(hp.split, rows), sp.y[rows]
-            a, b = _logits(model, X, device), _logits(model, Xc, device)
+            y = sp.y[rows]
+            a, b = seen if seen is not None else (_logits(model, sp.X[rows], device),
+                                                  _logits(model, data.corrupt(hp.split, rows), device))
             bad = (a.argmax(1) == y) & (b.argmax(1) != y)
             drop = (decision_margin(a, y) - decision_margin(b, y)).numpy()
             pool = rows[bad.numpy()]
@@ -789,11 +823,13 @@ class DynamicRankOneEditor(RankOneEditor):
         reqs = list(requirements) or implicit_requirements(data)
         if not reqs:
             raise AuditorError("dynamic-rank-one needs a requirement to check (e.g. 'attack_success_rate <= 0.02')")
-        clean, corrupted, labels, picked = self._pick(model, data, device)
         check_data, split, rows = self._check_data(data)
         checks = _CheckModel(model, [hp.layer] if hp.layer else [n for n, _ in editable_layers(model)])
         status = lambda layer=None: self._status(checks.at(layer), check_data, reqs, split)  # noqa: E731
         m0, res0, short = status()
+        checks.started = True
+        clean, corrupted, labels, picked = self._pick(model, data, device,
+                                                      self._seen_logits(checks, data, check_data, split, rows))
         current = (m0, res0, short)  # the metrics of the model as it stands (a rollback restores it exactly)
         acc0 = m0["budget_accuracy"]
         judged = self._budget_n or rows["rows"]
