@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import COMMANDS
 from .common import (
+    add_editor_setting_args,
     add_model_data_args,
     add_require_arg,
     fmt,
@@ -39,11 +40,7 @@ def register(sub) -> None:
     p.add_argument("--editor", metavar="NAME", help=f"edit with this editor: {', '.join(sorted(EDITORS))}")
     p.add_argument("--samples", type=int, help="clean samples the editor and baselines may use (those that take them)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same numbers; default 0)")
-    p.add_argument("--layer", help="layer to edit (rank-one editors; default: the top-ranked one)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other editor setting, e.g. --set max_edits=4 (repeatable)")
-    p.add_argument("--fix", action="append", default=[], metavar="ROW=LABEL",
-                   help="a mistake to fix: row ROW of --split (or SPLIT:ROW) should get LABEL (repeatable)")
+    add_editor_setting_args(p)
     p.add_argument("--baselines", default="auto", metavar="auto|none|A,B",
                    help="methods for the trade-off chart: auto (with --editor: every editor that targets the "
                         "requirement, and fairlearn's ThresholdOptimizer for fairness), none, or a comma-separated "

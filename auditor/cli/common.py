@@ -22,18 +22,24 @@ def _csv_list(text: str | None) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()] if text else []
 
 
+def add_csv_schema_args(p, prefix: str = "") -> None:
+    """--target, --positive, --protected, --categorical, --inputs: how a CSV's columns are read
+    (`schema_from_args`)."""
+    p.add_argument("--target", help=f"{prefix}the target column")
+    p.add_argument("--positive", help=f"{prefix}the target value that counts as the positive outcome")
+    p.add_argument("--protected", help=f"{prefix}comma-separated protected attributes (grouped by, not model inputs)")
+    p.add_argument("--categorical", help=f"{prefix}comma-separated categorical columns")
+    p.add_argument("--inputs", help=f"{prefix}comma-separated model input columns (default: all but target "
+                                    "and protected)")
+
+
 def add_model_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model file: .safetensors (spec inside), .onnx, or a state dict .pt with --spec")
     p.add_argument("data", nargs="?", help="built-in data (adult, compas, digits, digits-trojan, digits-spurious), "
                                            "a .csv/.parquet with --target, or an .npz image case (formats: "
                                            "docs/formats.md); may be left out when --test-csv names the file")
     p.add_argument("--spec", help="JSON model spec for a state dict (or to override a stored one)")
-    p.add_argument("--target", help="CSV: the target column")
-    p.add_argument("--positive", help="CSV: the target value that counts as the positive outcome")
-    p.add_argument("--protected", help="CSV: comma-separated protected attributes (grouped by, not model inputs)")
-    p.add_argument("--categorical", help="CSV: comma-separated categorical columns")
-    p.add_argument("--inputs", help="CSV: comma-separated model input columns (default: all but target "
-                                    "and protected)")
+    add_csv_schema_args(p, "CSV: ")
     p.add_argument("--split", default=None, choices=["all", "train", "val", "test"],
                    help="rows to evaluate on: all, train, val or test (default: test for built-in data and data "
                         "with a partition; all for a CSV or .npz given without one)")
@@ -57,6 +63,15 @@ def add_model_data_args(p: argparse.ArgumentParser) -> None:
 def add_require_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--require", action="append", default=[], metavar="EXPR",
                    help='requirement such as "demographic_parity <= 0.05" (repeatable)')
+
+
+def add_editor_setting_args(p: argparse.ArgumentParser) -> None:
+    """--layer, --set and --fix: what an edit is told beyond its editor, samples and seed."""
+    p.add_argument("--layer", help="layer to edit (rank-one editors; default: the top-ranked one)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other editor setting, e.g. --set max_edits=4 (repeatable)")
+    p.add_argument("--fix", action="append", default=[], metavar="ROW=LABEL",
+                   help="a mistake to fix: row ROW of --split (or SPLIT:ROW) should get LABEL (repeatable)")
 
 
 def schema_from_args(args) -> TabularSchema | None:

@@ -17,6 +17,7 @@ import typing
 
 from . import COMMANDS
 from .common import (
+    add_editor_setting_args,
     add_model_data_args,
     add_require_arg,
     fmt,
@@ -53,11 +54,7 @@ def register(sub) -> None:
                    help=f"editor: {', '.join(sorted(EDITORS))}")
     p.add_argument("--samples", type=int, help="clean samples the editor may use (editors that take samples)")
     p.add_argument("--seed", type=int, help="which samples / random seed (editors that take one)")
-    p.add_argument("--layer", help="layer to edit (rank-one editors; default: the top-ranked one)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other editor setting, e.g. --set max_edits=4 (repeatable)")
-    p.add_argument("--fix", action="append", default=[], metavar="ROW=LABEL",
-                   help="a mistake to fix: row ROW of --split (or SPLIT:ROW) should get LABEL (repeatable)")
+    add_editor_setting_args(p)
     p.add_argument("--fixes", metavar="FILE.csv",
                    help="many mistakes to fix at once: a CSV with columns row (index into --split, or SPLIT:ROW) "
                         "and label, or (tabular data) the model's input columns and label; labels by name or index")

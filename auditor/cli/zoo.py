@@ -18,7 +18,7 @@ import sys
 import time
 
 from . import COMMANDS
-from .common import format_table, write_json
+from .common import add_csv_schema_args, format_table, write_json
 
 
 def register(sub) -> None:
@@ -51,11 +51,7 @@ def _add_user_args(q) -> None:
     g.add_argument("--like", metavar="MODEL", help="your model file: the population has its inputs and "
                                                   "preprocessing, and depths and widths around its own")
     g.add_argument("--spec", help="JSON model spec for a state dict MODEL")
-    g.add_argument("--target", help="the target column")
-    g.add_argument("--positive", help="the target value that counts as the positive outcome")
-    g.add_argument("--protected", help="comma-separated protected attributes (not model inputs)")
-    g.add_argument("--categorical", help="comma-separated categorical columns")
-    g.add_argument("--inputs", help="comma-separated model input columns (default: all but target and protected)")
+    add_csv_schema_args(g)
     g.add_argument("--train-csv", metavar="FILE", help="your own training rows (--data then holds the test rows)")
     g.add_argument("--val-csv", metavar="FILE", help="your own validation rows (with --train-csv)")
     g.add_argument("--split-column", metavar="COL", help="a column that says train/val/test for every row")
