@@ -14,6 +14,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .requirements import METRICS
 
 # Metrics whose value is a count, not a fraction, and gap metrics (a difference of two rates).
@@ -163,8 +165,6 @@ SAMPLE_STAMP_DATA = frozenset({"digits-trojan", "digits-spurious"})  # built-in 
 
 def _where(mask) -> str:
     """Where a stamp's mask sits, in words: `9-pixel patch (3×3) in the bottom-right corner`."""
-    import numpy as np
-
     m = np.asarray(mask, dtype=float)
     m = m.reshape(-1, *m.shape[-2:]).max(axis=0) if m.ndim >= 2 else m.reshape(1, -1)
     rows, cols = np.nonzero(m > 0)
@@ -490,3 +490,18 @@ def md_plain(text: Any) -> str:
     so a file name or a data value shows as it is and never becomes a link, an image or markup.
     Line breaks become spaces (a message stays one paragraph)."""
     return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def shown_image(x) -> np.ndarray:
+    """An input image (C x H x W, or H x W) as it is drawn: H x W x 3 for a colour (3-channel) image,
+    else H x W (the channels averaged). Values as they are: `image_trace` scales them for display."""
+    x = np.asarray(x.detach().cpu().double() if hasattr(x, "detach") else x, dtype=float)
+    if x.ndim == 3 and x.shape[0] == 3:
+        return np.moveaxis(x, 0, -1)
+    return x.mean(0) if x.ndim == 3 else x
+
+
+def pixel_attribution(a) -> np.ndarray:
+    """A pixel attribution map (C x H x W, or H x W) summed over the channels: a pixel's contribution."""
+    a = np.asarray(a.detach().cpu().double() if hasattr(a, "detach") else a, dtype=float)
+    return a.sum(0) if a.ndim == 3 else a

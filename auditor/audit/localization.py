@@ -19,6 +19,7 @@ import torch
 from ..data.base import AuditData
 from ..errors import AuditorError
 from ..models.bundle import ModelBundle
+from ..present import pixel_attribution, shown_image
 from ..requirements import parse_requirements
 
 DEFAULT_ROWS = 500
@@ -80,15 +81,15 @@ class Localization:
                                 "rank": int(r["rank"])} for r in self.features.to_dict("records")]
         if self.pixels is not None:
             px = self.pixels
-            rnd = lambda t: np.round(t.detach().double().numpy(), 6).tolist()  # noqa: E731
+            rnd = lambda a: np.round(a, 6).tolist()  # noqa: E731
             out["images"] = [
                 {"title": f"clean (predicted {class_names[int(px['clean_prediction'][0])]})", "kind": "image",
-                 "z": rnd(self.clean[0].mean(0))},
+                 "z": rnd(shown_image(self.clean[0]))},
                 {"title": f"{self.kind if self.kind != 'twins' else 'corrupted'} (predicted "
                           f"{class_names[int(px['corrupted_prediction'][0])]})", "kind": "image",
-                 "z": rnd(self.corrupted[0].mean(0))},
+                 "z": rnd(shown_image(self.corrupted[0]))},
                 {"title": "attribution of the corrupted prediction", "kind": "attribution",
-                 "z": rnd(px["corrupted"][0].sum(0))}]
+                 "z": rnd(pixel_attribution(px["corrupted"][0]))}]
         return out
 
 

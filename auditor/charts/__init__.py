@@ -188,11 +188,24 @@ def feature_attribution_chart(rows, top: int = 15, value: str = "importance",
     return _style(fig, title, height=max(240, 60 + 24 * len(recs)))
 
 
+def image_trace(z, hover: str = "pixel (%{x}, %{y}): %{z:.2f}<extra></extra>"):
+    """The trace that draws an image from `shown_image`: grey scale for H x W; for H x W x 3, the colours
+    (values in [0, 1] as they are, any other range stretched to it, so standardized inputs show too)."""
+    z = np.asarray(z, dtype=float)
+    if z.ndim == 3:
+        lo, hi = float(np.nanmin(z)), float(np.nanmax(z))
+        if lo < 0 or hi > 1:
+            z = (z - lo) / (hi - lo or 1.0)
+        return go.Image(z=np.round(np.clip(z, 0, 1) * 255).astype(np.uint8), colormodel="rgb",
+                        hovertemplate="pixel (%{x}, %{y}): %{z}<extra></extra>")
+    return go.Heatmap(z=z, colorscale="Greys", showscale=False, hovertemplate=hover)
+
+
 def image_attribution_chart(panels: Sequence[Mapping], title: str = "Where the evidence is (pixels)") -> go.Figure:
     """Images and their attribution heatmaps side by side.
 
-    `panels`: dicts with `title`, `z` (2-D list or array) and `kind` ("image": grey scale, or
-    "attribution": diverging colour scale centred on 0)."""
+    `panels`: dicts with `title`, `z` and `kind` ("image": H x W grey scale or H x W x 3 colour, as
+    `shown_image` gives, or "attribution": H x W, diverging colour scale centred on 0)."""
     panels = list(panels)
     fig = make_subplots(rows=1, cols=max(len(panels), 1), subplot_titles=[p["title"] for p in panels],
                         horizontal_spacing=0.08)
@@ -203,8 +216,7 @@ def image_attribution_chart(panels: Sequence[Mapping], title: str = "Where the e
             trace = go.Heatmap(z=z, zmin=-m, zmax=m, colorscale="RdBu_r", showscale=False,
                                hovertemplate="(%{x}, %{y}): %{z:.3g}<extra></extra>")
         else:
-            trace = go.Heatmap(z=z, colorscale="Greys", showscale=False,
-                               hovertemplate="(%{x}, %{y}): %{z:.3g}<extra></extra>")
+            trace = image_trace(z, hover="(%{x}, %{y}): %{z:.3g}<extra></extra>")
         fig.add_trace(trace, row=1, col=i)
         fig.update_yaxes(autorange="reversed", scaleanchor=f"x{i if i > 1 else ''}", showticklabels=False,
                          showgrid=False, zeroline=False, constrain="domain", row=1, col=i)

@@ -17,7 +17,8 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from ..present import change_size_text, inert_figure
+from ..present import change_size_text, inert_figure, pixel_attribution, shown_image
+from . import image_trace
 
 BEFORE = "#8c959f"
 AFTER = "#0969da"
@@ -85,11 +86,6 @@ def weight_change_overview(changes: Sequence[dict]) -> go.Figure:
     return _style(fig, "Which weights the edits changed", height=max(200, 90 + 40 * len(rows)))
 
 
-def _image(x: torch.Tensor) -> np.ndarray:
-    x = x.detach().cpu().double()
-    return (x.mean(0) if x.dim() == 3 else x).numpy()
-
-
 def pixel_pairs_chart(clean: torch.Tensor, corrupted: torch.Tensor, pixels: dict, class_names: Sequence[str],
                       labels: torch.Tensor | None = None, title: str | None = None) -> go.Figure:
     """One row per (clean, corrupted) pair: the clean image and its prediction, the corrupted image and
@@ -105,14 +101,13 @@ def pixel_pairs_chart(clean: torch.Tensor, corrupted: torch.Tensor, pixels: dict
                    f"what pushes the model to {cls[pk]}"]
     fig = make_subplots(rows=k, cols=3, subplot_titles=titles, horizontal_spacing=0.06,
                         vertical_spacing=0.12 / max(k, 1))
-    m = max(float(pixels["corrupted"].abs().max()), 1e-12)
+    m = max(max(float(np.abs(pixel_attribution(a)).max()) for a in pixels["corrupted"]), 1e-12)
     for i in range(k):
-        panels = [(_image(clean[i]), "image"), (_image(corrupted[i]), "image"),
-                  (_image(pixels["corrupted"][i]), "attr")]
+        panels = [(shown_image(clean[i]), "image"), (shown_image(corrupted[i]), "image"),
+                  (pixel_attribution(pixels["corrupted"][i]), "attr")]
         for j, (z, kind) in enumerate(panels, start=1):
             if kind == "image":
-                tr = go.Heatmap(z=z, colorscale="Greys", showscale=False,
-                                hovertemplate="pixel (%{x}, %{y}): %{z:.2f}<extra></extra>")
+                tr = image_trace(z)
             else:
                 tr = go.Heatmap(z=z, colorscale="RdBu_r", zmin=-m, zmax=m, showscale=(i == 0),
                                 colorbar={"title": {"text": "contribution<br>to class score", "side": "right"},
@@ -132,13 +127,12 @@ def pixel_before_after_chart(corrupted: torch.Tensor, before: dict, after: dict,
     """A corrupted image and what pushes the model's prediction on it, before and after the edit."""
     cls = list(class_names)
     pb, pa = int(before["corrupted_prediction"][0]), int(after["corrupted_prediction"][0])
-    zb, za = _image(before["corrupted"][0]), _image(after["corrupted"][0])
+    zb, za = pixel_attribution(before["corrupted"][0]), pixel_attribution(after["corrupted"][0])
     m = max(float(np.abs(zb).max()), float(np.abs(za).max()), 1e-12)
     fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.05, subplot_titles=[
         "image with trigger/cue" + (f" (true {cls[int(label)]})" if label is not None else ""),
         f"before the edit: predicted {cls[pb]}", f"after the edit: predicted {cls[pa]}"])
-    fig.add_trace(go.Heatmap(z=_image(corrupted[0]), colorscale="Greys", showscale=False,
-                             hovertemplate="pixel (%{x}, %{y}): %{z:.2f}<extra></extra>"), row=1, col=1)
+    fig.add_trace(image_trace(shown_image(corrupted[0])), row=1, col=1)
     for j, z in ((2, zb), (3, za)):
         fig.add_trace(go.Heatmap(z=z, colorscale="RdBu_r", zmin=-m, zmax=m, showscale=(j == 3),
                                  colorbar={"title": {"text": "contribution<br>to class score", "side": "right"}},
