@@ -15,7 +15,7 @@ class UnsafeModelError(AuditorError):
 # clear or hide the lines a terminal shows (a requirement's verdict among them).
 _INERT = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}
 _INERT.update({c: f"\\u{c:04x}" for c in (*range(0x202a, 0x202f), *range(0x2066, 0x206a), 0x200e, 0x200f, 0x061c)})
-MAX_MESSAGE = 500  # characters of an error message shown (a 50 MB cell must not become a 50 MB line)
+MAX_MESSAGE = 1600  # characters of an error message shown: the tool's longest advice fits, a 50 MB cell does not
 
 
 def inert(text: object) -> str:

@@ -34,6 +34,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -628,15 +629,20 @@ def train_hint_for(data: AuditData, requirement: str) -> str:
         return f"a population of models like yours is built from these rows ({task}): train one with {train}; {found}"
     schema = data.schema or {}
     source = Path(data.source).name if data.source and Path(data.source).suffix else "your.csv"
-    flags = [f"--data {source}",
-             f"--target {schema.get('target', 'COL')}"]
+    q = shlex.quote  # values go into a shell command (">50K" must not become a redirection)
+    flags = [f"--data {q(source)}", f"--target {q(str(schema.get('target', 'COL')))}"]
+    if schema.get("positive") is not None:
+        flags.append(f"--positive {q(str(schema['positive']))}")
     if data.protected:
-        flags.append(f"--protected {','.join(data.protected)}")
-    if schema.get("categorical"):
-        flags.append(f"--categorical {','.join(schema['categorical'])}")
+        flags.append(f"--protected {q(','.join(data.protected))}")
+    for key in ("categorical", "inputs"):
+        if schema.get(key):
+            flags.append(f"--{key} {q(','.join(schema[key]))}")
+    if schema.get("split_column"):
+        flags.append(f"--split-column {q(schema['split_column'])}")
     return (f"build a population of models like yours from your data with `auditor zoo build {' '.join(flags)} "
-            f"--like YOUR_MODEL` (it prints the task name), then {train}; {found} (in the dashboard: "
-            "the page \"Train for this model\" does both in the background)")
+            f"--like YOUR_MODEL` (with --spec for a state dict; it prints the task name), then {train}; {found} "
+            "(in the dashboard: the page \"Train for this model\" does both in the background)")
 
 
 __all__ = ["DEFAULT_SIZE", "USER_DEFAULT_SIZE", "MemberConfig", "TASKS", "TaskFamily", "build_population",

@@ -29,7 +29,8 @@ def test_metanet_without_a_population_suggests_what_works(adult_mlp):
     theirs = dataclasses.replace(data, name="german_test", _sha=None)
     reason = get_editor("metanet-fairness").supports(bundle, theirs)
     assert "german_test" not in TASKS and "editor train --task german_test" not in reason
-    assert "`auditor zoo build --data your.csv --target income --protected sex,race" in reason  # its own population
+    # its own population, the flags filled in from the data and quoted for the shell
+    assert "`auditor zoo build --data your.csv --target income --positive '>50K' --protected sex,race" in reason
     assert "--like YOUR_MODEL" in reason and "auditor editor train --zoo" in reason
     session = AuditSession(bundle, theirs, ["demographic_parity <= 0.05"])
     missing = dict(session.unavailable_editors())

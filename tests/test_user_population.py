@@ -165,8 +165,17 @@ def test_refusal_names_the_commands_that_work(case, places):
 
     bundle, data = load_case(case)
     reason = get_editor("metanet-fairness").supports(bundle, data)
-    assert "auditor zoo build --data credit.csv --target approved --protected sex" in reason
     assert "--like YOUR_MODEL" in reason and "auditor editor train --zoo" in reason
+    # the suggested command parses, with the data's own target, positive label and protected attribute
+    import shlex
+
+    from auditor.cli import build_parser
+
+    command = reason.split("`auditor ", 1)[1].split("`", 1)[0]
+    argv = shlex.split(command)
+    args = build_parser(argv).parse_args(argv)
+    assert (args.data, args.target, args.protected) == ("credit.csv", "approved", "sex")
+    assert args.positive == data.schema["positive"] and args.like == "YOUR_MODEL"
 
 
 @pytest.mark.slow
