@@ -68,9 +68,9 @@ def test_edit_settings_and_fixes(tmp_path, capsys):
     out = tmp_path / "r1.safetensors"
     rc = main(["edit", TROJAN, "digits-trojan", "--editor", "rank-one", "--layer", "out", "--set", "mu=0.1",
                "--set", "rank=none", "--fix", "3=1", "--out", str(out)])
-    assert rc == 0
     text = capsys.readouterr().out
-    assert "edit_success" in text  # --fix builds Fixes, evaluated before and after
+    # --fix builds Fixes, evaluated before and after, and asks for them: a Trojan editor does not fix row 3
+    assert "edit_success >= 1" in text and "FAIL: 0 of 1 requirements met after the edit" in text and rc == 1
     meta = json.loads(read_metadata(out)["auditor.edit"])
     assert meta["layers"] == ["out"] and meta["hyperparameters"]["mu"] == 0.1
 

@@ -86,8 +86,9 @@ def run_audit(bundle: ModelBundle, data: AuditData, requirements, *, editor: str
     session = AuditSession(bundle, data, reqs, seed=seed, split=split, model_path=model_path, command=command,
                            user=(signoff or {}).get("auditor") or user or "", verdict=verdict,
                            min_group=min_group, forbid_side_effects=forbid_side_effects)
-    if fixes:
-        session.set_fixes(list(fixes), require=False)
+    if fixes:  # the fixes asked for are a requirement (edit_success >= 1) unless one on them is given
+        session.set_fixes(list(fixes))
+        reqs = list(session.requirements)
     opts = {}
     if editor:
         opts = {**common_settings(editor, samples=samples, seed=seed), **(settings or {})}

@@ -157,13 +157,14 @@ def run(args) -> int:
     session = AuditSession(bundle, data, reqs, split=args.split, model_path=args.model, command=command_line(),
                            verdict=args.verdict, min_group=args.min_group,
                            forbid_side_effects=args.forbid_side_effects)
+    # the fixes asked for are a requirement (edit_success >= 1) unless one on them is given, as in the dashboard
     if args.fix:
-        session.set_fixes(args.fix, require=False)
+        session.set_fixes(args.fix)
     elif args.fixes:
         from ..fixes import read_fixes_csv
 
         fixes, names = read_fixes_csv(args.fixes, data, session.split, seed=session.seed)
-        session.set_fixes(names, require=False, fixes=fixes)
+        session.set_fixes(names, fixes=fixes)
         print(f"{len(names)} mistake(s) to fix from {args.fixes}")
     session.check_editor(args.editor, settings)  # refuse before anything is logged
     if getattr(cls, "adds_adapter", False) and not str(args.out).lower().endswith(".safetensors"):
