@@ -575,6 +575,15 @@ class ModelSplit:
             self._tails[layer] = fx.GraphModule(self._root, g)
         return self._tails[layer]
 
+    def tail(self, layer: str):
+        """The part of the model from `layer` on, as a module taking the values crossing the cut below it
+        (`cut_values(layer)` of them) and sharing the model's modules under their own names."""
+        return self._tail(layer)
+
+    def cut_values(self, layer: str) -> int:
+        """How many values cross the cut below `layer` (1: its input alone)."""
+        return len(self._cuts[layer])
+
     def capture(self, X: torch.Tensor, layers=None) -> tuple[object, dict[str, tuple]]:
         out = self._capture(X)
         values = out[1:]

@@ -62,8 +62,9 @@ def _progress(name: str):
 
 
 def build_mend(name: str, model_path: Path, data_name: str, config: MendConfig, out: Path,
-               spec: ModelSpec | None = None) -> dict:
-    bundle = load_model(model_path, spec=spec)
+               spec: ModelSpec | None = None, **code) -> dict:
+    """`code`: `arch_file`, `arch_class`, `trust_code` for a model of the user's own class."""
+    bundle = load_model(model_path, spec=spec, **code)
     data = load_data(data_name, spec=bundle.spec)
     editor, info = train_mend(bundle, data, config, callback=_progress(name))
     save_gradient_editor(editor, out, info)
@@ -160,6 +161,10 @@ def main(argv=None) -> int:
     parser.add_argument("--model", help="train a MEND editor for this model file instead")
     parser.add_argument("--data", help="its data (with --model): a built-in name or an .npz case")
     parser.add_argument("--spec", help="the model's spec JSON (with --model, when the file carries none)")
+    parser.add_argument("--arch-file", help="your own nn.Module class's Python file (with --model; runs its code: "
+                                            "needs --trust-code)")
+    parser.add_argument("--arch-class", help="the nn.Module class in --arch-file")
+    parser.add_argument("--trust-code", action="store_true", help="allow running the code in --arch-file")
     parser.add_argument("--out", help="editor file to write (with --model)")
     parser.add_argument("--steps", type=int, help="training steps (with --model)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (one is fastest for these small models)")
@@ -180,7 +185,8 @@ def main(argv=None) -> int:
         out = Path(args.out) if args.out else model.with_name(f"mend_{model.stem}.safetensors")
         config = MendConfig(**({"steps": args.steps} if args.steps else {}))
         spec = ModelSpec.from_json(Path(args.spec).read_text()) if args.spec else None
-        print(json.dumps(build_mend(out.stem, model, args.data, config, out, spec), indent=1))
+        code = {"arch_file": args.arch_file, "arch_class": args.arch_class, "trust_code": args.trust_code}
+        print(json.dumps(build_mend(out.stem, model, args.data, config, out, spec, **code), indent=1))
         return 0
     for name in args.names or [*EDITABLE, *MEND]:
         if name in MEND:

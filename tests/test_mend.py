@@ -235,6 +235,50 @@ def test_train_mend_keeps_the_best_validated_editor(digits_cnn, digits):
     assert not any(p.requires_grad for p in editor.parameters())
 
 
+class _OwnResidualNet(nn.Module):
+    """A user's own class (not an nn.Sequential): a residual block, then two Linear layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.block = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc1, self.out = nn.Linear(8 * 16, 32), nn.Linear(32, 10)
+
+    def forward(self, x):
+        h = self.conv(x)
+        h = torch.relu(h + self.block(torch.relu(h)))  # the skip carries h, the block reads relu(h)
+        h = nn.functional.max_pool2d(h, 2).flatten(1)
+        return self.out(torch.relu(self.fc1(h)))
+
+
+def test_mend_trains_and_fixes_on_a_model_of_the_users_own_class(digits):
+    """MEND is trained on a model that is not an nn.Sequential (cut below its first edited layer on its
+    torch.fx trace) and then fixes that model's mistakes; a cut with a skip connection across it is
+    refused with the reason."""
+    from auditor.editors.mend import apply_editor, split_head
+    from auditor.models import ModelBundle, ModelSpec
+    from auditor.training import TrainConfig, train_classifier
+
+    torch.manual_seed(0)
+    model = _OwnResidualNet()
+    train_classifier(model, digits.train.X, digits.train.y, TrainConfig(epochs=8, lr=3e-3, seed=0))
+    spec = ModelSpec(arch={"name": "custom"}, input={"kind": "image", "shape": [1, 8, 8]},
+                     class_names=[str(i) for i in range(10)])
+    bundle = ModelBundle(model.eval(), spec)
+    trunk, head = split_head(model, "fc1")
+    X = digits.test.X[:50]
+    assert torch.allclose(head(trunk(X)), model(X), atol=1e-5)
+    with pytest.raises(Exception, match="skip connection"):
+        split_head(model, "block")
+    editor, info = train_mend(bundle, digits, MendConfig(steps=60, val_every=30, n_val=8, max_batch=3))
+    assert editor.layer_names == ["fc1", "out"] and info["validation"]["score"] >= info["history"][0]["score"]
+    Xf, _, rows = _misclassified(bundle, digits, 3)
+    want = torch.tensor([int(v) for v in (predict(model, Xf) + 1) % 10])
+    edited = bundle.copy().model
+    apply_editor(edited, editor, Xf, want, margin=0.5, search=3, rounds=4)
+    assert (predict(edited, Xf) == want.numpy()).all()
+
+
 def test_cli_edit_with_mend_fix(tmp_path, capsys):
     from auditor.cli import main
 

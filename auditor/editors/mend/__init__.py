@@ -106,8 +106,9 @@ class Mend(Editor):
                 return f"editor file {self.hparams.editor_path} does not exist"
             return ("no trained MEND editor for this model on the editor search path ($AUDITOR_EDITOR_DIR, the "
                     "model's folder, ~/.auditor/editors, the shipped ones); train one for it (about a minute on a "
-                    "CPU) with `python sample_models/build_mend.py --model MODEL --data DATA [--spec SPEC.json]` "
-                    "in a source checkout (DATA: a built-in name or an .npz case; it writes "
+                    "CPU) with `python sample_models/build_mend.py --model MODEL --data DATA [--spec SPEC.json] "
+                    "[--arch-file FILE.py --arch-class NAME --trust-code]` in a source checkout (DATA: a built-in "
+                    "name or an .npz case; any model torch.fx can trace below its last two Linear layers; it writes "
                     "mend_MODEL.safetensors beside the model, where it is found), or from Python with "
                     "`auditor.editors.mend.train_mend(bundle, data)` and `save_gradient_editor`; `finetune-fix` "
                     "fixes the same mistakes without a trained editor")

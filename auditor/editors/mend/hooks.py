@@ -81,17 +81,38 @@ def capture_factors(model: nn.Module, layers: list[str], X: torch.Tensor, y: tor
     return factors, logits.detach()
 
 
+class _Trunk(nn.Module):
+    """The part of a traced model below a layer: its input, computed by running the model."""
+
+    def __init__(self, split, layer: str):
+        super().__init__()
+        self.split, self.layer = split, layer
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        return self.split.capture(X, [self.layer])[1][self.layer][0]
+
+
 def split_head(model: nn.Module, first_layer: str) -> tuple[nn.Module, nn.Module]:
-    """(trunk, head) of an `nn.Sequential` cut just before `first_layer`: head keeps the layer names,
-    so features computed once by the trunk can be reused while the head is edited."""
-    if not isinstance(model, nn.Sequential):
-        raise AuditorError("training an editor needs an nn.Sequential model (the built-in mlp and cnn "
-                           "architectures are)")
-    names = [n for n, _ in model.named_children()]
-    if first_layer not in names:
-        raise AuditorError(f"layer {first_layer!r} is not a top-level layer of the model; layers: {names}")
-    i = names.index(first_layer)
-    return model[:i], model[i:]
+    """(trunk, head) of a model cut just before `first_layer`: head keeps the layer names, so features
+    computed once by the trunk can be reused while the head is edited. An `nn.Sequential` is sliced;
+    any other model (your own class, an ONNX graph) is cut on its torch.fx trace, which works where
+    only the layer's input crosses the cut (no skip connection around it)."""
+    from ...layers import split_model
+
+    if isinstance(model, nn.Sequential):
+        names = [n for n, _ in model.named_children()]
+        if first_layer not in names:
+            raise AuditorError(f"layer {first_layer!r} is not a top-level layer of the model; layers: {names}")
+        i = names.index(first_layer)
+        return model[:i], model[i:]
+    split = split_model(model, [first_layer])
+    if split is None or first_layer not in split.layers:
+        raise AuditorError(f"cannot cut the model below layer {first_layer!r}: torch.fx cannot trace it (or the "
+                           "layer is not called as a module); an editor is trained on models it can cut")
+    if split.cut_values(first_layer) != 1:
+        raise AuditorError(f"cannot cut the model below layer {first_layer!r}: {split.cut_values(first_layer)} "
+                           "values cross the cut (a skip connection around the layer); choose later layers")
+    return _Trunk(split, first_layer), split.tail(first_layer)
 
 
 def margin_loss(logits: torch.Tensor, y: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
