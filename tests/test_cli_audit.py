@@ -41,6 +41,20 @@ def test_trojan_audit_passes_writes_report_model_and_log(tmp_path, monkeypatch, 
     assert [p.rsplit("/", 1)[-1] for p in entries[-1].reports] == ["r.html", "r.json"]
 
 
+def test_a_second_audit_keeps_the_first_edited_model(tmp_path, monkeypatch, capsys):
+    """Without --out the edited model goes next to the report; a second audit writes *_edited-2 and leaves
+    the first one as it was."""
+    monkeypatch.chdir(tmp_path)
+    args = [*TROJAN_ARGS, "--json", "r.json", "--no-log", "--baselines", "none", "--no-localize"]
+    assert main(args) == 0
+    first = (tmp_path / "r_edited.safetensors").read_bytes()
+    assert main([*args, "--samples", "5"]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "r_edited.safetensors").read_bytes() == first and "r_edited-2.safetensors" in out
+    d = json.loads((tmp_path / "r.json").read_text())
+    assert load_model(tmp_path / "r_edited-2.safetensors").sha256 == d["model"]["sha256_after"]
+
+
 def test_same_seed_same_numbers(tmp_path, monkeypatch):
     reports = []
     for name in ("a", "b"):

@@ -51,7 +51,8 @@ def register(sub) -> None:
     p.add_argument("--pdf", metavar="PATH.pdf", help="write the PDF report (needs Chromium)")
     p.add_argument("--json", metavar="PATH.json", help="write the JSON report (validated against its schema)")
     p.add_argument("--out", metavar="PATH.safetensors",
-                   help="write the edited model here (default with --editor: next to the report, *_edited.safetensors)")
+                   help="write the edited model here (default with --editor: next to the report, *_edited.safetensors, "
+                        "or *_edited-2 and on when that exists: an earlier edited model is never overwritten unasked)")
     p.add_argument("--auditor", metavar="NAME", help="the auditor's name, printed in the sign-off section")
     p.add_argument("--notes", help="notes for the sign-off section")
     p.add_argument("--signoff-date", metavar="YYYY-MM-DD", help="sign-off date (default: left blank to sign)")
@@ -124,10 +125,16 @@ class _Progress:
         self.bar.close()
 
 
-def _default_out(args) -> Path:
+def _default_out(args, suffix: str = ".safetensors") -> Path:
+    """Where the edited model goes without --out: `<report or model>_edited<suffix>`, or `_edited-2` and
+    so on when that file exists (an earlier audit's edited model is never overwritten unasked)."""
     first = next((getattr(args, k) for k in ("report", "pdf", "json") if getattr(args, k)), None)
     base = Path(first) if first else Path(args.model)
-    return base.with_name(base.stem + "_edited.safetensors")
+    path, n = base.with_name(f"{base.stem}_edited{suffix}"), 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.stem}_edited-{n}{suffix}")
+    return path
 
 
 def _check_outputs(args) -> None:
@@ -165,12 +172,12 @@ def run(args) -> int:
     check_verdict_args(args)
     log = None if args.no_log else AuditLog(args.db, key_path=args.log_key)
     bundle, data = load_model_and_data(args)
-    out_path = (Path(args.out) if args.out else _default_out(args)) if args.editor else None
-    if out_path is not None:
+    out_path = None
+    if args.editor:  # without --out: write what you read (an .onnx stays .onnx)
+        onnx = Path(args.model).suffix.lower() == ".onnx"
+        out_path = Path(args.out) if args.out else _default_out(args, ".onnx" if onnx else ".safetensors")
         from ..models.files import check_saveable
 
-        if not args.out and Path(args.model).suffix.lower() == ".onnx":
-            out_path = out_path.with_suffix(".onnx")  # write what you read
         check_saveable(bundle, out_path)  # a file that could not be loaded again: refuse before the edit
     command = reproduce_command(args)
     signoff = {"auditor": args.auditor, "notes": args.notes, "date": args.signoff_date}
