@@ -33,3 +33,13 @@ def one_line(text: object, limit: int = MAX_MESSAGE) -> str:
         return s
     tail = flat(raw[-limit // 4:])[-limit // 4:]
     return f"{s[:limit - len(tail) - 40]} ...({len(raw):,} characters)... {tail}"
+
+
+def channels_last_hint(expected, got) -> str:
+    """"; the images are stored channels last ..." when `got` is `expected` (C, H, W) as (H, W, C), else ""."""
+    expected, got = list(expected or []), list(got or [])
+    if len(expected) == 3 and got == [expected[1], expected[2], expected[0]] and expected != got:
+        return ("; these look like images stored channels last (N, H, W, C): store them as (N, C, H, W), e.g. "
+                "np.transpose(images, (0, 3, 1, 2)) (and the mask and pattern as (C, H, W)); the auditor never "
+                "reorders them itself")
+    return ""

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .data.base import AuditData
-from .errors import AuditorError
+from .errors import AuditorError, channels_last_hint
 from .models.architectures import predict_logits
 from .models.files import ModelBundle
 from .requirements import (
@@ -98,7 +98,8 @@ def check_compatible(bundle: ModelBundle, data: AuditData) -> None:
         raise AuditorError(f"model takes {bundle.spec.input_kind} inputs but data {data.name!r} is {data.kind}")
     shape = bundle.spec.input.get("shape")
     if data.kind == "image" and shape and list(shape) != data.input_shape:
-        raise AuditorError(f"model expects images of shape {shape} but data {data.name!r} has {data.input_shape}")
+        raise AuditorError(f"model expects images of shape {shape} but data {data.name!r} has "
+                           f"{data.input_shape}{channels_last_hint(shape, data.input_shape)}")
     n_classes = bundle.spec.num_classes
     if len(data.class_names) > n_classes:
         raise AuditorError(f"model predicts {n_classes} classes but data {data.name!r} has "

@@ -363,3 +363,20 @@ def test_state_dict_with_its_class_in_a_py_file(image_case, capsys):
     assert rc == 2 and "--trust-code" in err
     rc, out, err = _run(["evaluate", tmp / "cnn.pt", tmp / "case.npz", "--spec", spec_path], capsys)
     assert rc == 2 and "class 'SmallCNN' in 'net.py'" in err
+
+
+def test_images_stored_channels_last_are_named_as_such(image_case, capsys):
+    """A case saved (N, H, W, C), as numpy and PIL code often does: spec init and evaluate say that the
+    images look channels last and how to store them; nothing is reordered behind the user's back."""
+    tmp = image_case["dir"]
+    case = np.load(tmp / "case.npz")
+    nhwc = {k: np.moveaxis(case[k], 1, -1) if case[k].ndim == 4 else case[k] for k in case.files}
+    nhwc.update(trigger_mask=np.moveaxis(case["trigger_mask"], 0, -1),
+                trigger_pattern=np.moveaxis(case["trigger_pattern"], 0, -1))
+    np.savez(tmp / "case_nhwc.npz", **nhwc)
+    rc, _, err = _run(["spec", "init", tmp / "cnn.onnx", tmp / "case_nhwc.npz", "--out", tmp / "nhwc.json"], capsys)
+    assert rc == 2 and "look like images stored channels last (N, H, W, C)" in err and "(0, 3, 1, 2)" in err
+    spec = tmp / "good.json"
+    assert _run(["spec", "init", tmp / "cnn.onnx", tmp / "case.npz", "--out", spec, "--force"], capsys)[0] == 0
+    rc, _, err = _run(["evaluate", tmp / "cnn.onnx", tmp / "case_nhwc.npz", "--spec", spec, "--no-log"], capsys)
+    assert rc == 2 and "expects images of shape [1, 8, 8]" in err and "channels last" in err

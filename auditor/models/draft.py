@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..errors import AuditorError
+from ..errors import AuditorError, channels_last_hint
 from .architectures import predict_logits
 from .reading import DEFAULT_MAX_BYTES, TORCH_SUFFIXES, _check_size, read_weights
 from .spec import ModelSpec
@@ -82,8 +82,8 @@ def _model_from_file(path: Path, data, X, y, *, arch_file, arch_class, trust_cod
         graph = _onnx_input_shape(path)
         if graph is not None and (len(graph) != len(shape) or (kind == "image" and graph != shape)):
             raise AuditorError(f"{path.name} takes inputs of shape {graph} but {data.name!r} gives "
-                               f"{'images of shape ' if kind == 'image' else 'rows of '}{shape}: is this the "
-                               "model's data?")
+                               f"{'images of shape ' if kind == 'image' else 'rows of '}{shape}"
+                               f"{channels_last_hint(graph, shape) or ': is this the model' + chr(39) + 's data?'}")
         provisional = {"arch": {"name": "onnx"}, "input": {"kind": kind, "shape": graph or shape}}
         bundle = load_model(path, spec=provisional, max_bytes=max_bytes)
         notes.append("architecture: the ONNX graph itself (\"arch\": {\"name\": \"onnx\"})")
@@ -200,8 +200,10 @@ def draft_spec(model_path: str | os.PathLike, data, *, arch_file=None, arch_clas
         try:
             predict_logits(bundle.model, X[:2])
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            hint = "" if data.input_shape[-1] not in (1, 3, 4) or len(data.input_shape) != 3 else channels_last_hint(
+                [data.input_shape[2], data.input_shape[0], data.input_shape[1]], data.input_shape)
             raise AuditorError(f"{path.name} cannot run on {data.name!r} (images of shape {data.input_shape}): "
-                               f"{str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}") from None
+                               f"{str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}{hint}") from None
     input_block: dict = {"kind": data.kind}
     preprocessing = None
     if data.kind == "tabular":
