@@ -380,3 +380,74 @@ def test_images_stored_channels_last_are_named_as_such(image_case, capsys):
     assert _run(["spec", "init", tmp / "cnn.onnx", tmp / "case.npz", "--out", spec, "--force"], capsys)[0] == 0
     rc, _, err = _run(["evaluate", tmp / "cnn.onnx", tmp / "case_nhwc.npz", "--spec", spec, "--no-log"], capsys)
     assert rc == 2 and "expects images of shape [1, 8, 8]" in err and "channels last" in err
+
+
+TUPLE_PY = '''
+import torch
+from torch import nn
+
+
+class TupleNet(nn.Module):
+    """Returns (logits, features), as many research models do."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU())
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        f = self.body(x)
+        return self.head(f), f
+'''
+
+
+def test_a_model_returning_logits_and_features(image_case, capsys):
+    """A class whose forward returns (logits, features), as a state dict with its class file and as a torch
+    ONNX export with two outputs: spec init finds the logits ("output": 0), evaluation and editing run on
+    them; without "output" the refusal names the outputs and the choice; the edited ONNX keeps the logits."""
+    tmp = image_case["dir"] / "tuple"
+    tmp.mkdir()
+    (tmp / "net.py").write_text(TUPLE_PY)
+    mod_spec = importlib.util.spec_from_file_location("byo_tuple", tmp / "net.py")
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    case = np.load(image_case["dir"] / "case.npz")
+    X, y = torch.from_numpy(case["train_images"]), torch.from_numpy(case["train_labels"])
+    torch.manual_seed(0)
+    model = mod.TupleNet()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(X)[0], y).backward()
+        opt.step()
+    model.eval()
+    torch.save(model.state_dict(), tmp / "tuple.pt")
+    torch.onnx.export(model, (X[:1],), str(tmp / "tuple.onnx"), dynamo=False, input_names=["x"],
+                      output_names=["logits", "feats"], dynamic_axes={"x": {0: "n"}})
+    code = ["--arch-file", tmp / "net.py", "--arch-class", "TupleNet", "--trust-code"]
+    rc, out, err = _run(["spec", "init", tmp / "tuple.pt", image_case["dir"] / "case.npz", *code,
+                         "--out", tmp / "spec.json"], capsys)
+    assert rc == 0, err
+    assert json.loads((tmp / "spec.json").read_text())["arch"]["output"] == 0 and "taken from output 0" in out
+    rc, out, err = _run(["evaluate", tmp / "tuple.pt", image_case["dir"] / "case.npz", "--spec", tmp / "spec.json",
+                         *code, "--json", tmp / "e.json", "--no-log"], capsys)
+    assert rc == 0, err
+    acc = json.loads((tmp / "e.json").read_text())["metrics"]["accuracy"]
+    assert acc > 0.8
+    spec = json.loads((tmp / "spec.json").read_text())
+    del spec["arch"]["output"]
+    (tmp / "no_output.json").write_text(json.dumps(spec))
+    rc, _, err = _run(["evaluate", tmp / "tuple.pt", image_case["dir"] / "case.npz", "--spec",
+                       tmp / "no_output.json", *code, "--no-log"], capsys)
+    assert rc == 2 and "returns a tuple of 2 (a tensor [2, 10], a tensor [2, 64])" in err and '"output": 0' in err
+    rc, out, err = _run(["spec", "init", tmp / "tuple.onnx", image_case["dir"] / "case.npz",
+                         "--out", tmp / "onnx.json"], capsys)
+    assert rc == 0 and "left out 'feats'" in out, err
+    rc, out, err = _run(["edit", tmp / "tuple.onnx", image_case["dir"] / "case.npz", "--spec", tmp / "onnx.json",
+                         "--editor", "rank-one", "--samples", "2", "--out", tmp / "edited.onnx", "--no-log"], capsys)
+    assert "left out: feats" in out, err
+    import onnx
+
+    assert [o.name for o in onnx.load(str(tmp / "edited.onnx")).graph.output] == ["logits"]
+    logits = _ort_logits(tmp / "tuple.onnx", case["images"][:20])
+    assert np.allclose(logits, model(torch.from_numpy(case["images"][:20]))[0].detach().numpy(), atol=1e-4)

@@ -189,7 +189,9 @@ def run(args) -> int:
     print_side_effects(effects, session.forbid_side_effects)
     verdict = session.verdict()
     print(f"\n{verdict['status']}: {verdict['summary']}")
-    print(f"\nwrote {args.out} (sha256 {result.bundle.sha256[:16]}, was {bundle.sha256[:16]})")
+    left_out = result.bundle.spec.provenance.get("onnx_outputs_left_out")
+    print(f"\nwrote {args.out} (sha256 {result.bundle.sha256[:16]}, was {bundle.sha256[:16]})"
+          + (f"; it has the logits output only (left out: {', '.join(left_out)})" if left_out else ""))
     if args.json:
         write_json(args.json, {"before": before.to_dict(), "after": after.to_dict(), "edit": session.provenance(),
                                "out": str(args.out), "side_effects": effects, "verdict": verdict,

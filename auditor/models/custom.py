@@ -19,6 +19,7 @@ import sys
 import threading
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from ..errors import AuditorError, UnsafeModelError
@@ -37,7 +38,7 @@ from .reading import (
 from .spec import ModelSpec
 
 MAX_CODE_BYTES = 2 * 2**20
-RESERVED = ("name", "class", "file", "code_sha256")
+RESERVED = ("name", "class", "file", "code_sha256", "output")
 TRUST_HELP = ("Loading a Python file runs its code with your permissions. Read it first, and load it "
               "only if you trust whoever wrote it.")
 _LOCK = threading.Lock()
@@ -122,9 +123,16 @@ def load_custom_model(weights: str | os.PathLike, arch_file: str | os.PathLike |
         raise AuditorError(f"{arch_class} did not build an nn.Module")
     state = fit_state(model, state)  # wrapper prefixes, nn.Sequential names
     load_state_into(model, state)
+    output = spec.arch.get("output")
+    if output is not None:
+        select_output(model, output)
+    elif shape:
+        known = spec.arch.get("num_classes") or len(spec.class_names) or None
+        check_single_output(model, [int(v) for v in shape], arch_class, known)
     # every parameter of the spec's `arch` stays (num_classes, in_features describe the model even
     # when the class takes no argument); only those the constructor accepts were passed to it
-    spec.arch = {**params, "name": "custom", "class": arch_class, "file": arch_file.name, "code_sha256": digest}
+    spec.arch = {**params, "name": "custom", "class": arch_class, "file": arch_file.name, "code_sha256": digest,
+                 **({"output": output} if output is not None else {})}
     return ModelBundle(model, spec, str(weights), fmt)
 
 
@@ -146,3 +154,87 @@ def constructor_kwargs(cls: type, params: dict, arch_class: str) -> dict:
                            f"{'it' if len(missing) == 1 else 'them'} to the spec's \"arch\" "
                            "(see docs/formats.md#model-spec)")
     return {k: v for k, v in params.items() if k in accepted}
+
+
+class OutputError(AuditorError):
+    """The model returns several outputs (a tuple, a dict) and the spec does not say which is the logits;
+    `guess` is the likely one (`output_guess`)."""
+
+    def __init__(self, message: str, guess):
+        super().__init__(message)
+        self.guess = guess
+
+
+def _pick(out, key):
+    if isinstance(key, str):
+        return out[key] if isinstance(out, dict) or hasattr(out, "keys") and key in out.keys() else getattr(out, key)
+    return out[key]
+
+
+_SELECTED: dict = {}
+
+
+def select_output(model: nn.Module, key) -> nn.Module:
+    """Make `model` return `_pick(its output, key)` (an index into a tuple, a key or attribute of a dict or
+    a model-output object): its class is swapped for a subclass whose forward selects, so names, weights
+    and torch.fx tracing stay those of the model. In place; returns the model."""
+    if not isinstance(key, (int, str)) or isinstance(key, bool):
+        raise AuditorError(f'"output" in the spec\'s "arch" must be an index or a key, got {key!r}')
+    base = type(model)
+    if getattr(base, "_auditor_output", None) is not None:
+        base = base.__mro__[1]
+    cls = _SELECTED.get((base, key))
+    if cls is None:
+        def forward(self, *args, **kwargs):
+            return _pick(base.forward(self, *args, **kwargs), key)
+
+        cls = type(base.__name__, (base,), {"forward": forward, "_auditor_output": key,
+                                             "__module__": base.__module__, "__qualname__": base.__qualname__})
+        _SELECTED[(base, key)] = cls
+    model.__class__ = cls
+    return model
+
+
+def _describe(out) -> str:
+    if isinstance(out, torch.Tensor):
+        return f"a tensor {list(out.shape)}"
+    if isinstance(out, (tuple, list)):
+        return f"a {type(out).__name__} of {len(out)} (" + ", ".join(_describe(v) for v in out) + ")"
+    if isinstance(out, dict) or hasattr(out, "keys"):
+        return "a mapping {" + ", ".join(f"{k!r}: {_describe(out[k])}" for k in out.keys()) + "}"
+    return type(out).__name__
+
+
+def output_guess(out, n_classes: int | None = None):
+    """The index or key of the logits in a model's several outputs: "logits" where there is one, else the
+    first 2-D tensor (with `n_classes` columns when given); None when there is none."""
+    if isinstance(out, (tuple, list)):
+        items = list(enumerate(out))
+    elif isinstance(out, dict) or hasattr(out, "keys"):
+        if "logits" in out.keys():
+            return "logits"
+        items = [(k, out[k]) for k in out.keys()]
+    else:
+        return None
+    two_d = [(k, v) for k, v in items if isinstance(v, torch.Tensor) and v.dim() == 2]
+    fit = [k for k, v in two_d if n_classes is None or v.shape[1] == n_classes]
+    return fit[0] if fit else (two_d[0][0] if two_d else None)
+
+
+@torch.no_grad()
+def check_single_output(model: nn.Module, shape: list[int], arch_class: str, n_classes: int | None = None) -> None:
+    """Refuse, with the likely choice, a model that returns several outputs when no "output" says which."""
+    was = model.training
+    model.eval()
+    try:
+        out = model(torch.zeros(2, *shape))
+    except Exception:  # noqa: BLE001 - a model that cannot run on zeros is judged later, on the data
+        return
+    finally:
+        model.train(was)
+    if isinstance(out, torch.Tensor):
+        return
+    guess = output_guess(out, n_classes)
+    how = (f'say which is the logits with "output": {guess!r} in the spec\'s "arch" (`auditor spec init` finds it)'
+           if guess is not None else "make it return the logits (one tensor, a row per input)")
+    raise OutputError(f"{arch_class} returns {_describe(out)}, not one tensor of logits: {how}", guess)

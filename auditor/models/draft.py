@@ -71,9 +71,20 @@ def _model_from_file(path: Path, data, X, y, *, arch_file, arch_class, trust_cod
         # --trust-code), so a later refusal can say which code the model needs
         arch = {**(arch or {}), "name": "custom", "class": arch_class,
                 "file": Path(arch_file).name if arch_file else None}
-        provisional = {"arch": arch, "input": {"kind": kind, "shape": shape}}
-        bundle = load_model(path, spec=provisional, max_bytes=max_bytes, arch_file=arch_file,
-                            arch_class=arch_class, trust_code=trust_code)
+        from .custom import OutputError
+
+        provisional = {"arch": arch, "input": {"kind": kind, "shape": shape}, "class_names": data.class_names}
+        load = lambda a: load_model(path, spec={**provisional, "arch": a}, max_bytes=max_bytes,  # noqa: E731
+                                    arch_file=arch_file, arch_class=arch_class, trust_code=trust_code)
+        try:
+            bundle = load(arch)
+        except OutputError as exc:  # several outputs: the logits are the likely one, said below
+            if exc.guess is None:
+                raise
+            arch = {**arch, "output": exc.guess}
+            bundle = load(arch)
+            notes.append(f"output: {str(exc).split(' returns ', 1)[1].split(', not one', 1)[0]}; the logits "
+                         f"taken from output {exc.guess!r} (\"output\" in \"arch\")")
         notes.append(f"architecture: your class {arch_class} from {Path(arch_file).name} (its constructor "
                      "arguments, if any, go into \"arch\")")
         return bundle, arch, notes
@@ -87,6 +98,11 @@ def _model_from_file(path: Path, data, X, y, *, arch_file, arch_class, trust_cod
         provisional = {"arch": {"name": "onnx"}, "input": {"kind": kind, "shape": graph or shape}}
         bundle = load_model(path, spec=provisional, max_bytes=max_bytes)
         notes.append("architecture: the ONNX graph itself (\"arch\": {\"name\": \"onnx\"})")
+        left_out = bundle.spec.provenance.get("onnx_outputs_left_out")
+        if left_out:
+            notes.append(f"outputs: the logits are output {bundle.spec.provenance.get('onnx_logits', '?')!r}; left out "
+                         f"{', '.join(map(repr, left_out))} (an edited model is written with the logits only; "
+                         "\"output\" in \"arch\" picks another)")
         return bundle, {"name": "onnx"}, notes
     if suffix != ".safetensors" and suffix not in TORCH_SUFFIXES:
         raise AuditorError(f"spec init reads .safetensors, .onnx or a state dict "

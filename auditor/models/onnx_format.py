@@ -231,8 +231,13 @@ def load_onnx(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelBu
                                "--spec SPEC.json (input description, class names)")
         spec = ModelSpec.from_json(meta[SPEC_KEY])
     spec = copy.deepcopy(spec)
-    from .onnx_heads import split_head
+    from .onnx_heads import keep_logits_output, split_head
 
+    # a network that returns more than its logits (features, auxiliary heads): its logits output alone
+    proto, dropped = keep_logits_output(proto, spec.arch.get("output"))
+    if dropped:
+        spec.provenance["onnx_outputs_left_out"] = dropped
+        spec.provenance["onnx_logits"] = proto.graph.output[0].name
     proto, head = split_head(proto, path.name)  # a converter's classifier head: audit the network up to its scores
     if head is not None:
         spec.provenance["onnx_head"] = head

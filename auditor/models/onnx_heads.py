@@ -101,6 +101,38 @@ def _output_kind(out) -> str:
     return "probabilities" if out.type.tensor_type.elem_type in (1, 11) else "label"  # FLOAT, DOUBLE
 
 
+def keep_logits_output(proto, choice=None):
+    """A plain network (no converter head) with several float outputs, e.g. a PyTorch model that returns
+    (logits, features): the graph of its logits output alone, and the names of the outputs left out.
+    The logits are `choice` (an output's name or index), else the output named "logits", else the first.
+    Any other graph comes back as it is, with no names."""
+    g = proto.graph
+    if len(g.output) < 2 or any(n.domain == ML_DOMAIN for n in g.node) or \
+            any(_output_kind(o) != "probabilities" for o in g.output):
+        return proto, []
+    names = [o.name for o in g.output]
+    if choice is not None:
+        if isinstance(choice, int) and not isinstance(choice, bool) and 0 <= choice < len(names):
+            keep = names[choice]
+        elif choice in names:
+            keep = choice
+        else:
+            raise AuditorError(f'"output" {choice!r} in the spec\'s "arch" is not an output of the ONNX graph; '
+                               f"its outputs: {names}")
+    else:
+        keep = next((n for n in names if n.lower() == LOGITS), names[0])
+    producers = {o: n for n in g.node for o in n.output}
+    ids = _ancestors(list(g.node), producers, keep)
+    out = copy.deepcopy(proto)  # the same nodes in the same order
+    nodes = [n for n, original in zip(out.graph.node, g.node) if id(original) in ids]
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    kept_out = [o for o in out.graph.output if o.name == keep]
+    del out.graph.output[:]
+    out.graph.output.extend(kept_out)
+    return out, [n for n in names if n != keep]
+
+
 def split_head(proto, name: str):
     """(graph computing the logits, head description) or (proto, None) when there is no head."""
     g = proto.graph
