@@ -395,7 +395,10 @@ def verdict(before, after=None, side_effects=(), *, forbid_side_effects: bool = 
         status = "FAIL" if forbid_side_effects else "PASS with side effects"
     else:
         status = "PASS"
-    if after is not None:
+    if n == 0:
+        summary = ("no requirement was given, so none was judged: the metrics are the evidence (add one, e.g. "
+                   "--require 'accuracy >= 0.9').")
+    elif after is not None:
         met_before = sum(r.passed for r in before.requirements)
         summary = f"{met} of {n} requirements met after the {editor or 'edit'} ({met_before} of {n} before)."
     else:

@@ -92,3 +92,17 @@ def test_edit_bad_input_exits_2(tmp_path, capsys, argv, message):
 def test_edit_refuses_data_without_pairs(tmp_path, capsys):
     rc = main(["edit", TROJAN, "digits", "--editor", "rank-one", "--out", str(tmp_path / "x.safetensors")])
     assert rc == 2 and "corrupted twins" in capsys.readouterr().err
+
+
+def test_without_a_requirement_the_edit_is_judged_on_what_the_editor_aims_for(tmp_path, capsys):
+    """No --require: a Trojan editor on data with a trigger is judged on attack success (and says so);
+    an editor with nothing to aim for says that nothing was judged instead of 'PASS: 0 of 0'."""
+    rc = main(["edit", TROJAN, "digits-trojan", "--editor", "dynamic-rank-one", "--out",
+               str(tmp_path / "e.safetensors"), "--no-log"])
+    out = capsys.readouterr().out
+    assert "no --require given: judged on attack_success_rate <= 0.02" in out
+    assert rc == 0 and "PASS: 1 of 1 requirements met after the edit (0 of 1 before)" in out
+    rc = main(["edit", TROJAN, "digits-trojan", "--editor", "magnitude-pruning", "--out",
+               str(tmp_path / "p.safetensors"), "--no-log"])
+    out = capsys.readouterr().out
+    assert "no requirement was given, so none was judged" in out and "0 of 0" not in out

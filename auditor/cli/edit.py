@@ -154,6 +154,13 @@ def run(args) -> int:
     bundle, data = load_model_and_data(args)
     check_saveable(bundle, args.out)  # a file that could not be loaded again: refuse before the edit
     check_verdict_args(args)
+    if not reqs and not (args.fix or args.fixes):  # judged on what the editor aims for, and said so
+        from ..editors.rank_one import implicit_requirements
+
+        reqs = [r for r in implicit_requirements(data) if r.metric in getattr(cls, "targets", ())]
+        if reqs:
+            print(f"no --require given: judged on {', '.join(r.expr for r in reqs)} (what {args.editor} aims for "
+                  "on this data)")
     session = AuditSession(bundle, data, reqs, split=args.split, model_path=args.model, command=command_line(),
                            verdict=args.verdict, min_group=args.min_group,
                            forbid_side_effects=args.forbid_side_effects)
