@@ -160,7 +160,14 @@ if audit.edits:
                         "examples", "fixed", "entries", "radius"]
                 log = pd.DataFrame([{k: e.get(k) for k in cols if k in e} for e in r.log])
                 st.dataframe(log, hide_index=True)
-    st.download_button(f"Download the edited model ({audit.download_suffix})", data=audit.model_bytes,
+    # The file is written once per model state and offered as plain bytes. A deferred download (a callable
+    # as data) is fetched in a separate request that fails ("Request timed out") when a rerun or a busy
+    # server gets in its way; the bytes of the one current model are kept instead.
+    state = (audit.current.sha256, len(audit.current.history), audit.edited_filename)
+    held = st.session_state.get("edit_model_bytes")
+    if held is None or held[0] != state:
+        held = st.session_state["edit_model_bytes"] = (state, audit.model_bytes())
+    st.download_button(f"Download the edited model ({audit.download_suffix})", data=held[1],
                        file_name=audit.edited_filename, mime="application/octet-stream", key="edit_download",
                        icon=":material/download:")
 else:
