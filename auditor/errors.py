@@ -36,8 +36,12 @@ def one_line(text: object, limit: int = MAX_MESSAGE) -> str:
 
 
 def channels_last_hint(expected, got) -> str:
-    """"; the images are stored channels last ..." when `got` is `expected` (C, H, W) as (H, W, C), else ""."""
-    expected, got = list(expected or []), list(got or [])
+    """"; these look like images stored channels last ..." when `got` is `expected` (C, H, W) as (H, W, C),
+    or, with `expected` unknown (None), when `got` ends in a channel count (1, 3 or 4); else ""."""
+    got = list(got or [])
+    if expected is None and len(got) == 3 and got[-1] in (1, 3, 4) and got[0] not in (1, 3, 4):
+        expected = [got[2], got[0], got[1]]
+    expected = list(expected or [])
     if len(expected) == 3 and got == [expected[1], expected[2], expected[0]] and expected != got:
         return ("; these look like images stored channels last (N, H, W, C): store them as (N, C, H, W), e.g. "
                 "np.transpose(images, (0, 3, 1, 2)) (and the mask and pattern as (C, H, W)); the auditor never "

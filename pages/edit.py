@@ -163,7 +163,7 @@ if audit.edits:
     # The file is written once per model state and offered as plain bytes. A deferred download (a callable
     # as data) is fetched in a separate request that fails ("Request timed out") when a rerun or a busy
     # server gets in its way; the bytes of the one current model are kept instead.
-    state = (audit.current.sha256, len(audit.current.history), audit.edited_filename)
+    state = (len(audit.edits), audit.edits[-1].sha_after, audit.edited_filename)  # no re-hashing per rerun
     held = st.session_state.get("edit_model_bytes")
     if held is None or held[0] != state:
         held = st.session_state["edit_model_bytes"] = (state, audit.model_bytes())

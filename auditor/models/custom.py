@@ -124,11 +124,11 @@ def load_custom_model(weights: str | os.PathLike, arch_file: str | os.PathLike |
     state = fit_state(model, state)  # wrapper prefixes, nn.Sequential names
     load_state_into(model, state)
     output = spec.arch.get("output")
+    if shape:
+        known = spec.arch.get("num_classes") or len(spec.class_names) or None
+        check_output(model, [int(v) for v in shape], arch_class, output, known)
     if output is not None:
         select_output(model, output)
-    elif shape:
-        known = spec.arch.get("num_classes") or len(spec.class_names) or None
-        check_single_output(model, [int(v) for v in shape], arch_class, known)
     # every parameter of the spec's `arch` stays (num_classes, in_features describe the model even
     # when the class takes no argument); only those the constructor accepts were passed to it
     spec.arch = {**params, "name": "custom", "class": arch_class, "file": arch_file.name, "code_sha256": digest,
@@ -157,12 +157,12 @@ def constructor_kwargs(cls: type, params: dict, arch_class: str) -> dict:
 
 
 class OutputError(AuditorError):
-    """The model returns several outputs (a tuple, a dict) and the spec does not say which is the logits;
-    `guess` is the likely one (`output_guess`)."""
+    """The model returns several outputs (a tuple, a dict) and the spec does not say which is the logits
+    (or names one it lacks); `outputs` says what it returns, `guess` is the likely logits (`output_guess`)."""
 
-    def __init__(self, message: str, guess):
+    def __init__(self, message: str, outputs: str, guess):
         super().__init__(message)
-        self.guess = guess
+        self.outputs, self.guess = outputs, guess
 
 
 def _pick(out, key):
@@ -222,8 +222,9 @@ def output_guess(out, n_classes: int | None = None):
 
 
 @torch.no_grad()
-def check_single_output(model: nn.Module, shape: list[int], arch_class: str, n_classes: int | None = None) -> None:
-    """Refuse, with the likely choice, a model that returns several outputs when no "output" says which."""
+def check_output(model: nn.Module, shape: list[int], arch_class: str, key=None, n_classes: int | None = None) -> None:
+    """Run the model once on zeros and refuse, with the likely choice, one that returns several outputs
+    when no "output" `key` says which is the logits, or whose output `key` does not select a tensor."""
     was = model.training
     model.eval()
     try:
@@ -232,9 +233,16 @@ def check_single_output(model: nn.Module, shape: list[int], arch_class: str, n_c
         return
     finally:
         model.train(was)
-    if isinstance(out, torch.Tensor):
+    if key is None and isinstance(out, torch.Tensor):
         return
-    guess = output_guess(out, n_classes)
+    if key is not None:
+        try:
+            if isinstance(_pick(out, key), torch.Tensor):
+                return
+        except (KeyError, IndexError, AttributeError, TypeError):
+            pass
+    described, guess = _describe(out), output_guess(out, n_classes)
     how = (f'say which is the logits with "output": {guess!r} in the spec\'s "arch" (`auditor spec init` finds it)'
            if guess is not None else "make it return the logits (one tensor, a row per input)")
-    raise OutputError(f"{arch_class} returns {_describe(out)}, not one tensor of logits: {how}", guess)
+    given = "" if key is None else f' ("output": {key!r} selects no tensor of it)'
+    raise OutputError(f"{arch_class} returns {described}{given}, not one tensor of logits: {how}", described, guess)

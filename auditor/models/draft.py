@@ -83,8 +83,8 @@ def _model_from_file(path: Path, data, X, y, *, arch_file, arch_class, trust_cod
                 raise
             arch = {**arch, "output": exc.guess}
             bundle = load(arch)
-            notes.append(f"output: {str(exc).split(' returns ', 1)[1].split(', not one', 1)[0]}; the logits "
-                         f"taken from output {exc.guess!r} (\"output\" in \"arch\")")
+            notes.append(f"output: {exc.outputs}; the logits taken from output {exc.guess!r} (\"output\" in "
+                         "\"arch\")")
         notes.append(f"architecture: your class {arch_class} from {Path(arch_file).name} (its constructor "
                      "arguments, if any, go into \"arch\")")
         return bundle, arch, notes
@@ -94,7 +94,7 @@ def _model_from_file(path: Path, data, X, y, *, arch_file, arch_class, trust_cod
         if graph is not None and (len(graph) != len(shape) or (kind == "image" and graph != shape)):
             raise AuditorError(f"{path.name} takes inputs of shape {graph} but {data.name!r} gives "
                                f"{'images of shape ' if kind == 'image' else 'rows of '}{shape}"
-                               f"{channels_last_hint(graph, shape) or ': is this the model' + chr(39) + 's data?'}")
+                               f"{channels_last_hint(graph, shape) or ': is this the model’s data?'}")
         provisional = {"arch": {"name": "onnx"}, "input": {"kind": kind, "shape": graph or shape}}
         bundle = load_model(path, spec=provisional, max_bytes=max_bytes)
         notes.append("architecture: the ONNX graph itself (\"arch\": {\"name\": \"onnx\"})")
@@ -216,8 +216,7 @@ def draft_spec(model_path: str | os.PathLike, data, *, arch_file=None, arch_clas
         try:
             predict_logits(bundle.model, X[:2])
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-            hint = "" if data.input_shape[-1] not in (1, 3, 4) or len(data.input_shape) != 3 else channels_last_hint(
-                [data.input_shape[2], data.input_shape[0], data.input_shape[1]], data.input_shape)
+            hint = channels_last_hint(None, data.input_shape)
             raise AuditorError(f"{path.name} cannot run on {data.name!r} (images of shape {data.input_shape}): "
                                f"{str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}{hint}") from None
     input_block: dict = {"kind": data.kind}
