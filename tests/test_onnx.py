@@ -168,3 +168,28 @@ def test_export_refuses_a_model_onnxruntime_disagrees_with(tmp_path, adult_mlp, 
 def test_onnxruntime_max_diff_on_the_cnn(tmp_path, digits_cnn):
     path = export_onnx(digits_cnn, tmp_path / "cnn.onnx", verify=False)
     assert onnxruntime_max_diff(digits_cnn.model, path, [1, 8, 8]) < 1e-4
+
+
+def test_an_opset_20_export_with_average_pooling_is_read_through_the_version_converter(tmp_path, digits):
+    """torch's exporter writes opset 20 by default, where an AdaptiveAvgPool2d becomes AveragePool 19, which
+    onnx2torch does not convert: the graph is read as opset 17 (the same computation, said in the spec's
+    provenance) and agrees with onnxruntime."""
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                          nn.Linear(16, 10)).eval()
+    path = tmp_path / "pool.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (digits.test.X[:1],), str(path), dynamo=False, opset_version=20,
+                          input_names=["x"], dynamic_axes={"x": {0: "n"}})
+    assert {n.op_type for n in onnx.load(str(path)).graph.node} >= {"AveragePool"}
+    spec = {"arch": {"name": "onnx", "num_classes": 10}, "input": {"kind": "image", "shape": [1, 8, 8]},
+            "class_names": [str(i) for i in range(10)]}
+    bundle = load_model(path, spec=spec)
+    assert bundle.spec.provenance["onnx_opset_converted"] == {"from": 20, "to": 17}
+    X = digits.test.X[:32].numpy()
+    want = ort.InferenceSession(str(path)).run(None, {"x": X})[0]
+    with torch.no_grad():
+        assert np.abs(bundle.model(torch.from_numpy(X)).numpy() - want).max() < 1e-4

@@ -98,6 +98,11 @@ def _model_from_file(path: Path, data, X, y, *, arch_file, arch_class, trust_cod
         provisional = {"arch": {"name": "onnx"}, "input": {"kind": kind, "shape": graph or shape}}
         bundle = load_model(path, spec=provisional, max_bytes=max_bytes)
         notes.append("architecture: the ONNX graph itself (\"arch\": {\"name\": \"onnx\"})")
+        opset = bundle.spec.provenance.get("onnx_opset_converted")
+        if opset:
+            notes.append(f"operators: the graph is opset {opset['from']}; read as opset {opset['to']} (ONNX's version "
+                         "converter: the same computation), as onnx2torch converts some operators only in older "
+                         "versions")
         left_out = bundle.spec.provenance.get("onnx_outputs_left_out")
         if left_out:
             notes.append(f"outputs: the logits are output {bundle.spec.provenance.get('onnx_logits', '?')!r}; left out "

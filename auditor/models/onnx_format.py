@@ -200,6 +200,30 @@ def _as_registered(module: nn.Module, spec: ModelSpec, probe: torch.Tensor) -> n
     return native if same else module
 
 
+def _convert(proto, spec: ModelSpec, name: str):
+    """The graph as a torch module (onnx2torch). onnx2torch knows some operators only in their older
+    versions (AveragePool 19, which torch's exporter writes by default, is not among them): a graph above
+    opset `OPSET` that it cannot convert is brought down to `OPSET` with ONNX's own version converter (the
+    same computation), which the spec's provenance records."""
+    try:
+        return _onnx2torch().convert(proto)
+    except NotImplementedError as exc:
+        first = exc
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset > OPSET:
+        try:
+            from onnx import version_converter
+
+            converted = _onnx2torch().convert(version_converter.convert_version(proto, OPSET))
+        except Exception:  # noqa: BLE001 - the first error says what is missing
+            pass
+        else:
+            spec.provenance["onnx_opset_converted"] = {"from": int(opset), "to": OPSET}
+            return converted
+    hint = f"; re-export it with opset_version={OPSET}" if opset > OPSET else ""
+    raise AuditorError(f"{name}: an ONNX operator is not supported: {str(first)[:200]}{hint}") from None
+
+
 def load_onnx(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelBundle:
     """Load an `.onnx` file (size already checked by `load_model`) as an editable bundle."""
     onnx = _onnx()
@@ -248,11 +272,9 @@ def load_onnx(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelBu
     if len(dims) == 2 and dims[1] and "in_features" not in spec.arch:
         spec.arch["in_features"] = int(dims[1])
     try:
-        converted = _onnx2torch().convert(proto)
+        converted = _convert(proto, spec, path.name)
     except AuditorError:
         raise
-    except NotImplementedError as exc:
-        raise AuditorError(f"{path.name}: an ONNX operator is not supported: {str(exc)[:200]}") from None
     except Exception as exc:
         raise AuditorError(f"{path.name}: cannot convert the ONNX graph to PyTorch: "
                            f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
