@@ -115,7 +115,7 @@ def sparsity(model: nn.Module) -> float:
     for _, layer in editable_layers(model):
         w = layer.weight.detach()
         total += w.numel()
-        zeros += int((w == 0).sum())
+        zeros += w.numel() - int(torch.count_nonzero(w))
     return zeros / total if total else 0.0
 
 
