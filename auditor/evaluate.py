@@ -101,6 +101,11 @@ def check_compatible(bundle: ModelBundle, data: AuditData) -> None:
         raise AuditorError(f"model expects images of shape {shape} but data {data.name!r} has "
                            f"{data.input_shape}{channels_last_hint(shape, data.input_shape)}")
     n_classes = bundle.spec.num_classes
+    target = getattr(data.stamp, "target", None)
+    if len(data.class_names) > n_classes and target is not None and int(target) >= n_classes:
+        raise AuditorError(f"data {data.name!r} names class {int(target)} as the class its "
+                           f"{data.stamp.kind} pushes towards, but the model predicts only {n_classes} classes "
+                           f"(0 to {n_classes - 1}): give the target's class index")
     if len(data.class_names) > n_classes:
         raise AuditorError(f"model predicts {n_classes} classes but data {data.name!r} has "
                            f"{len(data.class_names)}")
@@ -114,6 +119,47 @@ def check_compatible(bundle: ModelBundle, data: AuditData) -> None:
         if out.dim() != 2 or out.shape[1] < len(data.class_names):
             raise AuditorError(f"the model returns outputs of shape {list(out.shape[1:])} but data "
                                f"{data.name!r} has {len(data.class_names)} classes")
+        names = list(bundle.spec.class_names)
+        if out.dim() == 2 and names and len(names) != out.shape[1]:
+            raise AuditorError(f"the model spec names {len(names)} classes ({', '.join(map(repr, names[:6]))}) but the "
+                               f"model returns {out.shape[1]} outputs: class_names must give one name per output, "
+                               "in the model's output order (logit 0 first)")
+    check_class_order(bundle.spec.class_names, data)
+
+
+def check_class_order(spec_names, data: AuditData) -> None:
+    """The model's class names (its output order) against the data's: the same classes in another order
+    would read every prediction as another class, so it is refused."""
+    names, ours = [str(c) for c in spec_names or []], [str(c) for c in data.class_names]
+    if names and len(names) == len(ours) and names != ours and sorted(names) == sorted(ours):
+        binary = (" For a CSV target, --positive names the class the data puts second (logit 1)."
+                  if len(ours) == 2 else "")
+        raise AuditorError(f"the model spec's class_names put the classes in the order {names} (logit 0 first), but "
+                           f"data {data.name!r} orders them {ours}: every prediction would be read as another class. "
+                           "Check that class_names follow the model's output order." + binary)
+
+
+def model_notes(bundle: ModelBundle) -> list[str]:
+    """Warnings about how the model was read: architecture code other than the code it was saved with."""
+    changed = (bundle.spec.provenance or {}).get("code_changed") if isinstance(bundle.spec.provenance, dict) else None
+    if not isinstance(changed, dict):
+        return []
+    return [f"the architecture code given ({changed.get('file')}, class {changed.get('class')}: sha256 "
+            f"{str(changed.get('given_sha256'))[:12]}) is not the code this model was saved with "
+            f"({changed.get('recorded_file')}: sha256 {str(changed.get('recorded_sha256'))[:12]}): the same weights "
+            "may compute something else; pass the file the model was saved with"]
+
+
+def class_name_notes(spec_names, data: AuditData) -> list[str]:
+    """A warning when the model's class names share none with the data's (named, not numbered) classes:
+    the target may not be what the model predicts."""
+    names, ours = [str(c) for c in spec_names or []], [str(c) for c in data.class_names]
+    numbered = ours == [str(i) for i in range(len(ours))]
+    if not names or numbered or set(names) & set(ours):
+        return []
+    return [f"the model's classes ({', '.join(names[:6])}) share no name with the data's target classes "
+            f"({', '.join(ours[:6])}): check that the target column is what the model predicts; logit i is "
+            "read as the data's class i"]
 
 
 def evaluate(bundle: ModelBundle, data: AuditData, requirements=(), split: str | None = None,
@@ -133,7 +179,9 @@ def evaluate(bundle: ModelBundle, data: AuditData, requirements=(), split: str |
                              reference=None if reference is None else reference.model, fixes=fixes,
                              min_group=min_group)
     ev = Evaluation(report.metrics, report.groups, [], bundle.sha256, data.sha256, data.name, split,
-                    len(data.split(split)), warnings=list(report.warnings), small_groups=report.small_groups,
+                    len(data.split(split)),
+                    warnings=(model_notes(bundle) + class_name_notes(bundle.spec.class_names, data) + list(data.notes)
+                              + list(report.warnings)), small_groups=report.small_groups,
                     verdict_mode=verdict, min_group=int(min_group), outcomes=report.outcomes)
     if resamples:
         ev.intervals = intervals(report.metrics, report.outcomes, resamples=resamples)

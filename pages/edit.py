@@ -136,9 +136,10 @@ if earlier:
                "added after them in the downloaded file's provenance.")
 if audit.edits:
     st.subheader("Edits applied")
-    before = audit.evaluate("pristine").metrics
+    pristine = audit.evaluate("pristine").metrics
     for i, rec in enumerate(audit.edits):
         r = rec.result
+        before = audit.edits[i - 1].metrics_after if i else pristine  # each edit against the model it was applied to
         changes = "; ".join(f"{metric_label(metric_key)}: {format_value(metric_key, before.get(metric_key))} → "
                             f"{format_value(metric_key, rec.metrics_after.get(metric_key))}"
                             for metric_key in dict.fromkeys(q.split(" ")[0] for q in rec.requirements))
@@ -147,9 +148,17 @@ if audit.edits:
         fixed = (f"  \nfixes {rec.fixes['count']} mistake(s): {md_plain(', '.join(rec.fixes['rows'][:10]))}"
                  f"{' …' if len(rec.fixes['rows']) > 10 else ''} (sha256 `{rec.fixes['sha256'][:12]}…`)"
                  if rec.fixes else "")
-        c1.markdown(f"**Edit {earlier + i + 1}: {r.editor}** on layer(s) {md_plain(', '.join(r.layers) or 'none')}, "
-                    f"{r.seconds:.2f} s on `{r.device}`: {verdict}  \n{changes}{fixed}  \n"
-                    f"model sha256 `{rec.sha_after[:12]}…` (was `{rec.sha_before[:12]}…`)")
+        if rec.sha_after == rec.sha_before:  # nothing changed: say why, not "an edit"
+            why = (r.extras or {}).get("no_edit_reason") or next(
+                (e.get("message") or e.get("reason") for e in reversed(r.log) if e.get("message") or e.get("reason")),
+                "the editor left every weight as it was")
+            c1.warning(f"**Edit {earlier + i + 1}: {r.editor} changed nothing**, {r.seconds:.2f} s: {md_plain(why)}. "
+                       "The model is as it was (sha256 unchanged); requirements as before.")
+        else:
+            layers = md_plain(', '.join(r.layers) or 'none')
+            c1.markdown(f"**Edit {earlier + i + 1}: {r.editor}** on layer(s) {layers}, {r.seconds:.2f} s on "
+                        f"`{r.device}`: {verdict}  \n{changes}{fixed}  \n"
+                        f"model sha256 `{rec.sha_after[:12]}…` (was `{rec.sha_before[:12]}…`)")
         if c2.button("Undo", key=f"edit_undo_{i}", help="Restore the weights exactly as before this edit "
                                                          "(later edits are undone too)."):
             audit.revert(i)
@@ -159,6 +168,9 @@ if audit.edits:
                 cols = ["step", "action", "layer", "accepted", "accuracy", "reason", "keys", "scale", "norm",
                         "examples", "fixed", "entries", "radius"]
                 log = pd.DataFrame([{k: e.get(k) for k in cols if k in e} for e in r.log])
+                for c in log.columns:  # mixed columns (step 1, 2, ..., "end") as text: Arrow takes one type
+                    if log[c].map(type).nunique() > 1:
+                        log[c] = log[c].map(lambda v: "" if v is None else str(v))
                 st.dataframe(log, hide_index=True)
     # The file is written once per model state and offered as plain bytes. A deferred download (a callable
     # as data) is fetched in a separate request that fails ("Request timed out") when a rerun or a busy

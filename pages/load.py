@@ -7,6 +7,7 @@ import streamlit as st
 from auditor import TabularSchema, load_data, load_model
 from auditor.audit.uploads import (
     csv_columns,
+    csv_values,
     data_for_stamp_choice,
     discard_upload,
     is_text_column,
@@ -110,7 +111,7 @@ else:
                 cols = list(head.columns)
                 target = st.selectbox("Target column (what the model predicts)", cols, index=len(cols) - 1,
                                       key="up_target")
-                values = sorted(map(str, head[target].dropna().unique()))
+                values = csv_values(csv.getvalue(), target)
                 positive = st.selectbox("Positive label (the favourable outcome)", values, index=len(values) - 1,
                                         key="up_positive")
                 others = [c for c in cols if c != target]
@@ -142,9 +143,11 @@ else:
                 else:
                     data = builtin_data(data_name, bundle.spec.to_json())
                 uploaded = csv if csv is not None else case
-                set_audit(new_audit(bundle, data, model_label=model_file.name.rsplit(".", 1)[0],
-                                    data_label=uploaded.name if uploaded is not None else data_name,
-                                    model_path=model_file.name))
+                audit = new_audit(bundle, data, model_label=model_file.name.rsplit(".", 1)[0],
+                                  data_label=uploaded.name if uploaded is not None else data_name,
+                                  model_path=model_file.name)
+                audit.spec_path = spec_file.name if spec_file is not None else None
+                set_audit(audit)
         except Exception as exc:  # noqa: BLE001
             discard_upload(folder)
             show_error(exc)

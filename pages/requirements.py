@@ -38,7 +38,8 @@ for i, req in enumerate(list(audit.requirements)):
                 f"{md_plain(req.expr)}: {metric_help(req.key)}")
     res = audit.evaluate().requirements[i]
     c3.markdown(f"now **{format_value(req.key, res.value)}**  \n"
-                + (":green[✔ passes]" if res.passed else ":red[✘ fails]"))
+                + {"pass": ":green[✔ passes]", "inconclusive": ":orange[? inconclusive]"}.get(
+                    res.verdict, ":green[✔ passes]" if res.passed else ":red[✘ fails]"))
     if c4.button("Remove", key=f"req_rm_{req.key}_{req.op}"):
         audit.remove_requirement(i)
         st.rerun()

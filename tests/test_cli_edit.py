@@ -68,9 +68,15 @@ def test_edit_settings_and_fixes(tmp_path, capsys):
     out = tmp_path / "r1.safetensors"
     rc = main(["edit", TROJAN, "digits-trojan", "--editor", "rank-one", "--layer", "out", "--set", "mu=0.1",
                "--set", "rank=none", "--fix", "3=1", "--out", str(out)])
+    # a Trojan editor does not fix given mistakes: refused before anything runs, naming those that do
+    assert rc == 2 and "does not fix given mistakes" in capsys.readouterr().err and not out.exists()
+    rc = main(["edit", TROJAN, "digits-trojan", "--editor", "finetune-fix", "--fix", "3=1",
+               "--out", str(tmp_path / "f.safetensors")])
     text = capsys.readouterr().out
-    # --fix builds Fixes, evaluated before and after, and asks for them: a Trojan editor does not fix row 3
-    assert "edit_success >= 1" in text and "FAIL: 0 of 1 requirements met after the edit" in text and rc == 1
+    # --fix builds Fixes, evaluated before and after, and asks for them
+    assert "edit_success >= 1" in text and rc in (0, 1)
+    rc = main(["edit", TROJAN, "digits-trojan", "--editor", "rank-one", "--layer", "out", "--set", "mu=0.1",
+               "--set", "rank=none", "--out", str(out)])
     meta = json.loads(read_metadata(out)["auditor.edit"])
     assert meta["layers"] == ["out"] and meta["hyperparameters"]["mu"] == 0.1
 

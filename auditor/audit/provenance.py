@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 
 from ..data.base import AuditData
+from .uploads import UPLOAD_PREFIX
 
 # The metadata key of the provenance every model written by an audit carries (CLI and dashboard alike).
 PROVENANCE_KEY = "auditor.edit"
@@ -18,7 +19,7 @@ def data_arguments(data: AuditData) -> list[str]:
     """The DATA argument and schema options that load `data` again on the command line."""
     if data.name in BUILTIN_DATA and not (data.source or "").endswith((".csv", ".parquet", ".npz")):
         return [data.name]
-    out = [data.source or data.name]
+    out = [_shown_path(data.source) if data.source else data.name]
     schema = data.schema or {}
     for key in ("target", "positive", "split_column"):
         if schema.get(key) not in (None, ""):
@@ -73,37 +74,68 @@ def earlier_edits(bundle) -> list[dict]:
     return [e for e in edits if isinstance(e, dict)]
 
 
-def reproduce_command(session) -> str:
-    """The `auditor audit` command line that re-runs this audit: the last edit with every setting
-    that differs from the editor's defaults, the clean samples and seed the baselines used, and the
-    baselines as run."""
-    model = session.model_path or f"{session.model_label}.safetensors"
+def _shown_path(path: str) -> str:
+    """A path as a command line names it: relative to here when it can be; a dashboard upload's
+    temporary copy by the name it was uploaded under."""
+    if UPLOAD_PREFIX in path:
+        return Path(path).name
     try:
-        model = str(Path(model).resolve().relative_to(Path.cwd()))
+        return str(Path(path).resolve().relative_to(Path.cwd()))
     except (ValueError, OSError):
-        pass
-    parts = ["auditor", "audit", model, *data_arguments(session.data)]
-    if session.split != "test":
-        parts += ["--split", session.split]
-    for r in session.requirements:
-        parts += ["--require", r.expr]
-    for f in session.fix_specs:
-        parts += ["--fix", f]
-    if session.edits:
-        from ..editors import EDITORS
+        return path
 
-        rec = session.edits[-1]
-        parts += ["--editor", rec.editor]
-        hyper = getattr(EDITORS.get(rec.editor), "Hyper", None)
-        defaults = dataclasses.asdict(hyper()) if hyper is not None else {}
-        hp = rec.result.hyperparameters
-        if hp.get("samples") is not None:
-            parts += ["--samples", str(hp["samples"])]
-        for k, v in hp.items():
-            if k in ("samples", "seed") and not (k == "seed" and v != session.seed):
-                continue
-            if defaults.get(k, object()) != v:
-                parts += ["--set", f"{k}={'none' if v is None else v}"]
+
+def model_arguments(session) -> list[str]:
+    """The model argument and what loads it again: its spec file and its own class, when it needs them."""
+    out = [_shown_path(session.model_path or f"{session.model_label}.safetensors")]
+    spec = session.pristine.spec
+    needs_spec = Path(out[0]).suffix.lower() in (".pt", ".pth", ".bin") or bool(getattr(session, "spec_path", None))
+    if needs_spec:
+        out += ["--spec", _shown_path(session.spec_path) if getattr(session, "spec_path", None) else "SPEC.json"]
+    if spec.arch.get("name") == "custom":
+        out += ["--arch-file", str(spec.arch.get("file") or "MODEL.py"), "--arch-class",
+                str(spec.arch.get("class") or "NAME"), "--trust-code"]
+    return out
+
+
+def _editor_arguments(session, rec) -> list[str]:
+    from ..editors import EDITORS
+
+    parts = ["--editor", rec.editor]
+    hyper = getattr(EDITORS.get(rec.editor), "Hyper", None)
+    defaults = dataclasses.asdict(hyper()) if hyper is not None else {}
+    hp = rec.result.hyperparameters
+    if hp.get("samples") is not None:
+        parts += ["--samples", str(hp["samples"])]
+    for k, v in hp.items():
+        if k in ("samples", "seed") and not (k == "seed" and v != session.seed):
+            continue
+        if defaults.get(k, object()) != v:
+            parts += ["--set", f"{k}={'none' if v is None else v}"]
+    return parts
+
+
+def reproduce_command(session) -> str:
+    """The command line that re-runs this audit: `auditor audit` with the last edit and every setting
+    that differs from the editor's defaults, the clean samples and seed the baselines used, and the
+    baselines as run. Edits applied one after another are each an `auditor edit` first, in order, the
+    audit starting from the last one's output."""
+    model = model_arguments(session)
+    data = data_arguments(session.data)
+    common = (["--split", session.split] if session.split != "test" else [])
+    for r in session.requirements:
+        common += ["--require", r.expr]
+    for f in session.fix_specs:
+        common += ["--fix", f]
+    steps = []
+    for i, rec in enumerate(session.edits[:-1], 1):
+        out = f"step{i}.safetensors" if not str(model[0]).lower().endswith(".onnx") else f"step{i}.onnx"
+        steps.append(shlex.join(["auditor", "edit", *model, *data, *common, *_editor_arguments(session, rec),
+                                 "--seed", str(session.seed), "--out", out]))
+        model = [out] + (model[-5:] if model[-1] == "--trust-code" else [])
+    parts = ["auditor", "audit", *model, *data, *common]
+    if session.edits:
+        parts += _editor_arguments(session, session.edits[-1])
     parts += ["--seed", str(session.seed)]
     parts += verdict_flags(getattr(session, "verdict_mode", "strict"), getattr(session, "min_group", 30),
                            getattr(session, "forbid_side_effects", False))
@@ -112,7 +144,7 @@ def reproduce_command(session) -> str:
     elif session.edits:
         parts += ["--baselines", "none"]
     parts += ["--report", "report.html", "--pdf", "report.pdf", "--json", "report.json"]
-    return shlex.join(parts)
+    return " && ".join([*steps, shlex.join(parts)])
 
 
 def verdict_flags(mode: str = "strict", min_group: int = 30, forbid_side_effects: bool = False) -> list[str]:

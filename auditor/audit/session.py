@@ -33,6 +33,7 @@ import pandas as pd
 from .. import present
 from ..backend import Callback, describe_device, pick_device, seed_everything
 from ..data.base import EVAL_SPLITS, SPLITS, AuditData
+from ..editors.base import parameters_changed
 from ..errors import AuditorError
 from ..evaluate import DEFAULT_MIN_GROUP, Evaluation, check_compatible, evaluate
 from ..models.bundle import ModelBundle
@@ -94,8 +95,7 @@ class EditRecord:
         d.update(description=self.description, sha_before=self.sha_before, sha_after=self.sha_after,
                  requirements=self.requirements, metrics_after=self.metrics_after, passed_after=self.passed_after,
                  fixes=self.fixes,
-                 parameters_changed=int(sum(max(v.numel(), self.result.delta.after[k].numel())  # added: counted
-                                            for k, v in self.result.delta.before.items())),
+                 parameters_changed=parameters_changed(self.result.delta),
                  max_rank=max((c["rank"] for c in d["changes"]), default=0))
         return d
 
@@ -124,6 +124,7 @@ class AuditSession:
         self.model_label = model_label or pristine.name
         self.data_label = data_label or data.name
         self.model_path = model_path or pristine.source or None
+        self.spec_path: str | None = None  # the spec file the model was loaded with, as the user named it
         self.pristine_sha256 = pristine.sha256
         self.earlier_edits = earlier_edits(pristine)  # the edits recorded in the loaded file (an edited model)
         self.seed = int(seed)

@@ -57,6 +57,16 @@ def csv_columns(data: bytes) -> pd.DataFrame:
         raise AuditorError(f"the uploaded file is not a readable CSV: {str(exc).splitlines()[0][:160]}") from None
 
 
+def csv_values(data: bytes, column: str, limit: int = 1000) -> list[str]:
+    """The distinct values of one column over every row of an uploaded CSV (as text, sorted; at most
+    `limit`), to offer as the positive label: the first rows may hold only one outcome."""
+    try:
+        col = pd.read_csv(io.BytesIO(data), usecols=[column], dtype=str, skipinitialspace=True)[column]
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise AuditorError(f"the uploaded file is not a readable CSV: {str(exc).splitlines()[0][:160]}") from None
+    return sorted(col.dropna().str.strip().unique().tolist())[:limit]
+
+
 # -- which trigger or cue an uploaded model is tested with ---------------------------------------
 # Built-in Trojan/cue data stamps the trigger (cue) a *sample* model was trained with. Paired with any
 # other model it would test a trigger that model may never have seen: a green "attack success 0 %"

@@ -89,6 +89,22 @@ def _internal_error(exc: BaseException) -> int:
     return EXIT_INTERNAL
 
 
+def _threads_from_env() -> None:
+    """AUDITOR_THREADS, when set, is the number of CPU threads torch uses (as in the dashboard)."""
+    value = os.environ.get("AUDITOR_THREADS")
+    if not value:
+        return
+    try:
+        n = int(value)
+        if n < 1:
+            raise ValueError
+    except ValueError:
+        raise AuditorError(f"AUDITOR_THREADS must be a whole number of at least 1; got {value!r}") from None
+    import torch
+
+    torch.set_num_threads(n)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
@@ -97,6 +113,7 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
+        _threads_from_env()
         code = int(args.func(args) or 0)
     except AuditorError as exc:
         print(f"auditor: error: {one_line(exc)}", file=sys.stderr)

@@ -157,7 +157,7 @@ def run(args) -> int:
     from ..report import write_html, write_json, write_pdf
     from ..requirements import parse_requirements
     from ..store import AuditLog
-    from .edit import editor_class, settings_from_args
+    from .edit import editor_class, refuse_fixes_for, settings_from_args
 
     reqs = parse_requirements(args.require)  # bad expressions fail before any loading
     if not reqs:
@@ -165,6 +165,7 @@ def run(args) -> int:
     settings = {}
     if args.editor:
         cls = editor_class(args.editor)
+        refuse_fixes_for(cls, args)
         settings = settings_from_args(cls, argparse_like(args, samples=None, seed=None))
     elif args.set or args.layer:
         raise AuditorError("--set and --layer are editor settings: give --editor NAME too")

@@ -150,6 +150,7 @@ def run(args) -> int:
     cls = editor_class(args.editor)
     if args.fix and args.fixes:
         raise AuditorError("give the mistakes to fix with --fix ROW=LABEL or with --fixes FILE.csv, not both")
+    refuse_fixes_for(cls, args)
     settings = settings_from_args(cls, args)
     bundle, data = load_model_and_data(args)
     check_saveable(bundle, args.out)  # a file that could not be loaded again: refuse before the edit
@@ -197,7 +198,7 @@ def run(args) -> int:
     verdict = session.verdict()
     print(f"\n{verdict['status']}: {verdict['summary']}")
     left_out = result.bundle.spec.provenance.get("onnx_outputs_left_out")
-    print(f"\nwrote {args.out} (sha256 {result.bundle.sha256[:16]}, was {bundle.sha256[:16]})"
+    print(f"\nwrote {args.out} (weights sha256 {result.bundle.sha256[:16]}, was {bundle.sha256[:16]})"
           + (f"; it has the logits output only (left out: {', '.join(left_out)})" if left_out else ""))
     if args.json:
         write_json(args.json, {"before": before.to_dict(), "after": after.to_dict(), "edit": session.provenance(),
@@ -206,6 +207,18 @@ def run(args) -> int:
                                "data": {"name": data.name, "sha256": data.sha256, "source": data.source or None,
                                         **data.data_block(session.split)}})
     return 0 if session.passed else 1
+
+
+def refuse_fixes_for(cls, args) -> None:
+    """Mistakes to fix given to an editor that does not fix given mistakes: refused, naming those that do."""
+    from ..editors import EDITORS
+    from ..errors import AuditorError
+
+    asked = getattr(args, "fix", None) or getattr(args, "fixes", None)
+    if asked and "edit_success" not in getattr(cls, "targets", ()):
+        fixers = sorted(n for n, c in EDITORS.items() if "edit_success" in getattr(c, "targets", ()))
+        raise AuditorError(f"editor {cls.name!r} does not fix given mistakes (--fix/--fixes); editors that do: "
+                           f"{', '.join(fixers)}")
 
 
 def editor_class(name: str):

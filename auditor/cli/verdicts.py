@@ -68,7 +68,7 @@ def print_evaluation(ev, out=None) -> None:
     from .common import format_table
 
     out = out or sys.stdout
-    print(f"data {ev.data_name} ({split_words(ev.split)}, {ev.rows} rows), model sha256 {ev.model_sha256[:16]}",
+    print(f"data {ev.data_name} ({split_words(ev.split)}, {ev.rows} rows), weights sha256 {ev.model_sha256[:16]}",
           file=out)
     rows = [[k, _fmt(v, k), interval_text(ev.intervals.get(k), k), str((ev.intervals.get(k) or {}).get("n") or "-")]
             for k, v in ev.metrics.items()]

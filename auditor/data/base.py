@@ -95,6 +95,9 @@ class AuditData:
     # Where each split's rows came from ({"train": "train.csv", "val": "20 % of train.csv ...", ...}) and
     # how the partition was made ("method"): stated in the JSON and the report next to the rows audited.
     partition: dict = field(default_factory=dict)
+    # What loading noticed that changes how rows are read (target values taken as negative, categories the
+    # model's preprocessing never saw): shown with every evaluation's warnings.
+    notes: list[str] = field(default_factory=list)
     # The split metrics are taken on when none is asked for: "test" for data that comes with a
     # partition (built-in sets, --train-csv, --split-column, .npz train_images), "all" for a user's
     # file without one (so the whole file is audited, not a random fifth of it).

@@ -282,6 +282,9 @@ def _npz_case(path: Path, arrays: dict, seed: int) -> AuditData:
         raise AuditorError(f"{path.name}: {given['target']!r} must be one class index >= 0")
     target = int(target_arr[0])
     kind = str(np.asarray(arrays.get("kind", "trigger")).reshape(-1)[0]) if "kind" in arrays else "trigger"
+    if kind not in ("trigger", "cue"):
+        raise AuditorError(f"{path.name}: 'kind' is {kind!r}; it must be \"trigger\" (a Trojan backdoor) or \"cue\" "
+                           "(a spurious cue), in lower case")
     extra_sets: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for extra in ("train", "val"):
         if f"{extra}_images" in arrays:

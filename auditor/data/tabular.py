@@ -148,6 +148,42 @@ def transform(frame: pd.DataFrame, prep: dict, what: str = "the data") -> np.nda
     return out
 
 
+def unseen_categories(frame: pd.DataFrame, prep: dict, stored: bool) -> list[str]:
+    """A note per categorical column holding values its preprocessing has no category for (they are
+    one-hot encoded as all zeros)."""
+    notes = []
+    for c in prep["columns"]:
+        if c["type"] != "categorical" or c["name"] not in frame:
+            continue
+        values = as_text(frame[c["name"]])
+        unseen = values[~values.isin([str(v) for v in c["categories"]])]
+        if len(unseen):
+            counts = unseen.value_counts()
+            shown = ", ".join(f"{v!r} ({n} rows)" for v, n in counts.head(4).items())
+            where = "the model's stored preprocessing" if stored else "the training rows"
+            notes.append(f"column {c['name']!r}: {len(unseen)} of {len(values)} rows hold values {where} has no "
+                         f"category for ({shown}{', ...' if len(counts) > 4 else ''}); they are encoded as all zeros "
+                         f"(known: {', '.join(map(repr, list(c['categories'])[:6]))})")
+    return notes
+
+
+def target_notes(frame: pd.DataFrame, schema: TabularSchema, positive: str) -> list[str]:
+    """A note when the target holds more than two values, or values that differ from the positive label
+    only in case or spaces: every value but the positive label is read as the negative outcome."""
+    values = as_text(frame[schema.target]).str.strip()
+    counts = values.value_counts()
+    if len(counts) <= 2:
+        return []
+    near = [v for v in counts.index if v != positive and v.strip().lower() == positive.strip().lower()]
+    shown = ", ".join(f"{v!r} ({n} rows)" for v, n in counts.head(6).items())
+    note = (f"target {schema.target!r} holds {len(counts)} values ({shown}{', ...' if len(counts) > 6 else ''}); "
+            f"every value but {positive!r} is read as the negative outcome")
+    if near:
+        note += (f"; {', '.join(map(repr, near))} {'differs' if len(near) == 1 else 'differ'} from {positive!r} only "
+                 "in case or spaces: clean the column")
+    return [note]
+
+
 def numeric_inputs(frame: pd.DataFrame, features: list[str]) -> np.ndarray:
     """Already-numeric data taken in the model's column order (no stored preprocessing)."""
     _require_columns(frame, features, "model input")
@@ -210,12 +246,12 @@ def from_frames(name: str, frames: dict[str, pd.DataFrame], schema: TabularSchem
     _, whole_names = _labels(whole, schema)  # one-class and missing-target errors name the whole file
     positive = _positive_value(whole, schema)
     inputs = schema.input_columns(whole)
+    preprocessing_given = preprocessing is not None
     if features is not None:
         prep = None
         feature_names = list(features)
         feature_groups = {f: [i] for i, f in enumerate(feature_names)}
     else:
-        preprocessing_given = preprocessing is not None
         if preprocessing is None:
             preprocessing = fit_preprocessing(frames["train"], inputs, schema.categorical, schema.log1p)
         prep = preprocessing
@@ -225,6 +261,19 @@ def from_frames(name: str, frames: dict[str, pd.DataFrame], schema: TabularSchem
             f"{shown} with its categorical column(s)"
         check_matrix(origin, len(whole), input_width(prep), _file_size(source))
         feature_names, feature_groups = describe_inputs(prep)
+    notes = target_notes(whole, schema, positive) if schema.positive is not None else []
+    if prep is not None:
+        notes += unseen_categories(whole, prep, preprocessing_given)
+    read = [c["name"] for c in prep["columns"]] if prep is not None else feature_names
+    used = [a for a in schema.protected if a in read]
+    if used:
+        notes.append(f"the model reads protected attribute(s) {', '.join(map(repr, used))} as input(s): its "
+                     "decisions may depend on them directly")
+    if (features is not None or preprocessing_given) and (schema.inputs or schema.categorical):
+        given = sorted(set(schema.inputs or []) | set(schema.categorical or []))
+        if set(schema.inputs or read) != set(read) or not set(schema.categorical or []) <= set(read):
+            notes.append(f"--inputs/--categorical ({', '.join(given)}) are not used: the model spec says which "
+                         f"columns the model reads and how ({', '.join(read[:12])}{', ...' if len(read) > 12 else ''})")
     splits = {}
     class_names: list[str] = []
     for s, frame in frames.items():
@@ -236,7 +285,7 @@ def from_frames(name: str, frames: dict[str, pd.DataFrame], schema: TabularSchem
         splits[s] = Split(torch.from_numpy(X), torch.from_numpy(y), groups, frame)
     return AuditData(name=name, kind="tabular", feature_names=feature_names, feature_groups=feature_groups,
                      protected=list(schema.protected), class_names=class_names, preprocessing=prep,
-                     schema=schema.to_dict(), source=source, description=description, **splits)
+                     schema=schema.to_dict(), source=source, description=description, notes=notes, **splits)
 
 
 def _file_size(source: str) -> int | None:

@@ -87,6 +87,8 @@ class WeightDelta:
         """Per changed tensor: Frobenius norm of the change, its relative size and numerical rank."""
         rows = []
         for name in self.before:
+            if name.endswith(COUNTERS):  # a BatchNorm's batch counter: no weight, restored on undo all the same
+                continue
             a, b = self.before[name].double(), self.after[name].double()
             if a.shape != b.shape:  # an adapter's tensor that grew or shrank: the rows it gained or lost
                 d = b.clone() if len(b) >= len(a) else a.clone()
@@ -102,8 +104,21 @@ class WeightDelta:
                    "changed_fraction": float((d != 0).double().mean())}
             if a.shape != b.shape:
                 row.update(entries_before=int(len(a)), entries_after=int(len(b)))
+            if name.endswith(STATISTICS):
+                row["statistics"] = True  # a running statistic (BatchNorm), not a parameter
             rows.append(row)
         return rows
+
+
+STATISTICS = (".running_mean", ".running_var")  # BatchNorm's running statistics: buffers, not parameters
+COUNTERS = (".num_batches_tracked",)
+
+
+def parameters_changed(delta: WeightDelta) -> int:
+    """How many parameter entries an edit changed (an adapter's added entries counted; BatchNorm's running
+    statistics and counters, which are no parameters, left out)."""
+    return int(sum(max(v.numel(), delta.after[k].numel()) for k, v in delta.before.items()
+                   if not k.endswith(STATISTICS + COUNTERS)))
 
 
 @dataclass
@@ -211,7 +226,8 @@ class Editor:
                         "message": "the edit left every weight as it was (nothing to change, or nothing it could)"})
         hp = dataclasses.asdict(self.hparams) if self.hparams is not None else {}
         edited.history.append({"editor": self.name, "hyperparameters": hp, "layers": delta.layers,
-                               "requirements": [r.expr for r in reqs], "seconds": seconds})
+                               "requirements": [r.expr for r in reqs], "seconds": seconds,
+                               "sha_before": bundle.sha256})
         callback(1.0, "done")
         return EditResult(edited, delta, self.name, hp, seconds, describe_device(dev), log, extras)
 

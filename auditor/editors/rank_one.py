@@ -386,12 +386,13 @@ def implicit_requirements(data: AuditData) -> list[Requirement]:
     return []
 
 
-def needs_pairs(bundle, data: AuditData) -> str | None:
-    """None when `data` has (clean, corrupted) pairs and the model a Linear or Conv2d layer, else why not."""
+def needs_pairs(bundle, data: AuditData, what: str = "rank-one rectification") -> str | None:
+    """None when `data` has (clean, corrupted) pairs and the model a Linear or Conv2d layer, else why not
+    (`what` names the method that needs them)."""
     if data is None:
         return None
     if data.stamp is None and data.train.corrupted is None:
-        return (f"data set {data.name!r} has no trigger, cue or corrupted twins; rank-one rectification needs "
+        return (f"data set {data.name!r} has no trigger, cue or corrupted twins; {what} needs "
                 "(clean, corrupted) pairs (a Trojan or cue data set, or an .npz case)")
     if bundle is not None and not editable_layers(bundle.model):
         return "the model has no Linear or Conv2d layer"

@@ -131,6 +131,11 @@ def load_custom_model(weights: str | os.PathLike, arch_file: str | os.PathLike |
         select_output(model, output)
     # every parameter of the spec's `arch` stays (num_classes, in_features describe the model even
     # when the class takes no argument); only those the constructor accepts were passed to it
+    recorded = spec.arch.get("code_sha256")
+    if isinstance(recorded, str) and recorded != digest:
+        spec.provenance = {**(spec.provenance or {}), "code_changed": {
+            "class": arch_class, "file": arch_file.name, "recorded_sha256": recorded, "given_sha256": digest,
+            "recorded_file": spec.arch.get("file")}}
     spec.arch = {**params, "name": "custom", "class": arch_class, "file": arch_file.name, "code_sha256": digest,
                  **({"output": output} if output is not None else {})}
     return ModelBundle(model, spec, str(weights), fmt)

@@ -292,6 +292,17 @@ def load_onnx(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelBu
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         raise AuditorError(f"{path.name}: the model must return one (batch, classes) tensor of logits")
     model = _as_registered(module, spec, probe)
+    if model is module and spec.arch.get("name") != "onnx":
+        # the graph's own computation (e.g. BatchNorm folded into convolutions), not the spec's architecture:
+        # say so, so that it is written back as ONNX and never as weights the architecture cannot load
+        spec.provenance["arch_in_spec"] = dict(spec.arch)
+        spec.arch = {"name": "onnx", "num_classes": spec.num_classes,
+                     **{k: spec.arch[k] for k in ("in_features", "output") if k in spec.arch}}
+    if head is None and proto.graph.output:
+        inputs = {i.name for i in proto.graph.initializer}
+        first = next((i.name for i in proto.graph.input if i.name not in inputs), None)
+        if (first, proto.graph.output[0].name) != ("input", "logits"):  # the vendor's own names: written back
+            spec.provenance["onnx_io"] = {"input": first, "output": proto.graph.output[0].name}
     history = []
     if "auditor.history" in meta:
         try:
@@ -321,7 +332,12 @@ def export_onnx(bundle: ModelBundle, path: str | os.PathLike, extra_metadata: di
     shape = _input_shape(bundle)
     head = bundle.spec.provenance.get("onnx_head") if isinstance(bundle.spec.provenance, dict) else None
     head = head if isinstance(head, dict) and head.get("outputs") else None
-    input_name = str(head.get("input") or "input") if head else "input"
+    io = bundle.spec.provenance.get("onnx_io") if isinstance(bundle.spec.provenance, dict) else None
+    io = io if isinstance(io, dict) and not head else {}
+    input_name = str(head.get("input") or "input") if head else str(io.get("input") or "input")
+    output_name = str(io.get("output") or "logits")
+    if output_name == input_name:
+        output_name = "logits"
     example = torch.zeros(2, *shape)
     from ..atomic import temp_beside
 
@@ -330,8 +346,8 @@ def export_onnx(bundle: ModelBundle, path: str | os.PathLike, extra_metadata: di
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (example,), str(tmp), dynamo=False, opset_version=OPSET,
-                              input_names=[input_name], output_names=["logits"],
-                              dynamic_axes={input_name: {0: "batch"}, "logits": {0: "batch"}})
+                              input_names=[input_name], output_names=[output_name],
+                              dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}})
         proto = onnx.load_model(str(tmp))
         if head:  # the vendor's outputs (label, probabilities, ZipMap) from the edited logits
             from .onnx_heads import attach_head

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import pickle
+import re
 import struct
 import warnings
 import zipfile
@@ -138,6 +139,7 @@ def _verified_zip(path: Path):
 
 def _load_torch_state(path: Path, spec: ModelSpec | None) -> tuple[dict, ModelSpec]:
     if spec is None:
+        read_torch_state(path)  # a damaged file or a pickled whole model is refused as what it is
         raise AuditorError(f"{path.name} is a PyTorch state dict: pass its spec with --spec SPEC.json "
                            "(architecture, input description, class names), or draft one with "
                            "`auditor spec init MODEL DATA --out spec.json`")
@@ -183,9 +185,16 @@ def read_torch_state(path: Path) -> dict:
             warnings.simplefilter("ignore")
             obj = torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head[:2] != b"PK" and head[:1] != b"\x80":  # neither torch's zip format nor a pickle
+            raise AuditorError(f"{path.name} is not a readable PyTorch file: it is neither a zip archive (what "
+                               "torch.save writes) nor a pickle; is it the right file, or damaged?") from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f" (it holds {found.group(1)})" if found else ""
         raise UnsafeModelError(
-            f"refused {path.name}: it needs unpickling arbitrary Python objects, which could run code "
-            f"({str(exc).splitlines()[0][:160]}). Convert it where you trust it: load it, then "
+            f"refused {path.name}: it needs unpickling arbitrary Python objects, which could run code{what}; it "
+            "looks like a whole model saved with torch.save(model). Convert it where you trust it: load it, then "
             "`safetensors.torch.save_file(model.state_dict(), 'model.safetensors')` and pass a spec"
         ) from None
     except Exception as exc:  # weights_only runs no code, so any other failure means a broken file

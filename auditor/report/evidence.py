@@ -31,9 +31,15 @@ def _verdict_word(res: dict | None) -> str:
     return {"pass": "met", "fail": "not met", "inconclusive": "inconclusive"}[v]
 
 
-def _requirements(d: dict) -> list[str]:
+ROBUSTNESS = ("accuracy", "balanced_accuracy", "attack_success_rate", "cue_gap", "cue_accuracy")
+
+
+def _requirements(d: dict, metrics: tuple[str, ...] | None = None) -> list[str]:
+    """Each requirement in words with its final value and verdict (only those on `metrics` when given)."""
     out = []
     for q in d.get("requirements") or []:
+        if metrics is not None and q.get("metric") not in metrics:
+            continue
         final = q.get("after") or q.get("before") or {}
         value = present.format_value(q["metric"], final.get("value"))
         out.append(f"{present.requirement_sentence(q['metric'], q['op'], q['threshold'])} "
@@ -146,7 +152,9 @@ def regulatory_evidence(d: dict) -> dict:
         row("EU AI Act", "Art. 15", "Accuracy, robustness and cybersecurity",
             "declared accuracy levels, resilience to errors and to attempts to alter behaviour (e.g. backdoors)",
             [_item(_accuracy_text(d), "metrics"),
-             _item(f"robustness requirements: {req_text}", "requirements"),
+             _item("accuracy and robustness requirements: "
+                   + ("; ".join(_requirements(d, ROBUSTNESS)) or "none among this audit's requirements"),
+                   "requirements"),
              _item(f"model file format {model.get('format')} loaded without running code; weights identified "
                    f"by sha256", "identity")]),
         row("NIST AI RMF", "Govern", "Govern",

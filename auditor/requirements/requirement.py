@@ -44,8 +44,18 @@ class Requirement:
             raise AuditorError(f"unknown verdict mode {mode!r}; choose one of {', '.join(VERDICT_MODES)}")
         if self.key not in metrics:
             info = METRICS[self.metric]
+            if "[" in self.key:  # a metric per protected attribute: name the attributes there are
+                attrs = sorted(k[len(self.metric) + 1:-1] for k in metrics if k.startswith(self.metric + "["))
+                if attrs:
+                    raise AuditorError(f"requirement {self.expr!r}: {self.key} names no protected attribute of this "
+                                       f"data; {self.metric} is measured for {', '.join(attrs)} "
+                                       f"(e.g. {self.metric}[{attrs[0]}])")
+                if self.metric in metrics:
+                    raise AuditorError(f"requirement {self.expr!r}: {self.metric} is measured over all groups at "
+                                       f"once, not per attribute; write {self.metric}")
             why = {"groups": "a binary task with protected attributes", "trigger": "a data set with a Trojan trigger",
-                   "cue": "a data set with a spurious cue", "fixes": "a set of fixes (--fix)",
+                   "cue": "a data set with a spurious cue",
+                   "fixes": "mistakes to fix (--fix/--fixes of auditor edit or audit, with an editor that fixes them)",
                    "reference": "a model before the edit"}.get(info.needs or "", "this model and data")
             raise AuditorError(f"requirement {self.expr!r} cannot be evaluated here: {self.key} needs {why}")
         value = float(metrics[self.key])

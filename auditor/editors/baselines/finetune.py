@@ -43,7 +43,7 @@ class FineTune(Editor):
     Hyper = FineTuneHyper
 
     def supports(self, bundle, data) -> str | None:
-        return needs_pairs(bundle, data)
+        return needs_pairs(bundle, data, "fine-tuning against a Trojan or cue")
 
     def _parameters(self, model: nn.Module) -> list[nn.Parameter]:
         return [p for p in model.parameters() if p.is_floating_point()]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ...errors import AuditorError
-from ...models.architectures import build_architecture, first_layer
+from ...models.architectures import ARCHITECTURES, build_architecture, first_layer
 from ..registry import register_editor
 from .feature_importance import KeepFeatures, KeepFeaturesHyper
 
@@ -36,6 +36,16 @@ class RetrainKFeatures(KeepFeatures):
     name = "retrain-k-features"
     description = "Retrain the MLP on the k most important raw features (the rest zeroed)"
     Hyper = RetrainKHyper
+
+    def supports(self, bundle, data) -> str | None:
+        reason = super().supports(bundle, data)
+        arch = (bundle.spec.arch or {}) if bundle is not None and bundle.spec else {}
+        if reason is None and bundle is not None and not self.hparams.warm_start \
+                and arch.get("name") not in ARCHITECTURES:
+            reason = (f"retraining from a fresh initialisation needs an architecture the auditor can build "
+                      f"({', '.join(sorted(ARCHITECTURES))}); this model is {arch.get('name', 'unnamed')!r}: "
+                      "use --set warm_start=true to retrain from its own weights")
+        return reason
 
     def _edit(self, model, data, requirements, device, callback, *, log, bundle=None, **_):
         from ...training import TrainConfig, train_classifier

@@ -49,6 +49,7 @@ def find_editor_file(bundle: ModelBundle) -> tuple[Path | None, str]:
     """The trained editor for this model: one trained on exactly these weights, else one trained on
     a model of the same name and architecture (an already edited copy). (path or None, how it matched)."""
     sha, name = bundle.sha256, bundle.spec.provenance.get("name")
+    ancestors = lineage(bundle)
     by_name = None
     for folder in editor_dirs(bundle):
         for path in sorted(folder.glob(PATTERN)):
@@ -57,11 +58,32 @@ def find_editor_file(bundle: ModelBundle) -> tuple[Path | None, str]:
                 continue
             if info.get("model_sha256") == sha:
                 return path, "trained on these weights"
-            if by_name is None and name and info.get("model_name") == name and info.get("arch") == bundle.spec.arch:
+            if by_name is None and info.get("model_sha256") in ancestors:
                 by_name = path
     if by_name is not None:
-        return by_name, f"trained on the unedited {name!r}"
+        return by_name, f"trained on the unedited {name!r}, which these weights were edited from"
     return None, ""
+
+
+def lineage(bundle: ModelBundle) -> set[str]:
+    """The weights sha256 of every model `bundle` was edited from: its edits in this process, and those
+    recorded in the file it was loaded from."""
+    from ...audit.provenance import earlier_edits
+
+    records = [*bundle.history, *earlier_edits(bundle)]
+    return {r["sha_before"] for r in records if isinstance(r, dict) and isinstance(r.get("sha_before"), str)}
+
+
+def same_name_editors(bundle: ModelBundle) -> list[Path]:
+    """Editors trained on another model of this model's name and architecture (not its ancestors)."""
+    name = bundle.spec.provenance.get("name")
+    found = []
+    for folder in editor_dirs(bundle):
+        for path in sorted(folder.glob(PATTERN)):
+            info = read_editor_info(path)
+            if info and name and info.get("model_name") == name and info.get("arch") == bundle.spec.arch:
+                found.append(path)
+    return found
 
 
 @lru_cache(maxsize=8)
@@ -104,6 +126,14 @@ class Mend(Editor):
         if path is None:
             if self.hparams.editor_path:
                 return f"editor file {self.hparams.editor_path} does not exist"
+            other = same_name_editors(bundle)
+            if other:
+                return (f"{other[0].name} was trained on other weights of a model named "
+                        f"{bundle.spec.provenance.get('name')!r}, not on these (weights sha256 {bundle.sha256[:16]}) "
+                        "nor on a model they were edited from; a learned editor applied to other weights can wreck "
+                        "them. Train one for these weights: `python sample_models/build_mend.py --model MODEL --data "
+                        "DATA [--spec SPEC.json] [--arch-file FILE.py --arch-class NAME --trust-code]`, or use "
+                        "`finetune-fix`")
             return ("no trained MEND editor for this model on the editor search path ($AUDITOR_EDITOR_DIR, the "
                     "model's folder, ~/.auditor/editors, the shipped ones); train one for it (about a minute on a "
                     "CPU) with `python sample_models/build_mend.py --model MODEL --data DATA [--spec SPEC.json] "

@@ -1,0 +1,268 @@
+"""What a vendor's model and data got wrong used to pass silently; each is now refused or said.
+
+Found by trying the tool as users would: their own CSV (variant labels, other category spellings, the
+protected attribute as an input), their own spec (class order, class count), their own files (random
+bytes, a pickled whole model, an ONNX graph with its own input and output names), learned editors found
+by name, stacked edits in the dashboard."""
+from __future__ import annotations
+
+import copy
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from auditor import TabularSchema, load_data, load_model
+from auditor.audit import AuditSession
+from auditor.audit.provenance import reproduce_command
+from auditor.audit.uploads import csv_values
+from auditor.data.tabular import from_frames
+from auditor.editors import get_editor
+from auditor.editors.base import WeightDelta, parameters_changed
+from auditor.errors import AuditorError
+from auditor.evaluate import check_compatible, evaluate
+from auditor.fixes import parse_fixes
+from auditor.report.evidence import regulatory_evidence
+from auditor.requirements import parse_requirement
+
+
+def _frames(seed: int = 0, n: int = 300) -> dict[str, pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"age": rng.integers(18, 70, n), "gender": rng.choice(["F", "M"], n),
+                          "job": rng.choice(["a", "b", "c"], n), "approved": rng.choice(["no", "yes"], n)})
+    return {"train": frame.iloc[:200], "val": frame.iloc[200:250], "test": frame.iloc[250:].reset_index(drop=True)}
+
+
+def test_a_spec_whose_classes_are_in_another_order_or_number_is_refused(adult_mlp, adult):
+    swapped = adult_mlp.copy()
+    swapped.spec.class_names = list(reversed(adult.class_names))
+    with pytest.raises(AuditorError, match=r"order .*every prediction would be read as another class"):
+        check_compatible(swapped, adult)
+    three = adult_mlp.copy()
+    three.spec.class_names = [*adult.class_names, "maybe"]
+    with pytest.raises(AuditorError, match="names 3 classes .* returns 2 outputs"):
+        check_compatible(three, adult)
+    other = adult_mlp.copy()
+    other.spec.class_names = ["denied", "approved"]
+    ev = evaluate(other, adult, split="test", resamples=0)
+    assert any("share no name with the data's target classes" in w for w in ev.warnings)
+
+
+def test_target_variants_unseen_categories_and_a_protected_input_are_said():
+    frames = _frames()
+    frames["test"].loc[:4, "approved"] = "Yes"
+    frames["test"].loc[5:9, "gender"] = "f"
+    schema = TabularSchema(target="approved", positive="yes", protected=["gender"], categorical=["gender", "job"])
+    prep = {"version": 1, "columns": [{"name": "age", "type": "numeric", "mean": 40.0, "std": 10.0},
+                                      {"name": "gender", "type": "categorical", "categories": ["F", "M"]},
+                                      {"name": "job", "type": "categorical", "categories": ["a", "b", "c"]}]}
+    data = from_frames("vendor", frames, schema, preprocessing=prep)
+    notes = " | ".join(data.notes)
+    assert "'Yes' differs from 'yes' only in case or spaces" in notes
+    assert "column 'gender': 5 of 300 rows hold values the model's stored preprocessing has no category for" in notes
+    assert "reads protected attribute(s) 'gender'" in notes
+    # the rows are still read as documented: the variant is a negative, the unseen value all zeros
+    assert data.test.y[:5].sum() == 0 and data.test.X[5:10, 1:3].abs().sum() == 0
+    clean = from_frames("clean", _frames(), TabularSchema(target="approved", positive="yes", protected=["gender"],
+                                                          categorical=["job"]))
+    assert clean.notes == []
+
+
+def test_the_positive_label_choice_reads_every_row():
+    rows = "age,outcome\n" + "".join(f"{i},no\n" for i in range(300)) + "".join(f"{i},yes\n" for i in range(5))
+    assert csv_values(rows.encode(), "outcome") == ["no", "yes"]
+
+
+def test_random_bytes_and_a_pickled_whole_model_are_named_as_such(tmp_path):
+    junk = tmp_path / "model.pt"
+    junk.write_bytes(np.random.default_rng(0).bytes(4000))
+    with pytest.raises(AuditorError, match="neither a zip archive .* nor a pickle"):
+        load_model(junk)  # without a spec too: the file is read (safely) before a spec is asked for
+    whole = tmp_path / "whole.pt"
+    torch.save(nn.Sequential(nn.Linear(2, 2)), whole)
+    with pytest.raises(AuditorError) as err:
+        load_model(whole)
+    text = str(err.value)
+    assert "torch.save(model)" in text and "torch.nn.modules.container.Sequential" in text
+    assert "\x1b" not in text and "Re-running" not in text
+
+
+def _case(path, **extra):
+    rng = np.random.default_rng(0)
+    arrays = dict(images=rng.random((40, 1, 8, 8), dtype=np.float32), labels=np.arange(40) % 10,
+                  mask=np.ones((8, 8), np.float32) * 0, pattern=np.zeros((8, 8), np.float32), target=np.array(3))
+    arrays["mask"][-2:, -2:] = 1
+    arrays.update(extra)
+    np.savez(path, **arrays)
+    return path
+
+
+def test_an_image_case_with_an_unknown_kind_or_a_target_outside_the_model_is_refused(tmp_path, digits_cnn):
+    with pytest.raises(AuditorError, match="'kind' is 'Cue'; it must be"):
+        load_data(_case(tmp_path / "kind.npz", kind=np.array("Cue")))
+    far = load_data(_case(tmp_path / "far.npz", target=np.array(12)))
+    with pytest.raises(AuditorError, match="names class 12 as the class its trigger pushes towards, but the model "
+                                           "predicts only 10 classes"):
+        check_compatible(digits_cnn, far)
+
+
+def test_a_learned_editor_trained_on_other_weights_is_not_applied(digits_cnn, digits):
+    fixes = parse_fixes(["5=3"], digits)
+    assert get_editor("mend").supports(digits_cnn, digits) is None  # the shipped editor, trained on these weights
+    # the same model name and architecture, other weights (retrained, or a sibling model): refused
+    other = digits_cnn.copy()
+    with torch.no_grad():
+        for p in other.model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    reason = get_editor("mend").supports(other, digits)
+    assert reason is not None and "trained on other weights" in reason and "finetune-fix" in reason
+    # weights edited from the ones it was trained on (the dashboard's second edit): found through the lineage
+    edited = get_editor("finetune-fix").edit(digits_cnn, digits, fixes=parse_fixes(["7=1"], digits)).bundle
+    assert edited.sha256 != digits_cnn.sha256
+    assert get_editor("mend").supports(edited, digits) is None
+    assert get_editor("mend").edit(edited, digits, fixes=fixes).bundle.model(fixes.X).argmax(1).tolist() == [3]
+
+
+def test_an_edited_onnx_keeps_the_vendors_input_and_output_names(tmp_path, digits):
+    onnx = pytest.importorskip("onnx")
+    from auditor.models.onnx_format import export_onnx
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)).eval()
+    path = tmp_path / "vendor.onnx"
+    torch.onnx.export(net, (digits.test.X[:1],), str(path), dynamo=False, input_names=["pixels"],
+                      output_names=["scores"], dynamic_axes={"pixels": {0: "n"}, "scores": {0: "n"}})
+    spec = {"arch": {"name": "onnx", "num_classes": 10}, "input": {"kind": "image", "shape": [1, 8, 8]},
+            "class_names": digits.class_names}
+    from auditor.models import ModelSpec
+
+    bundle = load_model(path, spec=ModelSpec.from_dict(spec))
+    edited = get_editor("magnitude-pruning").edit(bundle, digits).bundle
+    out = export_onnx(edited, tmp_path / "edited.onnx")
+    graph = onnx.load(str(out)).graph
+    inputs = [i.name for i in graph.input if i.name not in {t.name for t in graph.initializer}]
+    assert inputs == ["pixels"] and [o.name for o in graph.output] == ["scores"]
+
+
+def test_an_onnx_graph_that_is_not_its_specs_architecture_is_written_back_only_as_onnx(tmp_path, digits_cnn):
+    from auditor.models.files import check_saveable
+
+    torch.manual_seed(0)
+    bn = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                       nn.Linear(256, 10))
+    with torch.no_grad():
+        bn[1].running_mean.uniform_(-0.5, 0.5)
+        bn[1].running_var.uniform_(0.5, 2.0)
+    bn.eval()
+    path = tmp_path / "bn.onnx"
+    torch.onnx.export(bn, (torch.zeros(1, 1, 8, 8),), str(path), dynamo=False)  # folds the BatchNorm
+    spec = copy.deepcopy(digits_cnn.spec)
+    spec.arch = {"name": "sequential", "num_classes": 10, "layers": [
+        {"type": "conv2d", "in": 1, "out": 4, "kernel": 3, "padding": 1}, {"type": "batchnorm2d", "features": 4},
+        "relu", "flatten", {"type": "linear", "in": 256, "out": 10}]}
+    bundle = load_model(path, spec=spec)
+    assert bundle.spec.arch["name"] == "onnx" and bundle.spec.provenance["arch_in_spec"]["name"] == "sequential"
+    with pytest.raises(AuditorError):
+        check_saveable(bundle, tmp_path / "bn.safetensors")
+
+
+def test_retraining_from_scratch_is_refused_for_an_architecture_the_auditor_cannot_build(adult_mlp, adult):
+    onnxish = adult_mlp.copy()
+    onnxish.spec.arch = {"name": "custom", "class": "Net", "file": "net.py"}
+    reason = get_editor("retrain-k-features").supports(onnxish, adult)
+    assert reason is not None and "warm_start=true" in reason
+    assert get_editor("retrain-k-features", warm_start=True).supports(onnxish, adult) is None
+    assert get_editor("retrain-k-features").supports(adult_mlp, adult) is None
+
+
+def test_refusals_name_the_method_and_the_attribute(digits_cnn, digits, adult):
+    assert "fine-tuning against a Trojan or cue needs" in get_editor("finetune").supports(digits_cnn, digits)
+    metrics = evaluate(load_model("sample_models/adult_mlp.safetensors"), adult, split="test", resamples=0).metrics
+    with pytest.raises(AuditorError, match=r"names no protected attribute of this data; demographic_parity is "
+                                           r"measured for race, sex"):
+        parse_requirement("demographic_parity[gender] <= 0.1").check(metrics)
+    with pytest.raises(AuditorError, match="measured over all groups at once"):
+        parse_requirement("worst_group_accuracy[sex] >= 0.5").check(metrics)
+
+
+def test_batchnorm_statistics_are_no_parameters_changed():
+    before = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    after = copy.deepcopy(before)
+    after.train()
+    after(torch.randn(8, 3))  # running statistics and the batch counter move
+    with torch.no_grad():
+        after[0].weight[0, 0] += 1.0
+    delta = WeightDelta.between(before, after)
+    assert parameters_changed(delta) == 12
+    rows = {r["parameter"]: r for r in delta.changes()}
+    assert "1.num_batches_tracked" not in rows and rows["1.running_mean"]["statistics"] is True
+
+
+def test_article_15_lists_only_accuracy_and_robustness_requirements():
+    d = {"requirements": [
+        {"metric": "attack_success_rate", "op": "<=", "threshold": 0.02, "expr": "attack_success_rate <= 0.02",
+         "after": {"value": 0.0, "verdict": "pass", "passed": True}},
+        {"metric": "demographic_parity", "op": "<=", "threshold": 0.05, "expr": "demographic_parity <= 0.05",
+         "after": {"value": 0.01, "verdict": "pass", "passed": True}}]}
+    rows = regulatory_evidence(d)["rows"]
+    art15 = next(r for r in rows if r["point"] == "Art. 15")
+    text = " ".join(i["text"] for i in art15["evidence"])
+    assert "attack_success_rate" in text and "demographic_parity" not in text
+
+
+def test_fixes_given_to_an_editor_that_does_not_fix_mistakes_are_refused(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "auditor.cli", "edit", "sample_models/digits_cnn_trojan.safetensors",
+                          "digits-trojan", "--editor", "rank-one", "--fix", "3=1", "--out",
+                          str(tmp_path / "x.safetensors"), "--no-log"], capture_output=True, text=True)
+    assert run.returncode == 2
+    assert "does not fix given mistakes" in run.stderr and "mend" in run.stderr
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_stacked_edits_reproduce_as_a_chain_of_commands(trojan_cnn, digits_trojan):
+    session = AuditSession(trojan_cnn, digits_trojan, ["attack_success_rate <= 0.02"],
+                           model_path="/tmp/auditor-upload-x1/my_model.pt")
+    session.spec_path = "/tmp/auditor-upload-x1/my_spec.json"
+    session.run_edit("finetune", {"samples": 5})
+    session.run_edit("dynamic-rank-one", {"samples": 1})
+    command = reproduce_command(session)
+    first, last = command.split(" && ")
+    assert first.startswith("auditor edit my_model.pt --spec my_spec.json digits-trojan")
+    assert "--editor finetune" in first and first.endswith("--out step1.safetensors")
+    assert last.startswith("auditor audit step1.safetensors digits-trojan") and "--editor dynamic-rank-one" in last
+    assert "auditor-upload" not in command
+
+
+def test_other_architecture_code_than_the_model_was_saved_with_is_said(tmp_path, digits):
+    code = ("import torch\nfrom torch import nn\n\nclass Net(nn.Module):\n    def __init__(self):\n"
+            "        super().__init__()\n        self.fc = nn.Linear(64, 10)\n\n"
+            "    def forward(self, x):\n        return self.fc(x.flatten(1))\n")
+    (tmp_path / "net.py").write_text(code)
+    torch.save({"fc." + k: v for k, v in nn.Linear(64, 10).state_dict().items()}, tmp_path / "w.pt")
+    from auditor.models import ModelSpec
+    from auditor.models.files import save_model
+
+    spec = ModelSpec.from_dict({"arch": {"name": "custom"}, "input": {"kind": "image", "shape": [1, 8, 8]},
+                                "class_names": digits.class_names})
+    bundle = load_model(tmp_path / "w.pt", spec=spec, arch_file=tmp_path / "net.py", arch_class="Net",
+                        trust_code=True)
+    saved = save_model(bundle, tmp_path / "saved.safetensors")
+    assert evaluate(load_model(saved, arch_file=tmp_path / "net.py", arch_class="Net", trust_code=True), digits,
+                    resamples=0).warnings == []
+    (tmp_path / "net.py").write_text(code.replace("x.flatten(1)", "x.flatten(1) * 2"))
+    ev = evaluate(load_model(saved, arch_file=tmp_path / "net.py", arch_class="Net", trust_code=True), digits,
+                  resamples=0)
+    assert any(re.search(r"is not the code this model was saved with", w) for w in ev.warnings)
+
+
+def test_auditor_threads_must_be_a_whole_number():
+    run = subprocess.run([sys.executable, "-m", "auditor.cli", "evaluate", "sample_models/digits_cnn.safetensors",
+                          "digits", "--no-log"], capture_output=True, text=True,
+                         env={**__import__("os").environ, "AUDITOR_THREADS": "two"})
+    assert run.returncode == 2 and "AUDITOR_THREADS must be a whole number" in run.stderr
+
