@@ -150,6 +150,23 @@ def model_notes(bundle: ModelBundle) -> list[str]:
             "may compute something else; pass the file the model was saved with"]
 
 
+def range_notes(bundle: ModelBundle, data: AuditData) -> list[str]:
+    """A warning when the images lie far outside the value range the spec says the model was trained on
+    (0-255 pixels for a model of [0, 1] ones): the auditor never rescales them."""
+    rng = bundle.spec.input.get("value_range") if isinstance(bundle.spec.input, dict) else None
+    if data.kind != "image" or not isinstance(rng, (list, tuple)) or len(rng) != 2:
+        return []
+    lo, hi = float(rng[0]), float(rng[1])
+    X = next((s.X for s in (data.test, data.val, data.train) if len(s)), None)
+    if X is None or hi <= lo:
+        return []
+    a, b = float(X.min()), float(X.max())
+    if b <= hi + (hi - lo) and a >= lo - (hi - lo):
+        return []
+    return [f"the images hold values from {a:.4g} to {b:.4g}, but the model spec says it reads values in "
+            f"[{lo:g}, {hi:g}]; the auditor never rescales images: scale them as the model was trained"]
+
+
 def class_name_notes(spec_names, data: AuditData) -> list[str]:
     """A warning when the model's class names share none with the data's (named, not numbered) classes:
     the target may not be what the model predicts."""
@@ -180,7 +197,8 @@ def evaluate(bundle: ModelBundle, data: AuditData, requirements=(), split: str |
                              min_group=min_group)
     ev = Evaluation(report.metrics, report.groups, [], bundle.sha256, data.sha256, data.name, split,
                     len(data.split(split)),
-                    warnings=(model_notes(bundle) + class_name_notes(bundle.spec.class_names, data) + list(data.notes)
+                    warnings=(model_notes(bundle) + range_notes(bundle, data)
+                              + class_name_notes(bundle.spec.class_names, data) + list(data.notes)
                               + list(report.warnings)), small_groups=report.small_groups,
                     verdict_mode=verdict, min_group=int(min_group), outcomes=report.outcomes)
     if resamples:

@@ -132,12 +132,23 @@ def parse_fix(spec: str, data: AuditData, split: str = "test") -> tuple[str, int
     return split, row, parse_label(label_text, data.class_names)
 
 
+def refuse_conflicts(parsed: list[tuple[str, int, int]], data: AuditData) -> None:
+    """One row asked to become two different labels cannot be met: refused, naming the row."""
+    wanted: dict[tuple[str, int], int] = {}
+    for sp, row, label in parsed:
+        if wanted.setdefault((sp, row), label) != label:
+            names = data.class_names
+            raise AuditorError(f"row {row} of the {sp} split is asked to become both {names[wanted[(sp, row)]]!r} and "
+                               f"{names[label]!r}; give each row one label")
+
+
 def parse_fixes(specs: list[str], data: AuditData, split: str = "test", seed: int = 0) -> Fixes:
     """`Fixes` from specs such as `["12=3", "train:40=>50K"]` (row index into `split` unless the
     spec names one; label by class name or index), with equivalents built automatically."""
     if not specs:
         raise AuditorError("no fixes given: pass at least one ROW=LABEL")
     parsed = [parse_fix(s, data, split) for s in specs]
+    refuse_conflicts(parsed, data)
     X = torch.stack([data.split(sp).X[row] for sp, row, _ in parsed])
     return make_fixes(data, X, [label for _, _, label in parsed], seed=seed)
 

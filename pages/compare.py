@@ -60,8 +60,10 @@ choices = audit.baseline_choices()
 if not choices and not audit.edited:
     st.caption("Nothing to compare: no edit yet and no baseline for these requirements.")
 else:
-    st.caption("Each method runs from the model as loaded, with the same seed and the same clean samples. "
-               "Up and towards the shaded area is better; the dotted line joins the Pareto front (methods no "
+    stacked = (f" This audit's {len(audit.edits)} edits, applied one after another, are one row "
+               f"({audit.edit_label})." if len(audit.edits) > 1 else "")
+    st.caption("Each method runs from the model as loaded, with the same seed and the same clean samples."
+               f"{stacked} Up and towards the shaded area is better; the dotted line joins the Pareto front (methods no "
                "other method beats on both axes).")
     if choices:
         slow = {"exponentiated-gradient"}  # retrains from scratch: minutes on a laptop

@@ -101,7 +101,7 @@ def test_numeric_csv_in_spec_order(tmp_path):
     (_frame(), TabularSchema(target="label", positive="yes", protected=["gender"]), "protected column(s) ['gender']"),
     (_frame().assign(label="yes"), TabularSchema(target="label", positive="yes"), "only one class"),
     (_frame().assign(age=["x"] + [30] * 59), TabularSchema(target="label", positive="yes"),
-     "column 'age' should be numeric but row 0 holds 'x'"),
+     "rows hold other values ('x')"),
     (_frame(), TabularSchema(target="label", positive="maybe"), "positive label 'maybe' never occurs"),
 ])
 def test_bad_csv_gets_one_clear_line(tmp_path, frame, schema, message):

@@ -213,10 +213,10 @@ SCHEMA = TabularSchema(target="y", protected=["g"], categorical=["cat"])
 @pytest.mark.parametrize("text, schema, match", [
     (GOOD.replace("y,num", "label,num"), SCHEMA, r"target column\(s\) \['y'\] not in the data"),
     (GOOD, TabularSchema(target="y", protected=["race"]), r"protected column\(s\) \['race'\]"),
-    (GOOD.replace("\n1,3,", "\n1,three,"), SCHEMA, "column 'num' should be numeric but row .* holds 'three'"),
-    (GOOD.replace("\n1,3,", "\n1,,"), SCHEMA, "column 'num' has a missing value"),
+    (GOOD.replace("\n1,3,", "\n1,three,"), SCHEMA, r"column 'num' should be numeric but .* \('three'\)"),
+    (GOOD.replace("\n1,3,", "\n1,,"), SCHEMA, r"column 'num' has 1 missing value\(s\)"),
     (GOOD.replace("\n1,3,", "\n1,1e400,"), SCHEMA, "column 'num' holds a non-finite or huge value"),
-    (GOOD.replace("\n1,3,", "\n1,nan,"), SCHEMA, "column 'num' has a missing value"),
+    (GOOD.replace("\n1,3,", "\n1,nan,"), SCHEMA, r"column 'num' has 1 missing value\(s\)"),
     (GOOD.replace("\n1,3,", "\n,3,"), SCHEMA, "target column 'y' has missing values"),
     ("y,num,cat,g\n", SCHEMA, "has a header but no rows"),
     ("", SCHEMA, "is empty"),

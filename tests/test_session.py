@@ -83,8 +83,13 @@ def test_report_has_every_edit_and_validates(trojan):
     assert [e["editor"] for e in doc["edits"]] == ["dynamic-rank-one", "magnitude-pruning"]
     assert doc["model"]["sha256_after"] == s.current.sha256
     assert doc["localization"]["layers"][0]["layer"] == s.localization.top_layer
-    assert {r["method"] for r in doc["tradeoff"]["rows"]} == {"original", "magnitude-pruning", "rank-one"}
-    assert "--editor magnitude-pruning" in doc["reproduce"]["command"]
+    # the row of this audit's edit is the two edits' combined result, named as such and starred
+    ours = "dynamic-rank-one → magnitude-pruning"
+    assert {r["method"] for r in doc["tradeoff"]["rows"]} == {"original", ours, "rank-one"}
+    assert doc["tradeoff"]["edit"] == ours
+    first, last = doc["reproduce"]["command"].split(" && ")
+    assert "auditor edit" in first and "--editor dynamic-rank-one" in first
+    assert "--editor magnitude-pruning" in last and "step1.safetensors" in last
 
 
 def test_read_upload_sanitises_names(tmp_path):

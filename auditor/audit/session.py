@@ -514,7 +514,11 @@ class AuditSession:
 
     @property
     def edit_label(self) -> str | None:
-        return self.edits[-1].editor if self.edits else None  # the report stars the row of this name
+        """The trade-off row of this audit's edit (starred): the editor, or the editors in order when several
+        edits were applied one after another (that row is their combined result, not the last editor's alone)."""
+        if not self.edits:
+            return None
+        return " → ".join(rec.editor for rec in self.edits) if len(self.edits) > 1 else self.edits[-1].editor
 
     @property
     def samples(self) -> int | None:
@@ -532,7 +536,7 @@ class AuditSession:
         alts = alternative_methods()
         methods, results, evaluations = [], {}, {"original": self.evaluate("pristine")}
         if self.edits:
-            methods.append(self.edit_label)
+            methods.append((self.edit_label, self.edits[-1].editor, {}))
             results[self.edit_label] = self.edits[-1].result  # its bundle is the current model
             evaluations[self.edit_label] = self.evaluate()
         methods += [b for b in baselines if b not in alts]
@@ -550,6 +554,7 @@ class AuditSession:
                                 split=self.split, samples=self.samples, seed=self.seed, device=device,
                                 callback=callback, alternatives=alternatives, fixes=self.fixes,
                                 evaluations=evaluations)
+        self.tradeoff.edit = self.edit_label
         self.tradeoff_key = self.state_key()
         self.tradeoff_baselines = list(baselines)
         return self.tradeoff

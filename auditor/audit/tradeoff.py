@@ -122,6 +122,7 @@ class Tradeoff:
     threshold: float | None = None
     accuracy_threshold: float | None = None
     results: dict[str, EditResult] = field(default_factory=dict, repr=False)
+    edit: str | None = None  # the row of this audit's edit (its method label), starred in charts
 
     @property
     def pareto(self) -> pd.DataFrame:
@@ -139,7 +140,7 @@ class Tradeoff:
             rows.append({k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()})
         return {"metric": self.metric, "higher_is_better": self.higher_is_better, "split": self.split,
                 "threshold": self.threshold, "accuracy_threshold": self.accuracy_threshold,
-                "requirements": list(self.requirements), "rows": rows}
+                "requirements": list(self.requirements), "rows": rows, "edit": self.edit}
 
 
 def _method(m: Method) -> tuple[str, str, dict]:

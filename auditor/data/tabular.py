@@ -61,12 +61,22 @@ def _numeric_column(frame: pd.DataFrame, col: str) -> np.ndarray:
     values = pd.to_numeric(frame[col], errors="coerce")
     bad = values.isna() & frame[col].notna()
     if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise AuditorError(f"column {col!r} should be numeric but row {row} holds {frame[col].iloc[row]!r}; "
-                           "declare it categorical or fix the value")
+        shown = frame[col][bad].astype(str).str.strip()
+        examples = ", ".join(repr(v) for v in shown.unique()[:3])
+        if shown.str.fullmatch(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?").all():
+            advice = "they look like numbers written with thousands separators: remove the commas in the file"
+        elif (bad.all() and shown.nunique() == len(shown)) or str(col).lower() in ("id", "row", "index") \
+                or str(col).lower().endswith("_id"):
+            advice = ("a different value in every row looks like an identifier: leave it out of the model's inputs "
+                      "(--inputs COL,COL,...)")
+        else:
+            advice = "declare it categorical if it is one (--categorical), else fix the values"
+        raise AuditorError(f"column {col!r} should be numeric but {int(bad.sum())} of {len(frame)} rows hold other "
+                           f"values ({examples}); {advice}")
     if values.isna().any():
-        row = int(np.flatnonzero(values.isna().to_numpy())[0])
-        raise AuditorError(f"column {col!r} has a missing value at row {row}; fill or drop it")
+        raise AuditorError(f"column {col!r} has {int(values.isna().sum())} missing value(s) (blank or NaN) in "
+                           f"{len(frame)} rows; the auditor does not impute: fill or drop them in the file, or "
+                           "leave the column out of the model's inputs (--inputs)")
     arr = values.to_numpy(dtype=np.float64)
     if not np.isfinite(arr).all() or np.abs(arr).max(initial=0) > 1e30:
         row = int(np.flatnonzero(~np.isfinite(arr) | (np.abs(arr) > 1e30))[0])

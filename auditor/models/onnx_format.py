@@ -220,7 +220,10 @@ def _convert(proto, spec: ModelSpec, name: str):
         else:
             spec.provenance["onnx_opset_converted"] = {"from": int(opset), "to": OPSET}
             return converted
-    hint = f"; re-export it with opset_version={OPSET}" if opset > OPSET else ""
+    hint = (f"; ONNX's version converter could not bring this opset-{opset} graph down to {OPSET} either (an "
+            f"operator new after opset {OPSET}, such as Gelu): re-export it with opset_version={OPSET} (PyTorch: "
+            f"torch.onnx.export(..., opset_version={OPSET}, dynamo=False)), which writes such operators in older "
+            "ones" if opset > OPSET else "")
     raise AuditorError(f"{name}: an ONNX operator is not supported: {str(first)[:200]}{hint}") from None
 
 
@@ -234,7 +237,8 @@ def load_onnx(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelBu
         raise AuditorError(f"{path.name} is not a readable ONNX file ({type(exc).__name__})") from None
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(proto.graph)):
         raise AuditorError(f"{path.name} keeps its weights in separate files; the auditor reads only "
-                           "self-contained ONNX files (save it with save_as_external_data=False)")
+                           "self-contained ONNX files: write it as one file (PyTorch: torch.onnx.export(..., "
+                           "external_data=False); onnx: onnx.save_model(model, path, save_as_external_data=False))")
     from .probe import check_declared, probe_in_subprocess, static_plan
 
     check_declared(_tensors(proto.graph), path.name)  # declared sizes, before conversion allocates them

@@ -140,7 +140,7 @@ def report_figures(d: dict) -> dict[str, list[tuple[str, object]]]:
                                charts.group_chart(table, (after.get("groups") or {}).get(attr), metric, attr)))
     t = d.get("tradeoff")
     if t and t.get("rows"):
-        edit = (d.get("edits") or [{}])[0].get("editor")
+        edit = t.get("edit") or ((d.get("edits") or [{}])[-1].get("editor"))
         words = present.metric_label(t["metric"]).lower()
         out["tradeoff"].append(("Each method run from the same model with the same seed; dotted line: Pareto front; "
                                 "green area: meets the thresholds; star: this audit's edit.",
