@@ -63,8 +63,8 @@ else:
     stacked = (f" This audit's {len(audit.edits)} edits, applied one after another, are one row "
                f"({audit.edit_label})." if len(audit.edits) > 1 else "")
     st.caption("Each method runs from the model as loaded, with the same seed and the same clean samples."
-               f"{stacked} Up and towards the shaded area is better; the dotted line joins the Pareto front (methods no "
-               "other method beats on both axes).")
+               f"{stacked} Up and towards the shaded area is better; the dotted line joins the Pareto front "
+               "(methods no other method beats on both axes).")
     if choices:
         slow = {"exponentiated-gradient"}  # retrains from scratch: minutes on a laptop
         picked = st.multiselect("Baselines to run", choices, default=[c for c in choices if c not in slow],
