@@ -122,9 +122,13 @@ def test_conflicting_fixes_split_and_a_repeated_input_is_replaced(digits_cnn, di
 def test_refuses_models_it_cannot_rebuild_and_layers_that_are_not_linear(digits_cnn, digits):
     with pytest.raises(AuditorError, match="not a Linear layer"):
         get_editor("retrieval", layer="conv1").edit(digits_cnn, digits, fixes=parse_fixes(["5=3"], digits))
-    custom = digits_cnn.copy()
+    custom = digits_cnn.copy()  # the user's own class loads its codebook again (test_said_not_silent.py)
     custom.spec.arch = {"name": "custom", "class": "Net", "file": "net.py"}
-    assert "rebuild" in Retrieval().supports(custom, digits)
+    assert Retrieval().supports(custom, digits) is None
+    unknown = digits_cnn.copy()
+    unknown.spec.arch = {"name": "cnn", "in_channels": 3, "image_size": 8, "channels": [2], "hidden": 4,
+                         "num_classes": 10}  # an architecture the spec names but these weights do not fit
+    assert "rebuild" in Retrieval().supports(unknown, digits)
 
 
 def test_an_onnx_model_is_refused_before_anything_runs_and_weight_editors_are_named(digits_cnn, digits, tmp_path):

@@ -266,3 +266,44 @@ def test_auditor_threads_must_be_a_whole_number():
                          env={**__import__("os").environ, "AUDITOR_THREADS": "two"})
     assert run.returncode == 2 and "AUDITOR_THREADS must be a whole number" in run.stderr
 
+
+
+def test_a_cue_gap_that_grows_only_because_accuracy_rose_is_no_side_effect(monkeypatch):
+    import auditor.requirements.uncertainty as unc
+
+    class Ev:  # what side_effects reads of an evaluation
+        metrics, groups, outcomes = {}, {}, object()
+
+    diffs = {"accuracy": {"change": 0.02, "low": 0.01, "high": 0.03},
+             "cue_accuracy": {"change": 0.0, "low": -0.005, "high": 0.005},
+             "cue_gap": {"change": 0.02, "low": 0.01, "high": 0.03}}
+    monkeypatch.setattr(unc, "paired_differences", lambda *a, **k: diffs)
+    assert unc.side_effects(Ev(), Ev()) == []
+    diffs["cue_accuracy"] = {"change": -0.02, "low": -0.03, "high": -0.01}
+    assert {e["metric"] for e in unc.side_effects(Ev(), Ev())} == {"cue_accuracy", "cue_gap"}
+
+
+def test_the_retrieval_codebook_works_on_a_model_of_the_users_own_class(tmp_path, digits):
+    from auditor.models import ModelSpec
+    from auditor.models.files import save_model
+
+    (tmp_path / "net.py").write_text(
+        "from torch import nn\n\nclass Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU())\n"
+        "        self.head = nn.Linear(32, 10)\n\n    def forward(self, x):\n        return self.head(self.body(x))\n")
+    torch.manual_seed(0)
+    state = {"body.1.weight": torch.randn(32, 64) * 0.1, "body.1.bias": torch.zeros(32),
+             "head.weight": torch.randn(10, 32) * 0.1, "head.bias": torch.zeros(10)}
+    torch.save(state, tmp_path / "w.pt")
+    spec = ModelSpec.from_dict({"arch": {"name": "custom"}, "input": {"kind": "image", "shape": [1, 8, 8]},
+                                "class_names": digits.class_names})
+    own = dict(arch_file=tmp_path / "net.py", arch_class="Net", trust_code=True)
+    bundle = load_model(tmp_path / "w.pt", spec=spec, **own)
+    now = int(bundle.model(digits.test.X[5:6]).argmax(1))
+    fixes = parse_fixes([f"5={(now + 1) % 10}"], digits)
+    assert get_editor("retrieval").supports(bundle, digits) is None
+    edited = get_editor("retrieval").edit(bundle, digits, fixes=fixes).bundle
+    saved = save_model(edited, tmp_path / "fixed.safetensors")
+    again = load_model(saved, **own)
+    assert int(again.model(digits.test.X[5:6]).argmax(1)) == (now + 1) % 10
+    assert again.sha256 == edited.sha256

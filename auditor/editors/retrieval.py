@@ -162,14 +162,12 @@ class Retrieval(Editor):
             return None
         if not any(isinstance(m, nn.Linear) for m in bundle.model.modules()):
             return "the model has no Linear layer for a codebook"
-        try:  # the codebook lives only in a .safetensors file, rebuilt from the spec (not a user's class)
-            if (bundle.spec.arch or {}).get("name") == "custom":
-                raise AuditorError("the user's own class is built without adapters")
+        try:  # the codebook lives only in a .safetensors file, rebuilt from the spec (or the user's class)
             check_saveable(bundle, "model.safetensors")
         except AuditorError:
             return ("its codebook is kept only in a .safetensors file, and this model cannot be written as one "
-                    "that loads again (an ONNX graph, your own class, or an architecture the spec does not "
-                    "rebuild); editors that fix mistakes in the weights can")
+                    "that loads again (an ONNX graph, or an architecture the spec does not rebuild); editors that "
+                    "fix mistakes in the weights can")
         if self.hparams.layer is not None:
             mod = dict(bundle.model.named_modules()).get(self.hparams.layer)
             if not isinstance(mod, nn.Linear):

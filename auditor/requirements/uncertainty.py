@@ -40,6 +40,11 @@ NO_INTERVAL = {"sparsity": "a property of the weights, not of rows: no interval"
 NOT_SIDE_EFFECTS = frozenset({"drawdown", "changed_predictions"})
 
 
+def _worse(d: dict | None) -> bool:
+    """Whether a paired change of a higher-is-better metric is worse beyond noise."""
+    return d is not None and d["high"] < 0
+
+
 def _base(key: str) -> str:
     return key.split("[", 1)[0]
 
@@ -283,6 +288,8 @@ def side_effects(before, after, requirement_keys=(), primary: str | None = None,
         worse = d["high"] < 0 if hib else d["low"] > 0
         if not worse:
             continue
+        if key == "cue_gap" and not any(_worse(diffs.get(k)) for k in ("accuracy", "cue_accuracy")):
+            continue  # accuracy minus cue accuracy: it grows when accuracy gains more, which harms no one
         out.append({"metric": key, **d, "higher_is_better": hib,
                     "groups": _group_sources(key, before.groups, after.groups, hib)})
     out.sort(key=lambda e: -abs(e["change"]))
