@@ -128,7 +128,8 @@ def load_custom_model(weights: str | os.PathLike, arch_file: str | os.PathLike |
         try:
             attach_codebook(model, a["layer"], int(keys.shape[0]) if keys is not None and keys.dim() == 2 else 0)
         except (AttributeError, KeyError, TypeError) as exc:
-            raise AuditorError(f"the spec's codebook at layer {a['layer']!r} does not fit {arch_class}: {exc}") from None
+            raise AuditorError(f"the spec's codebook at layer {a['layer']!r} does not fit {arch_class}: "
+                               f"{exc}") from None
     state = fit_state(model, state)  # wrapper prefixes, nn.Sequential names
     load_state_into(model, state)
     output = spec.arch.get("output")
