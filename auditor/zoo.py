@@ -640,6 +640,9 @@ def train_hint_for(data: AuditData, requirement: str) -> str:
             flags.append(f"--{key} {q(','.join(schema[key]))}")
     if schema.get("split_column"):
         flags.append(f"--split-column {q(schema['split_column'])}")
+    part = data.partition or {}
+    if part.get("arguments"):  # --train-csv (and --val-csv): the population trains on the training file
+        flags += [q(str(a)) for a in part["arguments"]]
     return (f"build a population of models like yours from your data with `auditor zoo build {' '.join(flags)} "
             f"--like YOUR_MODEL` (with --spec for a state dict; it prints the task name), then {train}; {found} "
             "(in the dashboard: the page \"Train for this model\" does both in the background)")

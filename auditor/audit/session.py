@@ -314,6 +314,17 @@ class AuditSession:
         return pd.DataFrame({"row": rows, "true": [cls[int(y[r])] for r in rows],
                              "predicted": [cls[int(pred[r])] for r in rows]})
 
+    def _label_by_model_name(self, spec: str) -> str:
+        """`ROW=LABEL` with LABEL one of the model's class names the data does not use (an image case numbers
+        its classes; the model's spec may name them) as the class index."""
+        if not isinstance(spec, str) or "=" not in spec:
+            return spec
+        where, label = spec.split("=", 1)
+        names = [str(c) for c in self.pristine.spec.class_names]
+        if label.strip() in names and label.strip() not in self.data.class_names:
+            return f"{where}={names.index(label.strip())}"
+        return spec
+
     def set_fixes(self, specs: list[str], *, require: bool = True, fixes=None) -> None:
         """Mistakes to fix (`ROW=LABEL` over the evaluation split, see `auditor.fixes.parse_fixes`); with
         fixes, `edit_success` and `generality` can be required and fix editors (MEND, ...) can run.
@@ -321,7 +332,7 @@ class AuditSession:
         (`auditor.fixes.fixes_from_table`), `specs` then only name them."""
         from ..fixes import parse_fixes
 
-        specs = list(specs)
+        specs = [self._label_by_model_name(s) for s in specs]
         self.fixes = fixes if fixes is not None else parse_fixes(specs, self.data, self.split) if specs else None
         self.fix_specs = specs
         if not specs:

@@ -170,7 +170,8 @@ class AuditData:
 
     @property
     def sha256(self) -> str:
-        """sha256 over every split's inputs, labels and groups."""
+        """sha256 over every split's inputs, labels and groups, and the corruption tested (the trigger or
+        cue stamped: mask, pattern, target, kind; or the stored corrupted twins)."""
         if self._sha is None:
             h = hashlib.sha256(self.name.encode())
             for s in SPLITS:
@@ -178,6 +179,12 @@ class AuditData:
                 h.update(sp.X.contiguous().numpy().tobytes())
                 h.update(sp.y.contiguous().numpy().tobytes())
                 h.update(pd.util.hash_pandas_object(sp.groups, index=False).values.tobytes())
+                if sp.corrupted is not None:
+                    h.update(b"corrupted" + sp.corrupted.contiguous().numpy().tobytes())
+            if self.stamp is not None:
+                st = self.stamp
+                h.update(f"stamp:{st.kind}:{int(st.target)}".encode())
+                h.update(st.mask.contiguous().numpy().tobytes() + st.pattern.contiguous().numpy().tobytes())
             self._sha = h.hexdigest()
         return self._sha
 
