@@ -13,7 +13,7 @@ audit = need_audit()
 st.title("3 · Requirements: what must the model satisfy?")
 st.markdown("A requirement is a metric, a direction and a threshold, e.g. *attack success rate at most 2 %*. "
             "Rates are shown in percent; gaps between groups in percentage points (pp). "
-            f"Values are measured on the {audit.rows_words}.")
+            f"Values are measured on {'every row' if audit.split == 'all' else 'the ' + audit.rows_words}.")
 
 
 def is_count(key: str) -> bool:

@@ -29,7 +29,7 @@ class MetricInfo:
 
 
 METRICS: dict[str, MetricInfo] = {m.name: m for m in [
-    MetricInfo("accuracy", "share of test rows classified correctly", True),
+    MetricInfo("accuracy", "share of the audited rows classified correctly", True),
     MetricInfo("balanced_accuracy", "mean of per-class recall", True),
     MetricInfo("demographic_parity", "largest gap in positive-prediction rate between groups", False, "groups"),
     MetricInfo("equalized_odds", "largest gap in true- or false-positive rate between groups", False, "groups"),
