@@ -87,7 +87,8 @@ else:
         fig = t.figure(highlight=audit.edit_label,
                        title=f"Trade-off: accuracy ({audit.rows_words}) vs {metric_label(t.metric).lower()}")
         higher = "higher is better" if t.higher_is_better else "lower is better"
-        fig.update_layout(xaxis_title=f"{metric_label(t.metric)} ({higher})", yaxis_title=f"accuracy ({audit.rows_words})",
+        fig.update_layout(xaxis_title=f"{metric_label(t.metric)} ({higher})",
+                          yaxis_title=f"accuracy ({audit.rows_words})",
                           height=460)  # axes already in percent / pp (auditor.charts.tradeoff_chart)
         st.plotly_chart(fig, key="cmp_tradeoff")
         rows = t.rows.copy()
