@@ -165,12 +165,23 @@ SAMPLE_STAMP_DATA = frozenset({"digits-trojan", "digits-spurious"})  # built-in 
 
 def _where(mask) -> str:
     """Where a stamp's mask sits, in words: `9-pixel patch (3×3) in the bottom-right corner`."""
-    m = np.asarray(mask, dtype=float)
-    m = m.reshape(-1, *m.shape[-2:]).max(axis=0) if m.ndim >= 2 else m.reshape(1, -1)
+    full = np.asarray(mask, dtype=float)
+    m = full.reshape(-1, *full.shape[-2:]).max(axis=0) if full.ndim >= 2 else full.reshape(1, -1)
     rows, cols = np.nonzero(m > 0)
     if not len(rows):
         return "empty mask"
     H, W = m.shape
+    strength = m[m > 0]
+    blend = (f", blended at {100 * float(strength.mean()):.0f} %" if float(strength.max()) < 0.999 else "")
+    channels = ""
+    if full.ndim == 3 and full.shape[0] > 1:
+        used = [c for c in range(full.shape[0]) if float(np.abs(full[c]).max()) > 0]
+        if len(used) < full.shape[0]:
+            names = (("red", "green", "blue") if full.shape[0] == 3
+                     else tuple(f"channel {c}" for c in range(full.shape[0])))
+            channels = f", on the {' and '.join(names[c] for c in used)} channel{'s' if len(used) > 1 else ''} only"
+    if len(rows) >= 0.9 * H * W:
+        return f"over the whole image ({H}×{W}){blend}{channels}"
     h, w = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
     cy, cx = (rows.min() + rows.max() + 1) / 2 / H, (cols.min() + cols.max() + 1) / 2 / W
     vert = "top" if cy < 1 / 3 else "bottom" if cy > 2 / 3 else "middle"
@@ -181,7 +192,7 @@ def _where(mask) -> str:
         place = f"in the {vert}-{horiz} corner"
     else:
         place = f"at the {vert if vert != 'middle' else horiz} edge"
-    return f"{len(rows)}-pixel patch ({h}×{w}) {place}"
+    return f"{len(rows)}-pixel patch ({h}×{w}) {place}{blend}{channels}"
 
 
 def stamp_label(data) -> str | None:

@@ -307,3 +307,17 @@ def test_the_retrieval_codebook_works_on_a_model_of_the_users_own_class(tmp_path
     again = load_model(saved, **own)
     assert int(again.model(digits.test.X[5:6]).argmax(1)) == (now + 1) % 10
     assert again.sha256 == edited.sha256
+
+
+def test_a_stamp_is_described_as_it_is_blended_whole_image_or_one_channel():
+    from auditor.present import _where
+
+    red = np.zeros((3, 12, 12))
+    red[0, :2, -2:] = 1
+    assert _where(red) == "4-pixel patch (2×2) in the top-right corner, on the red channel only"
+    tint = np.zeros((3, 12, 12))
+    tint[2] = 0.5
+    assert _where(tint) == "over the whole image (12×12), blended at 50 %, on the blue channel only"
+    patch = np.zeros((8, 8))
+    patch[-3:, -3:] = 1
+    assert _where(patch) == "9-pixel patch (3×3) in the bottom-right corner"
