@@ -321,3 +321,18 @@ def test_a_stamp_is_described_as_it_is_blended_whole_image_or_one_channel():
     patch = np.zeros((8, 8))
     patch[-3:, -3:] = 1
     assert _where(patch) == "9-pixel patch (3×3) in the bottom-right corner"
+
+
+def test_audit_takes_a_table_of_fixes(tmp_path):
+    from auditor.cli import main
+
+    (tmp_path / "fx.csv").write_text("row,label\n12,3\n40,7\n")
+    out = tmp_path / "a.json"
+    rc = main(["audit", "sample_models/digits_cnn.safetensors", "digits", "--editor", "mend", "--fixes",
+               str(tmp_path / "fx.csv"), "--require", "accuracy >= 0.9", "--json", str(out), "--baselines", "none",
+               "--no-log"])
+    import json
+
+    doc = json.loads(out.read_text())
+    assert rc == 0 and "edit_success >= 1" in [r["expr"] for r in doc["requirements"]]
+    assert "--fixes" in doc["reproduce"]["command"]

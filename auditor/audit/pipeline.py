@@ -78,7 +78,8 @@ def run_audit(bundle: ModelBundle, data: AuditData, requirements, *, editor: str
     "none"; or names) and `alternatives` (results of non-edit mitigations) for the trade-off chart,
     and build the `Report`. `verdict` (strict / point), `min_group` and `forbid_side_effects`: how
     numbers are judged (`auditor.requirements.uncertainty`). `fixes`: mistakes to fix (`ROW=LABEL` over
-    `split`). `log`: an `AuditLog` that receives every step. Same seed, same numbers."""
+    `split`, or `(Fixes, names)` built from a table). `log`: an `AuditLog` that receives every step. Same
+    seed, same numbers."""
     reqs = parse_requirements(requirements)
     if not reqs:
         raise AuditorError("an audit needs at least one requirement, e.g. --require 'accuracy >= 0.8'")
@@ -87,7 +88,10 @@ def run_audit(bundle: ModelBundle, data: AuditData, requirements, *, editor: str
                            user=(signoff or {}).get("auditor") or user or "", verdict=verdict,
                            min_group=min_group, forbid_side_effects=forbid_side_effects)
     if fixes:  # the fixes asked for are a requirement (edit_success >= 1) unless one on them is given
-        session.set_fixes(list(fixes))
+        if isinstance(fixes, tuple) and len(fixes) == 2 and not isinstance(fixes[0], str):
+            session.set_fixes(list(fixes[1]), fixes=fixes[0])  # built from a table: (Fixes, their names)
+        else:
+            session.set_fixes(list(fixes))
         reqs = list(session.requirements)
     opts = {}
     if editor:

@@ -89,6 +89,8 @@ def reproduce_command(args) -> str:
         parts += ["--set", item]
     for item in args.fix:
         parts += ["--fix", item]
+    if getattr(args, "fixes", None):
+        parts += ["--fixes", args.fixes]
     parts += ["--seed", str(args.seed)]
     parts += verdict_flags(getattr(args, "verdict", "strict"), getattr(args, "min_group", 30),
                            getattr(args, "forbid_side_effects", False))
@@ -172,7 +174,16 @@ def run(args) -> int:
     _check_outputs(args)
     check_verdict_args(args)
     log = None if args.no_log else AuditLog(args.db, key_path=args.log_key)
+    if args.fix and args.fixes:
+        raise AuditorError("give the mistakes to fix with --fix ROW=LABEL or with --fixes FILE.csv, not both")
     bundle, data = load_model_and_data(args)
+    fixes = args.fix
+    if args.fixes:
+        from ..fixes import read_fixes_csv
+
+        built, names = read_fixes_csv(args.fixes, data, data.resolve_split(args.split), seed=args.seed)
+        fixes = (built, names)
+        print(f"{len(names)} mistake(s) to fix from {args.fixes}")
     out_path = None
     if args.editor:  # without --out: write what you read (an .onnx stays .onnx)
         onnx = Path(args.model).suffix.lower() == ".onnx"
@@ -189,7 +200,7 @@ def run(args) -> int:
                             localize=not args.no_localize, device=None if args.device == "auto" else args.device,
                             callback=lambda f, m: progress(0.9 * f, m), model_path=args.model,
                             edited_path=str(out_path) if out_path else None, command=command, signoff=signoff,
-                            fixes=args.fix, log=log, user=args.auditor, verdict=args.verdict,
+                            fixes=fixes, log=log, user=args.auditor, verdict=args.verdict,
                             min_group=args.min_group, forbid_side_effects=args.forbid_side_effects)
         report = outcome.report
         # every output is attempted; those written are logged and named even when a later one fails

@@ -72,6 +72,9 @@ def add_editor_setting_args(p: argparse.ArgumentParser) -> None:
                    help="any other editor setting, e.g. --set max_edits=4 (repeatable)")
     p.add_argument("--fix", action="append", default=[], metavar="ROW=LABEL",
                    help="a mistake to fix: row ROW of --split (or SPLIT:ROW) should get LABEL (repeatable)")
+    p.add_argument("--fixes", metavar="FILE.csv",
+                   help="many mistakes to fix at once: a CSV with columns row (index into --split, or SPLIT:ROW) "
+                        "and label, or (tabular data) the model's input columns and label; labels by name or index")
 
 
 def schema_from_args(args) -> TabularSchema | None:

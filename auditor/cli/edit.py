@@ -55,9 +55,6 @@ def register(sub) -> None:
     p.add_argument("--samples", type=int, help="clean samples the editor may use (editors that take samples)")
     p.add_argument("--seed", type=int, help="which samples / random seed (editors that take one)")
     add_editor_setting_args(p)
-    p.add_argument("--fixes", metavar="FILE.csv",
-                   help="many mistakes to fix at once: a CSV with columns row (index into --split, or SPLIT:ROW) "
-                        "and label, or (tabular data) the model's input columns and label; labels by name or index")
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu or cuda")
     p.add_argument("--out", required=True, metavar="PATH.safetensors", help="where to write the edited model")
     p.add_argument("--json", metavar="PATH", help="also write before/after and the edit as JSON")
