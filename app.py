@@ -15,7 +15,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from auditor import AuditorError  # noqa: E402
-from pages.common import PAGES, StopPage, show_error, sidebar_status  # noqa: E402
+from pages.common import PAGES, StopPage, keep_widgets, show_error, sidebar_status  # noqa: E402
 
 st.set_page_config(page_title="Model auditor", page_icon=":material/policy:", layout="wide")
 
@@ -29,6 +29,7 @@ pages = [
     st.Page(PAGES["report"], title="6. Report", icon=":material/description:", url_path="report"),
 ]
 page = st.navigation(pages)
+keep_widgets()
 st.sidebar.caption("Audit a PyTorch model against requirements, repair it with an edit, export a report. "
                    "Work through the steps in order.")
 try:

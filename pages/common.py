@@ -65,6 +65,17 @@ def sample_catalogue() -> dict[str, dict]:
     return out
 
 
+# Load-page choices kept while other pages run (Streamlit forgets a widget's value once a run does not draw
+# it; written back on every run, it survives). Uploaded files cannot be kept so: the loaded audit holds them.
+KEPT_WIDGETS = ("user_name", "load_source", "up_data_kind", "up_arch_class", "load_sample")
+
+
+def keep_widgets() -> None:
+    for key in KEPT_WIDGETS:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+
+
 def in_frame() -> None:
     """Make sure this page runs inside app.py's frame. A `pages/` folder beside the entry script is
     also Streamlit's older multipage convention: until `st.navigation` has run once in the server
@@ -143,6 +154,24 @@ def progress(text: str):
         bar.empty()
 
 
+# The library's messages name command-line options; on the page the same thing is a widget
+DASHBOARD_WORDS = (
+    ("pass its spec with --spec SPEC.json", "give its spec in the \"Model spec (JSON)\" box"),
+    ("pass one with --spec SPEC.json", "give one in the \"Model spec (JSON)\" box"),
+    ("--spec SPEC.json", "the \"Model spec (JSON)\" box"),
+    ("--arch-file FILE.py --arch-class NAME --trust-code", "the architecture file, its class name and \"I trust "
+                                                          "this code\""),
+    ("--trust-code", "\"I trust this code\""),
+)
+
+
+def in_dashboard_words(text: str) -> str:
+    """A library message with its command-line options named as the dashboard's widgets."""
+    for cli, page in DASHBOARD_WORDS:
+        text = text.replace(cli, page)
+    return text
+
+
 def show_error(exc: BaseException) -> None:
     """A message on the page, never a traceback: AuditorError text as is, others in one line."""
     from auditor.errors import one_line
@@ -151,7 +180,7 @@ def show_error(exc: BaseException) -> None:
     # bounded: a 50 MB cell in a message shows as one short line; inert: a value or a file name quoted in
     # the message is escaped Markdown, never a link, an image or markup
     if isinstance(exc, AuditorError):
-        st.error(md_plain(one_line(exc)), icon=":material/error:")
+        st.error(md_plain(in_dashboard_words(one_line(exc))), icon=":material/error:")
     else:
         st.error(md_plain(f"Something went wrong ({type(exc).__name__}): {one_line(exc, 300)}"),
                  icon=":material/error:")

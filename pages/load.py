@@ -154,7 +154,8 @@ else:
 
 audit = get_audit()
 if audit is None:
-    st.info("Choose a model and press **Load**. New here? Keep the Trojan sample and press the button.")
+    st.info("Choose a model and press **Load**." + (" New here? Keep the Trojan sample and press the button."
+                                                     if source == "Sample model" else ""))
     stop()
 st.success(f"Loaded **{md_plain(audit.model_label)}** with data **{md_plain(audit.data_label)}**.")
 tested = audit.status()["stamp"]

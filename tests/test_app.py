@@ -447,3 +447,13 @@ def test_edit_page_lists_unavailable_editors_with_a_way_forward(trojan):
     assert "Applies here instead" in missing["metanet-pruning"] and "magnitude-pruning" in missing["metanet-pruning"]
     assert "build_mend.py --model MODEL --data DATA" in missing["mend"]
     assert at.selectbox(key="edit_editor").options[0].startswith("dynamic-rank-one")
+
+
+def test_the_load_page_keeps_its_choices_across_a_visit_to_another_page():
+    at = app()
+    at.text_input(key="user_name").input("Ada").run()
+    at.radio(key="load_source").set_value("Upload my own").run()
+    at.switch_page("pages/localize.py").run()
+    at.switch_page("pages/load.py").run()
+    assert at.text_input(key="user_name").value == "Ada"
+    assert at.radio(key="load_source").value == "Upload my own"
