@@ -336,3 +336,19 @@ def test_audit_takes_a_table_of_fixes(tmp_path):
     doc = json.loads(out.read_text())
     assert rc == 0 and "edit_success >= 1" in [r["expr"] for r in doc["requirements"]]
     assert "--fixes" in doc["reproduce"]["command"]
+
+
+def test_an_edit_that_undoes_mistakes_fixed_by_an_earlier_edit_is_said(tmp_path, digits_cnn, digits):
+    first = AuditSession(digits_cnn, digits, [])
+    wrong = np.flatnonzero(digits_cnn.model(digits.test.X).argmax(1).numpy() != digits.test.y.numpy())[:2]
+    specs = [f"{r}={int(digits.test.y[r])}" for r in wrong]
+    first.set_fixes(specs)
+    first.run_edit("mend", {})
+    assert first.evaluate().metrics["edit_success"] == 1.0
+    path = first.save(tmp_path / "fixed.safetensors")
+    again = AuditSession(load_model(path), digits, [])
+    assert len(again.earlier_fixes()) == 1 and not any("earlier edit" in w for w in again.evaluate().warnings)
+    # an edit that wrecks the model breaks the earlier fixes too: said with the evaluation
+    again.run_edit("magnitude-pruning", {"sparsity": 0.97})
+    notes = [w for w in again.evaluate().warnings if "fixed by an earlier edit (mend)" in w]
+    assert notes and "are wrong again" in notes[0]

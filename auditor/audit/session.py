@@ -146,6 +146,7 @@ class AuditSession:
         self.tradeoff_baselines: list[str] = []  # as asked for the last trade-off
         self.fix_specs: list[str] = []  # mistakes to fix, "ROW=LABEL" over the evaluation split
         self.fixes = None  # auditor.requirements.Fixes built from fix_specs
+        self._earlier_fixes: list | None = None
         self.auditor_name = user
         self.notes = ""
         self.fixed_command = command  # the front-end's own command line (the CLI's), else built here
@@ -230,8 +231,42 @@ class AuditSession:
                 for k in ("drawdown", "changed_predictions"):
                     ev.intervals.setdefault(k, {"value": 0.0, "low": 0.0, "high": 0.0, "n": ev.rows})
             ev.judge(self.requirements, self.verdict_mode, self.data.primary_protected)
+            ev.warnings = self._earlier_fix_notes(bundle) + list(ev.warnings)
             self._evals[key] = ev
         return self._evals[key]
+
+    def earlier_fixes(self) -> list[tuple[str, object]]:
+        """The mistakes fixed by the edits recorded in the loaded file, as (editor, Fixes) rebuilt on this data,
+        each only when it is exactly the rows and labels fixed then (same sha256): an earlier fix on other
+        data is not checked here."""
+        if self._earlier_fixes is None:
+            from ..fixes import fixes_digest, parse_fixes
+
+            found = []
+            for e in self.earlier_edits:
+                rec = e.get("fixes") if isinstance(e, dict) else None
+                if not isinstance(rec, dict) or not rec.get("rows") or not rec.get("sha256"):
+                    continue
+                try:
+                    fixes = parse_fixes([str(r) for r in rec["rows"]], self.data, self.split)
+                except (AuditorError, ValueError, TypeError):
+                    continue
+                if fixes_digest(fixes) == rec["sha256"]:
+                    found.append((str(e.get("editor") or "an earlier edit"), fixes))
+            self._earlier_fixes = found
+        return self._earlier_fixes
+
+    def _earlier_fix_notes(self, bundle: ModelBundle) -> list[str]:
+        """A warning per earlier edit whose fixed mistakes `bundle` no longer gets right."""
+        from ..models.architectures import predict_logits
+
+        notes = []
+        for editor, fixes in self.earlier_fixes():
+            held = (predict_logits(bundle.model, fixes.X).argmax(1) == fixes.y).numpy()
+            if not held.all():
+                notes.append(f"{int((~held).sum())} of {len(held)} mistake(s) fixed by an earlier edit ({editor}) "
+                             "are wrong again: an edit since undid them")
+        return notes
 
     def side_effects(self) -> list[dict]:
         """What the edits made worse beyond noise, besides the requirements (`uncertainty.side_effects`):

@@ -189,7 +189,7 @@ def run(args) -> int:
         norm = "" if "entries_after" in ch else f" (||dW|| = {ch['norm']:.4g})"
         print(f"  {ch['parameter']}: {change_words(ch)}{norm}")
     print_comparison(before, after)
-    print_warnings(before.warnings)
+    print_warnings(list(dict.fromkeys([*before.warnings, *after.warnings])))
     effects = session.side_effects()
     print_side_effects(effects, session.forbid_side_effects)
     verdict = session.verdict()
