@@ -451,3 +451,20 @@ def test_a_model_returning_logits_and_features(image_case, capsys):
     assert [o.name for o in onnx.load(str(tmp / "edited.onnx")).graph.output] == ["logits"]
     logits = _ort_logits(tmp / "tuple.onnx", case["images"][:20])
     assert np.allclose(logits, model(torch.from_numpy(case["images"][:20]))[0].detach().numpy(), atol=1e-4)
+
+
+def test_spec_init_reads_the_sizes_of_a_class_whose_defaults_build_another(tabular, tmp_path, capsys):
+    """A vendor's class defaults to another input width than the trained weights: spec init reads the
+    width (and the class count) off the weights and passes them to the constructor."""
+    (tmp_path / "net.py").write_text(
+        "from torch import nn\n\nclass Net(nn.Sequential):\n"
+        "    def __init__(self, in_features=30, num_classes=5):\n"
+        "        super().__init__(nn.Linear(in_features, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),\n"
+        "                         nn.Linear(16, num_classes))\n")
+    spec_path = tmp_path / "spec.json"
+    rc, out, err = _run(["spec", "init", tabular["dir"] / "mlp.pt", tabular["csv"], *CSV_ARGS, "--out", spec_path,
+                         "--arch-file", tmp_path / "net.py", "--arch-class", "Net", "--trust-code"], capsys)
+    assert rc == 0, err
+    spec = json.loads(spec_path.read_text())
+    assert spec["arch"]["in_features"] == 3 and spec["arch"]["num_classes"] == 2
+    assert "constructor arguments read off the weights: in_features=3, num_classes=2" in out

@@ -57,6 +57,26 @@ def _accuracy(model, X: torch.Tensor, y: torch.Tensor) -> float | None:
     return float((logits.argmax(1) == y).float().mean())
 
 
+def _sizes_from_weights(path: Path) -> dict:
+    """The sizes a model's weights imply, as the constructor arguments classes usually name them: the first
+    weight's inputs (`in_features`, or `in_channels` for a convolution) and the last one's outputs
+    (`num_classes`). Read without running code."""
+    from .reading import read_weights
+
+    try:
+        state, _ = read_weights(path)
+    except AuditorError:
+        return {}
+    weights = [t for k, t in state.items() if k.endswith("weight") and getattr(t, "dim", lambda: 0)() in (2, 4)]
+    if not weights:
+        return {}
+    first, last = weights[0], weights[-1]
+    out = {"in_features": int(first.shape[1])} if first.dim() == 2 else {"in_channels": int(first.shape[1])}
+    if last.dim() == 2:
+        out["num_classes"] = int(last.shape[0])
+    return out
+
+
 def _model_from_file(path: Path, data, X, y, *, arch_file, arch_class, trust_code, max_bytes, arch=None):
     """(bundle for probing, arch dict, guessed notes) from the model file alone (+ the data's shape)."""
     from .files import bundle_from_state, load_model
@@ -77,7 +97,18 @@ def _model_from_file(path: Path, data, X, y, *, arch_file, arch_class, trust_cod
         load = lambda a: load_model(path, spec={**provisional, "arch": a}, max_bytes=max_bytes,  # noqa: E731
                                     arch_file=arch_file, arch_class=arch_class, trust_code=trust_code)
         try:
-            bundle = load(arch)
+            try:
+                bundle = load(arch)
+            except OutputError:
+                raise
+            except AuditorError as exc:  # the constructor's defaults build another size: read it off the weights
+                sizes = _sizes_from_weights(path)
+                if "do not match" not in str(exc) or not sizes or all(arch.get(k) == v for k, v in sizes.items()):
+                    raise
+                arch = {**arch, **sizes}
+                bundle = load(arch)
+                notes.append("constructor arguments read off the weights: "
+                             + ", ".join(f"{k}={v}" for k, v in sizes.items()) + " (passed when the class takes them)")
         except OutputError as exc:  # several outputs: the logits are the likely one, said below
             if exc.guess is None:
                 raise
