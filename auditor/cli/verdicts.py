@@ -128,8 +128,9 @@ def print_side_effects(effects, forbidden: bool, out=None) -> None:
         print("\nside effects: none (no other metric got worse beyond its 95% interval)", file=out)
         return
     tail = " (forbidden: --forbid-side-effects)" if forbidden else ""
-    print(f"\nside effects: {len(effects)} metric{'s' if len(effects) != 1 else ''} that are not requirements "
-          f"got worse beyond noise{tail}", file=out)
+    one = len(effects) == 1
+    print(f"\nside effects: {len(effects)} metric{'' if one else 's'} that {'is' if one else 'are'} not "
+          f"{'a requirement' if one else 'requirements'} got worse beyond noise{tail}", file=out)
     for e in effects:
         print(f"  {side_effect_sentence(e)}", file=out)
 
