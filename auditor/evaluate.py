@@ -131,7 +131,8 @@ def check_class_order(spec_names, data: AuditData) -> None:
     """The model's class names (its output order) against the data's: the same classes in another order
     would read every prediction as another class, so it is refused."""
     names, ours = [str(c) for c in spec_names or []], [str(c) for c in data.class_names]
-    if names and len(names) == len(ours) and names != ours and sorted(names) == sorted(ours):
+    folded, ours_folded = [n.casefold() for n in names], [n.casefold() for n in ours]
+    if names and len(names) == len(ours) and folded != ours_folded and sorted(folded) == sorted(ours_folded):
         binary = (" For a CSV target, --positive names the class the data puts second (logit 1)."
                   if len(ours) == 2 else "")
         raise AuditorError(f"the model spec's class_names put the classes in the order {names} (logit 0 first), but "
@@ -174,6 +175,9 @@ def class_name_notes(spec_names, data: AuditData) -> list[str]:
     numbered = ours == [str(i) for i in range(len(ours))]
     if not names or numbered or set(names) & set(ours):
         return []
+    if {n.casefold() for n in names} & {n.casefold() for n in ours}:
+        return [f"the model's class names ({', '.join(names[:6])}) differ from the data's ({', '.join(ours[:6])}) "
+                "only in case; logit i is read as the data's class i"]
     return [f"the model's classes ({', '.join(names[:6])}) share no name with the data's target classes "
             f"({', '.join(ours[:6])}): check that the target column is what the model predicts; logit i is "
             "read as the data's class i"]

@@ -67,7 +67,7 @@ def sample_catalogue() -> dict[str, dict]:
 
 # Load-page choices kept while other pages run (Streamlit forgets a widget's value once a run does not draw
 # it; written back on every run, it survives). Uploaded files cannot be kept so: the loaded audit holds them.
-KEPT_WIDGETS = ("user_name", "load_source", "up_data_kind", "up_arch_class", "load_sample")
+KEPT_WIDGETS = ("user_name", "load_source", "up_data_kind", "up_arch_class")
 
 
 def keep_widgets() -> None:

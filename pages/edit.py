@@ -169,8 +169,10 @@ if audit.edits:
                         "examples", "fixed", "entries", "radius"]
                 log = pd.DataFrame([{k: e.get(k) for k in cols if k in e} for e in r.log])
                 for c in log.columns:  # mixed columns (step 1, 2, ..., "end") as text: Arrow takes one type
-                    if log[c].map(type).nunique() > 1:
-                        log[c] = log[c].map(lambda v: "" if v is None else str(v))
+                    kinds = {type(v) for v in log[c] if v is not None and not (isinstance(v, float) and v != v)}
+                    if len(kinds) > 1:
+                        log[c] = log[c].map(lambda v: "" if v is None or (isinstance(v, float) and v != v)
+                                            else str(v))
                 st.dataframe(log, hide_index=True)
     # The file is written once per model state and offered as plain bytes. A deferred download (a callable
     # as data) is fetched in a separate request that fails ("Request timed out") when a rerun or a busy

@@ -27,6 +27,7 @@ from auditor.editors.base import WeightDelta, parameters_changed
 from auditor.errors import AuditorError
 from auditor.evaluate import check_compatible, evaluate
 from auditor.fixes import parse_fixes
+from auditor.report import validate_report
 from auditor.report.evidence import regulatory_evidence
 from auditor.requirements import parse_requirement
 
@@ -231,11 +232,19 @@ def test_stacked_edits_reproduce_as_a_chain_of_commands(trojan_cnn, digits_troja
     session.run_edit("finetune", {"samples": 5})
     session.run_edit("dynamic-rank-one", {"samples": 1})
     command = reproduce_command(session)
-    first, last = command.split(" && ")
-    assert first.startswith("auditor edit my_model.pt --spec my_spec.json digits-trojan")
+    first, last = command.split("; auditor ")
+    assert first.startswith("auditor edit my_model.pt digits-trojan --spec my_spec.json")
     assert "--editor finetune" in first and first.endswith("--out step1.safetensors")
-    assert last.startswith("auditor audit step1.safetensors digits-trojan") and "--editor dynamic-rank-one" in last
+    assert last.startswith("audit step1.safetensors digits-trojan") and "--editor dynamic-rank-one" in last
     assert "auditor-upload" not in command
+    from auditor.audit.provenance import chain_note
+
+    assert "one after another" in chain_note(session)
+    report = validate_report(session.build_report())
+    assert report["reproduce"]["note"] == chain_note(session)
+    row = next(r for r in report["tradeoff"]["rows"] if r["method"] == "finetune → dynamic-rank-one") \
+        if report.get("tradeoff") else None
+    assert row is None or set(row["layers"]) >= set(session.edits[0].result.layers)
 
 
 def test_other_architecture_code_than_the_model_was_saved_with_is_said(tmp_path, digits):
@@ -352,3 +361,31 @@ def test_an_edit_that_undoes_mistakes_fixed_by_an_earlier_edit_is_said(tmp_path,
     again.run_edit("magnitude-pruning", {"sparsity": 0.97})
     notes = [w for w in again.evaluate().warnings if "fixed by an earlier edit (mend)" in w]
     assert notes and "are wrong again" in notes[0]
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_that_would_run_a_command_is_named_as_such(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"w": _Evil(tmp_path / "ran")}, path)
+    with pytest.raises(AuditorError, match=r"unpickling it would call (posix|os|nt)\.system, which runs commands"):
+        load_model(path)
+    assert not (tmp_path / "ran").exists()
+
+
+def test_class_names_that_differ_only_in_case(adult_mlp, adult):
+    flipped = adult_mlp.copy()
+    flipped.spec.class_names = [c.lower() for c in reversed(adult.class_names)]
+    with pytest.raises(AuditorError, match="every prediction would be read as another class"):
+        check_compatible(flipped, adult)
+    cased = adult_mlp.copy()
+    cased.spec.class_names = [c.lower() for c in adult.class_names]
+    assert any("only in case" in w for w in evaluate(cased, adult, split="test", resamples=0).warnings)

@@ -87,9 +87,11 @@ def test_report_has_every_edit_and_validates(trojan):
     ours = "dynamic-rank-one → magnitude-pruning"
     assert {r["method"] for r in doc["tradeoff"]["rows"]} == {"original", ours, "rank-one"}
     assert doc["tradeoff"]["edit"] == ours
-    first, last = doc["reproduce"]["command"].split(" && ")
+    first, last = doc["reproduce"]["command"].split("; auditor ")
     assert "auditor edit" in first and "--editor dynamic-rank-one" in first
     assert "--editor magnitude-pruning" in last and "step1.safetensors" in last
+    layers = next(r["layers"] for r in doc["tradeoff"]["rows"] if r["method"] == ours)
+    assert set(layers) == {n for e in doc["edits"] for n in e["layers"]}
 
 
 def test_read_upload_sanitises_names(tmp_path):

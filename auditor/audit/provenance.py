@@ -119,7 +119,8 @@ def reproduce_command(session) -> str:
     """The command line that re-runs this audit: `auditor audit` with the last edit and every setting
     that differs from the editor's defaults, the clean samples and seed the baselines used, and the
     baselines as run. Edits applied one after another are each an `auditor edit` first, in order, the
-    audit starting from the last one's output."""
+    audit starting from the last one's output (its report's "before" and baselines are then those of that
+    model, not of the original: `chain_note`)."""
     model = model_arguments(session)
     data = data_arguments(session.data)
     common = (["--split", session.split] if session.split != "test" else [])
@@ -130,10 +131,10 @@ def reproduce_command(session) -> str:
     steps = []
     for i, rec in enumerate(session.edits[:-1], 1):
         out = f"step{i}.safetensors" if not str(model[0]).lower().endswith(".onnx") else f"step{i}.onnx"
-        steps.append(shlex.join(["auditor", "edit", *model, *data, *common, *_editor_arguments(session, rec),
-                                 "--seed", str(session.seed), "--out", out]))
+        steps.append(shlex.join(["auditor", "edit", model[0], *data, *model[1:], *common,
+                                 *_editor_arguments(session, rec), "--seed", str(session.seed), "--out", out]))
         model = [out] + (model[-5:] if model[-1] == "--trust-code" else [])
-    parts = ["auditor", "audit", *model, *data, *common]
+    parts = ["auditor", "audit", model[0], *data, *model[1:], *common]
     if session.edits:
         parts += _editor_arguments(session, session.edits[-1])
     parts += ["--seed", str(session.seed)]
@@ -144,7 +145,18 @@ def reproduce_command(session) -> str:
     elif session.edits:
         parts += ["--baselines", "none"]
     parts += ["--report", "report.html", "--pdf", "report.pdf", "--json", "report.json"]
-    return " && ".join([*steps, shlex.join(parts)])
+    # "; ": an earlier edit that leaves a requirement unmet exits 1 and still writes its model
+    return "; ".join([*steps, shlex.join(parts)])
+
+
+def chain_note(session) -> str | None:
+    """What a chained reproduce command re-runs, when the audit applied several edits one after another."""
+    if len(session.edits) < 2:
+        return None
+    return (f"This audit applied {len(session.edits)} edits one after another; the command re-runs them in order, "
+            "each `auditor edit` writing the model the next one starts from. The final model and its numbers are "
+            "this report's; the last command's 'before' column and baselines start from the model the earlier edits "
+            "wrote, not from the original.")
 
 
 def verdict_flags(mode: str = "strict", min_group: int = 30, forbid_side_effects: bool = False) -> list[str]:

@@ -40,7 +40,7 @@ from ..models.bundle import ModelBundle
 from ..models.files import save_model
 from ..requirements import DEFAULT_VERDICT, VERDICT_MODES, Requirement, parse_requirement, parse_requirements
 from .localization import Localization, localize, not_available, sample_rows
-from .provenance import PROVENANCE_KEY, earlier_edits, provenance, reproduce_command
+from .provenance import PROVENANCE_KEY, chain_note, earlier_edits, provenance, reproduce_command
 
 # Requirements a newcomer gets for the built-in data sets (edit them on the Requirements page).
 DEFAULT_REQUIREMENTS: dict[str, list[str]] = {
@@ -601,6 +601,11 @@ class AuditSession:
                                 callback=callback, alternatives=alternatives, fixes=self.fixes,
                                 evaluations=evaluations)
         self.tradeoff.edit = self.edit_label
+        if len(self.edits) > 1:  # the row is every edit's result: all their layers and time
+            rows = self.tradeoff.rows
+            for idx in rows.index[rows["method"] == self.edit_label]:
+                rows.at[idx, "layers"] = sorted({n for rec in self.edits for n in rec.result.layers})
+                rows.at[idx, "seconds"] = float(sum(rec.result.seconds for rec in self.edits))
         self.tradeoff_key = self.state_key()
         self.tradeoff_baselines = list(baselines)
         return self.tradeoff
@@ -712,7 +717,8 @@ class AuditSession:
             edited=self.current if self.edits else None, localization=self.report_localization(),
             tradeoff=tradeoff, model_path=self.model_path, edited_path=edited_path, device=self.device,
             seed=self.seed, command=self.command(), signoff=sign, side_effects=self.side_effects(),
-            forbid_side_effects=self.forbid_side_effects, changes=self.changes(), tradeoff_note=self.tradeoff_note)
+            forbid_side_effects=self.forbid_side_effects, changes=self.changes(), tradeoff_note=self.tradeoff_note,
+            command_note=None if self.fixed_command else chain_note(self))
         if self.log is not None:  # the log's head, anchored in the report: a later rewrite of the log shows
             report.audit_log = {**self.log.anchor(), "run": self.run_id}
         return report

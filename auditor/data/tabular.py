@@ -289,7 +289,11 @@ def from_frames(name: str, frames: dict[str, pd.DataFrame], schema: TabularSchem
     for s, frame in frames.items():
         frame = frame.reset_index(drop=True)
         y, class_names = _labels(frame, schema, positive, whole_names)
-        X = numeric_inputs(frame, feature_names) if prep is None else transform(frame, prep, name)
+        try:
+            X = numeric_inputs(frame, feature_names) if prep is None else transform(frame, prep, name)
+        except AuditorError as exc:  # counts are of this part's rows: say which part
+            where = Path(source).name if source and Path(source).suffix else name
+            raise AuditorError(f"{where} ({s} rows): {exc}") from None
         groups = frame[schema.protected].apply(as_text).reset_index(drop=True) if schema.protected \
             else pd.DataFrame(index=range(len(frame)))
         splits[s] = Split(torch.from_numpy(X), torch.from_numpy(y), groups, frame)

@@ -177,6 +177,11 @@ def unwrap_state(obj, name: str) -> dict:
     return dict(obj)
 
 
+# modules whose functions a pickle calls to run commands or code (never part of a saved model)
+RUNS_CODE = frozenset({"os", "posix", "nt", "subprocess", "builtins", "__builtin__", "sys", "shutil", "socket",
+                       "importlib", "runpy", "pty", "code", "codeop", "commands", "webbrowser", "ctypes"})
+
+
 def read_torch_state(path: Path) -> dict:
     """A PyTorch state dict read with `torch.load(weights_only=True)` (no code runs), unwrapped."""
     source = _verified_zip(path)
@@ -191,7 +196,11 @@ def read_torch_state(path: Path) -> dict:
             raise AuditorError(f"{path.name} is not a readable PyTorch file: it is neither a zip archive (what "
                                "torch.save writes) nor a pickle; is it the right file, or damaged?") from None
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = f" (it holds {found.group(1)})" if found else ""
+        name = found.group(1) if found else ""
+        if name.split(".")[0] in RUNS_CODE:
+            raise UnsafeModelError(f"refused {path.name}: unpickling it would call {name}, which runs commands or "
+                                   "code: this is no model file; do not load it anywhere") from None
+        what = f" (it holds {name})" if name else ""
         raise UnsafeModelError(
             f"refused {path.name}: it needs unpickling arbitrary Python objects, which could run code{what}; it "
             "looks like a whole model saved with torch.save(model). Convert it where you trust it: load it, then "

@@ -167,7 +167,8 @@ def build_report(*, bundle, data, before, after=None, edits=(), edited=None, loc
                  tradeoff=None, model_path: str | None = None, edited_path: str | None = None,
                  device: str = "cpu", seed: int | None = None, command: str | None = None,
                  signoff: dict | None = None, side_effects=(), forbid_side_effects: bool = False,
-                 changes: dict | None = None, tradeoff_note: str | None = None) -> Report:
+                 changes: dict | None = None, tradeoff_note: str | None = None,
+                 command_note: str | None = None) -> Report:
     """Assemble a `Report` from the pieces of an audit (`auditor.audit.AuditSession.build_report`).
 
     `before`/`after`: `Evaluation`s of the original and edited model; `edits`: every edit in order as
@@ -197,7 +198,7 @@ def build_report(*, bundle, data, before, after=None, edits=(), edited=None, loc
                   localization=localization, edits=edits,
                   tradeoff=None if tradeoff is None else tradeoff.to_dict(),
                   environment=environment(device, seed),
-                  reproduce={"command": command, "seed": seed},
+                  reproduce={"command": command, "seed": seed, "note": command_note},
                   signoff={"auditor": None, "notes": None, "date": None, **(signoff or {})},
                   generated={"time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                              "tool": "auditor"},
