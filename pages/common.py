@@ -202,7 +202,10 @@ def sidebar_status() -> None:
             st.caption("No model loaded. Start on **Load**.")
             return
         s = audit.status()
-        edited = f"edited ({s['edits']} edit{'s' if s['edits'] != 1 else ''})" if s["edits"] else "as loaded"
+        changed = audit.current.sha256 != audit.pristine_sha256  # edits that changed nothing leave it as loaded
+        edited = (f"edited ({s['edits']} edit{'s' if s['edits'] != 1 else ''})" if s["edits"] and changed
+                  else f"as loaded ({s['edits']} edit{'s' if s['edits'] != 1 else ''} changed nothing)" if s["edits"]
+                  else "as loaded")
         st.markdown(f"**Model** {md_plain(s['model'])}  \n{s['parameters']:,} parameters, {edited}  \n"
                     f"sha256 `{s['sha256'][:12]}…`")
         st.markdown(f"**Data** {md_plain(s['data'])}  \n{s['audited_rows']:,} rows audited ({split_words(s['split'])}; "
