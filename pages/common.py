@@ -202,7 +202,7 @@ def sidebar_status() -> None:
             st.caption("No model loaded. Start on **Load**.")
             return
         s = audit.status()
-        changed = audit.current.sha256 != audit.pristine_sha256  # edits that changed nothing leave it as loaded
+        changed = s["sha256"] != audit.pristine_sha256  # edits that changed nothing leave it as loaded
         edited = (f"edited ({s['edits']} edit{'s' if s['edits'] != 1 else ''})" if s["edits"] and changed
                   else f"as loaded ({s['edits']} edit{'s' if s['edits'] != 1 else ''} changed nothing)" if s["edits"]
                   else "as loaded")
