@@ -167,10 +167,10 @@ if audit.edits:
             with st.expander(f"What edit {earlier + i + 1} did, step by step"):
                 cols = ["step", "action", "layer", "accepted", "accuracy", "reason", "keys", "scale", "norm",
                         "examples", "fixed", "entries", "radius"]
-                log = pd.DataFrame([{k: e.get(k) for k in cols if k in e} for e in r.log])
+                shown = [k for k in cols if any(k in e for e in r.log)]
+                log = pd.DataFrame([{k: e.get(k) for k in shown} for e in r.log])  # a missing value is None, not NaN
                 for c in log.columns:  # mixed columns (step 1, 2, ..., "end") as text: Arrow takes one type
-                    kinds = {type(v) for v in log[c] if v is not None and not (isinstance(v, float) and v != v)}
-                    if len(kinds) > 1:
+                    if log[c].map(type).nunique() > 1:
                         log[c] = log[c].map(lambda v: "" if v is None or (isinstance(v, float) and v != v)
                                             else str(v))
                 st.dataframe(log, hide_index=True)

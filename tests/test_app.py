@@ -183,6 +183,8 @@ def test_edit_trojan_run_download_and_undo(trojan):
     after = evaluate(audit.current, data).metrics
     assert after["attack_success_rate"] <= 0.02 and after["accuracy"] >= 0.95
     shown = texts(at.markdown)
+    steps = [df.value for df in at.dataframe if "step" in df.value.columns]
+    assert steps and not any((t.astype(str) == "nan").any().any() for t in steps)  # a missing value shows blank
     assert f"→ {format_value('attack_success_rate', after['attack_success_rate'])}" in shown
     assert "all requirements hold" in shown and "pass" in texts(at.sidebar.markdown)
     with tempfile.TemporaryDirectory() as tmp:
