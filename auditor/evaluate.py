@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .cautions import reading_cautions
 from .data.base import AuditData
 from .errors import AuditorError, channels_last_hint
 from .models.architectures import predict_logits
@@ -140,49 +141,6 @@ def check_class_order(spec_names, data: AuditData) -> None:
                            "Check that class_names follow the model's output order." + binary)
 
 
-def model_notes(bundle: ModelBundle) -> list[str]:
-    """Warnings about how the model was read: architecture code other than the code it was saved with."""
-    changed = (bundle.spec.provenance or {}).get("code_changed") if isinstance(bundle.spec.provenance, dict) else None
-    if not isinstance(changed, dict):
-        return []
-    return [f"the architecture code given ({changed.get('file')}, class {changed.get('class')}: sha256 "
-            f"{str(changed.get('given_sha256'))[:12]}) is not the code this model was saved with "
-            f"({changed.get('recorded_file')}: sha256 {str(changed.get('recorded_sha256'))[:12]}): the same weights "
-            "may compute something else; pass the file the model was saved with"]
-
-
-def range_notes(bundle: ModelBundle, data: AuditData) -> list[str]:
-    """A warning when the images lie far outside the value range the spec says the model was trained on
-    (0-255 pixels for a model of [0, 1] ones): the auditor never rescales them."""
-    rng = bundle.spec.input.get("value_range") if isinstance(bundle.spec.input, dict) else None
-    if data.kind != "image" or not isinstance(rng, (list, tuple)) or len(rng) != 2:
-        return []
-    lo, hi = float(rng[0]), float(rng[1])
-    X = next((s.X for s in (data.test, data.val, data.train) if len(s)), None)
-    if X is None or hi <= lo:
-        return []
-    a, b = float(X.min()), float(X.max())
-    if b <= hi + (hi - lo) and a >= lo - (hi - lo):
-        return []
-    return [f"the images hold values from {a:.4g} to {b:.4g}, but the model spec says it reads values in "
-            f"[{lo:g}, {hi:g}]; the auditor never rescales images: scale them as the model was trained"]
-
-
-def class_name_notes(spec_names, data: AuditData) -> list[str]:
-    """A warning when the model's class names share none with the data's (named, not numbered) classes:
-    the target may not be what the model predicts."""
-    names, ours = [str(c) for c in spec_names or []], [str(c) for c in data.class_names]
-    numbered = ours == [str(i) for i in range(len(ours))]
-    if not names or numbered or set(names) & set(ours):
-        return []
-    if {n.casefold() for n in names} & {n.casefold() for n in ours}:
-        return [f"the model's class names ({', '.join(names[:6])}) differ from the data's ({', '.join(ours[:6])}) "
-                "only in case; logit i is read as the data's class i"]
-    return [f"the model's classes ({', '.join(names[:6])}) share no name with the data's target classes "
-            f"({', '.join(ours[:6])}): check that the target column is what the model predicts; logit i is "
-            "read as the data's class i"]
-
-
 def evaluate(bundle: ModelBundle, data: AuditData, requirements=(), split: str | None = None,
              reference: ModelBundle | None = None, fixes: Fixes | None = None, *,
              verdict: str = DEFAULT_VERDICT, min_group: int = DEFAULT_MIN_GROUP,
@@ -201,9 +159,7 @@ def evaluate(bundle: ModelBundle, data: AuditData, requirements=(), split: str |
                              min_group=min_group)
     ev = Evaluation(report.metrics, report.groups, [], bundle.sha256, data.sha256, data.name, split,
                     len(data.split(split)),
-                    warnings=(model_notes(bundle) + range_notes(bundle, data)
-                              + class_name_notes(bundle.spec.class_names, data) + list(data.notes)
-                              + list(report.warnings)), small_groups=report.small_groups,
+                    warnings=reading_cautions(bundle, data) + list(report.warnings), small_groups=report.small_groups,
                     verdict_mode=verdict, min_group=int(min_group), outcomes=report.outcomes)
     if resamples:
         ev.intervals = intervals(report.metrics, report.outcomes, resamples=resamples)
