@@ -45,8 +45,9 @@ def replacing(path: str | os.PathLike, *, mode: int | None = None) -> Iterator[P
     tmp = temp_beside(path)
     try:
         yield tmp
-        if mode is not None:
-            os.chmod(tmp, mode)
+        # always set: a writer may have replaced the temporary file with its own (safetensors' save_file
+        # leaves 0600), and an edited model is an ordinary output others collect
+        os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         with suppress(OSError):

@@ -376,7 +376,7 @@ class _Evil:
 def test_a_pickle_that_would_run_a_command_is_named_as_such(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"w": _Evil(tmp_path / "ran")}, path)
-    with pytest.raises(AuditorError, match=r"unpickling it would call (posix|os|nt)\.system, which runs commands"):
+    with pytest.raises(AuditorError, match=r"unpickling it would call (posix|os|nt)\.system, which could run code"):
         load_model(path)
     assert not (tmp_path / "ran").exists()
 
@@ -389,3 +389,15 @@ def test_class_names_that_differ_only_in_case(adult_mlp, adult):
     cased = adult_mlp.copy()
     cased.spec.class_names = [c.lower() for c in adult.class_names]
     assert any("only in case" in w for w in evaluate(cased, adult, split="test", resamples=0).warnings)
+
+
+def test_an_edited_model_is_written_with_ordinary_permissions(tmp_path, digits_cnn):
+    import os
+    import stat
+
+    from auditor.models.files import save_model
+
+    path = save_model(digits_cnn, tmp_path / "m.safetensors")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask

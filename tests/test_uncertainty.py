@@ -174,3 +174,22 @@ def test_stale_tradeoff_is_rerun_or_its_absence_explained(adult_mlp, adult):
     assert doc["tradeoff"] is None
     assert "no requirement besides accuracy" in doc["uncertainty"]["tradeoff"]
     assert "No trade-off was run" not in doc["uncertainty"]["tradeoff"]
+
+
+def test_a_rate_that_hinges_on_the_class_gets_the_width_of_a_sample():
+    """The rows are a sample of the population, their class mix included: a trigger that works on every
+    class but one has an interval about as wide as a binomial one, not a near-zero one (labels are not
+    strata)."""
+    from auditor.requirements.metrics import Outcomes
+    from auditor.requirements.uncertainty import intervals
+
+    y = np.repeat(np.arange(10), 62)
+    oc = Outcomes(y.astype(np.int64), y.astype(np.int64), 10)
+    hit = (y != 2).astype(np.int64)
+    hit[y == 0] = -1  # the target class is not attacked
+    oc.asr_hit = hit
+    rows = hit >= 0
+    p = float(hit[rows].mean())
+    iv = intervals({"attack_success_rate": p, "accuracy": 1.0}, oc)["attack_success_rate"]
+    binomial = 2 * 1.96 * np.sqrt(p * (1 - p) / rows.sum())
+    assert 0.7 * binomial < iv["high"] - iv["low"] < 1.3 * binomial

@@ -213,6 +213,8 @@ def load_npz_case(path: str | Path, seed: int = 0) -> AuditData:
                                f"either mask+pattern or corrupted (see {NPZ_DOC})")
     try:
         return _npz_case(path, arrays, seed)
+    except AuditorError:  # already says what is wrong, and where
+        raise
     except (ValueError, TypeError, IndexError, OverflowError) as exc:  # arrays of the wrong kind or shape
         raise AuditorError(f"{path.name}: its arrays do not form an image case "
                            f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}); "

@@ -57,7 +57,7 @@ from ..layers import (
     split_model,
 )
 from ..localize import METHODS, rank_layers
-from ..models.architectures import editable_layers
+from ..models.architectures import batch_rows, editable_layers
 from ..requirements import Requirement, compute_metrics, parse_requirement
 from ..requirements.uncertainty import intervals
 from .base import Editor
@@ -612,9 +612,10 @@ class _CheckModel(nn.Module):
         self.layer = layer
         return self
 
-    def first_logits(self, X: torch.Tensor, batch_size: int = 4096) -> torch.Tensor | None:
+    def first_logits(self, X: torch.Tensor) -> torch.Tensor | None:
         """What the unedited model gave for `X` when it ran through here in `predict_logits`' batches
         (None if it did not)."""
+        batch_size = batch_rows(X)
         outs = [self.first.get(input_fingerprint(X[i:i + batch_size])) for i in range(0, len(X), batch_size)]
         return torch.cat(outs).float().cpu() if outs and all(o is not None for o in outs) else None
 

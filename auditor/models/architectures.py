@@ -218,12 +218,21 @@ def count_parameters(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, X: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-    """Logits for X in eval mode on the model's device, returned on CPU."""
+def batch_rows(X: torch.Tensor, budget: int = 2**20, most: int = 4096) -> int:
+    """Rows per inference batch: up to `most`, fewer for large inputs (about `budget` input values per batch,
+    at least 16 rows), so that the activations of a batch of 32x32 colour images stay in hundreds of MB."""
+    per_row = max(1, int(X[0].numel())) if len(X) else 1
+    return int(min(most, max(16, budget // per_row)))
+
+
+def predict_logits(model: nn.Module, X: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """Logits for X in eval mode on the model's device, returned on CPU (in batches of `batch_rows`)."""
+    batch_size = batch_size or batch_rows(X)
     model.eval()
     try:
         device = next(model.parameters()).device
     except StopIteration:
         device = torch.device("cpu")
-    outs = [model(X[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(X), batch_size)]
+    with torch.no_grad():  # predictions only: no graph kept across batches
+        outs = [model(X[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(X), batch_size)]
     return torch.cat(outs) if outs else torch.empty(0)

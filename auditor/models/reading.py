@@ -198,8 +198,8 @@ def read_torch_state(path: Path) -> dict:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         name = found.group(1) if found else ""
         if name.split(".")[0] in RUNS_CODE:
-            raise UnsafeModelError(f"refused {path.name}: unpickling it would call {name}, which runs commands or "
-                                   "code: this is no model file; do not load it anywhere") from None
+            raise UnsafeModelError(f"refused {path.name}: unpickling it would call {name}, which could run code "
+                                   "(commands, programs): this is no model file; do not load it anywhere") from None
         what = f" (it holds {name})" if name else ""
         raise UnsafeModelError(
             f"refused {path.name}: it needs unpickling arbitrary Python objects, which could run code{what}; it "

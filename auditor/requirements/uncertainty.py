@@ -4,8 +4,10 @@ and the side effects of an edit.
 How: the model's predictions are made once (`metrics.Outcomes`). Every row falls in a cell (its
 label, its groups, its prediction, whether the trigger/cue flipped it, and for a paired bootstrap
 the other model's prediction too); a bootstrap resample of the rows is a draw of cell counts. Rows
-are resampled within strata (label x every protected group), so each group keeps its size and its
-positives and negatives: a multinomial draw per stratum, `RESAMPLES` times, seeded by `SEED`. Each
+are resampled within strata (every protected group), so each group keeps its size: a multinomial draw
+per stratum (one stratum of all rows without groups), `RESAMPLES` times, seeded by `SEED`. Labels are
+resampled with the rows: the audited rows are a sample, and a rate that hinges on the class (a trigger
+that works on every class but one) varies with the class mix of the sample. Each
 metric is then recomputed from the counts of each resample (vectorised), and its interval is the
 2.5th-97.5th percentile of those values, widened where needed to contain the value itself
 (max-min gaps over small groups are biased upwards in resamples).
@@ -80,16 +82,21 @@ def _columns(oc: Outcomes, prefix: str = "") -> dict[str, np.ndarray]:
 
 def _cells(outcomes: list[Outcomes], resamples: int, seed: int) -> _Cells:
     base = outcomes[0]
-    strata_cols = {"y": base.y, **{f"g:{a}": c for a, c in base.groups.items()}}
+    # strata: the protected groups only (each keeps its size). Not the labels: the rows are a sample, and a
+    # rate that hinges on the class (a trigger that works on every class but one) varies with the class mix
+    strata_cols = {**{f"g:{a}": c for a, c in base.groups.items()}, "y": base.y}
     model_cols = {}
     for i, oc in enumerate(outcomes):
         model_cols.update(_columns(oc, f"{i}:"))
     names = [*strata_cols, *model_cols]
     K = np.stack([np.asarray(v, dtype=np.int64) for v in [*strata_cols.values(), *model_cols.values()]], 1)
     cells, counts = np.unique(K, axis=0, return_counts=True)
-    n_strata = len(strata_cols)
-    _, stratum = np.unique(cells[:, :n_strata], axis=0, return_inverse=True)
-    stratum = stratum.ravel()
+    n_strata = len(strata_cols) - 1  # "y" travels with the cells, not as a stratum
+    if n_strata:
+        _, stratum = np.unique(cells[:, :n_strata], axis=0, return_inverse=True)
+        stratum = stratum.ravel()
+    else:
+        stratum = np.zeros(len(cells), dtype=np.int64)
     rng = np.random.default_rng(seed)
     W = np.zeros((resamples, len(cells)), dtype=np.int64)
     for s in range(int(stratum.max()) + 1 if len(stratum) else 0):
