@@ -401,3 +401,29 @@ def test_an_edited_model_is_written_with_ordinary_permissions(tmp_path, digits_c
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+def test_channels_last_images_with_a_chw_mask_blame_the_images(tmp_path):
+    rng = np.random.default_rng(0)
+    mask = np.zeros((3, 8, 8), np.float32)
+    mask[:, -2:, -2:] = 1
+    np.savez(tmp_path / "cl.npz", images=rng.random((40, 8, 8, 3), dtype=np.float32), labels=np.arange(40) % 10,
+             mask=mask, pattern=mask, target=np.array(3))
+    with pytest.raises(AuditorError, match=r"the images have shape \(40, 8, 8, 3\); these look like images stored "
+                                           r"channels last"):
+        load_data(tmp_path / "cl.npz")
+
+
+def test_an_onnx_graph_exported_in_training_mode_is_told_to_export_in_eval_mode(tmp_path, digits):
+    pytest.importorskip("onnx")
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(256, 10))
+    net.train()
+    path = tmp_path / "train.onnx"
+    torch.onnx.export(net, (torch.zeros(2, 1, 8, 8),), str(path), dynamo=False,
+                      training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False)
+    from auditor.models import ModelSpec
+
+    spec = ModelSpec.from_dict({"arch": {"name": "onnx", "num_classes": 10},
+                                "input": {"kind": "image", "shape": [1, 8, 8]}, "class_names": digits.class_names})
+    with pytest.raises(AuditorError, match=r"exported in training mode: call model.eval\(\)"):
+        load_model(path, spec=spec)

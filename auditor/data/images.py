@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..errors import AuditorError
+from ..errors import AuditorError, channels_last_hint
 from .base import NPZ_DOC, AuditData, Split, Stamp, stratified_split
 
 DIGIT_CLASSES = [str(i) for i in range(10)]
@@ -306,8 +306,12 @@ def _npz_case(path: Path, arrays: dict, seed: int) -> AuditData:
             try:
                 np.broadcast_to(arrays[key], shape)
             except ValueError:
+                hint = channels_last_hint(None, list(shape))  # the images, not the mask, may be the wrong way round
+                if hint:
+                    raise AuditorError(f"{path.name}: the images have shape {tuple(images.shape)}{hint}") from None
                 raise AuditorError(f"{path.name}: {given[key]!r} has shape {tuple(np.shape(arrays[key]))}; expected "
-                                   f"the shape of one image {tuple(shape)} (or {tuple(shape[1:])})") from None
+                                   f"the shape of one image {tuple(shape)} (C, H, W), or (H, W) for every "
+                                   "channel") from None
         mask = torch.tensor(np.broadcast_to(arrays["mask"], shape).astype(np.float32))
         pattern = torch.tensor(np.broadcast_to(arrays["pattern"], shape).astype(np.float32))
         stamp = Stamp(mask, pattern, target, kind=kind)

@@ -224,6 +224,8 @@ def _convert(proto, spec: ModelSpec, name: str):
             f"operator new after opset {OPSET}, such as Gelu): re-export it with opset_version={OPSET} (PyTorch: "
             f"torch.onnx.export(..., opset_version={OPSET}, dynamo=False)), which writes such operators in older "
             "ones" if opset > OPSET else "")
+    if "mean/var output" in str(first):  # BatchNormalization with its training outputs
+        hint += "; the graph was exported in training mode: call model.eval() before torch.onnx.export"
     raise AuditorError(f"{name}: an ONNX operator is not supported: {str(first)[:200]}{hint}") from None
 
 
