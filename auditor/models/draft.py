@@ -303,7 +303,12 @@ def draft_spec(model_path: str | os.PathLike, data, *, arch_file=None, arch_clas
         input_block["value_range"] = [round(lo, 4), round(hi, 4)]
         draft.guessed.append(f"inputs: images of shape {shape}, values in [{lo:.3g}, {hi:.3g}] (from the data)")
         draft.accuracy = _accuracy(bundle.model, X, y)
-        if hi > 1.5:
+        if lo < -0.05:  # standardised ((x - mean) / std per channel) or otherwise signed
+            draft.confirm.append(f"the images hold negative values (from {lo:.3g} to {hi:.3g}), as standardised "
+                                 "images do: the auditor does not rescale them, so the model must have been trained "
+                                 "on images standardised with the same mean and std (and the trigger or cue "
+                                 "pattern must be given in that same scale)")
+        elif hi > 1.5:
             draft.confirm.append("the images hold values above 1: the auditor does not rescale them, so the model "
                                  "must have been trained on the same 0..255 (or other) scale")
     logits = predict_logits(bundle.model, X[:2])
