@@ -168,6 +168,10 @@ def _label_column(frame, data: AuditData) -> str:
                        f"{f' (or {target!r})' if target else ''}; its columns: {', '.join(map(str, frame.columns))}")
 
 
+def _blank(value) -> bool:
+    return value is None or (isinstance(value, float) and value != value) or not str(value).strip()
+
+
 def fixes_table_specs(frame, data: AuditData, split: str = "test") -> list[str] | None:
     """`SPLIT:ROW=LABEL` specs for a table of `row` (index into `split`, or `SPLIT:ROW`) and `label`
     columns (an optional `split` column names each row's split); None when it has no `row` column."""
@@ -177,6 +181,11 @@ def fixes_table_specs(frame, data: AuditData, split: str = "test") -> list[str] 
     splits = frame["split"].astype(str).str.strip() if "split" in frame.columns else None
     out = []
     for i, (row, lab) in enumerate(zip(frame[ROW_COLUMN], frame[label])):
+        empty_row, empty_label = _blank(row), _blank(lab)
+        if empty_row and empty_label:  # a line of empty cells (",,"): nothing asked
+            continue
+        if empty_row or empty_label:
+            raise AuditorError(f"fixes table row {i + 1}: its {'row' if empty_row else 'label'} is empty")
         row = str(row).strip()
         if row.endswith(".0") and row[:-2].lstrip("-").isdigit():  # pandas reads an int column with a gap as float
             row = row[:-2]
@@ -184,6 +193,8 @@ def fixes_table_specs(frame, data: AuditData, split: str = "test") -> list[str] 
             row = f"{splits.iloc[i]}:{row}"
         elif ":" not in row:
             row = f"{split}:{row}"
+        if isinstance(lab, float) and lab.is_integer():  # a label column with a gap is read as float
+            lab = int(lab)
         out.append(f"{row}={str(lab).strip()}")
     return out
 

@@ -427,3 +427,21 @@ def test_an_onnx_graph_exported_in_training_mode_is_told_to_export_in_eval_mode(
                                 "input": {"kind": "image", "shape": [1, 8, 8]}, "class_names": digits.class_names})
     with pytest.raises(AuditorError, match=r"exported in training mode: call model.eval\(\)"):
         load_model(path, spec=spec)
+
+
+def test_the_html_metrics_table_lists_a_gap_of_the_first_attribute_once(adult_mlp, adult, tmp_path):
+    from auditor.report import write_html
+
+    session = AuditSession(adult_mlp, adult, ["demographic_parity <= 0.05"])
+    html = (write_html(session.build_report(), tmp_path / "r.html") or tmp_path / "r.html").read_text()
+    table = html[html.index('id="metrics"'):html.index('id="metrics"') + 20000]
+    assert table.count(">demographic_parity[sex]<") == 1 and table.count(">demographic_parity<") == 0
+
+
+def test_a_fixes_table_with_empty_cells(digits):
+    from auditor.fixes import fixes_table_specs
+
+    frame = pd.DataFrame({"row": [12, None, None], "label": [3, None, 7]})
+    with pytest.raises(AuditorError, match="fixes table row 3: its row is empty"):
+        fixes_table_specs(frame, digits)
+    assert fixes_table_specs(frame.iloc[:2], digits) == ["test:12=3"]
