@@ -89,9 +89,8 @@ def model_arguments(session) -> list[str]:
     """The model argument and what loads it again: its spec file and its own class, when it needs them."""
     out = [_shown_path(session.model_path or f"{session.model_label}.safetensors")]
     spec = session.pristine.spec
-    needs_spec = Path(out[0]).suffix.lower() in (".pt", ".pth", ".bin") or bool(getattr(session, "spec_path", None))
-    if needs_spec:
-        out += ["--spec", _shown_path(session.spec_path) if getattr(session, "spec_path", None) else "SPEC.json"]
+    if session.spec_path or Path(out[0]).suffix.lower() in (".pt", ".pth", ".bin"):
+        out += ["--spec", _shown_path(session.spec_path) if session.spec_path else "SPEC.json"]
     if spec.arch.get("name") == "custom":
         out += ["--arch-file", str(spec.arch.get("file") or "MODEL.py"), "--arch-class",
                 str(spec.arch.get("class") or "NAME"), "--trust-code"]

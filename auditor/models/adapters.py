@@ -153,7 +153,12 @@ def check_adapters(adapters) -> list[dict]:
 
 def build_model(spec, state: dict | None = None) -> nn.Module:
     """The spec's architecture with its adapters; codebooks sized from `state` (the weights to load)."""
-    model = build_architecture(spec.arch)
+    return attach_adapters(build_architecture(spec.arch), spec, state)
+
+
+def attach_adapters(model: nn.Module, spec, state: dict | None = None) -> nn.Module:
+    """`model` (a registered architecture or the user's own class) with the spec's adapters attached in place,
+    codebooks sized from `state` (the weights to load)."""
     for a in check_adapters(getattr(spec, "adapters", None)):
         keys = (state or {}).get(f"{a['layer']}.codebook_keys")
         attach_codebook(model, a["layer"], int(keys.shape[0]) if keys is not None and keys.dim() == 2 else 0)

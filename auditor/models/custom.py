@@ -121,15 +121,9 @@ def load_custom_model(weights: str | os.PathLike, arch_file: str | os.PathLike |
                            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
     if not isinstance(model, nn.Module):
         raise AuditorError(f"{arch_class} did not build an nn.Module")
-    from .adapters import attach_codebook, check_adapters
+    from .adapters import attach_adapters
 
-    for a in check_adapters(getattr(spec, "adapters", None)):  # a retrieval codebook written by an edit
-        keys = state.get(f"{a['layer']}.codebook_keys")
-        try:
-            attach_codebook(model, a["layer"], int(keys.shape[0]) if keys is not None and keys.dim() == 2 else 0)
-        except (AttributeError, KeyError, TypeError) as exc:
-            raise AuditorError(f"the spec's codebook at layer {a['layer']!r} does not fit {arch_class}: "
-                               f"{exc}") from None
+    attach_adapters(model, spec, state)  # a retrieval codebook written by an edit (checked like any spec's)
     state = fit_state(model, state)  # wrapper prefixes, nn.Sequential names
     load_state_into(model, state)
     output = spec.arch.get("output")

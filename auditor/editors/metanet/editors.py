@@ -115,14 +115,12 @@ class _MetaNetEditor(Editor):
             return f"metanetworks edit tabular MLPs (trained per task on a population of models); {data.name!r} " \
                    f"is {data.kind} data"
         if not path.exists():
-            if bundle is not None:
-                from .graph import mlp_layers
+            if bundle is not None:  # populations are of plain MLPs: no advice to build one for another model
+                from .graph import not_an_mlp
 
-                try:  # populations are of plain MLPs: no advice to build one for another model
-                    mlp_layers(bundle.model)
-                except AuditorError as exc:
-                    return (f"{exc}; learned editors are trained on populations of such MLPs, so none can be "
-                            "trained for this model")
+                reason = not_an_mlp(bundle.model)
+                if reason:
+                    return reason
             return f"no trained metanetwork for task {data.name!r} ({path.name} is missing); " + \
                 train_hint(data.name, self.requirement, data)
         try:

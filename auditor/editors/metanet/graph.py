@@ -25,6 +25,15 @@ NODE_FEATURES = 4
 EDGE_FEATURES = 3
 
 
+def not_an_mlp(model: nn.Module) -> str | None:
+    """Why no learned editor can be trained for `model` (populations are of plain MLPs), or None."""
+    try:
+        mlp_layers(model)
+    except AuditorError as exc:
+        return f"{exc}; learned editors are trained on populations of such MLPs, so none can be trained for this model"
+    return None
+
+
 def mlp_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     """(name, Linear) of an MLP built as Linear -> ReLU -> ... -> Linear, else an AuditorError."""
     if not isinstance(model, nn.Sequential):

@@ -27,7 +27,7 @@ from ...data.base import AuditData
 from ...errors import AuditorError
 from ...models import ModelBundle
 from ...requirements.surrogates import fairness_gap, group_codes, positive_probability
-from .graph import batch, mlp_layers, prepare
+from .graph import batch, mlp_layers, not_an_mlp, prepare
 from .net import MetaNet, NetConfig, assemble
 
 FORMAT = "auditor-metanet/1"
@@ -437,15 +437,9 @@ class TrainedMetaNet:
         if data.kind != "tabular":
             return f"it was trained on tabular {fam['data']!r} MLPs; {data.name!r} is {data.kind} data"
         same_rows = fam.get("data_sha") == data.sha256  # trained on a population of these very rows
-        try:  # before any advice to build a population: those are populations of such MLPs only
-            mlp_layers(bundle.model)
-        except AuditorError as exc:
-            alternatives = {"demographic_parity": "finetune-fairness", "equalized_odds": "finetune-fairness",
-                            "features_used": "drop-features or retrain-k-features (warm_start=true)",
-                            "sparsity": "magnitude-pruning or magnitude-pruning-finetune"}
-            other = alternatives.get(str(self.info.get("requirement")), "the baselines")
-            return (f"{exc}; learned editors are trained on populations of such MLPs, so none can be trained for "
-                    f"this model: use {other}")
+        reason = not_an_mlp(bundle.model)  # before any advice to build a population: they are of such MLPs
+        if reason:
+            return reason
         if data.name != fam["data"] and not same_rows:
             from ...zoo import TASKS, train_hint_for
 
