@@ -445,3 +445,12 @@ def test_a_fixes_table_with_empty_cells(digits):
     with pytest.raises(AuditorError, match="fixes table row 3: its row is empty"):
         fixes_table_specs(frame, digits)
     assert fixes_table_specs(frame.iloc[:2], digits) == ["test:12=3"]
+
+
+def test_magnitude_pruning_reaches_the_sparsity_asked_for_when_it_does_not_divide_evenly(adult):
+    from auditor.requirements.metrics import sparsity
+    from tests.fixtures import tiny_mlp_bundle
+
+    bundle = tiny_mlp_bundle(in_features=adult.n_inputs, hidden=(7,))  # 714 weights: 0.3 of them is 214.2
+    edited = get_editor("magnitude-pruning", sparsity=0.3).edit(bundle, adult).bundle
+    assert sparsity(edited.model) >= 0.3

@@ -173,7 +173,9 @@ def unseen_categories(frame: pd.DataFrame, prep: dict, stored: bool) -> list[str
             where = "the model's stored preprocessing" if stored else "the training rows"
             notes.append(f"column {c['name']!r}: {len(unseen)} of {len(values)} rows hold values {where} has no "
                          f"category for ({shown}{', ...' if len(counts) > 4 else ''}); they are encoded as all zeros "
-                         f"(known: {', '.join(map(repr, list(c['categories'])[:6]))})")
+                         f"(known: {', '.join(map(repr, list(c['categories'])[:6]))})"
+                         + (f"; intended if {counts.index[0]!r} is the category a drop-first encoding leaves out"
+                            if len(counts) == 1 else ""))
     return notes
 
 

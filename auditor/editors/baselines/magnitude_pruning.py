@@ -1,6 +1,7 @@
 """Global magnitude pruning with `torch.nn.utils.prune` (the baseline users pick for sparsity)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -41,7 +42,9 @@ class MagnitudePruning(Editor):
         amount = self._target(requirements)
         params = [(m, "weight") for _, m in editable_layers(model)]
         total = sum(m.weight.numel() for m, _ in params)
-        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=int(round(amount * total)))
+        # at least the share asked for (rounding down would leave `sparsity >= amount` just unmet)
+        count = int(math.ceil(amount * total - 1e-9))
+        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=count)
         for m, p in params:
             prune.remove(m, p)
         log.append({"step": "prune", "sparsity": amount, "weights": total})
