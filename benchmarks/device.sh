@@ -3,6 +3,7 @@
 #
 #   bash benchmarks/device.sh                    # CUDA, full settings sized for < 8 minutes on one GPU
 #   QUICK=1 DEVICE=cpu bash benchmarks/device.sh # smoke run here on the CPU (a few minutes)
+#   BUDGET=420 bash benchmarks/device.sh         # every step ends within 420 s of the start
 #
 # Runs, each with --device $DEVICE: benchmarks/rectify.py (rank-one vs fine-tuning on the sample
 # Trojan and cue models), benchmarks/rectify_population.py (the held-out Trojan / cue population,
@@ -35,6 +36,9 @@ else
     LEARNED=(--population 8)
     LIMITS=(90 270 120)  # 8 minutes at most in all
 fi
+[ -n "${LIMITS_S:-}" ] && read -r -a LIMITS <<<"$LIMITS_S"  # e.g. LIMITS_S="40 60 100"
+BUDGET="${BUDGET:-0}"  # 0: the limits above; else a step gets at most what is left of BUDGET s after
+                       # keeping a fifth of each later step's limit for it
 
 {
     echo "device.sh on $(hostname) at $(date -u '+%Y-%m-%d %H:%M:%S UTC'), DEVICE=$DEVICE QUICK=$QUICK, $CORES cores"
@@ -43,9 +47,14 @@ fi
 } >"$LOG" 2>&1
 
 failures=0
-step() {  # step NAME LIMIT_S COMMAND...
-    local name="$1" limit="$2"
-    shift 2
+step() {  # step NAME LIMIT_S RESERVE_S COMMAND...
+    local name="$1" limit="$2" reserve="${3:-0}"
+    shift 3
+    if [ "$BUDGET" -gt 0 ]; then
+        local left=$((BUDGET - SECONDS - reserve))
+        [ "$left" -lt "$limit" ] && limit=$left
+        [ "$limit" -lt 10 ] && limit=10
+    fi
     local start=$SECONDS
     echo "== $name: $*" >>"$LOG"
     timeout "$limit" "$@" >>"$LOG" 2>&1
@@ -54,10 +63,10 @@ step() {  # step NAME LIMIT_S COMMAND...
     [ "$rc" = 0 ] || failures=$((failures + 1))
 }
 
-step rectify "${LIMITS[0]}" python benchmarks/rectify.py --device "$DEVICE" "${RECTIFY[@]}" --out "$DEST"
-step rectify_population "${LIMITS[1]}" python benchmarks/rectify_population.py --device "$DEVICE" "${POPULATION[@]}" \
+step rectify "${LIMITS[0]}" $(((LIMITS[1] + LIMITS[2]) / 5)) python benchmarks/rectify.py --device "$DEVICE" "${RECTIFY[@]}" --out "$DEST"
+step rectify_population "${LIMITS[1]}" $((LIMITS[2] / 5)) python benchmarks/rectify_population.py --device "$DEVICE" "${POPULATION[@]}" \
     --out "$DEST"
-step learned "${LIMITS[2]}" python benchmarks/learned.py --device "$DEVICE" "${LEARNED[@]}" --out "$DEST"
+step learned "${LIMITS[2]}" 0 python benchmarks/learned.py --device "$DEVICE" "${LEARNED[@]}" --out "$DEST"
 
 echo "device.sh: $failures step(s) failed; results in $DEST" | tee -a "$LOG"
 ls -l "$DEST" >>"$LOG"
