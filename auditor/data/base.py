@@ -19,6 +19,22 @@ CSV_DOC = "docs/formats.md#csv-and-schema-options"
 NPZ_DOC = "docs/formats.md#image-cases-npz"
 
 
+# pandas' row hash of a frame with no columns: what pandas >= 3.1 returns for every row, and what
+# pandas 3.0 fails on ("Length of values (0) does not match length of index")
+_NO_COLUMNS_HASH = 3527539
+
+
+def frame_hash(frame: pd.DataFrame, index: bool = False) -> bytes:
+    """pandas' row hashes of `frame` as bytes, the same on every pandas version, frames without
+    columns included (image data sets have no protected groups)."""
+    if frame.shape[1] == 0:
+        rows = np.full(len(frame), _NO_COLUMNS_HASH, dtype=np.uint64)
+        if index:
+            return pd.util.hash_pandas_object(frame.index.to_series(), index=False).values.tobytes()
+        return rows.tobytes()
+    return pd.util.hash_pandas_object(frame, index=index).values.tobytes()
+
+
 @dataclass
 class Split:
     """Inputs X (float32), labels y (int64), protected attributes per row (strings), raw rows.
@@ -178,7 +194,7 @@ class AuditData:
                 sp = self.split(s)
                 h.update(sp.X.contiguous().numpy().tobytes())
                 h.update(sp.y.contiguous().numpy().tobytes())
-                h.update(pd.util.hash_pandas_object(sp.groups, index=False).values.tobytes())
+                h.update(frame_hash(sp.groups))
                 if sp.corrupted is not None:
                     h.update(b"corrupted" + sp.corrupted.contiguous().numpy().tobytes())
             if self.stamp is not None:

@@ -131,7 +131,7 @@ def fixes_for(bundle, data, n: int = 2):
 def data_digest(data) -> str:
     """sha256 of everything in a data set: every split's inputs, labels, groups, raw rows and corrupted
     twins, the stamp, names and preprocessing (`AuditData.sha256` is cached and covers fewer fields)."""
-    import pandas as pd
+    from ..data.base import frame_hash
 
     h = hashlib.sha256(repr((data.name, data.kind, data.feature_names, data.feature_groups, data.protected,
                              data.class_names, data.preprocessing, data.schema)).encode())
@@ -140,7 +140,7 @@ def data_digest(data) -> str:
         for t in (sp.X, sp.y, sp.corrupted):
             h.update(b"-" if t is None else t.contiguous().numpy().tobytes())
         for f in (sp.groups, sp.raw):
-            h.update(b"-" if f is None else pd.util.hash_pandas_object(f, index=True).values.tobytes())
+            h.update(b"-" if f is None else frame_hash(f, index=True))
             h.update(b"-" if f is None else repr(list(f.columns)).encode())
     if data.stamp is not None:
         h.update(data.stamp.mask.numpy().tobytes() + data.stamp.pattern.numpy().tobytes())

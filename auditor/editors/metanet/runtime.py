@@ -205,7 +205,7 @@ def group_proxy(h: torch.Tensor, dz: torch.Tensor, y: torch.Tensor, group: torch
     mu = h.mean(1, keepdim=True)
     sd = h.std(1, keepdim=True).clamp_min(1e-6)
     hs = (h - mu) / sd
-    A = hs.transpose(1, 2) @ hs / n + ridge * torch.eye(d, dtype=h.dtype)
+    A = hs.transpose(1, 2) @ hs / n + ridge * torch.eye(d, dtype=h.dtype, device=h.device)
     w = torch.linalg.solve(A, hs.transpose(1, 2) @ (r - r.mean(1, keepdim=True)).unsqueeze(-1) / n).squeeze(-1)
     u = (hs @ w.unsqueeze(-1)).squeeze(-1)  # (K, n), zero mean
     scale = u.std(1).clamp_min(1e-9)
@@ -224,7 +224,7 @@ def refit_output(h: torch.Tensor, dz: torch.Tensor, y: torch.Tensor, ridge: floa
     Xh = torch.cat([h, h.new_ones(K, n, 1)], 2).double()  # (K, n, d + 1)
     yd = y.double().unsqueeze(0)
     delta = Xh.new_zeros(K, d + 1)
-    eye = torch.eye(d + 1, dtype=torch.float64)
+    eye = torch.eye(d + 1, dtype=torch.float64, device=h.device)
     base = dz.double()
     for _ in range(steps):
         p = torch.sigmoid(base + (Xh @ delta.unsqueeze(-1)).squeeze(-1))
