@@ -88,7 +88,8 @@ class GradientEditor(nn.Module):
             u, d = factors[name]
             u, d = u.double(), d.double()
             C = u.T @ u / len(u)
-            C += self.ridge * float(C.diagonal().mean().clamp_min(1e-12)) * torch.eye(len(C), dtype=C.dtype, device=C.device)
+            ridge = self.ridge * float(C.diagonal().mean().clamp_min(1e-12))
+            C += ridge * torch.eye(len(C), dtype=C.dtype, device=C.device)
             evals, evecs = torch.linalg.eigh(C)
             n_in, n_out = self.dims[name]
             self.u_whiten[i, :n_in, :n_in] = (evecs * evals.rsqrt()).float()
