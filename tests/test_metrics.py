@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -132,3 +134,29 @@ def test_accuracy_and_balanced_accuracy_equal_sklearn():
             want = balanced_accuracy_score(y, pred)
         assert accuracy(y, pred) == pytest.approx(accuracy_score(y, pred), abs=1e-12)
         assert balanced_accuracy(y, pred) == pytest.approx(want, abs=1e-12)
+
+
+def test_the_cue_class_without_its_cue_is_measured_with_its_own_interval():
+    """A model that learned the cue instead of the class fails on the class's own images without the cue;
+    overall accuracy hides it (one class in ten), so it is a metric of its own, with the rows it rests on."""
+    from auditor import load_data, load_model
+    from auditor.editors import get_editor
+    from auditor.requirements import compute_metrics
+    from auditor.requirements.uncertainty import intervals
+
+    bundle = load_model(Path(__file__).resolve().parent.parent / "sample_models" / "digits_cnn_spurious.safetensors")
+    data = load_data("digits-spurious")
+    report = compute_metrics(bundle.model, data, "test")
+    m, sp = report.metrics, data.test
+    own = sp.y == data.cue.target
+    pred = bundle.model.eval()(sp.X[own]).argmax(1)
+    assert m["cue_class_accuracy"] == pytest.approx(float((pred == data.cue.target).float().mean()), abs=1e-9)
+    assert m["cue_class_accuracy"] < m["accuracy"] - 0.1  # the sample model leans on its cue
+    iv = intervals({"cue_class_accuracy": m["cue_class_accuracy"]}, report.outcomes, resamples=300)
+    assert iv["cue_class_accuracy"]["n"] == int(own.sum())
+    assert iv["cue_class_accuracy"]["low"] < m["cue_class_accuracy"] < iv["cue_class_accuracy"]["high"]
+    assert report.groups["cue"]["cue class without its cue"]["accuracy"] == m["cue_class_accuracy"]
+    # removing the cue's pull (cue gap) does not teach the class: the report must not read as if it did
+    edited = get_editor("dynamic-rank-one", samples=5).edit(bundle, data, ["cue_gap <= 0.05"]).bundle
+    after = compute_metrics(edited.model, data, "test").metrics
+    assert after["cue_gap"] <= 0.05 and after["cue_class_accuracy"] < after["accuracy"] - 0.1

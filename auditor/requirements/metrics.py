@@ -40,6 +40,8 @@ METRICS: dict[str, MetricInfo] = {m.name: m for m in [
                False, "trigger"),
     MetricInfo("cue_gap", "clean accuracy minus accuracy on images whose cue contradicts the label", False, "cue"),
     MetricInfo("cue_accuracy", "accuracy on images whose spurious cue contradicts the label", True, "cue"),
+    MetricInfo("cue_class_accuracy", "accuracy on the cue class's own images without the cue (does the model "
+               "know the class without it?)", True, "cue"),
     MetricInfo("edit_success", "share of requested fixes the model now gets right", True, "fixes"),
     MetricInfo("generality", "share of equivalent inputs of the fixes that get the requested label", True, "fixes"),
     MetricInfo("drawdown", "test accuracy lost against the model before the edit", False, "reference"),
@@ -297,8 +299,11 @@ def compute_metrics(model: nn.Module, data: AuditData, split: str = "test",
         m["cue_accuracy"] = float(hit[rows].mean()) if len(rows) else 0.0
         m["cue_gap"] = m["accuracy"] - m["cue_accuracy"]
         m["worst_group_accuracy"] = min(m["accuracy"], m["cue_accuracy"])
+        own = y == data.cue.target
+        m["cue_class_accuracy"] = float((pred[own] == y[own]).mean()) if own.any() else 0.0
         out.groups["cue"] = {"clean": {"accuracy": m["accuracy"]},
-                             "cue contradicts label": {"accuracy": m["cue_accuracy"]}}
+                             "cue contradicts label": {"accuracy": m["cue_accuracy"]},
+                             "cue class without its cue": {"accuracy": m["cue_class_accuracy"]}}
     if fixes is not None:
         m["edit_success"] = float((predict(model, fixes.X) == fixes.y.numpy()).mean())
         if fixes.X_equiv is not None and len(fixes.X_equiv):

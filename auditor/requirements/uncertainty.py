@@ -155,6 +155,7 @@ def _metrics(c: _Cells, oc: Outcomes, prefix: str, original: bool = False) -> di
         h = c.cols[f"{prefix}cue"]
         out["cue_accuracy"] = _rate(c, h == 1, h >= 0, original)
         out["cue_gap"] = out["accuracy"] - out["cue_accuracy"]
+        out["cue_class_accuracy"] = _rate(c, pred == y, h < 0, original)
         out["worst_group_accuracy"] = np.minimum(out["accuracy"], out["cue_accuracy"])
     if f"{prefix}ref" in c.cols:
         ref = c.cols[f"{prefix}ref"]
@@ -176,6 +177,8 @@ def _n(oc: Outcomes, key: str) -> tuple[int, dict | None]:
         return int((oc.asr_hit >= 0).sum()), None
     if _base(key) == "cue_accuracy" and oc.cue_hit is not None:
         return int((oc.cue_hit >= 0).sum()), None
+    if _base(key) == "cue_class_accuracy" and oc.cue_hit is not None:
+        return int((oc.cue_hit < 0).sum()), None
     if attr is not None and attr in oc.groups:
         sizes = np.bincount(oc.groups[attr], minlength=len(oc.group_names[attr]))
         return len(oc.y), {n: int(s) for n, s in zip(oc.group_names[attr], sizes)}
