@@ -150,7 +150,7 @@ def test_the_cue_class_without_its_cue_is_measured_with_its_own_interval():
     m, sp = report.metrics, data.test
     own = sp.y == data.cue.target
     pred = bundle.model.eval()(sp.X[own]).argmax(1)
-    assert m["cue_class_accuracy"] == pytest.approx(float((pred == data.cue.target).float().mean()), abs=1e-9)
+    assert m["cue_class_accuracy"] == pytest.approx(float((pred == data.cue.target).double().mean()), abs=1e-9)
     assert m["cue_class_accuracy"] < m["accuracy"] - 0.1  # the sample model leans on its cue
     iv = intervals({"cue_class_accuracy": m["cue_class_accuracy"]}, report.outcomes, resamples=300)
     assert iv["cue_class_accuracy"]["n"] == int(own.sum())
