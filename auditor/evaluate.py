@@ -108,8 +108,8 @@ def check_compatible(bundle: ModelBundle, data: AuditData) -> None:
                            f"{data.stamp.kind} pushes towards, but the model predicts only {n_classes} classes "
                            f"(0 to {n_classes - 1}): give the target's class index")
     if len(data.class_names) > n_classes:
-        raise AuditorError(f"model predicts {n_classes} classes but data {data.name!r} has "
-                           f"{len(data.class_names)}")
+        raise AuditorError(f"model predicts {n_classes} class{'es' if n_classes != 1 else ''} but data "
+                           f"{data.name!r} has {len(data.class_names)}")
     probe = next((s.X[:2] for s in (data.test, data.val, data.train) if len(s)), None)
     if probe is not None:  # ONNX graphs and custom code say nothing about their input size: try it
         try:
@@ -120,6 +120,13 @@ def check_compatible(bundle: ModelBundle, data: AuditData) -> None:
         if out.dim() != 2 or out.shape[1] < len(data.class_names):
             raise AuditorError(f"the model returns outputs of shape {list(out.shape[1:])} but data "
                                f"{data.name!r} has {len(data.class_names)} classes")
+        if data.kind == "tabular" and out.dim() == 2 and out.shape[1] > len(data.class_names):
+            raise AuditorError(
+                f"the model returns {out.shape[1]} outputs but data {data.name!r} has {len(data.class_names)} "
+                f"classes ({', '.join(map(repr, data.class_names))}): a CSV target is read as two outcomes "
+                "(--positive against the rest), so the model's other classes would count as wrong predictions. "
+                "Audit a model with as many outputs as the data has outcomes (multi-class CSV targets are not "
+                "supported yet)")
         names = list(bundle.spec.class_names)
         if out.dim() == 2 and names and len(names) != out.shape[1]:
             raise AuditorError(f"the model spec names {len(names)} classes ({', '.join(map(repr, names[:6]))}) but the "

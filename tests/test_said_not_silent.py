@@ -454,3 +454,48 @@ def test_magnitude_pruning_reaches_the_sparsity_asked_for_when_it_does_not_divid
     bundle = tiny_mlp_bundle(in_features=adult.n_inputs, hidden=(7,))  # 714 weights: 0.3 of them is 214.2
     edited = get_editor("magnitude-pruning", sparsity=0.3).edit(bundle, adult).bundle
     assert sparsity(edited.model) >= 0.3
+
+
+def test_a_three_class_model_on_a_two_outcome_csv_is_refused(adult):
+    """--positive reads a CSV target as two outcomes; a model with more outputs would have every prediction
+    of its other classes counted as wrong (an accuracy that is neither the 3-class nor the binary one)."""
+    from auditor.models import ModelBundle, ModelSpec, build_architecture
+
+    arch = {"name": "mlp", "in_features": adult.n_inputs, "hidden": [8], "num_classes": 3}
+    torch.manual_seed(0)
+    bundle = ModelBundle(build_architecture(arch).eval(), ModelSpec(arch=arch, input={"kind": "tabular"},
+                                                                    class_names=["full", "over", "part"]))
+    with pytest.raises(AuditorError, match=r"returns 3 outputs but data .* has 2 classes .*other classes would count"):
+        check_compatible(bundle, adult)
+
+
+def test_missing_protected_values_are_refused_with_their_rows(tmp_path):
+    """A blank protected value used to become a group "nan" that counted in every fairness gap."""
+    from auditor.data import load_csv
+
+    frame = pd.concat(_frames().values(), ignore_index=True)
+    frame.loc[[3, 7, 11], "gender"] = np.nan
+    frame.loc[20, "gender"] = " "
+    frame.to_csv(tmp_path / "people.csv", index=False)
+    with pytest.raises(AuditorError, match=r"protected column 'gender' has 4 missing value\(s\) \(data rows 3, 7, 11, "
+                                           r"20; .*'unknown'.* or drop those rows"):
+        load_csv(tmp_path / "people.csv", TabularSchema(target="approved", protected=["gender"]))
+    with pytest.raises(AuditorError, match="protected column 'gender' has 4 missing"):
+        from_frames("people", {"train": frame.iloc[:200], "val": frame.iloc[200:250], "test": frame.iloc[250:]},
+                    TabularSchema(target="approved", protected=["gender"]))
+
+
+def test_a_float_coded_target_takes_positive_1_and_a_semicolon_file_is_named(tmp_path):
+    from auditor.data import load_csv
+
+    frame = pd.concat(_frames().values(), ignore_index=True)
+    frame["approved"] = (frame["approved"] == "yes").astype(float)  # 0.0 / 1.0
+    frame.to_csv(tmp_path / "float.csv", index=False)
+    data = load_csv(tmp_path / "float.csv", TabularSchema(target="approved", positive="1", protected=["gender"],
+                                                         categorical=["job"]))
+    assert data.class_names[1] == "1.0"
+    whole = torch.cat([data.train.y, data.val.y, data.test.y])
+    assert int(whole.sum()) == int(frame["approved"].sum())
+    frame.to_csv(tmp_path / "semi.csv", index=False, sep=";")
+    with pytest.raises(AuditorError, match="the file looks ';'-separated; save it comma-separated"):
+        load_csv(tmp_path / "semi.csv", TabularSchema(target="approved", protected=["gender"]))

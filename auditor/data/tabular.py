@@ -54,7 +54,11 @@ def _require_columns(frame: pd.DataFrame, columns: list[str], what: str) -> None
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         close = ", ".join(map(str, list(frame.columns)[:20]))
-        raise AuditorError(f"{what} column(s) {missing} not in the data; its columns are: {close}")
+        one = str(frame.columns[0]) if len(frame.columns) == 1 else ""
+        sep = next((s for s in (";", "\t", "|") if s in one), None)
+        hint = (f" (one column whose name holds {sep!r}: the file looks {'tab' if sep == chr(9) else repr(sep)}-"
+                "separated; save it comma-separated, with '.' as the decimal mark)") if sep else ""
+        raise AuditorError(f"{what} column(s) {missing} not in the data; its columns are: {close}{hint}")
 
 
 def _numeric_column(frame: pd.DataFrame, col: str) -> np.ndarray:
@@ -215,7 +219,7 @@ def _labels(frame: pd.DataFrame, schema: TabularSchema, positive: str | None = N
     if positive is not None:
         return (values == positive).to_numpy().astype(np.int64), list(names or [])
     if schema.positive is not None:
-        pos = str(schema.positive)
+        pos = same_number(str(schema.positive), values)
         if not (values == pos).any():
             raise AuditorError(f"positive label {pos!r} never occurs in target {schema.target!r}; "
                                f"its values are {sorted(values.unique())[:10]}")
@@ -255,6 +259,7 @@ def from_frames(name: str, frames: dict[str, pd.DataFrame], schema: TabularSchem
         raise AuditorError(f"data set {name!r} has duplicated column names: {dup}")
     _require_columns(whole, [schema.target], "target")
     _require_columns(whole, schema.protected, "protected")
+    check_protected_values(whole, schema.protected, Path(source).name if _file_size(source) else name, numbered=False)
     _, whole_names = _labels(whole, schema)  # one-class and missing-target errors name the whole file
     positive = _positive_value(whole, schema)
     inputs = schema.input_columns(whole)
@@ -304,6 +309,21 @@ def from_frames(name: str, frames: dict[str, pd.DataFrame], schema: TabularSchem
                      schema=schema.to_dict(), source=source, description=description, notes=notes, **splits)
 
 
+def check_protected_values(frame: pd.DataFrame, protected: list[str], where: str, numbered: bool = True) -> None:
+    """A missing protected value is refused: read as a group of its own ("nan") it would count in every
+    fairness gap, and dropped it would change the rows audited; the user decides which."""
+    for attr in protected:
+        missing = frame[attr].isna() | as_text(frame[attr]).str.strip().eq("")
+        if missing.any():
+            rows = np.flatnonzero(missing.to_numpy())
+            at = (f" (data rows {', '.join(map(str, rows[:5].tolist()))}{', ...' if len(rows) > 5 else ''}; 0 is "
+                  "the first row after the header)") if numbered else ""
+            raise AuditorError(
+                f"{where}: protected column {attr!r} has {len(rows)} missing value(s){at}: give them a "
+                "value of their own (e.g. 'unknown', which then counts as a group in the "
+                "fairness metrics) or drop those rows; they are not guessed")
+
+
 def _file_size(source: str) -> int | None:
     try:
         path = Path(source)
@@ -338,10 +358,29 @@ def read_csv(path: str | Path) -> pd.DataFrame:
     return frame
 
 
+def same_number(label: str, values: pd.Series) -> str:
+    """`label` as the target spells it: `--positive 1` for a target stored as 1.0 (the one value equal to it
+    as a number); `label` itself when it occurs or no single value equals it."""
+    if (values == label).any():
+        return label
+    try:
+        want = float(label)
+    except ValueError:
+        return label
+    equal = []
+    for v in values.unique():
+        try:
+            if float(v) == want:
+                equal.append(v)
+        except ValueError:
+            continue
+    return str(equal[0]) if len(equal) == 1 else label
+
+
 def _positive_value(frame: pd.DataFrame, schema: TabularSchema) -> str:
     """The target value read as the positive outcome (as `_labels` decides it for the whole file)."""
     if schema.positive is not None:
-        return str(schema.positive)
+        return same_number(str(schema.positive), as_text(frame[schema.target]).str.strip())
     uniq = sorted(as_text(frame[schema.target]).str.strip().unique())
     return "1" if "1" in uniq else uniq[-1]
 
@@ -418,6 +457,8 @@ def load_csv(path: str | Path, schema: TabularSchema, preprocessing: dict | None
     name = Path(path).name
     frame = read_csv(path)
     _require_columns(frame, [schema.target], "target")
+    _require_columns(frame, schema.protected, "protected")
+    check_protected_values(frame, schema.protected, name)
     if val_path is not None and train_path is None:
         raise AuditorError(f"--val-csv needs --train-csv too (the training rows); see {CSV_DOC}")
     if train_path is not None and schema.split_column:
@@ -430,6 +471,9 @@ def load_csv(path: str | Path, schema: TabularSchema, preprocessing: dict | None
         files = {"test": (name, frame), "train": (Path(train_path).name, read_csv(train_path))}
         if val_path is not None:
             files["val"] = (Path(val_path).name, read_csv(val_path))
+        for part_name, part_frame in files.values():
+            _require_columns(part_frame, schema.protected, "protected")
+            check_protected_values(part_frame, schema.protected, part_name)
         needed = [schema.target, *schema.protected, *schema.input_columns(frame)] if features is None \
             else [schema.target, *schema.protected, *features]
         if preprocessing is not None and features is None:

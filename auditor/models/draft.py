@@ -316,7 +316,8 @@ def draft_spec(model_path: str | os.PathLike, data, *, arch_file=None, arch_clas
     arch.setdefault("num_classes", n_out)
     names = list(data.class_names)
     if n_out < len(names):
-        raise AuditorError(f"the model gives {n_out} outputs but the data has {len(names)} classes "
+        raise AuditorError(f"the model gives {n_out} output{'s' if n_out != 1 else ''} but the data has "
+                           f"{len(names)} classes "
                            f"({', '.join(names[:10])})")
     if n_out > len(names):
         names += [str(i) for i in range(len(names), n_out)]
