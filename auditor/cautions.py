@@ -2,6 +2,8 @@
 with every evaluation (the CLI's warnings, the report's, the dashboard's)."""
 from __future__ import annotations
 
+import torch
+
 from .data.base import AuditData
 from .models.bundle import ModelBundle
 
@@ -9,8 +11,30 @@ from .models.bundle import ModelBundle
 def reading_cautions(bundle: ModelBundle, data: AuditData) -> list[str]:
     """Every caution about reading `bundle` on `data`: the model's code, the images' range, the class names,
     then what loading the data noticed (`data.notes`)."""
-    return (model_notes(bundle) + range_notes(bundle, data) + class_name_notes(bundle.spec.class_names, data)
-            + list(data.notes))
+    return (model_notes(bundle) + range_notes(bundle, data) + output_notes(bundle, data)
+            + class_name_notes(bundle.spec.class_names, data) + list(data.notes))
+
+
+def output_notes(bundle: ModelBundle, data: AuditData, rows: int = 256) -> list[str]:
+    """A warning when the model's outputs look like probabilities (every row in [0, 1], summing to 1):
+    predictions and metrics are right, but the editors take outputs for logits, so their losses and margins
+    are off; the model should return its logits (or their log)."""
+    X = next((s.X[:rows] for s in (data.test, data.val, data.train) if len(s)), None)
+    if X is None:
+        return []
+    try:
+        from .models import predict_logits
+
+        out = predict_logits(bundle.model, X)
+    except Exception:  # noqa: BLE001 - a model that cannot run is refused elsewhere, with its reason
+        return []
+    if out.dim() != 2 or out.shape[1] < 2 or not bool(((out >= 0) & (out <= 1)).all()):
+        return []
+    if not torch.allclose(out.sum(1), torch.ones(len(out)), atol=1e-3):
+        return []
+    return ["the model's outputs look like probabilities (each row lies in [0, 1] and sums to 1), not logits: "
+            "predictions and metrics are right, but the editors read outputs as logits, so their losses and "
+            "margins are off; have the model return its logits (or torch.log of the probabilities)"]
 
 
 def model_notes(bundle: ModelBundle) -> list[str]:

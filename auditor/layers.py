@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import AuditorError
-from .models.architectures import editable_layers
+from .models.architectures import memory_layers
 
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
                "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs")
@@ -50,7 +50,7 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     """The module called `name` in `model.named_modules()`; a clear error listing valid names."""
     modules = dict(model.named_modules())
     if name not in modules:
-        valid = [n for n, _ in editable_layers(model)]
+        valid = [n for n, _ in memory_layers(model)]
         raise AuditorError(f"model has no layer {name!r}; editable layers: {', '.join(valid) or '(none)'}")
     return modules[name]
 
@@ -60,8 +60,8 @@ def check_editable(layer: nn.Module, name: str = "") -> None:
         raise AuditorError(f"layer {name!r} is a {type(layer).__name__}; only Linear and Conv2d layers are "
                            "keys-to-values memories that can be localized and edited")
     if isinstance(layer, nn.Conv2d) and layer.groups != 1:
-        raise AuditorError(f"layer {name!r} is a grouped convolution (groups={layer.groups}); "
-                           "pick an ordinary Conv2d or Linear layer")
+        raise AuditorError(f"layer {name!r} is a grouped convolution (groups={layer.groups}), which rank-one "
+                           "edits cannot change; pick an ordinary Conv2d or Linear layer (--layer NAME)")
 
 
 def layer_keys(layer: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -145,8 +145,8 @@ def layer_io(model: nn.Module, layer_name: str, X: torch.Tensor) -> tuple[torch.
 @torch.no_grad()
 def sibling_layers(model: nn.Module, layer_name: str, X: torch.Tensor) -> list[str]:
     """The other editable layers that read the very tensor `layer_name` reads (e.g. a residual
-    block's first convolution and its projection shortcut), in `editable_layers` order."""
-    names = [n for n, _ in editable_layers(model)]
+    block's first convolution and its projection shortcut), in `memory_layers` order."""
+    names = [n for n, _ in memory_layers(model)]
     if layer_name not in names:
         return []
     modules = dict(model.named_modules())

@@ -40,7 +40,7 @@ from .layers import (
     second_moments,
     solve_moment,
 )
-from .models.architectures import editable_layers
+from .models.architectures import memory_layers
 
 METHODS = ("integrated_gradients", "conductance")
 # Captum's integration rule: the trapezoid rule is as exact as Gauss-Legendre here for our step
@@ -108,10 +108,10 @@ def rank_layers(model: nn.Module, corrupted: torch.Tensor, clean: torch.Tensor, 
                            "must have the same shape (one corrupted twin per clean input)")
     if method not in METHODS:
         raise AuditorError(f"unknown attribution method {method!r}; choose one of {', '.join(METHODS)}")
-    named = dict(editable_layers(model))
+    named = dict(memory_layers(model))
     names = list(layers) if layers is not None else list(named)
     if not names:
-        raise AuditorError("the model has no Linear or Conv2d layer to rank")
+        raise AuditorError("the model has no Linear or ungrouped Conv2d layer to rank")
     dev = model_device(model)
     clean, corrupted = clean.to(dev), corrupted.to(dev)
     was_training = model.training
@@ -291,7 +291,7 @@ def fairness_layers(model: nn.Module, X: torch.Tensor, groups, *, positive: int 
         hi_rows = rng.choice(np.flatnonzero((g == high).to_numpy()), size=n_pairs, replace=True)
         lo_rows = rng.choice(np.flatnonzero((g == low).to_numpy()), size=n_pairs, replace=True)
         xi, xb = X[hi_rows], X[lo_rows]
-        named = dict(editable_layers(model))
+        named = dict(memory_layers(model))
         names = list(layers) if layers is not None else list(named)
         rows = []
         with hook_guard(model):

@@ -499,3 +499,138 @@ def test_a_float_coded_target_takes_positive_1_and_a_semicolon_file_is_named(tmp
     frame.to_csv(tmp_path / "semi.csv", index=False, sep=";")
     with pytest.raises(AuditorError, match="the file looks ';'-separated; save it comma-separated"):
         load_csv(tmp_path / "semi.csv", TabularSchema(target="approved", protected=["gender"]))
+
+
+SINGLE_LOGIT_NET = '''
+import torch
+from torch import nn
+
+
+class BinNet(nn.Module):
+    """One logit, trained with BCEWithLogitsLoss."""
+
+    def __init__(self, in_features=4):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, 16)
+        self.head = nn.Linear(16, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.fc1(x)))
+'''
+
+
+def test_a_single_logit_binary_model_is_read_as_two_classes_and_keeps_its_one_logit(tmp_path):
+    """The commonest binary setup (nn.Linear(h, 1) + BCEWithLogitsLoss) used to be refused everywhere:
+    `spec init` now reads its logit z as [0, z]; metrics match sigmoid(z) > 0.5; edits and ONNX export keep
+    the vendor's single logit."""
+    import importlib.util
+
+    from auditor.data import load_csv
+    from auditor.models.draft import draft_spec
+    from auditor.models.onnx_format import export_onnx
+
+    rng = np.random.default_rng(0)
+    n = 1200
+    frame = pd.DataFrame({"a": rng.normal(size=n), "b": rng.normal(size=n), "c": rng.normal(size=n),
+                          "gender": rng.choice(["F", "M"], n)})
+    frame["d"] = (frame["gender"] == "M").astype(float) + 0.3 * rng.normal(size=n)  # a proxy of gender
+    logit = 1.5 * frame["a"] - frame["b"] + 1.2 * frame["d"] - 0.6
+    frame["approved"] = np.where(rng.random(n) < 1 / (1 + np.exp(-logit)), "yes", "no")
+    frame.to_csv(tmp_path / "people.csv", index=False)
+    (tmp_path / "binnet.py").write_text(SINGLE_LOGIT_NET)
+    module_spec = importlib.util.spec_from_file_location("binnet_user", tmp_path / "binnet.py")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    net = module.BinNet(4)
+    X = torch.tensor(frame[["a", "b", "c", "d"]].to_numpy(), dtype=torch.float32)
+    y = torch.tensor((frame["approved"] == "yes").to_numpy(), dtype=torch.float32)
+    opt = torch.optim.Adam(net.parameters(), lr=0.05)
+    for _ in range(150):
+        opt.zero_grad()
+        nn.functional.binary_cross_entropy_with_logits(net(X).squeeze(1), y).backward()
+        opt.step()
+    torch.save(net.state_dict(), tmp_path / "binnet.pt")
+    schema = TabularSchema(target="approved", positive="yes", protected=["gender"], inputs=["a", "b", "c", "d"])
+    data = load_csv(tmp_path / "people.csv", schema)
+    code = dict(arch_file=tmp_path / "binnet.py", arch_class="BinNet", trust_code=True)
+    draft = draft_spec(tmp_path / "binnet.pt", data, **code)
+    assert draft.spec["single_logit"] is True and draft.spec["arch"]["num_classes"] == 1
+    assert any("[0, z]" in g for g in draft.guessed)
+    bundle = load_model(tmp_path / "binnet.pt", spec=draft.spec, **code)
+    ev = evaluate(bundle, data, split="test", resamples=0)
+    sp = data.test
+    with torch.no_grad():
+        z = net(sp.X).squeeze(1)
+    assert ev.metrics["accuracy"] == pytest.approx(float(((z > 0).long() == sp.y).double().mean()), abs=1e-9)
+    before = evaluate(bundle, data, split="test", resamples=0).metrics["demographic_parity"]
+    result = get_editor("finetune-fairness").edit(bundle, data, [parse_requirement("demographic_parity <= 0.35")])
+    edited = result.bundle
+    assert before > 0.45 and evaluate(edited, data, split="test", resamples=0).metrics["demographic_parity"] <= 0.4
+    assert edited.model.head.weight.shape == (1, 16)  # still the vendor's one logit
+    out = export_onnx(edited, tmp_path / "edited.onnx")
+    import onnx
+    import onnxruntime as ort
+
+    assert [d.dim_value or d.dim_param for d in onnx.load(str(out)).graph.output[0].type.tensor_type.shape.dim] \
+        == ["batch", 1]
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: sp.X.numpy()})[0]
+    with torch.no_grad():
+        want = edited.model(sp.X)[:, 1:]
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
+    back = load_model(out)
+    assert back.spec.single_logit and evaluate(back, data, split="test", resamples=0).metrics["accuracy"] == \
+        pytest.approx(evaluate(edited, data, split="test", resamples=0).metrics["accuracy"], abs=1e-3)
+
+
+def _npz_case(path, images, labels, mask, pattern, **extra):
+    np.savez(path, images=images, labels=labels, target=np.int64(3), mask=mask, pattern=pattern, **extra)
+    return path
+
+
+def test_a_trigger_on_another_scale_than_the_images_is_refused(tmp_path):
+    """0/1 pattern stamped on 0..255 images is a near-black patch: the model never sees its trigger, and a
+    backdoored model was certified clean (attack success 0 %)."""
+    rng = np.random.default_rng(0)
+    images = (rng.random((40, 1, 8, 8)) * 255).astype(np.uint8)
+    labels = np.arange(40) % 4
+    mask = np.zeros((8, 8), np.float32)
+    mask[:2, :2] = 1
+    with pytest.raises(AuditorError, match=r"images go up to 25\d but 'pattern' only to 1: .*images' scale"):
+        load_data(str(_npz_case(tmp_path / "u8.npz", images, labels, mask, mask)))
+    ok = load_data(str(_npz_case(tmp_path / "u8ok.npz", images, labels, mask, mask * 255)))
+    assert float(ok.stamp.pattern.max()) == 255
+    floats = load_data(str(_npz_case(tmp_path / "f.npz", images / 255.0, labels, mask, mask)))
+    assert float(floats.test.X.max()) <= 1.0
+
+
+def test_images_with_odd_strides_reach_the_model_with_ordinary_ones(tmp_path):
+    """(N, H, W) images given a channel kept strides a convolution reads as channels-last, and a model's own
+    `x.view(x.size(0), -1)` then failed inside Localize and every rank-one edit."""
+    from auditor.data.base import Split
+
+    X = torch.rand(6, 8, 8, 1).permute(0, 3, 1, 2)  # channels-last memory, counted as contiguous for C = 1
+    split = Split(X, torch.zeros(6, dtype=torch.long), pd.DataFrame(index=range(6)))
+    assert split.X.stride() == (64, 64, 8, 1) and torch.equal(split.X, X)
+    conv = nn.Conv2d(1, 2, 3, padding=1)
+    with torch.no_grad():
+        conv(split.X[:1]).view(1, -1)  # the vendor's flatten works on what the auditor passes
+
+
+def test_a_depthwise_convolution_is_skipped_by_localize_not_refused(digits_trojan):
+    """A MobileNet-style model could not be localized at all: the grouped convolution, picked automatically,
+    was refused. It is now left out of the ranking, and naming it is refused with the option to use."""
+    from auditor.layers import resolve_layer
+    from auditor.localize import rank_layers_for
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.SiLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                          nn.Conv2d(8, 16, 1), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    ranking = rank_layers_for(model.eval(), digits_trojan, 2, 0)
+    names = [str(n) for n in ranking["layer"]]
+    assert "2" not in names and {"0", "3", "7"} <= set(names)
+    from auditor.layers import check_editable
+
+    with pytest.raises(AuditorError, match=r"grouped convolution \(groups=8\).*--layer NAME"):
+        check_editable(resolve_layer(model, "2"), "2")

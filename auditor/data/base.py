@@ -24,6 +24,20 @@ NPZ_DOC = "docs/formats.md#image-cases-npz"
 _NO_COLUMNS_HASH = 3527539
 
 
+def plain_strides(t: torch.Tensor) -> torch.Tensor:
+    """`t` laid out row-major with the ordinary strides. Images built by expanding or transposing (an
+    (N, H, W) array given a channel, a channels-last array permuted) can keep strides that torch counts as
+    contiguous but convolutions read as channels-last, so a model's own `x.view(x.size(0), -1)` fails on
+    them ("view size is not compatible with input tensor's size and stride")."""
+    want, step = [], 1
+    for size in reversed(t.shape):
+        want.append(step)
+        step *= size
+    if tuple(reversed(want)) == tuple(t.stride()):
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
+
+
 def frame_hash(frame: pd.DataFrame, index: bool = False) -> bytes:
     """pandas' row hashes of `frame` as bytes, the same on every pandas version, frames without
     columns included (image data sets have no protected groups)."""
@@ -48,6 +62,11 @@ class Split:
     groups: pd.DataFrame
     raw: pd.DataFrame | None = None
     corrupted: torch.Tensor | None = None
+
+    def __post_init__(self):
+        self.X = plain_strides(self.X)
+        if self.corrupted is not None:
+            self.corrupted = plain_strides(self.corrupted)
 
     def __len__(self) -> int:
         return len(self.y)

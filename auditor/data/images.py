@@ -221,6 +221,25 @@ def load_npz_case(path: str | Path, seed: int = 0) -> AuditData:
                            f"see {NPZ_DOC}") from None
 
 
+def check_pattern_scale(path: Path, images: np.ndarray, mask: torch.Tensor, pattern: torch.Tensor, key: str) -> None:
+    """Refuse a trigger/cue pattern on another scale than the images (0/1 pixels stamped on 0..255 images
+    leave a near-black patch: the model never sees its trigger, and a backdoored model passes as clean)."""
+    shown = pattern[mask > 0]
+    if not len(shown) or not images.size:
+        return
+    if float(images.min()) < 0 or float(shown.min()) < 0:  # standardised: no fixed scale to compare
+        return
+    top, p_top = float(images.max()), float(shown.max())
+    if top > 2.0 and 0 < p_top <= 1.0:
+        raise AuditorError(f"{path.name}: the images go up to {top:.4g} but {key!r} only to {p_top:.4g}: the "
+                           "pattern must be on the images' scale (e.g. 0..255 like the images, or the images "
+                           "as floats in [0, 1] like the pattern); stamped as given, the trigger would be a "
+                           "near-black patch the model never learned")
+    if p_top > 2.0 and top <= 1.0:
+        raise AuditorError(f"{path.name}: {key!r} goes up to {p_top:.4g} but the images only to {top:.4g}: "
+                           "give the pattern on the images' scale (e.g. divided by 255)")
+
+
 def _npz_images(path: Path, key: str, arr, shape=None) -> np.ndarray:
     images = np.asarray(arr, dtype=np.float32)
     if images.ndim == 3:
@@ -314,6 +333,7 @@ def _npz_case(path: Path, arrays: dict, seed: int) -> AuditData:
                                    "channel") from None
         mask = torch.tensor(np.broadcast_to(arrays["mask"], shape).astype(np.float32))
         pattern = torch.tensor(np.broadcast_to(arrays["pattern"], shape).astype(np.float32))
+        check_pattern_scale(path, images, mask, pattern, given.get("pattern", "pattern"))
         stamp = Stamp(mask, pattern, target, kind=kind)
         for key in ("corrupted", "train_corrupted", "val_corrupted"):
             if key in arrays:

@@ -57,7 +57,7 @@ from ..layers import (
     split_model,
 )
 from ..localize import METHODS, rank_layers
-from ..models.architectures import batch_rows, editable_layers
+from ..models.architectures import batch_rows, editable_layers, memory_layers
 from ..requirements import Requirement, compute_metrics, parse_requirement
 from ..requirements.uncertainty import intervals
 from .base import Editor
@@ -137,7 +137,7 @@ def merge_reader(model: nn.Module, layer_name: str, X: torch.Tensor) -> str | No
     from ..layers import execution_order, hook_guard
 
     order = execution_order(model, X[:1])
-    editable = {n for n, _ in editable_layers(model)}
+    editable = {n for n, _ in memory_layers(model)}
     if layer_name not in order:
         return None
     later = [n for n in order[order.index(layer_name) + 1:] if n in editable]
@@ -826,7 +826,7 @@ class DynamicRankOneEditor(RankOneEditor):
         if not reqs:
             raise AuditorError("dynamic-rank-one needs a requirement to check (e.g. 'attack_success_rate <= 0.02')")
         check_data, split, rows = self._check_data(data)
-        checks = _CheckModel(model, [hp.layer] if hp.layer else [n for n, _ in editable_layers(model)])
+        checks = _CheckModel(model, [hp.layer] if hp.layer else [n for n, _ in memory_layers(model)])
         status = lambda layer=None: self._status(checks.at(layer), check_data, reqs, split)  # noqa: E731
         m0, res0, short = status()
         checks.started = True
@@ -1023,4 +1023,4 @@ class StaticRankOneLast(RankOneEditor):
     Hyper = StaticRankOneLastHyper
 
     def _layer(self, model, data, clean, corrupted, labels):
-        return editable_layers(model)[-1][0], None
+        return memory_layers(model)[-1][0], None

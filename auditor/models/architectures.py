@@ -206,6 +206,13 @@ def editable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
 
 
+def memory_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The editable layers that are keys-to-values memories Localize ranks and rank-one edits change: every
+    Linear and every ungrouped Conv2d (a depthwise or grouped convolution mixes no channels, so it has no
+    one key per position; it is skipped, not refused)."""
+    return [(n, m) for n, m in editable_layers(model) if not (isinstance(m, nn.Conv2d) and m.groups != 1)]
+
+
 def first_layer(model: nn.Module) -> tuple[str, nn.Module]:
     layers = editable_layers(model)
     if not layers:

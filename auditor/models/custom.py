@@ -203,6 +203,36 @@ def select_output(model: nn.Module, key) -> nn.Module:
     return model
 
 
+_TWO_CLASS: dict = {}
+
+
+def read_single_logit(model: nn.Module) -> nn.Module:
+    """Make `model`, which returns one logit z per row, return the two-class logits [0, z] (softmax gives
+    class 1 the probability sigmoid(z)): its class is swapped for a subclass, so names, weights and torch.fx
+    tracing stay the model's. In place; returns the model. `single_logit_base(model)` undoes it."""
+    base = type(model)
+    if getattr(base, "_auditor_single_logit", False):
+        return model
+    cls = _TWO_CLASS.get(base)
+    if cls is None:
+        def forward(self, *args, **kwargs):
+            z = base.forward(self, *args, **kwargs)
+            return torch.cat([torch.zeros_like(z), z], 1)
+
+        cls = type(base.__name__, (base,), {"forward": forward, "_auditor_single_logit": True,
+                                             "__module__": base.__module__, "__qualname__": base.__qualname__})
+        _TWO_CLASS[base] = cls
+    model.__class__ = cls
+    return model
+
+
+def single_logit_base(model: nn.Module) -> nn.Module:
+    """Undo `read_single_logit` (in place): the model returns its one logit again (for export)."""
+    if getattr(type(model), "_auditor_single_logit", False):
+        model.__class__ = type(model).__mro__[1]
+    return model
+
+
 def _describe(out) -> str:
     if isinstance(out, torch.Tensor):
         return f"a tensor {list(out.shape)}"

@@ -47,6 +47,23 @@ def _all_rows(data):
     return X, y, raw
 
 
+def _single_logit(bundle, X: torch.Tensor, n_classes: int) -> bool:
+    """A model with one output on two-class data (BCEWithLogitsLoss): its logit z is read as [0, z].
+    Returns whether the model is read so."""
+    if bundle.spec.single_logit or n_classes != 2:
+        return bundle.spec.single_logit
+    try:
+        out = predict_logits(bundle.model, X[:2])
+    except (RuntimeError, ValueError, TypeError, IndexError):
+        return False
+    if out.dim() == 2 and out.shape[1] == 1:
+        from .custom import read_single_logit
+
+        read_single_logit(bundle.model)
+        bundle.spec.single_logit = True
+    return bundle.spec.single_logit
+
+
 def _accuracy(model, X: torch.Tensor, y: torch.Tensor) -> float | None:
     try:
         logits = predict_logits(model, X)
@@ -255,6 +272,7 @@ def draft_spec(model_path: str | os.PathLike, data, *, arch_file=None, arch_clas
             hint = channels_last_hint(None, data.input_shape)
             raise AuditorError(f"{path.name} cannot run on {data.name!r} (images of shape {data.input_shape}): "
                                f"{str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}{hint}") from None
+        _single_logit(bundle, X, len(data.class_names))
     input_block: dict = {"kind": data.kind}
     preprocessing = None
     if data.kind == "tabular":
@@ -262,6 +280,7 @@ def draft_spec(model_path: str | os.PathLike, data, *, arch_file=None, arch_clas
         tried = []
         for label, prep, names, Xr in readings:
             Xr = X if Xr is None else torch.from_numpy(np.asarray(Xr, dtype=np.float32))
+            _single_logit(bundle, Xr, len(data.class_names))
             acc = _accuracy(bundle.model, Xr, y)
             tried.append((acc, label, prep, names))
         fitting = [t for t in tried if t[0] is not None]
@@ -313,7 +332,11 @@ def draft_spec(model_path: str | os.PathLike, data, *, arch_file=None, arch_clas
                                  "must have been trained on the same 0..255 (or other) scale")
     logits = predict_logits(bundle.model, X[:2])
     n_out = int(logits.shape[1])
-    arch.setdefault("num_classes", n_out)
+    single = bundle.spec.single_logit
+    arch.setdefault("num_classes", 1 if single else n_out)
+    if single:
+        draft.guessed.append("one output: read as the logit z of the second class, i.e. two-class logits [0, z] "
+                             "(a model trained with BCEWithLogitsLoss; \"single_logit\": true)")
     names = list(data.class_names)
     if n_out < len(names):
         raise AuditorError(f"the model gives {n_out} output{'s' if n_out != 1 else ''} but the data has "
@@ -336,7 +359,8 @@ def draft_spec(model_path: str | os.PathLike, data, *, arch_file=None, arch_clas
                                     "wrong: write arch.layers / preprocessing, or pass your class with --arch-file")
     spec = {"arch": arch, "task": "classification", "input": input_block, "class_names": names,
             "preprocessing": preprocessing, "data": data.name,
-            "provenance": {"name": path.stem, "drafted_by": "auditor spec init", "model_file": path.name}}
+            "provenance": {"name": path.stem, "drafted_by": "auditor spec init", "model_file": path.name},
+            **({"single_logit": True} if single else {})}
     ModelSpec.from_dict(spec)  # the draft is a valid spec
     draft.spec = spec
     return draft

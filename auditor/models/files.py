@@ -126,7 +126,15 @@ def load_model(path: str | os.PathLike, spec: ModelSpec | dict | str | None = No
     `arch_file`/`arch_class` name the user's own `nn.Module` class; its code runs only with
     `trust_code=True` (see `auditor.models.custom`).
     """
-    path = Path(path)
+    bundle = _load(Path(path), spec, max_bytes, arch_file, arch_class, trust_code)
+    if bundle.spec.single_logit:
+        from .custom import read_single_logit
+
+        read_single_logit(bundle.model)
+    return bundle
+
+
+def _load(path: Path, spec, max_bytes: int, arch_file, arch_class, trust_code: bool) -> ModelBundle:
     if arch_file is not None or arch_class is not None:
         from .custom import load_custom_model
         return load_custom_model(path, arch_file, arch_class, spec, trust_code=trust_code, max_bytes=max_bytes)

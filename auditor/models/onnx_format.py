@@ -335,6 +335,10 @@ def export_onnx(bundle: ModelBundle, path: str | os.PathLike, extra_metadata: di
     if path.suffix.lower() != ".onnx":
         raise AuditorError(f"ONNX files end in .onnx; got {path.name}")
     model = copy.deepcopy(bundle.model).cpu().eval()
+    if bundle.spec.single_logit:  # the vendor's one logit, not the [0, z] the audit reads
+        from .custom import single_logit_base
+
+        single_logit_base(model)
     shape = _input_shape(bundle)
     head = bundle.spec.provenance.get("onnx_head") if isinstance(bundle.spec.provenance, dict) else None
     head = head if isinstance(head, dict) and head.get("outputs") else None

@@ -110,11 +110,15 @@ class ModelSpec:
     data: str | None = None
     format: str = SPEC_FORMAT
     adapters: list = field(default_factory=list)  # e.g. a retrieval codebook (`auditor.models.adapters`)
+    # the model returns one logit z of a binary task (BCEWithLogitsLoss): read as two-class logits [0, z]
+    single_logit: bool = False
 
     def to_json(self) -> str:
         d = asdict(self)
         if not d["adapters"]:
             del d["adapters"]  # a spec without adapters is written as before they existed
+        if not d["single_logit"]:
+            del d["single_logit"]
         return json.dumps(d, sort_keys=True)
 
     @classmethod
@@ -157,4 +161,6 @@ class ModelSpec:
 
     @property
     def num_classes(self) -> int:
+        if self.single_logit:
+            return 2
         return int(self.arch.get("num_classes", len(self.class_names) or 2))
