@@ -634,3 +634,13 @@ def test_a_depthwise_convolution_is_skipped_by_localize_not_refused(digits_troja
 
     with pytest.raises(AuditorError, match=r"grouped convolution \(groups=8\).*--layer NAME"):
         check_editable(resolve_layer(model, "2"), "2")
+
+
+def test_outputs_that_look_like_probabilities_are_said(adult_mlp, adult):
+    """Softmax inside the model: predictions are right, but the editors read outputs as logits."""
+    from auditor.cautions import reading_cautions
+
+    probs = adult_mlp.copy()
+    probs.model = nn.Sequential(adult_mlp.model, nn.Softmax(dim=1))
+    assert any("look like probabilities" in c for c in reading_cautions(probs, adult))
+    assert not any("look like probabilities" in c for c in reading_cautions(adult_mlp, adult))
