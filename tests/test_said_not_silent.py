@@ -644,3 +644,28 @@ def test_outputs_that_look_like_probabilities_are_said(adult_mlp, adult):
     probs.model = nn.Sequential(adult_mlp.model, nn.Softmax(dim=1))
     assert any("look like probabilities" in c for c in reading_cautions(probs, adult))
     assert not any("look like probabilities" in c for c in reading_cautions(adult_mlp, adult))
+
+
+def test_spec_init_reads_a_category_that_no_training_row_holds(tmp_path):
+    """A vendor one-hot encodes every category of the file; the 60 % training part may miss a rare one.
+    `spec init` used to fail with 'the data gives [13] inputs'; it now tries the categories of every row."""
+    from auditor.data import load_csv
+    from auditor.models.draft import draft_spec
+
+    frame = pd.concat(_frames(n=400).values(), ignore_index=True)
+    frame["part"] = np.where(frame.index < 240, "train", np.where(frame.index < 320, "val", "test"))
+    frame.loc[frame.index[-1], "job"] = "rare"  # one test row
+    frame.to_csv(tmp_path / "people.csv", index=False)
+    schema = TabularSchema(target="approved", protected=["gender"], categorical=["job"], inputs=["age", "job"],
+                           split_column="part")
+    data = load_csv(tmp_path / "people.csv", schema)
+    torch.manual_seed(0)
+    arch = {"name": "mlp", "in_features": 5, "hidden": [8], "num_classes": 2}  # age + 4 categories
+    from auditor.models import ModelBundle, ModelSpec, build_architecture, save_model
+
+    save_model(ModelBundle(build_architecture(arch), ModelSpec(arch=arch, input={"kind": "tabular"})),
+               tmp_path / "m.safetensors")
+    draft = draft_spec(tmp_path / "m.safetensors", data)
+    job = next(c for c in draft.spec["preprocessing"]["columns"] if c["name"] == "job")
+    assert job["categories"] == ["a", "b", "c", "rare"]
+    assert any("categories of every row (also job: 'rare'" in g for g in draft.guessed)

@@ -222,7 +222,7 @@ def _check_first_layer(state: dict, data) -> None:
 
 def _tabular_readings(data, raw: pd.DataFrame | None) -> list[tuple[str, dict | None, list[str], np.ndarray | None]]:
     """(label, preprocessing or None, input names, X) for every way the CSV's columns can become inputs."""
-    from ..data.tabular import describe_inputs, numeric_inputs, transform
+    from ..data.tabular import as_text, describe_inputs, numeric_inputs, transform
 
     prep = data.preprocessing
     if prep is None or raw is None:  # the data came already as model inputs
@@ -243,6 +243,21 @@ def _tabular_readings(data, raw: pd.DataFrame | None) -> list[tuple[str, dict | 
     readings.append(("numeric columns standardised with the mean/std of the data's training rows"
                      + (", categorical ones one-hot encoded" if len(numeric) < len(cols) else ""),
                      prep, describe_inputs(prep)[0], transform(raw, prep)))
+    # a vendor may have one-hot encoded the categories of every row, rarer ones that no training row holds too
+    extra = {c["name"]: sorted(set(as_text(raw[c["name"]]).unique()) - set(c["categories"]))
+             for c in cols if c["type"] == "categorical"}
+    if any(extra.values()):
+        said = "; ".join(f"{k}: {', '.join(map(repr, v[:3]))}{' ...' if len(v) > 3 else ''}"
+                         for k, v in extra.items() if v)
+        for label, base in list(zip([r[0] for r in readings], [r[1] for r in readings])):
+            if base is None:
+                continue
+            wide = copy.deepcopy(base)
+            for c in wide["columns"]:
+                if c["type"] == "categorical":
+                    c["categories"] = sorted(set(c["categories"]) | set(extra[c["name"]]))
+            readings.append((f"{label}, with the categories of every row (also {said}, in no training row)",
+                             wide, describe_inputs(wide)[0], transform(raw, wide)))
     return readings
 
 
@@ -282,20 +297,22 @@ def draft_spec(model_path: str | os.PathLike, data, *, arch_file=None, arch_clas
             Xr = X if Xr is None else torch.from_numpy(np.asarray(Xr, dtype=np.float32))
             _single_logit(bundle, Xr, len(data.class_names))
             acc = _accuracy(bundle.model, Xr, y)
-            tried.append((acc, label, prep, names))
+            tried.append((acc, label, prep, names, Xr))
         fitting = [t for t in tried if t[0] is not None]
         if not fitting:
             widths = sorted({len(t[3]) for t in tried})
-            raise AuditorError(f"the model does not take the data's inputs: the data gives {widths} inputs "
+            wants = _sizes_from_weights(path).get("in_features") if path.suffix.lower() != ".onnx" else None
+            wants = f" but the model's first layer takes {wants} (from its weights)" if wants else ""
+            raise AuditorError(f"the model does not take the data's inputs: the data gives {widths} inputs{wants} "
                                f"(columns: {', '.join(map(str, data.schema.get('inputs') or [])) or 'see --inputs'}); "
                                "choose the model's input columns with --inputs (and --categorical)")
         numeric = [c["name"] for c in (data.preprocessing or {"columns": []})["columns"] if c["type"] == "numeric"]
         already = _looks_standardised(raw, numeric) if raw is not None else []
         # the most accurate reading wins; on a tie, the one that leaves the columns as they are
-        acc, label, preprocessing, names = max(fitting, key=lambda t: (round(t[0], 3), t[2] is None))
+        acc, label, preprocessing, names, X = max(fitting, key=lambda t: (round(t[0], 3), t[2] is None))
         draft.accuracy = acc
         draft.guessed.append(f"inputs: {len(names)} ({label})")
-        for a, lab, _, _ in tried:
+        for a, lab, *_ in tried:
             draft.guessed.append(f"  probe: accuracy {'-' if a is None else f'{a:.3f}'} with {lab}")
         if already:
             draft.guessed.append(f"columns that already look standardised (mean ~0, std ~1): {', '.join(already)}")
