@@ -669,3 +669,27 @@ def test_spec_init_reads_a_category_that_no_training_row_holds(tmp_path):
     job = next(c for c in draft.spec["preprocessing"]["columns"] if c["name"] == "job")
     assert job["categories"] == ["a", "b", "c", "rare"]
     assert any("categories of every row (also job: 'rare'" in g for g in draft.guessed)
+
+
+def test_spec_init_reads_an_mlp_over_flattened_pixels(tmp_path, digits):
+    """nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)) saved as a state dict was
+    refused ("an image model starts with a convolution")."""
+    from auditor.models.draft import draft_spec
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    for _ in range(60):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(digits.train.X), digits.train.y).backward()
+        opt.step()
+    torch.save(net.state_dict(), tmp_path / "flat.pt")
+    draft = draft_spec(tmp_path / "flat.pt", digits)
+    assert draft.spec["arch"]["name"] == "mlp" and draft.spec["arch"]["flatten"] is True
+    bundle = load_model(tmp_path / "flat.pt", spec=draft.spec)
+    with torch.no_grad():
+        want = float((net(digits.test.X).argmax(1) == digits.test.y).double().mean())
+    assert evaluate(bundle, digits, split="test", resamples=0).metrics["accuracy"] == pytest.approx(want, abs=1e-9)
+    torch.save(nn.Sequential(nn.Flatten(), nn.Linear(50, 10)).state_dict(), tmp_path / "wrong.pt")
+    with pytest.raises(AuditorError, match=r"Linear layer taking 50 inputs.*\(64 pixels when flattened\)"):
+        draft_spec(tmp_path / "wrong.pt", digits)

@@ -164,6 +164,10 @@ def _model_from_file(path: Path, data, X, y, *, arch_file, arch_class, trust_cod
     state, _ = read_weights(path)
     _check_first_layer(state, data)
     arch = as_registered(state, shape if kind == "image" else None)
+    if arch is not None and arch["name"] == "mlp" and kind == "image":
+        arch["flatten"] = True  # an MLP over the flattened pixels (nn.Flatten() first, no weights)
+        notes.append(f"the first Linear layer takes {arch['in_features']} inputs: the images' pixels, flattened "
+                     "(\"flatten\": true)")
     if arch is not None:
         what = ("a chain of Linear layers with a ReLU after each but the last" if arch["name"] == "mlp" else
                 "3x3 same-size convolutions with ReLUs, one 2x2 max-pool, two Linear layers")
@@ -208,10 +212,12 @@ def _check_first_layer(state: dict, data) -> None:
 
     first = next(x for x in weight_layers(state) if x["type"] != "batchnorm")
     tensor = f"{first['name']}.weight"
-    if data.kind == "image" and first["type"] == "linear":
+    pixels = int(np.prod(data.input_shape)) if data.kind == "image" else 0
+    if data.kind == "image" and first["type"] == "linear" and first["in"] != pixels:
         raise AuditorError(f"tensor {tensor!r} is a Linear layer taking {first['in']} inputs, but {data.name!r} holds "
-                           f"images of shape {data.input_shape}: an image model starts with a convolution "
-                           "(give the model's tabular data as a CSV with --target, or your class with --arch-file)")
+                           f"images of shape {data.input_shape} ({pixels} pixels when flattened): an image model "
+                           "starts with a convolution or reads the flattened pixels (give the model's tabular data "
+                           "as a CSV with --target, or your class with --arch-file)")
     if data.kind == "tabular" and first["type"] == "conv2d":
         raise AuditorError(f"tensor {tensor!r} is a convolution over images with {first['in']} channels, but "
                            f"{data.name!r} is tabular: give the model's images as an .npz case")
