@@ -693,3 +693,22 @@ def test_spec_init_reads_an_mlp_over_flattened_pixels(tmp_path, digits):
     torch.save(nn.Sequential(nn.Flatten(), nn.Linear(50, 10)).state_dict(), tmp_path / "wrong.pt")
     with pytest.raises(AuditorError, match=r"Linear layer taking 50 inputs.*\(64 pixels when flattened\)"):
         draft_spec(tmp_path / "wrong.pt", digits)
+
+
+def test_an_image_case_of_images_and_labels_alone_is_audited_for_accuracy(tmp_path, digits_cnn, digits):
+    """A plain image classifier (no trigger, no cue) was refused: 'has no target array'."""
+    X, y = digits.test.X.numpy(), digits.test.y.numpy()
+    np.savez(tmp_path / "plain.npz", images=X, labels=y)
+    data = load_data(str(tmp_path / "plain.npz"))
+    assert data.stamp is None and data.trigger is None
+    ev = evaluate(digits_cnn, data, resamples=0)
+    with torch.no_grad():
+        want = float((digits_cnn.model.eval()(torch.from_numpy(X)).argmax(1).numpy() == y).mean())
+    assert ev.metrics["accuracy"] == pytest.approx(want, abs=1e-9)
+    assert "attack_success_rate" not in ev.metrics
+    np.savez(tmp_path / "target_only.npz", images=X, labels=y, target=np.int64(3))
+    with pytest.raises(AuditorError, match="'target' is given without a trigger or cue"):
+        load_data(str(tmp_path / "target_only.npz"))
+    np.savez(tmp_path / "names.npz", images=X, labels=np.array(["cat", "dog"] * (len(y) // 2) + ["cat"] * (len(y) % 2)))
+    with pytest.raises(AuditorError, match=r"holds class names \('cat', 'dog'.*give class indices"):
+        load_data(str(tmp_path / "names.npz"))

@@ -207,10 +207,12 @@ def load_npz_case(path: str | Path, seed: int = 0) -> AuditData:
     if not path.exists():
         raise AuditorError(f"data file not found: {path}")
     arrays = read_npz(path)
-    for key in ("images", "labels", "target"):
-        if key not in arrays:
-            raise AuditorError(f"{path.name} has no {key!r} array; it needs images, labels, target and "
-                               f"either mask+pattern or corrupted (see {NPZ_DOC})")
+    corruption = [k for k in ("mask", "pattern", "corrupted", "trigger_mask", "trigger_pattern", "test_corrupted")
+                  if k in arrays]
+    for key in ("images", "labels", *(("target",) if corruption else ())):
+        if key not in arrays and not (key == "target" and any(a in arrays for a in ("target_label", "target_class"))):
+            raise AuditorError(f"{path.name} has no {key!r} array; it needs images and labels, and for a trigger "
+                               f"or cue also target and either mask+pattern or corrupted (see {NPZ_DOC})")
     try:
         return _npz_case(path, arrays, seed)
     except AuditorError:  # already says what is wrong, and where
@@ -284,6 +286,12 @@ def _npz_case(path: Path, arrays: dict, seed: int) -> AuditData:
     for key, arr in arrays.items():
         if key != "kind" and not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) \
                 or np.issubdtype(arr.dtype, np.complexfloating):
+            if key.endswith("labels") and arr.dtype.kind in "US":
+                names = sorted({str(v) for v in np.asarray(arr).reshape(-1)[:1000]})[:5]
+                raise AuditorError(f"{path.name}: {given[key]!r} holds class names ({', '.join(map(repr, names))}, "
+                                   "...); give class indices instead, 0 for the model's first output (logit 0), "
+                                   "e.g. labels = [class_names.index(v) for v in labels] with class_names in the "
+                                   "model's output order, and put class_names in the model spec")
             raise AuditorError(f"{path.name}: array {given[key]!r} holds {arr.dtype} values; it must be numeric")
     images = _npz_images(path, "images", arrays["images"])
     labels = _npz_labels(path, "labels", arrays["labels"], len(images), "images")
@@ -298,7 +306,11 @@ def _npz_case(path: Path, arrays: dict, seed: int) -> AuditData:
     if len(np.unique(labels)) < 2 and not own_train or len(images) < (1 if own_train else 10):
         raise AuditorError(f"{path.name}: an image case needs at least 10 images of at least 2 classes; "
                            f"it has {len(images)} of {len(np.unique(labels))}")
-    target_arr = np.asarray(arrays["target"]).reshape(-1)
+    plain = not any(k in arrays for k in ("mask", "pattern", "corrupted"))  # images and labels: accuracy alone
+    if plain and "target" in arrays:
+        raise AuditorError(f"{path.name}: 'target' is given without a trigger or cue: add 'mask' and 'pattern' (or "
+                           f"'corrupted' twins), or leave 'target' out to audit the images alone (see {NPZ_DOC})")
+    target_arr = np.asarray(arrays.get("target", 0)).reshape(-1)
     if target_arr.size != 1 or not float(target_arr[0]).is_integer() or target_arr[0] < 0:
         raise AuditorError(f"{path.name}: {given['target']!r} must be one class index >= 0")
     target = int(target_arr[0])
@@ -349,7 +361,7 @@ def _npz_case(path: Path, arrays: dict, seed: int) -> AuditData:
         missing = "pattern" if have == "mask" else "mask"
         raise AuditorError(f"{path.name}: {given[have]!r} is given without {missing!r}; a trigger needs both "
                            f"(see {NPZ_DOC})")
-    else:
+    elif not plain:
         raise AuditorError(f"{path.name} needs either 'mask' and 'pattern' or 'corrupted' twins (see {NPZ_DOC})")
     for extra in ("train", "val"):
         if f"{extra}_corrupted" in arrays and (extra not in extra_sets or corrupted is None):
@@ -399,6 +411,6 @@ def _npz_case(path: Path, arrays: dict, seed: int) -> AuditData:
                      feature_groups={f: [i] for i, f in enumerate(features)}, protected=[],
                      class_names=[str(i) for i in range(n_classes)], stamp=stamp, source=str(path),
                      partition=part, default_split=default_split, **splits)
-    if stamp is None:
+    if stamp is None and not plain:
         data.stamp = Stamp(torch.zeros(images.shape[1:]), torch.zeros(images.shape[1:]), target, kind=kind)
     return data
