@@ -193,7 +193,9 @@ def _where(mask) -> str:
         place = f"in the {vert}-{horiz} corner"
     else:
         place = f"at the {vert if vert != 'middle' else horiz} edge"
-    return f"{len(rows)}-pixel patch ({h}×{w}) {place}{blend}{channels}"
+    shape = "patch" if len(rows) == h * w else "pattern"  # a plus or a checkerboard fills part of its box
+    box = f"({h}×{w})" if len(rows) == h * w else f"within a {h}×{w} box"
+    return f"{len(rows)}-pixel {shape} {box} {place}{blend}{channels}"
 
 
 def stamp_label(data) -> str | None:

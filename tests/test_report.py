@@ -385,3 +385,10 @@ def test_a_hung_chromium_is_killed_with_its_children_and_named(tmp_path, monkeyp
     else:
         os.kill(child, 9)
         raise AssertionError("Chromium's child process outlived the timeout")
+
+
+def test_an_uploads_source_is_its_own_file_name_not_a_deleted_temp_path():
+    from auditor.report.model import shown_source
+
+    assert shown_source("/tmp/auditor-upload-x1y2/my_case.npz") == "my_case.npz (uploaded)"
+    assert shown_source("data/people.csv") == "data/people.csv" and shown_source("") is None

@@ -330,6 +330,9 @@ def test_a_stamp_is_described_as_it_is_blended_whole_image_or_one_channel():
     patch = np.zeros((8, 8))
     patch[-3:, -3:] = 1
     assert _where(patch) == "9-pixel patch (3×3) in the bottom-right corner"
+    plus = np.zeros((28, 28))
+    plus[5, 18:23], plus[3:8, 20] = 1, 1
+    assert _where(plus) == "9-pixel pattern within a 5×5 box in the top-right corner"
 
 
 def test_audit_takes_a_table_of_fixes(tmp_path):

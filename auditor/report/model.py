@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,17 @@ VOLATILE_KEYS = ("seconds", "generated")
 LIBRARIES = ("auditor", "torch", "captum", "numpy", "pandas", "scikit-learn", "fairlearn", "safetensors",
              "plotly", "jinja2")
 
+
+
+def shown_source(source: str | None) -> str | None:
+    """Where the data came from, as the report shows it: an upload's own file name (its copy in the
+    dashboard's temporary folder is deleted after the session), else the path as given."""
+    from ..audit.uploads import UPLOAD_PREFIX
+
+    if not source:
+        return None
+    path = Path(source)
+    return f"{path.name} (uploaded)" if any(p.startswith(UPLOAD_PREFIX) for p in path.parts) else source
 
 def jsonable(value: Any) -> Any:
     """Plain JSON types: tensors and arrays become lists, NaN and infinities None, keys strings."""
@@ -185,7 +197,7 @@ def build_report(*, bundle, data, before, after=None, edits=(), edited=None, loc
     data_d = {"name": data.name, "kind": data.kind, "split": before.split, "rows": int(before.rows),
               "sha256": data.sha256, "splits": {s: len(data.split(s)) for s in ("train", "val", "test")},
               "protected": list(data.protected), "classes": list(data.class_names),
-              "stamp": None if data.stamp is None else data.stamp.kind, "source": data.source or None,
+              "stamp": None if data.stamp is None else data.stamp.kind, "source": shown_source(data.source),
               "stamp_tested": stamp_label(data)}
     data_d.update({k: v for k, v in data.data_block(before.split).items() if k in ("audited", "partition", "editors")})
     metrics = {"before": _evaluation(before), "after": None if after is None else _evaluation(after)}
