@@ -715,3 +715,33 @@ def test_an_image_case_of_images_and_labels_alone_is_audited_for_accuracy(tmp_pa
     np.savez(tmp_path / "names.npz", images=X, labels=np.array(["cat", "dog"] * (len(y) // 2) + ["cat"] * (len(y) % 2)))
     with pytest.raises(AuditorError, match=r"holds class names \('cat', 'dog'.*give class indices"):
         load_data(str(tmp_path / "names.npz"))
+
+
+def test_a_multi_class_csv_target_is_read_as_its_classes(tmp_path):
+    """A 3-class tabular model had no way in: a target of 3 values needed --positive, and with it the 3-output
+    model was read against 0/1 labels. Classes are now the target's values in order (numbers by value)."""
+    from auditor.data import load_csv
+    from auditor.data.tabular import class_order
+    from auditor.models import ModelBundle, ModelSpec, build_architecture
+
+    assert class_order(["10", "2", "1"]) == ["1", "2", "10"] and class_order(["part", "full"]) == ["full", "part"]
+    rng = np.random.default_rng(0)
+    n = 600
+    frame = pd.DataFrame({"x1": rng.normal(size=n), "x2": rng.normal(size=n), "gender": rng.choice(["F", "M"], n)})
+    frame["band"] = np.select([frame["x1"] < -0.5, frame["x1"] > 0.5], ["part", "over"], "full")
+    frame.to_csv(tmp_path / "hours.csv", index=False)
+    data = load_csv(tmp_path / "hours.csv", TabularSchema(target="band", protected=["gender"], inputs=["x1", "x2"]))
+    assert data.class_names == ["full", "over", "part"]
+    whole = pd.concat([data.split(s).raw for s in ("train", "val", "test")])
+    ys = torch.cat([data.split(s).y for s in ("train", "val", "test")]).numpy()
+    assert (np.array(data.class_names)[ys] == whole["band"].to_numpy()).all()
+    arch = {"name": "mlp", "in_features": 2, "hidden": [8], "num_classes": 3}
+    torch.manual_seed(0)
+    bundle = ModelBundle(build_architecture(arch).eval(), ModelSpec(arch=arch, input={"kind": "tabular"},
+                                                                    class_names=["full", "over", "part"]))
+    ev = evaluate(bundle, data, resamples=0)
+    with torch.no_grad():
+        pred = torch.cat([bundle.model(data.split(s).X).argmax(1) for s in ("train", "val", "test")]).numpy()
+    assert ev.metrics["accuracy"] == pytest.approx(float((pred == ys).mean()), abs=1e-9)
+    with pytest.raises(AuditorError, match="demographic_parity needs a binary task"):
+        evaluate(bundle, data, requirements=[parse_requirement("demographic_parity <= 0.1")], resamples=0)

@@ -207,10 +207,20 @@ def numeric_inputs(frame: pd.DataFrame, features: list[str]) -> np.ndarray:
         if features else np.zeros((len(frame), 0), np.float32)
 
 
+def class_order(values) -> list[str]:
+    """A target's values in class order: by value when every one is a number ("2" before "10"), else as text."""
+    values = [str(v) for v in values]
+    try:
+        return sorted(values, key=lambda v: (float(v), v))
+    except ValueError:
+        return sorted(values)
+
+
 def _labels(frame: pd.DataFrame, schema: TabularSchema, positive: str | None = None,
             names: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
-    """0/1 labels and the class names. With `positive` (and `names`) given, taken as they are (a split of a
-    file whose labels were read as a whole, so that every split codes the outcome the same way)."""
+    """0/1 labels and the class names; for a target of more than two values without a positive label, class
+    indices in `class_order`. With `positive` (and `names`) given, taken as they are (a split of a file whose
+    labels were read as a whole, so that every split codes the outcome the same way)."""
     col = frame[schema.target]
     if col.isna().any():
         raise AuditorError(f"target column {schema.target!r} has missing values at rows "
@@ -228,10 +238,15 @@ def _labels(frame: pd.DataFrame, schema: TabularSchema, positive: str | None = N
         negative = others[0] if len(others) == 1 else f"not {pos}"
         names = [negative, pos]
     else:
-        uniq = sorted(values.unique())
-        if len(uniq) > 2 and set(uniq) - {"0", "1"}:
-            raise AuditorError(f"target {schema.target!r} has {len(uniq)} values; give --positive LABEL "
-                               "to say which one is the positive outcome")
+        uniq = class_order(values.unique())
+        if len(uniq) > 2 or names and len(names) > 2:  # several classes: class k is the k-th value in order
+            uniq = list(names) if names and len(names) > 2 else uniq  # a part of a file: the whole file's classes
+            index = {v: k for k, v in enumerate(uniq)}
+            unknown = sorted(set(values.unique()) - set(index))
+            if unknown:
+                raise AuditorError(f"target {schema.target!r} holds {unknown[:5]} in this part but not in the "
+                                   f"classes read from the whole file ({uniq[:10]})")
+            return values.map(index).to_numpy().astype(np.int64), list(uniq)
         pos = "1" if "1" in uniq else uniq[-1]
         y = (values == pos).to_numpy().astype(np.int64)
         names = [u for u in uniq if u != pos][:1] + [pos]
@@ -261,7 +276,7 @@ def from_frames(name: str, frames: dict[str, pd.DataFrame], schema: TabularSchem
     _require_columns(whole, schema.protected, "protected")
     check_protected_values(whole, schema.protected, Path(source).name if _file_size(source) else name, numbered=False)
     _, whole_names = _labels(whole, schema)  # one-class and missing-target errors name the whole file
-    positive = _positive_value(whole, schema)
+    positive = _positive_value(whole, schema) if len(whole_names) <= 2 else None  # None: several classes
     inputs = schema.input_columns(whole)
     preprocessing_given = preprocessing is not None
     if features is not None:
