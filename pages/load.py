@@ -6,6 +6,7 @@ import streamlit as st
 
 from auditor import TabularSchema, load_data, load_model
 from auditor.audit.uploads import (
+    EVERY_VALUE_A_CLASS,
     csv_columns,
     csv_values,
     data_for_stamp_choice,
@@ -100,7 +101,8 @@ else:
             elif ready:
                 data_name = data_for_stamp_choice(data_name, choice)
     elif data_kind == ".npz image case":
-        case = st.file_uploader("Image case (.npz: images, labels, target, and mask + pattern or corrupted twins)",
+        case = st.file_uploader("Image case (.npz: images and labels; for a trigger or cue also target, and mask + "
+                                "pattern or corrupted twins)",
                                 type=["npz"], key="up_npz")
         ready = case is not None
     else:
@@ -112,8 +114,10 @@ else:
                 target = st.selectbox("Target column (what the model predicts)", cols, index=len(cols) - 1,
                                       key="up_target")
                 values = csv_values(csv.getvalue(), target)
-                positive = st.selectbox("Positive label (the favourable outcome)", values, index=len(values) - 1,
+                choices = values + ([EVERY_VALUE_A_CLASS] if len(values) > 2 else [])
+                positive = st.selectbox("Positive label (the favourable outcome)", choices, index=len(values) - 1,
                                         key="up_positive")
+                positive = None if positive == EVERY_VALUE_A_CLASS else positive
                 others = [c for c in cols if c != target]
                 protected = st.multiselect("Protected attributes (grouped by in fairness metrics, not model inputs)",
                                            others, key="up_protected")

@@ -7,7 +7,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 
 from auditor import evaluate, load_data, load_model
@@ -459,3 +462,31 @@ def test_the_load_page_keeps_its_choices_across_a_visit_to_another_page():
     at.switch_page("pages/load.py").run()
     assert at.text_input(key="user_name").value == "Ada"
     assert at.radio(key="load_source").value == "Upload my own"
+
+
+def test_upload_a_three_class_model_and_a_csv_of_three_outcomes(tmp_path):
+    """A target of more than two values can be read as that many classes (no positive label)."""
+    from auditor.audit.uploads import EVERY_VALUE_A_CLASS
+    from auditor.models import ModelBundle, ModelSpec, build_architecture, save_model
+
+    rng = np.random.default_rng(0)
+    n = 400
+    frame = pd.DataFrame({"x1": rng.normal(size=n), "x2": rng.normal(size=n)})
+    frame["band"] = np.select([frame["x1"] < -0.5, frame["x1"] > 0.5], ["part", "over"], "full")
+    arch = {"name": "mlp", "in_features": 2, "hidden": [8], "num_classes": 3}
+    torch.manual_seed(0)
+    spec = ModelSpec(arch=arch, input={"kind": "tabular", "features": ["x1", "x2"]},
+                     class_names=["full", "over", "part"])
+    save_model(ModelBundle(build_architecture(arch).eval(), spec), tmp_path / "m.safetensors")
+    at = app()
+    at.radio(key="load_source").set_value("Upload my own").run()
+    at.file_uploader(key="up_model").set_value(("m.safetensors", (tmp_path / "m.safetensors").read_bytes(),
+                                                 "application/octet-stream"))
+    at.radio(key="up_data_kind").set_value("CSV file").run()
+    at.file_uploader(key="up_csv").set_value(("hours.csv", frame.to_csv(index=False).encode(), "text/csv")).run()
+    at.selectbox(key="up_target").set_value("band").run()
+    assert EVERY_VALUE_A_CLASS in at.selectbox(key="up_positive").options
+    at.selectbox(key="up_positive").set_value(EVERY_VALUE_A_CLASS).run()
+    at.button(key="up_go").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    assert at.session_state["audit"].data.class_names == ["full", "over", "part"]

@@ -12,6 +12,8 @@ import pandas as pd
 from ..errors import AuditorError
 
 UPLOAD_PREFIX = "auditor-upload-"
+# the positive-label choice for a CSV target of more than two values read as that many classes
+EVERY_VALUE_A_CLASS = "(none: every value is a class of its own)"
 UPLOAD_KEEP_HOURS = 24.0
 
 
