@@ -471,8 +471,8 @@ def test_upload_a_three_class_model_and_a_csv_of_three_outcomes(tmp_path):
 
     rng = np.random.default_rng(0)
     n = 400
-    frame = pd.DataFrame({"x1": rng.normal(size=n), "x2": rng.normal(size=n)})
-    frame["band"] = np.select([frame["x1"] < -0.5, frame["x1"] > 0.5], ["part", "over"], "full")
+    table = pd.DataFrame({"x1": rng.normal(size=n), "x2": rng.normal(size=n), "gender": rng.choice(["F", "M"], n)})
+    table["band"] = np.select([table["x1"] < -0.5, table["x1"] > 0.5], ["part", "over"], "full")
     arch = {"name": "mlp", "in_features": 2, "hidden": [8], "num_classes": 3}
     torch.manual_seed(0)
     spec = ModelSpec(arch=arch, input={"kind": "tabular", "features": ["x1", "x2"]},
@@ -483,10 +483,15 @@ def test_upload_a_three_class_model_and_a_csv_of_three_outcomes(tmp_path):
     at.file_uploader(key="up_model").set_value(("m.safetensors", (tmp_path / "m.safetensors").read_bytes(),
                                                  "application/octet-stream"))
     at.radio(key="up_data_kind").set_value("CSV file").run()
-    at.file_uploader(key="up_csv").set_value(("hours.csv", frame.to_csv(index=False).encode(), "text/csv")).run()
+    at.file_uploader(key="up_csv").set_value(("hours.csv", table.to_csv(index=False).encode(), "text/csv")).run()
     at.selectbox(key="up_target").set_value("band").run()
     assert EVERY_VALUE_A_CLASS in at.selectbox(key="up_positive").options
     at.selectbox(key="up_positive").set_value(EVERY_VALUE_A_CLASS).run()
+    at.multiselect(key="up_protected").set_value(["gender"]).run()
     at.button(key="up_go").click().run()
     assert not at.exception and not at.error, texts(at.error)
-    assert at.session_state["audit"].data.class_names == ["full", "over", "part"]
+    audit = at.session_state["audit"]
+    assert audit.data.class_names == ["full", "over", "part"]
+    shown = frame(at, "metric", "value", "meaning").set_index("metric")["value"]
+    assert "Accuracy" in shown.index and not any("parity" in k.lower() for k in shown.index)
+    assert "Worst group accuracy" in shown.index

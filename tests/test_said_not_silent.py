@@ -745,3 +745,8 @@ def test_a_multi_class_csv_target_is_read_as_its_classes(tmp_path):
     assert ev.metrics["accuracy"] == pytest.approx(float((pred == ys).mean()), abs=1e-9)
     with pytest.raises(AuditorError, match="demographic_parity needs a binary task"):
         evaluate(bundle, data, requirements=[parse_requirement("demographic_parity <= 0.1")], resamples=0)
+    genders = pd.concat([data.split(s).groups["gender"] for s in ("train", "val", "test")]).to_numpy()
+    worst = min(float((pred[genders == g] == ys[genders == g]).mean()) for g in ("F", "M"))
+    ev = evaluate(bundle, data, requirements=[parse_requirement("worst_group_accuracy >= 0.1")], resamples=300)
+    assert ev.metrics["worst_group_accuracy"] == pytest.approx(worst, abs=1e-9)
+    assert ev.requirements[0].low <= worst <= ev.requirements[0].high

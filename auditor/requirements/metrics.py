@@ -284,6 +284,18 @@ def compute_metrics(model: nn.Module, data: AuditData, split: str = "test",
             out.groups[attr] = table
             worst = min(worst, min(table[g]["accuracy"] for g in eligible(sizes, "accuracy", min_group)))
         m["worst_group_accuracy"] = worst
+    elif data.protected:  # several classes: accuracy per group (the fairness gaps need two outcomes)
+        worst = 1.0
+        for attr in data.protected:
+            labels = pd.Series(sp.groups[attr]).astype(str).to_numpy()
+            codes, names = pd.factorize(labels, sort=True)
+            oc.groups[attr], oc.group_names[attr] = codes.astype(np.int64), [str(n) for n in names]
+            table = {str(g): {"accuracy": float((pred[labels == g] == y[labels == g]).mean()),
+                              "count": int((labels == g).sum())} for g in names}
+            sizes = {g: {"count": t["count"]} for g, t in table.items()}
+            out.groups[attr] = table
+            worst = min(worst, min(table[g]["accuracy"] for g in eligible(sizes, "accuracy", min_group)))
+        m["worst_group_accuracy"] = worst
     if data.trigger is not None:
         trig = data.trigger
         rows = np.flatnonzero(y != trig.target)

@@ -148,6 +148,16 @@ def _metrics(c: _Cells, oc: Outcomes, prefix: str, original: bool = False) -> di
             acc = np.stack([rates[k]["accuracy"] for k in _eligible(sizes, "accuracy", oc.min_group)]).min(0)
             worst = acc if worst is None else np.minimum(worst, acc)
         out["worst_group_accuracy"] = worst
+    elif oc.groups:  # several classes: the worst group's accuracy
+        worst = None
+        for attr in oc.groups:
+            g = c.cols[f"g:{attr}"]
+            counts = {name: float(c.counts[g == k].sum()) for k, name in enumerate(oc.group_names[attr])}
+            keep = [k for k, name in enumerate(oc.group_names[attr]) if counts[name] >= max(oc.min_group, 1)]
+            keep = keep if len(keep) >= 2 else [k for k, name in enumerate(oc.group_names[attr]) if counts[name] > 0]
+            acc = np.stack([_rate(c, pred == y, g == k, original) for k in keep]).min(0)
+            worst = acc if worst is None else np.minimum(worst, acc)
+        out["worst_group_accuracy"] = worst
     if f"{prefix}asr" in c.cols:
         h = c.cols[f"{prefix}asr"]
         out["attack_success_rate"] = _rate(c, h == 1, h >= 0, original)
