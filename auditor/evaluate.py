@@ -123,10 +123,10 @@ def check_compatible(bundle: ModelBundle, data: AuditData) -> None:
         if data.kind == "tabular" and out.dim() == 2 and out.shape[1] > len(data.class_names):
             raise AuditorError(
                 f"the model returns {out.shape[1]} outputs but data {data.name!r} has {len(data.class_names)} "
-                f"classes ({', '.join(map(repr, data.class_names))}): a CSV target is read as two outcomes "
-                "(--positive against the rest), so the model's other classes would count as wrong predictions. "
-                "Audit a model with as many outputs as the data has outcomes (multi-class CSV targets are not "
-                "supported yet)")
+                f"classes ({', '.join(map(repr, data.class_names))}): with --positive a CSV target is read as "
+                "two outcomes (that label against the rest), so the model's other classes would count as wrong "
+                "predictions. Leave --positive out to read every value of the target as a class of its own (in "
+                "order: numbers by value, else as text)")
         names = list(bundle.spec.class_names)
         if out.dim() == 2 and names and len(names) != out.shape[1]:
             raise AuditorError(f"the model spec names {len(names)} classes ({', '.join(map(repr, names[:6]))}) but the "

@@ -750,3 +750,57 @@ def test_a_multi_class_csv_target_is_read_as_its_classes(tmp_path):
     ev = evaluate(bundle, data, requirements=[parse_requirement("worst_group_accuracy >= 0.1")], resamples=300)
     assert ev.metrics["worst_group_accuracy"] == pytest.approx(worst, abs=1e-9)
     assert ev.requirements[0].low <= worst <= ev.requirements[0].high
+
+
+def test_a_threshold_outside_its_metrics_range_is_refused_and_percentages_are_read():
+    """'accuracy >= 85' used to be accepted and could never pass: a CI job reported FAIL, not bad input."""
+    with pytest.raises(AuditorError, match=r"outside the range of accuracy \(0 to 1.*did you mean 0.85"):
+        parse_requirement("accuracy >= 85")
+    with pytest.raises(AuditorError, match="outside the range of demographic_parity"):
+        parse_requirement("demographic_parity <= -0.1")
+    assert parse_requirement("accuracy >= 85%").threshold == pytest.approx(0.85)
+    assert parse_requirement("DEMOGRAPHIC_PARITY[race] <= 5 pp").threshold == pytest.approx(0.05)
+    assert parse_requirement("Accuracy ≥ 0.8").op == ">="
+    assert parse_requirement("cue_gap <= -0.05").threshold == -0.05 and parse_requirement("features_used <= 5")
+    with pytest.raises(AuditorError, match="is a count"):
+        parse_requirement("features_used <= 5 %")
+
+
+def test_a_torchscript_file_is_named_as_such_with_how_to_convert_it(tmp_path):
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    torch.jit.save(torch.jit.script(net), tmp_path / "scripted.pt")
+    spec = {"arch": {"name": "mlp", "in_features": 4, "hidden": [8], "num_classes": 2}, "input": {"kind": "tabular"}}
+    with pytest.raises(AuditorError, match=r"TorchScript archive .*torch.jit.load\('scripted.pt'\).state_dict\(\)"):
+        load_model(tmp_path / "scripted.pt", spec=spec)
+
+
+def test_an_onnx_graph_with_its_batch_fixed_to_one_is_told_to_export_a_batch_axis(tmp_path, digits):
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 10)).eval()
+
+    class Viewing(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.out = net[0], net[3]
+
+        def forward(self, x):
+            return self.out(torch.relu(self.conv(x)).view(1, -1))  # the vendor's batch of one, baked in
+
+    torch.onnx.export(Viewing().eval(), (digits.test.X[:1],), str(tmp_path / "one.onnx"), dynamo=False,
+                      input_names=["input"], output_names=["logits"])
+    with pytest.raises(AuditorError, match=r"batch axis is fixed to 1 .*dynamic_axes"):
+        load_model(tmp_path / "one.onnx", spec={"arch": {"name": "onnx", "num_classes": 10},
+                                               "input": {"kind": "image", "shape": [1, 8, 8]}})
+
+
+def test_an_identifier_column_read_as_an_input_is_said(tmp_path):
+    from auditor.data import load_csv
+
+    frame = pd.concat(_frames().values(), ignore_index=True)
+    frame["customer_id"] = np.arange(100000, 100000 + len(frame))
+    frame.to_csv(tmp_path / "people.csv", index=False)
+    data = load_csv(tmp_path / "people.csv", TabularSchema(target="approved", protected=["gender"],
+                                                           categorical=["job"]))
+    assert any("'customer_id' holds a different whole number on every row" in n for n in data.notes)
+    data = load_csv(tmp_path / "people.csv", TabularSchema(target="approved", protected=["gender"], categorical=["job"],
+                                                           inputs=["age", "job"]))
+    assert not any("customer_id" in n for n in data.notes)

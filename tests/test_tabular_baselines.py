@@ -9,9 +9,9 @@ import torch
 from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
 
 from auditor.editors import EDITORS, get_editor
-from auditor.editors.baselines.common import group_codes, hard_fairness
+from auditor.editors.baselines.common import group_codes
 from auditor.models import weights_sha256
-from auditor.requirements import compute_metrics
+from auditor.requirements import compute_metrics, surrogates
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -21,10 +21,17 @@ def _edit_and_check(bundle, data, editor, requirements, **settings):
     return result, compute_metrics(result.bundle.model, data, "test").metrics
 
 
+def _hard_gap(pred, y, codes, metric: str) -> float:
+    """The training surrogate's gap on hard predictions."""
+    return float(surrogates.fairness_gap(metric, torch.as_tensor(pred, dtype=torch.float64), torch.as_tensor(y),
+                                         torch.as_tensor(codes), reduce="max"))
+
+
 def test_surrogate_matches_fairlearn(adult):
     rng = np.random.default_rng(0)
     pred = rng.integers(0, 2, len(adult.test))
     codes, _ = group_codes(adult, "race", "test")
+    hard_fairness = _hard_gap
     ours = hard_fairness(pred, adult.test.y.numpy(), codes.numpy(), "demographic_parity")
     theirs = demographic_parity_difference(adult.test.y.numpy(), pred,
                                            sensitive_features=adult.test.groups["race"].astype(str))
@@ -121,3 +128,28 @@ def test_retrain_k_features_on_given_features(adult_mlp, adult):
     result, m = _edit_and_check(adult_mlp, adult, "retrain-k-features", ["features_used <= 5"], keep=keep, epochs=2)
     assert result.extras["kept"] == keep and m["features_used"] <= len(keep)
     assert m["accuracy"] >= 0.8
+
+
+def test_finetune_fairness_stops_on_the_gap_the_audit_measures(adult_mlp, adult):
+    """A group of 3 rows is left out of the audit's demographic parity (--min-group); the editor's stopping
+    check counted it, chased a gap the audit never reports and made the audited one worse."""
+    from dataclasses import replace
+
+    import pandas as pd
+
+    from auditor.data.base import Split
+    from auditor.requirements import predict
+
+    splits = {}
+    for name in ("train", "val", "test"):
+        sp = adult.split(name)
+        region = np.where(np.arange(len(sp)) % 2 == 0, "north", "south").astype(object)
+        positive = np.flatnonzero(predict(adult_mlp.model, sp.X) == 1)[:3]
+        region[positive] = "tiny"  # three rows, every one predicted positive: a gap near 1 if counted
+        groups = sp.groups.assign(region=pd.Series(region, dtype=str))
+        splits[name] = Split(sp.X, sp.y, groups, sp.raw, sp.corrupted)
+    data = replace(adult.with_splits(**splits), protected=[*adult.protected, "region"])
+    result = get_editor("finetune-fairness").edit(adult_mlp, data, ["demographic_parity[region] <= 0.05"],
+                                                  device="cpu")
+    assert result.extras["reached"] and result.extras["steps"] == 0
+    assert weights_sha256(result.bundle.model) == weights_sha256(adult_mlp.model)

@@ -76,7 +76,7 @@ def run_init(args) -> int:
     for line in draft.guessed:
         print(f"  {line}")
     print("\nconfirm before you rely on it:")
-    for line in draft.confirm:
+    for line in draft.confirm + [w for w in ev.warnings if w not in draft.confirm]:
         print(f"  - {line}")
     acc = ev.metrics.get("accuracy")
     print(f"\nchecked: the model loads with it and evaluates on {ev.rows} rows ({ev.split})"

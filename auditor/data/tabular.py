@@ -297,6 +297,7 @@ def from_frames(name: str, frames: dict[str, pd.DataFrame], schema: TabularSchem
     if prep is not None:
         notes += unseen_categories(whole, prep, preprocessing_given)
     read = [c["name"] for c in prep["columns"]] if prep is not None else feature_names
+    notes += identifier_notes(whole, [c for c in read if c in whole.columns])
     used = [a for a in schema.protected if a in read]
     if used:
         notes.append(f"the model reads protected attribute(s) {', '.join(map(repr, used))} as input(s): its "
@@ -322,6 +323,25 @@ def from_frames(name: str, frames: dict[str, pd.DataFrame], schema: TabularSchem
     return AuditData(name=name, kind="tabular", feature_names=feature_names, feature_groups=feature_groups,
                      protected=list(schema.protected), class_names=class_names, preprocessing=prep,
                      schema=schema.to_dict(), source=source, description=description, notes=notes, **splits)
+
+
+def identifier_notes(frame: pd.DataFrame, inputs: list[str], min_rows: int = 50) -> list[str]:
+    """A warning for each input column that holds a different whole number on every row (or a different
+    text value), as identifiers do: read as a model input it says nothing about the person."""
+    if len(frame) < min_rows:
+        return []
+    out = []
+    for col in inputs:
+        values = frame[col]
+        if values.isna().any() or values.nunique() != len(values):
+            continue
+        numbers = pd.to_numeric(values, errors="coerce")
+        whole = numbers.notna().all() and bool((numbers == numbers.round()).all())
+        if whole or not numbers.notna().any():
+            out.append(f"column {col!r} holds a different {'whole number' if whole else 'value'} on every row, as an "
+                       "identifier does, and is read as a model input: if it is an ID, leave it out (--inputs "
+                       "lists the columns the model reads)")
+    return out
 
 
 def check_protected_values(frame: pd.DataFrame, protected: list[str], where: str, numbered: bool = True) -> None:

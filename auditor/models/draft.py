@@ -377,9 +377,12 @@ def draft_spec(model_path: str | os.PathLike, data, *, arch_file=None, arch_clas
         chance = float(np.bincount(y.numpy()).max() / len(y)) if len(y) else 0.0
         # far nearer chance than a trained model gets: a quarter of the way from chance to perfect
         if draft.accuracy < chance + 0.25 * (1 - chance) and draft.accuracy < 0.9:
+            how = ("the input columns (--inputs: the ones the model was trained on, in order) or the "
+                   "preprocessing are probably wrong" if arch_class else
+                   "the guessed architecture or input reading is probably wrong: write arch.layers / "
+                   "preprocessing, or pass your class with --arch-file")
             draft.confirm.insert(0, f"LOW ACCURACY: {draft.accuracy:.3f} (always predicting the commonest class "
-                                    f"gives {chance:.3f}); the guessed architecture or input reading is probably "
-                                    "wrong: write arch.layers / preprocessing, or pass your class with --arch-file")
+                                    f"gives {chance:.3f}); {how}")
     spec = {"arch": arch, "task": "classification", "input": input_block, "class_names": names,
             "preprocessing": preprocessing, "data": data.name,
             "provenance": {"name": path.stem, "drafted_by": "auditor spec init", "model_file": path.name},

@@ -287,14 +287,22 @@ def load_onnx(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelBu
     _check_finite(converted.state_dict(), path)
     module = _tidy(converted).eval()
     probe = torch.randn(2, *_probe_shape(spec, dims), generator=torch.Generator().manual_seed(0))
+    fixed = (f"; the graph's batch axis is fixed to 1 (input {list(dims)}): export it again with a batch axis, "
+             "e.g. torch.onnx.export(..., dynamic_axes={'input': {0: 'batch'}, 'logits': {0: 'batch'}})"
+             if dims and dims[0] == 1 else "")
     if not static_plan(proto, 2, path.name):  # a shape not known in advance: run it first under limits
-        probe_in_subprocess(path, list(probe.shape[1:]), path.name)
+        try:
+            probe_in_subprocess(path, list(probe.shape[1:]), path.name)
+        except AuditorError as exc:
+            if not fixed or type(exc) is not AuditorError:
+                raise
+            raise AuditorError(f"{exc}{fixed}") from None
     try:
         with torch.no_grad():
             logits = module(probe)
     except Exception as exc:
         raise AuditorError(f"{path.name}: the converted model fails on an input of shape {list(probe.shape)}: "
-                           f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from None
+                           f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}{fixed}") from None
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         raise AuditorError(f"{path.name}: the model must return one (batch, classes) tensor of logits")
     model = _as_registered(module, spec, probe)

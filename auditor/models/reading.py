@@ -124,6 +124,14 @@ def _verified_zip(path: Path):
     out = io.BytesIO()
     try:
         with zipfile.ZipFile(path) as z, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as w:
+            names = z.namelist()
+            if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):  # torch.jit.save's archive
+                raise AuditorError(
+                    f"{path.name} is a TorchScript archive (torch.jit.script/trace + save): it holds code, which "
+                    "the auditor does not run. Save its weights instead: "
+                    f"torch.save(torch.jit.load('{path.name}').state_dict(), 'weights.pt'), then pass your class "
+                    "with --arch-file/--arch-class --trust-code (or a spec for a registered architecture), or "
+                    "export it to ONNX")
             for info in z.infolist():
                 if info.compress_type != zipfile.ZIP_STORED:
                     raise AuditorError(f"{path.name} has compressed records, which torch.save never writes; "

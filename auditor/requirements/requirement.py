@@ -10,7 +10,9 @@ from .metrics import METRICS
 
 VERDICT_MODES = ("strict", "point")
 DEFAULT_VERDICT = "strict"  # CI: a requirement whose interval straddles the threshold is not met
-_EXPR = re.compile(r"^\s*([a-z_]+)(?:\[([^\]]+)\])?\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
+_EXPR = re.compile(r"^\s*([A-Za-z_]+)(?:\[([^\]]+)\])?\s*(<=|>=)\s*([-+0-9.eE]+)\s*(%|pp)?\s*$")
+_OPS = {"≤": "<=", "≥": ">=", "=<": "<=", "=>": ">="}
+SIGNED_METRICS = frozenset({"cue_gap", "drawdown"})  # differences that may be negative (down to -1)
 
 
 @dataclass(frozen=True)
@@ -112,11 +114,15 @@ def parse_requirement(text: str | Requirement) -> Requirement:
     """Parse `"metric <= value"` / `"metric >= value"`; unknown metrics list the valid ones."""
     if isinstance(text, Requirement):
         return text
-    m = _EXPR.match(str(text))
+    expr = str(text)
+    for alias, op in _OPS.items():
+        expr = expr.replace(alias, op)
+    m = _EXPR.match(expr)
     if not m:
         raise AuditorError(f"cannot parse requirement {text!r}: write 'metric <= value' or 'metric >= value', "
                            "e.g. 'demographic_parity <= 0.05'")
-    metric, attribute, op, value = m.groups()
+    metric, attribute, op, value, unit = m.groups()
+    metric = metric.lower()
     if metric not in METRICS:
         raise AuditorError(f"unknown metric {metric!r} in {text!r}; valid metrics: {', '.join(METRICS)}")
     if attribute and METRICS[metric].needs != "groups":
@@ -127,6 +133,16 @@ def parse_requirement(text: str | Requirement) -> Requirement:
         raise AuditorError(f"threshold {value!r} in {text!r} is not a number") from None
     if not math.isfinite(threshold):  # 1e400 is inf: always met (<=) or never, and JSON cannot hold it
         raise AuditorError(f"threshold {value!r} in {text!r} is not a finite number")
+    counted = METRICS[metric].unit == "count"
+    if unit and counted:
+        raise AuditorError(f"{metric} is a count: write its threshold without {unit!r} ({text!r})")
+    if unit:  # 85 % or 5 pp: the metric's fraction
+        threshold /= 100.0
+    low = -1.0 if metric in SIGNED_METRICS else 0.0
+    if not counted and not low <= threshold <= 1.0:
+        hint = f"; did you mean {threshold / 100:g} (or '{value} %')?" if 1.0 < abs(threshold) <= 100 else ""
+        raise AuditorError(f"threshold {threshold:g} in {text!r} is outside the range of {metric} ({low:g} to 1, "
+                           f"a fraction){hint}")
     return Requirement(metric, op, threshold, attribute)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import pandas as pd
 import torch
 from torch import nn
 
@@ -13,6 +14,7 @@ from ...data.base import AuditData
 from ...errors import AuditorError
 from ...models.architectures import predict_logits
 from ...requirements import surrogates
+from ...requirements.metrics import gap_over, group_sizes, group_table
 from ..base import Editor
 from ..registry import register_editor
 from .common import (
@@ -21,7 +23,6 @@ from .common import (
     fairness_reason,
     find_requirement,
     group_codes,
-    hard_fairness,
     sample_rows,
 )
 
@@ -52,6 +53,9 @@ class FairFineTuneHyper:
     rows: int | None = field(default=None, metadata={"help": "training rows used (None: all)"})
     min_group_rows: int = field(default=5, metadata={
         "help": "groups with fewer rows in a batch are left out of that batch's penalty"})
+    min_group: int = field(default=30, metadata={
+        "help": "groups with fewer rows (positives or negatives for equalized odds) are left out of the check "
+                "that decides when the gap is met, as the audit's metric leaves them out (--min-group)"})
     seed: int = field(default=0, metadata={"help": "random seed (row order, sampling, initialisation)"})
 
 
@@ -101,11 +105,16 @@ class FairnessFineTune(Editor):
         X, y, g = tr.X[rows].to(device), tr.y[rows].to(device), g_all[rows].to(device)
         checked = data.split(hp.check_split)
         vX, vy = checked.X, checked.y.numpy()
-        vg = group_codes(data, attribute, hp.check_split)[0].numpy()
+        vg = pd.Series(checked.groups[attribute]).astype(str).to_numpy()
+        sizes = group_sizes(vy, vg)
+        rates = ("selection_rate",) if metric == "demographic_parity" else ("true_positive_rate", "false_positive_rate")
 
         def check() -> tuple[float, float]:
+            """The gap as the audit's metric takes it: groups under `min_group` left out (all kept when fewer
+            than two are large enough)."""
             pred = predict_logits(model, vX).argmax(1).numpy()
-            return hard_fairness(pred, vy, vg, metric), float((pred == vy).mean())
+            table = group_table(vy, pred, vg)
+            return max(gap_over(table, sizes, r, hp.min_group) for r in rates), float((pred == vy).mean())
 
         gap0, acc0 = check()
         log.append({"step": 0, "metric": metric, "attribute": attribute, "check_split": hp.check_split,
