@@ -454,12 +454,12 @@ class AuditLog:
                   "requirements": _jsonable(requirements or []), "passed": None if passed is None else bool(passed),
                   "results": _jsonable(results or {}), "reports": [str(p) for p in (reports or [])],
                   "command": command}
-        key, kid = self.key, self.key_id
         columns = (*_COLUMNS, "key_id")
         with self._db() as con:
             con.execute("BEGIN IMMEDIATE")  # one writer at a time: the hash chain stays linear
             try:
-                row = con.execute("SELECT hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()
+                row = con.execute("SELECT hash, key_id FROM entries ORDER BY id DESC LIMIT 1").fetchone()
+                key, kid = self._writing_key(row["key_id"] if row else None)
                 record["prev_hash"] = row["hash"] if row else GENESIS
                 record["hash"] = _content_mac(key, record["prev_hash"], record)
                 record["key_id"] = kid
@@ -518,12 +518,33 @@ class AuditLog:
     def __iter__(self) -> Iterator[Entry]:
         return iter(self.entries())
 
+    def _keyed_entries(self) -> int:
+        with self._db() as con:
+            return int(con.execute("SELECT COUNT(*) FROM entries WHERE key_id IS NOT NULL").fetchone()[0])
+
+    def _writing_key(self, last: str | None) -> tuple[bytes, str]:
+        """The key to append with: a log already keyed with another key is refused (a CI runner without
+        the log's key file would start a key of its own, and `verify` would then fail for everyone)."""
+        if last and not self.key_path.exists():
+            raise AuditorError(f"the audit log {self.path} was written with key {last}, and the key file "
+                               f"{self.key_path} does not exist: set $AUDITOR_LOG_KEY (or --log-key) to the key "
+                               "file this log was written with, or log to a new --db; nothing was appended")
+        key, kid = self.key, self.key_id
+        if last and last != kid:
+            raise AuditorError(f"the audit log {self.path} was written with key {last}, not with {self.key_path} "
+                               f"({kid}): set $AUDITOR_LOG_KEY (or --log-key) to the key file this log was "
+                               "written with, or log to a new --db; nothing was appended")
+        return key, kid
+
     # -- verification ---------------------------------------------------------------------------
     def check(self, anchor: str | None = None, *, anchored: bool = True) -> Verification:
         """Everything `verify` looks at: SQLite's integrity check, the triggers, every entry's keyed
         hash and link to the one before, the count and head against the sidecar anchor (unless
         `anchored=False`) and against `anchor` ('COUNT:HEAD' from an external record) when given."""
         external = parse_anchor(anchor) if anchor is not None else None
+        if not self.key_path.exists() and self._keyed_entries():  # checking reads the log's key, never makes one
+            raise AuditorError(f"no audit log key at {self.key_path}: set $AUDITOR_LOG_KEY (or --log-key) to the "
+                               f"key file the log {self.path} was written with")
         key, kid = self.key, self.key_id
         problems, notes = [], []
         with self._db() as con:
@@ -560,8 +581,10 @@ class AuditLog:
                     problems.append(f"the trigger {t} that refuses {what} is missing (dropped: entries could have "
                                     f"been {'changed' if what == 'changes' else 'deleted'} without it)")
                 for other, ids in others.items():
-                    problems.append(f"entries {_ranges(ids)} were keyed with another key ({other}; this key "
-                                    f"{self.key_path} is {kid}): they cannot be checked")
+                    one = len(ids) == 1
+                    problems.append(f"{'entry' if one else 'entries'} {_ranges(ids)} {'was' if one else 'were'} "
+                                    f"keyed with another key ({other}; this key {self.key_path} is {kid}): "
+                                    f"{'it' if one else 'they'} cannot be checked")
                 if legacy:
                     notes.append(f"entries {_ranges(legacy)} predate keyed hashes (unkeyed sha256: whoever can "
                                  f"write the database could rewrite them unnoticed)")

@@ -49,7 +49,8 @@ st.dataframe(table, hide_index=True, key="cmp_metrics", height=35 * (len(table) 
 for attr in after.groups:
     st.subheader(f"Per group: {md_plain(attr)}")
     st.dataframe(audit.group_table(attr), hide_index=True, key=f"cmp_groups_{attr}")
-    metric = "selection_rate" if attr in audit.data.protected else "accuracy"
+    two = len(audit.data.class_names) == 2  # selection rate: the share predicted positive, of two outcomes
+    metric = "selection_rate" if attr in audit.data.protected and two else "accuracy"
     fig = group_chart(before.groups[attr], after.groups[attr], metric=metric, attribute=attr)  # in percent
     if metric == "selection_rate":
         fig.update_layout(yaxis_title="selection rate (share predicted positive, %)")

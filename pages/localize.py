@@ -31,7 +31,7 @@ elif data.kind != "tabular":
 else:
     st.markdown("Attribution (integrated gradients, Captum) shows which input features drive the predictions"
                 + (f", and which layers carry the gap in scores between the groups of **{data.primary_protected}**."
-                   if data.protected else "."))
+                   if data.protected and len(data.class_names) == 2 else "."))
 
 c1, c2, c3 = st.columns([1, 1, 2], vertical_alignment="bottom")
 samples = (c1.number_input("Clean samples", 1, 64, 1, key="loc_samples",

@@ -144,3 +144,18 @@ def test_the_reproduce_command_of_a_cli_report_reproduces_it(tmp_path, capsys):
     assert main([*argv[1:], "--no-log", "--quiet"]) == 0
     theirs = json.loads(again.read_text())
     assert_same_numbers(ours, theirs)
+
+
+def test_an_audit_whose_log_cannot_be_written_still_writes_its_outputs(tmp_path, capsys):
+    """A locked, read-only or other-key log used to stop `auditor audit` before any report was written."""
+    from auditor.store import AuditLog
+
+    db = tmp_path / "a.db"
+    AuditLog(db, key_path=tmp_path / "ours.key").append(kind="evaluation", model_sha256="a" * 64, data_name="d")
+    rc = main(["audit", ADULT, "adult", "--require", "accuracy >= 0.8", "--no-localize", "--baselines", "none",
+               "--json", str(tmp_path / "r.json"), "--report", str(tmp_path / "r.html"), "--db", str(db),
+               "--log-key", str(tmp_path / "other.key")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "the audit completed (PASS) and wrote" in err and "not logged" in err
+    assert (tmp_path / "r.json").exists() and (tmp_path / "r.html").exists()
+    assert not (tmp_path / "other.key").exists()

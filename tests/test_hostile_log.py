@@ -425,3 +425,23 @@ def test_concurrent_writers_lose_nothing_and_leave_the_anchor_at_the_head(tmp_pa
     assert v.ok and not v.notes and v.count == 100, (v.problems, v.notes)
     got = sorted((e.results["writer"], e.results["k"]) for e in log.entries())
     assert got == sorted((str(w), k) for w in range(4) for k in range(25))
+
+
+def test_a_writer_without_the_logs_key_is_refused_and_verify_makes_no_key(tmp_path):
+    """A CI runner without the key file used to start a key of its own and append: `verify` then failed for
+    everyone. Appending under another key is refused, and checking never creates a key."""
+    from auditor.store import AuditLog
+
+    db = tmp_path / "audit.db"
+    AuditLog(db, key_path=tmp_path / "ours.key").append(kind="evaluation", model_sha256="a" * 64, data_name="d")
+    runner = AuditLog(db, key_path=tmp_path / "runner.key")
+    with pytest.raises(AuditorError, match=r"was written with key .*does not exist.*nothing was appended"):
+        runner.append(kind="evaluation", model_sha256="b" * 64, data_name="d")
+    assert not (tmp_path / "runner.key").exists()
+    with pytest.raises(AuditorError, match="no audit log key at"):
+        runner.check()
+    assert not (tmp_path / "runner.key").exists()
+    (tmp_path / "other.key").write_text("ab" * 32 + "\n")
+    with pytest.raises(AuditorError, match="not with .*other.key"):
+        AuditLog(db, key_path=tmp_path / "other.key").append(kind="evaluation", model_sha256="c" * 64, data_name="d")
+    assert AuditLog(db, key_path=tmp_path / "ours.key").check().ok

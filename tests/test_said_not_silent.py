@@ -804,3 +804,24 @@ def test_an_identifier_column_read_as_an_input_is_said(tmp_path):
     data = load_csv(tmp_path / "people.csv", TabularSchema(target="approved", protected=["gender"], categorical=["job"],
                                                            inputs=["age", "job"]))
     assert not any("customer_id" in n for n in data.notes)
+
+
+def test_a_small_group_of_a_multi_class_task_is_said_when_left_out(tmp_path):
+    from auditor.data import load_csv
+    from auditor.models import ModelBundle, ModelSpec, build_architecture
+
+    rng = np.random.default_rng(1)
+    n = 600
+    frame = pd.DataFrame({"x1": rng.normal(size=n), "x2": rng.normal(size=n), "race": rng.choice(["a", "b"], n)})
+    frame["band"] = np.select([frame["x1"] < -0.5, frame["x1"] > 0.5], ["part", "over"], "full")
+    frame.loc[:9, "race"] = "tiny"
+    frame.to_csv(tmp_path / "h.csv", index=False)
+    data = load_csv(tmp_path / "h.csv", TabularSchema(target="band", protected=["race"], inputs=["x1", "x2"]))
+    arch = {"name": "mlp", "in_features": 2, "hidden": [8], "num_classes": 3}
+    torch.manual_seed(0)
+    bundle = ModelBundle(build_architecture(arch).eval(), ModelSpec(arch=arch, input={"kind": "tabular"},
+                                                                    class_names=["full", "over", "part"]))
+    ev = evaluate(bundle, data, resamples=0, min_group=30)
+    assert ev.small_groups["race"]["tiny"]["left_out_of"] == ["worst_group_accuracy"]
+    assert any("race=tiny is small (10 rows" in w for w in ev.warnings)
+    assert ev.metrics["worst_group_accuracy"] == min(ev.groups["race"][g]["accuracy"] for g in ("a", "b"))

@@ -153,3 +153,23 @@ def test_finetune_fairness_stops_on_the_gap_the_audit_measures(adult_mlp, adult)
                                                   device="cpu")
     assert result.extras["reached"] and result.extras["steps"] == 0
     assert weights_sha256(result.bundle.model) == weights_sha256(adult_mlp.model)
+
+
+def test_post_processing_is_judged_like_an_edit_and_a_failed_one_is_a_row(adult_mlp, adult):
+    """ThresholdOptimizer's row was judged on its point estimate while edited models need their whole
+    interval on the right side; an alternative that could not run was left out of the table without a word."""
+    from auditor.audit.tradeoff import FailedAlternative, alternative_passed, compare, run_alternative
+    from auditor.requirements import parse_requirement
+
+    alt = run_alternative("threshold-optimizer", adult_mlp, adult, parse_requirement("demographic_parity <= 0.05"),
+                          split="test")
+    acc = alt.metrics["accuracy"]
+    close = [parse_requirement(f"accuracy >= {acc - 0.002:.4f}")]  # the point holds; the interval straddles
+    assert close[0].holds(acc) and alternative_passed(alt, adult, "test", close, alt.metrics) is False
+    far = [parse_requirement(f"accuracy >= {acc - 0.05:.4f}")]
+    assert alternative_passed(alt, adult, "test", far, alt.metrics) is True
+    assert alternative_passed(alt, adult, "test", [parse_requirement("sparsity >= 0.5")], alt.metrics) is None
+    t = compare(adult_mlp, adult, ["demographic_parity <= 0.05"], [], split="test",
+                alternatives=[alt, FailedAlternative("reweighing-retrain", "cannot rebuild architecture 'custom'")])
+    row = t.rows.set_index("method").loc["reweighing-retrain"]
+    assert row["error"] == "cannot rebuild architecture 'custom'" and row["passed"] is None

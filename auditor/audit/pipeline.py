@@ -71,15 +71,17 @@ def run_audit(bundle: ModelBundle, data: AuditData, requirements, *, editor: str
               callback: Callback | None = None, model_path: str | None = None, edited_path: str | None = None,
               command: str | None = None, signoff: dict | None = None, fixes: Sequence[str] = (),
               alternatives: Sequence = (), log=None, user: str | None = None, verdict: str = DEFAULT_VERDICT,
-              min_group: int = DEFAULT_MIN_GROUP, forbid_side_effects: bool = False) -> AuditOutcome:
+              min_group: int = DEFAULT_MIN_GROUP, forbid_side_effects: bool = False,
+              log_failure_ok: bool = False) -> AuditOutcome:
     """Evaluate `bundle` on `data` against `requirements`; optionally localize, edit with `editor`
     (its `settings`; `samples`/`seed` go to the editor and the baselines that have them), re-evaluate,
     run the `baselines` ("auto": with an editor, every registered editor that targets the requirement;
     "none"; or names) and `alternatives` (results of non-edit mitigations) for the trade-off chart,
     and build the `Report`. `verdict` (strict / point), `min_group` and `forbid_side_effects`: how
     numbers are judged (`auditor.requirements.uncertainty`). `fixes`: mistakes to fix (`ROW=LABEL` over
-    `split`, or `(Fixes, names)` built from a table). `log`: an `AuditLog` that receives every step. Same
-    seed, same numbers."""
+    `split`, or `(Fixes, names)` built from a table). `log`: an `AuditLog` that receives every step; with
+    `log_failure_ok`, a log that cannot be written (locked, read-only, another key) stops the logging, not the
+    audit (`session.log_error` says why; the caller must say it). Same seed, same numbers."""
     reqs = parse_requirements(requirements)
     if not reqs:
         raise AuditorError("an audit needs at least one requirement, e.g. --require 'accuracy >= 0.8'")
@@ -99,6 +101,7 @@ def run_audit(bundle: ModelBundle, data: AuditData, requirements, *, editor: str
         session.check_editor(editor, opts)  # fail before any work
     base_names, alt_names = resolve_baselines(baselines, bundle, data, reqs, editor)
     session.log = log  # from here on every step is recorded
+    session.log_failure_ok = log_failure_ok
     callback(0.0, "evaluate: original model")
     session.evaluate("pristine")
     if log is not None:

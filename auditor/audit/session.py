@@ -192,12 +192,21 @@ class AuditSession:
         return pd.DataFrame(rows)
 
     # -- the audit log ------------------------------------------------------------------------
+    log_failure_ok = False  # a log that cannot be written stops the logging, not the audit (CLI audit)
+    log_error: str | None = None  # why the log stopped (the caller says it and exits non-zero)
+
     def _append(self, kind: str, **fields) -> int | None:
         if self.log is None:
             return None
-        return self.log.append(kind, user=self.auditor_name or None, run=self.run_id, command=self.command(),
-                               data_name=self.data.name, data_sha256=self.data.sha256,
-                               requirements=[r.expr for r in self.requirements], **fields)
+        try:
+            return self.log.append(kind, user=self.auditor_name or None, run=self.run_id, command=self.command(),
+                                   data_name=self.data.name, data_sha256=self.data.sha256,
+                                   requirements=[r.expr for r in self.requirements], **fields)
+        except AuditorError as exc:
+            if not self.log_failure_ok:
+                raise
+            self.log_error, self.log = str(exc), None  # the audit goes on; its outputs are written, unlogged
+            return None
 
     def record_start(self) -> int | None:
         """Log the model as loaded (its evaluation): the first entry of this audit's run."""
@@ -576,8 +585,9 @@ class AuditSession:
         """This audit's edit (the current model) and `baselines` (editors, or fairlearn alternatives),
         each run from the model as loaded with the session's seed and the edit's number of clean
         samples, evaluated on the session's split (`auditor.audit.tradeoff.compare`). `alternatives`:
-        results of other mitigations already run. An alternative that does not apply is left out."""
-        from .tradeoff import alternative_methods, compare, run_alternative, tradeoff_metric
+        results of other mitigations already run. An alternative that cannot run here is a row with its
+        error."""
+        from .tradeoff import FailedAlternative, alternative_methods, compare, run_alternative, tradeoff_metric
 
         alts = alternative_methods()
         methods, results, evaluations = [], {}, {"original": self.evaluate("pristine")}
@@ -594,8 +604,8 @@ class AuditSession:
             try:
                 alternatives.append(run_alternative(name, self.pristine, self.data, target, split=self.split,
                                                     seed=self.seed))
-            except AuditorError:
-                continue
+            except AuditorError as exc:  # asked for but cannot run here: a row with the reason
+                alternatives.append(FailedAlternative(name, str(exc).splitlines()[0][:200]))
         self.tradeoff = compare(self.pristine, self.data, self.requirements, methods, results=results,
                                 split=self.split, samples=self.samples, seed=self.seed, device=device,
                                 callback=callback, alternatives=alternatives, fixes=self.fixes,

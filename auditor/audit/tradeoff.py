@@ -73,6 +73,36 @@ def run_alternative(name: str, bundle: ModelBundle, data: AuditData, requirement
     return fn(*args, requirement.metric, **kwargs)
 
 
+@dataclass
+class FailedAlternative:
+    """A mitigation asked for that could not run here: a row with its reason, never left out silently."""
+
+    method: str
+    error: str
+    kind: str = "post-processing"
+    metrics: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    note: str = ""
+
+
+def alternative_passed(alt, data: AuditData, split: str, reqs, metrics: dict) -> bool | None:
+    """Whether a mitigation that is not a model meets every requirement, by the rule edited models are
+    judged by (strict: the whole 95 % interval on the right side), from its predictions on `split`; None
+    when a requirement cannot be measured on it (sparsity of a post-processing step, say)."""
+    from ..requirements import DEFAULT_VERDICT
+    from ..requirements.metrics import prediction_outcomes
+    from ..requirements.uncertainty import intervals
+
+    if any(r.key not in metrics for r in reqs) or getattr(alt, "error", None):
+        return None
+    pred = getattr(alt, "predictions", None)
+    if pred is None or len(pred) != len(data.split(split)):
+        return bool(all(r.holds(metrics[r.key]) for r in reqs))
+    oc = prediction_outcomes(data, split, pred)
+    iv = intervals({r.key: metrics[r.key] for r in reqs}, oc)
+    return bool(all(r.check(metrics, iv, mode=DEFAULT_VERDICT).passed for r in reqs))
+
+
 def resolve_baselines(baselines, bundle: ModelBundle, data: AuditData, requirements,
                       editor: str | None) -> tuple[list[str], list[str]]:
     """(editor names, alternative names) for a trade-off: `baselines` is "auto" (with an edit: every
@@ -212,9 +242,8 @@ def compare(bundle: ModelBundle, data: AuditData, requirements, methods: Sequenc
         m = dict(alt.metrics)
         row = {"method": alt.method, "editor": None, "kind": alt.kind, "value": m.get(target.key, m.get(target.metric)),
                "accuracy": m.get("accuracy"), "seconds": float(alt.seconds), "passed": None, "layers": [],
-               "model_sha256": None, "error": None, "note": getattr(alt, "note", None) or None}
-        checks = [r.holds(m[r.key]) for r in reqs if r.key in m]
-        row["passed"] = bool(all(checks)) if len(checks) == len(reqs) else None
+               "model_sha256": None, "error": getattr(alt, "error", None), "note": getattr(alt, "note", None) or None}
+        row["passed"] = alternative_passed(alt, data, split, reqs, m)
         rows.append(row)
     df = pd.DataFrame(rows, columns=[c for c in COLUMNS if c != "pareto"])
     ok = df["value"].notna() & df["accuracy"].notna()

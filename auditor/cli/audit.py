@@ -33,7 +33,8 @@ def register(sub) -> None:
                        description="Audit MODEL on DATA against requirements: evaluate, localize, optionally edit "
                                    "(--editor) and re-evaluate, compare with baselines, write the report and the "
                                    "edited model, and log the audit. Exit 0 all requirements hold (after the edit "
-                                   "when one ran), 1 some do not, 2 bad input.")
+                                   "when one ran), 1 some do not (or are inconclusive: see verdict.status in "
+                                   "--json), 2 bad input, 3 an internal error (its trace is written to a file).")
     add_model_data_args(p)
     add_require_arg(p)
     add_verdict_args(p)
@@ -201,7 +202,8 @@ def run(args) -> int:
                             callback=lambda f, m: progress(0.9 * f, m), model_path=args.model,
                             edited_path=str(out_path) if out_path else None, command=command, signoff=signoff,
                             fixes=fixes, log=log, user=args.auditor, verdict=args.verdict,
-                            min_group=args.min_group, forbid_side_effects=args.forbid_side_effects)
+                            min_group=args.min_group, forbid_side_effects=args.forbid_side_effects,
+                            log_failure_ok=True)
         report = outcome.report
         # every output is attempted; those written are logged and named even when a later one fails
         steps = [("the edited model", 0.9, out_path, lambda p: outcome.session.save(p))] if outcome.edit else []
@@ -226,9 +228,13 @@ def run(args) -> int:
         progress.close()
     reports = [str(getattr(args, k)) for k in ("report", "pdf", "json") if str(getattr(args, k)) in reports]
     rid = outcome.session.log_report(report, reports)
-    _print_summary(report, written, None if log is None else (log.path, rid))
+    unlogged = outcome.session.log_error
+    _print_summary(report, written, None if log is None or unlogged else (log.path, rid))
     if failed:
-        return _failed_outputs(failed, written, None if log is None else (log.path, rid))
+        return _failed_outputs(failed, written, None if log is None or unlogged else (log.path, rid))
+    if unlogged:
+        raise AuditorError(f"the audit completed ({report.verdict['status']}) and wrote "
+                           f"{', '.join(written) or 'no file'}, but it was not logged: {unlogged}")
     return 0 if report.passed else 1
 
 
@@ -287,7 +293,8 @@ def _print_summary(report, written: list[str], logged) -> None:
         rows = [[r["method"], r["kind"], fmt(r["value"], t["metric"]),
                  fmt(r["accuracy"], "accuracy"),
                  f"{r['seconds']:.2f}" if r["seconds"] is not None else "-",
-                 "yes" if r["passed"] else ("failed" if r["error"] else "no")] for r in t["rows"]]
+                 "yes" if r["passed"] else ("failed: " + r["error"][:60] if r["error"]
+                                            else "n/a" if r["passed"] is None else "no")] for r in t["rows"]]
         where = "all rows" if t["split"] == "all" else f"the {t['split']} split"
         print(f"\ntrade-off on {where}")
         print(format_table(rows, ["method", "kind", t["metric"], "accuracy", "seconds", "all met"]))

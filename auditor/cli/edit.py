@@ -46,7 +46,7 @@ def register(sub) -> None:
                        description="Edit a copy of MODEL with a registered editor, print the metrics and "
                                    "verdicts before and after, and write the edited model (provenance in its "
                                    "metadata). Exit 0 all requirements hold after the edit, 1 some do not, "
-                                   "2 bad input.")
+                                   "2 bad input, 3 an internal error (its trace is written to a file).")
     add_model_data_args(p)
     add_require_arg(p)
     add_verdict_args(p)

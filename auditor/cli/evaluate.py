@@ -12,7 +12,7 @@ def register(sub) -> None:
                        description="Print a model's metrics on data with 95%% intervals, and whether each "
                                    "requirement holds (pass, fail, or inconclusive when its interval straddles "
                                    "the threshold). Exit 0 all hold, 1 some do not (with --verdict strict, the "
-                                   "default, inconclusive counts as not met), 2 bad input.")
+                                   "default, inconclusive counts as not met), 2 bad input, 3 an internal error.")
     add_model_data_args(p)
     add_require_arg(p)
     add_verdict_args(p, side_effects=False)

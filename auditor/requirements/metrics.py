@@ -239,6 +239,18 @@ def _binary(data: AuditData) -> bool:
     return len(data.class_names) == 2
 
 
+def prediction_outcomes(data: AuditData, split: str, pred: np.ndarray, min_group: int = 0) -> Outcomes:
+    """The `Outcomes` of fixed predictions on a split's rows (a mitigation that is not a model, such as
+    post-processing), for intervals judged by the same rule as a model's."""
+    sp = data.split(split)
+    oc = Outcomes(sp.y.numpy().astype(np.int64), np.asarray(pred).astype(np.int64), len(data.class_names),
+                  min_group=int(min_group), binary=_binary(data))
+    for attr in data.protected if data.protected else []:
+        codes, names = pd.factorize(pd.Series(sp.groups[attr]).astype(str).to_numpy(), sort=True)
+        oc.groups[attr], oc.group_names[attr] = codes.astype(np.int64), [str(n) for n in names]
+    return oc
+
+
 def compute_metrics(model: nn.Module, data: AuditData, split: str = "test",
                     reference: nn.Module | None = None, fixes: Fixes | None = None,
                     min_group: int = 0) -> MetricReport:
@@ -294,7 +306,18 @@ def compute_metrics(model: nn.Module, data: AuditData, split: str = "test",
                               "count": int((labels == g).sum())} for g in names}
             sizes = {g: {"count": t["count"]} for g, t in table.items()}
             out.groups[attr] = table
-            worst = min(worst, min(table[g]["accuracy"] for g in eligible(sizes, "accuracy", min_group)))
+            keep = eligible(sizes, "accuracy", min_group)
+            for g, s in sizes.items():  # never dropped silently: said as for two outcomes
+                if min_group > 0 and s["count"] < min_group:
+                    left = g not in keep
+                    out.small_groups.setdefault(attr, {})[g] = {
+                        "rows": int(s["count"]), "left_out_of": ["worst_group_accuracy"] if left else [],
+                        "unreliable_in": [] if left else ["worst_group_accuracy"]}
+                    out.warnings.append(
+                        f"group {attr}={g} is small ({int(s['count'])} rows; minimum {min_group}): "
+                        + ("left out of worst_group_accuracy" if left else "kept in worst_group_accuracy (fewer "
+                           "than two groups are large enough): the verdict is inconclusive"))
+            worst = min(worst, min(table[g]["accuracy"] for g in keep))
         m["worst_group_accuracy"] = worst
     if data.trigger is not None:
         trig = data.trigger
