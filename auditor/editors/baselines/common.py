@@ -2,6 +2,7 @@
 fairness of predictions, picking a requirement, and seeded batches and row samples."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -45,6 +46,14 @@ def group_codes(data: AuditData, attribute: str, split: str) -> tuple[torch.Tens
         raise AuditorError(f"unknown protected attribute {attribute!r}; {data.name!r} has {data.protected}")
     names = sorted({str(v) for s in ("train", "val", "test") for v in data.split(s).groups[attribute]})
     return surrogates.group_codes(data.split(split).groups[attribute].astype(str), names)
+
+
+
+def hard_fairness(pred: np.ndarray, y: np.ndarray, groups: np.ndarray, metric: str) -> float:
+    """Demographic parity / equalized odds difference of hard predictions `pred` with labels `y` and
+    integer group codes `groups` over every group (fairlearn's definition, without its overhead)."""
+    p, g, t = torch.as_tensor(pred, dtype=torch.float64), torch.as_tensor(groups), torch.as_tensor(y)
+    return float(surrogates.fairness_gap(metric, p, t, g, reduce="max"))
 
 
 def find_requirement(requirements: list[Requirement], metrics, op: str | None = None) -> Requirement | None:
