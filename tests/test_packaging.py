@@ -147,3 +147,22 @@ def test_editor_search_path_order(tmp_path, monkeypatch):
     monkeypatch.delenv("AUDITOR_METANET_DIR")
     assert editor_search_path() == [home / ".auditor" / "editors", PACKAGED_DIR]
     assert find_editor_weights("no_such_editor.safetensors") is None
+
+
+def test_every_name_the_benchmarks_import_from_the_library_exists():
+    """A benchmark broke silently when a helper it imports was removed from `auditor` (no test imports them)."""
+    import ast
+    import importlib
+
+    missing = []
+    for path in sorted((Path(__file__).resolve().parent.parent / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "auditor":
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    if not hasattr(module, alias.name):
+                        try:
+                            importlib.import_module(f"{node.module}.{alias.name}")
+                        except ImportError:
+                            missing.append(f"{path.name}: {node.module}.{alias.name}")
+    assert not missing, missing
