@@ -825,3 +825,14 @@ def test_a_small_group_of_a_multi_class_task_is_said_when_left_out(tmp_path):
     assert ev.small_groups["race"]["tiny"]["left_out_of"] == ["worst_group_accuracy"]
     assert any("race=tiny is small (10 rows" in w for w in ev.warnings)
     assert ev.metrics["worst_group_accuracy"] == min(ev.groups["race"][g]["accuracy"] for g in ("a", "b"))
+
+
+def test_a_date_column_is_named_as_dates_not_as_a_category():
+    from auditor.data.tabular import _numeric_column
+
+    frame = pd.DataFrame({"applied_on": pd.date_range("2020-01-01", periods=60).strftime("%Y-%m-%d"),
+                          "month": ["Jan", "Feb", "Mar"] * 20})
+    with pytest.raises(AuditorError, match="they look like dates: .*--inputs"):
+        _numeric_column(frame, "applied_on")
+    with pytest.raises(AuditorError, match="declare it categorical"):
+        _numeric_column(frame, "month")

@@ -69,6 +69,10 @@ def _numeric_column(frame: pd.DataFrame, col: str) -> np.ndarray:
         examples = ", ".join(repr(v) for v in shown.unique()[:3])
         if shown.str.fullmatch(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?").all():
             advice = "they look like numbers written with thousands separators: remove the commas in the file"
+        elif (shown.head(50).str.contains(r"\d{1,4}[-/.]\d{1,2}").mean() > 0.9
+              and pd.to_datetime(shown.head(50), errors="coerce", format="mixed").notna().mean() > 0.9):
+            advice = ("they look like dates: a model reads numbers, so leave the column out of its inputs "
+                      "(--inputs COL,COL,...) or turn it into a number (e.g. days since a start date) in the file")
         elif (bad.all() and shown.nunique() == len(shown)) or str(col).lower() in ("id", "row", "index") \
                 or str(col).lower().endswith("_id"):
             advice = ("a different value in every row looks like an identifier: leave it out of the model's inputs "
