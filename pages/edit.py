@@ -178,12 +178,15 @@ if audit.edits:
     # as data) is fetched in a separate request that fails ("Request timed out") when a rerun or a busy
     # server gets in its way; the bytes of the one current model are kept instead.
     state = (len(audit.edits), audit.edits[-1].sha_after, audit.edited_filename)  # no re-hashing per rerun
-    held = st.session_state.get("edit_model_bytes")
-    if held is None or held[0] != state:
-        held = st.session_state["edit_model_bytes"] = (state, audit.model_bytes())
-    st.download_button(f"Download the edited model ({audit.download_suffix})", data=held[1],
-                       file_name=audit.edited_filename, mime="application/octet-stream", key="edit_download",
-                       icon=":material/download:")
+    if audit.edits[-1].sha_after == audit.pristine_sha256:  # every edit changed nothing: no edited model to offer
+        st.caption("The model is as loaded (the edits changed nothing), so there is no edited model to download.")
+    else:
+        held = st.session_state.get("edit_model_bytes")
+        if held is None or held[0] != state:
+            held = st.session_state["edit_model_bytes"] = (state, audit.model_bytes())
+        st.download_button(f"Download the edited model ({audit.download_suffix})", data=held[1],
+                           file_name=audit.edited_filename, mime="application/octet-stream", key="edit_download",
+                           icon=":material/download:")
 else:
     st.caption("No edit applied yet.")
 show_unavailable()

@@ -199,6 +199,16 @@ def test_edit_trojan_run_download_and_undo(trojan):
     assert bundle.sha256 == original  # the loaded original was never touched
 
 
+def test_an_edit_that_changed_nothing_offers_no_edited_model(trojan):
+    bundle, data = trojan
+    audit = AuditSession(bundle, data, ["sparsity >= 0.0"])
+    audit.run_edit("magnitude-pruning", {"sparsity": 0.0})
+    assert audit.current.sha256 == bundle.sha256
+    at = app(audit, "edit")
+    assert not at.exception and not at.get("download_button")
+    assert "no edited model to download" in texts(at.caption)
+
+
 def test_two_sessions_do_not_see_each_others_edits():
     a, b = app(), app()
     for at in (a, b):
