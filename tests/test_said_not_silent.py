@@ -72,6 +72,9 @@ def test_target_variants_unseen_categories_and_a_protected_input_are_said():
     clean = from_frames("clean", _frames(), TabularSchema(target="approved", positive="yes", protected=["gender"],
                                                           categorical=["job"]))
     assert clean.notes == []
+    reordered = from_frames("vendor", _frames(), TabularSchema(target="approved", positive="yes", protected=["gender"],
+                                                               inputs=["job", "gender", "age"]), preprocessing=prep)
+    assert any("--inputs/--categorical (age, gender, job) are not used" in n for n in reordered.notes)
 
 
 def test_the_positive_label_choice_reads_every_row():
