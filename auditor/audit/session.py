@@ -385,13 +385,14 @@ class AuditSession:
             self.requirements.append(parse_requirement("edit_success >= 1"))
 
     def fix_record(self) -> dict | None:
-        """The mistakes to fix as an edit's provenance states them: rows (specs), count and sha256."""
+        """The mistakes to fix as an edit's provenance states them: rows (specs, `ROW=LABEL` over `split`: the
+        same row number means another row on another split), count and sha256."""
         if self.fixes is None:
             return None
         from ..fixes import fixes_digest
 
-        return {"rows": list(self.fix_specs), "count": len(self.fixes.y), "sha256": fixes_digest(self.fixes),
-                "labels": [int(v) for v in self.fixes.y]}
+        return {"rows": list(self.fix_specs), "split": self.split, "count": len(self.fixes.y),
+                "sha256": fixes_digest(self.fixes), "labels": [int(v) for v in self.fixes.y]}
 
     # -- localization -----------------------------------------------------------------------
     def localize(self, **kwargs) -> Localization:
