@@ -182,6 +182,7 @@ def test_session_edits_one_after_another_keep_each_edits_fixes(digits_cnn, digit
         s.run_edit("retrieval", {})
     doc = s.provenance()
     assert [e["fixes"]["rows"] for e in doc["edits"]] == [["5=3", "7=1"], ["21=4"], ["22=5"]]
+    assert {e["fixes"]["split"] for e in doc["edits"]} == {s.split}  # the rows count over this split
     path = tmp_path / "m.safetensors"
     path.write_bytes(s.model_bytes())  # the dashboard's download
     assert s.download_suffix == ".safetensors" and load_model(path).sha256 == s.current.sha256
