@@ -193,6 +193,35 @@ def test_session_edits_one_after_another_keep_each_edits_fixes(digits_cnn, digit
     assert [e["fixes"]["rows"] for e in again.provenance()["edits"]] == [["5=3", "7=1"], ["21=4"], ["22=5"], ["30=2"]]
 
 
+def test_a_second_table_of_fixes_under_the_same_names_is_evaluated_afresh(digits_cnn, digits):
+    """Two uploaded tables whose specs name them alike: the second batch's 'before' showed the first's value."""
+    from auditor.fixes import make_fixes
+    from auditor.models import predict_logits
+
+    wrong = torch.nonzero(predict_logits(digits_cnn.model, digits.test.X).argmax(1) != digits.test.y).flatten()
+    first = make_fixes(digits, digits.test.X[wrong[:3]], digits.test.y[wrong[:3]], seed=0)
+    second = make_fixes(digits, digits.test.X[wrong[3:6]], digits.test.y[wrong[3:6]], seed=0)
+    s = AuditSession(digits_cnn, digits, ["accuracy >= 0.9"])
+    s.set_fixes(["fixes.csv"], fixes=first)
+    s.run_edit("retrieval", {})
+    assert s.evaluate().metrics["edit_success"] == 1.0
+    s.set_fixes(["fixes.csv"], fixes=second)  # the same name, other rows
+    assert s.evaluate().metrics["edit_success"] < 1.0
+
+
+def test_earlier_fixes_are_checked_over_the_split_they_were_made_on(digits_cnn, digits, tmp_path):
+    """Fixes made with --split test were re-read over the later edit's split: other rows, another digest, and
+    the check that they still hold was skipped without a word."""
+    s = AuditSession(digits_cnn, digits, ["accuracy >= 0.9"], split="test")
+    s.set_fixes(["5=3", "7=1"])
+    s.run_edit("retrieval", {})
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(s.model_bytes())
+    later = AuditSession(load_model(path), digits, ["accuracy >= 0.9"], split="all")
+    found = later.earlier_fixes()
+    assert len(found) == 1 and torch.equal(found[0][1].X, s.fixes.X)
+
+
 def test_edit_page_takes_many_mistakes_and_applies_edits_in_turn(digits_cnn, digits):
     from streamlit.testing.v1 import AppTest
 
@@ -218,3 +247,13 @@ def test_edit_page_takes_many_mistakes_and_applies_edits_in_turn(digits_cnn, dig
     at.text_area(key="edit_fixes_text").input("5=eleven").run()
     at.button(key="edit_fixes_set").click().run()
     assert "unknown label" in "\n".join(str(e.value) for e in at.error)
+
+
+def test_fixes_that_ask_for_another_label_than_the_datas_are_said(digits_cnn, digits):
+    """A user counting rows in the file fixed other rows, which the model already got right."""
+    y = digits.test.y
+    s = AuditSession(digits_cnn, digits, ["accuracy >= 0.9"], split="test")
+    s.set_fixes([f"4={(int(y[4]) + 1) % 10}"])
+    assert any("1 of 1 fix(es) ask for another label than the data's own" in w for w in s.evaluate().warnings)
+    s.set_fixes([f"4={int(y[4])}"])
+    assert not any("another label than the data's" in w for w in s.evaluate().warnings)

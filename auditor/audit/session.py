@@ -146,6 +146,7 @@ class AuditSession:
         self.tradeoff_baselines: list[str] = []  # as asked for the last trade-off
         self.fix_specs: list[str] = []  # mistakes to fix, "ROW=LABEL" over the evaluation split
         self.fixes = None  # auditor.requirements.Fixes built from fix_specs
+        self._fixes_sha: str | None = None  # their sha256 (a table's fixes are named by specs that may repeat)
         self._earlier_fixes: list | None = None
         self.auditor_name = user
         self.notes = ""
@@ -226,8 +227,8 @@ class AuditSession:
         split = split or self.split
         bundle = self.current if which == "current" else self.pristine
         sha = bundle.sha256 if which == "current" else self.pristine_sha256
-        key = (sha, tuple(r.expr for r in self.requirements), split, tuple(self.fix_specs), self.verdict_mode,
-               self.min_group)
+        key = (sha, tuple(r.expr for r in self.requirements), split, tuple(self.fix_specs), self._fixes_sha,
+               self.verdict_mode, self.min_group)  # the fixes' own hash: two tables may carry the same names
         if key not in self._evals:
             if len(self._evals) > 32:
                 self._evals.clear()
@@ -240,7 +241,7 @@ class AuditSession:
                 for k in ("drawdown", "changed_predictions"):
                     ev.intervals.setdefault(k, {"value": 0.0, "low": 0.0, "high": 0.0, "n": ev.rows})
             ev.judge(self.requirements, self.verdict_mode, self.data.primary_protected)
-            ev.warnings = self._earlier_fix_notes(bundle) + list(ev.warnings)
+            ev.warnings = self._earlier_fix_notes(bundle) + self._fix_label_notes() + list(ev.warnings)
             self._evals[key] = ev
         return self._evals[key]
 
@@ -256,14 +257,41 @@ class AuditSession:
                 rec = e.get("fixes") if isinstance(e, dict) else None
                 if not isinstance(rec, dict) or not rec.get("rows") or not rec.get("sha256"):
                     continue
-                try:
-                    fixes = parse_fixes([str(r) for r in rec["rows"]], self.data, self.split)
-                except (AuditorError, ValueError, TypeError):
-                    continue
-                if fixes_digest(fixes) == rec["sha256"]:
-                    found.append((str(e.get("editor") or "an earlier edit"), fixes))
+                # the rows count over the split the edit used (recorded since session 6; else tried in turn)
+                splits = [rec["split"]] if rec.get("split") else list(dict.fromkeys([self.split, "test", "all"]))
+                for split in splits:
+                    try:
+                        fixes = parse_fixes([str(r) for r in rec["rows"]], self.data, split)
+                    except (AuditorError, ValueError, TypeError):
+                        continue
+                    if fixes_digest(fixes) == rec["sha256"]:
+                        found.append((str(e.get("editor") or "an earlier edit"), fixes))
+                        break
             self._earlier_fixes = found
         return self._earlier_fixes
+
+    def _fix_label_notes(self) -> list[str]:
+        """A warning when fixes ask for another label than the data's own for their rows: a row number that
+        counts over another split than the user meant (a CSV given alone is audited on all its rows, shuffled
+        into train/val/test), or a deliberate change of label."""
+        if not self.fix_specs or self.fixes is None:
+            return []
+        from ..fixes import parse_fix
+
+        try:
+            rows = [parse_fix(s, self.data, self.split) for s in self.fix_specs]
+        except (AuditorError, ValueError, TypeError):
+            return []  # a table's fixes (inputs given, no rows): nothing to compare with
+        names = self.data.class_names
+        other = [(sp, r, lab) for sp, r, lab in rows if int(self.data.split(sp).y[r]) != lab]
+        if not other:
+            return []
+        sp, r, lab = other[0]
+        return [f"{len(other)} of {len(rows)} fix(es) ask for another label than the data's own for their row "
+                f"(e.g. row {r} of the {sp} split: the data says {names[int(self.data.split(sp).y[r])]!r}, the fix "
+                f"asks {names[lab]!r}): ROW counts over the {self.split} split"
+                + (" (a CSV given alone: every row, in the order train, val, test of its 60/20/20 split, not the "
+                   "file's order)" if self.split == "all" else "") + "; check the rows are the ones you meant"]
 
     def _earlier_fix_notes(self, bundle: ModelBundle) -> list[str]:
         """A warning per earlier edit whose fixed mistakes `bundle` no longer gets right."""
@@ -374,11 +402,12 @@ class AuditSession:
         fixes, `edit_success` and `generality` can be required and fix editors (MEND, ...) can run.
         `require`: add `edit_success >= 1` when no requirement on it is there yet. `fixes`: already built
         (`auditor.fixes.fixes_from_table`), `specs` then only name them."""
-        from ..fixes import parse_fixes
+        from ..fixes import fixes_digest, parse_fixes
 
         specs = [self._label_by_model_name(s) for s in specs]
         self.fixes = fixes if fixes is not None else parse_fixes(specs, self.data, self.split) if specs else None
         self.fix_specs = specs
+        self._fixes_sha = fixes_digest(self.fixes) if self.fixes is not None else None
         if not specs:
             self.requirements = [r for r in self.requirements if r.metric not in present.FIX_METRICS]
         elif require and not any(r.metric == "edit_success" for r in self.requirements):
@@ -627,7 +656,8 @@ class AuditSession:
 
     def state_key(self) -> tuple:
         """Changes whenever the current model or the requirements change (for caches of derived views)."""
-        return (self.current.sha256, tuple(r.expr for r in self.requirements), tuple(self.fix_specs))
+        return (self.current.sha256, tuple(r.expr for r in self.requirements), tuple(self.fix_specs),
+                self._fixes_sha)
 
     # -- attributions before vs after -------------------------------------------------------
     def attributions_before_after(self, rows: int = 500, n_steps: int = 32) -> dict:
