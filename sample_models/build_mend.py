@@ -62,10 +62,11 @@ def _progress(name: str):
 
 
 def build_mend(name: str, model_path: Path, data_name: str, config: MendConfig, out: Path,
-               spec: ModelSpec | None = None, **code) -> dict:
-    """`code`: `arch_file`, `arch_class`, `trust_code` for a model of the user's own class."""
+               spec: ModelSpec | None = None, schema=None, **code) -> dict:
+    """`code`: `arch_file`, `arch_class`, `trust_code` for a model of the user's own class; `schema`: a
+    CSV's `TabularSchema` (target, positive label, protected, categorical columns)."""
     bundle = load_model(model_path, spec=spec, **code)
-    data = load_data(data_name, spec=bundle.spec)
+    data = load_data(data_name, schema=schema, spec=bundle.spec)
     editor, info = train_mend(bundle, data, config, callback=_progress(name))
     save_gradient_editor(editor, out, info)
     out.with_suffix(".md").write_text(mend_card(out))
@@ -159,7 +160,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", choices=[[], *MEND, *EDITABLE], default=[])
     parser.add_argument("--model", help="train a MEND editor for this model file instead")
-    parser.add_argument("--data", help="its data (with --model): a built-in name or an .npz case")
+    parser.add_argument("--data", help="its data (with --model): a built-in name, an .npz case or a CSV (then "
+                                       "--target, and --positive/--protected/--categorical as for auditor edit)")
+    parser.add_argument("--target", help="a CSV's target column (with --data FILE.csv)")
+    parser.add_argument("--positive", help="a CSV's positive label (leave out for a multi-class target)")
+    parser.add_argument("--protected", default="", help="a CSV's protected columns, comma-separated")
+    parser.add_argument("--categorical", default="", help="a CSV's categorical columns, comma-separated")
     parser.add_argument("--spec", help="the model's spec JSON (with --model, when the file carries none)")
     parser.add_argument("--arch-file", help="your own nn.Module class's Python file (with --model; runs its code: "
                                             "needs --trust-code)")
@@ -186,7 +192,14 @@ def main(argv=None) -> int:
         config = MendConfig(**({"steps": args.steps} if args.steps else {}))
         spec = ModelSpec.from_json(Path(args.spec).read_text()) if args.spec else None
         code = {"arch_file": args.arch_file, "arch_class": args.arch_class, "trust_code": args.trust_code}
-        print(json.dumps(build_mend(out.stem, model, args.data, config, out, spec, **code), indent=1))
+        schema = None
+        if args.target:
+            from auditor import TabularSchema
+
+            split = lambda text: [c.strip() for c in text.split(",") if c.strip()]  # noqa: E731
+            schema = TabularSchema(target=args.target, positive=args.positive, protected=split(args.protected),
+                                   categorical=split(args.categorical))
+        print(json.dumps(build_mend(out.stem, model, args.data, config, out, spec, schema, **code), indent=1))
         return 0
     for name in args.names or [*EDITABLE, *MEND]:
         if name in MEND:

@@ -138,7 +138,8 @@ class Mend(Editor):
                     "model's folder, ~/.auditor/editors, the shipped ones); train one for it (about a minute on a "
                     "CPU) with `python sample_models/build_mend.py --model MODEL --data DATA [--spec SPEC.json] "
                     "[--arch-file FILE.py --arch-class NAME --trust-code]` in a source checkout (DATA: a built-in "
-                    "name or an .npz case; any model torch.fx can trace below its last two Linear layers; it writes "
+                    "name, an .npz case, or a CSV with --target COL [--positive L] [--protected A,B] "
+                    "[--categorical C,D]; any model torch.fx can trace below its last two Linear layers; it writes "
                     "mend_MODEL.safetensors beside the model, where it is found), or from Python with "
                     "`auditor.editors.mend.train_mend(bundle, data)` and `save_gradient_editor`; `finetune-fix` "
                     "fixes the same mistakes without a trained editor")
