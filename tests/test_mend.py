@@ -290,3 +290,23 @@ def test_cli_edit_with_mend_fix(tmp_path, capsys):
     edited = load_model(out)
     data = load_data("digits", spec=edited.spec)
     assert predict(edited.model, data.test.X[[12, 40]]).tolist() == [3, 7]
+
+
+def test_build_mend_trains_an_editor_for_a_model_on_a_csv(tmp_path, adult_mlp):
+    """The refusal's command could not read a CSV (no --target): a MEND editor for a tabular model of one's
+    own could only be trained from Python."""
+    import importlib.util
+
+    from auditor.models import save_model
+
+    raw = load_data("adult").test.raw.iloc[:3000]
+    raw.to_csv(tmp_path / "people.csv", index=False)
+    save_model(adult_mlp, tmp_path / "m.safetensors")
+    spec = importlib.util.spec_from_file_location("build_mend", ROOT / "sample_models" / "build_mend.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "mend_m.safetensors"
+    assert module.main(["--model", str(tmp_path / "m.safetensors"), "--data", str(tmp_path / "people.csv"),
+                        "--target", "income", "--positive", ">50K", "--protected", "sex,race", "--steps", "20",
+                        "--out", str(out)]) == 0
+    assert out.exists()
