@@ -279,3 +279,19 @@ def test_calibration_never_picks_a_constant_predictor(adult):
     pick = calibrate(model, grid, X, y, onehot, "demographic_parity", 0.0, torch.linspace(-60, 60, 41))
     rate = float(edited_logits(model, pick["params"], X)[0].argmax(1).float().mean())
     assert 0.0 < rate < 1.0 and not pick["feasible"] and pick["level"] > 0
+
+
+def test_an_edit_that_does_not_use_the_learned_change_says_so_and_names_its_editor():
+    """Calibration may pick strength 0 (only the output layer's bias or proxy moves): that used to read as a
+    learned edit."""
+    from auditor import load_data, load_model
+
+    bundle = load_model(ROOT / "sample_models" / "adult_mlp.safetensors")
+    data = load_data("adult", spec=bundle.spec)
+    result = get_editor("metanet-fairness").edit(bundle, data, ["demographic_parity <= 0.3"])
+    assert result.extras["editor_file"] == "metanet_adult_dp.safetensors"
+    if result.extras["strength"] == 0:
+        assert result.extras["learned_change_used"] is False
+        assert any("learned network's change was not used" in e.get("message", "") for e in result.log)
+    else:
+        assert result.extras["learned_change_used"] is True

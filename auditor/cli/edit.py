@@ -188,6 +188,11 @@ def run(args) -> int:
     for ch in result.changes:
         norm = "" if "entries_after" in ch else f" (||dW|| = {ch['norm']:.4g})"
         print(f"  {ch['parameter']}: {change_words(ch)}{norm}")
+    if result.extras.get("editor_file"):
+        print(f"  learned editor: {result.extras['editor_file']}")
+    for entry in result.log:  # what the editor itself wants said (a learned change it did not use, ...)
+        if isinstance(entry, dict) and entry.get("step") in ("note", "warning") and entry.get("message"):
+            print(f"  {entry['step']}: {entry['message']}")
     print_comparison(before, after)
     print_warnings(list(dict.fromkeys([*before.warnings, *after.warnings])))
     effects = session.side_effects()

@@ -228,7 +228,13 @@ class _FairnessMetaNet(_MetaNetEditor):
         if not pick["feasible"]:
             log.append({"step": "warning", "message": f"no strength reaches {aim:.4f} on {split}; the "
                                                       f"fairest edit has {best_v:.4f}"})
-        return {"strength": best, "output_shift": pick["shift"], "proxy": pick["proxy"],
+        if best == 0:  # said, not silent: the learned network's own change was not part of the edit
+            log.append({"step": "note", "message": "the learned network's change was not used (strength 0 was "
+                        "the most accurate choice that meets the aim): the edit is the output layer's "
+                        + ("group proxy and bias shift" if pick["proxy"] != "none" else "bias shift") + " alone"})
+        return {"editor_file": Path(trained.path).name if getattr(trained, "path", None) else None,
+                "learned_change_used": best > 0,
+                "strength": best, "output_shift": pick["shift"], "proxy": pick["proxy"],
                 "proxy_scale": pick["proxy_scale"],
                 f"{self.requirement}_{split}": best_v,
                 f"accuracy_{split}": pick["accuracy"], "target": target}
