@@ -88,7 +88,7 @@ def _print_summary(task: str, summary: dict) -> None:
         print(f"  your data {d['name']!r} (sha256 {d['sha256'][:12]}, {d['n_inputs']} inputs, rows "
               f"{', '.join(f'{s} {n}' for s, n in d['rows'].items())}); models like "
               f"{m['model'].get('name') or m['model']['source']} (hidden {m['model']['hidden']}); "
-              f"depths {m['family']['depths']}, widths {m['family']['widths']}")
+              f"depths {sorted(set(m['family']['depths']))}, widths {sorted(set(m['family']['widths']))}")
     print(format_table(rows, ["split", "members", "cached", "val accuracy mean [min, max]", "hidden widths:count"]))
 
 

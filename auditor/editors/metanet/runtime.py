@@ -464,7 +464,10 @@ class TrainedMetaNet:
             return "the model's input features differ from the ones the editor was trained on"
         depth = len(layers)
         if depth not in fam["depths"]:
-            return f"it was trained on MLPs with {fam['depths']} Linear layers; this model has {depth}"
+            return (f"it was trained on MLPs with {fam['depths']} Linear layers; this model has {depth}: train one "
+                    f"on a population that includes that depth (`auditor zoo build --data DATA --like MODEL --depths "
+                    f"{depth - 1}`: hidden layers, one less than Linear layers; then `auditor editor train --zoo "
+                    "NAME`)")
         widest = max((m.out_features for _, m in layers[:-1]), default=0)
         if widest > WIDTH_FACTOR * fam["max_width"]:
             return (f"hidden layers up to {WIDTH_FACTOR * fam['max_width']} wide are supported; this model has "
