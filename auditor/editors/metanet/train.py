@@ -271,7 +271,10 @@ def train_editor(settings: TrainSettings, out: str | Path | None = None,
                          "final_js": float(np.mean([h[1] for h in history[-20:]])),
                          "final_requirement_term": float(np.mean([h[2] for h in history[-20:]])),
                          "best_step": best[1], "val_loss": [[st_, round(v, 6)] for st_, v in val_curve],
-                         "steps_done": len(history), "stopped": stopped or "all steps run"}}
+                         "steps_done": len(history),
+                         "stopped": stopped or ("all steps run" if len(history) >= s.steps else
+                                                f"schedule fitted to the time budget: {len(history)} of "
+                                                f"{s.steps} steps")}}
     if rank == 0:
         net.eval()
         callback(1.0, "validating on held-out validation members")
