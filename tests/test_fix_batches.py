@@ -257,3 +257,23 @@ def test_fixes_that_ask_for_another_label_than_the_datas_are_said(digits_cnn, di
     assert any("1 of 1 fix(es) ask for another label than the data's own" in w for w in s.evaluate().warnings)
     s.set_fixes([f"4={int(y[4])}"])
     assert not any("another label than the data's" in w for w in s.evaluate().warnings)
+
+
+def test_fixes_given_as_input_rows_are_rechecked_by_a_later_audit(tmp_path):
+    """A table of input rows (no row numbers) left nothing to rebuild the fixes from: a later edit that undid
+    them was never checked. Their inputs now travel in the edit's record."""
+    from auditor.fixes import fixes_from_table
+
+    bundle = load_model(SAMPLES / "adult_mlp.safetensors")
+    data = load_data("adult", spec=bundle.spec)
+    table = data.test.raw.iloc[:3].drop(columns=["income"]).assign(label=[">50K", ">50K", "<=50K"])
+    fixes, names = fixes_from_table(table, data)
+    s = AuditSession(bundle, data, ["accuracy >= 0.8"])
+    s.set_fixes(names, fixes=fixes)
+    s.run_edit("retrieval", {})
+    assert "inputs" in s.provenance()["edits"][0]["fixes"]
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(s.model_bytes())
+    later = AuditSession(load_model(path), data, ["accuracy >= 0.8"])
+    found = later.earlier_fixes()
+    assert len(found) == 1 and torch.equal(found[0][1].X, fixes.X) and torch.equal(found[0][1].y, fixes.y)

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from .. import present
 from ..backend import Callback, describe_device, pick_device, seed_everything
@@ -98,6 +99,9 @@ class EditRecord:
                  parameters_changed=parameters_changed(self.result.delta),
                  max_rank=max((c["rank"] for c in d["changes"]), default=0))
         return d
+
+
+MAX_RECORDED_INPUTS = 200_000  # values of fixes given by their inputs kept in the edit's record
 
 
 class AuditSession:
@@ -250,12 +254,21 @@ class AuditSession:
         each only when it is exactly the rows and labels fixed then (same sha256): an earlier fix on other
         data is not checked here."""
         if self._earlier_fixes is None:
-            from ..fixes import fixes_digest, parse_fixes
+            from ..fixes import fixes_digest, make_fixes, parse_fixes
 
             found = []
             for e in self.earlier_edits:
                 rec = e.get("fixes") if isinstance(e, dict) else None
                 if not isinstance(rec, dict) or not rec.get("rows") or not rec.get("sha256"):
+                    continue
+                if rec.get("inputs") and rec.get("labels"):  # fixed by their inputs (a table), not by rows
+                    try:
+                        X = torch.tensor(rec["inputs"], dtype=torch.float32).reshape(-1, *self.data.input_shape)
+                        fixes = make_fixes(self.data, X, rec["labels"])
+                    except (AuditorError, ValueError, TypeError, RuntimeError):
+                        continue
+                    if fixes_digest(fixes) == rec["sha256"]:
+                        found.append((str(e.get("editor") or "an earlier edit"), fixes))
                     continue
                 # the rows count over the split the edit used (recorded since session 6; else tried in turn)
                 splits = [rec["split"]] if rec.get("split") else list(dict.fromkeys([self.split, "test", "all"]))
@@ -420,8 +433,21 @@ class AuditSession:
             return None
         from ..fixes import fixes_digest
 
-        return {"rows": list(self.fix_specs), "split": self.split, "count": len(self.fixes.y),
-                "sha256": fixes_digest(self.fixes), "labels": [int(v) for v in self.fixes.y]}
+        record = {"rows": list(self.fix_specs), "split": self.split, "count": len(self.fixes.y),
+                  "sha256": fixes_digest(self.fixes), "labels": [int(v) for v in self.fixes.y]}
+        if not self._fixes_are_rows() and self.fixes.X.numel() <= MAX_RECORDED_INPUTS:
+            record["inputs"] = self.fixes.X.reshape(len(self.fixes.X), -1).tolist()  # no rows to rebuild them from
+        return record
+
+    def _fixes_are_rows(self) -> bool:
+        """Whether the fixes are rows of the data (`ROW=LABEL`), which a later audit can rebuild."""
+        from ..fixes import parse_fix
+
+        try:
+            [parse_fix(s, self.data, self.split) for s in self.fix_specs]
+        except (AuditorError, ValueError, TypeError):
+            return False
+        return True
 
     # -- localization -----------------------------------------------------------------------
     def localize(self, **kwargs) -> Localization:
