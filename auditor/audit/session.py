@@ -256,28 +256,28 @@ class AuditSession:
         if self._earlier_fixes is None:
             from ..fixes import fixes_digest, make_fixes, parse_fixes
 
+            def rebuilt(rec):
+                """Each way the record's fixes can be rebuilt on this data: from their inputs (a table of input
+                rows), or from their rows over the split the edit used (recorded since session 6; else each
+                split in turn)."""
+                if rec.get("inputs") and rec.get("labels"):
+                    yield lambda: make_fixes(self.data, torch.tensor(rec["inputs"], dtype=torch.float32).reshape(
+                        -1, *self.data.input_shape), rec["labels"])
+                    return
+                for split in [rec["split"]] if rec.get("split") else dict.fromkeys([self.split, "test", "all"]):
+                    yield lambda split=split: parse_fixes([str(r) for r in rec["rows"]], self.data, split)
+
             found = []
             for e in self.earlier_edits:
                 rec = e.get("fixes") if isinstance(e, dict) else None
                 if not isinstance(rec, dict) or not rec.get("rows") or not rec.get("sha256"):
                     continue
-                if rec.get("inputs") and rec.get("labels"):  # fixed by their inputs (a table), not by rows
+                for build in rebuilt(rec):
                     try:
-                        X = torch.tensor(rec["inputs"], dtype=torch.float32).reshape(-1, *self.data.input_shape)
-                        fixes = make_fixes(self.data, X, rec["labels"])
+                        fixes = build()
                     except (AuditorError, ValueError, TypeError, RuntimeError):
                         continue
-                    if fixes_digest(fixes) == rec["sha256"]:
-                        found.append((str(e.get("editor") or "an earlier edit"), fixes))
-                    continue
-                # the rows count over the split the edit used (recorded since session 6; else tried in turn)
-                splits = [rec["split"]] if rec.get("split") else list(dict.fromkeys([self.split, "test", "all"]))
-                for split in splits:
-                    try:
-                        fixes = parse_fixes([str(r) for r in rec["rows"]], self.data, split)
-                    except (AuditorError, ValueError, TypeError):
-                        continue
-                    if fixes_digest(fixes) == rec["sha256"]:
+                    if fixes_digest(fixes) == rec["sha256"]:  # exactly the rows and labels fixed then
                         found.append((str(e.get("editor") or "an earlier edit"), fixes))
                         break
             self._earlier_fixes = found
@@ -287,14 +287,9 @@ class AuditSession:
         """A warning when fixes ask for another label than the data's own for their rows: a row number that
         counts over another split than the user meant (a CSV given alone is audited on all its rows, shuffled
         into train/val/test), or a deliberate change of label."""
-        if not self.fix_specs or self.fixes is None:
-            return []
-        from ..fixes import parse_fix
-
-        try:
-            rows = [parse_fix(s, self.data, self.split) for s in self.fix_specs]
-        except (AuditorError, ValueError, TypeError):
-            return []  # a table's fixes (inputs given, no rows): nothing to compare with
+        rows = self._fix_rows() if self.fixes is not None else None
+        if not rows:
+            return []  # no fixes, or a table's fixes (inputs given, no rows): nothing to compare with
         names = self.data.class_names
         other = [(sp, r, lab) for sp, r, lab in rows if int(self.data.split(sp).y[r]) != lab]
         if not other:
@@ -435,19 +430,18 @@ class AuditSession:
 
         record = {"rows": list(self.fix_specs), "split": self.split, "count": len(self.fixes.y),
                   "sha256": fixes_digest(self.fixes), "labels": [int(v) for v in self.fixes.y]}
-        if not self._fixes_are_rows() and self.fixes.X.numel() <= MAX_RECORDED_INPUTS:
+        if self._fix_rows() is None and self.fixes.X.numel() <= MAX_RECORDED_INPUTS:
             record["inputs"] = self.fixes.X.reshape(len(self.fixes.X), -1).tolist()  # no rows to rebuild them from
         return record
 
-    def _fixes_are_rows(self) -> bool:
-        """Whether the fixes are rows of the data (`ROW=LABEL`), which a later audit can rebuild."""
+    def _fix_rows(self) -> list[tuple[str, int, int]] | None:
+        """The fixes as (split, row, label) of the data, or None when they are not rows (a table of inputs)."""
         from ..fixes import parse_fix
 
         try:
-            [parse_fix(s, self.data, self.split) for s in self.fix_specs]
+            return [parse_fix(s, self.data, self.split) for s in self.fix_specs]
         except (AuditorError, ValueError, TypeError):
-            return False
-        return True
+            return None
 
     # -- localization -----------------------------------------------------------------------
     def localize(self, **kwargs) -> Localization:

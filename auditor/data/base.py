@@ -41,11 +41,10 @@ def plain_strides(t: torch.Tensor) -> torch.Tensor:
 def frame_hash(frame: pd.DataFrame, index: bool = False) -> bytes:
     """pandas' row hashes of `frame` as bytes, the same on every pandas version, frames without
     columns included (image data sets have no protected groups)."""
+    if frame.shape[1] == 0 and index:
+        return pd.util.hash_pandas_object(frame.index.to_series(), index=False).values.tobytes()
     if frame.shape[1] == 0:
-        rows = np.full(len(frame), _NO_COLUMNS_HASH, dtype=np.uint64)
-        if index:
-            return pd.util.hash_pandas_object(frame.index.to_series(), index=False).values.tobytes()
-        return rows.tobytes()
+        return np.full(len(frame), _NO_COLUMNS_HASH, dtype=np.uint64).tobytes()
     return pd.util.hash_pandas_object(frame, index=index).values.tobytes()
 
 

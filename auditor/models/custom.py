@@ -179,7 +179,26 @@ def _pick(out, key):
     return out[key]
 
 
-_SELECTED: dict = {}
+_SWAPPED: dict = {}  # (base class, marker, value) -> its subclass, made once
+
+
+def _swap_forward(model: nn.Module, marker: str, value, after) -> nn.Module:
+    """Swap `model`'s class (in place) for a subclass whose forward is `after(the base forward's output)` and
+    which carries `marker = value`: names, weights and torch.fx tracing stay the model's. A class already
+    swapped for the same marker is swapped from its base, not stacked."""
+    base = type(model)
+    if getattr(base, marker, None) is not None:
+        base = base.__mro__[1]
+    cls = _SWAPPED.get((base, marker, value))
+    if cls is None:
+        def forward(self, *args, **kwargs):
+            return after(base.forward(self, *args, **kwargs))
+
+        cls = type(base.__name__, (base,), {"forward": forward, marker: value,
+                                             "__module__": base.__module__, "__qualname__": base.__qualname__})
+        _SWAPPED[(base, marker, value)] = cls
+    model.__class__ = cls
+    return model
 
 
 def select_output(model: nn.Module, key) -> nn.Module:
@@ -188,42 +207,18 @@ def select_output(model: nn.Module, key) -> nn.Module:
     and torch.fx tracing stay those of the model. In place; returns the model."""
     if not isinstance(key, (int, str)) or isinstance(key, bool):
         raise AuditorError(f'"output" in the spec\'s "arch" must be an index or a key, got {key!r}')
-    base = type(model)
-    if getattr(base, "_auditor_output", None) is not None:
-        base = base.__mro__[1]
-    cls = _SELECTED.get((base, key))
-    if cls is None:
-        def forward(self, *args, **kwargs):
-            return _pick(base.forward(self, *args, **kwargs), key)
-
-        cls = type(base.__name__, (base,), {"forward": forward, "_auditor_output": key,
-                                             "__module__": base.__module__, "__qualname__": base.__qualname__})
-        _SELECTED[(base, key)] = cls
-    model.__class__ = cls
-    return model
+    return _swap_forward(model, "_auditor_output", key, lambda out: _pick(out, key))
 
 
-_TWO_CLASS: dict = {}
+def _two_class(z: torch.Tensor) -> torch.Tensor:
+    return torch.cat([torch.zeros_like(z), z], 1)
 
 
 def read_single_logit(model: nn.Module) -> nn.Module:
     """Make `model`, which returns one logit z per row, return the two-class logits [0, z] (softmax gives
-    class 1 the probability sigmoid(z)): its class is swapped for a subclass, so names, weights and torch.fx
-    tracing stay the model's. In place; returns the model. `single_logit_base(model)` undoes it."""
-    base = type(model)
-    if getattr(base, "_auditor_single_logit", False):
-        return model
-    cls = _TWO_CLASS.get(base)
-    if cls is None:
-        def forward(self, *args, **kwargs):
-            z = base.forward(self, *args, **kwargs)
-            return torch.cat([torch.zeros_like(z), z], 1)
-
-        cls = type(base.__name__, (base,), {"forward": forward, "_auditor_single_logit": True,
-                                             "__module__": base.__module__, "__qualname__": base.__qualname__})
-        _TWO_CLASS[base] = cls
-    model.__class__ = cls
-    return model
+    class 1 the probability sigmoid(z)), by the same class swap as `select_output`. In place; returns the
+    model. `single_logit_base(model)` undoes it."""
+    return _swap_forward(model, "_auditor_single_logit", True, _two_class)
 
 
 def single_logit_base(model: nn.Module) -> nn.Module:

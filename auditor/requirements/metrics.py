@@ -239,15 +239,22 @@ def _binary(data: AuditData) -> bool:
     return len(data.class_names) == 2
 
 
+def _group_codes(oc: Outcomes, sp, attr: str) -> np.ndarray:
+    """Record one protected attribute's group codes and names in `oc`; returns its values as text."""
+    labels = pd.Series(sp.groups[attr]).astype(str).to_numpy()
+    codes, names = pd.factorize(labels, sort=True)
+    oc.groups[attr], oc.group_names[attr] = codes.astype(np.int64), [str(n) for n in names]
+    return labels
+
+
 def prediction_outcomes(data: AuditData, split: str, pred: np.ndarray, min_group: int = 0) -> Outcomes:
     """The `Outcomes` of fixed predictions on a split's rows (a mitigation that is not a model, such as
     post-processing), for intervals judged by the same rule as a model's."""
     sp = data.split(split)
     oc = Outcomes(sp.y.numpy().astype(np.int64), np.asarray(pred).astype(np.int64), len(data.class_names),
                   min_group=int(min_group), binary=_binary(data))
-    for attr in data.protected if data.protected else []:
-        codes, names = pd.factorize(pd.Series(sp.groups[attr]).astype(str).to_numpy(), sort=True)
-        oc.groups[attr], oc.group_names[attr] = codes.astype(np.int64), [str(n) for n in names]
+    for attr in data.protected or []:
+        _group_codes(oc, sp, attr)
     return oc
 
 
@@ -276,8 +283,7 @@ def compute_metrics(model: nn.Module, data: AuditData, split: str = "test",
     if data.protected and _binary(data):
         worst = 1.0
         for i, attr in enumerate(data.protected):
-            codes, names = pd.factorize(pd.Series(sp.groups[attr]).astype(str).to_numpy(), sort=True)
-            oc.groups[attr], oc.group_names[attr] = codes.astype(np.int64), [str(n) for n in names]
+            _group_codes(oc, sp, attr)
             table = group_table(y, pred, sp.groups[attr])
             sizes = group_sizes(y, sp.groups[attr])
             for g, s in sizes.items():
@@ -299,11 +305,11 @@ def compute_metrics(model: nn.Module, data: AuditData, split: str = "test",
     elif data.protected:  # several classes: accuracy per group (the fairness gaps need two outcomes)
         worst = 1.0
         for attr in data.protected:
-            labels = pd.Series(sp.groups[attr]).astype(str).to_numpy()
-            codes, names = pd.factorize(labels, sort=True)
-            oc.groups[attr], oc.group_names[attr] = codes.astype(np.int64), [str(n) for n in names]
-            table = {str(g): {"accuracy": float((pred[labels == g] == y[labels == g]).mean()),
-                              "count": int((labels == g).sum())} for g in names}
+            labels = _group_codes(oc, sp, attr)
+            table = {}
+            for g in oc.group_names[attr]:
+                rows = labels == g
+                table[g] = {"accuracy": float((pred[rows] == y[rows]).mean()), "count": int(rows.sum())}
             sizes = {g: {"count": t["count"]} for g, t in table.items()}
             out.groups[attr] = table
             keep = eligible(sizes, "accuracy", min_group)
