@@ -4,6 +4,7 @@
 #   bash benchmarks/device.sh                    # CUDA, full settings sized for < 8 minutes on one GPU
 #   QUICK=1 DEVICE=cpu bash benchmarks/device.sh # smoke run here on the CPU (a few minutes)
 #   BUDGET=420 bash benchmarks/device.sh         # every step ends within 420 s of the start
+#   STEPS="rectify learned" bash benchmarks/device.sh  # only these steps (rectify rectify_population learned)
 #
 # Runs, each with --device $DEVICE: benchmarks/rectify.py (rank-one vs fine-tuning on the sample
 # Trojan and cue models), benchmarks/rectify_population.py (the held-out Trojan / cue population,
@@ -46,10 +47,12 @@ BUDGET="${BUDGET:-0}"  # 0: the limits above; else a step gets at most what is l
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 } >"$LOG" 2>&1
 
+STEPS="${STEPS:-rectify rectify_population learned}"
 failures=0
 step() {  # step NAME LIMIT_S RESERVE_S COMMAND...
     local name="$1" limit="$2" reserve="${3:-0}"
     shift 3
+    case " $STEPS " in *" $name "*) ;; *) echo "== $name: skipped (STEPS=$STEPS)" >>"$LOG"; return 0 ;; esac
     if [ "$BUDGET" -gt 0 ]; then
         local left=$((BUDGET - SECONDS - reserve))
         [ "$left" -lt "$limit" ] && limit=$left
