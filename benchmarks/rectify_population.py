@@ -52,6 +52,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 MAX_ASR, MAX_CUE_GAP, MAX_DROP = 0.02, 0.05, 0.01
 REQUIRE = {"trojan": f"attack_success_rate <= {MAX_ASR}", "cue": f"cue_gap <= {MAX_CUE_GAP}"}
 METRIC = {"trojan": "attack_success_rate", "cue": "cue_gap"}
+MAX_TRIGGERED_GAP = 0.05  # a repaired Trojan also gives triggered images their labels: within 5 pt of clean accuracy
 # (label, editor, settings); the fine-tuning settings come from the sweep on the dev members
 METHODS = [
     ("dynamic rank-one, rank 1", "dynamic-rank-one", {"rank": 1}),
@@ -83,8 +84,12 @@ def judge(cfg: RectifyMember, before: dict, after: dict) -> dict:
     metric = METRIC[cfg.kind]
     threshold = MAX_ASR if cfg.kind == "trojan" else MAX_CUE_GAP
     drop = before["accuracy"] - after["accuracy"]
-    return {"metric": metric, "value": after[metric], "accuracy": after["accuracy"], "accuracy_drop": drop,
-            "met": bool(after[metric] <= threshold + 1e-12 and drop <= MAX_DROP + 1e-9)}
+    met = bool(after[metric] <= threshold + 1e-12 and drop <= MAX_DROP + 1e-9)
+    out = {"metric": metric, "value": after[metric], "accuracy": after["accuracy"], "accuracy_drop": drop, "met": met}
+    if "triggered_accuracy" in after:  # attack success sees flips to the target only: where do triggered images go?
+        out["triggered_accuracy"] = after["triggered_accuracy"]
+        out["met_keeps_labels"] = met and after["triggered_accuracy"] >= after["accuracy"] - MAX_TRIGGERED_GAP
+    return out
 
 
 def edit_once(bundle, data, cfg: RectifyMember, editor: str, settings: dict, device) -> tuple[dict, object]:
@@ -241,6 +246,10 @@ def summarise(runs: list[dict], methods: list, ns: list[int]) -> list[dict]:
                              "errors": int(sum("error" in r for r in rs)),
                              "seconds_median": float(np.nanmedian([r["seconds"] for r in rs])),
                              "seconds_max": float(np.nanmax([r["seconds"] for r in rs]))})
+                kept = [r for r in rs if "triggered_accuracy" in r]
+                if kept:
+                    rows[-1].update(triggered_accuracy_mean=float(np.mean([r["triggered_accuracy"] for r in kept])),
+                                    met_keeps_labels=int(sum(r["met_keeps_labels"] for r in kept)))
     return rows
 
 
@@ -335,14 +344,22 @@ def markdown(res: dict) -> str:
         if not rows:
             continue
         short = "ASR" if kind == "trojan" else "cue gap"
-        lines += [f"## {'Trojans' if kind == 'trojan' else 'Spurious cues'}", "",
-                  f"| method | n | runs | meet | {short} mean | {short} worst | drop mean (pt) | drop worst (pt) | "
-                  "unchanged | errors | edit s median | edit s max |", "|---" * 12 + "|"]
+        trig = kind == "trojan" and all("triggered_accuracy_mean" in s for s in rows)
+        extra = " triggered accuracy mean | meet, triggered images keep labels |" if trig else ""
+        lines += [f"## {'Trojans' if kind == 'trojan' else 'Spurious cues'}", ""]
+        if trig:
+            lines += [f"Attack success counts only flips to the target; triggered accuracy is the accuracy on the same "
+                      f"triggered images. The last column also asks it to be within {100 * MAX_TRIGGERED_GAP:.0f} pt "
+                      "of clean accuracy (a backdoor removed, not moved to other classes).", ""]
+        lines += [f"| method | n | runs | meet | {short} mean | {short} worst | drop mean (pt) | drop worst (pt) | "
+                  "unchanged | errors | edit s median | edit s max |" + extra, "|---" * (14 if trig else 12) + "|"]
         for s in rows:
             lines.append(f"| {s['method']} | {s['n']} | {s['runs']} | {s['met']} ({100 * s['met_share']:.0f} %) | "
                          f"{s['mean']:.4f} | {s['worst']:.4f} | {s['drop_mean_points']:+.2f} | "
                          f"{s['drop_worst_points']:+.2f} | {s['unchanged']} | {s['errors']} | "
-                         f"{s['seconds_median']:.3f} | {s['seconds_max']:.3f} |")
+                         f"{s['seconds_median']:.3f} | {s['seconds_max']:.3f} |"
+                         + (f" {s['triggered_accuracy_mean']:.4f} | {s['met_keeps_labels']} "
+                            f"({100 * s['met_keeps_labels'] / s['runs']:.0f} %) |" if trig else ""))
         lines.append("")
     fam = res["by_family"]
     if fam:

@@ -160,3 +160,37 @@ def test_the_cue_class_without_its_cue_is_measured_with_its_own_interval():
     edited = get_editor("dynamic-rank-one", samples=5).edit(bundle, data, ["cue_gap <= 0.05"]).bundle
     after = compute_metrics(edited.model, data, "test").metrics
     assert after["cue_gap"] <= 0.05 and after["cue_class_accuracy"] < after["accuracy"] - 0.1
+
+
+def test_a_backdoor_sent_to_another_class_is_said_and_can_be_required_away(trojan_cnn, digits_trojan):
+    """Attack success counts flips to the target only: an edit that sends triggered images elsewhere looked like a
+    removed backdoor. Triggered accuracy measures it (with its own interval), and the evaluation warns."""
+    from auditor.editors import get_editor
+    from auditor.requirements import compute_metrics
+    from auditor.requirements.uncertainty import intervals
+
+    data = digits_trojan
+    moved = get_editor("static-rank-one-last", samples=1).edit(trojan_cnn, data, []).bundle.model.eval()
+    report = compute_metrics(moved, data, "test")
+    m, sp = report.metrics, data.test
+    rows = np.flatnonzero(sp.y.numpy() != data.trigger.target)
+    with torch.no_grad():
+        stamped = moved(data.corrupt("test", rows)).argmax(1).numpy()
+    assert m["triggered_accuracy"] == pytest.approx(float((stamped == sp.y.numpy()[rows]).mean()), abs=1e-9)
+    assert m["attack_success_rate"] < 0.5 and m["triggered_accuracy"] < m["accuracy"] - 0.1
+    said = [w for w in report.warnings if w.startswith("the trigger still changes predictions")]
+    assert said and "triggered_accuracy >=" in said[0]
+    iv = intervals({"triggered_accuracy": m["triggered_accuracy"]}, report.outcomes, resamples=300)
+    assert iv["triggered_accuracy"]["n"] == len(rows)
+    # the dynamic editor from one sample, asked for attack success alone, overshoots: the trigger now sends many
+    # images elsewhere, and the evaluation says so; asked for triggered accuracy too, it keeps far more labels
+    acc0 = compute_metrics(trojan_cnn.model, data, "test").metrics["accuracy"]
+    alone = get_editor("dynamic-rank-one", samples=1).edit(trojan_cnn, data, ["attack_success_rate <= 0.02"])
+    a = compute_metrics(alone.bundle.model, data, "test")
+    assert a.metrics["attack_success_rate"] <= 0.02 and a.metrics["triggered_accuracy"] < a.metrics["accuracy"] - 0.1
+    assert [w for w in a.warnings if w.startswith("the trigger still changes predictions")]
+    both = get_editor("dynamic-rank-one", samples=1).edit(
+        trojan_cnn, data, ["attack_success_rate <= 0.02", "triggered_accuracy >= 0.95"])
+    b = compute_metrics(both.bundle.model, data, "test").metrics
+    assert b["triggered_accuracy"] >= a.metrics["triggered_accuracy"] + 0.1
+    assert b["attack_success_rate"] <= 0.1 and b["accuracy"] >= acc0 - 0.01

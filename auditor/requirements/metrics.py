@@ -38,6 +38,9 @@ METRICS: dict[str, MetricInfo] = {m.name: m for m in [
     MetricInfo("features_used", "raw input features with any non-zero first-layer weight", False, None, "count"),
     MetricInfo("attack_success_rate", "share of non-target test images that the trigger flips to the target",
                False, "trigger"),
+    MetricInfo("triggered_accuracy", "accuracy on non-target test images with the trigger stamped (near clean "
+               "accuracy once a backdoor is gone; low while attack success is low: the trigger now sends images "
+               "to another class)", True, "trigger"),
     MetricInfo("cue_gap", "clean accuracy minus accuracy on images whose cue contradicts the label", False, "cue"),
     MetricInfo("cue_accuracy", "accuracy on images whose spurious cue contradicts the label", True, "cue"),
     MetricInfo("cue_class_accuracy", "accuracy on the cue class's own images without the cue (does the model "
@@ -73,6 +76,7 @@ class Outcomes:
     groups: dict[str, np.ndarray] = field(default_factory=dict)  # attribute -> int codes per row
     group_names: dict[str, list[str]] = field(default_factory=dict)
     asr_hit: np.ndarray | None = None  # 1 flipped to the target, 0 not, -1 a target-class row
+    trig_right: np.ndarray | None = None  # 1 right with the trigger, 0 wrong, -1 a target-class row
     cue_hit: np.ndarray | None = None  # 1 right despite the cue, 0 fooled, -1 a cue-class row
     ref_pred: np.ndarray | None = None  # the reference model's predictions (drawdown, changed_predictions)
     min_group: int = 0
@@ -258,6 +262,27 @@ def prediction_outcomes(data: AuditData, split: str, pred: np.ndarray, min_group
     return oc
 
 
+REDIRECT_GAP = 0.10  # triggered accuracy this far under clean accuracy, with attack success low: redirected
+
+
+def redirect_warnings(m: dict, y: np.ndarray, stamped: np.ndarray, target: int, class_names) -> list[str]:
+    """A warning when attack success is low but the trigger still changes predictions: a backdoor sent
+    to another class is not removed, and attack success (flips to the target only) cannot see it."""
+    asr, acc, trig = m["attack_success_rate"], m["accuracy"], m["triggered_accuracy"]
+    if len(y) == 0 or asr > 0.5 or acc - trig <= REDIRECT_GAP:
+        return []
+    names = [str(class_names[k]) if k < len(class_names) else str(k) for k in range(int(stamped.max()) + 1)]
+    others = stamped[(stamped != y) & (stamped != target)]
+    where = f"{100 * asr:.1f} % go to the target {names[target]!r}"
+    if len(others):
+        top = int(np.bincount(others).argmax())
+        where += f" and {100 * float((others == top).sum()) / len(y):.1f} % to class {names[top]!r}"
+    return [f"the trigger still changes predictions: with it, {100 * trig:.1f} % of non-target images keep their "
+            f"label (clean accuracy {100 * acc:.1f} %); {where}. Attack success counts only flips to the target, "
+            f"so it understates what the trigger still does: require triggered_accuracy (e.g. 'triggered_accuracy "
+            f">= {max(acc - 0.02, 0):.2f}') for an edit to remove the backdoor, not move it"]
+
+
 def compute_metrics(model: nn.Module, data: AuditData, split: str = "test",
                     reference: nn.Module | None = None, fixes: Fixes | None = None,
                     min_group: int = 0) -> MetricReport:
@@ -329,9 +354,14 @@ def compute_metrics(model: nn.Module, data: AuditData, split: str = "test",
         trig = data.trigger
         rows = np.flatnonzero(y != trig.target)
         hit = np.full(len(y), -1, dtype=np.int64)
-        hit[rows] = predict(model, data.corrupt(split, rows)) == trig.target
-        oc.asr_hit = hit
+        right = hit.copy()
+        stamped = predict(model, data.corrupt(split, rows))
+        hit[rows] = stamped == trig.target
+        right[rows] = stamped == y[rows]
+        oc.asr_hit, oc.trig_right = hit, right
         m["attack_success_rate"] = float(hit[rows].mean()) if len(rows) else 0.0
+        m["triggered_accuracy"] = float(right[rows].mean()) if len(rows) else 0.0
+        out.warnings += redirect_warnings(m, y[rows], stamped, trig.target, data.class_names)
     if data.cue is not None:
         rows = np.flatnonzero(y != data.cue.target)
         hit = np.full(len(y), -1, dtype=np.int64)

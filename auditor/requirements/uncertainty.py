@@ -73,6 +73,8 @@ def _columns(oc: Outcomes, prefix: str = "") -> dict[str, np.ndarray]:
     cols = {f"{prefix}pred": oc.pred}
     if oc.asr_hit is not None:
         cols[f"{prefix}asr"] = oc.asr_hit
+    if oc.trig_right is not None:
+        cols[f"{prefix}trig"] = oc.trig_right
     if oc.cue_hit is not None:
         cols[f"{prefix}cue"] = oc.cue_hit
     if oc.ref_pred is not None:
@@ -161,6 +163,9 @@ def _metrics(c: _Cells, oc: Outcomes, prefix: str, original: bool = False) -> di
     if f"{prefix}asr" in c.cols:
         h = c.cols[f"{prefix}asr"]
         out["attack_success_rate"] = _rate(c, h == 1, h >= 0, original)
+    if f"{prefix}trig" in c.cols:
+        h = c.cols[f"{prefix}trig"]
+        out["triggered_accuracy"] = _rate(c, h == 1, h >= 0, original)
     if f"{prefix}cue" in c.cols:
         h = c.cols[f"{prefix}cue"]
         out["cue_accuracy"] = _rate(c, h == 1, h >= 0, original)
@@ -185,6 +190,8 @@ def _n(oc: Outcomes, key: str) -> tuple[int, dict | None]:
                           else None)
     if _base(key) == "attack_success_rate" and oc.asr_hit is not None:
         return int((oc.asr_hit >= 0).sum()), None
+    if _base(key) == "triggered_accuracy" and oc.trig_right is not None:
+        return int((oc.trig_right >= 0).sum()), None
     if _base(key) == "cue_accuracy" and oc.cue_hit is not None:
         return int((oc.cue_hit >= 0).sum()), None
     if _base(key) == "cue_class_accuracy" and oc.cue_hit is not None:
