@@ -26,7 +26,8 @@ CATEGORIES = {
     "accuracy": "utility floor", "balanced_accuracy": "utility floor", "drawdown": "utility floor",
     "changed_predictions": "utility floor", "demographic_parity": "fairness", "equalized_odds": "fairness",
     "worst_group_accuracy": "worst-group accuracy", "sparsity": "sparsity", "features_used": "data minimisation",
-    "attack_success_rate": "backdoor (attack success)", "triggered_accuracy": "backdoor (attack success)", "cue_gap": "spurious cue", "cue_accuracy": "spurious cue",
+    "attack_success_rate": "backdoor (attack success)",
+    "triggered_accuracy": "backdoor (attack success)", "cue_gap": "spurious cue", "cue_accuracy": "spurious cue",
     "cue_class_accuracy": "spurious cue",
     "edit_success": "fixes", "generality": "fixes",
 }

@@ -115,10 +115,15 @@ COUNTERS = (".num_batches_tracked",)
 
 
 def parameters_changed(delta: WeightDelta) -> int:
-    """How many parameter entries an edit changed (an adapter's added entries counted; BatchNorm's running
-    statistics and counters, which are no parameters, left out)."""
-    return int(sum(max(v.numel(), delta.after[k].numel()) for k, v in delta.before.items()
-                   if not k.endswith(STATISTICS + COUNTERS)))
+    """How many parameter entries an edit changed, entry by entry (a tensor whose shape changed, as an
+    adapter's, counted whole; BatchNorm's running statistics and counters, which are no parameters, left out)."""
+    total = 0
+    for k, v in delta.before.items():
+        if k.endswith(STATISTICS + COUNTERS):
+            continue
+        w = delta.after[k]
+        total += int((v != w).sum()) if v.shape == w.shape else max(v.numel(), w.numel())
+    return total
 
 
 @dataclass

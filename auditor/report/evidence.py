@@ -31,7 +31,8 @@ def _verdict_word(res: dict | None) -> str:
     return {"pass": "met", "fail": "not met", "inconclusive": "inconclusive"}[v]
 
 
-ROBUSTNESS = ("accuracy", "balanced_accuracy", "attack_success_rate", "triggered_accuracy", "cue_gap", "cue_accuracy", "cue_class_accuracy")
+ROBUSTNESS = ("accuracy", "balanced_accuracy", "attack_success_rate", "triggered_accuracy", "cue_gap", "cue_accuracy",
+              "cue_class_accuracy")
 
 
 def _requirements(d: dict, metrics: tuple[str, ...] | None = None) -> list[str]:
