@@ -848,3 +848,25 @@ def test_parameters_changed_counts_entries_not_tensors(adult_mlp, adult):
     by_hand = sum(int((p.detach() != before[n].detach()).sum()) for n, p in result.bundle.model.named_parameters())
     assert 0 < parameters_changed(result.delta) == by_hand
     assert by_hand < sum(p.numel() for p in result.bundle.model.parameters() if p.dim() > 1)
+
+
+def test_blank_categorical_inputs_are_refused_like_numeric_ones():
+    """Blank cells in a categorical input were one-hot encoded as all zeros (or fitted as a 'nan' category)
+    with only an unseen-category note; a numeric input's blanks were refused. Both are refused now."""
+    schema = TabularSchema(target="approved", positive="yes", categorical=["gender", "job"])
+    frames = _frames()
+    frames["test"].loc[3:5, "job"] = np.nan
+    with pytest.raises(AuditorError, match=r"categorical column 'job' has 3 missing value\(s\).*first at row 3"):
+        from_frames("vendor", frames, schema)
+    frames = _frames()
+    frames["train"].loc[0, "gender"] = np.nan
+    with pytest.raises(AuditorError, match="categorical column 'gender' has 1 missing.*does not impute"):
+        from_frames("vendor", frames, schema)
+    # a model trained with 'nan' as a category of its own reads blanks as that category
+    prep = {"version": 1, "columns": [{"name": "age", "type": "numeric", "mean": 40.0, "std": 10.0},
+                                      {"name": "job", "type": "categorical", "categories": ["a", "b", "c", "nan"]}]}
+    frames = _frames()
+    frames["test"].loc[3:5, "job"] = np.nan
+    data = from_frames("vendor", frames, TabularSchema(target="approved", positive="yes", categorical=["job"]),
+                       preprocessing=prep)
+    assert data.test.X[3:6, 4].tolist() == [1.0, 1.0, 1.0]

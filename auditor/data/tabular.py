@@ -92,6 +92,19 @@ def _numeric_column(frame: pd.DataFrame, col: str) -> np.ndarray:
     return arr
 
 
+def _categorical_column(frame: pd.DataFrame, col: str, categories=()) -> pd.Series:
+    """A categorical input as text; blanks refused as for a numeric input (they used to become a silent 'nan'
+    category, or all-zero rows), unless the fitted categories hold 'nan' itself."""
+    values = frame[col]
+    if values.isna().any() and "nan" not in [str(v) for v in categories]:
+        rows = np.flatnonzero(values.isna().to_numpy())
+        raise AuditorError(f"categorical column {col!r} has {len(rows)} missing value(s) (blank or NaN) in "
+                           f"{len(frame)} rows (first at row {int(rows[0])}); the auditor does not impute: fill them "
+                           "in the file (a word such as 'unknown' makes its own category if the model was trained "
+                           "with one), drop those rows, or leave the column out of the model's inputs (--inputs)")
+    return as_text(values)
+
+
 def fit_preprocessing(frame: pd.DataFrame, inputs: list[str], categorical: list[str],
                       log1p: list[str] = ()) -> dict:
     """Fit on the training rows: mean/std of numeric inputs, category lists of categorical ones."""
@@ -99,7 +112,7 @@ def fit_preprocessing(frame: pd.DataFrame, inputs: list[str], categorical: list[
     prep: dict = {"columns": [], "version": 1}
     for col in inputs:
         if col in categorical:
-            cats = sorted(as_text(frame[col]).unique())
+            cats = sorted(_categorical_column(frame, col).unique())
             prep["columns"].append({"name": col, "type": "categorical", "categories": cats})
         else:
             x = _numeric_column(frame, col)
@@ -144,7 +157,7 @@ def transform(frame: pd.DataFrame, prep: dict, what: str = "the data") -> np.nda
     at = 0
     for c in prep["columns"]:
         if c["type"] == "categorical":
-            values = as_text(frame[c["name"]]).to_numpy()
+            values = _categorical_column(frame, c["name"], c["categories"]).to_numpy()
             index: dict = {}
             for i, v in enumerate(c["categories"]):
                 index.setdefault(str(v), []).append(i)
@@ -179,9 +192,10 @@ def unseen_categories(frame: pd.DataFrame, prep: dict, stored: bool) -> list[str
             counts = unseen.value_counts()
             shown = ", ".join(f"{v!r} ({n} rows)" for v, n in counts.head(4).items())
             where = "the model's stored preprocessing" if stored else "the training rows"
+            more = f", ... ({len(c['categories'])} in all)" if len(c["categories"]) > 6 else ""
             notes.append(f"column {c['name']!r}: {len(unseen)} of {len(values)} rows hold values {where} has no "
                          f"category for ({shown}{', ...' if len(counts) > 4 else ''}); they are encoded as all zeros "
-                         f"(known: {', '.join(map(repr, list(c['categories'])[:6]))})"
+                         f"(known: {', '.join(map(repr, list(c['categories'])[:6]))}{more})"
                          + (f"; intended if {counts.index[0]!r} is the category a drop-first encoding leaves out"
                             if len(counts) == 1 else ""))
     return notes
