@@ -609,6 +609,10 @@ def test_a_trigger_on_another_scale_than_the_images_is_refused(tmp_path):
     assert float(ok.stamp.pattern.max()) == 255
     floats = load_data(str(_npz_case(tmp_path / "f.npz", images / 255.0, labels, mask, mask)))
     assert float(floats.test.X.max()) <= 1.0
+    # a 0/255 mask blends x * (1 - 255) + p * 255: far outside any image, and attack success measured something else
+    with pytest.raises(AuditorError, match=r"m255.npz: 'mask': the trigger's mask holds values from 0 to 255.*"
+                                           r"divide it by 255"):
+        load_data(str(_npz_case(tmp_path / "m255.npz", images / 255.0, labels, mask * 255, mask)))
 
 
 def test_images_with_odd_strides_reach_the_model_with_ordinary_ones(tmp_path):

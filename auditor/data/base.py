@@ -103,6 +103,13 @@ class Stamp:
     target: int
     kind: str = "trigger"  # "trigger" or "cue"
 
+    def __post_init__(self):
+        lo, hi = (float(self.mask.min()), float(self.mask.max())) if self.mask.numel() else (0.0, 0.0)
+        if not (lo >= 0.0 and hi <= 1.0):  # NaN fails too
+            raise AuditorError(f"the {self.kind}'s mask holds values from {lo:.4g} to {hi:.4g}: a mask is a blend "
+                               "weight per pixel in [0, 1] (1: the pattern replaces the pixel, 0: the image stays)"
+                               + ("; it looks like 0..255: divide it by 255" if hi > 1.0 and hi <= 255.0 else ""))
+
     def apply(self, X: torch.Tensor) -> torch.Tensor:
         mask = self.mask.to(X.dtype)
         return X * (1 - mask) + self.pattern.to(X.dtype) * mask

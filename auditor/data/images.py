@@ -346,7 +346,10 @@ def _npz_case(path: Path, arrays: dict, seed: int) -> AuditData:
         mask = torch.tensor(np.broadcast_to(arrays["mask"], shape).astype(np.float32))
         pattern = torch.tensor(np.broadcast_to(arrays["pattern"], shape).astype(np.float32))
         check_pattern_scale(path, images, mask, pattern, given.get("pattern", "pattern"))
-        stamp = Stamp(mask, pattern, target, kind=kind)
+        try:
+            stamp = Stamp(mask, pattern, target, kind=kind)
+        except AuditorError as e:
+            raise AuditorError(f"{path.name}: {given.get('mask', 'mask')!r}: {e}") from None
         for key in ("corrupted", "train_corrupted", "val_corrupted"):
             if key in arrays:
                 raise AuditorError(f"{path.name}: give either mask+pattern or {key!r} twins, not both")
