@@ -229,6 +229,17 @@ def _convert(proto, spec: ModelSpec, name: str):
     raise AuditorError(f"{name}: an ONNX operator is not supported: {str(first)[:200]}{hint}") from None
 
 
+def _fix_layer_norms(module: nn.Module) -> None:
+    """onnx2torch sizes a LayerNorm from the graph's shape information and, where the graph has none (a
+    dynamic batch, no value_info), builds it over no dimensions at all (normalized_shape (0,) or ()); the
+    weight it carries says the real size, so take it from there."""
+    for layer in module.modules():
+        if isinstance(layer, nn.LayerNorm) and layer.weight is not None:
+            want = tuple(layer.weight.shape)
+            if tuple(layer.normalized_shape) != want:
+                layer.normalized_shape = want
+
+
 def load_onnx(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelBundle:
     """Load an `.onnx` file (size already checked by `load_model`) as an editable bundle."""
     onnx = _onnx()
@@ -285,6 +296,7 @@ def load_onnx(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelBu
         raise AuditorError(f"{path.name}: cannot convert the ONNX graph to PyTorch: "
                            f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
     _check_finite(converted.state_dict(), path)
+    _fix_layer_norms(converted)
     module = _tidy(converted).eval()
     probe = torch.randn(2, *_probe_shape(spec, dims), generator=torch.Generator().manual_seed(0))
     fixed = (f"; the graph's batch axis is fixed to 1 (input {list(dims)}): export it again with a batch axis, "
