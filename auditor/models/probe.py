@@ -179,7 +179,7 @@ def _child() -> None:  # pragma: no cover (runs in the subprocess)
     import onnx
     import torch
 
-    from .onnx_format import _onnx2torch
+    from .onnx_format import _fix_layer_norms, _onnx2torch
 
     path, shape = sys.argv[1], json.loads(sys.argv[2])
     _onnx2torch()
@@ -188,6 +188,7 @@ def _child() -> None:  # pragma: no cover (runs in the subprocess)
 
     def run():
         module = _onnx2torch().convert(onnx.load_model(path, load_external_data=False)).eval()
+        _fix_layer_norms(module)
         with torch.no_grad():
             module(torch.randn(2, *shape))
 
