@@ -874,3 +874,32 @@ def test_blank_categorical_inputs_are_refused_like_numeric_ones():
     data = from_frames("vendor", frames, TabularSchema(target="approved", positive="yes", categorical=["job"]),
                        preprocessing=prep)
     assert data.test.X[3:6, 4].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_minimised_model_is_audited_on_data_without_the_columns_it_dropped(adult_mlp, adult, tmp_path):
+    """After a data-minimisation edit the saved model still asked for every dropped column, so a vendor could not
+    stop collecting them: evaluating on a CSV without them failed. The saved spec now marks the columns the model
+    no longer reads, and data without them is audited (said in the notes) with the same predictions."""
+    from auditor.data.tabular import ADULT_SCHEMA, _read_adult
+    from auditor.models import save_model
+
+    result = get_editor("drop-features", k=4).edit(adult_mlp, adult, [])
+    path = save_model(result.bundle, tmp_path / "min.safetensors")
+    saved = load_model(path)
+    unused = [c["name"] for c in saved.spec.preprocessing["columns"] if c.get("unused")]
+    assert len(unused) == len(saved.spec.preprocessing["columns"]) - 4
+    assert not any(c.get("unused") for c in result.bundle.spec.preprocessing["columns"])  # the bundle's own spec
+    test = _read_adult("adult.test.gz").iloc[:400].reset_index(drop=True)
+    frames = {"train": test.iloc[:200], "val": test.iloc[200:300], "test": test.iloc[300:].reset_index(drop=True)}
+    full = from_frames("full", frames, ADULT_SCHEMA, preprocessing=saved.spec.preprocessing)
+    slim = from_frames("slim", {k: f.drop(columns=unused) for k, f in frames.items()}, ADULT_SCHEMA,
+                       preprocessing=saved.spec.preprocessing)
+    assert any("are not in the data: the model no longer reads them" in n for n in slim.notes)
+    with torch.no_grad():
+        assert torch.equal(saved.model(full.test.X).argmax(1), saved.model(slim.test.X).argmax(1))
+    # a dense model marks nothing: every column is still required
+    dense = load_model(save_model(adult_mlp, tmp_path / "dense.safetensors"))
+    assert not any(c.get("unused") for c in dense.spec.preprocessing["columns"])
+    with pytest.raises(AuditorError, match="not in the data"):
+        from_frames("slim", {k: f.drop(columns=unused) for k, f in frames.items()}, ADULT_SCHEMA,
+                    preprocessing=dense.spec.preprocessing)

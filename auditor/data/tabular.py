@@ -150,12 +150,15 @@ def transform(frame: pd.DataFrame, prep: dict, what: str = "the data") -> np.nda
 
     The output's size (rows x width) is checked against the matrix budget before it is allocated,
     and it is allocated once (no intermediate rows x categories comparisons)."""
-    _require_columns(frame, [c["name"] for c in prep["columns"]], "input")
+    _require_columns(frame, [c["name"] for c in prep["columns"] if not c.get("unused")], "input")
     width = input_width(prep)
     check_matrix(f"{what}: the model inputs", len(frame), width)
     out = np.zeros((len(frame), width), np.float32)
     at = 0
     for c in prep["columns"]:
+        if c.get("unused") and c["name"] not in frame:  # the model reads nothing of it: its mean, no category
+            at += len(c["categories"]) if c["type"] == "categorical" else 1
+            continue
         if c["type"] == "categorical":
             values = _categorical_column(frame, c["name"], c["categories"]).to_numpy()
             index: dict = {}
@@ -314,6 +317,10 @@ def from_frames(name: str, frames: dict[str, pd.DataFrame], schema: TabularSchem
     notes = target_notes(whole, schema, positive) if schema.positive is not None else []
     if prep is not None:
         notes += unseen_categories(whole, prep, preprocessing_given)
+        absent = [c["name"] for c in prep["columns"] if c.get("unused") and c["name"] not in whole]
+        if absent:
+            notes.append(f"input column(s) {', '.join(map(repr, absent))} are not in the data: the model no longer "
+                         "reads them (a data-minimisation edit), so they are left out")
     read = [c["name"] for c in prep["columns"]] if prep is not None else feature_names
     notes += identifier_notes(whole, [c for c in read if c in whole.columns])
     used = [a for a in schema.protected if a in read]

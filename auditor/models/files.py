@@ -164,9 +164,48 @@ SAVERS: dict = {}
 SAVE_CHECKS: dict = {}  # suffix -> (bundle, path) -> None, raising when that format cannot hold the bundle
 
 
+@torch.no_grad()
+def mark_unused_inputs(bundle: ModelBundle) -> ModelBundle:
+    """The bundle with its stored preprocessing marking each raw input column the model no longer reads
+    (`"unused": true`: changing that column's values changes no output, as after a data-minimisation edit),
+    so data without those columns can be audited; a copy, the bundle's own spec untouched."""
+    prep = bundle.spec.preprocessing
+    if not prep or not prep.get("columns") or bundle.spec.input_kind != "tabular":
+        return bundle
+    from ..data.tabular import describe_inputs
+
+    names, groups = describe_inputs(prep)
+    model = bundle.model
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    X = torch.randn(8, len(names), generator=torch.Generator().manual_seed(0))
+    was = model.training
+    model.eval()
+    try:
+        base = model(X.to(device))
+        unused = set()
+        for c in prep["columns"]:
+            X2 = X.clone()
+            X2[:, groups[c["name"]]] = torch.randn(8, len(groups[c["name"]]),
+                                                   generator=torch.Generator().manual_seed(1)) * 3
+            if torch.equal(model(X2.to(device)), base):
+                unused.add(c["name"])
+    except Exception:  # noqa: BLE001 - a model that cannot run on such rows is saved as it is
+        return bundle
+    finally:
+        model.train(was)
+    spec = copy.deepcopy(bundle.spec)
+    for c in spec.preprocessing["columns"]:
+        c.pop("unused", None)
+        if c["name"] in unused:
+            c["unused"] = True
+    return ModelBundle(bundle.model, spec, bundle.source, bundle.format, bundle.history, bundle.origin)
+
+
 def save_model(bundle: ModelBundle, path: str | os.PathLike, extra_metadata: dict | None = None) -> Path:
-    """Write one `.safetensors` file with the spec (and any provenance) in its metadata."""
+    """Write one `.safetensors` file with the spec (and any provenance) in its metadata; raw inputs the
+    model no longer reads are marked in its stored preprocessing (`mark_unused_inputs`)."""
     path = Path(path)
+    bundle = mark_unused_inputs(bundle)
     check_adapters_saveable(bundle, path.suffix)
     if path.suffix.lower() in SAVERS:
         return SAVERS[path.suffix.lower()](bundle, path, extra_metadata)
