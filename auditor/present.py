@@ -523,3 +523,9 @@ def pixel_attribution(a) -> np.ndarray:
     """A pixel attribution map (C x H x W, or H x W) summed over the channels: a pixel's contribution."""
     a = np.asarray(a.detach().cpu().double() if hasattr(a, "detach") else a, dtype=float)
     return a.sum(0) if a.ndim == 3 else a
+
+
+def failure_words(error: str) -> str:
+    """A trade-off row's error as shown: "not run here: ..." (a method that does not apply) as it is, else
+    "failed: ..."."""
+    return error if error.startswith("not run here") else f"failed: {error}"

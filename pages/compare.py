@@ -102,7 +102,10 @@ else:
         keep = [c for c in rows.columns if c not in ("model_sha256", "editor") and rows[c].notna().any()]
         st.dataframe(rows[keep], hide_index=True, key="cmp_tradeoff_table")
         where = "all rows" if t.split == "all" else f"the {t.split} split"
-        st.caption(f"{len(rows)} methods compared on {where} ({t.rows['error'].notna().sum()} failed).")
+        errors = t.rows["error"].dropna().astype(str)
+        skipped = int(errors.str.startswith("not run here").sum())
+        st.caption(f"{len(rows)} methods compared on {where} ({len(errors) - skipped} failed"
+                   + (f", {skipped} not run here" if skipped else "") + ").")
 
 if audit.edited:
     st.subheader("Where the weights changed")

@@ -903,3 +903,15 @@ def test_a_minimised_model_is_audited_on_data_without_the_columns_it_dropped(adu
     with pytest.raises(AuditorError, match="not in the data"):
         from_frames("slim", {k: f.drop(columns=unused) for k, f in frames.items()}, ADULT_SCHEMA,
                     preprocessing=dense.spec.preprocessing)
+
+
+def test_auto_baselines_say_which_editors_for_the_requirement_could_not_run(trojan_cnn, digits_trojan):
+    """`--baselines auto` compared only the editors that could run, and left out the others without a word."""
+    from auditor.audit.pipeline import run_audit
+
+    outcome = run_audit(trojan_cnn, digits_trojan, ["sparsity >= 0.5"], editor="magnitude-pruning", localize=False)
+    rows = outcome.session.tradeoff.rows.set_index("method")
+    assert "metanet-pruning" in rows.index
+    assert rows.loc["metanet-pruning", "error"].startswith("not run here: metanetworks edit tabular MLPs")
+    ran = rows[rows["error"].isna()]
+    assert len(ran) >= 2 and "magnitude-pruning" in " ".join(ran.index)

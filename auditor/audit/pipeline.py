@@ -21,7 +21,7 @@ from ..evaluate import DEFAULT_MIN_GROUP
 from ..models.bundle import ModelBundle
 from ..requirements import DEFAULT_VERDICT, parse_requirements
 from .session import AuditSession
-from .tradeoff import common_settings, resolve_baselines, tradeoff_metric
+from .tradeoff import common_settings, resolve_baselines, tradeoff_metric, unavailable_baselines
 
 # Fractions of the progress bar given to each stage
 STAGES = {"evaluate": (0.0, 0.05), "localize": (0.05, 0.2), "edit": (0.2, 0.55), "after": (0.55, 0.6),
@@ -114,6 +114,9 @@ def run_audit(bundle: ModelBundle, data: AuditData, requirements, *, editor: str
             session.localization_note = f"localization was not possible: {exc}"
     if editor:
         session.run_edit(editor, opts, device=device, callback=_stage(callback, "edit"))
+    if baselines == "auto" and editor and tradeoff_metric(reqs) is not None:  # what auto left out, and why
+        alternatives = [*(alternatives or ()),
+                        *unavailable_baselines(bundle, data, tradeoff_metric(reqs).key, exclude=[editor])]
     if tradeoff_metric(reqs) is not None and (editor or base_names or alt_names or alternatives):
         callback(STAGES["tradeoff"][0], "tradeoff")
         session.run_tradeoff(base_names + alt_names, device=device, callback=_stage(callback, "tradeoff"),

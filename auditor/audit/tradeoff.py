@@ -49,6 +49,18 @@ def baselines_for(bundle: ModelBundle, data: AuditData, metric: str, exclude: Se
     return [cls.name for cls in editors_for(bundle, data, metric) if cls.name not in exclude]
 
 
+def unavailable_baselines(bundle: ModelBundle, data: AuditData, metric: str,
+                          exclude: Sequence[str] = ()) -> list[FailedAlternative]:
+    """Registered editors that target `metric` but cannot edit this model on this data, as rows that say why
+    (`--baselines auto` left them out without a word)."""
+    from ..editors.registry import unavailable_editors
+
+    base = metric.split("[", 1)[0].strip()
+    return [FailedAlternative(cls.name, f"not run here: {reason}", kind=getattr(cls, "kind", "editor"))
+            for cls, reason in unavailable_editors(bundle, data)
+            if base in getattr(cls, "targets", ()) and cls.name not in exclude]
+
+
 def alternative_methods() -> dict:
     """Mitigations that are not weight edits (fairlearn's ThresholdOptimizer, ExponentiatedGradient),
     by name; each returns an `AlternativeResult`."""

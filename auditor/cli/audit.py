@@ -12,6 +12,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from ..present import failure_words
 from . import COMMANDS
 from .common import (
     add_editor_setting_args,
@@ -293,7 +294,7 @@ def _print_summary(report, written: list[str], logged) -> None:
         rows = [[r["method"], r["kind"], fmt(r["value"], t["metric"]),
                  fmt(r["accuracy"], "accuracy"),
                  f"{r['seconds']:.2f}" if r["seconds"] is not None else "-",
-                 "yes" if r["passed"] else ("failed: " + r["error"][:60] if r["error"]
+                 "yes" if r["passed"] else (failure_words(r["error"])[:72] if r["error"]
                                             else "n/a" if r["passed"] is None else "no")] for r in t["rows"]]
         where = "all rows" if t["split"] == "all" else f"the {t['split']} split"
         print(f"\ntrade-off on {where}")
