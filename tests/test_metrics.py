@@ -194,3 +194,16 @@ def test_a_backdoor_sent_to_another_class_is_said_and_can_be_required_away(troja
     b = compute_metrics(both.bundle.model, data, "test").metrics
     assert b["triggered_accuracy"] >= a.metrics["triggered_accuracy"] + 0.1
     assert b["attack_success_rate"] <= 0.1 and b["accuracy"] >= acc0 - 0.01
+
+
+def test_the_redirect_warning_names_a_target_no_image_is_predicted_as():
+    """Class names were listed only up to the largest prediction: a target above it raised IndexError inside
+    every evaluation of such a model (found by the population benchmark's fine-tuned ResNet)."""
+    from auditor.requirements.metrics import redirect_warnings
+
+    y = np.array([0, 1, 2, 3] * 10)
+    stamped = np.array([1, 2, 3, 0] * 5 + [0, 1, 2, 3] * 5)
+    m = {"attack_success_rate": 0.0, "accuracy": 0.95, "triggered_accuracy": float((stamped == y).mean())}
+    said = redirect_warnings(m, y, stamped, 9, [f"c{k}" for k in range(10)])
+    assert len(said) == 1 and "the target 'c9'" in said[0] and "12.5 % to class 'c0'" in said[0]
+    assert redirect_warnings(dict(m, triggered_accuracy=0.94), y, stamped, 9, []) == []

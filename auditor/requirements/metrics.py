@@ -271,7 +271,8 @@ def redirect_warnings(m: dict, y: np.ndarray, stamped: np.ndarray, target: int, 
     asr, acc, trig = m["attack_success_rate"], m["accuracy"], m["triggered_accuracy"]
     if len(y) == 0 or asr > 0.5 or acc - trig <= REDIRECT_GAP:
         return []
-    names = [str(class_names[k]) if k < len(class_names) else str(k) for k in range(int(stamped.max()) + 1)]
+    names = [str(class_names[k]) if k < len(class_names) else str(k)
+             for k in range(max(len(class_names), int(stamped.max()) + 1, int(target) + 1))]
     others = stamped[(stamped != y) & (stamped != target)]
     where = f"{100 * asr:.1f} % go to the target {names[target]!r}"
     if len(others):
