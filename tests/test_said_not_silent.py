@@ -915,3 +915,18 @@ def test_auto_baselines_say_which_editors_for_the_requirement_could_not_run(troj
     assert rows.loc["metanet-pruning", "error"].startswith("not run here: metanetworks edit tabular MLPs")
     ran = rows[rows["error"].isna()]
     assert len(ran) >= 2 and "magnitude-pruning" in " ".join(ran.index)
+
+
+def test_channels_last_images_are_named_not_the_other_array(tmp_path):
+    """'images' stored (N, H, W, C) beside a correct (N, C, H, W) train_images: the error blamed train_images."""
+    rng = np.random.default_rng(0)
+    nhwc = rng.random((12, 16, 16, 1)).astype(np.float32)
+    nchw = np.transpose(nhwc, (0, 3, 1, 2))
+    labels = np.arange(12) % 3
+    np.savez(tmp_path / "a.npz", images=nhwc, labels=labels, train_images=nchw, train_labels=labels)
+    with pytest.raises(AuditorError, match=r"'images' has shape \(16, 16, 1\) but train_images \(1, 16, 16\); "
+                                           r"it is channels last \(N, H, W, C\)"):
+        load_data(str(tmp_path / "a.npz"))
+    np.savez(tmp_path / "b.npz", images=nchw, labels=labels, train_images=nhwc, train_labels=labels)
+    with pytest.raises(AuditorError, match=r"train_images has images of shape \(16, 16, 1\).*channels last"):
+        load_data(str(tmp_path / "b.npz"))

@@ -249,8 +249,13 @@ def _npz_images(path: Path, key: str, arr, shape=None) -> np.ndarray:
     if images.ndim != 4:
         raise AuditorError(f"{path.name}: {key} must be (N, H, W) or (N, C, H, W); got shape {tuple(images.shape)}")
     if shape is not None and tuple(images.shape[1:]) != tuple(shape):
+        hint = channels_last_hint(list(images.shape[1:]), list(shape))  # 'images' itself channels last?
+        if hint:
+            raise AuditorError(f"{path.name}: 'images' has shape {tuple(shape)} but {key} {tuple(images.shape[1:])}"
+                               f"{hint.replace('these look like images stored', 'it is', 1)}")
         raise AuditorError(f"{path.name}: {key} has images of shape {tuple(images.shape[1:])}; expected "
-                           f"{tuple(shape)}, the shape of the images in 'images'")
+                           f"{tuple(shape)}, the shape of the images in 'images'"
+                           f"{channels_last_hint(list(shape), list(images.shape[1:]))}")
     if not np.isfinite(images).all():
         raise AuditorError(f"{path.name}: {key} hold NaN or infinite values")
     return images
