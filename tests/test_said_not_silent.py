@@ -930,3 +930,15 @@ def test_channels_last_images_are_named_not_the_other_array(tmp_path):
     np.savez(tmp_path / "b.npz", images=nchw, labels=labels, train_images=nhwc, train_labels=labels)
     with pytest.raises(AuditorError, match=r"train_images has images of shape \(16, 16, 1\).*channels last"):
         load_data(str(tmp_path / "b.npz"))
+
+
+def test_an_editor_asked_for_a_requirement_it_does_not_aim_at_says_so(adult_mlp, adult):
+    """Magnitude pruning asked for `features_used <= 4` pruned by its own sparsity without a word, and the
+    refusal of metanet-pruning offered it "for the same requirement"."""
+    session = AuditSession(adult_mlp, adult, ["features_used <= 4"])
+    note = session.aim_note("magnitude-pruning")
+    assert note.startswith("magnitude-pruning aims at sparsity, not at features_used: the requirement is checked")
+    assert "drop-features" in note and "magnitude-pruning" not in note.split("here:")[1]
+    assert session.aim_note("drop-features") is None
+    way = session.way_forward(type("Pruner", (), {"targets": ("sparsity", "features_used")}), "it cannot")
+    assert "for features_used:" in way and "magnitude-pruning" not in way

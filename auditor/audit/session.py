@@ -499,12 +499,29 @@ class AuditSession:
         today: the editors that apply and aim at the same requirements, else those that apply at all."""
         usable = self.editors()
         reason = str(reason).rstrip(". ")
-        same = [c.name for c in usable if set(c.targets) & set(cls.targets) and f"`{c.name}`" not in reason]
+        wanted = {r.metric for r in self.requirements} & set(cls.targets)  # the audit's, where it has some
+        aims = wanted or set(cls.targets)
+        same = [c.name for c in usable if set(c.targets) & aims and f"`{c.name}`" not in reason]
         if same:
-            return reason + f". Applies here instead, for the same requirement: {', '.join(same)}."
+            which = f"for {', '.join(sorted(wanted))}" if wanted else "for the same requirement"
+            return reason + f". Applies here instead, {which}: {', '.join(same)}."
         if usable:
             return reason + f". Editors that apply to this model here: {', '.join(c.name for c in usable[:4])}."
         return reason + ". No registered editor applies to this model on this data."
+
+    def aim_note(self, editor: str) -> str | None:
+        """A note when none of the audit's requirements is one `editor` aims at: it is checked afterwards, not
+        pursued (magnitude pruning asked for `features_used <= 4` prunes by its own sparsity setting)."""
+        from ..editors import EDITORS
+
+        targets = set(getattr(EDITORS.get(editor), "targets", ()) or ())
+        asked = sorted({r.metric for r in self.requirements})
+        if not targets or not asked or targets & set(asked):
+            return None
+        return (f"{editor} aims at {', '.join(sorted(targets))}, not at {', '.join(asked)}: the requirement is checked "
+                "after the edit, not pursued by it" + (f"; editors that aim at it here: {', '.join(others)}"
+                                                       if (others := [c.name for c in self.editors()
+                                                                      if set(c.targets) & set(asked)]) else ""))
 
     def check_editor(self, editor: str, settings: dict | None = None):
         """The configured editor, or an AuditorError saying why it cannot edit this model on this data."""

@@ -193,6 +193,8 @@ def run(args) -> int:
     for entry in result.log:  # what the editor itself wants said (a learned change it did not use, ...)
         if isinstance(entry, dict) and entry.get("step") in ("note", "warning") and entry.get("message"):
             print(f"  {entry['step']}: {entry['message']}")
+    if (aim := session.aim_note(args.editor)) is not None:
+        print(f"  note: {aim}")
     print_comparison(before, after)
     print_warnings(list(dict.fromkeys([*before.warnings, *after.warnings])))
     effects = session.side_effects()
