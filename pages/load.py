@@ -185,6 +185,7 @@ for attr in ev.groups:
             for g, vals in ev.groups[attr].items()]
     st.dataframe(pd.DataFrame(rows), hide_index=True)
 st.subheader("Layers")
-st.caption("Linear and Conv2d layers are the ones an edit can change.")
+st.caption("Linear and Conv2d layers are the ones Localize ranks and the rank-one and learned editors change; "
+           "fine-tuning baselines change every parameter, normalisation layers included (their records list each).")
 st.dataframe(audit.layers(), hide_index=True)
 next_step("localize", "Next: 2. Localize, where in the network the problem lives")
