@@ -70,11 +70,12 @@ def format_value(key: str, value: float | None) -> str:
     return f"{100 * value:.2f} %"
 
 
-def format_change(key: str, change: float) -> str:
-    """A signed difference in the metric's unit (percentage points for rates)."""
+def format_change(key: str, change: float, zero: str = "±") -> str:
+    """A signed difference in the metric's unit (percentage points for rates); `zero`: the sign of no change
+    ("" for an interval's end: "-1.71 to 0.00 pp")."""
     if base_metric(key) in COUNT_METRICS:
         return f"{change:+.0f}"
-    sign = "+" if change > 0 else "-" if change < 0 else "±"
+    sign = "+" if change > 0 else "-" if change < 0 else zero
     return f"{sign}{format_value(key, abs(change)).replace(' %', ' pp')}"
 
 
@@ -367,7 +368,7 @@ def group_table(before, now, attribute: str):
 
 def format_change_interval(key: str, low: float, high: float) -> str:
     """The 95 % interval of a change, signed: `95 % CI +17.01 to +21.30 pp`."""
-    return f"95 % CI {format_change(key, low).rsplit(' ', 1)[0]} to {format_change(key, high)}"
+    return f"95 % CI {format_change(key, low, '').rsplit(' ', 1)[0]} to {format_change(key, high, '')}"
 
 
 VERDICT_WORDS = {"pass": "pass", "fail": "fail", "inconclusive": "inconclusive (the interval straddles the threshold)"}

@@ -234,7 +234,7 @@ def _change_ci(key: str, low, high) -> str:
     fn = getattr(present, "format_change_interval", None)
     if fn:
         return fn(key, low, high)
-    return f"95 % CI {present.format_change(key, low)} to {present.format_change(key, high)}"
+    return f"95 % CI {present.format_change(key, low, '')} to {present.format_change(key, high, '')}"
 
 
 @functools.lru_cache(maxsize=1)
