@@ -271,8 +271,8 @@ def tradeoff_chart(rows, metric: str, *, higher_is_better: bool = False, thresho
                                font={"size": 11, "color": "#57606a"})
         if accuracy_threshold is not None:
             fig.add_hline(y=fy * accuracy_threshold, line_dash="dash", line_color="#57606a")
-            fig.add_annotation(x=0, xref="paper", y=fy * accuracy_threshold, yref="y", xanchor="left",
-                               yanchor="bottom",
+            fig.add_annotation(x=1, xref="paper", y=fy * accuracy_threshold, yref="y", xanchor="right",
+                               yanchor="top",  # under the line at the right: the failing side, away from edits
                                showarrow=False, text=f"accuracy ≥ {format_threshold('accuracy', accuracy_threshold)}",
                                font={"size": 11, "color": "#57606a"})
     if "pareto" not in (recs[0] if recs else {}):
@@ -288,7 +288,10 @@ def tradeoff_chart(rows, metric: str, *, higher_is_better: bool = False, thresho
     palette = ["#0969da", "#8250df", "#bf3989", "#1b7c83", "#953800", "#4d2d00", "#6e7781", "#116329"]
     others = [r for r in recs if r.get("kind") != "original" and r["method"] != highlight]
     color_of = {r["method"]: palette[i % len(palette)] for i, r in enumerate(others)}
-    for r in recs:
+    # methods that land on the same point stay visible: each its own open symbol, later ones smaller
+    shapes = ["circle-open", "diamond-open", "triangle-up-open", "square-open", "hexagon-open", "x-open"]
+    look_of = {r["method"]: (shapes[i % len(shapes)], 15 - 2 * (i % 4)) for i, r in enumerate(others)}
+    for r in sorted(recs, key=lambda r: r["method"] == highlight):  # this audit's star drawn last, on top
         star = highlight is not None and r["method"] == highlight
         original = r.get("kind") == "original"
         secs = r.get("seconds")
@@ -297,10 +300,12 @@ def tradeoff_chart(rows, metric: str, *, higher_is_better: bool = False, thresho
         if secs is not None and not original:
             hover += f"<br>{float(secs):.2f} s"
         color = ACCENT if star else (BEFORE if original else color_of.get(r["method"], AFTER))
-        symbol = "star" if star else ("square" if original else "circle")
+        symbol, size = ("star", 18) if star else (("square", 11) if original else look_of.get(r["method"],
+                                                                                          ("circle-open", 11)))
+        line = {"width": 2, "color": color} if symbol.endswith("-open") else {"width": 1, "color": "#24292f"}
         fig.add_trace(go.Scatter(x=[fx * float(r["value"])], y=[fy * float(r["accuracy"])], mode="markers",
-                                 name=r["method"], marker={"size": 18 if star else 11, "symbol": symbol, "color": color,
-                                                           "line": {"width": 1, "color": "#24292f"}},
+                                 name=r["method"], marker={"size": size, "symbol": symbol, "color": color,
+                                                           "line": line},
                                  hovertemplate=hover + "<extra></extra>"))
     better = " (higher is better)" if higher_is_better else " (lower is better)"
     fig.update_layout(xaxis={"title": metric_label(metric) + better, "range": xr, "zeroline": False,
