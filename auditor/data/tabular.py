@@ -329,7 +329,8 @@ def from_frames(name: str, frames: dict[str, pd.DataFrame], schema: TabularSchem
                      "decisions may depend on them directly")
     if (features is not None or preprocessing_given) and (schema.inputs or schema.categorical):
         given = sorted(set(schema.inputs or []) | set(schema.categorical or []))
-        if (set(schema.inputs or read) != set(read) or not set(schema.categorical or []) <= set(read)
+        as_categories = {c["name"] for c in prep["columns"] if c["type"] == "categorical"} if prep else set()
+        if (set(schema.inputs or read) != set(read) or not set(schema.categorical or []) <= as_categories
                 or schema.inputs and list(schema.inputs) != list(read)):  # another order is ignored too
             notes.append(f"--inputs/--categorical ({', '.join(given)}) are not used: the model spec says which "
                          f"columns the model reads and how ({', '.join(read[:12])}{', ...' if len(read) > 12 else ''})")
