@@ -159,11 +159,12 @@ def start_job(kind: str, params: dict, *, niceness: int = 10) -> Job:
     _write(folder / "job.json", {"kind": kind, "params": params, "created": time.time(), "niceness": niceness})
     _write(folder / "status.json", {"state": "running", "fraction": 0.0, "message": "starting",
                                     "updated": time.time()})
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)  # the package importable from any folder
-    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    from .child import child_env, python_command
+
+    env = child_env()  # the package importable from any folder, nothing imported from the cwd
     with open(folder / "log.txt", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "auditor.jobs", str(folder)], stdout=log,
+        proc = subprocess.Popen(python_command("import runpy; runpy.run_module('auditor.jobs', run_name='__main__')",
+                                               str(folder.resolve())), stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True, close_fds=True)
     _PROCS[job_id] = proc

@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import struct
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -521,3 +522,20 @@ def test_dashboard_shows_one_message_per_hostile_upload_and_keeps_working(tmp_pa
     at.button(key="load_go").click().run()
     assert not at.exception and not at.error
     assert at.session_state["audit"].pristine.sha256 == load_model(SAMPLES / "compas_mlp.safetensors").sha256
+
+
+def test_a_checking_child_imports_nothing_from_the_folder_it_starts_in(tmp_path):
+    """The ONNX probe ran `python -c ...` in the user's folder, whose first module path entry is that folder: an
+    `onnx.py` shipped beside a vendor's model ran when the model was audited from there."""
+    import subprocess
+
+    from auditor.child import child_env, python_command
+
+    marker = tmp_path / "ran"
+    (tmp_path / "onnx.py").write_text(f"open({str(marker)!r}, 'w').write('planted code ran')\n")
+    done = subprocess.run(python_command("import onnx, auditor; print(onnx.__file__)"), cwd=tmp_path,
+                          env=child_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert not marker.exists() and str(tmp_path) not in done.stdout
+    plain = subprocess.run([sys.executable, "-c", "import onnx"], cwd=tmp_path, capture_output=True, timeout=120)
+    assert plain.returncode == 0 and marker.exists()  # what the old command did

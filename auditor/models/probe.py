@@ -118,9 +118,10 @@ def probe_custom_in_subprocess(arch_file: Path, arch_class: str, kwargs: dict, s
 
 def _run_child(entry: str, argv: list[str], shape: list[int], name: str, what: str) -> None:
     seconds = limit("AUDITOR_PROBE_SECONDS")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
-                                                        os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    cmd = [sys.executable, "-c", f"from auditor.models.probe import {entry}; {entry}()", *argv]
+    from ..child import child_env, python_command
+
+    env = child_env()
+    cmd = python_command(f"from auditor.models.probe import {entry}; {entry}()", *argv)  # no module from the cwd
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, env=env)
     except subprocess.TimeoutExpired:
