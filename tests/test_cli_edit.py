@@ -112,3 +112,37 @@ def test_without_a_requirement_the_edit_is_judged_on_what_the_editor_aims_for(tm
                str(tmp_path / "p.safetensors"), "--no-log"])
     out = capsys.readouterr().out
     assert "no requirement was given, so none was judged" in out and "0 of 0" not in out
+
+
+def test_json_never_overwrites_an_input_the_audit_log_or_a_links_target(tmp_path, monkeypatch, capsys):
+    """`--json` was a plain write: it replaced the model or the data it was asked about, the audit log
+    (the whole history gone, exit 0) or a file a planted link pointed at."""
+    import shutil
+
+    model = tmp_path / "m.safetensors"
+    shutil.copy(TROJAN, model)
+    before = model.read_bytes()
+    db = tmp_path / "audit.db"
+    monkeypatch.setenv("AUDITOR_DB", str(db))
+    monkeypatch.setenv("AUDITOR_LOG_KEY", str(tmp_path / "log.key"))
+    assert main(["evaluate", str(model), "digits-trojan"]) == 0 and db.exists()  # a logged run: some history
+    history = db.read_bytes()
+    capsys.readouterr()
+    for cmd in (["evaluate"], ["localize"]):
+        assert main([*cmd, str(model), "digits-trojan", "--json", str(model)]) == 2
+        assert "is the input model" in capsys.readouterr().err and model.read_bytes() == before
+    assert main(["evaluate", str(model), "digits-trojan", "--json", str(db), "--no-log"]) == 2
+    assert "is the input db" in capsys.readouterr().err and db.read_bytes() == history
+    assert main(["evaluate", str(model), "digits-trojan", "--json", str(tmp_path / "log.key"), "--no-log"]) == 2
+    assert main(["evaluate", str(model), "digits-trojan", "--json", str(tmp_path), "--no-log"]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    (tmp_path / "link.json").symlink_to(target)
+    assert main(["evaluate", str(model), "digits-trojan", "--json", str(tmp_path / "link.json"), "--no-log"]) == 0
+    assert target.read_text() == "keep me" and json.loads((tmp_path / "link.json").read_text())
+    assert not (tmp_path / "link.json").is_symlink()
+    out_dir = tmp_path / "edited.safetensors"
+    out_dir.mkdir()
+    assert main(["edit", str(model), "digits-trojan", "--editor", "rank-one", "--out", str(out_dir), "--no-log"]) == 2
+    assert "is a folder" in capsys.readouterr().err

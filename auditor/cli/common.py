@@ -151,10 +151,14 @@ def announce_rows(data: AuditData, split: str) -> str:
 
 
 def write_json(path: str | Path, payload: dict) -> None:
+    """Write through a fresh file renamed into place (a link at `path` is replaced, never written through)."""
+    from ..atomic import write_file
+
     path = Path(path)
+    if path.is_dir():
+        raise AuditorError(f"cannot write {path}: it is a folder; name a file")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload, indent=2, sort_keys=True))
+        write_file(path, json.dumps(payload, indent=2, sort_keys=True))
     except OSError as exc:
         raise AuditorError(f"cannot write {path}: {exc.strerror}") from None
 
@@ -163,16 +167,23 @@ _INPUT_FLAGS = ("model", "data", "spec", "train_csv", "val_csv", "test_csv", "ar
 
 
 def refuse_overwriting_inputs(args, outputs=("out", "report", "pdf", "json")) -> None:
-    """Refuse, before anything runs, an output path that is one of the inputs (the same file by any
-    name: a link, `..`, another spelling), so that a vendor's original is never overwritten."""
+    """Refuse, before anything runs, an output path that is one of the inputs or the audit log (its database,
+    anchor or key; the same file by any name: a link, `..`, another spelling) or a folder, so that a vendor's
+    original or the audit history is never overwritten."""
     from ..atomic import same_file
+    from ..store import default_db_path, default_key_path
 
     inputs = [(f, getattr(args, f, None)) for f in _INPUT_FLAGS]
+    db = getattr(args, "db", None) or default_db_path()  # the audit log, its anchor and key: never outputs
+    inputs += [("db", str(db)), ("db", f"{db}.anchor"),
+               ("log_key", str(getattr(args, "log_key", None) or default_key_path()))]
     inputs = [(f, p) for f, p in inputs if isinstance(p, str) and p and Path(p).exists()]
     for out_flag in outputs:
         out = getattr(args, out_flag, None)
         if not out:
             continue
+        if Path(out).is_dir():
+            raise AuditorError(f"--{out_flag.replace('_', '-')} {out} is a folder: name a file in it")
         for in_flag, path in inputs:
             if same_file(out, path):
                 raise AuditorError(f"--{out_flag.replace('_', '-')} {out} is the input {in_flag.replace('_', '-')} "

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from . import COMMANDS
-from .common import add_model_data_args, add_require_arg, load_model_and_data, write_json
+from .common import add_model_data_args, add_require_arg, load_model_and_data, refuse_overwriting_inputs, write_json
 from .log import add_log_args, command_line, open_log
 from .verdicts import add_verdict_args, check_verdict_args, print_evaluation
 
@@ -22,6 +22,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    refuse_overwriting_inputs(args, outputs=("json",))
     from ..evaluate import evaluate
     from ..requirements import parse_requirements
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..audit.localization import DEFAULT_ROWS
 from . import COMMANDS
-from .common import add_model_data_args, format_table, load_model_and_data, write_json
+from .common import add_model_data_args, format_table, load_model_and_data, refuse_overwriting_inputs, write_json
 
 
 def register(sub) -> None:
@@ -41,6 +41,7 @@ def _table(df, cols) -> str:
 
 
 def run(args) -> int:
+    refuse_overwriting_inputs(args, outputs=("json",))
     from ..audit.localization import localize
 
     bundle, data = load_model_and_data(args)
