@@ -282,6 +282,31 @@ def test_nan_and_infinite_weights_are_refused(tmp_path, value, fmt):
     _one_line_error(path, "NaN or infinite", spec=b.spec if fmt == ".pt" else None)
 
 
+@pytest.mark.parametrize("fmt", [".safetensors", ".pt"])
+def test_weights_that_only_overflow_when_cast_or_are_integers_are_refused(tmp_path, fmt):
+    """float64 weights of 1e300 passed the finiteness check and became infinite in the float32 model (NaN logits,
+    accuracy 48 % with no warning); integer weights were cast silently."""
+    b = tiny_mlp_bundle(4, (3,))
+    state = {k: v.double() for k, v in b.model.state_dict().items()}
+    state["fc1.weight"][0, 0] = 1e300
+    path = tmp_path / f"huge{fmt}"
+    if fmt == ".safetensors":
+        from safetensors.torch import save_file
+        save_file(state, str(path), metadata={"auditor.spec": b.spec.to_json()})
+    else:
+        torch.save(state, path)
+    spec = b.spec if fmt == ".pt" else None
+    _one_line_error(path, "holds values too large for the model's float32 weights", spec=spec)
+    ints = {k: v.round().long() for k, v in b.model.state_dict().items()}
+    path = tmp_path / f"ints{fmt}"
+    if fmt == ".safetensors":
+        from safetensors.torch import save_file
+        save_file(ints, str(path), metadata={"auditor.spec": b.spec.to_json()})
+    else:
+        torch.save(ints, path)
+    _one_line_error(path, "holds int64 values where the model has float32 weights", spec=spec)
+
+
 @pytest.mark.parametrize("change, match", [
     (lambda s: s["arch"].update(in_features=5), "fc1.weight has shape (3, 4), the architecture expects (3, 5)"),
     (lambda s: s["arch"].update(hidden=[3, 3]), "missing ['fc2.bias', 'fc2.weight']"),

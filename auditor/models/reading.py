@@ -326,7 +326,19 @@ def load_state_into(model: nn.Module, state: dict) -> nn.Module:
     """Load `state` strictly into `model` (names, shapes checked first) and put it in eval mode."""
     check_state_matches(model, state)
     expected = model.state_dict()
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    cast = {}
+    for k, v in state.items():
+        want = expected[k].dtype
+        if want.is_floating_point and not (v.is_floating_point() or v.dtype == torch.bool) and v.numel():
+            raise AuditorError(f"tensor {k!r} holds {str(v.dtype).replace('torch.', '')} values where the model has "
+                               f"{str(want).replace('torch.', '')} weights: save the weights as floats")
+        cast[k] = v.to(want)
+        if want.is_floating_point and v.is_floating_point() and not torch.isfinite(cast[k]).all():
+            kind = str(want).replace("torch.", "")
+            raise AuditorError(f"tensor {k!r} " + (f"holds values too large for the model's {kind} weights (they "
+                                                   "become infinite)" if torch.isfinite(v).all() else
+                                                   "holds NaN or infinite values"))
+    model.load_state_dict(cast)
     return model.eval()
 
 
