@@ -107,7 +107,10 @@ else:
         ready = case is not None
     else:
         csv = st.file_uploader("CSV file (one row per example, a header row)", type=["csv"], key="up_csv")
-        if csv is not None:
+        ready = csv is not None  # a page revisited keeps the choice, not the file: ask for it again
+        if csv is None:
+            st.caption("Upload the CSV to load (a file chosen before leaving this page is not kept).")
+        else:
             try:
                 head = csv_columns(csv.getvalue())
                 cols = list(head.columns)
@@ -127,6 +130,7 @@ else:
                                              key="up_categorical")
                 schema = TabularSchema(target=target, positive=positive, protected=protected, categorical=categorical)
             except Exception as exc:  # noqa: BLE001
+                ready = False
                 show_error(exc)
     if st.button("Load uploaded model", type="primary", disabled=model_file is None or not ready, key="up_go"):
         folder = upload_folder()

@@ -293,6 +293,8 @@ def test_upload_model_and_csv(tmp_path):
     at.radio(key="load_source").set_value("Upload my own").run()
     at.file_uploader(key="up_model").set_value(("adult_mlp.safetensors", model_bytes, "application/octet-stream"))
     at.radio(key="up_data_kind").set_value("CSV file").run()
+    # no CSV yet (or one not kept after leaving the page): nothing to load, never a built-in set by mistake
+    assert at.button(key="up_go").disabled and "Upload the CSV to load" in texts(at.caption)
     at.file_uploader(key="up_csv").set_value(("people.csv", csv, "text/csv")).run()
     assert at.selectbox(key="up_target").value == "income" and at.selectbox(key="up_positive").value == ">50K"
     at.multiselect(key="up_protected").set_value(["sex", "race"]).run()
