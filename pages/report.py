@@ -38,7 +38,7 @@ with st.expander("What the export will contain", expanded=True):
                 f"- **Localization**: {md_plain(contents['localization'])}\n"
                 f"- **Trade-off against baselines**: {contents['tradeoff']}\n"
                 f"- **Groups under {contents['min_group']} rows** (left out of gaps, listed in the report): "
-                f"{len(contents['warnings']) or 'none'}")
+                f"{contents['small_groups'] or 'none'}; **warnings**: {len(contents['warnings']) or 'none'}")
 
 key = (audit.state_key(), len(audit.edits), audit.auditor_name, audit.notes, str(date), id(audit.tradeoff),
        id(audit.localization))

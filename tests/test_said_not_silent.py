@@ -945,3 +945,13 @@ def test_an_editor_asked_for_a_requirement_it_does_not_aim_at_says_so(adult_mlp,
     assert session.aim_note("drop-features") is None
     way = session.way_forward(type("Pruner", (), {"targets": ("sparsity", "features_used")}), "it cannot")
     assert "for features_used:" in way and "magnitude-pruning" not in way
+
+
+def test_the_report_page_counts_small_groups_not_every_warning(adult_mlp, adult):
+    """"Groups under 30 rows: 1" counted every warning (an unseen-category note, say), with no group that small."""
+    session = AuditSession(adult_mlp, adult, ["demographic_parity <= 0.05"], min_group=30)
+    contents = session.report_contents()
+    flagged = session.evaluate("pristine").small_groups
+    assert contents["small_groups"] == sum(len(g) for g in flagged.values()) > 0  # Adult's smallest races
+    roomy = AuditSession(adult_mlp, adult, ["demographic_parity <= 0.05"], min_group=0).report_contents()
+    assert roomy["small_groups"] == 0
