@@ -955,3 +955,20 @@ def test_the_report_page_counts_small_groups_not_every_warning(adult_mlp, adult)
     assert contents["small_groups"] == sum(len(g) for g in flagged.values()) > 0  # Adult's smallest races
     roomy = AuditSession(adult_mlp, adult, ["demographic_parity <= 0.05"], min_group=0).report_contents()
     assert roomy["small_groups"] == 0
+
+
+def test_a_fine_tune_after_a_minimisation_keeps_the_dropped_inputs_out(adult_mlp, adult):
+    """finetune-fairness after drop-features brought a dropped column back (features used 4 -> 5), silently undoing
+    the earlier edit; the fine-tunes now keep exact zeros at zero and say how many."""
+    from auditor.requirements import features_used
+
+    slim = get_editor("drop-features", k=4).edit(adult_mlp, adult, []).bundle
+    assert features_used(slim.model, adult.feature_groups) == 4
+    fair = get_editor("finetune-fairness").edit(slim, adult, ["demographic_parity <= 0.05"])
+    assert fair.changed and features_used(fair.bundle.model, adult.feature_groups) == 4
+    assert any(e.get("step") == "note" and "kept at zero" in e.get("message", "") for e in fair.log)
+    first = dict(slim.model.named_parameters())
+    for name, p in fair.bundle.model.named_parameters():
+        assert not bool((p.detach()[first[name].detach() == 0] != 0).any()), name
+    dense = get_editor("finetune-fairness").edit(adult_mlp, adult, ["demographic_parity <= 0.05"])
+    assert not any(e.get("step") == "note" and "kept at zero" in e.get("message", "") for e in dense.log)

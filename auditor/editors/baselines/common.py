@@ -76,3 +76,18 @@ def sample_rows(n: int, rows: int | None, gen: torch.Generator) -> torch.Tensor:
     if rows is None or rows >= n:
         return torch.arange(n)
     return torch.randperm(n, generator=gen)[:rows].sort().values
+
+
+class ZerosKept:
+    """The exact zeros of weight matrices (pruned entries, inputs a minimisation edit dropped) kept at zero through
+    training steps: call it after each optimizer step. A fine-tune used to bring back the features an earlier
+    edit had dropped. Dense trained weights hold no exact zeros, so it changes nothing there."""
+
+    def __init__(self, params):
+        self.kept = [(p, p.detach() != 0) for p in params if p.dim() >= 2 and bool((p.detach() == 0).any())]
+        self.count = int(sum(int((~m).sum()) for _, m in self.kept))
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        for p, mask in self.kept:
+            p.mul_(mask)

@@ -18,6 +18,7 @@ from ...models.architectures import editable_layers
 from ..base import Editor
 from ..rank_one import needs_pairs
 from ..registry import register_editor
+from .common import ZerosKept
 
 
 @dataclass
@@ -61,6 +62,7 @@ class FineTune(Editor):
         for p in frozen:
             p.requires_grad_(False)
         opt = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        zeros = ZerosKept(params)
         loss_fn = nn.CrossEntropyLoss()
         model.eval()
         loss = torch.tensor(float("nan"))
@@ -70,6 +72,7 @@ class FineTune(Editor):
                 loss = loss_fn(model(X), y)
                 loss.backward()
                 opt.step()
+                zeros()
                 if (step + 1) % max(1, hp.steps // 10) == 0:
                     callback((step + 1) / max(hp.steps, 1), f"step {step + 1}/{hp.steps}")
         finally:

@@ -19,6 +19,7 @@ from ..base import Editor
 from ..registry import register_editor
 from .common import (
     FAIRNESS_METRICS,
+    ZerosKept,
     batches,
     fairness_reason,
     find_requirement,
@@ -126,6 +127,10 @@ class FairnessFineTune(Editor):
         if metric == "equalized_odds":
             extra["reduce"] = "sum"  # gradients reach both the TPR and the FPR gap at every step
         opt = torch.optim.Adam(model.parameters(), lr=hp.lr)
+        zeros = ZerosKept(model.parameters())  # pruned or dropped inputs stay out
+        if zeros.count:
+            log.append({"step": "note", "message": f"{zeros.count} weights that were exactly zero (pruned, or inputs "
+                                                   "an earlier edit dropped) are kept at zero"})
         n_batches = math.ceil(len(X) / hp.batch_size)
         check_every = max(1, n_batches // max(1, hp.checks_per_epoch))
         strength, steps, reached = float(hp.strength), 0, False
@@ -140,6 +145,7 @@ class FairnessFineTune(Editor):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                zeros()
                 steps += 1
                 if target is not None and ((b + 1) % check_every == 0 or b + 1 == n_batches):
                     gap, acc = check()

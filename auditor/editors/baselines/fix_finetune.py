@@ -9,6 +9,7 @@ from ...errors import AuditorError
 from ..base import Editor
 from ..mend.hooks import margin_loss, resolve_layers
 from ..registry import register_editor
+from .common import ZerosKept
 
 
 @dataclass
@@ -43,6 +44,7 @@ class FinetuneFix(Editor):
             params = list(model.parameters())
         X, y = fixes.X.to(device), fixes.y.to(device)
         opt = torch.optim.Adam(params, lr=hp.lr)
+        zeros = ZerosKept(params)
         model.eval()  # no dropout or batch-norm updates: only the weights change
         steps = 0
         for steps in range(hp.max_steps + 1):
@@ -52,6 +54,7 @@ class FinetuneFix(Editor):
             opt.zero_grad()
             torch.nn.functional.cross_entropy(logits, y).backward()
             opt.step()
+            zeros()
         with torch.no_grad():
             fixed = int((model(X).argmax(1) == y).sum())
         log.append({"step": "finetune", "steps": steps, "examples": len(y), "fixed": fixed})
