@@ -328,12 +328,19 @@ def from_frames(name: str, frames: dict[str, pd.DataFrame], schema: TabularSchem
         notes.append(f"the model reads protected attribute(s) {', '.join(map(repr, used))} as input(s): its "
                      "decisions may depend on them directly")
     if (features is not None or preprocessing_given) and (schema.inputs or schema.categorical):
-        given = sorted(set(schema.inputs or []) | set(schema.categorical or []))
         as_categories = {c["name"] for c in prep["columns"] if c["type"] == "categorical"} if prep else set()
-        if (set(schema.inputs or read) != set(read) or not set(schema.categorical or []) <= as_categories
-                or schema.inputs and list(schema.inputs) != list(read)):  # another order is ignored too
-            notes.append(f"--inputs/--categorical ({', '.join(given)}) are not used: the model spec says which "
-                         f"columns the model reads and how ({', '.join(read[:12])}{', ...' if len(read) > 12 else ''})")
+        unread = sorted((set(schema.inputs or []) | set(schema.categorical or [])) - set(read))
+        as_numbers = sorted(set(schema.categorical or []) & set(read) - as_categories)
+        moved = bool(schema.inputs) and set(schema.inputs) == set(read) and list(schema.inputs) != list(read)
+        missing = sorted(set(read) - set(schema.inputs)) if schema.inputs else []
+        parts = ([f"not read by the model: {', '.join(unread)}"] if unread else []) + \
+            ([f"read as numbers, not categories: {', '.join(as_numbers)}"] if as_numbers else []) + \
+            ([f"read although not given: {', '.join(missing)}"] if missing else []) + \
+            (["given in another order than the model reads them"] if moved else [])
+        if parts:  # the spec decides: what was given otherwise is said, column by column
+            notes.append(f"the input columns given (--inputs/--categorical) differ from the model's spec, which says "
+                         f"which columns it reads and how ({', '.join(read[:12])}{', ...' if len(read) > 12 else ''}): "
+                         + "; ".join(parts))
     splits = {}
     class_names: list[str] = []
     for s, frame in frames.items():
