@@ -166,3 +166,20 @@ def test_post_processing_is_judged_like_an_edit_and_a_failed_one_is_a_row(adult_
                 alternatives=[alt, FailedAlternative("reweighing-retrain", "cannot rebuild architecture 'custom'")])
     row = t.rows.set_index("method").loc["reweighing-retrain"]
     assert row["error"] == "cannot rebuild architecture 'custom'" and row["passed"] is None
+
+
+def test_fairness_fine_tuning_stops_at_the_accuracy_floor(adult_mlp, adult):
+    """It raised the penalty until accuracy fell far under the audit's own floor (68.6 -> 57.6 % against
+    'accuracy >= 0.65'): it now stops there and keeps the last state above the floor."""
+    from auditor.editors import get_editor
+    from auditor.requirements import compute_metrics
+
+    acc0 = compute_metrics(adult_mlp.model, adult, "train").metrics["accuracy"]
+    floor = round(acc0 - 0.01, 3)
+    hard = "equalized_odds <= 0.005"  # out of reach within the floor
+    free = get_editor("finetune-fairness", epochs=3).edit(adult_mlp, adult, [hard])
+    assert compute_metrics(free.bundle.model, adult, "train").metrics["accuracy"] < floor  # what it used to do
+    held = get_editor("finetune-fairness", epochs=3).edit(adult_mlp, adult, [hard, f"accuracy >= {floor}"])
+    assert held.extras["stopped_at_floor"] and held.extras["accuracy_floor"] == floor
+    assert compute_metrics(held.bundle.model, adult, "train").metrics["accuracy"] >= floor
+    assert any(e.get("step") == "note" and "accuracy floor" in e.get("message", "") for e in held.log)

@@ -58,6 +58,9 @@ class FairFineTuneHyper:
         "help": "groups with fewer rows (positives or negatives for equalized odds) are left out of the check "
                 "that decides when the gap is met, as the audit's metric leaves them out (--min-group)"})
     seed: int = field(default=0, metadata={"help": "random seed (row order, sampling, initialisation)"})
+    min_accuracy: float | None = field(default=None, metadata={
+        "help": "accuracy floor on `check_split`: training stops at, and goes back to, the last check above it; "
+                "None: the requirement's (e.g. 'accuracy >= 0.65'), else no floor"})
 
 
 @register_editor
@@ -118,8 +121,21 @@ class FairnessFineTune(Editor):
             return max(gap_over(table, sizes, r, hp.min_group) for r in rates), float((pred == vy).mean())
 
         gap0, acc0 = check()
+        floor_req = find_requirement(requirements, ("accuracy",), ">=")
+        floor = hp.min_accuracy if hp.min_accuracy is not None else (floor_req.threshold if floor_req else None)
         log.append({"step": 0, "metric": metric, "attribute": attribute, "check_split": hp.check_split,
-                    "check_gap": gap0, "check_accuracy": acc0, "strength": hp.strength})
+                    "check_gap": gap0, "check_accuracy": acc0, "strength": hp.strength, "accuracy_floor": floor})
+        kept = {k: v.detach().clone() for k, v in model.state_dict().items()}  # the last state above the floor
+        floored = False
+
+        def under_floor(acc: float) -> bool:
+            """At a check: keep this state when it is above the floor; else go back to the last one that was."""
+            nonlocal kept
+            if floor is None or acc >= floor:
+                kept = {k: v.detach().clone() for k, v in model.state_dict().items()} if floor is not None else kept
+                return False
+            model.load_state_dict(kept)
+            return True
         if target is not None and gap0 <= hp.margin * target:
             return {"metric": metric, "attribute": attribute, "target": target, "check_gap": gap0,
                     "check_accuracy": acc0, "steps": 0, "strength": hp.strength, "reached": True}
@@ -150,15 +166,25 @@ class FairnessFineTune(Editor):
                 if target is not None and ((b + 1) % check_every == 0 or b + 1 == n_batches):
                     gap, acc = check()
                     model.train()
+                    if under_floor(acc):
+                        floored = True
+                        break
                     if gap <= hp.margin * target:
                         reached = True
                         break
             if target is None:
                 gap, acc = check()
                 model.train()
+                floored = under_floor(acc)
             log.append({"step": steps, "epoch": epoch + 1, "check_gap": gap, "check_accuracy": acc,
                         "strength": strength, "loss": float(loss.detach())})
             callback((epoch + 1) / hp.epochs, f"epoch {epoch + 1}/{hp.epochs}: {hp.check_split} {metric} {gap:.3f}")
+            if floored:
+                gap, acc = check()
+                log.append({"step": "note", "message": f"stopped at the accuracy floor {floor:g}: the check accuracy "
+                                                       f"fell under it, so the last state above it is kept ("
+                                                       f"{hp.check_split} {metric} {gap:.3f}, accuracy {acc:.3f})"})
+                break
             if reached:
                 break
             if target is not None:
@@ -167,5 +193,5 @@ class FairnessFineTune(Editor):
         for prm in model.parameters():
             prm.grad = None
         return {"metric": metric, "attribute": attribute, "target": target, "check_gap": gap,
-                "check_accuracy": acc, "steps": steps, "strength": strength,
-                "reached": reached if target is not None else None}
+                "check_accuracy": acc, "steps": steps, "strength": strength, "accuracy_floor": floor,
+                "stopped_at_floor": floored, "reached": reached if target is not None else None}
