@@ -183,3 +183,17 @@ def test_fairness_fine_tuning_stops_at_the_accuracy_floor(adult_mlp, adult):
     assert held.extras["stopped_at_floor"] and held.extras["accuracy_floor"] == floor
     assert compute_metrics(held.bundle.model, adult, "train").metrics["accuracy"] >= floor
     assert any(e.get("step") == "note" and "accuracy floor" in e.get("message", "") for e in held.log)
+
+
+def test_fairness_fine_tuning_takes_the_target_of_the_metric_chosen_by_hand(adult_mlp, adult):
+    """With an equalized-odds requirement listed first and demographic parity chosen by hand, the target was lost
+    (None) and it ran every epoch without a word."""
+    from auditor.editors import get_editor
+
+    reqs = ["equalized_odds <= 0.1", "demographic_parity <= 0.08"]
+    r = get_editor("finetune-fairness", metric="demographic_parity", epochs=2).edit(adult_mlp, adult, reqs)
+    assert r.extras["metric"] == "demographic_parity" and r.extras["target"] == 0.08
+    none = get_editor("finetune-fairness", metric="demographic_parity", epochs=1).edit(adult_mlp, adult,
+                                                                                       ["equalized_odds <= 0.1"])
+    assert none.extras["target"] is None
+    assert any(e.get("step") == "note" and "no target for demographic_parity" in e.get("message", "") for e in none.log)

@@ -88,7 +88,9 @@ class FairnessFineTune(Editor):
 
     def _settings(self, data: AuditData, requirements) -> tuple[str, float | None, str]:
         hp = self.hparams
-        req = find_requirement(requirements, FAIRNESS_METRICS, "<=")
+        # the requirement on the chosen metric (the first fairness one was taken, and its target lost when another
+        # metric was chosen by hand)
+        req = find_requirement(requirements, (hp.metric,) if hp.metric else FAIRNESS_METRICS, "<=")
         metric = hp.metric or (req.metric if req else "demographic_parity")
         if metric not in FAIRNESS_METRICS:
             raise AuditorError(f"finetune-fairness: metric {metric!r} is not one of {FAIRNESS_METRICS}")
@@ -121,6 +123,9 @@ class FairnessFineTune(Editor):
             return max(gap_over(table, sizes, r, hp.min_group) for r in rates), float((pred == vy).mean())
 
         gap0, acc0 = check()
+        if target is None:
+            log.append({"step": "note", "message": f"no target for {metric} (no '{metric} <= ...' requirement and no "
+                                                   f"target setting): all {hp.epochs} epochs run at a fixed strength"})
         floor_req = find_requirement(requirements, ("accuracy",), ">=")
         floor = hp.min_accuracy if hp.min_accuracy is not None else (floor_req.threshold if floor_req else None)
         log.append({"step": 0, "metric": metric, "attribute": attribute, "check_split": hp.check_split,
