@@ -296,3 +296,16 @@ def test_hostile_npz_case_gives_auditor_error_or_valid_data(picks):
             assert all(torch.isfinite(data.split(s).X).all() for s in ("train", "val", "test"))
             assert len(data.class_names) >= 2 and len(data.test) > 0
         assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
+def test_a_csv_with_an_absurd_column_count_is_refused_from_its_header(tmp_path, monkeypatch):
+    """A 14 MB CSV of a million columns ran for minutes and gigabytes in pandas before any check."""
+    from auditor.data.tabular import read_csv
+
+    path = tmp_path / "wide.csv"
+    cols = [f"c{i}" for i in range(30000)]
+    path.write_text(",".join(cols + ["y"]) + "\n" + ",".join(["1"] * 30001) + "\n")
+    with pytest.raises(AuditorError, match=r"wide.csv has 30,001 columns, over the limit of 20,000.*MAX_COLUMNS"):
+        read_csv(path)  # from the header line, before pandas parses anything
+    monkeypatch.setenv("AUDITOR_MAX_COLUMNS", "40000")
+    assert read_csv(path).shape == (1, 30001)

@@ -401,10 +401,35 @@ def _file_size(source: str) -> int | None:
         return None
 
 
+HEADER_MAX_BYTES = 16 * 2**20
+
+
+def check_columns(path: Path) -> None:
+    """Refuse a CSV with more columns than AUDITOR_MAX_COLUMNS from its header line alone: parsing a million
+    columns took minutes and gigabytes before any check could run."""
+    import csv
+
+    from ..budgets import BudgetError, limit
+
+    cap = int(limit("AUDITOR_MAX_COLUMNS"))
+    with open(path, "rb") as f:
+        line = f.readline(HEADER_MAX_BYTES + 1)
+    if len(line) > HEADER_MAX_BYTES:
+        raise BudgetError(f"data file {path.name}: its header line is over {HEADER_MAX_BYTES // 2**20} MB; a CSV "
+                          "needs one header row of column names")
+    n = len(next(csv.reader([line.decode("utf-8", "replace")]), []))
+    if n > cap:
+        raise BudgetError(f"data file {path.name} has {n:,} columns, over the limit of {cap:,}; keep the columns the "
+                          "model reads and the audit needs, or raise the limit with AUDITOR_MAX_COLUMNS=N if you "
+                          "trust the input")
+
+
 def read_csv(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise AuditorError(f"data file not found: {path}")
+    if path.suffix.lower() != ".parquet" and path.is_file():
+        check_columns(path)
     try:
         if path.suffix.lower() == ".parquet":
             frame = pd.read_parquet(path)
