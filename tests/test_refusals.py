@@ -34,7 +34,7 @@ def test_metanet_without_a_population_suggests_what_works(adult_mlp):
     assert "--like YOUR_MODEL" in reason and "auditor editor train --zoo" in reason
     session = AuditSession(bundle, theirs, ["demographic_parity <= 0.05"])
     missing = dict(session.unavailable_editors())
-    assert "Applies here instead, for the same requirement: finetune-fairness" in missing["metanet-fairness"]
+    assert "Applies here instead, for demographic_parity: finetune-fairness" in missing["metanet-fairness"]
     assert not {c.name for c in session.editors()} & set(missing)
 
 
@@ -69,7 +69,7 @@ def test_the_cli_refusal_carries_the_way_forward_too(adult_mlp):
     bundle, data = adult_mlp  # a user's task without a trained metanetwork (COMPAS' editors ship)
     session = AuditSession(bundle, dataclasses.replace(data, name="german_test", _sha=None),
                            ["demographic_parity <= 0.1"])
-    with pytest.raises(Exception, match="Applies here instead, for the same requirement: finetune-fairness"):
+    with pytest.raises(Exception, match="Applies here instead, for demographic_parity: finetune-fairness"):
         session.check_editor("metanet-fairness")
     assert main(["edit", str(SAMPLES / "adult_mlp.safetensors"), "adult", "--editor", "dynamic-rank-one",
                  "--out", "never-written.safetensors"]) == 2
