@@ -56,7 +56,9 @@ if cached is None or cached[0] != key:
 _, report, doc, html = cached
 
 verdict = doc["verdict"]
-(st.success if verdict["passed"] else st.error)(f"**Verdict: {verdict['status']}.** {verdict['summary']}")
+# inconclusive (an interval straddles a threshold) is a warning, as its orange "?" everywhere else; FAIL an error
+box = st.success if verdict["passed"] else st.warning if verdict["status"].startswith("INCONCLUSIVE") else st.error
+box(f"**Verdict: {verdict['status']}.** {verdict['summary']}")
 rows = [{"requirement": r["expr"], "before": format_value(r["metric"], r["before"]["value"]),
          "before passes": "✔" if r["before"]["passed"] else "✘",
          "after": format_value(r["metric"], r["after"]["value"]) if r["after"] else "no edit",
