@@ -124,11 +124,23 @@ else:
                 others = [c for c in cols if c != target]
                 protected = st.multiselect("Protected attributes (grouped by in fairness metrics, not model inputs)",
                                            others, key="up_protected")
-                text_cols = [c for c in others if c not in protected and is_text_column(head[c])]
+                NO_SPLIT = "(none: the auditor splits the rows)"
+                split_col = st.selectbox(
+                    "Split column (train / val / test per row)", [NO_SPLIT] + [c for c in others if c not in protected],
+                    key="up_split_column",
+                    help="A column of your own that says which rows the model was trained on (values train, val, "
+                         "test). Without one, metrics are taken on every row, and editors draw training and "
+                         "validation rows from a stratified 60/20/20 split of the file.")
+                split_col = None if split_col == NO_SPLIT else split_col
+                if split_col is None:
+                    st.caption("No split column: the audit reads **every row**, the model's own training rows "
+                               "included, and editors use a seeded 60/20/20 split. Pick your column if you have one.")
+                text_cols = [c for c in others if c not in protected and c != split_col and is_text_column(head[c])]
                 categorical = st.multiselect("Categorical columns (one-hot encoded)",
-                                             [c for c in others if c not in protected], default=text_cols,
-                                             key="up_categorical")
-                schema = TabularSchema(target=target, positive=positive, protected=protected, categorical=categorical)
+                                             [c for c in others if c not in protected and c != split_col],
+                                             default=text_cols, key="up_categorical")
+                schema = TabularSchema(target=target, positive=positive, protected=protected, categorical=categorical,
+                                       split_column=split_col)
             except Exception as exc:  # noqa: BLE001
                 ready = False
                 show_error(exc)

@@ -507,3 +507,27 @@ def test_upload_a_three_class_model_and_a_csv_of_three_outcomes(tmp_path):
     shown = frame(at, "metric", "value", "meaning").set_index("metric")["value"]
     assert "Accuracy" in shown.index and not any("parity" in k.lower() for k in shown.index)
     assert "Worst group accuracy" in shown.index
+
+
+def test_upload_a_csv_with_its_own_split_column(tmp_path):
+    """The Load page had no split-column option: a vendor's CSV was audited on every row (training rows included)
+    and split 60/20/20 at random, ignoring its own partition, without a word."""
+    raw = load_data("adult").test.raw.iloc[:3000].copy()
+    raw["part"] = np.where(np.arange(len(raw)) % 5 == 0, "test", np.where(np.arange(len(raw)) % 5 == 1, "val", "train"))
+    csv = raw.to_csv(index=False).encode()
+    at = app()
+    at.radio(key="load_source").set_value("Upload my own").run()
+    at.file_uploader(key="up_model").set_value(("adult_mlp.safetensors", (SAMPLES / "adult_mlp.safetensors")
+                                                .read_bytes(), "application/octet-stream"))
+    at.radio(key="up_data_kind").set_value("CSV file").run()
+    at.file_uploader(key="up_csv").set_value(("people.csv", csv, "text/csv")).run()
+    assert "No split column: the audit reads" in texts(at.caption)
+    at.selectbox(key="up_target").set_value("income").run()
+    at.multiselect(key="up_protected").set_value(["sex"]).run()
+    at.selectbox(key="up_split_column").set_value("part").run()
+    assert "part" not in at.multiselect(key="up_categorical").value
+    at.button(key="up_go").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    audit = at.session_state["audit"]
+    assert audit.split == "test" and len(audit.data.test) == int((raw["part"] == "test").sum())
+    assert len(audit.data.train) == int((raw["part"] == "train").sum())
