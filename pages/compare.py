@@ -68,7 +68,11 @@ else:
                "(methods no other method beats on both axes).")
     if choices:
         slow = {"exponentiated-gradient"}  # retrains from scratch: minutes on a laptop
-        picked = st.multiselect("Baselines to run", choices, default=[c for c in choices if c not in slow],
+        cannot = audit.unavailable_alternatives()
+        for name, why in cannot.items():
+            st.caption(f"{md_plain(name)} is not selected: {md_plain(why)}.")
+        picked = st.multiselect("Baselines to run", choices,
+                                default=[c for c in choices if c not in slow and c not in cannot],
                                 key="cmp_baselines", help="threshold-optimizer and exponentiated-gradient are "
                                 "fairlearn's post-processing and retraining; they do not edit the model's weights.")
     else:

@@ -973,3 +973,18 @@ def test_a_fine_tune_after_a_minimisation_keeps_the_dropped_inputs_out(adult_mlp
         assert not bool((p.detach()[first[name].detach() == 0] != 0).any()), name
     dense = get_editor("finetune-fairness").edit(adult_mlp, adult, ["demographic_parity <= 0.05"])
     assert not any(e.get("step") == "note" and "kept at zero" in e.get("message", "") for e in dense.log)
+
+
+def test_a_retraining_baseline_that_cannot_run_is_not_offered_by_default_and_is_named_as_retraining(adult_mlp, adult):
+    """Compare pre-selected reweighing-retrain for a user's own class; it failed as a 'post-processing' row with its
+    reason only in the JSON."""
+    theirs = copy.deepcopy(adult_mlp)
+    theirs.spec.arch["name"] = "custom"
+    session = AuditSession(theirs, adult, ["demographic_parity <= 0.05"])
+    assert "reweighing-retrain" in session.baseline_choices()
+    why = session.unavailable_alternatives()
+    assert list(why) == ["reweighing-retrain"] and "'custom' is not one the auditor can build" in why["reweighing-retrain"]
+    assert AuditSession(adult_mlp, adult, ["demographic_parity <= 0.05"]).unavailable_alternatives() == {}
+    session.run_tradeoff(["reweighing-retrain"])
+    row = session.tradeoff.rows.set_index("method").loc["reweighing-retrain"]
+    assert row["kind"] == "retraining" and row["error"]

@@ -634,6 +634,17 @@ class AuditSession:
             names += [a for a in alternative_methods() if a not in names]
         return names
 
+    def unavailable_alternatives(self) -> dict[str, str]:
+        """The trade-off's choices that cannot run for this model, each with why (not offered by default)."""
+        from ..editors.baselines.fairlearn_mitigations import alternative_reason
+
+        out = {}
+        for name in self.baseline_choices():
+            reason = alternative_reason(name, self.pristine)
+            if reason:
+                out[name] = reason
+        return out
+
     @property
     def edit_label(self) -> str | None:
         """The trade-off row of this audit's edit (starred): the editor, or the editors in order when several
@@ -672,7 +683,10 @@ class AuditSession:
                 alternatives.append(run_alternative(name, self.pristine, self.data, target, split=self.split,
                                                     seed=self.seed))
             except AuditorError as exc:  # asked for but cannot run here: a row with the reason
-                alternatives.append(FailedAlternative(name, str(exc).splitlines()[0][:200]))
+                from ..editors.baselines.fairlearn_mitigations import ALTERNATIVE_KINDS
+
+                alternatives.append(FailedAlternative(name, str(exc).splitlines()[0][:200],
+                                                      kind=ALTERNATIVE_KINDS.get(name, "post-processing")))
         self.tradeoff = compare(self.pristine, self.data, self.requirements, methods, results=results,
                                 split=self.split, samples=self.samples, seed=self.seed, device=device,
                                 callback=callback, alternatives=alternatives, fixes=self.fixes,

@@ -295,6 +295,22 @@ def retrain_reweighing(bundle: ModelBundle, data: AuditData, constraint: str = "
              "weights the training loss only", predictions=pred)
 
 
+ALTERNATIVE_KINDS = {"threshold-optimizer": "post-processing", "exponentiated-gradient": "retraining",
+                     "reweighing-retrain": "retraining"}
+
+
+def alternative_reason(name: str, bundle: ModelBundle) -> str | None:
+    """Why alternative `name` cannot run for this model (None: it can): reweighing retrains the model's own
+    architecture, which must be one the auditor can build."""
+    from ...models.architectures import ARCHITECTURES
+
+    arch = (bundle.spec.arch or {}).get("name") if bundle.spec else None
+    if name == "reweighing-retrain" and arch not in ARCHITECTURES:
+        return (f"it retrains the model's architecture from scratch, and {arch or 'this model'!r} is not one the "
+                "auditor can build (a registered mlp or cnn)")
+    return None
+
+
 ALTERNATIVES = {"threshold-optimizer": postprocess_threshold_optimizer,
                 "exponentiated-gradient": retrain_exponentiated_gradient,
                 "reweighing-retrain": retrain_reweighing}
