@@ -975,7 +975,7 @@ def test_a_fine_tune_after_a_minimisation_keeps_the_dropped_inputs_out(adult_mlp
     assert not any(e.get("step") == "note" and "kept at zero" in e.get("message", "") for e in dense.log)
 
 
-def test_a_retraining_baseline_that_cannot_run_is_not_offered_by_default_and_is_named_as_retraining(adult_mlp, adult):
+def test_a_retraining_baseline_that_cannot_run_is_not_offered_by_default_and_keeps_its_kind(adult_mlp, adult):
     """Compare pre-selected reweighing-retrain for a user's own class; it failed as a 'post-processing' row with its
     reason only in the JSON."""
     theirs = copy.deepcopy(adult_mlp)
