@@ -892,6 +892,8 @@ def test_a_minimised_model_is_audited_on_data_without_the_columns_it_dropped(adu
     saved = load_model(path)
     unused = [c["name"] for c in saved.spec.preprocessing["columns"] if c.get("unused")]
     assert len(unused) == len(saved.spec.preprocessing["columns"]) - 4
+    assert sorted(result.extras["dropped"]) == sorted(unused)  # the edit names what it dropped, as the file marks
+    assert any(e.get("step") == "note" and "dropped 7:" in e.get("message", "") for e in result.log)
     assert not any(c.get("unused") for c in result.bundle.spec.preprocessing["columns"])  # the bundle's own spec
     test = _read_adult("adult.test.gz").iloc[:400].reset_index(drop=True)
     frames = {"train": test.iloc[:200], "val": test.iloc[200:300], "test": test.iloc[300:].reset_index(drop=True)}

@@ -36,5 +36,8 @@ class DropFeatures(KeepFeatures):
                 mean = data.train.X[:, dropped].mean(0).to(layer.weight.device)
                 layer.bias += layer.weight[:, cols] @ mean
             layer.weight[:, cols] = 0
-        log.append({"step": "drop", "kept": keep, "dropped_inputs": len(dropped)})
-        return {"kept": keep, "importance": importance, "k": len(keep)}
+        gone = [f for f in data.feature_groups if f not in keep]  # raw features, by name
+        log.append({"step": "drop", "kept": keep, "dropped": gone, "dropped_inputs": len(dropped)})
+        log.append({"step": "note", "message": f"kept {len(keep)} raw feature(s): {', '.join(map(str, keep))}; "
+                                               f"dropped {len(gone)}: {', '.join(map(str, gone)) or 'none'}"})
+        return {"kept": keep, "dropped": gone, "importance": importance, "k": len(keep)}
