@@ -526,7 +526,15 @@ def pixel_attribution(a) -> np.ndarray:
     return a.sum(0) if a.ndim == 3 else a
 
 
+NOT_RUN = "not run here"  # a trade-off row's error for a method that does not apply to this model
+
+
+def not_run(reason: str) -> str:
+    """The error of a trade-off row for a method that does not apply here."""
+    return f"{NOT_RUN}: {reason}"
+
+
 def failure_words(error: str) -> str:
-    """A trade-off row's error as shown: "not run here: ..." (a method that does not apply) as it is, else
+    """A trade-off row's error as shown: `not_run`'s (a method that does not apply) as it is, else
     "failed: ..."."""
-    return error if error.startswith("not run here") else f"failed: {error}"
+    return error if error.startswith(NOT_RUN) else f"failed: {error}"

@@ -10,7 +10,7 @@ from auditor.charts.dashboard import (
     weight_change_heatmap,
     weight_change_overview,
 )
-from auditor.present import format_value, md_plain, metric_label
+from auditor.present import NOT_RUN, format_value, md_plain, metric_label
 from auditor.report.model import merge_requirements
 from pages.common import in_frame, need_audit, next_step, progress, show_error
 
@@ -107,7 +107,7 @@ else:
         st.dataframe(rows[keep], hide_index=True, key="cmp_tradeoff_table")
         where = "all rows" if t.split == "all" else f"the {t.split} split"
         errors = t.rows["error"].dropna().astype(str)
-        skipped = int(errors.str.startswith("not run here").sum())
+        skipped = int(errors.str.startswith(NOT_RUN).sum())
         st.caption(f"{len(rows)} methods compared on {where} ({len(errors) - skipped} failed"
                    + (f", {skipped} not run here" if skipped else "") + ").")
 

@@ -114,10 +114,10 @@ def run_audit(bundle: ModelBundle, data: AuditData, requirements, *, editor: str
             session.localization_note = f"localization was not possible: {exc}"
     if editor:
         session.run_edit(editor, opts, device=device, callback=_stage(callback, "edit"))
-    if baselines == "auto" and editor and tradeoff_metric(reqs) is not None:  # what auto left out, and why
-        alternatives = [*(alternatives or ()),
-                        *unavailable_baselines(bundle, data, tradeoff_metric(reqs).key, exclude=[editor])]
-    if tradeoff_metric(reqs) is not None and (editor or base_names or alt_names or alternatives):
+    target = tradeoff_metric(reqs)
+    if baselines == "auto" and editor and target is not None:  # what auto left out, and why
+        alternatives = [*(alternatives or ()), *unavailable_baselines(bundle, data, target.key, exclude=[editor])]
+    if target is not None and (editor or base_names or alt_names or alternatives):
         callback(STAGES["tradeoff"][0], "tradeoff")
         session.run_tradeoff(base_names + alt_names, device=device, callback=_stage(callback, "tradeoff"),
                              alternatives=alternatives)

@@ -518,10 +518,10 @@ class AuditSession:
         asked = sorted({r.metric for r in self.requirements})
         if not targets or not asked or targets & set(asked):
             return None
-        return (f"{editor} aims at {', '.join(sorted(targets))}, not at {', '.join(asked)}: the requirement is checked "
-                "after the edit, not pursued by it" + (f"; editors that aim at it here: {', '.join(others)}"
-                                                       if (others := [c.name for c in self.editors()
-                                                                      if set(c.targets) & set(asked)]) else ""))
+        note = (f"{editor} aims at {', '.join(sorted(targets))}, not at {', '.join(asked)}: the requirement is "
+                "checked after the edit, not pursued by it")
+        others = [c.name for c in self.editors() if set(c.targets) & set(asked)]
+        return note + (f"; editors that aim at it here: {', '.join(others)}" if others else "")
 
     def check_editor(self, editor: str, settings: dict | None = None):
         """The configured editor, or an AuditorError saying why it cannot edit this model on this data."""

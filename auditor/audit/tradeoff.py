@@ -56,7 +56,9 @@ def unavailable_baselines(bundle: ModelBundle, data: AuditData, metric: str,
     from ..editors.registry import unavailable_editors
 
     base = metric.split("[", 1)[0].strip()
-    return [FailedAlternative(cls.name, f"not run here: {reason}", kind=getattr(cls, "kind", "editor"))
+    from ..present import not_run
+
+    return [FailedAlternative(cls.name, not_run(reason), kind=getattr(cls, "kind", "editor"))
             for cls, reason in unavailable_editors(bundle, data)
             if base in getattr(cls, "targets", ()) and cls.name not in exclude]
 

@@ -329,7 +329,7 @@ def load_state_into(model: nn.Module, state: dict) -> nn.Module:
     cast = {}
     for k, v in state.items():
         want = expected[k].dtype
-        if want.is_floating_point and not (v.is_floating_point() or v.dtype == torch.bool) and v.numel():
+        if want.is_floating_point and not v.is_floating_point() and v.numel():
             raise AuditorError(f"tensor {k!r} holds {str(v.dtype).replace('torch.', '')} values where the model has "
                                f"{str(want).replace('torch.', '')} weights: save the weights as floats")
         cast[k] = v.to(want)

@@ -247,6 +247,7 @@ def _env() -> Environment:
     env.filters["pct"] = present.format_percent
     env.filters["group_value"] = lambda value, column: present.format_group_value(column, value)
     env.filters["verdict"] = _verdict
+    env.filters["failure"] = present.failure_words
     env.filters["interval"] = _interval
     env.filters["log_value"] = _log_value
     env.globals.update(section_names=SECTION_NAMES, side_effect=_side_effect, change_ci=_change_ci,

@@ -44,6 +44,11 @@ from .common import fairness_reason
 CONSTRAINTS = ("demographic_parity", "equalized_odds")
 
 
+# what each mitigation is (a trade-off row's kind, also when it could not run)
+ALTERNATIVE_KINDS = {"threshold-optimizer": "post-processing", "exponentiated-gradient": "retraining",
+                     "reweighing-retrain": "retraining"}
+
+
 @dataclass
 class AlternativeResult:
     """What a non-editing mitigation achieved: metrics on `split`, time to fit, what it needs."""
@@ -201,7 +206,7 @@ def postprocess_threshold_optimizer(bundle: ModelBundle, data: AuditData, constr
                                       random_state=seed))
     predict_seconds = time.perf_counter() - start
     return AlternativeResult(
-        "threshold-optimizer", "post-processing", constraint, attribute, split,
+        "threshold-optimizer", ALTERNATIVE_KINDS["threshold-optimizer"], constraint, attribute, split,
         group_metrics(ev.y.numpy(), pred.astype(int), groups), seconds, predict_seconds,
         {"tol": tol, "objective": objective, "fit_split": fit_split, "grid_size": grid_size, "seed": seed},
         needs_protected_at_prediction=True, randomized=True,
@@ -240,7 +245,7 @@ def retrain_exponentiated_gradient(data: AuditData, constraint: str = "demograph
         pred = np.asarray(mitigator.predict(ev.X.numpy().astype(np.float64), random_state=seed))
     predict_seconds = time.perf_counter() - start
     return AlternativeResult(
-        "exponentiated-gradient", "retraining", constraint, attribute, split,
+        "exponentiated-gradient", ALTERNATIVE_KINDS["exponentiated-gradient"], constraint, attribute, split,
         group_metrics(ev.y.numpy(), pred.astype(int), groups), seconds, predict_seconds,
         {"eps": eps, "estimator": type(est).__name__, "rows": int(len(idx)), "max_iter": max_iter, "seed": seed,
          "predictors": int(len(mitigator.predictors_))},
@@ -287,16 +292,12 @@ def retrain_reweighing(bundle: ModelBundle, data: AuditData, constraint: str = "
     predict_seconds = time.perf_counter() - start
     groups = ev.groups[attribute].astype(str).to_numpy()
     return AlternativeResult(
-        "reweighing-retrain", "retraining", constraint, attribute, split,
+        "reweighing-retrain", ALTERNATIVE_KINDS["reweighing-retrain"], constraint, attribute, split,
         group_metrics(ev.y.numpy(), pred, groups), seconds, predict_seconds,
         {"power": power, "epochs": epochs, "lr": lr, "rows": int(len(idx)), "seed": seed},
         needs_protected_at_prediction=False, randomized=False,
         note="the model's architecture retrained from scratch on reweighed rows; the protected attribute "
              "weights the training loss only", predictions=pred)
-
-
-ALTERNATIVE_KINDS = {"threshold-optimizer": "post-processing", "exponentiated-gradient": "retraining",
-                     "reweighing-retrain": "retraining"}
 
 
 def alternative_reason(name: str, bundle: ModelBundle) -> str | None:
