@@ -33,6 +33,8 @@ if audit.edited:  # the verdict first: before -> after, with intervals, and what
                    icon=":material/warning:")
 for w in before.warnings:
     st.caption(f"⚠ {md_plain(w)}")
+for w in audit.new_warnings():  # what only the edited model shows
+    st.warning(md_plain(w), icon=":material/warning:")
 
 st.subheader("Requirements")
 reqs = merge_requirements(before, after)

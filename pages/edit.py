@@ -137,6 +137,8 @@ if earlier:
 if audit.edits:
     st.subheader("Edits applied")
     pristine = audit.evaluate("pristine").metrics
+    for w in audit.new_warnings():  # e.g. a backdoor sent to another class: attack success cannot see it
+        st.warning(md_plain(w), icon=":material/warning:")
     for i, rec in enumerate(audit.edits):
         r = rec.result
         before = audit.edits[i - 1].metrics_after if i else pristine  # each edit against the model it was applied to
@@ -159,6 +161,9 @@ if audit.edits:
             c1.markdown(f"**Edit {earlier + i + 1}: {r.editor}** on layer(s) {layers}, {r.seconds:.2f} s on "
                         f"`{r.device}`: {verdict}  \n{changes}{fixed}  \n"
                         f"model sha256 `{rec.sha_after[:12]}…` (was `{rec.sha_before[:12]}…`)")
+        for entry in r.log:  # what the editor itself wants said (features dropped, zeros kept, a floor reached)
+            if isinstance(entry, dict) and entry.get("step") in ("note", "warning") and entry.get("message"):
+                c1.caption(f"{entry['step']}: {md_plain(entry['message'])}")
         if c2.button("Undo", key=f"edit_undo_{i}", help="Restore the weights exactly as before this edit "
                                                          "(later edits are undone too)."):
             audit.revert(i)

@@ -531,3 +531,18 @@ def test_upload_a_csv_with_its_own_split_column(tmp_path):
     audit = at.session_state["audit"]
     assert audit.split == "test" and len(audit.data.test) == int((raw["part"] == "test").sum())
     assert len(audit.data.train) == int((raw["part"] == "train").sum())
+
+
+def test_the_edit_and_compare_pages_say_what_only_the_edited_model_shows():
+    """The redirected-backdoor warning is an evaluation warning of the edited model; the pages showed only the
+    loaded model's warnings, so the dashboard said 'all requirements hold' and nothing else."""
+    bundle = load_model(SAMPLES / "digits_cnn_trojan.safetensors")
+    audit = AuditSession(bundle, load_data("digits-trojan"), ["attack_success_rate <= 0.02"])
+    assert audit.new_warnings() == []
+    audit.run_edit("dynamic-rank-one", {"samples": 1})  # attack success 0 %, triggered accuracy ~55 %
+    said = [w for w in audit.new_warnings() if w.startswith("the trigger still changes predictions")]
+    assert said
+    for page in ("edit", "compare"):
+        at = app(audit, page)
+        assert not at.exception
+        assert "the trigger still changes predictions" in texts(at.warning), page

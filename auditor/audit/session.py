@@ -509,6 +509,14 @@ class AuditSession:
             return reason + f". Editors that apply to this model here: {', '.join(c.name for c in usable[:4])}."
         return reason + ". No registered editor applies to this model on this data."
 
+    def new_warnings(self) -> list[str]:
+        """Warnings the current model's evaluation gives that the model as loaded did not (a backdoor sent to
+        another class, an earlier fix undone): what an edit brought, for the pages to show beside it."""
+        if not self.edits:
+            return []
+        before = set(self.evaluate("pristine").warnings)
+        return [w for w in self.evaluate().warnings if w not in before]
+
     def aim_note(self, editor: str) -> str | None:
         """A note when none of the audit's requirements is one `editor` aims at: it is checked afterwards, not
         pursued (magnitude pruning asked for `features_used <= 4` prunes by its own sparsity setting)."""
