@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -34,6 +36,19 @@ def describe_device(device: torch.device | str) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return "cpu"
+
+
+_GLOBAL_RNG = threading.RLock()
+
+
+@contextmanager
+def seeded_global_rng(seed: int):
+    """Torch's global CPU generator seeded with `seed` for the block and put back after, under one
+    process-wide lock: module initialisers draw from it and take no generator, and without the lock an
+    edit in another thread that seeds or draws in between changes the result."""
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def seed_everything(seed: int) -> torch.Generator:

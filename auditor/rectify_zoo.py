@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .backend import Callback
+from .backend import Callback, seeded_global_rng
 from .data.base import AuditData, Split, Stamp
 from .errors import AuditorError
 from .models import ModelBundle, ModelSpec, build_architecture, count_parameters, load_model, save_model
@@ -322,8 +322,8 @@ def train_member(cfg: RectifyMember) -> tuple[ModelBundle, dict]:
     train = training_split(cfg, data)
     start = time.perf_counter()
     with single_thread():
-        torch.manual_seed(cfg.seed)
-        model = build_architecture(full_arch(cfg))
+        with seeded_global_rng(cfg.seed):
+            model = build_architecture(full_arch(cfg))
         train_classifier(model, train.X, train.y, TrainConfig(epochs=cfg.epochs, batch_size=64, lr=cfg.lr,
                                                               seed=cfg.seed))
         metrics = before_metrics(model, data)

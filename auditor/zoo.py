@@ -44,7 +44,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .atomic import replacing
-from .backend import Callback
+from .backend import Callback, seeded_global_rng
 from .data.base import AuditData
 from .errors import AuditorError
 from .models import ModelBundle, ModelSpec, build_architecture
@@ -199,9 +199,9 @@ def train_member(cfg: MemberConfig, data: AuditData | None = None) -> tuple[dict
     g = torch.Generator().manual_seed(cfg.seed)
     rows = torch.randperm(len(X), generator=g)[:min(cfg.rows, len(X))].sort().values
     with single_thread():
-        torch.manual_seed(cfg.seed)
-        model = build_architecture({"name": "mlp", "in_features": data.n_inputs, "hidden": list(cfg.hidden),
-                                    "num_classes": len(data.class_names)})
+        with seeded_global_rng(cfg.seed):
+            model = build_architecture({"name": "mlp", "in_features": data.n_inputs, "hidden": list(cfg.hidden),
+                                        "num_classes": len(data.class_names)})
         train_classifier(model, X[rows], y[rows], TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size,
                                                               lr=cfg.lr, weight_decay=cfg.weight_decay,
                                                               seed=cfg.seed))

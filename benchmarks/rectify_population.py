@@ -7,8 +7,9 @@
 On every held-out member of `auditor.rectify_zoo` (Trojaned and spurious-cue digits models: plain
 CNNs, CNNs with BatchNorm, small ResNets, MLPs; some loaded back from ONNX), for n = 1, 5, 20
 clean samples x 3 sample choices (seeds), each method edits a copy of the model from the same
-training split, side by side in one run: dynamic rank-one with `rank` 1 and with the joint
-least-squares change (`rank` None), the static rank-one edit of the last layer, fine-tuning the
+training split, side by side in one run: dynamic rank-one with its default `rank` "samples" (one
+key direction per clean sample), with `rank` 1 and with the joint least-squares change of every
+changed key (`rank` "joint"), the static rank-one edit of the last layer, fine-tuning the
 whole model at the best setting of a sweep on the *development* members (n = 20), and fine-tuning
 the last layer at its best setting from the same sweep. A run "meets" when, on the test split,
 attack success <= 2 % (cue: cue gap <= 0.05) and clean accuracy drops by at most 1 point.
@@ -54,9 +55,13 @@ REQUIRE = {"trojan": f"attack_success_rate <= {MAX_ASR}", "cue": f"cue_gap <= {M
 METRIC = {"trojan": "attack_success_rate", "cue": "cue_gap"}
 MAX_TRIGGERED_GAP = 0.05  # a repaired Trojan also gives triggered images their labels: within 5 pt of clean accuracy
 # (label, editor, settings); the fine-tuning settings come from the sweep on the dev members
+DYNAMIC = [  # (label, short label, settings): the default first
+    ("dynamic rank-one, rank n (default)", "rank n", {"rank": "samples"}),
+    ("dynamic rank-one, rank 1", "rank 1", {"rank": 1}),
+    ("dynamic rank-one, joint", "joint", {"rank": "joint"}),
+]
 METHODS = [
-    ("dynamic rank-one, rank 1", "dynamic-rank-one", {"rank": 1}),
-    ("dynamic rank-one, joint", "dynamic-rank-one", {"rank": None}),
+    *((label, "dynamic-rank-one", settings) for label, _, settings in DYNAMIC),
     ("static rank-one, last layer", "static-rank-one-last", {}),
     ("fine-tune (best of sweep)", "finetune", "sweep"),
     ("fine-tune last layer (best of sweep)", "finetune-last-layer", "sweep"),
@@ -265,7 +270,7 @@ def by_family(runs: list[dict], methods: list, n: int) -> list[dict]:
 
 
 def scaling(device, best_ft: dict, repeats: int, quick: bool) -> list[dict]:
-    """Per scaling member: one dynamic edit (n = 5, seed 0; rank 1 and joint; cold and warm) against a
+    """Per scaling member: one dynamic edit (n = 5, seed 0; each `DYNAMIC` rank; cold and warm) against a
     100-step whole-model fine-tune on the same samples; medians of `repeats`."""
     out = []
     sizes = scaling_members()[:2] if quick else scaling_members()
@@ -273,8 +278,7 @@ def scaling(device, best_ft: dict, repeats: int, quick: bool) -> list[dict]:
         bundle, data = load_member(cfg, build=False)
         before = metrics(bundle.model, data)
         row = {"member": cfg.name, "parameters": bundle.n_parameters, "arch": cfg.arch, "before": before}
-        for label, editor, settings in (("dynamic rank 1", "dynamic-rank-one", {"rank": 1}),
-                                        ("dynamic joint", "dynamic-rank-one", {"rank": None}),
+        for label, editor, settings in (*((f"dynamic {short}", "dynamic-rank-one", st) for _, short, st in DYNAMIC),
                                         ("fine-tune 100 steps", "finetune", {"steps": 100, "lr": best_ft["lr"]})):
             cold, warm, result = [], [], None
             try:
@@ -293,7 +297,7 @@ def scaling(device, best_ft: dict, repeats: int, quick: bool) -> list[dict]:
                           "seconds_warm": statistics.median(warm) if warm else None,
                           **judge(cfg, before, after)}
         ft = row["fine-tune 100 steps"]["seconds_cold"]
-        for label in ("dynamic rank 1", "dynamic joint"):
+        for label in (f"dynamic {short}" for _, short, _ in DYNAMIC):
             r = row[label]
             r["finetune_over_edit_cold"] = ft / r["seconds_cold"]
             r["finetune_over_edit_warm"] = ft / r["seconds_warm"] if r["seconds_warm"] else None
@@ -308,13 +312,13 @@ def targets(summary: list[dict], runs: list[dict]) -> list[dict]:
         return None if r is None else r["met_share"]
 
     out = []
-    for label in ("dynamic rank-one, rank 1", "dynamic rank-one, joint"):
+    for label, _, _ in DYNAMIC:
         for kind, n, goal in (("trojan", 1, 0.90), ("trojan", 5, 0.97), ("cue", 1, 0.90)):
             s = share(kind, label, n)
             if s is not None:
                 out.append({"target": f"{label}, {kind}, n = {n}: share of runs that meet >= {goal:.0%}",
                             "value": s, "met": s >= goal})
-    for label in ("dynamic rank-one, rank 1", "dynamic rank-one, joint"):
+    for label, _, _ in DYNAMIC:
         for ft in ("fine-tune (best of sweep)", "fine-tune last layer (best of sweep)"):
             a = [r for r in runs if r["method"] == label and r["n"] == 1]
             b = [r for r in runs if r["method"] == ft and r["n"] == 20]
@@ -384,18 +388,18 @@ def markdown(res: dict) -> str:
         lines.append("")
     if res["scaling"]:
         lines += ["## Scaling: one edit against a 100-step fine-tune (n = 5, seed 0, medians)", "",
-                  "| member | parameters | dynamic rank 1 s (cold / warm) | dynamic joint s (cold / warm) | "
-                  "fine-tune s | fine-tune / rank 1 (cold / warm) | fine-tune / joint (cold / warm) | "
-                  "meets: rank 1 / joint / fine-tune |", "|---|---|---|---|---|---|---|---|"]
+                  "| member | parameters | " + " | ".join(f"dynamic {short} s (cold / warm)" for _, short, _ in DYNAMIC)
+                  + " | fine-tune s | " + " | ".join(f"fine-tune / {short} (cold / warm)" for _, short, _ in DYNAMIC)
+                  + " | meets: " + " / ".join(short for _, short, _ in DYNAMIC) + " / fine-tune |",
+                  "|---|---|" + "---|" * (2 * len(DYNAMIC) + 2)]
         for r in res["scaling"]:
-            d1, dj, ft = r["dynamic rank 1"], r["dynamic joint"], r["fine-tune 100 steps"]
+            ds, ft = [r[f"dynamic {short}"] for _, short, _ in DYNAMIC], r["fine-tune 100 steps"]
             lines.append(f"| {r['member']} | {r['parameters']:,} | "
-                         f"{d1['seconds_cold']:.3f} / {d1['seconds_warm']:.3f} | "
-                         f"{dj['seconds_cold']:.3f} / {dj['seconds_warm']:.3f} | {ft['seconds_cold']:.3f} | "
-                         f"{d1['finetune_over_edit_cold']:.1f}x / {d1['finetune_over_edit_warm']:.1f}x | "
-                         f"{dj['finetune_over_edit_cold']:.1f}x / {dj['finetune_over_edit_warm']:.1f}x | "
-                         f"{'yes' if d1['met'] else 'no'} / {'yes' if dj['met'] else 'no'} / "
-                         f"{'yes' if ft['met'] else 'no'} |")
+                         + " | ".join(f"{d['seconds_cold']:.3f} / {d['seconds_warm']:.3f}" for d in ds)
+                         + f" | {ft['seconds_cold']:.3f} | "
+                         + " | ".join(f"{d['finetune_over_edit_cold']:.1f}x / {d['finetune_over_edit_warm']:.1f}x"
+                                      for d in ds)
+                         + " | " + " / ".join("yes" if d["met"] else "no" for d in (*ds, ft)) + " |")
         lines.append("")
     if res["excluded"]:
         lines += ["Members left out because their test split does not show the corruption clearly (attack success "

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from auditor.backend import seed_everything
+from auditor.backend import seed_everything, seeded_global_rng
 from auditor.editors import EDITORS
 from tests.conftest import ROOT, SAMPLES
 from tests.editor_cases import (
@@ -54,6 +54,34 @@ def _supported() -> list[str]:
         if not run.refused:
             names.append(name)
     return names
+
+
+def test_seeded_initialisations_in_threads_match_one_at_a_time():
+    """Editors that build a fresh network (retrain-k-features, the reweighed retrain, ENN from scratch,
+    the learned editors' training) draw its initialisation from torch's global generator under
+    `seeded_global_rng`: another thread seeding or drawing through it in between changed the result."""
+    from auditor.models.architectures import build_architecture
+
+    arch = {"name": "mlp", "in_features": 64, "hidden": [64, 32], "num_classes": 10}
+
+    def build(seed: int) -> torch.Tensor:
+        with seeded_global_rng(seed):
+            model = build_architecture(arch)
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    alone = {seed: build(seed) for seed in range(4)}
+    go = threading.Event()
+
+    def worker(seed: int) -> bool:
+        go.wait(30)
+        return all(torch.equal(build(seed), alone[seed]) for _ in range(40))
+
+    before = torch.get_rng_state()
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(worker, seed) for seed in range(4)]
+        go.set()
+        assert all(f.result() for f in futures)
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's generator is put back
 
 
 def test_all_editors_at_once_on_shared_bundles_match_one_at_a_time():

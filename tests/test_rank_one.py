@@ -2,6 +2,8 @@
 untouched original, no leftover hooks, the closed form on paper, and a user's own .npz case."""
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -91,15 +93,16 @@ def test_dynamic_rank_one_removes_the_spurious_cue(spurious):
 
 def test_dynamic_rolls_back_edits_over_budget(trojan):
     bundle, data, _ = trojan
-    # conv1 edits from one sample wreck accuracy: forced onto conv1 without smaller retries, every step is
-    # rolled back
-    result = get_editor("dynamic-rank-one", samples=1, layer="conv1", max_edits=3, partial_edits=0).edit(bundle, data)
+    # joint conv1 edits from one sample (one key per patch position) wreck accuracy: forced onto conv1
+    # without smaller retries, every step is rolled back
+    result = get_editor("dynamic-rank-one", samples=1, layer="conv1", max_edits=3, partial_edits=0,
+                        rank="joint").edit(bundle, data)
     steps = [e for e in result.log if e["action"] == "edit"]
     assert steps and not any(e["accepted"] for e in steps)
     assert "over the utility budget" in steps[0]["reason"]
     assert result.layers == [] and result.bundle.sha256 == bundle.sha256
     # with retries, the first step tries the rank-one update of the same keys, then half of it
-    result = get_editor("dynamic-rank-one", samples=1, layer="conv1", max_edits=1).edit(bundle, data)
+    result = get_editor("dynamic-rank-one", samples=1, layer="conv1", max_edits=1, rank="joint").edit(bundle, data)
     first = next(e for e in result.log if e["action"] == "edit")
     assert first["tried"][0]["rank"] > 1 and first["tried"][0]["accuracy_drop"] > 0.01
     assert first["rank"] == 1 and first["directions"] == 1
@@ -319,6 +322,30 @@ def test_rank_setting_says_what_the_edit_is(trojan):
         compute_delta(model, "conv2", clean, corrupted, data.train.X, rank=2, direction="mean")
     with pytest.raises(AuditorError, match="at least 1"):
         get_editor("dynamic-rank-one", rank=0).edit(bundle, data)
+
+
+def test_default_rank_is_one_key_direction_per_clean_sample(trojan):
+    """`rank` "samples" (the default, best on the development population): n principal key directions from n
+    clean samples, so one sample gives the seed method's rank-one update even on a convolution; "joint" and
+    None are every changed key; a form or --set gives the setting as text."""
+    from auditor.cli.edit import _convert
+    from auditor.editors.rank_one import DynamicRankOneHyper, resolve_rank
+
+    assert DynamicRankOneHyper().rank == "samples"
+    assert [resolve_rank(r, 5) for r in ("samples", "joint", None, "none", "3", 2)] == [5, None, None, None, 3, 2]
+    assert resolve_rank("samples", 5, direction="mean") == 1
+    for bad in ("all", "0", 0, -1, 1.5):
+        with pytest.raises(AuditorError, match="rank"):
+            resolve_rank(bad, 5)
+    field = {f.name: f for f in dataclasses.fields(DynamicRankOneHyper)}["rank"]
+    hints = typing.get_type_hints(DynamicRankOneHyper)
+    assert [_convert(field, t, hints) for t in ("joint", "none", "samples", "2")] == ["joint", None, "samples", "2"]
+    bundle, data, _ = trojan
+    one = get_editor("rank-one", samples=1, layer="conv2").edit(bundle, data)
+    joint = get_editor("rank-one", samples=1, layer="conv2", rank="joint").edit(bundle, data)
+    assert one.extras["rank"] == 1 and joint.extras["rank"] > 1
+    five = get_editor("rank-one", samples=5, layer="conv2", rank="5").edit(bundle, data)
+    assert five.extras["rank"] == 5
 
 
 def test_one_key_rank_one_equals_the_joint_edit(trojan):

@@ -262,6 +262,24 @@ def check_rank(rank: int | None, direction: str) -> None:
         raise AuditorError('direction "mean" gives one key direction: use it with rank 1')
 
 
+def resolve_rank(rank: int | str | None, samples: int, direction: str = "principal") -> int | None:
+    """The `rank` setting as `compute_delta` takes it: r key directions, or None for the joint edit.
+    "samples": one key direction per clean sample (rank n; 1 with `direction` "mean"); "joint" (or None):
+    every changed key; a whole number r (also written as text, as a form or --set gives it)."""
+    if isinstance(rank, str):
+        text = rank.strip().lower()
+        if text in ("joint", "none"):
+            rank = None
+        elif text == "samples":
+            rank = 1 if direction == "mean" else max(int(samples), 1)
+        elif text.isdigit():
+            rank = int(text)
+        else:
+            raise AuditorError(f'rank must be "samples", "joint" or a whole number of at least 1, got {rank!r}')
+    check_rank(rank, direction)
+    return rank
+
+
 def key_combinations(G: torch.Tensor, rank: int | None, direction: str) -> torch.Tensor:
     """Which combinations of the S keys (columns, S x r) the change is fitted along.
 
@@ -433,10 +451,11 @@ class RankOneHyper:
     ridge: float = field(default=1e-3, metadata={
         "help": "relative ridge added to C (keys clean data never spans stay editable)"})
     mu: float = field(default=1e-2, metadata={"help": "weight of clean-key disturbance against fitting the pairs"})
-    rank: int | None = field(default=None, metadata={
-        "help": "1: the rank-one update along one key direction (the seed method); None: the joint "
-                "least-squares edit of every changed key (rank <= keys; for a convolution, one key per "
-                "patch position the corruption touches); r: along r principal key directions"})
+    rank: str | int | None = field(default="samples", metadata={
+        "help": '"samples" (default): one key direction per clean sample, the principal directions of the '
+                'changed keys (rank <= n; with one sample, the seed method\'s rank-one update); 1: one key '
+                'direction whatever n; r: r directions; "joint": the least-squares edit of every changed key '
+                '(rank <= keys; for a convolution, one key per patch position the corruption touches)'})
     direction: str = field(default="principal", metadata={
         "help": 'the key direction of a rank-1 edit: "principal" (of the keys, in the metric of clean keys) '
                 'or "mean" (the mean corrupted key)', "choices": list(DIRECTIONS)})
@@ -474,7 +493,7 @@ class RankOneEditor(Editor):
         hp = self.hparams
         if hp.samples < 1:
             raise AuditorError(f"samples must be at least 1, got {hp.samples}")
-        check_rank(hp.rank, hp.direction)
+        resolve_rank(hp.rank, hp.samples, hp.direction)
         if hp.attribution not in METHODS:
             raise AuditorError(f"unknown attribution {hp.attribution!r}; choose one of {', '.join(METHODS)}")
 
@@ -493,10 +512,14 @@ class RankOneEditor(Editor):
         table = self._rank(model, data, clean, corrupted, labels)
         return str(table.iloc[0]["layer"]), table.to_dict("records")
 
+    def _rank_setting(self) -> int | None:
+        hp = self.hparams
+        return resolve_rank(hp.rank, hp.samples, hp.direction)
+
     def _update(self, model, data, layer, clean, corrupted, strength=None, rank="default") -> RankOneUpdate:
         hp = self.hparams
         return compute_delta(model, layer, clean, corrupted, data.train.X, ridge=hp.ridge, mu=hp.mu,
-                             rank=hp.rank if rank == "default" else rank,
+                             rank=self._rank_setting() if rank == "default" else rank,
                              direction=hp.direction, strength=hp.strength if strength is None else strength,
                              max_rows=hp.max_rows, target=hp.target)
 
@@ -539,8 +562,8 @@ class DynamicRankOneHyper(RankOneHyper):
         "help": "utility budget: clean accuracy lost on the check rows (clean training rows plus `check_split`)"})
     partial_edits: int = field(default=2, metadata={
         "help": "a new edit over the utility budget is tried again this many times, smaller each time (first "
-                "as the rank-one update of the same keys when the joint edit has rank > 1, then at half the "
-                "size) before its layer is set aside; 0: never"})
+                "as the rank-one update of the same keys when the edit has rank > 1, then at half the size) "
+                "before its layer is set aside; 0: never"})
     max_strength: float = field(default=2.0, metadata={
         "help": "most a layer's accepted edits add up to when strengthened (1: the exact fit of the pairs)"})
     check_train_rows: int = field(default=2000, metadata={
@@ -698,7 +721,8 @@ class DynamicRankOneEditor(RankOneEditor):
         others = sibling_layers(model, layer, clean) if hp.siblings else []
         if not others:
             return super()._update(model, data, layer, clean, corrupted, strength, rank)
-        kw = dict(ridge=hp.ridge, mu=hp.mu, rank=hp.rank if rank == "default" else rank, direction=hp.direction,
+        kw = dict(ridge=hp.ridge, mu=hp.mu, rank=self._rank_setting() if rank == "default" else rank,
+                  direction=hp.direction,
                   strength=hp.strength if strength is None else strength, max_rows=hp.max_rows, target="own")
         update = compute_delta(model, layer, clean, corrupted, data.train.X, **kw)
         update.siblings = [compute_delta(model, n, clean, corrupted, data.train.X, **kw) for n in others]
@@ -868,7 +892,7 @@ class DynamicRankOneEditor(RankOneEditor):
             for n in update.layers:
                 start.setdefault(n, layer_matrix(resolve_layer(model, n)).clone())
             tried, drop = [], 0.0
-            one = hp.rank is None and update.rank > 1 and action == "edit" and hp.partial_edits > 0
+            one = self._rank_setting() != 1 and update.rank > 1 and action == "edit" and hp.partial_edits > 0
             for attempt_no in range(hp.partial_edits + 1 if action == "edit" else 1):
                 if attempt_no:  # over the utility budget: the rank-one update of the same keys (after a joint
                     # edit of rank > 1), then half of it, along the same direction

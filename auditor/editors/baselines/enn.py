@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from ...backend import Callback
+from ...backend import Callback, seeded_global_rng
 from ...data.base import AuditData
 from ...errors import AuditorError
 from ...models.files import ModelBundle
@@ -213,14 +213,16 @@ def editable_training(bundle: ModelBundle, data: AuditData, config: EditableConf
         raise AuditorError(f"optimiser must be one of {OPTIMISERS}, got {config.optimiser!r}")
     callback = callback or (lambda f, m: None)
     start = time.perf_counter()
-    torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     out = bundle.copy()
     model = out.model.cpu()
-    if config.from_scratch:
-        for m in model.modules():
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+    gen = torch.Generator()
+    with seeded_global_rng(config.seed):  # the draws below continue from here, whatever other threads do
+        if config.from_scratch:
+            for m in model.modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+        gen.set_state(torch.get_rng_state())
     layers = editable_modules(model, config.layers)
     names = parameter_names(model, layers)
     s = EditorSettings(layers=layers, optimiser=config.optimiser, lr=config.edit_lr, beta=config.beta,
@@ -234,7 +236,7 @@ def editable_training(bundle: ModelBundle, data: AuditData, config: EditableConf
     n_batches = math.ceil(len(X) / config.batch_size)
     history = []
     for epoch in range(config.epochs):
-        order = torch.randperm(len(X))
+        order = torch.randperm(len(X), generator=gen)
         totals = np.zeros(5)
         for i in range(n_batches):
             idx = order[i * config.batch_size:(i + 1) * config.batch_size]

@@ -35,6 +35,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
+from ...backend import seeded_global_rng
 from ...data.base import AuditData
 from ...errors import AuditorError
 from ...models.architectures import predict_logits
@@ -104,8 +105,7 @@ def _train_weighted(arch: dict, X: torch.Tensor, y: torch.Tensor, w: torch.Tenso
     """A fresh `arch` trained with Adam on (sample-weighted) cross-entropy; deterministic for `seed`."""
     from ...models.architectures import build_architecture
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_global_rng(seed):
         model = build_architecture(arch)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)

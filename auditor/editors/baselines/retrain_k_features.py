@@ -3,17 +3,15 @@ raw features, or on the raw features named in `keep` (e.g. the ones another edit
 first-layer columns are zero."""
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 
 import torch
 
+from ...backend import seeded_global_rng
 from ...errors import AuditorError
 from ...models.architectures import ARCHITECTURES, build_architecture, first_layer
 from ..registry import register_editor
 from .feature_importance import KeepFeatures, KeepFeaturesHyper
-
-_INIT_LOCK = threading.Lock()
 
 
 @dataclass
@@ -63,10 +61,7 @@ class RetrainKFeatures(KeepFeatures):
         if not hp.warm_start:
             if bundle is None or not bundle.spec or not bundle.spec.arch:
                 raise AuditorError("retrain-k-features needs the model's architecture spec; use warm_start=True")
-            # a fresh initialisation drawn from torch's global generator: seeded, under a lock so that
-            # edits in other threads cannot draw in between, and restored after (the caller's draws stay)
-            with _INIT_LOCK, torch.random.fork_rng(devices=[]):
-                torch.manual_seed(hp.seed)
+            with seeded_global_rng(hp.seed):  # a fresh initialisation, the same whatever other threads do
                 fresh = build_architecture(bundle.spec.arch)
             fresh.to(device)
             model.load_state_dict(fresh.state_dict())

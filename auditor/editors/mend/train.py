@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from ...backend import Callback
+from ...backend import Callback, seeded_global_rng
 from ...data.base import AuditData
 from ...fixes import equivalents
 from ...models.files import ModelBundle
@@ -100,7 +100,6 @@ def train_mend(bundle: ModelBundle, data: AuditData, config: MendConfig | None =
     config = config or MendConfig()
     callback = callback or (lambda f, m: None)
     start = time.perf_counter()
-    torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     model = copy.deepcopy(bundle.model).cpu().eval()
     for p in model.parameters():
@@ -108,8 +107,9 @@ def train_mend(bundle: ModelBundle, data: AuditData, config: MendConfig | None =
     layers = resolve_layers(model, config.layers)
     trunk, head = split_head(model, layers[0])
     modules = dict(model.named_modules())
-    editor = GradientEditor([(n, modules[n].in_features, modules[n].out_features) for n in layers],
-                            config.rank, config.n_blocks, ridge=config.ridge)
+    with seeded_global_rng(config.seed):  # its initialisation, the same whatever other threads do
+        editor = GradientEditor([(n, modules[n].in_features, modules[n].out_features) for n in layers],
+                                config.rank, config.n_blocks, ridge=config.ridge)
     n_classes = len(data.class_names)
 
     with torch.no_grad():

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ... import zoo
-from ...backend import Callback
+from ...backend import Callback, seeded_global_rng
 from ...data.base import AuditData
 from ...errors import AuditorError
 from ...requirements.surrogates import (
@@ -157,8 +157,8 @@ def train_editor(settings: TrainSettings, out: str | Path | None = None,
                     layers=s.layers, max_depth=max_depth, n_probes=len(probes),
                     match_moments=kind.mode == "prune" and s.match_moments and not s.refit,
                     refit=kind.mode in ("prune", "gate") and s.refit)
-    torch.manual_seed(s.seed)
-    net = MetaNet(cfg).to(dev)
+    with seeded_global_rng(s.seed):  # its initialisation, the same whatever other threads do
+        net = MetaNet(cfg).to(dev)
     model = net
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
