@@ -10,10 +10,12 @@ that does so while disturbing clean keys least is, for one key,
 
 and for several keys K (pairs, or every position whose patch the corruption changes) either the
 joint least-squares solution `dW = R^T K (mu C + K^T K)^-1` (R = V* - K W^T, mu small; `rank`
-None, the default: rank up to the number of keys, e.g. one key per patch position a trigger
-touches on a convolution), or the seed method's true rank-one update along one key direction
-(`rank` 1: the principal direction of the keys, or their mean), fitted over every key. Both are
-the formula above for one key and mu -> 0; all solves are on the few keys (C factored once per
+"joint": rank up to the number of keys, e.g. one key per patch position a trigger touches on a
+convolution), or an update along r principal key directions fitted over every key: `rank` 1 is
+the seed method's true rank-one update (the principal direction of the keys, or their mean), and
+the default `rank` "samples" takes one direction per clean sample (r = n: one sample gives a
+rank-one update; it met most often on the development population of `auditor.rectify_zoo`). All
+are the formula above for one key and mu -> 0; all solves are on the few keys (C factored once per
 layer). The result and the log state the rank applied and the change's size relative to the
 layer's weights. Inside a residual block the skip path still carries the corruption, so the
 target values are skip-aware by default (`target` "merge": what the layer must output so that the
