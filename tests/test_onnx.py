@@ -223,3 +223,11 @@ def test_a_layer_norm_without_shape_information_is_read_at_its_weights_size(tmp_
     with torch.no_grad():
         X = digits.test.X[:16]
         assert (bundle.model(X) - model(X)).abs().max() < 1e-4
+    # written back as ONNX under the vendor's own value names: its output, exported without a name, is
+    # numbered ("9"), a name torch's exporter refuses ("Invalid name"), so the file could not be written
+    vendor_out = proto.graph.output[0].name
+    assert vendor_out.isdigit()
+    back = export_onnx(bundle, tmp_path / "ln_back.onnx")
+    written = onnx.load(str(back))
+    assert [v.name for v in written.graph.input] == ["x"] and [v.name for v in written.graph.output] == [vendor_out]
+    assert np.abs(_ort_logits(back, X) - model(X).detach().numpy()).max() < 1e-4

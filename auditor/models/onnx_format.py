@@ -342,6 +342,23 @@ def _input_shape(bundle: ModelBundle) -> list[int]:
     return _probe_shape(bundle.spec, [])
 
 
+def _exportable(name: str, role: str) -> str:
+    """`name`, or a stand-in torch's TorchScript exporter accepts (it refuses all-digit names)."""
+    return f"auditor_{role}_{name}" if name.isdigit() else name
+
+
+def _rename_value(graph, old: str, new: str) -> None:
+    """Rename a value of an ONNX graph everywhere it appears (inputs, outputs, nodes, value infos)."""
+    for v in (*graph.input, *graph.output, *graph.value_info):
+        if v.name == old:
+            v.name = new
+    for node in graph.node:
+        for field in (node.input, node.output):
+            for i, name in enumerate(field):
+                if name == old:
+                    field[i] = new
+
+
 def export_onnx(bundle: ModelBundle, path: str | os.PathLike, extra_metadata: dict | None = None, *,
                 verify: bool = True, atol: float = 1e-4) -> Path:
     """Write `bundle` as a self-contained `.onnx` file (spec and history in its metadata).
@@ -369,6 +386,9 @@ def export_onnx(bundle: ModelBundle, path: str | os.PathLike, extra_metadata: di
     if output_name == input_name:
         output_name = "logits"
     example = torch.zeros(2, *shape)
+    # torch's exporter refuses names it numbers its own values with ("29", a graph exported without
+    # output names): export under a stand-in, then give the file the vendor's name back
+    names = {input_name: _exportable(input_name, "input"), output_name: _exportable(output_name, "logits")}
     from ..atomic import temp_beside
 
     tmp = temp_beside(path)  # unpredictable O_EXCL name: never follows a planted link
@@ -376,9 +396,12 @@ def export_onnx(bundle: ModelBundle, path: str | os.PathLike, extra_metadata: di
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (example,), str(tmp), dynamo=False, opset_version=OPSET,
-                              input_names=[input_name], output_names=[output_name],
-                              dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}})
+                              input_names=[names[input_name]], output_names=[names[output_name]],
+                              dynamic_axes={names[input_name]: {0: "batch"}, names[output_name]: {0: "batch"}})
         proto = onnx.load_model(str(tmp))
+        for name, stand_in in names.items():
+            if stand_in != name:
+                _rename_value(proto.graph, stand_in, name)
         if head:  # the vendor's outputs (label, probabilities, ZipMap) from the edited logits
             from .onnx_heads import attach_head
 
