@@ -7,11 +7,12 @@
 On every held-out member of `auditor.rectify_zoo` (Trojaned and spurious-cue digits models: plain
 CNNs, CNNs with BatchNorm, small ResNets, MLPs; some loaded back from ONNX), for n = 1, 5, 20
 clean samples x 3 sample choices (seeds), each method edits a copy of the model from the same
-training split, side by side in one run: dynamic rank-one with its default `rank` "samples" (one
-key direction per clean sample), with `rank` 1 and with the joint least-squares change of every
-changed key (`rank` "joint"), the static rank-one edit of the last layer, fine-tuning the
-whole model at the best setting of a sweep on the *development* members (n = 20), and fine-tuning
-the last layer at its best setting from the same sweep. A run "meets" when, on the test split,
+training split, side by side in one run: dynamic rank-one with its default `rank` "auto" (1 from one
+clean sample, joint from several), with `rank` "samples" (one key direction per clean sample), with
+`rank` 1 and with the joint least-squares change of every changed key (`rank` "joint"), the static
+rank-one edit of the last layer, fine-tuning the whole model at the best setting of a sweep on
+the *development* members (n = 20), and fine-tuning the last layer at its best setting from the
+same sweep. A run "meets" when, on the test split,
 attack success <= 2 % (cue: cue gap <= 0.05) and clean accuracy drops by at most 1 point.
 Edit times are cold (the keys' second moments forgotten before every edit). A scaling table
 times one edit against a 100-step fine-tune on Trojaned CNNs of 10 k to 4 M parameters.
@@ -56,7 +57,8 @@ METRIC = {"trojan": "attack_success_rate", "cue": "cue_gap"}
 MAX_TRIGGERED_GAP = 0.05  # a repaired Trojan also gives triggered images their labels: within 5 pt of clean accuracy
 # (label, editor, settings); the fine-tuning settings come from the sweep on the dev members
 DYNAMIC = [  # (label, short label, settings): the default first
-    ("dynamic rank-one, rank n (default)", "rank n", {"rank": "samples"}),
+    ("dynamic rank-one, auto (default)", "auto", {"rank": "auto"}),
+    ("dynamic rank-one, rank n", "rank n", {"rank": "samples"}),
     ("dynamic rank-one, rank 1", "rank 1", {"rank": 1}),
     ("dynamic rank-one, joint", "joint", {"rank": "joint"}),
 ]

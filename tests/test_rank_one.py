@@ -324,15 +324,18 @@ def test_rank_setting_says_what_the_edit_is(trojan):
         get_editor("dynamic-rank-one", rank=0).edit(bundle, data)
 
 
-def test_default_rank_is_one_key_direction_per_clean_sample(trojan):
-    """`rank` "samples" (the default, best on the development population): n principal key directions from n
-    clean samples, so one sample gives the seed method's rank-one update even on a convolution; "joint" and
-    None are every changed key; a form or --set gives the setting as text."""
+def test_default_rank_is_rank_one_from_one_sample_and_joint_from_several(trojan):
+    """`rank` "auto" (the default): the seed method's rank-one update from one clean sample, even on a
+    convolution (the joint fit of one image's patch positions overfits it), the joint edit from several;
+    "samples": n principal key directions from n samples; "joint" and None: every changed key; a form or
+    --set gives the setting as text."""
     from auditor.cli.edit import _convert
     from auditor.editors.rank_one import DynamicRankOneHyper, resolve_rank
 
-    assert DynamicRankOneHyper().rank == "samples"
-    assert [resolve_rank(r, 5) for r in ("samples", "joint", None, "none", "3", 2)] == [5, None, None, None, 3, 2]
+    assert DynamicRankOneHyper().rank == "auto"
+    assert [resolve_rank(r, 5) for r in ("auto", "samples", "joint", None, "none", "3", 2)] == [
+        None, 5, None, None, None, 3, 2]
+    assert resolve_rank("auto", 1) == 1 and resolve_rank("samples", 1) == 1
     assert resolve_rank("samples", 5, direction="mean") == 1
     for bad in ("all", "0", 0, -1, 1.5):
         with pytest.raises(AuditorError, match="rank"):
@@ -344,8 +347,9 @@ def test_default_rank_is_one_key_direction_per_clean_sample(trojan):
     one = get_editor("rank-one", samples=1, layer="conv2").edit(bundle, data)
     joint = get_editor("rank-one", samples=1, layer="conv2", rank="joint").edit(bundle, data)
     assert one.extras["rank"] == 1 and joint.extras["rank"] > 1
-    five = get_editor("rank-one", samples=5, layer="conv2", rank="5").edit(bundle, data)
+    five = get_editor("rank-one", samples=5, layer="conv2", rank="samples").edit(bundle, data)
     assert five.extras["rank"] == 5
+    assert get_editor("rank-one", samples=5, layer="conv2").edit(bundle, data).extras["rank"] > 5
 
 
 def test_one_key_rank_one_equals_the_joint_edit(trojan):

@@ -6,7 +6,6 @@ running statistics (eval mode), and the loop's checks that rerun only the part o
 the edited layer must give exactly the whole model's output."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -184,22 +183,17 @@ def test_dynamic_rank_one_repairs_from_five_samples(which, request):
     """Issue 14's done-when: a BatchNorm and a residual model repaired from five clean samples with
     accuracy kept (test split, three sample choices)."""
     bundle, data, m0 = request.getfixturevalue(which)
-    # the tiny residual net (16 features before its last layer) gets to 0.7-2.0 % (n = 5; 3.0-3.7 % with
-    # neither skip-aware targets nor sibling edits): its check rows (train + val) meet the requirement, the
-    # test split a little less. Its default edit (rank 5, of its first block's first convolution) costs
-    # 0.44 / 0.89 / 1.11 pt of test accuracy at seeds 0-2 (2 / 4 / 5 of 450 rows; the joint edit 0.22-0.67):
-    # the loop's budget of 1 pt on ~1,350 check rows leaves no room for the test split's own noise
+    # the tiny residual net (16 features before its last layer) gets to 1.2-3.2 % (n = 5; 3.0-3.7 % with
+    # neither skip-aware targets nor sibling edits): its check rows (train + val) meet the requirement,
+    # the test split a little less where only its last layer is edited (seed 0)
     limit = {"bn_net": 0.02, "resnet": 0.035}[which]
-    drops = []
     for seed in range(3):
         result = get_editor("dynamic-rank-one", samples=5, seed=seed).edit(bundle, data)
         m = evaluate(result.bundle, data).metrics
-        drops.append(m0["accuracy"] - m["accuracy"])
-        assert m["attack_success_rate"] <= limit and drops[-1] <= 0.015, (seed, m)
+        assert m["attack_success_rate"] <= limit and m0["accuracy"] - m["accuracy"] <= 0.01, (seed, m)
         assert result.changed and result.extras["rank"] >= 1
         assert not any("running" in p for p in result.delta.before)  # BatchNorm statistics untouched
         assert result.extras["check_runs"]["tail_runs"] > 0  # checks reran only the part above the edit
-    assert np.mean(drops) <= 0.01, drops
     assert_no_hooks(bundle.model)
 
 

@@ -13,8 +13,9 @@ joint least-squares solution `dW = R^T K (mu C + K^T K)^-1` (R = V* - K W^T, mu 
 "joint": rank up to the number of keys, e.g. one key per patch position a trigger touches on a
 convolution), or an update along r principal key directions fitted over every key: `rank` 1 is
 the seed method's true rank-one update (the principal direction of the keys, or their mean), and
-the default `rank` "samples" takes one direction per clean sample (r = n: one sample gives a
-rank-one update; it met most often on the development population of `auditor.rectify_zoo`). All
+`rank` "samples" takes one direction per clean sample. The default, "auto", is rank 1 from one
+sample (the joint fit of one image's patch positions overfits it) and the joint edit from several
+(measured on `auditor.rectify_zoo`'s population: `benchmarks/results/rectify_population.md`). All
 are the formula above for one key and mu -> 0; all solves are on the few keys (C factored once per
 layer). The result and the log state the rank applied and the change's size relative to the
 layer's weights. Inside a residual block the skip path still carries the corruption, so the
@@ -266,18 +267,21 @@ def check_rank(rank: int | None, direction: str) -> None:
 
 def resolve_rank(rank: int | str | None, samples: int, direction: str = "principal") -> int | None:
     """The `rank` setting as `compute_delta` takes it: r key directions, or None for the joint edit.
-    "samples": one key direction per clean sample (rank n; 1 with `direction` "mean"); "joint" (or None):
-    every changed key; a whole number r (also written as text, as a form or --set gives it)."""
+    "auto": 1 from one clean sample, the joint edit from several; "samples": one key direction per clean
+    sample (rank n; 1 with `direction` "mean"); "joint" (or None): every changed key; a whole number r
+    (also written as text, as a form or --set gives it)."""
     if isinstance(rank, str):
         text = rank.strip().lower()
         if text in ("joint", "none"):
             rank = None
+        elif text == "auto":
+            rank = 1 if samples <= 1 else None
         elif text == "samples":
             rank = 1 if direction == "mean" else max(int(samples), 1)
         elif text.isdigit():
             rank = int(text)
         else:
-            raise AuditorError(f'rank must be "samples", "joint" or a whole number of at least 1, got {rank!r}')
+            raise AuditorError(f'rank must be "auto", "samples", "joint" or a whole number of at least 1, got {rank!r}')
     check_rank(rank, direction)
     return rank
 
@@ -453,11 +457,11 @@ class RankOneHyper:
     ridge: float = field(default=1e-3, metadata={
         "help": "relative ridge added to C (keys clean data never spans stay editable)"})
     mu: float = field(default=1e-2, metadata={"help": "weight of clean-key disturbance against fitting the pairs"})
-    rank: str | int | None = field(default="samples", metadata={
-        "help": '"samples" (default): one key direction per clean sample, the principal directions of the '
-                'changed keys (rank <= n; with one sample, the seed method\'s rank-one update); 1: one key '
-                'direction whatever n; r: r directions; "joint": the least-squares edit of every changed key '
-                '(rank <= keys; for a convolution, one key per patch position the corruption touches)'})
+    rank: str | int | None = field(default="auto", metadata={
+        "help": '"auto" (default): from one clean sample the seed method\'s rank-one update (one key direction), '
+                'from several the joint edit; "joint": the least-squares edit of every changed key (rank <= '
+                'keys; for a convolution, one key per patch position the corruption touches); 1: one key '
+                'direction whatever n; "samples": one direction per clean sample (rank <= n); r: r directions'})
     direction: str = field(default="principal", metadata={
         "help": 'the key direction of a rank-1 edit: "principal" (of the keys, in the metric of clean keys) '
                 'or "mean" (the mean corrupted key)', "choices": list(DIRECTIONS)})
