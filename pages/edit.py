@@ -89,10 +89,10 @@ names = [c.name for c in editors]
 by_name = {c.name: c for c in editors}
 kinds = {"rank-one": "closed-form rank-one edit", "learned": "learned editor", "baseline": "baseline"}
 explain = {"rank-one": "changes one layer's weight matrix in closed form so that the layer treats a corrupted "
-                       "input like its clean twin: by default (`rank` auto) a rank-one update from one clean "
+                       "input like its clean twin: by default (rank \"auto\") a rank-one update from one clean "
                        "sample and the joint fit of every changed key from several (rank up to the number of "
-                       "keys); `rank` 1, samples (one direction each) or joint to choose; the result states the "
-                       "rank and the size of the change.",
+                       "keys); set rank to 1, \"samples\" (one direction each) or \"joint\" to choose; the "
+                       "result states the rank and the size of the change.",
            "learned": "a network trained on many models of this family outputs the weight change in one pass.",
            "baseline": "what practitioners would otherwise do (fine-tuning, pruning, ...), run here for comparison."}
 name = st.selectbox("Editor (best suited to the failing requirements first)", names, key="edit_editor",
