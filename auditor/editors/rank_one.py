@@ -900,7 +900,7 @@ class DynamicRankOneEditor(RankOneEditor):
             tried, drop = [], 0.0
             one = self._rank_setting() != 1 and update.rank > 1 and action == "edit" and hp.partial_edits > 0
             for attempt_no in range(hp.partial_edits + 1 if action == "edit" else 1):
-                if attempt_no:  # over the utility budget: the rank-one update of the same keys (after a joint
+                if attempt_no:  # over the utility budget: the rank-one update of the same keys (after an
                     # edit of rank > 1), then half of it, along the same direction
                     for n, snap in saved.items():
                         _restore(model, n, snap)
