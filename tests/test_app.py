@@ -546,3 +546,5 @@ def test_the_edit_and_compare_pages_say_what_only_the_edited_model_shows():
         at = app(audit, page)
         assert not at.exception
         assert "the trigger still changes predictions" in texts(at.warning), page
+    # the Report page's list of what the export holds counts the warnings the report carries (it said "none")
+    assert audit.report_contents()["warnings"] == audit.build_report().warnings

@@ -838,7 +838,7 @@ class AuditSession:
         before = self.evaluate("pristine")
         return {"verdict": self.verdict()["status"], "requirements": len(self.requirements),
                 "edits": len(self.edits), "localization": loc, "tradeoff": trade,
-                "side_effects": len(self.side_effects()), "warnings": list(before.warnings),
+                "side_effects": len(self.side_effects()), "warnings": [*before.warnings, *self.new_warnings()],
                 "small_groups": sum(len(g) for g in getattr(before, "small_groups", {}).values()),
                 "verdict_mode": self.verdict_mode, "min_group": self.min_group}
 
