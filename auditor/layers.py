@@ -200,12 +200,41 @@ def input_fingerprint(X: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def _model_hash(model: nn.Module) -> str:
+def _state_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Every parameter and buffer, as the objects themselves (a `state_dict()` detaches fresh ones,
+    whose digests would not be remembered)."""
+    return [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+
+
+def model_hash(model: nn.Module) -> str:
+    """sha1 of what a model computes: every module's name, class, settings and forward code, and every
+    parameter and buffer (names, dtypes, shapes, bytes); each tensor is hashed once per version
+    (`inherit_digests` passes the digests on to a copy)."""
     h = hashlib.sha1()
-    for name, t in model.state_dict().items():
+    for name, mod in model.named_modules(remove_duplicate=False):
+        cls = type(mod)
+        code = getattr(getattr(cls, "forward", None), "__code__", None)
+        h.update(f"|{name}:{cls.__module__}.{cls.__qualname__}({mod.extra_repr()})".encode())
+        if code is not None:
+            h.update(code.co_code)
+            h.update(repr(code.co_consts).encode())
+    for name, t in _state_tensors(model):
         h.update(name.encode())
         h.update(_tensor_digest(t))
     return h.hexdigest()
+
+
+def inherit_digests(source: nn.Module, copy: nn.Module) -> None:
+    """Let `copy`, just made from `source` (a deep copy, perhaps moved to another device), reuse the
+    digests of `source`'s tensors, so hashing the copy does not read its bytes again."""
+    pairs = zip(_state_tensors(source), _state_tensors(copy))
+    for (name, a), (other, b) in pairs:
+        if name != other or a.shape != b.shape or a.dtype != b.dtype:
+            return
+        try:  # read from `a` when first asked for, if `a` is then still as it was
+            _DIGESTS[id(b)] = (weakref.ref(b), b._version, (weakref.ref(a), a._version))
+        except TypeError:
+            pass
 
 
 _DIGESTS: dict[int, tuple] = {}  # id(tensor) -> (weakref, version, digest): a tensor is hashed once per version
@@ -215,7 +244,13 @@ def _tensor_digest(t: torch.Tensor) -> bytes:
     """sha1 of a tensor's dtype, shape and bytes, remembered while the tensor lives and is not modified in place."""
     hit = _DIGESTS.get(id(t))
     if hit is not None and hit[0]() is t and hit[1] == t._version:
-        return hit[2]
+        if isinstance(hit[2], bytes):
+            return hit[2]
+        source = hit[2][0]()  # inherited from the tensor it was copied from
+        if source is not None and source._version == hit[2][1]:
+            digest = _tensor_digest(source)
+            _DIGESTS[id(t)] = (hit[0], hit[1], digest)
+            return digest
     h = hashlib.sha1(f"{t.dtype}{tuple(t.shape)}".encode())
     if t.numel():
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())

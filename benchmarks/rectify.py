@@ -28,9 +28,10 @@ sys.path.insert(0, str(ROOT))
 from auditor import load_data, load_model  # noqa: E402
 from auditor.backend import describe_device, pick_device  # noqa: E402
 from auditor.editors import get_editor  # noqa: E402
+from auditor.editors.rank_one import clear_check_cache  # noqa: E402
 from auditor.evaluate import evaluate  # noqa: E402
 from auditor.layers import clear_moment_cache  # noqa: E402
-from auditor.localize import rank_layers_for  # noqa: E402
+from auditor.localize import clear_ranking_cache, rank_layers_for  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 CASES = {
@@ -69,6 +70,8 @@ def run_case(name: str, case: dict, ns: list[int], seeds: list[int], device) -> 
                 if settings.get("layer") == "lowest":
                     settings["layer"] = lowest
                 clear_moment_cache()
+                clear_ranking_cache()
+                clear_check_cache()
                 result = get_editor(editor, **settings).edit(bundle, data, [case["require"]], device=device)
                 warm = None
                 if editor in RANK_ONE:  # again with the keys' second moments cached

@@ -74,12 +74,15 @@ SWEEP_SEEDS = (0,)  # sample choices per (dev member, n, setting)
 
 
 def forget_moments() -> None:
-    """Forget the keys' second moments cached in memory, so the next edit is cold."""
-    from auditor import layers
+    """Forget the keys' second moments, the rankings and the loop's kept checks cached in memory, so the next
+    edit is cold."""
+    from auditor import layers, localize
+    from auditor.editors import rank_one
 
-    clear = getattr(layers, "clear_moment_cache", None)
-    if clear is not None:
-        clear()
+    for clear in (getattr(layers, "clear_moment_cache", None), getattr(localize, "clear_ranking_cache", None),
+                  getattr(rank_one, "clear_check_cache", None)):
+        if clear is not None:
+            clear()
 
 
 def metrics(model, data) -> dict[str, float]:

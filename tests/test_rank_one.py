@@ -401,6 +401,7 @@ def test_moments_kept_beside_the_model_file(tmp_path):
     import shutil
 
     from auditor.layers import _MOMENTS, moments_file
+    from auditor.localize import clear_ranking_cache
 
     path = tmp_path / "model.safetensors"
     shutil.copy(SAMPLES / "digits_cnn_trojan.safetensors", path)
@@ -408,6 +409,7 @@ def test_moments_kept_beside_the_model_file(tmp_path):
     get_editor("rank-one").edit(bundle, data)
     assert not moments_file(path).exists()  # only when asked
     clear_moment_cache()
+    clear_ranking_cache()  # a new process: nothing kept in memory
     first = get_editor("rank-one", keep_moments=True).edit(bundle, data)
     assert first.log[-1]["written"] >= 4 and moments_file(path).is_file()
     clear_moment_cache()

@@ -210,12 +210,57 @@ def test_loop_checks_stay_exact_after_an_accepted_edit_below(bn_net):
     with torch.no_grad():
         checks.at(None)(X)  # the first check keeps the values below every layer
         assert torch.equal(checks.at("head.3")(X), model(X))
-        assert checks.stats == {"tail_runs": 1, "full_runs": 1}
+        assert checks.stats == {"tail_runs": 1, "full_runs": 1, "kept_runs": 0}
         model.features[0].conv.weight.mul_(1.2)  # an accepted edit below head.3
         checks.accepted("features.0.conv")
         assert "head.3" not in checks.cuts and "features.0.conv" in checks.cuts
         assert torch.allclose(checks.at("head.3")(X), model(X), atol=1e-6)
         assert torch.allclose(checks.at("features.0.conv")(X), model(X), atol=1e-6)
+
+
+def test_a_second_edit_of_the_same_model_starts_from_the_kept_checks(bn_net):
+    """The loop's checks before any edit are kept by the model's weights: editing the same model again
+    (another setting, Edit after Localize) skips the whole-model runs and gives the very same edit;
+    a model with other weights, or the edited one, runs its own checks."""
+    from auditor.editors.rank_one import clear_check_cache
+
+    bundle, data, _ = bn_net
+    clear_check_cache()
+    edit = lambda b: get_editor("dynamic-rank-one", samples=1, seed=0).edit(b, data)  # noqa: E731
+    first, again = edit(bundle), edit(bundle)
+    assert first.extras["check_runs"]["kept_runs"] == 0 and first.extras["check_runs"]["full_runs"] > 0
+    assert again.extras["check_runs"]["kept_runs"] > 0 and again.extras["check_runs"]["full_runs"] == 0
+    a, b = first.bundle.model.state_dict(), again.bundle.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [e.get("accuracy_drop") for e in first.log] == [e.get("accuracy_drop") for e in again.log]
+    assert edit(first.bundle).extras["check_runs"]["kept_runs"] == 0  # other weights
+    other = bundle.copy()
+    with torch.no_grad():
+        other.model.head[1].bias.add_(0.01)  # in place, after the copy: its inherited digests no longer hold
+    assert edit(other).extras["check_runs"]["kept_runs"] == 0
+    assert_no_hooks(bundle.model)
+
+
+def test_a_copy_hashes_as_its_source_until_changed():
+    from auditor.layers import inherit_digests, model_hash
+
+    torch.manual_seed(0)
+    source = BNNet().eval()
+    copy = BNNet().eval()
+    copy.load_state_dict(source.state_dict())
+    inherit_digests(source, copy)
+    assert model_hash(copy) == model_hash(source)
+    with torch.no_grad():
+        copy.head[3].weight[0, 0] += 1.0
+    assert model_hash(copy) != model_hash(source)
+    with torch.no_grad():
+        source.head[3].weight[0, 0] += 1.0  # the source changed after the copy: the copy hashes its own bytes
+    fresh = BNNet().eval()
+    fresh.load_state_dict(source.state_dict())
+    inherit_digests(source, fresh)
+    with torch.no_grad():
+        source.head[3].weight[0, 0] -= 1.0
+    assert model_hash(fresh) != model_hash(source)
 
 
 class Branchy(nn.Module):
@@ -243,7 +288,7 @@ def test_untraceable_model_is_checked_whole():
     X = torch.randn(4, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(checks.at("out")(X), model(X))
-    assert checks.stats == {"tail_runs": 0, "full_runs": 1}
+    assert checks.stats == {"tail_runs": 0, "full_runs": 1, "kept_runs": 0}
 
 
 def test_skip_aware_target_matches_the_block_sum_and_siblings_are_found(resnet):

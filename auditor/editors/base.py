@@ -28,6 +28,7 @@ from torch import nn
 from ..backend import Callback, describe_device, pick_device
 from ..data.base import AuditData
 from ..errors import AuditorError
+from ..layers import inherit_digests
 from ..models.architectures import editable_layers
 from ..models.files import ModelBundle
 from ..requirements import Fixes, Requirement, parse_requirements
@@ -219,6 +220,7 @@ class Editor:
         log: list[dict] = []
         edited = bundle.copy()
         edited.model.to(dev)
+        inherit_digests(bundle.model, edited.model)  # what is cached by its weights is found without rehashing
         start = time.perf_counter()
         extras = self._edit(edited.model, data, reqs, dev, callback, log=log, fixes=fixes, bundle=edited) or {}
         if dev.type == "cuda":

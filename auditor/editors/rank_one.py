@@ -32,6 +32,8 @@ layer's own clean output). Computing the change (`compute_delta`) is kept apart 
 """
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +52,7 @@ from ..layers import (
     layer_values,
     load_moments,
     model_device,
+    model_hash,
     moments_file,
     regularised,
     resolve_layer,
@@ -618,6 +621,17 @@ def _logits(model: nn.Module, X: torch.Tensor, device, batch: int = 1024) -> tor
     return torch.cat([model(X[i:i + batch].to(device)).float().cpu() for i in range(0, len(X), batch)])
 
 
+_FIRST_CHECKS: OrderedDict[tuple, tuple] = OrderedDict()  # (model hash, device, ...): (outputs, cuts, bytes)
+_FIRST_CHECKS_SIZE = 4  # entries; their kept values together at most the loop's `max_bytes`
+_FIRST_CHECKS_LOCK = threading.Lock()
+
+
+def clear_check_cache() -> None:
+    """Forget the kept checks before any edit (benchmarks time cold edits with this)."""
+    with _FIRST_CHECKS_LOCK:
+        _FIRST_CHECKS.clear()
+
+
 class _CheckModel(nn.Module):
     """Stands in for the model in the dynamic loop's checks. The first run of an input (the check
     before any edit) runs the whole model once and keeps, per editable layer, the values crossing
@@ -625,7 +639,11 @@ class _CheckModel(nn.Module):
     layer, a kept input reruns only the part of the model above the layer. `accepted(layer)` drops
     the kept values that an accepted edit of `layer` changed (those of the layers above it). Where
     the model cannot be split (no torch.fx trace) or the values would pass `max_bytes`, the whole
-    model runs; `stats` counts both."""
+    model runs; `stats` counts both.
+
+    `start()` marks the checks before any edit as done and keeps their outputs and cuts, keyed by the
+    model's weights (`model_hash`): the next edit of the same model (another setting, another seed,
+    Edit after Localize) starts from them without running the model (`stats["kept_runs"]`)."""
 
     def __init__(self, model: nn.Module, layers: list[str], max_bytes: int = 256 * 2**20):
         super().__init__()
@@ -634,8 +652,29 @@ class _CheckModel(nn.Module):
         self.layers, self.max_bytes, self.bytes = layers, max_bytes, 0
         self.split: ModelSplit | None | bool = False  # False: not built yet
         self.cuts: dict[str, dict[str, tuple]] = {}
-        self.stats = {"tail_runs": 0, "full_runs": 0}
+        self.stats = {"tail_runs": 0, "full_runs": 0, "kept_runs": 0}
         self.first: dict[str, torch.Tensor] = {}  # the outputs of the runs before any edit, by input
+        self.key = (model_hash(model), str(model_device(model)), tuple(layers), max_bytes)
+        with _FIRST_CHECKS_LOCK:
+            kept = _FIRST_CHECKS.get(self.key)
+            if kept is not None:
+                _FIRST_CHECKS.move_to_end(self.key)
+        if kept is not None:
+            first, cuts, self.bytes = kept
+            self.first = dict(first)
+            self.cuts = {name: dict(by_input) for name, by_input in cuts.items()}
+
+    def start(self) -> None:
+        """The checks before any edit are done: later whole-model runs are not kept, and what was kept is
+        remembered for the next edit of the same model."""
+        self.started = True
+        kept = (dict(self.first), {name: dict(by_input) for name, by_input in self.cuts.items()}, self.bytes)
+        with _FIRST_CHECKS_LOCK:
+            _FIRST_CHECKS[self.key] = kept
+            _FIRST_CHECKS.move_to_end(self.key)
+            total = sum(v[2] for v in _FIRST_CHECKS.values())
+            while len(_FIRST_CHECKS) > 1 and (len(_FIRST_CHECKS) > _FIRST_CHECKS_SIZE or total > self.max_bytes):
+                total -= _FIRST_CHECKS.popitem(last=False)[1][2]
 
     def at(self, layer: str | None) -> _CheckModel:
         self.layer = layer
@@ -665,6 +704,10 @@ class _CheckModel(nn.Module):
             self.split = split_model(self.model, self.layers)
         split = self.split
         key = input_fingerprint(X)
+        if self.layer is None and not self.started and key in self.first and (
+                split is None or all(key in self.cuts.get(name, {}) for name in split.layers)):
+            self.stats["kept_runs"] += 1  # run before, on a model with the same weights
+            return self.first[key]
         if split is None:
             return self._full(key, self.model(X))
         hit = self.cuts.get(self.layer, {}).get(key) if self.layer is not None else None
@@ -691,7 +734,7 @@ class _CheckModel(nn.Module):
             self.first[key] = out.detach()
         return out
 
-    started = False  # set once the checks before any edit ran: later whole-model runs are not kept
+    started = False  # set by `start()` once the checks before any edit ran
 
 
 @register_editor
@@ -859,7 +902,7 @@ class DynamicRankOneEditor(RankOneEditor):
         checks = _CheckModel(model, [hp.layer] if hp.layer else [n for n, _ in memory_layers(model)])
         status = lambda layer=None: self._status(checks.at(layer), check_data, reqs, split)  # noqa: E731
         m0, res0, short = status()
-        checks.started = True
+        checks.start()
         clean, corrupted, labels, picked = self._pick(model, data, device,
                                                       self._seen_logits(checks, data, check_data, split, rows))
         current = (m0, res0, short)  # the metrics of the model as it stands (a rollback restores it exactly)
