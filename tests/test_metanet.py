@@ -295,3 +295,45 @@ def test_an_edit_that_does_not_use_the_learned_change_says_so_and_names_its_edit
         assert any("learned network's change was not used" in e.get("message", "") for e in result.log)
     else:
         assert result.extras["learned_change_used"] is True
+
+
+class _Scorer(torch.nn.Module):
+    """A user's own MLP class: named layers, functional ReLU, a dropout (a no-op in eval mode)."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2, self.l3 = torch.nn.Linear(100, 64), torch.nn.Linear(64, 32), torch.nn.Linear(32, 2)
+        self.drop = torch.nn.Dropout(0.2)
+
+    def forward(self, x):
+        return self.l3(self.drop(torch.relu(self.l2(torch.nn.functional.relu(self.l1(x))))))
+
+
+class _Skip(_Scorer):
+    def forward(self, x):
+        h = torch.relu(self.l2(torch.relu(self.l1(x))))
+        return self.l3(h) + self.l3(h)  # two paths from h
+
+
+def test_a_users_own_mlp_class_gets_the_same_edit_as_the_same_weights_in_sequential(adult):
+    """The metanetwork reads any module whose forward is Linear -> ReLU -> ... -> Linear (its torch.fx
+    trace), not only `nn.Sequential`; a model that is not one is refused with what it does instead."""
+    from auditor.editors.metanet.graph import mlp_layers
+
+    sample = load_model(ROOT / "sample_models" / "adult_mlp.safetensors")
+    mine = _Scorer().eval()
+    sd = sample.model.state_dict()
+    mine.load_state_dict({f"{new}.{p}": sd[f"{old}.{p}"] for new, old in (("l1", "fc1"), ("l2", "fc2"), ("l3", "out"))
+                          for p in ("weight", "bias")})
+    assert [n for n, _ in mlp_layers(mine)] == ["l1", "l2", "l3"]
+    users = ModelBundle(mine, sample.spec)
+    a = get_editor("metanet-fairness").edit(sample, adult, ["demographic_parity <= 0.05"])
+    b = get_editor("metanet-fairness").edit(users, adult, ["demographic_parity <= 0.05"])
+    ea, eb = a.bundle.model.state_dict(), b.bundle.model.state_dict()
+    for new, old in (("l1", "fc1"), ("l2", "fc2"), ("l3", "out")):
+        assert torch.allclose(eb[f"{new}.weight"], ea[f"{old}.weight"], atol=1e-5)
+    assert compute_metrics(b.bundle.model, adult, "test").metrics["demographic_parity"] <= 0.05
+    skip = ModelBundle(_Skip().eval(), sample.spec)
+    assert "reads" in get_editor("metanet-fairness").supports(skip, adult)
+    with pytest.raises(AuditorError, match="a skip or branch"):
+        mlp_layers(skip.model)

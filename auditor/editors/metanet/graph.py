@@ -35,11 +35,24 @@ def not_an_mlp(model: nn.Module) -> str | None:
 
 
 def mlp_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:
-    """(name, Linear) of an MLP built as Linear -> ReLU -> ... -> Linear, else an AuditorError."""
+    """(name, Linear) of an MLP that computes Linear -> ReLU -> ... -> Linear, else an AuditorError
+    that names what it found. An `nn.Sequential` is read by its children; any other module (a user's
+    own class, e.g. `fc2(relu(fc1(x)))`) by its torch.fx trace, which must be one chain of those steps
+    (Flatten, Dropout and Identity are passed over: in eval mode they change nothing of a row)."""
     if not isinstance(model, nn.Sequential):
-        raise AuditorError("the metanetwork reads MLPs (nn.Sequential of Linear and ReLU layers)")
+        return _chain(_traced_steps(model))
+    try:
+        return _chain([(name, mod) for name, mod in model.named_children() if not isinstance(mod, _PASSED)])
+    except AuditorError as exc:  # nested blocks: read the trace, and say what the children show if that fails too
+        try:
+            return _chain(_traced_steps(model))
+        except AuditorError:
+            raise exc from None
+
+
+def _chain(steps: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Linear]]:
     layers, expect_linear = [], True
-    for name, mod in model.named_children():
+    for name, mod in steps:
         if isinstance(mod, nn.Linear) and expect_linear:
             layers.append((name, mod))
             expect_linear = False
@@ -54,6 +67,55 @@ def mlp_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:
         if a.out_features != b.in_features:
             raise AuditorError("the MLP's layer sizes do not chain")
     return layers
+
+
+_PASSED = (nn.Flatten, nn.Dropout, nn.Identity)
+_RELU_CALLS = {torch.relu, nn.functional.relu, "relu"}
+_PASSED_CALLS = {torch.flatten, "flatten", nn.functional.dropout, "contiguous"}
+
+
+def _traced_steps(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The modules a non-Sequential model applies, in order, when its torch.fx trace is one chain from
+    its input to its output (a functional relu counts as a ReLU layer); else an AuditorError."""
+    import torch.fx
+
+    name = type(model).__name__
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception as exc:  # noqa: BLE001 - any trace failure: the model is not read as an MLP
+        raise AuditorError(f"the metanetwork reads MLPs; {name}'s forward could not be traced to check that it "
+                           f"is one ({type(exc).__name__})") from None
+    modules = dict(model.named_modules())
+    steps: list[tuple[str, nn.Module]] = []
+    previous = None
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            if previous is not None:
+                raise AuditorError(f"the metanetwork reads MLPs of one input; {name}'s forward takes several")
+            previous = node
+            continue
+        if node.op == "output":
+            if node.args[0] is not previous:
+                raise AuditorError(f"the metanetwork reads MLPs that return their last layer's output; {name} "
+                                   "returns something else")
+            break
+        inputs = [a for a in node.all_input_nodes]
+        if inputs != [previous]:
+            raise AuditorError(f"the metanetwork reads MLPs whose layers run one after another; in {name}, "
+                               f"{node.name!r} reads {[a.name for a in inputs]} (a skip or branch)")
+        if node.op == "call_module":
+            mod = modules[node.target]
+            if not isinstance(mod, _PASSED):
+                steps.append((node.target, mod))
+        elif node.op in ("call_function", "call_method") and node.target in _RELU_CALLS:
+            steps.append((node.name, nn.ReLU()))
+        elif node.op in ("call_function", "call_method") and node.target in _PASSED_CALLS:
+            pass
+        else:
+            what = getattr(node.target, "__name__", str(node.target))
+            raise AuditorError(f"the metanetwork reads MLPs of Linear and ReLU layers; {name} applies {what!r}")
+        previous = node
+    return steps
 
 
 @dataclass(frozen=True)
