@@ -573,7 +573,7 @@ class DynamicRankOneHyper(RankOneHyper):
         "help": "a new edit over the utility budget is tried again this many times, smaller each time (first "
                 "as the rank-one update of the same keys when the edit has rank > 1, then at half the size) "
                 "before its layer is set aside; 0: never"})
-    max_strength: float = field(default=2.0, metadata={
+    max_strength: float = field(default=3.0, metadata={
         "help": "most a layer's accepted edits add up to when strengthened (1: the exact fit of the pairs)"})
     check_train_rows: int = field(default=2000, metadata={
         "help": "clean training rows added to `check_split` to judge requirement and budget (0: `check_split` only)"})
