@@ -8,8 +8,9 @@ on the 4.9 M model) of the editor's own time (`EditResult.seconds`, without copy
 `digits_cnn_trojan` (the shipped 9.8 k-parameter CNN) and a 4.9 M-parameter MLP Trojan-trained
 here on the same digits data (a few seconds). Per model: the dynamic rank-one edit (cold: the
 keys' second moments, the layer rankings and the loop's kept checks forgotten before every edit;
-warm: after Localize, moments cached, the loop's rankings and checks forgotten; repeat: the same
-model edited again, as with another setting in a demo, nothing forgotten), the
+warm: after Localize, which the dashboard runs first: rankings and checks forgotten, then Localize
+(untimed) ranks the layers and prepares the dynamic edit, `DynamicRankOneEditor.prepare`; repeat:
+the same model edited again, as with another setting in a demo, nothing forgotten), the
 plain rank-one edit (cold and warm), a 100-step whole-model fine-tune on 20 samples, and the
 "time to a repair that meets both requirements" (attack success <= 2 % and clean accuracy drop
 <= 1 pt on the test split): the edit time of the fastest setting that meets both, or "never"
@@ -69,19 +70,17 @@ def big_mlp(data) -> ModelBundle:
 
 
 COLD = (clear_moment_cache, clear_ranking_cache, clear_check_cache)  # a model never seen
-# after Localize: the moments are cached; the loop's checks and its ranking on its own pairs not yet
-WARM = (clear_ranking_cache, clear_check_cache)
 CPU = {}  # label -> median CPU seconds of the same edits (one thread: the work, whatever else runs on the machine)
 
 
-def timed(fn, repeats: int, forget: tuple = (), label: str = "") -> tuple[float, object]:
+def timed(fn, repeats: int, before: tuple = (), label: str = "") -> tuple[float, object]:
     """Median of the editor's own wall time (`EditResult.seconds`: the edit, without copying the model),
-    each `forget` cache cleared before every edit; the median process CPU time of the whole call goes
-    to CPU[label]."""
+    each of `before` called (untimed) before every edit; the median process CPU time of the whole call
+    goes to CPU[label]."""
     times, cpu, out = [], [], None
     for _ in range(repeats):
-        for clear in forget:
-            clear()
+        for step in before:
+            step()
         c = time.process_time()
         out = fn()
         cpu.append(time.process_time() - c)
@@ -105,18 +104,22 @@ def run_model(label: str, bundle, data, repeats: int) -> dict:
                  "attack_success_rate": base["attack_success_rate"]}
     dyn = lambda: get_editor("dynamic-rank-one", samples=1, seed=0).edit(bundle, data, [REQUIRE])  # noqa: E731
     plain = lambda: get_editor("rank-one", samples=1, seed=0).edit(bundle, data)  # noqa: E731
+
+    def localize():  # what the dashboard's Localize does (`AuditSession.localize`): rank, and prepare the edit
+        rank_layers_for(bundle.model, data, 1, 0)
+        get_editor("dynamic-rank-one", samples=1, seed=0).prepare(bundle, data, [REQUIRE])
+
+    WARM = (clear_ranking_cache, clear_check_cache, localize)  # moments kept: edit after Localize
     CPU.clear()
     row["dynamic_cold_s"], res = timed(dyn, repeats, COLD, label="dynamic_cold_s")
     ok, q = meets(bundle, data, res, base)
     row["dynamic_meets"], row["dynamic_quality"] = ok, q
     row["dynamic_log"] = [{k: e.get(k) for k in ("step", "action", "layer", "accepted", "rank", "relative_norm")}
                           for e in res.log]
-    rank_layers_for(bundle.model, data, 1, 0)  # Localize: caches the moments
     row["dynamic_warm_s"], _ = timed(dyn, repeats, WARM, label="dynamic_warm_s")
     row["dynamic_repeat_s"], _ = timed(dyn, repeats, label="dynamic_repeat_s")
     row["plain_cold_s"], res = timed(plain, repeats, COLD, label="plain_cold_s")
     row["plain_meets"], row["plain_quality"] = meets(bundle, data, res, base)
-    rank_layers_for(bundle.model, data, 1, 0)
     row["plain_warm_s"], _ = timed(plain, repeats, WARM, label="plain_warm_s")
     ft = lambda: get_editor("finetune", samples=20, steps=100, lr=1e-3, seed=0).edit(bundle, data)  # noqa: E731
     row["finetune_100_s"], _ = timed(ft, max(3, repeats // 4), label="finetune_100_s")
@@ -139,7 +142,12 @@ def _s(v) -> str:
 
 
 def markdown(doc: dict) -> str:
-    out = ["# Rank-one repair speed (one thread, n = 1, median)", ""]
+    out = ["# Rank-one repair speed (one thread, n = 1, median)", "",
+           "Cold: nothing cached (a model never seen). Warm: the edit after Localize, which the dashboard runs "
+           "first (it ranks the layers and, since this version, prepares the dynamic edit: the loop's checks on "
+           "the unedited model, its pick of samples and their ranking, `DynamicRankOneEditor.prepare`); earlier "
+           "runs' warm kept only the keys' second moments. Repeat: the same model edited again (another setting "
+           "in a demo).", ""]
     for label, run in doc["runs"].items():
         meta = run["meta"]
         out += [f"## {label}", "", f"Run: `{meta['command']}` on {meta['device']}, torch {meta['torch']}, "

@@ -234,6 +234,10 @@ def test_a_second_edit_of_the_same_model_starts_from_the_kept_checks(bn_net):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [e.get("accuracy_drop") for e in first.log] == [e.get("accuracy_drop") for e in again.log]
     assert edit(first.bundle).extras["check_runs"]["kept_runs"] == 0  # other weights
+    clear_check_cache()
+    get_editor("dynamic-rank-one", samples=1, seed=0).prepare(bundle, data)  # as Localize does
+    prepared = edit(bundle)
+    assert prepared.extras["check_runs"]["full_runs"] == 0 and prepared.bundle.sha256 == first.bundle.sha256
     other = bundle.copy()
     with torch.no_grad():
         other.model.head[1].bias.add_(0.01)  # in place, after the copy: its inherited digests no longer hold

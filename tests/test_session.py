@@ -9,7 +9,7 @@ import pytest
 from auditor import load_data, load_model
 from auditor.audit import AuditSession, default_requirements
 from auditor.audit.uploads import read_upload
-from auditor.editors import EDITORS
+from auditor.editors import EDITORS, get_editor
 from auditor.present import format_value, metric_label, setting_fields
 from auditor.report import validate_report
 from tests.fixtures import assert_same_numbers
@@ -92,6 +92,25 @@ def test_report_has_every_edit_and_validates(trojan):
     assert "--editor magnitude-pruning" in last and "step1.safetensors" in last
     layers = next(r["layers"] for r in doc["tradeoff"]["rows"] if r["method"] == ours)
     assert set(layers) == {n for e in doc["edits"] for n in e["layers"]}
+
+
+def test_localize_prepares_the_dynamic_edit_that_follows(trojan):
+    """Localize does ahead what the dynamic rank-one edit does first (its checks on the unedited model, its pick
+    and ranking), so the edit after it runs no whole-model check and gives the same edit as without."""
+    from auditor.editors.rank_one import clear_check_cache
+    from auditor.localize import clear_ranking_cache
+
+    s = AuditSession(*trojan)
+    clear_check_cache()
+    clear_ranking_cache()
+    s.localize()
+    prepared = s.run_edit("dynamic-rank-one", {"samples": 1}).result
+    assert prepared.extras["check_runs"]["kept_runs"] > 0 and prepared.extras["check_runs"]["full_runs"] == 0
+    clear_check_cache()
+    clear_ranking_cache()
+    plain = get_editor("dynamic-rank-one", samples=1).edit(AuditSession(*trojan).current, trojan[1])
+    assert plain.extras["check_runs"]["kept_runs"] == 0
+    assert prepared.bundle.sha256 == plain.bundle.sha256
 
 
 def test_read_upload_sanitises_names(tmp_path):

@@ -451,7 +451,20 @@ class AuditSession:
         seed_everything(kwargs["seed"])
         self.localization = localize(self.current, self.data, self.requirements, **kwargs)
         self.localization_note = None
+        if self.localization.kind in ("trigger", "cue", "twins"):
+            self.prepare_edit(samples=kwargs.get("samples", 1))
         return self.localization
+
+    def prepare_edit(self, editor: str = "dynamic-rank-one", **settings) -> dict | None:
+        """Do ahead, on the current model, what `editor` (with `settings`) does before its first edit, so the
+        edit that follows Localize starts from there (`DynamicRankOneEditor.prepare`); None when it cannot
+        edit this model."""
+        from ..editors import get_editor
+
+        ed = get_editor(editor, **settings)
+        if not hasattr(ed, "prepare") or ed.supports(self.current, self.data):
+            return None
+        return ed.prepare(self.current, self.data, self.requirements)
 
     # -- editing ----------------------------------------------------------------------------
     def editors(self) -> list[type]:

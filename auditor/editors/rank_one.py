@@ -41,11 +41,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..backend import pick_device
 from ..data.base import AuditData, Split
 from ..errors import AuditorError
 from ..layers import (
     ModelSplit,
     check_editable,
+    inherit_digests,
     input_fingerprint,
     layer_io,
     layer_matrix,
@@ -64,7 +66,7 @@ from ..layers import (
 )
 from ..localize import METHODS, rank_layers
 from ..models.architectures import batch_rows, editable_layers, memory_layers
-from ..requirements import Requirement, compute_metrics, parse_requirement
+from ..requirements import Requirement, compute_metrics, parse_requirement, parse_requirements
 from ..requirements.uncertainty import intervals
 from .base import Editor
 from .registry import register_editor
@@ -884,7 +886,31 @@ class DynamicRankOneEditor(RankOneEditor):
             return sp.X[:0].to(device), sp.X[:0].to(device), sp.y[:0].to(device), info
         return (sp.X[chosen].to(device), data.corrupt(hp.split, chosen).to(device), sp.y[chosen].to(device), info)
 
-    def _run(self, model, data, requirements, device, callback, *, log):
+    def prepare(self, bundle, data: AuditData, requirements=(), *, device=None) -> dict:
+        """Do ahead what an edit of `bundle` on `device` does first, kept by the model's weights: the checks
+        on the unedited model, the pick of the clean samples and (without a fixed `layer`) the ranking of
+        the layers for them. The edit that follows starts from there; Localize calls this. Returns the
+        pick (as the edit's log names it)."""
+        reason = self.supports(bundle, data)
+        if reason:
+            raise AuditorError(f"editor {self.name!r} cannot edit this model: {reason}")
+        dev = pick_device(device) if not isinstance(device, torch.device) else device
+        model = bundle.model
+        if model_device(model) != dev:  # as the edit will: a copy on the device
+            model = bundle.copy().model.to(dev)
+            inherit_digests(bundle.model, model)
+        was_training = model.training
+        try:
+            *_, (clean, corrupted, labels, picked) = self._begin(model, data, parse_requirements(requirements), dev)
+            if len(clean) and not self.hparams.layer:
+                self._rank(model, data, clean, corrupted, labels)
+        finally:
+            model.train(was_training)
+        return picked
+
+    def _begin(self, model, data, requirements, device):
+        """What the loop does before its first edit: check the settings, run the checks on the unedited model
+        (kept for the next edit of the same weights) and pick the clean samples."""
         self._check()
         hp = self.hparams
         if hp.pick not in ("misbehaving", "random"):
@@ -903,8 +929,14 @@ class DynamicRankOneEditor(RankOneEditor):
         status = lambda layer=None: self._status(checks.at(layer), check_data, reqs, split)  # noqa: E731
         m0, res0, short = status()
         checks.start()
-        clean, corrupted, labels, picked = self._pick(model, data, device,
-                                                      self._seen_logits(checks, data, check_data, split, rows))
+        pairs = self._pick(model, data, device, self._seen_logits(checks, data, check_data, split, rows))
+        return reqs, check_data, split, rows, checks, status, (m0, res0, short), pairs
+
+    def _run(self, model, data, requirements, device, callback, *, log):
+        hp = self.hparams
+        reqs, check_data, split, rows, checks, status, (m0, res0, short), pairs = self._begin(
+            model, data, requirements, device)
+        clean, corrupted, labels, picked = pairs
         current = (m0, res0, short)  # the metrics of the model as it stands (a rollback restores it exactly)
         acc0 = m0["budget_accuracy"]
         judged = self._budget_n or rows["rows"]
