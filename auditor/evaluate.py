@@ -49,6 +49,7 @@ class Evaluation:
     verdict_mode: str = DEFAULT_VERDICT
     min_group: int = DEFAULT_MIN_GROUP
     outcomes: Outcomes | None = field(default=None, repr=False)  # the rows behind the metrics (not serialised)
+    unused_features: list[str] | None = None  # raw features the model does not read (where features_used is measured)
 
     @property
     def passed(self) -> bool:
@@ -77,13 +78,24 @@ class Evaluation:
         self.verdict_mode = mode or self.verdict_mode
         self.requirements = [r.check(self.metrics, self.intervals, self.verdict_mode, self.unreliable(r.key, primary))
                              for r in parse_requirements(requirements)]
+        for r in self.requirements:
+            if r.metric == "features_used" and self.unused_features is not None and not r.note:
+                r.note = self.reads_note()
         return self.requirements
+
+    def reads_note(self) -> str:
+        """Which raw features the model does not read (a data-minimisation requirement names them)."""
+        unused = self.unused_features or []
+        total = int(self.metrics.get("features_used", 0)) + len(unused)
+        if not unused:
+            return f"reads all {total} raw features"
+        return f"does not read {', '.join(unused)} ({len(unused)} of {total} raw features)"
 
     def to_dict(self) -> dict:
         return {"metrics": dict(self.metrics), "intervals": self.intervals, "groups": self.groups,
                 "requirements": [r.to_dict() for r in self.requirements], "passed": self.passed,
                 "verdict_mode": self.verdict_mode, "min_group": self.min_group, "warnings": list(self.warnings),
-                "small_groups": self.small_groups,
+                "small_groups": self.small_groups, "unused_features": self.unused_features,
                 "model": {"sha256": self.model_sha256},
                 "data": {"name": self.data_name, "sha256": self.data_sha256, "split": self.split, "rows": self.rows}}
 
@@ -167,7 +179,8 @@ def evaluate(bundle: ModelBundle, data: AuditData, requirements=(), split: str |
     ev = Evaluation(report.metrics, report.groups, [], bundle.sha256, data.sha256, data.name, split,
                     len(data.split(split)),
                     warnings=reading_cautions(bundle, data) + list(report.warnings), small_groups=report.small_groups,
-                    verdict_mode=verdict, min_group=int(min_group), outcomes=report.outcomes)
+                    verdict_mode=verdict, min_group=int(min_group), outcomes=report.outcomes,
+                    unused_features=report.unused_features)
     if resamples:
         ev.intervals = intervals(report.metrics, report.outcomes, resamples=resamples)
     ev.judge(reqs, verdict, data.primary_protected)

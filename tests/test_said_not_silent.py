@@ -960,6 +960,28 @@ def test_the_report_page_counts_small_groups_not_every_warning(adult_mlp, adult)
     assert roomy["small_groups"] == 0
 
 
+def test_a_data_minimisation_verdict_names_the_features_the_model_no_longer_reads(adult_mlp, adult):
+    """`features_used <= 4` said PASS with a count; an auditor must see which features were dropped. The verdict's
+    note, the report's requirement row and the CLI's requirement lines name them."""
+    from auditor.cli.edit import print_comparison
+    from auditor.report import render_html
+
+    s = AuditSession(adult_mlp, adult, ["features_used <= 4"])
+    record = s.run_edit("drop-features", {"k": 4})
+    dropped = sorted(record.result.extras["dropped"])
+    before, after = s.evaluate("pristine"), s.evaluate()
+    total = int(before.metrics["features_used"])
+    assert before.requirements[0].note == f"reads all {total} raw features"
+    assert sorted(after.unused_features) == dropped
+    names = ", ".join(after.unused_features)
+    assert after.requirements[0].note == f"does not read {names} ({len(dropped)} of {total} raw features)"
+    html = render_html(s.build_report(rerun_tradeoff=False))
+    assert f"after: does not read {after.unused_features[0]}" in html
+    out = __import__("io").StringIO()
+    print_comparison(before, after, out)
+    assert f"after, does not read {after.unused_features[0]}" in out.getvalue()
+
+
 def test_a_fine_tune_after_a_minimisation_keeps_the_dropped_inputs_out(adult_mlp, adult):
     """finetune-fairness after drop-features brought a dropped column back (features used 4 -> 5), silently undoing
     the earlier edit; the fine-tunes now keep exact zeros at zero and say how many."""

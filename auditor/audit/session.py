@@ -458,13 +458,16 @@ class AuditSession:
     def prepare_edit(self, editor: str = "dynamic-rank-one", **settings) -> dict | None:
         """Do ahead, on the current model, what `editor` (with `settings`) does before its first edit, so the
         edit that follows Localize starts from there (`DynamicRankOneEditor.prepare`); None when it cannot
-        edit this model."""
+        edit this model, or not with these requirements (the edit itself then says why)."""
         from ..editors import get_editor
 
         ed = get_editor(editor, **settings)
         if not hasattr(ed, "prepare") or ed.supports(self.current, self.data):
             return None
-        return ed.prepare(self.current, self.data, self.requirements)
+        try:
+            return ed.prepare(self.current, self.data, self.requirements)
+        except AuditorError:
+            return None
 
     # -- editing ----------------------------------------------------------------------------
     def editors(self) -> list[type]:

@@ -130,6 +130,9 @@ def print_comparison(before, after, out=None) -> None:
                 for b, a in zip(before.requirements, after.requirements)]
         print(format_table(rows, ["requirement", "before", "95% interval", "", "after", "95% interval", ""]),
               file=out)
+        for b, a in zip(before.requirements, after.requirements):
+            if a.metric == "features_used" and a.note:  # which features the edit stopped reading
+                print(f"  {a.expr}: before, {b.note or '-'}; after, {a.note}", file=out)
         print_verdict_notes(after, out)
 
 

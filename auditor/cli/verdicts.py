@@ -87,6 +87,9 @@ def print_evaluation(ev, out=None) -> None:
         print("\nrequirements", file=out)
         print(format_table([requirement_row(r) for r in ev.requirements],
                            ["requirement", "value", "95% interval", "verdict"]), file=out)
+        for r in ev.requirements:
+            if r.metric == "features_used" and r.note:
+                print(f"  {r.expr}: {r.note}", file=out)
         print_verdict_notes(ev, out)
 
 

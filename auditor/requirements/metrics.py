@@ -93,6 +93,7 @@ class MetricReport:
     outcomes: Outcomes | None = None
     warnings: list[str] = field(default_factory=list)
     small_groups: dict[str, dict[str, dict]] = field(default_factory=dict)
+    unused_features: list[str] | None = None  # raw features the model does not read (tabular, Linear first layer)
 
 
 def predict(model: nn.Module, X: torch.Tensor) -> np.ndarray:
@@ -132,6 +133,14 @@ def features_used(model: nn.Module, feature_groups: dict[str, list[int]]) -> int
         raise AuditorError("features_used needs a model whose first layer is Linear")
     used_inputs = (layer.weight.detach() != 0).any(0).cpu().numpy()
     return int(sum(bool(used_inputs[idx].any()) for idx in feature_groups.values() if idx))
+
+
+def unused_features(model: nn.Module, feature_groups: dict[str, list[int]]) -> list[str]:
+    """Raw features (one-hot inputs summed back to their feature) whose first-layer weights are all zero:
+    the model no longer reads them (what `features_used` does not count)."""
+    _, layer = first_layer(model)
+    used_inputs = (layer.weight.detach() != 0).any(0).cpu().numpy()
+    return [name for name, idx in feature_groups.items() if idx and not used_inputs[idx].any()]
 
 
 def group_table(y_true: np.ndarray, y_pred: np.ndarray, groups: pd.Series) -> dict[str, dict[str, float]]:
@@ -306,6 +315,7 @@ def compute_metrics(model: nn.Module, data: AuditData, split: str = "test",
     m["sparsity"] = sparsity(model)
     if data.kind == "tabular" and isinstance(first_layer(model)[1], nn.Linear):
         m["features_used"] = float(features_used(model, data.feature_groups))
+        out.unused_features = unused_features(model, data.feature_groups)
     if data.protected and _binary(data):
         worst = 1.0
         for i, attr in enumerate(data.protected):
