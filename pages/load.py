@@ -85,6 +85,7 @@ else:
                          key="up_data_kind", help="A .npz case holds your images, labels and your model's own "
                                                   "trigger or cue (target and mask + pattern, or corrupted twins).")
     schema, csv, case, ready = None, None, None, True
+    train_csv = val_csv = None  # the user's own partition, as files
     if data_kind == "Built-in data set":
         data_name = st.selectbox("Data set", list(BUILTIN), key="up_builtin")
         question = stamp_question(None, data_name)
@@ -133,14 +134,32 @@ else:
                          "validation rows from a stratified 60/20/20 split of the file.")
                 split_col = None if split_col == NO_SPLIT else split_col
                 if split_col is None:
-                    st.caption("No split column: the audit reads **every row**, the model's own training rows "
-                               "included, and editors use a seeded 60/20/20 split. Pick your column if you have one.")
-                text_cols = [c for c in others if c not in protected and c != split_col and is_text_column(head[c])]
-                categorical = st.multiselect("Categorical columns (one-hot encoded)",
-                                             [c for c in others if c not in protected and c != split_col],
+                    train_csv = st.file_uploader(
+                        "Or your own partition: the training rows (CSV with the same columns; the file above then "
+                        "holds the test rows)", type=["csv"], key="up_train_csv",
+                        help="The rows the model was trained on: editors draw clean samples and check rows from "
+                             "them, and the preprocessing is fitted on them when the model has none stored.")
+                    if train_csv is not None:
+                        val_csv = st.file_uploader("Validation rows (CSV, optional: else 20 % of the training rows "
+                                                   "are held out)", type=["csv"], key="up_val_csv")
+                        st.caption(f"Metrics on **{csv.name}** (test rows); training rows from **{train_csv.name}**"
+                                   + (f", validation rows from **{val_csv.name}**." if val_csv is not None else
+                                      ", 20 % of them held out for validation."))
+                    else:
+                        st.caption("No split column: the audit reads **every row**, the model's own training rows "
+                                   "included, and editors use a seeded 60/20/20 split. Pick your column, or give "
+                                   "your training rows as a file, if you have them.")
+                readable = [c for c in others if c not in protected and c != split_col]
+                text_cols = [c for c in readable if is_text_column(head[c])]
+                categorical = st.multiselect("Categorical columns (one-hot encoded)", readable,
                                              default=text_cols, key="up_categorical")
+                inputs = st.multiselect("Model input columns, in the model's order", readable, default=readable,
+                                        key="up_inputs",
+                                        help="The columns the model reads (every column but the target, the "
+                                             "protected attributes and the split column, by default); leave out "
+                                             "columns it never saw, such as an ID.")
                 schema = TabularSchema(target=target, positive=positive, protected=protected, categorical=categorical,
-                                       split_column=split_col)
+                                       split_column=split_col, inputs=None if inputs == readable else inputs)
             except Exception as exc:  # noqa: BLE001
                 ready = False
                 show_error(exc)
@@ -157,7 +176,10 @@ else:
                 bundle = load_model(path, spec=spec, **custom)
                 cb(0.5, "data")
                 if csv is not None:
-                    data = load_data(read_upload(csv.getvalue(), csv.name, folder), schema=schema, spec=bundle.spec)
+                    own = {part: read_upload(f.getvalue(), f.name, folder)
+                           for part, f in (("train", train_csv), ("val", val_csv)) if f is not None}
+                    data = load_data(read_upload(csv.getvalue(), csv.name, folder), schema=schema, spec=bundle.spec,
+                                     **own)
                 elif case is not None:
                     data = load_data(read_upload(case.getvalue(), case.name, folder), spec=bundle.spec)
                 else:

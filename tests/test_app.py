@@ -548,3 +548,33 @@ def test_the_edit_and_compare_pages_say_what_only_the_edited_model_shows():
         assert "the trigger still changes predictions" in texts(at.warning), page
     # the Report page's list of what the export holds counts the warnings the report carries (it said "none")
     assert audit.report_contents()["warnings"] == audit.build_report().warnings
+
+
+def test_upload_a_csv_with_its_own_training_file_and_input_columns(tmp_path):
+    """The Load page had no train-file or inputs options (the CLI's --train-csv/--val-csv/--inputs): a vendor with
+    separate training and test files, or an ID column the model never read, could not audit in the dashboard."""
+    raw = load_data("adult").test.raw.iloc[:3000].copy().reset_index(drop=True)
+    raw.insert(0, "customer_id", np.arange(len(raw)))
+    train, val, test = raw.iloc[:2000], raw.iloc[2000:2400], raw.iloc[2400:]
+    at = app()
+    at.radio(key="load_source").set_value("Upload my own").run()
+    at.file_uploader(key="up_model").set_value(("adult_mlp.safetensors", (SAMPLES / "adult_mlp.safetensors")
+                                                .read_bytes(), "application/octet-stream"))
+    at.radio(key="up_data_kind").set_value("CSV file").run()
+    at.file_uploader(key="up_csv").set_value(("test.csv", test.to_csv(index=False).encode(), "text/csv")).run()
+    at.selectbox(key="up_target").set_value("income").run()
+    at.multiselect(key="up_protected").set_value(["sex", "race"]).run()
+    at.file_uploader(key="up_train_csv").set_value(("train.csv", train.to_csv(index=False).encode(), "text/csv"))
+    at.run()
+    at.file_uploader(key="up_val_csv").set_value(("val.csv", val.to_csv(index=False).encode(), "text/csv")).run()
+    assert "training rows from **train.csv**" in texts(at.caption)
+    inputs = [c for c in at.multiselect(key="up_inputs").value if c != "customer_id"]
+    at.multiselect(key="up_inputs").set_value(inputs).run()
+    at.button(key="up_go").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    audit = at.session_state["audit"]
+    assert audit.split == "test" and len(audit.data.test) == len(test)
+    assert len(audit.data.train) == len(train) and len(audit.data.val) == len(val)
+    assert "customer_id" not in audit.data.schema["inputs"]
+    command = audit.command()
+    assert "--train-csv train.csv" in command and "--val-csv val.csv" in command and "--inputs" in command

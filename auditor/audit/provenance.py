@@ -27,7 +27,8 @@ def data_arguments(data: AuditData) -> list[str]:
     for key in ("protected", "categorical", "inputs"):
         if schema.get(key):
             out += [f"--{key}", ",".join(map(str, schema[key]))]
-    out += [str(a) for a in (data.partition or {}).get("arguments", [])]  # --train-csv/--val-csv as given
+    out += [str(a) if str(a).startswith("--") else _shown_path(str(a))  # --train-csv/--val-csv, files as shown
+            for a in (data.partition or {}).get("arguments", [])]
     return out
 
 
