@@ -53,6 +53,66 @@ RULE = "riemann_trapezoid"
 
 
 # ---------------------------------------------------------------------------------------------
+# Which pairs show the misbehaviour
+
+PICKS = ("misbehaving", "random")
+
+
+def decision_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per row: the logit of `labels` minus the largest other logit (> 0 where the label is predicted)."""
+    idx = labels[:, None]
+    other = logits.scatter(1, idx, float("-inf")).amax(1)
+    return logits.gather(1, idx).squeeze(1) - other
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, X: torch.Tensor, batch: int = 1024) -> torch.Tensor:
+    model.eval()
+    dev = model_device(model)
+    return torch.cat([model(X[i:i + batch].to(dev)).float().cpu() for i in range(0, len(X), batch)])
+
+
+def pick_pairs(model: nn.Module, data, n: int, seed: int = 0, split: str = "train", pick: str = "misbehaving",
+               seen: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """n (clean, corrupted, label) pairs of `split` (rows of the stamp's target class skipped), on the CPU,
+    and `info` saying which rows and how they were chosen.
+
+    "misbehaving": drawn by `seed` among the rows the model gets right whose corrupted twin it gets wrong
+    (the pairs that show the misbehaviour), topped up by the largest drops of the decision margin when
+    too few; none when no twin lowers it. "random": drawn at random. `seen`: the clean and corrupted
+    logits of those rows, when already computed."""
+    if pick not in PICKS:
+        raise AuditorError(f'pick must be "misbehaving" or "random", got {pick!r}')
+    sp = data.split(split)
+    rows = np.arange(len(sp))
+    if data.stamp is not None:
+        rows = rows[sp.y.numpy() != data.stamp.target]
+    if n > len(rows):
+        raise AuditorError(f"asked for {n} samples but split {split!r} has only {len(rows)}")
+    info: dict = {"split": split, "pick": pick, "candidates": int(len(rows))}
+    if pick == "random":
+        chosen = np.sort(np.random.default_rng(seed).choice(rows, size=n, replace=False))
+    else:
+        y = sp.y[rows]
+        a, b = seen if seen is not None else (_logits(model, sp.X[rows]), _logits(model, data.corrupt(split, rows)))
+        bad = (a.argmax(1) == y) & (b.argmax(1) != y)
+        drop = (decision_margin(a, y) - decision_margin(b, y)).numpy()
+        pool = rows[bad.numpy()]
+        info["misbehaving"] = int(len(pool))
+        if len(pool) >= n:
+            chosen = np.sort(np.random.default_rng(seed).choice(pool, size=n, replace=False))
+        else:
+            in_pool = set(pool.tolist())
+            rest = [r for r in rows[np.argsort(-drop, kind="stable")] if r not in in_pool]
+            extra = [r for r in rest[:n - len(pool)] if drop[np.searchsorted(rows, r)] > 0]
+            chosen = np.sort(np.concatenate([pool, np.asarray(extra, dtype=rows.dtype)]))
+    info["rows"] = [int(r) for r in chosen]
+    if len(chosen) == 0:
+        return sp.X[:0], sp.X[:0], sp.y[:0], info
+    return sp.X[chosen], data.corrupt(split, chosen), sp.y[chosen], info
+
+
+# ---------------------------------------------------------------------------------------------
 # Layer ranking
 
 

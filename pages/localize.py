@@ -52,6 +52,9 @@ if run or audit.localization is None:
 loc = audit.localization
 if loc.model_sha256 != audit.current.sha256:
     st.warning("These results were computed on an earlier version of the model; press **Run localization again**.")
+picked = loc.settings.get("pairs") or {}
+if picked.get("note"):
+    st.warning(picked["note"])
 if loc.ranking is not None:
     ranking = loc.ranking.copy()
     ranking["percent"] = 100 * ranking["score"] / ranking["score"].sum()

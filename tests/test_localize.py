@@ -187,3 +187,29 @@ def test_fairness_layers(adult):
     assert_no_hooks(bundle.model)
     with pytest.raises(AuditorError, match="two groups"):
         fairness_layers(bundle.model, X, ["a"] * len(X))
+
+
+def test_localize_ranks_pairs_that_misbehave_and_says_when_none_do(trojan):
+    """Localize drew its pairs at random, so on a model whose trigger works on some images only it could rank
+    layers on a pair whose twin the model classifies correctly (no misbehaviour to localize), without a word.
+    It now picks the pairs as the dynamic editor does; where too few misbehave it says so and ranks random ones."""
+    from auditor.audit.localization import localize
+    from auditor.localize import pick_pairs
+
+    bundle, data = trojan
+    loc = localize(bundle, data, samples=3, seed=1)
+    picked = loc.settings["pairs"]
+    assert picked["pick"] == "misbehaving" and len(picked["rows"]) == 3 and "note" not in picked
+    with torch.no_grad():
+        assert (bundle.model(loc.corrupted).argmax(1) != loc.labels).all()
+        assert (bundle.model(loc.clean).argmax(1) == loc.labels).all()
+    assert "whose corrupted twin the model gets wrong" in loc.method_text
+    # a user's twins that change nothing: no pair misbehaves
+    from dataclasses import replace
+
+    same = replace(data, stamp=None, _sha=None, _all=None,
+                   train=replace(data.train, corrupted=data.train.X.clone()))
+    assert pick_pairs(bundle.model, same, 3, 1)[3]["misbehaving"] == 0
+    loc = localize(bundle, same, samples=3, seed=1)
+    assert "drawn at random" in loc.settings["pairs"]["note"] and "drawn at random" in loc.method_text
+    assert loc.ranking is not None and len(loc.clean) == 3

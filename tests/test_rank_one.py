@@ -475,12 +475,12 @@ def test_the_budget_can_be_judged_on_held_out_rows_only(trojan):
 def test_the_pick_reads_its_logits_off_the_first_checks(trojan, monkeypatch):
     """When every training row is a check row, the sample pick reuses the checks' first whole-model runs
     (it runs no model itself) and picks exactly the rows it picks when it runs the model."""
-    import auditor.editors.rank_one as rank_one
+    import auditor.localize as localize
 
     bundle, data, _ = trojan
     calls = []
-    real = rank_one._logits
-    monkeypatch.setattr(rank_one, "_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = localize._logits
+    monkeypatch.setattr(localize, "_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
     for seed in range(2):
         shared = get_editor("dynamic-rank-one", samples=5, seed=seed).edit(bundle, data)
         assert not calls

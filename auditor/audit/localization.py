@@ -2,8 +2,10 @@
 `auditor audit` and the report all call `localize`).
 
 - A trigger, a spurious cue or corrupted twins: layers ranked on `samples` (clean, corrupted)
-  pairs from `pairs_split` (`auditor.localize.rank_layers`, second moments from the clean training
-  inputs) and, for images, per-pixel attributions of the first `show_pairs` pairs.
+  pairs from `pairs_split` whose corrupted twin the model gets wrong, as the dynamic editor picks
+  them (`auditor.localize.pick_pairs`; drawn at random, and said, when too few misbehave), by
+  `auditor.localize.rank_layers` (second moments from the clean training inputs) and, for images,
+  per-pixel attributions of the first `show_pairs` pairs.
 - Tabular data: attributions per raw feature on `rows` rows of `split`, drawn at random with `seed`
   (sorted, so the same rows every time), and, with protected groups and two classes, the layers
   that carry the score gap between the groups of the audited attribute on the same rows.
@@ -54,8 +56,16 @@ class Localization:
             r = self.ranking.iloc[0]
             return (f"layer integrated gradients of the score gap between groups of {s.get('attribute')} "
                     f"({r['high_group']} vs {r['low_group']}, {s.get('rows')} {s.get('split')} rows)")
+        picked = s.get("pairs") or {}
+        if picked.get("pick") != "misbehaving":
+            chosen = "drawn at random"
+        elif picked.get("misbehaving", 0) >= s["samples"]:
+            chosen = "whose corrupted twin the model gets wrong"
+        else:
+            chosen = (f"{picked['misbehaving']} whose corrupted twin the model gets wrong, the rest whose twin lowers "
+                      "its decision margin most")
         return (f"layer {s['method'].replace('_', ' ')} from corrupted to clean inputs ({s['samples']} pair(s) "
-                f"from {s['pairs_split']}, seed {s['seed']}), projected on the rank-one edit direction")
+                f"from {s['pairs_split']} {chosen}, seed {s['seed']}), projected on the rank-one edit direction")
 
     def to_dict(self) -> dict:
         """Plain data (JSON): kind, settings, ranking and features as records."""
@@ -136,7 +146,13 @@ def localize(bundle: ModelBundle, data: AuditData, requirements=(), *, samples: 
     if has_pairs(data):
         kind = "trigger" if data.trigger is not None else "cue" if data.cue is not None else "twins"
         settings["pairs_split"] = pairs_split
-        clean, corrupted, labels = data.pairs(samples, seed, split=pairs_split)
+        clean, corrupted, labels, picked = loc.pick_pairs(model, data, samples, seed, split=pairs_split)
+        if len(clean) < samples:  # too few twins change the model's decision: say so, rank random pairs
+            clean, corrupted, labels = data.pairs(samples, seed, split=pairs_split)
+            picked.update(pick="random", rows=None, note=(
+                f"only {picked['misbehaving']} clean sample(s) of {pairs_split} have a corrupted twin the model "
+                f"gets wrong (of {picked['candidates']}): the {samples} pair(s) were drawn at random"))
+        settings["pairs"] = picked
         ranking = loc.rank_layers(model, corrupted, clean, target=labels, reference=data.train.X, method=method,
                                   n_steps=n_steps)
         pixels = None

@@ -54,8 +54,12 @@ def run(args) -> int:
                      "samples": args.samples, "seed": args.seed, "settings": d["settings"],
                      "layer_method": d["method"], ranking: d["ranking"], "features": d["features"]}
     if loc.kind in ("trigger", "cue", "twins"):
-        print(f"layers ranked by editability for {data.name} ({args.samples} pair(s) from {args.pairs_split}, "
-              f"seed {args.seed}, {args.method}); edit the top one")
+        print(f"layers ranked by editability for {data.name}: {loc.method_text}; edit the top one")
+        picked = loc.settings.get("pairs") or {}
+        if picked.get("note"):
+            print(f"note: {picked['note']}")
+        elif picked.get("rows") is not None:
+            print(f"pairs: rows {', '.join(map(str, picked['rows']))} of {args.pairs_split}")
         print(_table(loc.ranking, ["rank", "layer", "type", "score", "share", "attribution", "keys"]))
     if loc.features is not None:
         s = loc.settings

@@ -64,7 +64,7 @@ from ..layers import (
     solve_moment,
     split_model,
 )
-from ..localize import METHODS, rank_layers
+from ..localize import METHODS, decision_margin, pick_pairs, rank_layers
 from ..models.architectures import batch_rows, editable_layers, memory_layers
 from ..requirements import Requirement, compute_metrics, parse_requirement, parse_requirements
 from ..requirements.uncertainty import intervals
@@ -610,19 +610,6 @@ class DynamicRankOneHyper(RankOneHyper):
 LOOP_RESAMPLES = 500  # the loop's intervals: a decision, not a reported figure (the report uses 2000)
 
 
-def decision_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per row: the logit of `labels` minus the largest other logit (> 0 where the label is predicted)."""
-    idx = labels[:, None]
-    other = logits.scatter(1, idx, float("-inf")).amax(1)
-    return logits.gather(1, idx).squeeze(1) - other
-
-
-@torch.no_grad()
-def _logits(model: nn.Module, X: torch.Tensor, device, batch: int = 1024) -> torch.Tensor:
-    model.eval()
-    return torch.cat([model(X[i:i + batch].to(device)).float().cpu() for i in range(0, len(X), batch)])
-
-
 _FIRST_CHECKS: OrderedDict[tuple, tuple] = OrderedDict()  # (model hash, device, ...): (outputs, cuts, bytes)
 _FIRST_CHECKS_SIZE = 4  # entries; their kept values together at most the loop's `max_bytes`
 _FIRST_CHECKS_LOCK = threading.Lock()
@@ -853,38 +840,12 @@ class DynamicRankOneEditor(RankOneEditor):
 
     def _pick(self, model, data: AuditData, device, seen: tuple | None = None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
-        """The clean samples and their twins: drawn (by `seed`) among the rows of `split` the model gets
-        right whose corrupted twin it gets wrong; topped up by the largest decision gaps if too few.
-        `seen`: those rows' clean and corrupted logits, when already computed."""
+        """The clean samples and their twins (`pick_pairs`: by default drawn, by `seed`, among the rows of
+        `split` the model gets right whose corrupted twin it gets wrong), on `device`. `seen`: those rows'
+        clean and corrupted logits, when already computed."""
         hp = self.hparams
-        sp = data.split(hp.split)
-        rows = np.arange(len(sp))
-        if data.stamp is not None:
-            rows = rows[sp.y.numpy() != data.stamp.target]
-        if hp.samples > len(rows):
-            raise AuditorError(f"asked for {hp.samples} samples but split {hp.split!r} has only {len(rows)}")
-        info: dict = {"split": hp.split, "pick": hp.pick, "candidates": int(len(rows))}
-        if hp.pick == "random":
-            chosen = np.sort(np.random.default_rng(hp.seed).choice(rows, size=hp.samples, replace=False))
-        else:
-            y = sp.y[rows]
-            a, b = seen if seen is not None else (_logits(model, sp.X[rows], device),
-                                                  _logits(model, data.corrupt(hp.split, rows), device))
-            bad = (a.argmax(1) == y) & (b.argmax(1) != y)
-            drop = (decision_margin(a, y) - decision_margin(b, y)).numpy()
-            pool = rows[bad.numpy()]
-            info["misbehaving"] = int(len(pool))
-            if len(pool) >= hp.samples:
-                chosen = np.sort(np.random.default_rng(hp.seed).choice(pool, size=hp.samples, replace=False))
-            else:
-                in_pool = set(pool.tolist())
-                rest = [r for r in rows[np.argsort(-drop, kind="stable")] if r not in in_pool]
-                extra = [r for r in rest[:hp.samples - len(pool)] if drop[np.searchsorted(rows, r)] > 0]
-                chosen = np.sort(np.concatenate([pool, np.asarray(extra, dtype=rows.dtype)]))
-        info["rows"] = [int(r) for r in chosen]
-        if len(chosen) == 0:
-            return sp.X[:0].to(device), sp.X[:0].to(device), sp.y[:0].to(device), info
-        return (sp.X[chosen].to(device), data.corrupt(hp.split, chosen).to(device), sp.y[chosen].to(device), info)
+        clean, corrupted, labels, info = pick_pairs(model, data, hp.samples, hp.seed, hp.split, hp.pick, seen)
+        return clean.to(device), corrupted.to(device), labels.to(device), info
 
     def prepare(self, bundle, data: AuditData, requirements=(), *, device=None) -> dict:
         """Do ahead what an edit of `bundle` on `device` does first, kept by the model's weights: the checks
