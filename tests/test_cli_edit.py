@@ -41,6 +41,8 @@ def test_edit_writes_a_file_that_evaluate_confirms(tmp_path, capsys):
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "PASS" in text and "FAIL" in text  # before FAIL, after PASS
+    # a warning is said of the model it is about (the redirected backdoor is the edited model's)
+    assert "after the edit: the trigger still changes predictions" in text
     assert weights_sha256(load_model(TROJAN).model) == sha_before  # the original file is untouched
     meta = json.loads(read_metadata(out)["auditor.edit"])
     for key in ("editor", "hyperparameters", "layers", "changes", "seconds", "device", "original_sha256",

@@ -207,3 +207,7 @@ def test_the_redirect_warning_names_a_target_no_image_is_predicted_as():
     said = redirect_warnings(m, y, stamped, 9, [f"c{k}" for k in range(10)])
     assert len(said) == 1 and "the target 'c9'" in said[0] and "12.5 % to class 'c0'" in said[0]
     assert redirect_warnings(dict(m, triggered_accuracy=0.94), y, stamped, 9, []) == []
+    # a weak backdoor before any edit (a user's ONNX model: 39 % to the target, the rest keep their label) was
+    # warned about as a redirected one, "the trigger still changes predictions", beside the edited model's figures
+    weak = {"attack_success_rate": 0.394, "accuracy": 0.964, "triggered_accuracy": 0.600}
+    assert redirect_warnings(weak, y, stamped, 9, []) == []

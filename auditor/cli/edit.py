@@ -199,7 +199,8 @@ def run(args) -> int:
     if (aim := session.aim_note(args.editor)) is not None:
         print(f"  note: {aim}")
     print_comparison(before, after)
-    print_warnings(list(dict.fromkeys([*before.warnings, *after.warnings])))
+    print_warnings([*(w if w in after.warnings else f"before the edit: {w}" for w in dict.fromkeys(before.warnings)),
+                    *(f"after the edit: {w}" for w in dict.fromkeys(after.warnings) if w not in before.warnings)])
     effects = session.side_effects()
     print_side_effects(effects, session.forbid_side_effects)
     verdict = session.verdict()

@@ -271,14 +271,17 @@ def prediction_outcomes(data: AuditData, split: str, pred: np.ndarray, min_group
     return oc
 
 
-REDIRECT_GAP = 0.10  # triggered accuracy this far under clean accuracy, with attack success low: redirected
+REDIRECT_GAP = 0.10  # triggered images this much more often sent to other classes than clean ones: redirected
 
 
 def redirect_warnings(m: dict, y: np.ndarray, stamped: np.ndarray, target: int, class_names) -> list[str]:
     """A warning when attack success is low but the trigger still changes predictions: a backdoor sent
-    to another class is not removed, and attack success (flips to the target only) cannot see it."""
+    to another class is not removed, and attack success (flips to the target only) cannot see it. The
+    share the trigger sends to neither the label nor the target (1 - triggered accuracy - attack success)
+    must pass the clean error rate by REDIRECT_GAP: a weak backdoor that flips some images to its target
+    and leaves the rest is not a redirected one."""
     asr, acc, trig = m["attack_success_rate"], m["accuracy"], m["triggered_accuracy"]
-    if len(y) == 0 or asr > 0.5 or acc - trig <= REDIRECT_GAP:
+    if len(y) == 0 or asr > 0.5 or (1 - trig - asr) - (1 - acc) <= REDIRECT_GAP:
         return []
     names = [str(class_names[k]) if k < len(class_names) else str(k)
              for k in range(max(len(class_names), int(stamped.max()) + 1, int(target) + 1))]
