@@ -193,3 +193,31 @@ def test_a_rate_that_hinges_on_the_class_gets_the_width_of_a_sample():
     iv = intervals({"attack_success_rate": p, "accuracy": 1.0}, oc)["attack_success_rate"]
     binomial = 2 * 1.96 * np.sqrt(p * (1 - p) / rows.sum())
     assert 0.7 * binomial < iv["high"] - iv["low"] < 1.3 * binomial
+
+
+def test_a_metrics_interval_does_not_depend_on_what_else_was_measured(trojan_cnn, digits_trojan):
+    """Rows were resampled as cells of every measured column, so adding a metric (triggered accuracy, a reference
+    model's predictions) moved the intervals of the others: the dashboard and the command line gave slightly
+    different intervals for the same rows. Each metric now resamples the cells of its own columns."""
+    from dataclasses import replace
+
+    from auditor.editors import get_editor
+    from auditor.requirements import compute_metrics
+    from auditor.requirements.uncertainty import intervals, paired_differences
+
+    # the edited model sends triggered images to other classes (trigger hits and triggered predictions split the
+    # rows), and its reference, the original, predicts otherwise on the triggered-free rows too
+    edited = get_editor("dynamic-rank-one", samples=1).edit(trojan_cnn, digits_trojan).bundle.model
+    report = compute_metrics(edited, digits_trojan, "test", reference=trojan_cnn.model)
+    oc, m = report.outcomes, report.metrics
+    assert (oc.ref_pred != oc.pred).any() and ((oc.asr_hit == 0) & (oc.trig_right == 0)).any()
+    full = intervals(m, oc, resamples=400)
+    for drop in ("trig_right", "ref_pred"):
+        fewer = intervals(m, replace(oc, **{drop: None}), resamples=400)
+        for key in ("accuracy", "balanced_accuracy", "attack_success_rate"):
+            assert (fewer[key]["low"], fewer[key]["high"]) == (full[key]["low"], full[key]["high"]), (drop, key)
+    alone = intervals({"attack_success_rate": m["attack_success_rate"]}, oc, resamples=400)
+    assert alone["attack_success_rate"] == full["attack_success_rate"]  # as the dynamic editor's checks ask
+    paired = paired_differences(oc, oc, m, m, resamples=400)
+    slim = paired_differences(replace(oc, trig_right=None), replace(oc, trig_right=None), m, m, resamples=400)
+    assert paired["accuracy"] == slim["accuracy"] and paired["attack_success_rate"] == slim["attack_success_rate"]

@@ -15,6 +15,11 @@ metric is then recomputed from the counts of each resample (vectorised), and its
 A paired bootstrap draws the same resampled rows for the model before and after an edit (cells
 hold both predictions), so the interval of a difference excludes the noise the two share.
 
+Each metric is resampled from the cells of the columns it reads only (labels, groups, predictions,
+and at most one of: trigger hits, triggered predictions, cue hits, a reference model's predictions),
+so its interval does not depend on which other metrics were measured beside it (the dashboard, the
+command line and the editors' checks give the same interval for the same rows).
+
 Metrics that are not row statistics get no interval: `sparsity`, `features_used` (properties of
 the weights) and `edit_success`, `generality` (the requested fixes are the whole population, not a
 sample of one). `drawdown` and `changed_predictions` get one (they are row statistics against the
@@ -25,7 +30,7 @@ reference model).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -106,6 +111,42 @@ def _cells(outcomes: list[Outcomes], resamples: int, seed: int) -> _Cells:
         n_s = int(counts[idx].sum())
         W[:, idx] = rng.multinomial(n_s, counts[idx] / n_s, size=resamples)
     return _Cells({n: cells[:, j] for j, n in enumerate(names)}, counts, W)
+
+
+_OPTIONAL = ("asr_hit", "trig_right", "cue_hit", "ref_pred")  # per-row columns only some metrics read
+_READS = {"attack_success_rate": "asr_hit", "triggered_accuracy": "trig_right", "cue_accuracy": "cue_hit",
+          "cue_gap": "cue_hit", "cue_class_accuracy": "cue_hit", "drawdown": "ref_pred",
+          "changed_predictions": "ref_pred"}
+
+
+def _reads(key: str, oc: Outcomes) -> str | None:
+    """The optional column a metric reads (None: labels, groups and predictions only)."""
+    if _base(key) == "worst_group_accuracy" and oc.cue_hit is not None:
+        return "cue_hit"  # with a cue: the worse of clean and cue accuracy
+    return _READS.get(_base(key))
+
+
+def _replicates(outcomes: list[Outcomes], keys, resamples: int, seed: int) -> dict[str, list[np.ndarray]]:
+    """Per metric key: its values on the bootstrap resamples, one array per model in `outcomes` (paired: the
+    same resampled rows), each metric from the cells of the columns it reads only."""
+    base = outcomes[0]
+    wanted: dict[str | None, list[str]] = {}
+    for key in keys:
+        column = _reads(key, base)
+        if column is None or getattr(base, column) is not None:
+            wanted.setdefault(column, []).append(key)
+    out: dict[str, list[np.ndarray]] = {}
+    for column, names in wanted.items():
+        views = [replace(oc, **{c: None for c in _OPTIONAL if c != column}) for oc in outcomes]
+        c = _cells(views, resamples, seed)
+        reps = [_metrics(c, v, f"{i}:") for i, v in enumerate(views)]
+        out.update({k: [r[k] for r in reps] for k in names if all(k in r for r in reps)})
+    return out
+
+
+def _all_keys(oc: Outcomes) -> list[str]:
+    """Every row metric `_metrics` gives for `oc`."""
+    return list(_metrics(_cells([oc], 1, SEED), oc, "0:", original=True))
 
 
 def _rate(c: _Cells, num: np.ndarray, den: np.ndarray, original: bool) -> np.ndarray:
@@ -216,12 +257,11 @@ def intervals(metrics: dict[str, float], oc: Outcomes, *, resamples: int = RESAM
     """{metric: {"value", "low", "high", "n"}} for every metric in `metrics` (as `compute_metrics`
     gave them for the rows in `oc`); group metrics add "groups" (rows per group); metrics that are
     not row statistics get low = high = n = None and a "note" saying why."""
-    c = _cells([oc], resamples, seed)
-    reps = _metrics(c, oc, "0:")
+    reps = _replicates([oc], list(metrics), resamples, seed)
     out = {}
     for key, value in metrics.items():
         if key in reps:
-            lo, hi = _bounds(reps[key], float(value))
+            lo, hi = _bounds(reps[key][0], float(value))
             n, groups = _n(oc, key)
             entry = {"value": float(value), "low": lo, "high": hi, "n": n}
             if groups is not None:
@@ -241,7 +281,7 @@ def point_metrics(oc: Outcomes) -> dict[str, float]:
 
 def resample_values(oc: Outcomes, resamples: int, seed: int) -> dict[str, np.ndarray]:
     """The row metrics on `resamples` fresh stratified bootstrap resamples (for checks of coverage)."""
-    return _metrics(_cells([oc], resamples, seed), oc, "0:")
+    return {k: r[0] for k, r in _replicates([oc], _all_keys(oc), resamples, seed).items()}
 
 
 def paired_differences(before: Outcomes, after: Outcomes, metrics_before: dict, metrics_after: dict, *,
@@ -250,14 +290,13 @@ def paired_differences(before: Outcomes, after: Outcomes, metrics_before: dict, 
     interval from a paired bootstrap (the same resampled rows for both models)."""
     if len(before.y) != len(after.y) or not np.array_equal(before.y, after.y):
         raise ValueError("a paired bootstrap needs the same rows before and after")
-    c = _cells([before, after], resamples, seed)
-    rb, ra = _metrics(c, before, "0:"), _metrics(c, after, "1:")
+    reps = _replicates([before, after], [k for k in metrics_after if k in metrics_before], resamples, seed)
     out = {}
     for key in metrics_after:
-        if key not in rb or key not in ra or key not in metrics_before:
+        if key not in reps:
             continue
         b, a = float(metrics_before[key]), float(metrics_after[key])
-        lo, hi = _bounds(ra[key] - rb[key], a - b)
+        lo, hi = _bounds(reps[key][1] - reps[key][0], a - b)
         out[key] = {"before": b, "after": a, "change": a - b, "low": lo, "high": hi}
     return out
 
