@@ -203,7 +203,7 @@ def test_localize_ranks_pairs_that_misbehave_and_says_when_none_do(trojan):
     with torch.no_grad():
         assert (bundle.model(loc.corrupted).argmax(1) != loc.labels).all()
         assert (bundle.model(loc.clean).argmax(1) == loc.labels).all()
-    assert "whose corrupted twin the model gets wrong" in loc.method_text
+    assert "3 misbehaving pair(s) from train" in loc.method_text
     # a user's twins that change nothing: no pair misbehaves
     from dataclasses import replace
 
@@ -211,5 +211,5 @@ def test_localize_ranks_pairs_that_misbehave_and_says_when_none_do(trojan):
                    train=replace(data.train, corrupted=data.train.X.clone()))
     assert pick_pairs(bundle.model, same, 3, 1)[3]["misbehaving"] == 0
     loc = localize(bundle, same, samples=3, seed=1)
-    assert "drawn at random" in loc.settings["pairs"]["note"] and "drawn at random" in loc.method_text
+    assert "drawn at random" in loc.settings["pairs"]["note"] and "3 random pair(s)" in loc.method_text
     assert loc.ranking is not None and len(loc.clean) == 3

@@ -56,16 +56,15 @@ class Localization:
             r = self.ranking.iloc[0]
             return (f"layer integrated gradients of the score gap between groups of {s.get('attribute')} "
                     f"({r['high_group']} vs {r['low_group']}, {s.get('rows')} {s.get('split')} rows)")
-        picked = s.get("pairs") or {}
+        picked = s.get("pairs") or {}  # misbehaving: the model gets the corrupted twin wrong
         if picked.get("pick") != "misbehaving":
-            chosen = "drawn at random"
+            pairs = f"{s['samples']} random pair(s)"
         elif picked.get("misbehaving", 0) >= s["samples"]:
-            chosen = "whose corrupted twin the model gets wrong"
+            pairs = f"{s['samples']} misbehaving pair(s)"
         else:
-            chosen = (f"{picked['misbehaving']} whose corrupted twin the model gets wrong, the rest whose twin lowers "
-                      "its decision margin most")
-        return (f"layer {s['method'].replace('_', ' ')} from corrupted to clean inputs ({s['samples']} pair(s) "
-                f"from {s['pairs_split']} {chosen}, seed {s['seed']}), projected on the rank-one edit direction")
+            pairs = f"{picked['misbehaving']} misbehaving and {s['samples'] - picked['misbehaving']} other pair(s)"
+        return (f"layer {s['method'].replace('_', ' ')} from corrupted to clean inputs ({pairs} from "
+                f"{s['pairs_split']}, seed {s['seed']}), projected on the rank-one edit direction")
 
     def to_dict(self) -> dict:
         """Plain data (JSON): kind, settings, ranking and features as records."""
