@@ -100,6 +100,17 @@ class Evaluation:
                 "data": {"name": self.data_name, "sha256": self.data_sha256, "split": self.split, "rows": self.rows}}
 
 
+def warnings_of(before, after=None) -> list[str]:
+    """The warnings of an audit, once each: those of the model before an edit and of the edited one (`after`),
+    each that holds for one of them only saying which ("before the edit: ...", "after the edit: ...")."""
+    was = list(dict.fromkeys(getattr(before, "warnings", [])))
+    if after is None:
+        return was
+    now = list(dict.fromkeys(getattr(after, "warnings", [])))
+    return [*(w if w in now else f"before the edit: {w}" for w in was),
+            *(f"after the edit: {w}" for w in now if w not in was)]
+
+
 def check_compatible(bundle: ModelBundle, data: AuditData) -> None:
     """The model's input size and class count must match the data; a clear error when not."""
     arch = bundle.spec.arch

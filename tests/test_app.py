@@ -548,6 +548,9 @@ def test_the_edit_and_compare_pages_say_what_only_the_edited_model_shows():
         assert "the trigger still changes predictions" in texts(at.warning), page
     # the Report page's list of what the export holds counts the warnings the report carries (it said "none")
     assert audit.report_contents()["warnings"] == audit.build_report().warnings
+    # the report says which model a warning is about: this one is the edited model's only
+    assert any(w.startswith("after the edit: the trigger still changes predictions")
+               for w in audit.build_report().warnings)
 
 
 def test_upload_a_csv_with_its_own_training_file_and_input_columns(tmp_path):

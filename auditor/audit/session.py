@@ -36,7 +36,7 @@ from ..backend import Callback, describe_device, pick_device, seed_everything
 from ..data.base import EVAL_SPLITS, SPLITS, AuditData
 from ..editors.base import parameters_changed
 from ..errors import AuditorError
-from ..evaluate import DEFAULT_MIN_GROUP, Evaluation, check_compatible, evaluate
+from ..evaluate import DEFAULT_MIN_GROUP, Evaluation, check_compatible, evaluate, warnings_of
 from ..models.bundle import ModelBundle
 from ..models.files import save_model
 from ..requirements import DEFAULT_VERDICT, VERDICT_MODES, Requirement, parse_requirement, parse_requirements
@@ -854,7 +854,8 @@ class AuditSession:
         before = self.evaluate("pristine")
         return {"verdict": self.verdict()["status"], "requirements": len(self.requirements),
                 "edits": len(self.edits), "localization": loc, "tradeoff": trade,
-                "side_effects": len(self.side_effects()), "warnings": [*before.warnings, *self.new_warnings()],
+                "side_effects": len(self.side_effects()),
+                "warnings": warnings_of(before, self.evaluate() if self.edits else None),
                 "small_groups": sum(len(g) for g in getattr(before, "small_groups", {}).values()),
                 "verdict_mode": self.verdict_mode, "min_group": self.min_group}
 

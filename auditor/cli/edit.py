@@ -139,6 +139,7 @@ def print_comparison(before, after, out=None) -> None:
 def run(args) -> int:
     from ..audit import AuditSession
     from ..errors import AuditorError
+    from ..evaluate import warnings_of
     from ..models.files import check_saveable
     from ..present import split_words
     from ..requirements import parse_requirements
@@ -199,8 +200,7 @@ def run(args) -> int:
     if (aim := session.aim_note(args.editor)) is not None:
         print(f"  note: {aim}")
     print_comparison(before, after)
-    print_warnings([*(w if w in after.warnings else f"before the edit: {w}" for w in dict.fromkeys(before.warnings)),
-                    *(f"after the edit: {w}" for w in dict.fromkeys(after.warnings) if w not in before.warnings)])
+    print_warnings(warnings_of(before, after))
     effects = session.side_effects()
     print_side_effects(effects, session.forbid_side_effects)
     verdict = session.verdict()

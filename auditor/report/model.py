@@ -186,6 +186,7 @@ def build_report(*, bundle, data, before, after=None, edits=(), edited=None, loc
     `before`/`after`: `Evaluation`s of the original and edited model; `edits`: every edit in order as
     plain dicts (`EditRecord.to_dict`); `tradeoff`: a `Tradeoff` (`auditor.audit.tradeoff.compare`);
     `localization`: the report's localization section (`Localization.to_report`)."""
+    from ..evaluate import warnings_of
     from ..present import stamp_label
 
     edits = [dict(e) for e in edits]
@@ -215,6 +216,5 @@ def build_report(*, bundle, data, before, after=None, edits=(), edited=None, loc
                   generated={"time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                              "tool": "auditor"},
                   side_effects=[dict(e) for e in side_effects],
-                  warnings=list(dict.fromkeys([*getattr(before, "warnings", []),
-                                               *(getattr(after, "warnings", []) if after is not None else [])])),
+                  warnings=warnings_of(before, after),
                   uncertainty=_uncertainty(before, tradeoff, tradeoff_note))
