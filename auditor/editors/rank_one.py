@@ -64,7 +64,7 @@ from ..layers import (
     solve_moment,
     split_model,
 )
-from ..localize import METHODS, decision_margin, pick_pairs, rank_layers
+from ..localize import METHODS, PICKS, decision_margin, pick_pairs, rank_layers
 from ..models.architectures import batch_rows, editable_layers, memory_layers
 from ..requirements import Requirement, compute_metrics, parse_requirement, parse_requirements
 from ..requirements.uncertainty import intervals
@@ -874,7 +874,7 @@ class DynamicRankOneEditor(RankOneEditor):
         (kept for the next edit of the same weights) and pick the clean samples."""
         self._check()
         hp = self.hparams
-        if hp.pick not in ("misbehaving", "random"):
+        if hp.pick not in PICKS:
             raise AuditorError(f'pick must be "misbehaving" or "random", got {hp.pick!r}')
         if hp.check_train_rows < 0:
             raise AuditorError(f"check_train_rows must be at least 0, got {hp.check_train_rows}")

@@ -128,17 +128,15 @@ def sparsity(model: nn.Module) -> float:
 
 def features_used(model: nn.Module, feature_groups: dict[str, list[int]]) -> int:
     """Raw features (one-hot inputs summed back to their feature) with any non-zero first-layer weight."""
-    _, layer = first_layer(model)
-    if not isinstance(layer, nn.Linear):
-        raise AuditorError("features_used needs a model whose first layer is Linear")
-    used_inputs = (layer.weight.detach() != 0).any(0).cpu().numpy()
-    return int(sum(bool(used_inputs[idx].any()) for idx in feature_groups.values() if idx))
+    return sum(1 for idx in feature_groups.values() if idx) - len(unused_features(model, feature_groups))
 
 
 def unused_features(model: nn.Module, feature_groups: dict[str, list[int]]) -> list[str]:
-    """Raw features (one-hot inputs summed back to their feature) whose first-layer weights are all zero:
-    the model no longer reads them (what `features_used` does not count)."""
+    """Raw features whose first-layer weights are all zero: the model no longer reads them (what
+    `features_used` does not count)."""
     _, layer = first_layer(model)
+    if not isinstance(layer, nn.Linear):
+        raise AuditorError("features_used needs a model whose first layer is Linear")
     used_inputs = (layer.weight.detach() != 0).any(0).cpu().numpy()
     return [name for name, idx in feature_groups.items() if idx and not used_inputs[idx].any()]
 
@@ -317,8 +315,8 @@ def compute_metrics(model: nn.Module, data: AuditData, split: str = "test",
     m["balanced_accuracy"] = balanced_accuracy(y, pred)
     m["sparsity"] = sparsity(model)
     if data.kind == "tabular" and isinstance(first_layer(model)[1], nn.Linear):
-        m["features_used"] = float(features_used(model, data.feature_groups))
         out.unused_features = unused_features(model, data.feature_groups)
+        m["features_used"] = float(sum(1 for idx in data.feature_groups.values() if idx) - len(out.unused_features))
     if data.protected and _binary(data):
         worst = 1.0
         for i, attr in enumerate(data.protected):
