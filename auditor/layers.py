@@ -166,6 +166,29 @@ def sibling_layers(model: nn.Module, layer_name: str, X: torch.Tensor) -> list[s
     return [n for n in names if n != layer_name and mine is not None and ident(n) == mine]
 
 
+
+@torch.no_grad()
+def output_layer(model: nn.Module, X: torch.Tensor) -> str | None:
+    """The Linear layer whose output is the model's output (its logits, nothing applied after it), for
+    inputs like `X`; None when the model ends otherwise (a softmax, a scale, a sum of branches)."""
+    linear = {n: m for n, m in memory_layers(model) if isinstance(m, nn.Linear)}
+    order = [n for n in execution_order(model, X[:1]) if n in linear]
+    if not order:
+        return None
+    name, got = order[-1], []
+    was_training = model.training
+    model.eval()
+    try:
+        with hook_guard(model):
+            linear[name].register_forward_hook(lambda _m, _a, out: got.append(out))
+            out = model(X[:8].to(model_device(model)))
+    finally:
+        model.train(was_training)
+    last = got[-1] if got else None
+    ok = (isinstance(out, torch.Tensor) and last is not None and last.shape == out.shape
+          and bool(torch.equal(last, out)))
+    return name if ok else None
+
 # ---------------------------------------------------------------------------------------------
 # Second moment of keys (cached per model hash and layer)
 

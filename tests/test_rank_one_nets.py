@@ -221,12 +221,13 @@ def test_loop_checks_stay_exact_after_an_accepted_edit_below(bn_net):
 def test_a_second_edit_of_the_same_model_starts_from_the_kept_checks(bn_net):
     """The loop's checks before any edit are kept by the model's weights: editing the same model again
     (another setting, Edit after Localize) skips the whole-model runs and gives the very same edit;
-    a model with other weights, or the edited one, runs its own checks."""
+    a model with other weights, or the edited one, runs its own checks. (The output layer's refit is off
+    here: it checks the edited model, whose values above the edit are new.)"""
     from auditor.editors.rank_one import clear_check_cache
 
     bundle, data, _ = bn_net
     clear_check_cache()
-    edit = lambda b: get_editor("dynamic-rank-one", samples=1, seed=0).edit(b, data)  # noqa: E731
+    edit = lambda b: get_editor("dynamic-rank-one", samples=1, seed=0, refit_output=False).edit(b, data)  # noqa: E731
     first, again = edit(bundle), edit(bundle)
     assert first.extras["check_runs"]["kept_runs"] == 0 and first.extras["check_runs"]["full_runs"] > 0
     assert again.extras["check_runs"]["kept_runs"] > 0 and again.extras["check_runs"]["full_runs"] == 0
@@ -346,3 +347,70 @@ def test_skip_aware_target_matches_the_block_sum_and_siblings_are_found(resnet):
 
     assert reader_gap(edited("merge")) < reader_gap(edited("own")) < before
     assert_no_hooks(model)
+
+
+def test_output_layer_is_the_linear_layer_that_gives_the_logits(bn_net, resnet):
+    """The refit needs the layer whose output is the model's output; a model that applies anything after
+    its last Linear layer has none."""
+    from auditor.layers import output_layer
+
+    X = bn_net[1].test.X[:4]
+    assert output_layer(bn_net[0].model, X) == "head.3" and output_layer(resnet[0].model, X) == "fc"
+    scaled = nn.Sequential(bn_net[0].model, nn.Softmax(dim=1))
+    assert output_layer(scaled, X) is None
+    assert_no_hooks(bn_net[0].model)
+
+
+def test_refit_of_the_output_layer_gives_clean_rows_their_logits_back(bn_net):
+    """What a change below costs clean inputs is given back, as far as the output layer can, on rows the
+    refit never saw (the test split): fitted on training rows toward the unchanged model's logits."""
+    from auditor.editors.rank_one import refit_output_delta
+
+    bundle, data, m0 = bn_net
+    model = bundle.copy().model.eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        original = model(data.train.X), model(data.test.X)
+        conv = model.features[1].conv.weight
+        conv.add_(0.7 * conv.std() * torch.randn_like(conv))  # collateral of an edit below (-4.4 pt)
+        hurt = model(data.test.X)
+    update = refit_output_delta(model, "head.3", data.train.X, original[0])
+    assert update.residual_after < 0.5 * update.residual
+    apply_delta(model, update)
+    with torch.no_grad():
+        mended = model(data.test.X)
+    err = lambda z: float((z - original[1]).pow(2).mean())  # noqa: E731
+    acc = lambda z: float((z.argmax(1) == data.test.y).float().mean())  # noqa: E731
+    assert err(mended) < 0.5 * err(hurt)
+    assert m0["accuracy"] - acc(hurt) > 0.02  # the change below cost clean rows; the refit gives most back
+    assert m0["accuracy"] - acc(mended) < 0.5 * (m0["accuracy"] - acc(hurt)), (acc(hurt), acc(mended))
+
+
+def test_the_loop_refits_the_output_layer_only_where_it_keeps_the_requirement(bn_net, resnet):
+    """After edits that cost check rows, the output layer is refitted toward the unedited model's logits
+    on clean training rows: kept on the BatchNorm net (the held-out check rows lose nothing, the
+    requirement holds on the test split, only the output layer changes further); rolled back bit for
+    bit on the residual net, where it would bring the backdoor back."""
+    bundle, data, m0 = bn_net
+    kw = dict(samples=1, seed=0)
+    with_refit = get_editor("dynamic-rank-one", **kw).edit(bundle, data)
+    without = get_editor("dynamic-rank-one", refit_output=False, **kw).edit(bundle, data)
+    step = next(e for e in with_refit.log if e.get("action") == "refit")
+    assert step["accepted"] and step["layer"] == "head.3" and "head.3" in with_refit.extras["layers"]
+    before = next(e for e in reversed(without.log) if e.get("accepted"))
+    assert step["accuracy"] >= before["accuracy"]
+    a, b = with_refit.bundle.model.state_dict(), without.bundle.model.state_dict()
+    assert {k for k in a if not torch.equal(a[k], b[k])} <= {"head.3.weight", "head.3.bias"}
+    m = evaluate(with_refit.bundle, data).metrics
+    assert m["attack_success_rate"] <= 0.02 and m0["accuracy"] - m["accuracy"] <= 0.01, m
+
+    bundle, data, _ = resnet
+    kw = dict(samples=5, seed=2)
+    with_refit = get_editor("dynamic-rank-one", **kw).edit(bundle, data)
+    without = get_editor("dynamic-rank-one", refit_output=False, **kw).edit(bundle, data)
+    step = next(e for e in with_refit.log if e.get("action") == "refit")
+    assert not step["accepted"] and step["reason"] == "a requirement is further from holding"
+    assert [t["scale"] for t in step["tried"]] == [1.0, 0.5, 0.25]
+    a, b = with_refit.bundle.model.state_dict(), without.bundle.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_no_hooks(bundle.model)

@@ -22,7 +22,10 @@ layer's weights. Inside a residual block the skip path still carries the corrupt
 target values are skip-aware by default (`target` "merge": what the layer must output so that the
 input of the layer reading the block's sum matches the clean twin's; in a plain chain this is the
 layer's own clean output). Computing the change (`compute_delta`) is kept apart from applying it
-(`apply_delta`), and `WeightDelta` in the result reverts it bit for bit.
+(`apply_delta`), and `WeightDelta` in the result reverts it bit for bit. The dynamic editor may end
+with a refit of the output layer on clean training rows (`refit_output_delta`: least squares
+toward the unedited model's logits), which gives back part of what the edits cost clean inputs;
+it is not rank one, and the log and the result's per-layer changes say so.
 
     >>> from auditor import load_model, load_data
     >>> from auditor.editors import get_editor
@@ -56,6 +59,7 @@ from ..layers import (
     model_device,
     model_hash,
     moments_file,
+    output_layer,
     regularised,
     resolve_layer,
     save_moments,
@@ -377,6 +381,28 @@ def compute_delta(model: nn.Module, layer_name: str, clean: torch.Tensor, corrup
 
 
 @torch.no_grad()
+def refit_output_delta(model: nn.Module, layer_name: str, X: torch.Tensor, logits: torch.Tensor, *,
+                       ridge: float = 1e-3) -> RankOneUpdate:
+    """The change of the output layer `layer_name` that brings the model's logits for the clean rows `X`
+    back, in least squares, to `logits` (the unedited model's): with F the layer's keys for `X` as the
+    model now stands, W' = argmin ||F W'^T - logits||^2 + lam ||W' - W||^2, lam = `ridge` times the mean
+    diagonal of F^T F. Undoes what an edit below cost the clean rows as far as the output layer can,
+    from clean data alone (the corrupted twins are left out: what they give is the edit's business)."""
+    layer = resolve_layer(model, layer_name)
+    F = layer_io(model, layer_name, X)[0].reshape(len(X), -1).double()
+    Z = logits.to(F.device).double()
+    W = layer_matrix(layer).double()
+    A = F.T @ F
+    lam = ridge * float(A.diagonal().mean()) or ridge
+    W_new = torch.linalg.solve(A + lam * torch.eye(len(A), dtype=A.dtype, device=A.device), F.T @ Z + lam * W.T).T
+    delta = (W_new - W).to(layer.weight.dtype)
+    residual = float((F @ W.T - Z).norm())
+    return RankOneUpdate(layer_name, delta, len(X), residual, float((F @ W_new.T - Z).norm()),
+                         int(torch.linalg.matrix_rank(delta.double(), rtol=1e-6).item()), len(X),
+                         float(W.norm()))
+
+
+@torch.no_grad()
 def apply_delta(model: nn.Module, update: RankOneUpdate, scale: float = 1.0) -> None:
     """Add `scale * update.delta` to the layer's weight (and bias) in place."""
     layer = resolve_layer(model, update.layer)
@@ -605,8 +631,17 @@ class DynamicRankOneHyper(RankOneHyper):
     pick: str = field(default="misbehaving", metadata={
         "help": 'which clean samples: "misbehaving" (drawn among those whose corrupted twin is misclassified) '
                 'or "random"', "choices": ["misbehaving", "random"]})
+    refit_output: bool = field(default=True, metadata={
+        "help": "when the edits cost the check rows accuracy, refit the output layer in least squares so the "
+                "clean training rows get the unedited model's logits back (what the edits cost, undone as far "
+                "as the output layer can; all of the refit, else half, else a quarter); kept only when every "
+                "requirement still holds, within the budget, and the held-out check rows lose nothing"})
+    refit_ridge: float = field(default=1e-3, metadata={
+        "help": "ridge of the output layer's refit, relative to the mean squared key (pulls it toward the "
+                "layer as edited)"})
 
 
+REFIT_SCALES = (1.0, 0.5, 0.25)  # how much of the output layer's refit is tried, in turn
 LOOP_RESAMPLES = 500  # the loop's intervals: a decision, not a reported figure (the report uses 2000)
 
 
@@ -742,8 +777,10 @@ class DynamicRankOneEditor(RankOneEditor):
     judged on clean training rows plus the held-out `check_split` (so one row is a small fraction
     of the budget; the log says when the budget is finer than one row). A step that costs more
     clean accuracy than the budget, or does not improve the requirement, is rolled back. Stops when
-    every requirement holds or the budget of steps runs out. The log records every step, and an
-    edit that changes nothing says why.
+    every requirement holds or the budget of steps runs out. When the accepted edits cost the check
+    rows accuracy, a last step (`refit_output`) refits the output layer so the clean training rows get
+    the unedited model's logits back, kept only if every requirement holds as before and the held-out
+    check rows lose nothing. The log records every step, and an edit that changes nothing says why.
     """
 
     name = "dynamic-rank-one"
@@ -751,6 +788,7 @@ class DynamicRankOneEditor(RankOneEditor):
     kind = "rank-one"
     Hyper = DynamicRankOneHyper
     _budget_n = 0  # rows at the end of the check split the budget is judged on (0: all)
+    _held_n = 0  # rows at the end of the check split that are held out (the rest: training rows)
 
     def _update(self, model, data, layer, clean, corrupted, strength=None, rank="default") -> RankOneUpdate:
         """The change of `layer`; with `siblings`, together with the changes of the layers reading the same
@@ -778,6 +816,7 @@ class DynamicRankOneEditor(RankOneEditor):
             held = Split.concat([train.subset(rows), held])
             data = data.with_splits(**{hp.check_split: held})
         self._budget_n = len(held) - n_train if hp.budget_on == "held-out" and n_train else 0
+        self._held_n = len(held) - n_train
         return data, hp.check_split, {"rows": len(held), "train_rows": n_train,
                                       "split_rows": len(held) - n_train}
 
@@ -803,7 +842,60 @@ class DynamicRankOneEditor(RankOneEditor):
         oc = report.outcomes
         tail = oc.y[-self._budget_n:] == oc.pred[-self._budget_n:] if self._budget_n else None
         m["budget_accuracy"] = float(tail.mean()) if tail is not None and len(tail) else m["accuracy"]
+        held = oc.y[-self._held_n:] == oc.pred[-self._held_n:] if self._held_n else None
+        m["held_out_accuracy"] = float(held.mean()) if held is not None and len(held) else m["accuracy"]
         return m, results, shortfall
+
+    def _refit(self, model, check_data, split, rows, checks, status, current, acc0, budget, start, accepted, log):
+        """The last step: refit the output layer so the clean training rows among the check rows get the
+        unedited model's logits back (`refit_output_delta`). Kept when every requirement holds as before,
+        within the budget, and the held-out check rows (which the refit never saw) lose nothing; else
+        rolled back. Returns the metrics, results and shortfall of the model as it then stands."""
+        hp = self.hparams
+        m, _, short = current
+        held = check_data.split(split)
+        n = rows["train_rows"]
+        entry: dict = {"step": max(e["step"] for e in log if isinstance(e.get("step"), int)) + 1, "action": "refit"}
+        head = output_layer(model, held.X)
+        logits = checks.first_logits(held.X)
+        edited = {x for u in accepted for x in u.layers}
+        why = ("no clean training rows among the check rows" if n == 0 else
+               "the model's output is not a Linear layer's own output" if head is None else
+               f"the output layer {head} was edited itself" if head in edited else
+               "the unedited model's logits for the check rows were not kept" if logits is None else None)
+        if why:
+            log.append({**entry, "accepted": False, "reason": f"not refitted: {why}"})
+            return current
+        update = refit_output_delta(model, head, held.X[:n], logits[:n], ridge=hp.refit_ridge)
+        saved = _snapshot(model, head)
+        before = layer_matrix(resolve_layer(model, head)).clone()
+        tried = []
+        for scale in REFIT_SCALES:  # the whole refit, then less of it (it may undo part of the edit)
+            apply_delta(model, update, scale)
+            m2, res2, short2 = status(head)
+            drop = acc0 - m2["budget_accuracy"]
+            why = ("a requirement is further from holding" if short2 > short + 1e-12 else
+                   "over the utility budget" if drop > budget + 1e-12 else
+                   "the held-out check rows lose accuracy"
+                   if m2["held_out_accuracy"] < m["held_out_accuracy"] - 1e-12 else None)
+            _restore(model, head, saved)
+            if not why:
+                break
+            tried.append({"scale": scale, "reason": why})
+        entry.update(layer=head, keys=n, rank=update.rank, scale=scale, norm=update.norm * scale,
+                     relative_norm=update.relative_norm * scale, accuracy=m2["budget_accuracy"], accuracy_drop=drop,
+                     held_out_accuracy=m2["held_out_accuracy"], requirements=[r.to_dict() for r in res2])
+        if tried:
+            entry["tried"] = tried
+        if why:
+            log.append({**entry, "accepted": False, "reason": why})
+            return current
+        apply_delta(model, update, scale)
+        start.setdefault(head, before)
+        checks.accepted(head)
+        accepted.append(update)
+        log.append({**entry, "accepted": True})
+        return m2, res2, short2
 
     @torch.no_grad()
     def _gap(self, model, clean, corrupted, labels) -> float:
@@ -1060,10 +1152,14 @@ class DynamicRankOneEditor(RankOneEditor):
                     last = update
                     accepted.append(update)
             log.append(entry)
+        if hp.refit_output and accepted and acc0 - current[0]["budget_accuracy"] > 1e-12:  # the edits cost rows
+            current = self._refit(model, check_data, split, rows, checks, status, current, acc0, budget,
+                                  start, accepted, log)
         m, res, short = current
         edited = sorted({n for u in accepted for n in u.layers} | set(strength_of))
         out = {"layers": edited, "strength": strength_of, "samples": int(len(clean)),
-               "sample_rows": picked["rows"], "steps": sum(1 for e in log if e.get("action") in ("edit", "strengthen")),
+               "sample_rows": picked["rows"],
+               "steps": sum(1 for e in log if e.get("action") in ("edit", "strengthen", "refit") and "accuracy" in e),
                "check_split": hp.check_split, "check_rows": rows["rows"], "requirements_met_on_check_split": short == 0,
                "check_metrics": {k: float(v) for k, v in m.items()}, "rankings": rankings,
                "check_runs": dict(checks.stats), **_what_changed(model, accepted, start)}
