@@ -784,7 +784,8 @@ class DynamicRankOneEditor(RankOneEditor):
     """
 
     name = "dynamic-rank-one"
-    description = "Re-localize, rank-one edit, check on held-out data, roll back, repeat (from n clean samples)"
+    description = ("Re-localize, rank-one edit, check on held-out data, roll back, repeat; refit the output layer "
+                   "where the edits cost clean rows (from n clean samples)")
     kind = "rank-one"
     Hyper = DynamicRankOneHyper
     _budget_n = 0  # rows at the end of the check split the budget is judged on (0: all)
