@@ -414,3 +414,23 @@ def test_the_loop_refits_the_output_layer_only_where_it_keeps_the_requirement(bn
     a, b = with_refit.bundle.model.state_dict(), without.bundle.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert_no_hooks(bundle.model)
+
+
+class Tempered(nn.Module):
+    """A user's model that divides its logits by a temperature after the last layer."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x) / 2.0
+
+
+def test_a_model_whose_output_is_not_a_linear_layers_is_not_refitted_and_says_so(bn_net):
+    bundle, data, _ = bn_net
+    tempered = ModelBundle(Tempered(bundle.copy().model).eval(), bundle.spec)
+    result = get_editor("dynamic-rank-one", samples=1, seed=0).edit(tempered, data)
+    step = next(e for e in result.log if e.get("action") == "refit")
+    assert not step["accepted"] and "not a Linear layer's own output" in step["reason"]
+    assert "net.head.3" not in result.extras["layers"]

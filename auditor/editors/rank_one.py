@@ -389,16 +389,18 @@ def refit_output_delta(model: nn.Module, layer_name: str, X: torch.Tensor, logit
     diagonal of F^T F. Undoes what an edit below cost the clean rows as far as the output layer can,
     from clean data alone (the corrupted twins are left out: what they give is the edit's business)."""
     layer = resolve_layer(model, layer_name)
-    F = layer_io(model, layer_name, X)[0].reshape(len(X), -1).double()
-    Z = logits.to(F.device).double()
-    W = layer_matrix(layer).double()
+    keys = layer_io(model, layer_name, X)[0]
+    F = keys.reshape(-1, keys.shape[-1])  # one row per example (and position, for a layer applied per token)
+    dtype = torch.float32 if F.device.type == "mps" else torch.float64  # MPS has no float64
+    F, W = F.to(dtype), layer_matrix(layer).to(dtype)
+    Z = logits.to(F.device, dtype).reshape(len(F), -1)
     A = F.T @ F
     lam = ridge * float(A.diagonal().mean()) or ridge
     W_new = torch.linalg.solve(A + lam * torch.eye(len(A), dtype=A.dtype, device=A.device), F.T @ Z + lam * W.T).T
     delta = (W_new - W).to(layer.weight.dtype)
     residual = float((F @ W.T - Z).norm())
     return RankOneUpdate(layer_name, delta, len(X), residual, float((F @ W_new.T - Z).norm()),
-                         int(torch.linalg.matrix_rank(delta.double(), rtol=1e-6).item()), len(X),
+                         int(torch.linalg.matrix_rank(delta.to(dtype), rtol=1e-6).item()), len(X),
                          float(W.norm()))
 
 
