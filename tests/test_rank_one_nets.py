@@ -397,6 +397,8 @@ def test_the_loop_refits_the_output_layer_only_where_it_keeps_the_requirement(bn
     without = get_editor("dynamic-rank-one", refit_output=False, **kw).edit(bundle, data)
     step = next(e for e in with_refit.log if e.get("action") == "refit")
     assert step["accepted"] and step["layer"] == "head.3" and "head.3" in with_refit.extras["layers"]
+    assert any(e.get("step") == "note" and "head.3 was refitted" in e["message"] and "not a rank-one" in e["message"]
+               for e in with_refit.log)  # said where notes are said: auditor edit, the Edit page, the report's log
     before = next(e for e in reversed(without.log) if e.get("accepted"))
     assert step["accuracy"] >= before["accuracy"]
     a, b = with_refit.bundle.model.state_dict(), without.bundle.model.state_dict()

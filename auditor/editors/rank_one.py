@@ -898,6 +898,12 @@ class DynamicRankOneEditor(RankOneEditor):
         checks.accepted(head)
         accepted.append(update)
         log.append({**entry, "accepted": True})
+        what = "all of the fit" if scale == 1 else f"{scale:g} of the fit"
+        log.append({"step": "note", "message": (
+            f"the output layer {head} was refitted in least squares ({what}) so that {n} clean training rows get "
+            f"the unedited model's logits back: it is not a rank-one change (rank {update.rank}, size "
+            f"{100 * update.relative_norm * scale:.1f} % of the layer); the requirements hold as before on the "
+            f"check rows, and the held-out ones lose no accuracy (set refit_output=false to leave it out)")})
         return m2, res2, short2
 
     @torch.no_grad()
