@@ -210,12 +210,37 @@ def test_loop_checks_stay_exact_after_an_accepted_edit_below(bn_net):
     with torch.no_grad():
         checks.at(None)(X)  # the first check keeps the values below every layer
         assert torch.equal(checks.at("head.3")(X), model(X))
-        assert checks.stats == {"tail_runs": 1, "full_runs": 1, "kept_runs": 0}
+        assert checks.stats == {"tail_runs": 1, "full_runs": 1, "kept_runs": 0, "low_rank_runs": 0}
         model.features[0].conv.weight.mul_(1.2)  # an accepted edit below head.3
         checks.accepted("features.0.conv")
         assert "head.3" not in checks.cuts and "features.0.conv" in checks.cuts
         assert torch.allclose(checks.at("head.3")(X), model(X), atol=1e-6)
         assert torch.allclose(checks.at("features.0.conv")(X), model(X), atol=1e-6)
+
+
+def test_a_checked_linear_edit_adds_its_low_rank_term_to_the_kept_output(bn_net):
+    """A check after a new edit of a Linear layer takes the layer's output kept before any edit plus the
+    edit's low-rank term (no matmul of the layer), and equals the whole model's output; once an edit of
+    the layer is accepted its kept output is gone and the layer runs again."""
+    from auditor.editors.rank_one import _CheckModel
+
+    bundle, data, _ = bn_net
+    model = bundle.copy().model.eval()
+    checks = _CheckModel(model, [n for n, _ in editable_layers(model)])
+    X, (clean, corrupted, _) = data.val.X[:64], data.pairs(3, 0)
+    with torch.no_grad():
+        checks.at(None)(X)
+        checks.start()
+        update = compute_delta(model, "head.1", clean, corrupted, data.train.X)
+        assert update.factors is not None
+        apply_delta(model, update, 0.5)
+        assert torch.allclose(checks.at("head.1", update, 0.5)(X), model(X), atol=1e-5)
+        assert checks.stats["low_rank_runs"] == 1
+        checks.accepted("head.1")
+        apply_delta(model, update, 0.5)  # strengthened: no longer the kept output plus one change
+        assert torch.allclose(checks.at("head.1", update, 0.5)(X), model(X), atol=1e-5)
+        assert checks.stats["low_rank_runs"] == 1 and checks.stats["tail_runs"] == 2
+    assert_no_hooks(model)
 
 
 def test_a_second_edit_of_the_same_model_starts_from_the_kept_checks(bn_net):
@@ -293,7 +318,7 @@ def test_untraceable_model_is_checked_whole():
     X = torch.randn(4, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(checks.at("out")(X), model(X))
-    assert checks.stats == {"tail_runs": 0, "full_runs": 1, "kept_runs": 0}
+    assert checks.stats == {"tail_runs": 0, "full_runs": 1, "kept_runs": 0, "low_rank_runs": 0}
 
 
 def test_skip_aware_target_matches_the_block_sum_and_siblings_are_found(resnet):

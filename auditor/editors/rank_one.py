@@ -97,6 +97,7 @@ class RankOneUpdate:
     directions: int = 0
     weight_norm: float = 0.0
     siblings: list = field(default_factory=list)  # changes of the layers reading the same input, applied with it
+    factors: tuple | None = None  # (L, R) with delta = L @ R.T (out x r, D x r), when solved on the keys
 
     @property
     def layers(self) -> list[str]:
@@ -377,7 +378,7 @@ def compute_delta(model: nn.Module, layer_name: str, clean: torch.Tensor, corrup
     right = U @ A  # (D, r)
     delta = L @ right.T
     return RankOneUpdate(layer_name, delta, S, float(R.norm()), float((R - P @ L.T).norm()),
-                         _factor_rank(L, right), int(A.shape[1]), w_norm)
+                         _factor_rank(L, right), int(A.shape[1]), w_norm, factors=(L, right))
 
 
 @torch.no_grad()
@@ -665,7 +666,10 @@ class _CheckModel(nn.Module):
     layer, a kept input reruns only the part of the model above the layer. `accepted(layer)` drops
     the kept values that an accepted edit of `layer` changed (those of the layers above it). Where
     the model cannot be split (no torch.fx trace) or the values would pass `max_bytes`, the whole
-    model runs; `stats` counts both.
+    model runs; `stats` counts both. The first runs also keep each Linear layer's own output: a check
+    after a new edit of such a layer (`at(layer, update, scale)`, nothing else changed in it) takes the
+    kept output plus the edit's low-rank term, (x R) L^T, instead of the layer's matmul
+    (`stats["low_rank_runs"]`; equal to the layer's output up to rounding).
 
     `start()` marks the checks before any edit as done and keeps their outputs and cuts, keyed by the
     model's weights (`model_hash`): the next edit of the same model (another setting, another seed,
@@ -678,32 +682,41 @@ class _CheckModel(nn.Module):
         self.layers, self.max_bytes, self.bytes = layers, max_bytes, 0
         self.split: ModelSplit | None | bool = False  # False: not built yet
         self.cuts: dict[str, dict[str, tuple]] = {}
-        self.stats = {"tail_runs": 0, "full_runs": 0, "kept_runs": 0}
+        self.stats = {"tail_runs": 0, "full_runs": 0, "kept_runs": 0, "low_rank_runs": 0}
         self.first: dict[str, torch.Tensor] = {}  # the outputs of the runs before any edit, by input
+        self.outs: dict[str, dict[str, torch.Tensor]] = {}  # Linear layers' own outputs before any edit, by input
+        self.changed: set[str] = set()  # layers an accepted change touched (their kept outputs are gone)
+        self.update: RankOneUpdate | None = None
+        self.scale = 1.0
         self.key = (model_hash(model), str(model_device(model)), tuple(layers), max_bytes)
         with _FIRST_CHECKS_LOCK:
             kept = _FIRST_CHECKS.get(self.key)
             if kept is not None:
                 _FIRST_CHECKS.move_to_end(self.key)
         if kept is not None:
-            first, cuts, self.bytes = kept
+            first, cuts, outs, self.bytes = kept
             self.first = dict(first)
             self.cuts = {name: dict(by_input) for name, by_input in cuts.items()}
+            self.outs = {name: dict(by_input) for name, by_input in outs.items()}
 
     def start(self) -> None:
         """The checks before any edit are done: later whole-model runs are not kept, and what was kept is
         remembered for the next edit of the same model."""
         self.started = True
-        kept = (dict(self.first), {name: dict(by_input) for name, by_input in self.cuts.items()}, self.bytes)
+        kept = (dict(self.first), {name: dict(by_input) for name, by_input in self.cuts.items()},
+                {name: dict(by_input) for name, by_input in self.outs.items()}, self.bytes)
         with _FIRST_CHECKS_LOCK:
             _FIRST_CHECKS[self.key] = kept
             _FIRST_CHECKS.move_to_end(self.key)
-            total = sum(v[2] for v in _FIRST_CHECKS.values())
+            total = sum(v[-1] for v in _FIRST_CHECKS.values())
             while len(_FIRST_CHECKS) > 1 and (len(_FIRST_CHECKS) > _FIRST_CHECKS_SIZE or total > self.max_bytes):
-                total -= _FIRST_CHECKS.popitem(last=False)[1][2]
+                total -= _FIRST_CHECKS.popitem(last=False)[1][-1]
 
-    def at(self, layer: str | None) -> _CheckModel:
-        self.layer = layer
+    def at(self, layer: str | None, update: RankOneUpdate | None = None, scale: float = 1.0) -> _CheckModel:
+        """Check after a change of `layer`; `update` (applied at `scale`): that change, when it is all that
+        differs in `layer` from the model before any edit (its output is then the kept one plus the
+        change's low-rank term)."""
+        self.layer, self.update, self.scale = layer, update, scale
         return self
 
     def first_logits(self, X: torch.Tensor) -> torch.Tensor | None:
@@ -718,12 +731,49 @@ class _CheckModel(nn.Module):
         return sum(t.numel() * t.element_size() for t in cut)
 
     def accepted(self, layer: str) -> None:
+        self.changed.add(layer)
+        self._drop_outs(layer)
         if not self.split:
             return
         for name in list(self.cuts):
             if name != layer and self.split.depends(name, layer):
                 self.bytes -= sum(self._size(c) for c in self.cuts[name].values())
                 del self.cuts[name]
+                self._drop_outs(name)
+
+    def _drop_outs(self, name: str) -> None:
+        for t in self.outs.pop(name, {}).values():
+            self.bytes -= self._size((t,))
+
+    def _low_rank(self, key: str):
+        """The kept output of the changed layer plus the change's term, for input `key` (None: not known)."""
+        upd = self.update
+        if (upd is None or upd.factors is None or upd.siblings or upd.layer != self.layer
+                or self.layer in self.changed or key not in self.outs.get(self.layer, {})):
+            return None
+        kept, (L, R) = self.outs[self.layer][key], upd.factors
+        layer = resolve_layer(self.model, self.layer)
+        L, R = L.to(kept), R.to(kept)
+        w, b = (R[:-1], R[-1]) if layer.bias is not None else (R, None)
+        scale = self.scale
+
+        def forward(x):
+            k = x @ w
+            return kept + scale * ((k if b is None else k + b) @ L.T)
+        return layer, forward
+
+    def _keep_outs(self, key: str, names) -> list:
+        """Hooks keeping the outputs of the Linear layers among `names` for input `key` (before any edit)."""
+        handles = []
+        for name in names:
+            layer = resolve_layer(self.model, name)
+            if isinstance(layer, nn.Linear) and name not in self.changed:
+                def hook(_m, _a, out, _n=name):
+                    if isinstance(out, torch.Tensor) and self.bytes + self._size((out,)) <= self.max_bytes:
+                        self.outs.setdefault(_n, {})[key] = out.detach()
+                        self.bytes += self._size((out,))
+                handles.append(layer.register_forward_hook(hook))
+        return handles
 
     def forward(self, X: torch.Tensor):
         if self.split is False:
@@ -739,12 +789,25 @@ class _CheckModel(nn.Module):
         hit = self.cuts.get(self.layer, {}).get(key) if self.layer is not None else None
         if hit is not None:
             self.stats["tail_runs"] += 1
-            return split.run(self.layer, hit)
+            fast = self._low_rank(key)
+            if fast is None:
+                return split.run(self.layer, hit)
+            layer, layer.forward = fast  # the changed layer's output without its matmul
+            self.stats["low_rank_runs"] += 1
+            try:
+                return split.run(self.layer, hit)
+            finally:
+                del layer.forward
         # with an edit applied, keep only the edited layer's own cut (its edit cannot change it; the
         # cuts of layers above it would hold the edit, and the edit may be rolled back)
         missing = [name for name in (split.layers if self.layer is None else [self.layer])
                    if key not in self.cuts.get(name, {})]
-        out, got = split.capture(X, missing)
+        handles = self._keep_outs(key, missing) if self.layer is None and not self.started else []
+        try:
+            out, got = split.capture(X, missing)
+        finally:
+            for h in handles:
+                h.remove()
         for name, cut in got.items():
             if not all(isinstance(t, torch.Tensor) for t in cut):
                 continue
@@ -988,7 +1051,8 @@ class DynamicRankOneEditor(RankOneEditor):
             raise AuditorError("dynamic-rank-one needs a requirement to check (e.g. 'attack_success_rate <= 0.02')")
         check_data, split, rows = self._check_data(data)
         checks = _CheckModel(model, [hp.layer] if hp.layer else [n for n, _ in memory_layers(model)])
-        status = lambda layer=None: self._status(checks.at(layer), check_data, reqs, split)  # noqa: E731
+        status = lambda layer=None, update=None, scale=1.0: self._status(  # noqa: E731
+            checks.at(layer, update, scale), check_data, reqs, split)
         m0, res0, short = status()
         checks.start()
         pairs = self._pick(model, data, device, self._seen_logits(checks, data, check_data, split, rows))
@@ -1048,7 +1112,8 @@ class DynamicRankOneEditor(RankOneEditor):
                         scale /= 2
                 apply_delta(model, update, scale)
                 # a change of several layers is checked on the whole model (a cut below one holds another's output)
-                m, res, new_short = (status(layer) if not update.siblings
+                m, res, new_short = (status(layer, update if action == "edit" else None, scale)
+                                     if not update.siblings
                                      else self._status(model, check_data, reqs, split))
                 drop = acc0 - m["budget_accuracy"]
                 if drop <= budget + 1e-12:
