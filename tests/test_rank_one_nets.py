@@ -461,3 +461,39 @@ def test_a_model_whose_output_is_not_a_linear_layers_is_not_refitted_and_says_so
     step = next(e for e in result.log if e.get("action") == "refit")
     assert not step["accepted"] and "not a Linear layer's own output" in step["reason"]
     assert "net.head.3" not in result.extras["layers"]
+
+
+class Twice(nn.Module):
+    """A user's model that applies one Linear layer twice (shared weights)."""
+
+    def __init__(self):
+        super().__init__()
+        self.flat = nn.Flatten()
+        self.inp = nn.Linear(64, 32)
+        self.shared = nn.Linear(32, 32)
+        self.out = nn.Linear(32, 10)
+
+    def forward(self, x):
+        h = F.relu(self.shared(F.relu(self.inp(self.flat(x)))))
+        return self.out(F.relu(self.shared(h)))
+
+
+def test_a_layer_called_twice_is_checked_by_running_it(bn_net):
+    """A shared layer's kept output would stand for both of its calls: it keeps none, and a check after
+    its edit runs it (and equals the whole model's output)."""
+    from auditor.editors.rank_one import _CheckModel
+
+    _, data, _ = bn_net
+    torch.manual_seed(0)
+    model = Twice().eval()
+    checks = _CheckModel(model, [n for n, _ in editable_layers(model)])
+    X, (clean, corrupted, _) = data.val.X[:64], data.pairs(3, 0)
+    with torch.no_grad():
+        checks.at(None)(X)
+        checks.start()
+        assert "shared" not in checks.outs and "out" in checks.outs
+        update = compute_delta(model, "shared", clean, corrupted, data.train.X)
+        apply_delta(model, update)
+        assert torch.allclose(checks.at("shared", update, 1.0)(X), model(X), atol=1e-5)
+        assert checks.stats["low_rank_runs"] == 0
+    assert_no_hooks(model)

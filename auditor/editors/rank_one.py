@@ -763,14 +763,19 @@ class _CheckModel(nn.Module):
         return layer, forward
 
     def _keep_outs(self, key: str, names) -> list:
-        """Hooks keeping the outputs of the Linear layers among `names` for input `key` (before any edit)."""
+        """Hooks keeping the outputs of the Linear layers among `names` for input `key` (before any edit);
+        a layer called more than once in a forward pass keeps none."""
         handles = []
         for name in names:
             layer = resolve_layer(self.model, name)
             if isinstance(layer, nn.Linear) and name not in self.changed:
                 def hook(_m, _a, out, _n=name):
-                    if isinstance(out, torch.Tensor) and self.bytes + self._size((out,)) <= self.max_bytes:
-                        self.outs.setdefault(_n, {})[key] = out.detach()
+                    by_input = self.outs.setdefault(_n, {})
+                    if key in by_input or _n in self.changed:  # a second call: its output is not the layer's one
+                        self.changed.add(_n)
+                        self._drop_outs(_n)
+                    elif isinstance(out, torch.Tensor) and self.bytes + self._size((out,)) <= self.max_bytes:
+                        by_input[key] = out.detach()
                         self.bytes += self._size((out,))
                 handles.append(layer.register_forward_hook(hook))
         return handles
