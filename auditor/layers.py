@@ -166,7 +166,6 @@ def sibling_layers(model: nn.Module, layer_name: str, X: torch.Tensor) -> list[s
     return [n for n in names if n != layer_name and mine is not None and ident(n) == mine]
 
 
-
 @torch.no_grad()
 def output_layer(model: nn.Module, X: torch.Tensor) -> str | None:
     """The Linear layer whose output is the model's output (its logits, nothing applied after it), for
@@ -188,6 +187,7 @@ def output_layer(model: nn.Module, X: torch.Tensor) -> str | None:
     ok = (isinstance(out, torch.Tensor) and last is not None and last.shape == out.shape
           and bool(torch.equal(last, out)))
     return name if ok else None
+
 
 # ---------------------------------------------------------------------------------------------
 # Second moment of keys (cached per model hash and layer)
