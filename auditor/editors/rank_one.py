@@ -53,6 +53,7 @@ from ..layers import (
     inherit_digests,
     input_fingerprint,
     layer_io,
+    layer_keys,
     layer_matrix,
     layer_values,
     load_moments,
@@ -383,14 +384,15 @@ def compute_delta(model: nn.Module, layer_name: str, clean: torch.Tensor, corrup
 
 @torch.no_grad()
 def refit_output_delta(model: nn.Module, layer_name: str, X: torch.Tensor, logits: torch.Tensor, *,
-                       ridge: float = 1e-3) -> RankOneUpdate:
+                       ridge: float = 1e-3, inputs: torch.Tensor | None = None) -> RankOneUpdate:
     """The change of the output layer `layer_name` that brings the model's logits for the clean rows `X`
     back, in least squares, to `logits` (the unedited model's): with F the layer's keys for `X` as the
     model now stands, W' = argmin ||F W'^T - logits||^2 + lam ||W' - W||^2, lam = `ridge` times the mean
     diagonal of F^T F. Undoes what an edit below cost the clean rows as far as the output layer can,
-    from clean data alone (the corrupted twins are left out: what they give is the edit's business)."""
+    from clean data alone (the corrupted twins are left out: what they give is the edit's business).
+    `inputs`: the layer's inputs for `X` when already at hand (the model is then not run)."""
     layer = resolve_layer(model, layer_name)
-    keys = layer_io(model, layer_name, X)[0]
+    keys = layer_io(model, layer_name, X)[0] if inputs is None else layer_keys(layer, inputs)
     F = keys.reshape(-1, keys.shape[-1])  # one row per example (and position, for a layer applied per token)
     dtype = torch.float32 if F.device.type == "mps" else torch.float64  # MPS has no float64
     F, W = F.to(dtype), layer_matrix(layer).to(dtype)
@@ -719,6 +721,16 @@ class _CheckModel(nn.Module):
         self.layer, self.update, self.scale = layer, update, scale
         return self
 
+    def kept_input(self, layer: str, X: torch.Tensor) -> torch.Tensor | None:
+        """The input of `layer` for `X` as kept by the last checks through here (None unless the cut below
+        the layer is its input alone and was kept for every batch)."""
+        if not self.split or layer not in self.split.layers or self.split.cut_values(layer) != 1:
+            return None
+        batch_size = batch_rows(X)
+        kept = self.cuts.get(layer, {})
+        parts = [kept.get(input_fingerprint(X[i:i + batch_size])) for i in range(0, len(X), batch_size)]
+        return torch.cat([p[0] for p in parts]) if parts and all(p is not None for p in parts) else None
+
     def first_logits(self, X: torch.Tensor) -> torch.Tensor | None:
         """What the unedited model gave for `X` when it ran through here in `predict_logits`' batches
         (None if it did not)."""
@@ -937,7 +949,10 @@ class DynamicRankOneEditor(RankOneEditor):
         if why:
             log.append({**entry, "accepted": False, "reason": f"not refitted: {why}"})
             return current
-        update = refit_output_delta(model, head, held.X[:n], logits[:n], ridge=hp.refit_ridge)
+        status(head)  # the model as it stands, once: keeps the output layer's inputs for the checks below
+        inputs = checks.kept_input(head, held.X)
+        update = refit_output_delta(model, head, held.X[:n], logits[:n], ridge=hp.refit_ridge,
+                                    inputs=None if inputs is None else inputs[:n])
         saved = _snapshot(model, head)
         before = layer_matrix(resolve_layer(model, head)).clone()
         tried = []
