@@ -726,16 +726,20 @@ class _CheckModel(nn.Module):
         the layer is its input alone and was kept for every batch)."""
         if not self.split or layer not in self.split.layers or self.split.cut_values(layer) != 1:
             return None
-        batch_size = batch_rows(X)
         kept = self.cuts.get(layer, {})
-        parts = [kept.get(input_fingerprint(X[i:i + batch_size])) for i in range(0, len(X), batch_size)]
+        parts = [kept.get(key) for key in self._batch_keys(X)]
         return torch.cat([p[0] for p in parts]) if parts and all(p is not None for p in parts) else None
+
+    @staticmethod
+    def _batch_keys(X: torch.Tensor) -> list[str]:
+        """The keys of `X`'s batches as the checks run them (`predict_logits`' batches)."""
+        batch_size = batch_rows(X)
+        return [input_fingerprint(X[i:i + batch_size]) for i in range(0, len(X), batch_size)]
 
     def first_logits(self, X: torch.Tensor) -> torch.Tensor | None:
         """What the unedited model gave for `X` when it ran through here in `predict_logits`' batches
         (None if it did not)."""
-        batch_size = batch_rows(X)
-        outs = [self.first.get(input_fingerprint(X[i:i + batch_size])) for i in range(0, len(X), batch_size)]
+        outs = [self.first.get(key) for key in self._batch_keys(X)]
         return torch.cat(outs).float().cpu() if outs and all(o is not None for o in outs) else None
 
     @staticmethod
