@@ -173,8 +173,10 @@ if audit.edits:
             with st.expander(f"What edit {earlier + i + 1} did, step by step"):
                 cols = ["step", "action", "layer", "accepted", "accuracy", "reason", "keys", "scale", "norm",
                         "examples", "fixed", "entries", "radius"]
-                shown = [k for k in cols if any(k in e for e in r.log)]
-                log = pd.DataFrame([{k: e.get(k) for k in shown} for e in r.log])  # a missing value is None, not NaN
+                steps = [e for e in r.log if not (isinstance(e, dict) and e.get("step") in ("note", "warning")
+                                                  and e.get("message"))]  # the notes are said above
+                shown = [k for k in cols if any(k in e for e in steps)]
+                log = pd.DataFrame([{k: e.get(k) for k in shown} for e in steps])  # a missing value is None, not NaN
                 for c in log.columns:  # mixed columns (step 1, 2, ..., "end") as text: Arrow takes one type
                     if log[c].map(type).nunique() > 1:
                         log[c] = log[c].map(lambda v: "" if v is None or (isinstance(v, float) and v != v)
