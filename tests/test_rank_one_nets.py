@@ -443,6 +443,21 @@ def test_the_loop_refits_the_output_layer_only_where_it_keeps_the_requirement(bn
     assert_no_hooks(bundle.model)
 
 
+def test_a_loop_held_to_one_layer_still_checks_and_refits_the_output_layer(bn_net):
+    """With `layer` set the checks cut the model below that layer only; the refit's checks of the output
+    layer (no cut below it) run the whole model instead of failing."""
+    bundle, data, m0 = bn_net
+    first = next(e["layer"] for e in get_editor("dynamic-rank-one", samples=1, seed=0).edit(bundle, data).log
+                 if e.get("action") == "edit" and e.get("accepted"))
+    result = get_editor("dynamic-rank-one", samples=1, seed=0, layer=first).edit(bundle, data)
+    step = next(e for e in result.log if e.get("action") == "refit")
+    assert step["layer"] == "head.3" and "accuracy" in step, step  # checked, kept or not
+    assert {e["layer"] for e in result.log if e.get("action") in ("edit", "strengthen")} == {first}
+    m = evaluate(result.bundle, data).metrics
+    assert m["attack_success_rate"] <= 0.02 and m0["accuracy"] - m["accuracy"] <= 0.01, m
+    assert_no_hooks(bundle.model)
+
+
 class Tempered(nn.Module):
     """A user's model that divides its logits by a temperature after the last layer."""
 

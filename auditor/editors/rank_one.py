@@ -805,8 +805,8 @@ class _CheckModel(nn.Module):
                 split is None or all(key in self.cuts.get(name, {}) for name in split.layers)):
             self.stats["kept_runs"] += 1  # run before, on a model with the same weights
             return self.first[key]
-        if split is None:
-            return self._full(key, self.model(X))
+        if split is None or (self.layer is not None and self.layer not in split.layers):
+            return self._full(key, self.model(X))  # no cut below this layer (the loop edits one `layer` only)
         hit = self.cuts.get(self.layer, {}).get(key) if self.layer is not None else None
         if hit is not None:
             self.stats["tail_runs"] += 1
