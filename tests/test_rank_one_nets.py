@@ -458,6 +458,39 @@ def test_a_loop_held_to_one_layer_still_checks_and_refits_the_output_layer(bn_ne
     assert_no_hooks(bundle.model)
 
 
+def test_the_search_keeps_the_cheapest_loop_held_to_one_layer(resnet, bn_net):
+    """Where the loop's result costs check rows (here: any, `search_above=0`), the loop runs again held to each
+    layer; the result kept is the cheapest that meets the requirement on the check rows, the same weights as
+    the loop held to that layer directly, and the first run's steps are marked undone."""
+    bundle, data, m0 = resnet
+    kw = dict(samples=5, seed=1)
+    first = get_editor("dynamic-rank-one", search=False, **kw).edit(bundle, data)
+    result = get_editor("dynamic-rank-one", search_above=0.0, **kw).edit(bundle, data)
+    search = next(e for e in result.log if e.get("action") == "search")
+    assert len(search["tried"]) >= 3 and all(t["layer"] for t in search["tried"])
+    first_drop = first.extras["check_drop"]
+    assert result.extras["requirements_met_on_check_split"] and result.extras["check_drop"] <= first_drop
+    if search["kept"] != "the first run":
+        kept = search["kept"]
+        assert result.extras["check_drop"] < first_drop
+        assert min(t["accuracy_drop"] for t in search["tried"] if t["met_on_check_rows"]) == result.extras["check_drop"]
+        direct = get_editor("dynamic-rank-one", layer=kept, **kw).edit(bundle, data)
+        a, b = result.bundle.model.state_dict(), direct.bundle.model.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        undone = [e for e in result.log if "held_to" not in e and e.get("action") in ("edit", "strengthen")]
+        assert undone and not any(e["accepted"] for e in undone)
+        after = result.log[result.log.index(search) + 1:]
+        assert after[0]["step"] == "note" and f"held to {kept}" in after[0]["message"]
+        assert after[1:] and all(e["held_to"] == kept for e in after[1:])
+    m = evaluate(result.bundle, data).metrics
+    assert m["attack_success_rate"] <= 0.02 and m0["accuracy"] - m["accuracy"] <= 0.01, m
+    assert_no_hooks(bundle.model)
+
+    bundle, data, _ = bn_net  # a result that costs nothing: no search
+    cheap = get_editor("dynamic-rank-one", samples=1, seed=0).edit(bundle, data)
+    assert cheap.extras["check_drop"] <= 0.005 and not any(e.get("action") == "search" for e in cheap.log)
+
+
 class Tempered(nn.Module):
     """A user's model that divides its logits by a temperature after the last layer."""
 

@@ -641,6 +641,12 @@ class DynamicRankOneHyper(RankOneHyper):
                 "clean training rows get the unedited model's logits back (what the edits cost, undone as far "
                 "as the output layer can; all of the refit, else half, else a quarter); kept only when every "
                 "requirement still holds, within the budget, and the held-out check rows lose nothing"})
+    search: bool = field(default=True, metadata={
+        "help": "when the loop's result misses a requirement on the check rows, or costs more than `search_above` "
+                "of the utility budget, run the loop again held to each editable layer in turn (`layer`) and keep "
+                "the result that meets every requirement at the least accuracy cost on the check rows"})
+    search_above: float = field(default=0.5, metadata={
+        "help": "share of the utility budget a result that meets every requirement may cost before the search runs"})
     refit_ridge: float = field(default=1e-3, metadata={
         "help": "ridge of the output layer's refit, relative to the mean squared key (pulls it toward the "
                 "layer as edited)"})
@@ -1074,7 +1080,7 @@ class DynamicRankOneEditor(RankOneEditor):
         if not reqs:
             raise AuditorError("dynamic-rank-one needs a requirement to check (e.g. 'attack_success_rate <= 0.02')")
         check_data, split, rows = self._check_data(data)
-        checks = _CheckModel(model, [hp.layer] if hp.layer else [n for n, _ in memory_layers(model)])
+        checks = _CheckModel(model, [n for n, _ in memory_layers(model)])  # held to one `layer` too: one cache
         status = lambda layer=None, update=None, scale=1.0: self._status(  # noqa: E731
             checks.at(layer, update, scale), check_data, reqs, split)
         m0, res0, short = status()
@@ -1083,6 +1089,75 @@ class DynamicRankOneEditor(RankOneEditor):
         return reqs, check_data, split, rows, checks, status, (m0, res0, short), pairs
 
     def _run(self, model, data, requirements, device, callback, *, log):
+        hp = self.hparams
+        original = ({n: _snapshot(model, n) for n, _ in memory_layers(model)}
+                    if hp.search and not hp.layer else None)
+        out = self._loop(model, data, requirements, device, callback, log=log)
+        why = self._search_reason(out)
+        if original is None or why is None:
+            return out
+        return self._search(model, data, requirements, device, callback, log, out, original, why)
+
+    def _search_reason(self, out: dict) -> str | None:
+        """Why the loop's result is worth a search over the layers (None: it is not)."""
+        if not out.get("gap_at_start"):
+            return None
+        if not out["requirements_met_on_check_split"]:
+            return "the loop's result misses a requirement on the check rows"
+        if out["check_drop"] > self.hparams.search_above * out["budget"] + 1e-12:
+            return (f"the loop's result costs {100 * out['check_drop']:.2f} pt of the {100 * out['budget']:.2f} pt "
+                    "budget on the check rows")
+        return None
+
+    def _search(self, model, data, requirements, device, callback, log, first, original, why):
+        """Run the loop again held to each editable layer (the ranked order first; a layer edited with the one
+        before it, as its sibling, is not run twice) from the unedited weights, and keep the result that meets
+        every requirement on the check rows at the least accuracy cost there (the first run on a tie)."""
+        hp = self.hparams
+        kept = {n: _snapshot(model, n) for n in original}  # the first run's weights
+        best, best_log, tried, covered = first, None, [], set()
+        ranked = [row[0] for row in next((e["ranking"] for e in log if e.get("ranking")), [])]
+        order = list(dict.fromkeys([*ranked, *original]))
+        for i, layer in enumerate(order):
+            if layer in covered:
+                continue
+            callback(0.5 + 0.45 * i / len(order), f"search: the loop held to {layer}")
+            for n, snap in original.items():
+                _restore(model, n, snap)
+            sub = type(self)(**{**vars(hp), "layer": layer, "search": False})
+            sublog: list = []
+            out = sub._loop(model, data, requirements, device, lambda *_: None, log=sublog)
+            for e in sublog:
+                if e.get("action") == "edit":
+                    covered.update([e["layer"], *e.get("with", [])])
+            met, drop = out["requirements_met_on_check_split"], out["check_drop"]
+            tried.append({"layer": layer, "met_on_check_rows": met, "accuracy_drop": drop, "layers": out["layers"]})
+            if met and (not best["requirements_met_on_check_split"] or drop < best["check_drop"] - 1e-12):
+                best, best_log = out, sublog
+                kept = {n: _snapshot(model, n) for n in original}
+        for n, snap in kept.items():
+            _restore(model, n, snap)
+        step = max(e["step"] for e in log if isinstance(e.get("step"), int)) + 1
+        entry = {"step": step, "action": "search", "reason": why, "tried": tried}
+        if best_log is None:
+            log.append({**entry, "kept": "the first run"})
+            log.append({"step": "note", "message": f"searched the layers ({why}): no loop held to one layer met "
+                        "every requirement on the check rows at a smaller cost, so the first run's edit is kept"})
+            return first
+        held = best["search_layer"]
+        for e in log:
+            if e.get("accepted") and e.get("action") in ("edit", "strengthen", "refit"):
+                e.update(accepted=False, reason=f"undone: the search kept the loop held to {held}")
+        log.append({**entry, "kept": held})
+        log.append({"step": "note", "message": (
+            f"searched the layers ({why}): the loop held to {held} meets every requirement on the check rows at "
+            f"{100 * best['check_drop']:.2f} pt of accuracy (the first run: "
+            + (f"{100 * first['check_drop']:.2f} pt" if first["requirements_met_on_check_split"] else "not met")
+            + "), so it is kept and the first run's edits are undone (set search=false to keep the first run)")})
+        log.extend({**e, "held_to": held} for e in best_log)
+        return best
+
+    def _loop(self, model, data, requirements, device, callback, *, log):
         hp = self.hparams
         reqs, check_data, split, rows, checks, status, (m0, res0, short), pairs = self._begin(
             model, data, requirements, device)
@@ -1117,6 +1192,8 @@ class DynamicRankOneEditor(RankOneEditor):
         elif len(clean) == 0 or gap0 <= 0:
             reason = (f"no clean sample of split {hp.split!r} has a corrupted twin the model gets wrong "
                       "(the pairs show no gap in its decision to rectify)")
+        gap_at_start = reason is None
+
         def attempt(layer, update, action, scale) -> dict:
             """Apply `update` (smaller on each retry over the budget) and check; leaves it applied."""
             saved = {n: _snapshot(model, n) for n in update.layers}
@@ -1255,7 +1332,8 @@ class DynamicRankOneEditor(RankOneEditor):
                                   start, accepted, log)
         m, res, short = current
         edited = sorted({n for u in accepted for n in u.layers} | set(strength_of))
-        out = {"layers": edited, "strength": strength_of, "samples": int(len(clean)),
+        out = {"layers": edited, "strength": strength_of, "samples": int(len(clean)), "search_layer": hp.layer,
+               "gap_at_start": gap_at_start, "budget": budget, "check_drop": acc0 - m["budget_accuracy"],
                "sample_rows": picked["rows"],
                "steps": sum(1 for e in log if e.get("action") in ("edit", "strengthen", "refit") and "accuracy" in e),
                "check_split": hp.check_split, "check_rows": rows["rows"], "requirements_met_on_check_split": short == 0,
