@@ -74,7 +74,7 @@ def test_dynamic_rank_one_one_sample(trojan):
         drop.append(m0["accuracy"] - m["accuracy"])
         log = result.log
         assert log[0]["action"] == "start" and log[1]["action"] == "edit"
-        assert all("accepted" in e for e in log if e["action"] in ("edit", "strengthen"))
+        assert all("accepted" in e for e in log if e.get("action") in ("edit", "strengthen"))
         assert result.extras["requirements_met_on_check_split"]
     assert np.mean(asr) <= 0.02 and np.mean(drop) <= 0.005
 

@@ -872,12 +872,16 @@ class DynamicRankOneEditor(RankOneEditor):
     every requirement holds or the budget of steps runs out. When the accepted edits cost the check
     rows accuracy, a last step (`refit_output`) refits the output layer so the clean training rows get
     the unedited model's logits back, kept only if every requirement holds as before and the held-out
-    check rows lose nothing. The log records every step, and an edit that changes nothing says why.
+    check rows lose nothing. When the result misses a requirement on the check rows, or costs more than
+    `search_above` of the budget there, `search` runs the loop again held to each layer in turn (from the
+    unedited weights) and keeps the run that meets every requirement at the least cost on the check rows.
+    The log records every step, and an edit that changes nothing says why.
     """
 
     name = "dynamic-rank-one"
     description = ("Re-localize, rank-one edit, check on held-out data, roll back, repeat; refit the output layer "
-                   "where the edits cost clean rows (from n clean samples)")
+                   "where the edits cost clean rows; search the layers where the result misses or costs much "
+                   "(from n clean samples)")
     kind = "rank-one"
     Hyper = DynamicRankOneHyper
     _budget_n = 0  # rows at the end of the check split the budget is judged on (0: all)
@@ -964,6 +968,7 @@ class DynamicRankOneEditor(RankOneEditor):
         update = refit_output_delta(model, head, held.X[:n], logits[:n], ridge=hp.refit_ridge,
                                     inputs=None if inputs is None else inputs[:n])
         saved = _snapshot(model, head)
+        self._touched.setdefault(head, saved)
         before = layer_matrix(resolve_layer(model, head)).clone()
         tried = []
         for scale in REFIT_SCALES:  # the whole refit, then less of it (it may undo part of the edit)
@@ -1090,13 +1095,11 @@ class DynamicRankOneEditor(RankOneEditor):
 
     def _run(self, model, data, requirements, device, callback, *, log):
         hp = self.hparams
-        original = ({n: _snapshot(model, n) for n, _ in memory_layers(model)}
-                    if hp.search and not hp.layer else None)
         out = self._loop(model, data, requirements, device, callback, log=log)
-        why = self._search_reason(out)
-        if original is None or why is None:
+        why = self._search_reason(out) if hp.search and not hp.layer else None
+        if why is None:
             return out
-        return self._search(model, data, requirements, device, callback, log, out, original, why)
+        return self._search(model, data, requirements, device, callback, log, out, why)
 
     def _search_reason(self, out: dict) -> str | None:
         """Why the loop's result is worth a search over the layers (None: it is not)."""
@@ -1109,15 +1112,16 @@ class DynamicRankOneEditor(RankOneEditor):
                     "budget on the check rows")
         return None
 
-    def _search(self, model, data, requirements, device, callback, log, first, original, why):
+    def _search(self, model, data, requirements, device, callback, log, first, why):
         """Run the loop again held to each editable layer (the ranked order first; a layer edited with the one
         before it, as its sibling, is not run twice) from the unedited weights, and keep the result that meets
         every requirement on the check rows at the least accuracy cost there (the first run on a tie)."""
         hp = self.hparams
+        original = dict(self._touched)  # the unedited weights of every layer a run changed
         kept = {n: _snapshot(model, n) for n in original}  # the first run's weights
         best, best_log, tried, covered = first, None, [], set()
         ranked = [row[0] for row in next((e["ranking"] for e in log if e.get("ranking")), [])]
-        order = list(dict.fromkeys([*ranked, *original]))
+        order = list(dict.fromkeys([*ranked, *(n for n, _ in memory_layers(model))]))
         for i, layer in enumerate(order):
             if layer in covered:
                 continue
@@ -1127,6 +1131,8 @@ class DynamicRankOneEditor(RankOneEditor):
             sub = type(self)(**{**vars(hp), "layer": layer, "search": False})
             sublog: list = []
             out = sub._loop(model, data, requirements, device, lambda *_: None, log=sublog)
+            for n, snap in sub._touched.items():
+                original.setdefault(n, snap)
             for e in sublog:
                 if e.get("action") == "edit":
                     covered.update([e["layer"], *e.get("with", [])])
@@ -1134,7 +1140,9 @@ class DynamicRankOneEditor(RankOneEditor):
             tried.append({"layer": layer, "met_on_check_rows": met, "accuracy_drop": drop, "layers": out["layers"]})
             if met and (not best["requirements_met_on_check_split"] or drop < best["check_drop"] - 1e-12):
                 best, best_log = out, sublog
-                kept = {n: _snapshot(model, n) for n in original}
+                kept = {n: _snapshot(model, n) for n in sub._touched}
+        for n, snap in original.items():
+            _restore(model, n, snap)
         for n, snap in kept.items():
             _restore(model, n, snap)
         step = max(e["step"] for e in log if isinstance(e.get("step"), int)) + 1
@@ -1159,6 +1167,7 @@ class DynamicRankOneEditor(RankOneEditor):
 
     def _loop(self, model, data, requirements, device, callback, *, log):
         hp = self.hparams
+        self._touched: dict[str, dict[str, torch.Tensor]] = {}  # layer -> its weights before this loop changed it
         reqs, check_data, split, rows, checks, status, (m0, res0, short), pairs = self._begin(
             model, data, requirements, device)
         clean, corrupted, labels, picked = pairs
@@ -1197,6 +1206,8 @@ class DynamicRankOneEditor(RankOneEditor):
         def attempt(layer, update, action, scale) -> dict:
             """Apply `update` (smaller on each retry over the budget) and check; leaves it applied."""
             saved = {n: _snapshot(model, n) for n in update.layers}
+            for n, snap in saved.items():
+                self._touched.setdefault(n, snap)  # the unedited weights (the search restores them)
             for n in update.layers:
                 start.setdefault(n, layer_matrix(resolve_layer(model, n)).clone())
             tried, drop = [], 0.0
