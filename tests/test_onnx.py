@@ -121,8 +121,9 @@ def test_foreign_onnx_needs_a_spec_then_audits_edits_and_exports(tmp_path, kind)
               else Residual(n))
     path = tmp_path / "vendor.onnx"
     _export_plain(module, path, n)
-    with pytest.raises(AuditorError, match="no auditor spec in its ONNX metadata; pass one with --spec"):
+    with pytest.raises(AuditorError, match="no auditor spec in its ONNX metadata; pass one with --spec") as err:
         load_model(path)
+    assert "auditor spec init vendor.onnx DATA" in str(err.value)  # how to draft one
     (tmp_path / "spec.json").write_text(json.dumps(FOREIGN_SPEC))
     bundle = load_model(path, spec=tmp_path / "spec.json")
     assert bundle.spec.arch["in_features"] == n  # read from the graph

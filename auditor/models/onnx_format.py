@@ -269,7 +269,8 @@ def load_onnx(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelBu
     if spec is None:
         if SPEC_KEY not in meta:
             raise AuditorError(f"{path.name} has no auditor spec in its ONNX metadata; pass one with "
-                               "--spec SPEC.json (input description, class names)")
+                               "--spec SPEC.json (input description, class names): draft it with "
+                               f"`auditor spec init {path.name} DATA --out spec.json`")
         spec = ModelSpec.from_json(meta[SPEC_KEY])
     spec = copy.deepcopy(spec)
     from .onnx_heads import keep_logits_output, split_head

@@ -129,7 +129,8 @@ class ModelSpec:
             raise AuditorError(f"model spec is nested more than {MAX_SPEC_DEPTH} levels deep: not a spec ({DOCS})")
         if "arch" not in d:
             raise AuditorError("model spec has no 'arch' (e.g. {\"name\": \"mlp\", \"in_features\": 10, "
-                               f"\"hidden\": [32], \"num_classes\": 2}}; {DOCS})")
+                               "\"hidden\": [32], \"num_classes\": 2}, or {\"name\": \"onnx\", \"num_classes\": 10} "
+                               f"for an ONNX graph; `auditor spec init MODEL DATA` drafts a spec; {DOCS})")
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
