@@ -316,7 +316,7 @@ def test_weights_that_only_overflow_when_cast_or_are_integers_are_refused(tmp_pa
     (lambda s: s.update(input="tabular"), "'input' must be an object"),
     (lambda s: s.update(class_names=[1, 2]), "'class_names' must be a list of strings"),
     (lambda s: s.update(colour="red"), "unknown keys ['colour']"),
-    (lambda s: s.pop("arch"), "has no 'arch'.*auditor spec init MODEL DATA"),
+    (lambda s: s.pop("arch"), "`auditor spec init MODEL DATA` drafts a spec"),
     (lambda s: s["arch"].update(name="custom"), "--trust-code --arch-file"),
 ])
 def test_specs_that_do_not_match_the_weights(tmp_path, change, match):
