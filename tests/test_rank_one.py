@@ -324,6 +324,32 @@ def test_rank_setting_says_what_the_edit_is(trojan):
         get_editor("dynamic-rank-one", rank=0).edit(bundle, data)
 
 
+@pytest.mark.parametrize("layer", ["conv1", "conv2"])
+def test_many_keys_give_the_same_principal_edit_without_the_keys_gram_matrix(trojan, layer):
+    """A corruption over the whole image changes every patch key: more keys than dimensions. The r principal
+    key directions then come from the D x D problem (K = QT, G = Q T C^-1 T^T Q^T), not the S x S matrix
+    G = K C^-1 K^T: the same change as from G's own top eigenvectors."""
+    from auditor.editors.rank_one import _changed_keys
+    from auditor.layers import second_moment, solve_moment
+
+    bundle, data, _ = trojan
+    model = bundle.copy().model
+    clean = data.train.X[:3]
+    corrupted = 0.8 * clean + 0.2 * data.train.X[3:4]  # a blend: every pixel, every position
+    K, V, _ = _changed_keys(model, layer, clean, corrupted, 1e-6)
+    K, V = K.double(), V.double()
+    W = layer_matrix(getattr(model, layer)).double()
+    assert K.shape[0] > K.shape[1]
+    U = solve_moment(second_moment(model, layer, data.train.X, max_rows=4096), 1e-3, K.T.contiguous())
+    G = K @ U
+    for rank in (1, 3):
+        upd = compute_delta(model, layer, clean, corrupted, data.train.X, rank=rank, target="own")
+        A = torch.linalg.eigh((G + G.T) / 2)[1][:, -rank:]
+        L = ((V - K @ W.T).T @ A) / ((A * (G @ A)).sum(0) + 1e-2)
+        assert upd.rank == rank
+        assert torch.allclose(upd.delta, L @ (U @ A).T, rtol=1e-6, atol=1e-9 * float(upd.delta.abs().max()))
+
+
 def test_default_rank_is_rank_one_from_one_sample_and_joint_from_several(trojan):
     """`rank` "auto" (the default): the seed method's rank-one update from one clean sample, even on a
     convolution (the joint fit of one image's patch positions overfits it), the joint edit from several;

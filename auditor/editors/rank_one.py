@@ -360,22 +360,31 @@ def compute_delta(model: nn.Module, layer_name: str, clean: torch.Tensor, corrup
     # dual form on the S keys: U = C^-1 K^T (D x S), G = K C^-1 K^T (S x S); along key combinations A
     # (S x r) the change is dW = L (U A)^T with L^T = (P^T P + mu A^T G A)^-1 P^T R, P = G A
     U = solve_moment(C0, ridge, K.T.contiguous())
-    G = K @ U
-    G = (G + G.T) / 2
-    if rank is None or rank >= S:  # every key: L^T = (G + mu I)^-1 R
-        A = torch.eye(S, dtype=dtype, device=K.device)
-        L = torch.linalg.solve(G + mu * A, R).T
-    elif direction == "principal":  # eigenvectors of G: L^T = diag(1 / (lambda + mu)) A^T R
-        A = key_combinations(G, rank, direction)
-        lam = (A * (G @ A)).sum(0).clamp(min=0)
-        L = (R.T @ A) / (lam + mu)
+    if rank is not None and rank < S and direction == "principal" and S > D:
+        # many keys (a trigger over the whole image): the top eigenvectors of G from the D x D problem, never
+        # forming G (S x S): with K = Q T (thin QR), G = Q (T C^-1 T^T) Q^T
+        Q, T = torch.linalg.qr(K)
+        M = T @ solve_moment(C0, ridge, T.T.contiguous())
+        A = Q @ torch.linalg.eigh((M + M.T) / 2)[1][:, -rank:].flip(-1)
+        P = K @ (U @ A)  # G A
+        L = (R.T @ A) / ((A * P).sum(0).clamp(min=0) + mu)
     else:
-        A = key_combinations(G, rank, direction)
+        G = K @ U
+        G = (G + G.T) / 2
+        if rank is None or rank >= S:  # every key: L^T = (G + mu I)^-1 R
+            A = torch.eye(S, dtype=dtype, device=K.device)
+            L = torch.linalg.solve(G + mu * A, R).T
+        elif direction == "principal":  # eigenvectors of G: L^T = diag(1 / (lambda + mu)) A^T R
+            A = key_combinations(G, rank, direction)
+            lam = (A * (G @ A)).sum(0).clamp(min=0)
+            L = (R.T @ A) / (lam + mu)
+        else:
+            A = key_combinations(G, rank, direction)
+            P = G @ A
+            M = P.T @ P + mu * (A.T @ G @ A)
+            L = torch.linalg.solve(M + 1e-12 * torch.eye(len(M), dtype=dtype, device=K.device) * M.diagonal().max(),
+                                   P.T @ R).T
         P = G @ A
-        M = P.T @ P + mu * (A.T @ G @ A)
-        L = torch.linalg.solve(M + 1e-12 * torch.eye(len(M), dtype=dtype, device=K.device) * M.diagonal().max(),
-                               P.T @ R).T
-    P = G @ A
     right = U @ A  # (D, r)
     delta = L @ right.T
     return RankOneUpdate(layer_name, delta, S, float(R.norm()), float((R - P @ L.T).norm()),
