@@ -149,6 +149,27 @@ def test_localize_adult_features_and_fairness_layers(adult_pair):
     assert "Male" in texts(at.caption) or loc.ranking.iloc[0]["high_group"] == "Male"
 
 
+def test_edit_page_says_what_the_layer_search_kept(trojan):
+    """A result that costs check rows (here: any, search above 0) has the loop search the layers: the Edit page
+    says what it kept, the steps table lists the search and, for a kept held run, which layer its steps were
+    held to; the first run's steps show as not kept."""
+    bundle, data = trojan
+    audit = AuditSession(bundle, data)
+    at = app(audit, "edit")
+    at.number_input(key="hp_dynamic-rank-one_seed").set_value(1).run()
+    at.number_input(key="hp_dynamic-rank-one_search_above").set_value(0.0).run()
+    at.button(key="edit_run").click().run()
+    assert not at.exception and not at.error and len(audit.edits) == 1
+    assert "note: searched the layers" in texts(at.caption)
+    table = next(df.value for df in at.dataframe if "step" in df.value.columns)
+    assert "search" in set(table["action"])
+    if "held_to" in table.columns:  # a run held to one layer was kept: the first run's steps are undone
+        first = table[(table["held_to"].astype(str).isin(["", "None", "nan"])) & table["action"].isin(["edit"])]
+        assert len(first) and not first["accepted"].astype(str).isin(["True"]).any()
+    after = evaluate(audit.current, data).metrics
+    assert after["attack_success_rate"] <= 0.02 and after["accuracy"] >= 0.95
+
+
 def test_requirements_edit_add_remove(trojan):
     bundle, data = trojan
     audit = AuditSession(bundle, data)
