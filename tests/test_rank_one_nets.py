@@ -416,10 +416,16 @@ def test_the_loop_refits_the_output_layer_only_where_it_keeps_the_requirement(bn
     on clean training rows: kept on the BatchNorm net (the held-out check rows lose nothing, the
     requirement holds on the test split, only the output layer changes further); rolled back bit for
     bit on the residual net, where it would bring the backdoor back."""
+    from auditor.editors.rank_one import clear_check_cache
+
     bundle, data, m0 = bn_net
     kw = dict(samples=1, seed=0)
+    clear_check_cache()
     with_refit = get_editor("dynamic-rank-one", **kw).edit(bundle, data)
+    clear_check_cache()
     without = get_editor("dynamic-rank-one", refit_output=False, **kw).edit(bundle, data)
+    # the refit's checks run from the cut below the accepted edit, never the whole model once more
+    assert with_refit.extras["check_runs"]["full_runs"] == without.extras["check_runs"]["full_runs"]
     step = next(e for e in with_refit.log if e.get("action") == "refit")
     assert step["accepted"] and step["layer"] == "head.3" and "head.3" in with_refit.extras["layers"]
     assert any(e.get("step") == "note" and "head.3 was refitted" in e["message"] and "not a rank-one" in e["message"]

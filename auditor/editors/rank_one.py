@@ -745,6 +745,11 @@ class _CheckModel(nn.Module):
         parts = [kept.get(key) for key in self._batch_keys(X)]
         return torch.cat([p[0] for p in parts]) if parts and all(p is not None for p in parts) else None
 
+    def has_cut(self, layer: str, X: torch.Tensor) -> bool:
+        """Whether the cut below `layer` is kept for every batch of `X`."""
+        kept = self.cuts.get(layer, {})
+        return bool(self.split) and all(key in kept for key in self._batch_keys(X))
+
     @staticmethod
     def _batch_keys(X: torch.Tensor) -> list[str]:
         """The keys of `X`'s batches as the checks run them (`predict_logits`' batches)."""
@@ -814,8 +819,27 @@ class _CheckModel(nn.Module):
     def forward(self, X: torch.Tensor):
         if self.split is False:
             self.split = split_model(self.model, self.layers)
-        split = self.split
         key = input_fingerprint(X)
+        watch = self.watch
+        if (not watch or not self.split or watch not in self.split.layers or self.split.cut_values(watch) != 1
+                or key in self.cuts.get(watch, {})):
+            return self._forward(X, key)
+
+        def keep(_m, args):  # the watched layer's input is its whole cut: kept as such
+            if key not in self.cuts.get(watch, {}) and self.bytes + self._size(args[:1]) <= self.max_bytes:
+                self.cuts.setdefault(watch, {})[key] = (args[0].detach(),)
+                self.bytes += self._size(args[:1])
+
+        handle = resolve_layer(self.model, watch).register_forward_pre_hook(keep)
+        try:
+            return self._forward(X, key)
+        finally:
+            handle.remove()
+
+    watch: str | None = None  # a layer whose input the runs keep as its cut (the refit's output layer)
+
+    def _forward(self, X: torch.Tensor, key: str):
+        split = self.split
         if self.layer is None and not self.started and key in self.first and (
                 split is None or all(key in self.cuts.get(name, {}) for name in split.layers)):
             self.stats["kept_runs"] += 1  # run before, on a model with the same weights
@@ -972,7 +996,14 @@ class DynamicRankOneEditor(RankOneEditor):
         if why:
             log.append({**entry, "accepted": False, "reason": f"not refitted: {why}"})
             return current
-        status(head)  # the model as it stands, once: keeps the output layer's inputs for the checks below
+        # the model as it stands, once, keeping the output layer's inputs for the fit and the checks below: run
+        # from the cut below an accepted layer when one is kept (only the part above it), else the whole model
+        low = next((u.layer for u in accepted if not u.siblings and checks.has_cut(u.layer, held.X)), None)
+        checks.watch = head
+        try:
+            status(low or head)
+        finally:
+            checks.watch = None
         inputs = checks.kept_input(head, held.X)
         update = refit_output_delta(model, head, held.X[:n], logits[:n], ridge=hp.refit_ridge,
                                     inputs=None if inputs is None else inputs[:n])
