@@ -328,7 +328,7 @@ def test_rank_setting_says_what_the_edit_is(trojan):
 def test_many_keys_give_the_same_principal_edit_without_the_keys_gram_matrix(trojan, layer):
     """A corruption over the whole image changes every patch key: more keys than dimensions. The r principal
     key directions then come from the D x D problem (K = QT, G = Q T C^-1 T^T Q^T), not the S x S matrix
-    G = K C^-1 K^T: the same change as from G's own top eigenvectors."""
+    G = K C^-1 K^T: the same change as from G's own top eigenvectors (and the mean key's, without G)."""
     from auditor.editors.rank_one import _changed_keys
     from auditor.layers import second_moment, solve_moment
 
@@ -348,6 +348,11 @@ def test_many_keys_give_the_same_principal_edit_without_the_keys_gram_matrix(tro
         L = ((V - K @ W.T).T @ A) / ((A * (G @ A)).sum(0) + 1e-2)
         assert upd.rank == rank
         assert torch.allclose(upd.delta, L @ (U @ A).T, rtol=1e-6, atol=1e-9 * float(upd.delta.abs().max()))
+    mean = compute_delta(model, layer, clean, corrupted, data.train.X, rank=1, direction="mean", target="own")
+    A = torch.full((K.shape[0], 1), 1.0 / K.shape[0], dtype=K.dtype)
+    P = G @ A
+    L = torch.linalg.solve(P.T @ P + 1e-2 * (A.T @ P), P.T @ (V - K @ W.T)).T
+    assert torch.allclose(mean.delta, L @ (U @ A).T, rtol=1e-6, atol=1e-9 * float(mean.delta.abs().max()))
 
 
 def test_default_rank_is_rank_one_from_one_sample_and_joint_from_several(trojan):

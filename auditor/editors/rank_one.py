@@ -360,14 +360,22 @@ def compute_delta(model: nn.Module, layer_name: str, clean: torch.Tensor, corrup
     # dual form on the S keys: U = C^-1 K^T (D x S), G = K C^-1 K^T (S x S); along key combinations A
     # (S x r) the change is dW = L (U A)^T with L^T = (P^T P + mu A^T G A)^-1 P^T R, P = G A
     U = solve_moment(C0, ridge, K.T.contiguous())
-    if rank is not None and rank < S and direction == "principal" and S > D:
-        # many keys (a trigger over the whole image): the top eigenvectors of G from the D x D problem, never
-        # forming G (S x S): with K = Q T (thin QR), G = Q (T C^-1 T^T) Q^T
-        Q, T = torch.linalg.qr(K)
-        M = T @ solve_moment(C0, ridge, T.T.contiguous())
-        A = Q @ torch.linalg.eigh((M + M.T) / 2)[1][:, -rank:].flip(-1)
+    if rank is not None and rank < S and S > D:
+        # many keys (a trigger over the whole image): never form G (S x S). The top eigenvectors of G come
+        # from the D x D problem: with K = Q T (thin QR), G = Q (T C^-1 T^T) Q^T
+        if direction == "principal":
+            Q, T = torch.linalg.qr(K)
+            M = T @ solve_moment(C0, ridge, T.T.contiguous())
+            A = Q @ torch.linalg.eigh((M + M.T) / 2)[1][:, -rank:].flip(-1)
+        else:
+            A = torch.full((S, 1), 1.0 / S, dtype=dtype, device=K.device)
         P = K @ (U @ A)  # G A
-        L = (R.T @ A) / ((A * P).sum(0).clamp(min=0) + mu)
+        if direction == "principal":
+            L = (R.T @ A) / ((A * P).sum(0).clamp(min=0) + mu)
+        else:
+            M = P.T @ P + mu * (A.T @ P)
+            L = torch.linalg.solve(M + 1e-12 * torch.eye(len(M), dtype=dtype, device=K.device) * M.diagonal().max(),
+                                   P.T @ R).T
     else:
         G = K @ U
         G = (G + G.T) / 2
