@@ -135,6 +135,9 @@ def layer_io(model: nn.Module, layer_name: str, X: torch.Tensor) -> tuple[torch.
     try:
         with capture_inputs(model, {layer_name: layer}) as store:
             model(X.to(model_device(model)))
+        if not store[layer_name]:
+            raise AuditorError(f"layer {layer_name!r} never runs in the model's forward pass; pick a layer the "
+                               "model uses")
         inp = store[layer_name][0]
         keys = layer_keys(layer, inp)
         return keys, keys @ layer_matrix(layer).T

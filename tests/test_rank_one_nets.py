@@ -15,6 +15,7 @@ from auditor import load_data
 from auditor.data import poison
 from auditor.editors import get_editor
 from auditor.editors.rank_one import apply_delta, compute_delta
+from auditor.errors import AuditorError
 from auditor.evaluate import evaluate
 from auditor.layers import layer_io, layer_tail, layer_values
 from auditor.models import ModelBundle, ModelSpec
@@ -495,6 +496,37 @@ def test_the_search_keeps_the_cheapest_loop_held_to_one_layer(resnet, bn_net):
     bundle, data, _ = bn_net  # a result that costs nothing: no search
     cheap = get_editor("dynamic-rank-one", samples=1, seed=0).edit(bundle, data)
     assert cheap.extras["check_drop"] <= 0.005 and not any(e.get("action") == "search" for e in cheap.log)
+
+
+class WithSpare(nn.Module):
+    """A user's model that keeps a layer its forward never calls (a head left over from pre-training)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.spare = nn.Linear(5, 5)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_a_layer_the_forward_never_calls_is_left_out_and_named_when_asked_for(resnet):
+    """Ranking, the dynamic loop and its search skip a layer the model never runs; asking to edit it is a
+    clear error (was an IndexError deep in the ranking)."""
+    from auditor.localize import rank_layers_for
+
+    bundle, data, m0 = resnet
+    spare = ModelBundle(WithSpare(bundle.copy().model).eval(), bundle.spec)
+    assert "spare" not in rank_layers_for(spare.model, data, 1, 0)["layer"].tolist()
+    result = get_editor("dynamic-rank-one", samples=5, seed=1, search_above=0.0).edit(spare, data)
+    search = next(e for e in result.log if e.get("action") == "search")
+    assert "spare" not in {t["layer"] for t in search["tried"]} and not any("error" in t for t in search["tried"])
+    m = evaluate(result.bundle, data).metrics
+    assert m["attack_success_rate"] <= 0.02 and m0["accuracy"] - m["accuracy"] <= 0.01, m
+    for editor in ("dynamic-rank-one", "rank-one"):
+        with pytest.raises(AuditorError, match="'spare' never runs in the model's forward pass"):
+            get_editor(editor, samples=1, layer="spare").edit(spare, data)
+    assert_no_hooks(spare.model)
 
 
 class Tempered(nn.Module):

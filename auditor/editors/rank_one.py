@@ -50,6 +50,7 @@ from ..errors import AuditorError
 from ..layers import (
     ModelSplit,
     check_editable,
+    execution_order,
     inherit_digests,
     input_fingerprint,
     layer_io,
@@ -1169,7 +1170,8 @@ class DynamicRankOneEditor(RankOneEditor):
         kept = {n: _snapshot(model, n) for n in original}  # the first run's weights
         best, best_log, tried, covered = first, None, [], set()
         ranked = [row[0] for row in next((e["ranking"] for e in log if e.get("ranking")), [])]
-        order = list(dict.fromkeys([*ranked, *(n for n, _ in memory_layers(model))]))
+        runs = set(execution_order(model, data.split(hp.split).X[:1]))
+        order = list(dict.fromkeys([*ranked, *(n for n, _ in memory_layers(model) if n in runs)]))
         for i, layer in enumerate(order):
             if layer in covered:
                 continue
@@ -1178,9 +1180,14 @@ class DynamicRankOneEditor(RankOneEditor):
                 _restore(model, n, snap)
             sub = type(self)(**{**vars(hp), "layer": layer, "search": False})
             sublog: list = []
-            out = sub._loop(model, data, requirements, device, lambda *_: None, log=sublog)
-            for n, snap in sub._touched.items():
-                original.setdefault(n, snap)
+            try:
+                out = sub._loop(model, data, requirements, device, lambda *_: None, log=sublog)
+            except (AuditorError, RuntimeError) as exc:  # this layer cannot be edited so: the others still can
+                tried.append({"layer": layer, "error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+                continue
+            finally:
+                for n, snap in getattr(sub, "_touched", {}).items():
+                    original.setdefault(n, snap)
             for e in sublog:
                 if e.get("action") == "edit":
                     covered.update([e["layer"], *e.get("with", [])])
