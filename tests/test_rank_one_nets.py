@@ -493,6 +493,13 @@ def test_the_search_keeps_the_cheapest_loop_held_to_one_layer(resnet, bn_net):
     assert m["attack_success_rate"] <= 0.02 and m0["accuracy"] - m["accuracy"] <= 0.01, m
     assert_no_hooks(bundle.model)
 
+    capped = get_editor("dynamic-rank-one", search_above=0.0, search_layers=2, **kw).edit(bundle, data)
+    tried = next(e for e in capped.log if e.get("action") == "search")["tried"]
+    assert [t["layer"] for t in tried if "skipped" not in t] == [t["layer"] for t in search["tried"][:2]]
+    assert any("skipped" in t for t in tried)  # the rest are named, not run
+    with pytest.raises(AuditorError, match="search_layers must be at least 0"):
+        get_editor("dynamic-rank-one", search_layers=-1).edit(bundle, data)
+
     bundle, data, _ = bn_net  # a result that costs nothing: no search
     cheap = get_editor("dynamic-rank-one", samples=1, seed=0).edit(bundle, data)
     assert cheap.extras["check_drop"] <= 0.005 and not any(e.get("action") == "search" for e in cheap.log)

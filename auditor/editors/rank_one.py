@@ -665,6 +665,9 @@ class DynamicRankOneHyper(RankOneHyper):
                 "the result that meets every requirement at the least accuracy cost on the check rows"})
     search_above: float = field(default=0.5, metadata={
         "help": "share of the utility budget a result that meets every requirement may cost before the search runs"})
+    search_layers: int = field(default=12, metadata={
+        "help": "most runs the search makes, one per layer in rank order (bounds its cost on a deep model; "
+                "0: every layer)"})
     refit_ridge: float = field(default=1e-3, metadata={
         "help": "ridge of the output layer's refit, relative to the mean squared key (pulls it toward the "
                 "layer as edited)"})
@@ -1124,6 +1127,8 @@ class DynamicRankOneEditor(RankOneEditor):
         hp = self.hparams
         if hp.pick not in PICKS:
             raise AuditorError(f'pick must be "misbehaving" or "random", got {hp.pick!r}')
+        if hp.search_layers < 0:
+            raise AuditorError(f"search_layers must be at least 0 (0: every layer), got {hp.search_layers}")
         if hp.check_train_rows < 0:
             raise AuditorError(f"check_train_rows must be at least 0, got {hp.check_train_rows}")
         if hp.verdict not in ("strict", "point"):
@@ -1174,6 +1179,9 @@ class DynamicRankOneEditor(RankOneEditor):
         order = list(dict.fromkeys([*ranked, *(n for n, _ in memory_layers(model) if n in runs)]))
         for i, layer in enumerate(order):
             if layer in covered:
+                continue
+            if hp.search_layers and len(tried) >= hp.search_layers:
+                tried.append({"layer": layer, "skipped": f"search_layers {hp.search_layers} reached"})
                 continue
             callback(0.5 + 0.45 * i / len(order), f"search: the loop held to {layer}")
             for n, snap in original.items():
