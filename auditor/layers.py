@@ -310,6 +310,13 @@ def execution_order(model: nn.Module, x: torch.Tensor) -> list[str]:
     return order
 
 
+def used_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """The editable layers (`memory_layers`, in that order) that the model's forward pass runs, for one input
+    row `x` (a layer a model keeps but never calls, such as a head left over from pre-training, is left out)."""
+    ran = set(execution_order(model, x[:1]))
+    return [n for n, _ in memory_layers(model) if n in ran]
+
+
 @torch.no_grad()
 def _execution_order(model: nn.Module, x: torch.Tensor) -> list[str]:
     order: list[str] = []

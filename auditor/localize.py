@@ -34,7 +34,6 @@ from .errors import AuditorError
 from .layers import (
     capture_inputs,
     check_editable,
-    execution_order,
     hook_guard,
     input_fingerprint,
     layer_keys,
@@ -44,6 +43,7 @@ from .layers import (
     resolve_layer,
     second_moments,
     solve_moment,
+    used_layers,
 )
 from .models.architectures import memory_layers
 
@@ -210,11 +210,11 @@ def _ranking_key(model, corrupted, clean, target, layers, reference, method, n_s
 def _rank_layers(model: nn.Module, corrupted: torch.Tensor, clean: torch.Tensor, target, *, layers, reference,
                  method: str, n_steps: int, ridge: float, max_rows: int) -> pd.DataFrame:
     named = dict(memory_layers(model))
-    ran = set(execution_order(model, clean[:1]))
-    names = list(layers) if layers is not None else [n for n in named if n in ran]  # an unused layer: not ranked
+    used = used_layers(model, clean)
+    names = list(layers) if layers is not None else used  # a layer the forward never calls is not ranked
     if not names:
         raise AuditorError("the model has no Linear or ungrouped Conv2d layer to rank")
-    unused = [n for n in names if n not in ran]
+    unused = [n for n in names if n in named and n not in used]
     if unused:
         raise AuditorError(f"layer(s) {unused} never run in the model's forward pass; pick layers the model uses")
     dev = model_device(model)

@@ -50,7 +50,6 @@ from ..errors import AuditorError
 from ..layers import (
     ModelSplit,
     check_editable,
-    execution_order,
     inherit_digests,
     input_fingerprint,
     layer_io,
@@ -69,6 +68,7 @@ from ..layers import (
     sibling_layers,
     solve_moment,
     split_model,
+    used_layers,
 )
 from ..localize import METHODS, PICKS, decision_margin, pick_pairs, rank_layers
 from ..models.architectures import batch_rows, editable_layers, memory_layers
@@ -298,20 +298,26 @@ def resolve_rank(rank: int | str | None, samples: int, direction: str = "princip
     return rank
 
 
-def key_combinations(G: torch.Tensor, rank: int | None, direction: str) -> torch.Tensor:
-    """Which combinations of the S keys (columns, S x r) the change is fitted along.
+def key_combinations(K: torch.Tensor, U: torch.Tensor, rank: int | None, direction: str,
+                     G: torch.Tensor | None = None) -> torch.Tensor:
+    """Which combinations of the S keys K (columns, S x r) the change is fitted along; U = C^-1 K^T.
 
     None (or rank >= S): every key (the joint edit). `rank` r: the r principal key directions,
-    the top eigenvectors of G = K C^-1 K^T (the keys' Gram matrix in the metric of clean keys).
-    `direction` "mean" with rank 1: the mean corrupted key."""
-    S = G.shape[0]
+    the top eigenvectors of G = K C^-1 K^T (the keys' Gram matrix in the metric of clean keys), from G
+    when given, else (many keys: G, S x S, never formed) from the D x D problem: with K = Q T (thin QR),
+    G = Q (T C^-1 T^T) Q^T and C^-1 T^T = U Q. `direction` "mean" with rank 1: the mean corrupted key."""
+    S = K.shape[0]
     check_rank(rank, direction)
     if rank is None or rank >= S:
-        return torch.eye(S, dtype=G.dtype, device=G.device)
+        return torch.eye(S, dtype=K.dtype, device=K.device)
     if direction == "mean":
         if rank != 1:
             raise AuditorError('direction "mean" gives one key direction: use it with rank 1')
-        return torch.full((S, 1), 1.0 / S, dtype=G.dtype, device=G.device)
+        return torch.full((S, 1), 1.0 / S, dtype=K.dtype, device=K.device)
+    if G is None:
+        Q, T = torch.linalg.qr(K)
+        M = T @ (U @ Q)
+        return Q @ torch.linalg.eigh((M + M.T) / 2)[1][:, -rank:].flip(-1)
     _, vecs = torch.linalg.eigh(G)  # ascending
     return vecs[:, -rank:].flip(-1)
 
@@ -361,39 +367,20 @@ def compute_delta(model: nn.Module, layer_name: str, clean: torch.Tensor, corrup
     # dual form on the S keys: U = C^-1 K^T (D x S), G = K C^-1 K^T (S x S); along key combinations A
     # (S x r) the change is dW = L (U A)^T with L^T = (P^T P + mu A^T G A)^-1 P^T R, P = G A
     U = solve_moment(C0, ridge, K.T.contiguous())
-    if rank is not None and rank < S and S > D:
-        # many keys (a trigger over the whole image): never form G (S x S). The top eigenvectors of G come
-        # from the D x D problem: with K = Q T (thin QR), G = Q (T C^-1 T^T) Q^T
-        if direction == "principal":
-            Q, T = torch.linalg.qr(K)
-            M = T @ solve_moment(C0, ridge, T.T.contiguous())
-            A = Q @ torch.linalg.eigh((M + M.T) / 2)[1][:, -rank:].flip(-1)
-        else:
-            A = torch.full((S, 1), 1.0 / S, dtype=dtype, device=K.device)
-        P = K @ (U @ A)  # G A
-        if direction == "principal":
-            L = (R.T @ A) / ((A * P).sum(0).clamp(min=0) + mu)
-        else:
-            M = P.T @ P + mu * (A.T @ P)
-            L = torch.linalg.solve(M + 1e-12 * torch.eye(len(M), dtype=dtype, device=K.device) * M.diagonal().max(),
-                                   P.T @ R).T
-    else:
+    G = None
+    if rank is None or rank >= S or S <= D:  # with more keys than dimensions, a rank-r edit never forms G
         G = K @ U
         G = (G + G.T) / 2
-        if rank is None or rank >= S:  # every key: L^T = (G + mu I)^-1 R
-            A = torch.eye(S, dtype=dtype, device=K.device)
-            L = torch.linalg.solve(G + mu * A, R).T
-        elif direction == "principal":  # eigenvectors of G: L^T = diag(1 / (lambda + mu)) A^T R
-            A = key_combinations(G, rank, direction)
-            lam = (A * (G @ A)).sum(0).clamp(min=0)
-            L = (R.T @ A) / (lam + mu)
-        else:
-            A = key_combinations(G, rank, direction)
-            P = G @ A
-            M = P.T @ P + mu * (A.T @ G @ A)
-            L = torch.linalg.solve(M + 1e-12 * torch.eye(len(M), dtype=dtype, device=K.device) * M.diagonal().max(),
-                                   P.T @ R).T
-        P = G @ A
+    A = key_combinations(K, U, rank, direction, G)
+    P = G @ A if G is not None else K @ (U @ A)  # G A
+    if rank is None or rank >= S:  # every key: L^T = (G + mu I)^-1 R
+        L = torch.linalg.solve(G + mu * A, R).T
+    elif direction == "principal":  # eigenvectors of G: L^T = diag(1 / (lambda + mu)) A^T R
+        L = (R.T @ A) / ((A * P).sum(0).clamp(min=0) + mu)
+    else:
+        M = P.T @ P + mu * (A.T @ P)
+        L = torch.linalg.solve(M + 1e-12 * torch.eye(len(M), dtype=dtype, device=K.device) * M.diagonal().max(),
+                               P.T @ R).T
     right = U @ A  # (D, r)
     delta = L @ right.T
     return RankOneUpdate(layer_name, delta, S, float(R.norm()), float((R - P @ L.T).norm()),
@@ -1175,8 +1162,7 @@ class DynamicRankOneEditor(RankOneEditor):
         kept = {n: _snapshot(model, n) for n in original}  # the first run's weights
         best, best_log, tried, covered = first, None, [], set()
         ranked = [row[0] for row in next((e["ranking"] for e in log if e.get("ranking")), [])]
-        runs = set(execution_order(model, data.split(hp.split).X[:1]))
-        order = list(dict.fromkeys([*ranked, *(n for n, _ in memory_layers(model) if n in runs)]))
+        order = list(dict.fromkeys([*ranked, *used_layers(model, data.split(hp.split).X)]))
         for i, layer in enumerate(order):
             if layer in covered:
                 continue
