@@ -439,7 +439,8 @@ def test_the_loop_refits_the_output_layer_only_where_it_keeps_the_requirement(bn
     assert m["attack_success_rate"] <= 0.02 and m0["accuracy"] - m["accuracy"] <= 0.01, m
 
     bundle, data, _ = resnet
-    kw = dict(samples=5, seed=2)
+    kw = dict(samples=5, seed=2, layer="blocks.1.conv1")  # held to the layer the ranking picks on a CPU: on an
+    # H100 the scan's rounding chose another layer, which edited the output layer itself (nothing to refit)
     with_refit = get_editor("dynamic-rank-one", **kw).edit(bundle, data)
     without = get_editor("dynamic-rank-one", refit_output=False, **kw).edit(bundle, data)
     step = next(e for e in with_refit.log if e.get("action") == "refit")
