@@ -213,6 +213,9 @@ c2.metric("Test accuracy" if audit.split == "test" else f"Accuracy ({audit.rows_
 c3.metric("Rows audited", f"{ev.rows:,}", help=audit.data.describe_split(audit.split))
 c4.metric("Requirements met", f"{sum(r.passed for r in ev.requirements)} of {len(ev.requirements)}")
 st.markdown(f"Weights sha256 (identifies this exact model): `{audit.pristine_sha256}`")
+if ev.warnings:  # how the data was read (blanks filled, unseen categories, identifiers), small groups, ...
+    st.warning("**Read before you rely on these numbers:**\n\n" + "\n".join(f"- {md_plain(w)}" for w in ev.warnings),
+               icon=":material/warning:")
 st.subheader(f"Metrics of the model as loaded ({audit.rows_words})")
 metrics = audit.metrics_table("pristine")
 st.dataframe(metrics, hide_index=True, height=35 * (len(metrics) + 1) + 3,

@@ -13,7 +13,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from auditor import evaluate, load_data, load_model
+from auditor import evaluate, load_data, load_model, save_model
 from auditor.audit import AuditSession
 from auditor.localize import rank_layers_for
 from auditor.present import format_value
@@ -332,6 +332,30 @@ def test_upload_model_and_csv(tmp_path):
     shown = frame(at, "metric", "value", "meaning").set_index("metric")["value"]
     assert shown["Accuracy"] == format_value("accuracy", ev.metrics["accuracy"])
     assert shown["Demographic parity (sex)"] == format_value("demographic_parity", ev.metrics["demographic_parity"])
+
+
+def test_the_load_page_says_how_the_data_was_read(tmp_path):
+    """Blank cells filled as the model's preprocessing says: counted on the Load page, as in every audit."""
+    import copy
+
+    bundle = load_model(SAMPLES / "adult_mlp.safetensors")
+    spec = copy.deepcopy(bundle.spec)
+    for c in spec.preprocessing["columns"]:
+        if c["name"] == "hours-per-week":
+            c["fill"] = 40.0
+    save_model(type(bundle)(bundle.model, spec), tmp_path / "filled.safetensors")
+    raw = load_data("adult").test.raw.iloc[:600].copy()
+    raw.loc[raw.index[:7], "hours-per-week"] = None
+    at = app()
+    at.radio(key="load_source").set_value("Upload my own").run()
+    at.file_uploader(key="up_model").set_value(("filled.safetensors", (tmp_path / "filled.safetensors").read_bytes(),
+                                                "application/octet-stream"))
+    at.radio(key="up_data_kind").set_value("CSV file").run()
+    at.file_uploader(key="up_csv").set_value(("people.csv", raw.to_csv(index=False).encode(), "text/csv")).run()
+    at.multiselect(key="up_protected").set_value(["sex", "race"]).run()
+    at.button(key="up_go").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    assert "'hours-per-week': 7 read as 40.0" in texts(at.warning), texts(at.warning)
 
 
 def test_mistakes_to_fix_enable_the_fix_editors():

@@ -125,11 +125,18 @@ def test_editors_offered_for_converted_models(skops_model):
 
 def test_refused_skops_types_and_steps(adult, tmp_path):
     train, _ = adult
-    imputer = Pipeline([("impute", SimpleImputer(strategy="median")), ("clf", LogisticRegression(max_iter=200))])
+    imputer = Pipeline([("impute", SimpleImputer(strategy="median", add_indicator=True)),
+                        ("clf", LogisticRegression(max_iter=200))])
     imputer.fit(train[NUM], train["income"])
     sio.dump(imputer, tmp_path / "imp.skops")
-    with pytest.raises(Exception, match="SimpleImputer.*supported: Pipeline"):
-        load_model(tmp_path / "imp.skops")
+    with pytest.raises(Exception, match="MissingIndicator, which the auditor does not load"):
+        load_model(tmp_path / "imp.skops")  # refused unread: its type is not on the allow-list
+    coded = Pipeline([("impute", SimpleImputer(missing_values=-1, strategy="median")),
+                      ("clf", LogisticRegression(max_iter=200))])
+    coded.fit(train[NUM], train["income"])
+    sio.dump(coded, tmp_path / "coded.skops")
+    with pytest.raises(Exception, match=r"SimpleImputer\(missing_values=-1\) cannot be converted"):
+        load_model(tmp_path / "coded.skops")
     assert main(["evaluate", str(tmp_path / "imp.skops"), "adult", "--no-log"]) == 2
     drop = _pipeline(LogisticRegression(max_iter=200))
     drop.set_params(prep__cat__drop="first")

@@ -143,9 +143,10 @@ def _default_out(args, suffix: str = ".safetensors") -> Path:
 
 def _check_outputs(args) -> None:
     from ..errors import AuditorError
+    from ..models.files import model_suffixes
 
     for flag, suffixes in (("report", (".html", ".htm")), ("pdf", (".pdf",)), ("json", (".json",)),
-                           ("out", (".safetensors", ".onnx"))):
+                           ("out", model_suffixes())):
         path = getattr(args, flag)
         if path and Path(path).suffix.lower() not in suffixes:
             raise AuditorError(f"--{flag} must end in {' or '.join(suffixes)}; got {path}")

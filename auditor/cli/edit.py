@@ -145,8 +145,10 @@ def run(args) -> int:
     from ..requirements import parse_requirements
 
     reqs = parse_requirements(args.require)  # bad expressions fail before any loading
-    if not str(args.out).lower().endswith((".safetensors", ".onnx")):
-        raise AuditorError(f"--out must end in .safetensors or .onnx; got {args.out}")
+    from ..models.files import model_suffixes
+
+    if not str(args.out).lower().endswith(model_suffixes()):
+        raise AuditorError(f"--out must end in {' or '.join(model_suffixes())}; got {args.out}")
     refuse_overwriting_inputs(args)
     cls = editor_class(args.editor)
     if args.fix and args.fixes:

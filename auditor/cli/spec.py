@@ -32,15 +32,28 @@ def register(sub) -> None:
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
-def _data(args, spec=None):
+def _data(args, spec=None, schema=None):
     """DATA as the other commands read it (with the model's spec: as the model will see it)."""
     from ..data import load_data
     from . import common
 
-    source = common.data_source(args) if hasattr(common, "data_source") else args.data
+    source = common.data_source(args)
     extra = {k: v for k, v in (("train", getattr(args, "train_csv", None)), ("val", getattr(args, "val_csv", None)))
              if v}
-    return load_data(source, common.schema_from_args(args), spec=spec, **extra)
+    return load_data(source, schema or common.schema_from_args(args), spec=spec, **extra)
+
+
+def _guessed_schema(args):
+    """The schema for drafting: text columns with few values read as categorical, missing values filled."""
+    from ..data.tabular import read_csv
+    from ..models.draft import guess_schema
+    from . import common
+
+    schema = common.schema_from_args(args)
+    source = common.data_source(args)
+    if schema is None or Path(source).suffix.lower() not in (".csv", ".parquet", ".tsv", ".txt"):
+        return schema, []
+    return guess_schema(read_csv(getattr(args, "train_csv", None) or source), schema)
 
 
 def run_init(args) -> int:
@@ -57,14 +70,16 @@ def run_init(args) -> int:
         raise AuditorError(f"{out} exists; pass --force to overwrite it")
     base = resolve_spec(args.spec) if args.spec else None
     max_bytes = int(args.max_model_mb * 2**20)
-    data = _data(args)
+    schema, guessed = _guessed_schema(args)
+    data = _data(args, schema=schema)
     draft = draft_spec(args.model, data, arch_file=args.arch_file, arch_class=args.arch_class,
                        trust_code=args.trust_code, max_bytes=max_bytes,
                        arch=dict(base.arch) if base is not None else None)
     # the written spec must load the model and evaluate on the data, else nothing is written
     bundle = load_model(args.model, spec=draft.spec, max_bytes=max_bytes, arch_file=args.arch_file,
                         arch_class=args.arch_class, trust_code=args.trust_code)
-    checked = _data(args, bundle.spec)
+    draft.guessed[:0] = guessed
+    checked = _data(args, bundle.spec, schema)
     ev = evaluate(bundle, checked, split=checked.resolve_split(None) if hasattr(checked, "resolve_split") else "test")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,7 @@ class TabularSchema:
     log1p: list[str] = field(default_factory=list)
     labels: list[str] | None = None  # display names of the negative and positive outcome
     split_column: str | None = None  # a column whose values (train/val/test) say which split a row is in
+    fill_missing: bool = False  # when fitting: inputs with missing values get a "fill" (see `fit_preprocessing`)
 
     def input_columns(self, frame: pd.DataFrame) -> list[str]:
         if self.inputs is not None:
@@ -61,7 +62,13 @@ def _require_columns(frame: pd.DataFrame, columns: list[str], what: str) -> None
         raise AuditorError(f"{what} column(s) {missing} not in the data; its columns are: {close}{hint}")
 
 
-def _numeric_column(frame: pd.DataFrame, col: str) -> np.ndarray:
+FILL_HINT = ("; if the model's own pipeline fills them (e.g. scikit-learn's SimpleImputer), give the value it fills "
+             "in as \"fill\" in the column's entry of the spec's \"preprocessing\" (docs/formats.md, \"Model spec\"; "
+             "`auditor spec init` drafts one)")
+
+
+def _numeric_column(frame: pd.DataFrame, col: str, fill: float | None = None) -> np.ndarray:
+    """A numeric input; a missing value is refused, or read as `fill` (the model's own imputation) when given."""
     values = pd.to_numeric(frame[col], errors="coerce")
     bad = values.isna() & frame[col].notna()
     if bad.any():
@@ -81,10 +88,12 @@ def _numeric_column(frame: pd.DataFrame, col: str) -> np.ndarray:
             advice = "declare it categorical if it is one (--categorical), else fix the values"
         raise AuditorError(f"column {col!r} should be numeric but {int(bad.sum())} of {len(frame)} rows hold other "
                            f"values ({examples}); {advice}")
+    if values.isna().any() and fill is not None:
+        values = values.fillna(float(fill))
     if values.isna().any():
         raise AuditorError(f"column {col!r} has {int(values.isna().sum())} missing value(s) (blank or NaN) in "
                            f"{len(frame)} rows; the auditor does not impute: fill or drop them in the file, or "
-                           "leave the column out of the model's inputs (--inputs)")
+                           f"leave the column out of the model's inputs (--inputs){FILL_HINT}")
     arr = values.to_numpy(dtype=np.float64)
     if not np.isfinite(arr).all() or np.abs(arr).max(initial=0) > 1e30:
         row = int(np.flatnonzero(~np.isfinite(arr) | (np.abs(arr) > 1e30))[0])
@@ -92,37 +101,52 @@ def _numeric_column(frame: pd.DataFrame, col: str) -> np.ndarray:
     return arr
 
 
-def _categorical_column(frame: pd.DataFrame, col: str, categories=()) -> pd.Series:
+def _categorical_column(frame: pd.DataFrame, col: str, categories=(), fill: str | None = None) -> pd.Series:
     """A categorical input as text; blanks refused as for a numeric input (they used to become a silent 'nan'
-    category, or all-zero rows), unless the fitted categories hold 'nan' itself."""
+    category, or all-zero rows), unless the fitted categories hold 'nan' itself or `fill` (the model's own
+    imputation) says what they are read as."""
     values = frame[col]
+    if values.isna().any() and fill is not None:
+        values = values.astype(object).where(values.notna(), str(fill))
     if values.isna().any() and "nan" not in [str(v) for v in categories]:
         rows = np.flatnonzero(values.isna().to_numpy())
         raise AuditorError(f"categorical column {col!r} has {len(rows)} missing value(s) (blank or NaN) in "
                            f"{len(frame)} rows (first at row {int(rows[0])}); the auditor does not impute: fill them "
                            "in the file (a word such as 'unknown' makes its own category if the model was trained "
-                           "with one), drop those rows, or leave the column out of the model's inputs (--inputs)")
+                           f"with one), drop those rows, or leave the column out of the model's inputs (--inputs)"
+                           f"{FILL_HINT}")
     return as_text(values)
 
 
 def fit_preprocessing(frame: pd.DataFrame, inputs: list[str], categorical: list[str],
-                      log1p: list[str] = ()) -> dict:
-    """Fit on the training rows: mean/std of numeric inputs, category lists of categorical ones."""
+                      log1p: list[str] = (), fill_missing: bool = False) -> dict:
+    """Fit on the training rows: mean/std of numeric inputs, category lists of categorical ones.
+    `fill_missing`: an input with missing values gets a "fill", as a SimpleImputer fitted on these rows
+    would: a numeric column's median, a categorical one's commonest value (the first in sorted order on a
+    tie); the mean/std are then those of the filled column."""
     _require_columns(frame, inputs, "input")
     prep: dict = {"columns": [], "version": 1}
     for col in inputs:
+        fill = None
+        if fill_missing and frame[col].isna().any() and frame[col].notna().any():
+            if col in categorical:
+                counts = as_text(frame[col].dropna()).value_counts()
+                fill = sorted(counts.index[counts == counts.max()])[0]
+            else:
+                fill = float(pd.to_numeric(frame[col], errors="coerce").median())
         if col in categorical:
-            cats = sorted(_categorical_column(frame, col).unique())
-            prep["columns"].append({"name": col, "type": "categorical", "categories": cats})
+            cats = sorted(_categorical_column(frame, col, fill=fill).unique())
+            prep["columns"].append({"name": col, "type": "categorical", "categories": cats,
+                                    **({"fill": fill} if fill is not None else {})})
         else:
-            x = _numeric_column(frame, col)
+            x = _numeric_column(frame, col, fill)
             if col in log1p:
                 x = np.log1p(np.clip(x, 0, None))
             std = float(x.std())
             if not std > 1e-12 * max(1.0, abs(float(x.mean()))):  # constant (or all but): do not blow up
                 std = 1.0
             prep["columns"].append({"name": col, "type": "numeric", "mean": float(x.mean()),
-                                    "std": std, "log1p": col in log1p})
+                                    "std": std, "log1p": col in log1p, **({"fill": fill} if fill is not None else {})})
     return prep
 
 
@@ -160,7 +184,7 @@ def transform(frame: pd.DataFrame, prep: dict, what: str = "the data") -> np.nda
             at += len(c["categories"]) if c["type"] == "categorical" else 1
             continue
         if c["type"] == "categorical":
-            values = _categorical_column(frame, c["name"], c["categories"]).to_numpy()
+            values = _categorical_column(frame, c["name"], c["categories"], c.get("fill")).to_numpy()
             index: dict = {}
             for i, v in enumerate(c["categories"]):
                 index.setdefault(str(v), []).append(i)
@@ -169,7 +193,7 @@ def transform(frame: pd.DataFrame, prep: dict, what: str = "the data") -> np.nda
                     out[row, at + i] = 1.0
             at += len(c["categories"])
         else:
-            x = _numeric_column(frame, c["name"])
+            x = _numeric_column(frame, c["name"], c.get("fill"))
             if c.get("log1p"):
                 x = np.log1p(np.clip(x, 0, None))
             z = (x - c["mean"]) / c["std"]
@@ -182,6 +206,18 @@ def transform(frame: pd.DataFrame, prep: dict, what: str = "the data") -> np.nda
     return out
 
 
+def fill_notes(frame: pd.DataFrame, prep: dict) -> list[str]:
+    """What the preprocessing's fills did to this data: how many values of which column were missing."""
+    said = []
+    for c in prep["columns"]:
+        if c.get("fill") is not None and c["name"] in frame and int(frame[c["name"]].isna().sum()):
+            said.append(f"{c['name']!r}: {int(frame[c['name']].isna().sum())} read as {c['fill']!r}")
+    if not said:
+        return []
+    return [f"missing input values were filled as the model's preprocessing says (\"fill\"), of {len(frame)} rows: "
+            + "; ".join(said)]
+
+
 def unseen_categories(frame: pd.DataFrame, prep: dict, stored: bool) -> list[str]:
     """A note per categorical column holding values its preprocessing has no category for (they are
     one-hot encoded as all zeros)."""
@@ -190,6 +226,8 @@ def unseen_categories(frame: pd.DataFrame, prep: dict, stored: bool) -> list[str
         if c["type"] != "categorical" or c["name"] not in frame:
             continue
         values = as_text(frame[c["name"]])
+        if c.get("fill") is not None:
+            values = values[frame[c["name"]].notna().to_numpy()]  # missing ones are filled (`fill_notes`)
         unseen = values[~values.isin([str(v) for v in c["categories"]])]
         if len(unseen):
             counts = unseen.value_counts()
@@ -306,7 +344,8 @@ def from_frames(name: str, frames: dict[str, pd.DataFrame], schema: TabularSchem
         feature_groups = {f: [i] for i, f in enumerate(feature_names)}
     else:
         if preprocessing is None:
-            preprocessing = fit_preprocessing(frames["train"], inputs, schema.categorical, schema.log1p)
+            preprocessing = fit_preprocessing(frames["train"], inputs, schema.categorical, schema.log1p,
+                                              schema.fill_missing)
         prep = preprocessing
         # before naming or allocating anything: rows x one-hot width, and its ratio to the file's size
         shown = Path(source).name if _file_size(source) else name
@@ -317,6 +356,7 @@ def from_frames(name: str, frames: dict[str, pd.DataFrame], schema: TabularSchem
     notes = target_notes(whole, schema, positive) if schema.positive is not None else []
     if prep is not None:
         notes += unseen_categories(whole, prep, preprocessing_given)
+        notes += fill_notes(whole, prep)
         absent = [c["name"] for c in prep["columns"] if c.get("unused") and c["name"] not in whole]
         if absent:
             notes.append(f"input column(s) {', '.join(map(repr, absent))} are not in the data: the model no longer "

@@ -12,6 +12,7 @@ confirm or correct the guess.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from .reading import DEFAULT_MAX_BYTES, TORCH_SUFFIXES, _check_size, read_weight
 from .spec import ModelSpec
 
 STANDARDISED_TOL = 0.15  # |mean| and |std - 1| below this: the column looks already standardised
+MAX_GUESSED_CATEGORIES = 50  # a text column with more distinct values is not guessed categorical
 
 
 @dataclass
@@ -226,6 +228,28 @@ def _check_first_layer(state: dict, data) -> None:
                            f"{data.input_shape}")
 
 
+def guess_schema(frame: pd.DataFrame, schema) -> tuple[object, list[str]]:
+    """The schema `spec init` reads a CSV with: inputs with missing values get a fill (`fill_missing`), and
+    an input column of text with few distinct values (not an identifier) is read as categorical. Returns
+    the schema and what was guessed, in words."""
+    from ..data.tabular import as_text
+
+    said, guessed = [], []
+    for col in schema.input_columns(frame):
+        if col in schema.categorical or col not in frame:
+            continue
+        values = frame[col].dropna()
+        if values.empty or pd.to_numeric(values, errors="coerce").notna().any():
+            continue  # numbers (or some): the numeric reading names what is wrong
+        distinct = as_text(values).str.strip().nunique()
+        if distinct <= min(MAX_GUESSED_CATEGORIES, max(2, len(values) // 2)):
+            guessed.append(col)
+            said.append(f"{col} ({distinct} values)")
+    schema = dataclasses.replace(schema, categorical=[*schema.categorical, *guessed], fill_missing=True)
+    lines = [f"categorical (text with few values; --categorical to choose): {', '.join(said)}"] if said else []
+    return schema, lines
+
+
 def _tabular_readings(data, raw: pd.DataFrame | None) -> list[tuple[str, dict | None, list[str], np.ndarray | None]]:
     """(label, preprocessing or None, input names, X) for every way the CSV's columns can become inputs."""
     from ..data.tabular import as_text, describe_inputs, numeric_inputs, transform
@@ -236,7 +260,7 @@ def _tabular_readings(data, raw: pd.DataFrame | None) -> list[tuple[str, dict | 
     cols = prep["columns"]
     numeric = [c["name"] for c in cols if c["type"] == "numeric"]
     readings = []
-    if len(numeric) == len(cols):
+    if len(numeric) == len(cols) and not any(c.get("fill") is not None for c in cols):
         readings.append(("numeric columns as they are (no standardising)", None, numeric,
                          numeric_inputs(raw, numeric)))
     else:
@@ -336,6 +360,15 @@ def draft_spec(model_path: str | os.PathLike, data, *, arch_file=None, arch_clas
                                      "replace them with the ones the model was trained with if you have them")
             draft.confirm.append("the order of the inputs (and of the one-hot categories) must be the order "
                                  "the model was trained with")
+            filled = [c for c in preprocessing["columns"] if c.get("fill") is not None]
+            for c in filled:
+                how = "median" if c["type"] == "numeric" else "commonest value"
+                draft.guessed.append(f"missing values of {c['name']} are read as {c['fill']!r} (the {how} of the "
+                                     "training rows), as a SimpleImputer would fill them")
+            if filled:
+                draft.confirm.append("each \"fill\" in \"preprocessing\" must be the value the model's own pipeline "
+                                     "puts in for a missing value (e.g. its SimpleImputer's statistics_); with no "
+                                     "fill, a missing value is refused")
         if arch.get("name") in ("onnx", "custom"):
             arch["in_features"] = len(names)
     else:

@@ -49,7 +49,7 @@ from .spec import ModelSpec
 # shares without importing this module).
 __all__ = ["CHECKSUM_KEY", "CHECKSUMMED", "CHECKSUMMED_KEY", "DEFAULT_MAX_BYTES", "LOADERS", "MAX_ARCH_JSON",
            "SAVERS", "SAVE_CHECKS", "SPEC_KEY", "TORCH_SUFFIXES", "ModelBundle", "bundle_from_state", "check_saveable",
-           "check_state_matches", "fit_state",
+           "check_state_matches", "fit_state", "model_suffixes",
            "file_checksum", "load_model", "load_state_into", "read_metadata", "resolve_spec", "save_model",
            "weights_sha256"]
 
@@ -88,13 +88,18 @@ def bundle_from_state(state: dict, spec: ModelSpec, source: str = "", fmt: str =
     return ModelBundle(model, spec, source, fmt)
 
 
+def model_suffixes() -> tuple[str, ...]:
+    """The file suffixes models are saved as (`.safetensors` and every registered saver's)."""
+    return tuple(sorted({".safetensors", *SAVERS}))
+
+
 def check_saveable(bundle: ModelBundle, path: str | os.PathLike) -> None:
     """Refuse (before an edit runs) to write `bundle` in a format that could not be loaded again:
     a `.safetensors` file needs an architecture the spec can rebuild (registered, or the user's own
     class); an ONNX graph that is no registered architecture goes back to `.onnx`."""
     path = Path(path)
     suffix = path.suffix.lower()
-    known = sorted({".safetensors", *SAVERS})
+    known = model_suffixes()
     if suffix not in known:
         raise AuditorError(f"models are saved as {', '.join(known)}; got {path.name}")
     check_adapters_saveable(bundle, suffix)

@@ -38,13 +38,15 @@ from .spec import ModelSpec
 INSTALL_HINT = "scikit-learn models (.skops) need `pip install skops` (or `pip install -e \".[sklearn]\"`)"
 CLASSIFIERS = ("LogisticRegression", "MLPClassifier")
 TRANSFORMERS = ("StandardScaler", "OneHotEncoder", "ColumnTransformer")
-SUPPORTED = "Pipeline, ColumnTransformer, StandardScaler, OneHotEncoder, LogisticRegression, MLPClassifier"
+SUPPORTED = ("Pipeline, ColumnTransformer, SimpleImputer (before a StandardScaler or OneHotEncoder, or alone), "
+             "StandardScaler, OneHotEncoder, LogisticRegression, MLPClassifier")
 # Every type a supported `.skops` file may name: (module, class). Anything else is refused unread.
 ALLOWED_TYPES = {
     ("sklearn.pipeline", "Pipeline"),
     ("sklearn.compose._column_transformer", "ColumnTransformer"),
     ("sklearn.preprocessing._data", "StandardScaler"),
     ("sklearn.preprocessing._encoders", "OneHotEncoder"),
+    ("sklearn.impute._base", "SimpleImputer"),
     ("sklearn.preprocessing._label", "LabelBinarizer"),  # inside a fitted MLPClassifier
     ("sklearn.linear_model._logistic", "LogisticRegression"),
     ("sklearn.neural_network._multilayer_perceptron", "MLPClassifier"),
@@ -187,6 +189,43 @@ def _encoder_columns(enc, cols: list[str], where: str) -> list[dict]:
     return out
 
 
+def _imputer_fills(imp, cols: list[str], where: str) -> list:
+    """The value a fitted SimpleImputer puts in for a missing value of each column (the spec's "fill")."""
+    missing = imp.missing_values
+    if not (missing is None or (isinstance(missing, float) and np.isnan(missing))):
+        raise AuditorError(f"{where}: SimpleImputer(missing_values={missing!r}) cannot be converted exactly; "
+                           "supported: missing values as NaN (blank cells)")
+    if getattr(imp, "add_indicator", False):
+        raise AuditorError(f"{where}: SimpleImputer(add_indicator=True) adds columns the auditor cannot rebuild; "
+                           "supported: add_indicator=False")
+    stats = np.asarray(imp.statistics_, dtype=object)
+    if int(imp.n_features_in_) != len(cols) or len(stats) != len(cols):
+        raise AuditorError(f"{where}: SimpleImputer was fitted on {int(imp.n_features_in_)} columns, not {len(cols)}")
+    if any(v is None or (isinstance(v, float) and np.isnan(v)) for v in stats.tolist()):
+        raise AuditorError(f"{where}: SimpleImputer has no fill for a column that was empty when it was fitted; "
+                           "refit it on rows where every column has values")
+    return stats.tolist()
+
+
+def _with_fills(columns: list[dict], fills: list) -> list[dict]:
+    for c, v in zip(columns, fills):
+        c["fill"] = str(v) if c["type"] == "categorical" else float(v)
+    return columns
+
+
+def _imputed(steps: list, cols: list[str], where: str) -> list[dict]:
+    """Columns for [SimpleImputer] or [SimpleImputer, StandardScaler / OneHotEncoder] (pipeline steps)."""
+    fills = _imputer_fills(steps[0], cols, where)
+    if len(steps) == 1:
+        if any(isinstance(v, str) for v in fills):
+            raise AuditorError(f"{where}: a SimpleImputer that fills text must be followed by a OneHotEncoder")
+        return _with_fills(_passthrough(cols), fills)
+    if len(steps) > 2 or _name(steps[1]) not in ("StandardScaler", "OneHotEncoder"):
+        raise AuditorError(f"{where}: after a SimpleImputer, one StandardScaler or OneHotEncoder is converted "
+                           f"exactly, not {' then '.join(_name(s) for s in steps[1:])} (supported: {SUPPORTED})")
+    return _with_fills(_transformer_columns_for(steps[1], cols, where), fills)
+
+
 def _passthrough(cols: list[str]) -> list[dict]:
     return [{"name": c, "type": "numeric", "mean": 0.0, "std": 1.0, "log1p": False} for c in cols]
 
@@ -212,6 +251,8 @@ def _transformer_columns(step, names_in: list[str] | None, where: str) -> list[d
             continue
         if isinstance(trans, str) and trans == "passthrough":
             out += _passthrough(chosen)
+        elif _name(trans) == "Pipeline" and _name(trans.steps[0][1]) == "SimpleImputer":
+            out += _imputed([s for _, s in trans.steps], chosen, part)
         elif _name(trans) == "Pipeline" and len(trans.steps) == 1:
             out += _transformer_columns_for(trans.steps[0][1], chosen, part)
         else:
@@ -225,6 +266,8 @@ def _transformer_columns_for(trans, cols: list[str], where: str) -> list[dict]:
         return _scaler_columns(trans, cols, where)
     if kind == "OneHotEncoder":
         return _encoder_columns(trans, cols, where)
+    if kind == "SimpleImputer":
+        return _imputed([trans], cols, where)
     if isinstance(trans, str) and trans == "passthrough":
         return _passthrough(cols)
     _refuse_step(trans, where)
@@ -246,6 +289,11 @@ def _split(est, name: str):
     front = steps[:-1]
     if not front:
         return None, clf
+    if _name(front[0][1]) == "SimpleImputer" and len(front) <= 2:
+        imp = front[0][1]
+        names_in = list(getattr(imp, "feature_names_in_", [])) or [f"x{i}" for i in range(int(imp.n_features_in_))]
+        cols = _imputed([s for _, s in front], names_in, f"{name}: pipeline step {front[0][0]!r}")
+        return cols, clf
     if len(front) > 1:
         raise AuditorError(f"{name}: pipeline step {front[1][0]!r} ({_name(front[1][1])}) follows another "
                            f"transformer; one StandardScaler, OneHotEncoder or ColumnTransformer in front of "
