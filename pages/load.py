@@ -1,6 +1,8 @@
 """Step 1: pick a sample model and its data, or upload a model file and a CSV with its schema."""
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 import streamlit as st
 
@@ -176,6 +178,8 @@ else:
                 bundle = load_model(path, spec=spec, **custom)
                 cb(0.5, "data")
                 if csv is not None:
+                    if bundle.spec.preprocessing and categorical == text_cols:  # the model's spec says; the
+                        schema = dataclasses.replace(schema, categorical=[])  # page's guess is not the user's word
                     own = {part: read_upload(f.getvalue(), f.name, folder)
                            for part, f in (("train", train_csv), ("val", val_csv)) if f is not None}
                     data = load_data(read_upload(csv.getvalue(), csv.name, folder), schema=schema, spec=bundle.spec,
