@@ -140,13 +140,11 @@ def run(args) -> int:
     from ..audit import AuditSession
     from ..errors import AuditorError
     from ..evaluate import warnings_of
-    from ..models.files import check_saveable
+    from ..models.files import check_saveable, model_suffixes
     from ..present import split_words
     from ..requirements import parse_requirements
 
     reqs = parse_requirements(args.require)  # bad expressions fail before any loading
-    from ..models.files import model_suffixes
-
     if not str(args.out).lower().endswith(model_suffixes()):
         raise AuditorError(f"--out must end in {' or '.join(model_suffixes())}; got {args.out}")
     refuse_overwriting_inputs(args)

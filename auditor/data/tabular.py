@@ -210,8 +210,9 @@ def fill_notes(frame: pd.DataFrame, prep: dict) -> list[str]:
     """What the preprocessing's fills did to this data: how many values of which column were missing."""
     said = []
     for c in prep["columns"]:
-        if c.get("fill") is not None and c["name"] in frame and int(frame[c["name"]].isna().sum()):
-            said.append(f"{c['name']!r}: {int(frame[c['name']].isna().sum())} read as {c['fill']!r}")
+        blanks = int(frame[c["name"]].isna().sum()) if c.get("fill") is not None and c["name"] in frame else 0
+        if blanks:
+            said.append(f"{c['name']!r}: {blanks} read as {c['fill']!r}")
     if not said:
         return []
     return [f"missing input values were filled as the model's preprocessing says (\"fill\"), of {len(frame)} rows: "
