@@ -172,3 +172,21 @@ def test_a_simple_imputer_pipeline_converts_exactly_and_goes_back_to_skops(vendo
     X = torch.from_numpy(transform(frame, again.spec.preprocessing))
     got = torch.softmax(predict_logits(again.model, X).double(), 1).numpy()
     assert np.abs(got - edited.predict_proba(frame[NUM + CAT])).max() < 1e-5
+
+
+def test_scaled_one_hot_columns_in_a_spec():
+    """A categorical column's "mean" / "std" scale its one-hot inputs; one value per category, both or neither."""
+    from auditor.models import ModelSpec
+
+    col = {"name": "job", "type": "categorical", "categories": ["a", "b", "c"], "mean": [0.5, 0.25, 0.25],
+           "std": [0.5, 0.4, 0.4]}
+    spec = {"arch": {"name": "mlp", "in_features": 3, "hidden": [], "num_classes": 2},
+            "input": {"kind": "tabular", "features": ["job=a", "job=b", "job=c"], "shape": [3]},
+            "class_names": ["no", "yes"], "preprocessing": {"version": 1, "columns": [col]}}
+    ModelSpec.from_dict(spec)
+    X = transform(pd.DataFrame({"job": ["a", "c", "zzz"]}), spec["preprocessing"])
+    assert np.allclose(X, [[1.0, -0.625, -0.625], [-1.0, -0.625, 1.875], [-1.0, -0.625, -0.625]])
+    with pytest.raises(AuditorError, match=r"'preprocessing.columns.0.std': column 'job' has 3 categories but 2"):
+        ModelSpec.from_dict({**spec, "preprocessing": {"columns": [{**col, "std": [0.5, 0.4]}]}})
+    with pytest.raises(AuditorError, match="'std' is a dependency of 'mean'"):
+        ModelSpec.from_dict({**spec, "preprocessing": {"columns": [{k: v for k, v in col.items() if k != "std"}]}})

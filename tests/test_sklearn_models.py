@@ -146,6 +146,70 @@ def test_refused_skops_types_and_steps(adult, tmp_path):
         load_model(tmp_path / "drop.skops")
 
 
+def _scaled_one_hot(shape: str):
+    """Vendor pipelines that standardise their one-hot columns too (a StandardScaler after the encoder)."""
+    if shape == "scaler-after-all":  # passthrough numbers, dense one-hot, then a scaler over the whole matrix
+        prep = ColumnTransformer([("num", "passthrough", NUM),
+                                  ("cat", OneHotEncoder(sparse_output=False, handle_unknown="ignore"), CAT)])
+        return [("prep", prep), ("scale", StandardScaler())]
+    if shape == "sparse-with-mean-false":  # the sparse one-hot only takes a scaler without centring
+        prep = ColumnTransformer([("num", StandardScaler(), NUM), ("cat", OneHotEncoder(handle_unknown="ignore"), CAT)])
+        return [("prep", prep), ("scale", StandardScaler(with_mean=False))]
+    inner = Pipeline([("onehot", OneHotEncoder(sparse_output=False, handle_unknown="ignore")),
+                      ("scale", StandardScaler())])  # the scaler inside the ColumnTransformer's own pipeline
+    return [("prep", ColumnTransformer([("num", StandardScaler(), NUM), ("cat", inner, CAT)]))]
+
+
+@pytest.mark.parametrize("shape", ["scaler-after-all", "sparse-with-mean-false", "scaler-in-column-pipeline"])
+def test_standardised_one_hot_columns_are_converted_exactly(shape, adult, tmp_path):
+    train, test = adult
+    clf = LogisticRegression(max_iter=500) if shape != "sparse-with-mean-false" else \
+        MLPClassifier((8,), max_iter=100, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = Pipeline(_scaled_one_hot(shape) + [("clf", clf)]).fit(train[NUM + CAT], train["income"])
+    sio.dump(est, tmp_path / "v.skops")
+    bundle = load_model(tmp_path / "v.skops")
+    cols = {c["name"]: c for c in bundle.spec.preprocessing["columns"]}
+    work = cols["workclass"]
+    assert len(work["mean"]) == len(work["std"]) == len(work["categories"])
+    if shape == "sparse-with-mean-false":
+        assert work["mean"] == [0.0] * len(work["categories"]) and min(work["std"]) < 0.5
+    else:  # the share of training rows in each category is what the scaler subtracts
+        share = (train["workclass"].astype(str) == work["categories"][0]).mean()
+        assert work["mean"][0] == pytest.approx(share)
+    data = load_data("adult", spec=bundle.spec)
+    want = est.predict_proba(test[NUM + CAT])
+    assert np.abs(_probs(bundle.model, data.split("test").X) - want).max() < 1e-6  # every row of adult.test
+    edited = bundle.copy()
+    with torch.no_grad():
+        edited.model.out.bias[1] += 0.2
+    back_path = save_model(edited, tmp_path / "e.skops")
+    back = sio.load(back_path, trusted=sio.get_untrusted_types(file=back_path))
+    got = _probs(edited.model, data.split("test").X)
+    assert np.abs(back.predict_proba(test[NUM + CAT]) - got).max() < 1e-6
+    again = load_model(save_model(edited, tmp_path / "e.safetensors"))  # the spec's scaled one-hot columns kept
+    assert again.spec.preprocessing == edited.spec.preprocessing
+
+
+def test_a_function_transformer_is_read_only_as_a_passthrough(adult, tmp_path):
+    from sklearn.preprocessing import FunctionTransformer
+
+    train, test = adult
+    plain = Pipeline([("prep", ColumnTransformer([("num", "passthrough", NUM[:3])])),
+                      ("clf", LogisticRegression(max_iter=500))]).fit(train[NUM[:3]], train["income"])
+    sio.dump(plain, tmp_path / "plain.skops")
+    bundle = load_model(tmp_path / "plain.skops")  # fitted, the "passthrough" is an identity FunctionTransformer
+    assert [c["name"] for c in bundle.spec.preprocessing["columns"]] == NUM[:3]
+    data = load_data("adult", spec=bundle.spec)
+    assert np.abs(_probs(bundle.model, data.split("test").X) - plain.predict_proba(test[NUM[:3]])).max() < 1e-6
+    logged = Pipeline([("prep", ColumnTransformer([("num", FunctionTransformer(np.log1p), NUM[:3])])),
+                       ("clf", LogisticRegression(max_iter=500))]).fit(train[NUM[:3]], train["income"])
+    sio.dump(logged, tmp_path / "logged.skops")
+    with pytest.raises(Exception, match="numpy.log1p, which the auditor does not load"):  # never loaded
+        load_model(tmp_path / "logged.skops")
+
+
 def _adult_onnx(tmp_path, zipmap: bool):
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import FloatTensorType

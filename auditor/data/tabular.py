@@ -170,7 +170,8 @@ def input_width(prep: dict) -> int:
 
 
 def transform(frame: pd.DataFrame, prep: dict, what: str = "the data") -> np.ndarray:
-    """Apply a fitted preprocessing; unseen categories become all-zero one-hot rows.
+    """Apply a fitted preprocessing; unseen categories become all-zero one-hot rows (then scaled, where a
+    categorical column has "mean" and "std").
 
     The output's size (rows x width) is checked against the matrix budget before it is allocated,
     and it is allocated once (no intermediate rows x categories comparisons)."""
@@ -191,6 +192,9 @@ def transform(frame: pd.DataFrame, prep: dict, what: str = "the data") -> np.nda
             for row, v in enumerate(values):
                 for i in index.get(v, ()):
                     out[row, at + i] = 1.0
+            if "mean" in c:  # one-hot inputs scaled as the vendor's pipeline does (a StandardScaler after them)
+                block = slice(at, at + len(c["categories"]))
+                out[:, block] = ((out[:, block] - np.asarray(c["mean"])) / np.asarray(c["std"])).astype(np.float32)
             at += len(c["categories"])
         else:
             x = _numeric_column(frame, c["name"], c.get("fill"))

@@ -15,7 +15,9 @@ Supported, and converted exactly (same scores, in float32):
   sigmoid output as above, a softmax output as it is.
 - a `Pipeline` of `StandardScaler`, `OneHotEncoder` or a `ColumnTransformer` of them (and
   `"passthrough"`/`"drop"`) in front of one of those: the preprocessing becomes the spec's stored
-  preprocessing (mean/std per numeric column, categories per one-hot column).
+  preprocessing (mean/std per numeric column, categories per one-hot column), and a `StandardScaler`
+  over everything they output after them (folded into each numeric column's mean/std and each one-hot
+  input's own mean/std), also inside a `ColumnTransformer`'s own `Pipeline`.
 
 An edited model goes back to `.skops` as the same estimator (weights copied into `coef_` /
 `intercept_` or `coefs_` / `intercepts_`), or to `.onnx` / `.safetensors` like any native model.
@@ -39,7 +41,8 @@ INSTALL_HINT = "scikit-learn models (.skops) need `pip install skops` (or `pip i
 CLASSIFIERS = ("LogisticRegression", "MLPClassifier")
 TRANSFORMERS = ("StandardScaler", "OneHotEncoder", "ColumnTransformer")
 SUPPORTED = ("Pipeline, ColumnTransformer, SimpleImputer (before a StandardScaler or OneHotEncoder, or alone), "
-             "StandardScaler, OneHotEncoder, LogisticRegression, MLPClassifier")
+             "StandardScaler (also after a OneHotEncoder or ColumnTransformer), OneHotEncoder, LogisticRegression, "
+             "MLPClassifier")
 # Every type a supported `.skops` file may name: (module, class). Anything else is refused unread.
 ALLOWED_TYPES = {
     ("sklearn.pipeline", "Pipeline"),
@@ -47,6 +50,8 @@ ALLOWED_TYPES = {
     ("sklearn.preprocessing._data", "StandardScaler"),
     ("sklearn.preprocessing._encoders", "OneHotEncoder"),
     ("sklearn.impute._base", "SimpleImputer"),
+    # what a fitted ColumnTransformer keeps for a "passthrough" (func None; a function would be a refused node)
+    ("sklearn.preprocessing._function_transformer", "FunctionTransformer"),
     ("sklearn.preprocessing._label", "LabelBinarizer"),  # inside a fitted MLPClassifier
     ("sklearn.linear_model._logistic", "LogisticRegression"),
     ("sklearn.neural_network._multilayer_perceptron", "MLPClassifier"),
@@ -234,12 +239,8 @@ def _transformer_columns(step, names_in: list[str] | None, where: str) -> list[d
     """The spec's preprocessing columns for one fitted transformer in front of the classifier."""
     kind = _name(step)
     cols = list(names_in) if names_in is not None else [f"x{i}" for i in range(int(step.n_features_in_))]
-    if kind == "StandardScaler":
-        return _scaler_columns(step, cols, where)
-    if kind == "OneHotEncoder":
-        return _encoder_columns(step, cols, where)
     if kind != "ColumnTransformer":
-        _refuse_step(step, where)
+        return _transformer_columns_for(step, cols, where)
     names_in = list(getattr(step, "feature_names_in_", [])) or None
     out: list[dict] = []
     for name, trans, sel in step.transformers_:
@@ -249,18 +250,36 @@ def _transformer_columns(step, names_in: list[str] | None, where: str) -> list[d
         chosen = _column_names(sel, names_in, part)
         if not chosen:
             continue
-        if isinstance(trans, str) and trans == "passthrough":
-            out += _passthrough(chosen)
-        elif _name(trans) == "Pipeline" and _name(trans.steps[0][1]) == "SimpleImputer":
-            out += _imputed([s for _, s in trans.steps], chosen, part)
-        elif _name(trans) == "Pipeline" and len(trans.steps) == 1:
-            out += _transformer_columns_for(trans.steps[0][1], chosen, part)
+        if _name(trans) == "Pipeline":
+            out += _pipeline_columns([s for _, s in trans.steps], chosen, part)
         else:
             out += _transformer_columns_for(trans, chosen, part)
     return out
 
 
+def _pipeline_columns(steps: list, cols: list[str], where: str) -> list[dict]:
+    """A Pipeline inside a ColumnTransformer: one transformer, a SimpleImputer and the one after it, then
+    optionally a StandardScaler over what they output."""
+    if len(steps) > 1 and _name(steps[-1]) == "StandardScaler":
+        return _scaled(_pipeline_columns(steps[:-1], cols, where), steps[-1], where)
+    if _name(steps[0]) == "SimpleImputer":
+        return _imputed(steps, cols, where)
+    if len(steps) == 1:
+        return _transformer_columns_for(steps[0], cols, where)
+    raise AuditorError(f"{where}: a pipeline of {' then '.join(_name(s) for s in steps)} cannot be converted "
+                       f"exactly (supported: {SUPPORTED}, and a StandardScaler after them)")
+
+
+def _is_passthrough(trans) -> bool:
+    """A "passthrough" as written, or as a fitted ColumnTransformer keeps it (an identity FunctionTransformer)."""
+    if isinstance(trans, str):
+        return trans == "passthrough"
+    return _name(trans) == "FunctionTransformer" and getattr(trans, "func", None) is None
+
+
 def _transformer_columns_for(trans, cols: list[str], where: str) -> list[dict]:
+    if _is_passthrough(trans):
+        return _passthrough(cols)
     kind = _name(trans)
     if kind == "StandardScaler":
         return _scaler_columns(trans, cols, where)
@@ -268,10 +287,57 @@ def _transformer_columns_for(trans, cols: list[str], where: str) -> list[dict]:
         return _encoder_columns(trans, cols, where)
     if kind == "SimpleImputer":
         return _imputed([trans], cols, where)
-    if isinstance(trans, str) and trans == "passthrough":
-        return _passthrough(cols)
     _refuse_step(trans, where)
     return []
+
+
+def _front_columns(front: list, name: str) -> list[dict]:
+    """The preprocessing columns of a pipeline's steps in front of its classifier: one transformer (a
+    ColumnTransformer, StandardScaler, OneHotEncoder), a SimpleImputer and the one after it, and then a
+    StandardScaler over everything they output (folded into each column's mean and std)."""
+    if len(front) > 1 and _name(front[-1][1]) == "StandardScaler":
+        step_name, scaler = front[-1]
+        return _scaled(_front_columns(front[:-1], name), scaler, f"{name}: pipeline step {step_name!r}")
+    first_name, first = front[0]
+    where = f"{name}: pipeline step {first_name!r}"
+    if _name(first) == "SimpleImputer" and len(front) <= 2:
+        names_in = list(getattr(first, "feature_names_in_", [])) or [f"x{i}" for i in range(int(first.n_features_in_))]
+        return _imputed([s for _, s in front], names_in, where)
+    if len(front) > 1:
+        raise AuditorError(f"{name}: pipeline step {front[1][0]!r} ({_name(front[1][1])}) follows another "
+                           f"transformer; one StandardScaler, OneHotEncoder or ColumnTransformer in front of "
+                           f"the classifier (and a StandardScaler after it) is converted exactly (supported: "
+                           f"{SUPPORTED})")
+    names_in = list(getattr(first, "feature_names_in_", [])) or None
+    return _transformer_columns(first, names_in, where)
+
+
+def _scaled(cols: list[dict], scaler, where: str) -> list[dict]:
+    """`cols` followed by a StandardScaler over every input they make: (z - M) / S of z = (x - m) / s is
+    (x - (m + M s)) / (s S), for a numeric column and for each one-hot input of a categorical one."""
+    from ..data.tabular import input_width
+
+    width = input_width({"columns": cols})
+    if int(scaler.n_features_in_) != width:
+        raise AuditorError(f"{where}: StandardScaler was fitted on {int(scaler.n_features_in_)} inputs, but the "
+                           f"steps before it make {width}")
+    M = np.asarray(scaler.mean_, float) if getattr(scaler, "with_mean", True) and scaler.mean_ is not None \
+        else np.zeros(width)
+    S = np.asarray(scaler.scale_, float) if getattr(scaler, "with_std", True) and scaler.scale_ is not None \
+        else np.ones(width)
+    at = 0
+    for c in cols:
+        if c["type"] == "categorical":
+            k = len(c["categories"])
+            m = np.asarray(c.get("mean", np.zeros(k)), float)
+            sd = np.asarray(c.get("std", np.ones(k)), float)
+            c["mean"] = (m + M[at:at + k] * sd).tolist()
+            c["std"] = (sd * S[at:at + k]).tolist()
+            at += k
+        else:
+            c["mean"], c["std"] = float(c["mean"] + M[at] * c["std"]), float(c["std"] * S[at])
+            at += 1
+    return cols
 
 
 def _split(est, name: str):
@@ -289,18 +355,7 @@ def _split(est, name: str):
     front = steps[:-1]
     if not front:
         return None, clf
-    if _name(front[0][1]) == "SimpleImputer" and len(front) <= 2:
-        imp = front[0][1]
-        names_in = list(getattr(imp, "feature_names_in_", [])) or [f"x{i}" for i in range(int(imp.n_features_in_))]
-        cols = _imputed([s for _, s in front], names_in, f"{name}: pipeline step {front[0][0]!r}")
-        return cols, clf
-    if len(front) > 1:
-        raise AuditorError(f"{name}: pipeline step {front[1][0]!r} ({_name(front[1][1])}) follows another "
-                           f"transformer; one StandardScaler, OneHotEncoder or ColumnTransformer in front of "
-                           f"the classifier is converted exactly (supported: {SUPPORTED})")
-    step_name, step = front[0]
-    names_in = list(getattr(step, "feature_names_in_", [])) or None
-    cols = _transformer_columns(step, names_in, f"{name}: pipeline step {step_name!r}")
+    cols = _front_columns(front, name)
     seen: set = set()
     for c in cols:
         if c["name"] in seen:

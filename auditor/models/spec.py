@@ -63,6 +63,7 @@ def validate_spec(d: dict) -> None:
     """Check a spec dict against `spec.schema.json`; the first error names its key in one line."""
     errors = list(_validator().iter_errors(d))
     if not errors:
+        _check_scaled_categories(d.get("preprocessing"))
         return
     err = _pick(errors)
     while err.context:  # a oneOf/anyOf: say what failed in the branch meant for this kind of value
@@ -74,6 +75,16 @@ def validate_spec(d: dict) -> None:
         raise AuditorError(f"model spec: bad parameters for architecture {arch['name']!r}: {where!r}: {message} "
                            f"({DOCS})")
     raise AuditorError(f"model spec: {where!r}: {message} ({DOCS})")
+
+
+def _check_scaled_categories(prep) -> None:
+    """A categorical column's 'mean' and 'std' give one number per category (the schema cannot say so)."""
+    for i, c in enumerate((prep or {}).get("columns", [])):
+        for key in ("mean", "std"):
+            if c.get("type") == "categorical" and key in c and len(c[key]) != len(c["categories"]):
+                raise AuditorError(f"model spec: 'preprocessing.columns.{i}.{key}': column {c['name']!r} has "
+                                   f"{len(c['categories'])} categories but {len(c[key])} values of {key!r}: give "
+                                   f"one per category, in the order of 'categories' ({DOCS})")
 
 
 MAX_SPEC_DEPTH = 32  # nesting of a spec's JSON (real ones: about 5); deeper is refused before any use
