@@ -29,6 +29,7 @@ from auditor.cli import main  # noqa: E402
 from auditor.data.tabular import _read_adult  # noqa: E402
 from auditor.editors.registry import editors_for  # noqa: E402
 from auditor.models import ModelSpec, load_model, predict_logits, save_model  # noqa: E402
+from auditor.requirements import compute_metrics  # noqa: E402
 
 NUM = ["age", "education-num", "hours-per-week", "capital-gain", "capital-loss"]
 CAT = ["workclass", "education", "marital-status", "occupation", "relationship", "native-country"]
@@ -76,6 +77,10 @@ def test_skops_pipeline_is_converted_exactly(skops_model, adult, tmp_path):
     data = load_data("adult", spec=bundle.spec)
     rows = data.split("test")
     assert len(rows.y) == len(test)
+    # the binary model keeps its one score: no row of zeros counted as pruned weights
+    assert bundle.spec.single_logit and bundle.model.out.weight.shape[0] == 1
+    if kind == "logistic":
+        assert compute_metrics(bundle.model, data, "test").metrics["sparsity"] == 0.0
     want = est.predict_proba(test[NUM + CAT])
     got = _probs(bundle.model, rows.X)
     assert np.abs(got - want).max() < 1e-6  # every row of adult.test
@@ -94,8 +99,8 @@ def test_edited_model_goes_back_to_skops_onnx_and_safetensors(skops_model, adult
     bundle = load_model(path)
     edited = bundle.copy()
     with torch.no_grad():
-        edited.model.out.weight[1] += 0.05
-        edited.model.out.bias[0] -= 0.1
+        edited.model.out.weight[-1] += 0.05
+        edited.model.out.bias[-1] -= 0.1
     assert bundle.sha256 == load_model(path).sha256  # the original is untouched
     save_model(edited, tmp_path / "e.skops")
     back = sio.load(tmp_path / "e.skops", trusted=sio.get_untrusted_types(file=tmp_path / "e.skops"))
@@ -183,7 +188,7 @@ def test_standardised_one_hot_columns_are_converted_exactly(shape, adult, tmp_pa
     assert np.abs(_probs(bundle.model, data.split("test").X) - want).max() < 1e-6  # every row of adult.test
     edited = bundle.copy()
     with torch.no_grad():
-        edited.model.out.bias[1] += 0.2
+        edited.model.out.bias[-1] += 0.2
     back_path = save_model(edited, tmp_path / "e.skops")
     back = sio.load(back_path, trusted=sio.get_untrusted_types(file=back_path))
     got = _probs(edited.model, data.split("test").X)

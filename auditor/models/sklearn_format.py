@@ -8,9 +8,9 @@ itself never unpickles. A type outside the list is refused in one line naming it
 
 Supported, and converted exactly (same scores, in float32):
 
-- `LogisticRegression` (binary, or multinomial): an `mlp` with no hidden layer. A binary model's
-  one score z becomes the two-class logits `[0, z]` (softmax of them is scikit-learn's
-  `[1 - sigmoid(z), sigmoid(z)]`).
+- `LogisticRegression` (binary, or multinomial): an `mlp` with no hidden layer. A binary model keeps
+  its one score z (`"single_logit"`), read as the two-class logits `[0, z]` (softmax of them is
+  scikit-learn's `[1 - sigmoid(z), sigmoid(z)]`).
 - `MLPClassifier` (`relu` -> `mlp`; `tanh`, `logistic`, `identity` -> `sequential`): the binary
   sigmoid output as above, a softmax output as it is.
 - a `Pipeline` of `StandardScaler`, `OneHotEncoder` or a `ColumnTransformer` of them (and
@@ -366,10 +366,9 @@ def _split(est, name: str):
 
 
 def _linear_rows(coef: np.ndarray, intercept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(out, in) weights and biases of the logits; one score z becomes the rows of `[0, z]`."""
-    if coef.shape[0] == 1:
-        coef = np.vstack([np.zeros_like(coef), coef])
-        intercept = np.concatenate([np.zeros(1), intercept])
+    """(out, in) weights and biases of the scores. A binary model keeps its one score z, read as the logits
+    `[0, z]` ("single_logit"): no row of zeros that would count as pruned weights (sparsity) or as weights
+    an edit left alone."""
     return coef, intercept
 
 
@@ -452,7 +451,8 @@ def bundle_from_estimator(est, name: str = "model", source: str = "") -> ModelBu
             "sklearn": {**prov, "version": sklearn.__version__, "converted": how}}
     spec = ModelSpec.from_dict({"arch": arch, "input": {"kind": "tabular", "features": features,
                                                         "feature_groups": groups, "shape": [d]},
-                                "class_names": classes, "preprocessing": preprocessing, "provenance": prov})
+                                "class_names": classes, "preprocessing": preprocessing, "provenance": prov,
+                                **({"single_logit": True} if arch["num_classes"] == 1 else {})})
     bundle = bundle_from_state(state, spec, source, "skops")
     bundle.origin = copy.deepcopy(est)
     return bundle
@@ -473,8 +473,9 @@ def load_skops(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelB
 
 # --- bundle -> estimator ---------------------------------------------------------------------------
 def _linear_back(w: np.ndarray, b: np.ndarray, binary: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Logit rows back to scikit-learn's: `[z0, z1]` becomes the one score `z1 - z0`."""
-    if binary:
+    """Logit rows back to scikit-learn's: the one score as it is; `[z0, z1]` (a model converted before the one
+    score was kept) becomes `z1 - z0`."""
+    if binary and w.shape[0] == 2:
         return (w[1] - w[0])[None, :], np.array([b[1] - b[0]])
     return w, b
 
