@@ -160,8 +160,12 @@ else:
                                         help="The columns the model reads (every column but the target, the "
                                              "protected attributes and the split column, by default); leave out "
                                              "columns it never saw, such as an ID.")
+                # every column is the default, said as none given, except for a scikit-learn model: one fitted on
+                # an unnamed array reads its columns from this list, in this order, even when it is all of them
+                skops = model_file is not None and model_file.name.lower().endswith(".skops")
                 schema = TabularSchema(target=target, positive=positive, protected=protected, categorical=categorical,
-                                       split_column=split_col, inputs=None if inputs == readable else inputs)
+                                       split_column=split_col, inputs=None if inputs == readable and not skops
+                                       else inputs)
             except Exception as exc:  # noqa: BLE001
                 ready = False
                 show_error(exc)

@@ -215,6 +215,82 @@ def test_a_function_transformer_is_read_only_as_a_passthrough(adult, tmp_path):
         load_model(tmp_path / "logged.skops")
 
 
+def _other_preprocessing(shape: str):
+    from sklearn.compose import make_column_selector
+    from sklearn.preprocessing import MaxAbsScaler, MinMaxScaler, RobustScaler
+
+    onehot = OneHotEncoder(handle_unknown="ignore")
+    if shape == "minmax-maxabs":
+        return ColumnTransformer([("a", MinMaxScaler(feature_range=(-1, 2)), NUM[:3]), ("b", MaxAbsScaler(), NUM[3:]),
+                                  ("cat", onehot, CAT)])
+    if shape == "robust-remainder":  # the numbers are the remainder, scaled
+        return ColumnTransformer([("cat", onehot, CAT)], remainder=RobustScaler())
+    if shape == "passthrough-remainder":
+        return ColumnTransformer([("cat", onehot, CAT)], remainder="passthrough")
+    return ColumnTransformer([("num", StandardScaler(), make_column_selector(dtype_include="number")),
+                              ("cat", onehot, make_column_selector(dtype_exclude="number"))])
+
+
+@pytest.mark.parametrize("shape", ["minmax-maxabs", "robust-remainder", "passthrough-remainder", "column-selector"])
+def test_other_scalers_remainders_and_column_selectors_are_converted_exactly(shape, adult, tmp_path):
+    train, test = adult
+    est = Pipeline([("prep", _other_preprocessing(shape)), ("clf", LogisticRegression(max_iter=1000))])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(train[NUM + CAT], train["income"])
+    sio.dump(est, tmp_path / "v.skops")
+    bundle = load_model(tmp_path / "v.skops")
+    assert sorted(c["name"] for c in bundle.spec.preprocessing["columns"]) == sorted(NUM + CAT)
+    data = load_data("adult", spec=bundle.spec)
+    assert np.abs(_probs(bundle.model, data.split("test").X) - est.predict_proba(test[NUM + CAT])).max() < 1e-6
+
+
+def test_a_clipping_scaler_is_refused(adult, tmp_path):
+    from sklearn.preprocessing import MinMaxScaler
+
+    train, _ = adult
+    est = Pipeline([("scale", MinMaxScaler(clip=True)), ("clf", LogisticRegression(max_iter=500))])
+    sio.dump(est.fit(train[NUM], train["income"]), tmp_path / "clip.skops")
+    with pytest.raises(Exception, match=r"MinMaxScaler\(clip=True\) clips its output"):
+        load_model(tmp_path / "clip.skops")
+
+
+def test_a_model_fitted_on_an_array_reads_the_columns_inputs_names(adult, tmp_path, capsys):
+    """A pipeline fitted on a numpy array has no column names: the CSV columns come from --inputs, in order."""
+    train, test = adult
+    est = Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=500))])
+    est.fit(train[NUM].to_numpy(), train["income"])
+    sio.dump(est, tmp_path / "arr.skops")
+    frame = test[NUM + ["income"]].sample(frac=1.0, random_state=0)
+    frame[list(reversed(frame.columns))].to_csv(tmp_path / "people.csv", index=False)  # another column order
+    base = ["evaluate", str(tmp_path / "arr.skops"), str(tmp_path / "people.csv"), "--target", "income",
+            "--positive", ">50K", "--no-log"]
+    assert main(base) == 2
+    assert "unnamed array of 5 columns (x0, x1, x2, x3, ...)" in capsys.readouterr().err
+    assert main(base + ["--inputs", ",".join(NUM[:4])]) == 2
+    assert "reads 5 unnamed columns but --inputs names 4" in capsys.readouterr().err
+    out = tmp_path / "ev.json"
+    assert main(base + ["--inputs", ",".join(NUM), "--json", str(out)]) in (0, 1)
+    want = float((est.predict(frame[NUM].to_numpy()) == frame["income"]).mean())
+    assert json.loads(out.read_text())["metrics"]["accuracy"] == pytest.approx(want, abs=1e-12)
+    bundle = load_model(tmp_path / "arr.skops")
+    from auditor.data import TabularSchema
+    from auditor.data import load_data as load
+
+    data = load(tmp_path / "people.csv", TabularSchema(target="income", positive=">50K", inputs=NUM), spec=bundle.spec)
+    assert data.notes[0].startswith("the model was fitted on an unnamed array: its columns x0, x1, x2, x3, x4 are "
+                                    "read from age")
+    assert [c["name"] for c in bundle.spec.preprocessing["columns"]] == NUM  # named now: kept when it is saved
+    again = load_model(save_model(bundle, tmp_path / "named.safetensors"))
+    assert again.spec.input["features"] == NUM
+    # a file whose columns are the stand-in names themselves needs no --inputs
+    frame.rename(columns=dict(zip(NUM, [f"x{i}" for i in range(5)]))).to_csv(tmp_path / "x.csv", index=False)
+    fresh = load_model(tmp_path / "arr.skops")
+    data = load(tmp_path / "x.csv", TabularSchema(target="income", positive=">50K"), spec=fresh.spec)
+    assert float((predict_logits(fresh.model, data.split("all").X).argmax(1).numpy() == data.split("all").y.numpy())
+                 .mean()) == pytest.approx(want, abs=1e-12)
+
+
 def _adult_onnx(tmp_path, zipmap: bool):
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import FloatTensorType

@@ -52,12 +52,15 @@ def load_data(source: str | Path, schema: TabularSchema | None = None, spec=None
     the test rows; or `schema.split_column` names a column that says train/val/test per row; with
     neither, the whole file is audited by default (`data.default_split == "all"`). See docs/formats.md.
     """
+    name = str(source)
+    tabular_file = Path(name).suffix.lower() in (".csv", ".parquet", ".tsv", ".txt")
+    named = None
+    if spec is not None and tabular_file and schema is not None:  # a model fitted on an unnamed array
+        named = _name_columns(spec, schema, name)
     prep = getattr(spec, "preprocessing", None)
     features = None
     if spec is not None and prep is None and spec.input_kind == "tabular":
         features = spec.input.get("features")
-    name = str(source)
-    tabular_file = Path(name).suffix.lower() in (".csv", ".parquet", ".tsv", ".txt")
     if (train is not None or val is not None) and not tabular_file:
         raise AuditorError(f"--train-csv/--val-csv/--test-csv take a user's CSV or Parquet files, not {name!r}; "
                            f"see {CSV_DOC}")
@@ -75,11 +78,31 @@ def load_data(source: str | Path, schema: TabularSchema | None = None, spec=None
         if schema is None:
             raise AuditorError(f"{path.name}: a CSV needs a schema: give --target COLUMN (and --protected, "
                                f"--categorical, --positive as needed; see {CSV_DOC})")
-        return load_csv(path, schema, preprocessing=prep, features=features, train_path=train, val_path=val)
+        data = load_csv(path, schema, preprocessing=prep, features=features, train_path=train, val_path=val)
+        if named:
+            data.notes.insert(0, named)
+        return data
     if not path.exists():
         raise AuditorError(f"unknown data {name!r}: use a built-in name ({', '.join(BUILTIN)}) "
                            "or the path of a .csv, .parquet or .npz file")
     raise AuditorError(f"unknown data format {suffix!r} for {path.name}; use .csv, .parquet or .npz")
+
+
+def _name_columns(spec, schema: TabularSchema, source: str) -> str | None:
+    """`sklearn_format.name_columns` for a converted model fitted on an unnamed array (its columns read from
+    the CSV's header only, without reading the file)."""
+    from ..models.sklearn_format import name_columns, unnamed_columns
+
+    if unnamed_columns(spec) is None:
+        return None
+    columns: list = []
+    if not schema.inputs and Path(source).is_file():
+        import pandas as pd
+
+        columns = [str(c).strip() for c in (
+            pd.read_parquet(source).columns if Path(source).suffix.lower() == ".parquet" else
+            pd.read_csv(source, nrows=0, sep=None, engine="python").columns)]
+    return name_columns(spec, schema.inputs, columns, Path(source).name)
 
 
 __all__ = ["ADULT_SCHEMA", "BUILTIN", "COMPAS_SCHEMA", "CSV_DOC", "EVAL_SPLITS", "FORMATS_DOC", "NPZ_ALIASES",

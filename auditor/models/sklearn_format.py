@@ -13,9 +13,10 @@ Supported, and converted exactly (same scores, in float32):
   scikit-learn's `[1 - sigmoid(z), sigmoid(z)]`).
 - `MLPClassifier` (`relu` -> `mlp`; `tanh`, `logistic`, `identity` -> `sequential`): the binary
   sigmoid output as above, a softmax output as it is.
-- a `Pipeline` of `StandardScaler`, `OneHotEncoder` or a `ColumnTransformer` of them (and
+- a `Pipeline` of a scaler (`StandardScaler`, `MinMaxScaler` without clipping, `MaxAbsScaler`,
+  `RobustScaler`: each is (x - mean) / std per column), `OneHotEncoder` or a `ColumnTransformer` of them (and
   `"passthrough"`/`"drop"`) in front of one of those: the preprocessing becomes the spec's stored
-  preprocessing (mean/std per numeric column, categories per one-hot column), and a `StandardScaler`
+  preprocessing (mean/std per numeric column, categories per one-hot column), and a scaler
   over everything they output after them (folded into each numeric column's mean/std and each one-hot
   input's own mean/std), also inside a `ColumnTransformer`'s own `Pipeline`.
 
@@ -39,15 +40,24 @@ from .spec import ModelSpec
 
 INSTALL_HINT = "scikit-learn models (.skops) need `pip install skops` (or `pip install -e \".[sklearn]\"`)"
 CLASSIFIERS = ("LogisticRegression", "MLPClassifier")
-TRANSFORMERS = ("StandardScaler", "OneHotEncoder", "ColumnTransformer")
-SUPPORTED = ("Pipeline, ColumnTransformer, SimpleImputer (before a StandardScaler or OneHotEncoder, or alone), "
-             "StandardScaler (also after a OneHotEncoder or ColumnTransformer), OneHotEncoder, LogisticRegression, "
-             "MLPClassifier")
+UNNAMED = "columns_unnamed"  # provenance flag: fitted on an array, so x0, x1, ... stand in for column names
+SCALERS = ("StandardScaler", "MinMaxScaler", "MaxAbsScaler", "RobustScaler")  # x -> (x - mean) / std per column
+SUPPORTED = ("Pipeline, ColumnTransformer, SimpleImputer (before a scaler or OneHotEncoder, or alone), "
+             "StandardScaler, MinMaxScaler (clip=False), MaxAbsScaler, RobustScaler (each also after a OneHotEncoder "
+             "or ColumnTransformer), OneHotEncoder, LogisticRegression, MLPClassifier")
 # Every type a supported `.skops` file may name: (module, class). Anything else is refused unread.
 ALLOWED_TYPES = {
     ("sklearn.pipeline", "Pipeline"),
     ("sklearn.compose._column_transformer", "ColumnTransformer"),
     ("sklearn.preprocessing._data", "StandardScaler"),
+    ("sklearn.preprocessing._data", "MinMaxScaler"),
+    ("sklearn.preprocessing._data", "MaxAbsScaler"),
+    ("sklearn.preprocessing._data", "RobustScaler"),
+    # make_column_selector (a fitted ColumnTransformer has resolved it to names) and the dtypes it selects by:
+    # types named as values, never called
+    ("sklearn.compose._column_transformer", "make_column_selector"),
+    *(("builtins", t) for t in ("object", "bool", "int", "float", "str")),
+    *(("numpy", t) for t in ("number", "integer", "floating", "signedinteger", "unsignedinteger", "bool")),
     ("sklearn.preprocessing._encoders", "OneHotEncoder"),
     ("sklearn.impute._base", "SimpleImputer"),
     # what a fitted ColumnTransformer keeps for a "passthrough" (func None; a function would be a refused node)
@@ -164,14 +174,36 @@ def _column_names(cols, names_in: list[str] | None, where: str) -> list[str]:
     return out
 
 
+def _affine(scaler, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(M, S) per column of a fitted scaler that computes (x - M) / S."""
+    kind, n = _name(scaler), int(scaler.n_features_in_)
+    if kind == "StandardScaler":
+        M = np.asarray(scaler.mean_, float) if scaler.with_mean and scaler.mean_ is not None else np.zeros(n)
+        S = np.asarray(scaler.scale_, float) if scaler.with_std and scaler.scale_ is not None else np.ones(n)
+    elif kind == "MinMaxScaler":  # x * scale_ + min_
+        if getattr(scaler, "clip", False):
+            raise AuditorError(f"{where}: MinMaxScaler(clip=True) clips its output, which the auditor does not "
+                               "rebuild; supported: clip=False")
+        scale = np.asarray(scaler.scale_, float)
+        M, S = -np.asarray(scaler.min_, float) / scale, 1.0 / scale
+    elif kind == "MaxAbsScaler":
+        M, S = np.zeros(n), np.asarray(scaler.scale_, float)
+    elif kind == "RobustScaler":
+        M = np.asarray(scaler.center_, float) if scaler.with_centering and scaler.center_ is not None \
+            else np.zeros(n)
+        S = np.asarray(scaler.scale_, float) if scaler.with_scaling and scaler.scale_ is not None else np.ones(n)
+    else:
+        _refuse_step(scaler, where)
+    if not (np.isfinite(M).all() and np.isfinite(S).all() and (S > 0).all()):
+        raise AuditorError(f"{where}: {kind} has a column it cannot scale (a zero or non-finite scale)")
+    return M, S
+
+
 def _scaler_columns(scaler, cols: list[str], where: str) -> list[dict]:
     n = int(scaler.n_features_in_)
     if n != len(cols):
-        raise AuditorError(f"{where}: StandardScaler was fitted on {n} columns, not {len(cols)}")
-    mean = np.asarray(scaler.mean_, float) if getattr(scaler, "with_mean", True) and scaler.mean_ is not None \
-        else np.zeros(n)
-    scale = np.asarray(scaler.scale_, float) if getattr(scaler, "with_std", True) and scaler.scale_ is not None \
-        else np.ones(n)
+        raise AuditorError(f"{where}: {_name(scaler)} was fitted on {n} columns, not {len(cols)}")
+    mean, scale = _affine(scaler, where)
     return [{"name": c, "type": "numeric", "mean": float(m), "std": float(s), "log1p": False}
             for c, m, s in zip(cols, mean, scale)]
 
@@ -219,14 +251,14 @@ def _with_fills(columns: list[dict], fills: list) -> list[dict]:
 
 
 def _imputed(steps: list, cols: list[str], where: str) -> list[dict]:
-    """Columns for [SimpleImputer] or [SimpleImputer, StandardScaler / OneHotEncoder] (pipeline steps)."""
+    """Columns for [SimpleImputer] or [SimpleImputer, a scaler / OneHotEncoder] (pipeline steps)."""
     fills = _imputer_fills(steps[0], cols, where)
     if len(steps) == 1:
         if any(isinstance(v, str) for v in fills):
             raise AuditorError(f"{where}: a SimpleImputer that fills text must be followed by a OneHotEncoder")
         return _with_fills(_passthrough(cols), fills)
-    if len(steps) > 2 or _name(steps[1]) not in ("StandardScaler", "OneHotEncoder"):
-        raise AuditorError(f"{where}: after a SimpleImputer, one StandardScaler or OneHotEncoder is converted "
+    if len(steps) > 2 or _name(steps[1]) not in (*SCALERS, "OneHotEncoder"):
+        raise AuditorError(f"{where}: after a SimpleImputer, one scaler or OneHotEncoder is converted "
                            f"exactly, not {' then '.join(_name(s) for s in steps[1:])} (supported: {SUPPORTED})")
     return _with_fills(_transformer_columns_for(steps[1], cols, where), fills)
 
@@ -259,15 +291,15 @@ def _transformer_columns(step, names_in: list[str] | None, where: str) -> list[d
 
 def _pipeline_columns(steps: list, cols: list[str], where: str) -> list[dict]:
     """A Pipeline inside a ColumnTransformer: one transformer, a SimpleImputer and the one after it, then
-    optionally a StandardScaler over what they output."""
-    if len(steps) > 1 and _name(steps[-1]) == "StandardScaler":
+    optionally a scaler over what they output."""
+    if len(steps) > 1 and _name(steps[-1]) in SCALERS:
         return _scaled(_pipeline_columns(steps[:-1], cols, where), steps[-1], where)
     if _name(steps[0]) == "SimpleImputer":
         return _imputed(steps, cols, where)
     if len(steps) == 1:
         return _transformer_columns_for(steps[0], cols, where)
     raise AuditorError(f"{where}: a pipeline of {' then '.join(_name(s) for s in steps)} cannot be converted "
-                       f"exactly (supported: {SUPPORTED}, and a StandardScaler after them)")
+                       f"exactly (supported: {SUPPORTED}, and a scaler after them)")
 
 
 def _is_passthrough(trans) -> bool:
@@ -281,7 +313,7 @@ def _transformer_columns_for(trans, cols: list[str], where: str) -> list[dict]:
     if _is_passthrough(trans):
         return _passthrough(cols)
     kind = _name(trans)
-    if kind == "StandardScaler":
+    if kind in SCALERS:
         return _scaler_columns(trans, cols, where)
     if kind == "OneHotEncoder":
         return _encoder_columns(trans, cols, where)
@@ -293,9 +325,9 @@ def _transformer_columns_for(trans, cols: list[str], where: str) -> list[dict]:
 
 def _front_columns(front: list, name: str) -> list[dict]:
     """The preprocessing columns of a pipeline's steps in front of its classifier: one transformer (a
-    ColumnTransformer, StandardScaler, OneHotEncoder), a SimpleImputer and the one after it, and then a
-    StandardScaler over everything they output (folded into each column's mean and std)."""
-    if len(front) > 1 and _name(front[-1][1]) == "StandardScaler":
+    ColumnTransformer, scaler, OneHotEncoder), a SimpleImputer and the one after it, and then a scaler
+    over everything they output (folded into each column's mean and std)."""
+    if len(front) > 1 and _name(front[-1][1]) in SCALERS:
         step_name, scaler = front[-1]
         return _scaled(_front_columns(front[:-1], name), scaler, f"{name}: pipeline step {step_name!r}")
     first_name, first = front[0]
@@ -305,26 +337,23 @@ def _front_columns(front: list, name: str) -> list[dict]:
         return _imputed([s for _, s in front], names_in, where)
     if len(front) > 1:
         raise AuditorError(f"{name}: pipeline step {front[1][0]!r} ({_name(front[1][1])}) follows another "
-                           f"transformer; one StandardScaler, OneHotEncoder or ColumnTransformer in front of "
-                           f"the classifier (and a StandardScaler after it) is converted exactly (supported: "
+                           f"transformer; one scaler, OneHotEncoder or ColumnTransformer in front of "
+                           f"the classifier (and a scaler after it) is converted exactly (supported: "
                            f"{SUPPORTED})")
     names_in = list(getattr(first, "feature_names_in_", [])) or None
     return _transformer_columns(first, names_in, where)
 
 
 def _scaled(cols: list[dict], scaler, where: str) -> list[dict]:
-    """`cols` followed by a StandardScaler over every input they make: (z - M) / S of z = (x - m) / s is
+    """`cols` followed by a scaler over every input they make: (z - M) / S of z = (x - m) / s is
     (x - (m + M s)) / (s S), for a numeric column and for each one-hot input of a categorical one."""
     from ..data.tabular import input_width
 
     width = input_width({"columns": cols})
     if int(scaler.n_features_in_) != width:
-        raise AuditorError(f"{where}: StandardScaler was fitted on {int(scaler.n_features_in_)} inputs, but the "
+        raise AuditorError(f"{where}: {_name(scaler)} was fitted on {int(scaler.n_features_in_)} inputs, but the "
                            f"steps before it make {width}")
-    M = np.asarray(scaler.mean_, float) if getattr(scaler, "with_mean", True) and scaler.mean_ is not None \
-        else np.zeros(width)
-    S = np.asarray(scaler.scale_, float) if getattr(scaler, "with_std", True) and scaler.scale_ is not None \
-        else np.ones(width)
+    M, S = _affine(scaler, where)
     at = 0
     for c in cols:
         if c["type"] == "categorical":
@@ -447,6 +476,8 @@ def bundle_from_estimator(est, name: str = "model", source: str = "") -> ModelBu
     how = "exactly, into the auditor's architecture"
     if cols:
         how += " with the pipeline's preprocessing as its stored preprocessing"
+    if getattr(est, "feature_names_in_", None) is None:  # fitted on an array: x0, x1, ... stand in for names
+        prov[UNNAMED] = True
     prov = {"name": Path(source).stem if source else name,
             "sklearn": {**prov, "version": sklearn.__version__, "converted": how}}
     spec = ModelSpec.from_dict({"arch": arch, "input": {"kind": "tabular", "features": features,
@@ -456,6 +487,51 @@ def bundle_from_estimator(est, name: str = "model", source: str = "") -> ModelBu
     bundle = bundle_from_state(state, spec, source, "skops")
     bundle.origin = copy.deepcopy(est)
     return bundle
+
+
+def unnamed_columns(spec: ModelSpec) -> list[str] | None:
+    """The stand-in names (x0, x1, ...) of a model converted from an estimator fitted on an array, in input
+    order; None when its columns have names."""
+    prov = spec.provenance.get("sklearn") if isinstance(spec.provenance, dict) else None
+    if not (isinstance(prov, dict) and prov.get(UNNAMED)):
+        return None
+    if spec.preprocessing:
+        return [c["name"] for c in spec.preprocessing["columns"]]
+    return list(spec.input.get("features") or [])
+
+
+def name_columns(spec: ModelSpec, names: list[str] | None, columns, source: str) -> str | None:
+    """Give a model fitted on an unnamed array the CSV columns it reads (`names`, in order: --inputs), in
+    place; a note saying so, or None when its columns have names (or the data has the x0, x1, ... columns
+    themselves). Never guessed from the file's column order (another order would be read silently wrong):
+    refuses, naming what to do, without `names` or when their number is not the model's."""
+    stand_in = unnamed_columns(spec)
+    if stand_in is None:
+        return None
+    if not names:
+        if set(stand_in) <= {str(c) for c in columns}:
+            return None
+        raise AuditorError(f"the model was fitted on an unnamed array of {len(stand_in)} columns "
+                           f"({', '.join(stand_in[:4])}{', ...' if len(stand_in) > 4 else ''}): name the columns of "
+                           f"{source} it reads, in its order, with --inputs COL,COL,... (the dashboard: \"Model "
+                           "input columns, in the model's order\")")
+    if len(names) != len(stand_in):
+        raise AuditorError(f"the model reads {len(stand_in)} unnamed columns but --inputs names {len(names)}: "
+                           f"give one column of {source} per model column, in its order")
+    rename = dict(zip(stand_in, names))
+    if spec.preprocessing:
+        for c in spec.preprocessing["columns"]:
+            c["name"] = rename[c["name"]]
+        from ..data.tabular import describe_inputs
+
+        spec.input["features"], spec.input["feature_groups"] = describe_inputs(spec.preprocessing)
+    else:
+        spec.input["features"] = list(names)
+        spec.input["feature_groups"] = {n: [i] for i, n in enumerate(names)}
+    spec.provenance["sklearn"][UNNAMED] = False
+    spec.provenance["sklearn"]["columns_named_as"] = rename
+    return (f"the model was fitted on an unnamed array: its columns {', '.join(stand_in)} are read from "
+            f"{', '.join(names)} (--inputs, in that order)")
 
 
 def load_skops(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelBundle:
