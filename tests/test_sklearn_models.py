@@ -323,6 +323,9 @@ def test_skl2onnx_heads_are_audited_up_to_the_scores(tmp_path, zipmap):
     want = clf.predict_proba(rows.X.numpy())
     got = _probs(bundle.model, rows.X)
     assert np.abs(got - want).max() < 1e-6 and (got.argmax(1) == want.argmax(1)).all()
+    linear = [m for m in bundle.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linear[-1].out_features == 1  # the one score, read as [z - z, z]: no row of zeros counted as pruned
+    assert all(bool(m.weight.abs().sum(1).gt(0).all()) for m in linear)
     # an audit with a fairness editor writes an ONNX with the vendor's outputs
     out = tmp_path / "edited.onnx"
     rc = main(["audit", str(path), "adult", "--spec", str(spec_path), "--require", "demographic_parity <= 0.05",

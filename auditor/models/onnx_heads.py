@@ -7,9 +7,10 @@ binary model a `Sigmoid` whose probabilities are built with `Sub`/`Concat`, then
 the `ai.onnx.ml` operators either.
 
 `split_head` recognises those patterns and returns the graph that computes the logits (a binary
-model's one score z becomes the two-class logits `[0, z]`, so softmax of them is the converter's
-`[1 - sigmoid(z), sigmoid(z)]`), with `MatMul` + `Add` pairs fused into `Gemm` so that they convert to
-`nn.Linear` layers, and a description of the head (kept in the spec as `provenance.onnx_head`).
+model's one score z, its last layer of one output, becomes the two-class logits `[z - z, z]` = `[0, z]`,
+so softmax of them is the converter's `[1 - sigmoid(z), sigmoid(z)]`), with `MatMul` + `Add` pairs
+fused into `Gemm` so that they convert to `nn.Linear` layers, and a description of the head (kept in
+the spec as `provenance.onnx_head`).
 `attach_head` puts the same outputs (names, types, class labels, order) back on an exported graph,
 computed from the edited logits, so the vendor's consumers read the edited model as they read the
 original. Any other post-processing is refused in one line naming the operator.
@@ -256,11 +257,6 @@ def _network(proto, nodes: list, scores: str, kind: str, name: str):
         if x[0] == "gemm":
             _, inp, w, b, out = x
             last = i == gemms[-1] and out == scores
-            if last and kind == "sigmoid" and w.shape[1] == 1:  # one score z -> logits [0, z]
-                w = np.concatenate([np.zeros_like(w), w], axis=1)
-                b = np.concatenate([np.zeros(1, np.float32), b])
-                out = final_scores = LOGITS
-                kind = "done"
             layer += 1
             lname = "out" if last else f"fc{layer}"
             wn, bn = f"{lname}.weight", f"{lname}.bias"
@@ -279,7 +275,7 @@ def _network(proto, nodes: list, scores: str, kind: str, name: str):
             for t in n.input:
                 if t in inits:
                     new_inits[t] = inits[t]
-    if kind == "sigmoid":  # the score is not a plain Gemm: [z - z, z]
+    if kind == "sigmoid":  # one score z: the logits [z - z, z] (no row of zero weights, which would count as pruned)
         built.append(helper.make_node("Sub", [scores, scores], ["auditor_zero"], name="zero/Sub"))
         built.append(helper.make_node("Concat", ["auditor_zero", scores], [LOGITS], name="logits/Concat", axis=1))
         final_scores = LOGITS
