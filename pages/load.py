@@ -21,6 +21,7 @@ from auditor.audit.uploads import (
 from auditor.data import BUILTIN
 from auditor.models import ModelSpec
 from auditor.models.custom import TRUST_HELP
+from auditor.models.sklearn_format import unnamed_columns
 from auditor.present import format_group_value, format_value, md_plain
 from pages.common import (
     builtin_data,
@@ -160,12 +161,8 @@ else:
                                         help="The columns the model reads (every column but the target, the "
                                              "protected attributes and the split column, by default); leave out "
                                              "columns it never saw, such as an ID.")
-                # every column is the default, said as none given, except for a scikit-learn model: one fitted on
-                # an unnamed array reads its columns from this list, in this order, even when it is all of them
-                skops = model_file is not None and model_file.name.lower().endswith(".skops")
                 schema = TabularSchema(target=target, positive=positive, protected=protected, categorical=categorical,
-                                       split_column=split_col, inputs=None if inputs == readable and not skops
-                                       else inputs)
+                                       split_column=split_col, inputs=None if inputs == readable else inputs)
             except Exception as exc:  # noqa: BLE001
                 ready = False
                 show_error(exc)
@@ -184,6 +181,8 @@ else:
                 if csv is not None:
                     if bundle.spec.preprocessing and categorical == text_cols:  # the model's spec says; the
                         schema = dataclasses.replace(schema, categorical=[])  # page's guess is not the user's word
+                    if schema.inputs is None and unnamed_columns(bundle.spec):  # fitted on an unnamed array: it
+                        schema = dataclasses.replace(schema, inputs=inputs)  # reads this list, even all of it
                     own = {part: read_upload(f.getvalue(), f.name, folder)
                            for part, f in (("train", train_csv), ("val", val_csv)) if f is not None}
                     data = load_data(read_upload(csv.getvalue(), csv.name, folder), schema=schema, spec=bundle.spec,

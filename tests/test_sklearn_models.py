@@ -378,3 +378,32 @@ def test_dashboard_loads_a_skops_upload(skops_model, adult):
     assert not at.exception and not at.error, texts(at.error)
     audit = at.session_state["audit"]
     assert audit.model_label == "credit" and audit.current.format == "skops"
+
+
+@pytest.mark.usefixtures("navigation_mode")
+def test_dashboard_reads_an_unnamed_array_model_from_the_columns_chosen(adult, tmp_path):
+    """On the Load page the model input columns (every column, by default) name an unnamed model's columns in
+    their order; a named model is not told about columns it does not read."""
+    from tests.test_app import app, texts
+
+    train, test = adult
+    est = Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=500))])
+    est.fit(train[NUM].to_numpy(), train["income"])
+    sio.dump(est, tmp_path / "arr.skops")
+    frame = test[NUM + ["sex", "income"]].iloc[:800]
+    at = app()
+    at.radio(key="load_source").set_value("Upload my own").run()
+    at.file_uploader(key="up_model").set_value(("arr.skops", (tmp_path / "arr.skops").read_bytes(),
+                                                "application/octet-stream"))
+    at.radio(key="up_data_kind").set_value("CSV file").run()
+    at.file_uploader(key="up_csv").set_value(("people.csv", frame.to_csv(index=False).encode(), "text/csv")).run()
+    at.multiselect(key="up_protected").set_value(["sex"]).run()
+    at.button(key="up_go").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    audit = at.session_state["audit"]
+    assert "fitted on an unnamed array: its columns x0, x1, x2, x3, x4 are read from age" in texts(at.warning), \
+        (texts(at.warning), audit.data.notes)
+    want = float((est.predict(frame[NUM].to_numpy()) == frame["income"]).mean())
+    assert audit.current.spec.input["features"] == NUM
+    acc = compute_metrics(audit.current.model, audit.data, audit.data.resolve_split("all")).metrics["accuracy"]
+    assert acc == pytest.approx(want, abs=1e-12)
