@@ -337,3 +337,41 @@ def test_a_users_own_mlp_class_gets_the_same_edit_as_the_same_weights_in_sequent
     assert "reads" in get_editor("metanet-fairness").supports(skip, adult)
     with pytest.raises(AuditorError, match="a skip or branch"):
         mlp_layers(skip.model)
+
+
+def _one_logit(bundle: ModelBundle) -> ModelBundle:
+    """The same classifier as one logit z = (w1 - w0) h + (b1 - b0), read as [0, z] (a BCE-trained vendor model)."""
+    import copy
+
+    from auditor.models.custom import read_single_logit
+
+    sd = bundle.model.state_dict()
+    spec = copy.deepcopy(bundle.spec)
+    spec.arch = {**spec.arch, "num_classes": 1}
+    spec.single_logit = True
+    model = build_architecture(spec.arch)
+    model.load_state_dict({**{k: v for k, v in sd.items() if not k.startswith("out.")},
+                           "out.weight": sd["out.weight"][1:] - sd["out.weight"][:1],
+                           "out.bias": sd["out.bias"][1:] - sd["out.bias"][:1]})
+    return ModelBundle(read_single_logit(model.eval()), spec)
+
+
+def test_a_one_logit_model_is_edited_as_the_two_output_mlp_it_equals(adult):
+    """A model with one logit (read as [0, z]) is edited by the metanetworks as [0; w] and written back as one
+    logit: its requirement met, its shape kept; pruning, whose exact zeros would not survive that, says so."""
+    sample = load_model(ROOT / "sample_models" / "adult_mlp.safetensors")
+    one = _one_logit(sample)
+    X = adult.split("test").X
+    with torch.no_grad():
+        assert torch.allclose(one.model(X).softmax(1), sample.model(X).softmax(1), atol=1e-5)
+    before = compute_metrics(one.model, adult, "test").metrics
+    result = get_editor("metanet-fairness").edit(one, adult, ["demographic_parity <= 0.05"])
+    edited = result.bundle.model
+    assert edited.out.weight.shape == (1, one.model.out.in_features)  # still the vendor's one logit
+    after = compute_metrics(edited, adult, "test").metrics
+    assert before["demographic_parity"] > 0.1 and after["demographic_parity"] <= 0.05
+    assert after["accuracy"] >= before["accuracy"] - 0.04
+    assert any("written back as one logit" in str(e.get("message", "")) for e in result.log)
+    kept = get_editor("metanet-minimisation").edit(one, adult, ["features_used <= 4"]).bundle.model
+    assert features_used(kept, adult.feature_groups) <= 4
+    assert "one-logit model" in get_editor("metanet-pruning").supports(one, adult)

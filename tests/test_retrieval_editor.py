@@ -146,3 +146,25 @@ def test_an_onnx_model_is_refused_before_anything_runs_and_weight_editors_are_na
     onnx = load_model(path, spec=spec)
     reason = Retrieval().supports(onnx, digits)
     assert reason and ".safetensors" in reason and "ONNX graph" in reason
+
+
+def test_a_one_logit_model_gets_its_fixes(tmp_path):
+    """A binary model with one logit (read as [0, z]) used to crash the codebook's value search (its layers
+    above the codebook ended in the one logit): it now gets the fixes the same classifier with two outputs
+    gets, and keeps its one logit."""
+    from auditor import load_data
+    from tests.test_metanet import _one_logit
+
+    adult = load_data("adult")
+    two = load_model(SAMPLES / "adult_mlp.safetensors")
+    one = _one_logit(two)
+    rows = torch.arange(0, 60, 6)
+    fixes = make_fixes(adult, adult.test.X[rows], 1 - adult.test.y[rows], seed=0)
+    a = get_editor("retrieval").edit(two, adult, fixes=fixes, device="cpu")
+    b = get_editor("retrieval").edit(one, adult, fixes=fixes, device="cpu")
+    got = predict_logits(b.bundle.model, fixes.X).argmax(1)
+    assert b.extras["fixed"] == a.extras["fixed"] >= 5 and int((got == fixes.y).sum()) == b.extras["fixed"]
+    assert torch.equal(got, predict_logits(a.bundle.model, fixes.X).argmax(1))
+    assert b.bundle.model.out.out_features == 1
+    back = load_model(save_model(b.bundle, tmp_path / "e.safetensors"))
+    assert torch.equal(predict_logits(back.model, fixes.X).argmax(1), got)

@@ -355,6 +355,11 @@ def test_audit_takes_a_table_of_fixes(tmp_path):
     doc = json.loads(out.read_text())
     assert rc == 0 and "edit_success >= 1" in [r["expr"] for r in doc["requirements"]]
     assert "--fixes" in doc["reproduce"]["command"]
+    # the mistakes to fix are a requirement of their own: no --require needed (it used to refuse the audit)
+    rc = main(["audit", "sample_models/digits_cnn.safetensors", "digits", "--editor", "mend", "--fixes",
+               str(tmp_path / "fx.csv"), "--json", str(out), "--baselines", "none", "--no-log"])
+    doc = json.loads(out.read_text())
+    assert rc == 0 and [r["expr"] for r in doc["requirements"]] == ["edit_success >= 1"]
 
 
 def test_an_edit_that_undoes_mistakes_fixed_by_an_earlier_edit_is_said(tmp_path, digits_cnn, digits):

@@ -83,8 +83,9 @@ def run_audit(bundle: ModelBundle, data: AuditData, requirements, *, editor: str
     `log_failure_ok`, a log that cannot be written (locked, read-only, another key) stops the logging, not the
     audit (`session.log_error` says why; the caller must say it). Same seed, same numbers."""
     reqs = parse_requirements(requirements)
-    if not reqs:
-        raise AuditorError("an audit needs at least one requirement, e.g. --require 'accuracy >= 0.8'")
+    if not reqs and not fixes:  # mistakes to fix are a requirement of their own (edit_success >= 1)
+        raise AuditorError("an audit needs at least one requirement, e.g. --require 'accuracy >= 0.8', or mistakes "
+                           "to fix")
     callback = callback or (lambda f, m: None)
     session = AuditSession(bundle, data, reqs, seed=seed, split=split, model_path=model_path, command=command,
                            user=(signoff or {}).get("auditor") or user or "", verdict=verdict,

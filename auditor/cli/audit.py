@@ -165,8 +165,9 @@ def run(args) -> int:
     from .edit import editor_class, refuse_fixes_for, settings_from_args
 
     reqs = parse_requirements(args.require)  # bad expressions fail before any loading
-    if not reqs:
-        raise AuditorError("give at least one --require, e.g. --require 'accuracy >= 0.8'")
+    if not reqs and not (args.fix or args.fixes):  # mistakes to fix are a requirement of their own
+        raise AuditorError("give at least one --require, e.g. --require 'accuracy >= 0.8' (or mistakes to fix: "
+                           "--fix ROW=LABEL, --fixes FILE.csv)")
     settings = {}
     if args.editor:
         cls = editor_class(args.editor)

@@ -99,13 +99,21 @@ def _capture(layer: nn.Module):
         handle.remove()
 
 
-def _tail(model: nn.Module, layer: nn.Module) -> nn.Sequential | None:
-    """The layers after `layer` when it is a direct child of an `nn.Sequential` model, else None."""
+def _tail(model: nn.Module, layer: nn.Module):
+    """The layers after `layer` when it is a direct child of an `nn.Sequential` model (with the model's
+    reading of one logit as two, for a single-logit model), else None."""
     if not isinstance(model, nn.Sequential):
         return None
     children = list(model.children())
     at = next((i for i, m in enumerate(children) if m is layer), None)
-    return None if at is None else nn.Sequential(*children[at + 1:])
+    if at is None:
+        return None
+    rest = nn.Sequential(*children[at + 1:])
+    if getattr(type(model), "_auditor_single_logit", False):  # the model returns [0, z], not its one logit z
+        from ..models.custom import two_class
+
+        return lambda v: two_class(rest(v))
+    return rest
 
 
 _CACHE: OrderedDict = OrderedDict()  # layer inputs of reference rows and calibrated radii, per weights

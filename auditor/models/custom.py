@@ -210,7 +210,8 @@ def select_output(model: nn.Module, key) -> nn.Module:
     return _swap_forward(model, "_auditor_output", key, lambda out: _pick(out, key))
 
 
-def _two_class(z: torch.Tensor) -> torch.Tensor:
+def two_class(z: torch.Tensor) -> torch.Tensor:
+    """One logit z per row as the two-class logits [0, z]."""
     return torch.cat([torch.zeros_like(z), z], 1)
 
 
@@ -218,7 +219,7 @@ def read_single_logit(model: nn.Module) -> nn.Module:
     """Make `model`, which returns one logit z per row, return the two-class logits [0, z] (softmax gives
     class 1 the probability sigmoid(z)), by the same class swap as `select_output`. In place; returns the
     model. `single_logit_base(model)` undoes it."""
-    return _swap_forward(model, "_auditor_single_logit", True, _two_class)
+    return _swap_forward(model, "_auditor_single_logit", True, two_class)
 
 
 def single_logit_base(model: nn.Module) -> nn.Module:

@@ -123,6 +123,13 @@ class _MetaNetEditor(Editor):
                     return reason
             return f"no trained metanetwork for task {data.name!r} ({path.name} is missing); " + \
                 train_hint(data.name, self.requirement, data)
+        if bundle is not None and _one_logit_layer(bundle.model) is not None:
+            if not self.exact_on_one_logit:
+                return (f"{self.name} makes exact zeros in two output rows, which a one-logit model (read as [0, z]) "
+                        "cannot keep when they are read back as one row; magnitude-pruning applies")
+            import dataclasses
+
+            bundle = dataclasses.replace(bundle, model=two_output_twin(bundle.model))
         try:
             return self._trained(data).supports(bundle, data)
         except AuditorError as exc:
@@ -130,6 +137,70 @@ class _MetaNetEditor(Editor):
 
     def _write(self, model: nn.Module, params: dict[str, torch.Tensor], k: int = 0) -> None:
         write_params(model, {n: t[k] for n, t in params.items()})
+
+    exact_on_one_logit: ClassVar[bool] = True  # does the edit's requirement survive reading two rows back as one?
+
+    def _edit(self, model, data, requirements, device, callback, *, log, **kw):
+        twin = two_output_twin(model)
+        if twin is None:
+            return self._edit_mlp(model, data, requirements, device, callback, log=log, **kw)
+        out = self._edit_mlp(twin, data, requirements, device, callback, log=log, **kw)
+        one_logit_back(twin, model)
+        log.append({"step": "note", "message": "the model's one logit z was edited as the two-output MLP [0, z] the "
+                    "population is made of, and written back as one logit (class 1 row minus class 0 row: the same "
+                    "predictions and probabilities)"})
+        return out
+
+    def _edit_mlp(self, model, data, requirements, device, callback, *, log, **_):
+        raise NotImplementedError
+
+
+def _one_logit_layer(model: nn.Module) -> tuple[str, nn.Linear] | None:
+    """(name, layer) of a single-logit MLP's output layer (a Linear of one output, the last Linear), else None."""
+    if not getattr(type(model), "_auditor_single_logit", False):
+        return None
+    linear = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return linear[-1] if linear and linear[-1][1].out_features == 1 else None
+
+
+def two_output_twin(model: nn.Module) -> nn.Module | None:
+    """For a single-logit MLP (one logit z, read as [0, z]): a copy whose output layer has the two rows
+    [0; w] and biases [0; b], an ordinary two-output MLP with the same logits, as the metanetworks' populations
+    are made of. None for any other model."""
+    import copy
+
+    from ...models.custom import single_logit_base
+
+    found = _one_logit_layer(model)
+    if found is None:
+        return None
+    name, layer = found
+    twin = single_logit_base(copy.deepcopy(model))
+    parent = twin.get_submodule(name.rpartition(".")[0]) if "." in name else twin
+    two = nn.Linear(layer.in_features, 2, bias=True).to(layer.weight.device, layer.weight.dtype)
+    with torch.no_grad():
+        two.weight.copy_(torch.cat([torch.zeros_like(layer.weight), layer.weight]))
+        two.bias.copy_(torch.cat([torch.zeros(1, dtype=layer.weight.dtype, device=layer.weight.device),
+                                  layer.bias if layer.bias is not None else torch.zeros_like(two.bias[:1])]))
+    setattr(parent, name.rpartition(".")[2], two)
+    return twin
+
+
+@torch.no_grad()
+def one_logit_back(twin: nn.Module, model: nn.Module) -> None:
+    """Write `two_output_twin`'s (edited) weights back into the single-logit `model` in place: every layer as
+    it is, the output layer as row 1 minus row 0 (softmax of [a, b] depends on b - a alone)."""
+    name, layer = _one_logit_layer(model)
+    state = dict(twin.named_parameters())
+    for n, p in model.named_parameters():
+        if n == f"{name}.weight":
+            p.copy_(state[n][1:2] - state[n][0:1])
+        elif n == f"{name}.bias":
+            p.copy_(state[n][1:2] - state[n][0:1])
+        else:
+            p.copy_(state[n])
+    if layer.bias is None and f"{name}.bias" in state:
+        raise AuditorError("the edit moved the output bias of a model without one; it cannot be written back")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -182,7 +253,7 @@ class _FairnessMetaNet(_MetaNetEditor):
                 return float(r.threshold)
         return float(self.hparams.default_target)
 
-    def _edit(self, model, data, requirements, device, callback, *, log, **_):
+    def _edit_mlp(self, model, data, requirements, device, callback, *, log, **_):
         trained = self._trained(data)
         attr = trained.info["protected"]
         for r in requirements:
@@ -300,7 +371,7 @@ class MetaNetMinimisation(_MetaNetEditor):
             raise AuditorError(f"k must be between 1 and {n_features} raw features, not {k}")
         return int(k)
 
-    def _edit(self, model, data, requirements, device, callback, *, log, **_):
+    def _edit_mlp(self, model, data, requirements, device, callback, *, log, **_):
         k = self._k(requirements, len(data.feature_groups))
         trained = self._trained(data)
         self._write(model, trained.propose(model, data, [float(k)], device))
@@ -330,8 +401,9 @@ class MetaNetPruning(_MetaNetEditor):
     targets = ("sparsity",)
     requirement = "sparsity"
     Hyper = MetaNetPruningHyper
+    exact_on_one_logit = False
 
-    def _edit(self, model, data, requirements, device, callback, *, log, **_):
+    def _edit_mlp(self, model, data, requirements, device, callback, *, log, **_):
         s = self.hparams.sparsity
         if s is None:
             s = next((float(r.threshold) for r in requirements if r.metric == "sparsity" and r.op == ">="),
