@@ -34,6 +34,9 @@ if [ "$QUICK" = 1 ]; then
 else
     RECTIFY=(--seeds 5)
     POPULATION=(--workers "$WORKERS" --build-workers "$WORKERS")
+    # the fine-tuning sweep (~200 s on 8 workers) is the CPU run's: settings, not timings, come from it
+    CPU_RUN=benchmarks/results/rectify_population.json
+    [ -f "$CPU_RUN" ] && POPULATION+=(--sweep-from "$CPU_RUN")
     LEARNED=(--population 2 --wide 3)  # ~30 s a model on an H100 (fairlearn's baselines run on the CPU)
     LIMITS=(80 180 220)  # 8 minutes at most in all; on an H100: rectify ~65 s, population 163 s
 fi

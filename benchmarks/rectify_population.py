@@ -220,6 +220,23 @@ def best_settings(raw: list[dict], ns: list[int]) -> tuple[list[dict], dict]:
     return rows, best
 
 
+def sweep_from(path: Path, ns: list[int]) -> tuple[list[dict], dict, dict]:
+    """The sweep table and best fine-tuning settings of an earlier run (`--sweep-from`), and where they came
+    from; refuses a file without a setting for every n of this run."""
+    try:
+        earlier = json.loads(path.read_text())
+        best, rows, meta = earlier["best_finetune"], earlier.get("sweep", []), earlier.get("meta", {})
+    except (OSError, ValueError, KeyError) as exc:
+        raise SystemExit(f"--sweep-from {path}: not an earlier rectify_population.json ({exc})") from None
+    missing = [f"{e} n={n}" for e in ("finetune", "finetune-last-layer") for n in ns if f"{e} n={n}" not in best]
+    if missing:
+        raise SystemExit(f"--sweep-from {path}: no fine-tuning setting for {', '.join(missing)}")
+    keep = {k: v for k, v in best.items() if int(k.rpartition("=")[2]) in ns}
+    source = {"file": str(path), "date": meta.get("date"), "device": meta.get("device"),
+              "dev_members": meta.get("dev_members")}
+    return [r for r in rows if r.get("n") in ns], keep, source
+
+
 def in_pool(fn, jobs: list[tuple], workers: int, what: str) -> list:
     """`fn(*job)` for every job, over `workers` spawned processes (in order)."""
     out = []
@@ -345,9 +362,13 @@ def markdown(res: dict) -> str:
              f"n in {meta['samples']} x seeds {meta['seeds']}. A run meets when, on the test split, attack success <= "
              f"{MAX_ASR:.0%} (cue: cue gap <= {MAX_CUE_GAP}) and accuracy drops by <= {100 * MAX_DROP:.0f} pt. "
              "Edit time: cold (moments forgotten before each edit), median and max.", "",
-             f"Fine-tuning settings: best per n of a sweep on {meta['dev_members']} dev members (seeds "
-             f"{list(SWEEP_SEEDS)}): " + "; ".join(f"{k}: lr {v['lr']:g}, {v['steps']} steps"
-                                                  for k, v in res["best_finetune"].items()) + ".", ""]
+             f"Fine-tuning settings: best per n of a sweep on "
+             f"{(meta.get('sweep_from') or {}).get('dev_members') or meta['dev_members']} dev members (seeds "
+             f"{list(SWEEP_SEEDS)}"
+             + (f"; the sweep of the run of {meta['sweep_from']['date']} on {meta['sweep_from']['device']}, "
+                f"`{meta['sweep_from']['file']}`, not run again" if meta.get("sweep_from") else "") + "): "
+             + "; ".join(f"{k}: lr {v['lr']:g}, {v['steps']} steps" for k, v in res["best_finetune"].items()) + ".",
+             ""]
     for kind in ("trojan", "cue"):
         rows = [s for s in res["summary"] if s["kind"] == kind]
         if not rows:
@@ -486,6 +507,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-scaling", action="store_true")
     parser.add_argument("--build-workers", type=int, default=2, help="workers to build missing members with")
     parser.add_argument("--out", default=str(RESULTS), help="folder for rectify_population.json and .md")
+    parser.add_argument("--sweep-from", default=None, metavar="JSON",
+                        help="take the fine-tuning settings (and their sweep table) from an earlier run's "
+                             "rectify_population.json instead of sweeping again (a GPU run reuses the CPU one's)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     ns = [1, 5] if args.quick else [int(x) for x in args.samples.split(",")]
@@ -504,9 +528,13 @@ def main(argv=None) -> int:
                 for c in held + dev if not shows_problem(c.kind, member_record(c)["metrics"])]
     held = [c for c in held if shows_problem(c.kind, member_record(c)["metrics"])]
     dev = [c for c in dev if shows_problem(c.kind, member_record(c)["metrics"])]
-    raw = [r for rows in in_pool(sweep_member, [(c.index, ns, list(SWEEP_SEEDS), args.device, args.threads)
-                                                for c in dev], args.workers, "sweep member") for r in rows]
-    sweep_rows, best = best_settings(raw, ns)
+    if args.sweep_from:
+        sweep_rows, best, swept = sweep_from(Path(args.sweep_from), ns)
+    else:
+        raw = [r for rows in in_pool(sweep_member, [(c.index, ns, list(SWEEP_SEEDS), args.device, args.threads)
+                                                    for c in dev], args.workers, "sweep member") for r in rows]
+        sweep_rows, best = best_settings(raw, ns)
+        swept = None
     methods = {n: [(label, editor, best[f"{editor} n={n}"] if settings == "sweep" else settings)
                    for label, editor, settings in METHODS] for n in ns}
     per_member = in_pool(run_member, [(c.index, ns, seeds, methods, args.device, args.threads) for c in held],
@@ -525,6 +553,7 @@ def main(argv=None) -> int:
                    "heldout_cue": sum(c.kind == "cue" for c in held), "heldout_onnx": sum(c.onnx for c in held),
                    "families": sorted({c.family for c in held}), "dev_members": len(dev), "quick": args.quick,
                    "editor_code_sha256": code_hash(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                   "sweep_from": swept,
                    "wall_seconds": time.perf_counter() - start}
     out = Path(args.out)
     write(out, res)  # the population part first: a run stopped during the scaling table keeps it
