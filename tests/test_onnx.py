@@ -232,3 +232,30 @@ def test_a_layer_norm_without_shape_information_is_read_at_its_weights_size(tmp_
     written = onnx.load(str(back))
     assert [v.name for v in written.graph.input] == ["x"] and [v.name for v in written.graph.output] == [vendor_out]
     assert np.abs(_ort_logits(back, X) - model(X).detach().numpy()).max() < 1e-4
+
+
+def test_a_graph_that_ends_in_its_own_softmax_is_audited_on_its_logits(tmp_path):
+    """A vendor's forward that returns torch.softmax(logits): the editors used to read the probabilities as
+    logits (said, not fixed). The final Softmax is now split off: the logits before it are audited and edited,
+    and an export puts the Softmax back under the vendor's input and output names."""
+    from auditor.cautions import reading_cautions
+
+    torch.manual_seed(0)
+    n = 6
+    net = nn.Sequential(nn.Linear(n, 16), nn.ReLU(), nn.Linear(16, 2))
+    path = tmp_path / "probs.onnx"
+    _export_plain(nn.Sequential(net, nn.Softmax(dim=1)), path, n)
+    (tmp_path / "spec.json").write_text(json.dumps(FOREIGN_SPEC))
+    bundle = load_model(path, spec=tmp_path / "spec.json")
+    data = _toy_data(n)
+    X = data.test.X
+    assert np.abs(_torch_logits(bundle, X) - net(X).detach().numpy()).max() < 1e-5  # the logits, not probabilities
+    assert bundle.spec.provenance["onnx_head"]["recognised"].startswith("the network's own final Softmax")
+    assert not any("look like probabilities" in c for c in reading_cautions(bundle, data))
+    result = get_editor("magnitude-pruning", sparsity=0.5).edit(bundle, data, device="cpu")
+    out = export_onnx(result.bundle, tmp_path / "edited.onnx")
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["x"] and [o.name for o in sess.get_outputs()] == ["y"]
+    want = torch.softmax(torch.as_tensor(_torch_logits(result.bundle, X)), 1).numpy()
+    assert np.abs(sess.run(None, {"x": X.numpy()})[0] - want).max() < 1e-5
+    assert np.abs(_torch_logits(load_model(out), X) - _torch_logits(result.bundle, X)).max() < 1e-5

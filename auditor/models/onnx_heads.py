@@ -138,9 +138,14 @@ def split_head(proto, name: str):
     """(graph computing the logits, head description) or (proto, None) when there is no head."""
     g = proto.graph
     has_ml = any(n.domain == ML_DOMAIN for n in g.node)
-    if not has_ml and len(g.output) == 1:
-        return proto, None  # a plain graph: its one output is taken as the logits
     producers = {o: n for n in g.node for o in n.output}
+    own_softmax = False
+    if not has_ml and len(g.output) == 1:  # a plain graph: its one output is taken as the logits, unless it
+        out = g.output[0]                  # is the network's own final Softmax (torch.softmax in its forward)
+        found = _resolve_scores(proto, producers, out.name) if _output_kind(out) == "probabilities" else None
+        if not found or found[1] != "softmax" or not _ancestors(list(g.node), producers, found[0]):
+            return proto, None
+        own_softmax = True
     candidates = [n.input[0] for n in g.node if n.op_type == "ZipMap"]
     candidates += [o.name for o in g.output if _output_kind(o) == "probabilities"]
     found = None
@@ -185,7 +190,9 @@ def split_head(proto, name: str):
         raise AuditorError(f"{name}: its label output has no class labels (ArrayFeatureExtractor or ZipMap)")
     net_proto = _network(proto, net, scores, kind, name)
     real = [i for i in g.input if i.name in inputs]
-    desc = {"recognised": "classifier post-processing of a converter (skl2onnx / tf2onnx)",
+    desc = {"recognised": ("the network's own final Softmax: its probabilities are the softmax of the logits "
+                           "audited") if own_softmax else
+            "classifier post-processing of a converter (skl2onnx / tf2onnx)",
             "operators": sorted({n.op_type for n in head}), "scores": kind,
             "audited": ("the network up to its one sigmoid score z, as two-class logits [0, z]" if kind == "sigmoid"
                         else "the network up to its softmax logits"),
