@@ -259,3 +259,33 @@ def test_a_graph_that_ends_in_its_own_softmax_is_audited_on_its_logits(tmp_path)
     want = torch.softmax(torch.as_tensor(_torch_logits(result.bundle, X)), 1).numpy()
     assert np.abs(sess.run(None, {"x": X.numpy()})[0] - want).max() < 1e-5
     assert np.abs(_torch_logits(load_model(out), X) - _torch_logits(result.bundle, X)).max() < 1e-5
+
+
+def test_a_graph_that_ends_in_the_sigmoid_of_one_score_is_read_as_one_logit(tmp_path):
+    """A binary network that returns sigmoid(z) as its one output used to be read as the logit itself, so every
+    row went to class 1 (sigmoid > 0). The Sigmoid is now split off and z read as one logit ([0, z]); an export
+    puts the Sigmoid back: one probability column under the vendor's names."""
+    torch.manual_seed(0)
+    n = 6
+    net = nn.Sequential(nn.Linear(n, 16), nn.ReLU(), nn.Linear(16, 1))
+    path = tmp_path / "sig.onnx"
+    _export_plain(nn.Sequential(net, nn.Sigmoid()), path, n)
+    (tmp_path / "spec.json").write_text(json.dumps(FOREIGN_SPEC))  # a hand-written spec: two classes
+    bundle = load_model(path, spec=tmp_path / "spec.json")
+    assert bundle.spec.single_logit and bundle.spec.provenance["onnx_head"]["scores"] == "sigmoid-one"
+    data = _toy_data(n)
+    X = data.test.X
+    with torch.no_grad():
+        z = net(X)
+    assert np.abs(_torch_logits(bundle, X) - torch.cat([torch.zeros_like(z), z], 1).numpy()).max() < 1e-5
+    pred = evaluate(bundle, data).metrics["accuracy"]
+    assert pred == pytest.approx(float(((z.squeeze(1) > 0).long() == data.test.y).double().mean()), abs=1e-9)
+    result = get_editor("magnitude-pruning", sparsity=0.5).edit(bundle, data, device="cpu")
+    out = export_onnx(result.bundle, tmp_path / "edited.onnx")
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()] == ["y"]
+    got = sess.run(None, {"x": X.numpy()})[0]
+    want = torch.softmax(torch.as_tensor(_torch_logits(result.bundle, X)), 1)[:, 1:].numpy()
+    assert got.shape == (len(X), 1) and np.abs(got - want).max() < 1e-5
+    back = load_model(out)
+    assert back.spec.single_logit and np.abs(_torch_logits(back, X) - _torch_logits(result.bundle, X)).max() < 1e-5

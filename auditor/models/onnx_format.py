@@ -273,7 +273,7 @@ def load_onnx(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelBu
                                f"`auditor spec init {path.name} DATA --out spec.json`")
         spec = ModelSpec.from_json(meta[SPEC_KEY])
     spec = copy.deepcopy(spec)
-    from .onnx_heads import keep_logits_output, split_head
+    from .onnx_heads import SIGMOID_ONE, keep_logits_output, split_head
 
     # a network that returns more than its logits (features, auxiliary heads): its logits output alone
     proto, dropped = keep_logits_output(proto, spec.arch.get("output"))
@@ -283,6 +283,9 @@ def load_onnx(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelBu
     proto, head = split_head(proto, path.name)  # a converter's classifier head: audit the network up to its scores
     if head is not None:
         spec.provenance["onnx_head"] = head
+        if head["scores"] == SIGMOID_ONE and not spec.single_logit:  # sigmoid(z): z is one logit, read as [0, z]
+            spec.single_logit = True
+            spec.arch = {**spec.arch, "num_classes": 1}
     else:
         spec.provenance.pop("onnx_head", None)
     dims = _input_dims(proto)

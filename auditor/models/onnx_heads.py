@@ -81,6 +81,20 @@ def _resolve_scores(proto, producers: dict, prob: str) -> tuple[str, str] | None
     return None
 
 
+SIGMOID_ONE = "sigmoid-one"  # a graph whose one output is sigmoid(z) of one score z: audited as one logit
+
+
+def _own_sigmoid(proto, producers: dict, out) -> tuple[str, str] | None:
+    """(z, SIGMOID_ONE) when the graph's one output is Sigmoid(z) of a single column, else None."""
+    t = out.name
+    while t in producers and producers[t].op_type == "Identity":
+        t = producers[t].input[0]
+    node = producers.get(t)
+    dims = out.type.tensor_type.shape.dim
+    one = len(dims) == 2 and dims[1].HasField("dim_value") and dims[1].dim_value == 1
+    return (node.input[0], SIGMOID_ONE) if node is not None and node.op_type == "Sigmoid" and one else None
+
+
 def _ancestors(nodes: list, producers: dict, target: str) -> set:
     keep, stack = set(), [target]
     while stack:
@@ -139,17 +153,18 @@ def split_head(proto, name: str):
     g = proto.graph
     has_ml = any(n.domain == ML_DOMAIN for n in g.node)
     producers = {o: n for n in g.node for o in n.output}
-    own_softmax = False
+    own_head, found = False, None
     if not has_ml and len(g.output) == 1:  # a plain graph: its one output is taken as the logits, unless it
-        out = g.output[0]                  # is the network's own final Softmax (torch.softmax in its forward)
+        out = g.output[0]  # is the network's own final Softmax, or Sigmoid of one score (torch.softmax/sigmoid)
         found = _resolve_scores(proto, producers, out.name) if _output_kind(out) == "probabilities" else None
-        if not found or found[1] != "softmax" or not _ancestors(list(g.node), producers, found[0]):
+        if found is None and _output_kind(out) == "probabilities":
+            found = _own_sigmoid(proto, producers, out)
+        if not found or found[1] not in ("softmax", SIGMOID_ONE) or not _ancestors(list(g.node), producers, found[0]):
             return proto, None
-        own_softmax = True
+        own_head = True
     candidates = [n.input[0] for n in g.node if n.op_type == "ZipMap"]
     candidates += [o.name for o in g.output if _output_kind(o) == "probabilities"]
-    found = None
-    for prob in candidates:
+    for prob in candidates if not own_head else ():
         found = _resolve_scores(proto, producers, prob)
         if found:
             break
@@ -190,8 +205,10 @@ def split_head(proto, name: str):
         raise AuditorError(f"{name}: its label output has no class labels (ArrayFeatureExtractor or ZipMap)")
     net_proto = _network(proto, net, scores, kind, name)
     real = [i for i in g.input if i.name in inputs]
-    desc = {"recognised": ("the network's own final Softmax: its probabilities are the softmax of the logits "
-                           "audited") if own_softmax else
+    desc = {"recognised": ("the network's own final Sigmoid of one score z: its probability is sigmoid(z), z "
+                           "audited as one logit" if kind == SIGMOID_ONE else
+                           "the network's own final Softmax: its probabilities are the softmax of the logits "
+                           "audited") if own_head else
             "classifier post-processing of a converter (skl2onnx / tf2onnx)",
             "operators": sorted({n.op_type for n in head}), "scores": kind,
             "audited": ("the network up to its one sigmoid score z, as two-class logits [0, z]" if kind == "sigmoid"
@@ -321,7 +338,8 @@ def attach_head(proto, head: dict):
     g = proto.graph
     outs = head["outputs"]
     prob = next((o["name"] for o in outs if o["kind"] == "probabilities"), "auditor_probabilities")
-    nodes = [helper.make_node("Softmax", [LOGITS], [prob], name="head/Softmax", axis=1)]
+    nodes = [helper.make_node("Sigmoid", [LOGITS], [prob], name="head/Sigmoid") if head.get("scores") == SIGMOID_ONE
+             else helper.make_node("Softmax", [LOGITS], [prob], name="head/Softmax", axis=1)]
     string = head.get("class_type") == "string"
     if any(o["kind"] == "label" for o in outs):
         classes = np.array(head["classes"], dtype=object if string else np.int64)
@@ -339,7 +357,8 @@ def attach_head(proto, head: dict):
                                           to=int(o["elem_type"])))
             vis.append(helper.make_tensor_value_info(o["name"], int(o["elem_type"]), ["N"]))
         elif o["kind"] == "probabilities":
-            vis.append(helper.make_tensor_value_info(o["name"], TensorProto.FLOAT, ["N", len(head["classes"]) or None]))
+            width = 1 if head.get("scores") == SIGMOID_ONE else (len(head["classes"]) or None)
+            vis.append(helper.make_tensor_value_info(o["name"], TensorProto.FLOAT, ["N", width]))
         else:
             labels = {"classlabels_strings": [str(c) for c in head["classes"]]} if string else \
                 {"classlabels_int64s": [int(c) for c in head["classes"]]}
@@ -372,7 +391,8 @@ def head_max_diff(model, path, shape: list[int], head: dict, n: int = 64, seed: 
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
-        want = torch.softmax(model.cpu().eval()(x).double(), dim=1).numpy()
+        out = model.cpu().eval()(x).double()
+        want = (torch.sigmoid(out) if head.get("scores") == SIGMOID_ONE else torch.softmax(out, dim=1)).numpy()
     worst = 0.0
     for o, value in zip(head["outputs"], got):
         if o["kind"] == "probabilities":
