@@ -30,6 +30,10 @@ def output_notes(bundle: ModelBundle, data: AuditData, rows: int = 256) -> list[
         return []
     if out.dim() != 2 or out.shape[1] < 2 or not bool(((out >= 0) & (out <= 1)).all()):
         return []
+    if bundle.spec.single_logit and bool((out[:, 0] == 0).all()):  # [0, z]: is z itself a probability?
+        return ["the model's one output lies in [0, 1] on every row checked: it looks like a probability "
+                "sigmoid(z), not the logit z, so every row is read as the positive class (z > 0); have the model "
+                "return z (or torch.logit of its output)"]
     if not torch.allclose(out.sum(1), torch.ones(len(out)), atol=1e-3):
         return []
     return ["the model's outputs look like probabilities (each row lies in [0, 1] and sums to 1), not logits: "

@@ -663,6 +663,13 @@ def test_outputs_that_look_like_probabilities_are_said(adult_mlp, adult):
     probs.model = nn.Sequential(adult_mlp.model, nn.Softmax(dim=1))
     assert any("look like probabilities" in c for c in reading_cautions(probs, adult))
     assert not any("look like probabilities" in c for c in reading_cautions(adult_mlp, adult))
+    # one output, read as one logit [0, z], that is in fact sigmoid(z): every row would be class 1
+    from auditor.models.custom import read_single_logit
+
+    one = adult_mlp.copy()
+    one.model = read_single_logit(nn.Sequential(adult_mlp.model, nn.Softmax(dim=1), nn.Linear(2, 1), nn.Sigmoid()))
+    one.spec.single_logit = True
+    assert any("looks like a probability sigmoid(z)" in c for c in reading_cautions(one, adult))
 
 
 def test_spec_init_reads_a_category_that_no_training_row_holds(tmp_path):
