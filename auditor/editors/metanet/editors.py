@@ -177,11 +177,11 @@ def two_output_twin(model: nn.Module) -> nn.Module | None:
     name, layer = found
     twin = single_logit_base(copy.deepcopy(model))
     parent = twin.get_submodule(name.rpartition(".")[0]) if "." in name else twin
-    two = nn.Linear(layer.in_features, 2, bias=True).to(layer.weight.device, layer.weight.dtype)
+    two = nn.Linear(layer.in_features, 2, bias=layer.bias is not None).to(layer.weight.device, layer.weight.dtype)
     with torch.no_grad():
         two.weight.copy_(torch.cat([torch.zeros_like(layer.weight), layer.weight]))
-        two.bias.copy_(torch.cat([torch.zeros(1, dtype=layer.weight.dtype, device=layer.weight.device),
-                                  layer.bias if layer.bias is not None else torch.zeros_like(two.bias[:1])]))
+        if layer.bias is not None:
+            two.bias.copy_(torch.cat([torch.zeros_like(layer.bias), layer.bias]))
     setattr(parent, name.rpartition(".")[2], two)
     return twin
 
@@ -190,17 +190,10 @@ def two_output_twin(model: nn.Module) -> nn.Module | None:
 def one_logit_back(twin: nn.Module, model: nn.Module) -> None:
     """Write `two_output_twin`'s (edited) weights back into the single-logit `model` in place: every layer as
     it is, the output layer as row 1 minus row 0 (softmax of [a, b] depends on b - a alone)."""
-    name, layer = _one_logit_layer(model)
+    name, _ = _one_logit_layer(model)
     state = dict(twin.named_parameters())
     for n, p in model.named_parameters():
-        if n == f"{name}.weight":
-            p.copy_(state[n][1:2] - state[n][0:1])
-        elif n == f"{name}.bias":
-            p.copy_(state[n][1:2] - state[n][0:1])
-        else:
-            p.copy_(state[n])
-    if layer.bias is None and f"{name}.bias" in state:
-        raise AuditorError("the edit moved the output bias of a model without one; it cannot be written back")
+        p.copy_(state[n][1:2] - state[n][0:1] if n in (f"{name}.weight", f"{name}.bias") else state[n])
 
 
 # ------------------------------------------------------------------------------------------------
