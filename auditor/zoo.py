@@ -448,12 +448,12 @@ def family_like(bundle: ModelBundle, data: AuditData, depths: tuple[int, ...] | 
     hidden = hidden_widths(bundle.model)
     d = len(hidden)
     if depths is None:
-        depths = tuple(sorted([max(1, d - 1), d, d, min(4, d + 1)])) if d else (1,)
+        depths = tuple(sorted([max(0, d - 1), d, d, min(4, d + 1)]))  # 0: a logistic regression's own depth
     if widths is None:
         w = max(hidden, default=16)
         widths = tuple(sorted({min(512, max(8, v)) for v in (w // 2, w, 2 * w, *hidden)}))
-    if not depths or min(depths) < 1 or max(depths) > 8 or not widths or min(widths) < 1 or max(widths) > 4096:
-        raise AuditorError(f"depths must be 1-8 hidden layers and widths 1-4096 units; got {depths}, {widths}")
+    if not depths or min(depths) < 0 or max(depths) > 8 or not widths or min(widths) < 1 or max(widths) > 4096:
+        raise AuditorError(f"depths must be 0-8 hidden layers and widths 1-4096 units; got {depths}, {widths}")
     n = len(data.train)
     if n < 50:
         raise AuditorError(f"{data.name!r} has {n} training rows; a population needs at least 50")

@@ -92,6 +92,9 @@ def test_family_like_a_users_model_spans_depths_and_widths_around_it():
     assert fam.depths == (1, 2, 2, 3) and {50, 100, 200, 40} <= set(fam.widths)
     assert fam.rows == (1500, 2250, 3000) and len(fam.epochs) == 3 and fam.epochs[0] < fam.epochs[-1]
     assert zoo.family_like(bundle([300, 300, 300, 300]), data).depths == (3, 4, 4, 4)
+    # a logistic regression (no hidden layer, e.g. a converted scikit-learn one): a population of its depth too
+    assert zoo.family_like(bundle([]), data).depths == (0, 0, 0, 1)
+    assert zoo.family_like(bundle([16]), data, depths=(0,)).depths == (0,)  # what the depth hint tells one to run
     assert max(zoo.family_like(bundle([400]), data).widths) == 512
     assert zoo.family_like(bundle([16]), data, depths=(4,), widths=(512,)).widths == (512,)
     with pytest.raises(Exception, match="MLPs"):

@@ -55,8 +55,8 @@ def _add_user_args(q) -> None:
     g.add_argument("--train-csv", metavar="FILE", help="your own training rows (--data then holds the test rows)")
     g.add_argument("--val-csv", metavar="FILE", help="your own validation rows (with --train-csv)")
     g.add_argument("--split-column", metavar="COL", help="a column that says train/val/test for every row")
-    g.add_argument("--depths", help="comma-separated hidden-layer counts to sample from (default: one less to one "
-                                    "more than the model's, at most 4)")
+    g.add_argument("--depths", help="comma-separated hidden-layer counts to sample from, 0 for logistic "
+                                    "regressions (default: one less to one more than the model's, at most 4)")
     g.add_argument("--widths", help="comma-separated hidden widths to sample from (default: half, equal and twice "
                                     "the model's widest, 8 to 512)")
 
