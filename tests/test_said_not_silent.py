@@ -1025,3 +1025,19 @@ def test_a_retraining_baseline_that_cannot_run_is_not_offered_by_default_and_kee
     session.run_tradeoff(["reweighing-retrain"])
     row = session.tradeoff.rows.set_index("method").loc["reweighing-retrain"]
     assert row["kind"] == "retraining" and row["error"]
+
+
+def test_a_numeric_protected_attribute_with_many_values_is_said(tmp_path):
+    """--protected age makes every age a group of its own: said, with how to audit bands (not guessed)."""
+    from auditor.data import TabularSchema, load_csv
+
+    rng = np.random.default_rng(0)
+    n = 600
+    frame = pd.DataFrame({"x": rng.normal(size=n), "age": rng.integers(18, 80, n), "sex": rng.choice(["F", "M"], n),
+                          "y": rng.choice(["no", "yes"], n)})
+    frame.to_csv(tmp_path / "p.csv", index=False)
+    data = load_csv(tmp_path / "p.csv", TabularSchema(target="y", positive="yes", protected=["age", "sex"],
+                                                      inputs=["x"]))
+    said = [n for n in data.notes if "protected attribute 'age' is numeric" in n]
+    assert len(said) == 1 and "62 distinct values" in said[0] and "age_band" in said[0]
+    assert not any("'sex' is numeric" in n for n in data.notes)

@@ -359,6 +359,7 @@ def from_frames(name: str, frames: dict[str, pd.DataFrame], schema: TabularSchem
         check_matrix(origin, len(whole), input_width(prep), _file_size(source))
         feature_names, feature_groups = describe_inputs(prep)
     notes = target_notes(whole, schema, positive) if schema.positive is not None else []
+    notes += protected_notes(whole, schema.protected)
     if prep is not None:
         notes += unseen_categories(whole, prep, preprocessing_given)
         notes += fill_notes(whole, prep)
@@ -436,6 +437,24 @@ def check_protected_values(frame: pd.DataFrame, protected: list[str], where: str
                 f"{where}: protected column {attr!r} has {len(rows)} missing value(s){at}: give them a "
                 "value of their own (e.g. 'unknown', which then counts as a group in the "
                 "fairness metrics) or drop those rows; they are not guessed")
+
+
+MANY_GROUPS = 12  # a numeric protected column with more distinct values than this is likely a measurement
+
+
+def protected_notes(frame: pd.DataFrame, protected: list[str]) -> list[str]:
+    """A note per numeric protected column with many distinct values (age, income): every value is a group of
+    its own, so the fairness gaps compare tiny groups; bands are the user's to choose, not guessed."""
+    notes = []
+    for attr in protected:
+        values = pd.to_numeric(frame[attr], errors="coerce")
+        distinct = int(values.nunique())
+        if values.notna().all() and distinct > MANY_GROUPS:
+            notes.append(f"protected attribute {attr!r} is numeric with {distinct} distinct values, each read as a "
+                         f"group of its own (from {values.min():g} to {values.max():g}): the fairness gaps compare "
+                         f"its smallest groups; to audit bands, add a column of them to the file (e.g. {attr}_band "
+                         "with values such as '<25', '25-44', '45+') and give that as --protected")
+    return notes
 
 
 def _file_size(source: str) -> int | None:
