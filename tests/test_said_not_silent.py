@@ -1041,3 +1041,27 @@ def test_a_numeric_protected_attribute_with_many_values_is_said(tmp_path):
     said = [n for n in data.notes if "protected attribute 'age' is numeric" in n]
     assert len(said) == 1 and "62 distinct values" in said[0] and "age_band" in said[0]
     assert not any("'sex' is numeric" in n for n in data.notes)
+
+
+def test_keeping_k_features_on_a_model_with_fewer_runs_with_its_defaults():
+    """The dashboard offers drop-features first; run with its defaults (k = 5) on a model of 2 raw features it
+    failed with "k must be between 1 and the 2 raw features; got 5"."""
+    from auditor.editors import get_editor
+    from tests.fixtures import tabular_data
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 2)).astype(np.float32)
+    y = (X[:, 0] + 0.3 * X[:, 1] > 0).astype(np.int64)
+    data = tabular_data(X, y, {"g": rng.choice(["a", "b"], 400).tolist()})
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2))
+    from auditor.models import ModelBundle, ModelSpec
+
+    bundle = ModelBundle(model.eval(), ModelSpec(arch={"name": "custom"}, class_names=["0", "1"]))
+    for name, kw in (("drop-features", {}), ("retrain-k-features", {"warm_start": True})):
+        result = get_editor(name, **kw).edit(bundle, data, [])
+        assert result.extras["k"] == 1  # one fewer than the model reads
+        held = get_editor(name, **kw).edit(bundle, data, ["features_used <= 10"])  # already holds: keeps both
+        assert held.extras["k"] == 2
+    with pytest.raises(AuditorError, match="k must be between 1 and the 2 raw features; got 3"):
+        get_editor("drop-features", k=3).edit(bundle, data, [])

@@ -304,7 +304,11 @@ def _network(proto, nodes: list, scores: str, kind: str, name: str):
         built.append(helper.make_node("Concat", ["auditor_zero", scores], [LOGITS], name="logits/Concat", axis=1))
         final_scores = LOGITS
     elif final_scores != LOGITS:
-        built.append(helper.make_node("Identity", [scores], [LOGITS], name="logits/Identity"))
+        last = next((n for n in reversed(built) if scores in n.output), None)
+        if last is not None and sum(scores in n.input for n in built) == 0:  # the scores' own node writes the
+            last.output[list(last.output).index(scores)] = LOGITS  # logits: no Identity, which would stand as a
+        else:  # layer of its own in the converted model (an MLP then no longer reads as one)
+            built.append(helper.make_node("Identity", [scores], [LOGITS], name="logits/Identity"))
     real = [copy.deepcopy(i) for i in real]
     dims = real[0].type.tensor_type.shape.dim if real else []
     if dims and not dims[0].HasField("dim_value") and not dims[0].dim_param:

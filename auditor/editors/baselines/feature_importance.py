@@ -51,7 +51,8 @@ class KeepFeaturesHyper:
     k: int | None = field(default=None, metadata={
         "help": "raw features to keep; None: from a `features_used <= k` requirement"})
     default_k: int = field(default=5, metadata={
-        "help": "raw features to keep when neither `k` nor a `features_used <= k` requirement says"})
+        "help": "raw features to keep when neither `k` nor a `features_used <= k` requirement says (one fewer "
+                "than the model reads, when it reads this many or fewer)"})
     importance: str = field(default="permutation", metadata={
         "help": '"permutation" (on the validation split) or "weight-norm"',
         "choices": ["permutation", "weight-norm"]})
@@ -73,8 +74,13 @@ class KeepFeatures(Editor):
     def _choose(self, model, data, requirements) -> tuple[list[str], list[int], dict[str, float]]:
         hp = self.hparams
         req = find_requirement(requirements, ("features_used",), "<=")
-        k = int(hp.k if hp.k is not None else (req.threshold if req else hp.default_k))
         n = sum(1 for v in data.feature_groups.values() if v)
+        if hp.k is not None:
+            k = int(hp.k)
+        elif req is not None:  # "features_used <= 10" on 4 features already holds: keep them all
+            k = min(int(req.threshold), n)
+        else:  # no word on k: `default_k`, or one fewer than the model reads when it reads fewer
+            k = max(1, min(int(hp.default_k), n - 1))
         if not 1 <= k <= n:
             raise AuditorError(f"k must be between 1 and the {n} raw features; got {k}")
         importance = feature_importance(model, data, method=hp.importance, seed=hp.seed)

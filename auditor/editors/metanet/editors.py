@@ -357,9 +357,9 @@ class MetaNetMinimisation(_MetaNetEditor):
 
     def _k(self, requirements, n_features: int) -> int:
         k = self.hparams.k
-        if k is None:
-            k = next((int(r.threshold) for r in requirements if r.metric == "features_used" and r.op == "<="),
-                     self.hparams.default_k)
+        if k is None:  # as the baselines read it: a requirement above the features there are already holds
+            req = next((int(r.threshold) for r in requirements if r.metric == "features_used" and r.op == "<="), None)
+            k = min(req, n_features) if req is not None else max(1, min(self.hparams.default_k, n_features - 1))
         if not 1 <= int(k) <= n_features:
             raise AuditorError(f"k must be between 1 and {n_features} raw features, not {k}")
         return int(k)
