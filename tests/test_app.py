@@ -507,7 +507,7 @@ def test_edit_page_lists_unavailable_editors_with_a_way_forward(trojan):
     # no command that would fail: there is no population of digits models to train a metanetwork on
     assert "auditor editor train" not in missing["metanet-fairness"] and "tabular" in missing["metanet-fairness"]
     assert "Applies here instead" in missing["metanet-pruning"] and "magnitude-pruning" in missing["metanet-pruning"]
-    assert "build_mend.py --model MODEL --data DATA" in missing["mend"]
+    assert "auditor editor mend MODEL DATA" in missing["mend"]
     assert at.selectbox(key="edit_editor").options[0].startswith("dynamic-rank-one")
 
 

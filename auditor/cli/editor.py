@@ -1,9 +1,11 @@
-"""`auditor editor train|show`: train learned (metanetwork) editors on a population of models.
+"""`auditor editor train|mend|show`: train learned editors: metanetworks on a population of models, or a MEND
+gradient editor for one model.
 
     auditor editor train --task adult --requirement demographic_parity --out my_dp.safetensors
     auditor editor train --zoo user-1a2b3c4d5e6f --requirement dp --minutes 10   # your own population
     torchrun --nproc_per_node 2 -m auditor.cli editor train --task adult --requirement sparsity
     auditor editor show auditor/editors/weights/metanet_adult_dp.safetensors
+    auditor editor mend my_model.safetensors my_data.csv --target label   # then: auditor edit ... --editor mend
 
 Requirements: demographic_parity (dp), equalized_odds (eo), features_used (minimisation),
 sparsity (pruning). A progress bar shows the steps, the validation loss and the time left; training
@@ -58,6 +60,18 @@ def register(sub) -> None:
     t.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu or cuda")
     t.add_argument("--json", metavar="PATH", help="also write the training summary as JSON")
     t.set_defaults(func=run_train)
+    m = esub.add_parser("mend", help="train a MEND gradient editor for one model (fixes given mistakes in one step)",
+                        description="Train the `mend` editor's learned gradient step for MODEL on DATA (about a "
+                                    "minute on a CPU): it is written beside the model (mend_<model>.safetensors), "
+                                    "where `auditor edit MODEL DATA --editor mend --fix ROW=LABEL` finds it.")
+    from .common import add_model_data_args
+
+    add_model_data_args(m)
+    m.add_argument("--steps", type=int, help="training steps (default: the MEND editor's own)")
+    m.add_argument("--out", metavar="PATH.safetensors",
+                   help="editor file (default: mend_<model>.safetensors beside the model, where it is found)")
+    m.add_argument("--json", metavar="PATH", help="also write the training summary as JSON")
+    m.set_defaults(func=run_mend)
     s = esub.add_parser("show", help="print what an editor file was trained on and its validation figures")
     s.add_argument("path")
     s.add_argument("--json", metavar="PATH")
@@ -114,6 +128,33 @@ def progress_bar(stream=None, width: int = 24):
         stream.flush()
 
     return show
+
+
+def run_mend(args) -> int:
+    """Train and write a MEND editor for one model (what `sample_models/build_mend.py --model` does, installed)."""
+    from pathlib import Path
+
+    from ..editors.mend import MendConfig, save_gradient_editor, train_mend
+    from ..errors import AuditorError
+    from .common import load_model_and_data, refuse_overwriting_inputs
+
+    refuse_overwriting_inputs(args, outputs=("out", "json"))
+    if args.steps is not None and args.steps < 1:
+        raise AuditorError("--steps must be at least 1")
+    bundle, data = load_model_and_data(args)
+    model = Path(args.model)
+    out = Path(args.out) if args.out else model.with_name(f"mend_{model.stem}.safetensors")
+    if out.suffix != ".safetensors":
+        raise AuditorError(f"--out {out.name}: a MEND editor is written as .safetensors")
+    config = MendConfig(**({"steps": args.steps} if args.steps else {}))
+    editor, info = train_mend(bundle, data, config, callback=progress_bar())
+    save_gradient_editor(editor, out, info)
+    summary = {"file": str(out), "seconds": round(info["seconds"], 1), "validation": info["validation"]}
+    print(f"wrote {out} ({summary['seconds']} s): " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else
+                                                               f"{k} {v}" for k, v in info["validation"].items()))
+    if args.json:
+        write_json(args.json, summary)
+    return 0
 
 
 def run_train(args) -> int:

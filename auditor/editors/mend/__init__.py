@@ -131,18 +131,16 @@ class Mend(Editor):
                 return (f"{other[0].name} was trained on other weights of a model named "
                         f"{bundle.spec.provenance.get('name')!r}, not on these (weights sha256 {bundle.sha256[:16]}) "
                         "nor on a model they were edited from; a learned editor applied to other weights can wreck "
-                        "them. Train one for these weights: `python sample_models/build_mend.py --model MODEL --data "
-                        "DATA [--spec SPEC.json] [--arch-file FILE.py --arch-class NAME --trust-code]`, or use "
-                        "`finetune-fix`")
+                        "them. Train one for these weights: `auditor editor mend MODEL DATA [--spec SPEC.json] "
+                        "[--arch-file FILE.py --arch-class NAME --trust-code]`, or use `finetune-fix`")
             return ("no trained MEND editor for this model on the editor search path ($AUDITOR_EDITOR_DIR, the "
                     "model's folder, ~/.auditor/editors, the shipped ones); train one for it (about a minute on a "
-                    "CPU) with `python sample_models/build_mend.py --model MODEL --data DATA [--spec SPEC.json] "
-                    "[--arch-file FILE.py --arch-class NAME --trust-code]` in a source checkout (DATA: a built-in "
-                    "name, an .npz case, or a CSV with --target COL [--positive L] [--protected A,B] "
-                    "[--categorical C,D]; any model torch.fx can trace below its last two Linear layers; it writes "
-                    "mend_MODEL.safetensors beside the model, where it is found), or from Python with "
-                    "`auditor.editors.mend.train_mend(bundle, data)` and `save_gradient_editor`; `finetune-fix` "
-                    "fixes the same mistakes without a trained editor")
+                    "CPU) with `auditor editor mend MODEL DATA [--spec SPEC.json] [--arch-file FILE.py "
+                    "--arch-class NAME --trust-code]` (DATA: a built-in name, an .npz case, or a CSV with --target "
+                    "COL [--positive L] [--protected A,B] [--categorical C,D]; any model torch.fx can trace below "
+                    "its last two Linear layers; it writes mend_MODEL.safetensors beside the model, where it is "
+                    "found), or from Python with `auditor.editors.mend.train_mend(bundle, data)` and "
+                    "`save_gradient_editor`; `finetune-fix` fixes the same mistakes without a trained editor")
         info = read_editor_info(path)
         if info is None:
             return f"{path} is not a MEND editor file"

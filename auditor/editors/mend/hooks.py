@@ -6,6 +6,7 @@ with hooks that are always removed, also when the forward pass raises.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from contextlib import contextmanager
 
 import torch
@@ -104,7 +105,15 @@ def split_head(model: nn.Module, first_layer: str) -> tuple[nn.Module, nn.Module
         if first_layer not in names:
             raise AuditorError(f"layer {first_layer!r} is not a top-level layer of the model; layers: {names}")
         i = names.index(first_layer)
-        return model[:i], model[i:]
+        children = list(model.named_children())
+        # plain Sequentials: slicing keeps the model's own class, and a one-logit model's class reads its
+        # output as [0, z], which the trunk's features are not; the head keeps that reading
+        trunk, head = nn.Sequential(OrderedDict(children[:i])), nn.Sequential(OrderedDict(children[i:]))
+        if getattr(type(model), "_auditor_single_logit", False):
+            from ...models.custom import read_single_logit
+
+            head = read_single_logit(head)
+        return trunk, head
     split = split_model(model, [first_layer])
     if split is None or first_layer not in split.layers:
         raise AuditorError(f"cannot cut the model below layer {first_layer!r}: torch.fx cannot trace it (or the "
