@@ -249,6 +249,10 @@ def why_no_editor_training(bundle, data, requirement: str) -> str | None:
         hidden_widths(bundle.model)
     except AuditorError as exc:
         return str(exc)
+    if kind.metric == "sparsity" and getattr(type(bundle.model), "_auditor_single_logit", False):
+        from .editors.metanet.editors import ONE_LOGIT_PRUNING
+
+        return ONE_LOGIT_PRUNING
     if kind.mode == "residual" and not data.protected:
         return (f"a {kind.metric} editor needs a protected attribute in the data: load the CSV again with one "
                 "(it is read only while training and calibrating, never by the edited model)")

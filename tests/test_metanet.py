@@ -375,3 +375,7 @@ def test_a_one_logit_model_is_edited_as_the_two_output_mlp_it_equals(adult):
     kept = get_editor("metanet-minimisation").edit(one, adult, ["features_used <= 4"]).bundle.model
     assert features_used(kept, adult.feature_groups) <= 4
     assert "one-logit model" in get_editor("metanet-pruning").supports(one, adult)
+    from auditor.jobs import why_no_editor_training  # the Train page does not offer to train it either
+
+    assert "one-logit model" in why_no_editor_training(one, adult, "sparsity")
+    assert why_no_editor_training(one, adult, "demographic_parity") is None

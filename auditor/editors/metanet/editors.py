@@ -51,6 +51,8 @@ from .runtime import (
 )
 
 _LOADED: dict[str, TrainedMetaNet] = {}
+ONE_LOGIT_PRUNING = ("metanet-pruning makes exact zeros in two output rows, which a one-logit model (read as [0, z]) "
+                     "cannot keep when they are read back as one row; magnitude-pruning applies")
 
 
 def editor_path(task: str, requirement: str, weights: str | None = None, data: AuditData | None = None) -> Path:
@@ -125,8 +127,7 @@ class _MetaNetEditor(Editor):
                 train_hint(data.name, self.requirement, data)
         if bundle is not None and _one_logit_layer(bundle.model) is not None:
             if not self.exact_on_one_logit:
-                return (f"{self.name} makes exact zeros in two output rows, which a one-logit model (read as [0, z]) "
-                        "cannot keep when they are read back as one row; magnitude-pruning applies")
+                return ONE_LOGIT_PRUNING
             import dataclasses
 
             bundle = dataclasses.replace(bundle, model=two_output_twin(bundle.model))
