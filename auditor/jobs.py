@@ -249,7 +249,9 @@ def why_no_editor_training(bundle, data, requirement: str) -> str | None:
         hidden_widths(bundle.model)
     except AuditorError as exc:
         return str(exc)
-    if kind.metric == "sparsity" and getattr(type(bundle.model), "_auditor_single_logit", False):
+    from .models.custom import reads_single_logit
+
+    if kind.metric == "sparsity" and reads_single_logit(bundle.model):
         from .editors.metanet.editors import ONE_LOGIT_PRUNING
 
         return ONE_LOGIT_PRUNING

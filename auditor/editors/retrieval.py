@@ -99,7 +99,7 @@ def _capture(layer: nn.Module):
         handle.remove()
 
 
-def _tail(model: nn.Module, layer: nn.Module):
+def _tail(model: nn.Module, layer: nn.Module) -> nn.Sequential | None:
     """The layers after `layer` when it is a direct child of an `nn.Sequential` model (with the model's
     reading of one logit as two, for a single-logit model), else None."""
     if not isinstance(model, nn.Sequential):
@@ -108,12 +108,9 @@ def _tail(model: nn.Module, layer: nn.Module):
     at = next((i for i, m in enumerate(children) if m is layer), None)
     if at is None:
         return None
-    rest = nn.Sequential(*children[at + 1:])
-    if getattr(type(model), "_auditor_single_logit", False):  # the model returns [0, z], not its one logit z
-        from ..models.custom import two_class
+    from ..models.custom import read_like
 
-        return lambda v: two_class(rest(v))
-    return rest
+    return read_like(model, nn.Sequential(*children[at + 1:]))
 
 
 _CACHE: OrderedDict = OrderedDict()  # layer inputs of reference rows and calibrated radii, per weights

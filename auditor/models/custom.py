@@ -222,9 +222,20 @@ def read_single_logit(model: nn.Module) -> nn.Module:
     return _swap_forward(model, "_auditor_single_logit", True, two_class)
 
 
+def reads_single_logit(model: nn.Module) -> bool:
+    """Whether `model` is a one-logit model read as [0, z] (`read_single_logit`)."""
+    return bool(getattr(type(model), "_auditor_single_logit", False))
+
+
+def read_like(model: nn.Module, part: nn.Module) -> nn.Module:
+    """`part`, the layers of `model` up to its output (its head, a slice of an `nn.Sequential`), reading that
+    output as `model` does: [0, z] for a one-logit model. In place; returns `part`."""
+    return read_single_logit(part) if reads_single_logit(model) else part
+
+
 def single_logit_base(model: nn.Module) -> nn.Module:
     """Undo `read_single_logit` (in place): the model returns its one logit again (for export)."""
-    if getattr(type(model), "_auditor_single_logit", False):
+    if reads_single_logit(model):
         model.__class__ = type(model).__mro__[1]
     return model
 

@@ -267,11 +267,10 @@ def _passthrough(cols: list[str]) -> list[dict]:
     return [{"name": c, "type": "numeric", "mean": 0.0, "std": 1.0, "log1p": False} for c in cols]
 
 
-def _transformer_columns(step, names_in: list[str] | None, where: str) -> list[dict]:
-    """The spec's preprocessing columns for one fitted transformer in front of the classifier."""
-    kind = _name(step)
-    cols = list(names_in) if names_in is not None else [f"x{i}" for i in range(int(step.n_features_in_))]
-    if kind != "ColumnTransformer":
+def _transformer_columns(step, cols: list[str], where: str) -> list[dict]:
+    """The spec's preprocessing columns for one fitted transformer on the columns `cols` (a ColumnTransformer
+    selects among the columns it was fitted on by its own names)."""
+    if _name(step) != "ColumnTransformer":
         return _transformer_columns_for(step, cols, where)
     names_in = list(getattr(step, "feature_names_in_", [])) or None
     out: list[dict] = []
@@ -290,14 +289,15 @@ def _transformer_columns(step, names_in: list[str] | None, where: str) -> list[d
 
 
 def _pipeline_columns(steps: list, cols: list[str], where: str) -> list[dict]:
-    """A Pipeline inside a ColumnTransformer: one transformer, a SimpleImputer and the one after it, then
-    optionally a scaler over what they output."""
+    """Pipeline steps on the columns `cols` (in front of the classifier, or inside a ColumnTransformer): one
+    transformer, or a SimpleImputer and the one after it, then optionally a scaler over everything they
+    output (folded into each column's mean and std)."""
     if len(steps) > 1 and _name(steps[-1]) in SCALERS:
         return _scaled(_pipeline_columns(steps[:-1], cols, where), steps[-1], where)
     if _name(steps[0]) == "SimpleImputer":
         return _imputed(steps, cols, where)
     if len(steps) == 1:
-        return _transformer_columns_for(steps[0], cols, where)
+        return _transformer_columns(steps[0], cols, where)
     raise AuditorError(f"{where}: a pipeline of {' then '.join(_name(s) for s in steps)} cannot be converted "
                        f"exactly (supported: {SUPPORTED}, and a scaler after them)")
 
@@ -324,24 +324,12 @@ def _transformer_columns_for(trans, cols: list[str], where: str) -> list[dict]:
 
 
 def _front_columns(front: list, name: str) -> list[dict]:
-    """The preprocessing columns of a pipeline's steps in front of its classifier: one transformer (a
-    ColumnTransformer, scaler, OneHotEncoder), a SimpleImputer and the one after it, and then a scaler
-    over everything they output (folded into each column's mean and std)."""
-    if len(front) > 1 and _name(front[-1][1]) in SCALERS:
-        step_name, scaler = front[-1]
-        return _scaled(_front_columns(front[:-1], name), scaler, f"{name}: pipeline step {step_name!r}")
-    first_name, first = front[0]
-    where = f"{name}: pipeline step {first_name!r}"
-    if _name(first) == "SimpleImputer" and len(front) <= 2:
-        names_in = list(getattr(first, "feature_names_in_", [])) or [f"x{i}" for i in range(int(first.n_features_in_))]
-        return _imputed([s for _, s in front], names_in, where)
-    if len(front) > 1:
-        raise AuditorError(f"{name}: pipeline step {front[1][0]!r} ({_name(front[1][1])}) follows another "
-                           f"transformer; one scaler, OneHotEncoder or ColumnTransformer in front of "
-                           f"the classifier (and a scaler after it) is converted exactly (supported: "
-                           f"{SUPPORTED})")
-    names_in = list(getattr(first, "feature_names_in_", [])) or None
-    return _transformer_columns(first, names_in, where)
+    """The preprocessing columns of a pipeline's (name, step) pairs in front of its classifier, read as a
+    ColumnTransformer's own Pipeline is (`_pipeline_columns`), on the columns the first step was fitted on."""
+    steps = [s for _, s in front]
+    names_in = list(getattr(steps[0], "feature_names_in_", [])) or \
+        [f"x{i}" for i in range(int(steps[0].n_features_in_))]
+    return _pipeline_columns(steps, names_in, f"{name}: pipeline step {front[0][0]!r}")
 
 
 def _scaled(cols: list[dict], scaler, where: str) -> list[dict]:
@@ -394,13 +382,6 @@ def _split(est, name: str):
     return cols, clf
 
 
-def _linear_rows(coef: np.ndarray, intercept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(out, in) weights and biases of the scores. A binary model keeps its one score z, read as the logits
-    `[0, z]` ("single_logit"): no row of zeros that would count as pruned weights (sparsity) or as weights
-    an edit left alone."""
-    return coef, intercept
-
-
 def _convert(est, name: str) -> tuple[dict, dict, list, dict, list | None]:
     """(arch, state, class names, provenance, preprocessing columns or None) of a supported estimator."""
     cols, clf = _split(est, name)
@@ -415,7 +396,7 @@ def _convert(est, name: str) -> tuple[dict, dict, list, dict, list | None]:
                                  or (getattr(clf, "multi_class", "auto") == "auto" and clf.solver == "liblinear")):
             raise AuditorError(f"{name}: a one-vs-rest LogisticRegression with {len(classes)} classes cannot be "
                                "converted exactly; supported: binary or multinomial LogisticRegression")
-        w, b = _linear_rows(coef, intercept)
+        w, b = coef, intercept  # a binary model keeps its one score z ("single_logit", read as [0, z])
         arch = {"name": "mlp", "in_features": d, "hidden": [], "num_classes": int(w.shape[0])}
         state = {"out.weight": w, "out.bias": b}
         prov["scores"] = ("one score z, audited as two-class logits [0, z]" if coef.shape[0] == 1
@@ -432,7 +413,6 @@ def _convert(est, name: str) -> tuple[dict, dict, list, dict, list | None]:
             raise AuditorError(f"{name}: MLPClassifier activation {act!r} is not supported; supported: {sorted(acts)}")
         weights = [np.asarray(c, float).T for c in clf.coefs_]
         biases = [np.asarray(b, float) for b in clf.intercepts_]
-        weights[-1], biases[-1] = _linear_rows(weights[-1], biases[-1])
         hidden = [int(w.shape[0]) for w in weights[:-1]]
         if act == "relu":
             arch = {"name": "mlp", "in_features": d, "hidden": hidden, "num_classes": int(weights[-1].shape[0])}
@@ -548,14 +528,6 @@ def load_skops(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelB
 
 
 # --- bundle -> estimator ---------------------------------------------------------------------------
-def _linear_back(w: np.ndarray, b: np.ndarray, binary: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Logit rows back to scikit-learn's: the one score as it is; `[z0, z1]` (a model converted before the one
-    score was kept) becomes `z1 - z0`."""
-    if binary and w.shape[0] == 2:
-        return (w[1] - w[0])[None, :], np.array([b[1] - b[0]])
-    return w, b
-
-
 def estimator_from_bundle(bundle: ModelBundle):
     """A copy of the bundle's scikit-learn estimator holding the bundle's (edited) weights."""
     if bundle.origin is None:
@@ -567,14 +539,12 @@ def estimator_from_bundle(bundle: ModelBundle):
     bs = [(m.bias.detach().cpu().double().numpy() if m.bias is not None else np.zeros(m.out_features))
           for m in layers]
     if _name(clf) == "LogisticRegression":
-        if len(ws) != 1 or ws[0].shape[1] != clf.coef_.shape[1]:
+        if len(ws) != 1 or ws[0].shape != clf.coef_.shape:  # the same rows (one score for a binary model)
             raise AuditorError(f"{bundle.name}: the edited model no longer has a LogisticRegression's shape")
-        coef, intercept = _linear_back(ws[0], bs[0], clf.coef_.shape[0] == 1)
-        clf.coef_, clf.intercept_ = coef.astype(clf.coef_.dtype), intercept.astype(clf.intercept_.dtype)
+        clf.coef_, clf.intercept_ = ws[0].astype(clf.coef_.dtype), bs[0].astype(clf.intercept_.dtype)
     else:
-        if len(ws) != len(clf.coefs_) or any(w.shape[::-1] != c.shape for w, c in zip(ws[:-1], clf.coefs_[:-1])):
+        if len(ws) != len(clf.coefs_) or any(w.shape[::-1] != c.shape for w, c in zip(ws, clf.coefs_)):
             raise AuditorError(f"{bundle.name}: the edited model no longer has the MLPClassifier's shape")
-        ws[-1], bs[-1] = _linear_back(ws[-1], bs[-1], clf.coefs_[-1].shape[1] == 1)
         clf.coefs_ = [w.T.astype(c.dtype) for w, c in zip(ws, clf.coefs_)]
         clf.intercepts_ = [b.astype(c.dtype) for b, c in zip(bs, clf.intercepts_)]
     return est

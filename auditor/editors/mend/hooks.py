@@ -108,12 +108,9 @@ def split_head(model: nn.Module, first_layer: str) -> tuple[nn.Module, nn.Module
         children = list(model.named_children())
         # plain Sequentials: slicing keeps the model's own class, and a one-logit model's class reads its
         # output as [0, z], which the trunk's features are not; the head keeps that reading
-        trunk, head = nn.Sequential(OrderedDict(children[:i])), nn.Sequential(OrderedDict(children[i:]))
-        if getattr(type(model), "_auditor_single_logit", False):
-            from ...models.custom import read_single_logit
+        from ...models.custom import read_like
 
-            head = read_single_logit(head)
-        return trunk, head
+        return nn.Sequential(OrderedDict(children[:i])), read_like(model, nn.Sequential(OrderedDict(children[i:])))
     split = split_model(model, [first_layer])
     if split is None or first_layer not in split.layers:
         raise AuditorError(f"cannot cut the model below layer {first_layer!r}: torch.fx cannot trace it (or the "

@@ -158,7 +158,9 @@ class _MetaNetEditor(Editor):
 
 def _one_logit_layer(model: nn.Module) -> tuple[str, nn.Linear] | None:
     """(name, layer) of a single-logit MLP's output layer (a Linear of one output, the last Linear), else None."""
-    if not getattr(type(model), "_auditor_single_logit", False):
+    from ...models.custom import reads_single_logit
+
+    if not reads_single_logit(model):
         return None
     linear = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     return linear[-1] if linear and linear[-1][1].out_features == 1 else None
