@@ -38,6 +38,16 @@ def threshold_model(weights: list[float]) -> ModelBundle:
     return b
 
 
+def fit_classifier(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, steps: int, lr: float) -> torch.nn.Module:
+    """Train `model` in place as a user would (Adam, cross-entropy on all rows, `steps` full-batch steps)."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(X), y).backward()
+        opt.step()
+    return model
+
+
 def tabular_data(X, y, groups: dict[str, list[str]]) -> AuditData:
     X = torch.tensor(np.asarray(X, dtype=np.float32))
     y = torch.tensor(np.asarray(y, dtype=np.int64))

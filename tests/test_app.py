@@ -40,6 +40,15 @@ def app(audit: AuditSession | None = None, page: str | None = None) -> AppTest:
     return at
 
 
+def upload(at: AppTest, model_name: str, model_bytes: bytes, csv_name: str, csv_bytes: bytes) -> AppTest:
+    """The Load page with a model file and a CSV uploaded, every other choice at its default."""
+    at.radio(key="load_source").set_value("Upload my own").run()
+    at.file_uploader(key="up_model").set_value((model_name, model_bytes, "application/octet-stream"))
+    at.radio(key="up_data_kind").set_value("CSV file").run()
+    at.file_uploader(key="up_csv").set_value((csv_name, csv_bytes, "text/csv")).run()
+    return at
+
+
 def texts(elements) -> str:
     """The elements' text as a reader sees it (Markdown escapes of names and values removed)."""
     return "\n".join(shown(e.value) for e in elements)
@@ -347,11 +356,8 @@ def test_the_load_page_says_how_the_data_was_read(tmp_path):
     raw = load_data("adult").test.raw.iloc[:600].copy()
     raw.loc[raw.index[:7], "hours-per-week"] = None
     at = app()
-    at.radio(key="load_source").set_value("Upload my own").run()
-    at.file_uploader(key="up_model").set_value(("filled.safetensors", (tmp_path / "filled.safetensors").read_bytes(),
-                                                "application/octet-stream"))
-    at.radio(key="up_data_kind").set_value("CSV file").run()
-    at.file_uploader(key="up_csv").set_value(("people.csv", raw.to_csv(index=False).encode(), "text/csv")).run()
+    upload(at, "filled.safetensors", (tmp_path / "filled.safetensors").read_bytes(), "people.csv",
+           raw.to_csv(index=False).encode())
     at.multiselect(key="up_protected").set_value(["sex", "race"]).run()
     at.button(key="up_go").click().run()
     assert not at.exception and not at.error, texts(at.error)
@@ -536,11 +542,8 @@ def test_upload_a_three_class_model_and_a_csv_of_three_outcomes(tmp_path):
                      class_names=["full", "over", "part"])
     save_model(ModelBundle(build_architecture(arch).eval(), spec), tmp_path / "m.safetensors")
     at = app()
-    at.radio(key="load_source").set_value("Upload my own").run()
-    at.file_uploader(key="up_model").set_value(("m.safetensors", (tmp_path / "m.safetensors").read_bytes(),
-                                                 "application/octet-stream"))
-    at.radio(key="up_data_kind").set_value("CSV file").run()
-    at.file_uploader(key="up_csv").set_value(("hours.csv", table.to_csv(index=False).encode(), "text/csv")).run()
+    upload(at, "m.safetensors", (tmp_path / "m.safetensors").read_bytes(), "hours.csv",
+           table.to_csv(index=False).encode())
     at.selectbox(key="up_target").set_value("band").run()
     assert EVERY_VALUE_A_CLASS in at.selectbox(key="up_positive").options
     at.selectbox(key="up_positive").set_value(EVERY_VALUE_A_CLASS).run()

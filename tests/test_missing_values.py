@@ -16,6 +16,7 @@ from auditor.data import TabularSchema
 from auditor.data.tabular import transform
 from auditor.errors import AuditorError
 from auditor.models import load_model, predict_logits
+from tests.fixtures import fit_classifier
 
 NUM, CAT = ["age", "income"], ["employment"]
 
@@ -54,12 +55,7 @@ def vendor(tmp_path_factory):
     mean, std = filled[NUM].mean(), filled[NUM].std(ddof=0)
     X, y = _vendor_inputs(frame, fills, mean, std), torch.tensor((frame["approved"] == "yes").to_numpy(int))
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(X.shape[1], 16), nn.ReLU(), nn.Linear(16, 2))
-    opt = torch.optim.Adam(model.parameters(), lr=0.03)
-    for _ in range(300):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(X), y).backward()
-        opt.step()
+    model = fit_classifier(nn.Sequential(nn.Linear(X.shape[1], 16), nn.ReLU(), nn.Linear(16, 2)), X, y, 300, 0.03)
     torch.save(model.state_dict(), tmp / "m.pt")
     return tmp, frame, model, fills, mean, std
 

@@ -384,7 +384,7 @@ def test_dashboard_loads_a_skops_upload(skops_model, adult):
 def test_dashboard_reads_an_unnamed_array_model_from_the_columns_chosen(adult, tmp_path):
     """On the Load page the model input columns (every column, by default) name an unnamed model's columns in
     their order; a named model is not told about columns it does not read."""
-    from tests.test_app import app, texts
+    from tests.test_app import app, texts, upload
 
     train, test = adult
     est = Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=500))])
@@ -392,11 +392,7 @@ def test_dashboard_reads_an_unnamed_array_model_from_the_columns_chosen(adult, t
     sio.dump(est, tmp_path / "arr.skops")
     frame = test[NUM + ["sex", "income"]].iloc[:800]
     at = app()
-    at.radio(key="load_source").set_value("Upload my own").run()
-    at.file_uploader(key="up_model").set_value(("arr.skops", (tmp_path / "arr.skops").read_bytes(),
-                                                "application/octet-stream"))
-    at.radio(key="up_data_kind").set_value("CSV file").run()
-    at.file_uploader(key="up_csv").set_value(("people.csv", frame.to_csv(index=False).encode(), "text/csv")).run()
+    upload(at, "arr.skops", (tmp_path / "arr.skops").read_bytes(), "people.csv", frame.to_csv(index=False).encode())
     at.multiselect(key="up_protected").set_value(["sex"]).run()
     at.button(key="up_go").click().run()
     assert not at.exception and not at.error, texts(at.error)

@@ -17,6 +17,7 @@ from auditor.errors import AuditorError
 from auditor.models import ModelSpec, load_model, save_model
 from auditor.models.infer import as_registered, infer_layers
 from auditor.models.spec import spec_schema
+from tests.fixtures import fit_classifier
 
 MLP_SPEC = {"arch": {"name": "mlp", "in_features": 4, "hidden": [8], "num_classes": 2},
             "input": {"kind": "tabular", "features": ["a", "b", "c", "d"], "shape": [4]}, "class_names": ["0", "1"]}
@@ -244,12 +245,7 @@ def test_spec_init_finds_standardisation_and_refuses_to_overwrite(tmp_path):
                      dtype=torch.float32)
     y = torch.tensor(frame["label"].to_numpy())
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(200):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(X), y).backward()
-        opt.step()
+    model = fit_classifier(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), X, y, 200, 0.05)
     torch.save(model.state_dict(), tmp_path / "m.pt")
     argv = ["spec", "init", str(tmp_path / "m.pt"), str(tmp_path / "d.csv"), "--target", "label",
             "--protected", "sex", "--categorical", "region", "--out", str(tmp_path / "spec.json")]
