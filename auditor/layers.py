@@ -667,6 +667,63 @@ class ModelSplit:
             return True
         return any(c in self._above[edited] for c in self._cuts[layer])
 
+    def chain(self, layer: str) -> list[nn.Module | object] | None:
+        """The steps from `layer`'s output to the model's output when they are a plain chain of Linear
+        layers and elementwise 1-Lipschitz functions (ReLU, Tanh, ...; `lipschitz_one`), each reading
+        the step before alone, ending in a Linear layer; else None. Each step is a module or a
+        one-argument function."""
+        if layer not in self._above:
+            return None
+        nodes = [n for n in self._nodes[:-1] if n in self._above[layer]]
+        root = dict(self._root.named_modules())
+        if not nodes or nodes[0].op != "call_module" or nodes[0].target != layer or len(nodes[0].users) != 1:
+            return None
+        steps, prev = [], nodes[0]
+        for n in nodes[1:]:
+            if n.all_input_nodes != [prev] or len(n.users) != 1:
+                return None
+            step = lipschitz_one(n, root)
+            if step is None:
+                return None
+            steps.append(step)
+            prev = n
+        output = self._nodes[-1]
+        if output.args[0] is not prev or not steps or not isinstance(steps[-1], nn.Linear):
+            return None
+        return steps
+
+
+_LIPSCHITZ_ONE_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Identity,
+                          nn.Dropout, nn.Flatten)
+_LIPSCHITZ_ONE_FUNCTIONS = {torch.relu, F.relu, torch.tanh, torch.sigmoid, torch.flatten}
+_LIPSCHITZ_ONE_METHODS = {"relu", "tanh", "sigmoid"}
+
+
+def lipschitz_one(node, modules: dict[str, nn.Module]):
+    """The step a traced `node` computes on its one input, when it is a Linear layer or a function of
+    each entry alone that changes no entry by more than its input changed (1-Lipschitz: ReLU, Tanh,
+    Sigmoid, Dropout in eval mode, LeakyReLU or ELU of slope <= 1, ...); else None."""
+    if node.op == "call_module":
+        m = modules.get(node.target)
+        ok = (isinstance(m, nn.Linear) or (isinstance(m, _LIPSCHITZ_ONE_MODULES) and not (isinstance(
+            m, nn.Dropout) and m.training)) or (isinstance(m, nn.LeakyReLU) and abs(m.negative_slope) <= 1)
+            or (isinstance(m, nn.ELU) and 0 <= m.alpha <= 1))
+        return m if ok and (not isinstance(m, nn.Flatten) or m.start_dim == 1) else None
+    kwargs_ok = all(k == "inplace" and v is False for k, v in node.kwargs.items())
+    if node.op == "call_function" and node.target is F.leaky_relu:
+        slope = node.args[1] if len(node.args) > 1 else node.kwargs.get("negative_slope", 0.01)
+        rest = {k: v for k, v in node.kwargs.items() if k != "negative_slope"}
+        ok = isinstance(slope, (int, float)) and abs(slope) <= 1 and len(node.args) <= 2 and all(
+            k == "inplace" and v is False for k, v in rest.items())
+        return (lambda t, _s=slope: F.leaky_relu(t, _s)) if ok else None
+    if node.op == "call_function" and node.target in _LIPSCHITZ_ONE_FUNCTIONS and kwargs_ok:
+        if node.target is torch.flatten:
+            return (lambda t: torch.flatten(t, 1)) if tuple(node.args[1:]) == (1,) else None
+        return node.target if len(node.args) == 1 else None
+    if node.op == "call_method" and node.target in _LIPSCHITZ_ONE_METHODS and len(node.args) == 1 and not node.kwargs:
+        return lambda t, _name=node.target: getattr(t, _name)()
+    return None
+
 
 _TRACE_LOCK = threading.Lock()
 

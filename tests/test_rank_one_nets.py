@@ -211,7 +211,8 @@ def test_loop_checks_stay_exact_after_an_accepted_edit_below(bn_net):
     with torch.no_grad():
         checks.at(None)(X)  # the first check keeps the values below every layer
         assert torch.equal(checks.at("head.3")(X), model(X))
-        assert checks.stats == {"tail_runs": 1, "full_runs": 1, "kept_runs": 0, "low_rank_runs": 0}
+        assert checks.stats == {"tail_runs": 1, "full_runs": 1, "kept_runs": 0, "low_rank_runs": 0,
+                                "rows_skipped": 0}
         model.features[0].conv.weight.mul_(1.2)  # an accepted edit below head.3
         checks.accepted("features.0.conv")
         assert "head.3" not in checks.cuts and "features.0.conv" in checks.cuts
@@ -319,7 +320,8 @@ def test_untraceable_model_is_checked_whole():
     X = torch.randn(4, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(checks.at("out")(X), model(X))
-    assert checks.stats == {"tail_runs": 0, "full_runs": 1, "kept_runs": 0, "low_rank_runs": 0}
+    assert checks.stats == {"tail_runs": 0, "full_runs": 1, "kept_runs": 0, "low_rank_runs": 0,
+                                "rows_skipped": 0}
 
 
 def test_skip_aware_target_matches_the_block_sum_and_siblings_are_found(resnet):

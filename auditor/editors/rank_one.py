@@ -76,6 +76,7 @@ from ..requirements import Requirement, compute_metrics, parse_requirement, pars
 from ..requirements.uncertainty import intervals
 from .base import Editor
 from .registry import register_editor
+from .unchanged_rows import ChainBound
 
 DIRECTIONS = ("principal", "mean")
 TARGETS = ("merge", "own")
@@ -91,7 +92,7 @@ class RankOneUpdate:
     up to `keys` for the joint edit), `relative_norm` its size as ||delta|| / ||W|| of the layer."""
 
     layer: str
-    delta: torch.Tensor
+    dense: torch.Tensor | None  # `delta` as given (None: formed from `factors` when first asked for)
     keys: int
     residual: float  # ||V* - W K|| before the change
     residual_after: float  # ||V* - (W + delta) K|| (0 for an exact fit)
@@ -107,7 +108,17 @@ class RankOneUpdate:
         return [self.layer, *(u.layer for u in self.siblings)]
 
     @property
+    def delta(self) -> torch.Tensor:
+        if self.dense is None:
+            L, R = self.factors
+            self.dense = L @ R.T
+        return self.dense
+
+    @property
     def norm(self) -> float:
+        if self.dense is None:  # ||L R^T||_F from the factors' r x r Gram matrices
+            L, R = self.factors
+            return float(((L.T @ L) * (R.T @ R)).sum().clamp(min=0).sqrt())
         return float(self.delta.norm())
 
     @property
@@ -350,7 +361,7 @@ def compute_delta(model: nn.Module, layer_name: str, clean: torch.Tensor, corrup
         if merged is not None:
             V = merged.to(V)
     W = layer_matrix(layer)
-    w_norm = float(W.double().norm())
+    w_norm = float(torch.linalg.vector_norm(W, dtype=torch.float64))
     if K.shape[0] == 0:
         return RankOneUpdate(layer_name, torch.zeros_like(W), 0, 0.0, 0.0, 0, 0, w_norm)
     dtype = torch.float32 if K.device.type == "mps" else torch.float64
@@ -382,8 +393,7 @@ def compute_delta(model: nn.Module, layer_name: str, clean: torch.Tensor, corrup
         L = torch.linalg.solve(M + 1e-12 * torch.eye(len(M), dtype=dtype, device=K.device) * M.diagonal().max(),
                                P.T @ R).T
     right = U @ A  # (D, r)
-    delta = L @ right.T
-    return RankOneUpdate(layer_name, delta, S, float(R.norm()), float((R - P @ L.T).norm()),
+    return RankOneUpdate(layer_name, None, S, float(R.norm()), float((R - P @ L.T).norm()),
                          _factor_rank(L, right), int(A.shape[1]), w_norm, factors=(L, right))
 
 
@@ -416,6 +426,15 @@ def refit_output_delta(model: nn.Module, layer_name: str, X: torch.Tensor, logit
 def apply_delta(model: nn.Module, update: RankOneUpdate, scale: float = 1.0) -> None:
     """Add `scale * update.delta` to the layer's weight (and bias) in place."""
     layer = resolve_layer(model, update.layer)
+    if update.dense is None and isinstance(layer, nn.Linear):  # W += scale L R^T without forming it
+        L, R = (f.to(layer.weight) for f in update.factors)
+        if layer.bias is not None:
+            layer.bias.add_(L @ R[-1], alpha=scale)
+            R = R[:-1]
+        layer.weight.addmm_(L, R.T, alpha=scale)
+        for sibling in update.siblings:
+            apply_delta(model, sibling, scale)
+        return
     d = update.delta * scale
     if layer.bias is not None:
         layer.bias.add_(d[:, -1].to(layer.bias.dtype))
@@ -685,7 +704,11 @@ class _CheckModel(nn.Module):
     model runs; `stats` counts both. The first runs also keep each Linear layer's own output: a check
     after a new edit of such a layer (`at(layer, update, scale)`, nothing else changed in it) takes the
     kept output plus the edit's low-rank term, (x R) L^T, instead of the layer's matmul
-    (`stats["low_rank_runs"]`; equal to the layer's output up to rounding).
+    (`stats["low_rank_runs"]`; equal to the layer's output up to rounding). Where the part of the
+    model above that layer is a chain of Linear layers and 1-Lipschitz elementwise functions (an MLP
+    head), such a check before any accepted edit reruns it only on the rows whose decision the edit
+    may flip (`ChainBound`); the others keep the first run's logits (`stats["rows_skipped"]`): the
+    decisions, all the checks read, are exact; those rows' logits are the unedited model's.
 
     `start()` marks the checks before any edit as done and keeps their outputs and cuts, keyed by the
     model's weights (`model_hash`): the next edit of the same model (another setting, another seed,
@@ -698,7 +721,9 @@ class _CheckModel(nn.Module):
         self.layers, self.max_bytes, self.bytes = layers, max_bytes, 0
         self.split: ModelSplit | None | bool = False  # False: not built yet
         self.cuts: dict[str, dict[str, tuple]] = {}
-        self.stats = {"tail_runs": 0, "full_runs": 0, "kept_runs": 0, "low_rank_runs": 0}
+        self.stats = {"tail_runs": 0, "full_runs": 0, "kept_runs": 0, "low_rank_runs": 0, "rows_skipped": 0}
+        self.edited: set[str] = set()  # layers with an accepted change
+        self.bounds: dict[str, ChainBound | None] = {}
         self.first: dict[str, torch.Tensor] = {}  # the outputs of the runs before any edit, by input
         self.outs: dict[str, dict[str, torch.Tensor]] = {}  # Linear layers' own outputs before any edit, by input
         self.changed: set[str] = set()  # layers an accepted change touched (their kept outputs are gone)
@@ -767,6 +792,7 @@ class _CheckModel(nn.Module):
 
     def accepted(self, layer: str) -> None:
         self.changed.add(layer)
+        self.edited.add(layer)
         self._drop_outs(layer)
         if not self.split:
             return
@@ -781,7 +807,8 @@ class _CheckModel(nn.Module):
             self.bytes -= self._size((t,))
 
     def _low_rank(self, key: str):
-        """The kept output of the changed layer plus the change's term, for input `key` (None: not known)."""
+        """The changed layer, its kept output for input `key` and the change's term as a function of the
+        layer's input (None: not known)."""
         upd = self.update
         if (upd is None or upd.factors is None or upd.siblings or upd.layer != self.layer
                 or self.layer in self.changed or key not in self.outs.get(self.layer, {})):
@@ -792,10 +819,53 @@ class _CheckModel(nn.Module):
         w, b = (R[:-1], R[-1]) if layer.bias is not None else (R, None)
         scale = self.scale
 
-        def forward(x):
+        def term(x):
             k = x @ w
-            return kept + scale * ((k if b is None else k + b) @ L.T)
-        return layer, forward
+            return scale * ((k if b is None else k + b) @ L.T)
+        return layer, kept, term
+
+    def _chain_bound(self) -> ChainBound | None:
+        """The bound on the logits' change above the edited layer, while nothing else has changed since the
+        first runs (their logits stand for the rows it skips) and no run keeps a layer's input."""
+        if self.edited or self.watch or not self.split:
+            return None
+        if self.layer not in self.bounds:
+            steps = self.split.chain(self.layer)
+            bound = ChainBound(steps) if steps else None
+            self.bounds[self.layer] = bound if bound is not None and bound.worth else None
+        return self.bounds[self.layer]
+
+    def _tail_run(self, key: str, hit: tuple):
+        """The output from the cut kept below the edited layer: with the kept output plus the change's
+        low-rank term instead of the layer's matmul where that is known, and, where the part above is a
+        chain (`ChainBound`), only for the rows whose decision the change may flip (the others keep the
+        first run's logits; the checks read decisions alone)."""
+        fast = self._low_rank(key)
+        if fast is None:
+            return self.split.run(self.layer, hit)
+        self.stats["low_rank_runs"] += 1
+        layer, kept, term = fast
+        bound = self._chain_bound() if key in self.first else None
+        rows = None
+        if bound is not None:
+            x = hit[0]
+            same = bound.unchanged(kept, term(x), self.first[key])
+            if same is not None:
+                rows = torch.nonzero(~same).flatten()
+                self.stats["rows_skipped"] += len(x) - len(rows)
+                if not len(rows):
+                    return self.first[key]
+                kept, hit = kept[rows], (x[rows],)
+        layer.forward = lambda x: kept + term(x)  # the changed layer's output without its matmul
+        try:
+            out = self.split.run(self.layer, hit)
+        finally:
+            del layer.forward
+        if rows is None:
+            return out
+        full = self.first[key].clone()
+        full[rows] = out
+        return full
 
     def _keep_outs(self, key: str, names) -> list:
         """Hooks keeping the outputs of the Linear layers among `names` for input `key` (before any edit);
@@ -848,15 +918,7 @@ class _CheckModel(nn.Module):
         hit = self.cuts.get(self.layer, {}).get(key) if self.layer is not None else None
         if hit is not None:
             self.stats["tail_runs"] += 1
-            fast = self._low_rank(key)
-            if fast is None:
-                return split.run(self.layer, hit)
-            layer, layer.forward = fast  # the changed layer's output without its matmul
-            self.stats["low_rank_runs"] += 1
-            try:
-                return split.run(self.layer, hit)
-            finally:
-                del layer.forward
+            return self._tail_run(key, hit)
         # with an edit applied, keep only the edited layer's own cut (its edit cannot change it; the
         # cuts of layers above it would hold the edit, and the edit may be rolled back)
         missing = [name for name in (split.layers if self.layer is None else [self.layer])
