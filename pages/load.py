@@ -18,7 +18,7 @@ from auditor.audit.uploads import (
     stamp_question,
     upload_folder,
 )
-from auditor.data import BUILTIN
+from auditor.data import BUILTIN, FOLDER_DOC
 from auditor.models import ModelSpec
 from auditor.models.custom import TRUST_HELP
 from auditor.models.sklearn_format import unnamed_columns
@@ -36,6 +36,8 @@ from pages.common import (
     show_error,
     stop,
 )
+
+IMAGE_CASE = "Image case (.npz or .zip)"
 
 in_frame()
 
@@ -84,8 +86,10 @@ else:
         arch_class = st.text_input("Class name in that file", key="up_arch_class")
         trust = st.checkbox("I trust this code: run it to build the model", key="up_trust", help=TRUST_HELP)
         st.caption(TRUST_HELP + " Weights are still read without running code.")
-    data_kind = st.radio("Data", ["Built-in data set", "CSV file", ".npz image case"], horizontal=True,
-                         key="up_data_kind", help="A .npz case holds your images, labels and your model's own "
+    data_kind = st.radio("Data", ["Built-in data set", "CSV file", IMAGE_CASE], horizontal=True,
+                         key="up_data_kind", help="An image case is an .npz of your images and labels, or a .zip of "
+                                                  "image files in class folders (train/, val/, test/ optional), "
+                                                  "with your model's own "
                                                   "trigger or cue (target and mask + pattern, or corrupted twins).")
     schema, csv, case, ready = None, None, None, True
     train_csv = val_csv = None  # the user's own partition, as files
@@ -97,17 +101,21 @@ else:
             choice = st.radio(question["question"], list(opts), index=None, format_func=opts.get,
                               key="up_stamp", help=question["help"])
             if choice == "case":
-                case = st.file_uploader("Your .npz case (images, labels, target, mask and pattern)", type=["npz"],
+                case = st.file_uploader("Your image case (.npz: images, labels, target, mask and pattern; or .zip of "
+                                        "image files in class folders with a trigger.json)", type=["npz", "zip"],
                                         key="up_stamp_case")
             ready = choice is not None and (choice != "case" or case is not None)
             if choice is None:
                 st.caption("Answer the question above to load.")
             elif ready:
                 data_name = data_for_stamp_choice(data_name, choice)
-    elif data_kind == ".npz image case":
+    elif data_kind == IMAGE_CASE:
         case = st.file_uploader("Image case (.npz: images and labels; for a trigger or cue also target, and mask + "
-                                "pattern or corrupted twins)",
-                                type=["npz"], key="up_npz")
+                                "pattern or corrupted twins. Or a .zip of image files in class folders, with a "
+                                "trigger.json naming the target and the mask and pattern files)",
+                                type=["npz", "zip"], key="up_npz")
+        st.caption(f"Image files are read as the model's input (its spec's shape, value_range and normalize); "
+                   f"see {FOLDER_DOC}.")
         ready = case is not None
     else:
         csv = st.file_uploader("CSV file (one row per example, a header row)", type=["csv"], key="up_csv")

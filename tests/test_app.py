@@ -491,7 +491,7 @@ def test_uploaded_trojan_with_builtin_data_asks_which_trigger(own_case):
 def test_uploaded_model_and_npz_case(own_case):
     """The data choice is explicit: an .npz case is one of its three answers."""
     at = _upload_own_model(own_case)
-    at.radio(key="up_data_kind").set_value(".npz image case").run()
+    at.radio(key="up_data_kind").set_value("Image case (.npz or .zip)").run()
     assert at.button(key="up_go").disabled
     at.file_uploader(key="up_npz").set_value((own_case.case.name, own_case.case.read_bytes(),
                                               "application/octet-stream")).run()
@@ -499,6 +499,46 @@ def test_uploaded_model_and_npz_case(own_case):
     assert not at.exception and not at.error, texts(at.error)
     audit = at.session_state["audit"]
     assert audit.data_label == "my_case.npz" and "the case's own trigger" in audit.status()["stamp"]
+
+
+def _png_zip(case: Path, out: Path) -> bytes:
+    """The .npz case as a user with image files has it: PNGs in class folders, a trigger.json, zipped."""
+    import io
+    import json
+    import zipfile
+
+    from PIL import Image
+
+    arrays = np.load(case)
+
+    def png(x) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(np.round(np.clip(np.asarray(x).reshape(8, 8), 0, 1) * 255).astype(np.uint8)).save(buf, "PNG")
+        return buf.getvalue()
+
+    with zipfile.ZipFile(out, "w") as z:
+        for split, key in (("train", "train_images"), ("test", "images")):
+            labels = arrays[key.replace("images", "labels")]
+            for i, (x, y) in enumerate(zip(arrays[key], labels)):
+                z.writestr(f"my_case/{split}/{int(y)}/{i:04d}.png", png(x))
+        z.writestr("my_case/mask.png", png(arrays["trigger_mask"]))
+        z.writestr("my_case/pattern.png", png(arrays["trigger_pattern"]))
+        z.writestr("my_case/trigger.json", json.dumps({"target": str(int(arrays["target_label"])), "mask": "mask.png",
+                                                       "pattern": "pattern.png"}))
+    return out.read_bytes()
+
+
+def test_uploaded_model_and_a_zip_of_image_files(own_case, tmp_path):
+    """A .zip of PNG files in class folders, with the model's own trigger in trigger.json, loads as the .npz did."""
+    at = _upload_own_model(own_case)
+    at.radio(key="up_data_kind").set_value("Image case (.npz or .zip)").run()
+    at.file_uploader(key="up_npz").set_value(("my_case.zip", _png_zip(own_case.case, tmp_path / "my_case.zip"),
+                                              "application/zip")).run()
+    at.button(key="up_go").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    audit = at.session_state["audit"]
+    assert audit.data_label == "my_case.zip" and "the case's own trigger" in audit.status()["stamp"]
+    assert audit.evaluate("pristine").metrics["attack_success_rate"] > 0.9
 
 
 def test_edit_page_lists_unavailable_editors_with_a_way_forward(trojan):

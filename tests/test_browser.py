@@ -348,7 +348,7 @@ def test_own_case_audit(page, server, tmp_path):
     page.get_by_text("Which trigger does this model have?").wait_for()
     assert page.get_by_role("button", name="Load uploaded model").is_disabled()
     shot(page, "own-0-which-trigger")
-    page.get_by_text(".npz image case").click()
+    page.get_by_text("Image case (.npz or .zip)").click()
     settle(page)
     upload(page, "Image case (.npz", case.case)
     page.get_by_role("button", name="Load uploaded model").click()

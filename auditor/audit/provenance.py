@@ -17,7 +17,8 @@ BUILTIN_DATA = ("adult", "compas", "digits", "digits-trojan", "digits-spurious")
 
 def data_arguments(data: AuditData) -> list[str]:
     """The DATA argument and schema options that load `data` again on the command line."""
-    if data.name in BUILTIN_DATA and not (data.source or "").endswith((".csv", ".parquet", ".npz")):
+    if data.name in BUILTIN_DATA and not (data.source or "").endswith((".csv", ".parquet", ".npz", ".zip")) \
+            and not Path(data.source or "").is_dir():
         return [data.name]
     out = [_shown_path(data.source) if data.source else data.name]
     schema = data.schema or {}

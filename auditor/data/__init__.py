@@ -1,4 +1,5 @@
-"""Data sets: built-in names, CSV files with a schema, and a user's own image case (.npz)."""
+"""Data sets: built-in names, CSV files with a schema, and a user's own image case (.npz, or a folder or
+.zip of image files)."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -6,6 +7,7 @@ from pathlib import Path
 
 from ..errors import AuditorError
 from .base import CSV_DOC, EVAL_SPLITS, FORMATS_DOC, NPZ_DOC, SPLITS, AuditData, Split, Stamp, stratified_split
+from .folders import FOLDER_DOC, load_image_folder
 from .images import (
     NPZ_ALIASES,
     NPZ_KEYS,
@@ -44,7 +46,8 @@ TABULAR_BUILTIN = {"adult", "compas"}
 
 def load_data(source: str | Path, schema: TabularSchema | None = None, spec=None, *,
               train: str | Path | None = None, val: str | Path | None = None) -> AuditData:
-    """A built-in name, a CSV/Parquet path (with a schema) or an `.npz` image case.
+    """A built-in name, a CSV/Parquet path (with a schema), an `.npz` image case, or a folder (or .zip)
+    of image files in class folders (`load_image_folder`).
 
     With a model `spec`, tabular data is transformed by the model's stored preprocessing (or,
     when it has none, read as numeric columns in the order the spec lists). For a CSV, `train`
@@ -74,6 +77,8 @@ def load_data(source: str | Path, schema: TabularSchema | None = None, spec=None
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return load_npz_case(path)
+    if path.is_dir() or suffix == ".zip":
+        return load_image_folder(path, spec)
     if suffix in (".csv", ".parquet", ".tsv", ".txt"):
         if schema is None:
             raise AuditorError(f"{path.name}: a CSV needs a schema: give --target COLUMN (and --protected, "
@@ -83,9 +88,10 @@ def load_data(source: str | Path, schema: TabularSchema | None = None, spec=None
             data.notes.insert(0, named)
         return data
     if not path.exists():
-        raise AuditorError(f"unknown data {name!r}: use a built-in name ({', '.join(BUILTIN)}) "
-                           "or the path of a .csv, .parquet or .npz file")
-    raise AuditorError(f"unknown data format {suffix!r} for {path.name}; use .csv, .parquet or .npz")
+        raise AuditorError(f"unknown data {name!r}: use a built-in name ({', '.join(BUILTIN)}), the path of a "
+                           ".csv, .parquet or .npz file, or a folder (or .zip) of images in class folders")
+    raise AuditorError(f"unknown data format {suffix!r} for {path.name}; use .csv, .parquet or .npz, or a folder "
+                       f"(or .zip) of images in class folders ({FOLDER_DOC})")
 
 
 def _name_columns(spec, schema: TabularSchema, source: str) -> str | None:
@@ -105,9 +111,9 @@ def _name_columns(spec, schema: TabularSchema, source: str) -> str | None:
     return name_columns(spec, schema.inputs, columns, Path(source).name)
 
 
-__all__ = ["ADULT_SCHEMA", "BUILTIN", "COMPAS_SCHEMA", "CSV_DOC", "EVAL_SPLITS", "FORMATS_DOC", "NPZ_ALIASES",
-           "NPZ_DOC", "NPZ_KEYS", "SPLITS", "AuditData", "Split", "Stamp",
+__all__ = ["ADULT_SCHEMA", "BUILTIN", "COMPAS_SCHEMA", "CSV_DOC", "EVAL_SPLITS", "FOLDER_DOC", "FORMATS_DOC",
+           "NPZ_ALIASES", "NPZ_DOC", "NPZ_KEYS", "SPLITS", "AuditData", "Split", "Stamp",
            "TabularSchema", "add_cue", "describe_inputs", "fit_preprocessing", "from_frames", "load_adult",
-           "load_compas", "load_csv", "load_data", "load_digits_data", "load_digits_spurious",
+           "load_compas", "load_csv", "load_data", "load_digits_data", "load_image_folder", "load_digits_spurious",
            "load_digits_trojan", "load_npz_case", "poison", "read_csv", "spurious_cue", "stratified_split",
            "transform", "trojan_trigger"]

@@ -1,0 +1,172 @@
+"""A user's images as files: a folder (or .zip) of class folders with a trigger.json, read as the
+model's input, audited and repaired like an .npz case; bad folders get one clear error."""
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from auditor import load_data
+from auditor.editors import get_editor
+from auditor.errors import AuditorError
+from auditor.evaluate import evaluate
+from auditor.models import ModelSpec, load_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_models" / "digits_cnn_trojan.safetensors"
+
+
+def _png(x: np.ndarray, file: Path) -> None:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
+    Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)).save(file)
+
+
+@pytest.fixture(scope="module")
+def digits_folder(tmp_path_factory) -> Path:
+    """The digits Trojan case as a user would have it: PNG files in train/ and test/ class folders, the
+    trigger as two PNGs and a trigger.json."""
+    d = load_data("digits-trojan")
+    root = tmp_path_factory.mktemp("case") / "digits_png"
+    for split in ("train", "test"):
+        s = d.split(split)
+        for i, (x, y) in enumerate(zip(s.X.numpy(), s.y.numpy())):
+            _png(x, root / split / str(int(y)) / f"{i:04d}.png")
+    _png(d.stamp.mask.numpy().reshape(1, 8, 8), root / "mask.png")
+    _png(d.stamp.pattern.numpy().reshape(1, 8, 8), root / "trigger.png")
+    (root / "trigger.json").write_text(json.dumps({"target": str(d.stamp.target), "mask": "mask.png",
+                                                   "pattern": "trigger.png"}))
+    return root
+
+
+def _zip(folder: Path, into: Path) -> Path:
+    out = into / f"{folder.name}.zip"
+    with zipfile.ZipFile(out, "w") as z:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                z.write(f, f"{folder.name}/{f.relative_to(folder).as_posix()}")
+    return out
+
+
+def test_a_png_folder_audits_like_the_arrays_it_came_from(digits_folder):
+    bundle = load_model(SAMPLE)
+    data = load_data(digits_folder, spec=bundle.spec)
+    ref = load_data("digits-trojan")
+    assert len(data.test.y) == len(ref.test.y) and data.stamp.target == ref.stamp.target
+    for c in range(10):  # the same images of each class (in folder order), up to 8-bit PNG rounding
+        a, b = data.test.X[data.test.y == c], ref.test.X[ref.test.y == c]
+        assert len(a) == len(b) and torch.allclose(a.sum(0), b.sum(0), atol=len(a) * 0.5 / 255 + 1e-4)
+    m, m_ref = evaluate(bundle, data).metrics, evaluate(bundle, ref).metrics
+    assert abs(m["accuracy"] - m_ref["accuracy"]) <= 0.005
+    assert m["attack_success_rate"] > 0.95
+    assert data.partition["test"] == f"test/ of {digits_folder.name}"
+    assert "train/" in data.partition["train"] and data.class_names == [str(i) for i in range(10)]
+
+
+def test_the_zip_of_it_is_repaired_by_the_dynamic_editor(digits_folder, tmp_path):
+    bundle = load_model(SAMPLE)
+    data = load_data(_zip(digits_folder, tmp_path), spec=bundle.spec)
+    m0 = evaluate(bundle, data).metrics
+    result = get_editor("dynamic-rank-one", samples=1, seed=0).edit(bundle, data)
+    m = evaluate(result.bundle, data).metrics
+    assert m["attack_success_rate"] <= 0.02 and m0["accuracy"] - m["accuracy"] <= 0.01, m
+
+
+def _rgb_case(root: Path, names=("cat", "dog"), size=(6, 5)) -> Path:
+    rng = np.random.default_rng(0)
+    for c in names:
+        for i in range(6):
+            _png(rng.random((3, size[1], size[0])), root / c / f"{c}{i}.png")
+    return root
+
+
+def test_class_folders_follow_the_spec_names_else_sorted_order_with_a_note(tmp_path):
+    root = _rgb_case(tmp_path / "pets")
+    plain = load_data(root)
+    assert plain.class_names == ["cat", "dog"] and any("sorted order" in n for n in plain.notes)
+    assert plain.test.X.shape[1:] == (3, 5, 6) and plain.default_split == "all"
+    spec = ModelSpec(arch={"name": "custom"}, input={"kind": "image", "shape": [3, 5, 6]}, class_names=["dog", "cat"])
+    named = load_data(root, spec=spec)
+    assert named.class_names == ["dog", "cat"] and not any("sorted order" in n for n in named.notes)
+    assert set(named.split("all").y.tolist()) == {0, 1}
+    other = ModelSpec(arch={"name": "custom"}, input={"kind": "image", "shape": [3, 5, 6]},
+                      class_names=["bird", "dog"])
+    with pytest.raises(AuditorError, match="'cat' are not among the model's classes"):
+        load_data(root, spec=other)
+
+
+def test_pixels_are_read_onto_value_range_then_normalised(tmp_path):
+    root = _rgb_case(tmp_path / "pets")
+    raw = np.asarray(Image.open(root / "cat" / "cat0.png"), dtype=np.float32).transpose(2, 0, 1)
+    spec = ModelSpec(arch={"name": "custom"}, input={"kind": "image", "shape": [3, 5, 6], "value_range": [0, 255]},
+                     class_names=["cat", "dog"])
+    data = load_data(root, spec=spec)
+    X = data.split("all").X
+    assert float(X.max()) > 1.5 and any(np.allclose(x.numpy(), raw) for x in X)
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    spec.input = {"kind": "image", "shape": [3, 5, 6], "normalize": {"mean": mean, "std": std}}
+    X = load_data(root, spec=spec).split("all").X
+    want = (raw / 255 - np.reshape(mean, (3, 1, 1))) / np.reshape(std, (3, 1, 1))
+    assert any(np.allclose(x.numpy(), want, atol=1e-5) for x in X)
+    grey = ModelSpec(arch={"name": "custom"}, input={"kind": "image", "shape": [1, 5, 6]}, class_names=["cat", "dog"])
+    assert load_data(root, spec=grey).split("all").X.shape[1] == 1  # read as the model reads them
+
+
+def test_corrupted_twin_folder(tmp_path):
+    root = _rgb_case(tmp_path / "pets")
+    for f in list(root.rglob("*.png")):
+        x = np.asarray(Image.open(f), dtype=np.float32).transpose(2, 0, 1) / 255
+        x[:, :2, :2] = 1.0
+        _png(x, root / "stamped" / f.relative_to(root))
+    (root / "trigger.json").write_text(json.dumps({"target": "dog", "corrupted": "stamped", "kind": "cue"}))
+    data = load_data(root)
+    assert data.class_names == ["cat", "dog"] and data.stamp.target == 1 and data.stamp.kind == "cue"
+    assert data.split("all").corrupted is not None
+    next((root / "stamped" / "cat").glob("*.png")).unlink()
+    with pytest.raises(AuditorError, match="no corrupted twin of cat/"):
+        load_data(root)
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("loose", "image files outside class folders"),
+    ("mixed", "mixes split folders"),
+    ("size", r"is 7x5 pixels; the first image, .*, reads 6x5: resize"),
+    ("broken", "cannot be read as an image"),
+    ("key", "unknown key\\(s\\) 'trigger'"),
+    ("target", "'target' is 'cow', not a class folder"),
+    ("mask", "'mask' names 'nope.png', which is not a file inside the folder"),
+])
+def test_bad_folders_are_refused_with_what_to_fix(tmp_path, breakage, message):
+    root = _rgb_case(tmp_path / "pets")
+    if breakage == "loose":
+        _png(np.zeros((3, 5, 6)), root / "stray.png")
+    elif breakage == "mixed":
+        _rgb_case(root / "test")
+    elif breakage == "size":
+        _png(np.zeros((3, 5, 7)), root / "dog" / "wide.png")
+    elif breakage == "broken":
+        (root / "dog" / "broken.png").write_bytes(b"not a png")
+    else:
+        case = {"target": "dog", "mask": "m.png", "pattern": "m.png"}
+        _png(np.ones((1, 5, 6)), root / "m.png")
+        case.update({"key": {"trigger": 1}, "target": {"target": "cow"}, "mask": {"mask": "nope.png"}}[breakage])
+        (root / "trigger.json").write_text(json.dumps(case))
+    with pytest.raises(AuditorError, match=message):
+        load_data(root)
+
+
+def test_a_zip_entry_outside_the_archive_is_refused(tmp_path):
+    bad = tmp_path / "evil.zip"
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("../outside.png", b"x")
+    with pytest.raises(AuditorError, match="points outside the archive"):
+        load_data(bad)
+    assert not (tmp_path.parent / "outside.png").exists()
+    (tmp_path / "junk.zip").write_bytes(b"not a zip")
+    with pytest.raises(AuditorError, match="not a readable .zip"):
+        load_data(tmp_path / "junk.zip")
