@@ -2,6 +2,7 @@
 with every evaluation (the CLI's warnings, the report's, the dashboard's)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .data.base import AuditData
@@ -53,20 +54,28 @@ def model_notes(bundle: ModelBundle) -> list[str]:
 
 
 def range_notes(bundle: ModelBundle, data: AuditData) -> list[str]:
-    """A warning when the images lie far outside the value range the spec says the model was trained on
-    (0-255 pixels for a model of [0, 1] ones): the auditor never rescales them."""
-    rng = bundle.spec.input.get("value_range") if isinstance(bundle.spec.input, dict) else None
+    """A warning when the images lie far outside the value range the spec says the model reads (0-255
+    pixels for a model of [0, 1] ones): `value_range`, standardised by `normalize` when the spec has one.
+    Arrays are taken as they are; image files were read onto that range."""
+    inp = bundle.spec.input if isinstance(bundle.spec.input, dict) else {}
+    rng = inp.get("value_range")
     if data.kind != "image" or not isinstance(rng, (list, tuple)) or len(rng) != 2:
         return []
     lo, hi = float(rng[0]), float(rng[1])
+    norm = inp.get("normalize") or {}
+    if norm:
+        mean, std = np.asarray(norm["mean"], float), np.asarray(norm["std"], float)
+        lo, hi = float(np.min((lo - mean) / std)), float(np.max((hi - mean) / std))
     X = next((s.X for s in (data.test, data.val, data.train) if len(s)), None)
     if X is None or hi <= lo:
         return []
     a, b = float(X.min()), float(X.max())
     if b <= hi + (hi - lo) and a >= lo - (hi - lo):
         return []
-    return [f"the images hold values from {a:.4g} to {b:.4g}, but the model spec says it reads values in "
-            f"[{lo:g}, {hi:g}]; the auditor never rescales images: scale them as the model was trained"]
+    reads = f"[{lo:.4g}, {hi:.4g}]" + (" (value_range after its normalize)" if norm else "")
+    return [f"the images hold values from {a:.4g} to {b:.4g}, but the model spec says it reads values in {reads}; "
+            "arrays are taken as they are: scale them as the model was trained (image files in class folders are "
+            "read onto the spec's value_range and normalize)"]
 
 
 def class_name_notes(spec_names, data: AuditData) -> list[str]:

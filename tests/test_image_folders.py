@@ -170,3 +170,30 @@ def test_a_zip_entry_outside_the_archive_is_refused(tmp_path):
     (tmp_path / "junk.zip").write_bytes(b"not a zip")
     with pytest.raises(AuditorError, match="not a readable .zip"):
         load_data(tmp_path / "junk.zip")
+
+
+def test_the_range_caution_reads_normalize_and_names_arrays(tmp_path):
+    """Normalised images from files are what the model reads (no caution); 0..255 arrays for a [0, 1] model
+    get one, saying arrays are taken as they are."""
+    from auditor.cautions import range_notes
+    from auditor.models import ModelBundle
+
+    root = _rgb_case(tmp_path / "pets")
+    inp = {"kind": "image", "shape": [3, 5, 6], "value_range": [0, 1],
+           "normalize": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
+    spec = ModelSpec(arch={"name": "custom"}, input=inp, class_names=["cat", "dog"])
+    bundle = ModelBundle(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(90, 2)), spec)
+    data = load_data(root, spec=spec)
+    assert float(data.split("all").X.min()) < -1.5 and range_notes(bundle, data) == []
+    spec.input = {k: v for k, v in inp.items() if k != "normalize"}
+    assert range_notes(bundle, data)  # the same values, for a spec without normalize: far outside [0, 1]
+    raw = np.load(_npz_of(data, tmp_path / "raw.npz"))
+    assert float(raw["images"].max()) > 100
+    warned = range_notes(bundle, load_data(tmp_path / "raw.npz"))
+    assert warned and "arrays are taken as they are" in warned[0]
+
+
+def _npz_of(data, out: Path) -> Path:
+    s = data.split("all")
+    np.savez(out, images=np.round(s.X.numpy() * 60 + 120).astype(np.float32), labels=s.y.numpy())
+    return out
