@@ -31,9 +31,9 @@ class ChainBound:
         self.steps = steps
         linears = [s for s in steps if isinstance(s, nn.Linear)]
         # per row: what rerunning the chain multiplies, against what the bound reads (the layer's output
-        # and the head's scores): not worth it above a head alone (a cheap rerun)
+        # and the head's scores): not worth it above a small head alone (a cheap rerun)
         self.worth = sum(s.in_features * s.out_features for s in linears) >= 16 * (
-            linears[0].in_features + linears[-1].out_features ** 2)
+            linears[0].in_features + linears[-1].out_features)
         first = next(i for i, s in enumerate(steps) if isinstance(s, nn.Linear))
         self.prefix = steps[:first]  # elementwise steps before the next Linear layer: applied exactly
         gain = 1.0
