@@ -361,7 +361,7 @@ def compute_delta(model: nn.Module, layer_name: str, clean: torch.Tensor, corrup
         if merged is not None:
             V = merged.to(V)
     W = layer_matrix(layer)
-    w_norm = float(torch.linalg.vector_norm(W, dtype=torch.float64))
+    w_norm = float(W.norm())  # for the change's relative size
     if K.shape[0] == 0:
         return RankOneUpdate(layer_name, torch.zeros_like(W), 0, 0.0, 0.0, 0, 0, w_norm)
     dtype = torch.float32 if K.device.type == "mps" else torch.float64
@@ -1320,7 +1320,8 @@ class DynamicRankOneEditor(RankOneEditor):
             for n, snap in saved.items():
                 self._touched.setdefault(n, snap)  # the unedited weights (the search restores them)
             for n in update.layers:
-                start.setdefault(n, layer_matrix(resolve_layer(model, n)).clone())
+                if n not in start:
+                    start[n] = layer_matrix(resolve_layer(model, n)).clone()
             tried, drop = [], 0.0
             one = self._rank_setting() != 1 and update.rank > 1 and action == "edit" and hp.partial_edits > 0
             for attempt_no in range(hp.partial_edits + 1 if action == "edit" else 1):
