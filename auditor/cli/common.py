@@ -36,8 +36,9 @@ def add_csv_schema_args(p, prefix: str = "") -> None:
 def add_model_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model file: .safetensors (spec inside), .onnx, or a state dict .pt with --spec")
     p.add_argument("data", nargs="?", help="built-in data (adult, compas, digits, digits-trojan, digits-spurious), "
-                                           "a .csv/.parquet with --target, or an .npz image case (formats: "
-                                           "docs/formats.md); may be left out when --test-csv names the file")
+                                           "a .csv/.parquet with --target, an .npz image case, or a folder (or "
+                                           ".zip) of images in class folders (formats: docs/formats.md); may be "
+                                           "left out when --test-csv names the file")
     p.add_argument("--spec", help="JSON model spec for a state dict (or to override a stored one)")
     add_csv_schema_args(p, "CSV: ")
     p.add_argument("--split", default=None, choices=["all", "train", "val", "test"],
@@ -99,7 +100,8 @@ def data_source(args) -> str:
     source = data or test_csv
     if not source:
         raise AuditorError("give DATA: a built-in name (adult, compas, digits, digits-trojan, digits-spurious), "
-                           "a .csv/.parquet with --target, an .npz image case, or --train-csv and --test-csv")
+                           "a .csv/.parquet with --target, an .npz image case, a folder (or .zip) of images in class "
+                           "folders, or --train-csv and --test-csv")
     if (train_csv or getattr(args, "split_column", None)) and not args.target:
         raise AuditorError(f"{Path(source).name}: a CSV needs a schema: give --target COLUMN "
                            "(see docs/formats.md#csv-and-schema-options)")

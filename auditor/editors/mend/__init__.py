@@ -136,10 +136,10 @@ class Mend(Editor):
             return ("no trained MEND editor for this model on the editor search path ($AUDITOR_EDITOR_DIR, the "
                     "model's folder, ~/.auditor/editors, the shipped ones); train one for it (about a minute on a "
                     "CPU) with `auditor editor mend MODEL DATA [--spec SPEC.json] [--arch-file FILE.py "
-                    "--arch-class NAME --trust-code]` (DATA: a built-in name, an .npz case, or a CSV with --target "
-                    "COL [--positive L] [--protected A,B] [--categorical C,D]; any model torch.fx can trace below "
-                    "its last two Linear layers; it writes mend_MODEL.safetensors beside the model, where it is "
-                    "found), or from Python with `auditor.editors.mend.train_mend(bundle, data)` and "
+                    "--arch-class NAME --trust-code]` (DATA: a built-in name, an .npz case or image folder, or a CSV "
+                    "with --target COL [--positive L] [--protected A,B] [--categorical C,D]; any model torch.fx can "
+                    "trace below its last two Linear layers; it writes mend_MODEL.safetensors beside the model, where "
+                    "it is found), or from Python with `auditor.editors.mend.train_mend(bundle, data)` and "
                     "`save_gradient_editor`; `finetune-fix` fixes the same mistakes without a trained editor")
         info = read_editor_info(path)
         if info is None:
