@@ -12,6 +12,7 @@ import math
 import re
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -216,7 +217,7 @@ def stamp_label(data) -> str | None:
     arrow = (f"→ class {target_name}" if kind == "trigger" else f"correlated with class {target_name}") \
         if target is not None else ""
     source = str(getattr(data, "source", "") or "")
-    from_case = source.lower().endswith(".npz")
+    from_case = source.lower().endswith((".npz", ".zip")) or Path(source).is_dir()  # the user's own files
     shape = "corrupted twins" if has_twins and (stamp is None or not float(stamp.mask.abs().sum())) \
         else _where(stamp.mask)
     if data.name in SAMPLE_STAMP_DATA and not from_case:

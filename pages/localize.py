@@ -6,7 +6,7 @@ import streamlit as st
 from auditor.charts import feature_attribution_chart, layer_ranking_chart
 from auditor.charts.dashboard import ATTRIBUTION_UNIT, pixel_pairs_chart
 from auditor.localize import METHODS
-from auditor.present import md_plain, setting_fields
+from auditor.present import md_plain, setting_fields, stamp_label
 from pages.common import in_frame, need_audit, next_step, progress, show_error, stop
 
 in_frame()
@@ -16,10 +16,12 @@ data = audit.data
 st.title("2 · Localize: where in the network does the problem live?")
 has_pairs = data.stamp is not None or data.train.corrupted is not None
 if has_pairs:
-    what = {"trigger": "a Trojan trigger (a small patch that flips predictions to one class)",
-            "cue": "a spurious cue (a mark the model learned to rely on instead of the digit)"}.get(
+    what = {"trigger": "a Trojan trigger (a stamp that flips predictions to one class)",
+            "cue": "a spurious cue (a mark the model learned to rely on instead of what it should read)"}.get(
         data.stamp.kind if data.stamp is not None else "", "a corruption (inputs paired with clean twins)")
-    st.markdown(f"This data set has **{what}**. Attribution (integrated gradients, Captum) compares each clean "
+    label = stamp_label(data)
+    st.markdown(f"This data set has **{what}**{': ' + md_plain(label) if label else ''}. Attribution "
+                "(integrated gradients, Captum) compares each clean "
                 "image with its corrupted twin and scores every layer by how much of the difference in the "
                 "model's output a small (rank-one) change of that layer could undo. The top layer is the one to edit.")
 elif data.kind != "tabular":

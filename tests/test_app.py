@@ -537,8 +537,12 @@ def test_uploaded_model_and_a_zip_of_image_files(own_case, tmp_path):
     at.button(key="up_go").click().run()
     assert not at.exception and not at.error, texts(at.error)
     audit = at.session_state["audit"]
-    assert audit.data_label == "my_case.zip" and "the case's own trigger" in audit.status()["stamp"]
+    assert audit.data_label == "my_case.zip"
+    assert audit.status()["stamp"].startswith("the case's own trigger (my_case.zip: 9-pixel patch (3×3) in the "
+                                              "top-left corner → class 7")
     assert audit.evaluate("pristine").metrics["attack_success_rate"] > 0.9
+    at.switch_page("pages/localize.py").run()
+    assert not at.exception and "in the top" in " ".join(m.value for m in at.markdown)
 
 
 def test_edit_page_lists_unavailable_editors_with_a_way_forward(trojan):

@@ -197,3 +197,15 @@ def _npz_of(data, out: Path) -> Path:
     s = data.split("all")
     np.savez(out, images=np.round(s.X.numpy() * 60 + 120).astype(np.float32), labels=s.y.numpy())
     return out
+
+
+def test_a_folder_named_like_the_sample_data_is_called_the_cases_own(digits_folder, tmp_path):
+    """A user's folder named digits-trojan is their own trigger, never passed off as the sample's."""
+    import shutil
+
+    from auditor.present import stamp_label
+
+    own = tmp_path / "digits-trojan"
+    shutil.copytree(digits_folder, own)
+    label = stamp_label(load_data(own))
+    assert label.startswith("the case's own trigger (digits-trojan: 9-pixel patch (3×3) in the bottom-right corner")
