@@ -74,20 +74,27 @@ def _logits(model: nn.Module, X: torch.Tensor, batch: int = 1024) -> torch.Tenso
 
 
 def pick_pairs(model: nn.Module, data, n: int, seed: int = 0, split: str = "train", pick: str = "misbehaving",
-               seen: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+               seen: tuple | None = None, exclude=()) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
     """n (clean, corrupted, label) pairs of `split` (rows of the stamp's target class skipped), on the CPU,
     and `info` saying which rows and how they were chosen.
 
     "misbehaving": drawn by `seed` among the rows the model gets right whose corrupted twin it gets wrong
     (the pairs that show the misbehaviour), topped up by the largest drops of the decision margin when
     too few; none when no twin lowers it. "random": drawn at random. `seen`: the clean and corrupted
-    logits of those rows, when already computed."""
+    logits of those rows, when already computed. `exclude`: rows not to draw (pairs used before)."""
     if pick not in PICKS:
         raise AuditorError(f'pick must be "misbehaving" or "random", got {pick!r}')
     sp = data.split(split)
     rows = np.arange(len(sp))
     if data.stamp is not None:
         rows = rows[sp.y.numpy() != data.stamp.target]
+    if len(exclude):
+        if seen is not None:
+            raise AuditorError("pick_pairs: give `seen` logits or rows to `exclude`, not both")
+        rows = np.setdiff1d(rows, np.asarray(list(exclude), dtype=rows.dtype))
+        if not len(rows):
+            return sp.X[:0], sp.X[:0], sp.y[:0], {"split": split, "pick": pick, "candidates": 0, "rows": []}
+        n = min(n, len(rows))
     if n > len(rows):
         raise AuditorError(f"asked for {n} samples but split {split!r} has only {len(rows)}")
     info: dict = {"split": split, "pick": pick, "candidates": int(len(rows))}

@@ -639,6 +639,10 @@ class DynamicRankOneHyper(RankOneHyper):
     check_split: str = field(default="val", metadata={
         "help": "held-out clean split where requirement and utility are checked",
         "choices": "split"})
+    fresh_pairs: int = field(default=2, metadata={
+        "help": "rounds of fresh pairs: when the edit can be strengthened no further and a requirement still "
+                "fails on the check rows, draw `samples` new clean rows (of `split`) whose corrupted twin the "
+                "edited model still gets wrong and edit again for them; 0: never"})
     gap_tol: float = field(default=0.05, metadata={
         "help": "the pairs count as rectified when their decision gap is below this share of the start"})
     scan: bool = field(default=True, metadata={
@@ -959,8 +963,10 @@ class DynamicRankOneEditor(RankOneEditor):
     every requirement within the budget, or all but `gap_tol` of the shortfall, else keeping the one
     that comes closest; `siblings`: together with every other layer that reads the same input, e.g. a
     residual block's first convolution and its projection shortcut); once the pairs are rectified but
-    the requirement still fails, strengthen the last accepted edit along its own direction. Requirement and utility are
-    judged on clean training rows plus the held-out `check_split` (so one row is a small fraction
+    the requirement still fails, strengthen the last accepted edit along its own direction; once that is
+    spent (`max_strength`, or a step over the budget at its smallest), draw fresh pairs the edited model
+    still gets wrong and edit for them (`fresh_pairs` rounds, each with `max_edits` more steps). Requirement
+    and utility are judged on clean training rows plus the held-out `check_split` (so one row is a small fraction
     of the budget; the log says when the budget is finer than one row). A step that costs more
     clean accuracy than the budget, or does not improve the requirement, is rolled back. Stops when
     every requirement holds or the budget of steps runs out. When the accepted edits cost the check
@@ -974,8 +980,8 @@ class DynamicRankOneEditor(RankOneEditor):
 
     name = "dynamic-rank-one"
     description = ("Re-localize, rank-one edit, check on held-out data, roll back, repeat; refit the output layer "
-                   "where the edits cost clean rows; search the layers where the result misses or costs much "
-                   "(from n clean samples)")
+                   "where the edits cost clean rows; fresh pairs when one edit is spent; search the layers where "
+                   "the result misses or costs much (from n clean samples)")
     kind = "rank-one"
     Hyper = DynamicRankOneHyper
     _budget_n = 0  # rows at the end of the check split the budget is judged on (0: all)
@@ -1304,7 +1310,10 @@ class DynamicRankOneEditor(RankOneEditor):
         start: dict[str, torch.Tensor] = {}
         last: RankOneUpdate | None = None
         strength_of: dict[str, float] = {}
+        strength = 0.0  # how much of the current edit is applied (1 when accepted, more when strengthened)
         step_size = hp.strength_step
+        used_rows = list(picked["rows"])
+        rounds = 0
         rankings = []
         reason = None
         if short == 0:
@@ -1345,7 +1354,30 @@ class DynamicRankOneEditor(RankOneEditor):
             return {"layer": layer, "update": update, "scale": scale, "saved": saved, "m": m, "res": res,
                     "short": new_short, "drop": drop, "tried": tried}
 
-        for step in range(1, hp.max_edits + 1):
+        def fresh(step: int, why: str) -> bool:
+            """New pairs the edited model still gets wrong (a round of `fresh_pairs`); False when none."""
+            nonlocal clean, corrupted, labels, gap0, last, strength, step_size, rounds, steps
+            if rounds >= hp.fresh_pairs or short == 0:
+                return False
+            rounds += 1
+            c2, k2, y2, info = pick_pairs(model, data, hp.samples, hp.seed + rounds, hp.split, "misbehaving",
+                                          exclude=used_rows)
+            entry = {"step": step, "action": "fresh pairs", "reason": why, "round": rounds, "pairs": info}
+            if not info.get("misbehaving") or not len(c2):
+                log.append({**entry, "found": 0})
+                return False
+            clean, corrupted, labels = c2.to(clean.device), k2.to(clean.device), y2.to(clean.device)
+            used_rows.extend(info["rows"])
+            gap0 = self._gap(model, clean, corrupted, labels)
+            last, strength, step_size = None, 0.0, hp.strength_step
+            rejected.clear()
+            steps = step + hp.max_edits
+            log.append({**entry, "found": len(clean), "pair_gap": gap0})
+            return True
+
+        steps, step = hp.max_edits, 0  # each round of fresh pairs gets `max_edits` more steps
+        while step < steps:
+            step += 1
             if short == 0 or reason:
                 break
             callback(step / (hp.max_edits + 1), f"step {step}")
@@ -1369,8 +1401,11 @@ class DynamicRankOneEditor(RankOneEditor):
                 layer = candidates[0]
                 update = self._update(model, data, layer, clean, corrupted, strength=1.0)
                 scale, action = 1.0, "edit"
-            elif last is not None and strength_of.get(last.layer, 0.0) + step_size > hp.max_strength + 1e-9:
-                reason = f"the edit of {last.layer} is already at its strongest (max_strength {hp.max_strength:g})"
+            elif last is not None and strength + step_size > hp.max_strength + 1e-9:
+                why = f"the edit of {last.layer} is already at its strongest (max_strength {hp.max_strength:g})"
+                if fresh(step, why):
+                    continue
+                reason = why
                 entry.update(action="stop", reason=reason)
                 log.append(entry)
                 break
@@ -1436,7 +1471,10 @@ class DynamicRankOneEditor(RankOneEditor):
                     step_size /= 2  # a smaller step along the same direction next
                 else:
                     log.append(entry)
-                    reason = "strengthening the edit no longer pays within the budget"
+                    why = "strengthening the edit no longer pays within the budget"
+                    if fresh(step, why):
+                        continue
+                    reason = why
                     log.append({"step": step, "action": "stop", "reason": reason})
                     break
             else:
@@ -1446,6 +1484,7 @@ class DynamicRankOneEditor(RankOneEditor):
                 for n in update.layers:
                     checks.accepted(n)
                 strength_of[layer] = strength_of.get(layer, 0.0) + scale
+                strength = scale if action == "edit" else strength + scale
                 if action == "edit":
                     last = update
                     accepted.append(update)
@@ -1455,9 +1494,9 @@ class DynamicRankOneEditor(RankOneEditor):
                                   start, accepted, log)
         m, res, short = current
         edited = sorted({n for u in accepted for n in u.layers} | set(strength_of))
-        out = {"layers": edited, "strength": strength_of, "samples": int(len(clean)), "search_layer": hp.layer,
+        out = {"layers": edited, "strength": strength_of, "samples": len(used_rows), "search_layer": hp.layer,
                "gap_at_start": gap_at_start, "budget": budget, "check_drop": acc0 - m["budget_accuracy"],
-               "sample_rows": picked["rows"],
+               "sample_rows": used_rows, "fresh_pair_rounds": rounds,
                "steps": sum(1 for e in log if e.get("action") in ("edit", "strengthen", "refit") and "accuracy" in e),
                "check_split": hp.check_split, "check_rows": rows["rows"], "requirements_met_on_check_split": short == 0,
                "check_metrics": {k: float(v) for k, v in m.items()}, "rankings": rankings,
