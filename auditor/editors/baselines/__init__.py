@@ -3,6 +3,7 @@
 - `finetune` (`finetune`, `finetune-last-layer`): fine-tuning on n clean samples (Trojans, cues).
 - `magnitude_pruning` (`magnitude-pruning`), `pruning_finetune` (`magnitude-pruning-finetune`).
 - `finetune_fairness` (`finetune-fairness`): cross-entropy plus a fairness penalty.
+- `group_dro` (`finetune-worst-group`): group DRO fine-tuning for worst-group accuracy (two classes or more).
 - `drop_features` (`drop-features`), `retrain_k_features` (`retrain-k-features`), with
   `feature_importance` (which raw features to keep).
 - `fix_finetune` (`finetune-fix`) and `enn` (`enn`, editable training): fixing given mistakes.
