@@ -181,6 +181,11 @@ class GroupDROFineTune(Editor):
         if not reached:  # the best state seen (above the floor), not wherever training stopped
             model.load_state_dict(best[1])
             worst, which, acc, _ = check()
+            if best[1] is kept:
+                log.append({"step": "note", "message": f"no state of the fine-tune raised the worst group on "
+                                                       f"{hp.check_split} ({which0} {worst0:.3f}): the model is left "
+                                                       "as it was (a group whose labels the inputs do not explain "
+                                                       "cannot be lifted by reweighting)"})
             if floored:
                 log.append({"step": "note", "message": f"stopped at the accuracy floor {floor:g}; the state with the "
                                                        f"best worst group above it is kept ({hp.check_split}: "
