@@ -203,6 +203,20 @@ def test_requirements_edit_add_remove(trojan):
     assert [r.expr for r in audit.requirements] == ["attack_success_rate <= 0.02", "accuracy >= 0.95"]
 
 
+def test_a_worst_group_requirement_is_met_by_the_group_dro_editor(tmp_path):
+    """A lender's own CSV and MLP: with worst_group_accuracy failing, the Edit page puts finetune-worst-group
+    first and its run meets the requirement."""
+    from tests.test_group_dro import _loans
+
+    bundle, data = _loans(tmp_path, 2)
+    audit = AuditSession(bundle, data, requirements=["worst_group_accuracy >= 0.85"])
+    at = app(audit, "edit")
+    assert at.selectbox(key="edit_editor").value == "finetune-worst-group"
+    at.button(key="edit_run").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    assert len(audit.edits) == 1 and evaluate(audit.current, data).metrics["worst_group_accuracy"] >= 0.85
+
+
 def test_edit_trojan_run_download_and_undo(trojan):
     bundle, data = trojan
     original = bundle.sha256
