@@ -98,6 +98,9 @@ def test_class_folders_follow_the_spec_names_else_sorted_order_with_a_note(tmp_p
                       class_names=["bird", "dog"])
     with pytest.raises(AuditorError, match="'cat' are not among the model's classes"):
         load_data(root, spec=other)
+    numbered = _rgb_case(tmp_path / "numbered", names=("0", "1"))  # folders by index, a spec with names
+    data = load_data(numbered, spec=spec)
+    assert data.class_names == ["dog", "cat"] and any("folder i holds the model's class i" in n for n in data.notes)
 
 
 def test_pixels_are_read_onto_value_range_then_normalised(tmp_path):

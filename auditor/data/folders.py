@@ -195,6 +195,10 @@ def _class_files(name: str, folder: Path, split: str | None, skip: set = frozens
 def _class_index(name: str, classes: list[str], spec) -> tuple[dict[str, int], list[str], str | None]:
     """Each class folder's output index, the class names by index, and a note on how they were matched."""
     own = list(getattr(spec, "class_names", None) or [])
+    if own and not set(classes) & set(own) and all(c.isdigit() and int(c) < len(own) for c in classes):
+        index = {c: int(c) for c in classes}
+        return index, own, (f"{name}: the class folders are numbered, so folder i holds the model's class i "
+                            f"({', '.join(f'{c}={own[i]}' for c, i in list(index.items())[:10])})")
     if own:
         unknown = [c for c in classes if c not in own]
         if unknown:
