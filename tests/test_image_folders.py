@@ -212,3 +212,28 @@ def test_a_folder_named_like_the_sample_data_is_called_the_cases_own(digits_fold
     shutil.copytree(digits_folder, own)
     label = stamp_label(load_data(own))
     assert label.startswith("the case's own trigger (digits-trojan: 9-pixel patch (3×3) in the bottom-right corner")
+
+
+def test_spec_init_finds_how_the_model_reads_image_files(digits_folder, tmp_path):
+    """`auditor spec init` on image files tries the usual pixel readings and keeps the most accurate: a
+    model trained on [0, 1] pixels, and the same model behind a (x + 1) / 2 that takes [-1, 1] ones."""
+    from auditor.models.draft import draft_spec
+    from auditor.models.onnx_format import export_onnx
+
+    base = load_model(SAMPLE)
+
+    class FromSigned(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.base = base.model
+
+        def forward(self, x):
+            return self.base((x + 1) / 2)
+
+    data = load_data(digits_folder)
+    for name, model, want in (("plain", base.model, None), ("signed", FromSigned(), {"mean": [0.5], "std": [0.5]})):
+        path = tmp_path / f"{name}.onnx"
+        export_onnx(type(base)(model.eval(), base.spec), path)
+        draft = draft_spec(path, data)
+        assert draft.spec["input"].get("normalize") == want and draft.spec["input"]["value_range"] == [0.0, 1.0]
+        assert draft.accuracy > 0.95 and sum("probe: accuracy" in g for g in draft.guessed) == 3  # RGB's left out

@@ -40,6 +40,23 @@ class Draft:
     accuracy: float | None = None
 
 
+# How image files' 0..255 pixels are usually read for training: tried by a probe run on a folder or .zip
+IMAGE_READINGS = [
+    ("[0, 1]", {"value_range": [0.0, 1.0]}),
+    ("[0, 255]", {"value_range": [0.0, 255.0]}),
+    ("[-1, 1] (mean 0.5, std 0.5)", {"value_range": [0.0, 1.0], "normalize": {"mean": [0.5], "std": [0.5]}}),
+    ("ImageNet's mean and std", {"value_range": [0.0, 1.0], "normalize": {"mean": [0.485, 0.456, 0.406],
+                                                                           "std": [0.229, 0.224, 0.225]}}),
+]
+
+
+def _from_files(data) -> bool:
+    """Whether `data` was read from image files (a folder or .zip), whose pixels the spec says how to read."""
+    from ..data.folders import is_image_folder
+
+    return data.kind == "image" and bool(data.source) and is_image_folder(data.source) and Path(data.source).exists()
+
+
 def _all_rows(data):
     splits = [s for s in (data.train, data.val, data.test) if len(s)]
     X = torch.cat([s.X for s in splits])
@@ -371,6 +388,26 @@ def draft_spec(model_path: str | os.PathLike, data, *, arch_file=None, arch_clas
                                      "fill, a missing value is refused")
         if arch.get("name") in ("onnx", "custom"):
             arch["in_features"] = len(names)
+    elif _from_files(data):  # pixels the auditor reads itself: each usual scaling tried, the most accurate kept
+        shape = data.input_shape
+        tried = []
+        for label, reading in IMAGE_READINGS:
+            if "normalize" in reading and len(reading["normalize"]["mean"]) not in (1, shape[0]):
+                continue
+            from ..data.folders import load_image_folder
+
+            block = {"kind": "image", "shape": list(shape), **reading}
+            Xr, yr, _ = _all_rows(load_image_folder(data.source, ModelSpec(
+                arch={"name": "custom"}, input=block, class_names=list(data.class_names))))
+            tried.append((_accuracy(bundle.model, Xr, yr), label, reading, Xr, yr))
+        acc, label, reading, X, y = max(tried, key=lambda t: -1.0 if t[0] is None else t[0])  # a tie: the first
+        input_block.update(shape=shape, **copy.deepcopy(reading))
+        draft.accuracy = acc
+        draft.guessed.append(f"inputs: images of shape {shape} read from image files as {label}")
+        for a, lab, *_ in tried:
+            draft.guessed.append(f"  probe: accuracy {'-' if a is None else f'{a:.3f}'} with pixels read as {lab}")
+        draft.confirm.append("input.value_range (and input.normalize) must be how the model's training read its "
+                             "images' pixels: the most accurate of the usual readings was kept")
     else:
         shape = data.input_shape
         input_block["shape"] = shape
