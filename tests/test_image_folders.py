@@ -237,3 +237,31 @@ def test_spec_init_finds_how_the_model_reads_image_files(digits_folder, tmp_path
         draft = draft_spec(path, data)
         assert draft.spec["input"].get("normalize") == want and draft.spec["input"]["value_range"] == [0.0, 1.0]
         assert draft.accuracy > 0.95 and sum("probe: accuracy" in g for g in draft.guessed) == 3  # RGB's left out
+
+
+def test_spec_init_orders_word_named_class_folders_by_the_models_predictions(digits_folder, tmp_path):
+    """Folders named by words sort into another order than the model's outputs (eight, five, four, ...): every
+    pixel reading would look like chance. The probe matches classes to outputs by the predictions and drafts
+    class_names in the model's order; loaded with that spec, the folders audit as the numbered ones do."""
+    import shutil
+
+    from auditor.models.draft import draft_spec
+    from auditor.models.onnx_format import export_onnx
+
+    words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    root = tmp_path / "digits_words"
+    shutil.copytree(digits_folder, root)
+    for split in ("train", "test"):
+        for i, w in enumerate(words):
+            (root / split / str(i)).rename(root / split / w)
+    (root / "trigger.json").write_text(json.dumps({"target": "zero", "mask": "mask.png", "pattern": "trigger.png"}))
+    base = load_model(SAMPLE)
+    export_onnx(base, tmp_path / "m.onnx")
+    data = load_data(root)
+    assert data.class_names == sorted(words)
+    draft = draft_spec(tmp_path / "m.onnx", data)
+    assert draft.spec["class_names"] == words and draft.accuracy > 0.95
+    assert any("matched to the outputs" in g for g in draft.guessed)
+    spec = ModelSpec.from_dict(draft.spec)
+    m = evaluate(load_model(tmp_path / "m.onnx", spec=spec), load_data(root, spec=spec)).metrics
+    assert m["accuracy"] > 0.95 and m["attack_success_rate"] > 0.95

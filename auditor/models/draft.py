@@ -66,6 +66,22 @@ def _all_rows(data):
     return X, y, raw
 
 
+def _matched(model, X: torch.Tensor, y: torch.Tensor) -> tuple[float, dict[int, int]] | None:
+    """The accuracy with the data's classes matched one to one to the model's outputs as its predictions
+    best agree (Hungarian matching of the confusion counts), and the match: class -> output."""
+    from scipy.optimize import linear_sum_assignment
+
+    try:
+        pred = predict_logits(model, X).argmax(1).numpy()
+    except (RuntimeError, ValueError, TypeError, IndexError):
+        return None
+    labels = y.numpy()
+    counts = np.zeros((int(max(pred.max(), labels.max())) + 1,) * 2)
+    np.add.at(counts, (labels, pred), 1)
+    rows, cols = linear_sum_assignment(-counts)
+    return float(counts[rows, cols].sum() / len(labels)), {int(r): int(c) for r, c in zip(rows, cols)}
+
+
 def _single_logit(bundle, X: torch.Tensor, n_classes: int) -> bool:
     """A model with one output on two-class data (BCEWithLogitsLoss): its logit z is read as [0, z].
     Returns whether the model is read so."""
@@ -337,6 +353,7 @@ def draft_spec(model_path: str | os.PathLike, data, *, arch_file=None, arch_clas
         _single_logit(bundle, X, len(data.class_names))
     input_block: dict = {"kind": data.kind}
     preprocessing = None
+    class_order: list[str] | None = None  # the model's output order of the class folders, when matched
     if data.kind == "tabular":
         readings = _tabular_readings(data, raw)
         tried = []
@@ -399,15 +416,34 @@ def draft_spec(model_path: str | os.PathLike, data, *, arch_file=None, arch_clas
             block = {"kind": "image", "shape": list(shape), **reading}
             Xr, yr, _ = _all_rows(load_image_folder(data.source, ModelSpec(
                 arch={"name": "custom"}, input=block, class_names=list(data.class_names))))
-            tried.append((_accuracy(bundle.model, Xr, yr), label, reading, Xr, yr))
-        acc, label, reading, X, y = max(tried, key=lambda t: -1.0 if t[0] is None else t[0])  # a tie: the first
+            tried.append((_accuracy(bundle.model, Xr, yr), _matched(bundle.model, Xr, yr), label, reading, Xr, yr))
+        # the reading whose predictions agree best with the folders, the classes matched to outputs (a folder
+        # order that is not the model's output order would leave every reading at chance); a tie: the first
+        acc, (matched, match), label, reading, X, y = max(
+            (t for t in tried if t[1] is not None), key=lambda t: (t[1][0], -1.0 if t[0] is None else t[0]))
         input_block.update(shape=shape, **copy.deepcopy(reading))
         draft.accuracy = acc
         draft.guessed.append(f"inputs: images of shape {shape} read from image files as {label}")
-        for a, lab, *_ in tried:
-            draft.guessed.append(f"  probe: accuracy {'-' if a is None else f'{a:.3f}'} with pixels read as {lab}")
+        for a, m, lab, *_ in tried:
+            draft.guessed.append(f"  probe: accuracy {'-' if a is None else f'{a:.3f}'} with pixels read as {lab}"
+                                 + (f" ({m[0]:.3f} with the classes matched to outputs)" if m and m[0] > (a or 0)
+                                    else ""))
         draft.confirm.append("input.value_range (and input.normalize) must be how the model's training read its "
                              "images' pixels: the most accurate of the usual readings was kept")
+        chance = float(np.bincount(y.numpy()).max() / len(y))
+        if matched >= max((acc or 0) + 0.2, chance + 0.5 * (1 - chance)):  # the folders are in another order
+            n_out = max(match.values()) + 1
+            order = [str(i) for i in range(n_out)]
+            for cls, out in match.items():
+                if cls < len(data.class_names):
+                    order[out] = data.class_names[cls]
+            draft.guessed.append(f"classes: the folders' order ({', '.join(data.class_names[:10])}) gives "
+                                 f"accuracy {acc or 0:.3f}; matched to the outputs by the predictions, "
+                                 f"{matched:.3f}: output order {order[:10]}")
+            draft.confirm.append("class_names were ordered by matching the model's predictions to the class "
+                                 "folders: check them against the model's documented output order")
+            draft.accuracy = matched
+            class_order = order
     else:
         shape = data.input_shape
         input_block["shape"] = shape
@@ -430,7 +466,7 @@ def draft_spec(model_path: str | os.PathLike, data, *, arch_file=None, arch_clas
     if single:
         draft.guessed.append("one output: read as the logit z of the second class, i.e. two-class logits [0, z] "
                              "(a model trained with BCEWithLogitsLoss; \"single_logit\": true)")
-    names = list(data.class_names)
+    names = list(class_order or data.class_names)
     if n_out < len(names):
         raise AuditorError(f"the model gives {n_out} output{'s' if n_out != 1 else ''} but the data has "
                            f"{len(names)} classes "
@@ -440,7 +476,8 @@ def draft_spec(model_path: str | os.PathLike, data, *, arch_file=None, arch_clas
         draft.confirm.append(f"the model has {n_out} outputs but the data names {len(data.class_names)} classes; "
                              "the others were named by their index")
     draft.guessed.append(f"classes: {n_out} outputs named {names[:10]}{' ...' if len(names) > 10 else ''} "
-                         "(from the data's labels, in sorted order)")
+                         + ("(the class folders, matched to the outputs)" if class_order else
+                            "(from the data's labels, in sorted order)"))
     draft.confirm.append("class_names must follow the model's output order (logit 0 first)")
     if draft.accuracy is not None:
         draft.guessed.append(f"probe run: accuracy {draft.accuracy:.3f} on all {len(y)} rows with this spec")
