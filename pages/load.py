@@ -2,18 +2,21 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pandas as pd
 import streamlit as st
 
 from auditor import TabularSchema, load_data, load_model
 from auditor.audit.uploads import (
+    DRAFTED_SPEC_NAME,
     EVERY_VALUE_A_CLASS,
     csv_columns,
     csv_values,
     data_for_stamp_choice,
     discard_upload,
     is_text_column,
+    load_with_drafted_spec,
     read_upload,
     stamp_question,
     upload_folder,
@@ -81,6 +84,11 @@ else:
     model_file = st.file_uploader("Model file", type=["safetensors", "pt", "pth", "bin", "onnx", "skops"],
                                   key="up_model")
     spec_file = st.file_uploader("Model spec (JSON, only when the file has none)", type=["json"], key="up_spec")
+    draft_spec_box = st.checkbox(
+        "No spec? Draft one from the data", key="up_draft", disabled=spec_file is not None,
+        help="As `auditor spec init` does: input shape and reading, class names and their order guessed from the "
+             "model and the data by probe runs; shown after loading, with what to confirm, and offered for "
+             "download. Only for a file that carries no spec.")
     with st.expander("My own architecture (a Python file with the nn.Module class)"):
         arch_file = st.file_uploader("Architecture file (.py)", type=["py"], key="up_arch")
         arch_class = st.text_input("Class name in that file", key="up_arch_class")
@@ -184,30 +192,45 @@ else:
                 if arch_file is not None:
                     custom = {"arch_file": read_upload(arch_file.getvalue(), arch_file.name, folder),
                               "arch_class": arch_class or None, "trust_code": trust}
-                bundle = load_model(path, spec=spec, **custom)
-                cb(0.5, "data")
-                if csv is not None:
-                    if bundle.spec.preprocessing and categorical == text_cols:  # the model's spec says; the
-                        schema = dataclasses.replace(schema, categorical=[])  # page's guess is not the user's word
-                    if schema.inputs is None and unnamed_columns(bundle.spec):  # fitted on an unnamed array: it
-                        schema = dataclasses.replace(schema, inputs=inputs)  # reads this list, even all of it
-                    own = {part: read_upload(f.getvalue(), f.name, folder)
-                           for part, f in (("train", train_csv), ("val", val_csv)) if f is not None}
-                    data = load_data(read_upload(csv.getvalue(), csv.name, folder), schema=schema, spec=bundle.spec,
-                                     **own)
-                elif case is not None:
-                    data = load_data(read_upload(case.getvalue(), case.name, folder), spec=bundle.spec)
+                own = {part: read_upload(f.getvalue(), f.name, folder)
+                       for part, f in (("train", train_csv), ("val", val_csv)) if f is not None}
+                csv_path = read_upload(csv.getvalue(), csv.name, folder) if csv is not None else None
+                case_path = read_upload(case.getvalue(), case.name, folder) if case is not None else None
+
+                def read_data(model_spec):
+                    """The chosen data, read as a model of `model_spec` sees it (None: as it is)."""
+                    if csv_path is not None:
+                        sch = schema
+                        if model_spec is not None and model_spec.preprocessing and categorical == text_cols:
+                            sch = dataclasses.replace(sch, categorical=[])  # the model's spec says, not the guess
+                        if model_spec is not None and sch.inputs is None and unnamed_columns(model_spec):
+                            sch = dataclasses.replace(sch, inputs=inputs)  # fitted on an unnamed array: this list
+                        return load_data(csv_path, schema=sch, spec=model_spec, **own)
+                    if case_path is not None:
+                        return load_data(case_path, spec=model_spec)
+                    return builtin_data(data_name, model_spec.to_json() if model_spec is not None else None)
+
+                drafted = None
+                if spec is None and draft_spec_box:
+                    bundle, data, drafted = load_with_drafted_spec(path, read_data, **custom)
                 else:
-                    data = builtin_data(data_name, bundle.spec.to_json())
+                    bundle = load_model(path, spec=spec, **custom)
+                    cb(0.5, "data")
+                    data = read_data(bundle.spec)
                 uploaded = csv if csv is not None else case
                 audit = new_audit(bundle, data, model_label=model_file.name.rsplit(".", 1)[0],
                                   data_label=uploaded.name if uploaded is not None else data_name,
                                   model_path=model_file.name)
                 audit.spec_path = spec_file.name if spec_file is not None else None
+                if drafted is not None:
+                    audit.spec_path, audit.spec_draft = DRAFTED_SPEC_NAME, drafted
                 set_audit(audit)
         except Exception as exc:  # noqa: BLE001
             discard_upload(folder)
             show_error(exc)
+            if spec_file is None and not draft_spec_box and "spec" in str(exc):
+                st.info("No spec at hand? Tick **No spec? Draft one from the data** above and load again: the page "
+                        "drafts one as `auditor spec init` does and shows what to confirm.")
 
 audit = get_audit()
 if audit is None:
@@ -215,6 +238,14 @@ if audit is None:
                                                      if source == "Sample model" else ""))
     stop()
 st.success(f"Loaded **{md_plain(audit.model_label)}** with data **{md_plain(audit.data_label)}**.")
+drafted = getattr(audit, "spec_draft", None)
+if drafted is not None:
+    st.warning("**The model's spec was drafted from the data; confirm it before you rely on these numbers:**\n\n"
+               + "\n".join(f"- {md_plain(c)}" for c in drafted.confirm), icon=":material/edit_note:")
+    with st.expander("What the draft guessed (probe runs)"):
+        st.markdown("\n".join(f"- {md_plain(g.strip())}" for g in drafted.guessed))
+    st.download_button("Download the drafted spec (JSON)", json.dumps(drafted.spec, indent=2) + "\n",
+                       file_name=DRAFTED_SPEC_NAME, mime="application/json", key="up_draft_download")
 tested = audit.status()["stamp"]
 if tested:
     st.info(f"**Tested with {md_plain(tested)}.** Attack success and cue metrics below measure this "

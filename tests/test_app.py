@@ -559,6 +559,32 @@ def test_uploaded_model_and_a_zip_of_image_files(own_case, tmp_path):
     assert not at.exception and "in the top" in " ".join(m.value for m in at.markdown)
 
 
+def test_a_model_without_a_spec_loads_with_one_drafted_from_the_data(own_case, tmp_path):
+    """A state dict with no spec and a .zip of image files: asked to, the page drafts the spec (spec init's
+    probe runs), loads with it, says what to confirm and offers the drafted spec for download."""
+    at = app()
+    at.radio(key="load_source").set_value("Upload my own").run()
+    at.file_uploader(key="up_model").set_value((own_case.model.name, own_case.model.read_bytes(),
+                                                "application/octet-stream"))
+    at.radio(key="up_data_kind").set_value("Image case (.npz or .zip)").run()
+    at.file_uploader(key="up_npz").set_value(("my_case.zip", _png_zip(own_case.case, tmp_path / "my_case.zip"),
+                                              "application/zip")).run()
+    at.button(key="up_go").click().run()
+    assert "spec" in texts(at.error) and "Draft one from the data" in texts(at.info)  # refused, with the way on
+    at.checkbox(key="up_draft").check().run()
+    at.button(key="up_go").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    audit = at.session_state["audit"]
+    assert audit.spec_draft is not None and audit.spec_path == "drafted_spec.json"
+    assert audit.pristine.spec.input["value_range"] == [0.0, 1.0]
+    metrics = audit.evaluate("pristine").metrics
+    assert metrics["accuracy"] > 0.9 and metrics["attack_success_rate"] > 0.9
+    assert "drafted from the data" in texts(at.warning)
+    from auditor.audit.provenance import model_arguments
+
+    assert model_arguments(audit)[-2:] == ["--spec", "drafted_spec.json"]  # the command names the downloaded spec
+
+
 def test_edit_page_lists_unavailable_editors_with_a_way_forward(trojan):
     audit = AuditSession(*trojan, model_label="digits_cnn_trojan")
     at = app(audit, "edit")

@@ -129,6 +129,7 @@ class AuditSession:
         self.data_label = data_label or data.name
         self.model_path = model_path or pristine.source or None
         self.spec_path: str | None = None  # the spec file the model was loaded with, as the user named it
+        self.spec_draft = None  # the `Draft` the spec was drafted as, when the dashboard drafted it from the data
         self.pristine_sha256 = pristine.sha256
         self.earlier_edits = earlier_edits(pristine)  # the edits recorded in the loaded file (an edited model)
         self.seed = int(seed)

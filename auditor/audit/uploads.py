@@ -123,3 +123,21 @@ def data_for_stamp_choice(data_name: str, choice: str | None) -> str | None:
     if choice == "case":
         return None
     return data_name if choice == "sample" else "digits"
+
+
+DRAFTED_SPEC_NAME = "drafted_spec.json"  # what the dashboard offers the drafted spec as (and names it by)
+
+
+def load_with_drafted_spec(model_path: str | Path, read_data, *, arch_file=None, arch_class=None,
+                           trust_code: bool = False):
+    """A model that carries no spec, loaded with one drafted from the data (`auditor spec init`'s
+    `draft_spec`): `read_data(spec)` reads the data (without a spec for the draft, then as the model will
+    see it). Returns the bundle, the data and the `Draft` (what was guessed, what the user must confirm)."""
+    from ..models import load_model
+    from ..models.draft import draft_spec
+
+    draft = draft_spec(model_path, read_data(None), arch_file=arch_file, arch_class=arch_class,
+                       trust_code=trust_code)
+    bundle = load_model(model_path, spec=draft.spec, arch_file=arch_file, arch_class=arch_class,
+                        trust_code=trust_code)
+    return bundle, read_data(bundle.spec), draft
