@@ -47,3 +47,14 @@ def channels_last_hint(expected, got) -> str:
                 "np.transpose(images, (0, 3, 1, 2)) (and the mask and pattern as (C, H, W)); the auditor never "
                 "reorders them itself")
     return ""
+
+
+def model_channels_last_hint(graph, images) -> str:
+    """"; the graph reads images channels last ..." when a model's input `graph` (without the batch) is the
+    images' (C, H, W) `images` as (H, W, C), as TensorFlow's exports are; else ""."""
+    graph, images = list(graph or []), list(images or [])
+    if len(images) == 3 and graph == [images[1], images[2], images[0]] and graph != images:
+        return ("; the graph reads images channels last (N, H, W, C), as TensorFlow exports do, and the auditor "
+                "reads them channels first (N, C, H, W): convert it with its input channels first (tf2onnx: "
+                "--inputs-as-nchw INPUT_NAME), then give that file")
+    return ""

@@ -289,3 +289,29 @@ def test_a_graph_that_ends_in_the_sigmoid_of_one_score_is_read_as_one_logit(tmp_
     assert got.shape == (len(X), 1) and np.abs(got - want).max() < 1e-5
     back = load_model(out)
     assert back.spec.single_logit and np.abs(_torch_logits(back, X) - _torch_logits(result.bundle, X)).max() < 1e-5
+
+
+def test_a_graph_that_reads_images_channels_last_is_refused_with_how_to_convert_it(tmp_path):
+    """A TensorFlow-style export (input N, H, W, C): drafting a spec or loading with a (C, H, W) one says the
+    graph is channels last and how to convert it, instead of asking whether this is the model's data."""
+    from auditor import load_data
+    from auditor.models.draft import draft_spec
+
+    base = load_model(SAMPLES / "digits_cnn.safetensors")
+
+    class ChannelsLast(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = base.model
+
+        def forward(self, x):
+            return self.net(x.permute(0, 3, 1, 2))
+
+    path = tmp_path / "nhwc.onnx"
+    torch.onnx.export(ChannelsLast().eval(), (torch.zeros(1, 8, 8, 1),), str(path), dynamo=False,
+                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    with pytest.raises(AuditorError, match="channels last.*--inputs-as-nchw"):
+        draft_spec(path, load_data("digits"))
+    spec = {"arch": {"name": "onnx"}, "input": {"kind": "image", "shape": [1, 8, 8]}, "class_names": list("0123456789")}
+    with pytest.raises(AuditorError, match="channels last.*--inputs-as-nchw"):
+        load_model(path, spec=spec)

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..errors import AuditorError, channels_last_hint
+from ..errors import AuditorError, channels_last_hint, model_channels_last_hint
 from .architectures import predict_logits
 from .reading import DEFAULT_MAX_BYTES, TORCH_SUFFIXES, _check_size, read_weights
 from .spec import ModelSpec
@@ -177,7 +177,8 @@ def _model_from_file(path: Path, data, X, y, *, arch_file, arch_class, trust_cod
         if graph is not None and (len(graph) != len(shape) or (kind == "image" and graph != shape)):
             raise AuditorError(f"{path.name} takes inputs of shape {graph} but {data.name!r} gives "
                                f"{'images of shape ' if kind == 'image' else 'rows of '}{shape}"
-                               f"{channels_last_hint(graph, shape) or ': is this the model’s data?'}")
+                               + (channels_last_hint(graph, shape) or model_channels_last_hint(graph, shape)
+                                  or ": is this the model’s data?"))
         provisional = {"arch": {"name": "onnx"}, "input": {"kind": kind, "shape": graph or shape}}
         bundle = load_model(path, spec=provisional, max_bytes=max_bytes)
         notes.append("architecture: the ONNX graph itself (\"arch\": {\"name\": \"onnx\"})")

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import AuditorError
+from ..errors import AuditorError, model_channels_last_hint
 from .architectures import ARCHITECTURES, build_architecture
 from .files import (
     CHECKSUM_KEY,
@@ -180,8 +180,9 @@ def _check_input_matches(spec: ModelSpec, dims: list, name: str) -> None:
         return
     want = spec.input.get("shape") or ([spec.arch["in_features"]] if spec.arch.get("in_features") else None)
     if want and [int(w) for w in want] != list(graph):
+        hint = model_channels_last_hint(list(graph), [int(w) for w in want])
         raise AuditorError(f"{name}: the ONNX graph takes inputs of shape {list(graph)} but the spec says "
-                           f"{list(want)}; fix the spec")
+                           f"{list(want)}{hint or '; fix the spec'}")
 
 
 def _as_registered(module: nn.Module, spec: ModelSpec, probe: torch.Tensor) -> nn.Module:
