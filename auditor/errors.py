@@ -48,13 +48,3 @@ def channels_last_hint(expected, got) -> str:
                 "reorders them itself")
     return ""
 
-
-def model_channels_last_hint(graph, images) -> str:
-    """"; the graph reads images channels last ..." when a model's input `graph` (without the batch) is the
-    images' (C, H, W) `images` as (H, W, C), as TensorFlow's exports are; else ""."""
-    graph, images = list(graph or []), list(images or [])
-    if len(images) == 3 and graph == [images[1], images[2], images[0]] and graph != images:
-        return ("; the graph reads images channels last (N, H, W, C), as TensorFlow exports do, and the auditor "
-                "reads them channels first (N, C, H, W): convert it with its input channels first (tf2onnx: "
-                "--inputs-as-nchw INPUT_NAME), then give that file")
-    return ""

@@ -291,13 +291,14 @@ def test_a_graph_that_ends_in_the_sigmoid_of_one_score_is_read_as_one_logit(tmp_
     assert back.spec.single_logit and np.abs(_torch_logits(back, X) - _torch_logits(result.bundle, X)).max() < 1e-5
 
 
-def test_a_graph_that_reads_images_channels_last_is_refused_with_how_to_convert_it(tmp_path):
-    """A TensorFlow-style export (input N, H, W, C): drafting a spec or loading with a (C, H, W) one says the
-    graph is channels last and how to convert it, instead of asking whether this is the model's data."""
+def test_a_graph_that_reads_images_channels_last_is_audited_and_written_back_so(tmp_path):
+    """A TensorFlow-style export (input N, H, W, C): spec init sees it, the auditor feeds its (C, H, W) images
+    through a transpose (same predictions as the model it came from), and an edit is written back with the
+    vendor's own (N, H, W, C) input under its own name."""
     from auditor import load_data
     from auditor.models.draft import draft_spec
 
-    base = load_model(SAMPLES / "digits_cnn.safetensors")
+    base = load_model(SAMPLES / "digits_cnn_trojan.safetensors")
 
     class ChannelsLast(torch.nn.Module):
         def __init__(self):
@@ -309,9 +310,19 @@ def test_a_graph_that_reads_images_channels_last_is_refused_with_how_to_convert_
 
     path = tmp_path / "nhwc.onnx"
     torch.onnx.export(ChannelsLast().eval(), (torch.zeros(1, 8, 8, 1),), str(path), dynamo=False,
-                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
-    with pytest.raises(AuditorError, match="channels last.*--inputs-as-nchw"):
-        draft_spec(path, load_data("digits"))
-    spec = {"arch": {"name": "onnx"}, "input": {"kind": "image", "shape": [1, 8, 8]}, "class_names": list("0123456789")}
-    with pytest.raises(AuditorError, match="channels last.*--inputs-as-nchw"):
-        load_model(path, spec=spec)
+                      input_names=["pixels"], output_names=["y"], dynamic_axes={"pixels": {0: "n"}, "y": {0: "n"}})
+    data = load_data("digits-trojan")
+    draft = draft_spec(path, data)
+    assert draft.spec["input"]["layout"] == "channels_last" and draft.spec["input"]["shape"] == [1, 8, 8]
+    bundle = load_model(path, spec=draft.spec)
+    with torch.no_grad():
+        assert torch.allclose(bundle.model(data.test.X), base.model(data.test.X), atol=1e-4)
+    result = get_editor("dynamic-rank-one", samples=1, seed=0).edit(bundle, data, ["attack_success_rate <= 0.02"])
+    out = save_model(result.bundle, tmp_path / "fixed.onnx")
+    proto = onnx.load(str(out))
+    inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
+    assert [i.name for i in inputs] == ["pixels"]
+    assert [d.dim_value for d in inputs[0].type.tensor_type.shape.dim][1:] == [8, 8, 1]
+    again = load_model(out)
+    assert again.spec.input["layout"] == "channels_last"
+    assert evaluate(again, data).metrics["attack_success_rate"] <= 0.02

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..errors import AuditorError, channels_last_hint, model_channels_last_hint
+from ..errors import AuditorError, channels_last_hint
 from .architectures import predict_logits
 from .reading import DEFAULT_MAX_BYTES, TORCH_SUFFIXES, _check_size, read_weights
 from .spec import ModelSpec
@@ -174,14 +174,18 @@ def _model_from_file(path: Path, data, X, y, *, arch_file, arch_class, trust_cod
     if suffix == ".onnx":
         _check_size(path, max_bytes)
         graph = _onnx_input_shape(path)
-        if graph is not None and (len(graph) != len(shape) or (kind == "image" and graph != shape)):
+        last = kind == "image" and graph is not None and len(shape) == 3 and graph == [shape[1], shape[2], shape[0]]
+        if graph is not None and not last and (len(graph) != len(shape) or (kind == "image" and graph != shape)):
             raise AuditorError(f"{path.name} takes inputs of shape {graph} but {data.name!r} gives "
                                f"{'images of shape ' if kind == 'image' else 'rows of '}{shape}"
-                               + (channels_last_hint(graph, shape) or model_channels_last_hint(graph, shape)
-                                  or ": is this the model’s data?"))
-        provisional = {"arch": {"name": "onnx"}, "input": {"kind": kind, "shape": graph or shape}}
+                               f"{channels_last_hint(graph, shape) or ': is this the model’s data?'}")
+        provisional = {"arch": {"name": "onnx"}, "input": {"kind": kind, "shape": shape if last else graph or shape}}
         bundle = load_model(path, spec=provisional, max_bytes=max_bytes)
         notes.append("architecture: the ONNX graph itself (\"arch\": {\"name\": \"onnx\"})")
+        if last:
+            notes.append(f"inputs: the graph reads images channels last {graph} (as TensorFlow exports do): the "
+                         f"auditor feeds its (C, H, W) images {shape} through a transpose (\"layout\": "
+                         "\"channels_last\"), and writes the file back with the graph's own input")
         opset = bundle.spec.provenance.get("onnx_opset_converted")
         if opset:
             notes.append(f"operators: the graph is opset {opset['from']}; read as opset {opset['to']} (ONNX's version "
@@ -491,6 +495,8 @@ def draft_spec(model_path: str | os.PathLike, data, *, arch_file=None, arch_clas
                    "preprocessing, or pass your class with --arch-file")
             draft.confirm.insert(0, f"LOW ACCURACY: {draft.accuracy:.3f} (always predicting the commonest class "
                                     f"gives {chance:.3f}); {how}")
+    if bundle.spec.input.get("layout"):  # a graph that reads images channels last (the loader saw it)
+        input_block["layout"] = bundle.spec.input["layout"]
     spec = {"arch": arch, "task": "classification", "input": input_block, "class_names": names,
             "preprocessing": preprocessing, "data": data.name,
             "provenance": {"name": path.stem, "drafted_by": "auditor spec init", "model_file": path.name},

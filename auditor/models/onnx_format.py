@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import AuditorError, model_channels_last_hint
+from ..errors import AuditorError
 from .architectures import ARCHITECTURES, build_architecture
 from .files import (
     CHECKSUM_KEY,
@@ -124,6 +124,48 @@ def _input_dims(proto) -> list:
     return [d.dim_value if d.HasField("dim_value") else None for d in shape.dim]
 
 
+def channels_last(spec: ModelSpec, dims: list) -> bool:
+    """Whether the graph reads the spec's (C, H, W) images channels last, (N, H, W, C), as TensorFlow's
+    exports do."""
+    shape = [int(s) for s in spec.input.get("shape") or []]
+    graph = list(dims[1:])
+    return (spec.input_kind == "image" and len(shape) == 3 and len(graph) == 3 and shape != graph
+            and graph == [shape[1], shape[2], shape[0]])
+
+
+def _transpose_input(proto):
+    """The graph fed (N, C, H, W) images: a new input, transposed to the graph's own (N, H, W, C) one."""
+    onnx = _onnx()
+    from onnx import helper
+
+    proto = copy.deepcopy(proto)
+    inits = {t.name for t in proto.graph.initializer}
+    old = next(i for i in proto.graph.input if i.name not in inits)
+    name, dims = old.name, list(old.type.tensor_type.shape.dim)
+    inner = f"{name}_channels_last"  # the graph's own input, now the Transpose's output; the input keeps its name
+    _rename_value(proto.graph, name, inner)
+    new = helper.make_tensor_value_info(name, old.type.tensor_type.elem_type, [
+        d.dim_param if not d.HasField("dim_value") else d.dim_value for d in (dims[0], dims[3], dims[1], dims[2])])
+    node = helper.make_node("Transpose", [name], [inner], perm=[0, 2, 3, 1], name="auditor_channels_last")
+    index = list(proto.graph.input).index(old)
+    proto.graph.input.remove(old)
+    proto.graph.input.insert(index, new)
+    proto.graph.node.insert(0, node)
+    onnx.checker.check_model(proto)
+    return proto
+
+
+class ChannelsLastInput(nn.Module):
+    """A model that reads (N, C, H, W) images, exported with the vendor's (N, H, W, C) input."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x.permute(0, 3, 1, 2))
+
+
 def _clean_name(name: str) -> str:
     """`fc1/Gemm` -> `fc1`, `/layers/0/Gemm` -> `layers_0`, `Gemm_3` -> `Gemm_3`."""
     parts = [p for p in str(name).split("/") if p]
@@ -180,9 +222,8 @@ def _check_input_matches(spec: ModelSpec, dims: list, name: str) -> None:
         return
     want = spec.input.get("shape") or ([spec.arch["in_features"]] if spec.arch.get("in_features") else None)
     if want and [int(w) for w in want] != list(graph):
-        hint = model_channels_last_hint(list(graph), [int(w) for w in want])
         raise AuditorError(f"{name}: the ONNX graph takes inputs of shape {list(graph)} but the spec says "
-                           f"{list(want)}{hint or '; fix the spec'}")
+                           f"{list(want)}; fix the spec")
 
 
 def _as_registered(module: nn.Module, spec: ModelSpec, probe: torch.Tensor) -> nn.Module:
@@ -290,6 +331,13 @@ def load_onnx(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelBu
     else:
         spec.provenance.pop("onnx_head", None)
     dims = _input_dims(proto)
+    file_dims = list(dims)  # the file's own input, as its probe run feeds it
+    if channels_last(spec, dims):  # a TensorFlow-style graph: fed (C, H, W) images through a Transpose
+        proto = _transpose_input(proto)
+        dims = [dims[0], dims[3], dims[1], dims[2]]
+        spec.input = {**spec.input, "layout": "channels_last"}
+    elif spec.input.get("layout") == "channels_last":
+        spec.input = {k: v for k, v in spec.input.items() if k != "layout"}
     _check_input_matches(spec, dims, path.name)
     if len(dims) == 2 and dims[1] and "in_features" not in spec.arch:
         spec.arch["in_features"] = int(dims[1])
@@ -309,7 +357,8 @@ def load_onnx(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelBu
              if dims and dims[0] == 1 else "")
     if not static_plan(proto, 2, path.name):  # a shape not known in advance: run it first under limits
         try:
-            probe_in_subprocess(path, list(probe.shape[1:]), path.name)
+            shape = list(probe.shape[1:])
+            probe_in_subprocess(path, [shape[1], shape[2], shape[0]] if file_dims != dims else shape, path.name)
         except AuditorError as exc:
             if not fixed or type(exc) is not AuditorError:
                 raise
@@ -382,6 +431,8 @@ def export_onnx(bundle: ModelBundle, path: str | os.PathLike, extra_metadata: di
 
         single_logit_base(model)
     shape = _input_shape(bundle)
+    if bundle.spec.input.get("layout") == "channels_last":  # written back with the vendor's (N, H, W, C) input
+        model, shape = ChannelsLastInput(model).eval(), [shape[1], shape[2], shape[0]]
     head = bundle.spec.provenance.get("onnx_head") if isinstance(bundle.spec.provenance, dict) else None
     head = head if isinstance(head, dict) and head.get("outputs") else None
     io = bundle.spec.provenance.get("onnx_io") if isinstance(bundle.spec.provenance, dict) else None
