@@ -172,7 +172,7 @@ if audit.edits:
         if r.log:
             with st.expander(f"What edit {earlier + i + 1} did, step by step"):
                 cols = ["step", "action", "layer", "accepted", "accuracy", "reason", "keys", "scale", "norm",
-                        "examples", "fixed", "entries", "radius", "held_to"]
+                        "examples", "fixed", "entries", "radius", "held_to", "found"]
                 steps = [e for e in r.log if not (isinstance(e, dict) and e.get("step") in ("note", "warning")
                                                   and e.get("message"))]  # the notes are said above
                 shown = [k for k in cols if any(k in e for e in steps)]

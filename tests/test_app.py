@@ -585,6 +585,30 @@ def test_a_model_without_a_spec_loads_with_one_drafted_from_the_data(own_case, t
     assert model_arguments(audit)[-2:] == ["--spec", "drafted_spec.json"]  # the command names the downloaded spec
 
 
+def test_an_onnx_model_without_a_spec_and_a_csv_load_with_a_drafted_spec(tmp_path):
+    """A lender's ONNX graph with no spec and its CSV: the drafted spec reads the columns the graph takes."""
+    import onnx
+
+    from auditor.models.onnx_format import export_onnx
+    from tests.test_group_dro import _loans
+
+    bundle, _ = _loans(tmp_path, 2)
+    export_onnx(bundle, tmp_path / "lender.onnx")
+    graph = onnx.load(str(tmp_path / "lender.onnx"))
+    del graph.metadata_props[:]  # as the vendor's converter wrote it: no auditor spec inside
+    onnx.save(graph, str(tmp_path / "lender.onnx"))
+    at = app()
+    upload(at, "lender.onnx", (tmp_path / "lender.onnx").read_bytes(), "loans.csv",
+           (tmp_path / "loans.csv").read_bytes())
+    at.multiselect(key="up_protected").set_value(["region"]).run()
+    at.checkbox(key="up_draft").check().run()
+    at.button(key="up_go").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    audit = at.session_state["audit"]
+    assert audit.spec_draft.spec["input"]["features"] == ["x1", "x2", "x3"]
+    assert audit.evaluate("pristine").metrics["accuracy"] > 0.9
+
+
 def test_edit_page_lists_unavailable_editors_with_a_way_forward(trojan):
     audit = AuditSession(*trojan, model_label="digits_cnn_trojan")
     at = app(audit, "edit")
