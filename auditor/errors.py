@@ -47,4 +47,3 @@ def channels_last_hint(expected, got) -> str:
                 "np.transpose(images, (0, 3, 1, 2)) (and the mask and pattern as (C, H, W)); the auditor never "
                 "reorders them itself")
     return ""
-

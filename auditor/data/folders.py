@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+import torch
 
 from ..errors import AuditorError
 from .base import AuditData
@@ -151,26 +152,14 @@ def _load(source: Path, root: Path, spec, seed: int) -> AuditData:
     for s, arr in twin_arrays.items():
         arrays[{"test": "corrupted", "train": "train_corrupted", "val": "val_corrupted"}[s]] = arr
     arrays["_given"] = {k: k for k in arrays}
-    data = _npz_case(source, arrays, seed)
+    said = {"images": "test/" if splits else "the class folders", "train_images": "train/", "val_images": "val/"}
+    data = _npz_case(source, arrays, seed, said)
     n = len(data.class_names)
     data.class_names = [named[i] if i < len(named) else str(i) for i in range(n)]
     data.name = source.stem if source.suffix.lower() == ".zip" else source.name
     data.source = str(source)
-    where = {"test": "test/" if splits else "the class folders", "train": "train/", "val": "val/"}
-    data.partition = {k: _folder_words(v, name, where) for k, v in data.partition.items()}
     data.notes = [*reader.notes, *([note] if note else []), *data.notes]
     return data
-
-
-def _folder_words(text, name: str, where: dict) -> object:
-    """The partition's wording for the .npz keys, told as the folders they came from."""
-    if not isinstance(text, str):
-        return text
-    for key, split in (("images (test)", "test"), ("'train_images'", "train"), ("'val_images'", "val"),
-                       ("'images'", "test"),
-                       ("train_images", "train"), ("val_images", "val")):
-        text = text.replace(key, where[split])
-    return text.replace(f"no train/ in {name}", f"no train/ folder in {name}")
 
 
 def _class_files(name: str, folder: Path, split: str | None, skip: set = frozenset()) -> dict[str, list[Path]]:
@@ -277,6 +266,20 @@ def _target(name: str, target, index: dict[str, int], named: list[str]) -> int:
                        f"({', '.join(map(repr, list(index)[:10]))})")
 
 
+def read_onto(x, lo: float, hi: float, mean, std):
+    """Pixels in [0, 1] (one image (C, H, W) or a batch (N, C, H, W), array or tensor) as the model reads
+    them: onto [lo, hi] (`input.value_range`), then (x - mean[c]) / std[c] (`input.normalize`)."""
+    channels = x.shape[-3]
+    mean, std = (np.asarray(v, np.float32).reshape(-1, 1, 1) for v in (mean, std))
+    for key, v in (("mean", mean), ("std", std)):
+        if len(v) not in (1, channels):
+            raise AuditorError(f"the model spec's input.normalize.{key} has {len(v)} values for "
+                               f"{channels}-channel images; give one per channel (or one for all)")
+    if isinstance(x, np.ndarray):
+        return ((x * (hi - lo) + lo - mean) / std).astype(np.float32)
+    return (x * (hi - lo) + lo - torch.from_numpy(mean)) / torch.from_numpy(std)
+
+
 class _Reader:
     """Reads image files as the model's input: channels and size from the spec (else the first image),
     0..255 onto `input.value_range`, then `input.normalize` per channel."""
@@ -292,8 +295,7 @@ class _Reader:
         lo, hi = inp.get("value_range") or (0.0, 1.0)
         self.lo, self.hi = float(lo), float(hi)
         norm = inp.get("normalize") or {}
-        self.mean = np.asarray(norm.get("mean", 0.0), np.float32).reshape(-1, 1, 1)
-        self.std = np.asarray(norm.get("std", 1.0), np.float32).reshape(-1, 1, 1)
+        self.mean, self.std = norm.get("mean", 0.0), norm.get("std", 1.0)
         self.notes: list[str] = []
         self.first: Path | None = None
 
@@ -334,14 +336,7 @@ class _Reader:
         return arr.astype(np.float32)
 
     def image(self, file: Path) -> np.ndarray:
-        img = self._open(file)
-        x = self._pixels(img, self.channels)
-        x = x * (self.hi - self.lo) + self.lo
-        for key, v in (("mean", self.mean), ("std", self.std)):
-            if len(v) not in (1, len(x)):
-                raise AuditorError(f"the model spec's input.normalize.{key} has {len(v)} values for "
-                                   f"{len(x)}-channel images; give one per channel (or one for all)")
-        return ((x - self.mean) / self.std).astype(np.float32)
+        return read_onto(self._pixels(self._open(file), self.channels), self.lo, self.hi, self.mean, self.std)
 
     def mask(self, file: Path) -> np.ndarray:
         """White (1) where the trigger is stamped, black (0) elsewhere; one channel for all, or one each."""

@@ -286,7 +286,12 @@ def _npz_twins(path: Path, key: str, arr, images: np.ndarray, images_key: str) -
     return twins
 
 
-def _npz_case(path: Path, arrays: dict, seed: int) -> AuditData:
+NPZ_PARTS = {"images": "'images'", "train_images": "'train_images'", "val_images": "'val_images'"}
+
+
+def _npz_case(path: Path, arrays: dict, seed: int, parts_said: dict[str, str] | None = None) -> AuditData:
+    """The case from its arrays; `parts_said`: how the partition names where the images, training and
+    validation images came from (`NPZ_PARTS`, the .npz keys, by default)."""
     given = arrays.pop("_given")
     for key, arr in arrays.items():
         if key != "kind" and not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) \
@@ -385,22 +390,25 @@ def _npz_case(path: Path, arrays: dict, seed: int) -> AuditData:
         train_X, train_y = extra_sets["train"]
         train_C = None if corrupted is None else _npz_twins(path, "train_corrupted", arrays["train_corrupted"],
                                                             train_X, "train_images")
-        part = {"method": f"given in {name}: train_images, " + ("val_images, " if "val" in extra_sets else "")
-                          + "images (test)", "test": f"'images' of {name}"}
+        said = parts_said or NPZ_PARTS
+        given = [said["train_images"], *([said["val_images"]] if "val" in extra_sets else [])]
+        part = {"method": f"given in {name}: {', '.join(given)}, {said['images']} (audited)",
+                "test": f"{said['images']} of {name}"}
         if "val" in extra_sets:
             val_X, val_y = extra_sets["val"]
             val_C = None if corrupted is None else _npz_twins(path, "val_corrupted", arrays["val_corrupted"],
                                                               val_X, "val_images")
             splits = {"train": make(train_X, train_y, train_C), "val": make(val_X, val_y, val_C)}
-            part.update(train=f"'train_images' of {name}", val=f"'val_images' of {name}")
+            part.update(train=f"{said['train_images']} of {name}", val=f"{said['val_images']} of {name}")
         else:
             parts = stratified_split(train_y, (0.8, 0.2, 0.0), seed)
             if len(parts[1]) == 0:  # too few to hold any out: validate on the training images themselves
                 parts = [np.arange(len(train_y)), np.arange(len(train_y)), parts[2]]
-                part.update(train=f"'train_images' of {name}", val=f"'train_images' of {name} (too few to hold out)")
+                part.update(train=f"{said['train_images']} of {name}",
+                            val=f"{said['train_images']} of {name} (too few to hold out)")
             else:
-                part.update(train=f"80 % of 'train_images' of {name}",
-                            val=f"20 % of 'train_images' of {name} (stratified, seed {seed}), held out")
+                part.update(train=f"80 % of {said['train_images']} of {name}",
+                            val=f"20 % of {said['train_images']} of {name} (stratified, seed {seed}), held out")
             splits = {s: make(train_X[i], train_y[i], None if train_C is None else train_C[i])
                       for s, i in zip(("train", "val"), parts[:2])}
         splits["test"] = make(images, labels, corrupted)
@@ -409,7 +417,8 @@ def _npz_case(path: Path, arrays: dict, seed: int) -> AuditData:
         parts = stratified_split(labels, (0.6, 0.15, 0.25), seed)
         splits = {s: make(images[i], labels[i], None if corrupted is None else corrupted[i])
                   for s, i in zip(("train", "val", "test"), parts)}
-        part = {"method": f"no train_images in {name}: its images split at random 60/15/25 (stratified, seed "
+        lacking = "no train/ folder" if parts_said else "no train_images"
+        part = {"method": f"{lacking} in {name}: its images split at random 60/15/25 (stratified, seed "
                           f"{seed}) for editors that need clean samples; metrics on all images unless --split says",
                 "train": f"60 % of the images of {name}", "val": f"15 % of the images of {name}",
                 "test": f"25 % of the images of {name}"}

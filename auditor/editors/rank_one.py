@@ -835,8 +835,7 @@ class _CheckModel(nn.Module):
             return None
         if self.layer not in self.bounds:
             steps = self.split.chain(self.layer)
-            bound = ChainBound(steps) if steps else None
-            self.bounds[self.layer] = bound if bound is not None and bound.worth else None
+            self.bounds[self.layer] = ChainBound(steps) if steps and ChainBound.worth(steps) else None
         return self.bounds[self.layer]
 
     def _tail_run(self, key: str, hit: tuple):
@@ -1380,7 +1379,7 @@ class DynamicRankOneEditor(RankOneEditor):
             step += 1
             if short == 0 or reason:
                 break
-            callback(step / (hp.max_edits + 1), f"step {step}")
+            callback(step / (steps + 1), f"step {step}")
             gap = self._gap(model, clean, corrupted, labels)
             restored = self._restored(model, corrupted, labels)
             entry: dict = {"step": step, "pair_gap": gap, "pairs_restored": restored}

@@ -27,13 +27,16 @@ class ChainBound:
     `out` becomes `out + change`, given the model's logits before the change. `steps`: the chain above
     the layer, ending in the output Linear layer (`ModelSplit.chain`)."""
 
+    @staticmethod
+    def worth(steps: list) -> bool:
+        """Whether rerunning the chain costs more per row than the bound reads (the layer's output and the
+        head's scores): not above a small head alone, whose rerun is cheap."""
+        linears = [s for s in steps if isinstance(s, nn.Linear)]
+        return sum(s.in_features * s.out_features for s in linears) >= 16 * (
+            linears[0].in_features + linears[-1].out_features)
+
     def __init__(self, steps: list):
         self.steps = steps
-        linears = [s for s in steps if isinstance(s, nn.Linear)]
-        # per row: what rerunning the chain multiplies, against what the bound reads (the layer's output
-        # and the head's scores): not worth it above a small head alone (a cheap rerun)
-        self.worth = sum(s.in_features * s.out_features for s in linears) >= 16 * (
-            linears[0].in_features + linears[-1].out_features)
         first = next(i for i, s in enumerate(steps) if isinstance(s, nn.Linear))
         self.prefix = steps[:first]  # elementwise steps before the next Linear layer: applied exactly
         gain = 1.0

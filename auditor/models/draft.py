@@ -174,7 +174,9 @@ def _model_from_file(path: Path, data, X, y, *, arch_file, arch_class, trust_cod
     if suffix == ".onnx":
         _check_size(path, max_bytes)
         graph = _onnx_input_shape(path)
-        last = kind == "image" and graph is not None and len(shape) == 3 and graph == [shape[1], shape[2], shape[0]]
+        from .onnx_format import channels_last
+
+        last = kind == "image" and channels_last(shape, graph)
         if graph is not None and not last and (len(graph) != len(shape) or (kind == "image" and graph != shape)):
             raise AuditorError(f"{path.name} takes inputs of shape {graph} but {data.name!r} gives "
                                f"{'images of shape ' if kind == 'image' else 'rows of '}{shape}"
@@ -411,17 +413,16 @@ def draft_spec(model_path: str | os.PathLike, data, *, arch_file=None, arch_clas
         if arch.get("name") in ("onnx", "custom"):
             arch["in_features"] = len(names)
     elif _from_files(data):  # pixels the auditor reads itself: each usual scaling tried, the most accurate kept
+        from ..data.folders import read_onto
+
         shape = data.input_shape
         tried = []
-        for label, reading in IMAGE_READINGS:
-            if "normalize" in reading and len(reading["normalize"]["mean"]) not in (1, shape[0]):
+        for label, reading in IMAGE_READINGS:  # `data` was read without a spec: its pixels are in [0, 1]
+            norm = reading.get("normalize", {"mean": [0.0], "std": [1.0]})
+            if len(norm["mean"]) not in (1, shape[0]):
                 continue
-            from ..data.folders import load_image_folder
-
-            block = {"kind": "image", "shape": list(shape), **reading}
-            Xr, yr, _ = _all_rows(load_image_folder(data.source, ModelSpec(
-                arch={"name": "custom"}, input=block, class_names=list(data.class_names))))
-            tried.append((_accuracy(bundle.model, Xr, yr), _matched(bundle.model, Xr, yr), label, reading, Xr, yr))
+            Xr = read_onto(X, *reading["value_range"], norm["mean"], norm["std"])
+            tried.append((_accuracy(bundle.model, Xr, y), _matched(bundle.model, Xr, y), label, reading, Xr, y))
         # the reading whose predictions agree best with the folders, the classes matched to outputs (a folder
         # order that is not the model's output order would leave every reading at chance); a tie: the first
         acc, (matched, match), label, reading, X, y = max(

@@ -124,13 +124,11 @@ def _input_dims(proto) -> list:
     return [d.dim_value if d.HasField("dim_value") else None for d in shape.dim]
 
 
-def channels_last(spec: ModelSpec, dims: list) -> bool:
-    """Whether the graph reads the spec's (C, H, W) images channels last, (N, H, W, C), as TensorFlow's
-    exports do."""
-    shape = [int(s) for s in spec.input.get("shape") or []]
-    graph = list(dims[1:])
-    return (spec.input_kind == "image" and len(shape) == 3 and len(graph) == 3 and shape != graph
-            and graph == [shape[1], shape[2], shape[0]])
+def channels_last(shape, graph) -> bool:
+    """Whether a graph whose input is `graph` (without the batch) reads images of shape `shape` (C, H, W)
+    channels last, (H, W, C), as TensorFlow's exports do."""
+    shape, graph = [int(s) for s in shape or []], list(graph or [])
+    return len(shape) == 3 and shape != graph and graph == [shape[1], shape[2], shape[0]]
 
 
 def _transpose_input(proto):
@@ -332,7 +330,8 @@ def load_onnx(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelBu
         spec.provenance.pop("onnx_head", None)
     dims = _input_dims(proto)
     file_dims = list(dims)  # the file's own input, as its probe run feeds it
-    if channels_last(spec, dims):  # a TensorFlow-style graph: fed (C, H, W) images through a Transpose
+    if spec.input_kind == "image" and channels_last(spec.input.get("shape"), dims[1:]):  # fed (C, H, W) images
+        # through a Transpose in front of the TensorFlow-style graph
         proto = _transpose_input(proto)
         dims = [dims[0], dims[3], dims[1], dims[2]]
         spec.input = {**spec.input, "layout": "channels_last"}

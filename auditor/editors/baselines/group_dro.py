@@ -14,6 +14,7 @@ from torch import nn
 from ...data.base import AuditData
 from ...errors import AuditorError
 from ...models.architectures import predict_logits
+from ...requirements.metrics import eligible, group_sizes
 from ..base import Editor
 from ..registry import register_editor
 from .common import ZerosKept, batches, find_requirement, group_codes, sample_rows, tabular_mlp_reason
@@ -108,16 +109,17 @@ class GroupDROFineTune(Editor):
         def check() -> tuple[float, str, float, float]:
             """The worst group's accuracy as the audit takes it (small groups left out), which group, the overall
             accuracy, and the lowest low end of a group's Wilson interval."""
+            from scipy.stats import binomtest
+
             pred = predict_logits(model, vX).argmax(1).numpy()
             worst, which, low = 1.0, "", 1.0
             for a, g in vgroups.items():
-                values, counts = np.unique(g, return_counts=True)
-                big = values[counts >= hp.min_group]
-                for v in (big if len(big) >= 2 else values):
+                for v in eligible(group_sizes(vy, g), "accuracy", hp.min_group):
                     right, n = int((pred[g == v] == vy[g == v]).sum()), int((g == v).sum())
                     if right / n < worst:
                         worst, which = right / n, f"{a}={v}"
-                    low = min(low, wilson_low(right, n, hp.confidence))
+                    low = min(low, right / n if hp.confidence <= 0 else float(
+                        binomtest(right, n).proportion_ci(hp.confidence, method="wilson").low))
             return worst, which, float((pred == vy).mean()), low
 
         worst0, which0, acc0, low0 = check()
@@ -197,18 +199,3 @@ class GroupDROFineTune(Editor):
                 "check_accuracy": acc, "steps": steps, "reached": reached if target is not None else None,
                 "stopped_at_floor": floored}
 
-
-def wilson_low(right: int, n: int, confidence: float) -> float:
-    """The low end of the Wilson score interval of a proportion `right / n` (the point estimate when
-    `confidence` is 0)."""
-    if n == 0:
-        return 0.0
-    p = right / n
-    if confidence <= 0:
-        return p
-    from scipy.stats import norm
-
-    z = float(norm.ppf(0.5 + confidence / 2))
-    centre = p + z * z / (2 * n)
-    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (centre - spread) / (1 + z * z / n)
