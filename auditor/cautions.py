@@ -43,11 +43,18 @@ def output_notes(bundle: ModelBundle, data: AuditData, rows: int = 256) -> list[
 
 
 def model_notes(bundle: ModelBundle) -> list[str]:
-    """Warnings about how the model was read: architecture code other than the code it was saved with."""
-    changed = (bundle.spec.provenance or {}).get("code_changed") if isinstance(bundle.spec.provenance, dict) else None
+    """Warnings about how the model was read: a spec drafted by `auditor spec init` (guesses nobody has
+    confirmed), architecture code other than the code it was saved with."""
+    prov = bundle.spec.provenance if isinstance(bundle.spec.provenance, dict) else {}
+    notes = []
+    if prov.get("drafted_by"):
+        notes.append(f"the model's spec was drafted by {prov['drafted_by']} from the data (input reading, class "
+                     "names and their order were guessed by probe runs): confirm it against the model's documentation, "
+                     "then delete \"drafted_by\" from its provenance")
+    changed = prov.get("code_changed")
     if not isinstance(changed, dict):
-        return []
-    return [f"the architecture code given ({changed.get('file')}, class {changed.get('class')}: sha256 "
+        return notes
+    return notes + [f"the architecture code given ({changed.get('file')}, class {changed.get('class')}: sha256 "
             f"{str(changed.get('given_sha256'))[:12]}) is not the code this model was saved with "
             f"({changed.get('recorded_file')}: sha256 {str(changed.get('recorded_sha256'))[:12]}): the same weights "
             "may compute something else; pass the file the model was saved with"]

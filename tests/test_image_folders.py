@@ -263,5 +263,6 @@ def test_spec_init_orders_word_named_class_folders_by_the_models_predictions(dig
     assert draft.spec["class_names"] == words and draft.accuracy > 0.95
     assert any("matched to the outputs" in g for g in draft.guessed)
     spec = ModelSpec.from_dict(draft.spec)
-    m = evaluate(load_model(tmp_path / "m.onnx", spec=spec), load_data(root, spec=spec)).metrics
-    assert m["accuracy"] > 0.95 and m["attack_success_rate"] > 0.95
+    ev = evaluate(load_model(tmp_path / "m.onnx", spec=spec), load_data(root, spec=spec))
+    assert ev.metrics["accuracy"] > 0.95 and ev.metrics["attack_success_rate"] > 0.95
+    assert any("drafted by auditor spec init" in w for w in ev.warnings)  # said until the user confirms it
