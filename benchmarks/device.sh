@@ -5,6 +5,7 @@
 #   QUICK=1 DEVICE=cpu bash benchmarks/device.sh # smoke run here on the CPU (a few minutes)
 #   BUDGET=420 bash benchmarks/device.sh         # every step ends within 420 s of the start
 #   STEPS="rectify learned" bash benchmarks/device.sh  # only these steps (rectify rectify_population learned)
+#   POPULATION_ARGS="--seeds 3 --workers 8" bash benchmarks/device.sh  # a step's own arguments (RECTIFY_ARGS, LEARNED_ARGS too)
 #
 # Runs, each with --device $DEVICE: benchmarks/rectify.py (rank-one vs fine-tuning on the sample
 # Trojan and cue models), benchmarks/rectify_population.py (the held-out Trojan / cue population,
@@ -32,15 +33,19 @@ if [ "$QUICK" = 1 ]; then
     LEARNED=(--population 1 --no-sample)
     LIMITS=(600 600 600)
 else
-    RECTIFY=(--seeds 5)
-    POPULATION=(--workers "$WORKERS" --build-workers "$WORKERS")
+    RECTIFY=(--seeds 2)  # one seed: 24 s on an H100 (2026-11-28); five ran past 85 s
+    POPULATION=(--seeds 1 --no-scaling --workers "$WORKERS" --build-workers "$WORKERS")  # 118 s on an H100
     # the fine-tuning sweep (~200 s on 8 workers) is the CPU run's: settings, not timings, come from it
     CPU_RUN=benchmarks/results/rectify_population.json
     [ -f "$CPU_RUN" ] && POPULATION+=(--sweep-from "$CPU_RUN")
     LEARNED=(--population 2 --wide 3)  # ~30 s a model on an H100 (fairlearn's baselines run on the CPU)
-    LIMITS=(80 180 220)  # 8 minutes at most in all; on an H100: rectify ~65 s, population 163 s
+    LIMITS=(80 180 200)  # 8 minutes at most in all; on an H100 (2026-11-28): learned 125 s
 fi
 [ -n "${LIMITS_S:-}" ] && read -r -a LIMITS <<<"$LIMITS_S"  # e.g. LIMITS_S="40 60 100"
+# a step's own arguments instead of the above, e.g. POPULATION_ARGS="--seeds 1 --no-scaling --workers 8"
+[ -n "${RECTIFY_ARGS:-}" ] && read -r -a RECTIFY <<<"$RECTIFY_ARGS"
+[ -n "${POPULATION_ARGS:-}" ] && read -r -a POPULATION <<<"$POPULATION_ARGS"
+[ -n "${LEARNED_ARGS:-}" ] && read -r -a LEARNED <<<"$LEARNED_ARGS"
 BUDGET="${BUDGET:-0}"  # 0: the limits above; else a step gets at most what is left of BUDGET s after
                        # keeping a fifth of each later step's limit for it
 
