@@ -760,7 +760,8 @@ def split_model(model: nn.Module, layers: Sequence[str]) -> ModelSplit | None:
     import torch.fx as fx
 
     try:  # the graph alone (symbolic_trace would also compile a module for it)
-        graph = model.graph if isinstance(model, fx.GraphModule) else _trace(model)
+        graph = (model.graph if isinstance(model, fx.GraphModule) else  # a graph kept by its own class (not
+                 type(model).__dict__.get("fx_graph") or _trace(model))    # a swapped subclass): `graph_as_module`
     except Exception:  # noqa: BLE001 - any tracing failure means: run the whole model instead
         return None
     gm = model

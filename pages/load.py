@@ -79,9 +79,10 @@ if source == "Sample model":
             show_error(exc)
 else:
     st.markdown("A `.safetensors` file written by this tool carries its spec. A PyTorch state dict "
-                "(`.pt`, `.pth`) or an `.onnx` file needs a spec (JSON: architecture, input, class names). A "
-                "scikit-learn `.skops` file (LogisticRegression, MLPClassifier, with its preprocessing) needs none.")
-    model_file = st.file_uploader("Model file", type=["safetensors", "pt", "pth", "bin", "onnx", "skops"],
+                "(`.pt`, `.pth`), a `torch.export` archive (`.pt2`) or an `.onnx` file needs a spec (JSON: "
+                "architecture, input, class names). A scikit-learn `.skops` file (LogisticRegression, MLPClassifier, "
+                "with its preprocessing) needs none.")
+    model_file = st.file_uploader("Model file", type=["safetensors", "pt", "pth", "bin", "pt2", "onnx", "skops"],
                                   key="up_model")
     spec_file = st.file_uploader("Model spec (JSON, only when the file has none)", type=["json"], key="up_spec")
     draft_spec_box = st.checkbox(

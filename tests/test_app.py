@@ -609,6 +609,30 @@ def test_an_onnx_model_without_a_spec_and_a_csv_load_with_a_drafted_spec(tmp_pat
     assert audit.evaluate("pristine").metrics["accuracy"] > 0.9
 
 
+def test_a_torch_export_archive_without_a_spec_loads_with_a_drafted_spec_and_downloads_as_pt2(tmp_path):
+    """A lender's `torch.export` archive (`.pt2`, no spec inside) and its CSV: read without torch.export.load,
+    drafted a spec, audited, and offered back as a `.pt2` the lender's own torch loads."""
+    from tests.test_group_dro import _loans
+
+    bundle, _ = _loans(tmp_path, 2)
+    program = torch.export.export(bundle.model, (torch.zeros(4, 3),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(tmp_path / "lender.pt2"))
+    at = app()
+    upload(at, "lender.pt2", (tmp_path / "lender.pt2").read_bytes(), "loans.csv",
+           (tmp_path / "loans.csv").read_bytes())
+    at.multiselect(key="up_protected").set_value(["region"]).run()
+    at.checkbox(key="up_draft").check().run()
+    at.button(key="up_go").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    audit = at.session_state["audit"]
+    assert audit.pristine.spec.arch["name"] == "pt2" and audit.evaluate("pristine").metrics["accuracy"] > 0.9
+    assert audit.download_suffix == ".pt2"
+    (tmp_path / "back.pt2").write_bytes(audit.model_bytes())
+    with torch.no_grad():
+        x = torch.randn(5, 3)
+        assert torch.allclose(torch.export.load(str(tmp_path / "back.pt2")).module()(x), bundle.model(x), atol=1e-5)
+
+
 def test_edit_page_lists_unavailable_editors_with_a_way_forward(trojan):
     audit = AuditSession(*trojan, model_label="digits_cnn_trojan")
     at = app(audit, "edit")

@@ -425,6 +425,41 @@ def test_a_torch_file_holding_something_else(tmp_path):
     _one_line_error(tmp_path / "str.pt", "does not hold a state dict", spec=b.spec)
 
 
+# --- broken torch.export archives --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def good_pt2(tmp_path_factory):
+    """A vendor's archive (no checksum inside: the zip's CRC-32s alone guard it) and the auditor's own."""
+    b = tiny_mlp_bundle(4, (3,))
+    folder = tmp_path_factory.mktemp("pt2")
+    program = torch.export.export(b.model, (torch.zeros(2, 4),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(folder / "vendor.pt2"))
+    spec = {**json.loads(b.spec.to_json()), "arch": {"name": "pt2"}}
+    vendor = load_model(folder / "vendor.pt2", spec=spec)
+    save_model(vendor, folder / "ours.pt2")
+    return {"vendor": (folder / "vendor.pt2").read_bytes(), "ours": (folder / "ours.pt2").read_bytes(),
+            "spec": spec, "sha256": vendor.sha256}
+
+
+@FLIPS
+@given(data=st.data())
+def test_bit_flips_in_a_pt2_archive_are_refused_or_change_nothing(good_pt2, data):
+    which = data.draw(st.sampled_from(["vendor", "ours"]))
+    content = good_pt2[which]
+    byte, bit = data.draw(st.integers(0, len(content) - 1)), data.draw(st.integers(0, 7))
+    flipped = bytearray(content)
+    flipped[byte] ^= 1 << bit
+    got = _try_bytes(bytes(flipped), ".pt2", spec=good_pt2["spec"] if which == "vendor" else None)
+    assert isinstance(got, AuditorError) or got.sha256 == good_pt2["sha256"], (which, byte, bit)
+
+
+@FLIPS
+@given(data=st.data())
+def test_every_truncation_of_a_pt2_archive_is_refused(good_pt2, data):
+    content = good_pt2["ours"]
+    cut = data.draw(st.integers(0, len(content) - 1))
+    assert isinstance(_try_bytes(content[:cut], ".pt2"), AuditorError)
+
+
 # --- broken ONNX files --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def good_onnx(tmp_path_factory):

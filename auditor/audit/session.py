@@ -623,15 +623,15 @@ class AuditSession:
 
     @property
     def download_suffix(self) -> str:
-        """`.safetensors` when that file loads again, else `.onnx` (an ONNX graph no registered
-        architecture can rebuild goes back to ONNX)."""
+        """`.safetensors` when that file loads again, else the graph's own format: `.pt2` for a torch.export
+        program, `.onnx` for an ONNX graph (neither of which a registered architecture can rebuild)."""
         from ..models.files import check_saveable
 
         try:
             check_saveable(self.current, "model.safetensors")
             return ".safetensors"
         except AuditorError:
-            return ".onnx"
+            return ".pt2" if self.current.spec.arch.get("name") == "pt2" else ".onnx"
 
     def model_bytes(self) -> bytes:
         """The current model as a file that loads again (`download_suffix`), with its provenance."""

@@ -14,5 +14,5 @@ from .spec import ModelSpec
 __all__ = ["ARCHITECTURES", "LOADERS", "ModelBundle", "ModelSpec", "build_architecture",
            "bundle_from_state", "count_parameters", "editable_layers", "first_layer", "load_model",
            "predict_logits", "read_metadata", "register_architecture", "save_model", "weights_sha256"]
-# registers the .onnx and .skops loaders and savers (onnx and skops are imported lazily)
-from . import onnx_format, sklearn_format  # noqa: E402,F401
+# registers the .pt2, .onnx and .skops loaders and savers (onnx and skops are imported lazily)
+from . import export_format, onnx_format, sklearn_format  # noqa: E402,F401

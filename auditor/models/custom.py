@@ -182,6 +182,22 @@ def _pick(out, key):
 _SWAPPED: dict = {}  # (base class, marker, value) -> its subclass, made once
 
 
+def graph_as_module(gm: torch.fx.GraphModule, name: str) -> nn.Module:
+    """`gm` as an ordinary module of a class of its own (called `name`) whose forward is the graph's code, with
+    the same layers and tensors under the same names. A `GraphModule` makes a new class for every copy
+    (`copy.deepcopy` compiles its forward afresh), which would drop the class swaps below (`read_single_logit`,
+    `select_output`) from every copy an editor makes. The class keeps the graph (`fx_graph`) for the
+    layer splits (`auditor.layers.split_model`)."""
+    root = nn.Module()
+    for key, value in gm.__dict__.items():
+        if key in ("_parameters", "_buffers", "_modules"):
+            root.__dict__[key] = dict(value)
+    cls = type(name, (nn.Module,), {"forward": type(gm).forward, "fx_graph": gm.graph, "__module__": __name__,
+                                    "__qualname__": name})
+    root.__class__ = cls
+    return root
+
+
 def _swap_forward(model: nn.Module, marker: str, value, after) -> nn.Module:
     """Swap `model`'s class (in place) for a subclass whose forward is `after(the base forward's output)` and
     which carries `marker = value`: names, weights and torch.fx tracing stay the model's. A class already

@@ -199,8 +199,24 @@ def _model_from_file(path: Path, data, X, y, *, arch_file, arch_class, trust_cod
                          f"{', '.join(map(repr, left_out))} (an edited model is written with the logits only; "
                          "\"output\" in \"arch\" picks another)")
         return bundle, {"name": "onnx"}, notes
+    from .export_format import is_pt2_archive, read_pt2
+
+    if suffix == ".pt2" or (suffix in TORCH_SUFFIXES and is_pt2_archive(path)):
+        _check_size(path, max_bytes)
+
+        graph = read_pt2(path, max_bytes)[3]
+        if graph is not None and graph != list(shape) and (kind == "image" or len(graph) != 1):
+            raise AuditorError(f"{path.name} was exported with inputs of shape {graph} but {data.name!r} gives "
+                               f"{'images of shape ' if kind == 'image' else 'rows of '}{shape}"
+                               f"{channels_last_hint(graph, shape) or ': is this the model’s data?'}")
+        bundle = load_model(path, spec={"arch": {"name": "pt2"}, "input": {"kind": kind, "shape": shape}},
+                            max_bytes=max_bytes)
+        notes.append("architecture: the exported program itself (\"arch\": {\"name\": \"pt2\"}); its layers "
+                     f"keep the names they had in the exported module ({', '.join(_layer_names(bundle.model)[:4])}"
+                     f"{', ...' if len(_layer_names(bundle.model)) > 4 else ''})")
+        return bundle, {"name": "pt2"}, notes
     if suffix != ".safetensors" and suffix not in TORCH_SUFFIXES:
-        raise AuditorError(f"spec init reads .safetensors, .onnx or a state dict "
+        raise AuditorError(f"spec init reads .safetensors, .onnx, .pt2 or a state dict "
                            f"({', '.join(sorted(TORCH_SUFFIXES))}); got {path.name}")
     _check_size(path, max_bytes)
     state, _ = read_weights(path)
@@ -232,6 +248,12 @@ def _model_from_file(path: Path, data, X, y, *, arch_file, arch_class, trust_cod
         return bundle, arch, notes
     bundle = bundle_from_state(state, ModelSpec(arch=arch, input={"kind": kind, "shape": shape}), str(path))
     return bundle, arch, notes
+
+
+def _layer_names(model) -> list[str]:
+    from .architectures import editable_layers
+
+    return [name for name, _ in editable_layers(model)]
 
 
 def _onnx_input_shape(path: Path) -> list[int] | None:

@@ -60,6 +60,8 @@ def _custom_arch_hint(arch) -> str | None:
                 f"{arch.get('file', '?')!r}); load it with --trust-code --arch-file FILE.py --arch-class NAME")
     if isinstance(arch, dict) and arch.get("name") == "onnx":
         return "this model's architecture is an ONNX graph; save and load it as .onnx"
+    if isinstance(arch, dict) and arch.get("name") == "pt2":
+        return "this model's architecture is a torch.export program; save and load it as .pt2"
     return None
 
 
@@ -118,6 +120,10 @@ def check_saveable(bundle: ModelBundle, path: str | os.PathLike) -> None:
         except AuditorError:
             rebuildable = False
     if not rebuildable:
+        if name == "pt2":
+            raise AuditorError(f"{path.name}: this model is a torch.export program that a .safetensors file cannot "
+                               "rebuild; write it as .pt2 or .onnx instead "
+                               f"(e.g. --out {path.with_suffix('.pt2').name})")
         origin = "an ONNX graph" if bundle.format == "onnx" or name == "onnx" else f"architecture {name!r}"
         raise AuditorError(f"{path.name}: this model is {origin} that a .safetensors file cannot rebuild; "
                            f"write it as .onnx instead (e.g. --out {path.with_suffix('.onnx').name})")
@@ -150,6 +156,10 @@ def _load(path: Path, spec, max_bytes: int, arch_file, arch_class, trust_code: b
         state, spec = _load_safetensors(path, spec)
         fmt = "safetensors"
     elif suffix in TORCH_SUFFIXES:
+        from .export_format import is_pt2_archive
+
+        if is_pt2_archive(path):  # torch.export.save writes any name it is given: read by content
+            return LOADERS[".pt2"](path, spec)
         state, spec = _load_torch_state(path, spec)
         fmt = "torch-state-dict"
     elif suffix in LOADERS:

@@ -198,7 +198,9 @@ def _tidy(gm: torch.fx.GraphModule) -> nn.Module:
             n.target = names[n.target]
         elif n.op == "get_attr":
             root[n.target] = operator.attrgetter(n.target)(gm)
-    return torch.fx.GraphModule(root, gm.graph, class_name="OnnxModel")
+    from .custom import graph_as_module
+
+    return graph_as_module(torch.fx.GraphModule(root, gm.graph, class_name="OnnxModel"), "OnnxModel")
 
 
 def _probe_shape(spec: ModelSpec, dims: list) -> list[int]:

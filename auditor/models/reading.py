@@ -131,7 +131,7 @@ def _verified_zip(path: Path):
                     "the auditor does not run. Save its weights instead: "
                     f"torch.save(torch.jit.load('{path.name}').state_dict(), 'weights.pt'), then pass your class "
                     "with --arch-file/--arch-class --trust-code (or a spec for a registered architecture), or "
-                    "export it to ONNX")
+                    "export it with torch.export (a .pt2 archive) or to ONNX")
             for info in z.infolist():
                 if info.compress_type != zipfile.ZIP_STORED:
                     raise AuditorError(f"{path.name} has compressed records, which torch.save never writes; "

@@ -1,0 +1,595 @@
+"""PyTorch 2 export archives (`.pt2`, written by `torch.export.save`), read without running code from them.
+
+`torch.export.load` unpickles parts of an archive with `weights_only=False` and hands shape expressions to
+sympy, so it is never called on a user's file. This reader takes the archive apart itself: the graph's
+JSON, the weights' raw bytes (a pickled tensor only through `torch.load(weights_only=True)`), and the
+auditor's spec from the archive's extra files when the auditor wrote it. It rebuilds the graph as a
+`torch.fx.GraphModule` from a fixed list of ATen operators (any other is refused by name), with each
+linear layer, convolution and batch norm a real `nn.Linear` / `nn.Conv2d` / `nn.BatchNorm` module under
+the vendor's own name (`head.1`), so attributions, hooks and editors see the layers the vendor knows.
+Edited models are written back with `torch.export` (a dynamic batch axis, the spec and a checksum inside).
+"""
+from __future__ import annotations
+
+import copy
+import io
+import json
+import operator
+import os
+import re
+import zipfile
+from pathlib import Path, PurePosixPath
+
+import torch
+from torch import nn
+
+from ..errors import AuditorError
+from .bundle import ModelBundle
+from .files import LOADERS, SAVE_CHECKS, SAVERS
+from .reading import CHECKSUM_KEY, CHECKSUMMED, CHECKSUMMED_KEY, SPEC_KEY, _check_finite, file_checksum
+from .spec import ModelSpec
+
+HISTORY_KEY = "auditor.history"
+_DTYPES = {1: torch.uint8, 2: torch.int8, 3: torch.int16, 4: torch.int32, 5: torch.int64, 6: torch.float16,
+           7: torch.float32, 8: torch.float64, 12: torch.bool, 13: torch.bfloat16}
+_STRIDED = 7  # the archive's code for an ordinary (strided) tensor layout
+_MAX_JSON = 64 * 1024 * 1024
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+# ATen operators the rebuilt graph may call, and what it calls for them (the torch function a traced
+# PyTorch model shows, where there is one, so that the rest of the auditor reads the graph as it reads others)
+_ELEMENTWISE = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
+_OPS = {
+    "relu.default", "relu_.default", "tanh.default", "sigmoid.default", "gelu.default", "silu.default",
+    "leaky_relu.default", "elu.default", "softplus.default", "hardtanh.default", "hardswish.default",
+    "neg.default", "exp.default", "sqrt.default", "rsqrt.default", "pow.Tensor_Scalar", "abs.default",
+    "add.Tensor", "add.Scalar", "sub.Tensor", "sub.Scalar", "mul.Tensor", "mul.Scalar", "div.Tensor",
+    "div.Scalar", "flatten.using_ints", "view.default", "reshape.default", "permute.default", "transpose.int",
+    "t.default", "contiguous.default", "clone.default", "unsqueeze.default", "squeeze.dim", "squeeze.dims",
+    "max_pool2d.default", "max_pool2d_with_indices.default", "avg_pool2d.default", "adaptive_avg_pool2d.default",
+    "mean.dim", "sum.dim_IntList", "amax.default", "cat.default", "dropout.default", "layer_norm.default",
+    "softmax.int", "log_softmax.int", "_softmax.default", "_log_softmax.default", "sym_size.int",
+    "matmul.default", "mm.default", "addmm.default", "bmm.default", "linear.default", "conv1d.default",
+    "conv2d.default", "conv2d.padding", "batch_norm.default", "_native_batch_norm_legit_no_training.default",
+    "constant_pad_nd.default", "slice.Tensor", "select.int", "expand.default", "hardsigmoid.default",
+}
+_FUNCTIONS = {"_operator.getitem": operator.getitem}
+
+
+def _refuse(name: str, what: str) -> AuditorError:
+    return AuditorError(f"{name}: {what}; the auditor reads .pt2 archives of plain ATen operators (torch.export "
+                        "of an nn.Module in eval mode); export the model to ONNX instead, or pass its weights and a "
+                        "spec")
+
+
+class _Archive:
+    """The files of one `torch.export.save` archive (one model), read from the zip without unpickling."""
+
+    def __init__(self, path: Path, max_bytes: int):
+        self.name = path.name
+        try:
+            self.zip = zipfile.ZipFile(path)
+            infos = self.zip.infolist()
+        except Exception as exc:  # noqa: BLE001 - zipfile raises many kinds on a damaged file
+            raise AuditorError(f"{path.name} is not a readable .pt2 archive ({type(exc).__name__})") from None
+        if sum(i.file_size for i in infos) > max_bytes:
+            raise AuditorError(f"{path.name}: the archive unpacks to more than {max_bytes >> 20} MiB; refused")
+        names = [i.filename for i in infos]
+        marker = next((n for n in names if n == "archive_format" or n.endswith("/archive_format")), None)
+        if marker is None:
+            raise AuditorError(f"{path.name} is no torch.export archive (it has no archive_format entry): "
+                               "write it with torch.export.save")
+        self.prefix = marker[: -len("archive_format")]
+        self.names = set(names)
+        if self.read(marker[len(self.prefix):]).strip() != b"pt2":
+            raise AuditorError(f"{path.name}: its archive format is not pt2")
+        models = [n[len(self.prefix) + len("models/"):-len(".json")] for n in names
+                  if n.startswith(self.prefix + "models/") and n.endswith(".json")]
+        if len(models) != 1 or not _SAFE_NAME.match(models[0]):
+            raise AuditorError(f"{path.name} holds {len(models)} exported programs; the auditor reads an archive "
+                               "of one (torch.export.save of one ExportedProgram)")
+        self.model = models[0]
+
+    def read(self, rel: str) -> bytes:
+        full = self.prefix + rel
+        if full not in self.names:
+            raise AuditorError(f"{self.name}: the archive lacks {rel}")
+        try:
+            return self.zip.read(full)  # checked against the record's CRC-32
+        except Exception as exc:  # noqa: BLE001 - zipfile raises many kinds on a damaged record
+            raise AuditorError(f"{self.name}: its entry {rel} is damaged ({type(exc).__name__}); get a fresh "
+                               "copy") from None
+
+    def json(self, rel: str):
+        raw = self.read(rel)
+        if len(raw) > _MAX_JSON:
+            raise AuditorError(f"{self.name}: {rel} is over {_MAX_JSON >> 20} MiB; refused as implausible")
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError):
+            raise AuditorError(f"{self.name}: {rel} is not valid JSON; the archive is damaged") from None
+
+    def extra(self) -> dict:
+        """The archive's extra files (`torch.export.save(..., extra_files=)`) as text."""
+        out = {}
+        for n in sorted(self.names):
+            if n.startswith(self.prefix + "extra/"):
+                rel = n[len(self.prefix):]
+                try:
+                    out[rel[len("extra/"):]] = self.read(rel).decode("utf-8")
+                except UnicodeDecodeError:
+                    raise AuditorError(f"{self.name}: extra file {n!r} is not text") from None
+        return out
+
+    def tensors(self, folder: str, config: str) -> dict[str, torch.Tensor]:
+        """The tensors a payload config lists (weights or constants), each from its raw bytes."""
+        entries = self.json(f"data/{folder}/{self.model}_{config}.json").get("config", {})
+        if not isinstance(entries, dict):
+            raise AuditorError(f"{self.name}: data/{folder} lists no tensors; the archive is damaged")
+        out = {}
+        for fqn, meta in entries.items():
+            file = str(meta.get("path_name", ""))
+            if not _SAFE_NAME.match(file) or not file.startswith(("weight_", "tensor_")):
+                raise _refuse(self.name, f"{fqn!r} is stored as {file!r}, which is no tensor (a custom object)")
+            raw = self.read(f"data/{folder}/{file}")
+            if meta.get("use_pickle"):
+                try:
+                    value = torch.load(io.BytesIO(raw), weights_only=True)
+                except Exception as exc:  # noqa: BLE001 - an unpickling refusal names what the file wanted
+                    raise AuditorError(f"{self.name}: tensor {fqn!r} needs unpickling arbitrary objects, which "
+                                       f"could run code: {str(exc).splitlines()[0][:160]}") from None
+                if not isinstance(value, torch.Tensor):
+                    raise _refuse(self.name, f"{fqn!r} is no tensor")
+            else:
+                value = _strided(raw, meta.get("tensor_meta") or {}, f"{self.name}: tensor {fqn!r}")
+            out[fqn] = value
+        return out
+
+
+def is_pt2_archive(path: Path) -> bool:
+    """Whether `path` is a `torch.export.save` archive, whatever its name."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            marker = next((n for n in z.namelist() if n == "archive_format" or n.endswith("/archive_format")), None)
+            return marker is not None and z.read(marker).strip() == b"pt2"
+    except Exception:  # noqa: BLE001 - unreadable as a zip (damaged, another format): not such an archive
+        return False
+
+
+def _ints(values, what: str) -> list[int]:
+    out = []
+    for v in values or []:
+        if not isinstance(v, dict) or not isinstance(v.get("as_int"), int):
+            raise AuditorError(f"{what} has a symbolic size; the archive's weights must have fixed shapes")
+        out.append(int(v["as_int"]))
+    return out
+
+
+def _strided(raw: bytes, meta: dict, what: str) -> torch.Tensor:
+    dtype = _DTYPES.get(meta.get("dtype"))
+    if dtype is None or meta.get("layout", _STRIDED) != _STRIDED:
+        raise AuditorError(f"{what}: dtype code {meta.get('dtype')} / layout {meta.get('layout')} is not read "
+                           "(floating point, integer or bool tensors of the ordinary layout are)")
+    sizes, strides = _ints(meta.get("sizes"), what), _ints(meta.get("strides"), what)
+    offset = _ints([meta.get("storage_offset", {"as_int": 0})], what)[0]
+    item = torch.empty((), dtype=dtype).element_size()
+    if len(raw) % item or len(sizes) != len(strides) or offset < 0 or any(s < 0 for s in sizes + strides):
+        raise AuditorError(f"{what}: its bytes do not fit its dtype and shape; the archive is damaged")
+    flat = torch.frombuffer(bytearray(raw), dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+    last = offset + sum((n - 1) * s for n, s in zip(sizes, strides)) if all(sizes) else -1
+    if last >= flat.numel():
+        raise AuditorError(f"{what}: shape {sizes} reaches past its {flat.numel()} stored values; the archive is "
+                           "damaged")
+    return torch.as_strided(flat, sizes, strides, offset).clone()
+
+
+def _aten(target: str, name: str):
+    if target in _FUNCTIONS:
+        return _FUNCTIONS[target]
+    op = target[len("torch.ops.aten."):] if target.startswith("torch.ops.aten.") else None
+    if op not in _OPS:
+        raise _refuse(name, f"operator {target!r} is not among those the auditor reads")
+    packet, overload = op.split(".")
+    if overload == "default" and packet in _ELEMENTWISE:
+        return _ELEMENTWISE[packet]
+    if op == "flatten.using_ints":
+        return torch.flatten
+    return getattr(getattr(torch.ops.aten, packet), overload)
+
+
+class _Builder:
+    """The archive's graph as a module running a `torch.fx` graph (see the module's docstring)."""
+
+    def __init__(self, program: dict, state: dict[str, torch.Tensor], name: str):
+        self.name = name
+        gm = program.get("graph_module") or {}
+        self.graph_json, signature = gm.get("graph") or {}, gm.get("signature") or {}
+        self.state = state
+        self.graph = torch.fx.Graph()
+        self.root: dict[str, object] = {}
+        self.values: dict[str, object] = {}  # value name -> fx Node, or ("tensor", fqn) not yet fetched
+        self.users: dict[str, int] = {}
+        self.user_input = self.output = None
+        for spec in signature.get("input_specs", []):
+            kind, body = next(iter(spec.items()))
+            if kind in ("parameter", "buffer", "tensor_constant"):
+                fqn = body.get("parameter_name") or body.get("buffer_name") or body.get("tensor_constant_name")
+                if fqn not in state:
+                    raise AuditorError(f"{name}: the graph reads {fqn!r}, which the archive does not hold")
+                self.values[body["arg"]["name"]] = ("tensor", fqn)
+            elif kind == "user_input" and "as_tensor" in body.get("arg", {}) and self.user_input is None:
+                self.user_input = body["arg"]["as_tensor"]["name"]
+            else:
+                raise _refuse(name, f"the program takes an input of kind {kind!r} (one tensor, the model's "
+                                    "input, is read)")
+        for spec in signature.get("output_specs", []):
+            kind, body = next(iter(spec.items()))
+            if kind != "user_output" or "as_tensor" not in body.get("arg", {}) or self.output is not None:
+                raise _refuse(name, f"the program returns {kind!r} (one tensor, the logits, is read)")
+            self.output = body["arg"]["as_tensor"]["name"]
+        if self.user_input is None or self.output is None:
+            raise _refuse(name, "the program has no tensor input or no tensor output")
+        for node in self.graph_json.get("nodes", []):
+            for arg in node.get("inputs", []):
+                for ref in _tensor_names(arg.get("arg", {})):
+                    self.users[ref] = self.users.get(ref, 0) + 1
+
+    def rank(self, value: str) -> int | None:
+        meta = (self.graph_json.get("tensor_values") or {}).get(value) or {}
+        return len(meta["sizes"]) if isinstance(meta.get("sizes"), list) else None
+
+    def input_shape(self) -> list[int] | None:
+        meta = (self.graph_json.get("tensor_values") or {}).get(self.user_input) or {}
+        sizes = meta.get("sizes") or []
+        dims = [s.get("as_int") if isinstance(s, dict) else None for s in sizes[1:]]
+        return [int(d) for d in dims] if dims and all(isinstance(d, int) for d in dims) else None
+
+    def fetch(self, value):
+        if isinstance(value, tuple) and value and value[0] == "tensor":
+            fqn = value[1]
+            if fqn not in self.root:
+                self.root[fqn] = self.state[fqn]
+            return self.graph.get_attr(fqn)
+        return value
+
+    def arg(self, a: dict):
+        if not isinstance(a, dict) or len(a) != 1:
+            raise _refuse(self.name, f"an argument {str(a)[:80]} is not read")
+        kind, v = next(iter(a.items()))
+        if kind == "as_tensor":
+            if v.get("name") not in self.values:
+                raise AuditorError(f"{self.name}: the graph uses {v.get('name')!r} before it is computed; the archive "
+                                   "is damaged")
+            return self.fetch(self.values[v["name"]])
+        if kind in ("as_tensors", "as_optional_tensors"):
+            return [self.arg(x) if "as_none" not in x else None for x in v]
+        if kind in ("as_int", "as_float", "as_bool", "as_string"):
+            return v
+        if kind == "as_none":
+            return None
+        if kind in ("as_ints", "as_floats", "as_bools"):
+            return list(v)
+        if kind == "as_sym_int":
+            return self.sym(v)
+        if kind == "as_sym_ints":
+            return [self.sym(x) for x in v]
+        if kind == "as_scalar_type" and v in _DTYPES:
+            return _DTYPES[v]
+        raise _refuse(self.name, f"an argument of kind {kind!r} is not read")
+
+    def sym(self, v):
+        if "as_int" in v:
+            return int(v["as_int"])
+        if "as_name" in v and v["as_name"] in self.values:
+            return self.values[v["as_name"]]
+        raise _refuse(self.name, "a symbolic size is computed in a way the auditor does not read")
+
+    def module_for(self, op: str, raw: list) -> nn.Module | None:
+        """A layer module for a linear / convolution / batch norm whose weights only it reads, else None."""
+        literal = {i: self.arg(a) for i, a in enumerate(raw) if not any(_tensor_names(a))}
+        args = [literal.get(i) for i in range(len(raw))]
+
+        def fqn(i):
+            a = raw[i] if i < len(raw) else None
+            name = (a or {}).get("as_tensor", {}).get("name")
+            value = self.values.get(name)
+            ok = isinstance(value, tuple) and self.users.get(name, 0) == 1
+            return value[1] if ok else None
+
+        if op in ("linear.default", "conv1d.default", "conv2d.default", "conv2d.padding"):
+            w, b = fqn(1), (fqn(2) if len(raw) > 2 and "as_none" not in raw[2] else "")
+            if not w or b is None or not w.endswith(".weight"):
+                return None
+            weight = self.state[w]
+            bias = self.state[b] if b else None
+            if op == "linear.default":
+                layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+            else:
+                stride, padding, dilation, groups = (args + [None] * 7)[3:7]
+                cls = nn.Conv1d if op == "conv1d.default" else nn.Conv2d
+                layer = cls(weight.shape[1] * (groups or 1), weight.shape[0], tuple(weight.shape[2:]),
+                            stride=stride or 1, padding=0 if padding is None else padding, dilation=dilation or 1,
+                            groups=groups or 1, bias=bias is not None)
+            return self.holding(layer, w[: -len(".weight")], {"weight": weight, "bias": bias})
+        if op in ("batch_norm.default", "_native_batch_norm_legit_no_training.default"):
+            names = [fqn(i) for i in range(1, 5)]
+            rm = names[2]
+            if rm is None or not rm.endswith(".running_mean") or None in names[2:]:
+                return None
+            training = args[5] if op == "batch_norm.default" else False
+            if training:
+                raise _refuse(self.name, "a batch norm runs in training mode (call model.eval() before "
+                                         "torch.export.export)")
+            eps = args[7] if op == "batch_norm.default" else args[6]
+            rank = self.rank(raw[0].get("as_tensor", {}).get("name")) or 4
+            channels = self.state[rm].numel()
+            layer = (nn.BatchNorm2d if rank == 4 else nn.BatchNorm1d)(channels, eps=float(eps),
+                                                                       affine=names[0] is not None)
+            return self.holding(layer, rm[: -len(".running_mean")],
+                                {"weight": self.state[names[0]] if names[0] else None,
+                                 "bias": self.state[names[1]] if names[1] else None,
+                                 "running_mean": self.state[rm], "running_var": self.state[names[3]]})
+        return None
+
+    def holding(self, layer: nn.Module, name: str, tensors: dict) -> nn.Module | None:
+        if not name or name in self.root or any(k.startswith(name + ".") for k in self.root):
+            return None
+        with torch.no_grad():
+            for key, t in tensors.items():
+                if t is None:
+                    continue
+                if tuple(getattr(layer, key).shape) != tuple(t.shape):
+                    return None
+                getattr(layer, key).copy_(t)
+        self.root[name] = layer.eval()
+        return layer
+
+    def build(self) -> nn.Module:
+        self.values[self.user_input] = self.graph.placeholder(_python_name(self.user_input))
+        for node in self.graph_json.get("nodes", []):
+            target = str(node.get("target", ""))
+            fn = _aten(target, self.name)
+            op = target[len("torch.ops.aten."):]
+            raw = [a.get("arg", {}) for a in node.get("inputs", []) if a.get("kind", 1) == 1]
+            kw_raw = {a.get("name"): a.get("arg", {}) for a in node.get("inputs", []) if a.get("kind", 1) != 1}
+            layer = None if kw_raw else self.module_for(op, raw)
+            if layer is not None:
+                name = next(k for k, v in self.root.items() if v is layer)
+                result = self.graph.call_module(name, (self.arg(raw[0]),))
+            else:
+                args = [self.arg(a) for a in raw]
+                kwargs = {str(k): self.arg(v) for k, v in kw_raw.items()}
+                result = self.graph.call_function(fn, tuple(args), kwargs)
+            self.bind(node.get("outputs", []), result, many=op == "_native_batch_norm_legit_no_training.default"
+                      and layer is not None)
+        if self.output not in self.values:
+            raise AuditorError(f"{self.name}: the graph never computes its output {self.output!r}")
+        self.graph.output(self.fetch(self.values[self.output]))
+        self.graph.lint()
+        from .custom import graph_as_module
+
+        return graph_as_module(torch.fx.GraphModule(_nested(self.root), self.graph), "ExportedModel")
+
+    def bind(self, outputs: list, result, many: bool) -> None:
+        if len(outputs) == 1 and "as_tensors" not in outputs[0]:
+            self.bind_one(outputs[0], result)
+            return
+        items = outputs[0]["as_tensors"] if len(outputs) == 1 else [o.get("as_tensor") for o in outputs]
+        for i, item in enumerate(items):
+            if item is None or "name" not in item:
+                continue
+            # a batch norm turned module returns the normalised tensor alone (its other outputs: statistics)
+            self.values[item["name"]] = result if many and i == 0 else (
+                None if many else self.graph.call_function(operator.getitem, (result, i)))
+
+    def bind_one(self, out: dict, result) -> None:
+        kind, v = next(iter(out.items()))
+        if kind == "as_tensor":
+            self.values[v["name"]] = result
+        elif kind == "as_sym_int" and "as_name" in v:
+            self.values[v["as_name"]] = result
+        elif kind != "as_none":
+            raise _refuse(self.name, f"an operator returns {kind!r}")
+
+
+def _nested(items: dict) -> nn.Module:
+    """A module holding `items` (dotted name -> module or tensor) at their names, registered in the order given
+    (the graph's), so that the layers are listed in the order the model runs them."""
+    root = nn.Module()
+    for name, value in items.items():
+        *heads, leaf = name.split(".")
+        parent = root
+        for part in heads:
+            if not hasattr(parent, part):
+                parent.add_module(part, nn.Module())
+            parent = getattr(parent, part)
+        if isinstance(value, nn.Module):
+            parent.add_module(leaf, value)
+        else:
+            parent.register_buffer(leaf, value)
+    return root
+
+
+def _tensor_names(a: dict):
+    if "as_tensor" in a:
+        yield a["as_tensor"].get("name")
+    for key in ("as_tensors", "as_optional_tensors"):
+        for x in a.get(key, []) or []:
+            if isinstance(x, dict) and "as_tensor" in x:
+                yield x["as_tensor"].get("name")
+            elif isinstance(x, dict) and "name" in x:
+                yield x["name"]
+
+
+def _python_name(name: str) -> str:
+    out = re.sub(r"\W", "_", str(name)) or "x"
+    return out if not out[0].isdigit() else f"x_{out}"
+
+
+def check_sizes(module: nn.Module, shape: list[int], batch: int, name: str) -> None:
+    """Run the graph on meta tensors (shapes only, nothing allocated) for a probe of `batch` rows: a value over
+    the probe budget is refused (BudgetError) before the model runs on real data. A 10 KB archive can say
+    `expand(x, [100000, 100000])`."""
+    from ..budgets import BudgetError, limit_bytes, size_text
+
+    cap = limit_bytes("AUDITOR_PROBE_MEMORY_MB")
+    over: list[str] = []
+
+    class Sizes(torch.fx.Interpreter):
+        def run_node(self, node):
+            out = super().run_node(node)
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.numel() * t.element_size() > cap:
+                    over.append(f"{name}: its value {node.name!r} (shape {list(t.shape)}) would need "
+                                f"{size_text(t.numel() * t.element_size())} on a probe input, over the limit of "
+                                f"{size_text(cap)}; raise it with AUDITOR_PROBE_MEMORY_MB=MB if you trust the model")
+                    raise BudgetError(over[0])
+            return out
+
+    meta = copy.deepcopy(module).to("meta")
+    try:
+        with torch.no_grad():
+            Sizes(meta, graph=type(module).fx_graph).run(torch.empty(batch, *shape, device="meta"))
+    except BudgetError:
+        raise BudgetError(over[0]) from None  # without the notes torch.fx adds to the message
+
+
+def read_pt2(path: Path, max_bytes: int) -> tuple[nn.Module, dict, dict, list[int] | None]:
+    """(module, its state as stored, the archive's extra files, the input shape it was exported with)."""
+    archive = _Archive(path, max_bytes)
+    program = archive.json(f"models/{archive.model}.json")
+    if not isinstance(program, dict):
+        raise AuditorError(f"{path.name}: the exported program is not a JSON object; the archive is damaged")
+    state = archive.tensors("weights", "weights_config")
+    constants_file = f"data/constants/{archive.model}_constants_config.json"
+    if archive.prefix + constants_file in archive.names:
+        state.update(archive.tensors("constants", "constants_config"))
+    _check_finite(state, path)
+    builder = _Builder(program, state, path.name)
+    try:
+        module = builder.build()
+    except AuditorError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the graph's JSON in a shape this reader did not expect
+        raise _refuse(path.name, f"its graph could not be rebuilt ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+    return module, state, archive.extra(), builder.input_shape()
+
+
+def load_pt2(path: str | os.PathLike, spec: ModelSpec | None = None,
+             max_bytes: int | None = None) -> ModelBundle:
+    """Load a `torch.export` archive as an editable bundle (size already checked by `load_model`)."""
+    from .onnx_format import _as_registered, _check_input_matches, _probe_shape
+    from .reading import DEFAULT_MAX_BYTES
+
+    path = Path(path)
+    module, state, extra, shape = read_pt2(path, max_bytes or DEFAULT_MAX_BYTES)
+    if CHECKSUM_KEY in extra or CHECKSUMMED_KEY in extra:
+        meta = {k: v for k, v in extra.items() if k.startswith("auditor.")}
+        if extra.get(CHECKSUMMED_KEY) != CHECKSUMMED or extra.get(CHECKSUM_KEY) != file_checksum(state, meta):
+            raise AuditorError(f"{path.name} is corrupt or was altered: it does not match the checksum stored in it; "
+                               "get a fresh copy")
+    if spec is None:
+        if SPEC_KEY not in extra:
+            raise AuditorError(f"{path.name} has no auditor spec in it; pass one with --spec SPEC.json (input "
+                               "description, class names): draft it with "
+                               f"`auditor spec init {path.name} DATA --out spec.json`")
+        spec = ModelSpec.from_json(extra[SPEC_KEY])
+    spec = copy.deepcopy(spec)
+    dims = [None, *shape] if shape else []
+    _check_input_matches(spec, dims, path.name)
+    if shape and len(shape) == 1 and "in_features" not in spec.arch:
+        spec.arch["in_features"] = int(shape[0])
+    probe_shape = _probe_shape(spec, dims)
+    module.eval()
+    from ..budgets import BudgetError
+
+    try:
+        check_sizes(module, probe_shape, 3, path.name)
+    except BudgetError:
+        raise
+    except Exception:  # noqa: BLE001 - an operator without shape rules on meta tensors: the probe below says
+        pass
+    for batch in (2, 3):  # a graph exported with a fixed batch size runs at that size alone
+        probe = torch.randn(batch, *probe_shape, generator=torch.Generator().manual_seed(0))
+        try:
+            with torch.no_grad():
+                logits = module(probe)
+        except Exception as exc:  # noqa: BLE001 - the vendor's graph on the auditor's input
+            hint = ("; export it with a dynamic batch axis: torch.export.export(model, (x,), dynamic_shapes="
+                    "{'x': {0: torch.export.Dim('batch')}})" if batch == 3 else "")
+            raise AuditorError(f"{path.name}: the model fails on an input of shape {list(probe.shape)}: "
+                               f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}{hint}") from None
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or len(logits) != batch:
+            raise AuditorError(f"{path.name}: the model must return one (batch, classes) tensor of logits; on "
+                               f"{batch} inputs it returned {type(logits).__name__} "
+                               f"{list(logits.shape) if isinstance(logits, torch.Tensor) else ''}")
+    model = _as_registered(module, spec, probe)
+    if spec.arch.get("name") == "pt2":
+        spec.arch.setdefault("num_classes", int(logits.shape[1]))
+    elif model is module:
+        spec.provenance["arch_in_spec"] = dict(spec.arch)
+        spec.arch = {"name": "pt2", "num_classes": spec.num_classes,
+                     **{k: spec.arch[k] for k in ("in_features",) if k in spec.arch}}
+    history = []
+    if HISTORY_KEY in extra:
+        try:
+            history = list(json.loads(extra[HISTORY_KEY]))
+        except (ValueError, TypeError, RecursionError):
+            history = []
+    return ModelBundle(model.eval(), spec, str(path), "pt2", history)
+
+
+def export_pt2(bundle: ModelBundle, path: str | os.PathLike, extra_metadata: dict | None = None) -> Path:
+    """Write `bundle` as a `torch.export` archive (batch axis dynamic; spec, history and a checksum in its
+    extra files), read back here before it replaces `path`: it must compute what the model computes."""
+    from .onnx_format import _input_shape
+
+    path = Path(path)
+    model = copy.deepcopy(bundle.model).cpu().eval()
+    if bundle.spec.single_logit:  # the vendor's one logit, not the [0, z] the audit reads
+        from .custom import single_logit_base
+
+        single_logit_base(model)
+    shape = _input_shape(bundle)
+    example = torch.randn(3, *shape, generator=torch.Generator().manual_seed(0))
+    from ..atomic import temp_beside
+
+    tmp = temp_beside(path)
+    try:
+        ep = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+        state = {k: v.detach() for k, v in ep.state_dict.items()}
+        state.update({k: v for k, v in ep.constants.items() if isinstance(v, torch.Tensor)})
+        meta = {SPEC_KEY: bundle.spec.to_json(), CHECKSUMMED_KEY: CHECKSUMMED,
+                HISTORY_KEY: json.dumps(bundle.history, sort_keys=True, default=str)}
+        for k, v in (extra_metadata or {}).items():
+            meta[k] = v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
+        meta[CHECKSUM_KEY] = file_checksum(state, meta)
+        buffer = io.BytesIO()  # torch names the archive's folder after a file's name; a buffer gets "archive"
+        torch.export.save(ep, buffer, extra_files=meta)
+        tmp.write_bytes(buffer.getvalue())
+        back, _, _, _ = read_pt2(tmp, 1 << 40)
+        with torch.no_grad():
+            want, got = model(example), back(example)
+        if want.shape != got.shape or (want - got).abs().max() > 1e-4 * max(1.0, float(want.abs().max())):
+            raise AuditorError(f"the .pt2 archive of {bundle.name} does not compute what the model computes; "
+                               "not written")
+        os.replace(tmp, path)
+    except AuditorError:
+        tmp.unlink(missing_ok=True)
+        raise
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        raise AuditorError(f"cannot export {bundle.name} with torch.export: {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
+    return path
+
+
+def _check_saveable(bundle: ModelBundle, path: Path) -> None:
+    if PurePosixPath(path.name).suffix.lower() != ".pt2":
+        raise AuditorError(f"torch.export archives end in .pt2; got {path.name}")
+
+
+LOADERS[".pt2"] = load_pt2
+SAVERS[".pt2"] = export_pt2
+SAVE_CHECKS[".pt2"] = _check_saveable
