@@ -132,6 +132,24 @@ def test_the_archive_is_read_into_the_vendors_named_layers_and_computes_what_tor
         assert torch.equal(copy.deepcopy(bundle.model)(x), want)
 
 
+def test_a_decomposed_program_core_aten_gets_the_same_layers_back(vendor, tmp_path):
+    """`run_decompositions()` (the core ATen form an ExecuTorch or AOTInductor flow saves) writes a linear
+    layer as a transpose and `addmm`, a convolution as `convolution`, a batch norm as its functional form:
+    read back as the same named Linear / Conv2d / BatchNorm2d layers."""
+    program = torch.export.export(vendor["model"], (torch.from_numpy(vendor["X"][:4]),),
+                                  dynamic_shapes={"x": {0: torch.export.Dim("batch")}}).run_decompositions()
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert {"aten.addmm.default", "aten.convolution.default"} <= targets and "aten.linear.default" not in targets
+    torch.export.save(program, str(tmp_path / "core.pt2"))
+    bundle = load_model(tmp_path / "core.pt2", spec=vendor["dir"] / "spec.json")
+    layers = {n: type(m).__name__ for n, m in bundle.model.named_modules() if n and n != "block" and n != "head"}
+    assert layers == {"stem": "Conv2d", "block.conv": "Conv2d", "block.bn": "BatchNorm2d", "head.1": "Linear",
+                      "head.4": "Linear"}
+    x = torch.from_numpy(vendor["X"][:9])
+    with torch.no_grad():
+        assert torch.allclose(bundle.model(x), vendor["model"](x), atol=1e-5)
+
+
 def test_spec_init_then_a_dynamic_rank_one_edit_written_back_as_pt2_that_plain_torch_runs(vendor, capsys):
     tmp = vendor["dir"]
     rc, out, err = _run(["spec", "init", tmp / "vendor.pt2", tmp / "case.npz", "--out", tmp / "drafted.json",

@@ -33,6 +33,8 @@ HISTORY_KEY = "auditor.history"
 _DTYPES = {1: torch.uint8, 2: torch.int8, 3: torch.int16, 4: torch.int32, 5: torch.int64, 6: torch.float16,
            7: torch.float32, 8: torch.float64, 12: torch.bool, 13: torch.bfloat16}
 _STRIDED = 7  # the archive's code for an ordinary (strided) tensor layout
+_MEMORY_FORMATS = {1: torch.contiguous_format, 2: torch.channels_last, 3: torch.channels_last_3d,
+                   4: torch.preserve_format}
 _MAX_JSON = 64 * 1024 * 1024
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
@@ -52,6 +54,7 @@ _OPS = {
     "matmul.default", "mm.default", "addmm.default", "bmm.default", "linear.default", "conv1d.default",
     "conv2d.default", "conv2d.padding", "batch_norm.default", "_native_batch_norm_legit_no_training.default",
     "constant_pad_nd.default", "slice.Tensor", "select.int", "expand.default", "hardsigmoid.default",
+    "convolution.default", "native_layer_norm.default",
 }
 _FUNCTIONS = {"_operator.getitem": operator.getitem}
 
@@ -233,6 +236,19 @@ class _Builder:
             for arg in node.get("inputs", []):
                 for ref in _tensor_names(arg.get("arg", {})):
                     self.users[ref] = self.users.get(ref, 0) + 1
+        # a weight transposed for one matrix product only (`permute(w, [1, 0])` then `addmm`): a linear layer
+        self.transposed: dict[str, str] = {}  # the transpose's output -> the weight's name
+        for node in self.graph_json.get("nodes", []):
+            target, ins, outs = node.get("target"), node.get("inputs", []), node.get("outputs", [])
+            if target not in ("torch.ops.aten.permute.default", "torch.ops.aten.t.default") or len(outs) != 1:
+                continue
+            src = (ins[0].get("arg", {}).get("as_tensor") or {}).get("name") if ins else None
+            dims = ins[1].get("arg", {}).get("as_ints") if len(ins) > 1 else [1, 0]
+            out = (outs[0].get("as_tensor") or {}).get("name")
+            value = self.values.get(src)
+            if (isinstance(value, tuple) and value[1].endswith(".weight") and self.state[value[1]].dim() == 2
+                    and dims == [1, 0] and self.users.get(src) == 1 and self.users.get(out) == 1):
+                self.transposed[out] = value[1]
 
     def rank(self, value: str) -> int | None:
         meta = (self.graph_json.get("tensor_values") or {}).get(value) or {}
@@ -245,6 +261,12 @@ class _Builder:
         return [int(d) for d in dims] if dims and all(isinstance(d, int) for d in dims) else None
 
     def fetch(self, value):
+        if isinstance(value, tuple) and value and value[0] == "transpose":  # not fused after all: compute it
+            node = value[1]
+            raw = [a.get("arg", {}) for a in node.get("inputs", [])]
+            result = self.graph.call_function(_aten(node["target"], self.name), tuple(self.arg(a) for a in raw))
+            self.values[node["outputs"][0]["as_tensor"]["name"]] = result
+            return result
         if isinstance(value, tuple) and value and value[0] == "tensor":
             fqn = value[1]
             if fqn not in self.root:
@@ -256,13 +278,14 @@ class _Builder:
         if not isinstance(a, dict) or len(a) != 1:
             raise _refuse(self.name, f"an argument {str(a)[:80]} is not read")
         kind, v = next(iter(a.items()))
-        if kind == "as_tensor":
-            if v.get("name") not in self.values:
-                raise AuditorError(f"{self.name}: the graph uses {v.get('name')!r} before it is computed; the archive "
+        if kind in ("as_tensor", "name"):  # a list of tensors holds bare {"name": ...} entries
+            name = v.get("name") if kind == "as_tensor" else v
+            if name not in self.values:
+                raise AuditorError(f"{self.name}: the graph uses {name!r} before it is computed; the archive "
                                    "is damaged")
-            return self.fetch(self.values[v["name"]])
+            return self.fetch(self.values[name])
         if kind in ("as_tensors", "as_optional_tensors"):
-            return [self.arg(x) if "as_none" not in x else None for x in v]
+            return [None if "as_none" in x else self.arg(x) for x in v]
         if kind in ("as_int", "as_float", "as_bool", "as_string"):
             return v
         if kind == "as_none":
@@ -275,6 +298,8 @@ class _Builder:
             return [self.sym(x) for x in v]
         if kind == "as_scalar_type" and v in _DTYPES:
             return _DTYPES[v]
+        if kind == "as_memory_format" and v in _MEMORY_FORMATS:
+            return _MEMORY_FORMATS[v]
         raise _refuse(self.name, f"an argument of kind {kind!r} is not read")
 
     def sym(self, v):
@@ -293,20 +318,33 @@ class _Builder:
             a = raw[i] if i < len(raw) else None
             name = (a or {}).get("as_tensor", {}).get("name")
             value = self.values.get(name)
-            ok = isinstance(value, tuple) and self.users.get(name, 0) == 1
+            ok = isinstance(value, tuple) and value[0] == "tensor" and self.users.get(name, 0) == 1
             return value[1] if ok else None
 
-        if op in ("linear.default", "conv1d.default", "conv2d.default", "conv2d.padding"):
+        if op in ("addmm.default", "mm.default"):  # a linear layer in the decomposed (core ATen) form
+            fused = self.transposed.get((raw[-1].get("as_tensor") or {}).get("name"))
+            b = fqn(0) if op == "addmm.default" else ""
+            if fused is None or b is None or len(raw) != (3 if b else 2) or (b and self.state[b].dim() != 1):
+                return None
+            weight = self.state[fused]
+            bias = self.state[b] if b else None
+            return self.holding(nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None),
+                                fused[: -len(".weight")], {"weight": weight, "bias": bias})
+        if op in ("linear.default", "conv1d.default", "conv2d.default", "conv2d.padding", "convolution.default"):
             w, b = fqn(1), (fqn(2) if len(raw) > 2 and "as_none" not in raw[2] else "")
             if not w or b is None or not w.endswith(".weight"):
                 return None
             weight = self.state[w]
             bias = self.state[b] if b else None
+            if op == "convolution.default":  # (input, weight, bias, stride, padding, dilation, transposed, ...)
+                if len(args) < 9 or args[6] or weight.dim() not in (3, 4):
+                    return None
+                args = args[:6] + [args[8]]
             if op == "linear.default":
                 layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
             else:
                 stride, padding, dilation, groups = (args + [None] * 7)[3:7]
-                cls = nn.Conv1d if op == "conv1d.default" else nn.Conv2d
+                cls = nn.Conv1d if weight.dim() == 3 else nn.Conv2d
                 layer = cls(weight.shape[1] * (groups or 1), weight.shape[0], tuple(weight.shape[2:]),
                             stride=stride or 1, padding=0 if padding is None else padding, dilation=dilation or 1,
                             groups=groups or 1, bias=bias is not None)
@@ -350,12 +388,16 @@ class _Builder:
             target = str(node.get("target", ""))
             fn = _aten(target, self.name)
             op = target[len("torch.ops.aten."):]
+            out = ((node.get("outputs") or [{}])[0].get("as_tensor") or {}).get("name")
+            if out in self.transposed:  # computed where its one user needs it (or fused into that layer)
+                self.values[out] = ("transpose", node)
+                continue
             raw = [a.get("arg", {}) for a in node.get("inputs", []) if a.get("kind", 1) == 1]
             kw_raw = {a.get("name"): a.get("arg", {}) for a in node.get("inputs", []) if a.get("kind", 1) != 1}
             layer = None if kw_raw else self.module_for(op, raw)
             if layer is not None:
                 name = next(k for k, v in self.root.items() if v is layer)
-                result = self.graph.call_module(name, (self.arg(raw[0]),))
+                result = self.graph.call_module(name, (self.arg(raw[1] if op == "addmm.default" else raw[0]),))
             else:
                 args = [self.arg(a) for a in raw]
                 kwargs = {str(k): self.arg(v) for k, v in kw_raw.items()}
