@@ -266,3 +266,36 @@ def test_spec_init_orders_word_named_class_folders_by_the_models_predictions(dig
     ev = evaluate(load_model(tmp_path / "m.onnx", spec=spec), load_data(root, spec=spec))
     assert ev.metrics["accuracy"] > 0.95 and ev.metrics["attack_success_rate"] > 0.95
     assert any("drafted by auditor spec init" in w for w in ev.warnings)  # said until the user confirms it
+
+
+def test_photos_of_any_size_are_resized_and_centre_cropped_as_the_spec_says(tmp_path):
+    """input.resize: torchvision's Resize then CenterCrop. An image twice the model's size, scaled by its
+    shorter side, gives back the centre of the half-size image; without input.resize it is refused, naming
+    the key."""
+    rng = np.random.default_rng(1)
+    root = tmp_path / "photos"
+    for c in ("cat", "dog"):
+        for i, (w, h) in enumerate([(12, 10), (20, 10), (10, 16)] * 2):
+            x = rng.random((3, h, w))
+            _png(x, root / c / f"{c}{i}.png")
+    spec = ModelSpec(arch={"name": "custom"}, input={"kind": "image", "shape": [3, 5, 5], "resize": 5},
+                     class_names=["cat", "dog"])
+    data = load_data(root, spec=spec)
+    X = data.split("all").X
+    assert X.shape == (12, 3, 5, 5)
+    # cat1 is 20x10: the shorter side 10 -> 5 makes it 10x5, whose centre 5x5 is columns 2..7 (left = 2.5 -> 2)
+    from PIL import Image as PILImage
+
+    png = PILImage.open(root / "cat" / "cat1.png").convert("RGB").resize((10, 5), PILImage.BILINEAR)
+    want = torch.from_numpy(np.asarray(png, dtype=np.float32).transpose(2, 0, 1)[:, :, 2:7] / 255)
+    assert min(float((row - want).abs().max()) for row in X) < 1e-6  # one row is exactly it
+    exact = ModelSpec(arch={"name": "custom"}, input={"kind": "image", "shape": [3, 5, 5], "resize": [8, 8]},
+                      class_names=["cat", "dog"])
+    assert load_data(root, spec=exact).split("all").X.shape == (12, 3, 5, 5)
+    plain = ModelSpec(arch={"name": "custom"}, input={"kind": "image", "shape": [3, 5, 5]}, class_names=["cat", "dog"])
+    with pytest.raises(AuditorError, match="give the spec input.resize"):
+        load_data(root, spec=plain)
+    tiny = ModelSpec(arch={"name": "custom"}, input={"kind": "image", "shape": [3, 9, 9], "resize": [4, 4]},
+                     class_names=["cat", "dog"])
+    with pytest.raises(AuditorError, match="smaller than the model's 9x9"):
+        load_data(root, spec=tiny)

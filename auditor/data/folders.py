@@ -148,7 +148,7 @@ def _load(source: Path, root: Path, spec, seed: int) -> AuditData:
         arrays["kind"] = np.array(case.get("kind", "trigger"))
     if "mask" in case:
         arrays["mask"] = reader.mask(_case_file(name, root, case["mask"], "mask"))
-        arrays["pattern"] = reader.image(_case_file(name, root, case["pattern"], "pattern"))
+        arrays["pattern"] = reader.image(_case_file(name, root, case["pattern"], "pattern"), resize=False)
     for s, arr in twin_arrays.items():
         arrays[{"test": "corrupted", "train": "train_corrupted", "val": "val_corrupted"}[s]] = arr
     arrays["_given"] = {k: k for k in arrays}
@@ -296,10 +296,32 @@ class _Reader:
         self.lo, self.hi = float(lo), float(hi)
         norm = inp.get("normalize") or {}
         self.mean, self.std = norm.get("mean", 0.0), norm.get("std", 1.0)
+        self.resize = inp.get("resize")
+        if self.resize is not None and self.size is None:
+            raise AuditorError("input.resize needs input.shape: the size the images are cropped to")
         self.notes: list[str] = []
         self.first: Path | None = None
 
-    def _open(self, file: Path):
+    def _resized(self, img, file: Path):
+        """torchvision's Resize(resize) then CenterCrop(shape): the shorter side to `resize` (an int, keeping
+        the aspect) or exactly [height, width], bilinear; then the centre of the model's size."""
+        from PIL import Image
+
+        w, h = img.size
+        if isinstance(self.resize, int):
+            scale = self.resize / min(w, h)
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        else:
+            size = (int(self.resize[1]), int(self.resize[0]))
+        img = img.resize(size, Image.BILINEAR) if size != img.size else img
+        (w, h), (tw, th) = img.size, self.size
+        if w < tw or h < th:
+            raise AuditorError(f"{self.name}: {file.name} resized to {w}x{h} pixels is smaller than the model's "
+                               f"{tw}x{th}: input.resize must be at least the input's size")
+        left, top = round((w - tw) / 2), round((h - th) / 2)
+        return img.crop((left, top, left + tw, top + th))
+
+    def _open(self, file: Path, resize: bool = False):
         from PIL import Image, UnidentifiedImageError
 
         try:
@@ -317,11 +339,15 @@ class _Reader:
         if self.size is None:
             self.size = img.size
             self.first = self.first or file
+        if resize and self.resize is not None:
+            return self._resized(img, file)
         if img.size != self.size:
             whence = f"the first image, {self.first.name}," if self.first else "the model"
+            how = ("the trigger's files are in the model's input size, after input.resize" if self.resize is not None
+                   else "resize the images first, or give the spec input.resize (resize, then crop the centre, as "
+                        "torchvision's Resize and CenterCrop do)")
             raise AuditorError(f"{self.name}: {file.name} is {img.size[0]}x{img.size[1]} pixels; {whence} reads "
-                               f"{self.size[0]}x{self.size[1]}: resize the images first (the auditor does not "
-                               "resize them)")
+                               f"{self.size[0]}x{self.size[1]}: {how}")
         return img
 
     def _pixels(self, img, channels: int) -> np.ndarray:
@@ -335,8 +361,11 @@ class _Reader:
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         return arr.astype(np.float32)
 
-    def image(self, file: Path) -> np.ndarray:
-        return read_onto(self._pixels(self._open(file), self.channels), self.lo, self.hi, self.mean, self.std)
+    def image(self, file: Path, resize: bool = True) -> np.ndarray:
+        """A data image (resized and cropped as `input.resize` says), or, with `resize=False`, one already in
+        the model's size (a trigger's pattern)."""
+        img = self._open(file, resize)
+        return read_onto(self._pixels(img, self.channels), self.lo, self.hi, self.mean, self.std)
 
     def mask(self, file: Path) -> np.ndarray:
         """White (1) where the trigger is stamped, black (0) elsewhere; one channel for all, or one each."""
