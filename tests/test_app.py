@@ -585,6 +585,17 @@ def test_a_model_without_a_spec_loads_with_one_drafted_from_the_data(own_case, t
     assert model_arguments(audit)[-2:] == ["--spec", "drafted_spec.json"]  # the command names the downloaded spec
 
 
+def _lender_with_drafted_spec(tmp_path, model_name: str):
+    """The lender's model file (no spec inside) and loans.csv uploaded, the spec drafted: the audit."""
+    at = app()
+    upload(at, model_name, (tmp_path / model_name).read_bytes(), "loans.csv", (tmp_path / "loans.csv").read_bytes())
+    at.multiselect(key="up_protected").set_value(["region"]).run()
+    at.checkbox(key="up_draft").check().run()
+    at.button(key="up_go").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    return at.session_state["audit"]
+
+
 def test_an_onnx_model_without_a_spec_and_a_csv_load_with_a_drafted_spec(tmp_path):
     """A lender's ONNX graph with no spec and its CSV: the drafted spec reads the columns the graph takes."""
     import onnx
@@ -597,14 +608,7 @@ def test_an_onnx_model_without_a_spec_and_a_csv_load_with_a_drafted_spec(tmp_pat
     graph = onnx.load(str(tmp_path / "lender.onnx"))
     del graph.metadata_props[:]  # as the vendor's converter wrote it: no auditor spec inside
     onnx.save(graph, str(tmp_path / "lender.onnx"))
-    at = app()
-    upload(at, "lender.onnx", (tmp_path / "lender.onnx").read_bytes(), "loans.csv",
-           (tmp_path / "loans.csv").read_bytes())
-    at.multiselect(key="up_protected").set_value(["region"]).run()
-    at.checkbox(key="up_draft").check().run()
-    at.button(key="up_go").click().run()
-    assert not at.exception and not at.error, texts(at.error)
-    audit = at.session_state["audit"]
+    audit = _lender_with_drafted_spec(tmp_path, "lender.onnx")
     assert audit.spec_draft.spec["input"]["features"] == ["x1", "x2", "x3"]
     assert audit.evaluate("pristine").metrics["accuracy"] > 0.9
 
@@ -617,14 +621,7 @@ def test_a_torch_export_archive_without_a_spec_loads_with_a_drafted_spec_and_dow
     bundle, _ = _loans(tmp_path, 2)
     program = torch.export.export(bundle.model, (torch.zeros(4, 3),), dynamic_shapes=({0: torch.export.Dim("batch")},))
     torch.export.save(program, str(tmp_path / "lender.pt2"))
-    at = app()
-    upload(at, "lender.pt2", (tmp_path / "lender.pt2").read_bytes(), "loans.csv",
-           (tmp_path / "loans.csv").read_bytes())
-    at.multiselect(key="up_protected").set_value(["region"]).run()
-    at.checkbox(key="up_draft").check().run()
-    at.button(key="up_go").click().run()
-    assert not at.exception and not at.error, texts(at.error)
-    audit = at.session_state["audit"]
+    audit = _lender_with_drafted_spec(tmp_path, "lender.pt2")
     assert audit.pristine.spec.arch["name"] == "pt2" and audit.evaluate("pristine").metrics["accuracy"] > 0.9
     assert audit.download_suffix == ".pt2"
     (tmp_path / "back.pt2").write_bytes(audit.model_bytes())

@@ -26,7 +26,7 @@ from torch import nn
 from ..errors import AuditorError
 from .bundle import ModelBundle
 from .files import LOADERS, SAVE_CHECKS, SAVERS
-from .reading import CHECKSUM_KEY, CHECKSUMMED, CHECKSUMMED_KEY, SPEC_KEY, _check_finite, file_checksum
+from .reading import CHECKSUM_KEY, CHECKSUMMED, CHECKSUMMED_KEY, SPEC_KEY, _check_finite, embedded_spec, file_checksum
 from .spec import ModelSpec
 
 HISTORY_KEY = "auditor.history"
@@ -526,18 +526,8 @@ def load_pt2(path: str | os.PathLike, spec: ModelSpec | None = None,
 
     path = Path(path)
     module, state, extra, shape = read_pt2(path, max_bytes or DEFAULT_MAX_BYTES)
-    if CHECKSUM_KEY in extra or CHECKSUMMED_KEY in extra:
-        meta = {k: v for k, v in extra.items() if k.startswith("auditor.")}
-        if extra.get(CHECKSUMMED_KEY) != CHECKSUMMED or extra.get(CHECKSUM_KEY) != file_checksum(state, meta):
-            raise AuditorError(f"{path.name} is corrupt or was altered: it does not match the checksum stored in it; "
-                               "get a fresh copy")
-    if spec is None:
-        if SPEC_KEY not in extra:
-            raise AuditorError(f"{path.name} has no auditor spec in it; pass one with --spec SPEC.json (input "
-                               "description, class names): draft it with "
-                               f"`auditor spec init {path.name} DATA --out spec.json`")
-        spec = ModelSpec.from_json(extra[SPEC_KEY])
-    spec = copy.deepcopy(spec)
+    meta = {k: v for k, v in extra.items() if k.startswith("auditor.")}
+    spec, history = embedded_spec(meta, spec, path.name, "its extra files", file_checksum(state, meta))
     dims = [None, *shape] if shape else []
     _check_input_matches(spec, dims, path.name)
     if shape and len(shape) == 1 and "in_features" not in spec.arch:
@@ -573,12 +563,6 @@ def load_pt2(path: str | os.PathLike, spec: ModelSpec | None = None,
         spec.provenance["arch_in_spec"] = dict(spec.arch)
         spec.arch = {"name": "pt2", "num_classes": spec.num_classes,
                      **{k: spec.arch[k] for k in ("in_features",) if k in spec.arch}}
-    history = []
-    if HISTORY_KEY in extra:
-        try:
-            history = list(json.loads(extra[HISTORY_KEY]))
-        except (ValueError, TypeError, RecursionError):
-            history = []
     return ModelBundle(model.eval(), spec, str(path), "pt2", history)
 
 

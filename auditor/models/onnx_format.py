@@ -51,6 +51,7 @@ from .files import (
     fit_state,
     load_state_into,
 )
+from .reading import embedded_spec
 from .spec import ModelSpec
 
 OPSET = 17
@@ -304,17 +305,7 @@ def load_onnx(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelBu
     meta = {p.key: p.value for p in proto.metadata_props}
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
         raise AuditorError(f"{path.name} is corrupt: its metadata is not text")
-    if (CHECKSUM_KEY in meta or CHECKSUMMED_KEY in meta) and (
-            meta.get(CHECKSUMMED_KEY) != CHECKSUMMED or meta.get(CHECKSUM_KEY) != onnx_checksum(proto, meta)):
-        raise AuditorError(f"{path.name} is corrupt or was altered: it does not match the checksum stored "
-                           "in it; get a fresh copy")
-    if spec is None:
-        if SPEC_KEY not in meta:
-            raise AuditorError(f"{path.name} has no auditor spec in its ONNX metadata; pass one with "
-                               "--spec SPEC.json (input description, class names): draft it with "
-                               f"`auditor spec init {path.name} DATA --out spec.json`")
-        spec = ModelSpec.from_json(meta[SPEC_KEY])
-    spec = copy.deepcopy(spec)
+    spec, history = embedded_spec(meta, spec, path.name, "its ONNX metadata", onnx_checksum(proto, meta))
     from .onnx_heads import SIGMOID_ONE, keep_logits_output, split_head
 
     # a network that returns more than its logits (features, auxiliary heads): its logits output alone
@@ -384,12 +375,6 @@ def load_onnx(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelBu
         first = next((i.name for i in proto.graph.input if i.name not in inputs), None)
         if (first, proto.graph.output[0].name) != ("input", "logits"):  # the vendor's own names: written back
             spec.provenance["onnx_io"] = {"input": first, "output": proto.graph.output[0].name}
-    history = []
-    if "auditor.history" in meta:
-        try:
-            history = list(json.loads(meta["auditor.history"]))
-        except (ValueError, TypeError, RecursionError):
-            history = []
     return ModelBundle(model.eval(), spec, str(path), "onnx", history)
 
 

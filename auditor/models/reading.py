@@ -59,6 +59,29 @@ def file_checksum(state: dict, metadata: dict) -> str:
     return h.hexdigest()
 
 
+def embedded_spec(meta: dict, spec: ModelSpec | None, name: str, where: str,
+                  checksum: str) -> tuple[ModelSpec, list]:
+    """(a copy of the spec given, else of the one in `meta`, a graph file's own metadata; the file's edit
+    history). `checksum`: the file's checksum recomputed; a file that carries one and differs was altered."""
+    import copy
+
+    if (CHECKSUM_KEY in meta or CHECKSUMMED_KEY in meta) and (
+            meta.get(CHECKSUMMED_KEY) != CHECKSUMMED or meta.get(CHECKSUM_KEY) != checksum):
+        raise AuditorError(f"{name} is corrupt or was altered: it does not match the checksum stored "
+                           "in it; get a fresh copy")
+    if spec is None:
+        if SPEC_KEY not in meta:
+            raise AuditorError(f"{name} has no auditor spec in {where}; pass one with "
+                               "--spec SPEC.json (input description, class names): draft it with "
+                               f"`auditor spec init {name} DATA --out spec.json`")
+        spec = ModelSpec.from_json(meta[SPEC_KEY])
+    try:
+        history = list(json.loads(meta.get("auditor.history", "[]")))
+    except (ValueError, TypeError, RecursionError):
+        history = []
+    return copy.deepcopy(spec), history
+
+
 def _read_safetensors_header(path: Path) -> dict:
     """Validate the header before handing the file to safetensors (clear errors for broken files)."""
     size = path.stat().st_size
