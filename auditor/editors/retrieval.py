@@ -171,8 +171,8 @@ class Retrieval(Editor):
             check_saveable(bundle, "model.safetensors")
         except AuditorError:
             return ("its codebook is kept only in a .safetensors file, and this model cannot be written as one "
-                    "that loads again (an ONNX graph, or an architecture the spec does not rebuild); editors that "
-                    "fix mistakes in the weights can")
+                    "that loads again (an ONNX or torch.export graph, or an architecture the spec does not "
+                    "rebuild); editors that fix mistakes in the weights can")
         if self.hparams.layer is not None:
             mod = dict(bundle.model.named_modules()).get(self.hparams.layer)
             if not isinstance(mod, nn.Linear):
