@@ -346,3 +346,15 @@ def test_a_program_that_would_build_a_huge_value_is_refused_before_it_runs(tmp_p
     spec = {"arch": {"name": "pt2"}, "input": {"kind": "tabular", "shape": [5]}, "class_names": ["a", "b"]}
     with pytest.raises(BudgetError, match=r"'expand_default' \(shape \[3, 30000, 30000\]\).*AUDITOR_PROBE_MEMORY_MB"):
         load_model(tmp_path / "bomb.pt2", spec=spec)
+
+
+def test_audit_writes_a_pt2_back_as_pt2_and_its_command_says_so(vendor, capsys, tmp_path):
+    tmp = vendor["dir"]
+    rc, out, err = _run(["audit", tmp / "vendor.pt2", tmp / "case.npz", "--spec", tmp / "spec.json",
+                         "--require", "attack_success_rate <= 0.03", "--editor", "dynamic-rank-one", "--samples", "4",
+                         "--report", tmp_path / "r.html", "--json", tmp_path / "r.json", "--no-log"], capsys)
+    assert rc == 0, out + err
+    assert (tmp_path / "r_edited.pt2").exists() and "r_edited.pt2" in out
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["model"]["format"] == "pt2" and doc["model"]["arch"]["name"] == "pt2"
+    assert load_model(tmp_path / "r_edited.pt2").spec.arch["name"] == "pt2"

@@ -131,7 +131,8 @@ def reproduce_command(session) -> str:
         common += ["--fix", f]
     steps = []
     for i, rec in enumerate(session.edits[:-1], 1):
-        out = f"step{i}.safetensors" if not str(model[0]).lower().endswith(".onnx") else f"step{i}.onnx"
+        own = Path(str(model[0])).suffix.lower()
+        out = f"step{i}{own if own in ('.onnx', '.pt2') else '.safetensors'}"  # a graph stays in its format
         steps.append(shlex.join(["auditor", "edit", model[0], *data, *model[1:], *common,
                                  *_editor_arguments(session, rec), "--seed", str(session.seed), "--out", out]))
         model = [out] + (model[-5:] if model[-1] == "--trust-code" else [])

@@ -189,9 +189,10 @@ def run(args) -> int:
         fixes = (built, names)
         print(f"{len(names)} mistake(s) to fix from {args.fixes}")
     out_path = None
-    if args.editor:  # without --out: write what you read (an .onnx stays .onnx)
-        onnx = Path(args.model).suffix.lower() == ".onnx"
-        out_path = Path(args.out) if args.out else _default_out(args, ".onnx" if onnx else ".safetensors")
+    if args.editor:  # without --out: write what you read (an .onnx stays .onnx, a .pt2 stays .pt2)
+        own = Path(args.model).suffix.lower()
+        out_path = Path(args.out) if args.out else _default_out(args, own if own in (".onnx", ".pt2") else
+                                                                ".safetensors")
         from ..models.files import check_saveable
 
         check_saveable(bundle, out_path)  # a file that could not be loaded again: refuse before the edit

@@ -394,7 +394,8 @@ def draft_spec(model_path: str | os.PathLike, data, *, arch_file=None, arch_clas
         fitting = [t for t in tried if t[0] is not None]
         if not fitting:
             widths = sorted({len(t[3]) for t in tried})
-            wants = _sizes_from_weights(path).get("in_features") if path.suffix.lower() != ".onnx" else None
+            wants = (_sizes_from_weights(path).get("in_features") if path.suffix.lower() not in (".onnx", ".pt2")
+                     else None)
             wants = f" but the model's first layer takes {wants} (from its weights)" if wants else ""
             raise AuditorError(f"the model does not take the data's inputs: the data gives {widths} inputs{wants} "
                                f"(columns: {', '.join(map(str, data.schema.get('inputs') or [])) or 'see --inputs'}); "
@@ -432,7 +433,7 @@ def draft_spec(model_path: str | os.PathLike, data, *, arch_file=None, arch_clas
                 draft.confirm.append("each \"fill\" in \"preprocessing\" must be the value the model's own pipeline "
                                      "puts in for a missing value (e.g. its SimpleImputer's statistics_); with no "
                                      "fill, a missing value is refused")
-        if arch.get("name") in ("onnx", "custom"):
+        if arch.get("name") in ("onnx", "pt2", "custom"):
             arch["in_features"] = len(names)
     elif _from_files(data):  # pixels the auditor reads itself: each usual scaling tried, the most accurate kept
         from ..data.folders import read_onto
