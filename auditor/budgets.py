@@ -12,6 +12,7 @@ The defaults keep any input of 10 MB or less under about 2 GB of memory. Raise t
     AUDITOR_MAX_MATRIX_MB     the input matrix a tabular data set becomes (rows x one-hot width x 4 bytes), 256
     AUDITOR_MAX_AMPLIFICATION that matrix over the size of the file it comes from, above 64 MB, 200
     AUDITOR_MAX_NPZ_MB        the arrays an .npz image case uses, as float32, 256
+    AUDITOR_MAX_IMAGES_MB     the arrays a folder or .zip of image files becomes, as float32, 2048
     AUDITOR_MAX_NPZ_RATIO     uncompressed over compressed size of one .npz member above 1 MB, 1000
     AUDITOR_MAX_ONNX_MB       the declared initialisers and constants of an ONNX graph, 512
     AUDITOR_MAX_COLUMNS       the columns of a CSV, counted on its header line before it is parsed, 20000
@@ -26,7 +27,8 @@ from .errors import AuditorError
 
 MB = 2**20
 DEFAULTS = {"AUDITOR_MAX_MATRIX_MB": 256, "AUDITOR_MAX_AMPLIFICATION": 200, "AUDITOR_MAX_NPZ_MB": 256,
-            "AUDITOR_MAX_NPZ_RATIO": 1000, "AUDITOR_MAX_ONNX_MB": 512, "AUDITOR_PROBE_MEMORY_MB": 512,
+            "AUDITOR_MAX_IMAGES_MB": 2048, "AUDITOR_MAX_NPZ_RATIO": 1000, "AUDITOR_MAX_ONNX_MB": 512,
+            "AUDITOR_PROBE_MEMORY_MB": 512,
             "AUDITOR_PROBE_SECONDS": 60, "AUDITOR_MAX_COLUMNS": 20000}
 AMPLIFICATION_FLOOR = 64 * MB  # below this a matrix is never refused for its ratio to the file
 RATIO_FLOOR = 1 * MB  # a member smaller than this uncompressed is never refused for its ratio

@@ -299,3 +299,13 @@ def test_photos_of_any_size_are_resized_and_centre_cropped_as_the_spec_says(tmp_
                      class_names=["cat", "dog"])
     with pytest.raises(AuditorError, match="smaller than the model's 9x9"):
         load_data(root, spec=tiny)
+
+
+def test_a_folder_larger_than_the_image_budget_is_refused_before_it_is_read(digits_folder, monkeypatch):
+    from auditor.budgets import BudgetError
+
+    monkeypatch.setenv("AUDITOR_MAX_IMAGES_MB", "1")  # the digits case is ~1,800 images of 1x8x8 (0.5 MB)
+    assert load_data(digits_folder, spec=load_model(SAMPLE).spec).test.X.shape[1:] == (1, 8, 8)
+    monkeypatch.setenv("AUDITOR_MAX_IMAGES_MB", "0.1")
+    with pytest.raises(BudgetError, match=r"images of 1x8x8 pixels as float32 would need .*AUDITOR_MAX_IMAGES_MB"):
+        load_data(digits_folder, spec=load_model(SAMPLE).spec)

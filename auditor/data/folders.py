@@ -98,6 +98,23 @@ def _ignored(p: PurePosixPath | Path) -> bool:
     return any(part in _IGNORED or part.startswith(".") for part in p.parts)
 
 
+def _check_budget(name: str, reader, files: dict, twins) -> None:
+    """The arrays the images become (float32, the model's channels and size; twice with corrupted twins),
+    before any is read: a folder of photos can be far more than memory holds."""
+    from ..budgets import check
+
+    count = sum(len(f) for per in files.values() for f in per.values())
+    first = next((f[0] for per in files.values() for f in per.values() if f), None)
+    if first is None:
+        return
+    if reader.channels is None or reader.size is None:
+        reader._open(first)  # channels and size from the first image, as the reader takes them
+    pixels = reader.channels * reader.size[0] * reader.size[1]
+    check(f"{name}: {count:,} images of {reader.channels}x{reader.size[1]}x{reader.size[0]} pixels as float32"
+          f"{' with their corrupted twins' if twins else ''}", count * pixels * 4 * (2 if twins else 1),
+          "AUDITOR_MAX_IMAGES_MB", hint="or audit a sample of them: a test/ folder of a few thousand images")
+
+
 def _subfolders(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.is_dir() and not _ignored(Path(p.name))), key=lambda p: p.name)
 
@@ -129,6 +146,7 @@ def _load(source: Path, root: Path, spec, seed: int) -> AuditData:
     classes = sorted({c for per in files.values() for c in per})
     index, named, note = _class_index(name, classes, spec)
     reader = _Reader(name, spec)
+    _check_budget(name, reader, files, twins)
     arrays: dict = {}
     keys = {"test": ("images", "labels"), "train": ("train_images", "train_labels"),
             "val": ("val_images", "val_labels")}
