@@ -192,8 +192,9 @@ REQUIRE = "attack_success_rate <= 0.02"
 def test_fresh_pairs_take_the_loop_further_when_one_pairs_edit_is_spent():
     """A held-out BatchNorm CNN with a spurious cue: the edit for one clean sample, strengthened to its
     most, leaves the cue gap above 0.05 on the check rows. The loop then draws fresh pairs the edited model
-    still gets wrong (rows it has not used) and edits again for them: closer on the check rows and on the
-    test split (here), within the utility budget; without them (fresh_pairs=0) it stops short."""
+    still gets wrong (rows it has not used) and edits again for them with the earlier pairs: closer on the
+    check rows, within the utility budget; without them (fresh_pairs=0) it stops short. (On this seed's test
+    split neither meets 0.05; over the held-out population fresh pairs gain runs: benchmarks/results.)"""
     from auditor.editors import get_editor
     from auditor.requirements import compute_metrics
 
@@ -211,4 +212,5 @@ def test_fresh_pairs_take_the_loop_further_when_one_pairs_edit_is_spent():
     assert fresh.extras["check_drop"] <= fresh.extras["budget"] + 1e-9
     gap = {name: compute_metrics(r.bundle.model, data, "test").metrics["cue_gap"]
            for name, r in (("without", without), ("fresh", fresh))}
-    assert gap["fresh"] <= gap["without"] + 0.02, gap  # here 0.072 against 0.090
+    assert gap["fresh"] <= gap["without"] + 0.02, gap  # here 0.104 against 0.090 (0.072 before the earlier
+    # pairs were kept in later rounds, which gained 5 held-out runs at n = 1 and 5)

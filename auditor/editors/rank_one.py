@@ -642,7 +642,8 @@ class DynamicRankOneHyper(RankOneHyper):
     fresh_pairs: int = field(default=2, metadata={
         "help": "rounds of fresh pairs: when the edit can be strengthened no further and a requirement still "
                 "fails on the check rows, draw `samples` new clean rows (of `split`) whose corrupted twin the "
-                "edited model still gets wrong and edit again for them; 0: never"})
+                "edited model still gets wrong and edit again for them together with the earlier pairs (which "
+                "the next edit must keep rectified); 0: never"})
     gap_tol: float = field(default=0.05, metadata={
         "help": "the pairs count as rectified when their decision gap is below this share of the start"})
     scan: bool = field(default=True, metadata={
@@ -964,7 +965,8 @@ class DynamicRankOneEditor(RankOneEditor):
     residual block's first convolution and its projection shortcut); once the pairs are rectified but
     the requirement still fails, strengthen the last accepted edit along its own direction; once that is
     spent (`max_strength`, or a step over the budget at its smallest), draw fresh pairs the edited model
-    still gets wrong and edit for them (`fresh_pairs` rounds, each with `max_edits` more steps). Requirement
+    still gets wrong and edit for them and the earlier pairs together (`fresh_pairs` rounds, each with
+    `max_edits` more steps). Requirement
     and utility are judged on clean training rows plus the held-out `check_split` (so one row is a small fraction
     of the budget; the log says when the budget is finer than one row). A step that costs more
     clean accuracy than the budget, or does not improve the requirement, is rolled back. Stops when
@@ -1365,13 +1367,17 @@ class DynamicRankOneEditor(RankOneEditor):
             if not info.get("misbehaving") or not len(c2):
                 log.append({**entry, "found": 0})
                 return False
-            clean, corrupted, labels = c2.to(clean.device), k2.to(clean.device), y2.to(clean.device)
+            # the new pairs join the earlier ones, which the edits so far rectified: the next edit is fitted to
+            # all of them, so it cannot undo what the earlier edits did for theirs
+            clean = torch.cat([clean, c2.to(clean.device)])
+            corrupted = torch.cat([corrupted, k2.to(clean.device)])
+            labels = torch.cat([labels, y2.to(clean.device)])
             used_rows.extend(info["rows"])
             gap0 = self._gap(model, clean, corrupted, labels)
             last, strength, step_size = None, 0.0, hp.strength_step
             rejected.clear()
             steps = step + hp.max_edits
-            log.append({**entry, "found": len(clean), "pair_gap": gap0})
+            log.append({**entry, "found": len(c2), "pairs_now": len(clean), "pair_gap": gap0})
             return True
 
         steps, step = hp.max_edits, 0  # each round of fresh pairs gets `max_edits` more steps
