@@ -358,3 +358,46 @@ def test_audit_writes_a_pt2_back_as_pt2_and_its_command_says_so(vendor, capsys, 
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc["model"]["format"] == "pt2" and doc["model"]["arch"]["name"] == "pt2"
     assert load_model(tmp_path / "r_edited.pt2").spec.arch["name"] == "pt2"
+
+
+class TwoOutputs(nn.Module):
+    """Returns (features, logits), as many vendors' forwards do."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(5, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.body(x))
+        return h, self.head(h)
+
+
+def test_a_program_with_several_outputs_is_read_on_its_logits(tmp_path, capsys):
+    import pandas as pd
+
+    torch.manual_seed(0)
+    model = TwoOutputs().eval()
+    X = torch.randn(300, 5)
+    with torch.no_grad():
+        y = model(X)[1].argmax(1).numpy()
+    frame = pd.DataFrame(X.numpy(), columns=[f"f{i}" for i in range(5)])
+    frame["label"] = np.array(["a", "b", "c"])[y]
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+    _export(model, X[:4], tmp_path / "two.pt2")
+    with pytest.raises(AuditorError, match=r'returns 2 tensors \(\[batch, 16\], \[batch, 3\]\).*"output": INDEX'):
+        load_model(tmp_path / "two.pt2", spec={"arch": {"name": "pt2"}, "input": {"kind": "tabular", "shape": [5]},
+                                               "class_names": ["a", "b", "c"]})
+    rc, out, err = _run(["spec", "init", tmp_path / "two.pt2", tmp_path / "rows.csv", "--target", "label",
+                         "--out", tmp_path / "spec.json"], capsys)
+    assert rc == 0, err
+    assert json.loads((tmp_path / "spec.json").read_text())["arch"]["output"] == 1 and "output 1" in out
+    bundle = load_model(tmp_path / "two.pt2", spec=tmp_path / "spec.json")
+    with torch.no_grad():
+        assert torch.equal(bundle.model(X[:7]), model(X[:7])[1])
+    from auditor.models import save_model
+
+    save_model(bundle, tmp_path / "logits.pt2")  # written with the logits output alone
+    again = load_model(tmp_path / "logits.pt2")
+    assert "output" not in again.spec.arch and again.spec.provenance["pt2_logits_output"] == 1
+    assert torch.export.load(str(tmp_path / "logits.pt2")).module()(X[:2]).shape == (2, 3)

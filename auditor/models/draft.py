@@ -199,22 +199,40 @@ def _model_from_file(path: Path, data, X, y, *, arch_file, arch_class, trust_cod
                          f"{', '.join(map(repr, left_out))} (an edited model is written with the logits only; "
                          "\"output\" in \"arch\" picks another)")
         return bundle, {"name": "onnx"}, notes
-    from .export_format import is_pt2_archive, read_pt2
+    from .export_format import OutputChoice, exported_input_shape, is_pt2_archive
 
     if suffix == ".pt2" or (suffix in TORCH_SUFFIXES and is_pt2_archive(path)):
         _check_size(path, max_bytes)
-
-        graph = read_pt2(path, max_bytes)[3]
+        graph = exported_input_shape(path, max_bytes)
         if graph is not None and graph != list(shape) and (kind == "image" or len(graph) != 1):
             raise AuditorError(f"{path.name} was exported with inputs of shape {graph} but {data.name!r} gives "
                                f"{'images of shape ' if kind == 'image' else 'rows of '}{shape}"
                                f"{channels_last_hint(graph, shape) or ': is this the model’s data?'}")
-        bundle = load_model(path, spec={"arch": {"name": "pt2"}, "input": {"kind": kind, "shape": shape}},
-                            max_bytes=max_bytes)
+        provisional = {"arch": {"name": "pt2"}, "input": {"kind": kind, "shape": shape}}
+        arch = {"name": "pt2"}
+        try:
+            bundle = load_model(path, spec=provisional, max_bytes=max_bytes)
+        except OutputChoice as exc:  # several outputs: the logits are the one with a column per class
+            want = {len(data.class_names), 1 if len(data.class_names) == 2 else len(data.class_names)}
+            fits = []
+            for i in range(exc.count):
+                try:
+                    candidate = load_model(path, spec={**provisional, "arch": {"name": "pt2", "output": i}},
+                                           max_bytes=max_bytes)
+                except AuditorError:
+                    continue
+                if candidate.spec.arch.get("num_classes") in want:
+                    fits.append((i, candidate))
+            if not fits:
+                raise AuditorError(f"{exc}; none of them has one column per class of {data.name!r} "
+                                   f"({len(data.class_names)})") from None
+            (i, bundle), arch = fits[0], {"name": "pt2", "output": fits[0][0]}
+            notes.append(f"outputs: the program returns {exc.count} tensors; the logits taken from output {i} (the "
+                         f"first with one column per class; \"output\" in \"arch\" picks another)")
         notes.append("architecture: the exported program itself (\"arch\": {\"name\": \"pt2\"}); its layers "
                      f"keep the names they had in the exported module ({', '.join(_layer_names(bundle.model)[:4])}"
                      f"{', ...' if len(_layer_names(bundle.model)) > 4 else ''})")
-        return bundle, {"name": "pt2"}, notes
+        return bundle, arch, notes
     if suffix != ".safetensors" and suffix not in TORCH_SUFFIXES:
         raise AuditorError(f"spec init reads .safetensors, .onnx, .pt2 or a state dict "
                            f"({', '.join(sorted(TORCH_SUFFIXES))}); got {path.name}")

@@ -65,6 +65,14 @@ def _refuse(name: str, what: str) -> AuditorError:
                         "spec")
 
 
+class OutputChoice(AuditorError):
+    """A program with several outputs and no spec saying which is the logits (`count`: how many)."""
+
+    def __init__(self, message: str, count: int):
+        super().__init__(message)
+        self.count = count
+
+
 class _Archive:
     """The files of one `torch.export.save` archive (one model), read from the zip without unpickling."""
 
@@ -203,7 +211,7 @@ def _aten(target: str, name: str):
 class _Builder:
     """The archive's graph as a module running a `torch.fx` graph (see the module's docstring)."""
 
-    def __init__(self, program: dict, state: dict[str, torch.Tensor], name: str):
+    def __init__(self, program: dict, state: dict[str, torch.Tensor], name: str, output: int | None = None):
         self.name = name
         gm = program.get("graph_module") or {}
         self.graph_json, signature = gm.get("graph") or {}, gm.get("signature") or {}
@@ -225,13 +233,20 @@ class _Builder:
             else:
                 raise _refuse(name, f"the program takes an input of kind {kind!r} (one tensor, the model's "
                                     "input, is read)")
+        outputs = []
         for spec in signature.get("output_specs", []):
             kind, body = next(iter(spec.items()))
-            if kind != "user_output" or "as_tensor" not in body.get("arg", {}) or self.output is not None:
-                raise _refuse(name, f"the program returns {kind!r} (one tensor, the logits, is read)")
-            self.output = body["arg"]["as_tensor"]["name"]
-        if self.user_input is None or self.output is None:
+            if kind != "user_output" or "as_tensor" not in body.get("arg", {}):
+                raise _refuse(name, f"the program returns {kind!r} (tensors are read; the logits among them)")
+            outputs.append(body["arg"]["as_tensor"]["name"])
+        if self.user_input is None or not outputs:
             raise _refuse(name, "the program has no tensor input or no tensor output")
+        if len(outputs) > 1 and not (isinstance(output, int) and 0 <= output < len(outputs)):
+            shapes = [self.shape_text(o) for o in outputs]
+            raise OutputChoice(f"{name}: the program returns {len(outputs)} tensors ({', '.join(shapes)}); say which "
+                               "is the logits with \"output\": INDEX in the spec's \"arch\" (`auditor spec init` "
+                               "finds it)", len(outputs))
+        self.output = outputs[output if len(outputs) > 1 else 0]
         for node in self.graph_json.get("nodes", []):
             for arg in node.get("inputs", []):
                 for ref in _tensor_names(arg.get("arg", {})):
@@ -249,6 +264,11 @@ class _Builder:
             if (isinstance(value, tuple) and value[1].endswith(".weight") and self.state[value[1]].dim() == 2
                     and dims == [1, 0] and self.users.get(src) == 1 and self.users.get(out) == 1):
                 self.transposed[out] = value[1]
+
+    def shape_text(self, value: str) -> str:
+        meta = (self.graph_json.get("tensor_values") or {}).get(value) or {}
+        dims = [d.get("as_int", "batch") if isinstance(d, dict) else "?" for d in meta.get("sizes") or []]
+        return f"[{', '.join(map(str, dims))}]" if dims else "?"
 
     def rank(self, value: str) -> int | None:
         meta = (self.graph_json.get("tensor_values") or {}).get(value) or {}
@@ -496,8 +516,8 @@ def check_sizes(module: nn.Module, shape: list[int], batch: int, name: str) -> N
         raise BudgetError(over[0]) from None  # without the notes torch.fx adds to the message
 
 
-def read_pt2(path: Path, max_bytes: int) -> tuple[nn.Module, dict, dict, list[int] | None]:
-    """(module, its state as stored, the archive's extra files, the input shape it was exported with)."""
+def _open(path: Path, max_bytes: int) -> tuple[_Archive, dict, dict]:
+    """(the archive, its program's JSON, its tensors by name)."""
     archive = _Archive(path, max_bytes)
     program = archive.json(f"models/{archive.model}.json")
     if not isinstance(program, dict):
@@ -507,15 +527,35 @@ def read_pt2(path: Path, max_bytes: int) -> tuple[nn.Module, dict, dict, list[in
     if archive.prefix + constants_file in archive.names:
         state.update(archive.tensors("constants", "constants_config"))
     _check_finite(state, path)
-    builder = _Builder(program, state, path.name)
+    return archive, program, state
+
+
+def _build(program: dict, state: dict, name: str, output: int | None) -> tuple[nn.Module, list[int] | None]:
+    """(the program as a module returning its logits output, the input shape it was exported with)."""
+    builder = _Builder(program, state, name, output)
     try:
-        module = builder.build()
+        return builder.build(), builder.input_shape()
     except AuditorError:
         raise
     except Exception as exc:  # noqa: BLE001 - the graph's JSON in a shape this reader did not expect
-        raise _refuse(path.name, f"its graph could not be rebuilt ({type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
-    return module, state, archive.extra(), builder.input_shape()
+        raise _refuse(name, f"its graph could not be rebuilt ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+
+
+def read_pt2(path: Path, max_bytes: int, output: int | None = None) -> tuple[nn.Module, dict, dict, list[int] | None]:
+    """(module, its state as stored, the archive's extra files, the input shape it was exported with)."""
+    archive, program, state = _open(path, max_bytes)
+    module, shape = _build(program, state, path.name, output)
+    return module, state, archive.extra(), shape
+
+
+def exported_input_shape(path: Path, max_bytes: int) -> list[int] | None:
+    """The input shape (without the batch) the archive's program was exported with, or None."""
+    _, program, state = _open(path, max_bytes)
+    try:
+        return _Builder(program, state, path.name, 0).input_shape()
+    except AuditorError:
+        return None
 
 
 def load_pt2(path: str | os.PathLike, spec: ModelSpec | None = None,
@@ -525,9 +565,14 @@ def load_pt2(path: str | os.PathLike, spec: ModelSpec | None = None,
     from .reading import DEFAULT_MAX_BYTES
 
     path = Path(path)
-    module, state, extra, shape = read_pt2(path, max_bytes or DEFAULT_MAX_BYTES)
-    meta = {k: v for k, v in extra.items() if k.startswith("auditor.")}
+    archive, program, state = _open(path, max_bytes or DEFAULT_MAX_BYTES)
+    meta = {k: v for k, v in archive.extra().items() if k.startswith("auditor.")}
     spec, history = embedded_spec(meta, spec, path.name, "its extra files", file_checksum(state, meta))
+    output = spec.arch.get("output")
+    if output is not None and (not isinstance(output, int) or isinstance(output, bool)):
+        raise AuditorError(f'"output" in the spec\'s "arch" of a .pt2 program is the index of its logits output, '
+                           f"got {output!r}")
+    module, shape = _build(program, state, path.name, output)
     dims = [None, *shape] if shape else []
     _check_input_matches(spec, dims, path.name)
     if shape and len(shape) == 1 and "in_features" not in spec.arch:
@@ -562,7 +607,7 @@ def load_pt2(path: str | os.PathLike, spec: ModelSpec | None = None,
     elif model is module:
         spec.provenance["arch_in_spec"] = dict(spec.arch)
         spec.arch = {"name": "pt2", "num_classes": spec.num_classes,
-                     **{k: spec.arch[k] for k in ("in_features",) if k in spec.arch}}
+                     **{k: spec.arch[k] for k in ("in_features", "output") if k in spec.arch}}
     return ModelBundle(model.eval(), spec, str(path), "pt2", history)
 
 
@@ -586,7 +631,10 @@ def export_pt2(bundle: ModelBundle, path: str | os.PathLike, extra_metadata: dic
         ep = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
         state = {k: v.detach() for k, v in ep.state_dict.items()}
         state.update({k: v for k, v in ep.constants.items() if isinstance(v, torch.Tensor)})
-        meta = {SPEC_KEY: bundle.spec.to_json(), CHECKSUMMED_KEY: CHECKSUMMED,
+        spec = copy.deepcopy(bundle.spec)
+        if "output" in spec.arch:  # the program written returns the logits alone
+            spec.provenance["pt2_logits_output"] = spec.arch.pop("output")
+        meta = {SPEC_KEY: spec.to_json(), CHECKSUMMED_KEY: CHECKSUMMED,
                 HISTORY_KEY: json.dumps(bundle.history, sort_keys=True, default=str)}
         for k, v in (extra_metadata or {}).items():
             meta[k] = v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
