@@ -240,6 +240,16 @@ def test_an_archive_that_would_run_code_is_refused_and_runs_nothing(vendor, tmp_
         load_model(tmp / "vendor.pt2")
 
 
+def test_a_program_exported_in_training_mode_is_refused_with_the_fix(tmp_path, vendor):
+    """Batch norms that update their statistics and dropout that drops would make every prediction differ."""
+    model = copy.deepcopy(vendor["model"]).train()  # as a vendor exports it straight after training
+    program = torch.export.export(model, (torch.from_numpy(vendor["X"][:4]),),
+                                  dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    torch.export.save(program, str(tmp_path / "training.pt2"))
+    with pytest.raises(AuditorError, match=r"exported in training mode.*call model.eval\(\) before torch.export"):
+        load_model(tmp_path / "training.pt2", spec=vendor["dir"] / "spec.json")
+
+
 def test_a_fixed_batch_export_is_refused_with_how_to_export_it(tmp_path):
     class Flat(nn.Module):
         def __init__(self):

@@ -233,6 +233,10 @@ class _Builder:
             else:
                 raise _refuse(name, f"the program takes an input of kind {kind!r} (one tensor, the model's "
                                     "input, is read)")
+        if _training_mode(self.graph_json, signature):
+            raise AuditorError(f"{name}: the program was exported in training mode (its batch norms update their "
+                               "statistics, or its dropout drops): call model.eval() before torch.export.export, "
+                               "then save it again")
         outputs = []
         for spec in signature.get("output_specs", []):
             kind, body = next(iter(spec.items()))
@@ -452,6 +456,19 @@ class _Builder:
             self.values[v["as_name"]] = result
         elif kind != "as_none":
             raise _refuse(self.name, f"an operator returns {kind!r}")
+
+
+def _training_mode(graph: dict, signature: dict) -> bool:
+    """Whether the program was exported from a model in training mode: a buffer it writes back (running
+    statistics), or a batch norm or dropout whose `training` / `train` argument is true."""
+    if any(next(iter(s), None) == "buffer_mutation" for s in signature.get("output_specs", [])):
+        return True
+    for node in graph.get("nodes", []):
+        flags = {"torch.ops.aten.batch_norm.default": "training", "torch.ops.aten.dropout.default": "train"}
+        key = flags.get(node.get("target"))
+        if key and any(a.get("name") == key and a.get("arg", {}).get("as_bool") for a in node.get("inputs", [])):
+            return True
+    return False
 
 
 def _nested(items: dict) -> nn.Module:
