@@ -293,7 +293,7 @@ def test_photos_of_any_size_are_resized_and_centre_cropped_as_the_spec_says(tmp_
                       class_names=["cat", "dog"])
     assert load_data(root, spec=exact).split("all").X.shape == (12, 3, 5, 5)
     plain = ModelSpec(arch={"name": "custom"}, input={"kind": "image", "shape": [3, 5, 5]}, class_names=["cat", "dog"])
-    with pytest.raises(AuditorError, match="give the spec input.resize"):
+    with pytest.raises(AuditorError, match="give the spec input.shape and input.resize"):
         load_data(root, spec=plain)
     tiny = ModelSpec(arch={"name": "custom"}, input={"kind": "image", "shape": [3, 9, 9], "resize": [4, 4]},
                      class_names=["cat", "dog"])
@@ -309,3 +309,28 @@ def test_a_folder_larger_than_the_image_budget_is_refused_before_it_is_read(digi
     monkeypatch.setenv("AUDITOR_MAX_IMAGES_MB", "0.1")
     with pytest.raises(BudgetError, match=r"images of 1x8x8 pixels as float32 would need .*AUDITOR_MAX_IMAGES_MB"):
         load_data(digits_folder, spec=load_model(SAMPLE).spec)
+
+
+def test_spec_init_reads_photos_of_several_sizes_as_the_given_spec_resizes_them(tmp_path, capsys):
+    """A vendor's state dict and square digits photos of 16, 24 and 32 pixels: refused without input.resize,
+    drafted with `--spec base.json` (shape [1, 8, 8], resize 8), which the drafted spec keeps."""
+    from auditor.cli import main
+
+    bundle = load_model(SAMPLE)
+    torch.save(bundle.model.state_dict(), tmp_path / "cnn.pt")
+    d = load_data("digits")
+    for i, (x, y) in enumerate(zip(d.test.X.numpy()[:200], d.test.y.numpy()[:200])):
+        size = (16, 24, 32)[i % 3]
+        img = Image.fromarray(np.round(x[0] * 255).astype(np.uint8)).resize((size, size), Image.NEAREST)
+        (tmp_path / "photos" / str(int(y))).mkdir(parents=True, exist_ok=True)
+        img.save(tmp_path / "photos" / str(int(y)) / f"{i:04d}.png")
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({"arch": {"name": "sequential"},
+                                "input": {"kind": "image", "shape": [1, 8, 8], "resize": 8}}))
+    args = ["spec", "init", str(tmp_path / "cnn.pt"), str(tmp_path / "photos"), "--out", str(tmp_path / "s.json")]
+    assert main(args) == 2 and "input.resize" in capsys.readouterr().err
+    assert main([*args, "--spec", str(base)]) == 0, capsys.readouterr().err
+    spec = json.loads((tmp_path / "s.json").read_text())
+    assert spec["input"]["resize"] == 8 and spec["input"]["shape"] == [1, 8, 8]
+    data = load_data(tmp_path / "photos", spec=ModelSpec.from_json(json.dumps(spec)))
+    assert evaluate(load_model(tmp_path / "cnn.pt", spec=spec), data, split="all").metrics["accuracy"] > 0.9

@@ -62,6 +62,7 @@ def run_init(args) -> int:
     from ..models import load_model
     from ..models.draft import draft_spec
     from ..models.reading import resolve_spec
+    from ..models.spec import ModelSpec
 
     out = Path(args.out)
     if out.suffix.lower() != ".json":
@@ -71,10 +72,15 @@ def run_init(args) -> int:
     base = resolve_spec(args.spec) if args.spec else None
     max_bytes = int(args.max_model_mb * 2**20)
     schema, guessed = _guessed_schema(args)
-    data = _data(args, schema=schema)
+    given = base.input if base is not None and isinstance(base.input, dict) else {}
+    resize = {k: given[k] for k in ("kind", "shape", "resize") if k in given} if given.get("resize") else None
+    # image files of several sizes: read at the given size as the given spec resizes them, pixels in [0, 1]
+    reading = ModelSpec(arch={"name": "custom"}, input=resize) if resize else None
+    data = _data(args, spec=reading, schema=schema)
     draft = draft_spec(args.model, data, arch_file=args.arch_file, arch_class=args.arch_class,
                        trust_code=args.trust_code, max_bytes=max_bytes,
-                       arch=dict(base.arch) if base is not None else None)
+                       arch=dict(base.arch) if base is not None else None,
+                       resize=resize.get("resize") if resize else None)
     # the written spec must load the model and evaluate on the data, else nothing is written
     bundle = load_model(args.model, spec=draft.spec, max_bytes=max_bytes, arch_file=args.arch_file,
                         arch_class=args.arch_class, trust_code=args.trust_code)

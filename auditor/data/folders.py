@@ -362,8 +362,8 @@ class _Reader:
         if img.size != self.size:
             whence = f"the first image, {self.first.name}," if self.first else "the model"
             how = ("the trigger's files are in the model's input size, after input.resize" if self.resize is not None
-                   else "resize the images first, or give the spec input.resize (resize, then crop the centre, as "
-                        "torchvision's Resize and CenterCrop do)")
+                   else "resize the images first, or give the spec input.shape and input.resize (resize, then crop "
+                        "the centre, as torchvision's Resize and CenterCrop do; spec init takes them with --spec)")
             raise AuditorError(f"{self.name}: {file.name} is {img.size[0]}x{img.size[1]} pixels; {whence} reads "
                                f"{self.size[0]}x{self.size[1]}: {how}")
         return img

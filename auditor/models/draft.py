@@ -381,10 +381,11 @@ def _looks_standardised(raw: pd.DataFrame, numeric: list[str]) -> list[str]:
 
 
 def draft_spec(model_path: str | os.PathLike, data, *, arch_file=None, arch_class=None, trust_code: bool = False,
-               max_bytes: int = DEFAULT_MAX_BYTES, arch: dict | None = None) -> Draft:
+               max_bytes: int = DEFAULT_MAX_BYTES, arch: dict | None = None, resize=None) -> Draft:
     """Draft a spec for the model at `model_path` audited on `data` (an `AuditData`).
 
-    `arch`: constructor arguments for a custom class (`arch_file`/`arch_class`), kept in the draft."""
+    `arch`: constructor arguments for a custom class (`arch_file`/`arch_class`), kept in the draft. `resize`:
+    the `input.resize` image files of several sizes were read with (given by the user), kept in the draft."""
     path = Path(model_path)
     X, y, raw = _all_rows(data)
     bundle, arch, notes = _model_from_file(path, data, X, y, arch_file=arch_file, arch_class=arch_class,
@@ -471,6 +472,10 @@ def draft_spec(model_path: str | os.PathLike, data, *, arch_file=None, arch_clas
         input_block.update(shape=shape, **copy.deepcopy(reading))
         draft.accuracy = acc
         draft.guessed.append(f"inputs: images of shape {shape} read from image files as {label}")
+        if resize is not None:
+            input_block["resize"] = resize
+            draft.guessed.append(f"  resized as the spec given says (input.resize {resize}), then the centre cropped "
+                                 f"to {shape[1]}x{shape[2]}")
         for a, m, lab, *_ in tried:
             draft.guessed.append(f"  probe: accuracy {'-' if a is None else f'{a:.3f}'} with pixels read as {lab}"
                                  + (f" ({m[0]:.3f} with the classes matched to outputs)" if m and m[0] > (a or 0)
