@@ -145,7 +145,7 @@ def test_an_onnx_model_is_refused_before_anything_runs_and_weight_editors_are_na
     spec.arch = {"name": "onnx", "num_classes": 10}
     onnx = load_model(path, spec=spec)
     reason = Retrieval().supports(onnx, digits)
-    assert reason and ".safetensors" in reason and "ONNX graph" in reason
+    assert reason and ".safetensors" in reason and "ONNX or torch.export graph" in reason
 
 
 def test_a_one_logit_model_gets_its_fixes(tmp_path):
