@@ -500,7 +500,7 @@ def test_missing_protected_values_are_refused_with_their_rows(tmp_path):
                     TabularSchema(target="approved", protected=["gender"]))
 
 
-def test_a_float_coded_target_takes_positive_1_and_a_semicolon_file_is_named(tmp_path):
+def test_a_float_coded_target_takes_positive_1_and_a_semicolon_file_is_read_and_said(tmp_path):
     from auditor.data import load_csv
 
     frame = pd.concat(_frames().values(), ignore_index=True)
@@ -511,9 +511,21 @@ def test_a_float_coded_target_takes_positive_1_and_a_semicolon_file_is_named(tmp
     assert data.class_names[1] == "1.0"
     whole = torch.cat([data.train.y, data.val.y, data.test.y])
     assert int(whole.sum()) == int(frame["approved"].sum())
-    frame.to_csv(tmp_path / "semi.csv", index=False, sep=";")
-    with pytest.raises(AuditorError, match="the file looks ';'-separated; save it comma-separated"):
-        load_csv(tmp_path / "semi.csv", TabularSchema(target="approved", protected=["gender"]))
+    schema = TabularSchema(target="approved", positive="1", protected=["gender"], categorical=["job"])
+    for name, kw, said in (("semi.csv", {"sep": ";", "decimal": ","}, "';'-separated with ',' as the decimal mark"),
+                           ("semi_point.csv", {"sep": ";"}, "';'-separated (its"),
+                           ("tabs.tsv", {"sep": "\t"}, "tab-separated")):
+        frame.to_csv(tmp_path / name, index=False, **kw)  # as a spreadsheet in a comma-decimal locale saves it
+        other = load_csv(tmp_path / name, schema)
+        assert any(f"{name} was read as {said}" in n for n in other.notes), other.notes
+        for split in ("train", "val", "test"):  # the same numbers as the comma-separated file
+            assert torch.equal(other.split(split).X, data.split(split).X)
+            assert torch.equal(other.split(split).y, data.split(split).y)
+    assert not any("was read as" in n for n in data.notes)
+    from auditor.audit.uploads import csv_columns, csv_values  # the dashboard's column pickers read it alike
+
+    raw = (tmp_path / "semi.csv").read_bytes()
+    assert list(csv_columns(raw).columns) == list(frame.columns) and csv_values(raw, "gender")
 
 
 SINGLE_LOGIT_NET = '''

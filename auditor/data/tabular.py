@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -488,17 +489,51 @@ def check_columns(path: Path) -> None:
                           "trust the input")
 
 
+_SEPARATORS = {";": "';'", "\t": "tab", "|": "'|'"}
+_DECIMAL_COMMA = re.compile(r"^\s*-?\d+,\d+\s*$")
+_DECIMAL_POINT = re.compile(r"^\s*-?\d+\.\d+\s*$")
+
+
+def csv_dialect(head: bytes) -> tuple[str, str]:
+    """(separator, decimal mark) of a CSV from its first bytes: a header line that holds no comma but ';', a
+    tab or '|' (as spreadsheets in many locales save it); with ';', a decimal comma when the first rows'
+    numbers are written `1,5` and none `1.5`. Else (',', '.')."""
+    text = head.decode("utf-8", errors="replace")
+    lines = [line for line in text.splitlines()[:200] if line.strip()]
+    if not lines or "," in lines[0]:
+        return ",", "."
+    sep = next((s for s in _SEPARATORS if s in lines[0]), None)
+    if sep is None:
+        return ",", "."
+    cells = [c for line in lines[1:-1] for c in line.split(sep)]
+    comma = sep == ";" and any(_DECIMAL_COMMA.match(c) for c in cells) and not any(
+        _DECIMAL_POINT.match(c) for c in cells)
+    return sep, "," if comma else "."
+
+
+def dialect_note(name: str, sep: str, decimal: str) -> str | None:
+    """What `csv_dialect` found, said with every result read from the file; None for a plain CSV."""
+    if sep == ",":
+        return None
+    return (f"{name} was read as {_SEPARATORS[sep]}-separated" + (" with ',' as the decimal mark" if decimal == ","
+                                                                 else "") + " (its header line holds no comma)")
+
+
 def read_csv(path: str | Path) -> pd.DataFrame:
+    """A CSV (any of the separators `csv_dialect` finds; `frame.attrs["read_as"]` says which) or Parquet."""
     path = Path(path)
     if not path.exists():
         raise AuditorError(f"data file not found: {path}")
     if path.suffix.lower() != ".parquet" and path.is_file():
         check_columns(path)
+    sep, decimal = ",", "."
     try:
         if path.suffix.lower() == ".parquet":
             frame = pd.read_parquet(path)
         else:
-            frame = pd.read_csv(path, skipinitialspace=True)
+            with open(path, "rb") as f:
+                sep, decimal = csv_dialect(f.read(1 << 16))
+            frame = pd.read_csv(path, sep=sep, decimal=decimal, skipinitialspace=True)
     except pd.errors.EmptyDataError:
         raise AuditorError(f"data file {path.name} is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as exc:
@@ -506,13 +541,16 @@ def read_csv(path: str | Path) -> pd.DataFrame:
     if len(frame) == 0:
         raise AuditorError(f"data file {path.name} has a header but no rows")
     if path.suffix.lower() != ".parquet":  # pandas renames a repeated header `x` to `x.1`: refuse instead
-        header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False,
+        header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, sep=sep,
                              skipinitialspace=True).iloc[0].tolist()
         seen = pd.Series(header).value_counts()
         if (seen > 1).any():
             name = seen.index[0]
             raise AuditorError(f"data file {path.name}: column {name!r} appears {int(seen.iloc[0])} times in "
                                "the header; give every column a distinct name")
+    note = dialect_note(path.name, sep, decimal)
+    if note:
+        frame.attrs["read_as"] = note
     return frame
 
 
@@ -668,6 +706,9 @@ def load_csv(path: str | Path, schema: TabularSchema, preprocessing: dict | None
                 "files": {s: str(path) for s in SPLITS}}
         default_split = "all"
     data = from_frames(Path(path).stem, frames, schema, preprocessing, features, source=str(path))
+    read_as = [f.attrs["read_as"] for f in [frame, *([p for _, p in files.values()][1:] if train_path else [])]
+               if f.attrs.get("read_as")]
+    data.notes = [*read_as, *data.notes]
     data.partition = part
     data.default_split = default_split
     return data
