@@ -411,3 +411,58 @@ def test_a_program_with_several_outputs_is_read_on_its_logits(tmp_path, capsys):
     again = load_model(tmp_path / "logits.pt2")
     assert "output" not in again.spec.arch and again.spec.provenance["pt2_logits_output"] == 1
     assert torch.export.load(str(tmp_path / "logits.pt2")).module()(X[:2]).shape == (2, 3)
+
+
+class _Features(nn.Module):  # BatchNorm, GELU, a strided convolution, SiLU, adaptive pooling, LayerNorm
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.GELU(),
+                                      nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.SiLU(), nn.AdaptiveAvgPool2d(1))
+        self.norm = nn.LayerNorm(16)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        return self.fc(self.norm(torch.flatten(self.features(x), 1)))
+
+
+class _Tabular(nn.Module):  # BatchNorm1d, LeakyReLU, a skip by concatenation, constants made in forward
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 32)
+        self.bn = nn.BatchNorm1d(32)
+        self.b = nn.Linear(38, 3)
+        self.register_buffer("scale", torch.linspace(0.5, 1.5, 6), persistent=False)
+
+    def forward(self, x):
+        x = x * self.scale + torch.tensor([0.1, 0.0, -0.1, 0.2, 0.0, -0.2])
+        return self.b(torch.cat([F.leaky_relu(self.bn(self.a(x)), 0.1), x], dim=1))
+
+
+class _Pooled(nn.Module):  # average pooling, hardswish, reshape by the batch size
+    def __init__(self):
+        super().__init__()
+        self.pw = nn.Conv2d(1, 8, 1)
+        self.pool = nn.AvgPool2d(2)
+        self.fc = nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x):
+        return self.fc(self.pool(F.hardswish(self.pw(x))).reshape(x.shape[0], -1))
+
+
+@pytest.mark.parametrize("cls, shape", [(_Features, [3, 8, 8]), (_Tabular, [6]), (_Pooled, [1, 8, 8])])
+def test_common_layers_are_read_to_compute_what_torch_export_load_computes(cls, shape, tmp_path):
+    torch.manual_seed(0)
+    model = cls().eval()
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2)
+    _export(model, torch.randn(4, *shape), tmp_path / "m.pt2")
+    n = model(torch.zeros(2, *shape)).shape[1]
+    bundle = load_model(tmp_path / "m.pt2", spec={"arch": {"name": "pt2"}, "input": {
+        "kind": "image" if len(shape) == 3 else "tabular", "shape": shape}, "class_names": [str(i) for i in range(n)]})
+    x = torch.randn(7, *shape)
+    with torch.no_grad():
+        assert torch.equal(bundle.model(x), torch.export.load(str(tmp_path / "m.pt2")).module()(x))
+    layers = [type(m) for _, m in bundle.model.named_modules()]
+    assert nn.Linear in layers  # editable layers are real modules

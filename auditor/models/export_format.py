@@ -54,7 +54,8 @@ _OPS = {
     "matmul.default", "mm.default", "addmm.default", "bmm.default", "linear.default", "conv1d.default",
     "conv2d.default", "conv2d.padding", "batch_norm.default", "_native_batch_norm_legit_no_training.default",
     "constant_pad_nd.default", "slice.Tensor", "select.int", "expand.default", "hardsigmoid.default",
-    "convolution.default", "native_layer_norm.default",
+    "convolution.default", "native_layer_norm.default", "lift_fresh_copy.default", "detach.default", "detach_.default",
+    "_to_copy.default", "to.dtype",
 }
 _FUNCTIONS = {"_operator.getitem": operator.getitem}
 
