@@ -123,7 +123,7 @@ else:
                                 "pattern or corrupted twins. Or a .zip of image files in class folders, with a "
                                 "trigger.json naming the target and the mask and pattern files)",
                                 type=["npz", "zip"], key="up_npz")
-        st.caption(f"Image files are read as the model's input (its spec's shape, value_range and normalize); "
+        st.caption(f"Image files are read as the model's input (its spec's shape, value_range, normalize and resize); "
                    f"see {FOLDER_DOC}.")
         ready = case is not None
     else:
