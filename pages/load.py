@@ -78,10 +78,9 @@ if source == "Sample model":
         except Exception as exc:  # noqa: BLE001
             show_error(exc)
 else:
-    st.markdown("A `.safetensors` file written by this tool carries its spec. A PyTorch state dict "
-                "(`.pt`, `.pth`), a `torch.export` archive (`.pt2`) or an `.onnx` file needs a spec (JSON: "
-                "architecture, input, class names). A scikit-learn `.skops` file (LogisticRegression, MLPClassifier, "
-                "with its preprocessing) needs none.")
+    st.markdown("A `.safetensors` file written by this tool carries its spec. A state dict (`.pt`), `torch.export` "
+                "archive (`.pt2`) or `.onnx` file needs one (JSON: architecture, input, class names); a scikit-learn "
+                "`.skops` file (LogisticRegression, MLPClassifier) needs none.")
     model_file = st.file_uploader("Model file", type=["safetensors", "pt", "pth", "bin", "pt2", "onnx", "skops"],
                                   key="up_model")
     spec_file = st.file_uploader("Model spec (JSON, only when the file has none)", type=["json"], key="up_spec")

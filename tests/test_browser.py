@@ -342,7 +342,9 @@ def test_own_case_audit(page, server, tmp_path):
     settle(page)
     upload(page, "Model file", case.model)
     upload(page, "Model spec", case.spec)
-    page.locator("[data-testid=stSelectbox]", has_text="Data set").click()  # built-in data with a trigger:
+    box = page.locator("[data-testid=stSelectbox]", has_text="Data set")
+    box.evaluate("e => e.scrollIntoView({block: 'center'})")  # room below it for the list of options
+    box.click()  # built-in data with a trigger:
     page.get_by_role("option", name="digits-trojan", exact=True).click()   # the page asks whose trigger
     settle(page)
     page.get_by_text("Which trigger does this model have?").wait_for()
