@@ -3,11 +3,13 @@
 `torch.export.load` unpickles parts of an archive with `weights_only=False` and hands shape expressions to
 sympy, so it is never called on a user's file. This reader takes the archive apart itself: the graph's
 JSON, the weights' raw bytes (a pickled tensor only through `torch.load(weights_only=True)`), and the
-auditor's spec from the archive's extra files when the auditor wrote it. It rebuilds the graph as a
-`torch.fx.GraphModule` from a fixed list of ATen operators (any other is refused by name), with each
-linear layer, convolution and batch norm a real `nn.Linear` / `nn.Conv2d` / `nn.BatchNorm` module under
-the vendor's own name (`head.1`), so attributions, hooks and editors see the layers the vendor knows.
-Edited models are written back with `torch.export` (a dynamic batch axis, the spec and a checksum inside).
+auditor's spec from the archive's extra files when the auditor wrote it. It rebuilds the graph with
+`torch.fx` from a fixed list of ATen operators (any other is refused by name), as a module whose forward is
+that graph's code (`custom.graph_as_module`), with each linear layer, convolution and batch norm a real
+`nn.Linear` / `nn.Conv2d` / `nn.BatchNorm` module under the vendor's own name (`head.1`), so attributions,
+hooks and editors see the layers the vendor knows. Before it runs on data, the graph runs on meta tensors
+(shapes only) against the probe budget. Edited models are written back with `torch.export` (a dynamic
+batch axis, the spec and a checksum inside).
 """
 from __future__ import annotations
 
@@ -54,8 +56,8 @@ _OPS = {
     "matmul.default", "mm.default", "addmm.default", "bmm.default", "linear.default", "conv1d.default",
     "conv2d.default", "conv2d.padding", "batch_norm.default", "_native_batch_norm_legit_no_training.default",
     "constant_pad_nd.default", "slice.Tensor", "select.int", "expand.default", "hardsigmoid.default",
-    "convolution.default", "native_layer_norm.default", "lift_fresh_copy.default", "detach.default", "detach_.default",
-    "_to_copy.default", "to.dtype",
+    "convolution.default", "native_layer_norm.default", "lift_fresh_copy.default", "detach.default",
+    "detach_.default", "_to_copy.default", "to.dtype",
 }
 _FUNCTIONS = {"_operator.getitem": operator.getitem}
 
