@@ -644,13 +644,12 @@ def export_pt2(bundle: ModelBundle, path: str | os.PathLike, extra_metadata: dic
         single_logit_base(model)
     shape = _input_shape(bundle)
     example = torch.randn(3, *shape, generator=torch.Generator().manual_seed(0))
-    from ..atomic import temp_beside
+    from ..atomic import replacing
 
-    tmp = temp_beside(path)
     try:
-        ep = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
-        state = {k: v.detach() for k, v in ep.state_dict.items()}
-        state.update({k: v for k, v in ep.constants.items() if isinstance(v, torch.Tensor)})
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+        state = {k: v.detach() for k, v in program.state_dict.items()}
+        state.update({k: v for k, v in program.constants.items() if isinstance(v, torch.Tensor)})
         spec = copy.deepcopy(bundle.spec)
         if "output" in spec.arch:  # the program written returns the logits alone
             spec.provenance["pt2_logits_output"] = spec.arch.pop("output")
@@ -660,20 +659,18 @@ def export_pt2(bundle: ModelBundle, path: str | os.PathLike, extra_metadata: dic
             meta[k] = v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
         meta[CHECKSUM_KEY] = file_checksum(state, meta)
         buffer = io.BytesIO()  # torch names the archive's folder after a file's name; a buffer gets "archive"
-        torch.export.save(ep, buffer, extra_files=meta)
-        tmp.write_bytes(buffer.getvalue())
-        back, _, _, _ = read_pt2(tmp, 1 << 40)
-        with torch.no_grad():
-            want, got = model(example), back(example)
-        if want.shape != got.shape or (want - got).abs().max() > 1e-4 * max(1.0, float(want.abs().max())):
-            raise AuditorError(f"the .pt2 archive of {bundle.name} does not compute what the model computes; "
-                               "not written")
-        os.replace(tmp, path)
+        torch.export.save(program, buffer, extra_files=meta)
+        with replacing(path) as tmp:  # replaces `path` only once the written archive is read back and agrees
+            tmp.write_bytes(buffer.getvalue())
+            back, _, _, _ = read_pt2(tmp, 1 << 40)
+            with torch.no_grad():
+                want, got = model(example), back(example)
+            if want.shape != got.shape or (want - got).abs().max() > 1e-4 * max(1.0, float(want.abs().max())):
+                raise AuditorError(f"the .pt2 archive of {bundle.name} does not compute what the model computes; "
+                                   "not written")
     except AuditorError:
-        tmp.unlink(missing_ok=True)
         raise
-    except Exception as exc:
-        tmp.unlink(missing_ok=True)
+    except Exception as exc:  # noqa: BLE001 - torch.export's own errors, said in one line
         raise AuditorError(f"cannot export {bundle.name} with torch.export: {type(exc).__name__}: "
                            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
     return path
