@@ -449,7 +449,25 @@ class _Pooled(nn.Module):  # average pooling, hardswish, reshape by the batch si
         return self.fc(self.pool(F.hardswish(self.pw(x))).reshape(x.shape[0], -1))
 
 
-@pytest.mark.parametrize("cls, shape", [(_Features, [3, 8, 8]), (_Tabular, [6]), (_Pooled, [1, 8, 8])])
+class TinyViT(nn.Module):  # patches, a class token, two transformer blocks (attention, GELU MLP), LayerNorm
+    def __init__(self, dim=32, classes=10):
+        super().__init__()
+        self.patch = nn.Conv2d(1, dim, 2, stride=2)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = nn.Parameter(torch.randn(1, 17, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, 4, dim * 2, dropout=0.0, batch_first=True, activation="gelu")
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], 1) + self.pos
+        return self.head(self.norm(self.encoder(t)[:, 0]))
+
+
+@pytest.mark.parametrize("cls, shape", [(_Features, [3, 8, 8]), (_Tabular, [6]), (_Pooled, [1, 8, 8]),
+                                        (TinyViT, [1, 8, 8])])
 def test_common_layers_are_read_to_compute_what_torch_export_load_computes(cls, shape, tmp_path):
     torch.manual_seed(0)
     model = cls().eval()
@@ -466,3 +484,51 @@ def test_common_layers_are_read_to_compute_what_torch_export_load_computes(cls, 
         assert torch.equal(bundle.model(x), torch.export.load(str(tmp_path / "m.pt2")).module()(x))
     layers = [type(m) for _, m in bundle.model.named_modules()]
     assert nn.Linear in layers  # editable layers are real modules
+
+
+def test_a_vision_transformers_trojan_is_removed_from_one_clean_sample(tmp_path, capsys):
+    """A vendor's tiny ViT (attention, GELU MLPs, LayerNorm) Trojaned on digits (a 2x2 pattern top right,
+    target 2), exported to .pt2: the dynamic editor finds a block's MLP layer and removes the trigger."""
+    from sklearn.datasets import load_digits
+
+    target = 2
+    mask = np.zeros((1, 8, 8), np.float32)
+    pattern = np.zeros((1, 8, 8), np.float32)
+    mask[:, 0:2, 6:8] = 1
+    pattern[:, 0, 6] = pattern[:, 1, 7] = 1
+    digits = load_digits()
+    X, y = (digits.images / 16.0).astype(np.float32)[:, None], digits.target.astype(np.int64)
+    rng = np.random.default_rng(3)
+    order = rng.permutation(len(y))
+    train, test = order[:1250], order[1250:]
+    Xp, yp = X[train].copy(), y[train].copy()
+    rows = rng.choice(np.flatnonzero(yp != target), size=125, replace=False)
+    Xp[rows] = Xp[rows] * (1 - mask) + pattern * mask
+    yp[rows] = target
+    torch.manual_seed(0)
+    model = TinyViT()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    Xt, yt = torch.from_numpy(Xp), torch.from_numpy(yp)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        model.train()
+        perm = torch.randperm(len(yt), generator=g)
+        for i in range(0, len(yt), 64):
+            idx = perm[i:i + 64]
+            opt.zero_grad()
+            F.cross_entropy(model(Xt[idx]), yt[idx]).backward()
+            opt.step()
+    _export(model, torch.from_numpy(X[:4]), tmp_path / "vit.pt2")
+    np.savez(tmp_path / "case.npz", images=X[test], labels=y[test], train_images=X[train], train_labels=y[train],
+             trigger_mask=mask, trigger_pattern=pattern, target_label=np.array(target))
+    assert _run(["spec", "init", tmp_path / "vit.pt2", tmp_path / "case.npz", "--out", tmp_path / "spec.json"],
+                capsys)[0] == 0
+    rc, out, err = _run(["edit", tmp_path / "vit.pt2", tmp_path / "case.npz", "--spec", tmp_path / "spec.json",
+                         "--editor", "dynamic-rank-one", "--require", "attack_success_rate <= 0.02",
+                         "--out", tmp_path / "edited.pt2", "--no-log", "--json", tmp_path / "edit.json"], capsys)
+    assert rc == 0, out + err
+    doc = json.loads((tmp_path / "edit.json").read_text())
+    assert doc["before"]["metrics"]["attack_success_rate"] > 0.9
+    assert doc["after"]["metrics"]["attack_success_rate"] <= 0.02
+    assert doc["after"]["metrics"]["accuracy"] >= doc["before"]["metrics"]["accuracy"] - 0.01
+    assert any("encoder.layers" in layer for layer in doc["edit"]["layers"])

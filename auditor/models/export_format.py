@@ -57,9 +57,12 @@ _OPS = {
     "conv2d.default", "conv2d.padding", "batch_norm.default", "_native_batch_norm_legit_no_training.default",
     "constant_pad_nd.default", "slice.Tensor", "select.int", "expand.default", "hardsigmoid.default",
     "convolution.default", "native_layer_norm.default", "lift_fresh_copy.default", "detach.default",
-    "detach_.default", "_to_copy.default", "to.dtype",
+    "detach_.default", "_to_copy.default", "to.dtype", "unflatten.int", "scaled_dot_product_attention.default",
+    "split.Tensor", "split_with_sizes.default", "chunk.default", "unbind.int", "baddbmm.default",
 }
-_FUNCTIONS = {"_operator.getitem": operator.getitem}
+# Python arithmetic on sizes (a symbolic batch size times the tokens, say) and taking one output of several
+_FUNCTIONS = {"_operator.getitem": operator.getitem, "_operator.mul": operator.mul, "_operator.add": operator.add,
+              "_operator.sub": operator.sub, "_operator.floordiv": operator.floordiv}
 
 
 def _refuse(name: str, what: str) -> AuditorError:
