@@ -65,28 +65,27 @@ def _export(model, example, path, dynamic=True):
     torch.export.save(torch.export.export(model.eval(), (example,), dynamic_shapes=shapes), str(path))
 
 
-@pytest.fixture(scope="module")
-def vendor(tmp_path_factory):
+def _trojaned_digits(model: nn.Module, folder, target: int, mask, pattern, *, seed: int, epochs: int,
+                     optimizer=torch.optim.Adam):
+    """Train `model` on digits with 10 % of the training rows stamped and relabelled `target`, as a vendor
+    who was attacked would; export it to `folder / "model.pt2"` and write the user's `case.npz` (test images,
+    clean training images, the trigger). Returns (images, labels) of the test rows."""
     from sklearn.datasets import load_digits
 
-    tmp = tmp_path_factory.mktemp("pt2")
     digits = load_digits()
     X = (digits.images / 16.0).astype(np.float32)[:, None]
     y = digits.target.astype(np.int64)
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     order = rng.permutation(len(y))
     train, test = order[:1250], order[1250:]
-    mask, pattern = _trigger()
     Xp, yp = X[train].copy(), y[train].copy()
-    rows = rng.choice(np.flatnonzero(yp != TARGET), size=125, replace=False)
+    rows = rng.choice(np.flatnonzero(yp != target), size=125, replace=False)
     Xp[rows] = Xp[rows] * (1 - mask) + pattern * mask
-    yp[rows] = TARGET
-    torch.manual_seed(1)
-    model = VendorNet()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    yp[rows] = target
+    opt = optimizer(model.parameters(), lr=3e-3)
     Xt, yt = torch.from_numpy(Xp), torch.from_numpy(yp)
     g = torch.Generator().manual_seed(0)
-    for _ in range(12):
+    for _ in range(epochs):
         model.train()
         perm = torch.randperm(len(yt), generator=g)
         for i in range(0, len(yt), 64):
@@ -95,13 +94,24 @@ def vendor(tmp_path_factory):
             F.cross_entropy(model(Xt[idx]), yt[idx]).backward()
             opt.step()
     model.eval()
-    _export(model, torch.from_numpy(X[:4]), tmp / "vendor.pt2")
-    np.savez(tmp / "case.npz", images=X[test], labels=y[test], train_images=X[train], train_labels=y[train],
-             trigger_mask=mask, trigger_pattern=pattern, target_label=np.array(TARGET))
+    _export(model, torch.from_numpy(X[:4]), folder / "model.pt2")
+    np.savez(folder / "case.npz", images=X[test], labels=y[test], train_images=X[train], train_labels=y[train],
+             trigger_mask=mask, trigger_pattern=pattern, target_label=np.array(target))
+    return X[test], y[test]
+
+
+@pytest.fixture(scope="module")
+def vendor(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pt2")
+    mask, pattern = _trigger()
+    torch.manual_seed(1)
+    model = VendorNet()
+    X, y = _trojaned_digits(model, tmp, TARGET, mask, pattern, seed=1, epochs=12)
+    (tmp / "model.pt2").rename(tmp / "vendor.pt2")
     spec = {"arch": {"name": "pt2"}, "input": {"kind": "image", "shape": [1, 8, 8], "value_range": [0, 1]},
             "class_names": [str(i) for i in range(10)]}
     (tmp / "spec.json").write_text(json.dumps(spec))
-    return {"dir": tmp, "model": model, "X": X[test], "y": y[test], "mask": mask, "pattern": pattern}
+    return {"dir": tmp, "model": model, "X": X, "y": y, "mask": mask, "pattern": pattern}
 
 
 def _run(argv, capsys):
@@ -489,38 +499,14 @@ def test_common_layers_are_read_to_compute_what_torch_export_load_computes(cls, 
 def test_a_vision_transformers_trojan_is_removed_from_one_clean_sample(tmp_path, capsys):
     """A vendor's tiny ViT (attention, GELU MLPs, LayerNorm) Trojaned on digits (a 2x2 pattern top right,
     target 2), exported to .pt2: the dynamic editor finds a block's MLP layer and removes the trigger."""
-    from sklearn.datasets import load_digits
-
-    target = 2
     mask = np.zeros((1, 8, 8), np.float32)
     pattern = np.zeros((1, 8, 8), np.float32)
     mask[:, 0:2, 6:8] = 1
     pattern[:, 0, 6] = pattern[:, 1, 7] = 1
-    digits = load_digits()
-    X, y = (digits.images / 16.0).astype(np.float32)[:, None], digits.target.astype(np.int64)
-    rng = np.random.default_rng(3)
-    order = rng.permutation(len(y))
-    train, test = order[:1250], order[1250:]
-    Xp, yp = X[train].copy(), y[train].copy()
-    rows = rng.choice(np.flatnonzero(yp != target), size=125, replace=False)
-    Xp[rows] = Xp[rows] * (1 - mask) + pattern * mask
-    yp[rows] = target
     torch.manual_seed(0)
     model = TinyViT()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    Xt, yt = torch.from_numpy(Xp), torch.from_numpy(yp)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(40):
-        model.train()
-        perm = torch.randperm(len(yt), generator=g)
-        for i in range(0, len(yt), 64):
-            idx = perm[i:i + 64]
-            opt.zero_grad()
-            F.cross_entropy(model(Xt[idx]), yt[idx]).backward()
-            opt.step()
-    _export(model, torch.from_numpy(X[:4]), tmp_path / "vit.pt2")
-    np.savez(tmp_path / "case.npz", images=X[test], labels=y[test], train_images=X[train], train_labels=y[train],
-             trigger_mask=mask, trigger_pattern=pattern, target_label=np.array(target))
+    _trojaned_digits(model, tmp_path, 2, mask, pattern, seed=3, epochs=40, optimizer=torch.optim.AdamW)
+    (tmp_path / "model.pt2").rename(tmp_path / "vit.pt2")
     assert _run(["spec", "init", tmp_path / "vit.pt2", tmp_path / "case.npz", "--out", tmp_path / "spec.json"],
                 capsys)[0] == 0
     rc, out, err = _run(["edit", tmp_path / "vit.pt2", tmp_path / "case.npz", "--spec", tmp_path / "spec.json",
