@@ -523,7 +523,9 @@ def test_a_float_coded_target_takes_positive_1_and_a_semicolon_file_is_read_and_
             assert torch.equal(other.split(split).y, data.split(split).y)
     assert not any("was read as" in n for n in data.notes)
     from auditor.audit.uploads import csv_columns, csv_values  # the dashboard's column pickers read it alike
+    from auditor.data.tabular import csv_dialect
 
+    assert csv_dialect(b"income;debt\n1,5;0,2\n") == (";", ",")  # one row: its decimal commas still seen
     raw = (tmp_path / "semi.csv").read_bytes()
     assert list(csv_columns(raw).columns) == list(frame.columns) and csv_values(raw, "gender")
 

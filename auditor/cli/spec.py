@@ -72,15 +72,15 @@ def run_init(args) -> int:
     base = resolve_spec(args.spec) if args.spec else None
     max_bytes = int(args.max_model_mb * 2**20)
     schema, guessed = _guessed_schema(args)
-    given = base.input if base is not None and isinstance(base.input, dict) else {}
-    resize = {k: given[k] for k in ("kind", "shape", "resize") if k in given} if given.get("resize") else None
-    # image files of several sizes: read at the given size as the given spec resizes them, pixels in [0, 1]
-    reading = ModelSpec(arch={"name": "custom"}, input=resize) if resize else None
+    resize = base.input.get("resize") if base is not None and isinstance(base.input, dict) else None
+    # image files of several sizes: read at the given spec's size as it resizes them (pixels in [0, 1], the
+    # readings spec init tries start from there)
+    reading = (ModelSpec(arch={"name": "custom"}, input={k: base.input[k] for k in ("kind", "shape", "resize")
+                                                         if k in base.input}) if resize is not None else None)
     data = _data(args, spec=reading, schema=schema)
     draft = draft_spec(args.model, data, arch_file=args.arch_file, arch_class=args.arch_class,
                        trust_code=args.trust_code, max_bytes=max_bytes,
-                       arch=dict(base.arch) if base is not None else None,
-                       resize=resize.get("resize") if resize else None)
+                       arch=dict(base.arch) if base is not None else None, resize=resize)
     # the written spec must load the model and evaluate on the data, else nothing is written
     bundle = load_model(args.model, spec=draft.spec, max_bytes=max_bytes, arch_file=args.arch_file,
                         arch_class=args.arch_class, trust_code=args.trust_code)

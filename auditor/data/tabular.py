@@ -55,12 +55,8 @@ def as_text(col: pd.Series) -> pd.Series:
 def _require_columns(frame: pd.DataFrame, columns: list[str], what: str) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        close = ", ".join(map(str, list(frame.columns)[:20]))
-        one = str(frame.columns[0]) if len(frame.columns) == 1 else ""
-        sep = next((s for s in (";", "\t", "|") if s in one), None)
-        hint = (f" (one column whose name holds {sep!r}: the file looks {'tab' if sep == chr(9) else repr(sep)}-"
-                "separated; save it comma-separated, with '.' as the decimal mark)") if sep else ""
-        raise AuditorError(f"{what} column(s) {missing} not in the data; its columns are: {close}{hint}")
+        close = ", ".join(map(str, list(frame.columns)[:20]))  # (another separator is read: `csv_dialect`)
+        raise AuditorError(f"{what} column(s) {missing} not in the data; its columns are: {close}")
 
 
 FILL_HINT = ("; if the model's own pipeline fills them (e.g. scikit-learn's SimpleImputer), give the value it fills "
@@ -505,7 +501,8 @@ def csv_dialect(head: bytes) -> tuple[str, str]:
     sep = next((s for s in _SEPARATORS if s in lines[0]), None)
     if sep is None:
         return ",", "."
-    cells = [c for line in lines[1:-1] for c in line.split(sep)]
+    body = lines[1:-1] if len(head) >= 1 << 16 else lines[1:]  # a cut last line only when the head was cut
+    cells = [c for line in body for c in line.split(sep)]
     comma = sep == ";" and any(_DECIMAL_COMMA.match(c) for c in cells) and not any(
         _DECIMAL_POINT.match(c) for c in cells)
     return sep, "," if comma else "."

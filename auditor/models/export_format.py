@@ -89,10 +89,18 @@ class _Archive:
             infos = self.zip.infolist()
         except Exception as exc:  # noqa: BLE001 - zipfile raises many kinds on a damaged file
             raise AuditorError(f"{path.name} is not a readable .pt2 archive ({type(exc).__name__})") from None
+        try:
+            self._index(path, infos, max_bytes)
+        except AuditorError:
+            self.zip.close()
+            raise
+
+    def _index(self, path: Path, infos: list, max_bytes: int) -> None:
+        """Where the archive's files are (`prefix`, `names`) and its one program (`model`), checked."""
         if sum(i.file_size for i in infos) > max_bytes:
             raise AuditorError(f"{path.name}: the archive unpacks to more than {max_bytes >> 20} MiB; refused")
         names = [i.filename for i in infos]
-        marker = next((n for n in names if n == "archive_format" or n.endswith("/archive_format")), None)
+        marker = _format_marker(names)
         if marker is None:
             raise AuditorError(f"{path.name} is no torch.export archive (it has no archive_format entry): "
                                "write it with torch.export.save")
@@ -163,11 +171,16 @@ class _Archive:
         return out
 
 
+def _format_marker(names: list[str]) -> str | None:
+    """The archive's `archive_format` entry (under the folder torch names after the file), or None."""
+    return next((n for n in names if n == "archive_format" or n.endswith("/archive_format")), None)
+
+
 def is_pt2_archive(path: Path) -> bool:
     """Whether `path` is a `torch.export.save` archive, whatever its name."""
     try:
         with zipfile.ZipFile(path) as z:
-            marker = next((n for n in z.namelist() if n == "archive_format" or n.endswith("/archive_format")), None)
+            marker = _format_marker(z.namelist())
             return marker is not None and z.read(marker).strip() == b"pt2"
     except Exception:  # noqa: BLE001 - unreadable as a zip (damaged, another format): not such an archive
         return False
@@ -539,18 +552,20 @@ def check_sizes(module: nn.Module, shape: list[int], batch: int, name: str) -> N
         raise BudgetError(over[0]) from None  # without the notes torch.fx adds to the message
 
 
-def _open(path: Path, max_bytes: int) -> tuple[_Archive, dict, dict]:
-    """(the archive, its program's JSON, its tensors by name)."""
+def _open(path: Path, max_bytes: int) -> tuple[dict, dict, dict]:
+    """(its program's JSON, its tensors by name, its extra files), the archive closed again."""
     archive = _Archive(path, max_bytes)
-    program = archive.json(f"models/{archive.model}.json")
-    if not isinstance(program, dict):
-        raise AuditorError(f"{path.name}: the exported program is not a JSON object; the archive is damaged")
-    state = archive.tensors("weights", "weights_config")
-    constants_file = f"data/constants/{archive.model}_constants_config.json"
-    if archive.prefix + constants_file in archive.names:
-        state.update(archive.tensors("constants", "constants_config"))
+    with archive.zip:
+        program = archive.json(f"models/{archive.model}.json")
+        if not isinstance(program, dict):
+            raise AuditorError(f"{path.name}: the exported program is not a JSON object; the archive is damaged")
+        state = archive.tensors("weights", "weights_config")
+        constants_file = f"data/constants/{archive.model}_constants_config.json"
+        if archive.prefix + constants_file in archive.names:
+            state.update(archive.tensors("constants", "constants_config"))
+        extra = archive.extra()
     _check_finite(state, path)
-    return archive, program, state
+    return program, state, extra
 
 
 def _build(program: dict, state: dict, name: str, output: int | None) -> tuple[nn.Module, list[int] | None]:
@@ -567,14 +582,14 @@ def _build(program: dict, state: dict, name: str, output: int | None) -> tuple[n
 
 def read_pt2(path: Path, max_bytes: int, output: int | None = None) -> tuple[nn.Module, dict, dict, list[int] | None]:
     """(module, its state as stored, the archive's extra files, the input shape it was exported with)."""
-    archive, program, state = _open(path, max_bytes)
+    program, state, extra = _open(path, max_bytes)
     module, shape = _build(program, state, path.name, output)
-    return module, state, archive.extra(), shape
+    return module, state, extra, shape
 
 
 def exported_input_shape(path: Path, max_bytes: int) -> list[int] | None:
     """The input shape (without the batch) the archive's program was exported with, or None."""
-    _, program, state = _open(path, max_bytes)
+    program, state, _ = _open(path, max_bytes)
     try:
         return _Builder(program, state, path.name, 0).input_shape()
     except AuditorError:
@@ -588,8 +603,8 @@ def load_pt2(path: str | os.PathLike, spec: ModelSpec | None = None,
     from .reading import DEFAULT_MAX_BYTES
 
     path = Path(path)
-    archive, program, state = _open(path, max_bytes or DEFAULT_MAX_BYTES)
-    meta = {k: v for k, v in archive.extra().items() if k.startswith("auditor.")}
+    program, state, extra = _open(path, max_bytes or DEFAULT_MAX_BYTES)
+    meta = {k: v for k, v in extra.items() if k.startswith("auditor.")}
     spec, history = embedded_spec(meta, spec, path.name, "its extra files", file_checksum(state, meta))
     output = spec.arch.get("output")
     if output is not None and (not isinstance(output, int) or isinstance(output, bool)):
