@@ -43,10 +43,13 @@ def output_notes(bundle: ModelBundle, data: AuditData, rows: int = 256) -> list[
 
 
 def model_notes(bundle: ModelBundle) -> list[str]:
-    """Warnings about how the model was read: a spec drafted by `auditor spec init` (guesses nobody has
-    confirmed), architecture code other than the code it was saved with."""
+    """Warnings about how the model was read: weights stored in another precision than float32, a spec
+    drafted by `auditor spec init` (guesses nobody has confirmed), architecture code other than the code it
+    was saved with."""
+    from .models.precision import precision_note
+
     prov = bundle.spec.provenance if isinstance(bundle.spec.provenance, dict) else {}
-    notes = []
+    notes = [note] if (note := precision_note(bundle.spec)) else []
     if prov.get("drafted_by"):
         notes.append(f"the model's spec was drafted by {prov['drafted_by']} from the data (input reading, class "
                      "names and their order were guessed by probe runs): confirm it against the model's documentation, "

@@ -35,6 +35,13 @@ CATEGORIES = {
 FIX_METRICS = frozenset({"edit_success", "generality"})
 
 
+def editor_notes(log) -> list[tuple[str, str]]:
+    """(kind, message) of what an editor's log asks to be said ("note" or "warning" steps): features dropped,
+    zeros kept, an edit rounded to the model file's precision."""
+    return [(e["step"], str(e["message"])) for e in log or ()
+            if isinstance(e, dict) and e.get("step") in ("note", "warning") and e.get("message")]
+
+
 def split_words(split: str) -> str:
     """ "all rows" or "test split": the rows metrics are taken on, in words."""
     return "all rows" if split == "all" else f"{split} split"

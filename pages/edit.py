@@ -8,7 +8,7 @@ import torch
 from auditor.backend import describe_device
 from auditor.errors import AuditorError
 from auditor.fixes import fixes_table_specs, parse_fixes_text
-from auditor.present import format_value, md_plain, metric_label, setting_fields
+from auditor.present import editor_notes, format_value, md_plain, metric_label, setting_fields
 from pages.common import in_frame, need_audit, next_step, progress, show_error, stop
 
 in_frame()
@@ -162,9 +162,8 @@ if audit.edits:
             c1.markdown(f"**Edit {earlier + i + 1}: {r.editor}** on layer(s) {layers}, {r.seconds:.2f} s on "
                         f"`{r.device}`: {verdict}  \n{changes}{fixed}  \n"
                         f"model sha256 `{rec.sha_after[:12]}…` (was `{rec.sha_before[:12]}…`)")
-        for entry in r.log:  # what the editor itself wants said (features dropped, zeros kept, a floor reached)
-            if isinstance(entry, dict) and entry.get("step") in ("note", "warning") and entry.get("message"):
-                c1.caption(f"{entry['step']}: {md_plain(entry['message'])}")
+        for kind, message in editor_notes(r.log):  # what the editor itself wants said (features dropped, ...)
+            c1.caption(f"{kind}: {md_plain(message)}")
         if c2.button("Undo", key=f"edit_undo_{i}", help="Restore the weights exactly as before this edit "
                                                          "(later edits are undone too)."):
             audit.revert(i)

@@ -12,7 +12,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..present import failure_words
+from ..present import editor_notes, failure_words
 from . import COMMANDS
 from .common import (
     add_editor_setting_args,
@@ -292,6 +292,8 @@ def _print_summary(report, written: list[str], logged) -> None:
               f"on {e['device']}")
         for ch in e.get("changes") or []:
             print(f"  {ch['parameter']}: {change_words(ch)}")
+        for kind, message in editor_notes(e.get("log")):
+            print(f"  {kind}: {message}")
     t = report.tradeoff
     if t:
         rows = [[r["method"], r["kind"], fmt(r["value"], t["metric"]),

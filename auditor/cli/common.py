@@ -34,7 +34,8 @@ def add_csv_schema_args(p, prefix: str = "") -> None:
 
 
 def add_model_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="model file: .safetensors (spec inside), .onnx, or a state dict .pt with --spec")
+    p.add_argument("model", help="model file: .safetensors (spec inside), .onnx, .pt2 (torch.export), .skops, "
+                   "or a state dict .pt with --spec")
     p.add_argument("data", nargs="?", help="built-in data (adult, compas, digits, digits-trojan, digits-spurious), "
                                            "a .csv/.parquet with --target, an .npz image case, or a folder (or "
                                            ".zip) of images in class folders (formats: docs/formats.md); may be "

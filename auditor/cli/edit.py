@@ -15,6 +15,7 @@ import json
 import sys
 import typing
 
+from ..present import editor_notes
 from . import COMMANDS
 from .common import (
     add_editor_setting_args,
@@ -194,9 +195,8 @@ def run(args) -> int:
         print(f"  {ch['parameter']}: {change_words(ch)}{norm}")
     if result.extras.get("editor_file"):
         print(f"  learned editor: {result.extras['editor_file']}")
-    for entry in result.log:  # what the editor itself wants said (a learned change it did not use, ...)
-        if isinstance(entry, dict) and entry.get("step") in ("note", "warning") and entry.get("message"):
-            print(f"  {entry['step']}: {entry['message']}")
+    for kind, message in editor_notes(result.log):  # what the editor itself wants said (a learned change ...)
+        print(f"  {kind}: {message}")
     if (aim := session.aim_note(args.editor)) is not None:
         print(f"  note: {aim}")
     print_comparison(before, after)

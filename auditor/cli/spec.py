@@ -20,7 +20,8 @@ def register(sub) -> None:
     actions = p.add_subparsers(dest="spec_command", metavar="ACTION")
     init = actions.add_parser("init", help="draft a spec from MODEL and DATA",
                               description="Draft a spec for MODEL (a state dict .pt/.pth/.bin/.ckpt, a "
-                                          ".safetensors file, an .onnx graph, or weights for --arch-file) from "
+                                          ".safetensors file, an .onnx graph, a torch.export .pt2 archive, a "
+                                          "scikit-learn .skops file, or weights for --arch-file) from "
                                           "DATA: input width and kind from the weights or a probe run, class "
                                           "names from the data, whether the CSV's columns look standardised. "
                                           "Prints what it guessed and what you must confirm. Exit 0 written, "

@@ -31,6 +31,7 @@ from ..errors import AuditorError
 from ..layers import inherit_digests
 from ..models.architectures import editable_layers
 from ..models.files import ModelBundle
+from ..models.precision import half_dtype, round_to
 from ..requirements import Fixes, Requirement, parse_requirements
 
 CHOICE_TOKENS = ("layer", "split", "protected", "attribution")  # choices resolved against the model and data
@@ -167,6 +168,29 @@ class EditResult:
                 "log": self.log, "model_sha256": self.bundle.sha256, "extras": self.extras}
 
 
+def _round_to_file_precision(edited: ModelBundle, delta: WeightDelta, log: list[dict]) -> WeightDelta | None:
+    """Round an edit of a model stored in float16 or bfloat16 to that precision (what its file, written in it,
+    keeps), log how far rounding moved the change, and return the change that is left (None: nothing rounded)."""
+    half = half_dtype(edited.spec)
+    if half is None or not delta.before or not round_to(edited.model, half):
+        return None
+    state = {k: v.detach().cpu() for k, v in edited.model.state_dict().items()}
+    moved = total = 0.0
+    for k, before in delta.before.items():
+        if delta.after[k].shape == before.shape:
+            moved += float((state[k].double() - delta.after[k].double()).norm()) ** 2
+            total += float((delta.after[k].double() - before.double()).norm()) ** 2
+    error = (moved / total) ** 0.5 if total else 0.0
+    name = edited.spec.weights_dtype
+    log.append({"step": "note", "action": "rounded", "dtype": name, "rounding_error": error,
+                "message": f"the edited weights were rounded to {name}, the model file's precision, which moved the "
+                           f"change by {100 * error:.1f} % of its size"
+                           + (" (the edit is mostly lost to rounding: a stronger edit keeps more of it, or audit a "
+                              "float32 copy of the model)" if error > 0.5 else "")})
+    changed = [k for k, v in delta.before.items() if not torch.equal(state[k], v)]
+    return WeightDelta({k: delta.before[k] for k in changed}, {k: state[k].clone() for k in changed})
+
+
 class Editor:
     """Base class. Subclasses set `name`, `description`, `kind`, `targets`, `Hyper` (a dataclass whose
     fields carry `metadata={"help": ..., "choices": ...}`) and implement `_edit`, which modifies
@@ -228,9 +252,15 @@ class Editor:
         seconds = time.perf_counter() - start
         edited.model.cpu().eval()
         delta = WeightDelta.between(bundle.model, edited.model)
+        rounded = _round_to_file_precision(edited, delta, log)
+        if rounded is not None:
+            delta = rounded
         if not delta.before:
-            log.append({"step": "result", "action": "unchanged", "changed": False,
-                        "message": "the edit left every weight as it was (nothing to change, or nothing it could)"})
+            message = "the edit left every weight as it was (nothing to change, or nothing it could)"
+            if rounded is not None:
+                message = (f"the edit's change was smaller than {edited.spec.weights_dtype} (the model file's "
+                           "precision) can hold: rounding it undid every change")
+            log.append({"step": "result", "action": "unchanged", "changed": False, "message": message})
         hp = dataclasses.asdict(self.hparams) if self.hparams is not None else {}
         edited.history.append({"editor": self.name, "hyperparameters": hp, "layers": delta.layers,
                                "requirements": [r.expr for r in reqs], "seconds": seconds,

@@ -122,10 +122,12 @@ def load_custom_model(weights: str | os.PathLike, arch_file: str | os.PathLike |
     if not isinstance(model, nn.Module):
         raise AuditorError(f"{arch_class} did not build an nn.Module")
     from .adapters import attach_adapters
+    from .precision import stored_float_dtype
 
     attach_adapters(model, spec, state)  # a retrieval codebook written by an edit (checked like any spec's)
     state = fit_state(model, state)  # wrapper prefixes, nn.Sequential names
     load_state_into(model, state)
+    spec.weights_dtype = stored_float_dtype(state)
     output = spec.arch.get("output")
     if shape:
         known = spec.arch.get("num_classes") or len(spec.class_names) or None

@@ -28,6 +28,7 @@ from torch import nn
 from ..errors import AuditorError
 from .bundle import ModelBundle
 from .files import LOADERS, SAVE_CHECKS, SAVERS
+from .precision import HALF, stored_float_dtype
 from .reading import CHECKSUM_KEY, CHECKSUMMED, CHECKSUMMED_KEY, SPEC_KEY, _check_finite, embedded_spec, file_checksum
 from .spec import ModelSpec
 
@@ -61,8 +62,17 @@ _OPS = {
     "split.Tensor", "split_with_sizes.default", "chunk.default", "unbind.int", "baddbmm.default",
 }
 # Python arithmetic on sizes (a symbolic batch size times the tokens, say) and taking one output of several
+
+
+def metadata_assertion(*_args, **_kwargs) -> None:
+    """`aten._assert_tensor_metadata`, which an explicit `.to(dtype)` in a forward exports: a check of the traced
+    dtype that the graph, run in float32 here, need not repeat."""
+    return None
+
+
 _FUNCTIONS = {"_operator.getitem": operator.getitem, "_operator.mul": operator.mul, "_operator.add": operator.add,
-              "_operator.sub": operator.sub, "_operator.floordiv": operator.floordiv}
+              "_operator.sub": operator.sub, "_operator.floordiv": operator.floordiv,
+              "torch.ops.aten._assert_tensor_metadata.default": metadata_assertion}
 
 
 def _refuse(name: str, what: str) -> AuditorError:
@@ -232,6 +242,10 @@ class _Builder:
 
     def __init__(self, program: dict, state: dict[str, torch.Tensor], name: str, output: int | None = None):
         self.name = name
+        # a half-precision program runs in float32: its weights read exactly, its casts to half made to float32
+        self.widen = stored_float_dtype(state) in HALF
+        if self.widen:
+            state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
         gm = program.get("graph_module") or {}
         self.graph_json, signature = gm.get("graph") or {}, gm.get("signature") or {}
         self.state = state
@@ -340,9 +354,14 @@ class _Builder:
         if kind == "as_sym_ints":
             return [self.sym(x) for x in v]
         if kind == "as_scalar_type" and v in _DTYPES:
-            return _DTYPES[v]
+            dtype = _DTYPES[v]
+            return torch.float32 if self.widen and dtype in (torch.float16, torch.bfloat16) else dtype
         if kind == "as_memory_format" and v in _MEMORY_FORMATS:
             return _MEMORY_FORMATS[v]
+        if kind == "as_layout" and v == _STRIDED:
+            return torch.strided
+        if kind == "as_device":  # the device it was traced on: the model runs where the auditor puts it
+            return None
         raise _refuse(self.name, f"an argument of kind {kind!r} is not read")
 
     def sym(self, v):
@@ -646,6 +665,7 @@ def load_pt2(path: str | os.PathLike, spec: ModelSpec | None = None,
         spec.provenance["arch_in_spec"] = dict(spec.arch)
         spec.arch = {"name": "pt2", "num_classes": spec.num_classes,
                      **{k: spec.arch[k] for k in ("in_features", "output") if k in spec.arch}}
+    spec.weights_dtype = stored_float_dtype(state)
     return ModelBundle(model.eval(), spec, str(path), "pt2", history)
 
 

@@ -24,6 +24,7 @@ from ..errors import AuditorError
 from .adapters import build_model, check_adapters_saveable
 from .architectures import ARCHITECTURES
 from .bundle import ModelBundle, weights_sha256
+from .precision import half_dtype, state_in, stored_float_dtype
 from .reading import (
     CHECKSUM_KEY,
     CHECKSUMMED,
@@ -87,6 +88,10 @@ def bundle_from_state(state: dict, spec: ModelSpec, source: str = "", fmt: str =
     with torch.device("meta"):
         state = fit_state(build_model(spec, state), state)  # prefixes, nn.Sequential names
     model = load_state_into(build_model(spec, state), state)  # with its adapters (a codebook)
+    stored = stored_float_dtype(state)
+    if stored != spec.weights_dtype:
+        spec = copy.deepcopy(spec)
+        spec.weights_dtype = stored
     return ModelBundle(model, spec, source, fmt)
 
 
@@ -223,9 +228,14 @@ def save_model(bundle: ModelBundle, path: str | os.PathLike, extra_metadata: dic
     bundle = mark_unused_inputs(bundle)
     check_adapters_saveable(bundle, path.suffix)
     if path.suffix.lower() in SAVERS:
+        if bundle.spec.weights_dtype:  # ONNX, torch.export and skops files are written in float32
+            spec = copy.deepcopy(bundle.spec)
+            spec.weights_dtype = None
+            bundle = ModelBundle(bundle.model, spec, bundle.source, bundle.format, bundle.history, bundle.origin)
         return SAVERS[path.suffix.lower()](bundle, path, extra_metadata)
     check_saveable(bundle, path)
-    state = {k: v.detach().cpu().contiguous() for k, v in bundle.model.state_dict().items()}
+    state = state_in({k: v.detach().cpu().contiguous() for k, v in bundle.model.state_dict().items()},
+                     half_dtype(bundle.spec))  # a half-precision file is written in its own precision
     meta = {SPEC_KEY: bundle.spec.to_json()}
     for k, v in (extra_metadata or {}).items():
         meta[k] = v if isinstance(v, str) else json.dumps(v, sort_keys=True)

@@ -34,6 +34,7 @@ import warnings
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -272,6 +273,43 @@ def _convert(proto, spec: ModelSpec, name: str):
     raise AuditorError(f"{name}: an ONNX operator is not supported: {str(first)[:200]}{hint}") from None
 
 
+_HALF_TYPES = {10: "float16", 16: "bfloat16"}  # TensorProto.FLOAT16, TensorProto.BFLOAT16
+
+
+def _as_float32(proto) -> tuple[object, str | None]:
+    """A half-precision graph (float16 or bfloat16 weights, inputs and casts) as the same graph in float32
+    (its weights read exactly), and the half precision it was stored in (None: nothing to change)."""
+    onnx = _onnx()
+    from onnx import numpy_helper
+
+    graph = proto.graph
+    found = {_HALF_TYPES[t.data_type] for t in graph.initializer if t.data_type in _HALF_TYPES}
+    values = [*graph.input, *graph.output, *graph.value_info]
+    found |= {_HALF_TYPES[v.type.tensor_type.elem_type] for v in values
+              if v.type.tensor_type.elem_type in _HALF_TYPES}
+    if not found:
+        return proto, None
+    proto = copy.deepcopy(proto)
+    graph = proto.graph
+
+    def widen(t):
+        if t.data_type in _HALF_TYPES:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name))
+
+    for t in graph.initializer:
+        widen(t)
+    for v in [*graph.input, *graph.output, *graph.value_info]:
+        if v.type.tensor_type.elem_type in _HALF_TYPES:
+            v.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    for node in graph.node:
+        for a in node.attribute:
+            if node.op_type == "Cast" and a.name == "to" and a.i in _HALF_TYPES:
+                a.i = onnx.TensorProto.FLOAT
+            elif a.type == onnx.AttributeProto.TENSOR:
+                widen(a.t)
+    return proto, (found.pop() if len(found) == 1 else "float16")
+
+
 def _fix_layer_norms(module: nn.Module) -> None:
     """onnx2torch sizes a LayerNorm from the graph's shape information and, where the graph has none (a
     dynamic batch, no value_info), builds it over no dimensions at all (normalized_shape (0,) or ()); the
@@ -333,6 +371,8 @@ def load_onnx(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelBu
     _check_input_matches(spec, dims, path.name)
     if len(dims) == 2 and dims[1] and "in_features" not in spec.arch:
         spec.arch["in_features"] = int(dims[1])
+    proto, half = _as_float32(proto)  # computed in float32 like every model; written back in float32
+    spec.weights_dtype = half
     try:
         converted = _convert(proto, spec, path.name)
     except AuditorError:

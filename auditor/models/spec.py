@@ -16,7 +16,8 @@ SPEC_FORMAT = "auditor-model/1"
 _FIELD_TYPES = [("arch", dict, "an object"), ("task", str, "a string"), ("input", dict, "an object"),
                 ("class_names", list, "a list"), ("preprocessing", (dict, type(None)), "an object or null"),
                 ("provenance", dict, "an object"), ("data", (str, type(None)), "a string or null"),
-                ("format", str, "a string"), ("adapters", list, "a list")]
+                ("format", str, "a string"), ("adapters", list, "a list"),
+                ("weights_dtype", str, "a string")]
 
 
 SCHEMA_PATH = Path(__file__).with_name("spec.schema.json")
@@ -123,13 +124,16 @@ class ModelSpec:
     adapters: list = field(default_factory=list)  # e.g. a retrieval codebook (`auditor.models.adapters`)
     # the model returns one logit z of a binary task (BCEWithLogitsLoss): read as two-class logits [0, z]
     single_logit: bool = False
+    # the precision the file stores its weights in when not float32 (set on loading; `stored_float_dtype`)
+    weights_dtype: str | None = None
 
     def to_json(self) -> str:
         d = asdict(self)
         if not d["adapters"]:
             del d["adapters"]  # a spec without adapters is written as before they existed
-        if not d["single_logit"]:
-            del d["single_logit"]
+        for key in ("single_logit", "weights_dtype"):
+            if not d[key]:
+                del d[key]
         return json.dumps(d, sort_keys=True)
 
     @classmethod
