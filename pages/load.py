@@ -24,6 +24,7 @@ from auditor.audit.uploads import (
 from auditor.data import BUILTIN, FOLDER_DOC
 from auditor.models import ModelSpec
 from auditor.models.custom import TRUST_HELP
+from auditor.models.files import loadable_suffixes
 from auditor.models.sklearn_format import unnamed_columns
 from auditor.present import format_group_value, format_value, md_plain
 from pages.common import (
@@ -81,8 +82,7 @@ else:
     st.markdown("A `.safetensors` file written by this tool carries its spec. A state dict (`.pt`), `torch.export` "
                 "archive (`.pt2`) or `.onnx` file needs one (JSON: architecture, input, class names); a scikit-learn "
                 "`.skops` file (LogisticRegression, MLPClassifier) needs none.")
-    model_file = st.file_uploader("Model file", type=["safetensors", "pt", "pth", "bin", "pt2", "onnx", "skops"],
-                                  key="up_model")
+    model_file = st.file_uploader("Model file", type=[s.lstrip(".") for s in loadable_suffixes()], key="up_model")
     spec_file = st.file_uploader("Model spec (JSON, only when the file has none)", type=["json"], key="up_spec")
     draft_spec_box = st.checkbox(
         "No spec? Draft one from the data", key="up_draft", disabled=spec_file is not None,

@@ -211,3 +211,19 @@ def test_the_redirect_warning_names_a_target_no_image_is_predicted_as():
     # warned about as a redirected one, "the trigger still changes predictions", beside the edited model's figures
     weak = {"attack_success_rate": 0.394, "accuracy": 0.964, "triggered_accuracy": 0.600}
     assert redirect_warnings(weak, y, stamped, 9, []) == []
+
+
+def test_a_model_that_never_predicts_a_class_is_said_to_close_gaps_trivially():
+    """A fairness gap closed by predicting (almost) one class: equalized odds and demographic parity are 0,
+    accuracy is the majority's share, and the evaluation says why those figures look good."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 1)).astype(np.float32)
+    y = (x[:, 0] > 1.2).astype(np.int64)  # about 12 % positive
+    groups = {"g": ["a" if i % 2 else "b" for i in range(2000)]}
+    data = tabular_data(x, y, groups)
+    never = evaluate(threshold_model([0.0]), data, ["equalized_odds <= 0.05"])  # z = 0: class 0 for every row
+    assert never.metrics["equalized_odds"] == 0.0 and never.passed
+    said = [w for w in never.warnings if "(almost) never predicts it" in w]
+    assert len(said) == 1 and "'1'" in said[0] and "0.00 % of the rows" in said[0]
+    fair = evaluate(threshold_model([1.0]), data)  # predicts z > 0: class 1 for about half the rows
+    assert not any("never predicts" in w for w in fair.warnings)

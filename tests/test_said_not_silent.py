@@ -268,8 +268,9 @@ def test_other_architecture_code_than_the_model_was_saved_with_is_said(tmp_path,
     bundle = load_model(tmp_path / "w.pt", spec=spec, arch_file=tmp_path / "net.py", arch_class="Net",
                         trust_code=True)
     saved = save_model(bundle, tmp_path / "saved.safetensors")
-    assert evaluate(load_model(saved, arch_file=tmp_path / "net.py", arch_class="Net", trust_code=True), digits,
-                    resamples=0).warnings == []
+    same = evaluate(load_model(saved, arch_file=tmp_path / "net.py", arch_class="Net", trust_code=True), digits,
+                    resamples=0)
+    assert not any("code" in w for w in same.warnings)  # (an untrained model: it never predicts some digits)
     (tmp_path / "net.py").write_text(code.replace("x.flatten(1)", "x.flatten(1) * 2"))
     ev = evaluate(load_model(saved, arch_file=tmp_path / "net.py", arch_class="Net", trust_code=True), digits,
                   resamples=0)

@@ -95,6 +95,11 @@ def bundle_from_state(state: dict, spec: ModelSpec, source: str = "", fmt: str =
     return ModelBundle(model, spec, source, fmt)
 
 
+def loadable_suffixes() -> tuple[str, ...]:
+    """The file suffixes models are read from (`.safetensors`, state dicts and every registered loader's)."""
+    return tuple(sorted({".safetensors", *TORCH_SUFFIXES, *LOADERS}))
+
+
 def model_suffixes() -> tuple[str, ...]:
     """The file suffixes models are saved as (`.safetensors` and every registered saver's)."""
     return tuple(sorted({".safetensors", *SAVERS}))
@@ -170,9 +175,8 @@ def _load(path: Path, spec, max_bytes: int, arch_file, arch_class, trust_code: b
     elif suffix in LOADERS:
         return LOADERS[suffix](path, spec)
     else:
-        known = sorted({".safetensors", *TORCH_SUFFIXES, *LOADERS})
         raise AuditorError(f"unknown model format {suffix or '(no suffix)'!r} for {path.name}; "
-                           f"known: {', '.join(known)}")
+                           f"known: {', '.join(loadable_suffixes())}")
     _check_finite(state, path)
     return bundle_from_state(state, spec, str(path), fmt)
 
