@@ -197,3 +197,29 @@ def test_fairness_fine_tuning_takes_the_target_of_the_metric_chosen_by_hand(adul
                                                                                        ["equalized_odds <= 0.1"])
     assert none.extras["target"] is None
     assert any(e.get("step") == "note" and "no target for demographic_parity" in e.get("message", "") for e in none.log)
+
+
+def test_finetune_fairness_closes_the_failing_gap_when_another_fairness_requirement_already_holds(adult_mlp, adult):
+    """Requirements as the dashboard's defaults give them: demographic parity first (holding at a loose target),
+    then equalized odds (failing). The editor closed the first one's gap (none: it holds) and changed nothing;
+    every fairness requirement's gap is in its penalty now."""
+    from auditor import evaluate
+
+    reqs = ["demographic_parity <= 0.30", "equalized_odds <= 0.05"]
+    before = evaluate(adult_mlp, adult, reqs)
+    assert before.requirements[0].passed and not before.requirements[1].passed
+    result = get_editor("finetune-fairness", seed=0).edit(adult_mlp, adult, reqs)
+    assert result.changed
+    assert set(result.extras["check_gaps"]) == {"demographic_parity[sex]", "equalized_odds[sex]"}
+    after = evaluate(result.bundle, adult, reqs, resamples=0)
+    assert after.metrics["equalized_odds"] < 0.6 * before.metrics["equalized_odds"]
+    assert after.metrics["demographic_parity"] <= 0.30
+
+
+def test_a_fairness_fine_tune_with_nothing_to_do_says_so(adult_mlp, adult):
+    result = get_editor("finetune-fairness", seed=0).edit(adult_mlp, adult, ["demographic_parity <= 0.5"])
+    assert not result.changed
+    assert any(e.get("step") == "note" and "nothing to fine-tune" in e["message"] for e in result.log)
+    dro = get_editor("finetune-worst-group", seed=0).edit(adult_mlp, adult, ["worst_group_accuracy >= 0.5"])
+    assert not dro.changed
+    assert any(e.get("step") == "note" and "nothing to fine-tune" in e["message"] for e in dro.log)

@@ -32,7 +32,8 @@ from .common import (
 class FairFineTuneHyper:
     strength: float = field(default=0.5, metadata={"help": "weight of the fairness penalty against cross-entropy"})
     metric: str | None = field(default=None, metadata={
-        "help": "demographic_parity / equalized_odds; None: from the requirement",
+        "help": "demographic_parity / equalized_odds; None: every fairness requirement's gap at once (one that "
+                "already holds too, so closing another cannot open it)",
         "choices": ["demographic_parity", "equalized_odds"]})
     target: float | None = field(default=None, metadata={
         "help": "None: the requirement's threshold; no target: run all epochs"})
@@ -65,11 +66,13 @@ class FairFineTuneHyper:
 
 @register_editor
 class FairnessFineTune(Editor):
-    """Fine-tune every weight on cross-entropy + strength * (group gap of the positive probability).
+    """Fine-tune every weight on cross-entropy + strength * (group gaps of the positive probability).
 
-    The protected attribute only weights the training loss; it is never an input. With a target
-    (`demographic_parity <= 0.05`) training stops as soon as `check_split` meets
-    `margin * target`, raising the strength (x `adapt`) after an epoch that did not.
+    The protected attribute only weights the training loss; it is never an input. With targets (every
+    fairness requirement, e.g. `demographic_parity <= 0.05` and `equalized_odds[race] <= 0.1`, each gap in
+    the penalty) training stops as soon as `check_split` meets `margin * target` on each, raising the
+    strength (x `adapt`) after an epoch that did not; when they all hold from the start, nothing is changed
+    and the log says so.
 
     >>> from auditor import load_model, load_data
     >>> from auditor.editors import get_editor
@@ -86,50 +89,74 @@ class FairnessFineTune(Editor):
     def supports(self, bundle, data) -> str | None:
         return fairness_reason(bundle, data)
 
-    def _settings(self, data: AuditData, requirements) -> tuple[str, float | None, str]:
+    def _targets(self, data: AuditData, requirements) -> list[tuple[str, float | None, str]]:
+        """(metric, target, attribute) of every gap to close: each "<=" fairness requirement (a requirement that
+        already holds is kept too, so closing another gap cannot open it), or the one `metric` chosen by hand."""
         hp = self.hparams
-        # the requirement on the chosen metric (the first fairness one was taken, and its target lost when another
-        # metric was chosen by hand)
-        req = find_requirement(requirements, (hp.metric,) if hp.metric else FAIRNESS_METRICS, "<=")
-        metric = hp.metric or (req.metric if req else "demographic_parity")
-        if metric not in FAIRNESS_METRICS:
-            raise AuditorError(f"finetune-fairness: metric {metric!r} is not one of {FAIRNESS_METRICS}")
-        target = hp.target if hp.target is not None else (req.threshold if req and req.metric == metric else None)
-        attribute = hp.attribute or (req.attribute if req and req.attribute else None) or data.protected[0]
-        return metric, target, attribute
+        reqs = [r for r in requirements if r.metric in ((hp.metric,) if hp.metric else FAIRNESS_METRICS)
+                and r.op == "<="]
+        if hp.metric and hp.metric not in FAIRNESS_METRICS:
+            raise AuditorError(f"finetune-fairness: metric {hp.metric!r} is not one of {FAIRNESS_METRICS}")
+        if not reqs:  # no requirement on the metric: its gap, toward `target` when one is set
+            return [(hp.metric or "demographic_parity", hp.target, hp.attribute or data.protected[0])]
+        out = []
+        for r in reqs:
+            key = (r.metric, hp.target if hp.target is not None else r.threshold,
+                   hp.attribute or r.attribute or data.protected[0])
+            if key not in out:
+                out.append(key)
+        return out
 
     def _edit(self, model, data, requirements, device, callback, *, log, **_):
         hp = self.hparams
-        metric, target, attribute = self._settings(data, requirements)
+        targets = self._targets(data, requirements)
         if hp.strength < 0 or hp.epochs < 1 or not 0 < hp.margin <= 1:
             raise AuditorError("finetune-fairness: strength must be >= 0, epochs >= 1 and 0 < margin <= 1; "
                                f"got {hp.strength}, {hp.epochs}, {hp.margin}")
         gen = torch.Generator().manual_seed(hp.seed)
         tr = data.train
         rows = sample_rows(len(tr), hp.rows, gen)
-        g_all, names = group_codes(data, attribute, "train")
-        X, y, g = tr.X[rows].to(device), tr.y[rows].to(device), g_all[rows].to(device)
+        X, y = tr.X[rows].to(device), tr.y[rows].to(device)
         checked = data.split(hp.check_split)
         vX, vy = checked.X, checked.y.numpy()
-        vg = pd.Series(checked.groups[attribute]).astype(str).to_numpy()
-        sizes = group_sizes(vy, vg)
-        rates = ("selection_rate",) if metric == "demographic_parity" else ("true_positive_rate", "false_positive_rate")
+        codes, seen = {}, {}  # per attribute: training rows' group codes and count; check rows' groups and sizes
+        for _m, _t, attribute in targets:
+            if attribute not in codes:
+                g_all, names = group_codes(data, attribute, "train")
+                codes[attribute] = (g_all[rows].to(device), len(names))
+                vg = pd.Series(checked.groups[attribute]).astype(str).to_numpy()
+                seen[attribute] = (vg, group_sizes(vy, vg))
+        has_target = all(t is not None for _m, t, _a in targets)
 
-        def check() -> tuple[float, float]:
-            """The gap as the audit's metric takes it: groups under `min_group` left out (all kept when fewer
-            than two are large enough)."""
+        def check() -> tuple[list[float], float]:
+            """Each target's gap as the audit's metric takes it (groups under `min_group` left out, all kept when
+            fewer than two are large enough), and the accuracy, on the check rows."""
             pred = predict_logits(model, vX).argmax(1).numpy()
-            table = group_table(vy, pred, vg)
-            return max(gap_over(table, sizes, r, hp.min_group) for r in rates), float((pred == vy).mean())
+            gaps = []
+            for metric, _t, attribute in targets:
+                vg, sizes = seen[attribute]
+                table = group_table(vy, pred, vg)
+                rates = (("selection_rate",) if metric == "demographic_parity"
+                         else ("true_positive_rate", "false_positive_rate"))
+                gaps.append(max(gap_over(table, sizes, r, hp.min_group) for r in rates))
+            return gaps, float((pred == vy).mean())
 
-        gap0, acc0 = check()
-        if target is None:
+        def met(gaps) -> bool:
+            return has_target and all(g <= hp.margin * t for g, (_m, t, _a) in zip(gaps, targets))
+
+        def named(gaps) -> dict:
+            return {f"{m}[{a}]": g for g, (m, _t, a) in zip(gaps, targets)}
+
+        gaps0, acc0 = check()
+        metric, target, attribute = targets[0]
+        if not has_target:
             log.append({"step": "note", "message": f"no target for {metric} (no '{metric} <= ...' requirement and no "
                                                    f"target setting): all {hp.epochs} epochs run at a fixed strength"})
         floor_req = find_requirement(requirements, ("accuracy",), ">=")
         floor = hp.min_accuracy if hp.min_accuracy is not None else (floor_req.threshold if floor_req else None)
         log.append({"step": 0, "metric": metric, "attribute": attribute, "check_split": hp.check_split,
-                    "check_gap": gap0, "check_accuracy": acc0, "strength": hp.strength, "accuracy_floor": floor})
+                    "check_gap": gaps0[0], "check_gaps": named(gaps0), "check_accuracy": acc0,
+                    "strength": hp.strength, "accuracy_floor": floor})
         kept = {k: v.detach().clone() for k, v in model.state_dict().items()}  # the last state above the floor
         floored = False
 
@@ -141,12 +168,13 @@ class FairnessFineTune(Editor):
                 return False
             model.load_state_dict(kept)
             return True
-        if target is not None and gap0 <= hp.margin * target:
-            return {"metric": metric, "attribute": attribute, "target": target, "check_gap": gap0,
-                    "check_accuracy": acc0, "steps": 0, "strength": hp.strength, "reached": True}
-        extra = {"min_count": max(1, hp.min_group_rows)}
-        if metric == "equalized_odds":
-            extra["reduce"] = "sum"  # gradients reach both the TPR and the FPR gap at every step
+        if met(gaps0):
+            said = ", ".join(f"{k} {100 * g:.2f} pp" for k, g in named(gaps0).items())
+            log.append({"step": "note", "message": f"nothing to fine-tune: on the {hp.check_split} rows every gap is "
+                                                   f"already within {hp.margin:g} x its target ({said})"})
+            return {"metric": metric, "attribute": attribute, "target": target, "check_gap": gaps0[0],
+                    "check_gaps": named(gaps0), "check_accuracy": acc0, "steps": 0, "strength": hp.strength,
+                    "reached": True}
         opt = torch.optim.Adam(model.parameters(), lr=hp.lr)
         zeros = ZerosKept(model.parameters())  # pruned or dropped inputs stay out
         if zeros.count:
@@ -155,48 +183,54 @@ class FairnessFineTune(Editor):
         n_batches = math.ceil(len(X) / hp.batch_size)
         check_every = max(1, n_batches // max(1, hp.checks_per_epoch))
         strength, steps, reached = float(hp.strength), 0, False
-        gap, acc = gap0, acc0
+        gaps, acc = gaps0, acc0
         model.train()
         for epoch in range(hp.epochs):
             for b, idx in enumerate(batches(len(X), hp.batch_size, gen)):
                 logits = model(X[idx])
                 p = surrogates.positive_probability(logits)
-                penalty = surrogates.fairness_gap(metric, p, y[idx], g[idx], len(names), **extra)
+                penalty = 0.0
+                for metric_i, _t, attribute_i in targets:  # every gap, so closing one cannot open another
+                    g, n_groups = codes[attribute_i]
+                    extra = {"min_count": max(1, hp.min_group_rows)}
+                    if metric_i == "equalized_odds":
+                        extra["reduce"] = "sum"  # gradients reach both the TPR and the FPR gap at every step
+                    penalty = penalty + surrogates.fairness_gap(metric_i, p, y[idx], g[idx], n_groups, **extra)
                 loss = nn.functional.cross_entropy(logits, y[idx]) + strength * penalty
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 zeros()
                 steps += 1
-                if target is not None and ((b + 1) % check_every == 0 or b + 1 == n_batches):
-                    gap, acc = check()
+                if has_target and ((b + 1) % check_every == 0 or b + 1 == n_batches):
+                    gaps, acc = check()
                     model.train()
                     if under_floor(acc):
                         floored = True
                         break
-                    if gap <= hp.margin * target:
+                    if met(gaps):
                         reached = True
                         break
-            if target is None:
-                gap, acc = check()
+            if not has_target:
+                gaps, acc = check()
                 model.train()
                 floored = under_floor(acc)
-            log.append({"step": steps, "epoch": epoch + 1, "check_gap": gap, "check_accuracy": acc,
-                        "strength": strength, "loss": float(loss.detach())})
-            callback((epoch + 1) / hp.epochs, f"epoch {epoch + 1}/{hp.epochs}: {hp.check_split} {metric} {gap:.3f}")
+            log.append({"step": steps, "epoch": epoch + 1, "check_gap": gaps[0], "check_gaps": named(gaps),
+                        "check_accuracy": acc, "strength": strength, "loss": float(loss.detach())})
+            callback((epoch + 1) / hp.epochs, f"epoch {epoch + 1}/{hp.epochs}: {hp.check_split} {metric} {gaps[0]:.3f}")
             if floored:
-                gap, acc = check()
+                gaps, acc = check()
                 log.append({"step": "note", "message": f"stopped at the accuracy floor {floor:g}: the check accuracy "
                                                        f"fell under it, so the last state above it is kept ("
-                                                       f"{hp.check_split} {metric} {gap:.3f}, accuracy {acc:.3f})"})
+                                                       f"{hp.check_split} {metric} {gaps[0]:.3f}, accuracy {acc:.3f})"})
                 break
             if reached:
                 break
-            if target is not None:
+            if has_target:
                 strength *= max(1.0, float(hp.adapt))
         model.eval()
         for prm in model.parameters():
             prm.grad = None
-        return {"metric": metric, "attribute": attribute, "target": target, "check_gap": gap,
-                "check_accuracy": acc, "steps": steps, "strength": strength, "accuracy_floor": floor,
-                "stopped_at_floor": floored, "reached": reached if target is not None else None}
+        return {"metric": metric, "attribute": attribute, "target": target, "check_gap": gaps[0],
+                "check_gaps": named(gaps), "check_accuracy": acc, "steps": steps, "strength": strength,
+                "accuracy_floor": floor, "stopped_at_floor": floored, "reached": reached if has_target else None}

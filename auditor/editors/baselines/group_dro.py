@@ -131,6 +131,11 @@ class GroupDROFineTune(Editor):
                                                    f">= ...' requirement and no target setting): all {hp.epochs} "
                                                    "epochs run"})
         elif low0 >= target:
+            log.append({"step": "note", "message": f"nothing to fine-tune: on the {hp.check_split} rows the worst "
+                                                   f"group ({which0}) already has {100 * worst0:.2f} % accuracy, "
+                                                   f"at least {100 * target:.2f} %"
+                                                   + ("" if hp.confidence <= 0 else
+                                                      f" at the low end of its {100 * hp.confidence:g} % interval")})
             return {"attributes": attrs, "target": target, "check_worst_group_accuracy": worst0, "steps": 0,
                     "reached": True}
         kept = {k: v.detach().clone() for k, v in model.state_dict().items()}
