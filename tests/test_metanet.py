@@ -379,3 +379,35 @@ def test_a_one_logit_model_is_edited_as_the_two_output_mlp_it_equals(adult):
 
     assert "one-logit model" in why_no_editor_training(one, adult, "sparsity")
     assert why_no_editor_training(one, adult, "demographic_parity") is None
+
+
+class _OneLogitScorer(torch.nn.Module):
+    """A vendor's own class trained with BCEWithLogitsLoss: Linear -> ReLU -> Linear -> ReLU -> Linear(., 1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2, self.l3 = torch.nn.Linear(100, 64), torch.nn.Linear(64, 32), torch.nn.Linear(32, 1)
+
+    def forward(self, x):
+        return self.l3(torch.relu(self.l2(torch.relu(self.l1(x)))))
+
+
+def test_a_users_own_one_logit_mlp_class_is_read_through_its_own_forward(adult):
+    """The [0, z] reading around a one-logit model of the user's class is the auditor's, not the model's: the
+    metanetwork reads the class's own forward (it was refused for applying 'zeros_like'), and the whole model
+    still traces (torch.fx, for the splits the editors use)."""
+    from auditor.editors.metanet.graph import mlp_layers
+    from auditor.models.custom import read_single_logit
+
+    one = _one_logit(load_model(ROOT / "sample_models" / "adult_mlp.safetensors"))
+    sd = one.model.state_dict()
+    mine = _OneLogitScorer()
+    mine.load_state_dict({f"{new}.{p}": sd[f"{old}.{p}"] for new, old in (("l1", "fc1"), ("l2", "fc2"), ("l3", "out"))
+                          for p in ("weight", "bias")})
+    users = ModelBundle(read_single_logit(mine.eval()), one.spec)
+    torch.fx.symbolic_trace(users.model)
+    assert [n for n, _ in mlp_layers(users.model)] == ["l1", "l2", "l3"]
+    assert get_editor("metanet-fairness").supports(users, adult) is None
+    result = get_editor("metanet-fairness").edit(users, adult, ["demographic_parity <= 0.05"])
+    assert result.bundle.model.l3.weight.shape == (1, 32)
+    assert compute_metrics(result.bundle.model, adult, "test").metrics["demographic_parity"] <= 0.05

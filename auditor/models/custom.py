@@ -11,6 +11,7 @@ plus any constructor arguments (every other key of `arch` is passed to the class
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import importlib.util
 import inspect
@@ -209,6 +210,7 @@ def _swap_forward(model: nn.Module, marker: str, value, after) -> nn.Module:
         base = base.__mro__[1]
     cls = _SWAPPED.get((base, marker, value))
     if cls is None:
+        @functools.wraps(base.forward)  # torch.fx reads the base forward's arguments through __wrapped__
         def forward(self, *args, **kwargs):
             return after(base.forward(self, *args, **kwargs))
 

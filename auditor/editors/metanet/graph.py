@@ -13,6 +13,7 @@ non-zero). Edge features (3): w, w * std(source activation), w * mean(source act
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -79,7 +80,12 @@ def _traced_steps(model: nn.Module) -> list[tuple[str, nn.Module]]:
     its input to its output (a functional relu counts as a ReLU layer); else an AuditorError."""
     import torch.fx
 
+    from ...models.custom import reads_single_logit
+
     name = type(model).__name__
+    if reads_single_logit(model):  # the model's own forward (one logit), not the [0, z] reading around it
+        model = copy.copy(model)
+        model.__class__ = type(model).__mro__[1]
     try:
         graph = torch.fx.symbolic_trace(model).graph
     except Exception as exc:  # noqa: BLE001 - any trace failure: the model is not read as an MLP
