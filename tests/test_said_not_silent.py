@@ -531,6 +531,34 @@ def test_a_float_coded_target_takes_positive_1_and_a_semicolon_file_is_read_and_
     assert list(csv_columns(raw).columns) == list(frame.columns) and csv_values(raw, "gender")
 
 
+
+def test_a_windows_1252_csv_as_excel_saves_it_is_read_and_said(tmp_path):
+    """Excel on Windows saves "CSV" in Windows-1252 (with ';' and decimal commas in German locales): accented
+    group names and a '€' in a column name are read as written, and every result says how; a file that is
+    neither UTF-8 nor Windows-1252 is refused naming the fix."""
+    from auditor.audit.uploads import csv_columns, csv_values
+    from auditor.data import load_csv
+
+    frame = pd.concat(_frames().values(), ignore_index=True)
+    frame["gender"] = frame["gender"].map({"F": "weiblich", "M": "männlich"})
+    frame = frame.rename(columns={"age": "Schulden (€)"})
+    frame.to_csv(tmp_path / "utf8.csv", index=False)
+    frame.to_csv(tmp_path / "excel.csv", index=False, sep=";", encoding="cp1252", lineterminator="\r\n")
+    schema = TabularSchema(target="approved", positive="yes", protected=["gender"], categorical=["job"])
+    plain, excel = load_csv(tmp_path / "utf8.csv", schema), load_csv(tmp_path / "excel.csv", schema)
+    assert any("excel.csv was read as ';'-separated" in n and "as Windows-1252 text" in n for n in excel.notes)
+    assert not any("Windows-1252" in n for n in plain.notes)
+    assert excel.feature_names == plain.feature_names and "Schulden (€)" in excel.feature_names
+    for split in ("train", "val", "test"):
+        assert torch.equal(excel.split(split).X, plain.split(split).X)
+        assert list(excel.split(split).groups["gender"]) == list(plain.split(split).groups["gender"])
+    raw = (tmp_path / "excel.csv").read_bytes()  # the dashboard's column pickers read it alike
+    assert "Schulden (€)" in csv_columns(raw).columns and csv_values(raw, "gender") == ["männlich", "weiblich"]
+    (tmp_path / "other.csv").write_bytes("a,b,y\n1,".encode() + b"\x81\x8d" + b",1\n")  # neither encoding
+    with pytest.raises(AuditorError, match="neither UTF-8 nor Windows-1252 text; save it as UTF-8"):
+        load_csv(tmp_path / "other.csv", TabularSchema(target="y"))
+
+
 SINGLE_LOGIT_NET = '''
 import torch
 from torch import nn

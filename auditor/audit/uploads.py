@@ -53,11 +53,13 @@ def read_upload(data: bytes, filename: str, directory: str | Path) -> Path:
 
 def csv_columns(data: bytes) -> pd.DataFrame:
     """The first rows of an uploaded CSV, to offer its columns as schema choices."""
-    from ..data.tabular import csv_dialect
+    from ..data.tabular import csv_dialect, text_encoding
 
     sep, decimal = csv_dialect(data[:1 << 16])
+    encoding = text_encoding([data], "the uploaded file")
     try:
-        return pd.read_csv(io.BytesIO(data), nrows=200, skipinitialspace=True, sep=sep, decimal=decimal)
+        return pd.read_csv(io.BytesIO(data), nrows=200, skipinitialspace=True, sep=sep, decimal=decimal,
+                           encoding=encoding)
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
         raise AuditorError(f"the uploaded file is not a readable CSV: {str(exc).splitlines()[0][:160]}") from None
 
@@ -65,11 +67,13 @@ def csv_columns(data: bytes) -> pd.DataFrame:
 def csv_values(data: bytes, column: str, limit: int = 1000) -> list[str]:
     """The distinct values of one column over every row of an uploaded CSV (as text, sorted; at most
     `limit`), to offer as the positive label: the first rows may hold only one outcome."""
-    from ..data.tabular import csv_dialect
+    from ..data.tabular import csv_dialect, text_encoding
 
     sep, _ = csv_dialect(data[:1 << 16])
+    encoding = text_encoding([data], "the uploaded file")
     try:
-        col = pd.read_csv(io.BytesIO(data), usecols=[column], dtype=str, skipinitialspace=True, sep=sep)[column]
+        col = pd.read_csv(io.BytesIO(data), usecols=[column], dtype=str, skipinitialspace=True, sep=sep,
+                          encoding=encoding)[column]
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
         raise AuditorError(f"the uploaded file is not a readable CSV: {str(exc).splitlines()[0][:160]}") from None
     return sorted(col.dropna().str.strip().unique().tolist())[:limit]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import io
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -508,12 +509,56 @@ def csv_dialect(head: bytes) -> tuple[str, str]:
     return sep, "," if comma else "."
 
 
-def dialect_note(name: str, sep: str, decimal: str) -> str | None:
-    """What `csv_dialect` found, said with every result read from the file; None for a plain CSV."""
-    if sep == ",":
-        return None
-    return (f"{name} was read as {_SEPARATORS[sep]}-separated" + (" with ',' as the decimal mark" if decimal == ","
-                                                                 else "") + " (its header line holds no comma)")
+def text_encoding(chunks: Iterable[bytes], name: str) -> str:
+    """"utf-8" when the file's bytes are UTF-8 (a byte-order mark allowed), else "cp1252" when they are
+    Windows-1252 text (what Excel on Windows saves as CSV in western locales); else an error that names the
+    file and the fix."""
+    import codecs
+
+    utf8, western = codecs.getincrementaldecoder("utf-8")(), codecs.getincrementaldecoder("cp1252")()
+    ok_utf8 = ok_western = True
+    for chunk in chunks:
+        if ok_utf8:
+            try:
+                utf8.decode(chunk)
+            except UnicodeDecodeError:
+                ok_utf8 = False
+        if ok_western:
+            try:
+                western.decode(chunk)
+            except UnicodeDecodeError:
+                ok_western = False
+        if not ok_utf8 and not ok_western:
+            break
+    if ok_utf8:
+        try:
+            utf8.decode(b"", final=True)  # a character cut at the very end
+            return "utf-8"
+        except UnicodeDecodeError:
+            pass
+    if ok_western:
+        return "cp1252"
+    raise AuditorError(f"data file {name} is neither UTF-8 nor Windows-1252 text; save it as UTF-8 (in Excel: "
+                       "'CSV UTF-8 (Comma delimited)')")
+
+
+def file_chunks(path: Path, size: int = 1 << 20):
+    with open(path, "rb") as f:
+        while chunk := f.read(size):
+            yield chunk
+
+
+def dialect_note(name: str, sep: str, decimal: str, encoding: str = "utf-8") -> str | None:
+    """What `csv_dialect` and `text_encoding` found, said with every result read from the file; None for a
+    plain UTF-8 CSV."""
+    parts = []
+    if sep != ",":
+        parts.append(f"as {_SEPARATORS[sep]}-separated" + (" with ',' as the decimal mark" if decimal == "," else "")
+                     + " (its header line holds no comma)")
+    if encoding == "cp1252":
+        parts.append("as Windows-1252 text (it is not UTF-8: accented letters and symbols such as 'é' or '€' are "
+                     "read as Excel on Windows writes them)")
+    return f"{name} was read " + " and ".join(parts) if parts else None
 
 
 def read_csv(path: str | Path) -> pd.DataFrame:
@@ -524,13 +569,14 @@ def read_csv(path: str | Path) -> pd.DataFrame:
     if path.suffix.lower() != ".parquet" and path.is_file():
         check_columns(path)
     sep, decimal = ",", "."
+    encoding = text_encoding(file_chunks(path), path.name) if path.suffix.lower() != ".parquet" else "utf-8"
     try:
         if path.suffix.lower() == ".parquet":
             frame = pd.read_parquet(path)
         else:
             with open(path, "rb") as f:
                 sep, decimal = csv_dialect(f.read(1 << 16))
-            frame = pd.read_csv(path, sep=sep, decimal=decimal, skipinitialspace=True)
+            frame = pd.read_csv(path, sep=sep, decimal=decimal, skipinitialspace=True, encoding=encoding)
     except pd.errors.EmptyDataError:
         raise AuditorError(f"data file {path.name} is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as exc:
@@ -539,13 +585,13 @@ def read_csv(path: str | Path) -> pd.DataFrame:
         raise AuditorError(f"data file {path.name} has a header but no rows")
     if path.suffix.lower() != ".parquet":  # pandas renames a repeated header `x` to `x.1`: refuse instead
         header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, sep=sep,
-                             skipinitialspace=True).iloc[0].tolist()
+                             skipinitialspace=True, encoding=encoding).iloc[0].tolist()
         seen = pd.Series(header).value_counts()
         if (seen > 1).any():
             name = seen.index[0]
             raise AuditorError(f"data file {path.name}: column {name!r} appears {int(seen.iloc[0])} times in "
                                "the header; give every column a distinct name")
-    note = dialect_note(path.name, sep, decimal)
+    note = dialect_note(path.name, sep, decimal, encoding)
     if note:
         frame.attrs["read_as"] = note
     return frame
