@@ -326,3 +326,56 @@ def test_a_graph_that_reads_images_channels_last_is_audited_and_written_back_so(
     again = load_model(out)
     assert again.spec.input["layout"] == "channels_last"
     assert evaluate(again, data).metrics["attack_success_rate"] <= 0.02
+
+
+class _Block(nn.Module):
+    """torchvision's BasicBlock, small: its layer names are the ones a vendor's ResNet has."""
+
+    def __init__(self, cin, cout, stride=1):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+        self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU()
+        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                           if stride != 1 or cin != cout else None)
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class _TinyResNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1, self.relu = nn.Conv2d(1, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU()
+        self.layer1 = nn.Sequential(_Block(8, 8), _Block(8, 8))
+        self.layer2 = nn.Sequential(_Block(8, 16, 2))
+        self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.layer2(self.layer1(self.relu(self.bn1(self.conv1(x)))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def test_a_graph_exported_from_pytorch_keeps_the_vendors_layer_names(tmp_path, digits):
+    """torch's ONNX export scopes each node by the module it came from (`/layer2/layer2.0/downsample/downsample.0/
+    Conv`): the layers are audited under the vendor's own names, in the order the model runs them."""
+    torch.manual_seed(0)
+    net = _TinyResNet().eval()
+    path = tmp_path / "vendor.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.rand(2, 1, 8, 8),), str(path), opset_version=17, dynamo=False,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "b"}, "logits": {0: "b"}})
+    spec = {"arch": {"name": "onnx", "num_classes": 10}, "input": {"kind": "image", "shape": [1, 8, 8]},
+            "class_names": digits.class_names}
+    bundle = load_model(path, spec=spec)
+    assert [n for n, _ in editable_layers(bundle.model)] == [
+        "conv1", "layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1", "layer1.1.conv2", "layer2.0.conv1",
+        "layer2.0.conv2", "layer2.0.downsample.0", "fc"]
+    X = digits.split("test").X[:32]
+    with torch.no_grad():
+        torch.testing.assert_close(bundle.model(X), net(X), atol=1e-5, rtol=1e-4)
+    out = save_model(bundle, tmp_path / "again.onnx")  # written back and read again under the same names
+    assert [n for n, _ in editable_layers(load_model(out).model)] == [n for n, _ in editable_layers(bundle.model)]

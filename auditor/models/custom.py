@@ -185,6 +185,26 @@ def _pick(out, key):
 _SWAPPED: dict = {}  # (base class, marker, value) -> its subclass, made once
 
 
+def nested_module(items: dict) -> nn.Module:
+    """A module holding `items` (dotted name -> module, parameter or tensor) at their names, registered in the
+    order given (a graph's), so that the layers are listed in the order the model runs them."""
+    root = nn.Module()
+    for name, value in items.items():
+        *heads, leaf = name.split(".")
+        parent = root
+        for part in heads:
+            if not hasattr(parent, part):
+                parent.add_module(part, nn.Module())
+            parent = getattr(parent, part)
+        if isinstance(value, nn.Module):
+            parent.add_module(leaf, value)
+        elif isinstance(value, nn.Parameter):
+            parent.register_parameter(leaf, value)
+        else:
+            parent.register_buffer(leaf, value)
+    return root
+
+
 def graph_as_module(gm: torch.fx.GraphModule, name: str) -> nn.Module:
     """`gm` as an ordinary module of a class of its own (called `name`) whose forward is the graph's code, with
     the same layers and tensors under the same names. A `GraphModule` makes a new class for every copy

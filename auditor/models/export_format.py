@@ -470,9 +470,9 @@ class _Builder:
             raise AuditorError(f"{self.name}: the graph never computes its output {self.output!r}")
         self.graph.output(self.fetch(self.values[self.output]))
         self.graph.lint()
-        from .custom import graph_as_module
+        from .custom import graph_as_module, nested_module
 
-        return graph_as_module(torch.fx.GraphModule(_nested(self.root), self.graph), "ExportedModel")
+        return graph_as_module(torch.fx.GraphModule(nested_module(self.root), self.graph), "ExportedModel")
 
     def bind(self, outputs: list, result, many: bool) -> None:
         if len(outputs) == 1 and "as_tensors" not in outputs[0]:
@@ -507,24 +507,6 @@ def _training_mode(graph: dict, signature: dict) -> bool:
         if key and any(a.get("name") == key and a.get("arg", {}).get("as_bool") for a in node.get("inputs", [])):
             return True
     return False
-
-
-def _nested(items: dict) -> nn.Module:
-    """A module holding `items` (dotted name -> module or tensor) at their names, registered in the order given
-    (the graph's), so that the layers are listed in the order the model runs them."""
-    root = nn.Module()
-    for name, value in items.items():
-        *heads, leaf = name.split(".")
-        parent = root
-        for part in heads:
-            if not hasattr(parent, part):
-                parent.add_module(part, nn.Module())
-            parent = getattr(parent, part)
-        if isinstance(value, nn.Module):
-            parent.add_module(leaf, value)
-        else:
-            parent.register_buffer(leaf, value)
-    return root
 
 
 def _tensor_names(a: dict):

@@ -175,23 +175,48 @@ def _clean_name(name: str) -> str:
     return out or "layer"
 
 
+def _module_path(name: str) -> str | None:
+    """The PyTorch module a layer of torch's ONNX export came from, from the scopes in its name as onnx2torch
+    keeps them (dots made slashes): `layer4/layer4/0/downsample/downsample/0/Conv` (the export's
+    `/layer4/layer4.0/downsample/downsample.0/Conv`, a container's child scoped `parent.index`) ->
+    `layer4.0.downsample.0`; None when the name holds no scope."""
+    parts = [p for p in str(name).split("/") if p][:-1]
+    if not parts:
+        return None
+    path = [p for i, p in enumerate(parts) if i == 0 or p != parts[i - 1]]
+    pieces = [re.sub(r"[^0-9A-Za-z_]", "_", p) for p in path]
+    return ".".join(pieces)
+
+
+def _unique(base: str, taken) -> str:
+    name, i = base, 1
+    while name in taken:
+        i += 1
+        name = f"{base}_{i}"
+    return name
+
+
 def _tidy(gm: torch.fx.GraphModule) -> nn.Module:
-    """Readable layer names; a plain chain of layers becomes an `nn.Sequential`."""
+    """Readable layer names; a plain chain of layers becomes an `nn.Sequential`. Other graphs name each layer
+    as the module it was exported from (`layer4.0.conv1`, for torch's export), nested as in that module."""
     nodes = list(gm.graph.nodes)
     calls = [n for n in nodes if n.op == "call_module"]
     names: dict[str, str] = {}
-    for n in calls:
-        base = _clean_name(n.target)
-        name, i = base, 1
-        while name in names.values():
-            i += 1
-            name = f"{base}_{i}"
-        names[n.target] = name
     chain = (len(nodes) == len(calls) + 2 and nodes[0].op == "placeholder" and nodes[-1].op == "output"
              and all(n.args == (prev,) and not n.kwargs for prev, n in zip([nodes[0], *calls], calls))
              and nodes[-1].args in ((calls[-1],), ((calls[-1],),)) if calls else False)
     if chain:
+        for n in calls:
+            names[n.target] = _unique(_clean_name(n.target), names.values())
         return nn.Sequential(OrderedDict((names[n.target], gm.get_submodule(n.target)) for n in calls))
+    paths = {n.target: _module_path(n.target) or _clean_name(n.target).lower() for n in calls}
+    prefixes = {".".join(p.split(".")[:k]) for p in paths.values() for k in range(1, p.count(".") + 1)}
+    for n in calls:  # an operation of a container's own forward (a residual block's Add): under its op's name
+        if paths[n.target] in prefixes:
+            op = re.sub(r"[^0-9A-Za-z_]", "_", str(n.target).rsplit("/", 1)[-1]).lower() or "op"
+            paths[n.target] = f"{paths[n.target]}.{op}"
+    for n in calls:
+        names[n.target] = _unique(paths[n.target], set(names.values()) | prefixes)
     gm = copy.deepcopy(gm)
     root: dict = {}
     for n in gm.graph.nodes:
@@ -200,9 +225,9 @@ def _tidy(gm: torch.fx.GraphModule) -> nn.Module:
             n.target = names[n.target]
         elif n.op == "get_attr":
             root[n.target] = operator.attrgetter(n.target)(gm)
-    from .custom import graph_as_module
+    from .custom import graph_as_module, nested_module
 
-    return graph_as_module(torch.fx.GraphModule(root, gm.graph, class_name="OnnxModel"), "OnnxModel")
+    return graph_as_module(torch.fx.GraphModule(nested_module(root), gm.graph, class_name="OnnxModel"), "OnnxModel")
 
 
 def _probe_shape(spec: ModelSpec, dims: list) -> list[int]:
@@ -271,6 +296,35 @@ def _convert(proto, spec: ModelSpec, name: str):
     if "mean/var output" in str(first):  # BatchNormalization with its training outputs
         hint += "; the graph was exported in training mode: call model.eval() before torch.onnx.export"
     raise AuditorError(f"{name}: an ONNX operator is not supported: {str(first)[:200]}{hint}") from None
+
+
+def _inline_identities(proto):
+    """The graph with every Identity of a weight replaced by a copy of that weight under the Identity's output
+    name. torch's exporter shares equal weights that way (two convolutions whose folded biases are both zero),
+    and onnx2torch reads a convolution's weights only from the graph's initializers."""
+    inputs = {i.name for i in proto.graph.input}
+
+    def of_weight(node) -> bool:
+        return (node.op_type == "Identity" and len(node.input) == 1 and node.input[0] in inits
+                and node.input[0] not in inputs)
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    if not any(of_weight(n) for n in proto.graph.node):
+        return proto
+    proto = copy.deepcopy(proto)
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    keep = []
+    for node in graph.node:
+        if of_weight(node):
+            twin = copy.deepcopy(inits[node.input[0]])
+            twin.name = node.output[0]
+            graph.initializer.append(twin)
+        else:
+            keep.append(node)
+    del graph.node[:]
+    graph.node.extend(keep)
+    return proto
 
 
 _HALF_TYPES = {10: "float16", 16: "bfloat16"}  # TensorProto.FLOAT16, TensorProto.BFLOAT16
@@ -371,6 +425,7 @@ def load_onnx(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelBu
     _check_input_matches(spec, dims, path.name)
     if len(dims) == 2 and dims[1] and "in_features" not in spec.arch:
         spec.arch["in_features"] = int(dims[1])
+    proto = _inline_identities(proto)
     proto, half = _as_float32(proto)  # computed in float32 like every model; written back in float32
     spec.weights_dtype = half
     try:
@@ -439,6 +494,40 @@ def _rename_value(graph, old: str, new: str) -> None:
                     field[i] = new
 
 
+_STAND_IN = re.compile(r"^auditor_layer_\d+$")
+
+
+def _flat_for_export(model: nn.Module) -> tuple[nn.Module, dict[str, str]]:
+    """A graph model whose layers sit at dotted names (`layer1.0.conv1`, as read from a vendor's graph) as one
+    whose layers sit at stand-in names at its top, and the stand-in -> dotted name map. torch's exporter scopes a
+    layer by how it is called, and the graph's code calls every layer from the top, so the written nodes would
+    be named by the last part alone (`conv1_1`); with the map, `_name_nodes` gives them their place back."""
+    graph = getattr(type(model), "fx_graph", None)
+    targets = [n.target for n in graph.nodes if n.op == "call_module"] if graph is not None else []
+    if not any("." in t for t in targets):
+        return model, {}
+    stand = {t: f"auditor_layer_{i}" for i, t in enumerate(dict.fromkeys(targets))}
+    graph = copy.deepcopy(graph)
+    root: dict = {}
+    for n in graph.nodes:
+        if n.op == "call_module":
+            root[stand[n.target]] = model.get_submodule(n.target)
+            n.target = stand[n.target]
+        elif n.op == "get_attr":
+            root[n.target] = operator.attrgetter(n.target)(model)
+    return torch.fx.GraphModule(root, graph), {v: k for k, v in stand.items()}
+
+
+def _name_nodes(proto, places: dict[str, str]) -> None:
+    """Name each node a stand-in layer made after the layer's place (`/layer1/0/conv1/Conv`), as `_module_path`
+    reads it back."""
+    for node in proto.graph.node:
+        parts = node.name.split("/")
+        hit = next((p for p in parts if _STAND_IN.match(p) and p in places), None)
+        if hit is not None:
+            node.name = "/" + "/".join(places[hit].split(".")) + "/" + parts[-1]
+
+
 def export_onnx(bundle: ModelBundle, path: str | os.PathLike, extra_metadata: dict | None = None, *,
                 verify: bool = True, atol: float = 1e-4) -> Path:
     """Write `bundle` as a self-contained `.onnx` file (spec and history in its metadata).
@@ -456,6 +545,7 @@ def export_onnx(bundle: ModelBundle, path: str | os.PathLike, extra_metadata: di
         from .custom import single_logit_base
 
         single_logit_base(model)
+    model, places = _flat_for_export(model)
     shape = _input_shape(bundle)
     if bundle.spec.input.get("layout") == "channels_last":  # written back with the vendor's (N, H, W, C) input
         model, shape = ChannelsLastInput(model).eval(), [shape[1], shape[2], shape[0]]
@@ -481,6 +571,7 @@ def export_onnx(bundle: ModelBundle, path: str | os.PathLike, extra_metadata: di
                               input_names=[names[input_name]], output_names=[names[output_name]],
                               dynamic_axes={names[input_name]: {0: "batch"}, names[output_name]: {0: "batch"}})
         proto = onnx.load_model(str(tmp))
+        _name_nodes(proto, places)
         for name, stand_in in names.items():
             if stand_in != name:
                 _rename_value(proto.graph, stand_in, name)
