@@ -403,8 +403,15 @@ def fairness_layers(model: nn.Module, X: torch.Tensor, groups, *, positive: int 
         hi_rows = rng.choice(np.flatnonzero((g == high).to_numpy()), size=n_pairs, replace=True)
         lo_rows = rng.choice(np.flatnonzero((g == low).to_numpy()), size=n_pairs, replace=True)
         xi, xb = X[hi_rows], X[lo_rows]
-        named = dict(memory_layers(model))
-        names = list(layers) if layers is not None else list(named)
+        used = used_layers(model, X)
+        names = list(layers) if layers is not None else used  # a layer the forward never calls is not ranked
+        unused = [n for n in names if n not in used]
+        if unused:
+            raise AuditorError(f"layer(s) {', '.join(map(repr, unused))} are not called by the model's forward pass "
+                               "(a weight read directly, as nn.MultiheadAttention reads its out_proj), so nothing "
+                               f"flows through them to attribute; the model's layers that are: {used}")
+        if not names:
+            raise AuditorError("the model has no Linear or ungrouped Conv2d layer its forward pass calls")
         rows = []
         with hook_guard(model):
             for name in names:

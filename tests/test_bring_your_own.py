@@ -468,3 +468,63 @@ def test_spec_init_reads_the_sizes_of_a_class_whose_defaults_build_another(tabul
     spec = json.loads(spec_path.read_text())
     assert spec["arch"]["in_features"] == 3 and spec["arch"]["num_classes"] == 2
     assert "constructor arguments read off the weights: in_features=3, num_classes=2" in out
+
+
+TRANSFORMER_NET = '''
+import torch
+import torch.nn as nn
+
+
+class TabTransformer(nn.Module):
+    """Each input embedded by its own weight and bias, a [CLS] token, a transformer encoder layer."""
+
+    def __init__(self, n_features=3, d=8):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_features, d) * 0.3)
+        self.bias = nn.Parameter(torch.zeros(n_features, d))
+        self.cls = nn.Parameter(torch.zeros(1, 1, d))
+        self.encoder = nn.TransformerEncoderLayer(d, 2, dim_feedforward=16, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(d, 2)
+
+    def forward(self, x):
+        tokens = torch.cat([self.cls.expand(len(x), -1, -1), x.unsqueeze(-1) * self.weight + self.bias], 1)
+        return self.head(self.encoder(tokens)[:, 0])
+'''
+
+
+def test_a_tabular_transformer_of_the_users_own_is_localized_and_fine_tuned_for_fairness(tabular, capsys):
+    """Not an MLP: its attention's out_proj is a Linear the forward never calls (nn.MultiheadAttention reads its
+    weight), which Localize skipped nowhere (Captum: "Forward hook did not obtain any outputs") and the fairness
+    editors refused the model for ("reads 8 inputs": its first Linear is inside the encoder)."""
+    import importlib.util as iu
+
+    tmp = tabular["dir"]
+    (tmp / "tabtr.py").write_text(TRANSFORMER_NET)
+    spec_ = iu.spec_from_file_location("tabtr_user", tmp / "tabtr.py")
+    mod = iu.module_from_spec(spec_)
+    spec_.loader.exec_module(mod)
+    torch.manual_seed(0)
+    net = mod.TabTransformer()
+    X = (tabular["X"] - tabular["X"].mean(0)) / tabular["X"].std(0)
+    y = torch.tensor([1 if v else 0 for v in (tabular["model"](tabular["X"]).argmax(1) == 1)])
+    opt = torch.optim.Adam(net.parameters(), lr=0.02)
+    for _ in range(150):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(X), y).backward()
+        opt.step()
+    torch.save(net.eval().state_dict(), tmp / "tabtr.pt")
+    code = ["--arch-file", tmp / "tabtr.py", "--arch-class", "TabTransformer", "--trust-code"]
+    rc, out, err = _run(["spec", "init", tmp / "tabtr.pt", tabular["csv"], *CSV_ARGS, *code,
+                         "--out", tmp / "tabtr.json", "--force"], capsys)
+    assert rc == 0, err
+    rc, out, err = _run(["audit", tmp / "tabtr.pt", tabular["csv"], *CSV_ARGS, *code, "--spec", tmp / "tabtr.json",
+                         "--require", "demographic_parity <= 0.05", "--editor", "finetune-fairness",
+                         "--baselines", "none", "--json", tmp / "tabtr_report.json", "--no-log"], capsys)
+    assert rc in (0, 1), err
+    report = json.loads((tmp / "tabtr_report.json").read_text())
+    ranked = [r["layer"] for r in report["localization"]["layers"]]
+    assert ranked and not any(n.endswith("out_proj") for n in ranked)
+    before = report["requirements"][0]["before"]["value"]
+    after = report["requirements"][0]["after"]["value"]
+    assert report["edits"] and report["edits"][0]["parameters_changed"] > 0
+    assert after < before

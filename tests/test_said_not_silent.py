@@ -554,7 +554,7 @@ def test_a_windows_1252_csv_as_excel_saves_it_is_read_and_said(tmp_path):
         assert list(excel.split(split).groups["gender"]) == list(plain.split(split).groups["gender"])
     raw = (tmp_path / "excel.csv").read_bytes()  # the dashboard's column pickers read it alike
     assert "Schulden (€)" in csv_columns(raw).columns and csv_values(raw, "gender") == ["männlich", "weiblich"]
-    (tmp_path / "other.csv").write_bytes("a,b,y\n1,".encode() + b"\x81\x8d" + b",1\n")  # neither encoding
+    (tmp_path / "other.csv").write_bytes(b"a,b,y\n1," + b"\x81\x8d" + b",1\n")  # neither encoding
     with pytest.raises(AuditorError, match="neither UTF-8 nor Windows-1252 text; save it as UTF-8"):
         load_csv(tmp_path / "other.csv", TabularSchema(target="y"))
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from ...data.base import AuditData
 from ...errors import AuditorError
-from ...models.architectures import first_layer
+from ...models.architectures import first_layer, predict_logits
 from ...requirements import Requirement, surrogates
 
 FAIRNESS_METRICS = surrogates.FAIRNESS_SURROGATES  # ("demographic_parity", "equalized_odds")
@@ -29,8 +29,25 @@ def tabular_mlp_reason(bundle, data: AuditData) -> str | None:
     return None
 
 
+def tabular_model_reason(bundle, data: AuditData) -> str | None:
+    """None when `bundle` reads `data`'s rows (a tabular model of any architecture, which the editors that
+    fine-tune every weight can edit), else why not."""
+    if data.kind != "tabular":
+        return f"needs tabular data; {data.name!r} is {data.kind}"
+    X = next((s.X[:2] for s in (data.train, data.val, data.test) if len(s)), None)
+    if X is None or bundle is None:
+        return None
+    try:
+        out = predict_logits(bundle.model, X)
+    except Exception as exc:  # noqa: BLE001 - any failure says the model does not read these rows
+        return f"the model cannot run on {data.name!r}'s rows ({type(exc).__name__})"
+    if out.dim() != 2 or out.shape[1] < len(data.class_names):
+        return f"the model returns outputs of shape {list(out.shape[1:])} for {len(data.class_names)} classes"
+    return None
+
+
 def fairness_reason(bundle, data: AuditData) -> str | None:
-    reason = tabular_mlp_reason(bundle, data)
+    reason = tabular_model_reason(bundle, data)
     if reason:
         return reason
     if not data.protected:

@@ -17,7 +17,7 @@ from ...models.architectures import predict_logits
 from ...requirements.metrics import eligible, group_sizes
 from ..base import Editor
 from ..registry import register_editor
-from .common import ZerosKept, batches, find_requirement, group_codes, sample_rows, tabular_mlp_reason
+from .common import ZerosKept, batches, find_requirement, group_codes, sample_rows, tabular_model_reason
 
 
 @dataclass
@@ -71,7 +71,7 @@ class GroupDROFineTune(Editor):
     Hyper = GroupDROHyper
 
     def supports(self, bundle, data) -> str | None:
-        reason = tabular_mlp_reason(bundle, data)
+        reason = tabular_model_reason(bundle, data)
         if reason:
             return reason
         if not data.protected:
