@@ -359,7 +359,9 @@ class _TinyResNet(nn.Module):
 
 def test_a_graph_exported_from_pytorch_keeps_the_vendors_layer_names(tmp_path, digits):
     """torch's ONNX export scopes each node by the module it came from (`/layer2/layer2.0/downsample/downsample.0/
-    Conv`): the layers are audited under the vendor's own names, in the order the model runs them."""
+    Conv`): the layers are audited under the vendor's own names, in the order the model runs them, and keep them
+    when written back. (Untrained batch norms fold into equal zero biases, which the exporter shares through
+    Identity nodes: onnx2torch failed on them with a KeyError.)"""
     torch.manual_seed(0)
     net = _TinyResNet().eval()
     path = tmp_path / "vendor.onnx"
