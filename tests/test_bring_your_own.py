@@ -492,10 +492,10 @@ class TabTransformer(nn.Module):
 '''
 
 
-def test_a_tabular_transformer_of_the_users_own_is_localized_and_fine_tuned_for_fairness(tabular, capsys):
-    """Not an MLP: its attention's out_proj is a Linear the forward never calls (nn.MultiheadAttention reads its
-    weight), which Localize skipped nowhere (Captum: "Forward hook did not obtain any outputs") and the fairness
-    editors refused the model for ("reads 8 inputs": its first Linear is inside the encoder)."""
+@pytest.fixture(scope="module")
+def tabtr(tabular):
+    """The user's own tabular transformer (`TRANSFORMER_NET`), trained on the loans CSV, its state dict and class
+    file written, and its spec drafted by `spec init`."""
     import importlib.util as iu
 
     tmp = tabular["dir"]
@@ -506,7 +506,7 @@ def test_a_tabular_transformer_of_the_users_own_is_localized_and_fine_tuned_for_
     torch.manual_seed(0)
     net = mod.TabTransformer()
     X = (tabular["X"] - tabular["X"].mean(0)) / tabular["X"].std(0)
-    y = torch.tensor([1 if v else 0 for v in (tabular["model"](tabular["X"]).argmax(1) == 1)])
+    y = tabular["model"](tabular["X"]).argmax(1).detach()
     opt = torch.optim.Adam(net.parameters(), lr=0.02)
     for _ in range(150):
         opt.zero_grad()
@@ -514,12 +514,20 @@ def test_a_tabular_transformer_of_the_users_own_is_localized_and_fine_tuned_for_
         opt.step()
     torch.save(net.eval().state_dict(), tmp / "tabtr.pt")
     code = ["--arch-file", tmp / "tabtr.py", "--arch-class", "TabTransformer", "--trust-code"]
-    rc, out, err = _run(["spec", "init", tmp / "tabtr.pt", tabular["csv"], *CSV_ARGS, *code,
-                         "--out", tmp / "tabtr.json", "--force"], capsys)
-    assert rc == 0, err
-    rc, out, err = _run(["audit", tmp / "tabtr.pt", tabular["csv"], *CSV_ARGS, *code, "--spec", tmp / "tabtr.json",
-                         "--require", "demographic_parity <= 0.05", "--editor", "finetune-fairness",
-                         "--baselines", "none", "--json", tmp / "tabtr_report.json", "--no-log"], capsys)
+    rc = main([str(a) for a in ["spec", "init", tmp / "tabtr.pt", tabular["csv"], *CSV_ARGS, *code,
+                                "--out", tmp / "tabtr.json", "--force"]])
+    assert rc == 0
+    return {"dir": tmp, "args": [tmp / "tabtr.pt", tabular["csv"], *CSV_ARGS, *code, "--spec", tmp / "tabtr.json"]}
+
+
+def test_a_tabular_transformer_of_the_users_own_is_localized_and_fine_tuned_for_fairness(tabtr, capsys):
+    """Not an MLP: its attention's out_proj is a Linear the forward never calls (nn.MultiheadAttention reads its
+    weight), which Localize did not skip (Captum: "Forward hook did not obtain any outputs"), and the fairness
+    editors refused the model ("reads 8 inputs": its first Linear is inside the encoder)."""
+    tmp = tabtr["dir"]
+    rc, out, err = _run(["audit", *tabtr["args"], "--require", "demographic_parity <= 0.05",
+                         "--editor", "finetune-fairness", "--baselines", "none",
+                         "--json", tmp / "tabtr_report.json", "--no-log"], capsys)
     assert rc in (0, 1), err
     report = json.loads((tmp / "tabtr_report.json").read_text())
     ranked = [r["layer"] for r in report["localization"]["layers"]]
@@ -528,3 +536,20 @@ def test_a_tabular_transformer_of_the_users_own_is_localized_and_fine_tuned_for_
     after = report["requirements"][0]["after"]["value"]
     assert report["edits"] and report["edits"][0]["parameters_changed"] > 0
     assert after < before
+
+
+def test_the_retrieval_editor_keys_a_transformer_by_example_not_by_token(tabtr, capsys):
+    """The codebook goes at a Linear layer that reads one vector per example: the encoder's feed-forward layers
+    read one per token (they crashed the editor with a size mismatch), so it sits at the head's input."""
+    tmp = tabtr["dir"]
+    fixes = ["--fix", "3=yes", "--fix", "10=yes", "--fix", "25=no"]
+    rc, out, err = _run(["audit", *tabtr["args"], *fixes, "--editor", "retrieval", "--baselines", "none",
+                         "--no-localize", "--json", tmp / "tabtr_fix.json", "--no-log"], capsys)
+    assert rc in (0, 1), err
+    report = json.loads((tmp / "tabtr_fix.json").read_text())
+    assert report["edits"][0]["layers"] == ["head"]
+    success = next(q for q in report["requirements"] if q["metric"] == "edit_success")
+    assert success["after"]["value"] == 1.0
+    rc, out, err = _run(["audit", *tabtr["args"], *fixes, "--editor", "retrieval", "--set",
+                         "layer=encoder.linear1", "--baselines", "none", "--no-localize", "--no-log"], capsys)
+    assert rc == 2 and "does not read one vector per example" in err and "['head']" in err

@@ -71,15 +71,38 @@ class RetrievalHyper:
         "help": "training rows (a fixed sample) the radii are checked against"})
 
 
-def default_layer(model: nn.Module) -> str:
-    """Where a codebook goes: the layer one already sits at, else the last Linear layer's predecessor."""
+@torch.no_grad()
+def row_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """The Linear layers the forward pass of `x` calls with one input vector per example (not per token or
+    position), in the order it calls them: the layers a codebook keyed by examples can sit at."""
+    seen: dict[str, bool] = {}
+    handles = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            def hook(_m, inp, _out, _n=name):
+                seen.setdefault(_n, inp[0].dim() == 2 and inp[0].shape[0] == len(x))
+            handles.append(mod.register_forward_hook(hook))
+    was = model.training
+    model.eval()
+    try:
+        model(x)
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
+    return [n for n, per_row in seen.items() if per_row]
+
+
+def default_layer(model: nn.Module, x: torch.Tensor | None = None) -> str:
+    """Where a codebook goes: the layer one already sits at, else the last Linear layer's predecessor (among the
+    layers `x`'s forward pass calls with one vector per example, when `x` is given)."""
     modules = list(model.named_modules())
     existing = [n for n, m in modules if isinstance(m, CodebookLinear)]
     if existing:
         return existing[0]
-    linear = [n for n, m in modules if isinstance(m, nn.Linear)]
+    linear = row_layers(model, x) if x is not None else [n for n, m in modules if isinstance(m, nn.Linear)]
     if not linear:
-        raise AuditorError("the model has no Linear layer for a codebook")
+        raise AuditorError("the model has no Linear layer that reads one vector per example for a codebook")
     return linear[-2] if len(linear) > 1 else linear[-1]
 
 
@@ -187,7 +210,14 @@ class Retrieval(Editor):
                                "--fixes FILE.csv)")
         hp = self.hparams
         model.eval()
-        layer = hp.layer or default_layer(model)
+        probe = fixes.X[:2].to(device)
+        layer = hp.layer or default_layer(model, probe)
+        if hp.layer and not isinstance(dict(model.named_modules()).get(layer), CodebookLinear):
+            rows = row_layers(model, probe)
+            if layer not in rows:
+                raise AuditorError(f"layer {layer!r} does not read one vector per example (it is called per token "
+                                   f"or position, or not at all), so a codebook keyed by examples cannot sit there; "
+                                   f"layers that do: {rows}")
         book = attach_codebook(model, layer)
         adapters = [a for a in (bundle.spec.adapters if bundle is not None else []) if a.get("layer") != layer]
         stored = next((a for a in (bundle.spec.adapters if bundle is not None else [])
