@@ -8,7 +8,7 @@ from torch import nn
 
 from ...data.base import AuditData
 from ...errors import AuditorError
-from ...models.architectures import first_layer, predict_logits
+from ...models.architectures import editable_layers, first_layer, predict_logits
 from ...requirements import Requirement, surrogates
 
 FAIRNESS_METRICS = surrogates.FAIRNESS_SURROGATES  # ("demographic_parity", "equalized_odds")
@@ -34,8 +34,12 @@ def tabular_model_reason(bundle, data: AuditData) -> str | None:
     fine-tune every weight can edit), else why not."""
     if data.kind != "tabular":
         return f"needs tabular data; {data.name!r} is {data.kind}"
+    if bundle is None:
+        return None
+    if not editable_layers(bundle.model):
+        return "the model has no Linear or Conv2d layer to edit"
     X = next((s.X[:2] for s in (data.train, data.val, data.test) if len(s)), None)
-    if X is None or bundle is None:
+    if X is None:
         return None
     try:
         out = predict_logits(bundle.model, X)
