@@ -328,18 +328,27 @@ def scaling(device, best_ft: dict, repeats: int, quick: bool) -> list[dict]:
     return out
 
 
+def wilson(met: int, runs: int) -> list[float]:
+    """The 95 % Wilson interval of a share of `met` in `runs` (how far the population's share can be from the
+    share of the members drawn)."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(met), int(runs)).proportion_ci(0.95, method="wilson")
+    return [float(ci.low), float(ci.high)]
+
+
 def targets(summary: list[dict], runs: list[dict]) -> list[dict]:
-    def share(kind, label, n):
-        r = next((s for s in summary if s["kind"] == kind and s["method"] == label and s["n"] == n), None)
-        return None if r is None else r["met_share"]
+    def row(kind, label, n):
+        return next((s for s in summary if s["kind"] == kind and s["method"] == label and s["n"] == n), None)
 
     out = []
     for label, _, _ in DYNAMIC:
         for kind, n, goal in (("trojan", 1, 0.90), ("trojan", 5, 0.97), ("cue", 1, 0.90)):
-            s = share(kind, label, n)
-            if s is not None:
+            r = row(kind, label, n)
+            if r is not None:
                 out.append({"target": f"{label}, {kind}, n = {n}: share of runs that meet >= {goal:.0%}",
-                            "value": s, "met": s >= goal})
+                            "value": r["met_share"], "met": r["met_share"] >= goal, "count": [r["met"], r["runs"]],
+                            "interval": wilson(r["met"], r["runs"])})
     for label, _, _ in DYNAMIC:
         for ft in ("fine-tune (best of sweep)", "fine-tune last layer (best of sweep)"):
             a = [r for r in runs if r["method"] == label and r["n"] == 1]
@@ -433,8 +442,13 @@ def markdown(res: dict) -> str:
                       f"{e['member']} ({e['split']}: " + ", ".join(f"{k} {v:.3f}" for k, v in e["metrics"].items())
                       + ")" for e in res["excluded"]) + ".", ""]
     lines += ["## Targets", ""]
-    lines += [f"- {t['target']}: {t['value'] if not isinstance(t['value'], float) else round(t['value'], 4)} "
-              f"**{'met' if t['met'] else 'missed'}**" for t in res["targets"]]
+    lines += [f"- {t['target']}: {t['value'] if not isinstance(t['value'], float) else round(t['value'], 4)}"
+              + (f" ({t['count'][0]} of {t['count'][1]} runs; 95 % interval {t['interval'][0]:.2f}-"
+                 f"{t['interval'][1]:.2f})" if t.get("interval") else "")
+              + f" **{'met' if t['met'] else 'missed'}**" for t in res["targets"]]
+    lines += ["", "The interval is how far the share over all such models could be from the share on these "
+              "members (Wilson, runs counted as independent although each member gives 3 runs per n: it is, if "
+              "anything, too narrow)."]
     unchanged = [r for r in res["runs"] if not r["changed"] and r["method"].startswith("dynamic")]
     if unchanged:
         reasons: dict[str, int] = {}
