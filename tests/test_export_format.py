@@ -476,8 +476,22 @@ class TinyViT(nn.Module):  # patches, a class token, two transformer blocks (att
         return self.head(self.norm(self.encoder(t)[:, 0]))
 
 
+class _Mobile(nn.Module):  # MobileNetV2's inverted residual: in-place ReLU6 (hardtanh_), depthwise conv, SiLU_
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 12, 1, bias=False), nn.BatchNorm2d(12), nn.ReLU6(inplace=True),
+                                      nn.Conv2d(12, 12, 3, 1, 1, groups=12, bias=False), nn.BatchNorm2d(12),
+                                      nn.ReLU6(inplace=True), nn.Conv2d(12, 3, 1, bias=False), nn.BatchNorm2d(3))
+        self.head = nn.Sequential(nn.Conv2d(3, 16, 1), nn.SiLU(inplace=True), nn.AdaptiveMaxPool2d(1))
+        self.classifier = nn.Sequential(nn.Dropout(0.2, inplace=True), nn.Linear(16, 4))
+
+    def forward(self, x):
+        x = x + self.features(x)
+        return self.classifier(torch.flatten(self.head(x), 1).clamp(-5, 5))
+
+
 @pytest.mark.parametrize("cls, shape", [(_Features, [3, 8, 8]), (_Tabular, [6]), (_Pooled, [1, 8, 8]),
-                                        (TinyViT, [1, 8, 8])])
+                                        (TinyViT, [1, 8, 8]), (_Mobile, [3, 8, 8])])
 def test_common_layers_are_read_to_compute_what_torch_export_load_computes(cls, shape, tmp_path):
     torch.manual_seed(0)
     model = cls().eval()

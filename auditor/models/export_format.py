@@ -60,6 +60,11 @@ _OPS = {
     "convolution.default", "native_layer_norm.default", "lift_fresh_copy.default", "detach.default",
     "detach_.default", "_to_copy.default", "to.dtype", "unflatten.int", "scaled_dot_product_attention.default",
     "split.Tensor", "split_with_sizes.default", "chunk.default", "unbind.int", "baddbmm.default",
+    # the in-place forms `inplace=True` layers export (MobileNet's ReLU6, EfficientNet's SiLU), and clamps
+    "hardtanh_.default", "silu_.default", "hardswish_.default", "hardsigmoid_.default", "leaky_relu_.default",
+    "elu_.default", "sigmoid_.default", "tanh_.default", "add_.Tensor", "mul_.Tensor", "clamp.default",
+    "clamp_min.default", "clamp_max.default", "minimum.default", "maximum.default", "adaptive_max_pool2d.default",
+    "dropout_.default",
 }
 # Python arithmetic on sizes (a symbolic batch size times the tokens, say) and taking one output of several
 
@@ -502,7 +507,8 @@ def _training_mode(graph: dict, signature: dict) -> bool:
     if any(next(iter(s), None) == "buffer_mutation" for s in signature.get("output_specs", [])):
         return True
     for node in graph.get("nodes", []):
-        flags = {"torch.ops.aten.batch_norm.default": "training", "torch.ops.aten.dropout.default": "train"}
+        flags = {"torch.ops.aten.batch_norm.default": "training", "torch.ops.aten.dropout.default": "train",
+                 "torch.ops.aten.dropout_.default": "train"}
         key = flags.get(node.get("target"))
         if key and any(a.get("name") == key and a.get("arg", {}).get("as_bool") for a in node.get("inputs", [])):
             return True
