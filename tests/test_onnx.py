@@ -357,13 +357,31 @@ class _TinyResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def test_a_graph_exported_from_pytorch_keeps_the_vendors_layer_names(tmp_path, digits):
+class _TinyMobile(nn.Module):
+    """Containers in containers, as MobileNet's `features.6.0` (scoped `/features/features.6/features.6.0/Conv`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Sequential(nn.Conv2d(1, 8, 3, 1, 1), nn.ReLU6()),
+                                      nn.Sequential(nn.Conv2d(8, 8, 3, 1, 1, groups=8), nn.ReLU6()),
+                                      nn.Sequential(nn.Conv2d(8, 16, 1), nn.ReLU6()))
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(16, 10))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
+@pytest.mark.parametrize("cls, names", [
+    (_TinyResNet, ["conv1", "layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1", "layer1.1.conv2", "layer2.0.conv1",
+                   "layer2.0.conv2", "layer2.0.downsample.0", "fc"]),
+    (_TinyMobile, ["features.0.0", "features.1.0", "features.2.0", "classifier.1"])])
+def test_a_graph_exported_from_pytorch_keeps_the_vendors_layer_names(cls, names, tmp_path, digits):
     """torch's ONNX export scopes each node by the module it came from (`/layer2/layer2.0/downsample/downsample.0/
     Conv`): the layers are audited under the vendor's own names, in the order the model runs them, and keep them
     when written back. (Untrained batch norms fold into equal zero biases, which the exporter shares through
     Identity nodes: onnx2torch failed on them with a KeyError.)"""
     torch.manual_seed(0)
-    net = _TinyResNet().eval()
+    net = cls().eval()
     path = tmp_path / "vendor.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -373,9 +391,7 @@ def test_a_graph_exported_from_pytorch_keeps_the_vendors_layer_names(tmp_path, d
     spec = {"arch": {"name": "onnx", "num_classes": 10}, "input": {"kind": "image", "shape": [1, 8, 8]},
             "class_names": digits.class_names}
     bundle = load_model(path, spec=spec)
-    assert [n for n, _ in editable_layers(bundle.model)] == [
-        "conv1", "layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1", "layer1.1.conv2", "layer2.0.conv1",
-        "layer2.0.conv2", "layer2.0.downsample.0", "fc"]
+    assert [n for n, _ in editable_layers(bundle.model)] == names
     X = digits.split("test").X[:32]
     with torch.no_grad():
         torch.testing.assert_close(bundle.model(X), net(X), atol=1e-5, rtol=1e-4)

@@ -177,15 +177,25 @@ def _clean_name(name: str) -> str:
 
 def _module_path(name: str) -> str | None:
     """The PyTorch module a layer of torch's ONNX export came from, from the scopes in its name as onnx2torch
-    keeps them (dots made slashes): `layer4/layer4/0/downsample/downsample/0/Conv` (the export's
-    `/layer4/layer4.0/downsample/downsample.0/Conv`, a container's child scoped `parent.index`) ->
-    `layer4.0.downsample.0`; None when the name holds no scope."""
-    parts = [p for p in str(name).split("/") if p][:-1]
-    if not parts:
+    keeps them (dots made slashes). The exporter scopes a container's child as `<container's scope>.<name>`, so
+    `/layer4/layer4.0/downsample/downsample.0/Conv` (read as `layer4/layer4/0/downsample/downsample/0/Conv`) is
+    `layer4.0.downsample.0`, and `/features/features.6/features.6.0/Conv` is `features.6.0`: a run of tokens that
+    repeats the scope before it is that scope's child. None when the name holds no scope."""
+    tokens = [p for p in str(name).split("/") if p][:-1]
+    if not tokens:
         return None
-    path = [p for i, p in enumerate(parts) if i == 0 or p != parts[i - 1]]
-    pieces = [re.sub(r"[^0-9A-Za-z_]", "_", p) for p in path]
-    return ".".join(pieces)
+    path: list[str] = []
+    scope: list[str] = []
+    i = 0
+    while i < len(tokens):
+        if scope and i + len(scope) < len(tokens) and tokens[i:i + len(scope)] == scope:
+            scope = [*scope, tokens[i + len(scope)]]  # a container's child: its scope, one name longer
+            i += len(scope)
+        else:
+            scope = [tokens[i]]
+            i += 1
+        path.append(scope[-1])
+    return ".".join(re.sub(r"[^0-9A-Za-z_]", "_", p) for p in path)
 
 
 def _unique(base: str, taken) -> str:
@@ -205,9 +215,10 @@ def _tidy(gm: torch.fx.GraphModule) -> nn.Module:
     chain = (len(nodes) == len(calls) + 2 and nodes[0].op == "placeholder" and nodes[-1].op == "output"
              and all(n.args == (prev,) and not n.kwargs for prev, n in zip([nodes[0], *calls], calls))
              and nodes[-1].args in ((calls[-1],), ((calls[-1],),)) if calls else False)
-    if chain:
+    if chain:  # an nn.Sequential's children cannot hold dots: `features.0.0` becomes `features_0_0`
         for n in calls:
-            names[n.target] = _unique(_clean_name(n.target), names.values())
+            names[n.target] = _unique((_module_path(n.target) or _clean_name(n.target)).replace(".", "_"),
+                                      names.values())
         return nn.Sequential(OrderedDict((names[n.target], gm.get_submodule(n.target)) for n in calls))
     paths = {n.target: _module_path(n.target) or _clean_name(n.target).lower() for n in calls}
     prefixes = {".".join(p.split(".")[:k]) for p in paths.values() for k in range(1, p.count(".") + 1)}
@@ -519,13 +530,14 @@ def _flat_for_export(model: nn.Module) -> tuple[nn.Module, dict[str, str]]:
 
 
 def _name_nodes(proto, places: dict[str, str]) -> None:
-    """Name each node a stand-in layer made after the layer's place (`/layer1/0/conv1/Conv`), as `_module_path`
-    reads it back."""
+    """Name each node a stand-in layer made after the layer's place (`/layer1/layer1.0/layer1.0.conv1/Conv`), as
+    `_module_path` reads it back."""
     for node in proto.graph.node:
         parts = node.name.split("/")
         hit = next((p for p in parts if _STAND_IN.match(p) and p in places), None)
-        if hit is not None:
-            node.name = "/" + "/".join(places[hit].split(".")) + "/" + parts[-1]
+        if hit is not None:  # each scope written whole, `/a/a.b/a.b.c/Op`, as `_module_path` reads it back
+            pieces = places[hit].split(".")
+            node.name = "/" + "/".join(".".join(pieces[:k]) for k in range(1, len(pieces) + 1)) + "/" + parts[-1]
 
 
 def export_onnx(bundle: ModelBundle, path: str | os.PathLike, extra_metadata: dict | None = None, *,
