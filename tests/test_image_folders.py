@@ -334,3 +334,34 @@ def test_spec_init_reads_photos_of_several_sizes_as_the_given_spec_resizes_them(
     assert spec["input"]["resize"] == 8 and spec["input"]["shape"] == [1, 8, 8]
     data = load_data(tmp_path / "photos", spec=ModelSpec.from_json(json.dumps(spec)))
     assert evaluate(load_model(tmp_path / "cnn.pt", spec=spec), data, split="all").metrics["accuracy"] > 0.9
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".pt2"])
+def test_spec_init_reads_photos_of_several_sizes_at_the_input_size_the_model_file_gives(suffix, tmp_path, capsys):
+    """An ONNX graph or a torch.export archive says its input size (1x8x8): photos of several sizes are read at it
+    (the shorter side to 8, then the centre), with no base spec, and the draft says it is a guess to confirm."""
+    import warnings
+
+    from auditor.cli import main
+    from auditor.models import save_model
+
+    bundle = load_model(SAMPLE)
+    model_file = tmp_path / f"cnn{suffix}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        save_model(bundle, model_file)
+    d = load_data("digits")
+    for i, (x, y) in enumerate(zip(d.test.X.numpy()[:120], d.test.y.numpy()[:120])):
+        w, h = ((16, 16), (24, 24), (32, 40))[i % 3]
+        img = Image.fromarray(np.round(x[0] * 255).astype(np.uint8)).resize((w, w), Image.NEAREST)
+        canvas = Image.new("L", (w, h))  # the tall ones: the digit in the middle, blank above and below
+        canvas.paste(img, (0, (h - w) // 2))
+        (tmp_path / "photos" / str(int(y))).mkdir(parents=True, exist_ok=True)
+        canvas.save(tmp_path / "photos" / str(int(y)) / f"{i:04d}.png")
+    assert main(["spec", "init", str(model_file), str(tmp_path / "photos"), "--out", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    assert "the model file's input size (1x8x8)" in out and "the images have several sizes" in out
+    spec = json.loads((tmp_path / "s.json").read_text())
+    assert spec["input"]["resize"] == 8 and spec["input"]["shape"] == [1, 8, 8]
+    data = load_data(tmp_path / "photos", spec=ModelSpec.from_json(json.dumps(spec)))
+    assert evaluate(load_model(model_file, spec=spec), data, split="all").metrics["accuracy"] > 0.9

@@ -298,6 +298,10 @@ def read_onto(x, lo: float, hi: float, mean, std):
     return (x * (hi - lo) + lo - torch.from_numpy(mean)) / torch.from_numpy(std)
 
 
+class MixedImageSizes(AuditorError):
+    """Image files of several sizes and no `input.resize` to read them at one size."""
+
+
 class _Reader:
     """Reads image files as the model's input: channels and size from the spec (else the first image),
     0..255 onto `input.value_range`, then `input.normalize` per channel."""
@@ -364,8 +368,9 @@ class _Reader:
             how = ("the trigger's files are in the model's input size, after input.resize" if self.resize is not None
                    else "resize the images first, or give the spec input.shape and input.resize (resize, then crop "
                         "the centre, as torchvision's Resize and CenterCrop do; spec init takes them with --spec)")
-            raise AuditorError(f"{self.name}: {file.name} is {img.size[0]}x{img.size[1]} pixels; {whence} reads "
-                               f"{self.size[0]}x{self.size[1]}: {how}")
+            raise (AuditorError if self.resize is not None else MixedImageSizes)(
+                f"{self.name}: {file.name} is {img.size[0]}x{img.size[1]} pixels; {whence} reads "
+                f"{self.size[0]}x{self.size[1]}: {how}")
         return img
 
     def _pixels(self, img, channels: int) -> np.ndarray:

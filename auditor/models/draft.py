@@ -380,12 +380,48 @@ def _looks_standardised(raw: pd.DataFrame, numeric: list[str]) -> list[str]:
     return out
 
 
+def model_input_shape(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> list[int] | None:
+    """The input shape (without the batch) a `.pt2` or `.onnx` file says its model takes, when fixed: `[3, 224,
+    224]`; None for other files, or sizes the file leaves open. An ONNX graph that reads images channels last
+    gives them channels first."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".pt2" or (suffix in (".pt", ".pth", ".bin", ".ckpt") and _is_pt2(path)):
+            from .export_format import exported_input_shape
+
+            shape = exported_input_shape(path, max_bytes)
+        elif suffix == ".onnx":
+            import onnx
+
+            from .onnx_format import _input_dims
+
+            if path.stat().st_size > max_bytes:
+                return None
+            dims = _input_dims(onnx.load_model(str(path), load_external_data=False))[1:]
+            if len(dims) == 3 and dims[2] in (1, 3, 4) and dims[0] not in (1, 3, 4):
+                dims = [dims[2], dims[0], dims[1]]  # (H, W, C): a channels-last graph
+            shape = dims
+        else:
+            return None
+    except Exception:  # noqa: BLE001 - a file that does not say: the caller's own error stands
+        return None
+    return [int(v) for v in shape] if shape and all(isinstance(v, int) and v > 0 for v in shape) else None
+
+
+def _is_pt2(path: Path) -> bool:
+    from .export_format import is_pt2_archive
+
+    return is_pt2_archive(path)
+
+
 def draft_spec(model_path: str | os.PathLike, data, *, arch_file=None, arch_class=None, trust_code: bool = False,
-               max_bytes: int = DEFAULT_MAX_BYTES, arch: dict | None = None, resize=None) -> Draft:
+               max_bytes: int = DEFAULT_MAX_BYTES, arch: dict | None = None, resize=None,
+               resize_from: str = "the spec given") -> Draft:
     """Draft a spec for the model at `model_path` audited on `data` (an `AuditData`).
 
     `arch`: constructor arguments for a custom class (`arch_file`/`arch_class`), kept in the draft. `resize`:
-    the `input.resize` image files of several sizes were read with (given by the user), kept in the draft."""
+    the `input.resize` image files of several sizes were read with, kept in the draft; `resize_from` says where
+    it came from (the spec the user gave, or the model file's own input size: a guess to confirm)."""
     path = Path(model_path)
     X, y, raw = _all_rows(data)
     bundle, arch, notes = _model_from_file(path, data, X, y, arch_file=arch_file, arch_class=arch_class,
@@ -474,8 +510,12 @@ def draft_spec(model_path: str | os.PathLike, data, *, arch_file=None, arch_clas
         draft.guessed.append(f"inputs: images of shape {shape} read from image files as {label}")
         if resize is not None:
             input_block["resize"] = resize
-            draft.guessed.append(f"  resized as the spec given says (input.resize {resize}), then the centre cropped "
-                                 f"to {shape[1]}x{shape[2]}")
+            draft.guessed.append(f"  resized as {resize_from} says (input.resize {resize}: the shorter side to "
+                                 f"{resize}), then the centre cropped to {shape[1]}x{shape[2]}")
+            if resize_from != "the spec given":
+                draft.confirm.append(f"input.resize {resize}: the images have several sizes and are read at the "
+                                     "model's input size (the shorter side to it, then the centre); the model's "
+                                     "training must have read them so, else give input.resize as it did (--spec)")
         for a, m, lab, *_ in tried:
             draft.guessed.append(f"  probe: accuracy {'-' if a is None else f'{a:.3f}'} with pixels read as {lab}"
                                  + (f" ({m[0]:.3f} with the classes matched to outputs)" if m and m[0] > (a or 0)
