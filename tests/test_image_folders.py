@@ -365,3 +365,7 @@ def test_spec_init_reads_photos_of_several_sizes_at_the_input_size_the_model_fil
     assert spec["input"]["resize"] == 8 and spec["input"]["shape"] == [1, 8, 8]
     data = load_data(tmp_path / "photos", spec=ModelSpec.from_json(json.dumps(spec)))
     assert evaluate(load_model(model_file, spec=spec), data, split="all").metrics["accuracy"] > 0.9
+    from auditor.audit.uploads import load_with_drafted_spec  # the dashboard's draft reads them alike
+
+    drafted, data, draft = load_with_drafted_spec(model_file, lambda s: load_data(tmp_path / "photos", spec=s))
+    assert drafted.spec.input["resize"] == 8 and any("several sizes" in c for c in draft.confirm)

@@ -143,11 +143,20 @@ def load_with_drafted_spec(model_path: str | Path, read_data, *, arch_file=None,
     """A model that carries no spec, loaded with one drafted from the data (`auditor spec init`'s
     `draft_spec`): `read_data(spec)` reads the data (without a spec for the draft, then as the model will
     see it). Returns the bundle, the data and the `Draft` (what was guessed, what the user must confirm)."""
+    from ..data.folders import MixedImageSizes
     from ..models import load_model
-    from ..models.draft import draft_spec
+    from ..models.draft import draft_spec, reading_at_input_size
 
-    draft = draft_spec(model_path, read_data(None), arch_file=arch_file, arch_class=arch_class,
-                       trust_code=trust_code)
+    sized = {}
+    try:
+        data = read_data(None)
+    except MixedImageSizes:  # photos of several sizes: at the input size the model file fixes, if it does
+        got = reading_at_input_size(Path(model_path))
+        if got is None:
+            raise
+        reading, sized = got
+        data = read_data(reading)
+    draft = draft_spec(model_path, data, arch_file=arch_file, arch_class=arch_class, trust_code=trust_code, **sized)
     bundle = load_model(model_path, spec=draft.spec, arch_file=arch_file, arch_class=arch_class,
                         trust_code=trust_code)
     return bundle, read_data(bundle.spec), draft

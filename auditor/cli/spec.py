@@ -62,7 +62,7 @@ def run_init(args) -> int:
     from ..errors import AuditorError
     from ..evaluate import evaluate
     from ..models import load_model
-    from ..models.draft import draft_spec, model_input_shape
+    from ..models.draft import draft_spec, reading_at_input_size
     from ..models.reading import resolve_spec
     from ..models.spec import ModelSpec
 
@@ -79,23 +79,18 @@ def run_init(args) -> int:
     # readings spec init tries start from there)
     reading = (ModelSpec(arch={"name": "custom"}, input={k: base.input[k] for k in ("kind", "shape", "resize")
                                                          if k in base.input}) if resize is not None else None)
+    sized = {"resize": resize}
     try:
         data = _data(args, spec=reading, schema=schema)
-    except MixedImageSizes:
-        shape = model_input_shape(Path(args.model), max_bytes)
-        if shape is None or len(shape) != 3:
+    except MixedImageSizes:  # photos of several sizes: at the input size the model file fixes, if it does
+        got = None if reading is not None else reading_at_input_size(Path(args.model), max_bytes)
+        if got is None:
             raise
-        # photos of several sizes and a model file that says its input size: read them at that size (the shorter
-        # side to it, then the centre), as a guess the probe runs and the user confirm
-        resize = min(int(shape[1]), int(shape[2]))
-        resize_from = f"the model file's input size ({shape[0]}x{shape[1]}x{shape[2]})"
-        reading = ModelSpec(arch={"name": "custom"}, input={"kind": "image", "shape": [int(v) for v in shape],
-                                                            "resize": resize})
+        reading, sized = got
         data = _data(args, spec=reading, schema=schema)
     draft = draft_spec(args.model, data, arch_file=args.arch_file, arch_class=args.arch_class,
                        trust_code=args.trust_code, max_bytes=max_bytes,
-                       arch=dict(base.arch) if base is not None else None, resize=resize,
-                       **({"resize_from": resize_from} if reading is not None and base is None else {}))
+                       arch=dict(base.arch) if base is not None else None, **sized)
     # the written spec must load the model and evaluate on the data, else nothing is written
     bundle = load_model(args.model, spec=draft.spec, max_bytes=max_bytes, arch_file=args.arch_file,
                         arch_class=args.arch_class, trust_code=args.trust_code)

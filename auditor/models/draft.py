@@ -408,6 +408,20 @@ def model_input_shape(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> list[in
     return [int(v) for v in shape] if shape and all(isinstance(v, int) and v > 0 for v in shape) else None
 
 
+def reading_at_input_size(path: Path, max_bytes: int = DEFAULT_MAX_BYTES):
+    """For image files of several sizes and no spec: (a spec that reads them at the input size the model file
+    fixes, the shorter side to it then the centre; `draft_spec`'s keywords saying so), or None when the file
+    does not fix its input size."""
+    from .spec import ModelSpec
+
+    shape = model_input_shape(Path(path), max_bytes)
+    if shape is None or len(shape) != 3:
+        return None
+    resize = min(shape[1], shape[2])
+    reading = ModelSpec(arch={"name": "custom"}, input={"kind": "image", "shape": shape, "resize": resize})
+    return reading, {"resize": resize, "resize_from": f"the model file's input size ({shape[0]}x{shape[1]}x{shape[2]})"}
+
+
 def _is_pt2(path: Path) -> bool:
     from .export_format import is_pt2_archive
 
