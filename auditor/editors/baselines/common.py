@@ -25,7 +25,9 @@ def tabular_mlp_reason(bundle, data: AuditData) -> str | None:
     if not isinstance(layer, nn.Linear):
         return "needs a model whose first layer is Linear (an MLP)"
     if layer.in_features != data.n_inputs:
-        return f"the model reads {layer.in_features} inputs but {data.name!r} has {data.n_inputs}"
+        name = next(n for n, m in bundle.model.named_modules() if m is layer)
+        return (f"needs an MLP whose first layer is a Linear over {data.name!r}'s {data.n_inputs} inputs; this "
+                f"model's first Linear layer, {name!r}, reads {layer.in_features} values, so it is not one")
     return None
 
 
