@@ -593,3 +593,49 @@ def test_a_layer_called_twice_is_checked_by_running_it(bn_net):
         assert torch.allclose(checks.at("shared", update, 1.0)(X), model(X), atol=1e-5)
         assert checks.stats["low_rank_runs"] == 0
     assert_no_hooks(model)
+
+
+class NormedMLP(nn.Module):
+    """A user's MLP whose hidden layers are weight-normalised (or spectrally normalised): their weights are
+    computed by a parametrization from its own tensors (`fc1.parametrizations.weight.original0`, ...)."""
+
+    def __init__(self, norm=torch.nn.utils.parametrizations.weight_norm):
+        super().__init__()
+        self.fc1, self.fc2, self.out = norm(nn.Linear(64, 64)), norm(nn.Linear(64, 32)), nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.out(F.relu(self.fc2(F.relu(self.fc1(x.flatten(1))))))
+
+
+class SpectralMLP(NormedMLP):
+    def __init__(self):
+        super().__init__(torch.nn.utils.parametrizations.spectral_norm)
+
+
+@pytest.mark.parametrize("cls", [NormedMLP, SpectralMLP])
+def test_a_weight_a_parametrization_computes_is_edited_through_it_or_left_alone(cls):
+    """weight_norm: the edit goes through the parametrization's right inverse into its own tensors (it was added
+    to a computed copy that was thrown away, so an edit that 'changed fc1' left the Trojan in place).
+    spectral_norm normalises any weight again, so its layers are left out of the edit and said to be."""
+    from auditor.editors.rank_one import UneditableWeight, holds_edits
+
+    bundle, data, before = _trojan(cls)
+    assert before["attack_success_rate"] > 0.9
+    keys = set(bundle.model.state_dict())
+    result = get_editor("dynamic-rank-one", samples=5, seed=0).edit(bundle, data, ["attack_success_rate <= 0.02"])
+    after = evaluate(result.bundle, data).metrics
+    assert set(result.bundle.model.state_dict()) == keys  # the vendor's own tensors, under their names
+    if cls is NormedMLP:
+        assert holds_edits(bundle.model, "fc1")
+        assert after["attack_success_rate"] <= 0.02 and before["accuracy"] - after["accuracy"] <= 0.02
+    else:
+        assert not holds_edits(bundle.model, "fc1") and holds_edits(bundle.model, "out")
+        assert set(result.layers) <= {"out"}
+        assert any(set(e.get("not_editable", ())) >= {"fc1", "fc2"} for e in result.log)
+        with pytest.raises(UneditableWeight, match="spectral|SpectralNorm"):
+            get_editor("rank-one", samples=1, seed=0, layer="fc1").edit(bundle, data)
+    for name in ("fc1", "fc2"):  # nothing left half-edited: the model as it was where the edit did not reach
+        if name not in result.layers:
+            for k in keys:
+                if k.startswith(name + "."):
+                    assert torch.equal(result.bundle.model.state_dict()[k], bundle.model.state_dict()[k])

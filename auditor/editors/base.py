@@ -41,6 +41,14 @@ def _noop(fraction: float, message: str) -> None:
     pass
 
 
+def owner_layer(tensor_name: str) -> str:
+    """The layer a tensor belongs to: `fc1.weight` -> `fc1`; a parametrized weight's own tensors too
+    (`fc1.parametrizations.weight.original0` -> `fc1`)."""
+    if ".parametrizations." in tensor_name:
+        return tensor_name.split(".parametrizations.")[0]
+    return tensor_name.rsplit(".", 1)[0]
+
+
 @dataclass
 class WeightDelta:
     """Original and edited values of every changed parameter (name -> tensor, on CPU)."""
@@ -83,7 +91,7 @@ class WeightDelta:
 
     @property
     def layers(self) -> list[str]:
-        return sorted({name.rsplit(".", 1)[0] for name in self.before})
+        return sorted({owner_layer(name) for name in self.before})
 
     def changes(self) -> list[dict]:
         """Per changed tensor: Frobenius norm of the change, its relative size and numerical rank."""
@@ -101,7 +109,7 @@ class WeightDelta:
             mat = d.reshape(d.shape[0], -1) if d.dim() > 1 else d.reshape(1, -1)
             rank = int(torch.linalg.matrix_rank(mat, rtol=1e-6).item()) if mat.numel() else 0
             base = float(self.before[name].double().norm())
-            row = {"parameter": name, "layer": name.rsplit(".", 1)[0], "norm": float(d.norm()),
+            row = {"parameter": name, "layer": owner_layer(name), "norm": float(d.norm()),
                    "relative_norm": float(d.norm()) / base if base else None, "rank": rank,
                    "changed_fraction": float((d != 0).double().mean())}
             if a.shape != b.shape:

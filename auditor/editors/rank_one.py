@@ -423,36 +423,99 @@ def refit_output_delta(model: nn.Module, layer_name: str, X: torch.Tensor, logit
 
 
 @torch.no_grad()
+def _add_to_weight(layer: nn.Module, name: str, delta: torch.Tensor) -> None:
+    """Add `delta` to the layer's weight. A weight computed by a parametrization (`weight_norm`) is written
+    through it (its `right_inverse` sets the parametrization's own tensors), and must then be the weight asked
+    for: one that cannot hold it (`spectral_norm` normalises any weight again) is refused, never edited in
+    a computed copy that is thrown away."""
+    from torch.nn.utils import parametrize
+
+    if not parametrize.is_parametrized(layer, "weight"):
+        layer.weight.add_(delta.to(layer.weight.dtype))
+        return
+    want = layer.weight.detach() + delta.to(layer.weight.dtype)
+    kinds = ", ".join(type(p).__name__.lstrip("_") for p in layer.parametrizations.weight)
+    saved = {n: p.detach().clone() for n, p in layer.parametrizations.weight.named_parameters()}
+    fix = ("edit another layer (--layer), or remove the parametrization (torch.nn.utils.parametrize."
+           "remove_parametrizations) and save the weights again")
+    try:
+        layer.weight = want
+    except Exception as exc:  # noqa: BLE001 - a parametrization without a right inverse
+        raise UneditableWeight(f"layer {name!r}: its weight is computed by a parametrization ({kinds}) that cannot be "
+                               f"set to an edited weight ({type(exc).__name__}); {fix}") from None
+    got = layer.weight.detach()
+    if not torch.allclose(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max().clamp_min(1e-12))):
+        for n, p in layer.parametrizations.weight.named_parameters():
+            p.copy_(saved[n])
+        raise UneditableWeight(f"layer {name!r}: its weight is computed by a parametrization ({kinds}) that does not "
+                               f"keep an edited weight (it computes another one from it); {fix}")
+
+
+class UneditableWeight(AuditorError):
+    """A layer whose weight a parametrization computes and cannot be set to an edited one (`spectral_norm`)."""
+
+
+@torch.no_grad()
+def holds_edits(model: nn.Module, name: str) -> bool:
+    """Whether an edit of layer `name`'s weight is kept as written (a plain weight, or one a parametrization such
+    as `weight_norm` computes and can be set to); tried with a change of a tenth of the weight's size (as large
+    as edits are), then undone exactly."""
+    layer = resolve_layer(model, name)
+    if not is_parametrized(layer):
+        return True
+    saved = _snapshot(model, name)
+    w = layer.weight.detach()
+    try:
+        _add_to_weight(layer, name, 0.1 * w.std() * torch.randn(
+            w.shape, generator=torch.Generator().manual_seed(0)).to(w))
+        return True
+    except UneditableWeight:
+        return False
+    finally:
+        _restore(model, name, saved)
+
+
+@torch.no_grad()
 def apply_delta(model: nn.Module, update: RankOneUpdate, scale: float = 1.0) -> None:
     """Add `scale * update.delta` to the layer's weight (and bias) in place."""
     layer = resolve_layer(model, update.layer)
     if update.dense is None and isinstance(layer, nn.Linear):  # W += scale L R^T without forming it
         L, R = (f.to(layer.weight) for f in update.factors)
+        Rw = R[:-1] if layer.bias is not None else R
+        if is_parametrized(layer):  # the weight first: a refused one leaves the bias as it was
+            _add_to_weight(layer, update.layer, scale * (L @ Rw.T))
+        else:
+            layer.weight.addmm_(L, Rw.T, alpha=scale)
         if layer.bias is not None:
             layer.bias.add_(L @ R[-1], alpha=scale)
-            R = R[:-1]
-        layer.weight.addmm_(L, R.T, alpha=scale)
         for sibling in update.siblings:
             apply_delta(model, sibling, scale)
         return
     d = update.delta * scale
+    w = d[:, :-1] if layer.bias is not None else d
+    _add_to_weight(layer, update.layer, w.reshape(layer.weight.shape))
     if layer.bias is not None:
         layer.bias.add_(d[:, -1].to(layer.bias.dtype))
-        d = d[:, :-1]
-    layer.weight.add_(d.reshape(layer.weight.shape).to(layer.weight.dtype))
     for sibling in update.siblings:
         apply_delta(model, sibling, scale)
 
 
+def is_parametrized(layer: nn.Module) -> bool:
+    from torch.nn.utils import parametrize
+
+    return parametrize.is_parametrized(layer, "weight")
+
+
 def _snapshot(model: nn.Module, layer_name: str) -> dict[str, torch.Tensor]:
+    """The layer's own tensors (a parametrized weight's too: `parametrizations.weight.original0`, ...)."""
     layer = resolve_layer(model, layer_name)
-    return {n: p.detach().clone() for n, p in layer.named_parameters(recurse=False)}
+    return {n: p.detach().clone() for n, p in layer.named_parameters()}
 
 
 @torch.no_grad()
 def _restore(model: nn.Module, layer_name: str, saved: dict[str, torch.Tensor]) -> None:
     layer = resolve_layer(model, layer_name)
-    for n, p in layer.named_parameters(recurse=False):
+    for n, p in layer.named_parameters():
         p.copy_(saved[n])
 
 
@@ -1398,6 +1461,11 @@ class DynamicRankOneEditor(RankOneEditor):
                     entry["ranking"] = [(r["layer"], round(float(r["score"]), 6)) for r in rankings[-1]]
                     candidates = [str(x) for x in table["layer"]]
                 candidates = [c for c in candidates if c not in rejected]
+                held = [c for c in candidates if holds_edits(model, c)]
+                if len(held) < len(candidates):  # a weight a parametrization recomputes (spectral_norm)
+                    entry["not_editable"] = [c for c in candidates if c not in held]
+                    rejected.update(entry["not_editable"])
+                    candidates = held
                 if not candidates:
                     reason = "every layer's edit was rolled back"
                     entry.update(action="stop", reason=reason)
