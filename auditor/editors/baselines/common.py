@@ -31,6 +31,32 @@ def tabular_mlp_reason(bundle, data: AuditData) -> str | None:
     return None
 
 
+def prunable_weights(model: nn.Module, log: list[dict] | None = None) -> list[tuple[nn.Module, str]]:
+    """(layer, "weight") of every Linear and Conv2d layer `torch.nn.utils.prune` can prune: a weight a
+    parametrization computes (`weight_norm`) is left out, and said in `log`."""
+    from torch.nn.utils import parametrize
+
+    layers = editable_layers(model)
+    left = [n for n, m in layers if parametrize.is_parametrized(m, "weight")]
+    if left and log is not None:
+        log.append({"step": "note", "message": f"layer(s) {', '.join(left)} left unpruned: their weights are computed "
+                                                "by a parametrization (weight_norm, spectral_norm), which "
+                                                "torch.nn.utils.prune cannot prune"})
+    return [(m, "weight") for n, m in layers if n not in left]
+
+
+def pruning_reason(bundle) -> str | None:
+    """None when the model has a layer `prunable_weights` takes, else why not."""
+    if bundle is None:
+        return None
+    if not editable_layers(bundle.model):
+        return "the model has no Linear or Conv2d layer to prune"
+    if not prunable_weights(bundle.model):
+        return ("every Linear and Conv2d layer's weight is computed by a parametrization (weight_norm, spectral_norm), "
+                "which torch.nn.utils.prune cannot prune")
+    return None
+
+
 def tabular_model_reason(bundle, data: AuditData) -> str | None:
     """None when `bundle` reads `data`'s rows (a tabular model of any architecture, which the editors that
     fine-tune every weight can edit), else why not."""

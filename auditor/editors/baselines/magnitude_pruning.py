@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from torch import nn
 from torch.nn.utils import prune
 
-from ...models.architectures import editable_layers
 from ..base import Editor
 from ..registry import register_editor
+from .common import prunable_weights, pruning_reason
 
 
 @dataclass
@@ -30,6 +30,9 @@ class MagnitudePruning(Editor):
     targets = ("sparsity",)
     Hyper = MagnitudePruningHyper
 
+    def supports(self, bundle, data) -> str | None:
+        return pruning_reason(bundle)
+
     def _target(self, requirements) -> float:
         if self.hparams.sparsity is not None:
             return float(self.hparams.sparsity)
@@ -40,7 +43,7 @@ class MagnitudePruning(Editor):
 
     def _edit(self, model: nn.Module, data, requirements, device, callback, *, log, **_):
         amount = self._target(requirements)
-        params = [(m, "weight") for _, m in editable_layers(model)]
+        params = prunable_weights(model, log)
         total = sum(m.weight.numel() for m, _ in params)
         # at least the share asked for (rounding down would leave `sparsity >= amount` just unmet)
         count = int(math.ceil(amount * total - 1e-9))

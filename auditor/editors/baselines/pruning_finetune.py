@@ -10,10 +10,9 @@ from torch import nn
 from torch.nn.utils import prune
 
 from ...errors import AuditorError
-from ...models.architectures import editable_layers
 from ..base import Editor
 from ..registry import register_editor
-from .common import batches, find_requirement, sample_rows
+from .common import batches, find_requirement, prunable_weights, pruning_reason, sample_rows
 
 
 @dataclass
@@ -41,9 +40,7 @@ class MagnitudePruningFineTune(Editor):
     Hyper = PruneFineTuneHyper
 
     def supports(self, bundle, data) -> str | None:
-        if not editable_layers(bundle.model):
-            return "the model has no Linear or Conv2d layer to prune"
-        return None
+        return pruning_reason(bundle)
 
     def _edit(self, model, data, requirements, device, callback, *, log, **_):
         hp = self.hparams
@@ -51,7 +48,7 @@ class MagnitudePruningFineTune(Editor):
         amount = float(hp.sparsity if hp.sparsity is not None else (req.threshold if req else hp.default_sparsity))
         if not 0 <= amount < 1:
             raise AuditorError(f"sparsity must be in [0, 1); got {amount}")
-        params = [(m, "weight") for _, m in editable_layers(model)]
+        params = prunable_weights(model, log)
         total = sum(m.weight.numel() for m, _ in params)
         prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=int(math.ceil(amount * total)))
         gen = torch.Generator().manual_seed(hp.seed)
