@@ -634,6 +634,14 @@ def test_a_weight_a_parametrization_computes_is_edited_through_it_or_left_alone(
         assert any(set(e.get("not_editable", ())) >= {"fc1", "fc2"} for e in result.log)
         with pytest.raises(UneditableWeight, match="spectral|SpectralNorm"):
             get_editor("rank-one", samples=1, seed=0, layer="fc1").edit(bundle, data)
+    from auditor.fixes import parse_fixes  # a codebook sits at a layer with a weight of its own (it replaced fc2
+    # by a plain layer with a wrong weight: accuracy 10 %)
+
+    users = bundle.copy()
+    users.spec.arch = {"name": "custom"}  # the user's class (--arch-file): a codebook is saved with it
+    fixed = get_editor("retrieval").edit(users, data, fixes=parse_fixes(["3=1", "10=2"], data))
+    assert fixed.layers == ["out"]
+    assert before["accuracy"] - evaluate(fixed.bundle, data).metrics["accuracy"] <= 0.05
     pruned = get_editor("magnitude-pruning", sparsity=0.3).edit(bundle, data)  # prune cannot reach fc1, fc2:
     assert set(pruned.layers) == {"out"} and any("left unpruned" in e.get("message", "") for e in pruned.log)
     for name in ("fc1", "fc2"):  # nothing left half-edited: the model as it was where the edit did not reach

@@ -74,11 +74,15 @@ class RetrievalHyper:
 @torch.no_grad()
 def row_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
     """The Linear layers the forward pass of `x` calls with one input vector per example (not per token or
-    position), in the order it calls them: the layers a codebook keyed by examples can sit at."""
+    position), in the order it calls them, whose weight is their own (no parametrization computes it): the
+    layers a codebook keyed by examples can sit at."""
+    from torch.nn.utils import parametrize
+
     seen: dict[str, bool] = {}
     handles = []
     for name, mod in model.named_modules():
-        if isinstance(mod, nn.Linear):
+        # a weight a parametrization computes (weight_norm) has no plain weight for the codebook layer to take
+        if isinstance(mod, nn.Linear) and not parametrize.is_parametrized(mod, "weight"):
             def hook(_m, inp, _out, _n=name):
                 seen.setdefault(_n, inp[0].dim() == 2 and inp[0].shape[0] == len(x))
             handles.append(mod.register_forward_hook(hook))
@@ -216,8 +220,9 @@ class Retrieval(Editor):
             rows = row_layers(model, probe)
             if layer not in rows:
                 raise AuditorError(f"layer {layer!r} does not read one vector per example (it is called per token "
-                                   f"or position, or not at all), so a codebook keyed by examples cannot sit there; "
-                                   f"layers that do: {rows}")
+                                   f"or position, or not at all) or its weight is computed by a parametrization "
+                                   f"(weight_norm), so a codebook keyed by examples cannot sit there; layers it can: "
+                                   f"{rows}")
         book = attach_codebook(model, layer)
         adapters = [a for a in (bundle.spec.adapters if bundle is not None else []) if a.get("layer") != layer]
         stored = next((a for a in (bundle.spec.adapters if bundle is not None else [])

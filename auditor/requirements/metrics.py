@@ -273,11 +273,11 @@ RARE_PREDICTION = 0.10  # a class predicted for less than this share of its own 
 RARE_CLASS = 0.02  # classes rarer than this share of the rows are left alone
 
 
-def collapse_warnings(y: np.ndarray, pred: np.ndarray, class_names) -> list[str]:
+def collapse_warnings(y: np.ndarray, pred: np.ndarray, class_names, fairness: bool = True) -> list[str]:
     """A warning when the model (almost) never predicts a class the rows hold: its predictions of that class
     fall under RARE_PREDICTION of the class's share. Gaps between groups' rates (demographic parity,
-    equalized odds) close trivially that way, and accuracy on imbalanced rows barely moves, so a requirement
-    met like this is said to be."""
+    equalized odds) close trivially that way (`fairness`: the data has groups to compare), and accuracy on
+    imbalanced rows barely moves, so a requirement met like this is said to be."""
     if len(y) == 0:
         return []
     n = max(len(class_names), int(y.max()) + 1, int(pred.max()) + 1)
@@ -286,10 +286,12 @@ def collapse_warnings(y: np.ndarray, pred: np.ndarray, class_names) -> list[str]
     out = []
     for k in np.flatnonzero((share >= RARE_CLASS) & (predicted < RARE_PREDICTION * share)):
         name = str(class_names[k]) if k < len(class_names) else str(k)
-        out.append(f"the model predicts class {name!r} for {100 * predicted[k]:.2f} % of the rows, which are "
-                   f"{100 * share[k]:.1f} % {name!r}: it (almost) never predicts it, so gaps between groups' rates "
-                   "(demographic parity, equalized odds) close without the model being fair to anyone; check balanced "
-                   "accuracy and each group's true positive rate, or require them (e.g. 'balanced_accuracy >= ...')")
+        said = f"the model predicts class {name!r} for {100 * predicted[k]:.2f} % of the rows, which are " \
+               f"{100 * share[k]:.1f} % {name!r}: it (almost) never predicts it"
+        out.append(said + (", so gaps between groups' rates (demographic parity, equalized odds) close without the "
+                           "model being fair to anyone; check balanced accuracy and each group's true positive rate, "
+                           "or require them (e.g. 'balanced_accuracy >= ...')" if fairness else
+                           "; check balanced accuracy, or require it (e.g. 'balanced_accuracy >= ...')"))
     return out
 
 
@@ -337,7 +339,7 @@ def compute_metrics(model: nn.Module, data: AuditData, split: str = "test",
     m = out.metrics
     m["accuracy"] = accuracy(y, pred)
     m["balanced_accuracy"] = balanced_accuracy(y, pred)
-    out.warnings += collapse_warnings(y, pred, data.class_names)
+    out.warnings += collapse_warnings(y, pred, data.class_names, fairness=bool(data.protected))
     m["sparsity"] = sparsity(model)
     if data.kind == "tabular" and isinstance(first_layer(model)[1], nn.Linear):
         out.unused_features = unused_features(model, data.feature_groups)
