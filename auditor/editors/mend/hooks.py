@@ -16,23 +16,35 @@ from torch import nn
 from ...errors import AuditorError
 
 
+def _own_linear(m: nn.Module) -> bool:
+    """A Linear layer whose weight is its own (no parametrization such as weight_norm computes it): the weight
+    these editors write."""
+    from torch.nn.utils import parametrize
+
+    return isinstance(m, nn.Linear) and not parametrize.is_parametrized(m, "weight")
+
+
 def default_layers(model: nn.Module, n: int = 2) -> list[str]:
-    """The names of the last `n` Linear layers (the layers a mistake fix edits by default)."""
-    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    """The names of the last `n` Linear layers with weights of their own (the layers a mistake fix edits by
+    default)."""
+    names = [name for name, m in model.named_modules() if _own_linear(m)]
     if not names:
-        raise AuditorError("the model has no Linear layer to edit")
+        raise AuditorError("the model has no Linear layer to edit (with a weight of its own: none that a "
+                           "parametrization such as weight_norm computes)")
     return names[-n:]
 
 
 def resolve_layers(model: nn.Module, layers: list[str] | None, n: int = 2) -> list[str]:
-    """Check that each named layer exists and is Linear (default: the last `n` Linear layers)."""
+    """Check that each named layer exists and is a Linear layer with a weight of its own (default: the last `n`
+    such layers)."""
     if not layers:
         return default_layers(model, n)
     modules = dict(model.named_modules())
     for name in layers:
-        if not isinstance(modules.get(name), nn.Linear):
-            linear = [k for k, m in modules.items() if isinstance(m, nn.Linear)]
-            raise AuditorError(f"layer {name!r} is not a Linear layer of this model; Linear layers: {linear}")
+        if not _own_linear(modules.get(name)):
+            linear = [k for k, m in modules.items() if _own_linear(m)]
+            raise AuditorError(f"layer {name!r} is not a Linear layer of this model with a weight of its own (a "
+                               f"parametrization such as weight_norm computes none of these): {linear}")
     return list(layers)
 
 
