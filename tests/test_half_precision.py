@@ -188,3 +188,19 @@ def test_compas_scorer_in_float16_keeps_its_precision_through_a_fairness_edit(tm
     out = save_model(result.bundle, tmp_path / "edited.safetensors")
     with safe_open(str(out), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+
+
+def test_a_mixed_precision_checkpoint_is_computed_and_written_in_float32_and_said(tmp_path, compas):
+    """float16 weights beside float32 ones (as a mixed-precision checkpoint keeps them): nothing is rounded to
+    half (the float32 tensors would lose bits), the caution says how it is read and written."""
+    net = _vendor_net()
+    state = {k: (v.half() if k.endswith("weight") else v) for k, v in net.state_dict().items()}
+    torch.save(state, tmp_path / "amp.pt")
+    bundle = load_model(tmp_path / "amp.pt", spec=_spec())
+    assert bundle.spec.weights_dtype == "mixed"
+    assert any("several precisions" in n for n in reading_cautions(bundle, compas))
+    result = get_editor("finetune-fairness", seed=0).edit(bundle, compas, ["demographic_parity <= 0.05"])
+    assert not any(e.get("action") == "rounded" for e in result.log)
+    out = save_model(result.bundle, tmp_path / "edited.safetensors")
+    with safe_open(str(out), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}

@@ -248,7 +248,7 @@ class _Builder:
     def __init__(self, program: dict, state: dict[str, torch.Tensor], name: str, output: int | None = None):
         self.name = name
         # a half-precision program runs in float32: its weights read exactly, its casts to half made to float32
-        self.widen = stored_float_dtype(state) in HALF
+        self.widen = stored_float_dtype(state) in (*HALF, "mixed")
         if self.widen:
             state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
         gm = program.get("graph_module") or {}

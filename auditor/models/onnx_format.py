@@ -354,6 +354,7 @@ def _as_float32(proto) -> tuple[object, str | None]:
               if v.type.tensor_type.elem_type in _HALF_TYPES}
     if not found:
         return proto, None
+    single = any(t.data_type == onnx.TensorProto.FLOAT for t in graph.initializer)  # float32 weights beside them
     proto = copy.deepcopy(proto)
     graph = proto.graph
 
@@ -372,7 +373,7 @@ def _as_float32(proto) -> tuple[object, str | None]:
                 a.i = onnx.TensorProto.FLOAT
             elif a.type == onnx.AttributeProto.TENSOR:
                 widen(a.t)
-    return proto, (found.pop() if len(found) == 1 else "float16")
+    return proto, (found.pop() if len(found) == 1 and not single else "mixed")
 
 
 def _fix_layer_norms(module: nn.Module) -> None:

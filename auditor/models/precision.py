@@ -12,9 +12,11 @@ _NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float64: "
 
 def stored_float_dtype(state: dict) -> str | None:
     """The one floating-point dtype of `state`'s tensors when it is not float32 ("float16", "bfloat16",
-    "float64"); None for float32 and for a mix of precisions (computed and written as float32)."""
+    "float64"), "mixed" for several (computed and written as float32), None for float32."""
     dtypes = {t.dtype for t in state.values() if isinstance(t, torch.Tensor) and t.is_floating_point()}
-    return _NAMES.get(dtypes.pop()) if len(dtypes) == 1 else None
+    if len(dtypes) > 1:
+        return "mixed"
+    return _NAMES.get(dtypes.pop()) if dtypes else None
 
 
 def half_dtype(spec) -> torch.dtype | None:
@@ -53,4 +55,8 @@ def precision_note(spec) -> str | None:
     if name == "float64":
         return ("the model file stores its weights as float64: they are computed in float32 here (rounded to "
                 "float32), and an edited model is written in float32")
+    if name == "mixed":
+        return ("the model file stores its weights in several precisions (float16 or bfloat16 beside float32, as a "
+                "mixed-precision checkpoint does): they are computed in float32 here, and an edited model is "
+                "written in float32")
     return None
