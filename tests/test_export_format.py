@@ -532,3 +532,26 @@ def test_a_vision_transformers_trojan_is_removed_from_one_clean_sample(tmp_path,
     assert doc["after"]["metrics"]["attack_success_rate"] <= 0.02
     assert doc["after"]["metrics"]["accuracy"] >= doc["before"]["metrics"]["accuracy"] - 0.01
     assert any("encoder.layers" in layer for layer in doc["edit"]["layers"])
+
+
+class _Embedded(nn.Module):  # a tabular model that reads its first column as a category code into an embedding
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(6, 4)
+        self.mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+
+    def forward(self, x):
+        return self.mlp(torch.cat([self.emb(x[:, 0].long()), x[:, 1:]], 1))
+
+
+def test_a_category_embedding_is_read_and_probed_with_valid_codes(tmp_path):
+    """`aten.embedding` is read, and the load's probe feeds values in [0, 1), so a column read as a category code
+    is a valid index (random normal values gave negative ones, and the archive was refused)."""
+    torch.manual_seed(0)
+    model = _Embedded().eval()
+    x = torch.cat([torch.randint(0, 6, (7, 1)).float(), torch.randn(7, 4)], 1)
+    _export(model, x[:4], tmp_path / "emb.pt2")
+    bundle = load_model(tmp_path / "emb.pt2", spec={"arch": {"name": "pt2"}, "input": {"kind": "tabular", "shape": [5]},
+                                                    "class_names": ["no", "yes"]})
+    with torch.no_grad():
+        assert torch.equal(bundle.model(x), torch.export.load(str(tmp_path / "emb.pt2")).module()(x))

@@ -64,7 +64,7 @@ _OPS = {
     "hardtanh_.default", "silu_.default", "hardswish_.default", "hardsigmoid_.default", "leaky_relu_.default",
     "elu_.default", "sigmoid_.default", "tanh_.default", "add_.Tensor", "mul_.Tensor", "clamp.default",
     "clamp_min.default", "clamp_max.default", "minimum.default", "maximum.default", "adaptive_max_pool2d.default",
-    "dropout_.default",
+    "dropout_.default", "embedding.default",
 }
 # Python arithmetic on sizes (a symbolic batch size times the tokens, say) and taking one output of several
 
@@ -633,7 +633,9 @@ def load_pt2(path: str | os.PathLike, spec: ModelSpec | None = None,
     except Exception:  # noqa: BLE001 - an operator without shape rules on meta tensors: the probe below says
         pass
     for batch in (2, 3):  # a graph exported with a fixed batch size runs at that size alone
-        probe = torch.randn(batch, *probe_shape, generator=torch.Generator().manual_seed(0))
+        # values in [0, 1): a column a model reads as a category code (`x[:, 0].long()` into an embedding) is a
+        # valid index, as random normal values (negative ones) are not
+        probe = torch.rand(batch, *probe_shape, generator=torch.Generator().manual_seed(0))
         try:
             with torch.no_grad():
                 logits = module(probe)
