@@ -535,7 +535,7 @@ def test_onnx_files_that_are_broken_or_out_of_scope(tmp_path, good_onnx):
     ext.external_data.add(key="location", value="/etc/passwd")
     cases["external-data"] = (_onnx_model([helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)], [ext],
                                           [_vi("x", ["n", 4])], [_vi("y", ["n", 2])], **{"auditor.spec": spec}),
-                              "keeps its weights in separate files")
+                              "not a file in the model's own folder")
     for name, (content, match) in cases.items():
         path = tmp_path / f"{name}.onnx"
         path.write_bytes(content)

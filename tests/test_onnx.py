@@ -397,3 +397,56 @@ def test_a_graph_exported_from_pytorch_keeps_the_vendors_layer_names(cls, names,
         torch.testing.assert_close(bundle.model(X), net(X), atol=1e-5, rtol=1e-4)
     out = save_model(bundle, tmp_path / "again.onnx")  # written back and read again under the same names
     assert [n for n, _ in editable_layers(load_model(out).model)] == [n for n, _ in editable_layers(bundle.model)]
+
+
+class _Reshaping(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(64, 16), nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x.reshape(-1, 64))))
+
+
+def test_a_graph_as_torchs_default_exporter_writes_it_is_read(tmp_path, digits):
+    """torch's default (dynamo) exporter writes the weights to `model.onnx.data` beside the graph, names nodes
+    `node_Gemm_1` (no scopes: the layers are named from their weights' state-dict names) and sets allowzero=1
+    on every Reshape (onnx2torch reads none). A weights file outside the model's folder, or missing, is refused."""
+    from onnx import helper
+
+    torch.manual_seed(0)
+    net = _Reshaping().eval()
+    path = tmp_path / "vendor.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.rand(2, 1, 8, 8),), str(path), opset_version=17, dynamo=False,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "b"}, "logits": {0: "b"}})
+    proto = onnx.load(str(path))
+    for i, node in enumerate(proto.graph.node):
+        node.name = f"node_{node.op_type}_{i}"
+        if node.op_type == "Reshape":
+            kept = [a for a in node.attribute if a.name != "allowzero"]
+            del node.attribute[:]
+            node.attribute.extend([*kept, helper.make_attribute("allowzero", 1)])
+    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="vendor.onnx.data", size_threshold=0)
+    assert (tmp_path / "vendor.onnx.data").exists()
+    spec = {"arch": {"name": "onnx", "num_classes": 10}, "input": {"kind": "image", "shape": [1, 8, 8]},
+            "class_names": digits.class_names}
+    bundle = load_model(path, spec=spec)
+    assert [n for n, _ in editable_layers(bundle.model)] == ["fc1", "fc2"]
+    X = digits.split("test").X[:16]
+    with torch.no_grad():
+        torch.testing.assert_close(bundle.model(X), net(X), atol=1e-5, rtol=1e-4)
+    (tmp_path / "elsewhere").mkdir()
+    for t in proto.graph.initializer:  # a weights file named outside the model's folder
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "../vendor.onnx.data"
+    onnx.save_model(proto, str(tmp_path / "elsewhere" / "bad.onnx"))
+    with pytest.raises(AuditorError, match="not a file in the model's own folder"):
+        load_model(tmp_path / "elsewhere" / "bad.onnx", spec=spec)
+    (tmp_path / "vendor.onnx.data").rename(tmp_path / "moved.data")
+    with pytest.raises(AuditorError, match="keeps its weights in vendor.onnx.data, which is not beside it"):
+        load_model(path, spec=spec)

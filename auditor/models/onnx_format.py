@@ -32,7 +32,7 @@ import threading
 import types
 import warnings
 from collections import OrderedDict
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 import torch
@@ -206,9 +206,35 @@ def _unique(base: str, taken) -> str:
     return name
 
 
-def _tidy(gm: torch.fx.GraphModule) -> nn.Module:
+_WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+_MODULE_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
+
+
+def _weight_paths(proto) -> dict[str, str]:
+    """onnx2torch's module name for each layer node -> the PyTorch module its weight came from, where the weight
+    keeps its state-dict name (`layer1.0.conv1.weight`, as torch's dynamo exporter writes it even with the batch
+    norm folded in); the names are made as onnx2torch makes them (the node's name, dots made slashes, a counter
+    for repeats)."""
+    inits = {t.name for t in proto.graph.initializer}
+    out, counters = {}, {}
+    for node in proto.graph.node:
+        name = (f"{node.domain}/" + (node.name.replace(".", "/") or node.op_type)).lstrip("/")
+        seen = counters.setdefault(name, 0)
+        counters[name] += 1
+        target = name + (f"_{seen}" if seen else "")
+        if node.op_type in _WEIGHTED and len(node.input) > 1 and node.input[1] in inits:
+            weight = node.input[1]
+            if weight.endswith(".weight") and _MODULE_PATH.match(weight[:-len(".weight")]):
+                out[target] = weight[:-len(".weight")]
+    return out
+
+
+def _tidy(gm: torch.fx.GraphModule, hints: dict[str, str] | None = None) -> nn.Module:
     """Readable layer names; a plain chain of layers becomes an `nn.Sequential`. Other graphs name each layer
-    as the module it was exported from (`layer4.0.conv1`, for torch's export), nested as in that module."""
+    as the module it was exported from: the state-dict name of its weight where the graph keeps it (`hints`,
+    `_weight_paths`), else the scopes in the node's name (`layer4.0.conv1`, for torch's TorchScript export),
+    nested as in that module."""
+    hints = hints or {}
     nodes = list(gm.graph.nodes)
     calls = [n for n in nodes if n.op == "call_module"]
     names: dict[str, str] = {}
@@ -217,10 +243,11 @@ def _tidy(gm: torch.fx.GraphModule) -> nn.Module:
              and nodes[-1].args in ((calls[-1],), ((calls[-1],),)) if calls else False)
     if chain:  # an nn.Sequential's children cannot hold dots: `features.0.0` becomes `features_0_0`
         for n in calls:
-            names[n.target] = _unique((_module_path(n.target) or _clean_name(n.target)).replace(".", "_"),
-                                      names.values())
+            names[n.target] = _unique((hints.get(n.target) or _module_path(n.target)
+                                       or _clean_name(n.target)).replace(".", "_"), names.values())
         return nn.Sequential(OrderedDict((names[n.target], gm.get_submodule(n.target)) for n in calls))
-    paths = {n.target: _module_path(n.target) or _clean_name(n.target).lower() for n in calls}
+    paths = {n.target: hints.get(n.target) or _module_path(n.target) or _clean_name(n.target).lower()
+             for n in calls}
     prefixes = {".".join(p.split(".")[:k]) for p in paths.values() for k in range(1, p.count(".") + 1)}
     for n in calls:  # an operation of a container's own forward (a residual block's Add): under its op's name
         if paths[n.target] in prefixes:
@@ -338,6 +365,31 @@ def _inline_identities(proto):
     return proto
 
 
+def _plain_reshapes(proto):
+    """The graph with `allowzero=1` dropped from every Reshape whose shape is a constant holding no 0 (where the
+    flag changes nothing): torch's dynamo exporter sets it on every Reshape, and onnx2torch reads none."""
+    from onnx import numpy_helper
+
+    consts = {t.name: t for t in proto.graph.initializer}
+    consts.update({n.output[0]: a.t for n in proto.graph.node if n.op_type == "Constant"
+                   for a in n.attribute if a.name == "value"})
+
+    def flagged(node) -> bool:
+        return node.op_type == "Reshape" and any(a.name == "allowzero" and a.i == 1 for a in node.attribute)
+
+    plain = [n.name for n in proto.graph.node if flagged(n) and len(n.input) > 1 and n.input[1] in consts
+             and 0 not in numpy_helper.to_array(consts[n.input[1]]).tolist()]
+    if not plain:
+        return proto
+    proto = copy.deepcopy(proto)
+    for node in proto.graph.node:
+        if node.name in plain and flagged(node):
+            for a in node.attribute:
+                if a.name == "allowzero":
+                    a.i = 0
+    return proto
+
+
 _HALF_TYPES = {10: "float16", 16: "bfloat16"}  # TensorProto.FLOAT16, TensorProto.BFLOAT16
 
 
@@ -387,6 +439,51 @@ def _fix_layer_norms(module: nn.Module) -> None:
                 layer.normalized_shape = want
 
 
+def _read_external_data(proto, path: Path) -> None:
+    """Read the weights a graph keeps in files beside it (torch's default exporter writes `model.onnx.data`), in
+    place: each file must be a plain name in the model's own folder (no path), hold every byte range named, and
+    all of them together fit the model size budget; else refused naming the file and the fix."""
+    from onnx.external_data_helper import load_external_data_for_model
+
+    from .reading import DEFAULT_MAX_BYTES
+
+    one_file = ("(or write the model as one file: PyTorch torch.onnx.export(..., external_data=False), onnx "
+                "onnx.save_model(model, path, save_as_external_data=False))")
+    total, sizes = 0, {}
+    for t in _tensors(proto.graph):
+        if t.data_location != _onnx().TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location", "")
+        if not loc or loc in (".", "..") or PurePath(loc).name != loc or "\\" in loc or ":" in loc:
+            raise AuditorError(f"{path.name}: tensor {t.name!r} names its weights file as {loc[:80]!r}, not a file "
+                               f"in the model's own folder; the auditor reads weights files only from there "
+                               f"{one_file}")
+        file = path.parent / loc
+        if loc not in sizes:
+            if not file.is_file() or file.is_symlink():
+                raise AuditorError(f"{path.name} keeps its weights in {loc}, which is not beside it: put {loc} in the "
+                                   f"same folder {one_file}; the dashboard takes one file")
+            sizes[loc] = file.stat().st_size
+        try:
+            offset = int(info.get("offset", 0))
+            length = int(info.get("length", sizes[loc] - offset))
+        except ValueError:
+            raise AuditorError(f"{path.name}: tensor {t.name!r} gives a byte range that is not a number") from None
+        if offset < 0 or length < 0 or offset + length > sizes[loc]:
+            raise AuditorError(f"{path.name}: tensor {t.name!r} reads bytes {offset}-{offset + length} of {loc}, which "
+                               f"holds {sizes[loc]}: the weights file does not belong to this model, or is cut short")
+        total += length
+    if total > DEFAULT_MAX_BYTES:
+        raise AuditorError(f"{path.name}: its weights files hold {total / 2**20:.1f} MiB, over the limit of "
+                           f"{DEFAULT_MAX_BYTES / 2**20:.0f} MiB")
+    try:
+        load_external_data_for_model(proto, str(path.parent))
+    except Exception as exc:  # noqa: BLE001 - onnx's own checks (a file it will not read)
+        raise AuditorError(f"{path.name}: its weights files cannot be read ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:160] if str(exc) else ''}) {one_file}") from None
+
+
 def load_onnx(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelBundle:
     """Load an `.onnx` file (size already checked by `load_model`) as an editable bundle."""
     onnx = _onnx()
@@ -396,9 +493,7 @@ def load_onnx(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelBu
     except Exception as exc:  # protobuf raises its own DecodeError (and others) on a broken file
         raise AuditorError(f"{path.name} is not a readable ONNX file ({type(exc).__name__})") from None
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(proto.graph)):
-        raise AuditorError(f"{path.name} keeps its weights in separate files; the auditor reads only "
-                           "self-contained ONNX files: write it as one file (PyTorch: torch.onnx.export(..., "
-                           "external_data=False); onnx: onnx.save_model(model, path, save_as_external_data=False))")
+        _read_external_data(proto, path)
     from .probe import check_declared, probe_in_subprocess, static_plan
 
     check_declared(_tensors(proto.graph), path.name)  # declared sizes, before conversion allocates them
@@ -426,7 +521,6 @@ def load_onnx(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelBu
     else:
         spec.provenance.pop("onnx_head", None)
     dims = _input_dims(proto)
-    file_dims = list(dims)  # the file's own input, as its probe run feeds it
     if spec.input_kind == "image" and channels_last(spec.input.get("shape"), dims[1:]):  # fed (C, H, W) images
         # through a Transpose in front of the TensorFlow-style graph
         proto = _transpose_input(proto)
@@ -437,7 +531,7 @@ def load_onnx(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelBu
     _check_input_matches(spec, dims, path.name)
     if len(dims) == 2 and dims[1] and "in_features" not in spec.arch:
         spec.arch["in_features"] = int(dims[1])
-    proto = _inline_identities(proto)
+    proto = _plain_reshapes(_inline_identities(proto))
     proto, half = _as_float32(proto)  # computed in float32 like every model; written back in float32
     spec.weights_dtype = half
     try:
@@ -449,19 +543,24 @@ def load_onnx(path: str | os.PathLike, spec: ModelSpec | None = None) -> ModelBu
                            f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
     _check_finite(converted.state_dict(), path)
     _fix_layer_norms(converted)
-    module = _tidy(converted).eval()
+    module = _tidy(converted, _weight_paths(proto)).eval()
     probe = torch.randn(2, *_probe_shape(spec, dims), generator=torch.Generator().manual_seed(0))
     fixed = (f"; the graph's batch axis is fixed to 1 (input {list(dims)}): export it again with a batch axis, "
              "e.g. torch.onnx.export(..., dynamic_axes={'input': {0: 'batch'}, 'logits': {0: 'batch'}})"
              if dims and dims[0] == 1 else "")
     if not static_plan(proto, 2, path.name):  # a shape not known in advance: run it first under limits
-        try:
-            shape = list(probe.shape[1:])
-            probe_in_subprocess(path, [shape[1], shape[2], shape[0]] if file_dims != dims else shape, path.name)
-        except AuditorError as exc:
-            if not fixed or type(exc) is not AuditorError:
-                raise
-            raise AuditorError(f"{exc}{fixed}") from None
+        import tempfile
+
+        # the graph as read here (its weights files read in, its Reshapes plain, ...), in a file of its own
+        with tempfile.TemporaryDirectory(prefix="auditor-probe-") as folder:
+            prepared = Path(folder) / "graph.onnx"
+            onnx.save_model(proto, str(prepared))
+            try:
+                probe_in_subprocess(prepared, list(probe.shape[1:]), path.name)
+            except AuditorError as exc:
+                if not fixed or type(exc) is not AuditorError:
+                    raise
+                raise AuditorError(f"{exc}{fixed}") from None
     try:
         with torch.no_grad():
             logits = module(probe)
@@ -532,7 +631,15 @@ def _flat_for_export(model: nn.Module) -> tuple[nn.Module, dict[str, str]]:
 
 def _name_nodes(proto, places: dict[str, str]) -> None:
     """Name each node a stand-in layer made after the layer's place (`/layer1/layer1.0/layer1.0.conv1/Conv`), as
-    `_module_path` reads it back."""
+    `_module_path` reads it back, and its weights after it (`layer1.0.conv1.weight`), as `_weight_paths` does."""
+    renamed = {}
+    for t in proto.graph.initializer:
+        head, dot, rest = t.name.partition(".")
+        if dot and _STAND_IN.match(head) and head in places:
+            renamed[t.name] = f"{places[head]}.{rest}"
+            t.name = renamed[t.name]
+    for node in proto.graph.node:
+        node.input[:] = [renamed.get(i, i) for i in node.input]
     for node in proto.graph.node:
         parts = node.name.split("/")
         hit = next((p for p in parts if _STAND_IN.match(p) and p in places), None)

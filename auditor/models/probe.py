@@ -180,15 +180,17 @@ def _child() -> None:  # pragma: no cover (runs in the subprocess)
     import onnx
     import torch
 
-    from .onnx_format import _fix_layer_norms, _onnx2torch
+    from .onnx_format import _convert, _fix_layer_norms, _onnx2torch
+    from .spec import ModelSpec
 
     path, shape = sys.argv[1], json.loads(sys.argv[2])
     _onnx2torch()
     torch.set_num_threads(1)
     _limit_child()
 
-    def run():
-        module = _onnx2torch().convert(onnx.load_model(path, load_external_data=False)).eval()
+    def run():  # converted as the load converts it (opset brought down where onnx2torch needs)
+        proto = onnx.load_model(path, load_external_data=False)
+        module = _convert(proto, ModelSpec(arch={"name": "onnx"}), Path(path).name).eval()
         _fix_layer_norms(module)
         with torch.no_grad():
             module(torch.randn(2, *shape))
