@@ -328,6 +328,24 @@ def test_a_graph_that_reads_images_channels_last_is_audited_and_written_back_so(
     assert evaluate(again, data).metrics["attack_success_rate"] <= 0.02
 
 
+def _vendor_export(cls, tmp_path):
+    """A vendor's 1x8x8 digits model of class `cls` exported as torch's TorchScript exporter writes it."""
+    torch.manual_seed(0)
+    net = cls().eval()
+    path = tmp_path / "vendor.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.rand(2, 1, 8, 8),), str(path), opset_version=17, dynamo=False,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "b"}, "logits": {0: "b"}})
+    return net, path
+
+
+def _digits_spec(digits) -> dict:
+    return {"arch": {"name": "onnx", "num_classes": 10}, "input": {"kind": "image", "shape": [1, 8, 8]},
+            "class_names": digits.class_names}
+
+
 class _Block(nn.Module):
     """torchvision's BasicBlock, small: its layer names are the ones a vendor's ResNet has."""
 
@@ -380,16 +398,8 @@ def test_a_graph_exported_from_pytorch_keeps_the_vendors_layer_names(cls, names,
     Conv`): the layers are audited under the vendor's own names, in the order the model runs them, and keep them
     when written back. (Untrained batch norms fold into equal zero biases, which the exporter shares through
     Identity nodes: onnx2torch failed on them with a KeyError.)"""
-    torch.manual_seed(0)
-    net = cls().eval()
-    path = tmp_path / "vendor.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.rand(2, 1, 8, 8),), str(path), opset_version=17, dynamo=False,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "b"}, "logits": {0: "b"}})
-    spec = {"arch": {"name": "onnx", "num_classes": 10}, "input": {"kind": "image", "shape": [1, 8, 8]},
-            "class_names": digits.class_names}
+    net, path = _vendor_export(cls, tmp_path)
+    spec = _digits_spec(digits)
     bundle = load_model(path, spec=spec)
     assert [n for n, _ in editable_layers(bundle.model)] == names
     X = digits.split("test").X[:32]
@@ -414,14 +424,7 @@ def test_a_graph_as_torchs_default_exporter_writes_it_is_read(tmp_path, digits):
     on every Reshape (onnx2torch reads none). A weights file outside the model's folder, or missing, is refused."""
     from onnx import helper
 
-    torch.manual_seed(0)
-    net = _Reshaping().eval()
-    path = tmp_path / "vendor.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.rand(2, 1, 8, 8),), str(path), opset_version=17, dynamo=False,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "b"}, "logits": {0: "b"}})
+    net, path = _vendor_export(_Reshaping, tmp_path)
     proto = onnx.load(str(path))
     for i, node in enumerate(proto.graph.node):
         node.name = f"node_{node.op_type}_{i}"
@@ -432,8 +435,7 @@ def test_a_graph_as_torchs_default_exporter_writes_it_is_read(tmp_path, digits):
     onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location="vendor.onnx.data", size_threshold=0)
     assert (tmp_path / "vendor.onnx.data").exists()
-    spec = {"arch": {"name": "onnx", "num_classes": 10}, "input": {"kind": "image", "shape": [1, 8, 8]},
-            "class_names": digits.class_names}
+    spec = _digits_spec(digits)
     bundle = load_model(path, spec=spec)
     assert [n for n, _ in editable_layers(bundle.model)] == ["fc1", "fc2"]
     X = digits.split("test").X[:16]
