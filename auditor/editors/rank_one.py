@@ -71,7 +71,7 @@ from ..layers import (
     used_layers,
 )
 from ..localize import METHODS, PICKS, decision_margin, pick_pairs, rank_layers
-from ..models.architectures import batch_rows, editable_layers, memory_layers
+from ..models.architectures import batch_rows, computed_weight, editable_layers, memory_layers
 from ..requirements import Requirement, compute_metrics, parse_requirement, parse_requirements
 from ..requirements.uncertainty import intervals
 from .base import Editor
@@ -428,9 +428,7 @@ def _add_to_weight(layer: nn.Module, name: str, delta: torch.Tensor) -> None:
     through it (its `right_inverse` sets the parametrization's own tensors), and must then be the weight asked
     for: one that cannot hold it (`spectral_norm` normalises any weight again) is refused, never edited in
     a computed copy that is thrown away."""
-    from torch.nn.utils import parametrize
-
-    if not parametrize.is_parametrized(layer, "weight"):
+    if not computed_weight(layer):
         layer.weight.add_(delta.to(layer.weight.dtype))
         return
     want = layer.weight.detach() + delta.to(layer.weight.dtype)
@@ -461,7 +459,7 @@ def holds_edits(model: nn.Module, name: str) -> bool:
     as `weight_norm` computes and can be set to); tried with a change of a tenth of the weight's size (as large
     as edits are), then undone exactly."""
     layer = resolve_layer(model, name)
-    if not is_parametrized(layer):
+    if not computed_weight(layer):
         return True
     saved = _snapshot(model, name)
     w = layer.weight.detach()
@@ -482,7 +480,7 @@ def apply_delta(model: nn.Module, update: RankOneUpdate, scale: float = 1.0) -> 
     if update.dense is None and isinstance(layer, nn.Linear):  # W += scale L R^T without forming it
         L, R = (f.to(layer.weight) for f in update.factors)
         Rw = R[:-1] if layer.bias is not None else R
-        if is_parametrized(layer):  # the weight first: a refused one leaves the bias as it was
+        if computed_weight(layer):  # the weight first: a refused one leaves the bias as it was
             _add_to_weight(layer, update.layer, scale * (L @ Rw.T))
         else:
             layer.weight.addmm_(L, Rw.T, alpha=scale)
@@ -498,12 +496,6 @@ def apply_delta(model: nn.Module, update: RankOneUpdate, scale: float = 1.0) -> 
         layer.bias.add_(d[:, -1].to(layer.bias.dtype))
     for sibling in update.siblings:
         apply_delta(model, sibling, scale)
-
-
-def is_parametrized(layer: nn.Module) -> bool:
-    from torch.nn.utils import parametrize
-
-    return parametrize.is_parametrized(layer, "weight")
 
 
 def _snapshot(model: nn.Module, layer_name: str) -> dict[str, torch.Tensor]:

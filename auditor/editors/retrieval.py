@@ -40,6 +40,7 @@ from torch import nn
 from ..errors import AuditorError
 from ..fixes import equivalents
 from ..models.adapters import CodebookLinear, attach_codebook
+from ..models.architectures import computed_weight
 from ..models.files import check_saveable
 from .base import Editor
 from .registry import register_editor
@@ -76,13 +77,11 @@ def row_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
     """The Linear layers the forward pass of `x` calls with one input vector per example (not per token or
     position), in the order it calls them, whose weight is their own (no parametrization computes it): the
     layers a codebook keyed by examples can sit at."""
-    from torch.nn.utils import parametrize
-
     seen: dict[str, bool] = {}
     handles = []
     for name, mod in model.named_modules():
         # a weight a parametrization computes (weight_norm) has no plain weight for the codebook layer to take
-        if isinstance(mod, nn.Linear) and not parametrize.is_parametrized(mod, "weight"):
+        if isinstance(mod, nn.Linear) and not computed_weight(mod):
             def hook(_m, inp, _out, _n=name):
                 seen.setdefault(_n, inp[0].dim() == 2 and inp[0].shape[0] == len(x))
             handles.append(mod.register_forward_hook(hook))

@@ -201,6 +201,14 @@ def build_architecture(arch: dict) -> nn.Module:
         raise AuditorError(f"model spec: bad parameters for architecture {name!r}: {exc}") from None
 
 
+def computed_weight(layer: nn.Module) -> bool:
+    """Whether a parametrization (`weight_norm`, `spectral_norm`) computes the layer's weight from tensors of its
+    own (`parametrizations.weight.original0`, ...): writing into `layer.weight` then changes a copy."""
+    from torch.nn.utils import parametrize
+
+    return parametrize.is_parametrized(layer, "weight")
+
+
 def editable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, module) of every Linear and Conv2d layer, in forward order of registration."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]

@@ -199,9 +199,9 @@ def _model_from_file(path: Path, data, X, y, *, arch_file, arch_class, trust_cod
                          f"{', '.join(map(repr, left_out))} (an edited model is written with the logits only; "
                          "\"output\" in \"arch\" picks another)")
         return bundle, {"name": "onnx"}, notes
-    from .export_format import OutputChoice, exported_input_shape, is_pt2_archive
+    from .export_format import OutputChoice, exported_input_shape
 
-    if suffix == ".pt2" or (suffix in TORCH_SUFFIXES and is_pt2_archive(path)):
+    if _exported_program(path):
         _check_size(path, max_bytes)
         graph = exported_input_shape(path, max_bytes)
         if graph is not None and graph != list(shape) and (kind == "image" or len(graph) != 1):
@@ -384,23 +384,15 @@ def model_input_shape(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> list[in
     """The input shape (without the batch) a `.pt2` or `.onnx` file says its model takes, when fixed: `[3, 224,
     224]`; None for other files, or sizes the file leaves open. An ONNX graph that reads images channels last
     gives them channels first."""
-    suffix = path.suffix.lower()
     try:
-        if suffix == ".pt2" or (suffix in (".pt", ".pth", ".bin", ".ckpt") and _is_pt2(path)):
+        if _exported_program(path):
             from .export_format import exported_input_shape
 
             shape = exported_input_shape(path, max_bytes)
-        elif suffix == ".onnx":
-            import onnx
-
-            from .onnx_format import _input_dims
-
-            if path.stat().st_size > max_bytes:
-                return None
-            dims = _input_dims(onnx.load_model(str(path), load_external_data=False))[1:]
-            if len(dims) == 3 and dims[2] in (1, 3, 4) and dims[0] not in (1, 3, 4):
-                dims = [dims[2], dims[0], dims[1]]  # (H, W, C): a channels-last graph
-            shape = dims
+        elif path.suffix.lower() == ".onnx" and path.stat().st_size <= max_bytes:
+            shape = _onnx_input_shape(path)
+            if shape and len(shape) == 3 and shape[2] in (1, 3, 4) and shape[0] not in (1, 3, 4):
+                shape = [shape[2], shape[0], shape[1]]  # (H, W, C): a channels-last graph
         else:
             return None
     except Exception:  # noqa: BLE001 - a file that does not say: the caller's own error stands
@@ -422,10 +414,12 @@ def reading_at_input_size(path: Path, max_bytes: int = DEFAULT_MAX_BYTES):
     return reading, {"resize": resize, "resize_from": f"the model file's input size ({shape[0]}x{shape[1]}x{shape[2]})"}
 
 
-def _is_pt2(path: Path) -> bool:
+def _exported_program(path: Path) -> bool:
+    """A torch.export archive: a `.pt2`, or one saved under a state dict's name (read by content)."""
     from .export_format import is_pt2_archive
 
-    return is_pt2_archive(path)
+    suffix = path.suffix.lower()
+    return suffix == ".pt2" or (suffix in TORCH_SUFFIXES and is_pt2_archive(path))
 
 
 def draft_spec(model_path: str | os.PathLike, data, *, arch_file=None, arch_class=None, trust_code: bool = False,

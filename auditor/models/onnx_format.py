@@ -255,17 +255,24 @@ def _tidy(gm: torch.fx.GraphModule, hints: dict[str, str] | None = None) -> nn.M
             paths[n.target] = f"{paths[n.target]}.{op}"
     for n in calls:
         names[n.target] = _unique(paths[n.target], set(names.values()) | prefixes)
-    gm = copy.deepcopy(gm)
-    root: dict = {}
-    for n in gm.graph.nodes:
-        if n.op == "call_module":
-            root[names[n.target]] = gm.get_submodule(n.target)
-            n.target = names[n.target]
-        elif n.op == "get_attr":
-            root[n.target] = operator.attrgetter(n.target)(gm)
+    graph, root = _retargeted(gm.graph, gm, names)
     from .custom import graph_as_module, nested_module
 
-    return graph_as_module(torch.fx.GraphModule(nested_module(root), gm.graph, class_name="OnnxModel"), "OnnxModel")
+    return graph_as_module(torch.fx.GraphModule(nested_module(root), graph, class_name="OnnxModel"), "OnnxModel")
+
+
+def _retargeted(graph: torch.fx.Graph, owner: nn.Module, names: dict[str, str]) -> tuple[torch.fx.Graph, dict]:
+    """A copy of `graph` whose layers are called under `names` (old target -> new), and the layers and tensors
+    it reads (from `owner`), under the names the copy reads them by."""
+    graph = copy.deepcopy(graph)
+    root: dict = {}
+    for n in graph.nodes:
+        if n.op == "call_module":
+            root[names[n.target]] = owner.get_submodule(n.target)
+            n.target = names[n.target]
+        elif n.op == "get_attr":
+            root[n.target] = operator.attrgetter(n.target)(owner)
+    return graph, root
 
 
 def _probe_shape(spec: ModelSpec, dims: list) -> list[int]:
@@ -377,16 +384,15 @@ def _plain_reshapes(proto):
     def flagged(node) -> bool:
         return node.op_type == "Reshape" and any(a.name == "allowzero" and a.i == 1 for a in node.attribute)
 
-    plain = [n.name for n in proto.graph.node if flagged(n) and len(n.input) > 1 and n.input[1] in consts
-             and 0 not in numpy_helper.to_array(consts[n.input[1]]).tolist()]
+    plain = [i for i, n in enumerate(proto.graph.node) if flagged(n) and len(n.input) > 1 and n.input[1] in consts
+             and 0 not in numpy_helper.to_array(consts[n.input[1]]).tolist()]  # by place: names may repeat
     if not plain:
         return proto
     proto = copy.deepcopy(proto)
-    for node in proto.graph.node:
-        if node.name in plain and flagged(node):
-            for a in node.attribute:
-                if a.name == "allowzero":
-                    a.i = 0
+    for i in plain:
+        for a in proto.graph.node[i].attribute:
+            if a.name == "allowzero":
+                a.i = 0
     return proto
 
 
@@ -618,14 +624,7 @@ def _flat_for_export(model: nn.Module) -> tuple[nn.Module, dict[str, str]]:
     if not any("." in t for t in targets):
         return model, {}
     stand = {t: f"auditor_layer_{i}" for i, t in enumerate(dict.fromkeys(targets))}
-    graph = copy.deepcopy(graph)
-    root: dict = {}
-    for n in graph.nodes:
-        if n.op == "call_module":
-            root[stand[n.target]] = model.get_submodule(n.target)
-            n.target = stand[n.target]
-        elif n.op == "get_attr":
-            root[n.target] = operator.attrgetter(n.target)(model)
+    graph, root = _retargeted(graph, model, stand)
     return torch.fx.GraphModule(root, graph), {v: k for k, v in stand.items()}
 
 

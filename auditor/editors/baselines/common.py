@@ -8,7 +8,7 @@ from torch import nn
 
 from ...data.base import AuditData
 from ...errors import AuditorError
-from ...models.architectures import editable_layers, first_layer, predict_logits
+from ...models.architectures import computed_weight, editable_layers, first_layer, predict_logits
 from ...requirements import Requirement, surrogates
 
 FAIRNESS_METRICS = surrogates.FAIRNESS_SURROGATES  # ("demographic_parity", "equalized_odds")
@@ -34,10 +34,8 @@ def tabular_mlp_reason(bundle, data: AuditData) -> str | None:
 def prunable_weights(model: nn.Module, log: list[dict] | None = None) -> list[tuple[nn.Module, str]]:
     """(layer, "weight") of every Linear and Conv2d layer `torch.nn.utils.prune` can prune: a weight a
     parametrization computes (`weight_norm`) is left out, and said in `log`."""
-    from torch.nn.utils import parametrize
-
     layers = editable_layers(model)
-    left = [n for n, m in layers if parametrize.is_parametrized(m, "weight")]
+    left = [n for n, m in layers if computed_weight(m)]
     if left and log is not None:
         log.append({"step": "note", "message": f"layer(s) {', '.join(left)} left unpruned: their weights are computed "
                                                 "by a parametrization (weight_norm, spectral_norm), which "

@@ -14,14 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import AuditorError
+from ...models.architectures import computed_weight
 
 
 def _own_linear(m: nn.Module) -> bool:
     """A Linear layer whose weight is its own (no parametrization such as weight_norm computes it): the weight
     these editors write."""
-    from torch.nn.utils import parametrize
-
-    return isinstance(m, nn.Linear) and not parametrize.is_parametrized(m, "weight")
+    return isinstance(m, nn.Linear) and not computed_weight(m)
 
 
 def default_layers(model: nn.Module, n: int = 2) -> list[str]:
